@@ -1,0 +1,95 @@
+# Stratolab: `make run` sets everything up and starts the platform; `make test` sets up and runs the suite.
+# Every step is idempotent and keyed on stamp files in .make/, so a second `make run` starts in seconds.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(abspath $(VENV))/bin
+STAMPS := .make
+EXT_DIR := extensions/stratolab-lab
+# pip's notes about find-links folders that this machine's pip.conf names but does not have are noise.
+QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
+IS_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo yes)
+
+# The user environment is where single-user servers and kernels run. As an ordinary user it is the
+# project's own virtual environment. As root, servers run under per-user system accounts, which cannot
+# read a clone under /root nor an interpreter under /root/.pyenv: the user environment then lives in a
+# world-readable place, built from the system's interpreter (as The Littlest JupyterHub's /opt/tljh/user).
+ifeq ($(IS_ROOT),yes)
+USER_ENV ?= /opt/stratolab/user-env
+USER_PYTHON ?= $(shell [ -x /usr/bin/python3 ] && echo /usr/bin/python3 || command -v $(PYTHON))
+else
+USER_ENV ?= $(abspath $(VENV))
+endif
+export STRATOLAB_USER_ENV := $(abspath $(USER_ENV))
+
+PY_SOURCES := $(shell find stratolab -name '*.py' -o -name '*.html' -o -name '*.ini' -o -name '*.mako' 2>/dev/null)
+EXT_SOURCES := $(shell find $(EXT_DIR)/src $(EXT_DIR)/style $(EXT_DIR)/schema -type f 2>/dev/null) $(EXT_DIR)/package.json
+
+.PHONY: help setup run test bench clean chromium
+
+help:
+	@echo "make run    set up (venv, npm packages, lab extension) and start the hub on http://127.0.0.1:$${STRATOLAB_PORT:-8000}"
+	@echo "make test   set up and run the whole test suite"
+	@echo "make bench  set up and run every benchmark (JSON on stdout)"
+	@echo "make clean  remove build outputs (keeps .stratolab/ state)"
+
+$(STAMPS):
+	@mkdir -p $(STAMPS)
+
+# 1. The project's virtual environment, with the package installed editable.
+$(STAMPS)/venv: pyproject.toml | $(STAMPS)
+	@echo "==> Python environment in $(VENV)"
+	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --upgrade pip $(QUIET_PIP)
+	@mkdir -p stratolab/labextension
+	@$(BIN)/python -m pip install -q -e '.[test]' $(QUIET_PIP)
+	@touch $@
+
+# 2. Node tools for the hub: configurable-http-proxy, installed into the clone, not globally.
+$(STAMPS)/node: package.json | $(STAMPS)
+	@echo "==> configurable-http-proxy (npm)"
+	@npm install --no-audit --no-fund --loglevel=error
+	@touch $@
+
+# 3. The JupyterLab extension, built with the jlpm that ships with JupyterLab.
+$(STAMPS)/extension: $(STAMPS)/venv $(EXT_SOURCES)
+	@echo "==> JupyterLab extension ($(EXT_DIR))"
+	@cd $(EXT_DIR) && PATH=$(BIN):$$PATH jlpm install --silent && PATH=$(BIN):$$PATH jlpm build:prod
+	@$(BIN)/jupyter labextension develop --overwrite . >/dev/null
+	@touch $@
+
+# 4. The user environment (root only: a separate, world-readable install of the same package).
+$(STAMPS)/user-env: $(STAMPS)/extension $(PY_SOURCES) | $(STAMPS)
+ifeq ($(IS_ROOT),yes)
+	@echo "==> user environment in $(USER_ENV) (servers run under per-user system accounts)"
+	@[ -x $(USER_ENV)/bin/python ] || (mkdir -p $(dir $(USER_ENV)) && $(USER_PYTHON) -m venv $(USER_ENV))
+	@$(USER_ENV)/bin/python -m pip install -q --upgrade pip $(QUIET_PIP)
+	@$(USER_ENV)/bin/python -m pip install -q . $(QUIET_PIP)
+	@$(USER_ENV)/bin/python -m pip install -q --no-deps --force-reinstall . $(QUIET_PIP)
+	@chmod -R a+rX $(USER_ENV)
+endif
+	@touch $@
+
+setup: $(STAMPS)/venv $(STAMPS)/node $(STAMPS)/extension $(STAMPS)/user-env
+
+run: setup
+	@$(BIN)/stratolab-hub --config hub/jupyterhub_config.py
+
+chromium:
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  if [ "$(IS_ROOT)" = yes ]; then echo "==> Debian chromium (apt) for the browser tests"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null); \
+	  else echo "!! /usr/bin/chromium is missing and this is not root: browser tests will be skipped (apt-get install chromium)"; fi; \
+	fi
+
+test: setup chromium
+	@$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	@$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(STAMPS) stratolab/labextension $(EXT_DIR)/lib $(EXT_DIR)/node_modules node_modules

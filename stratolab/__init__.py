@@ -1,0 +1,1 @@
+"""Stratolab: a self-hosted managed notebook platform on JupyterHub."""

@@ -1,0 +1,1 @@
+"""The hub: spawner, profiles, GPU assignment, authentication and the services wired into JupyterHub."""

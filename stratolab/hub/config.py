@@ -1,0 +1,111 @@
+"""Compose a JupyterHub configuration from the package: what `hub/jupyterhub_config.py` calls.
+
+One function, `configure_hub(c, settings)`, so the deployment's config file stays a few lines and tests
+start hubs with exactly the production composition (plus their own overrides).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from stratolab.hub.admin import ensure_data_dir
+from stratolab.hub.auth import configure_authentication
+from stratolab.hub.culling import culler_service
+from stratolab.hub.profiles import load_profile_list, parse_profile_list
+from stratolab.hub.spawner import ISOLATION_SHARED, ISOLATION_SYSTEM_USERS, StratolabSpawner
+from stratolab.hub.system_users import unreachable_path
+from stratolab.settings import PROJECT_ROOT, PlatformSettings
+
+log = logging.getLogger("stratolab")
+
+SHARED_MODE_WARNING = (
+    "Stratolab runs every user's server as %s (isolation 'shared'): users are NOT isolated from "
+    "each other's files. Run the hub as root for one system account per user."
+)
+
+
+def proxy_command() -> list[str]:
+    """configurable-http-proxy from the clone's node_modules (installed by make), else from PATH."""
+    local = PROJECT_ROOT / "node_modules" / ".bin" / "configurable-http-proxy"
+    if local.exists():
+        return [str(local)]
+    found = shutil.which("configurable-http-proxy")
+    if found:
+        return [found]
+    raise SystemExit(
+        "configurable-http-proxy is not installed: run `make run` (it runs `npm install`), "
+        "or install it with npm and put it on PATH."
+    )
+
+
+def check_user_env(user_env: Path, isolation: str) -> None:
+    """Refuse to start when servers could not run: a missing environment, or one other users can't read."""
+    singleuser = user_env / "bin" / "jupyterhub-singleuser"
+    if not singleuser.exists():
+        raise SystemExit(
+            f"{singleuser} does not exist: STRATOLAB_USER_ENV must name the environment where "
+            "jupyterhub-singleuser and JupyterLab are installed (`make run` builds it)."
+        )
+    if isolation == ISOLATION_SYSTEM_USERS:
+        for path in (user_env / "bin" / "python", singleuser):
+            blocked = unreachable_path(path)
+            if blocked:
+                raise SystemExit(
+                    f"Servers run as per-user system accounts, which cannot reach {path}: "
+                    f"{blocked} is not searchable by other users. Build the user environment in a "
+                    "world-readable place with a system interpreter (`make run` as root does: "
+                    "/opt/stratolab/user-env from /usr/bin/python3) and set STRATOLAB_USER_ENV."
+                )
+
+
+def configure_hub(c, settings: PlatformSettings | None = None) -> PlatformSettings:
+    """Fill the JupyterHub config object `c` for this deployment and return the settings used."""
+    settings = settings or PlatformSettings.from_env()
+    data_dir = ensure_data_dir(settings.data_dir)
+
+    c.JupyterHub.bind_url = f"http://{settings.ip}:{settings.port}"
+    c.JupyterHub.hub_ip = "127.0.0.1"
+    c.JupyterHub.db_url = settings.hub_db_url
+    c.JupyterHub.cookie_secret_file = str(data_dir / "jupyterhub_cookie_secret")
+    c.JupyterHub.pid_file = str(data_dir / "jupyterhub.pid")
+    c.ConfigurableHTTPProxy.command = proxy_command()
+    c.ConfigurableHTTPProxy.pid_file = str(data_dir / "jupyterhub-proxy.pid")
+    c.JupyterHub.cleanup_servers = True
+    # A newer JupyterHub upgrades the schema at start (SQLite files are backed up first).
+    c.JupyterHub.upgrade_db = True
+
+    configure_authentication(c, settings)
+
+    isolation = (
+        ISOLATION_SYSTEM_USERS if settings.isolated() else ISOLATION_SHARED
+    )
+    check_user_env(settings.user_env, isolation)
+    if isolation == ISOLATION_SHARED:
+        import getpass
+
+        log.warning(SHARED_MODE_WARNING, getpass.getuser())
+
+    c.JupyterHub.spawner_class = StratolabSpawner
+    c.StratolabSpawner.isolation = isolation
+    c.StratolabSpawner.python_env = str(settings.user_env)
+    c.StratolabSpawner.home_root = str(settings.home_root)
+    c.StratolabSpawner.shared_home_template = str(data_dir / "homes" / "{username}")
+    c.StratolabSpawner.gpu_idle_timeout = settings.cull_gpu_timeout
+    c.Spawner.default_url = "/lab"
+    c.Spawner.http_timeout = 60
+    c.Spawner.start_timeout = 120
+    if settings.gpus is not None:
+        c.StratolabSpawner.gpu_inventory = list(settings.gpus)
+    if settings.profiles_file:
+        raw = load_profile_list(settings.profiles_file)
+        parse_profile_list(raw)  # fail at start-up, not at the first spawn
+        c.StratolabSpawner.profile_list = raw
+
+    service, role = culler_service(
+        settings.cull_timeout, settings.cull_gpu_timeout, settings.cull_every
+    )
+    c.JupyterHub.services = [service]
+    c.JupyterHub.load_roles = [role]
+    return settings

@@ -1,0 +1,61 @@
+"""Idle culling with jupyterhub-idle-culler, with a shorter limit for servers that hold GPUs.
+
+The culler (a hub-managed service) asks us, through its `cull_arbiter_hook`, whether a server should go.
+A server whose spawner state lists GPUs (see StratolabSpawner.get_state) is culled after
+`STRATOLAB_CULL_GPU_TIMEOUT` seconds of inactivity; any other after the culler's own `--timeout`.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Callable
+
+CULLER_SERVICE = "idle-culler"
+CULLER_CONFIG_FILE = Path(__file__).with_name("culler_config.py")
+
+
+def make_gpu_aware_arbiter(gpu_timeout: int) -> Callable[..., bool]:
+    """Return a cull arbiter that applies `gpu_timeout` to servers holding GPUs."""
+
+    def arbiter(*, inactive: timedelta, inactive_limit: int, server: dict[str, Any], **_) -> bool:
+        limit = inactive_limit
+        state = server.get("state") or {}
+        if state.get("gpus"):
+            limit = min(limit, gpu_timeout)
+        return inactive.total_seconds() >= limit
+
+    return arbiter
+
+
+def culler_service(timeout: int, gpu_timeout: int, every: int) -> tuple[dict, dict]:
+    """The service entry and the role for `c.JupyterHub.services` / `c.JupyterHub.load_roles`."""
+    every = max(1, min(every, timeout // 2 or 1, gpu_timeout // 2 or 1))
+    service = {
+        "name": CULLER_SERVICE,
+        "display": False,
+        "command": [
+            sys.executable,
+            "-m",
+            "jupyterhub_idle_culler",
+            f"--timeout={timeout}",
+            f"--cull-every={every}",
+            f"--config-file={CULLER_CONFIG_FILE}",
+        ],
+        "environment": {"STRATOLAB_CULL_GPU_TIMEOUT": str(gpu_timeout)},
+    }
+    role = {
+        "name": CULLER_SERVICE,
+        "description": "Stop servers that have been idle too long (GPU servers sooner).",
+        "scopes": [
+            "list:users",
+            "read:users:activity",
+            "read:servers",
+            "delete:servers",
+            # the spawner state says whether a server holds GPUs
+            "admin:server_state",
+        ],
+        "services": [CULLER_SERVICE],
+    }
+    return service, role

@@ -1,0 +1,331 @@
+"""The local spawner: single-user servers as processes on this machine, one profile list for both backends.
+
+`StratolabSpawner` extends JupyterHub's `LocalProcessSpawner`:
+- the user picks a profile from a KubeSpawner-style `profile_list`;
+- GPU profiles get whole devices exclusively through CUDA_VISIBLE_DEVICES, released when the server stops;
+- as root, each hub user runs as their own system account with a private home (system-users isolation);
+  otherwise every server runs as the hub's user in `<data dir>/homes/<name>` (shared: not isolated);
+- example notebooks are copied into a new home on first spawn.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from jupyterhub.spawner import LocalProcessSpawner, set_user_setuid
+from tornado import web
+from traitlets import Bool, Integer, List, Unicode, default
+
+from stratolab.errors import StratolabError
+from stratolab.hub import system_users
+from stratolab.hub.gpus import GpuAllocator, discover_gpus, shared_allocator
+from stratolab.hub.profiles import Profile, choose_profile, default_profile_list, parse_profile_list
+from stratolab.settings import PROJECT_ROOT
+
+ISOLATION_SYSTEM_USERS = "system-users"
+ISOLATION_SHARED = "shared"
+
+
+def parse_memory(value: str | int | None) -> int | None:
+    """'8G' / '512M' / bytes → bytes, JupyterHub's ByteSpecification rules."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int):
+        return value
+    units = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+    text = str(value).strip().upper().removesuffix("B").removesuffix("I")
+    if text and text[-1] in units:
+        return int(float(text[:-1]) * units[text[-1]])
+    return int(float(text))
+
+
+class StratolabSpawner(LocalProcessSpawner):
+    """Local processes with profiles, exclusive GPUs and per-user system accounts."""
+
+    profile_list = List(
+        help="""Environments users choose from, in KubeSpawner's profile_list shape.
+
+        Empty means the built-in list: a CPU profile, plus GPU profiles when the machine has GPUs.
+        """,
+    ).tag(config=True)
+
+    gpu_inventory = List(
+        Unicode(),
+        allow_none=True,
+        default_value=None,
+        help="""GPU device ids that servers may be given (CUDA_VISIBLE_DEVICES values).
+
+        None asks `nvidia-smi -L`; an explicit list (even a fake one, for tests) is used as is.
+        """,
+    ).tag(config=True)
+
+    isolation = Unicode(
+        help="""'system-users' (one system account per hub user; needs root) or 'shared'
+        (every server runs as the hub's own user: no isolation between users).""",
+    ).tag(config=True)
+
+    @default("isolation")
+    def _default_isolation(self):
+        return ISOLATION_SYSTEM_USERS if os.geteuid() == 0 else ISOLATION_SHARED
+
+    system_user_prefix = Unicode(
+        system_users.DEFAULT_PREFIX, help="Prefix of system account names ('jupyter-alice')."
+    ).tag(config=True)
+
+    home_root = Unicode("/home", help="Where system accounts' home directories are created.").tag(
+        config=True
+    )
+
+    shared_home_template = Unicode(
+        str(PROJECT_ROOT / ".stratolab" / "homes" / "{username}"),
+        help="Home directory of each user in 'shared' isolation; {username} is the hub name.",
+    ).tag(config=True)
+
+    python_env = Unicode(
+        sys.prefix,
+        help="Prefix of the Python environment servers and kernels run in (bin/ is put first on PATH).",
+    ).tag(config=True)
+
+    examples_dir = Unicode(
+        str(PROJECT_ROOT / "notebooks"),
+        help="Notebooks copied into `~/examples` of a new home on its first spawn ('' to disable).",
+    ).tag(config=True)
+
+    allow_root_servers = Bool(
+        True,
+        help="In 'shared' isolation under root, pass --allow-root to the server (else it refuses).",
+    ).tag(config=True)
+
+    gpu_idle_timeout = Integer(
+        0, help="Shown to users of GPU profiles: seconds of inactivity before their server is culled."
+    ).tag(config=True)
+
+    # --- what this server got, kept in the spawner state across hub restarts -------------------
+
+    profile_slug = Unicode("")
+    gpu_devices = List(Unicode())
+
+    @default("cmd")
+    def _default_cmd(self):
+        return [str(Path(self.python_env) / "bin" / "jupyterhub-singleuser")]
+
+    @default("default_url")
+    def _default_default_url(self):
+        return "/lab"
+
+    @default("apply_user_options")
+    def _default_apply_user_options(self):
+        return lambda spawner, user_options: spawner._apply_profile()
+
+    @default("options_from_form")
+    def _default_options_from_form(self):
+        return self._profile_from_form
+
+    # --- profiles ------------------------------------------------------------------------------
+
+    @property
+    def profiles(self) -> list[Profile]:
+        raw = self.profile_list or default_profile_list(len(self.allocator.inventory))
+        return parse_profile_list(raw)
+
+    @property
+    def allocator(self) -> GpuAllocator:
+        inventory = self.gpu_inventory
+        return shared_allocator(discover_gpus(tuple(inventory) if inventory is not None else None))
+
+    @property
+    def owner_key(self) -> str:
+        return f"{self.user.name}/{self.name}"
+
+    def _profile_from_form(self, formdata: dict) -> dict:
+        return {"profile": (formdata.get("profile") or [""])[0]}
+
+    @default("options_form")
+    def _default_options_form(self):
+        return self._render_options_form
+
+    def _render_options_form(self, spawner) -> str:
+        """Radio buttons for the profiles, each saying how many GPUs it needs and how many are free."""
+        profiles = self.profiles
+        if len(profiles) == 1 and not profiles[0].gpus:
+            return ""  # nothing to choose: spawn straight away
+        free = len(self.allocator.free())
+        chosen = choose_profile(profiles, (self.user_options or {}).get("profile") or None)
+        rows = []
+        for p in profiles:
+            facts = []
+            if p.cpu_limit:
+                facts.append(f"{p.cpu_limit:g} CPU")
+            if p.mem_limit:
+                facts.append(f"{html.escape(p.mem_limit)} memory")
+            if p.gpus:
+                facts.append(f"{p.gpus} GPU ({free} of {len(self.allocator.inventory)} free)")
+            unavailable = p.gpus > free
+            rows.append(
+                f"""<label class="stratolab-profile" data-profile="{html.escape(p.slug)}">
+  <input type="radio" name="profile" value="{html.escape(p.slug)}"
+         {'checked' if p.slug == chosen.slug and not unavailable else ''}
+         {'disabled' if unavailable else ''}>
+  <strong>{html.escape(p.display_name)}</strong> <small>{' · '.join(facts)}</small>
+  <div class="text-muted">{html.escape(p.description)}{' — no free GPU right now' if unavailable else ''}</div>
+</label>"""
+            )
+        return (
+            '<div class="form-group stratolab-profiles"><p>Choose an environment:</p>'
+            + "\n".join(rows)
+            + "</div>"
+        )
+
+    # --- environment of the server ------------------------------------------------------------
+
+    @property
+    def system_username(self) -> str:
+        return system_users.system_username(self.user.name, self.system_user_prefix)
+
+    @property
+    def home_dir(self) -> str:
+        if self.isolation == ISOLATION_SYSTEM_USERS:
+            return str(Path(self.home_root) / self.system_username)
+        return self.shared_home_template.format(username=self.user.name)
+
+    def make_preexec_fn(self, name):
+        if self.isolation == ISOLATION_SYSTEM_USERS:
+            return set_user_setuid(self.system_username)
+        home = self.home_dir
+
+        def preexec():
+            os.chdir(home)
+
+        return preexec
+
+    def user_env(self, env):
+        env["HOME"] = self.home_dir
+        env["SHELL"] = "/bin/bash"
+        env["USER"] = (
+            self.system_username if self.isolation == ISOLATION_SYSTEM_USERS else self.user.name
+        )
+        return env
+
+    def get_env(self):
+        env = super().get_env()
+        bin_dir = str(Path(self.python_env) / "bin")
+        env["PATH"] = os.pathsep.join([bin_dir, "/usr/local/bin", "/usr/bin", "/bin"])
+        env["VIRTUAL_ENV"] = self.python_env
+        # A server without GPUs sees none, rather than all of them.
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(self.gpu_devices)
+        profile = self._current_profile()
+        if profile is not None:
+            env["STRATOLAB_PROFILE"] = profile.slug
+            env["STRATOLAB_PROFILE_NAME"] = profile.display_name
+            env["STRATOLAB_PROFILE_DESCRIPTION"] = profile.description
+        env["STRATOLAB_ISOLATION"] = self.isolation
+        if self.gpu_devices and self.gpu_idle_timeout:
+            env["STRATOLAB_GPU_IDLE_TIMEOUT"] = str(self.gpu_idle_timeout)
+        return env
+
+    def get_args(self):
+        args = super().get_args()
+        args.append(f"--ServerApp.root_dir={self.home_dir}")
+        if self.isolation == ISOLATION_SHARED and os.geteuid() == 0 and self.allow_root_servers:
+            args.append("--allow-root")
+        return args
+
+    def _current_profile(self) -> Profile | None:
+        if not self.profile_slug:
+            return None
+        for p in self.profiles:
+            if p.slug == self.profile_slug:
+                return p
+        return None
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def _prepare_home(self) -> None:
+        """Create the home (and the system account) and copy the examples on first spawn."""
+        if self.isolation == ISOLATION_SYSTEM_USERS:
+            entry = system_users.ensure_system_user(self.system_username, Path(self.home_root))
+            uid, gid, home = entry.pw_uid, entry.pw_gid, Path(entry.pw_dir)
+        else:
+            home = Path(self.home_dir)
+            home.mkdir(parents=True, exist_ok=True, mode=0o700)
+            uid = gid = None
+        examples = Path(self.examples_dir) if self.examples_dir else None
+        target = home / "examples"
+        if examples and examples.is_dir() and not target.exists():
+            shutil.copytree(examples, target)
+            if uid is not None:
+                for path in [target, *target.rglob("*")]:
+                    os.chown(path, uid, gid)
+
+    def _apply_profile(self) -> Profile:
+        try:
+            profile = choose_profile(self.profiles, (self.user_options or {}).get("profile"))
+        except StratolabError as e:
+            raise web.HTTPError(e.status, e.message) from None
+        try:
+            devices = self.allocator.acquire(self.owner_key, profile.gpus)
+        except StratolabError as e:
+            raise web.HTTPError(e.status, e.message) from None
+        self.profile_slug = profile.slug
+        self.gpu_devices = list(devices)
+        self.cpu_limit = profile.cpu_limit
+        self.mem_limit = parse_memory(profile.mem_limit)
+        return profile
+
+    async def start(self):
+        profile = self._current_profile() or self._apply_profile()
+        try:
+            self._prepare_home()
+            url = await super().start()
+        except Exception:
+            self._release_gpus()
+            raise
+        self.log.info(
+            "Started %s with profile %s%s",
+            self._log_name,
+            profile.slug,
+            f" on GPU {','.join(self.gpu_devices)}" if self.gpu_devices else "",
+        )
+        return url
+
+    def _release_gpus(self) -> None:
+        released = self.allocator.release(self.owner_key)
+        if released:
+            self.log.info("Released GPU %s from %s", ",".join(released), self._log_name)
+        self.gpu_devices = []
+
+    async def poll(self):
+        status = await super().poll()
+        if status is not None and self.gpu_devices:
+            self._release_gpus()
+        return status
+
+    async def stop(self, now=False):
+        try:
+            await super().stop(now=now)
+        finally:
+            self._release_gpus()
+
+    def get_state(self):
+        state = super().get_state()
+        if self.profile_slug:
+            state["profile"] = self.profile_slug
+        if self.gpu_devices:
+            state["gpus"] = list(self.gpu_devices)
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.profile_slug = state.get("profile", "")
+        self.gpu_devices = list(state.get("gpus", []))
+        if self.gpu_devices:
+            self.allocator.restore(self.owner_key, tuple(self.gpu_devices))
+
+    def clear_state(self):
+        super().clear_state()
+        # GPUs are released by stop()/poll(), which know the devices are no longer in use.
+        self.profile_slug = ""

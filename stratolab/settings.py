@@ -1,0 +1,117 @@
+"""Platform settings read from the environment: one place that knows every STRATOLAB_* variable.
+
+The hub config, the launcher and the services all build a `PlatformSettings` with `from_env()`, so a
+variable means the same thing everywhere and its default is written once.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+#: The clone this package was installed from (editable installs); the default home of `.stratolab/`.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _int(environ: Mapping[str, str], name: str, default: int) -> int:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
+
+
+@dataclass(frozen=True)
+class PlatformSettings:
+    """Everything a deployment chooses through environment variables."""
+
+    port: int = 8000
+    ip: str = "127.0.0.1"
+    data_dir: Path = PROJECT_ROOT / ".stratolab"
+    #: Hub database; SQLite in the data dir unless STRATOLAB_DB_URL names another (PostgreSQL).
+    db_url: str = ""
+    #: Database for Stratolab's own services; the same server as the hub by default.
+    platform_db_url: str = ""
+    admin_user: str = "admin"
+    admin_password: str | None = None
+    #: Prefix of the environment single-user servers run in (bin/jupyterhub-singleuser lives there).
+    user_env: Path = Path(sys.prefix)
+    #: A YAML/JSON file with a KubeSpawner-style profile list; built-in CPU/GPU profiles when empty.
+    profiles_file: Path | None = None
+    #: Configured GPU inventory ("0,1" or "GPU-uuid,..."); `nvidia-smi -L` is asked when empty.
+    gpus: tuple[str, ...] | None = None
+    #: "native" (jupyterhub-nativeauthenticator) or "oidc" (oauthenticator's GenericOAuthenticator).
+    auth: str = "native"
+    cull_timeout: int = 3600
+    cull_gpu_timeout: int = 900
+    cull_every: int = 60
+    #: Isolation of users: "auto" (system users when root), "system-users" or "shared".
+    isolation: str = "auto"
+    #: Root of per-user home directories for system users.
+    home_root: Path = Path("/home")
+
+    @property
+    def hub_db_url(self) -> str:
+        return self.db_url or f"sqlite:///{self.data_dir / 'jupyterhub.sqlite'}"
+
+    @property
+    def platform_url(self) -> str:
+        if self.platform_db_url:
+            return self.platform_db_url
+        if self.db_url:
+            return self.db_url
+        return f"sqlite:///{self.data_dir / 'platform.sqlite'}"
+
+    @property
+    def admin_password_file(self) -> Path:
+        return self.data_dir / "admin-password"
+
+    @property
+    def public_url(self) -> str:
+        return f"http://{self.ip}:{self.port}"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "PlatformSettings":
+        env = os.environ if environ is None else environ
+        gpus_raw = env.get("STRATOLAB_GPUS")
+        gpus = None
+        if gpus_raw is not None:
+            gpus = tuple(g.strip() for g in gpus_raw.split(",") if g.strip())
+        profiles = env.get("STRATOLAB_PROFILES_FILE", "").strip()
+        auth = env.get("STRATOLAB_AUTH", "native").strip().lower() or "native"
+        if auth not in ("native", "oidc"):
+            raise ValueError(f"STRATOLAB_AUTH must be 'native' or 'oidc', got {auth!r}")
+        isolation = env.get("STRATOLAB_ISOLATION", "auto").strip().lower() or "auto"
+        if isolation not in ("auto", "system-users", "shared"):
+            raise ValueError(
+                f"STRATOLAB_ISOLATION must be 'auto', 'system-users' or 'shared', got {isolation!r}"
+            )
+        return cls(
+            port=_int(env, "STRATOLAB_PORT", 8000),
+            ip=env.get("STRATOLAB_IP", "127.0.0.1"),
+            data_dir=Path(env.get("STRATOLAB_DATA_DIR") or PROJECT_ROOT / ".stratolab").resolve(),
+            db_url=env.get("STRATOLAB_DB_URL", ""),
+            platform_db_url=env.get("STRATOLAB_PLATFORM_DB_URL", ""),
+            admin_user=(env.get("STRATOLAB_ADMIN_USER") or "admin").strip().lower(),
+            admin_password=env.get("STRATOLAB_ADMIN_PASSWORD") or None,
+            user_env=Path(env.get("STRATOLAB_USER_ENV") or sys.prefix),
+            profiles_file=Path(profiles) if profiles else None,
+            gpus=gpus,
+            auth=auth,
+            cull_timeout=_int(env, "STRATOLAB_CULL_TIMEOUT", 3600),
+            cull_gpu_timeout=_int(env, "STRATOLAB_CULL_GPU_TIMEOUT", 900),
+            cull_every=_int(env, "STRATOLAB_CULL_EVERY", 60),
+            isolation=isolation,
+            home_root=Path(env.get("STRATOLAB_HOME_ROOT") or "/home"),
+        )
+
+    def isolated(self) -> bool:
+        """True when each hub user gets a system account (the default when the hub runs as root)."""
+        if self.isolation == "auto":
+            return os.geteuid() == 0
+        return self.isolation == "system-users"
