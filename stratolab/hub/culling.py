@@ -41,7 +41,7 @@ def culler_service(timeout: int, gpu_timeout: int, every: int) -> tuple[dict, di
             "jupyterhub_idle_culler",
             f"--timeout={timeout}",
             f"--cull-every={every}",
-            f"--config-file={CULLER_CONFIG_FILE}",
+            f"--config={CULLER_CONFIG_FILE}",
         ],
         "environment": {"STRATOLAB_CULL_GPU_TIMEOUT": str(gpu_timeout)},
     }
