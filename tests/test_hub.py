@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import ADMIN_PASSWORD, IS_ROOT, unique_name
+from support import ADMIN_PASSWORD, IS_ROOT, unique_name
 
 
 def test_admin_can_log_in_with_the_configured_password(hub):

@@ -1,0 +1,29 @@
+"""Run every benchmark in this folder and print one JSON document with all results."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCHMARKS = ["login_to_lab.py"]
+
+
+def main() -> int:
+    results = {}
+    failed = False
+    for name in BENCHMARKS:
+        proc = subprocess.run([sys.executable, str(HERE / name)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            failed = True
+            results[name] = {"error": proc.stderr[-2000:]}
+        else:
+            results[name] = json.loads(proc.stdout)
+    print(json.dumps(results, indent=2))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

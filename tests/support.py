@@ -1,0 +1,230 @@
+"""Start real hubs (JupyterHub + configurable-http-proxy + real single-user servers) and act as users.
+
+`HubProcess` starts the hub exactly as `make run` does (hub/jupyterhub_config.py composed by
+`stratolab.hub.config`), with its own data directory, port and settings. Used by the tests' fixtures
+and by the benchmarks.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+HUB_CONFIG = ROOT / "hub" / "jupyterhub_config.py"
+ADMIN_PASSWORD = "admin-Secret-4711"
+IS_ROOT = os.geteuid() == 0
+DEFAULT_ROOT_USER_ENV = Path("/opt/stratolab/user-env")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def user_env_for_tests() -> Path:
+    """The environment servers run in: the Makefile exports it; as root it must be world-readable."""
+    configured = os.environ.get("STRATOLAB_USER_ENV")
+    if configured:
+        return Path(configured)
+    if IS_ROOT and (DEFAULT_ROOT_USER_ENV / "bin" / "jupyterhub-singleuser").exists():
+        return DEFAULT_ROOT_USER_ENV
+    return Path(sys.prefix)
+
+
+def unique_name(prefix: str = "u") -> str:
+    return f"{prefix}{secrets.token_hex(3)}"
+
+
+@dataclass
+class HubProcess:
+    """One running hub, with helpers to act as its users."""
+
+    data_dir: Path
+    env: dict[str, str]
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api(self) -> str:
+        return f"{self.url}/hub/api"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "jupyterhub", "-f", str(HUB_CONFIG)]
+
+    def start(self, timeout: float = 60) -> "HubProcess":
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env.update(
+            {
+                "STRATOLAB_PORT": str(self.port),
+                "STRATOLAB_DATA_DIR": str(self.data_dir),
+                "STRATOLAB_ADMIN_PASSWORD": ADMIN_PASSWORD,
+                "STRATOLAB_USER_ENV": str(user_env_for_tests()),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        env.update(self.env)
+        self.log_path = self.data_dir / "hub.log"
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            self.command(),
+            cwd=self.data_dir,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"hub exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                if requests.get(f"{self.api}/", timeout=2).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"hub did not answer within {timeout}s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+    def log_tail(self, lines: int = 60) -> str:
+        if not self.log_path or not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    # --- acting as users -------------------------------------------------------------------
+
+    def browser_session(self, username: str, password: str) -> requests.Session:
+        """Log in through the login form, as a browser would; returns the session with its cookies."""
+        s = requests.Session()
+        s.get(f"{self.url}/hub/login")
+        r = s.post(
+            f"{self.url}/hub/login",
+            data={"username": username, "password": password, "_xsrf": s.cookies.get("_xsrf")},
+            allow_redirects=False,
+        )
+        if r.status_code != 302:
+            raise AssertionError(f"login of {username} failed: {r.status_code}")
+        return s
+
+    def token_for(self, username: str, password: str, note: str = "tests") -> str:
+        """An API token, obtained as `stratolab login` does: log in, then ask the hub for a token."""
+        from stratolab.cli.hubclient import request_token
+
+        return request_token(self.url, username, password, note=note)
+
+    @property
+    def admin_token(self) -> str:
+        if not hasattr(self, "_admin_token"):
+            self._admin_token = self.token_for("admin", ADMIN_PASSWORD)
+        return self._admin_token
+
+    def admin_headers(self) -> dict[str, str]:
+        return {"Authorization": f"token {self.admin_token}"}
+
+    def signup(self, username: str, password: str) -> requests.Response:
+        s = requests.Session()
+        s.get(f"{self.url}/hub/signup")
+        return s.post(
+            f"{self.url}/hub/signup",
+            data={
+                "username": username,
+                "signup_password": password,
+                "signup_password_confirmation": password,
+                "_xsrf": s.cookies.get("_xsrf"),
+            },
+        )
+
+    def approve(self, username: str) -> None:
+        admin = self.browser_session("admin", ADMIN_PASSWORD)
+        r = admin.get(f"{self.url}/hub/authorize/{username}")
+        assert r.status_code == 200, r.status_code
+
+    def create_user(self, username: str | None = None, password: str = "pw-Correct-Horse-9") -> "TestUser":
+        """Sign up through the form and have the admin approve, as a real user would."""
+        username = username or unique_name()
+        r = self.signup(username, password)
+        assert r.status_code == 200, r.text[:500]
+        self.approve(username)
+        return TestUser(self, username, password, self.token_for(username, password))
+
+    def spawn(self, user: "TestUser", options: dict | None = None, timeout: float = 90):
+        """Start the user's server through the REST API and wait until it is ready."""
+        r = requests.post(
+            f"{self.api}/users/{user.name}/server", headers=user.headers, json=options or {}
+        )
+        if r.status_code not in (201, 202):
+            return r
+        self.wait_ready(user, timeout)
+        return r
+
+    def wait_ready(self, user: "TestUser", timeout: float = 90) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            model = requests.get(f"{self.api}/users/{user.name}", headers=self.admin_headers()).json()
+            server = model.get("servers", {}).get("")
+            if server and server.get("ready"):
+                return server
+            if not server or not server.get("pending"):
+                if server is None:
+                    raise AssertionError(f"server of {user.name} is gone:\n{self.log_tail()}")
+            time.sleep(0.3)
+        raise AssertionError(f"server of {user.name} not ready in {timeout}s:\n{self.log_tail()}")
+
+    def stop_server(self, user: "TestUser", timeout: float = 60) -> None:
+        r = requests.delete(f"{self.api}/users/{user.name}/server", headers=user.headers)
+        assert r.status_code in (202, 204), r.status_code
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            model = requests.get(f"{self.api}/users/{user.name}", headers=self.admin_headers()).json()
+            if "" not in model.get("servers", {}):
+                return
+            time.sleep(0.3)
+        raise AssertionError(f"server of {user.name} did not stop")
+
+    def server_state(self, user: "TestUser") -> dict:
+        model = requests.get(
+            f"{self.api}/users/{user.name}", headers=self.admin_headers()
+        ).json()
+        return model["servers"][""].get("state", {})
+
+
+@dataclass
+class TestUser:
+    hub: HubProcess
+    name: str
+    password: str
+    token: str
+
+    __test__ = False  # not a test class
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"token {self.token}"}
+
+    def server_get(self, path: str, **kwargs) -> requests.Response:
+        return requests.get(f"{self.hub.url}/user/{self.name}/{path}", headers=self.headers, **kwargs)
