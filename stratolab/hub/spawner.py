@@ -10,14 +10,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import html
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 from jupyterhub.spawner import LocalProcessSpawner, set_user_setuid
 from tornado import web
+from tornado.httpclient import AsyncHTTPClient
 from traitlets import Bool, Integer, List, Unicode, default
 
 from stratolab.errors import StratolabError
@@ -280,7 +283,8 @@ class StratolabSpawner(LocalProcessSpawner):
         profile = self._current_profile() or self._apply_profile()
         try:
             self._prepare_home()
-            url = await super().start()
+            ip, port = await super().start()
+            await self._wait_for_server(ip, port)
         except Exception:
             self._release_gpus()
             raise
@@ -290,7 +294,35 @@ class StratolabSpawner(LocalProcessSpawner):
             profile.slug,
             f" on GPU {','.join(self.gpu_devices)}" if self.gpu_devices else "",
         )
-        return url
+        return ip, port
+
+    async def _wait_for_server(self, ip: str, port: int) -> None:
+        """Return as soon as the new server answers HTTP, polling every 50 ms.
+
+        The hub then finds it up at its first check, instead of after the exponential backoff of
+        `Server.wait_up` (0.2 s, 0.4 s, 0.8 s, ... with jitter), which adds up to seconds to a spawn.
+        A server that exits while starting is reported with its exit code instead of a timeout.
+        """
+        url = f"http://{ip}:{port}{self.server.base_url}api" if self.server else None
+        client = AsyncHTTPClient()
+        deadline = time.monotonic() + self.http_timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise web.HTTPError(
+                    500,
+                    f"the server exited while starting (status {self.proc.returncode}); "
+                    "the hub's log has its output",
+                )
+            if url is None:
+                return
+            try:
+                response = await client.fetch(url, raise_error=False, request_timeout=2)
+                if response.code < 500 and response.code != 599:
+                    return
+            except OSError:
+                pass
+            await asyncio.sleep(0.05)
+        # let the hub's own wait report the timeout
 
     def _release_gpus(self) -> None:
         released = self.allocator.release(self.owner_key)
