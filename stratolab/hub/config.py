@@ -10,6 +10,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from stratolab.errors import StratolabError
 from stratolab.hub.admin import ensure_data_dir
 from stratolab.hub.auth import configure_authentication
 from stratolab.hub.culling import culler_service
@@ -99,8 +100,11 @@ def configure_hub(c, settings: PlatformSettings | None = None) -> PlatformSettin
     if settings.gpus is not None:
         c.StratolabSpawner.gpu_inventory = list(settings.gpus)
     if settings.profiles_file:
-        raw = load_profile_list(settings.profiles_file)
-        parse_profile_list(raw)  # fail at start-up, not at the first spawn
+        try:  # fail at start-up, not at the first spawn
+            raw = load_profile_list(settings.profiles_file)
+            parse_profile_list(raw)
+        except (OSError, ValueError, StratolabError) as e:
+            raise SystemExit(f"STRATOLAB_PROFILES_FILE={settings.profiles_file}: {e}") from None
         c.StratolabSpawner.profile_list = raw
 
     service, role = culler_service(

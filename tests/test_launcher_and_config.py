@@ -1,0 +1,125 @@
+"""`stratolab-hub` (what `make run` starts) and the configuration composed for JupyterHub."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from traitlets.config import Config
+
+from stratolab.hub.config import check_user_env, configure_hub
+from stratolab.settings import PlatformSettings
+from support import free_port, user_env_for_tests
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_first_start_prints_a_generated_password_that_logs_in(tmp_path):
+    """The newcomer's path: start, read the banner, log in with what it printed."""
+    from stratolab.cli.hubclient import request_token
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STRATOLAB_")}
+    env.update(
+        {
+            "STRATOLAB_DATA_DIR": str(tmp_path / "data"),
+            "STRATOLAB_PORT": str(port),
+            "STRATOLAB_USER_ENV": str(user_env_for_tests()),
+            "STRATOLAB_GPUS": "",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    log = tmp_path / "out.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "stratolab.hub.launcher"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and "Stratolab is running" not in log.read_text():
+            assert proc.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.3)
+        text = log.read_text()
+        assert f"http://127.0.0.1:{port}/" in text
+        password = re.search(r"Password:\s+(\S+)", text).group(1)
+        stored = tmp_path / "data" / "admin-password"
+        assert stored.read_text().strip() == password
+        assert stat.S_IMODE(stored.stat().st_mode) == 0o600
+        assert stat.S_IMODE((tmp_path / "data").stat().st_mode) == 0o700
+        assert request_token(f"http://127.0.0.1:{port}", "admin", password)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+    # a second start does not print the password again
+    assert "generated now" in text
+
+
+def _settings(tmp_path, **env) -> PlatformSettings:
+    base = {"STRATOLAB_DATA_DIR": str(tmp_path), "STRATOLAB_USER_ENV": str(user_env_for_tests())}
+    base.update(env)
+    return PlatformSettings.from_env(base)
+
+
+def test_oidc_login_is_selected_by_configuration(tmp_path, monkeypatch):
+    monkeypatch.setenv("STRATOLAB_OIDC_CLIENT_ID", "stratolab")
+    monkeypatch.setenv("STRATOLAB_OIDC_AUTHORIZE_URL", "https://idp.example/authorize")
+    monkeypatch.setenv("STRATOLAB_OIDC_ALLOWED_GROUPS", "data-science,admins")
+    c = Config()
+    configure_hub(c, _settings(tmp_path, STRATOLAB_AUTH="oidc", STRATOLAB_ISOLATION="shared"))
+    assert c.JupyterHub.authenticator_class == "generic-oauth"
+    assert c.GenericOAuthenticator.client_id == "stratolab"
+    assert c.GenericOAuthenticator.authorize_url == "https://idp.example/authorize"
+    assert c.GenericOAuthenticator.allowed_groups == {"data-science", "admins"}
+    assert not (tmp_path / "admin-password").exists()
+
+
+def test_native_login_by_default_with_culler_and_profiles_file(tmp_path):
+    profiles = tmp_path / "profiles.yaml"
+    profiles.write_text("- display_name: Small\n  slug: small\n- display_name: Large\n  slug: large\n")
+    c = Config()
+    configure_hub(
+        c, _settings(tmp_path, STRATOLAB_ISOLATION="shared", STRATOLAB_PROFILES_FILE=str(profiles))
+    )
+    assert c.JupyterHub.authenticator_class.__name__ == "StratolabNativeAuthenticator"
+    assert c.NativeAuthenticator.open_signup is False
+    assert [s["name"] for s in c.JupyterHub.services] == ["idle-culler"]
+    assert [p["slug"] for p in c.StratolabSpawner.profile_list] == ["small", "large"]
+    assert c.JupyterHub.db_url.startswith("sqlite:///")
+
+
+def test_a_broken_profiles_file_stops_the_start(tmp_path):
+    profiles = tmp_path / "profiles.yaml"
+    profiles.write_text("- slug: nameless\n")
+    with pytest.raises(SystemExit, match="profiles.yaml: profile #1 needs a display_name"):
+        configure_hub(
+            Config(),
+            _settings(tmp_path, STRATOLAB_ISOLATION="shared", STRATOLAB_PROFILES_FILE=str(profiles)),
+        )
+
+
+def test_system_accounts_need_a_readable_environment(tmp_path):
+    env = tmp_path / "private" / "env"
+    (env / "bin").mkdir(parents=True)
+    for name in ("python", "jupyterhub-singleuser"):
+        (env / "bin" / name).write_text("")
+        (env / "bin" / name).chmod(0o755)
+    (tmp_path / "private").chmod(0o700)
+    with pytest.raises(SystemExit, match="cannot reach"):
+        check_user_env(env, "system-users")
+    check_user_env(env, "shared")  # the hub's own user can read it
+    with pytest.raises(SystemExit, match="does not exist"):
+        check_user_env(tmp_path / "nowhere", "shared")
