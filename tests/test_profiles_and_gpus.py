@@ -46,6 +46,14 @@ def test_profile_list_validation_names_the_problem():
         parse_profile_list(
             [{"display_name": "G", "kubespawner_override": {"extra_resource_limits": {GPU_RESOURCE: "x"}}}]
         )
+    with pytest.raises(ProfileError, match="cpu_limit must be a number"):
+        parse_profile_list([{"display_name": "A", "kubespawner_override": {"cpu_limit": "two"}}])
+    with pytest.raises(ProfileError, match="mem_limit"):
+        parse_profile_list([{"display_name": "A", "kubespawner_override": {"mem_limit": "lots"}}])
+    [p] = parse_profile_list(
+        [{"display_name": "T", "kubespawner_override": {"tolerations": {"b": {"key": "b"}, "a": {"key": "a"}}}}]
+    )
+    assert p.tolerations == ({"key": "a"}, {"key": "b"})
     with pytest.raises(ProfileError, match="more than one"):
         parse_profile_list(
             [{"display_name": "A", "default": True}, {"display_name": "B", "default": True}]

@@ -91,15 +91,27 @@ def parse_profile(raw: dict[str, Any], index: int = 0) -> Profile:
     if not isinstance(override, dict):
         raise ProfileError(f"profile {slug!r}: kubespawner_override must be a mapping")
     cpu = override.get("cpu_limit")
+    if cpu is not None:
+        try:
+            cpu = float(cpu)
+        except (TypeError, ValueError):
+            raise ProfileError(f"profile {slug!r}: cpu_limit must be a number, got {cpu!r}") from None
+    mem = override.get("mem_limit")
+    if mem is not None and not re.fullmatch(r"\d+(\.\d+)?([KMGT]i?B?)?", str(mem).strip(), re.I):
+        raise ProfileError(f"profile {slug!r}: mem_limit must be like '8G' or '512M', got {mem!r}")
     tolerations = override.get("tolerations") or []
+    if isinstance(tolerations, dict):  # KubeSpawner also accepts {name: toleration}
+        tolerations = [tolerations[k] for k in sorted(tolerations)]
+    if not isinstance(tolerations, list):
+        raise ProfileError(f"profile {slug!r}: tolerations must be a list or a mapping")
     return Profile(
         slug=slug,
         display_name=display_name,
         description=str(raw.get("description", "")),
         default=bool(raw.get("default", False)),
         gpus=_gpu_count(override, f"profile {slug!r}"),
-        cpu_limit=float(cpu) if cpu is not None else None,
-        mem_limit=str(override["mem_limit"]) if override.get("mem_limit") is not None else None,
+        cpu_limit=cpu,
+        mem_limit=str(mem) if mem is not None else None,
         image=override.get("image"),
         node_selector=dict(override.get("node_selector") or {}),
         tolerations=tuple(tolerations),
