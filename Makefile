@@ -51,7 +51,7 @@ $(STAMPS)/venv: pyproject.toml | $(STAMPS)
 # 2. Node tools for the hub: configurable-http-proxy, installed into the clone, not globally.
 $(STAMPS)/node: package.json | $(STAMPS)
 	@echo "==> configurable-http-proxy (npm)"
-	@npm install --no-audit --no-fund --loglevel=error
+	@npm install --no-audit --no-fund --no-update-notifier --loglevel=error
 	@touch $@
 
 # 3. The JupyterLab extension, built with the jlpm that ships with JupyterLab.
