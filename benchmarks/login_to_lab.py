@@ -32,6 +32,8 @@ from support import ADMIN_PASSWORD, HubProcess, free_port, unique_name, user_env
 BARE_CONFIG = """
 c = get_config()
 c.JupyterHub.bind_url = "http://127.0.0.1:{port}"
+c.JupyterHub.hub_bind_url = "http://127.0.0.1:{hub_port}"
+c.ConfigurableHTTPProxy.api_url = "http://127.0.0.1:{proxy_api_port}"
 c.JupyterHub.db_url = "sqlite:///{data}/bare.sqlite"
 c.JupyterHub.cookie_secret_file = "{data}/cookie_secret"
 c.JupyterHub.spawner_class = "simple"
@@ -57,6 +59,8 @@ class BareHub(HubProcess):
         config.write_text(
             BARE_CONFIG.format(
                 port=self.port,
+                hub_port=free_port(),
+                proxy_api_port=free_port(),
                 data=self.data_dir,
                 user_env=user_env_for_tests(),
                 allow_root='["--allow-root"]' if os.geteuid() == 0 else "[]",

@@ -32,6 +32,9 @@ class PlatformSettings:
 
     port: int = 8000
     ip: str = "127.0.0.1"
+    #: Internal ports on 127.0.0.1: the hub's API (servers and services talk to it) and the proxy's API.
+    hub_port: int = 8081
+    proxy_api_port: int = 8001
     data_dir: Path = PROJECT_ROOT / ".stratolab"
     #: Hub database; SQLite in the data dir unless STRATOLAB_DB_URL names another (PostgreSQL).
     db_url: str = ""
@@ -94,6 +97,8 @@ class PlatformSettings:
         return cls(
             port=_int(env, "STRATOLAB_PORT", 8000),
             ip=env.get("STRATOLAB_IP", "127.0.0.1"),
+            hub_port=_int(env, "STRATOLAB_HUB_PORT", 8081),
+            proxy_api_port=_int(env, "STRATOLAB_PROXY_API_PORT", 8001),
             data_dir=Path(env.get("STRATOLAB_DATA_DIR") or PROJECT_ROOT / ".stratolab").resolve(),
             db_url=env.get("STRATOLAB_DB_URL", ""),
             platform_db_url=env.get("STRATOLAB_PLATFORM_DB_URL", ""),

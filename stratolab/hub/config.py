@@ -67,7 +67,8 @@ def configure_hub(c, settings: PlatformSettings | None = None) -> PlatformSettin
     data_dir = ensure_data_dir(settings.data_dir)
 
     c.JupyterHub.bind_url = f"http://{settings.ip}:{settings.port}"
-    c.JupyterHub.hub_ip = "127.0.0.1"
+    c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{settings.hub_port}"
+    c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{settings.proxy_api_port}"
     c.JupyterHub.db_url = settings.hub_db_url
     c.JupyterHub.cookie_secret_file = str(data_dir / "jupyterhub_cookie_secret")
     c.JupyterHub.pid_file = str(data_dir / "jupyterhub.pid")
