@@ -166,21 +166,22 @@ class StratolabSpawner(LocalProcessSpawner):
             if p.mem_limit:
                 facts.append(f"{html.escape(p.mem_limit)} memory")
             if p.gpus:
-                facts.append(f"{p.gpus} GPU ({free} of {len(self.allocator.inventory)} free)")
+                facts.append(f"{p.gpus} GPU, {free} of {len(self.allocator.inventory)} free")
             unavailable = p.gpus > free
             rows.append(
-                f"""<label class="stratolab-profile" data-profile="{html.escape(p.slug)}">
-  <input type="radio" name="profile" value="{html.escape(p.slug)}"
+                f"""<label class="list-group-item stratolab-profile{' disabled' if unavailable else ''}"
+       data-profile="{html.escape(p.slug)}">
+  <input class="form-check-input me-2" type="radio" name="profile" value="{html.escape(p.slug)}"
          {'checked' if p.slug == chosen.slug and not unavailable else ''}
          {'disabled' if unavailable else ''}>
-  <strong>{html.escape(p.display_name)}</strong> <small>{' · '.join(facts)}</small>
-  <div class="text-muted">{html.escape(p.description)}{' — no free GPU right now' if unavailable else ''}</div>
+  <strong>{html.escape(p.display_name)}</strong>
+  <span class="badge text-bg-light">{' · '.join(facts)}</span>
+  <div class="text-muted small ms-4">{html.escape(p.description)}{' No free GPU right now.' if unavailable else ''}</div>
 </label>"""
             )
         return (
-            '<div class="form-group stratolab-profiles"><p>Choose an environment:</p>'
-            + "\n".join(rows)
-            + "</div>"
+            '<div class="stratolab-profiles mb-3"><p>Choose the environment for your server:</p>'
+            '<div class="list-group">' + "\n".join(rows) + "</div></div>"
         )
 
     # --- environment of the server ------------------------------------------------------------
