@@ -71,3 +71,18 @@ def test_bad_handler_names_are_refused():
         plan_capture("Wrapper", read_cells(CELLS))
     with pytest.raises(AnalysisError, match="syntax error"):
         free_names("def broken(:\n  pass")
+
+
+def test_requirements_are_pinned_to_installed_versions():
+    from stratolab.functions.requirements import pin_requirements
+
+    mapping = {"sklearn": ["scikit-learn"], "numpy": ["numpy"], "google": ["protobuf", "google-auth"]}
+    versions = {"scikit-learn": "1.5.2", "numpy": "2.1.0", "protobuf": "5.0", "google-auth": "2.0"}
+    pins, unknown = pin_requirements(
+        ["sklearn", "numpy", "json", "os", "google", "mylocalmod"], mapping, versions.__getitem__
+    )
+    assert pins == ["google-auth==2.0", "numpy==2.1.0", "protobuf==5.0", "scikit-learn==1.5.2"]
+    assert unknown == ["mylocalmod"]
+    # against the real environment
+    pins, unknown = pin_requirements(["yaml", "sqlalchemy"])
+    assert any(p.lower().startswith("pyyaml==") for p in pins) and not unknown
