@@ -26,7 +26,7 @@ endif
 export STRATOLAB_USER_ENV := $(abspath $(USER_ENV))
 
 PY_SOURCES := $(shell find stratolab -name '*.py' -o -name '*.html' -o -name '*.ini' -o -name '*.mako' 2>/dev/null)
-EXT_SOURCES := $(shell find $(EXT_DIR)/src $(EXT_DIR)/style $(EXT_DIR)/schema -type f 2>/dev/null) $(EXT_DIR)/package.json
+EXT_SOURCES := $(shell find $(EXT_DIR)/src $(EXT_DIR)/style $(EXT_DIR)/schema -type f 2>/dev/null) $(EXT_DIR)/package.json $(EXT_DIR)/tsconfig.json $(EXT_DIR)/yarn.lock
 
 .PHONY: help setup run test bench clean chromium
 
@@ -58,7 +58,7 @@ $(STAMPS)/node: package.json | $(STAMPS)
 $(STAMPS)/extension: $(STAMPS)/venv $(EXT_SOURCES)
 	@echo "==> JupyterLab extension ($(EXT_DIR))"
 	@cd $(EXT_DIR) && PATH=$(BIN):$$PATH jlpm install --silent && PATH=$(BIN):$$PATH jlpm build:prod
-	@$(BIN)/jupyter labextension develop --overwrite . >/dev/null
+	@$(BIN)/jupyter-builder develop --overwrite --log-level=WARN . >/dev/null
 	@touch $@
 
 # 4. The user environment (root only: a separate, world-readable install of the same package).

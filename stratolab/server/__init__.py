@@ -1,0 +1,22 @@
+"""Stratolab's Jupyter server extension: the routes the Stratolab lab panel calls in a user's server.
+
+Enabled by jupyter-config/server-config/stratolab.json (installed into etc/jupyter with the wheel).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jupyter_server.utils import url_path_join
+
+from .handlers import StatusHandler
+
+
+def _load_jupyter_server_extension(serverapp: Any) -> None:
+    web_app = serverapp.web_app
+    base_url = web_app.settings["base_url"]
+    web_app.add_handlers(
+        ".*$",
+        [(url_path_join(base_url, "stratolab", "status"), StatusHandler)],
+    )
+    serverapp.log.info("Stratolab server extension loaded: %sstratolab/status", base_url)
