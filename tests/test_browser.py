@@ -62,7 +62,7 @@ def test_signup_approval_login_profile_lab_panel_and_stop(hub, page_factory, tmp
     page.fill("input[name=signup_password]", password)
     page.fill("input[name=signup_password_confirmation]", password)
     page.click("input[type=submit], button[type=submit]")
-    page.wait_for_selector("text=/approv/i")
+    page.wait_for_selector("text=/sent to the admin/i")
 
     # 2. before approval the login is refused
     login(page, hub, name, password)
@@ -73,8 +73,8 @@ def test_signup_approval_login_profile_lab_panel_and_stop(hub, page_factory, tmp
     login(admin, hub, "admin", ADMIN_PASSWORD)
     admin.goto(f"{hub.url}/hub/authorize")
     row = admin.locator("tr", has_text=name)
-    row.get_by_role("link", name=re.compile("authorize", re.I)).first.click()
-    admin.wait_for_load_state()
+    row.get_by_role("button", name="Authorize", exact=True).click()
+    admin.wait_for_selector(f"tr#{name}:has-text('Unauthorize')")
 
     # 4. they log in and choose an environment on the spawn form
     login(page, hub, name, password)
@@ -97,6 +97,7 @@ def test_signup_approval_login_profile_lab_panel_and_stop(hub, page_factory, tmp
         page.screenshot(path=os.path.join(os.environ["STRATOLAB_SCREENSHOTS"], "lab-panel.png"))
 
     # 6. the example notebooks are in their home
+    page.locator(".jp-SideBar [data-id=filebrowser]").first.click()
     page.wait_for_selector(".jp-DirListing-item:has-text('examples')")
 
     # 7. they stop the server from the hub's home page
