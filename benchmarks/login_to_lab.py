@@ -95,7 +95,7 @@ def lab_ready_seconds(hub_url: str, name: str, password: str, profile: str | Non
             config = json.loads(m.group(1))
             ext = next(e for e in config["federated_extensions"] if e["name"] == "stratolab-lab")
             base = config["fullLabextensionsUrl"].rstrip("/")
-            asset = s.get(f"{base}/{ext['name']}/{ext['load']}")
+            asset = s.get(f"{hub_url}{base}/{ext['name']}/{ext['load']}")
             assert asset.status_code == 200, asset.status_code
             return time.perf_counter() - t0
         time.sleep(0.05)
