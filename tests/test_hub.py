@@ -185,3 +185,21 @@ def test_each_user_runs_as_their_own_system_account(hub, test_homes):
     finally:
         for u in (a, b):
             hub.stop_server(u)
+
+
+def test_gpu_assignments_are_recorded_in_the_platform_database(hub):
+    import sqlalchemy as sa
+
+    user = hub.create_user()
+    assert hub.spawn(user, {"profile": "gpu-1"}).status_code in (201, 202)
+    hub.stop_server(user)
+    engine = sa.create_engine(f"sqlite:///{hub.data_dir / 'platform.sqlite'}")
+    with engine.connect() as c:
+        rows = c.execute(
+            sa.text("select profile_slug, devices, released_at from gpu_assignments where username=:u"),
+            {"u": user.name},
+        ).all()
+    engine.dispose()
+    assert len(rows) == 1
+    profile, devices, released = rows[0]
+    assert profile == "gpu-1" and devices in ("0", "1") and released is not None

@@ -10,6 +10,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from stratolab.db import ensure_schema
 from stratolab.errors import StratolabError
 from stratolab.hub.admin import ensure_data_dir
 from stratolab.hub.auth import configure_authentication
@@ -88,6 +89,9 @@ def configure_hub(c, settings: PlatformSettings | None = None) -> PlatformSettin
         import getpass
 
         log.warning(SHARED_MODE_WARNING, getpass.getuser())
+
+    ensure_schema(settings.platform_url)
+    c.StratolabSpawner.platform_db_url = settings.platform_url
 
     c.JupyterHub.spawner_class = StratolabSpawner
     c.StratolabSpawner.isolation = isolation

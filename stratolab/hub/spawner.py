@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import html
 import os
 import shutil
@@ -23,6 +24,8 @@ from tornado import web
 from tornado.httpclient import AsyncHTTPClient
 from traitlets import Bool, Integer, List, Unicode, default
 
+from stratolab.db import gpu_history
+from stratolab.db.engine import make_engine, session_factory, session_scope
 from stratolab.errors import StratolabError
 from stratolab.hub import system_users
 from stratolab.hub.gpus import GpuAllocator, discover_gpus, shared_allocator
@@ -44,6 +47,12 @@ def parse_memory(value: str | int | None) -> int | None:
     if text and text[-1] in units:
         return int(float(text[:-1]) * units[text[-1]])
     return int(float(text))
+
+
+@functools.cache
+def platform_sessions(url: str):
+    """One engine per platform database URL for the hub process."""
+    return session_factory(make_engine(url))
 
 
 class StratolabSpawner(LocalProcessSpawner):
@@ -101,6 +110,10 @@ class StratolabSpawner(LocalProcessSpawner):
     allow_root_servers = Bool(
         True,
         help="In 'shared' isolation under root, pass --allow-root to the server (else it refuses).",
+    ).tag(config=True)
+
+    platform_db_url = Unicode(
+        "", help="Platform database where GPU assignments are recorded ('' to not record them)."
     ).tag(config=True)
 
     gpu_idle_timeout = Integer(
@@ -276,6 +289,10 @@ class StratolabSpawner(LocalProcessSpawner):
             raise web.HTTPError(e.status, e.message) from None
         self.profile_slug = profile.slug
         self.gpu_devices = list(devices)
+        if devices:
+            self._record_gpus(lambda s: gpu_history.record_assignment(
+                s, self.user.name, self.name, profile.slug, list(devices)
+            ))
         self.cpu_limit = profile.cpu_limit
         self.mem_limit = parse_memory(profile.mem_limit)
         return profile
@@ -329,7 +346,18 @@ class StratolabSpawner(LocalProcessSpawner):
         released = self.allocator.release(self.owner_key)
         if released:
             self.log.info("Released GPU %s from %s", ",".join(released), self._log_name)
+            self._record_gpus(lambda s: gpu_history.record_release(s, self.user.name, self.name))
         self.gpu_devices = []
+
+    def _record_gpus(self, write) -> None:
+        """Write to the GPU history; a database problem never stops a spawn or a stop."""
+        if not self.platform_db_url:
+            return
+        try:
+            with session_scope(platform_sessions(self.platform_db_url)) as session:
+                write(session)
+        except Exception:
+            self.log.exception("Could not record GPU assignment of %s", self._log_name)
 
     async def poll(self):
         status = await super().poll()

@@ -1,0 +1,52 @@
+"""Tables of the platform database. Each capability adds its tables here, with a migration."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import DateTime, Index, Integer, MetaData, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class PlatformInfo(Base):
+    """Facts about this installation (its id, when the schema was created)."""
+
+    __tablename__ = "platform_info"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class GpuAssignment(Base):
+    """Which server held which GPUs, and for how long: the basis of GPU cost visibility."""
+
+    __tablename__ = "gpu_assignments"
+    __table_args__ = (
+        Index("ix_gpu_assignments_username", "username"),
+        Index("ix_gpu_assignments_released_at", "released_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    username: Mapped[str] = mapped_column(String(255))
+    server_name: Mapped[str] = mapped_column(String(255), default="")
+    profile_slug: Mapped[str] = mapped_column(String(63))
+    #: comma-separated device ids, as in CUDA_VISIBLE_DEVICES
+    devices: Mapped[str] = mapped_column(String(255))
+    assigned_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    released_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
