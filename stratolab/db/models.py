@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Any
 
-from sqlalchemy import DateTime, Index, Integer, MetaData, String, Text
+from sqlalchemy import DateTime, Dialect, Index, Integer, MetaData, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
 
+#: Deterministic constraint names: Alembic can then drop or alter them by name, and batch mode on
+#: SQLite (which recreates tables) finds the same names the original migration created.
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -20,12 +24,37 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timestamp that is timezone-aware UTC in Python on every backend.
+
+    SQLite keeps no offset and PostgreSQL answers in the session's time zone; both come back as UTC
+    here. Naive values are taken to be UTC already (what `datetime.utcnow()`-style code produces).
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc)
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
 class PlatformInfo(Base):
-    """Facts about this installation (its id, when the schema was created)."""
+    """Facts about this installation (its id, when the schema was created), as key/value pairs."""
 
     __tablename__ = "platform_info"
 
@@ -46,7 +75,11 @@ class GpuAssignment(Base):
     username: Mapped[str] = mapped_column(String(255))
     server_name: Mapped[str] = mapped_column(String(255), default="")
     profile_slug: Mapped[str] = mapped_column(String(63))
-    #: comma-separated device ids, as in CUDA_VISIBLE_DEVICES
-    devices: Mapped[str] = mapped_column(String(255))
-    assigned_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    released_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    #: comma-separated device ids as in CUDA_VISIBLE_DEVICES; text, since GPU UUIDs are 40 characters
+    devices: Mapped[str] = mapped_column(Text)
+    assigned_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    released_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+    @property
+    def device_list(self) -> list[str]:
+        return [d for d in self.devices.split(",") if d]

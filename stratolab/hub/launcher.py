@@ -75,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    if wait_until_up(f"{settings.public_url}/hub/api/", proc):
+    # the hub's own API first: asking through the proxy before the hub listens makes it log errors
+    if wait_until_up(f"http://127.0.0.1:{settings.hub_port}/hub/api/", proc) and wait_until_up(
+        f"{settings.public_url}/hub/api/", proc
+    ):
         print(banner(settings, creds), flush=True)
     while True:
         try:

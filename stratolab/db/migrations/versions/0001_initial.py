@@ -36,7 +36,7 @@ def upgrade() -> None:
         sa.Column("username", sa.String(255), nullable=False),
         sa.Column("server_name", sa.String(255), nullable=False),
         sa.Column("profile_slug", sa.String(63), nullable=False),
-        sa.Column("devices", sa.String(255), nullable=False),
+        sa.Column("devices", sa.Text(), nullable=False),
         sa.Column("assigned_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("released_at", sa.DateTime(timezone=True), nullable=True),
     )
