@@ -1,0 +1,216 @@
+"""Serializers for live values captured from a kernel: a registry from name to handler, as papermill's
+engines and I/O handlers are. The first serializer that matches a value wins; cloudpickle is the last.
+
+Each framework is saved in its own format, so a bundle can be read without the notebook:
+- torch `nn.Module`: the structure pickled without weights (a copy on the `meta` device) and the
+  weights with `torch.save(state_dict)`; tensors with `torch.save`;
+- scikit-learn estimators: joblib;
+- numpy arrays: `.npy` (no pickle);
+- anything else: cloudpickle, and a value that cannot be captured (an open socket, a generator, a
+  lock) is a `CaptureError` that names the variable and says why.
+
+Frameworks are detected by the value's type without importing them, so capturing a scikit-learn model
+never pays for `import torch`.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import sys
+import types
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from stratolab.errors import InvalidInput
+
+
+class CaptureError(InvalidInput):
+    """A live value could not be captured; the message names it and says why."""
+
+
+def _type_module(value: Any) -> str:
+    return type(value).__module__ or ""
+
+
+def _is_instance_of(value: Any, module: str, qualname: str) -> bool:
+    """isinstance against a class of a module only if that module is already imported."""
+    mod = sys.modules.get(module)
+    if mod is None:
+        return False
+    cls: Any = mod
+    for part in qualname.split("."):
+        cls = getattr(cls, part, None)
+        if cls is None:
+            return False
+    return isinstance(value, cls)
+
+
+@dataclass(frozen=True)
+class Serializer:
+    name: str
+    matches: Callable[[Any], bool]
+    save: Callable[[Any, Path], dict]
+    load: Callable[[Path, dict], Any]
+
+
+# --- torch --------------------------------------------------------------------------------
+
+
+def _torch_module_save(value: Any, directory: Path) -> dict:
+    import cloudpickle
+    import torch
+
+    skeleton = copy.deepcopy(value).to("meta")
+    (directory / "structure.pkl").write_bytes(cloudpickle.dumps(skeleton))
+    torch.save(value.state_dict(), directory / "state.pt")
+    return {"torch": torch.__version__, "training": bool(value.training)}
+
+
+def _torch_module_load(directory: Path, meta: dict) -> Any:
+    import cloudpickle
+    import torch
+
+    skeleton = cloudpickle.loads((directory / "structure.pkl").read_bytes())
+    module = skeleton.to_empty(device="cpu")
+    state = torch.load(directory / "state.pt", map_location="cpu", weights_only=True)
+    module.load_state_dict(state)
+    module.train(meta.get("training", False))
+    return module
+
+
+def _torch_tensor_save(value: Any, directory: Path) -> dict:
+    import torch
+
+    torch.save(value.detach().cpu(), directory / "tensor.pt")
+    return {"torch": torch.__version__}
+
+
+def _torch_tensor_load(directory: Path, meta: dict) -> Any:
+    import torch
+
+    return torch.load(directory / "tensor.pt", map_location="cpu", weights_only=True)
+
+
+# --- scikit-learn, numpy, cloudpickle ---------------------------------------------------------
+
+
+def _sklearn_save(value: Any, directory: Path) -> dict:
+    import joblib
+    import sklearn
+
+    joblib.dump(value, directory / "estimator.joblib")
+    return {"sklearn": sklearn.__version__}
+
+
+def _sklearn_load(directory: Path, meta: dict) -> Any:
+    import joblib
+
+    return joblib.load(directory / "estimator.joblib")
+
+
+def _numpy_save(value: Any, directory: Path) -> dict:
+    import numpy as np
+
+    if value.dtype.hasobject:
+        raise _NotForMe()
+    np.save(directory / "array.npy", value, allow_pickle=False)
+    return {"numpy": np.__version__}
+
+
+def _numpy_load(directory: Path, meta: dict) -> Any:
+    import numpy as np
+
+    return np.load(directory / "array.npy", allow_pickle=False)
+
+
+def _cloudpickle_save(value: Any, directory: Path) -> dict:
+    import cloudpickle
+
+    (directory / "value.pkl").write_bytes(cloudpickle.dumps(value))
+    return {}
+
+
+def _cloudpickle_load(directory: Path, meta: dict) -> Any:
+    import cloudpickle
+
+    return cloudpickle.loads((directory / "value.pkl").read_bytes())
+
+
+class _NotForMe(Exception):
+    """A serializer matched the type but not this value: try the next one."""
+
+
+SERIALIZERS: list[Serializer] = [
+    Serializer(
+        "torch-module",
+        lambda v: _is_instance_of(v, "torch.nn", "Module"),
+        _torch_module_save,
+        _torch_module_load,
+    ),
+    Serializer(
+        "torch-tensor",
+        lambda v: _is_instance_of(v, "torch", "Tensor"),
+        _torch_tensor_save,
+        _torch_tensor_load,
+    ),
+    Serializer(
+        "sklearn",
+        lambda v: _is_instance_of(v, "sklearn.base", "BaseEstimator"),
+        _sklearn_save,
+        _sklearn_load,
+    ),
+    Serializer(
+        "numpy",
+        lambda v: _is_instance_of(v, "numpy", "ndarray"),
+        _numpy_save,
+        _numpy_load,
+    ),
+    Serializer("cloudpickle", lambda v: True, _cloudpickle_save, _cloudpickle_load),
+]
+
+BY_NAME = {s.name: s for s in SERIALIZERS}
+
+# Values that can never travel, with the reason a user reads.
+_UNCAPTURABLE: list[tuple[Callable[[Any], bool], str]] = [
+    (lambda v: isinstance(v, types.GeneratorType), "it is a generator (its state cannot be saved); "
+     "turn it into a list, or create it inside the handler"),
+    (lambda v: isinstance(v, types.ModuleType), "it is a module: import it in the handler's cell instead"),
+    (lambda v: isinstance(v, io.IOBase), "it is an open file or stream; open it inside the handler"),
+    (lambda v: _type_module(v) == "socket", "it is an open socket; create connections inside the handler"),
+    (lambda v: type(v).__name__ in {"lock", "RLock", "_thread.lock"}, "it is a lock"),
+]
+
+
+def save_value(name: str, value: Any, directory: Path) -> dict:
+    """Save `value` under `directory` with the first serializer that takes it; returns its entry."""
+    for check, why in _UNCAPTURABLE:
+        if check(value):
+            raise CaptureError(f"cannot capture {name!r}: {why}", field=name)
+    directory.mkdir(parents=True, exist_ok=True)
+    for serializer in SERIALIZERS:
+        if not serializer.matches(value):
+            continue
+        try:
+            meta = serializer.save(value, directory)
+        except _NotForMe:
+            continue
+        except Exception as e:
+            raise CaptureError(
+                f"cannot capture {name!r} ({type(value).__name__}) with {serializer.name}: {e}",
+                field=name,
+            ) from e
+        entry = {"name": name, "serializer": serializer.name, "type": f"{_type_module(value)}.{type(value).__qualname__}", "meta": meta}
+        (directory / "value.json").write_text(json.dumps(entry, sort_keys=True))
+        return entry
+    raise CaptureError(f"cannot capture {name!r}: no serializer accepts it", field=name)
+
+
+def load_value(directory: Path) -> Any:
+    entry = json.loads((directory / "value.json").read_text())
+    serializer = BY_NAME.get(entry["serializer"])
+    if serializer is None:
+        raise CaptureError(f"unknown serializer {entry['serializer']!r} for {entry['name']!r}")
+    return serializer.load(directory, entry.get("meta", {}))
