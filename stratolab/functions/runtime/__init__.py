@@ -1,0 +1,1 @@
+"""The local runtime of functions: worker processes, forked from a per-environment fork-server."""

@@ -1,0 +1,49 @@
+"""Talk to a worker over its Unix socket (the gateway's side): wait until ready, invoke."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from stratolab.functions.runtime.protocol import encode_frame, read_frame
+
+
+async def wait_for_socket(path: Path, timeout: float = 30, pid: int | None = None) -> None:
+    """A worker's socket appears (atomically) once its bundle is loaded."""
+    deadline = time.monotonic() + timeout
+    while not Path(path).exists():
+        if pid is not None:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                raise RuntimeError(f"the worker (pid {pid}) exited before it was ready") from None
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the worker did not become ready in {timeout}s")
+        await asyncio.sleep(0.001)
+
+
+class WorkerConnection:
+    """One connection to one worker; invocations on it are sequential."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, path: Path) -> "WorkerConnection":
+        reader, writer = await asyncio.open_unix_connection(str(path))
+        return cls(reader, writer)
+
+    async def invoke(self, body: bytes, content_type: str = "application/json", **header: Any) -> tuple[dict, bytes]:
+        self.writer.write(encode_frame({"content_type": content_type, **header}, body))
+        await self.writer.drain()
+        return await read_frame(self.reader)
+
+    async def close(self) -> None:
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except ConnectionError:
+            pass

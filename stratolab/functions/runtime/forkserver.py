@@ -1,0 +1,164 @@
+"""The fork-server: an interpreter with the heavy frameworks imported once, forking a worker per instance.
+
+`import torch` costs about a second; a worker forked from a process that already imported it loads a
+small bundle and answers in milliseconds. Forking is safe here because the fork-server itself never
+runs framework code: it only imports. No thread pool, OpenMP runtime or CUDA context exists before
+the fork, so each child starts them for itself. (TensorFlow is different: it starts threads at import
+and is not fork-safe; TensorFlow functions use pre-spawned interpreters instead — see warmpool, to come.)
+
+Protocol on the control socket (frames, see protocol.py):
+    request  {"op": "spawn", "bundle": DIR, "socket": PATH, "log": PATH, "uid": N?, "gid": N?,
+              "concurrency": N, "env": {...}}
+    reply    {"status": 200, "pid": PID} or {"status": 500, "error": "..."}
+The child drops to uid/gid (the function owner's system account) before it loads the bundle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+from stratolab.functions.runtime.protocol import recv_frame, send_frame
+
+
+def _reap(_signum, _frame) -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _child(request: dict, listener: socket.socket, conn: socket.socket) -> None:
+    """Runs in the forked child: become the worker, never return."""
+    try:
+        listener.close()
+        conn.close()
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        os.setsid()
+        log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(log)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+        if request.get("uid") is not None:
+            os.setgroups([])
+            os.setgid(int(request["gid"]))
+            os.setuid(int(request["uid"]))
+        os.environ.update(request.get("env") or {})
+        from stratolab.functions.runtime.worker import run_worker
+
+        run_worker(request["bundle"], request["socket"], int(request.get("concurrency", 1)))
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
+    os._exit(0)
+
+
+def serve(control_path: str, preload: list[str]) -> None:
+    for module in preload:
+        importlib.import_module(module)
+    signal.signal(signal.SIGCHLD, _reap)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    tmp = f"{control_path}.tmp"
+    if os.path.exists(tmp):
+        os.unlink(tmp)
+    listener.bind(tmp)
+    os.chmod(tmp, 0o600)
+    listener.listen(64)
+    os.rename(tmp, control_path)  # the control socket appears once the imports are done
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except InterruptedError:
+            continue
+        with conn:
+            try:
+                request, _ = recv_frame(conn)
+            except (ConnectionError, ValueError):
+                continue
+            if request.get("op") == "ping":
+                send_frame(conn, {"status": 200, "pid": os.getpid(), "preloaded": preload})
+                continue
+            pid = os.fork()
+            if pid == 0:
+                _child(request, listener, conn)
+            send_frame(conn, {"status": 200, "pid": pid})
+
+
+class ForkServer:
+    """Start and talk to a fork-server process (the functions service owns one per environment)."""
+
+    def __init__(self, control_path: Path, preload: list[str], python: str = sys.executable):
+        self.control_path = Path(control_path)
+        self.preload = preload
+        self.python = python
+        self.proc = None
+
+    def start(self, timeout: float = 60) -> "ForkServer":
+        import subprocess
+
+        if self.control_path.exists():
+            self.control_path.unlink()
+        self.proc = subprocess.Popen(
+            [self.python, "-m", "stratolab.functions.runtime.forkserver",
+             "--control", str(self.control_path), "--preload", ",".join(self.preload)],
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while not self.control_path.exists():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the fork-server exited with status {self.proc.returncode}")
+            if time.monotonic() > deadline:
+                raise TimeoutError("the fork-server did not start in time")
+            time.sleep(0.01)
+        return self
+
+    def request(self, header: dict) -> dict:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(str(self.control_path))
+            send_frame(s, header)
+            reply, _ = recv_frame(s)
+        if reply.get("status") != 200:
+            raise RuntimeError(reply.get("error", "the fork-server refused"))
+        return reply
+
+    def spawn(self, bundle: Path, socket_path: Path, log: Path, concurrency: int = 1,
+              uid: int | None = None, gid: int | None = None) -> int:
+        reply = self.request({
+            "op": "spawn", "bundle": str(bundle), "socket": str(socket_path), "log": str(log),
+            "concurrency": concurrency, "uid": uid, "gid": gid,
+        })
+        return int(reply["pid"])
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        if self.control_path.exists():
+            self.control_path.unlink()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Stratolab function fork-server")
+    parser.add_argument("--control", required=True, help="control socket path")
+    parser.add_argument("--preload", default="", help="comma-separated modules to import ahead")
+    args = parser.parse_args()
+    serve(args.control, [m for m in args.preload.split(",") if m])
+
+
+if __name__ == "__main__":
+    main()
