@@ -73,10 +73,14 @@ def _torch_module_load(directory: Path, meta: dict) -> Any:
     import cloudpickle
     import torch
 
-    skeleton = cloudpickle.loads((directory / "structure.pkl").read_bytes())
-    module = skeleton.to_empty(device="cpu")
+    module = cloudpickle.loads((directory / "structure.pkl").read_bytes())
     state = torch.load(directory / "state.pt", map_location="cpu", weights_only=True)
-    module.load_state_dict(state)
+    # assign=True puts the loaded tensors in place of the meta ones: no allocation, no copy
+    module.load_state_dict(state, assign=True)
+    if any(t.is_meta for t in [*module.parameters(), *module.buffers()]):
+        # non-persistent buffers are not in the state dict: give them memory (uninitialised)
+        module.to_empty(device="cpu")
+        module.load_state_dict(state)
     module.train(meta.get("training", False))
     return module
 

@@ -68,9 +68,23 @@ def _child(request: dict, listener: socket.socket, conn: socket.socket) -> None:
     os._exit(0)
 
 
-def serve(control_path: str, preload: list[str]) -> None:
-    for module in preload:
+# Imports each framework makes lazily on first use (torch imports sympy for meta tensors, ...).
+# Importing them here moves their cost out of every cold start; importing runs no framework code.
+WARMUP_IMPORTS = {
+    "torch": ["torch.fx.experimental.symbolic_shapes", "torch._weights_only_unpickler"],
+    "sklearn": ["joblib", "sklearn.base"],
+}
+# What every worker needs whatever the framework.
+WORKER_IMPORTS = ["cloudpickle", "stratolab.functions.runtime.worker"]
+
+
+def preload_modules(preload: list[str]) -> None:
+    for module in [*preload, *(m for p in preload for m in WARMUP_IMPORTS.get(p, [])), *WORKER_IMPORTS]:
         importlib.import_module(module)
+
+
+def serve(control_path: str, preload: list[str]) -> None:
+    preload_modules(preload)
     signal.signal(signal.SIGCHLD, _reap)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     tmp = f"{control_path}.tmp"

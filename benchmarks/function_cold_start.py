@@ -1,0 +1,111 @@
+"""Cold start of a torch MLP function: zero instances to first response.
+
+Ours: a worker forked from the fork-server (torch imported ahead) loads the bundle and answers.
+Baseline: a fresh Python process (`python -m stratolab.functions.runtime.worker`) that imports torch,
+loads the same bundle and answers over the same socket protocol. Both are timed from the request to
+start an instance to the first response; medians over several starts, interleaved. Prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from stratolab.functions.analysis import plan_capture, read_cells
+from stratolab.functions.bundle import build_bundle
+from stratolab.functions.runtime.client import WorkerConnection, wait_for_socket
+from stratolab.functions.runtime.forkserver import ForkServer
+
+CELLS = [
+    "import torch",
+    "class MLP(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+    "        self.net = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))\n"
+    "    def forward(self, x):\n        return self.net(x)\n",
+    "torch.manual_seed(0)\nmodel = MLP().eval()",
+    "def predict(inputs):\n    with torch.no_grad():\n        return model(torch.tensor(inputs, dtype=torch.float32)).argmax(dim=1).tolist()\n",
+]
+PAYLOAD = json.dumps([[0.5] * 64]).encode()
+
+
+def make_bundle(root: Path) -> Path:
+    ns: dict = {"__name__": "__main__"}
+    for cell in CELLS:
+        exec(cell, ns)
+    plan = plan_capture("predict", read_cells(CELLS), live_names=set(ns))
+    build_bundle(plan, ns, root / "bundle")
+    return root / "bundle"
+
+
+async def first_response(sock: Path, pid: int) -> None:
+    await wait_for_socket(sock, timeout=60, pid=pid)
+    conn = await WorkerConnection.open(sock)
+    header, _ = await conn.invoke(PAYLOAD)
+    await conn.close()
+    assert header["status"] == 200, header
+
+
+def time_forked(server: ForkServer, bundle: Path, tmp: Path, i: int) -> float:
+    sock = tmp / f"fork-{i}.sock"
+    t0 = time.perf_counter()
+    pid = server.spawn(bundle, sock, tmp / f"fork-{i}.log")
+    asyncio.run(first_response(sock, pid))
+    elapsed = time.perf_counter() - t0
+    os.kill(pid, signal.SIGKILL)
+    return elapsed
+
+
+def time_fresh(bundle: Path, tmp: Path, i: int) -> float:
+    sock = tmp / f"fresh-{i}.sock"
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-c",
+         "import torch, sys; from stratolab.functions.runtime.worker import run_worker; "
+         "run_worker(sys.argv[1], sys.argv[2])", str(bundle), str(sock)],
+    )
+    asyncio.run(first_response(sock, proc.pid))
+    elapsed = time.perf_counter() - t0
+    proc.kill()
+    proc.wait()
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--starts", type=int, default=10)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="stratolab-coldstart-") as tmp:
+        tmp = Path(tmp)
+        bundle = make_bundle(tmp)
+        server = ForkServer(tmp / "control.sock", ["torch"]).start()
+        try:
+            time_forked(server, bundle, tmp, -1)  # first fork pays page-cache misses: not counted
+            forked, fresh = [], []
+            for i in range(args.starts):
+                forked.append(time_forked(server, bundle, tmp, i))
+                fresh.append(time_fresh(bundle, tmp, i))
+        finally:
+            server.stop()
+    ours, base = statistics.median(forked), statistics.median(fresh)
+    print(json.dumps({
+        "benchmark": "function_cold_start_torch_mlp",
+        "starts": args.starts,
+        "forkserver_median_ms": round(ours * 1000, 1),
+        "fresh_process_median_ms": round(base * 1000, 1),
+        "speedup_fresh_over_ours": round(base / ours, 1),
+        "goal": {"median_ms_max": 50, "speedup_min": 20},
+        "samples_ms": {"forkserver": [round(x * 1000, 1) for x in forked],
+                       "fresh_process": [round(x * 1000, 1) for x in fresh]},
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
