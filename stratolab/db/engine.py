@@ -32,6 +32,7 @@ def make_engine(url: str) -> Engine:
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions whose objects stay readable after commit (callers return rows from `session_scope`)."""
     return sessionmaker(engine, expire_on_commit=False)
 
 

@@ -22,11 +22,19 @@ from sqlalchemy import Connection, text
 from sqlalchemy.engine import make_url
 
 from stratolab.db.engine import make_engine
+from stratolab.db.models import Base
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 VERSION_TABLE = "stratolab_alembic_version"
 #: pg_advisory_lock key held while migrating: "Strat" in ASCII, a constant no one else should use
 PG_LOCK_KEY = 0x5374726174
+
+
+def include_name(name: str | None, type_: str, parent_names: dict) -> bool:
+    """Autogenerate looks at our tables only: JupyterHub's, in a shared database, are not ours to drop."""
+    if type_ == "table":
+        return name in Base.metadata.tables
+    return True
 
 
 def alembic_config(url: str, connection: Connection | None = None) -> Config:

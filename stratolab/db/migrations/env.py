@@ -8,7 +8,7 @@ from alembic import context
 from sqlalchemy import Connection
 
 from stratolab.db.engine import make_engine
-from stratolab.db.migrate import VERSION_TABLE
+from stratolab.db.migrate import VERSION_TABLE, include_name
 from stratolab.db.models import Base
 
 config = context.config
@@ -22,6 +22,7 @@ def run_offline() -> None:
         literal_binds=True,
         version_table=VERSION_TABLE,
         render_as_batch=url.startswith("sqlite"),
+        include_name=include_name,
     )
     with context.begin_transaction():
         context.run_migrations()
@@ -41,6 +42,7 @@ def _migrate(connection: Connection) -> None:
             version_table=VERSION_TABLE,
             render_as_batch=sqlite,
             compare_type=True,
+            include_name=include_name,
         )
         with context.begin_transaction():
             context.run_migrations()
