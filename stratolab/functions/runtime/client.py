@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from stratolab.functions.runtime.protocol import encode_frame, read_frame
 
@@ -15,14 +16,18 @@ async def wait_for_socket(path: Path, timeout: float = 30, pid: int | None = Non
     """A worker's socket appears (atomically) once its bundle is loaded."""
     deadline = time.monotonic() + timeout
     while not Path(path).exists():
-        if pid is not None:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                raise RuntimeError(f"the worker (pid {pid}) exited before it was ready") from None
+        if pid is not None and not _alive(pid):
+            raise RuntimeError(f"the worker (pid {pid}) exited before it was ready")
         if time.monotonic() > deadline:
             raise TimeoutError(f"the worker did not become ready in {timeout}s")
         await asyncio.sleep(0.001)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 class WorkerConnection:

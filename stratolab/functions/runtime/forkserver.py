@@ -8,7 +8,7 @@ and is not fork-safe; TensorFlow functions use pre-spawned interpreters instead 
 
 Protocol on the control socket (frames, see protocol.py):
     request  {"op": "spawn", "bundle": DIR, "socket": PATH, "log": PATH, "uid": N?, "gid": N?,
-              "concurrency": N, "env": {...}}
+              "concurrency": N, "max_batch_size": N?, "max_wait_ms": MS?, "env": {...}}
     reply    {"status": 200, "pid": PID} or {"status": 500, "error": "..."}
 The child drops to uid/gid (the function owner's system account) before it loads the bundle.
 """
@@ -58,7 +58,11 @@ def _child(request: dict, listener: socket.socket, conn: socket.socket) -> None:
         os.environ.update(request.get("env") or {})
         from stratolab.functions.runtime.worker import run_worker
 
-        run_worker(request["bundle"], request["socket"], int(request.get("concurrency", 1)))
+        run_worker(
+            request["bundle"], request["socket"], int(request.get("concurrency", 1)),
+            max_batch_size=int(request.get("max_batch_size") or 0),
+            max_wait_ms=float(request.get("max_wait_ms") or 0),
+        )
     except BaseException:
         import traceback
 
@@ -151,10 +155,13 @@ class ForkServer:
         return reply
 
     def spawn(self, bundle: Path, socket_path: Path, log: Path, concurrency: int = 1,
-              uid: int | None = None, gid: int | None = None) -> int:
+              uid: int | None = None, gid: int | None = None,
+              max_batch_size: int = 0, max_wait_ms: float = 0) -> int:
+        """Fork a worker; `max_batch_size > 1` makes it batch (its handler then takes a list)."""
         reply = self.request({
             "op": "spawn", "bundle": str(bundle), "socket": str(socket_path), "log": str(log),
             "concurrency": concurrency, "uid": uid, "gid": gid,
+            "max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms,
         })
         return int(reply["pid"])
 
