@@ -35,6 +35,10 @@ class PlatformSettings:
     #: Internal ports on 127.0.0.1: the hub's API (servers and services talk to it) and the proxy's API.
     hub_port: int = 8081
     proxy_api_port: int = 8001
+    #: port of the functions service on 127.0.0.1 (reached through the proxy at /services/functions/)
+    functions_port: int = 10101
+    #: where function bundles and instances live; None: derived from the data dir (see functions_root)
+    functions_dir: Path | None = None
     data_dir: Path = PROJECT_ROOT / ".stratolab"
     #: Hub database; SQLite in the data dir unless STRATOLAB_DB_URL names another (PostgreSQL).
     db_url: str = ""
@@ -99,6 +103,8 @@ class PlatformSettings:
             ip=env.get("STRATOLAB_IP", "127.0.0.1"),
             hub_port=_int(env, "STRATOLAB_HUB_PORT", 8081),
             proxy_api_port=_int(env, "STRATOLAB_PROXY_API_PORT", 8001),
+            functions_port=_int(env, "STRATOLAB_FUNCTIONS_PORT", 10101),
+            functions_dir=Path(env["STRATOLAB_FUNCTIONS_DIR"]) if env.get("STRATOLAB_FUNCTIONS_DIR") else None,
             data_dir=Path(env.get("STRATOLAB_DATA_DIR") or PROJECT_ROOT / ".stratolab").resolve(),
             db_url=env.get("STRATOLAB_DB_URL", ""),
             platform_db_url=env.get("STRATOLAB_PLATFORM_DB_URL", ""),
@@ -114,6 +120,18 @@ class PlatformSettings:
             isolation=isolation,
             home_root=Path(env.get("STRATOLAB_HOME_ROOT") or "/home"),
         )
+
+    def functions_root(self) -> Path:
+        """Bundles and instances. With system accounts, their workers must reach it, and the data dir
+        (mode 0700, holding the hub's secrets) must stay closed: it then lives under /var/lib."""
+        if self.functions_dir:
+            return self.functions_dir
+        if self.isolated():
+            import hashlib
+
+            tag = hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:10]
+            return Path("/var/lib/stratolab") / tag / "functions"
+        return self.data_dir / "functions"
 
     def isolated(self) -> bool:
         """True when each hub user gets a system account (the default when the hub runs as root)."""

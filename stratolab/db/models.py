@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import DateTime, Dialect, Index, Integer, MetaData, String, Text
+from sqlalchemy import Boolean, DateTime, Dialect, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -83,3 +83,40 @@ class GpuAssignment(Base):
     @property
     def device_list(self) -> list[str]:
         return [d for d in self.devices.split(",") if d]
+
+
+class FunctionRecord(Base):
+    """A deployed function of one owner: its settings and how traffic splits between its versions."""
+
+    __tablename__ = "functions"
+    __table_args__ = (UniqueConstraint("owner", "name", name="uq_functions_owner_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    owner: Mapped[str] = mapped_column(String(255))
+    name: Mapped[str] = mapped_column(String(63))
+    public: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: sha256 of the per-function invocation key (the key itself is shown once)
+    key_hash: Mapped[str] = mapped_column(String(64))
+    #: ScalingPolicy as JSON
+    policy: Mapped[str] = mapped_column(Text)
+    #: {"version": weight} as JSON
+    traffic: Mapped[str] = mapped_column(Text, default="{}")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class FunctionVersion(Base):
+    """An immutable version of a function: a bundle digest and whether it passed its readiness check."""
+
+    __tablename__ = "function_versions"
+    __table_args__ = (UniqueConstraint("function_id", "version", name="uq_function_versions_function_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    function_id: Mapped[int] = mapped_column(ForeignKey("functions.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    digest: Mapped[str] = mapped_column(String(64))
+    manifest: Mapped[str] = mapped_column(Text)
+    #: "ready" (may take traffic) or "failed" (its readiness check failed: never takes traffic)
+    state: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)

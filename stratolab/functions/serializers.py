@@ -98,6 +98,134 @@ def _torch_tensor_load(directory: Path, meta: dict) -> Any:
     return torch.load(directory / "tensor.pt", map_location="cpu", weights_only=True)
 
 
+# --- keras, tensorflow -------------------------------------------------------------------
+#
+# TensorFlow is not fork-safe once it has run anything (its thread pools and runtime state do not
+# survive fork), so TF functions will not be forked from a fork-server that ran TF code; importing
+# is all the fork-server does. These serializers only run in the kernel (save) and in the process
+# that serves the function (load), never in the fork-server before it forks.
+
+
+def _keras_custom_objects(model: Any) -> dict[str, Any]:
+    """Classes and functions defined in the notebook (`__main__`) that the .keras file names but a
+    fresh process cannot import: the model class if subclassed, custom layers at any depth, and
+    notebook functions used as activations or the loss. Keyed by the name Keras records."""
+    import keras
+
+    found: dict[str, Any] = {}
+
+    def note(obj: Any) -> None:
+        target = obj if isinstance(obj, (type, types.FunctionType)) else type(obj)
+        if getattr(target, "__module__", None) == "__main__":
+            found[keras.saving.get_registered_name(target)] = target
+
+    seen: set[int] = set()
+    pending = [model]
+    while pending:
+        layer = pending.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        note(layer)
+        activation = getattr(layer, "activation", None)
+        if callable(activation):
+            note(activation)
+        pending.extend(getattr(layer, "layers", None) or [])
+        # sublayers held as attributes of a custom layer are not in `.layers`
+        flatten = getattr(layer, "_flatten_layers", None)
+        if callable(flatten):
+            pending.extend(flatten(include_self=False, recursive=False))
+    losses = getattr(model, "loss", None)
+    if isinstance(losses, dict):
+        losses = list(losses.values())
+    elif not isinstance(losses, (list, tuple)):
+        losses = [losses]
+    for loss in losses:
+        if loss is not None and not isinstance(loss, str):
+            note(loss)
+    return found
+
+
+def _keras_model_save(value: Any, directory: Path) -> dict:
+    import cloudpickle
+    import keras
+
+    value.save(directory / "model.keras")
+    custom = _keras_custom_objects(value)
+    if custom:
+        (directory / "custom_objects.pkl").write_bytes(cloudpickle.dumps(custom))
+    tf = sys.modules.get("tensorflow")
+    return {
+        "keras": keras.__version__,
+        "tensorflow": getattr(tf, "__version__", None),
+        "backend": keras.backend.backend(),
+        "custom_objects": sorted(custom),
+    }
+
+
+def _keras_model_load(directory: Path, meta: dict) -> Any:
+    import keras
+
+    custom: dict[str, Any] = {}
+    if (directory / "custom_objects.pkl").exists():
+        import cloudpickle
+
+        custom = cloudpickle.loads((directory / "custom_objects.pkl").read_bytes())
+    # safe_mode only guards against code in the .keras file (Lambda layers); the bundle is ours and
+    # its custom_objects.pkl runs code anyway, so refusing Lambda layers would protect nothing.
+    return keras.saving.load_model(directory / "model.keras", custom_objects=custom, safe_mode=False)
+
+
+def _is_tf_module(value: Any) -> bool:
+    return _is_instance_of(value, "tensorflow", "Module") and not _is_instance_of(value, "keras", "Model")
+
+
+def _tf_module_save(value: Any, directory: Path) -> dict:
+    import tensorflow as tf
+
+    tf.saved_model.save(value, str(directory / "saved_model"))
+    return {"tensorflow": tf.__version__}
+
+
+def _tf_module_load(directory: Path, meta: dict) -> Any:
+    import tensorflow as tf
+
+    return tf.saved_model.load(str(directory / "saved_model"))
+
+
+def _is_tf_tensor(value: Any) -> bool:
+    return _is_instance_of(value, "tensorflow", "Tensor") or _is_instance_of(value, "tensorflow", "Variable")
+
+
+def _tf_tensor_save(value: Any, directory: Path) -> dict:
+    import numpy as np
+    import tensorflow as tf
+
+    array = value.numpy()
+    if array.dtype.hasobject:
+        raise _NotForMe()  # string tensors: .npy without pickle cannot hold them
+    np.save(directory / "tensor.npy", array, allow_pickle=False)
+    meta = {"tensorflow": tf.__version__, "dtype": value.dtype.name, "variable": isinstance(value, tf.Variable)}
+    if meta["variable"]:
+        meta["trainable"] = bool(value.trainable)
+    return meta
+
+
+def _tf_tensor_load(directory: Path, meta: dict) -> Any:
+    import numpy as np
+    import tensorflow as tf
+
+    dtype = tf.as_dtype(meta["dtype"])
+    array = np.load(directory / "tensor.npy", allow_pickle=False)
+    if array.dtype != dtype.as_numpy_dtype:
+        # bfloat16 and other ml_dtypes come back from .npy as raw bytes of the same width
+        array = array.view(dtype.as_numpy_dtype)
+    tensor = tf.constant(array, dtype=dtype)
+    if meta.get("variable"):
+        return tf.Variable(tensor, trainable=meta.get("trainable", True))
+    return tensor
+
+
 # --- scikit-learn, numpy, cloudpickle ---------------------------------------------------------
 
 
@@ -148,6 +276,14 @@ class _NotForMe(Exception):
 
 
 SERIALIZERS: list[Serializer] = [
+    # first: with the torch backend a Keras model is also a torch.nn.Module, and it should be
+    # saved as a Keras model
+    Serializer(
+        "keras-model",
+        lambda v: _is_instance_of(v, "keras", "Model"),
+        _keras_model_save,
+        _keras_model_load,
+    ),
     Serializer(
         "torch-module",
         lambda v: _is_instance_of(v, "torch.nn", "Module"),
@@ -160,6 +296,8 @@ SERIALIZERS: list[Serializer] = [
         _torch_tensor_save,
         _torch_tensor_load,
     ),
+    Serializer("tensorflow-module", _is_tf_module, _tf_module_save, _tf_module_load),
+    Serializer("tensorflow-tensor", _is_tf_tensor, _tf_tensor_save, _tf_tensor_load),
     Serializer(
         "sklearn",
         lambda v: _is_instance_of(v, "sklearn.base", "BaseEstimator"),

@@ -7,11 +7,14 @@ start hubs with exactly the production composition (plus their own overrides).
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import sys
 from pathlib import Path
 
 from stratolab.db import ensure_schema
 from stratolab.errors import StratolabError
+from stratolab.functions.service.access import CUSTOM_SCOPES, DEPLOY, INVOKE
 from stratolab.hub.admin import ensure_data_dir
 from stratolab.hub.auth import configure_authentication
 from stratolab.hub.culling import culler_service
@@ -21,6 +24,7 @@ from stratolab.hub.system_users import unreachable_path
 from stratolab.settings import PROJECT_ROOT, PlatformSettings
 
 log = logging.getLogger("stratolab")
+FUNCTIONS_SERVICE = "functions"
 
 SHARED_MODE_WARNING = (
     "Stratolab runs every user's server as %s (isolation 'shared'): users are NOT isolated from "
@@ -115,6 +119,32 @@ def configure_hub(c, settings: PlatformSettings | None = None) -> PlatformSettin
     service, role = culler_service(
         settings.cull_timeout, settings.cull_gpu_timeout, settings.cull_every
     )
-    c.JupyterHub.services = [service]
-    c.JupyterHub.load_roles = [role]
+    functions, user_scopes = functions_service(settings, isolation)
+    c.JupyterHub.services = [service, functions]
+    c.JupyterHub.custom_scopes = CUSTOM_SCOPES
+    c.JupyterHub.load_roles = [role, {"name": "user", "scopes": ["self", *user_scopes]}]
+    # a server's own token may deploy and invoke its user's functions (stratolab.functions.deploy)
+    c.Spawner.server_token_scopes = ["users:activity!user", "access:servers!server", *user_scopes]
+    c.StratolabSpawner.public_url = settings.public_url
     return settings
+
+
+def functions_service(settings: PlatformSettings, isolation: str) -> tuple[dict, list[str]]:
+    """The functions service entry, and the scopes each user gets on their own functions."""
+    root = settings.functions_root()
+    root.mkdir(parents=True, exist_ok=True)
+    os.chmod(root, 0o711 if isolation == ISOLATION_SYSTEM_USERS else 0o700)
+    service = {
+        "name": FUNCTIONS_SERVICE,
+        "url": f"http://127.0.0.1:{settings.functions_port}",
+        "command": [sys.executable, "-m", "stratolab.functions.service.app"],
+        "environment": {
+            "STRATOLAB_FUNCTIONS_DIR": str(root),
+            "STRATOLAB_PLATFORM_DB_URL": settings.platform_url,
+            "STRATOLAB_ISOLATION": isolation,
+            "STRATOLAB_PUBLIC_URL": settings.public_url,
+            "STRATOLAB_HOME_ROOT": str(settings.home_root),
+        },
+        "display": False,
+    }
+    return service, [f"{DEPLOY}!user", f"{INVOKE}!user", f"access:services!service={FUNCTIONS_SERVICE}"]

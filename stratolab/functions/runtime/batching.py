@@ -112,7 +112,8 @@ class DynamicBatcher:
             self._collector = loop.create_task(self._collect())
         future = loop.create_future()
         self._waiting.append(_Waiting(item, future, loop.time()))
-        self._wakeup.set()
+        if len(self._waiting) == 1 or len(self._waiting) >= self.max_batch_size:
+            self._wakeup.set()  # the collector waits either for a first input or for a full batch
         return await future
 
     async def close(self) -> None:

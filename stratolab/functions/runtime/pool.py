@@ -97,7 +97,7 @@ class VersionPool:
                 f"the function failed to start: {e} (see its logs)", status=503
             ) from None
         instance = Instance(pid=pid, socket=sock, started_at=time.monotonic())
-        self._on_event("cold_start", {"seconds": time.monotonic() - t0})
+        self._on_event("cold_start", {"seconds": time.monotonic() - t0, "key": self.key})
         self.stats.cold_starts += 1
         return instance
 

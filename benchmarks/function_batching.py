@@ -1,0 +1,198 @@
+"""Throughput of a torch MLP function with and without dynamic batching, under 32 concurrent clients.
+
+Both workers are forked from one fork-server (torch imported ahead) and serve the same model,
+Linear(256, 1024)-ReLU-Linear(1024, 10): one takes a single input per call (concurrency 1, no
+batching); the other takes a list and batches (max_batch_size 32, max_wait_ms 5). Each is driven by
+32 clients, one Unix-socket connection each, that send requests back to back until the total is
+reached; the modes alternate over a few rounds and the median round counts. Torch runs one intra-op
+thread in both (OMP_NUM_THREADS=1, set before the fork-server imports torch), so the gain measured
+is batching's, not extra cores'. Answers are checked against the model run in this process. Prints JSON.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["OMP_NUM_THREADS"] = "1"  # before torch is imported, here and in the fork-server
+os.environ["MKL_NUM_THREADS"] = "1"
+
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import json  # noqa: E402
+import signal  # noqa: E402
+import statistics  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from stratolab.functions.analysis import plan_capture, read_cells  # noqa: E402
+from stratolab.functions.bundle import build_bundle  # noqa: E402
+from stratolab.functions.runtime.client import WorkerConnection, wait_for_socket  # noqa: E402
+from stratolab.functions.runtime.forkserver import ForkServer  # noqa: E402
+
+CELLS = [
+    "import torch",
+    "class MLP(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+    "        self.net = torch.nn.Sequential(\n"
+    "            torch.nn.Linear(256, 1024), torch.nn.ReLU(), torch.nn.Linear(1024, 10))\n"
+    "    def forward(self, x):\n        return self.net(x)\n",
+    "torch.manual_seed(0)\nmodel = MLP().eval()",
+    "def predict(x):\n    with torch.inference_mode():\n"
+    "        return model(torch.tensor([x], dtype=torch.float32))[0].tolist()\n",
+    "def predict_batch(inputs):\n    with torch.inference_mode():\n"
+    "        return model(torch.tensor(inputs, dtype=torch.float32)).tolist()\n",
+    "def predict_raw(x):\n    with torch.inference_mode():\n"
+    "        return model(torch.frombuffer(bytearray(x), dtype=torch.float32).view(1, 256))[0].tolist()\n",
+    "def predict_raw_batch(inputs):\n    with torch.inference_mode():\n"
+    "        x = torch.frombuffer(bytearray(b''.join(inputs)), dtype=torch.float32).view(-1, 256)\n"
+    "        return model(x).tolist()\n",
+]
+CLIENTS = 32
+DISTINCT_INPUTS = 64
+BATCHING = {"max_batch_size": 32, "max_wait_ms": 5}
+# payload -> mode -> worker settings. JSON: each request is a list of 256 floats; float32: the same
+# vector as 1 KiB of raw little-endian float32 (application/octet-stream), which the handler reads
+# with torch.frombuffer. Parsing 256 JSON floats costs every request the same, batched or not.
+MODES = {
+    "json": {
+        "unbatched": {"handler": "predict", "concurrency": 1},
+        "batched": {"handler": "predict_batch", "concurrency": 1, **BATCHING},
+    },
+    "float32": {
+        "unbatched": {"handler": "predict_raw", "concurrency": 1},
+        "batched": {"handler": "predict_raw_batch", "concurrency": 1, **BATCHING},
+    },
+}
+CONTENT_TYPES = {"json": "application/json", "float32": "application/octet-stream"}
+
+
+def notebook() -> dict:
+    ns: dict = {"__name__": "__main__"}
+    for cell in CELLS:
+        exec(cell, ns)
+    return ns
+
+
+def make_bundle(ns: dict, handler: str, root: Path) -> Path:
+    plan = plan_capture(handler, read_cells(CELLS), live_names=set(ns))
+    build_bundle(plan, ns, root / handler)
+    return root / handler
+
+
+async def drive(sock: Path, content_type: str, payloads: list[bytes], expected: list[list[float]],
+                requests: int) -> dict:
+    """CLIENTS connections send requests back to back; returns throughput and latencies."""
+    conns = [await WorkerConnection.open(sock) for _ in range(CLIENTS)]
+    latencies: list[float] = []
+    issued = 0
+
+    async def client(conn: WorkerConnection) -> None:
+        nonlocal issued
+        while issued < requests:
+            k = issued % len(payloads)
+            issued += 1
+            t0 = time.perf_counter()
+            header, body = await conn.invoke(payloads[k], content_type=content_type)
+            latencies.append(time.perf_counter() - t0)
+            if header.get("status") != 200:
+                raise RuntimeError(f"request failed: {header}")
+            answer = json.loads(body)
+            if max(abs(a - b) for a, b in zip(answer, expected[k])) > 1e-4:
+                raise AssertionError(f"wrong answer for input {k}: {answer} != {expected[k]}")
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client(c) for c in conns))
+    elapsed = time.perf_counter() - t0
+    for conn in conns:
+        await conn.close()
+    return {"throughput_rps": requests / elapsed, "latencies": latencies}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def summarize(runs: list[dict], settings: dict) -> dict:
+    median_run = sorted(runs, key=lambda r: r["throughput_rps"])[len(runs) // 2]
+    lat = median_run["latencies"]
+    return {
+        **{k: v for k, v in settings.items() if k != "handler"},
+        "throughput_rps": round(median_run["throughput_rps"], 1),
+        "latency_p50_ms": round(percentile(lat, 0.50) * 1000, 2),
+        "latency_p99_ms": round(percentile(lat, 0.99) * 1000, 2),
+        "rounds_throughput_rps": [round(r["throughput_rps"], 1) for r in runs],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=2000, help="requests per worker per round")
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+
+    import torch
+
+    torch.set_num_threads(1)
+    ns = notebook()
+    vectors = torch.rand(DISTINCT_INPUTS, 256, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        expected = ns["model"](vectors).tolist()
+    payloads = {
+        "json": [json.dumps(v).encode() for v in vectors.tolist()],
+        "float32": [v.numpy().astype("<f4").tobytes() for v in vectors],
+    }
+
+    workers = [(payload, mode) for payload in MODES for mode in MODES[payload]]
+    runs: dict[tuple[str, str], list[dict]] = {w: [] for w in workers}
+    with tempfile.TemporaryDirectory(prefix="stratolab-batching-") as tmp:
+        tmp = Path(tmp)
+        server = ForkServer(tmp / "control.sock", ["torch"]).start()
+        pids, socks = [], {}
+        try:
+            for payload, mode in workers:
+                spec = MODES[payload][mode]
+                bundle = make_bundle(ns, spec["handler"], tmp)
+                socks[payload, mode] = tmp / f"{spec['handler']}.sock"
+                pids.append(server.spawn(
+                    bundle, socks[payload, mode], tmp / f"{spec['handler']}.log",
+                    concurrency=spec["concurrency"],
+                    max_batch_size=spec.get("max_batch_size", 0), max_wait_ms=spec.get("max_wait_ms", 0),
+                ))
+                asyncio.run(wait_for_socket(socks[payload, mode], timeout=60, pid=pids[-1]))
+
+            def measure(worker: tuple[str, str], requests: int) -> dict:
+                payload = worker[0]
+                content_type = CONTENT_TYPES[payload]
+                return asyncio.run(drive(socks[worker], content_type, payloads[payload], expected, requests))
+
+            for worker in workers:  # warm-up: torch's first calls, page faults
+                measure(worker, 200)
+            for _ in range(args.rounds):  # one worker at a time, interleaved
+                for worker in workers:
+                    runs[worker].append(measure(worker, args.requests))
+        finally:
+            for pid in pids:
+                os.kill(pid, signal.SIGTERM)
+            server.stop()
+
+    results = {}
+    for payload in MODES:
+        section = {mode: summarize(runs[payload, mode], MODES[payload][mode]) for mode in MODES[payload]}
+        ratio = section["batched"]["throughput_rps"] / section["unbatched"]["throughput_rps"]
+        results[f"{payload}_inputs"] = {**section, "throughput_ratio_batched_over_unbatched": round(ratio, 2)}
+    print(json.dumps({
+        "benchmark": "function_batching_torch_mlp",
+        "model": "Linear(256,1024)-ReLU-Linear(1024,10), float32, CPU",
+        "torch_threads": {"OMP_NUM_THREADS": os.environ["OMP_NUM_THREADS"], "intra_op_threads_per_worker": 1},
+        "cpu_count": os.cpu_count(),
+        "clients": CLIENTS,
+        "requests_per_round": args.requests,
+        "rounds": args.rounds,
+        **results,
+        "goal": {"ratio_min": 3},
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""Where function versions run: the interface every backend implements.
+
+The functions service (registry, routing, auth, metrics) talks only to this interface. The local
+backend runs versions as worker processes on this machine; a Knative backend will turn the same calls
+into Knative Services, revisions and traffic blocks.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from stratolab.functions.policy import ScalingPolicy
+
+
+@dataclass(frozen=True)
+class VersionRef:
+    owner: str
+    name: str
+    version: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.owner}/{self.name}/v{self.version}"
+
+
+class FunctionBackend(abc.ABC):
+    @abc.abstractmethod
+    async def deploy(self, ref: VersionRef, bundle: Path, policy: ScalingPolicy) -> None:
+        """Make the version runnable and check that it loads; raise with the reason if it does not."""
+
+    @abc.abstractmethod
+    async def invoke(self, ref: VersionRef, body: bytes, content_type: str, request_id: str) -> tuple[dict, bytes]:
+        """Run one invocation; return the worker's reply header and body."""
+
+    @abc.abstractmethod
+    async def update_policy(self, ref: VersionRef, policy: ScalingPolicy) -> None: ...
+
+    @abc.abstractmethod
+    async def remove(self, ref: VersionRef) -> None: ...
+
+    @abc.abstractmethod
+    def describe(self, ref: VersionRef) -> dict[str, Any]:
+        """Instances, in-flight invocations and cold starts of a version."""
+
+    @abc.abstractmethod
+    def logs(self, ref: VersionRef, max_bytes: int = 65536) -> str: ...
+
+    @abc.abstractmethod
+    async def housekeeping(self) -> None:
+        """Periodic work: scale down idle instances, replace unhealthy ones."""
+
+    @abc.abstractmethod
+    async def shutdown(self) -> None: ...

@@ -1,0 +1,138 @@
+"""The local backend: versions run as worker processes forked from one fork-server.
+
+As root, each owner's workers run under their system account (`jupyter-<name>`): bundles are copied
+into a directory that only that account can read, and the fork-server drops to its uid and gid
+before the bundle is loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+from stratolab.functions.backend import FunctionBackend, VersionRef
+from stratolab.functions.policy import ScalingPolicy
+from stratolab.functions.runtime.forkserver import ForkServer
+from stratolab.functions.runtime.pool import InvocationError, VersionPool
+
+
+class LocalBackend(FunctionBackend):
+    def __init__(
+        self,
+        root: Path,
+        preload: list[str],
+        account_for: Callable[[str], tuple[int, int] | None] = lambda owner: None,
+        on_event: Callable[[str, dict], None] | None = None,
+    ):
+        """`account_for(owner)` gives the uid/gid an owner's workers run as (None: ours), creating
+        the system account when it does not exist yet."""
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o711)
+        self.account_for = account_for
+        self.on_event = on_event
+        self.forkserver = ForkServer(self.root / "forkserver.sock", preload)
+        self.pools: dict[str, VersionPool] = {}
+
+    def start(self) -> "LocalBackend":
+        self.forkserver.start()
+        return self
+
+    def _owner_dir(self, owner: str) -> tuple[Path, int | None, int | None]:
+        account = self.account_for(owner)
+        path = self.root / owner
+        path.mkdir(exist_ok=True, mode=0o700)
+        if account:
+            uid, gid = account
+            os.chown(path, uid, gid)
+            return path, uid, gid
+        return path, None, None
+
+    def _copy_bundle(self, bundle: Path, target: Path, uid: int | None, gid: int | None) -> None:
+        if not target.exists():
+            staging = target.with_name(target.name + ".tmp")
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(bundle, staging)
+            for path in [staging, *staging.rglob("*")]:
+                os.chmod(path, 0o500 if path.is_dir() else 0o400)
+                if uid is not None:
+                    os.chown(path, uid, gid)
+            os.rename(staging, target)
+
+    async def deploy(self, ref: VersionRef, bundle: Path, policy: ScalingPolicy) -> None:
+        owner_dir, uid, gid = self._owner_dir(ref.owner)
+        vdir = owner_dir / ref.name / f"v{ref.version}"
+        vdir.mkdir(parents=True, exist_ok=True)
+        for path in (owner_dir / ref.name, vdir):
+            if uid is not None:
+                os.chown(path, uid, gid)
+        self._copy_bundle(bundle, vdir / "bundle", uid, gid)
+        workdir = vdir / "run"
+        workdir.mkdir(exist_ok=True)
+        if uid is not None:
+            os.chown(workdir, uid, gid)
+
+        def spawn(bundle_path: Path, socket: Path, log: Path) -> int:
+            kwargs: dict[str, Any] = {"concurrency": policy.concurrency, "uid": uid, "gid": gid}
+            if policy.max_batch_size:
+                kwargs.update(max_batch_size=policy.max_batch_size, max_wait_ms=policy.max_wait_ms)
+            return self.forkserver.spawn(bundle_path, socket, log, **kwargs)
+
+        pool = VersionPool(ref.key, vdir / "bundle", policy, spawn, workdir, self.on_event)
+        old = self.pools.pop(ref.key, None)
+        if old:
+            await old.close()
+        # kept even when it fails, so that its owner can read why in its logs
+        self.pools[ref.key] = pool
+        # the readiness check: one instance must load the bundle before the version may take traffic
+        try:
+            instance = await pool.start_instance()
+        except Exception:
+            await pool.close()
+            raise
+        pool.instances.append(instance)
+
+    def _pool(self, ref: VersionRef) -> VersionPool:
+        pool = self.pools.get(ref.key)
+        if pool is None:
+            raise InvocationError(f"version {ref.version} of {ref.name} is not deployed here", status=503)
+        return pool
+
+    async def invoke(self, ref: VersionRef, body: bytes, content_type: str, request_id: str) -> tuple[dict, bytes]:
+        return await self._pool(ref).invoke(body, content_type, request_id)
+
+    async def update_policy(self, ref: VersionRef, policy: ScalingPolicy) -> None:
+        pool = self.pools.get(ref.key)
+        if pool is not None:
+            pool.policy = policy
+            await pool.ensure_min_instances()
+
+    async def remove(self, ref: VersionRef) -> None:
+        pool = self.pools.pop(ref.key, None)
+        if pool is not None:
+            await pool.close()
+
+    def describe(self, ref: VersionRef) -> dict[str, Any]:
+        pool = self.pools.get(ref.key)
+        return pool.describe() if pool else {"instances": 0, "starting": 0, "waiting": 0, "inflight": 0, "cold_starts": 0}
+
+    def logs(self, ref: VersionRef, max_bytes: int = 65536) -> str:
+        pool = self.pools.get(ref.key)
+        if pool is None or not pool.log_path.exists():
+            return ""
+        with open(pool.log_path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - max_bytes))
+            return f.read().decode(errors="replace")
+
+    async def housekeeping(self) -> None:
+        for pool in list(self.pools.values()):
+            await pool.housekeeping()
+
+    async def shutdown(self) -> None:
+        for pool in list(self.pools.values()):
+            await pool.close()
+        self.pools.clear()
+        self.forkserver.stop()

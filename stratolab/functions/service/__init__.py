@@ -1,0 +1,1 @@
+"""The functions service: a JupyterHub service that deploys, routes and observes functions."""

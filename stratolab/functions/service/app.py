@@ -1,0 +1,127 @@
+"""The functions service process: a tornado app started by JupyterHub as a managed service.
+
+Routes (under the service prefix, /services/functions/):
+    GET    api/functions                      list the caller's functions
+    GET    api/functions/NAME                 one function: versions, traffic, scaling, instances, stats
+    POST   api/functions/NAME                 deploy a new version (body: a bundle as .tar.gz)
+    PATCH  api/functions/NAME                 change scaling / public
+    DELETE api/functions/NAME                 delete the function and stop its instances
+    PUT    api/functions/NAME/traffic         {"traffic": {"VERSION": WEIGHT, ...}}
+    POST   api/functions/NAME/rollback        {"version": N} or {} for the previous ready version
+    GET    api/functions/NAME/logs            recent output of its instances
+    POST   fn/OWNER/NAME                      invoke (owner's token, X-Function-Key, or public)
+    GET    metrics                            Prometheus metrics (token with read:metrics)
+    GET    openapi.json                       this API, described
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from tornado import ioloop, web
+from jupyterhub.services.auth import HubAuth
+
+from stratolab.db import ensure_schema, make_engine, session_factory
+from stratolab.functions.bundle import BundleStore
+from stratolab.functions.registry import FunctionRegistry
+from stratolab.functions.runtime.local_backend import LocalBackend
+from stratolab.functions.service import handlers, metrics
+from stratolab.functions.service.state import ServiceState
+from stratolab.hub.system_users import ensure_system_user, system_username
+
+log = logging.getLogger("stratolab.functions")
+
+FRAMEWORKS = ["torch", "sklearn", "numpy"]
+
+
+def available_frameworks() -> list[str]:
+    import importlib.util
+
+    return [m for m in FRAMEWORKS if importlib.util.find_spec(m) is not None]
+
+
+def system_account(owner: str) -> tuple[int, int]:
+    """The owner's system account (created if they never started a server), as (uid, gid)."""
+    home_root = Path(os.environ.get("STRATOLAB_HOME_ROOT", "/home"))
+    entry = ensure_system_user(system_username(owner), home_root)
+    return entry.pw_uid, entry.pw_gid
+
+
+def make_app(state: ServiceState, prefix: str) -> web.Application:
+    p = prefix.rstrip("/")
+    name = r"([^/]+)"
+    routes = [
+        (rf"{p}/api/functions/?", handlers.FunctionListHandler),
+        (rf"{p}/api/functions/{name}/traffic", handlers.TrafficHandler),
+        (rf"{p}/api/functions/{name}/rollback", handlers.RollbackHandler),
+        (rf"{p}/api/functions/{name}/logs", handlers.LogsHandler),
+        (rf"{p}/api/functions/{name}", handlers.FunctionHandler),
+        (rf"{p}/fn/{name}/{name}/?", handlers.InvokeHandler),
+        (rf"{p}/metrics", handlers.MetricsHandler),
+        (rf"{p}/openapi.json", handlers.OpenAPIHandler),
+        (rf"{p}/?", handlers.RootHandler),
+        (rf"{p}/.*", handlers.NotFoundHandler),
+    ]
+    return web.Application(routes, state=state, max_body_size=2 * 1024**3)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="[%(levelname).1s %(asctime)s functions] %(message)s")
+    prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/functions/")
+    url = os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101")
+    data_dir = Path(os.environ["STRATOLAB_FUNCTIONS_DIR"])
+    db_url = os.environ["STRATOLAB_PLATFORM_DB_URL"]
+    isolated = os.environ.get("STRATOLAB_ISOLATION") == "system-users"
+    ensure_schema(db_url)
+    registry = FunctionRegistry(session_factory(make_engine(db_url)))
+
+    def on_event(kind: str, data: dict) -> None:
+        if kind == "cold_start":
+            metrics.COLD_START_SECONDS.observe(data["seconds"])
+            owner, name, _version = data["key"].split("/")
+            metrics.COLD_STARTS.labels(owner, name).inc()
+
+    backend = LocalBackend(
+        data_dir / "runtime",
+        available_frameworks(),
+        account_for=system_account if isolated else (lambda owner: None),
+        on_event=on_event,
+    ).start()
+    state = ServiceState(
+        registry=registry,
+        backend=backend,
+        store=BundleStore(data_dir / "bundles"),
+        hub_auth=HubAuth(api_token=os.environ["JUPYTERHUB_API_TOKEN"], cache_max_age=60),
+        public_url=os.environ.get("STRATOLAB_PUBLIC_URL", "").rstrip("/"),
+        prefix=prefix,
+    )
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+
+    async def run() -> None:
+        app = make_app(state, prefix)
+        server = app.listen(parsed.port or 80, address=parsed.hostname or "127.0.0.1")
+        await state.restore()
+        housekeeping = ioloop.PeriodicCallback(state.housekeeping, 1000)
+        housekeeping.start()
+        log.info("functions service ready at %s%s", url, prefix)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        housekeeping.stop()
+        server.stop()
+        await backend.shutdown()
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

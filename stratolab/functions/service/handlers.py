@@ -1,0 +1,236 @@
+"""HTTP handlers of the functions service. Thin: authenticate, parse, call ServiceState, answer JSON.
+
+`BaseHandler.write_error` is the one place where exceptions become responses: a StratolabError keeps
+its status and message, a tornado HTTPError its status, anything else is a 500 with an error id (the
+traceback goes to the service log only).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from prometheus_client import generate_latest
+from tornado import web
+
+from stratolab.errors import InvalidInput, StratolabError
+from stratolab.functions.service import metrics
+from stratolab.functions.service.access import DEPLOY, INVOKE, has_scope, token_from_headers
+from stratolab.functions.service.openapi import OPENAPI
+from stratolab.functions.service.state import ServiceState
+
+
+class BaseHandler(web.RequestHandler):
+    caller: dict[str, Any] | None = None
+
+    @property
+    def state(self) -> ServiceState:
+        return self.settings["state"]
+
+    def check_xsrf_cookie(self) -> None:
+        pass  # token-authenticated API: no cookies are accepted
+
+    async def authenticate(self, required: bool = True) -> dict[str, Any] | None:
+        token = token_from_headers(self.request.headers)
+        model = None
+        if token:
+            model = await self.state.hub_auth.user_for_token(token, sync=False)
+        if model is None and required:
+            raise StratolabError(
+                "authentication required: send a JupyterHub API token (Authorization: token ...)",
+                status=401,
+            )
+        self.caller = model
+        return model
+
+    async def owner_with(self, scope: str) -> str:
+        """The caller's own user name, if the caller holds `scope` for their own functions."""
+        model = await self.authenticate()
+        if model.get("kind") != "user":
+            raise StratolabError("only users own functions", status=403)
+        name = model["name"]
+        if not has_scope(model.get("scopes", []), scope, name):
+            raise StratolabError(f"this token lacks the scope {scope}", status=403)
+        return name
+
+    def json_body(self) -> dict[str, Any]:
+        if not self.request.body:
+            return {}
+        try:
+            data = json.loads(self.request.body)
+        except ValueError as e:
+            raise InvalidInput(f"the body is not valid JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise InvalidInput("the body must be a JSON object")
+        return data
+
+    def send(self, data: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(json.dumps(data, default=str))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        body: dict[str, Any]
+        if isinstance(exc, StratolabError):
+            status_code = int(exc.status)
+            body = {"error": exc.message}
+            if getattr(exc, "field", None):
+                body["field"] = exc.field
+        elif isinstance(exc, web.HTTPError):
+            body = {"error": exc.log_message or self._reason}
+        else:
+            error_id = uuid.uuid4().hex[:12]
+            self.log_exception_id = error_id
+            body = {"error": "internal error", "error_id": error_id}
+        self.set_status(status_code)
+        if status_code == 401:
+            self.set_header("WWW-Authenticate", 'token realm="stratolab"')
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(body))
+
+    def log_exception(self, typ, value, tb) -> None:
+        if isinstance(value, StratolabError):
+            return  # expected: answered with its status
+        super().log_exception(typ, value, tb)
+
+
+def _flag(value: str | None) -> bool | None:
+    if value is None:
+        return None
+    if value.lower() in ("1", "true", "yes"):
+        return True
+    if value.lower() in ("0", "false", "no"):
+        return False
+    raise InvalidInput(f"expected true or false, got {value!r}", field="public")
+
+
+class FunctionListHandler(BaseHandler):
+    async def get(self) -> None:
+        owner = await self.owner_with(DEPLOY)
+        self.send({"functions": [self.state.describe(v) for v in self.state.registry.list(owner)]})
+
+
+class FunctionHandler(BaseHandler):
+    async def get(self, name: str) -> None:
+        owner = await self.owner_with(DEPLOY)
+        self.send(self.state.describe(self.state.registry.get(owner, name)))
+
+    async def post(self, name: str) -> None:
+        """Deploy a new version: the body is the bundle (.tar.gz); settings in the query string."""
+        owner = await self.owner_with(DEPLOY)
+        scaling_raw = self.get_query_argument("scaling", None)
+        try:
+            scaling = json.loads(scaling_raw) if scaling_raw else None
+        except ValueError:
+            raise InvalidInput("scaling must be a JSON object", field="scaling") from None
+        if scaling is not None and not isinstance(scaling, dict):
+            raise InvalidInput("scaling must be a JSON object", field="scaling")
+        promote = _flag(self.get_query_argument("promote", None))
+        result = await self.state.deploy(
+            owner, name, self.request.body, _flag(self.get_query_argument("public", None)), scaling,
+            promote=True if promote is None else promote,
+        )
+        self.send(result, 201)
+
+    async def patch(self, name: str) -> None:
+        owner = await self.owner_with(DEPLOY)
+        body = self.json_body()
+        unknown = set(body) - {"scaling", "public"}
+        if unknown:
+            raise InvalidInput(f"unknown field {sorted(unknown)[0]!r}; use scaling or public", field=sorted(unknown)[0])
+        public = body.get("public")
+        if public is not None and not isinstance(public, bool):
+            raise InvalidInput("public must be true or false", field="public")
+        self.send(await self.state.change(owner, name, body.get("scaling"), public))
+
+    async def delete(self, name: str) -> None:
+        owner = await self.owner_with(DEPLOY)
+        self.send(await self.state.delete(owner, name))
+
+
+class TrafficHandler(BaseHandler):
+    async def put(self, name: str) -> None:
+        owner = await self.owner_with(DEPLOY)
+        traffic = self.json_body().get("traffic")
+        if not isinstance(traffic, dict):
+            raise InvalidInput('send {"traffic": {"VERSION": WEIGHT, ...}}', field="traffic")
+        self.send(await self.state.set_traffic(owner, name, traffic))
+
+
+class RollbackHandler(BaseHandler):
+    async def post(self, name: str) -> None:
+        owner = await self.owner_with(DEPLOY)
+        version = self.json_body().get("version")
+        if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+            raise InvalidInput("version must be a whole number", field="version")
+        self.send(await self.state.rollback(owner, name, version))
+
+
+class LogsHandler(BaseHandler):
+    async def get(self, name: str) -> None:
+        owner = await self.owner_with(DEPLOY)
+        self.send({"logs": self.state.logs(owner, name)})
+
+
+class InvokeHandler(BaseHandler):
+    async def post(self, owner: str, name: str) -> None:
+        view = self.state.registry.get(owner, name)  # 404 for unknown names
+        if not view.public:
+            key = self.request.headers.get("X-Function-Key")
+            if key:
+                if not self.state.registry.check_key(owner, name, key):
+                    raise StratolabError("wrong function key", status=403)
+            else:
+                model = await self.authenticate()
+                if not has_scope(model.get("scopes", []), INVOKE, owner):
+                    # others' private functions look the same as missing ones
+                    raise StratolabError(f"no function {name!r}", status=404)
+        header, out = await self.state.invoke(
+            owner, name, self.request.body, self.request.headers.get("Content-Type", "application/json")
+        )
+        status = int(header.get("status", 500))
+        self.set_header("X-Function-Version", str(header.get("version", "")))
+        if status != 200:
+            body = {"error": header.get("error", "the function failed")}
+            if header.get("error_id"):
+                body["error_id"] = header["error_id"]
+            self.send(body, status)
+            return
+        self.set_header("Content-Type", header.get("content_type", "application/json"))
+        self.finish(out)
+
+
+class MetricsHandler(BaseHandler):
+    async def get(self) -> None:
+        model = await self.authenticate()
+        if "read:metrics" not in model.get("scopes", []):
+            raise StratolabError("this token lacks the scope read:metrics", status=403)
+        for view in self.state.registry.list():
+            described = self.state.describe(view)
+            metrics.INSTANCES.labels(view.owner, view.name).set(described["instances"])
+            metrics.QUEUE_DEPTH.labels(view.owner, view.name).set(
+                sum(v.get("waiting", 0) for v in described["versions"])
+            )
+        self.set_header("Content-Type", "text/plain; version=0.0.4")
+        self.finish(generate_latest(metrics.REGISTRY))
+
+
+class OpenAPIHandler(BaseHandler):
+    async def get(self) -> None:
+        await self.authenticate()
+        self.send(OPENAPI)
+
+
+class RootHandler(BaseHandler):
+    async def get(self) -> None:
+        await self.authenticate()
+        self.send({"service": "stratolab-functions", "openapi": f"{self.state.prefix}openapi.json"})
+
+
+class NotFoundHandler(BaseHandler):
+    async def prepare(self) -> None:
+        await self.authenticate()
+        raise StratolabError("no such route", status=404)

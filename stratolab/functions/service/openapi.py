@@ -1,0 +1,92 @@
+"""The functions service API, described in OpenAPI 3 (served at openapi.json)."""
+
+_error = {"$ref": "#/components/schemas/Error"}
+_function = {"$ref": "#/components/schemas/Function"}
+
+
+def _ok(schema, description="OK"):
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_errors = {
+    "400": _ok(_error, "Invalid input; `field` names what to fix"),
+    "401": _ok(_error, "No or unknown token"),
+    "403": _ok(_error, "The token lacks the scope"),
+    "404": _ok(_error, "No such function (or not yours)"),
+}
+_name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$"}}
+
+OPENAPI = {
+    "openapi": "3.0.3",
+    "info": {"title": "Stratolab functions", "version": "1"},
+    "components": {
+        "securitySchemes": {
+            "hubToken": {"type": "apiKey", "in": "header", "name": "Authorization", "description": "`token <JupyterHub API token>`"},
+            "functionKey": {"type": "apiKey", "in": "header", "name": "X-Function-Key"},
+        },
+        "schemas": {
+            "Error": {"type": "object", "properties": {"error": {"type": "string"}, "field": {"type": "string"}, "error_id": {"type": "string"}}, "required": ["error"]},
+            "Scaling": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "min_instances": {"type": "integer", "minimum": 0},
+                    "max_instances": {"type": "integer", "minimum": 1},
+                    "concurrency": {"type": "integer", "minimum": 1},
+                    "idle_timeout_s": {"type": "number", "minimum": 1},
+                    "queue_limit": {"type": "integer", "minimum": 0},
+                    "timeout_s": {"type": "number"},
+                    "memory_mb": {"type": "integer", "nullable": True, "minimum": 32},
+                    "max_payload_mb": {"type": "number"},
+                    "max_batch_size": {"type": "integer"},
+                    "max_wait_ms": {"type": "number"},
+                },
+            },
+            "Function": {
+                "type": "object",
+                "properties": {
+                    "owner": {"type": "string"}, "name": {"type": "string"}, "url": {"type": "string"},
+                    "public": {"type": "boolean"}, "scaling": {"$ref": "#/components/schemas/Scaling"},
+                    "traffic": {"type": "object", "additionalProperties": {"type": "integer"}},
+                    "versions": {"type": "array", "items": {"type": "object"}},
+                    "instances": {"type": "integer"}, "cold_starts": {"type": "integer"},
+                    "stats": {"type": "object"}, "version": {"type": "integer"},
+                    "key": {"type": "string", "description": "the invocation key, returned once on creation"},
+                },
+            },
+        },
+    },
+    "security": [{"hubToken": []}],
+    "paths": {
+        "/api/functions": {"get": {"summary": "List your functions", "responses": {"200": _ok({"type": "object", "properties": {"functions": {"type": "array", "items": _function}}}), **_errors}}},
+        "/api/functions/{name}": {
+            "parameters": [_name],
+            "get": {"summary": "One function", "responses": {"200": _ok(_function), **_errors}},
+            "post": {
+                "summary": "Deploy a new version",
+                "parameters": [
+                    {"name": "public", "in": "query", "schema": {"type": "boolean"}},
+                    {"name": "promote", "in": "query", "schema": {"type": "boolean", "default": True}},
+                    {"name": "scaling", "in": "query", "schema": {"type": "string", "description": "Scaling as JSON"}},
+                ],
+                "requestBody": {"required": True, "content": {"application/gzip": {"schema": {"type": "string", "format": "binary"}}}},
+                "responses": {"201": _ok(_function), "422": _ok(_error, "The version failed its readiness check"), **_errors},
+            },
+            "patch": {"summary": "Change scaling or access", "requestBody": {"content": {"application/json": {"schema": {"type": "object", "properties": {"scaling": {"$ref": "#/components/schemas/Scaling"}, "public": {"type": "boolean"}}}}}}, "responses": {"200": _ok(_function), **_errors}},
+            "delete": {"summary": "Delete the function", "responses": {"200": _ok({"type": "object"}), **_errors}},
+        },
+        "/api/functions/{name}/traffic": {"parameters": [_name], "put": {"summary": "Split traffic between ready versions", "requestBody": {"content": {"application/json": {"schema": {"type": "object", "properties": {"traffic": {"type": "object", "additionalProperties": {"type": "integer"}}}}}}}, "responses": {"200": _ok(_function), **_errors}}},
+        "/api/functions/{name}/rollback": {"parameters": [_name], "post": {"summary": "All traffic to a version (default: the previous ready one)", "requestBody": {"content": {"application/json": {"schema": {"type": "object", "properties": {"version": {"type": "integer"}}}}}}, "responses": {"200": _ok(_function), "409": _ok(_error), **_errors}}},
+        "/api/functions/{name}/logs": {"parameters": [_name], "get": {"summary": "Recent output of the function's instances", "responses": {"200": _ok({"type": "object"}), **_errors}}},
+        "/fn/{owner}/{name}": {
+            "parameters": [{"name": "owner", "in": "path", "required": True, "schema": {"type": "string"}}, _name],
+            "post": {
+                "summary": "Invoke",
+                "security": [{"hubToken": []}, {"functionKey": []}, {}],
+                "requestBody": {"content": {"application/json": {}, "application/octet-stream": {}}},
+                "responses": {"200": {"description": "The handler's result"}, "413": _ok(_error), "429": _ok(_error), "502": _ok(_error), "503": _ok(_error), "504": _ok(_error), **_errors},
+            },
+        },
+        "/metrics": {"get": {"summary": "Prometheus metrics (read:metrics)", "responses": {"200": {"description": "text/plain"}}}},
+    },
+}

@@ -1,0 +1,204 @@
+"""What the functions service does, independent of HTTP: deploy, route, change, delete, restore."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import shutil
+import tarfile
+import tempfile
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stratolab.errors import InvalidInput, StratolabError
+from stratolab.functions.backend import FunctionBackend, VersionRef
+from stratolab.functions.bundle import BundleStore, Manifest, bundle_digest
+from stratolab.functions.registry import FunctionRegistry, FunctionView, check_name
+from stratolab.functions.service import metrics
+from stratolab.functions.traffic import choose_version
+
+log = logging.getLogger("stratolab.functions")
+
+
+class DeployFailed(StratolabError):
+    """The new version did not pass its readiness check; it takes no traffic."""
+
+    status = 422
+
+
+@dataclass
+class LatencyWindow:
+    samples: deque = field(default_factory=lambda: deque(maxlen=2000))
+    invocations: int = 0
+    errors: int = 0
+
+    def add(self, seconds: float, ok: bool) -> None:
+        self.samples.append(seconds)
+        self.invocations += 1
+        self.errors += 0 if ok else 1
+
+    def summary(self) -> dict[str, Any]:
+        data = sorted(self.samples)
+
+        def pct(p: float) -> float | None:
+            if not data:
+                return None
+            return round(data[min(len(data) - 1, int(p * len(data)))] * 1000, 2)
+
+        return {"invocations": self.invocations, "errors": self.errors, "p50_ms": pct(0.5), "p99_ms": pct(0.99)}
+
+
+def unpack_bundle(data: bytes, target: Path) -> None:
+    """Unpack an uploaded .tar.gz bundle, refusing links, devices and paths that leave `target`."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
+            for member in tar.getmembers():
+                if not (member.isfile() or member.isdir()):
+                    raise InvalidInput(f"the bundle contains {member.name!r}, which is not a file", field="bundle")
+            tar.extractall(target, filter="data")
+    except (tarfile.TarError, EOFError, OSError) as e:
+        if isinstance(e, tarfile.FilterError):
+            raise InvalidInput(f"the bundle has an unsafe path: {e}", field="bundle") from None
+        raise InvalidInput(f"the body is not a .tar.gz bundle: {e}", field="bundle") from None
+    if not (target / "manifest.json").exists():
+        raise InvalidInput("the bundle has no manifest.json", field="bundle")
+    try:
+        Manifest.read(target)
+    except (ValueError, TypeError, KeyError) as e:
+        raise InvalidInput(f"the bundle's manifest is not valid: {e}", field="bundle") from None
+
+
+@dataclass
+class ServiceState:
+    registry: FunctionRegistry
+    backend: FunctionBackend
+    store: BundleStore
+    hub_auth: Any
+    public_url: str
+    prefix: str
+    stats: dict[str, LatencyWindow] = field(default_factory=dict)
+
+    def url_of(self, owner: str, name: str) -> str:
+        return f"{self.public_url}{self.prefix.rstrip('/')}/fn/{owner}/{name}"
+
+    def describe(self, view: FunctionView) -> dict[str, Any]:
+        data = view.to_dict()
+        data["url"] = self.url_of(view.owner, view.name)
+        for v in data["versions"]:
+            v.update(self.backend.describe(VersionRef(view.owner, view.name, v["version"])))
+        data["instances"] = sum(v.get("instances", 0) for v in data["versions"])
+        data["cold_starts"] = sum(v.get("cold_starts", 0) for v in data["versions"])
+        data["stats"] = self.stats.get(f"{view.owner}/{view.name}", LatencyWindow()).summary()
+        return data
+
+    async def deploy(self, owner: str, name: str, body: bytes, public: bool | None, scaling: dict | None,
+                     promote: bool = True) -> dict[str, Any]:
+        check_name(name)
+        with tempfile.TemporaryDirectory(prefix="stratolab-upload-") as tmp:
+            unpack_bundle(body, Path(tmp) / "bundle")
+            digest = self.store.put(Path(tmp) / "bundle")
+        manifest = json.loads((self.store.path(digest) / "manifest.json").read_text())
+        view, key = self.registry.ensure(owner, name, public, scaling)
+        version = self.registry.add_version(owner, name, digest, manifest, "pending", None)
+        ref = VersionRef(owner, name, version)
+        try:
+            await self.backend.deploy(ref, self.store.path(digest), view.policy)
+        except StratolabError as e:
+            self._set_state(owner, name, version, "failed", e.message)
+            raise DeployFailed(
+                f"version {version} of {name} failed its readiness check and takes no traffic: {e.message}. "
+                f"Its logs: {self.backend.logs(ref, 4000)[-2000:]}"
+            ) from None
+        self._set_state(owner, name, version, "ready", None)
+        if promote or not view.traffic:
+            view = self.registry.set_traffic(owner, name, {str(version): 100})
+        result = self.describe(self.registry.get(owner, name))
+        result.update({"version": version, "digest": digest})
+        if key:
+            result["key"] = key
+        return result
+
+    def _set_state(self, owner: str, name: str, version: int, state: str, error: str | None) -> None:
+        from sqlalchemy import select
+
+        from stratolab.db.engine import session_scope
+        from stratolab.db.models import FunctionRecord, FunctionVersion
+
+        with session_scope(self.registry.sessions) as s:
+            row = s.scalar(
+                select(FunctionVersion).join(FunctionRecord, FunctionRecord.id == FunctionVersion.function_id).where(
+                    FunctionRecord.owner == owner, FunctionRecord.name == name, FunctionVersion.version == version
+                )
+            )
+            row.state, row.error = state, error
+
+    async def invoke(self, owner: str, name: str, body: bytes, content_type: str) -> tuple[dict, bytes]:
+        view = self.registry.get(owner, name)
+        if not view.traffic:
+            raise StratolabError(f"{name} has no ready version to answer", status=503)
+        limit = int(view.policy.max_payload_mb * 1024 * 1024)
+        if len(body) > limit:
+            raise StratolabError(f"the request body is larger than {view.policy.max_payload_mb:g} MB", status=413)
+        version = choose_version(view.traffic)
+        ref = VersionRef(owner, name, version)
+        t0 = time.perf_counter()
+        status = 500
+        try:
+            header, out = await self.backend.invoke(ref, body, content_type, uuid.uuid4().hex[:12])
+            status = int(header.get("status", 500))
+            header["version"] = version
+            return header, out
+        except StratolabError as e:
+            status = e.status
+            raise
+        finally:
+            elapsed = time.perf_counter() - t0
+            metrics.INVOCATIONS.labels(owner, name, str(status)).inc()
+            metrics.LATENCY.labels(owner, name).observe(elapsed)
+            self.stats.setdefault(f"{owner}/{name}", LatencyWindow()).add(elapsed, status < 500)
+
+    async def set_traffic(self, owner: str, name: str, weights: dict) -> dict[str, Any]:
+        return self.describe(self.registry.set_traffic(owner, name, weights))
+
+    async def rollback(self, owner: str, name: str, version: int | None) -> dict[str, Any]:
+        return self.describe(self.registry.rollback(owner, name, version))
+
+    async def change(self, owner: str, name: str, scaling: dict | None, public: bool | None) -> dict[str, Any]:
+        view = self.registry.set_policy(owner, name, scaling or {}, public)
+        for v in view.ready_versions():
+            await self.backend.update_policy(VersionRef(owner, name, v), view.policy)
+        return self.describe(view)
+
+    async def delete(self, owner: str, name: str) -> dict[str, Any]:
+        view = self.registry.delete(owner, name)
+        for v in view.versions:
+            await self.backend.remove(VersionRef(owner, name, v["version"]))
+        self.stats.pop(f"{owner}/{name}", None)
+        return {"deleted": name}
+
+    def logs(self, owner: str, name: str) -> dict[str, str]:
+        view = self.registry.get(owner, name)
+        return {str(v["version"]): self.backend.logs(VersionRef(owner, name, v["version"])) for v in view.versions}
+
+    async def restore(self) -> None:
+        """After a restart: deploy again every ready version that takes traffic."""
+        for view in self.registry.list():
+            for version in view.traffic:
+                ref = VersionRef(view.owner, view.name, version)
+                digest = next(v["digest"] for v in view.versions if v["version"] == version)
+                try:
+                    await self.backend.deploy(ref, self.store.path(digest), view.policy)
+                except Exception:
+                    log.exception("could not restore %s", ref.key)
+
+    async def housekeeping(self) -> None:
+        try:
+            await self.backend.housekeeping()
+        except Exception:
+            log.exception("housekeeping failed")

@@ -1,0 +1,166 @@
+"""The functions service through the hub's proxy: deploy, invoke (token, key, public), traffic,
+rollback, failed readiness, scaling changes, logs, metrics, deletion, security and restart."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import requests
+
+from stratolab.functions.analysis import plan_capture, read_cells
+from stratolab.functions.bundle import build_bundle
+from stratolab.functions.client import pack
+from support import IS_ROOT
+
+CELLS = [
+    "import os",
+    "GREETING = 'hello'",
+    "def handler(inputs):\n    return {'greeting': GREETING, 'x': inputs['x'] * 2, 'uid': os.getuid()}\n",
+    "def boom(inputs):\n    raise ValueError('internal detail 42')\n",
+]
+
+
+def bundle(tmp: Path, handler: str = "handler", greeting: str = "hello", cells=None, run=True) -> bytes:
+    cells = cells or [CELLS[0], f"GREETING = {greeting!r}", *CELLS[2:]]
+    ns: dict = {}
+    if run:
+        exec("\n".join(cells), ns)
+    plan = plan_capture(handler, read_cells(cells), live_names=set(ns))
+    target = tmp / f"{handler}-{greeting}"
+    build_bundle(plan, ns, target)
+    return pack(target)
+
+
+def api(hub, user, method, path, headers=None, **kw):
+    return requests.request(
+        method, f"{hub.url}/services/functions/{path}", headers=headers or user.headers, **kw
+    )
+
+
+def deploy(hub, user, name, data: bytes, **params):
+    return api(hub, user, "POST", f"api/functions/{name}", data=data, params=params,
+               headers={**user.headers, "Content-Type": "application/gzip"})
+
+
+def test_deploy_invoke_split_rollback_and_delete(hub, tmp_path):
+    alice = hub.create_user()
+    r = deploy(hub, alice, "greeter", bundle(tmp_path))
+    assert r.status_code == 201, r.text
+    fn = r.json()
+    assert fn["version"] == 1 and fn["url"].endswith(f"/services/functions/fn/{alice.name}/greeter")
+    key = fn["key"]
+
+    # invoke with the owner's token, then with the function key
+    r = requests.post(fn["url"], json={"x": 21}, headers=alice.headers)
+    assert r.status_code == 200, r.text
+    assert r.json()["greeting"] == "hello" and r.json()["x"] == 42
+    if IS_ROOT:  # the instance runs under alice's system account, not as root
+        import pwd
+
+        assert r.json()["uid"] == pwd.getpwnam(f"jupyter-{alice.name}").pw_uid
+    r = requests.post(fn["url"], json={"x": 1}, headers={"X-Function-Key": key})
+    assert r.status_code == 200
+    assert requests.post(fn["url"], json={"x": 1}, headers={"X-Function-Key": "wrong"}).status_code == 403
+    assert requests.post(fn["url"], json={"x": 1}).status_code == 401
+
+    # a second version takes all traffic; then a 50/50 split; then rollback
+    r = deploy(hub, alice, "greeter", bundle(tmp_path, greeting="bonjour"))
+    assert r.status_code == 201 and r.json()["version"] == 2 and "key" not in r.json()
+    assert requests.post(fn["url"], json={"x": 1}, headers=alice.headers).json()["greeting"] == "bonjour"
+    r = api(hub, alice, "PUT", "api/functions/greeter/traffic", json={"traffic": {"1": 50, "2": 50}})
+    assert r.status_code == 200, r.text
+    seen = Counter(
+        requests.post(fn["url"], json={"x": 1}, headers=alice.headers).json()["greeting"] for _ in range(60)
+    )
+    assert seen["hello"] > 10 and seen["bonjour"] > 10
+    r = api(hub, alice, "POST", "api/functions/greeter/rollback", json={"version": 1})
+    assert r.json()["traffic"] == {"1": 100}
+    assert requests.post(fn["url"], json={"x": 1}, headers=alice.headers).json()["greeting"] == "hello"
+
+    # bad input is a 4xx naming the field
+    r = api(hub, alice, "PUT", "api/functions/greeter/traffic", json={"traffic": {"1": 70}})
+    assert r.status_code == 400 and r.json()["field"] == "traffic"
+    r = api(hub, alice, "PATCH", "api/functions/greeter", json={"scaling": {"max_instances": 0}})
+    assert r.status_code == 400 and r.json()["field"] == "max_instances"
+    r = requests.post(fn["url"], data=b"{nope", headers={**alice.headers, "Content-Type": "application/json"})
+    assert r.status_code == 400
+
+    # listing, logs and deletion
+    names = [f["name"] for f in api(hub, alice, "GET", "api/functions").json()["functions"]]
+    assert names == ["greeter"]
+    assert api(hub, alice, "DELETE", "api/functions/greeter").status_code == 200
+    assert requests.post(fn["url"], json={"x": 1}, headers=alice.headers).status_code == 404
+
+
+def test_errors_failed_readiness_public_functions_and_payload_limit(hub, tmp_path):
+    bob = hub.create_user()
+    r = deploy(hub, bob, "boom", bundle(tmp_path, handler="boom"), public="true",
+               scaling=json.dumps({"max_payload_mb": 0.001}))
+    assert r.status_code == 201, r.text
+    url = r.json()["url"]
+    r = requests.post(url, json={})  # public: no credentials needed
+    assert r.status_code == 500 and r.json()["error_id"] and "42" not in r.text
+    logs = api(hub, bob, "GET", "api/functions/boom/logs").json()["logs"]["1"]
+    assert r.json()["error_id"] in logs and "internal detail 42" in logs
+    r = requests.post(url, data=b"x" * 5000, headers={"Content-Type": "application/octet-stream"})
+    assert r.status_code == 413
+
+    # a version that cannot load never takes traffic
+    broken = ["import module_missing_everywhere", "def handler(inputs):\n    return module_missing_everywhere.x"]
+    r = deploy(hub, bob, "boom", bundle(tmp_path, cells=broken, greeting="broken", run=False))
+    assert r.status_code == 422 and "module_missing_everywhere" in r.json()["error"]
+    fn = api(hub, bob, "GET", "api/functions/boom").json()
+    assert fn["traffic"] == {"1": 100}
+    assert [v["state"] for v in fn["versions"]] == ["ready", "failed"]
+
+
+def test_users_cannot_see_or_touch_each_others_functions(hub, tmp_path):
+    alice, mallory = hub.create_user(), hub.create_user()
+    r = deploy(hub, alice, "private", bundle(tmp_path))
+    url = r.json()["url"]
+    assert requests.post(url, json={"x": 1}, headers=mallory.headers).status_code == 404
+    assert api(hub, mallory, "GET", "api/functions").json()["functions"] == []
+    assert api(hub, mallory, "GET", "api/functions/private").status_code == 404
+    assert api(hub, mallory, "DELETE", "api/functions/private").status_code == 404
+    assert requests.post(url, json={"x": 1}, headers=alice.headers).status_code == 200
+
+
+@pytest.mark.parametrize("name", ["../etc", "UPPER", "a/b", "x" * 70, "-lead", "a..b"])
+def test_names_that_try_traversal_are_refused(hub, tmp_path, name):
+    alice = hub.create_user()
+    r = deploy(hub, alice, requests.utils.quote(name, safe=""), bundle(tmp_path))
+    assert r.status_code in (400, 404), (name, r.status_code)
+
+
+def test_every_route_refuses_unauthenticated_callers(hub):
+    routes = [
+        ("GET", "api/functions"), ("GET", "api/functions/x"), ("POST", "api/functions/x"),
+        ("PATCH", "api/functions/x"), ("DELETE", "api/functions/x"), ("PUT", "api/functions/x/traffic"),
+        ("POST", "api/functions/x/rollback"), ("GET", "api/functions/x/logs"), ("GET", "metrics"),
+        ("GET", "openapi.json"), ("GET", ""), ("GET", "anything/else"),
+    ]
+    for method, path in routes:
+        r = requests.request(method, f"{hub.url}/services/functions/{path}", allow_redirects=False)
+        assert r.status_code in (401, 403, 302), (method, path, r.status_code)
+        if r.status_code == 302:  # the proxy sends browsers to log in; never the API itself
+            assert "/hub/login" in r.headers["Location"] or "oauth" in r.headers["Location"]
+
+
+def test_metrics_and_openapi(hub, tmp_path):
+    alice = hub.create_user()
+    assert deploy(hub, alice, "metered", bundle(tmp_path)).status_code == 201
+    url = f"{hub.url}/services/functions/fn/{alice.name}/metered"
+    for _ in range(3):
+        requests.post(url, json={"x": 1}, headers=alice.headers)
+    r = requests.get(f"{hub.url}/services/functions/metrics", headers=hub.admin_headers())
+    assert r.status_code == 200
+    assert f'stratolab_function_invocations_total{{function="metered",owner="{alice.name}",status="200"}} 3.0' in r.text
+    assert requests.get(f"{hub.url}/services/functions/metrics", headers=alice.headers).status_code == 403
+    spec = api(hub, alice, "GET", "openapi.json").json()
+    assert spec["openapi"].startswith("3.") and "/fn/{owner}/{name}" in spec["paths"]
+    fn = api(hub, alice, "GET", "api/functions/metered").json()
+    assert fn["stats"]["invocations"] == 3 and fn["stats"]["p50_ms"] is not None
