@@ -164,3 +164,42 @@ def test_metrics_and_openapi(hub, tmp_path):
     assert spec["openapi"].startswith("3.") and "/fn/{owner}/{name}" in spec["paths"]
     fn = api(hub, alice, "GET", "api/functions/metered").json()
     assert fn["stats"]["invocations"] == 3 and fn["stats"]["p50_ms"] is not None
+
+
+def test_deploy_from_a_live_kernel_with_the_python_api(hub, tmp_path):
+    """A model trained in a real kernel, deployed with stratolab.functions.deploy, answers the same."""
+    import os
+
+    from jupyter_client.manager import start_new_kernel
+
+    carol = hub.create_user()
+    env = {**os.environ, "STRATOLAB_URL": hub.url, "STRATOLAB_TOKEN": carol.token}
+    km, kc = start_new_kernel(kernel_name="python3", env=env)
+    try:
+        def run(code):
+            out = []
+            reply = kc.execute_interactive(
+                code, timeout=120,
+                output_hook=lambda m: out.append(m["content"].get("text", "")) if m["msg_type"] == "stream" else None,
+            )
+            assert reply["content"]["status"] == "ok", "\n".join(reply["content"].get("traceback", []))
+            return "".join(out)
+
+        run("from sklearn.datasets import load_digits\nfrom sklearn.linear_model import LogisticRegression\n"
+            "X, y = load_digits(return_X_y=True)\nclf = LogisticRegression(max_iter=500).fit(X[:1000], y[:1000])")
+        run("def classify(inputs):\n    return clf.predict(inputs).tolist()")
+        expected = json.loads(run("import json\nprint(json.dumps(classify(X[1000:1040].tolist())))"))
+        out = run("import stratolab.functions as fn\nd = fn.deploy(classify, name='digits')\nprint(d.url)")
+        url = out.strip().splitlines()[-1]
+        assert url.endswith(f"/fn/{carol.name}/digits")
+        from sklearn.datasets import load_digits
+
+        rows = load_digits().data[1000:1040].tolist()
+        r = requests.post(url, json=rows, headers=carol.headers)
+        assert r.status_code == 200, r.text
+        assert r.json() == expected
+        # and through the Python client's invoke, from the kernel
+        assert json.loads(run("print(json.dumps(fn.invoke('digits', X[1000:1040].tolist())))")) == expected
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)

@@ -26,7 +26,7 @@ class CliError(StratolabError):
     pass
 
 
-def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
     if args.json:
         print(json.dumps(data, indent=2, sort_keys=True))
     else:
@@ -98,15 +98,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     logout = sub.add_parser("logout", parents=[common], help="forget the stored token")
     logout.set_defaults(func=cmd_logout)
+
+    from stratolab.cli.functions_cmd import add_functions_commands
+
+    add_functions_commands(sub, common)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    func: Callable[[argparse.Namespace], None] = args.func
+    func: Callable[..., None] = args.func
     try:
-        func(args)
+        if getattr(args, "functions_command", None):
+            func(args, lambda data, text: _emit(args, data, text))
+        else:
+            func(args)
     except StratolabError as e:
         if args.json:
             print(json.dumps({"error": e.message, "status": e.status}), file=sys.stderr)

@@ -9,6 +9,7 @@ Routes (under the service prefix, /services/functions/):
     PUT    api/functions/NAME/traffic         {"traffic": {"VERSION": WEIGHT, ...}}
     POST   api/functions/NAME/rollback        {"version": N} or {} for the previous ready version
     GET    api/functions/NAME/logs            recent output of its instances
+    GET    api/functions/NAME/versions/N/bundle   the version's bundle (.tar.gz), for export
     POST   fn/OWNER/NAME                      invoke (owner's token, X-Function-Key, or public)
     GET    metrics                            Prometheus metrics (token with read:metrics)
     GET    openapi.json                       this API, described
@@ -60,6 +61,7 @@ def make_app(state: ServiceState, prefix: str) -> web.Application:
         (rf"{p}/api/functions/{name}/traffic", handlers.TrafficHandler),
         (rf"{p}/api/functions/{name}/rollback", handlers.RollbackHandler),
         (rf"{p}/api/functions/{name}/logs", handlers.LogsHandler),
+        (rf"{p}/api/functions/{name}/versions/(\d+)/bundle", handlers.BundleHandler),
         (rf"{p}/api/functions/{name}", handlers.FunctionHandler),
         (rf"{p}/fn/{name}/{name}/?", handlers.InvokeHandler),
         (rf"{p}/metrics", handlers.MetricsHandler),

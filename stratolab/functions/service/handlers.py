@@ -175,6 +175,21 @@ class LogsHandler(BaseHandler):
         self.send({"logs": self.state.logs(owner, name)})
 
 
+class BundleHandler(BaseHandler):
+    """`GET api/functions/NAME/versions/N/bundle`: the version's bundle as .tar.gz (for export)."""
+
+    async def get(self, name: str, version: str) -> None:
+        owner = await self.owner_with(DEPLOY)
+        view = self.state.registry.get(owner, name)
+        match = next((v for v in view.versions if str(v["version"]) == version), None)
+        if match is None:
+            raise StratolabError(f"{name} has no version {version}", status=404)
+        from stratolab.functions.client import pack
+
+        self.set_header("Content-Type", "application/gzip")
+        self.finish(pack(self.state.store.path(match["digest"])))
+
+
 class InvokeHandler(BaseHandler):
     async def post(self, owner: str, name: str) -> None:
         view = self.state.registry.get(owner, name)  # 404 for unknown names

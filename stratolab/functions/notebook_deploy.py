@@ -1,0 +1,64 @@
+"""Deploy a cell of a notebook file: run the notebook up to that cell in a fresh kernel, then capture.
+
+The path for CI/CD of models kept in git (`stratolab functions deploy NOTEBOOK --cell N`): the kernel
+trains the model exactly as a user would by running the cells, then the handler is captured from it.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import nbformat
+from jupyter_client.manager import start_new_kernel
+
+from stratolab.errors import InvalidInput, StratolabError
+
+
+def handler_in_cell(source: str) -> str:
+    """The function a cell defines (the last top-level `def`)."""
+    try:
+        tree = ast.parse("\n".join("" if l.lstrip().startswith(("%", "!")) else l for l in source.splitlines()))
+    except SyntaxError as e:
+        raise InvalidInput(f"the cell does not parse: {e.msg} (line {e.lineno})", field="cell") from None
+    names = [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    if not names:
+        raise InvalidInput("the cell defines no function: point --cell at the handler's cell", field="cell")
+    return names[-1]
+
+
+def capture_notebook_cell(path: Path, cell: int, target: Path, handler: str | None = None,
+                          kernel_name: str = "python3", timeout: float = 600) -> str:
+    """Run code cells 0..cell (cell = index among all cells) and write the handler's bundle to `target`."""
+    nb = nbformat.read(str(path), as_version=4)
+    if not 0 <= cell < len(nb.cells) or nb.cells[cell].cell_type != "code":
+        raise InvalidInput(f"cell {cell} is not a code cell of {path} ({len(nb.cells)} cells)", field="cell")
+    handler = handler or handler_in_cell(nb.cells[cell].source)
+    km, kc = start_new_kernel(kernel_name=kernel_name, cwd=str(Path(path).resolve().parent))
+    try:
+        for index, c in enumerate(nb.cells[: cell + 1]):
+            if c.cell_type != "code" or not c.source.strip():
+                continue
+            _run(kc, c.source, timeout, f"cell {index}")
+        code = (
+            "from stratolab.functions.capture import capture_to_directory as _c\n"
+            f"_c({handler!r}, {str(target)!r})"
+        )
+        _run(kc, code, timeout, "capture")
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    return handler
+
+
+def _run(kc, code: str, timeout: float, where: str) -> None:
+    reply = kc.execute_interactive(code, timeout=timeout, output_hook=lambda msg: None)
+    content = reply["content"]
+    if content["status"] != "ok":
+        raise StratolabError(
+            f"{where} failed: {content.get('ename')}: {content.get('evalue')}", status=400
+        )
+
+
+def default_name(handler: str) -> str:
+    return handler.replace("_", "-").lower()
