@@ -203,3 +203,29 @@ def test_deploy_from_a_live_kernel_with_the_python_api(hub, tmp_path):
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+def test_function_cell_magic(hub):
+    import os
+
+    from jupyter_client.manager import start_new_kernel
+
+    dave = hub.create_user()
+    env = {**os.environ, "STRATOLAB_URL": hub.url, "STRATOLAB_TOKEN": dave.token}
+    km, kc = start_new_kernel(kernel_name="python3", env=env)
+    try:
+        out = []
+        code = "%load_ext stratolab.functions.magic\nFACTOR = 3"
+        assert kc.execute_interactive(code, timeout=60)["content"]["status"] == "ok"
+        cell = "%%function triple --max-instances 1\ndef triple(inputs):\n    return [x * FACTOR for x in inputs]"
+        reply = kc.execute_interactive(
+            cell, timeout=120,
+            output_hook=lambda m: out.append(m["content"].get("data", {}).get("text/plain", "")) if m["msg_type"] == "execute_result" else None,
+        )
+        assert reply["content"]["status"] == "ok"
+        assert f"/fn/{dave.name}/triple" in "".join(out)
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    r = requests.post(f"{hub.url}/services/functions/fn/{dave.name}/triple", json=[1, 2], headers=dave.headers)
+    assert r.json() == [3, 6]

@@ -96,7 +96,7 @@ def test_native_login_by_default_with_culler_and_profiles_file(tmp_path):
     )
     assert c.JupyterHub.authenticator_class.__name__ == "StratolabNativeAuthenticator"
     assert c.NativeAuthenticator.open_signup is False
-    assert [s["name"] for s in c.JupyterHub.services] == ["idle-culler"]
+    assert [s["name"] for s in c.JupyterHub.services] == ["idle-culler", "functions"]
     assert [p["slug"] for p in c.StratolabSpawner.profile_list] == ["small", "large"]
     assert c.JupyterHub.db_url.startswith("sqlite:///")
 
