@@ -89,6 +89,7 @@ test: setup chromium
 	@$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: setup
+	@$(BIN)/python -m pip install -q -e '.[test,bench]' $(QUIET_PIP)
 	@$(BIN)/python benchmarks/run_all.py
 
 clean:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["login_to_lab.py", "function_cold_start.py", "function_batching.py"]
+BENCHMARKS = ["login_to_lab.py", "function_cold_start.py", "function_batching.py", "function_serving.py"]
 
 
 def main() -> int:

@@ -4,6 +4,8 @@ back equal to the originals, including a model whose layer class was defined in 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -84,6 +86,17 @@ def test_keras_subclassed_model_with_a_notebook_layer(tmp_path):
     assert type(loaded).__name__ == "Net" and type(loaded.scale).__name__ == "Scale"
     assert loaded.scale.factor == 3.0
     assert np.allclose(loaded(x).numpy(), expected, rtol=1e-6, atol=1e-7)
+
+    # the serving side: a fresh process where `__main__` has neither class
+    np.save(tmp_path / "x.npy", x)
+    script = (
+        "import sys, numpy as np; from pathlib import Path\n"
+        "from stratolab.functions.serializers import load_value\n"
+        "d = Path(sys.argv[1]); model = load_value(d / 'net')\n"
+        "np.save(d / 'y.npy', model(np.load(d / 'x.npy')).numpy())\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True, timeout=120)
+    assert np.allclose(np.load(tmp_path / "y.npy"), expected, rtol=1e-6, atol=1e-7)
 
 
 def test_tf_module_with_a_tf_function(tmp_path):

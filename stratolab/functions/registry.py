@@ -52,6 +52,10 @@ class FunctionView:
     policy: ScalingPolicy
     traffic: dict[int, int]
     versions: list[dict[str, Any]]
+    key_hash: str = ""
+
+    def check_key(self, key: str) -> bool:
+        return hmac.compare_digest(self.key_hash, hash_key(key))
 
     def ready_versions(self) -> set[int]:
         return {v["version"] for v in self.versions if v["state"] == "ready"}
@@ -82,6 +86,7 @@ class FunctionRegistry:
             public=record.public,
             policy=ScalingPolicy.from_dict(json.loads(record.policy)),
             traffic={int(k): int(v) for k, v in json.loads(record.traffic or "{}").items()},
+            key_hash=record.key_hash,
             versions=[
                 {
                     "version": v.version,

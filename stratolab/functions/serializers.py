@@ -2,6 +2,8 @@
 engines and I/O handlers are. The first serializer that matches a value wins; cloudpickle is the last.
 
 Each framework is saved in its own format, so a bundle can be read without the notebook:
+- Keras models: the `.keras` format, with classes defined in the notebook (custom layers, the model
+  class itself) carried as custom objects; TensorFlow `tf.Module`s: SavedModel; TF tensors: `.npy`;
 - torch `nn.Module`: the structure pickled without weights (a copy on the `meta` device) and the
   weights with `torch.save(state_dict)`; tensors with `torch.save`;
 - scikit-learn estimators: joblib;

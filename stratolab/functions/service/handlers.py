@@ -192,11 +192,11 @@ class BundleHandler(BaseHandler):
 
 class InvokeHandler(BaseHandler):
     async def post(self, owner: str, name: str) -> None:
-        view = self.state.registry.get(owner, name)  # 404 for unknown names
+        view = self.state.view(owner, name)  # 404 for unknown names
         if not view.public:
             key = self.request.headers.get("X-Function-Key")
             if key:
-                if not self.state.registry.check_key(owner, name, key):
+                if not view.check_key(key):
                     raise StratolabError("wrong function key", status=403)
             else:
                 model = await self.authenticate()

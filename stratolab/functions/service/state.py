@@ -83,6 +83,18 @@ class ServiceState:
     public_url: str
     prefix: str
     stats: dict[str, LatencyWindow] = field(default_factory=dict)
+    #: functions as last read from the registry; this service is the only writer, and every change
+    #: below goes through `_changed`, so the invocation path reads no database
+    _views: dict[tuple[str, str], FunctionView] = field(default_factory=dict)
+
+    def view(self, owner: str, name: str) -> FunctionView:
+        key = (owner, name)
+        if key not in self._views:
+            self._views[key] = self.registry.get(owner, name)
+        return self._views[key]
+
+    def _changed(self, owner: str, name: str) -> None:
+        self._views.pop((owner, name), None)
 
     def url_of(self, owner: str, name: str) -> str:
         return f"{self.public_url}{self.prefix.rstrip('/')}/fn/{owner}/{name}"
@@ -104,6 +116,7 @@ class ServiceState:
             unpack_bundle(body, Path(tmp) / "bundle")
             digest = self.store.put(Path(tmp) / "bundle")
         manifest = json.loads((self.store.path(digest) / "manifest.json").read_text())
+        self._changed(owner, name)
         view, key = self.registry.ensure(owner, name, public, scaling)
         version = self.registry.add_version(owner, name, digest, manifest, "pending", None)
         ref = VersionRef(owner, name, version)
@@ -111,13 +124,16 @@ class ServiceState:
             await self.backend.deploy(ref, self.store.path(digest), view.policy)
         except StratolabError as e:
             self._set_state(owner, name, version, "failed", e.message)
+            self._changed(owner, name)
             raise DeployFailed(
                 f"version {version} of {name} failed its readiness check and takes no traffic: {e.message}. "
                 f"Its logs: {self.backend.logs(ref, 4000)[-2000:]}"
             ) from None
         self._set_state(owner, name, version, "ready", None)
+        self._changed(owner, name)
         if promote or not view.traffic:
             view = self.registry.set_traffic(owner, name, {str(version): 100})
+        self._changed(owner, name)
         result = self.describe(self.registry.get(owner, name))
         result.update({"version": version, "digest": digest})
         if key:
@@ -139,7 +155,7 @@ class ServiceState:
             row.state, row.error = state, error
 
     async def invoke(self, owner: str, name: str, body: bytes, content_type: str) -> tuple[dict, bytes]:
-        view = self.registry.get(owner, name)
+        view = self.view(owner, name)
         if not view.traffic:
             raise StratolabError(f"{name} has no ready version to answer", status=503)
         limit = int(view.policy.max_payload_mb * 1024 * 1024)
@@ -164,19 +180,25 @@ class ServiceState:
             self.stats.setdefault(f"{owner}/{name}", LatencyWindow()).add(elapsed, status < 500)
 
     async def set_traffic(self, owner: str, name: str, weights: dict) -> dict[str, Any]:
-        return self.describe(self.registry.set_traffic(owner, name, weights))
+        view = self.registry.set_traffic(owner, name, weights)
+        self._changed(owner, name)
+        return self.describe(view)
 
     async def rollback(self, owner: str, name: str, version: int | None) -> dict[str, Any]:
-        return self.describe(self.registry.rollback(owner, name, version))
+        view = self.registry.rollback(owner, name, version)
+        self._changed(owner, name)
+        return self.describe(view)
 
     async def change(self, owner: str, name: str, scaling: dict | None, public: bool | None) -> dict[str, Any]:
         view = self.registry.set_policy(owner, name, scaling or {}, public)
+        self._changed(owner, name)
         for v in view.ready_versions():
             await self.backend.update_policy(VersionRef(owner, name, v), view.policy)
         return self.describe(view)
 
     async def delete(self, owner: str, name: str) -> dict[str, Any]:
         view = self.registry.delete(owner, name)
+        self._changed(owner, name)
         for v in view.versions:
             await self.backend.remove(VersionRef(owner, name, v["version"]))
         self.stats.pop(f"{owner}/{name}", None)
