@@ -35,14 +35,20 @@ CELLS = [
 ]
 PAYLOAD = json.dumps([[0.5] * 64]).encode()
 
+KERAS_CELLS = [
+    "import numpy as np\nimport keras",
+    "keras.utils.set_random_seed(0)\nmodel = keras.Sequential([keras.Input((64,)), keras.layers.Dense(128, activation='relu'), keras.layers.Dense(10)])",
+    "def predict(inputs):\n    return model(np.asarray(inputs, dtype='float32')).numpy().argmax(axis=1).tolist()\n",
+]
 
-def make_bundle(root: Path) -> Path:
+
+def make_bundle(root: Path, cells: list[str] = CELLS, name: str = "bundle") -> Path:
     ns: dict = {"__name__": "__main__"}
-    for cell in CELLS:
+    for cell in cells:
         exec(cell, ns)
-    plan = plan_capture("predict", read_cells(CELLS), live_names=set(ns))
-    build_bundle(plan, ns, root / "bundle")
-    return root / "bundle"
+    plan = plan_capture("predict", read_cells(cells), live_names=set(ns))
+    build_bundle(plan, ns, root / name)
+    return root / name
 
 
 async def first_response(sock: Path, pid: int) -> None:
@@ -63,12 +69,12 @@ def time_forked(server: ForkServer, bundle: Path, tmp: Path, i: int) -> float:
     return elapsed
 
 
-def time_fresh(bundle: Path, tmp: Path, i: int) -> float:
+def time_fresh(bundle: Path, tmp: Path, i: int, framework: str = "torch") -> float:
     sock = tmp / f"fresh-{i}.sock"
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-c",
-         "import torch, sys; from stratolab.functions.runtime.worker import run_worker; "
+         f"import {framework}, sys; from stratolab.functions.runtime.worker import run_worker; "
          "run_worker(sys.argv[1], sys.argv[2])", str(bundle), str(sock)],
     )
     asyncio.run(first_response(sock, proc.pid))
@@ -95,6 +101,7 @@ def main() -> None:
         finally:
             server.stop()
     ours, base = statistics.median(forked), statistics.median(fresh)
+    keras = measure_keras(args.starts)
     print(json.dumps({
         "benchmark": "function_cold_start_torch_mlp",
         "starts": args.starts,
@@ -104,7 +111,32 @@ def main() -> None:
         "goal": {"median_ms_max": 50, "speedup_min": 20},
         "samples_ms": {"forkserver": [round(x * 1000, 1) for x in forked],
                        "fresh_process": [round(x * 1000, 1) for x in fresh]},
+        "keras_mlp": keras,
     }, indent=2))
+
+
+def measure_keras(starts: int) -> dict:
+    """The same measurement for a Keras MLP, forked from the TensorFlow fork-server."""
+    try:
+        import keras  # noqa: F401
+    except ImportError:
+        return {"skipped": "keras is not installed"}
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with tempfile.TemporaryDirectory(prefix="stratolab-coldstart-tf-") as tmp:
+        tmp = Path(tmp)
+        bundle = make_bundle(tmp, KERAS_CELLS, "keras")
+        server = ForkServer(tmp / "control.sock", ["tensorflow", "keras"]).start()
+        try:
+            time_forked(server, bundle, tmp, -1)
+            forked, fresh = [], []
+            for i in range(starts):
+                forked.append(time_forked(server, bundle, tmp, i))
+                fresh.append(time_fresh(bundle, tmp, i, "tensorflow"))
+        finally:
+            server.stop()
+    ours, base = statistics.median(forked), statistics.median(fresh)
+    return {"forkserver_median_ms": round(ours * 1000, 1), "fresh_process_median_ms": round(base * 1000, 1),
+            "speedup_fresh_over_ours": round(base / ours, 1)}
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
 `import torch` costs about a second; a worker forked from a process that already imported it loads a
 small bundle and answers in milliseconds. Forking is safe here because the fork-server itself never
 runs framework code: it only imports. No thread pool, OpenMP runtime or CUDA context exists before
-the fork, so each child starts them for itself. (TensorFlow is different: it starts threads at import
-and is not fork-safe; TensorFlow functions use pre-spawned interpreters instead — see warmpool, to come.)
+the fork, so each child starts them for itself. TensorFlow is not fork-safe once it has run anything, so TensorFlow
+bundles fork from a second server that imported TensorFlow and Keras and never ran an op; torch is not
+imported there, nor TensorFlow in the first one.)
 
 Protocol on the control socket (frames, see protocol.py):
     request  {"op": "spawn", "bundle": DIR, "socket": PATH, "log": PATH, "uid": N?, "gid": N?,
@@ -77,6 +78,7 @@ def _child(request: dict, listener: socket.socket, conn: socket.socket) -> None:
 WARMUP_IMPORTS = {
     "torch": ["torch.fx.experimental.symbolic_shapes", "torch._weights_only_unpickler"],
     "sklearn": ["joblib", "sklearn.base"],
+    "keras": ["keras.saving", "keras.src.saving.saving_lib"],
 }
 # What every worker needs whatever the framework.
 WORKER_IMPORTS = ["cloudpickle", "stratolab.functions.runtime.worker"]

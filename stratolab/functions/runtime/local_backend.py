@@ -7,15 +7,39 @@ before the bundle is loaded.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 from stratolab.functions.backend import FunctionBackend, VersionRef
+from stratolab.functions.bundle import Manifest
 from stratolab.functions.policy import ScalingPolicy
 from stratolab.functions.runtime.forkserver import ForkServer
 from stratolab.functions.runtime.pool import InvocationError, VersionPool
+
+
+TF_MODULES = ("tensorflow", "keras", "tf_keras")
+MAX_SOCKET_DIR = 80  # leaves room for "/w-0123456789.sock" within AF_UNIX's 107 bytes
+
+
+def short_socket_dir(workdir: Path) -> Path:
+    """Where a version's sockets go: its workdir when short enough, else a private dir in /tmp."""
+    if len(str(workdir)) <= MAX_SOCKET_DIR:
+        return workdir
+    tag = hashlib.sha256(str(workdir).encode()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / f"stratolab-{tag}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
+def uses_tensorflow(manifest: Manifest) -> bool:
+    """Whether a bundle needs TensorFlow or Keras (its imports, or a value saved in their formats)."""
+    if any(v["serializer"].startswith(("keras", "tensorflow")) for v in manifest.values):
+        return True
+    return any(stmt.split()[1].split(".")[0] in TF_MODULES for stmt in manifest.imports)
 
 
 class LocalBackend(FunctionBackend):
@@ -34,11 +58,21 @@ class LocalBackend(FunctionBackend):
         self.account_for = account_for
         self.on_event = on_event
         self.forkserver = ForkServer(self.root / "forkserver.sock", preload)
+        #: TensorFlow bundles fork from their own server, which imported TensorFlow but never ran it
+        self.tf_forkserver = ForkServer(self.root / "forkserver-tf.sock", ["tensorflow", "keras"])
         self.pools: dict[str, VersionPool] = {}
 
     def start(self) -> "LocalBackend":
         self.forkserver.start()
         return self
+
+    def forkserver_for(self, bundle: Path) -> ForkServer:
+        """TensorFlow is imported only by the TF fork-server: its import starts threads of its own."""
+        if uses_tensorflow(Manifest.read(bundle)):
+            if self.tf_forkserver.proc is None or self.tf_forkserver.proc.poll() is not None:
+                self.tf_forkserver.start()
+            return self.tf_forkserver
+        return self.forkserver
 
     def _owner_dir(self, owner: str) -> tuple[Path, int | None, int | None]:
         account = self.account_for(owner)
@@ -71,16 +105,20 @@ class LocalBackend(FunctionBackend):
         self._copy_bundle(bundle, vdir / "bundle", uid, gid)
         workdir = vdir / "run"
         workdir.mkdir(exist_ok=True)
-        if uid is not None:
-            os.chown(workdir, uid, gid)
+        sockets = short_socket_dir(workdir)
+        for path in {workdir, sockets}:
+            if uid is not None:
+                os.chown(path, uid, gid)
+
+        forkserver = self.forkserver_for(vdir / "bundle")
 
         def spawn(bundle_path: Path, socket: Path, log: Path) -> int:
             kwargs: dict[str, Any] = {"concurrency": policy.concurrency, "uid": uid, "gid": gid}
             if policy.max_batch_size:
                 kwargs.update(max_batch_size=policy.max_batch_size, max_wait_ms=policy.max_wait_ms)
-            return self.forkserver.spawn(bundle_path, socket, log, **kwargs)
+            return forkserver.spawn(bundle_path, socket, log, **kwargs)
 
-        pool = VersionPool(ref.key, vdir / "bundle", policy, spawn, workdir, self.on_event)
+        pool = VersionPool(ref.key, vdir / "bundle", policy, spawn, workdir, self.on_event, sockets)
         old = self.pools.pop(ref.key, None)
         if old:
             await old.close()
@@ -136,3 +174,4 @@ class LocalBackend(FunctionBackend):
             await pool.close()
         self.pools.clear()
         self.forkserver.stop()
+        self.tf_forkserver.stop()

@@ -64,7 +64,7 @@ class PoolStats:
 
 class VersionPool:
     def __init__(self, key: str, bundle: Path, policy: ScalingPolicy, spawn: SpawnFn, workdir: Path,
-                 on_event: Callable[[str, dict], None] | None = None):
+                 on_event: Callable[[str, dict], None] | None = None, socket_dir: Path | None = None):
         self.key = key
         self.bundle = bundle
         self.policy = policy
@@ -72,6 +72,8 @@ class VersionPool:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.workdir / "instances.log"
+        #: Unix socket paths are limited to 107 bytes: a deep workdir gets its sockets elsewhere
+        self.socket_dir = Path(socket_dir or self.workdir)
         self.instances: list[Instance] = []
         self.starting = 0
         self.waiting = 0
@@ -86,7 +88,7 @@ class VersionPool:
 
     async def start_instance(self) -> Instance:
         """Start one instance and wait until its bundle is loaded (the readiness check)."""
-        sock = self.workdir / f"w-{uuid.uuid4().hex[:10]}.sock"
+        sock = self.socket_dir / f"w-{uuid.uuid4().hex[:10]}.sock"
         t0 = time.monotonic()
         pid = self._spawn(self.bundle, sock, self.log_path)
         try:

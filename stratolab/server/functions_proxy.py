@@ -1,0 +1,124 @@
+"""`{base_url}stratolab/functions/PATH`: the functions service, reached through the user's own server.
+
+The lab's Functions panel and deploy dialog run in the browser, which holds no JupyterHub API token
+with the functions scopes; the user's server does (`JUPYTERHUB_API_TOKEN`). So the browser calls its
+own server, authenticated and XSRF-checked like every server API, and this handler forwards the call
+to the service with the server's token, passing status, content type and body through unchanged.
+Only the service's API (`api/...`) and invocation (`fn/...`) routes are forwarded.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from urllib.parse import quote
+
+from jupyter_server.auth.decorator import authorized
+from jupyter_server.base.handlers import APIHandler
+from tornado import web
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+
+from .handlers import AUTH_RESOURCE
+
+SERVICE_PATH = "/services/functions/"
+FORWARDED_PREFIXES = ("api/", "fn/")
+#: a deploy waits for the new version's readiness check, an invocation for the function's timeout
+REQUEST_TIMEOUT_S = 600.0
+#: request headers passed on besides the token; everything else (cookies, XSRF) stays here
+FORWARDED_REQUEST_HEADERS = ("Content-Type", "Accept", "X-Function-Key")
+FORWARDED_RESPONSE_HEADERS = ("X-Function-Version", "Retry-After")
+
+
+def hub_public_url(environ: Mapping[str, str]) -> str | None:
+    """The hub's public URL: STRATOLAB_URL (set by the spawner), else derived from the hub API URL."""
+    url = environ.get("STRATOLAB_URL")
+    if not url and environ.get("JUPYTERHUB_API_URL"):
+        url = environ["JUPYTERHUB_API_URL"].rstrip("/").removesuffix("/api").removesuffix("/hub")
+    return url.rstrip("/") if url else None
+
+
+def forwardable_path(path: str) -> str | None:
+    """The service path to call for `path`, quoted; None for anything but `api/...` and `fn/...`."""
+    if not path.startswith(FORWARDED_PREFIXES):
+        return None
+    if any(segment in (".", "..") for segment in path.split("/")):
+        return None
+    return quote(path, safe="/")
+
+
+class FunctionsProxyHandler(APIHandler):
+    """Forward GET/POST/PUT/PATCH/DELETE to `{hub}/services/functions/PATH` with the server's token."""
+
+    auth_resource = AUTH_RESOURCE
+
+    @web.authenticated
+    @authorized
+    async def get(self, path: str) -> None:
+        await self._forward(path)
+
+    @web.authenticated
+    @authorized
+    async def post(self, path: str) -> None:
+        await self._forward(path)
+
+    @web.authenticated
+    @authorized
+    async def put(self, path: str) -> None:
+        await self._forward(path)
+
+    @web.authenticated
+    @authorized
+    async def patch(self, path: str) -> None:
+        await self._forward(path)
+
+    @web.authenticated
+    @authorized
+    async def delete(self, path: str) -> None:
+        await self._forward(path)
+
+    def _fail(self, status: int, message: str) -> None:
+        self.set_status(status)
+        self.set_header("Cache-Control", "no-store")
+        self.finish(json.dumps({"error": message, "message": message}))
+
+    async def _forward(self, path: str) -> None:
+        import os
+
+        target = forwardable_path(path)
+        if target is None:
+            self._fail(404, f"not a functions service route: {path!r} (only api/... and fn/...)")
+            return
+        base = hub_public_url(os.environ)
+        token = os.environ.get("JUPYTERHUB_API_TOKEN")
+        if not base or not token:
+            self._fail(502, "the functions service is not configured for this server (no hub URL or token)")
+            return
+        url = f"{base}{SERVICE_PATH}{target}"
+        if self.request.query:
+            url += f"?{self.request.query}"
+        headers = {"Authorization": f"token {token}"}
+        for name in FORWARDED_REQUEST_HEADERS:
+            if name in self.request.headers:
+                headers[name] = self.request.headers[name]
+        method = self.request.method or "GET"
+        body = self.request.body if method in ("POST", "PUT", "PATCH") else None
+        request = HTTPRequest(
+            url, method=method, headers=headers, body=body if body is not None else None,
+            allow_nonstandard_methods=True, request_timeout=REQUEST_TIMEOUT_S,
+            follow_redirects=False, decompress_response=True,
+        )
+        try:
+            response = await AsyncHTTPClient().fetch(request, raise_error=False)
+        except HTTPClientError as e:  # 599: timeout or connection closed
+            self._fail(502, f"the functions service at {base}{SERVICE_PATH} did not answer: {e}")
+            return
+        except OSError as e:
+            self._fail(502, f"cannot reach the functions service at {base}{SERVICE_PATH}: {e}")
+            return
+        self.set_status(response.code, response.reason)
+        for name in FORWARDED_RESPONSE_HEADERS:
+            if name in response.headers:
+                self.set_header(name, response.headers[name])
+        self.set_header("Cache-Control", "no-store")
+        content_type = response.headers.get("Content-Type", "application/octet-stream")
+        self.finish(response.body or b"", set_content_type=content_type)
