@@ -60,7 +60,7 @@ def test_functions_from_the_command_line(hub, tmp_path):
     assert cli(env, "functions", "invoke", "predict-digit", "--data", json.dumps(rows)) == first
     scaled = cli(env, "functions", "scale", "predict-digit", "--min", "1", "--concurrency", "4")
     assert scaled["scaling"]["min_instances"] == 1 and scaled["scaling"]["concurrency"] == 4
-    assert set(cli(env, "functions", "logs", "predict-digit")) == {"1", "2"}
+    assert set(cli(env, "functions", "logs", "predict-digit")["logs"]) == {"1", "2"}
 
     # export version 1 and serve it without the platform
     out = cli(env, "functions", "export", "predict-digit", "--version", "1", "-o", str(tmp_path / "export"))

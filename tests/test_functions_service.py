@@ -20,7 +20,7 @@ CELLS = [
     "import os",
     "GREETING = 'hello'",
     "def handler(inputs):\n    return {'greeting': GREETING, 'x': inputs['x'] * 2, 'uid': os.getuid()}\n",
-    "def boom(inputs):\n    raise ValueError('internal detail 42')\n",
+    "def boom(inputs):\n    print('about to fail for', inputs)\n    raise ValueError('internal detail 42')\n",
 ]
 
 
@@ -104,8 +104,12 @@ def test_errors_failed_readiness_public_functions_and_payload_limit(hub, tmp_pat
     url = r.json()["url"]
     r = requests.post(url, json={})  # public: no credentials needed
     assert r.status_code == 500 and r.json()["error_id"] and "42" not in r.text
-    logs = api(hub, bob, "GET", "api/functions/boom/logs").json()["logs"]["1"]
-    assert r.json()["error_id"] in logs and "internal detail 42" in logs
+    logs = api(hub, bob, "GET", "api/functions/boom/logs").json()
+    assert r.json()["error_id"] in logs["logs"]["1"] and "internal detail 42" in logs["logs"]["1"]
+    # each invocation's own output, by request id
+    [call] = logs["invocations"]
+    assert call["request_id"] == r.headers["X-Request-Id"] and call["status"] == 500
+    assert "about to fail for {}" in call["output"] and "internal detail 42" in call["output"]
     r = requests.post(url, data=b"x" * 5000, headers={"Content-Type": "application/octet-stream"})
     assert r.status_code == 413
 

@@ -77,8 +77,11 @@ def cmd_invoke(args, emit) -> None:
 def cmd_logs(args, emit) -> None:
     from stratolab.functions.client import call
 
-    logs = call("GET", f"api/functions/{args.name}/logs")["logs"]
-    emit(logs, "\n".join(f"--- version {v}\n{text}" for v, text in logs.items()))
+    data = call("GET", f"api/functions/{args.name}/logs")
+    lines = [f"--- version {v}\n{text}" for v, text in data["logs"].items()]
+    lines += [f"--- request {c['request_id']} (v{c['version']}, {c['status']}, {c['duration_ms']} ms)\n{c['output']}"
+              for c in data["invocations"] if c["output"]]
+    emit(data, "\n".join(lines))
 
 
 def cmd_traffic(args, emit) -> None:

@@ -1,4 +1,5 @@
-"""Stratolab's Jupyter server extension: the routes the Stratolab lab panel calls in a user's server.
+"""Stratolab's Jupyter server extension: the routes the Stratolab lab panel calls in a user's server
+(its status, and the functions service reached through the server).
 
 Enabled by jupyter-config/server-config/stratolab.json (installed into etc/jupyter with the wheel).
 """
@@ -9,6 +10,7 @@ from typing import Any
 
 from jupyter_server.utils import url_path_join
 
+from .functions_proxy import FunctionsProxyHandler
 from .handlers import StatusHandler
 
 
@@ -17,6 +19,9 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     base_url = web_app.settings["base_url"]
     web_app.add_handlers(
         ".*$",
-        [(url_path_join(base_url, "stratolab", "status"), StatusHandler)],
+        [
+            (url_path_join(base_url, "stratolab", "status"), StatusHandler),
+            (url_path_join(base_url, "stratolab", "functions", "(.*)"), FunctionsProxyHandler),
+        ],
     )
-    serverapp.log.info("Stratolab server extension loaded: %sstratolab/status", base_url)
+    serverapp.log.info("Stratolab server extension loaded: %sstratolab/status, %sstratolab/functions/", base_url, base_url)

@@ -10,6 +10,7 @@ Only the service's API (`api/...`) and invocation (`fn/...`) routes are forwarde
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from urllib.parse import quote
 
@@ -82,8 +83,6 @@ class FunctionsProxyHandler(APIHandler):
         self.finish(json.dumps({"error": message, "message": message}))
 
     async def _forward(self, path: str) -> None:
-        import os
-
         target = forwardable_path(path)
         if target is None:
             self._fail(404, f"not a functions service route: {path!r} (only api/... and fn/...)")
@@ -103,7 +102,7 @@ class FunctionsProxyHandler(APIHandler):
         method = self.request.method or "GET"
         body = self.request.body if method in ("POST", "PUT", "PATCH") else None
         request = HTTPRequest(
-            url, method=method, headers=headers, body=body if body is not None else None,
+            url, method=method, headers=headers, body=body,
             allow_nonstandard_methods=True, request_timeout=REQUEST_TIMEOUT_S,
             follow_redirects=False, decompress_response=True,
         )

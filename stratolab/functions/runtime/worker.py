@@ -14,9 +14,11 @@ is logged once, with one error id that every caller of the batch receives.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import sys
+import threading
 import traceback
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -57,6 +59,43 @@ class InvocationFailed(Exception):
         self.error_id = error_id
 
 
+MAX_CAPTURED = 64 * 1024
+_capture = threading.local()
+
+
+class InvocationStream:
+    """stdout/stderr of a worker: everything goes to the instance log, and what an invocation's
+    thread prints is also kept for that invocation (its owner reads it per request id)."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def write(self, text: str) -> int:
+        buffer = getattr(_capture, "buffer", None)
+        if buffer is not None and buffer.tell() < MAX_CAPTURED:
+            buffer.write(text[: MAX_CAPTURED - buffer.tell()])
+        return self.target.write(text)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+    def __getattr__(self, name: str):
+        return getattr(self.target, name)
+
+
+def captured(fn: Callable[[], tuple[dict, bytes]]) -> tuple[dict, bytes]:
+    """Run one invocation, adding what it printed to the reply header as `output`."""
+    _capture.buffer = io.StringIO()
+    try:
+        header, out = fn()
+    finally:
+        text = _capture.buffer.getvalue()
+        _capture.buffer = None
+    if text:
+        header["output"] = text
+    return header, out
+
+
 def log_failure(what: str, exc: BaseException) -> str:
     """Print the traceback to the worker's stderr (the owner's log); return the id the caller sees."""
     error_id = uuid.uuid4().hex[:12]
@@ -88,6 +127,9 @@ class Worker:
             )
 
     def call(self, header: dict, body: bytes) -> tuple[dict, bytes]:
+        return captured(lambda: self._call(header, body))
+
+    def _call(self, header: dict, body: bytes) -> tuple[dict, bytes]:
         try:
             payload = decode_input(header.get("content_type", JSON), body)
         except ValueError as e:
@@ -148,6 +190,8 @@ def run_worker(
     `max_batch_size > 1` turns on dynamic batching (the handler then takes a list of inputs), with
     batches dispatched at most `max_wait_ms` after their first input arrived.
     """
+    sys.stdout = InvocationStream(sys.stdout)
+    sys.stderr = InvocationStream(sys.stderr)
     handler = load_handler(Path(bundle))
     tmp = f"{socket_path}.{os.getpid()}.tmp"
 

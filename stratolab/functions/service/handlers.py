@@ -172,7 +172,7 @@ class RollbackHandler(BaseHandler):
 class LogsHandler(BaseHandler):
     async def get(self, name: str) -> None:
         owner = await self.owner_with(DEPLOY)
-        self.send({"logs": self.state.logs(owner, name)})
+        self.send(self.state.logs(owner, name))
 
 
 class BundleHandler(BaseHandler):
@@ -208,6 +208,7 @@ class InvokeHandler(BaseHandler):
         )
         status = int(header.get("status", 500))
         self.set_header("X-Function-Version", str(header.get("version", "")))
+        self.set_header("X-Request-Id", header.get("request_id", ""))
         if status != 200:
             body = {"error": header.get("error", "the function failed")}
             if header.get("error_id"):

@@ -86,6 +86,8 @@ class ServiceState:
     #: functions as last read from the registry; this service is the only writer, and every change
     #: below goes through `_changed`, so the invocation path reads no database
     _views: dict[tuple[str, str], FunctionView] = field(default_factory=dict)
+    #: the last invocations of each function, with what they printed (for their owner only)
+    invocations: dict[str, deque] = field(default_factory=dict)
 
     def view(self, owner: str, name: str) -> FunctionView:
         key = (owner, name)
@@ -165,10 +167,13 @@ class ServiceState:
         ref = VersionRef(owner, name, version)
         t0 = time.perf_counter()
         status = 500
+        request_id = uuid.uuid4().hex[:12]
+        header: dict[str, Any] = {}
         try:
-            header, out = await self.backend.invoke(ref, body, content_type, uuid.uuid4().hex[:12])
+            header, out = await self.backend.invoke(ref, body, content_type, request_id)
             status = int(header.get("status", 500))
             header["version"] = version
+            header["request_id"] = request_id
             return header, out
         except StratolabError as e:
             status = e.status
@@ -178,6 +183,11 @@ class ServiceState:
             metrics.INVOCATIONS.labels(owner, name, str(status)).inc()
             metrics.LATENCY.labels(owner, name).observe(elapsed)
             self.stats.setdefault(f"{owner}/{name}", LatencyWindow()).add(elapsed, status < 500)
+            self.invocations.setdefault(f"{owner}/{name}", deque(maxlen=200)).append({
+                "request_id": request_id, "version": version, "status": status,
+                "at": time.time(), "duration_ms": round(elapsed * 1000, 2),
+                "output": header.get("output", ""), "error_id": header.get("error_id"),
+            })
 
     async def set_traffic(self, owner: str, name: str, weights: dict) -> dict[str, Any]:
         view = self.registry.set_traffic(owner, name, weights)
@@ -202,11 +212,15 @@ class ServiceState:
         for v in view.versions:
             await self.backend.remove(VersionRef(owner, name, v["version"]))
         self.stats.pop(f"{owner}/{name}", None)
+        self.invocations.pop(f"{owner}/{name}", None)
         return {"deleted": name}
 
-    def logs(self, owner: str, name: str) -> dict[str, str]:
+    def logs(self, owner: str, name: str) -> dict[str, Any]:
         view = self.registry.get(owner, name)
-        return {str(v["version"]): self.backend.logs(VersionRef(owner, name, v["version"])) for v in view.versions}
+        return {
+            "logs": {str(v["version"]): self.backend.logs(VersionRef(owner, name, v["version"])) for v in view.versions},
+            "invocations": list(self.invocations.get(f"{owner}/{name}", [])),
+        }
 
     async def restore(self) -> None:
         """After a restart: deploy again every ready version that takes traffic."""
