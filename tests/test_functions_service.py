@@ -233,3 +233,16 @@ def test_function_cell_magic(hub):
         km.shutdown_kernel(now=True)
     r = requests.post(f"{hub.url}/services/functions/fn/{dave.name}/triple", json=[1, 2], headers=dave.headers)
     assert r.json() == [3, 6]
+
+
+def test_functions_come_back_after_a_hub_restart(hub_factory, tmp_path):
+    hub = hub_factory()
+    erin = hub.create_user()
+    r = deploy(hub, erin, "survivor", bundle(tmp_path, greeting="still here"))
+    assert r.status_code == 201, r.text
+    url = r.json()["url"]
+    hub.stop()
+    hub.start()
+    r = requests.post(url, json={"x": 2}, headers=erin.headers)
+    assert r.status_code == 200, r.text
+    assert r.json()["greeting"] == "still here"
