@@ -3,6 +3,7 @@
 1. Warm path: invocations through the hub's URL (configurable-http-proxy -> functions service ->
    worker) at concurrency 1 and 32, versus the same handler in a hand-written FastAPI app served by
    uvicorn (one process, what a user would write instead), called directly. p50/p99 and throughput.
+   The service is also measured without the proxy hop, to show where the time goes.
 2. Deploy time: the deploy API call until the first successful response of the new version.
 Both services run one instance/process of the handler. Prints JSON with the ratios.
 """
@@ -97,7 +98,9 @@ def main() -> None:
         bundle = make_bundle(tmp)
         homes = Path(tempfile.mkdtemp(prefix="stratolab-bench-homes-", dir="/tmp"))
         os.chmod(homes, 0o755)
-        hub = HubProcess(tmp / "hub", {"STRATOLAB_HOME_ROOT": str(homes), "STRATOLAB_GPUS": ""}).start()
+        functions_port = free_port()
+        hub = HubProcess(tmp / "hub", {"STRATOLAB_HOME_ROOT": str(homes), "STRATOLAB_GPUS": "",
+                                       "STRATOLAB_FUNCTIONS_PORT": str(functions_port)}).start()
         port = free_port()
         app_file = tmp / "fastapi_app.py"
         app_file.write_text(FASTAPI_APP.format(bundle=str(bundle)))
@@ -130,9 +133,14 @@ def main() -> None:
             results = {}
             for c in (1, 32):
                 ours = asyncio.run(load(url, user.headers, c, args.requests))
+                direct_url = url.replace(hub.url, f"http://127.0.0.1:{functions_port}")
+                direct = asyncio.run(load(direct_url, user.headers, c, args.requests))
                 base = asyncio.run(load(f"http://127.0.0.1:{port}/", {}, c, args.requests))
                 results[f"concurrency_{c}"] = {
                     "stratolab_via_hub": ours,
+                    # the same service without the hub's proxy hop (configurable-http-proxy)
+                    "stratolab_service_direct": direct,
+                    "direct_throughput_ratio": round(direct["throughput_rps"] / base["throughput_rps"], 2),
                     "fastapi_uvicorn_direct": base,
                     "throughput_ratio": round(ours["throughput_rps"] / base["throughput_rps"], 2),
                     "p50_overhead_ms": round(ours["p50_ms"] - base["p50_ms"], 2),
