@@ -67,7 +67,7 @@ ifeq ($(IS_ROOT),yes)
 	@echo "==> user environment in $(USER_ENV) (servers run under per-user system accounts)"
 	@[ -x $(USER_ENV)/bin/python ] || (mkdir -p $(dir $(USER_ENV)) && $(USER_PYTHON) -m venv $(USER_ENV))
 	@$(USER_ENV)/bin/python -m pip install -q --upgrade pip $(QUIET_PIP)
-	@$(USER_ENV)/bin/python -m pip install -q . $(QUIET_PIP)
+	@$(USER_ENV)/bin/python -m pip install -q '.[ml]' $(QUIET_PIP)
 	@$(USER_ENV)/bin/python -m pip install -q --no-deps --force-reinstall . $(QUIET_PIP)
 	@chmod -R a+rX $(USER_ENV)
 endif

@@ -125,7 +125,7 @@ def configure_hub(c, settings: PlatformSettings | None = None) -> PlatformSettin
     c.JupyterHub.load_roles = [role, {"name": "user", "scopes": ["self", *user_scopes]}]
     # a server's own token may deploy and invoke its user's functions (stratolab.functions.deploy)
     c.Spawner.server_token_scopes = ["users:activity!user", "access:servers!server", *user_scopes]
-    c.StratolabSpawner.public_url = settings.public_url
+    c.StratolabSpawner.stratolab_url = settings.public_url
     return settings
 
 

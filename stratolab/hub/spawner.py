@@ -112,7 +112,8 @@ class StratolabSpawner(LocalProcessSpawner):
         help="In 'shared' isolation under root, pass --allow-root to the server (else it refuses).",
     ).tag(config=True)
 
-    public_url = Unicode(
+    # not `public_url`: JupyterHub sets a trait of that name on every spawner
+    stratolab_url = Unicode(
         "", help="The hub's public URL, given to servers as STRATOLAB_URL (the CLI and Python API use it)."
     ).tag(config=True)
 
@@ -244,8 +245,8 @@ class StratolabSpawner(LocalProcessSpawner):
             env["STRATOLAB_PROFILE_NAME"] = profile.display_name
             env["STRATOLAB_PROFILE_DESCRIPTION"] = profile.description
         env["STRATOLAB_ISOLATION"] = self.isolation
-        if self.public_url:
-            env["STRATOLAB_URL"] = self.public_url
+        if self.stratolab_url:
+            env["STRATOLAB_URL"] = self.stratolab_url
         if self.gpu_devices and self.gpu_idle_timeout:
             env["STRATOLAB_GPU_IDLE_TIMEOUT"] = str(self.gpu_idle_timeout)
         return env

@@ -27,12 +27,18 @@ FORWARDED_PREFIXES = ("api/", "fn/")
 REQUEST_TIMEOUT_S = 600.0
 #: request headers passed on besides the token; everything else (cookies, XSRF) stays here
 FORWARDED_REQUEST_HEADERS = ("Content-Type", "Accept", "X-Function-Key")
-FORWARDED_RESPONSE_HEADERS = ("X-Function-Version", "Retry-After")
+FORWARDED_RESPONSE_HEADERS = ("X-Function-Version", "Retry-After", "Location", "WWW-Authenticate")
 
 
 def hub_public_url(environ: Mapping[str, str]) -> str | None:
-    """The hub's public URL: STRATOLAB_URL (set by the spawner), else derived from the hub API URL."""
+    """The hub's public URL, where the proxy routes `/services/functions/`.
+
+    STRATOLAB_URL (set by the spawner), else JupyterHub's public hub URL (set when
+    `JupyterHub.public_url` is), else the host of the hub API URL (right when hub and proxy share it).
+    """
     url = environ.get("STRATOLAB_URL")
+    if not url and environ.get("JUPYTERHUB_PUBLIC_HUB_URL"):
+        url = environ["JUPYTERHUB_PUBLIC_HUB_URL"].rstrip("/").removesuffix("/hub")
     if not url and environ.get("JUPYTERHUB_API_URL"):
         url = environ["JUPYTERHUB_API_URL"].rstrip("/").removesuffix("/api").removesuffix("/hub")
     return url.rstrip("/") if url else None

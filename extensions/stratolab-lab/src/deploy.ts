@@ -1,0 +1,428 @@
+/**
+ * "Deploy as function": a code cell's function becomes an HTTP endpoint.
+ *
+ * The capture has to happen in the notebook's own kernel (the trained model lives in its memory), so
+ * the dialog runs a few lines of Python there, calling `stratolab.functions.client.deploy` with the
+ * cell's current source, and reads the service's answer back from the printed output.
+ */
+import { Clipboard, Dialog } from '@jupyterlab/apputils';
+import { NotebookPanel } from '@jupyterlab/notebook';
+import { KernelMessage } from '@jupyterlab/services';
+import { LabIcon } from '@jupyterlab/ui-components';
+import { UUID } from '@lumino/coreutils';
+import { Widget } from '@lumino/widgets';
+
+import {
+  button,
+  callFunctions,
+  createTryBox,
+  el,
+  FunctionsError,
+  IFunction,
+  numberField,
+  readNumber
+} from './functions';
+
+export const deployIcon = new LabIcon({
+  name: 'stratolab:deploy',
+  svgstr: `<svg xmlns="http://www.w3.org/2000/svg" width="16" height="16" viewBox="0 0 24 24">
+  <g class="jp-icon3" fill="#616161">
+    <path d="M12 2 5 9h4v6h6V9h4z"/>
+    <rect x="4" y="18" width="16" height="2.5" rx="1"/>
+  </g>
+</svg>`
+});
+
+/** What the dialog sends to the kernel. */
+export interface IDeployRequest {
+  handler: string;
+  name: string;
+  scaling: Record<string, number>;
+  public: boolean;
+  source: string;
+}
+
+/** What came back from the kernel: the service's JSON, or the error to show. */
+export type DeployOutcome = { ok: true; data: IFunction } | { ok: false; error: string };
+
+/**
+ * Names of the functions a cell defines at top level (`def NAME(`), in order.
+ */
+export function definedFunctions(source: string): string[] {
+  return Array.from(source.matchAll(/^(?:async\s+)?def\s+([A-Za-z_]\w*)\s*\(/gm), m => m[1]);
+}
+
+/**
+ * The default function name for a handler: lower-case, `_` → `-` (as the Python client does).
+ */
+export function functionName(handler: string): string {
+  return handler.toLowerCase().replace(/_/g, '-').replace(/^-+|-+$/g, '');
+}
+
+/**
+ * The Python run in the kernel: deploy, then print the outcome as JSON between two markers.
+ *
+ * All inputs travel as one JSON document inside a Python string literal (a JSON string is a valid
+ * Python literal), so no value from the dialog is ever spliced into code.
+ */
+export function deployCode(request: IDeployRequest, marker: string): string {
+  const payload = JSON.stringify(JSON.stringify({ ...request, marker }));
+  return [
+    'def _stratolab_lab_deploy(p):',
+    '    import json',
+    '    try:',
+    '        from stratolab.functions.client import deploy',
+    '        d = deploy(p["handler"], name=p["name"], scaling=p["scaling"] or None,',
+    '                   public=p["public"], cell_source=p["source"])',
+    '        out = {"ok": True, "data": d.data}',
+    '    except Exception as e:',
+    '        out = {"ok": False, "error": f"{type(e).__name__}: {e}" if not str(e) else str(e)}',
+    '    print(p["marker"] + json.dumps(out, default=str) + p["marker"], flush=True)',
+    '',
+    'try:',
+    `    _stratolab_lab_deploy(__import__("json").loads(${payload}))`,
+    'finally:',
+    '    del _stratolab_lab_deploy',
+    ''
+  ].join('\n');
+}
+
+/**
+ * Find the outcome between the markers in what the kernel printed; null when it is not there.
+ */
+export function parseDeployOutput(text: string, marker: string): DeployOutcome | null {
+  const start = text.indexOf(marker);
+  const end = start < 0 ? -1 : text.indexOf(marker, start + marker.length);
+  if (end < 0) {
+    return null;
+  }
+  try {
+    return JSON.parse(text.slice(start + marker.length, end)) as DeployOutcome;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Run the deploy in the notebook's kernel and return its outcome (errors included, as outcomes).
+ */
+export async function deployInKernel(panel: NotebookPanel, request: IDeployRequest): Promise<DeployOutcome> {
+  const kernel = panel.sessionContext.session?.kernel;
+  if (!kernel) {
+    return { ok: false, error: 'This notebook has no running kernel: start it and run the cells first.' };
+  }
+  const marker = `__STRATOLAB_DEPLOY_${UUID.uuid4().replace(/-/g, '')}__`;
+  let printed = '';
+  let failure: string | null = null;
+  const future = kernel.requestExecute({
+    code: deployCode(request, marker),
+    silent: false,
+    store_history: false,
+    allow_stdin: false,
+    stop_on_error: false
+  });
+  future.onIOPub = (msg: KernelMessage.IIOPubMessage) => {
+    if (KernelMessage.isStreamMsg(msg)) {
+      printed += msg.content.text;
+    } else if (KernelMessage.isErrorMsg(msg)) {
+      failure = `${msg.content.ename}: ${msg.content.evalue}`;
+    }
+  };
+  await future.done;
+  const outcome = parseDeployOutput(printed, marker);
+  if (outcome) {
+    return outcome;
+  }
+  return { ok: false, error: failure || 'The kernel did not report the outcome of the deploy.' };
+}
+
+/**
+ * The curl command that calls the endpoint, with the credentials it needs.
+ */
+export function curlExample(fn: IFunction, body: string): string {
+  let auth = '';
+  if (!fn.public) {
+    auth = fn.key
+      ? `-H 'X-Function-Key: ${fn.key}' `
+      : '-H "Authorization: token $JUPYTERHUB_API_TOKEN" ';
+  }
+  const data = body.replace(/'/g, "'\\''");
+  return `curl -X POST ${auth}-H 'Content-Type: application/json' -d '${data}' ${fn.url}`;
+}
+
+function copyable(value: string, testId: string, multiline = false): HTMLElement {
+  const row = el('div', 'jp-Stratolab-copyRow');
+  const field = multiline
+    ? el('textarea', 'jp-Stratolab-input jp-Stratolab-code', undefined, testId)
+    : el('input', 'jp-Stratolab-input jp-Stratolab-url', undefined, testId);
+  field.value = value;
+  field.readOnly = true;
+  field.spellcheck = false;
+  if (field instanceof HTMLTextAreaElement) {
+    field.rows = 3;
+  }
+  field.addEventListener('focus', () => field.select());
+  const copy = button('Copy', () => {
+    Clipboard.copyToSystem(field.value);
+    copy.textContent = 'Copied';
+    window.setTimeout(() => (copy.textContent = 'Copy'), 1500);
+  });
+  row.append(field, copy);
+  return row;
+}
+
+function section(title: string, open = false): { details: HTMLDetailsElement; body: HTMLElement } {
+  const details = el('details', 'jp-Stratolab-details');
+  details.open = open;
+  details.append(el('summary', 'jp-Stratolab-summary', title));
+  const body = el('div', 'jp-Stratolab-form');
+  details.append(body);
+  return { details, body };
+}
+
+/**
+ * The dialog's body: the form, the Deploy button, and the outcome.
+ */
+export class DeployForm extends Widget {
+  constructor(private readonly panel: NotebookPanel, source: string) {
+    super({ node: el('div', 'jp-Stratolab-deploy') });
+    this.source = source;
+    const handlers = definedFunctions(source);
+    const form = el('div', 'jp-Stratolab-form');
+
+    this.handler = el('select', 'jp-Stratolab-input', undefined, 'stratolab-deploy-handler');
+    for (const h of handlers) {
+      const option = el('option', '', `${h}()`);
+      option.value = h;
+      this.handler.append(option);
+    }
+    const handlerRow = el('label', 'jp-Stratolab-field');
+    handlerRow.append(el('span', 'jp-Stratolab-fieldLabel', 'Handler'), this.handler);
+
+    this.name = el('input', 'jp-Stratolab-input', undefined, 'stratolab-deploy-name');
+    this.name.type = 'text';
+    this.name.value = handlers.length ? functionName(handlers[0]) : '';
+    this.name.placeholder = 'my-function';
+    // Escaped dash: browsers compile `pattern` with the `v` flag, where a bare `-` is an error.
+    this.name.pattern = '[a-z]([a-z0-9\\-]{0,61}[a-z0-9])?';
+    this.name.title = '1-63 lower-case letters, digits and dashes, starting with a letter';
+    const nameRow = el('label', 'jp-Stratolab-field');
+    nameRow.append(el('span', 'jp-Stratolab-fieldLabel', 'Name'), this.name);
+    this.existing = el('div', 'jp-Stratolab-note', '', 'stratolab-deploy-existing');
+    this.handler.addEventListener('change', () => {
+      this.name.value = functionName(this.handler.value);
+      void this.lookUpExisting();
+    });
+    this.name.addEventListener('change', () => void this.lookUpExisting());
+    form.append(handlerRow, nameRow, this.existing);
+
+    const scaling = section('Scaling');
+    this.fields = {
+      min_instances: numberField('Min instances', null, { min: 0, placeholder: '0', testId: 'stratolab-deploy-min' }),
+      max_instances: numberField('Max instances', null, { min: 1, placeholder: '4', testId: 'stratolab-deploy-max' }),
+      concurrency: numberField('Concurrency per instance', null, { min: 1, placeholder: '1', testId: 'stratolab-deploy-concurrency' }),
+      idle_timeout_s: numberField('Idle seconds before scale to zero', null, { min: 0, step: 'any', placeholder: '300', testId: 'stratolab-deploy-idle' }),
+      timeout_s: numberField('Timeout (s)', null, { min: 0, step: 'any', placeholder: '30', testId: 'stratolab-deploy-timeout' }),
+      memory_mb: numberField('Memory (MB)', null, { min: 1, placeholder: 'no limit', testId: 'stratolab-deploy-memory' })
+    };
+    scaling.body.append(
+      this.fields.min_instances.row,
+      this.fields.max_instances.row,
+      this.fields.concurrency.row,
+      this.fields.idle_timeout_s.row
+    );
+    const limits = section('Limits');
+    limits.body.append(this.fields.timeout_s.row, this.fields.memory_mb.row);
+
+    const access = section('Access');
+    const group = `stratolab-access-${UUID.uuid4()}`;
+    const radio = (value: string, label: string, testId: string) => {
+      const row = el('label', 'jp-Stratolab-radio');
+      const input = el('input', '', undefined, testId);
+      input.type = 'radio';
+      input.name = group;
+      input.value = value;
+      row.append(input, document.createTextNode(` ${label}`));
+      access.body.append(row);
+      return input;
+    };
+    this.tokenAccess = radio('token', 'Token-protected: your token or the function key', 'stratolab-deploy-token');
+    this.publicAccess = radio('public', 'Public: anyone with the URL', 'stratolab-deploy-public');
+    this.tokenAccess.checked = true;
+    form.append(scaling.details, limits.details, access.details);
+
+    this.submit = button('Deploy', () => void this.deploy(), 'stratolab-deploy-submit', 'Capture the function and its model from the kernel and deploy it');
+    this.submit.classList.add('jp-mod-accept', 'jp-Stratolab-deployButton');
+    this.progress = el('span', 'jp-Stratolab-progress', '', 'stratolab-deploy-progress');
+    const bar = el('div', 'jp-Stratolab-submitRow');
+    bar.append(this.submit, this.progress);
+
+    this.outcome = el('div', 'jp-Stratolab-outcome', undefined, 'stratolab-deploy-outcome');
+    this.node.append(form, bar, this.outcome);
+
+    if (handlers.length === 0) {
+      this.submit.disabled = true;
+      this.showError('This cell defines no function: write `def handler(inputs): ...` in it first.');
+    } else {
+      void this.lookUpExisting();
+    }
+  }
+
+  /** Enter in a field deploys (instead of closing the dialog). */
+  submitOnEnter(): void {
+    if (!this.submit.disabled) {
+      void this.deploy();
+    }
+  }
+
+  private request(): IDeployRequest {
+    const scaling: Record<string, number> = {};
+    for (const [key, field] of Object.entries(this.fields)) {
+      const value = readNumber(field.input);
+      if (value !== undefined) {
+        scaling[key] = value;
+      }
+    }
+    return {
+      handler: this.handler.value,
+      name: this.name.value.trim(),
+      scaling,
+      public: this.publicAccess.checked,
+      source: this.source
+    };
+  }
+
+  /** On a redeploy, show the current settings (as placeholders) and access of the function. */
+  private async lookUpExisting(): Promise<void> {
+    const name = this.name.value.trim();
+    this.existing.textContent = '';
+    if (!name || !this.name.checkValidity()) {
+      return;
+    }
+    try {
+      const fn = await callFunctions<IFunction>('GET', `api/functions/${encodeURIComponent(name)}`);
+      if (this.name.value.trim() !== name) {
+        return;
+      }
+      const latest = Math.max(0, ...fn.versions.map(v => v.version));
+      this.existing.textContent = `${name} exists: this deploys version ${latest + 1} and sends it all traffic.`;
+      for (const [key, field] of Object.entries(this.fields)) {
+        const current = fn.scaling[key];
+        field.input.placeholder = current === null || current === undefined ? 'no limit' : String(current);
+      }
+      this.publicAccess.checked = fn.public;
+      this.tokenAccess.checked = !fn.public;
+    } catch (error) {
+      if (!(error instanceof FunctionsError && error.status === 404)) {
+        this.existing.textContent = `Could not look up ${name}: ${(error as Error).message}`;
+      }
+    }
+  }
+
+  private async deploy(): Promise<void> {
+    const request = this.request();
+    if (!this.name.checkValidity() || !request.name) {
+      this.showError(`Invalid name: ${this.name.title}.`);
+      return;
+    }
+    this.submit.disabled = true;
+    this.progress.replaceChildren(el('span', 'jp-Stratolab-spinner'), document.createTextNode(' Capturing and deploying…'));
+    this.outcome.replaceChildren();
+    try {
+      const outcome = await deployInKernel(this.panel, request);
+      if (outcome.ok) {
+        this.showDeployed(outcome.data);
+      } else {
+        this.showError(outcome.error);
+      }
+    } catch (error) {
+      this.showError((error as Error).message || String(error));
+    } finally {
+      this.submit.disabled = false;
+      this.progress.replaceChildren();
+    }
+  }
+
+  private showError(message: string): void {
+    const error = el('div', 'jp-Stratolab-error', message, 'stratolab-deploy-error');
+    error.setAttribute('role', 'alert');
+    this.outcome.replaceChildren(error);
+  }
+
+  private showDeployed(fn: IFunction): void {
+    const nodes: HTMLElement[] = [
+      el('div', 'jp-Stratolab-success', `Deployed ${fn.name}, version ${fn.version}.`, 'stratolab-deploy-success'),
+      el('div', 'jp-Stratolab-fieldLabel', 'Endpoint'),
+      copyable(fn.url, 'stratolab-deploy-url')
+    ];
+    if (fn.key) {
+      nodes.push(
+        el('div', 'jp-Stratolab-fieldLabel', 'Function key'),
+        copyable(fn.key, 'stratolab-deploy-key'),
+        el(
+          'div',
+          'jp-Stratolab-note jp-Stratolab-keyNote',
+          'Shown once: store it now. Callers send it as the X-Function-Key header; it stays the same for later versions.'
+        )
+      );
+    }
+    nodes.push(
+      el('div', 'jp-Stratolab-fieldLabel', 'Call it'),
+      copyable(curlExample(fn, '[...]'), 'stratolab-deploy-curl', true),
+      el('div', 'jp-Stratolab-fieldLabel', 'Try it'),
+      createTryBox(fn.owner, fn.name)
+    );
+    this.outcome.replaceChildren(...nodes);
+  }
+
+  private readonly source: string;
+  private readonly handler: HTMLSelectElement;
+  private readonly name: HTMLInputElement;
+  private readonly existing: HTMLElement;
+  private readonly fields: Record<string, { row: HTMLElement; input: HTMLInputElement }>;
+  private readonly tokenAccess: HTMLInputElement;
+  private readonly publicAccess: HTMLInputElement;
+  private readonly submit: HTMLButtonElement;
+  private readonly progress: HTMLElement;
+  private readonly outcome: HTMLElement;
+}
+
+/**
+ * A dialog that stays open after Deploy: its only dialog button is Close, and Enter in a field of
+ * the form deploys instead of closing it.
+ */
+class DeployDialog extends Dialog<void> {
+  constructor(private readonly form: DeployForm, title: string) {
+    super({ title, body: form, buttons: [Dialog.cancelButton({ label: 'Close' })], hasClose: true });
+    this.addClass('jp-Stratolab-deployDialog');
+  }
+
+  handleEvent(event: Event): void {
+    if (event.type === 'keydown' && (event as KeyboardEvent).key === 'Enter') {
+      const target = event.target as HTMLElement;
+      if (target instanceof HTMLInputElement && this.form.node.contains(target)) {
+        event.preventDefault();
+        event.stopPropagation();
+        if (target.dataset.testid === 'stratolab-deploy-name' || target.type === 'number') {
+          this.form.submitOnEnter();
+        }
+        return;
+      }
+    }
+    super.handleEvent(event);
+  }
+}
+
+/**
+ * Open the deploy dialog for the active cell of `panel`.
+ */
+export async function openDeployDialog(panel: NotebookPanel, onDeployed?: () => void): Promise<void> {
+  const cell = panel.content.activeCell;
+  if (!cell || cell.model.type !== 'code') {
+    return;
+  }
+  const form = new DeployForm(panel, cell.model.sharedModel.getSource());
+  const dialog = new DeployDialog(form, 'Deploy as function');
+  await dialog.launch();
+  onDeployed?.();
+}
