@@ -60,3 +60,38 @@ def test_digest_is_stable_and_the_store_is_immutable(notebook, tmp_path):
     assert load_handler(stored)({"rows": [notebook["X"][0].tolist()]})
     with pytest.raises(ValueError):
         store.path("../../etc")
+
+
+@pytest.mark.parametrize(
+    "member",
+    [
+        ("../escape.txt", "file"),
+        ("/etc/evil", "file"),
+        ("a/../../escape", "file"),
+        ("link", "symlink"),
+        ("dev", "chr"),
+    ],
+)
+def test_uploaded_archives_cannot_escape_or_smuggle_links(tmp_path, member):
+    import io
+    import tarfile
+
+    from stratolab.functions.bundle import safe_extract
+
+    name, kind = member
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        info = tarfile.TarInfo(name)
+        if kind == "symlink":
+            info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+            tar.addfile(info)
+        elif kind == "chr":
+            info.type = tarfile.CHRTYPE
+            tar.addfile(info)
+        else:
+            info.size = 3
+            tar.addfile(info, io.BytesIO(b"bad"))
+    buf.seek(0)
+    with tarfile.open(fileobj=buf, mode="r:gz") as tar, pytest.raises(ValueError):
+        safe_extract(tar, tmp_path / "out")
+    assert not (tmp_path / "escape.txt").exists()

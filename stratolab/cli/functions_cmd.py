@@ -124,6 +124,7 @@ def cmd_export(args, emit) -> None:
     import requests
 
     from stratolab.functions.client import SERVICE_PATH, _answer, _session, call
+    from stratolab.functions.bundle import safe_extract
     from stratolab.functions.export import export_bundle
 
     version = args.version
@@ -136,7 +137,7 @@ def cmd_export(args, emit) -> None:
         _answer(r)
     with tempfile.TemporaryDirectory() as tmp:
         with tarfile.open(fileobj=io.BytesIO(r.content), mode="r:gz") as tar:
-            tar.extractall(Path(tmp) / "bundle", filter="data")
+            safe_extract(tar, Path(tmp) / "bundle")
         target = export_bundle(Path(tmp) / "bundle", Path(args.output))
     emit({"name": args.name, "version": version, "output": str(target)},
          f"Exported {args.name} v{version} to {target} (docker build -t {args.name} {target})")

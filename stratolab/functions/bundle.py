@@ -117,6 +117,28 @@ def load_handler(directory: Path) -> Callable[..., Any]:
     return getattr(module, manifest.handler)
 
 
+def safe_extract(tar, target: Path) -> None:
+    """Extract regular files and directories only, each strictly inside `target` (no links, no
+    devices, no absolute or `..` paths). Works on every Python 3.10+ (tarfile's `filter=` does not)."""
+
+    target = Path(target).resolve()
+    target.mkdir(parents=True, exist_ok=True)
+    for member in tar.getmembers():
+        name = member.name
+        dest = (target / name).resolve()
+        if name.startswith("/") or ".." in Path(name).parts or not dest.is_relative_to(target):
+            raise ValueError(f"unsafe path in the archive: {name!r}")
+        if member.isdir():
+            dest.mkdir(parents=True, exist_ok=True)
+        elif member.isfile():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            source = tar.extractfile(member)
+            with open(dest, "wb") as out:
+                shutil.copyfileobj(source, out)
+        else:
+            raise ValueError(f"the archive holds {name!r}, which is not a regular file or directory")
+
+
 class BundleStore:
     """Immutable bundles on disk, addressed by digest: `<root>/<digest[:2]>/<digest>/`."""
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from stratolab.errors import InvalidInput, StratolabError
 from stratolab.functions.backend import FunctionBackend, VersionRef
-from stratolab.functions.bundle import BundleStore, Manifest, bundle_digest
+from stratolab.functions.bundle import BundleStore, Manifest, bundle_digest, safe_extract
 from stratolab.functions.registry import FunctionRegistry, FunctionView, check_name
 from stratolab.functions.service import metrics
 from stratolab.functions.traffic import choose_version
@@ -58,13 +58,10 @@ def unpack_bundle(data: bytes, target: Path) -> None:
     """Unpack an uploaded .tar.gz bundle, refusing links, devices and paths that leave `target`."""
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
-            for member in tar.getmembers():
-                if not (member.isfile() or member.isdir()):
-                    raise InvalidInput(f"the bundle contains {member.name!r}, which is not a file", field="bundle")
-            tar.extractall(target, filter="data")
+            safe_extract(tar, target)
+    except ValueError as e:
+        raise InvalidInput(f"the bundle is refused: {e}", field="bundle") from None
     except (tarfile.TarError, EOFError, OSError) as e:
-        if isinstance(e, tarfile.FilterError):
-            raise InvalidInput(f"the bundle has an unsafe path: {e}", field="bundle") from None
         raise InvalidInput(f"the body is not a .tar.gz bundle: {e}", field="bundle") from None
     if not (target / "manifest.json").exists():
         raise InvalidInput("the bundle has no manifest.json", field="bundle")
