@@ -25,6 +25,8 @@ class ScalingPolicy:
     memory_mb: int | None = None
     #: largest request body accepted (413 beyond)
     max_payload_mb: float = 10.0
+    #: GPUs each instance gets exclusively (CUDA_VISIBLE_DEVICES); 0 = none visible
+    gpus: int = 0
     #: dynamic batching for handlers that take a list (0 = off)
     max_batch_size: int = 0
     max_wait_ms: float = 5.0
@@ -75,6 +77,8 @@ class ScalingPolicy:
             bad("memory_mb", "must be at least 32 (MiB)")
         if not 0 < self.max_payload_mb <= 1024:
             bad("max_payload_mb", "must be between 0 and 1024")
+        if not 0 <= self.gpus <= 16:
+            bad("gpus", "must be between 0 and 16")
         if self.max_batch_size < 0 or self.max_batch_size == 1:
             bad("max_batch_size", "must be 0 (off) or at least 2")
         if not 0 <= self.max_wait_ms <= 10_000:

@@ -223,7 +223,8 @@ export class DeployForm extends Widget {
       concurrency: numberField('Concurrency per instance', null, { min: 1, placeholder: '1', testId: 'stratolab-deploy-concurrency' }),
       idle_timeout_s: numberField('Idle seconds before scale to zero', null, { min: 0, step: 'any', placeholder: '300', testId: 'stratolab-deploy-idle' }),
       timeout_s: numberField('Timeout (s)', null, { min: 0, step: 'any', placeholder: '30', testId: 'stratolab-deploy-timeout' }),
-      memory_mb: numberField('Memory (MB)', null, { min: 1, placeholder: 'no limit', testId: 'stratolab-deploy-memory' })
+      memory_mb: numberField('Memory (MB)', null, { min: 1, placeholder: 'no limit', testId: 'stratolab-deploy-memory' }),
+      gpus: numberField('GPUs per instance', null, { min: 0, placeholder: '0', testId: 'stratolab-deploy-gpus' })
     };
     scaling.body.append(
       this.fields.min_instances.row,
@@ -232,7 +233,7 @@ export class DeployForm extends Widget {
       this.fields.idle_timeout_s.row
     );
     const limits = section('Limits');
-    limits.body.append(this.fields.timeout_s.row, this.fields.memory_mb.row);
+    limits.body.append(this.fields.timeout_s.row, this.fields.memory_mb.row, this.fields.gpus.row);
 
     const access = section('Access');
     const group = `stratolab-access-${UUID.uuid4()}`;

@@ -158,12 +158,13 @@ class ForkServer:
 
     def spawn(self, bundle: Path, socket_path: Path, log: Path, concurrency: int = 1,
               uid: int | None = None, gid: int | None = None,
-              max_batch_size: int = 0, max_wait_ms: float = 0) -> int:
-        """Fork a worker; `max_batch_size > 1` makes it batch (its handler then takes a list)."""
+              max_batch_size: int = 0, max_wait_ms: float = 0, env: dict[str, str] | None = None) -> int:
+        """Fork a worker; `max_batch_size > 1` makes it batch (its handler then takes a list);
+        `env` is set in the worker before its bundle loads (CUDA_VISIBLE_DEVICES, ...)."""
         reply = self.request({
             "op": "spawn", "bundle": str(bundle), "socket": str(socket_path), "log": str(log),
             "concurrency": concurrency, "uid": uid, "gid": gid,
-            "max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms,
+            "max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms, "env": env or {},
         })
         return int(reply["pid"])
 

@@ -19,6 +19,7 @@ from stratolab.functions.bundle import Manifest
 from stratolab.functions.policy import ScalingPolicy
 from stratolab.functions.runtime.forkserver import ForkServer
 from stratolab.functions.runtime.pool import InvocationError, VersionPool
+from stratolab.hub.gpus import GpuAllocator
 
 
 TF_MODULES = ("tensorflow", "keras", "tf_keras")
@@ -49,6 +50,7 @@ class LocalBackend(FunctionBackend):
         preload: list[str],
         account_for: Callable[[str], tuple[int, int] | None] = lambda owner: None,
         on_event: Callable[[str, dict], None] | None = None,
+        gpu_inventory: tuple[str, ...] = (),
     ):
         """`account_for(owner)` gives the uid/gid an owner's workers run as (None: ours), creating
         the system account when it does not exist yet."""
@@ -61,6 +63,8 @@ class LocalBackend(FunctionBackend):
         #: TensorFlow bundles fork from their own server, which imported TensorFlow but never ran it
         self.tf_forkserver = ForkServer(self.root / "forkserver-tf.sock", ["tensorflow", "keras"])
         self.pools: dict[str, VersionPool] = {}
+        #: GPUs function instances may hold, each exclusively (a socket path owns its devices)
+        self.gpus = GpuAllocator(tuple(gpu_inventory))
 
     def start(self) -> "LocalBackend":
         self.forkserver.start()
@@ -113,12 +117,21 @@ class LocalBackend(FunctionBackend):
         forkserver = self.forkserver_for(vdir / "bundle")
 
         def spawn(bundle_path: Path, socket: Path, log: Path) -> int:
-            kwargs: dict[str, Any] = {"concurrency": policy.concurrency, "uid": uid, "gid": gid}
+            devices = self.gpus.acquire(str(socket), pool.policy.gpus)  # NoFreeGpu explains itself
+            kwargs: dict[str, Any] = {
+                "concurrency": policy.concurrency, "uid": uid, "gid": gid,
+                "env": {"CUDA_VISIBLE_DEVICES": ",".join(devices)},
+            }
             if policy.max_batch_size:
                 kwargs.update(max_batch_size=policy.max_batch_size, max_wait_ms=policy.max_wait_ms)
-            return forkserver.spawn(bundle_path, socket, log, **kwargs)
+            try:
+                return forkserver.spawn(bundle_path, socket, log, **kwargs)
+            except Exception:
+                self.gpus.release(str(socket))
+                raise
 
-        pool = VersionPool(ref.key, vdir / "bundle", policy, spawn, workdir, self.on_event, sockets)
+        pool = VersionPool(ref.key, vdir / "bundle", policy, spawn, workdir, self.on_event, sockets,
+                           on_removed=lambda socket: self.gpus.release(str(socket)))
         old = self.pools.pop(ref.key, None)
         if old:
             await old.close()

@@ -64,7 +64,8 @@ class PoolStats:
 
 class VersionPool:
     def __init__(self, key: str, bundle: Path, policy: ScalingPolicy, spawn: SpawnFn, workdir: Path,
-                 on_event: Callable[[str, dict], None] | None = None, socket_dir: Path | None = None):
+                 on_event: Callable[[str, dict], None] | None = None, socket_dir: Path | None = None,
+                 on_removed: Callable[[Path], None] | None = None):
         self.key = key
         self.bundle = bundle
         self.policy = policy
@@ -74,6 +75,8 @@ class VersionPool:
         self.log_path = self.workdir / "instances.log"
         #: Unix socket paths are limited to 107 bytes: a deep workdir gets its sockets elsewhere
         self.socket_dir = Path(socket_dir or self.workdir)
+        #: called with an instance's socket path when it is gone (the backend frees its GPUs)
+        self._on_removed = on_removed or (lambda socket: None)
         self.instances: list[Instance] = []
         self.starting = 0
         self.waiting = 0
@@ -90,11 +93,15 @@ class VersionPool:
         """Start one instance and wait until its bundle is loaded (the readiness check)."""
         sock = self.socket_dir / f"w-{uuid.uuid4().hex[:10]}.sock"
         t0 = time.monotonic()
-        pid = self._spawn(self.bundle, sock, self.log_path)
+        try:
+            pid = self._spawn(self.bundle, sock, self.log_path)
+        except StratolabError as e:
+            raise InvocationError(f"no new instance can start: {e.message}", status=503) from None
         try:
             await wait_for_socket(sock, timeout=min(120.0, max(30.0, self.policy.timeout_s)), pid=pid)
         except Exception as e:
             _kill(pid)
+            self._on_removed(sock)
             raise InvocationError(
                 f"the function failed to start: {e} (see its logs)", status=503
             ) from None
@@ -118,6 +125,7 @@ class VersionPool:
             self._last_start_error = None
             if self._closed:
                 _kill(instance.pid)
+                self._on_removed(instance.socket)
             else:
                 self.instances.append(instance)
             self._cond.notify_all()
@@ -142,6 +150,7 @@ class VersionPool:
                 instance.socket.unlink()
             except FileNotFoundError:
                 pass
+            self._on_removed(instance.socket)
 
     # --- invocations --------------------------------------------------------------------------
 

@@ -46,6 +46,15 @@ def available_frameworks() -> list[str]:
     return [m for m in FRAMEWORKS if importlib.util.find_spec(m) is not None]
 
 
+def function_gpus() -> tuple[str, ...]:
+    """GPUs function instances may use: STRATOLAB_FUNCTION_GPUS, else the machine's inventory."""
+    from stratolab.hub.gpus import discover_gpus
+
+    raw = os.environ.get("STRATOLAB_FUNCTION_GPUS", os.environ.get("STRATOLAB_GPUS"))
+    configured = tuple(g.strip() for g in raw.split(",") if g.strip()) if raw is not None else None
+    return discover_gpus(configured)
+
+
 def system_account(owner: str) -> tuple[int, int]:
     """The owner's system account (created if they never started a server), as (uid, gid)."""
     home_root = Path(os.environ.get("STRATOLAB_HOME_ROOT", "/home"))
@@ -93,6 +102,7 @@ def main() -> None:
         available_frameworks(),
         account_for=system_account if isolated else (lambda owner: None),
         on_event=on_event,
+        gpu_inventory=function_gpus(),
     ).start()
     state = ServiceState(
         registry=registry,
