@@ -246,3 +246,61 @@ def test_functions_come_back_after_a_hub_restart(hub_factory, tmp_path):
     r = requests.post(url, json={"x": 2}, headers=erin.headers)
     assert r.status_code == 200, r.text
     assert r.json()["greeting"] == "still here"
+
+
+FRAMEWORK_CELLS = {
+    "torch": [
+        "import torch\nimport numpy as np\ntorch.manual_seed(0)",
+        "class MLP(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+        "        self.net = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))\n"
+        "    def forward(self, x):\n        return self.net(x)",
+        "from sklearn.datasets import load_digits\nX, y = load_digits(return_X_y=True)\n"
+        "Xt, yt = torch.tensor(X / 16.0, dtype=torch.float32), torch.tensor(y)\nmodel = MLP()\n"
+        "opt = torch.optim.Adam(model.parameters(), lr=1e-2)\n"
+        "for _ in range(20):\n    opt.zero_grad(); torch.nn.functional.cross_entropy(model(Xt), yt).backward(); opt.step()\n"
+        "model.eval()",
+        "def predict(rows):\n    with torch.no_grad():\n"
+        "        return model(torch.tensor(np.asarray(rows) / 16.0, dtype=torch.float32)).argmax(dim=1).tolist()",
+    ],
+    "keras": [
+        "import os\nos.environ['TF_CPP_MIN_LOG_LEVEL'] = '2'\nimport numpy as np\nimport keras\nkeras.utils.set_random_seed(0)",
+        "from sklearn.datasets import load_digits\nX, y = load_digits(return_X_y=True)\n"
+        "model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(32, activation='relu'), keras.layers.Dense(10)])\n"
+        "model.compile(optimizer='adam', loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))\n"
+        "model.fit(X / 16.0, y, epochs=2, verbose=0)",
+        "def predict(rows):\n    return model.predict(np.asarray(rows, dtype='float32') / 16.0, verbose=0).argmax(axis=1).tolist()",
+    ],
+}
+
+
+@pytest.mark.parametrize("framework", sorted(FRAMEWORK_CELLS))
+def test_models_trained_in_a_kernel_answer_the_same_when_deployed(hub, framework):
+    import os
+
+    from jupyter_client.manager import start_new_kernel
+    from sklearn.datasets import load_digits
+
+    user = hub.create_user()
+    env = {**os.environ, "STRATOLAB_URL": hub.url, "STRATOLAB_TOKEN": user.token}
+    km, kc = start_new_kernel(kernel_name="python3", env=env)
+    try:
+        def run(code):
+            out = []
+            reply = kc.execute_interactive(
+                code, timeout=180,
+                output_hook=lambda m: out.append(m["content"].get("text", "")) if m["msg_type"] == "stream" else None,
+            )
+            assert reply["content"]["status"] == "ok", "\n".join(reply["content"].get("traceback", []))
+            return "".join(out)
+
+        for cell in FRAMEWORK_CELLS[framework]:
+            run(cell)
+        rows = load_digits().data[1500:1530].tolist()
+        expected = json.loads(run(f"import json\nprint(json.dumps(predict({json.dumps(rows)})))"))
+        url = run(f"import stratolab.functions as fn\nprint(fn.deploy(predict, name='{framework}-digits').url)").strip()
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    r = requests.post(url, json=rows, headers=user.headers)
+    assert r.status_code == 200, r.text
+    assert r.json() == expected

@@ -144,6 +144,7 @@ def functions_service(settings: PlatformSettings, isolation: str) -> tuple[dict,
             "STRATOLAB_ISOLATION": isolation,
             "STRATOLAB_PUBLIC_URL": settings.public_url,
             "STRATOLAB_HOME_ROOT": str(settings.home_root),
+            "STRATOLAB_USER_ENV": str(settings.user_env),
             **({"STRATOLAB_GPUS": ",".join(settings.gpus)} if settings.gpus is not None else {}),
             **({"STRATOLAB_FUNCTION_GPUS": os.environ["STRATOLAB_FUNCTION_GPUS"]}
                if "STRATOLAB_FUNCTION_GPUS" in os.environ else {}),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -51,6 +52,7 @@ class LocalBackend(FunctionBackend):
         account_for: Callable[[str], tuple[int, int] | None] = lambda owner: None,
         on_event: Callable[[str, dict], None] | None = None,
         gpu_inventory: tuple[str, ...] = (),
+        python: str = sys.executable,
     ):
         """`account_for(owner)` gives the uid/gid an owner's workers run as (None: ours), creating
         the system account when it does not exist yet."""
@@ -59,9 +61,11 @@ class LocalBackend(FunctionBackend):
         os.chmod(self.root, 0o711)
         self.account_for = account_for
         self.on_event = on_event
-        self.forkserver = ForkServer(self.root / "forkserver.sock", preload)
+        # Workers run in the user environment (the notebooks' own): as root it is the one the users'
+        # system accounts can read, so lazy imports after the fork keep working
+        self.forkserver = ForkServer(self.root / "forkserver.sock", preload, python=python)
         #: TensorFlow bundles fork from their own server, which imported TensorFlow but never ran it
-        self.tf_forkserver = ForkServer(self.root / "forkserver-tf.sock", ["tensorflow", "keras"])
+        self.tf_forkserver = ForkServer(self.root / "forkserver-tf.sock", ["tensorflow", "keras"], python=python)
         self.pools: dict[str, VersionPool] = {}
         #: GPUs function instances may hold, each exclusively (a socket path owns its devices)
         self.gpus = GpuAllocator(tuple(gpu_inventory))

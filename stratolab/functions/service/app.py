@@ -40,10 +40,21 @@ log = logging.getLogger("stratolab.functions")
 FRAMEWORKS = ["torch", "sklearn", "numpy"]
 
 
-def available_frameworks() -> list[str]:
-    import importlib.util
+def available_frameworks(python: str) -> list[str]:
+    """The frameworks installed in the user environment (imported ahead by the fork-server)."""
+    import subprocess
 
-    return [m for m in FRAMEWORKS if importlib.util.find_spec(m) is not None]
+    probe = "import importlib.util as u; print(','.join(m for m in %r if u.find_spec(m)))" % (FRAMEWORKS,)
+    out = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=60).stdout.strip()
+    return [m for m in out.split(",") if m]
+
+
+def user_python() -> str:
+    """The interpreter of the user environment (STRATOLAB_USER_ENV), where workers run."""
+    env = os.environ.get("STRATOLAB_USER_ENV")
+    if env and (Path(env) / "bin" / "python").exists():
+        return str(Path(env) / "bin" / "python")
+    return sys.executable
 
 
 def function_gpus() -> tuple[str, ...]:
@@ -99,10 +110,11 @@ def main() -> None:
 
     backend = LocalBackend(
         data_dir / "runtime",
-        available_frameworks(),
+        available_frameworks(user_python()),
         account_for=system_account if isolated else (lambda owner: None),
         on_event=on_event,
         gpu_inventory=function_gpus(),
+        python=user_python(),
     ).start()
     state = ServiceState(
         registry=registry,
