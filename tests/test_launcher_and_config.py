@@ -31,6 +31,9 @@ def test_first_start_prints_a_generated_password_that_logs_in(tmp_path):
         {
             "STRATOLAB_DATA_DIR": str(tmp_path / "data"),
             "STRATOLAB_PORT": str(port),
+            "STRATOLAB_HUB_PORT": str(free_port()),
+            "STRATOLAB_PROXY_API_PORT": str(free_port()),
+            "STRATOLAB_FUNCTIONS_PORT": str(free_port()),
             "STRATOLAB_USER_ENV": str(user_env_for_tests()),
             "STRATOLAB_GPUS": "",
             "PYTHONUNBUFFERED": "1",
