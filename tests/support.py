@@ -231,3 +231,34 @@ class TestUser:
 
     def server_get(self, path: str, **kwargs) -> requests.Response:
         return requests.get(f"{self.hub.url}/user/{self.name}/{path}", headers=self.headers, **kwargs)
+
+
+def run_cell(kc, code: str, timeout: float = 180) -> str:
+    """Execute `code` in a kernel like a notebook cell; return what it printed, fail with the traceback."""
+    out: list[str] = []
+
+    def hook(msg):
+        if msg["msg_type"] == "stream":
+            out.append(msg["content"].get("text", ""))
+
+    reply = kc.execute_interactive(code, timeout=timeout, output_hook=hook)
+    if reply["content"]["status"] != "ok":
+        raise AssertionError("\n".join(reply["content"].get("traceback", [])))
+    return "".join(out)
+
+
+class user_kernel:
+    """A real IPython kernel whose Stratolab client talks to `hub` as `user` (context manager)."""
+
+    def __init__(self, hub: "HubProcess", user: "TestUser"):
+        self.env = {**os.environ, "STRATOLAB_URL": hub.url, "STRATOLAB_TOKEN": user.token}
+
+    def __enter__(self):
+        from jupyter_client.manager import start_new_kernel
+
+        self.km, self.kc = start_new_kernel(kernel_name="python3", env=self.env)
+        return lambda code, timeout=180: run_cell(self.kc, code, timeout)
+
+    def __exit__(self, *exc) -> None:
+        self.kc.stop_channels()
+        self.km.shutdown_kernel(now=True)

@@ -8,6 +8,7 @@ import pytest
 from jupyter_client.manager import start_new_kernel
 
 from stratolab.functions.bundle import load_handler
+from support import run_cell
 
 
 @pytest.fixture(scope="module")
@@ -19,14 +20,7 @@ def kernel():
 
 
 def run(kc, code: str) -> str:
-    """Execute like a notebook cell; return stdout, raise with the traceback on error."""
-    out: list[str] = []
-    reply = kc.execute_interactive(
-        code, timeout=120, output_hook=lambda m: out.append(m["content"].get("text", "")) if m["msg_type"] == "stream" else None
-    )
-    if reply["content"]["status"] != "ok":
-        raise AssertionError("\n".join(reply["content"].get("traceback", [])))
-    return "".join(out)
+    return run_cell(kc, code, timeout=120)
 
 
 def test_torch_model_trained_in_the_kernel_is_captured_with_its_weights(kernel, tmp_path):

@@ -14,7 +14,7 @@ import requests
 from stratolab.functions.analysis import plan_capture, read_cells
 from stratolab.functions.bundle import build_bundle
 from stratolab.functions.client import pack
-from support import IS_ROOT
+from support import IS_ROOT, user_kernel
 
 CELLS = [
     "import os",
@@ -172,41 +172,22 @@ def test_metrics_and_openapi(hub, tmp_path):
 
 def test_deploy_from_a_live_kernel_with_the_python_api(hub, tmp_path):
     """A model trained in a real kernel, deployed with stratolab.functions.deploy, answers the same."""
-    import os
-
-    from jupyter_client.manager import start_new_kernel
+    from sklearn.datasets import load_digits
 
     carol = hub.create_user()
-    env = {**os.environ, "STRATOLAB_URL": hub.url, "STRATOLAB_TOKEN": carol.token}
-    km, kc = start_new_kernel(kernel_name="python3", env=env)
-    try:
-        def run(code):
-            out = []
-            reply = kc.execute_interactive(
-                code, timeout=120,
-                output_hook=lambda m: out.append(m["content"].get("text", "")) if m["msg_type"] == "stream" else None,
-            )
-            assert reply["content"]["status"] == "ok", "\n".join(reply["content"].get("traceback", []))
-            return "".join(out)
-
+    with user_kernel(hub, carol) as run:
         run("from sklearn.datasets import load_digits\nfrom sklearn.linear_model import LogisticRegression\n"
             "X, y = load_digits(return_X_y=True)\nclf = LogisticRegression(max_iter=500).fit(X[:1000], y[:1000])")
         run("def classify(inputs):\n    return clf.predict(inputs).tolist()")
         expected = json.loads(run("import json\nprint(json.dumps(classify(X[1000:1040].tolist())))"))
-        out = run("import stratolab.functions as fn\nd = fn.deploy(classify, name='digits')\nprint(d.url)")
-        url = out.strip().splitlines()[-1]
+        url = run("import stratolab.functions as fn\nd = fn.deploy(classify, name='digits')\nprint(d.url)").strip()
         assert url.endswith(f"/fn/{carol.name}/digits")
-        from sklearn.datasets import load_digits
-
         rows = load_digits().data[1000:1040].tolist()
         r = requests.post(url, json=rows, headers=carol.headers)
         assert r.status_code == 200, r.text
         assert r.json() == expected
         # and through the Python client's invoke, from the kernel
         assert json.loads(run("print(json.dumps(fn.invoke('digits', X[1000:1040].tolist())))")) == expected
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
 
 
 def test_function_cell_magic(hub):
@@ -275,32 +256,15 @@ FRAMEWORK_CELLS = {
 
 @pytest.mark.parametrize("framework", sorted(FRAMEWORK_CELLS))
 def test_models_trained_in_a_kernel_answer_the_same_when_deployed(hub, framework):
-    import os
-
-    from jupyter_client.manager import start_new_kernel
     from sklearn.datasets import load_digits
 
     user = hub.create_user()
-    env = {**os.environ, "STRATOLAB_URL": hub.url, "STRATOLAB_TOKEN": user.token}
-    km, kc = start_new_kernel(kernel_name="python3", env=env)
-    try:
-        def run(code):
-            out = []
-            reply = kc.execute_interactive(
-                code, timeout=180,
-                output_hook=lambda m: out.append(m["content"].get("text", "")) if m["msg_type"] == "stream" else None,
-            )
-            assert reply["content"]["status"] == "ok", "\n".join(reply["content"].get("traceback", []))
-            return "".join(out)
-
+    with user_kernel(hub, user) as run:
         for cell in FRAMEWORK_CELLS[framework]:
             run(cell)
         rows = load_digits().data[1500:1530].tolist()
         expected = json.loads(run(f"import json\nprint(json.dumps(predict({json.dumps(rows)})))"))
         url = run(f"import stratolab.functions as fn\nprint(fn.deploy(predict, name='{framework}-digits').url)").strip()
-    finally:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
     r = requests.post(url, json=rows, headers=user.headers)
     assert r.status_code == 200, r.text
     assert r.json() == expected
