@@ -16,12 +16,12 @@ import {
   button,
   callFunctions,
   createTryBox,
-  el,
   FunctionsError,
   IFunction,
   numberField,
   readNumber
 } from './functions';
+import { el } from './dom';
 
 export const deployIcon = new LabIcon({
   name: 'stratolab:deploy',

@@ -9,6 +9,7 @@ import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 import { Widget } from '@lumino/widgets';
 
+import { el } from './dom';
 import { PanelSection } from './panel';
 
 export interface IScaling {
@@ -140,25 +141,6 @@ export async function invokeFunction(owner: string, name: string, json: string):
   };
 }
 
-/**
- * Small DOM helper: an element with a class, optional text and optional test id.
- */
-export function el<K extends keyof HTMLElementTagNameMap>(
-  tag: K,
-  className: string,
-  text?: string,
-  testId?: string
-): HTMLElementTagNameMap[K] {
-  const node = document.createElement(tag);
-  node.className = className;
-  if (text !== undefined) {
-    node.textContent = text;
-  }
-  if (testId) {
-    node.dataset.testid = testId;
-  }
-  return node;
-}
 
 export function button(label: string, onClick: () => void, testId?: string, title?: string): HTMLButtonElement {
   const b = el('button', 'jp-Button jp-Stratolab-smallButton', label, testId);

@@ -6,6 +6,7 @@
  */
 import { Panel, Widget } from '@lumino/widgets';
 
+import { el } from './dom';
 import { stratolabIcon } from './icon';
 import { fetchStatus, IStratolabStatus, StatusError } from './status';
 
@@ -36,25 +37,6 @@ export abstract class PanelSection extends Widget {
   protected readonly body: HTMLDivElement;
 }
 
-/**
- * Small DOM helper: an element with a class, optional text and optional test id.
- */
-function el<K extends keyof HTMLElementTagNameMap>(
-  tag: K,
-  className: string,
-  text?: string,
-  testId?: string
-): HTMLElementTagNameMap[K] {
-  const node = document.createElement(tag);
-  node.className = className;
-  if (text !== undefined) {
-    node.textContent = text;
-  }
-  if (testId) {
-    node.dataset.testid = testId;
-  }
-  return node;
-}
 
 function formatCpu(cpu: number | null): string {
   if (cpu === null) {
