@@ -50,6 +50,12 @@ def parse_memory(value: str | int | None) -> int | None:
 
 
 @functools.cache
+def machine_gpus(configured: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The GPU inventory, asked of `nvidia-smi -L` once per hub process, not at every poll."""
+    return discover_gpus(configured)
+
+
+@functools.cache
 def platform_sessions(url: str):
     """One engine per platform database URL for the hub process."""
     return session_factory(make_engine(url))
@@ -156,7 +162,7 @@ class StratolabSpawner(LocalProcessSpawner):
     @property
     def allocator(self) -> GpuAllocator:
         inventory = self.gpu_inventory
-        return shared_allocator(discover_gpus(tuple(inventory) if inventory is not None else None))
+        return shared_allocator(machine_gpus(tuple(inventory) if inventory is not None else None))
 
     @property
     def owner_key(self) -> str:
