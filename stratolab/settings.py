@@ -37,6 +37,8 @@ class PlatformSettings:
     proxy_api_port: int = 8001
     #: port of the functions service on 127.0.0.1 (reached through the proxy at /services/functions/)
     functions_port: int = 10101
+    #: port of the scheduler service on 127.0.0.1 (reached through the proxy at /services/scheduler/)
+    scheduler_port: int = 10102
     #: where function bundles and instances live; None: derived from the data dir (see functions_root)
     functions_dir: Path | None = None
     data_dir: Path = PROJECT_ROOT / ".stratolab"
@@ -104,6 +106,7 @@ class PlatformSettings:
             hub_port=_int(env, "STRATOLAB_HUB_PORT", 8081),
             proxy_api_port=_int(env, "STRATOLAB_PROXY_API_PORT", 8001),
             functions_port=_int(env, "STRATOLAB_FUNCTIONS_PORT", 10101),
+            scheduler_port=_int(env, "STRATOLAB_SCHEDULER_PORT", 10102),
             functions_dir=Path(env["STRATOLAB_FUNCTIONS_DIR"]) if env.get("STRATOLAB_FUNCTIONS_DIR") else None,
             data_dir=Path(env.get("STRATOLAB_DATA_DIR") or PROJECT_ROOT / ".stratolab").resolve(),
             db_url=env.get("STRATOLAB_DB_URL", ""),
@@ -124,14 +127,19 @@ class PlatformSettings:
     def functions_root(self) -> Path:
         """Bundles and instances. With system accounts, their workers must reach it, and the data dir
         (mode 0700, holding the hub's secrets) must stay closed: it then lives under /var/lib."""
-        if self.functions_dir:
-            return self.functions_dir
+        return self.functions_dir or self._service_root("functions")
+
+    def jobs_root(self) -> Path:
+        """Snapshots and runs of scheduled notebooks (runs write there as their owner)."""
+        return self._service_root("jobs")
+
+    def _service_root(self, name: str) -> Path:
         if self.isolated():
             import hashlib
 
             tag = hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:10]
-            return Path("/var/lib/stratolab") / tag / "functions"
-        return self.data_dir / "functions"
+            return Path("/var/lib/stratolab") / tag / name
+        return self.data_dir / name
 
     def isolated(self) -> bool:
         """True when each hub user gets a system account (the default when the hub runs as root)."""

@@ -120,3 +120,77 @@ class FunctionVersion(Base):
     state: Mapped[str] = mapped_column(String(16))
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class JobSchedule(Base):
+    """A scheduled notebook job: a snapshot of the notebook, when to run it, and how."""
+
+    __tablename__ = "job_schedules"
+    __table_args__ = (
+        UniqueConstraint("owner", "name", name="uq_job_schedules_owner_name"),
+        Index("ix_job_schedules_next_run_at", "next_run_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    owner: Mapped[str] = mapped_column(String(255))
+    name: Mapped[str] = mapped_column(String(100))
+    #: the path in the owner's home the snapshot was taken from
+    notebook: Mapped[str] = mapped_column(String(1024))
+    snapshot_digest: Mapped[str] = mapped_column(String(64))
+    snapshot_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    #: null: on demand only
+    cron: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    #: the declared parameters of the snapshot ([{"name", "type", "default", "help"}]) and the values
+    #: to inject, as JSON
+    declared: Mapped[str] = mapped_column(Text, default="[]")
+    parameters: Mapped[str] = mapped_column(Text, default="{}")
+    profile: Mapped[str] = mapped_column(String(63))
+    timeout: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    retries: Mapped[int] = mapped_column(Integer, default=0)
+    retry_backoff: Mapped[int] = mapped_column(Integer, default=60)
+    output_formats: Mapped[str] = mapped_column(Text, default='["ipynb", "html"]')
+    notify: Mapped[str] = mapped_column(Text, default="{}")
+    #: runs missed while the scheduler was down: "catch_up" (once) or "skip"
+    missed: Mapped[str] = mapped_column(String(16), default="catch_up")
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    next_run_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class JobRun(Base):
+    """One execution of a schedule's snapshot. (schedule, scheduled time, attempt) is unique, so two
+    scheduler processes cannot both create the run of one scheduled time."""
+
+    __tablename__ = "job_runs"
+    __table_args__ = (
+        UniqueConstraint("schedule_id", "scheduled_for", "attempt", name="uq_job_runs_schedule_id"),
+        UniqueConstraint("owner", "idempotency_key", name="uq_job_runs_owner"),
+        Index("ix_job_runs_state", "state"),
+        Index("ix_job_runs_owner", "owner"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    schedule_id: Mapped[int] = mapped_column(ForeignKey("job_schedules.id", ondelete="CASCADE"))
+    owner: Mapped[str] = mapped_column(String(255))
+    #: "schedule", "manual", "retry" or "catch_up"
+    trigger: Mapped[str] = mapped_column(String(16))
+    #: "queued", "running", "succeeded", "failed", "timed_out" or "stopped"
+    state: Mapped[str] = mapped_column(String(16), default="queued")
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    scheduled_for: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    snapshot_digest: Mapped[str] = mapped_column(String(64))
+    parameters: Mapped[str] = mapped_column(Text, default="{}")
+    #: not started before this time (retry backoff)
+    not_before: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: the scheduler process running it, and when it last said so
+    worker: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    stop_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    outputs: Mapped[str] = mapped_column(Text, default="[]")

@@ -18,6 +18,7 @@ from stratolab.functions.service.access import CUSTOM_SCOPES, DEPLOY, INVOKE
 from stratolab.hub.admin import ensure_data_dir
 from stratolab.hub.auth import configure_authentication
 from stratolab.hub.culling import culler_service
+from stratolab.jobs.service.handlers import CUSTOM_SCOPES as JOB_SCOPES, RUN as JOBS_RUN
 from stratolab.hub.profiles import load_profile_list, parse_profile_list
 from stratolab.hub.spawner import ISOLATION_SHARED, ISOLATION_SYSTEM_USERS, StratolabSpawner
 from stratolab.hub.system_users import unreachable_path
@@ -25,6 +26,7 @@ from stratolab.settings import PROJECT_ROOT, PlatformSettings
 
 log = logging.getLogger("stratolab")
 FUNCTIONS_SERVICE = "functions"
+SCHEDULER_SERVICE = "scheduler"
 
 SHARED_MODE_WARNING = (
     "Stratolab runs every user's server as %s (isolation 'shared'): users are NOT isolated from "
@@ -120,8 +122,10 @@ def configure_hub(c, settings: PlatformSettings | None = None) -> PlatformSettin
         settings.cull_timeout, settings.cull_gpu_timeout, settings.cull_every
     )
     functions, user_scopes = functions_service(settings, isolation)
-    c.JupyterHub.services = [service, functions]
-    c.JupyterHub.custom_scopes = CUSTOM_SCOPES
+    scheduler, job_scopes = scheduler_service(settings, isolation)
+    user_scopes = [*user_scopes, *job_scopes]
+    c.JupyterHub.services = [service, functions, scheduler]
+    c.JupyterHub.custom_scopes = {**CUSTOM_SCOPES, **JOB_SCOPES}
     c.JupyterHub.load_roles = [role, {"name": "user", "scopes": ["self", *user_scopes]}]
     # a server's own token may deploy and invoke its user's functions (stratolab.functions.deploy)
     c.Spawner.server_token_scopes = ["users:activity!user", "access:servers!server", *user_scopes]
@@ -152,3 +156,30 @@ def functions_service(settings: PlatformSettings, isolation: str) -> tuple[dict,
         "display": False,
     }
     return service, [f"{DEPLOY}!user", f"{INVOKE}!user", f"access:services!service={FUNCTIONS_SERVICE}"]
+
+
+def scheduler_service(settings: PlatformSettings, isolation: str) -> tuple[dict, list[str]]:
+    """The scheduler service entry (scheduled notebooks), and the scopes each user gets on their jobs."""
+    root = settings.jobs_root()
+    root.mkdir(parents=True, exist_ok=True)
+    os.chmod(root, 0o711 if isolation == ISOLATION_SYSTEM_USERS else 0o700)
+    passed = [k for k in os.environ if k.startswith(("STRATOLAB_SMTP_", "STRATOLAB_JOBS_", "STRATOLAB_JOB_GPUS"))]
+    service = {
+        "name": SCHEDULER_SERVICE,
+        "url": f"http://127.0.0.1:{settings.scheduler_port}",
+        "command": [sys.executable, "-m", "stratolab.jobs.service.app"],
+        "environment": {
+            "STRATOLAB_JOBS_DIR": str(root),
+            "STRATOLAB_PLATFORM_DB_URL": settings.platform_url,
+            "STRATOLAB_ISOLATION": isolation,
+            "STRATOLAB_PUBLIC_URL": settings.public_url,
+            "STRATOLAB_HOME_ROOT": str(settings.home_root),
+            "STRATOLAB_SHARED_HOMES": str(settings.data_dir / "homes"),
+            "STRATOLAB_USER_ENV": str(settings.user_env),
+            **({"STRATOLAB_PROFILES_FILE": str(settings.profiles_file)} if settings.profiles_file else {}),
+            **({"STRATOLAB_GPUS": ",".join(settings.gpus)} if settings.gpus is not None else {}),
+            **{k: os.environ[k] for k in passed},
+        },
+        "display": False,
+    }
+    return service, [f"{JOBS_RUN}!user", f"access:services!service={SCHEDULER_SERVICE}"]

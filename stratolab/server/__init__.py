@@ -22,6 +22,9 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
         [
             (url_path_join(base_url, "stratolab", "status"), StatusHandler),
             (url_path_join(base_url, "stratolab", "functions", "(.*)"), FunctionsProxyHandler),
+            (url_path_join(base_url, "stratolab", "scheduler", "(.*)"), FunctionsProxyHandler,
+             {"service_path": "/services/scheduler/", "prefixes": ("api/",), "label": "scheduler"}),
         ],
     )
-    serverapp.log.info("Stratolab server extension loaded: %sstratolab/status, %sstratolab/functions/", base_url, base_url)
+    serverapp.log.info("Stratolab server extension loaded: %sstratolab/status, %sstratolab/functions/, %sstratolab/scheduler/",
+        base_url, base_url, base_url)

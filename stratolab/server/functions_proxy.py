@@ -26,8 +26,11 @@ FORWARDED_PREFIXES = ("api/", "fn/")
 #: a deploy waits for the new version's readiness check, an invocation for the function's timeout
 REQUEST_TIMEOUT_S = 600.0
 #: request headers passed on besides the token; everything else (cookies, XSRF) stays here
-FORWARDED_REQUEST_HEADERS = ("Content-Type", "Accept", "X-Function-Key")
-FORWARDED_RESPONSE_HEADERS = ("X-Function-Version", "Retry-After", "Location", "WWW-Authenticate")
+FORWARDED_REQUEST_HEADERS = ("Content-Type", "Accept", "X-Function-Key", "Idempotency-Key")
+FORWARDED_RESPONSE_HEADERS = (
+    "X-Function-Version", "Retry-After", "Location", "WWW-Authenticate", "Content-Disposition",
+    "Content-Security-Policy", "X-Content-Type-Options",
+)
 
 
 def hub_public_url(environ: Mapping[str, str]) -> str | None:
@@ -44,9 +47,9 @@ def hub_public_url(environ: Mapping[str, str]) -> str | None:
     return url.rstrip("/") if url else None
 
 
-def forwardable_path(path: str) -> str | None:
+def forwardable_path(path: str, prefixes: tuple[str, ...] = FORWARDED_PREFIXES) -> str | None:
     """The service path to call for `path`, quoted; None for anything but `api/...` and `fn/...`."""
-    if not path.startswith(FORWARDED_PREFIXES):
+    if not path.startswith(prefixes):
         return None
     if any(segment in (".", "..") for segment in path.split("/")):
         return None
@@ -54,9 +57,19 @@ def forwardable_path(path: str) -> str | None:
 
 
 class FunctionsProxyHandler(APIHandler):
-    """Forward GET/POST/PUT/PATCH/DELETE to `{hub}/services/functions/PATH` with the server's token."""
+    """Forward GET/POST/PUT/PATCH/DELETE to `{hub}/services/functions/PATH` with the server's token.
+
+    The same handler forwards `{base_url}stratolab/scheduler/api/...` to the scheduler service
+    (initialize(service_path="/services/scheduler/", prefixes=("api/",), label="scheduler")).
+    """
 
     auth_resource = AUTH_RESOURCE
+
+    def initialize(self, service_path: str = SERVICE_PATH, prefixes: tuple[str, ...] = FORWARDED_PREFIXES,
+                   label: str = "functions") -> None:
+        self.service_path = service_path
+        self.prefixes = prefixes
+        self.label = label
 
     @web.authenticated
     @authorized
@@ -89,16 +102,16 @@ class FunctionsProxyHandler(APIHandler):
         self.finish(json.dumps({"error": message, "message": message}))
 
     async def _forward(self, path: str) -> None:
-        target = forwardable_path(path)
+        target = forwardable_path(path, self.prefixes)
         if target is None:
-            self._fail(404, f"not a functions service route: {path!r} (only api/... and fn/...)")
+            self._fail(404, f"not a {self.label} service route: {path!r} (only {', '.join(p + '...' for p in self.prefixes)})")
             return
         base = hub_public_url(os.environ)
         token = os.environ.get("JUPYTERHUB_API_TOKEN")
         if not base or not token:
-            self._fail(502, "the functions service is not configured for this server (no hub URL or token)")
+            self._fail(502, f"the {self.label} service is not configured for this server (no hub URL or token)")
             return
-        url = f"{base}{SERVICE_PATH}{target}"
+        url = f"{base}{self.service_path}{target}"
         if self.request.query:
             url += f"?{self.request.query}"
         headers = {"Authorization": f"token {token}"}
@@ -115,10 +128,10 @@ class FunctionsProxyHandler(APIHandler):
         try:
             response = await AsyncHTTPClient().fetch(request, raise_error=False)
         except HTTPClientError as e:  # 599: timeout or connection closed
-            self._fail(502, f"the functions service at {base}{SERVICE_PATH} did not answer: {e}")
+            self._fail(502, f"the {self.label} service at {base}{self.service_path} did not answer: {e}")
             return
         except OSError as e:
-            self._fail(502, f"cannot reach the functions service at {base}{SERVICE_PATH}: {e}")
+            self._fail(502, f"cannot reach the {self.label} service at {base}{self.service_path}: {e}")
             return
         self.set_status(response.code, response.reason)
         for name in FORWARDED_RESPONSE_HEADERS:

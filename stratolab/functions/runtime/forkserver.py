@@ -28,6 +28,25 @@ from pathlib import Path
 from stratolab.functions.runtime.protocol import recv_frame, send_frame
 
 
+_children: set[int] = set()
+
+
+def die_with_parent(sig: int) -> None:
+    """Ask Linux to send `sig` to this process when its parent exits (a no-op elsewhere).
+
+    The fork-server goes when the functions service goes, however it ends (even SIGKILL), and a
+    worker goes with its fork-server: no process outlives the service that owns it.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _reap(_signum, _frame) -> None:
     while True:
         try:
@@ -36,6 +55,17 @@ def _reap(_signum, _frame) -> None:
             return
         if pid == 0:
             return
+        _children.discard(pid)
+
+
+def _terminate(_signum, _frame) -> None:
+    """Stop every worker this fork-server started, then exit."""
+    for pid in list(_children):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    os._exit(0)
 
 
 def _child(request: dict, listener: socket.socket, conn: socket.socket) -> None:
@@ -52,10 +82,12 @@ def _child(request: dict, listener: socket.socket, conn: socket.socket) -> None:
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.close(devnull)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if request.get("uid") is not None:
             os.setgroups([])
             os.setgid(int(request["gid"]))
             os.setuid(int(request["uid"]))
+        die_with_parent(signal.SIGKILL)  # after setuid, which clears it
         os.environ.update(request.get("env") or {})
         from stratolab.functions.runtime.worker import run_worker
 
@@ -90,6 +122,8 @@ def preload_modules(preload: list[str]) -> None:
 
 
 def serve(control_path: str, preload: list[str]) -> None:
+    die_with_parent(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, _terminate)
     preload_modules(preload)
     signal.signal(signal.SIGCHLD, _reap)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -116,6 +150,7 @@ def serve(control_path: str, preload: list[str]) -> None:
             pid = os.fork()
             if pid == 0:
                 _child(request, listener, conn)
+            _children.add(pid)
             send_frame(conn, {"status": 200, "pid": pid})
 
 

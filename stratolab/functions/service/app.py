@@ -93,6 +93,13 @@ def make_app(state: ServiceState, prefix: str) -> web.Application:
 
 
 def main() -> None:
+    # A stop requested while starting (importing frameworks takes a while) ends the start cleanly;
+    # the fork-servers die with this process in any case (see forkserver.die_with_parent).
+    def stop_during_start(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop_during_start)
+    signal.signal(signal.SIGINT, stop_during_start)
     logging.basicConfig(level=logging.INFO, format="[%(levelname).1s %(asctime)s functions] %(message)s")
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/functions/")
     url = os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101")

@@ -1,0 +1,650 @@
+/**
+ * Scheduled notebook jobs in the lab: the client of the scheduler service (reached through this
+ * server's `stratolab/scheduler/` proxy) and the Jobs section of the panel, with its schedules and
+ * their runs.
+ *
+ * The shapes mirror docs/scheduler-api.md.
+ */
+import { Dialog, showDialog, showErrorMessage } from '@jupyterlab/apputils';
+import { URLExt } from '@jupyterlab/coreutils';
+import { Contents, ServerConnection } from '@jupyterlab/services';
+import { Widget } from '@lumino/widgets';
+
+import { el } from './dom';
+import { button } from './functions';
+import { PanelSection } from './panel';
+
+export interface INotify {
+  webhook: string | null;
+  email: string[];
+  on: string[];
+}
+
+export interface IRun {
+  id: number;
+  schedule_id: number;
+  schedule_name: string;
+  owner: string;
+  trigger: string;
+  state: string;
+  attempt: number;
+  scheduled_for: string | null;
+  created_at: string;
+  started_at: string | null;
+  finished_at: string | null;
+  duration: number | null;
+  lateness: number | null;
+  error: string | null;
+  parameters: Record<string, unknown>;
+  outputs?: string[];
+}
+
+export interface ISchedule {
+  id: number;
+  name: string;
+  owner: string;
+  notebook: string;
+  snapshot: { digest: string; taken_at: string } | null;
+  cron: string | null;
+  timezone: string;
+  description: string | null;
+  parameters: Record<string, unknown>;
+  profile: string | null;
+  timeout: number | null;
+  retries: number;
+  retry_backoff: number;
+  output_formats: string[];
+  notify: INotify | null;
+  missed: string;
+  active: boolean;
+  next_run_at: string | null;
+  last_run: IRun | null;
+  created_at: string;
+  updated_at: string;
+}
+
+/** What a schedule is created or changed with (`POST`/`PATCH api/schedules`). */
+export interface IScheduleRequest {
+  notebook?: string;
+  content?: unknown;
+  name?: string;
+  cron?: string | null;
+  timezone?: string;
+  parameters?: Record<string, unknown>;
+  profile?: string | null;
+  timeout?: number | null;
+  retries?: number;
+  retry_backoff?: number;
+  output_formats?: string[];
+  notify?: INotify | null;
+  missed?: string;
+  active?: boolean;
+}
+
+export interface ICronPreview {
+  description: string;
+  next: string[];
+  timezone: string;
+}
+
+export interface INotebookParameter {
+  name: string;
+  type: string;
+  default: unknown;
+  help: string;
+}
+
+export interface IProfile {
+  slug: string;
+  display_name: string;
+  gpus: number;
+}
+
+/** States after which a run changes no more. */
+export const FINISHED_STATES = ['succeeded', 'failed', 'timed_out', 'stopped'];
+export const ACTIVE_STATES = ['queued', 'running'];
+
+/**
+ * A refused or failed call, with the service's message (written to be read by users) and the
+ * input it is about (`field`), when it names one.
+ */
+export class SchedulerError extends Error {
+  constructor(
+    message: string,
+    readonly status: number,
+    readonly field: string | null = null
+  ) {
+    super(message);
+  }
+}
+
+/** The browser URL of a scheduler route, through this server (`{base_url}stratolab/scheduler/PATH`). */
+export function schedulerUrl(
+  path: string,
+  settings: ServerConnection.ISettings = ServerConnection.makeSettings()
+): string {
+  return URLExt.join(settings.baseUrl, 'stratolab', 'scheduler', path);
+}
+
+/**
+ * A request to the scheduler service through this server's proxy; throws `SchedulerError` when the
+ * server cannot be reached.
+ */
+export async function schedulerFetch(
+  path: string,
+  init: RequestInit = {},
+  settings: ServerConnection.ISettings = ServerConnection.makeSettings()
+): Promise<Response> {
+  try {
+    return await ServerConnection.makeRequest(schedulerUrl(path, settings), init, settings);
+  } catch (error) {
+    throw new SchedulerError(`Cannot reach this server: ${(error as Error).message || error}`, 0);
+  }
+}
+
+/** The error a failed answer stands for (`{"error", "field"}` from the service). */
+async function answerError(response: Response): Promise<SchedulerError> {
+  let data: any = null;
+  try {
+    data = await response.json();
+  } catch {
+    // Not JSON: described below from the status.
+  }
+  if (response.status === 404 && data === null) {
+    return new SchedulerError(
+      'This server cannot reach the scheduler (no stratolab/scheduler route on it).',
+      404
+    );
+  }
+  const detail = data?.error || data?.message || response.statusText || 'request failed';
+  const field = typeof data?.field === 'string' && data.field ? data.field : null;
+  return new SchedulerError(String(detail), response.status, field);
+}
+
+/**
+ * A call answered with JSON (or nothing, for a 204); throws a `SchedulerError` on 4xx/5xx.
+ */
+export async function callScheduler<T>(
+  method: string,
+  path: string,
+  body?: unknown,
+  headers: Record<string, string> = {}
+): Promise<T> {
+  const init: RequestInit = { method, headers: { ...headers } };
+  if (body !== undefined) {
+    init.body = JSON.stringify(body);
+    (init.headers as Record<string, string>)['Content-Type'] = 'application/json';
+  }
+  const response = await schedulerFetch(path, init);
+  if (!response.ok) {
+    throw await answerError(response);
+  }
+  if (response.status === 204) {
+    return undefined as T;
+  }
+  try {
+    return (await response.json()) as T;
+  } catch {
+    throw new SchedulerError(`The scheduler sent an answer to ${path} that is not JSON.`, response.status);
+  }
+}
+
+/** A text answer (the run's log); throws a `SchedulerError` on 4xx/5xx. */
+export async function fetchSchedulerText(path: string): Promise<string> {
+  const response = await schedulerFetch(path);
+  if (!response.ok) {
+    throw await answerError(response);
+  }
+  return response.text();
+}
+
+export function listSchedules(): Promise<ISchedule[]> {
+  return callScheduler<{ schedules: ISchedule[] }>('GET', 'api/schedules').then(d => d.schedules);
+}
+
+export function listRuns(scheduleId: number | null, limit = 30): Promise<IRun[]> {
+  const query = scheduleId === null ? `limit=${limit}` : `schedule=${scheduleId}&limit=${limit}`;
+  return callScheduler<{ runs: IRun[] }>('GET', `api/runs?${query}`).then(d => d.runs);
+}
+
+/** A new idempotency key: one per click, so a retried request does not start a second run. */
+export function idempotencyKey(): string {
+  return typeof crypto.randomUUID === 'function'
+    ? crypto.randomUUID()
+    : `${Date.now().toString(16)}-${Math.random().toString(16).slice(2)}`;
+}
+
+/** Start a run of a schedule now ("Run now"). */
+export function runNow(scheduleId: number): Promise<IRun> {
+  return callScheduler<IRun>('POST', `api/schedules/${scheduleId}/runs`, {
+    idempotency_key: idempotencyKey()
+  });
+}
+
+// --- how runs and schedules are shown --------------------------------------------------------------
+
+/** A date and time in the browser's locale (in `timeZone` when given and known). */
+export function formatTime(iso: string | null | undefined, timeZone?: string): string {
+  if (!iso) {
+    return '–';
+  }
+  const date = new Date(iso);
+  if (isNaN(date.getTime())) {
+    return iso;
+  }
+  const options: Intl.DateTimeFormatOptions = { dateStyle: 'medium', timeStyle: 'medium' };
+  try {
+    return date.toLocaleString(undefined, timeZone ? { ...options, timeZone } : options);
+  } catch {
+    return date.toLocaleString(undefined, options);
+  }
+}
+
+export function formatDuration(seconds: number | null | undefined): string {
+  if (seconds === null || seconds === undefined) {
+    return '–';
+  }
+  if (seconds < 60) {
+    return `${seconds < 10 ? seconds.toFixed(1) : Math.round(seconds)} s`;
+  }
+  const minutes = Math.floor(seconds / 60);
+  if (minutes < 60) {
+    return `${minutes} min ${Math.round(seconds % 60)} s`;
+  }
+  return `${Math.floor(minutes / 60)} h ${minutes % 60} min`;
+}
+
+/**
+ * Where "Open" puts a run's executed notebook in the home: `stratolab-runs/<schedule>/run-<id>.ipynb`
+ * (the schedule's name made safe as one path segment).
+ */
+export function runNotebookPath(scheduleName: string, runId: number): string {
+  const folder = scheduleName.replace(/[/\\]/g, '-').replace(/^\.+/, '').trim() || 'schedule';
+  return `stratolab-runs/${folder}/run-${runId}.ipynb`;
+}
+
+/** Create `path` and the folders above it that are missing, with the contents manager. */
+export async function ensureDirectory(contents: Contents.IManager, path: string): Promise<void> {
+  let current = '';
+  for (const part of path.split('/').filter(Boolean)) {
+    current = current ? `${current}/${part}` : part;
+    try {
+      await contents.get(current, { content: false });
+    } catch {
+      await contents.save(current, { type: 'directory' });
+    }
+  }
+}
+
+function runOutputs(run: IRun): string[] {
+  if (run.outputs) {
+    return run.outputs;
+  }
+  return FINISHED_STATES.includes(run.state) ? ['ipynb'] : [];
+}
+
+/** A link, opened in a new tab; a plain GET from the browser carries this server's cookie. */
+function link(label: string, href: string, testId: string, title: string, download = false): HTMLAnchorElement {
+  const a = el('a', 'jp-Button jp-Stratolab-smallButton jp-Stratolab-link', label, testId);
+  a.href = href;
+  a.target = '_blank';
+  a.rel = 'noopener';
+  a.title = title;
+  if (download) {
+    a.download = '';
+  }
+  return a;
+}
+
+/**
+ * What the Jobs section needs from the lab: the contents manager and how to open a file (for a
+ * run's notebook), and how to edit a schedule (the schedule dialog, given by the plugin).
+ */
+export interface IJobsSectionOptions {
+  contents: Contents.IManager;
+  openPath: (path: string) => Promise<unknown>;
+  editSchedule: (schedule: ISchedule) => Promise<void>;
+}
+
+/**
+ * The user's schedules and their runs, refreshed every few seconds while it is visible.
+ */
+export class JobsSection extends PanelSection {
+  constructor(private readonly options: IJobsSectionOptions) {
+    super({ title: 'Jobs', testId: 'stratolab-jobs', className: 'jp-Stratolab-jobs' });
+    this.schedulesNode = el('div', 'jp-Stratolab-schedules', undefined, 'stratolab-schedules');
+    this.runsTitle = el('div', 'jp-Stratolab-subTitle', 'Runs', 'stratolab-runs-title');
+    this.runsNode = el('div', 'jp-Stratolab-runs', undefined, 'stratolab-runs');
+    this.errorNode = el('div', 'jp-Stratolab-jobsError');
+    this.body.append(
+      this.errorNode,
+      el('div', 'jp-Stratolab-subTitle', 'Schedules'),
+      this.schedulesNode,
+      this.runsTitle,
+      this.runsNode
+    );
+    this.schedulesNode.append(el('p', 'jp-Stratolab-loading', 'Loading…'));
+    this.scheduleTick(ACTIVE_POLL_MS);
+  }
+
+  /** The schedules last shown. */
+  get schedules(): ReadonlyArray<ISchedule> {
+    return this._schedules;
+  }
+
+  /** The runs last shown (of the selected schedule, or of all). */
+  get runs(): ReadonlyArray<IRun> {
+    return this._runs;
+  }
+
+  /** The schedule whose runs are listed; null for the runs of all schedules. */
+  get selected(): number | null {
+    return this._selected;
+  }
+
+  set selected(id: number | null) {
+    if (this._selected !== id) {
+      this._selected = id;
+      void this.refresh();
+    }
+  }
+
+  async refresh(): Promise<void> {
+    const selected = this._selected;
+    try {
+      const [schedules, runs] = await Promise.all([listSchedules(), listRuns(selected)]);
+      if (selected !== this._selected) {
+        return; // the selection changed meanwhile: that refresh shows the right runs
+      }
+      this._schedules = schedules;
+      if (selected !== null && !schedules.some(s => s.id === selected)) {
+        this._selected = null;
+        this._runs = await listRuns(null);
+      } else {
+        this._runs = runs;
+      }
+      this.errorNode.replaceChildren();
+      this.render();
+    } catch (error) {
+      const message = (error as Error).message || String(error);
+      const node = el('div', 'jp-Stratolab-error', message, 'stratolab-jobs-error');
+      node.setAttribute('role', 'alert');
+      this.errorNode.replaceChildren(node);
+    }
+  }
+
+  dispose(): void {
+    window.clearTimeout(this._timer);
+    super.dispose();
+  }
+
+  /** Poll often while a run is queued or running, less often otherwise; only while visible. */
+  private scheduleTick(ms: number): void {
+    window.clearTimeout(this._timer);
+    this._timer = window.setTimeout(async () => {
+      if (this.isDisposed) {
+        return;
+      }
+      if (this.isVisible) {
+        await this.refresh();
+      }
+      const busy = this._runs.some(r => ACTIVE_STATES.includes(r.state));
+      this.scheduleTick(busy ? ACTIVE_POLL_MS : IDLE_POLL_MS);
+    }, ms);
+  }
+
+  private render(): void {
+    if (this._schedules.length === 0) {
+      this.schedulesNode.replaceChildren(
+        el(
+          'p',
+          'jp-Stratolab-note',
+          'No scheduled jobs yet. Right-click a notebook in the file browser and choose “Schedule…”.',
+          'stratolab-jobs-empty'
+        )
+      );
+    } else {
+      this.schedulesNode.replaceChildren(
+        ...this._schedules.map(s =>
+          this.reuse(this.scheduleNodes, s.id, { s, selected: s.id === this._selected }, () => this.renderSchedule(s))
+        )
+      );
+    }
+
+    const selected = this._schedules.find(s => s.id === this._selected);
+    if (selected) {
+      const all = button('Show all', () => (this.selected = null), 'stratolab-runs-show-all', 'Show the runs of every schedule');
+      this.runsTitle.replaceChildren(document.createTextNode(`Runs of ${selected.name} `), all);
+    } else {
+      this.runsTitle.textContent = 'Runs';
+    }
+    if (this._runs.length === 0) {
+      this.runsNode.replaceChildren(el('p', 'jp-Stratolab-note', 'No runs yet.', 'stratolab-runs-empty'));
+    } else {
+      this.runsNode.replaceChildren(
+        ...this._runs.map(r => this.reuse(this.runNodes, r.id, r, () => this.renderRun(r)))
+      );
+    }
+  }
+
+  /**
+   * The node shown last for `id` when what it shows has not changed, else a new one: a refresh
+   * every few seconds then leaves the nodes (and the buttons someone is about to click) in place.
+   */
+  private reuse(
+    cache: Map<number, { key: string; node: HTMLElement }>,
+    id: number,
+    shown: unknown,
+    render: () => HTMLElement
+  ): HTMLElement {
+    const key = JSON.stringify(shown);
+    const hit = cache.get(id);
+    if (cache.size > CACHE_LIMIT) {
+      cache.clear();
+    }
+    if (hit && hit.key === key) {
+      return hit.node;
+    }
+    const node = render();
+    cache.set(id, { key, node });
+    return node;
+  }
+
+  private renderSchedule(s: ISchedule): HTMLElement {
+    const card = el('div', 'jp-Stratolab-schedule', undefined, `stratolab-schedule-${s.id}`);
+    card.dataset.scheduleId = String(s.id);
+    card.dataset.scheduleName = s.name;
+    card.dataset.scheduleActive = String(s.active);
+    card.classList.toggle('jp-mod-selected', s.id === this._selected);
+    card.classList.toggle('jp-mod-paused', !s.active);
+
+    const title = el('div', 'jp-Stratolab-functionTitle');
+    const name = el('button', 'jp-Stratolab-scheduleName', s.name, `stratolab-schedule-${s.id}-select`);
+    name.type = 'button';
+    name.title = s.id === this._selected ? 'Show the runs of every schedule' : 'Show the runs of this schedule only';
+    name.addEventListener('click', () => (this.selected = s.id === this._selected ? null : s.id));
+    title.append(name, el('span', `jp-Stratolab-badge ${s.active ? 'jp-mod-active' : 'jp-mod-paused'}`, s.active ? 'active' : 'paused', `stratolab-schedule-${s.id}-status`));
+    card.append(title);
+
+    const facts = el('dl', 'jp-Stratolab-facts');
+    const fact = (label: string, value: string, key: string) => {
+      facts.append(
+        el('dt', 'jp-Stratolab-factLabel', label),
+        el('dd', 'jp-Stratolab-fact', value, `stratolab-schedule-${s.id}-${key}`)
+      );
+    };
+    fact('When', s.cron ? s.description || `${s.cron} (${s.timezone})` : 'on demand', 'when');
+    fact('Notebook', s.notebook, 'notebook');
+    if (s.cron) {
+      fact('Next run', s.active ? formatTime(s.next_run_at) : 'paused', 'next');
+    }
+    const last = s.last_run;
+    fact('Last run', last ? `${last.state} · ${formatTime(last.started_at || last.created_at)}` : 'never', 'last');
+    card.append(facts);
+
+    const actions = el('div', 'jp-Stratolab-actions');
+    const act = (label: string, title: string, run: () => Promise<unknown>) =>
+      button(label, () => void this.guard(run), `stratolab-schedule-${s.id}-action-${label.toLowerCase().replace(/\s+/g, '-')}`, title);
+    actions.append(
+      act('Run now', 'Run the notebook now, with this schedule’s settings', async () => {
+        await runNow(s.id);
+        this._selected = s.id;
+      }),
+      s.active
+        ? act('Pause', 'Stop starting runs on schedule (Run now still works)', () => callScheduler('POST', `api/schedules/${s.id}/pause`))
+        : act('Resume', 'Start runs on schedule again', () => callScheduler('POST', `api/schedules/${s.id}/resume`)),
+      act('Edit', 'Change the schedule, its parameters and settings', () => this.options.editSchedule(s)),
+      act('Delete', 'Delete the schedule, its runs and their outputs', () => this.removeSchedule(s))
+    );
+    card.append(actions);
+    return card;
+  }
+
+  private renderRun(r: IRun): HTMLElement {
+    const row = el('div', 'jp-Stratolab-run', undefined, `stratolab-run-${r.id}`);
+    row.dataset.runId = String(r.id);
+    row.dataset.runState = r.state;
+    row.dataset.runTrigger = r.trigger;
+    row.dataset.scheduleId = String(r.schedule_id);
+
+    const title = el('div', 'jp-Stratolab-functionTitle');
+    title.append(
+      el('span', 'jp-Stratolab-runName', `#${r.id} ${r.schedule_name}`),
+      el('span', `jp-Stratolab-badge jp-Stratolab-state jp-mod-${r.state}`, r.state, `stratolab-run-${r.id}-state`)
+    );
+    if (ACTIVE_STATES.includes(r.state)) {
+      title.append(el('span', 'jp-Stratolab-spinner'));
+    }
+    row.append(title);
+
+    const facts = el('dl', 'jp-Stratolab-facts');
+    const fact = (label: string, value: string, key: string) => {
+      facts.append(
+        el('dt', 'jp-Stratolab-factLabel', label),
+        el('dd', 'jp-Stratolab-fact', value, `stratolab-run-${r.id}-${key}`)
+      );
+    };
+    fact('Trigger', r.attempt > 1 ? `${r.trigger} (attempt ${r.attempt})` : r.trigger, 'trigger');
+    if (r.scheduled_for) {
+      fact('Scheduled', formatTime(r.scheduled_for), 'scheduled');
+    }
+    fact('Started', formatTime(r.started_at), 'started');
+    fact('Duration', formatDuration(r.duration), 'duration');
+    row.append(facts);
+    if (r.error) {
+      row.append(el('div', 'jp-Stratolab-runError', r.error, `stratolab-run-${r.id}-error`));
+    }
+
+    const actions = el('div', 'jp-Stratolab-actions');
+    const testId = (label: string) => `stratolab-run-${r.id}-action-${label.toLowerCase()}`;
+    const act = (label: string, title: string, run: () => Promise<unknown>) =>
+      button(label, () => void this.guard(run), testId(label), title);
+    const outputs = runOutputs(r);
+    if (outputs.includes('ipynb')) {
+      actions.append(act('Open', 'Open the executed notebook (a copy in stratolab-runs/)', () => this.openRun(r)));
+    }
+    if (outputs.includes('html')) {
+      const href = `${schedulerUrl(`api/runs/${r.id}/output`)}?format=html&download=1`;
+      actions.append(link('HTML', href, testId('html'), 'Download the executed notebook as HTML', true));
+    }
+    actions.append(
+      act('Log', 'What papermill logged during the run', () => this.showLog(r)),
+      act('Files', 'Files the notebook wrote', () => this.showFiles(r))
+    );
+    if (ACTIVE_STATES.includes(r.state)) {
+      actions.append(act('Stop', 'Stop this run', () => callScheduler('POST', `api/runs/${r.id}/stop`)));
+    }
+    row.append(actions);
+    return row;
+  }
+
+  /** Run an action; show its error in a dialog; refresh after. */
+  private async guard(run: () => Promise<unknown>): Promise<void> {
+    try {
+      await run();
+    } catch (error) {
+      await showErrorMessage('Stratolab jobs', (error as Error).message || String(error));
+    }
+    await this.refresh();
+  }
+
+  /** Copy the run's executed notebook into the home (once) and open it. */
+  private async openRun(r: IRun): Promise<void> {
+    const { contents, openPath } = this.options;
+    const path = runNotebookPath(r.schedule_name, r.id);
+    let exists = false;
+    try {
+      await contents.get(path, { content: false });
+      exists = true;
+    } catch {
+      // not copied yet
+    }
+    // A finished run's notebook changes no more: a copy made earlier (maybe with the user's edits) stays.
+    if (!exists || !FINISHED_STATES.includes(r.state)) {
+      const nb = await callScheduler<unknown>('GET', `api/runs/${r.id}/output?format=ipynb`);
+      await ensureDirectory(contents, path.slice(0, path.lastIndexOf('/')));
+      await contents.save(path, { type: 'notebook', format: 'json', content: nb });
+    }
+    await openPath(path);
+  }
+
+  private async showLog(r: IRun): Promise<void> {
+    const text = await fetchSchedulerText(`api/runs/${r.id}/log`);
+    const pre = el('pre', 'jp-Stratolab-logs', text || '(empty log)', 'stratolab-run-log');
+    await showDialog({
+      title: `Log of run #${r.id} (${r.schedule_name})`,
+      body: new Widget({ node: pre }),
+      buttons: [Dialog.okButton({ label: 'Close' })]
+    });
+  }
+
+  private async showFiles(r: IRun): Promise<void> {
+    const data = await callScheduler<{ files: { path: string; size: number }[] }>('GET', `api/runs/${r.id}/files`);
+    const list = el('ul', 'jp-Stratolab-fileList', undefined, 'stratolab-run-files');
+    for (const file of data.files) {
+      const path = file.path.split('/').map(encodeURIComponent).join('/');
+      const item = el('li', 'jp-Stratolab-file');
+      const a = el('a', 'jp-Stratolab-fileLink', file.path);
+      a.href = schedulerUrl(`api/runs/${r.id}/files/${path}`);
+      a.download = file.path.split('/').pop() || file.path;
+      a.target = '_blank';
+      a.rel = 'noopener';
+      item.append(a, el('span', 'jp-Stratolab-note', ` ${file.size} bytes`));
+      list.append(item);
+    }
+    const body = data.files.length ? list : el('p', 'jp-Stratolab-note', 'The run wrote no files.', 'stratolab-run-files');
+    await showDialog({
+      title: `Files of run #${r.id} (${r.schedule_name})`,
+      body: new Widget({ node: body }),
+      buttons: [Dialog.okButton({ label: 'Close' })]
+    });
+  }
+
+  private async removeSchedule(s: ISchedule): Promise<void> {
+    const result = await showDialog({
+      title: `Delete ${s.name}?`,
+      body: 'Its running runs are stopped, and its runs and their outputs deleted.',
+      buttons: [Dialog.cancelButton(), Dialog.warnButton({ label: 'Delete' })]
+    });
+    if (result.button.accept) {
+      await callScheduler('DELETE', `api/schedules/${s.id}`);
+    }
+  }
+
+  private readonly schedulesNode: HTMLElement;
+  private readonly runsTitle: HTMLElement;
+  private readonly runsNode: HTMLElement;
+  private readonly errorNode: HTMLElement;
+  private readonly scheduleNodes = new Map<number, { key: string; node: HTMLElement }>();
+  private readonly runNodes = new Map<number, { key: string; node: HTMLElement }>();
+  private _schedules: ISchedule[] = [];
+  private _runs: IRun[] = [];
+  private _selected: number | null = null;
+  private _timer: number | undefined;
+}
+
+/** Milliseconds between refreshes while a run is queued or running, and otherwise. */
+const ACTIVE_POLL_MS = 3000;
+const IDLE_POLL_MS = 10000;
+/** Nodes kept for reuse before the cache starts over (runs come and go). */
+const CACHE_LIMIT = 200;

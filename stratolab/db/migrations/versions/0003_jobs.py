@@ -1,0 +1,81 @@
+"""Scheduled notebook jobs and their runs.
+
+Revision ID: 0003
+Revises: 0002
+Create Date: 2026-11-28
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+from stratolab.db.models import UtcDateTime
+
+revision = "0003"
+down_revision = "0002"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "job_schedules",
+        sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+        sa.Column("owner", sa.String(255), nullable=False),
+        sa.Column("name", sa.String(100), nullable=False),
+        sa.Column("notebook", sa.String(1024), nullable=False),
+        sa.Column("snapshot_digest", sa.String(64), nullable=False),
+        sa.Column("snapshot_at", UtcDateTime(), nullable=False),
+        sa.Column("cron", sa.String(255), nullable=True),
+        sa.Column("timezone", sa.String(64), nullable=False),
+        sa.Column("declared", sa.Text(), nullable=False),
+        sa.Column("parameters", sa.Text(), nullable=False),
+        sa.Column("profile", sa.String(63), nullable=False),
+        sa.Column("timeout", sa.Integer(), nullable=True),
+        sa.Column("retries", sa.Integer(), nullable=False),
+        sa.Column("retry_backoff", sa.Integer(), nullable=False),
+        sa.Column("output_formats", sa.Text(), nullable=False),
+        sa.Column("notify", sa.Text(), nullable=False),
+        sa.Column("missed", sa.String(16), nullable=False),
+        sa.Column("active", sa.Boolean(), nullable=False),
+        sa.Column("next_run_at", UtcDateTime(), nullable=True),
+        sa.Column("created_at", UtcDateTime(), nullable=False),
+        sa.Column("updated_at", UtcDateTime(), nullable=False),
+        sa.UniqueConstraint("owner", "name", name="uq_job_schedules_owner_name"),
+    )
+    op.create_index("ix_job_schedules_next_run_at", "job_schedules", ["next_run_at"])
+    op.create_table(
+        "job_runs",
+        sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+        sa.Column(
+            "schedule_id",
+            sa.Integer(),
+            sa.ForeignKey("job_schedules.id", ondelete="CASCADE", name="fk_job_runs_schedule_id_job_schedules"),
+            nullable=False,
+        ),
+        sa.Column("owner", sa.String(255), nullable=False),
+        sa.Column("trigger", sa.String(16), nullable=False),
+        sa.Column("state", sa.String(16), nullable=False),
+        sa.Column("attempt", sa.Integer(), nullable=False),
+        sa.Column("scheduled_for", UtcDateTime(), nullable=True),
+        sa.Column("idempotency_key", sa.String(255), nullable=True),
+        sa.Column("snapshot_digest", sa.String(64), nullable=False),
+        sa.Column("parameters", sa.Text(), nullable=False),
+        sa.Column("not_before", UtcDateTime(), nullable=True),
+        sa.Column("created_at", UtcDateTime(), nullable=False),
+        sa.Column("started_at", UtcDateTime(), nullable=True),
+        sa.Column("finished_at", UtcDateTime(), nullable=True),
+        sa.Column("error", sa.Text(), nullable=True),
+        sa.Column("worker", sa.String(64), nullable=True),
+        sa.Column("heartbeat_at", UtcDateTime(), nullable=True),
+        sa.Column("stop_requested", sa.Boolean(), nullable=False),
+        sa.Column("outputs", sa.Text(), nullable=False),
+        sa.UniqueConstraint("schedule_id", "scheduled_for", "attempt", name="uq_job_runs_schedule_id"),
+        sa.UniqueConstraint("owner", "idempotency_key", name="uq_job_runs_owner"),
+    )
+    op.create_index("ix_job_runs_state", "job_runs", ["state"])
+    op.create_index("ix_job_runs_owner", "job_runs", ["owner"])
+
+
+def downgrade() -> None:
+    op.drop_table("job_runs")
+    op.drop_table("job_schedules")

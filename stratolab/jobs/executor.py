@@ -1,0 +1,108 @@
+"""Where a notebook run executes: the interface between the scheduler (and AutoML) and a backend.
+
+The engine decides *what* runs and *when*; an executor only starts one papermill run of a notebook
+and reports how it ended. `local_executor.LocalProcessExecutor` runs it as a local process as the
+owning user; a Kubernetes executor (a Job per run) implements the same interface.
+
+A run's files live in its `workdir`:
+
+    input.ipynb    the snapshot to execute (written by the caller)
+    output.ipynb   the executed notebook, saved as cells complete (a failed run keeps its partial one)
+    output.html    when "html" is among the output formats
+    run.log        papermill's log: cell outputs as they come, errors
+    result.json    {"state": "succeeded"|"failed", "error": ...} written by the runner
+    files/         the notebook's working directory: files it writes are kept with the run
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: terminal states an execution can end in
+SUCCEEDED, FAILED, TIMED_OUT, STOPPED = "succeeded", "failed", "timed_out", "stopped"
+
+
+@dataclass(frozen=True)
+class Account:
+    """The system account a run executes as (None in RunSpec: the scheduler's own account)."""
+
+    uid: int
+    gid: int
+    home: str
+    name: str
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    key: str
+    workdir: Path
+    parameters: dict[str, Any] = field(default_factory=dict)
+    #: seconds for the whole run; None: no limit
+    timeout: float | None = None
+    output_formats: tuple[str, ...] = ("ipynb", "html")
+    account: Account | None = None
+    #: the profile's environment (CUDA_VISIBLE_DEVICES, ...): the kernel starts with it
+    env: dict[str, str] = field(default_factory=dict)
+    #: facts of this run (STRATOLAB_RUN_ID, ...), set in the kernel before the notebook runs
+    run_env: dict[str, str] = field(default_factory=dict)
+    #: may the executor use a kernel started ahead of the run (fresh, used once)?
+    warm: bool = True
+
+    @property
+    def input_path(self) -> Path:
+        return self.workdir / "input.ipynb"
+
+    @property
+    def output_path(self) -> Path:
+        return self.workdir / "output.ipynb"
+
+    @property
+    def html_path(self) -> Path:
+        return self.workdir / "output.html"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "run.log"
+
+    @property
+    def result_path(self) -> Path:
+        return self.workdir / "result.json"
+
+    @property
+    def files_dir(self) -> Path:
+        return self.workdir / "files"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    state: str
+    error: str | None = None
+    outputs: tuple[str, ...] = ()
+
+
+class Execution(abc.ABC):
+    """A started run."""
+
+    @abc.abstractmethod
+    async def wait(self) -> RunResult:
+        """Wait for the end (enforcing the spec's timeout) and say how it ended."""
+
+    @abc.abstractmethod
+    async def stop(self, reason: str = STOPPED) -> None:
+        """End the run early: the kernel is killed, the partial output kept. `reason` is STOPPED or
+        TIMED_OUT; `wait()` then answers with it."""
+
+
+class NotebookExecutor(abc.ABC):
+    @abc.abstractmethod
+    async def start(self, spec: RunSpec) -> Execution:
+        """Start a run of `spec.input_path`; returns once it is running."""
+
+    async def prepare(self, account: Account | None, env: dict[str, str]) -> None:
+        """A hint that a run for this account and environment will start soon (start a kernel ahead)."""
+
+    async def close(self) -> None:
+        """Stop every run and every kernel started ahead."""

@@ -1,0 +1,112 @@
+"""Notifications of finished runs: a JSON webhook, and e-mail through the configured SMTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import smtplib
+from dataclasses import dataclass
+from email.message import EmailMessage
+from typing import Any, Mapping
+
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+
+from stratolab.jobs import metrics
+
+log = logging.getLogger("stratolab.jobs")
+WEBHOOK_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    host: str
+    port: int = 25
+    user: str | None = None
+    password: str | None = None
+    sender: str = "stratolab@localhost"
+    starttls: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> "SmtpSettings | None":
+        host = env.get("STRATOLAB_SMTP_HOST", "").strip()
+        if not host:
+            return None
+        return cls(
+            host=host, port=int(env.get("STRATOLAB_SMTP_PORT") or 25),
+            user=env.get("STRATOLAB_SMTP_USER") or None, password=env.get("STRATOLAB_SMTP_PASSWORD") or None,
+            sender=env.get("STRATOLAB_SMTP_FROM") or "stratolab@localhost",
+            starttls=(env.get("STRATOLAB_SMTP_STARTTLS", "").lower() in ("1", "true", "yes")),
+        )
+
+
+def event_name(state: str) -> str:
+    return "run.succeeded" if state == "succeeded" else f"run.{state}"
+
+
+def payload(schedule: dict[str, Any], run: dict[str, Any], run_url: str) -> dict[str, Any]:
+    return {
+        "event": event_name(run["state"]),
+        "text": f"{schedule['name']}: run {run['id']} {run['state']}" + (f": {run['error']}" if run.get("error") else ""),
+        "url": run_url,
+        "schedule": {k: schedule.get(k) for k in ("id", "name", "owner", "notebook", "cron", "timezone")},
+        "run": run,
+    }
+
+
+class Notifier:
+    def __init__(self, smtp: SmtpSettings | None):
+        self.smtp = smtp
+
+    async def send(self, notify: dict[str, Any], schedule: dict[str, Any], run: dict[str, Any], run_url: str) -> None:
+        """Notify as the schedule asks, if this outcome is one it asks about. Never raises."""
+        event = "success" if run["state"] == "succeeded" else "failure"
+        if event not in notify.get("on", ["failure"]):
+            return
+        body = payload(schedule, run, run_url)
+        if notify.get("webhook"):
+            await self._webhook(notify["webhook"], body)
+        if notify.get("email") and self.smtp:
+            await asyncio.get_running_loop().run_in_executor(None, self._email, notify["email"], body)
+
+    async def _webhook(self, url: str, body: dict[str, Any]) -> None:
+        request = HTTPRequest(url, method="POST", body=json.dumps(body),
+                              headers={"Content-Type": "application/json", "User-Agent": "stratolab-scheduler"},
+                              request_timeout=10, follow_redirects=False)
+        for attempt in range(1, WEBHOOK_ATTEMPTS + 1):
+            try:
+                response = await AsyncHTTPClient().fetch(request, raise_error=False)
+                if response.code < 400:
+                    metrics.NOTIFICATIONS.labels("webhook", "sent").inc()
+                    return
+                reason = f"HTTP {response.code}"
+            except Exception as e:  # noqa: BLE001: a receiver's failure is logged, never fatal
+                reason = str(e)
+            log.warning("webhook %s, attempt %d of %d: %s", url, attempt, WEBHOOK_ATTEMPTS, reason)
+            if attempt < WEBHOOK_ATTEMPTS:
+                await asyncio.sleep(attempt)
+        metrics.NOTIFICATIONS.labels("webhook", "failed").inc()
+
+    def _email(self, to: list[str], body: dict[str, Any]) -> None:
+        message = EmailMessage()
+        message["Subject"] = f"[stratolab] {body['text']}"[:200]
+        message["From"] = self.smtp.sender
+        message["To"] = ", ".join(to)
+        run = body["run"]
+        message.set_content(
+            f"{body['text']}\n\nSchedule: {body['schedule']['name']} ({body['schedule']['notebook']})\n"
+            f"Run: {run['id']}, attempt {run['attempt']}, trigger {run['trigger']}\n"
+            f"Started: {run.get('started_at')}\nFinished: {run.get('finished_at')}\n\n{body['url']}\n"
+        )
+        try:
+            with smtplib.SMTP(self.smtp.host, self.smtp.port, timeout=20) as smtp:
+                if self.smtp.starttls:
+                    smtp.starttls()
+                if self.smtp.user:
+                    smtp.login(self.smtp.user, self.smtp.password or "")
+                smtp.send_message(message)
+            metrics.NOTIFICATIONS.labels("email", "sent").inc()
+        except (OSError, smtplib.SMTPException) as e:
+            log.warning("e-mail to %s failed: %s", to, e)
+            metrics.NOTIFICATIONS.labels("email", "failed").inc()

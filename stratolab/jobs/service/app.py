@@ -1,0 +1,169 @@
+"""The scheduler service process: a tornado app started by JupyterHub as a managed service.
+
+It keeps running while users' servers are stopped or culled: schedules fire whether or not their
+owner is logged in. Routes are listed in docs/scheduler-api.md and served as openapi.json.
+
+Environment (set by stratolab.hub.config.scheduler_service):
+    STRATOLAB_JOBS_DIR            snapshots and runs (see stratolab.jobs.files)
+    STRATOLAB_PLATFORM_DB_URL     schedules and runs (SQLite or PostgreSQL)
+    STRATOLAB_ISOLATION           "system-users": runs execute as the owner's system account
+    STRATOLAB_HOME_ROOT, STRATOLAB_SHARED_HOMES   where users' homes are (to read notebooks)
+    STRATOLAB_USER_ENV            the environment runs execute in
+    STRATOLAB_SCHEDULER_ID        this process's name among schedulers sharing the database
+    STRATOLAB_JOBS_MAX_RUNNING, STRATOLAB_JOBS_MAX_PER_USER, STRATOLAB_JOBS_MISFIRE_GRACE
+    STRATOLAB_SMTP_HOST (and _PORT, _USER, _PASSWORD, _FROM, _STARTTLS) for e-mail notifications
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+from jupyterhub.services.auth import HubAuth
+from tornado import web
+
+from stratolab.db import ensure_schema, make_engine, session_factory
+from stratolab.hub.gpus import GpuAllocator, discover_gpus
+from stratolab.hub.profiles import default_profile_list, load_profile_list, parse_profile_list
+from stratolab.hub.system_users import ensure_system_user, system_username
+from stratolab.jobs.clock import Clock
+from stratolab.jobs.engine import Scheduler, SchedulerConfig
+from stratolab.jobs.executor import Account
+from stratolab.jobs.files import JobFiles
+from stratolab.jobs.local_executor import LocalProcessExecutor
+from stratolab.jobs.notify import Notifier, SmtpSettings
+from stratolab.jobs.service import handlers
+from stratolab.jobs.service.state import JobService
+from stratolab.jobs.store import JobStore
+
+log = logging.getLogger("stratolab.jobs")
+
+
+def make_app(state: JobService, prefix: str) -> web.Application:
+    p = prefix.rstrip("/")
+    n = r"(\d+)"
+    routes = [
+        (rf"{p}/api/schedules/?", handlers.ScheduleListHandler),
+        (rf"{p}/api/schedules/{n}/(pause|resume)", handlers.PauseHandler),
+        (rf"{p}/api/schedules/{n}/runs", handlers.RunNowHandler),
+        (rf"{p}/api/schedules/{n}", handlers.ScheduleHandler),
+        (rf"{p}/api/runs/?", handlers.RunListHandler),
+        (rf"{p}/api/runs/{n}/stop", handlers.StopHandler),
+        (rf"{p}/api/runs/{n}/output", handlers.OutputHandler),
+        (rf"{p}/api/runs/{n}/log", handlers.LogHandler),
+        (rf"{p}/api/runs/{n}/files/?", handlers.FilesHandler),
+        (rf"{p}/api/runs/{n}/files/(.+)", handlers.FilesHandler),
+        (rf"{p}/api/runs/{n}", handlers.RunHandler),
+        (rf"{p}/api/preview", handlers.PreviewHandler),
+        (rf"{p}/api/inspect", handlers.InspectHandler),
+        (rf"{p}/api/profiles", handlers.ProfilesHandler),
+        (rf"{p}/metrics", handlers.MetricsHandler),
+        (rf"{p}/openapi.json", handlers.OpenAPIHandler),
+        (rf"{p}/?", handlers.RootHandler),
+        (rf"{p}/.*", handlers.NotFoundHandler),
+    ]
+    return web.Application(routes, state=state, max_body_size=64 * 1024 * 1024)
+
+
+def _int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    return int(raw) if raw else default
+
+
+def user_python() -> str:
+    env = os.environ.get("STRATOLAB_USER_ENV")
+    if env and (Path(env) / "bin" / "python").exists():
+        return str(Path(env) / "bin" / "python")
+    return sys.executable
+
+
+def job_gpus() -> tuple[str, ...]:
+    raw = os.environ.get("STRATOLAB_JOB_GPUS", os.environ.get("STRATOLAB_GPUS"))
+    configured = tuple(g.strip() for g in raw.split(",") if g.strip()) if raw is not None else None
+    return discover_gpus(configured)
+
+
+def load_profiles(gpu_count: int) -> dict:
+    path = os.environ.get("STRATOLAB_PROFILES_FILE", "").strip()
+    raw = load_profile_list(Path(path)) if path else default_profile_list(gpu_count)
+    return {p.slug: p for p in parse_profile_list(raw)}
+
+
+def build(environ=os.environ) -> tuple[JobService, Scheduler]:
+    prefix = environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/scheduler/")
+    db_url = environ["STRATOLAB_PLATFORM_DB_URL"]
+    isolated = environ.get("STRATOLAB_ISOLATION") == "system-users"
+    home_root = Path(environ.get("STRATOLAB_HOME_ROOT") or "/home")
+    shared_homes = Path(environ.get("STRATOLAB_SHARED_HOMES") or Path(environ["STRATOLAB_JOBS_DIR"]).parent / "homes")
+    root = Path(environ["STRATOLAB_JOBS_DIR"])
+    ensure_schema(db_url)
+    store = JobStore(session_factory(make_engine(db_url)))
+    files = JobFiles(root)
+
+    def account_for(owner: str) -> Account | None:
+        if not isolated:
+            return None
+        entry = ensure_system_user(system_username(owner), home_root)
+        return Account(entry.pw_uid, entry.pw_gid, entry.pw_dir, entry.pw_name)
+
+    def home_of(owner: str) -> Path:
+        if isolated:
+            return home_root / system_username(owner)
+        return shared_homes / owner
+
+    gpus = GpuAllocator(job_gpus())
+    smtp = SmtpSettings.from_env(environ)
+    config = SchedulerConfig(
+        worker_id=environ.get("STRATOLAB_SCHEDULER_ID") or f"{socket.gethostname()}:{root}"[-64:],
+        max_running=_int_env("STRATOLAB_JOBS_MAX_RUNNING", max(2, (os.cpu_count() or 2))),
+        max_per_user=_int_env("STRATOLAB_JOBS_MAX_PER_USER", 2),
+        misfire_grace=float(_int_env("STRATOLAB_JOBS_MISFIRE_GRACE", 60)),
+        public_url=environ.get("STRATOLAB_PUBLIC_URL", "").rstrip("/"),
+    )
+    executor = LocalProcessExecutor(user_python(), root, warm=environ.get("STRATOLAB_JOBS_WARM", "1") != "0")
+    profiles = load_profiles(len(gpus.inventory))
+    scheduler = Scheduler(store, files, executor, Clock(), config, profiles=profiles, account_for=account_for,
+                          gpus=gpus, notifier=Notifier(smtp))
+    service = JobService(
+        store=store, files=files, scheduler=scheduler,
+        hub_auth=HubAuth(api_token=environ["JUPYTERHUB_API_TOKEN"], cache_max_age=60),
+        profiles=profiles, gpus=gpus, home_of=home_of, account_for=account_for,
+        smtp_configured=smtp is not None, clock=scheduler.clock, prefix=prefix,
+    )
+    return service, scheduler
+
+
+def main() -> None:
+    def stop_during_start(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop_during_start)
+    signal.signal(signal.SIGINT, stop_during_start)
+    logging.basicConfig(level=logging.INFO, format="[%(levelname).1s %(asctime)s scheduler] %(message)s")
+    service, scheduler = build()
+    url = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10102"))
+
+    async def run() -> None:
+        app = make_app(service, service.prefix)
+        server = app.listen(url.port or 80, address=url.hostname or "127.0.0.1")
+        await scheduler.start()
+        log.info("scheduler %s ready at %s%s", scheduler.config.worker_id, url.geturl(), service.prefix)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        server.stop()
+        await scheduler.close()
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""HTTP handlers of the scheduler service. Thin: authenticate, parse, call JobService, answer.
+
+Exceptions become responses in one place, `stratolab.web.ServiceHandler.write_error`.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+from pathlib import Path
+
+from prometheus_client import generate_latest
+
+from stratolab.errors import InvalidInput, StratolabError
+from stratolab.jobs import metrics
+from stratolab.jobs.service.openapi import OPENAPI
+from stratolab.jobs.service.state import JobService
+from stratolab.web import ServiceHandler
+
+RUN = "custom:jobs:run"
+CUSTOM_SCOPES = {RUN: {"description": "Create, run, stop and delete your scheduled notebook jobs, and read their outputs."}}
+RUN_STATES = ("queued", "running", "succeeded", "failed", "timed_out", "stopped")
+
+
+class BaseHandler(ServiceHandler):
+    @property
+    def jobs(self) -> JobService:
+        return self.settings["state"]
+
+    async def owner(self) -> str:
+        return await self.owner_with(RUN)
+
+    def int_arg(self, name: str, default: int | None = None) -> int | None:
+        raw = self.get_query_argument(name, None)
+        if raw is None or raw == "":
+            return default
+        try:
+            return int(raw)
+        except ValueError:
+            raise InvalidInput(f"{name} must be a whole number, got {raw!r}", field=name) from None
+
+    async def send_file(self, path: Path, content_type: str | None = None, download: str | None = None) -> None:
+        self.set_header("Content-Type", content_type or mimetypes.guess_type(path.name)[0] or "application/octet-stream")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        if download:
+            self.set_header("Content-Disposition", f'attachment; filename="{download}"')
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                self.write(chunk)
+                await self.flush()
+        self.finish()
+
+
+class ScheduleListHandler(BaseHandler):
+    async def get(self) -> None:
+        self.send({"schedules": self.jobs.list_schedules(await self.owner())})
+
+    async def post(self) -> None:
+        owner = await self.owner()
+        self.send(await self.jobs.create(owner, self.json_body()), status=201)
+
+
+class ScheduleHandler(BaseHandler):
+    async def get(self, schedule_id: str) -> None:
+        owner = await self.owner()
+        self.send(self.jobs.view(self.jobs.store.schedule(owner, int(schedule_id))))
+
+    async def patch(self, schedule_id: str) -> None:
+        owner = await self.owner()
+        self.send(await self.jobs.update(owner, int(schedule_id), self.json_body()))
+
+    async def delete(self, schedule_id: str) -> None:
+        owner = await self.owner()
+        await self.jobs.delete(owner, int(schedule_id))
+        self.set_status(204)
+        self.finish()
+
+
+class PauseHandler(BaseHandler):
+    async def post(self, schedule_id: str, action: str) -> None:
+        owner = await self.owner()
+        self.send(await self.jobs.set_active(owner, int(schedule_id), action == "resume"))
+
+
+class RunNowHandler(BaseHandler):
+    async def post(self, schedule_id: str) -> None:
+        owner = await self.owner()
+        run, created = await self.jobs.run_now(owner, int(schedule_id), self.json_body(),
+                                               self.request.headers.get("Idempotency-Key"))
+        self.send(run, status=201 if created else 200)
+
+
+class RunListHandler(BaseHandler):
+    async def get(self) -> None:
+        owner = await self.owner()
+        state = self.get_query_argument("state", None) or None
+        if state is not None and state not in RUN_STATES:
+            raise InvalidInput(f"state must be one of {', '.join(RUN_STATES)}", field="state")
+        runs = self.jobs.list_runs(owner, self.int_arg("schedule"), state, self.int_arg("limit", 50))
+        self.send({"runs": runs})
+
+
+class RunHandler(BaseHandler):
+    async def get(self, run_id: str) -> None:
+        self.send(self.jobs.get_run(await self.owner(), int(run_id)))
+
+    async def delete(self, run_id: str) -> None:
+        await self.jobs.delete_run(await self.owner(), int(run_id))
+        self.set_status(204)
+        self.finish()
+
+
+class StopHandler(BaseHandler):
+    async def post(self, run_id: str) -> None:
+        self.send(await self.jobs.stop_run(await self.owner(), int(run_id)))
+
+
+class OutputHandler(BaseHandler):
+    async def get(self, run_id: str) -> None:
+        owner = await self.owner()
+        fmt = self.get_query_argument("format", "ipynb")
+        path = self.jobs.output_file(owner, int(run_id), fmt)
+        download = f"run-{run_id}.{fmt}" if self.get_query_argument("download", "") in ("1", "true") else None
+        content_type = "application/x-ipynb+json" if fmt == "ipynb" else "text/html; charset=utf-8"
+        if fmt == "html" and not download:
+            # the executed notebook's HTML may hold anything its outputs held: no scripts from it run
+            self.set_header("Content-Security-Policy", "sandbox; default-src 'none'; img-src data:; style-src 'unsafe-inline'")
+        await self.send_file(path, content_type, download)
+
+
+class LogHandler(BaseHandler):
+    async def get(self, run_id: str) -> None:
+        path = self.jobs.log_file(await self.owner(), int(run_id))
+        if path is None:
+            self.set_header("Content-Type", "text/plain; charset=utf-8")
+            self.finish("")
+            return
+        await self.send_file(path, "text/plain; charset=utf-8")
+
+
+class FilesHandler(BaseHandler):
+    async def get(self, run_id: str, relative: str | None = None) -> None:
+        owner = await self.owner()
+        if not relative:
+            self.send({"files": self.jobs.list_files(owner, int(run_id))})
+            return
+        path = self.jobs.run_file(owner, int(run_id), relative)
+        await self.send_file(path, None, download=Path(relative).name)
+
+
+class PreviewHandler(BaseHandler):
+    async def post(self) -> None:
+        await self.owner()
+        self.send(self.jobs.preview(self.json_body()))
+
+
+class InspectHandler(BaseHandler):
+    async def post(self) -> None:
+        owner = await self.owner()
+        self.send(await self.jobs.inspect(owner, self.json_body()))
+
+
+class ProfilesHandler(BaseHandler):
+    async def get(self) -> None:
+        await self.owner()
+        self.send({"profiles": self.jobs.profile_list()})
+
+
+class MetricsHandler(BaseHandler):
+    async def get(self) -> None:
+        model = await self.authenticate()
+        if "read:metrics" not in model.get("scopes", []):
+            raise StratolabError("this token lacks the scope read:metrics", status=403)
+        for state in RUN_STATES:
+            metrics.RUNS_BY_STATE.labels(state).set(0)
+        for state, n in self.jobs.store.state_counts().items():
+            metrics.RUNS_BY_STATE.labels(state).set(n)
+        self.set_header("Content-Type", "text/plain; version=0.0.4")
+        self.finish(generate_latest(metrics.REGISTRY))
+
+
+class OpenAPIHandler(BaseHandler):
+    async def get(self) -> None:
+        await self.authenticate()
+        self.send(OPENAPI)
+
+
+class RootHandler(BaseHandler):
+    async def get(self) -> None:
+        await self.authenticate()
+        self.send({"service": "stratolab scheduler", "api": f"{self.jobs.prefix}api/", "openapi": f"{self.jobs.prefix}openapi.json"})
+
+
+class NotFoundHandler(BaseHandler):
+    async def prepare(self) -> None:
+        await self.authenticate()
+        raise StratolabError(f"no such route: {self.request.path}", status=404)

@@ -1,0 +1,235 @@
+"""What the scheduler service's routes do, between HTTP (handlers.py) and the engine and store."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import posixpath
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from stratolab.errors import Conflict, InvalidInput
+from stratolab.hub.gpus import GpuAllocator
+from stratolab.hub.profiles import Profile, ProfileError, choose_profile
+from stratolab.jobs import cron
+from stratolab.jobs.clock import Clock
+from stratolab.jobs.engine import Scheduler
+from stratolab.jobs.executor import Account
+from stratolab.jobs.files import JobFiles, read_home_notebook
+from stratolab.jobs.parameters import inspect_parameters, validate_parameters
+from stratolab.jobs.spec import notebook_content, validate_run_request, validate_schedule
+from stratolab.jobs.store import JobStore, run_view
+
+MAX_RUNS_LISTED = 500
+
+
+@dataclass
+class JobService:
+    store: JobStore
+    files: JobFiles
+    scheduler: Scheduler
+    hub_auth: Any
+    profiles: dict[str, Profile]
+    gpus: GpuAllocator
+    home_of: Callable[[str], Path]
+    account_for: Callable[[str], Account | None]
+    smtp_configured: bool
+    clock: Clock
+    prefix: str = "/services/scheduler/"
+
+    async def _blocking(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+    # --- schedules -------------------------------------------------------------------------------
+
+    def view(self, s) -> dict[str, Any]:
+        return self.scheduler.describe(s, self.store.last_runs([s.id]).get(s.id))
+
+    def list_schedules(self, owner: str) -> list[dict[str, Any]]:
+        schedules = self.store.schedules(owner)
+        last = self.store.last_runs([s.id for s in schedules])
+        return [self.scheduler.describe(s, last.get(s.id)) for s in schedules]
+
+    def _profile(self, slug: str | None) -> Profile:
+        try:
+            profile = choose_profile(list(self.profiles.values()), slug)
+        except ProfileError as e:
+            raise InvalidInput(str(e), field="profile") from None
+        if profile.gpus > len(self.gpus.inventory):
+            raise InvalidInput(
+                f"the profile {profile.slug!r} needs {profile.gpus} GPU(s); the scheduler's machine has "
+                f"{len(self.gpus.inventory)}", field="profile")
+        return profile
+
+    async def _notebook(self, owner: str, fields: dict[str, Any]) -> dict:
+        nb = fields.pop("content", None)
+        if nb is None:
+            raw = await self._blocking(read_home_notebook, self.home_of(owner), fields["notebook"])
+            nb = notebook_content(raw, field="notebook")
+        return nb
+
+    def _next(self, expr: str | None, tz: str, active: bool):
+        if not expr or not active:
+            return None
+        return cron.next_time(expr, cron.parse_timezone(tz), self.clock.now())
+
+    async def create(self, owner: str, body: dict[str, Any]) -> dict[str, Any]:
+        fields = validate_schedule(body, partial=False, smtp_configured=self.smtp_configured)
+        nb = await self._notebook(owner, fields)
+        declared = inspect_parameters(nb)
+        params = validate_parameters(fields.get("parameters"), declared)
+        profile = self._profile(fields.get("profile"))
+        account = await self._blocking(self.account_for, owner)
+        digest = await self._blocking(self.files.save_snapshot, owner, nb, account)
+        stem = posixpath.basename(fields["notebook"])[: -len(".ipynb")] or "notebook"
+        name = fields.get("name") or self.store.unique_name(owner, stem[:90])
+        active = fields.get("active", True)
+        now = self.clock.now()
+        s = self.store.create_schedule(
+            owner=owner, name=name, notebook=fields["notebook"], snapshot_digest=digest, snapshot_at=now,
+            cron=fields["cron"], timezone=fields["timezone"], declared=json.dumps(declared),
+            parameters=json.dumps(params), profile=profile.slug, timeout=fields.get("timeout"),
+            retries=fields.get("retries", 0), retry_backoff=fields.get("retry_backoff", 60),
+            output_formats=json.dumps(fields.get("output_formats", ["ipynb", "html"])),
+            notify=json.dumps(fields.get("notify", {})), missed=fields.get("missed", "catch_up"), active=active,
+            next_run_at=self._next(fields["cron"], fields["timezone"], active), created_at=now, updated_at=now,
+        )
+        self.scheduler.wake()
+        return self.view(s)
+
+    async def update(self, owner: str, schedule_id: int, body: dict[str, Any]) -> dict[str, Any]:
+        current = self.store.schedule(owner, schedule_id)
+        fields = validate_schedule(body, partial=True, smtp_configured=self.smtp_configured)
+        changes: dict[str, Any] = {}
+        declared = json.loads(current.declared)
+        if "content" in fields or "notebook" in fields:
+            fields.setdefault("notebook", current.notebook)
+            nb = await self._notebook(owner, fields)
+            declared = inspect_parameters(nb)
+            account = await self._blocking(self.account_for, owner)
+            changes.update(
+                notebook=fields["notebook"], declared=json.dumps(declared), snapshot_at=self.clock.now(),
+                snapshot_digest=await self._blocking(self.files.save_snapshot, owner, nb, account))
+        params = fields.get("parameters", json.loads(current.parameters))
+        changes["parameters"] = json.dumps(validate_parameters(params, declared))
+        if "profile" in fields:
+            changes["profile"] = self._profile(fields["profile"]).slug
+        for key in ("name", "cron", "timezone", "timeout", "retries", "retry_backoff", "missed", "active"):
+            if key in fields:
+                changes[key] = fields[key]
+        for key in ("output_formats", "notify"):
+            if key in fields:
+                changes[key] = json.dumps(fields[key])
+        expr = changes.get("cron", current.cron)
+        tz = changes.get("timezone", current.timezone)
+        active = changes.get("active", current.active)
+        if {"cron", "timezone", "active"} & set(changes):
+            changes["next_run_at"] = self._next(expr, tz, active)
+        changes["updated_at"] = self.clock.now()
+        s = self.store.update_schedule(owner, schedule_id, **changes)
+        self._forget_snapshots(owner)
+        self.scheduler.wake()
+        return self.view(s)
+
+    async def set_active(self, owner: str, schedule_id: int, active: bool) -> dict[str, Any]:
+        return await self.update(owner, schedule_id, {"active": active})
+
+    async def delete(self, owner: str, schedule_id: int) -> None:
+        self.store.schedule(owner, schedule_id)
+        for run, _name in self.store.runs(owner, schedule_id=schedule_id, limit=10000):
+            if run.state in ("queued", "running"):
+                await self.scheduler.stop_run(run)
+        for run_id in self.store.delete_schedule(owner, schedule_id):
+            await self._blocking(self.files.remove_run, owner, run_id)
+        self._forget_snapshots(owner)
+
+    def _forget_snapshots(self, owner: str) -> None:
+        self.files.forget_snapshots(owner, self.store.digests_in_use(owner))
+
+    # --- runs ------------------------------------------------------------------------------------
+
+    async def run_now(self, owner: str, schedule_id: int, body: dict[str, Any], header_key: str | None):
+        """(run, created): a repeated idempotency key returns the run it created the first time."""
+        s = self.store.schedule(owner, schedule_id)
+        key, overrides = validate_run_request(body, header_key)
+        if key:
+            existing = self.store.run_by_key(owner, key)
+            if existing is not None:
+                if existing.schedule_id != schedule_id:
+                    raise Conflict(f"the idempotency key {key!r} was used for another schedule's run")
+                return run_view(existing, s.name), False
+        params = json.loads(s.parameters)
+        if overrides:
+            params.update(validate_parameters(overrides, json.loads(s.declared)))
+        run = self.scheduler._add_run(s, trigger="manual", scheduled_for=None, key=key, parameters=json.dumps(params))
+        if run is None:  # the same key, a moment earlier, from a concurrent request
+            run = self.store.run_by_key(owner, key)
+            return run_view(run, s.name), False
+        self.scheduler.wake()
+        return run_view(run, s.name), True
+
+    def list_runs(self, owner: str, schedule_id: int | None, state: str | None, limit: int) -> list[dict[str, Any]]:
+        limit = max(1, min(limit, MAX_RUNS_LISTED))
+        return [run_view(run, name) for run, name in self.store.runs(owner, schedule_id, state, limit)]
+
+    def get_run(self, owner: str, run_id: int) -> dict[str, Any]:
+        run = self.store.run(run_id, owner)
+        return run_view(run, self.store.schedule(owner, run.schedule_id).name)
+
+    async def stop_run(self, owner: str, run_id: int) -> dict[str, Any]:
+        run = self.store.run(run_id, owner)
+        if run.state not in ("queued", "running"):
+            raise Conflict(f"run {run_id} has already ended ({run.state})")
+        await self.scheduler.stop_run(run)
+        return self.get_run(owner, run_id)
+
+    async def delete_run(self, owner: str, run_id: int) -> None:
+        self.store.delete_run(owner, run_id)
+        await self._blocking(self.files.remove_run, owner, run_id)
+        self._forget_snapshots(owner)
+
+    def output_file(self, owner: str, run_id: int, fmt: str) -> Path:
+        self.store.run(run_id, owner)
+        names = {"ipynb": "output.ipynb", "html": "output.html"}
+        if fmt not in names:
+            raise InvalidInput("format must be ipynb or html", field="format")
+        return self.files.run_file(owner, run_id, names[fmt])
+
+    def log_file(self, owner: str, run_id: int) -> Path | None:
+        self.store.run(run_id, owner)
+        path = self.files.run_dir(owner, run_id) / "run.log"
+        return path if path.is_file() else None
+
+    def list_files(self, owner: str, run_id: int) -> list[dict[str, Any]]:
+        self.store.run(run_id, owner)
+        return self.files.list_files(owner, run_id)
+
+    def run_file(self, owner: str, run_id: int, relative: str) -> Path:
+        self.store.run(run_id, owner)
+        return self.files.run_file(owner, run_id, posixpath.join("files", relative))
+
+    # --- helpers for the dialog ------------------------------------------------------------------
+
+    def preview(self, body: dict[str, Any]) -> dict[str, Any]:
+        tz_name = (body.get("timezone") or "UTC").strip()
+        tz = cron.parse_timezone(tz_name)
+        expr = cron.validate_cron(body.get("cron"))
+        count = body.get("count", 3)
+        if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 50:
+            raise InvalidInput("count must be a whole number from 1 to 50", field="count")
+        times = cron.next_times(expr, tz, self.clock.now(), count)
+        return {"cron": expr, "timezone": tz_name, "description": cron.describe(expr, tz_name),
+                "next": [t.astimezone(tz).isoformat() for t in times]}
+
+    async def inspect(self, owner: str, body: dict[str, Any]) -> dict[str, Any]:
+        if body.get("content") is not None:
+            nb = notebook_content(body["content"])
+        else:
+            from stratolab.jobs.spec import notebook_path
+
+            nb = await self._notebook(owner, {"notebook": notebook_path(body.get("notebook"))})
+        return {"parameters": inspect_parameters(nb)}
+
+    def profile_list(self) -> list[dict[str, Any]]:
+        return [p.summary() for p in self.profiles.values()]

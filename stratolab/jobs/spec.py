@@ -1,0 +1,193 @@
+"""Validation of schedule requests (pure): JSON in, the fields of a schedule out, or a 400 that
+names the field. The HTTP layer and the CLI's local checks share it."""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from stratolab.errors import InvalidInput
+from stratolab.jobs import cron
+
+OUTPUT_FORMATS = ("ipynb", "html")
+MISSED_POLICIES = ("catch_up", "skip")
+NOTIFY_EVENTS = ("failure", "success")
+MAX_RETRIES = 10
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,99}$")
+EMAIL_RE = re.compile(r"^[^@\s,;<>]+@[^@\s,;<>]+\.[^@\s,;<>]+$")
+FIELDS = (
+    "name", "notebook", "content", "cron", "timezone", "parameters", "profile", "timeout", "retries",
+    "retry_backoff", "output_formats", "notify", "missed", "active",
+)
+
+
+def notebook_path(raw: Any, field: str = "notebook") -> str:
+    """A path relative to the user's home, normalised; a 400 for anything that could leave it."""
+    if not isinstance(raw, str) or not raw.strip():
+        raise InvalidInput("the notebook's path in your home is needed, e.g. reports/daily.ipynb", field=field)
+    path = raw.strip().replace("\\", "/")
+    if path.startswith("/") or path.startswith("~") or "\x00" in path:
+        raise InvalidInput(f"{raw!r}: give the path relative to your home directory", field=field)
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if any(p == ".." for p in parts):
+        raise InvalidInput(f"{raw!r} leaves your home directory ('..' is not allowed)", field=field)
+    if not parts or not parts[-1].endswith(".ipynb"):
+        raise InvalidInput(f"{raw!r} is not a notebook (.ipynb)", field=field)
+    return posixpath.join(*parts)
+
+
+def notebook_content(raw: Any, field: str = "content") -> dict:
+    """A notebook (nbformat 4 JSON, as an object or a string), validated by nbformat."""
+    import nbformat
+
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError as e:
+            raise InvalidInput(f"the notebook is not valid JSON: {e}", field=field) from None
+    if not isinstance(raw, dict) or "cells" not in raw:
+        raise InvalidInput("the notebook must be nbformat JSON (an object with 'cells')", field=field)
+    try:
+        nb = nbformat.from_dict(raw)
+        if nb.get("nbformat", 4) < 4:
+            nb = nbformat.convert(nb, 4)
+        if nb.get("nbformat_minor", 0) < 5:
+            nb["nbformat_minor"] = 5  # cell ids are added below
+        _changes, nb = nbformat.validator.normalize(nb)
+        nb = nbformat.from_dict(nb)
+        nbformat.validate(nb, relax_add_props=True)
+    except Exception as e:  # noqa: BLE001: nbformat raises several kinds
+        raise InvalidInput(f"the notebook is not a valid nbformat 4 notebook: {str(e)[:300]}", field=field) from None
+    return json.loads(nbformat.writes(nb))
+
+
+def _int(raw: Any, field: str, low: int, high: int | None = None, optional: bool = False) -> int | None:
+    if raw is None and optional:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or int(raw) != raw:
+        raise InvalidInput(f"{field} must be a whole number", field=field)
+    value = int(raw)
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise InvalidInput(f"{field} must be {bound}, got {value}", field=field)
+    return value
+
+
+def validate_notify(raw: Any, smtp_configured: bool) -> dict[str, Any]:
+    if raw in (None, {}):
+        return {}
+    if not isinstance(raw, dict):
+        raise InvalidInput("notify must be an object: {webhook, email, on}", field="notify")
+    unknown = set(raw) - {"webhook", "email", "on"}
+    if unknown:
+        raise InvalidInput(f"notify has unknown keys {sorted(unknown)}; use webhook, email and on", field="notify")
+    out: dict[str, Any] = {}
+    hook = raw.get("webhook")
+    if hook:
+        from urllib.parse import urlparse
+
+        parsed = urlparse(str(hook))
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise InvalidInput(f"{hook!r} is not an http(s) URL", field="notify.webhook")
+        out["webhook"] = str(hook)
+    emails = raw.get("email") or []
+    if isinstance(emails, str):
+        emails = [e.strip() for e in re.split(r"[,;]", emails) if e.strip()]
+    if not isinstance(emails, list) or not all(isinstance(e, str) and EMAIL_RE.match(e) for e in emails):
+        raise InvalidInput(f"notify.email must be a list of e-mail addresses, got {raw.get('email')!r}",
+                           field="notify.email")
+    if emails:
+        if not smtp_configured:
+            raise InvalidInput(
+                "e-mail notifications need an SMTP server: the platform's administrator sets STRATOLAB_SMTP_HOST "
+                "(use a webhook meanwhile)", field="notify.email")
+        out["email"] = emails
+    on = raw.get("on", ["failure"])
+    if isinstance(on, str):
+        on = [on]
+    if not isinstance(on, list) or any(e not in NOTIFY_EVENTS for e in on):
+        raise InvalidInput(f"notify.on must list events among {list(NOTIFY_EVENTS)}", field="notify.on")
+    out["on"] = sorted(set(on))
+    return out
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_timeout: int = 7 * 24 * 3600
+    max_backoff: int = 24 * 3600
+
+
+def validate_schedule(body: dict[str, Any], *, partial: bool, smtp_configured: bool,
+                      limits: Limits = Limits()) -> dict[str, Any]:
+    """The schedule fields in `body`, checked. `partial` (PATCH): only those given."""
+    unknown = set(body) - set(FIELDS)
+    if unknown:
+        raise InvalidInput(f"unknown field(s) {sorted(unknown)}; known: {', '.join(FIELDS)}", field=sorted(unknown)[0])
+    out: dict[str, Any] = {}
+    if "notebook" in body or not partial:
+        out["notebook"] = notebook_path(body.get("notebook"))
+    if body.get("content") is not None:
+        out["content"] = notebook_content(body["content"])
+    if body.get("name") is not None:
+        name = str(body["name"]).strip()
+        if not NAME_RE.match(name):
+            raise InvalidInput(
+                f"{name!r}: a name is 1-100 letters, digits, spaces, '.', '_' or '-', starting with a letter or digit",
+                field="name")
+        out["name"] = name
+    if "timezone" in body or not partial:
+        tz_name = (body.get("timezone") or "UTC").strip()
+        cron.parse_timezone(tz_name)
+        out["timezone"] = tz_name
+    if "cron" in body:
+        out["cron"] = cron.validate_cron(body["cron"]) if body["cron"] not in (None, "") else None
+    elif not partial:
+        out["cron"] = None
+    if "parameters" in body:
+        if body["parameters"] is not None and not isinstance(body["parameters"], dict):
+            raise InvalidInput("parameters must be an object of name: value", field="parameters")
+        out["parameters"] = body["parameters"] or {}
+    if body.get("profile") is not None:
+        out["profile"] = str(body["profile"])
+    if "timeout" in body:
+        out["timeout"] = _int(body["timeout"], "timeout", 1, limits.max_timeout, optional=True)
+    if "retries" in body:
+        out["retries"] = _int(body["retries"], "retries", 0, MAX_RETRIES)
+    if "retry_backoff" in body:
+        out["retry_backoff"] = _int(body["retry_backoff"], "retry_backoff", 0, limits.max_backoff)
+    if "output_formats" in body:
+        formats = body["output_formats"]
+        if isinstance(formats, str):
+            formats = [formats]
+        if not isinstance(formats, list) or not all(f in OUTPUT_FORMATS for f in formats):
+            raise InvalidInput(f"output_formats must list formats among {list(OUTPUT_FORMATS)}", field="output_formats")
+        out["output_formats"] = sorted(set(formats) | {"ipynb"}, key=OUTPUT_FORMATS.index)
+    if "notify" in body:
+        out["notify"] = validate_notify(body["notify"], smtp_configured)
+    if "missed" in body:
+        if body["missed"] not in MISSED_POLICIES:
+            raise InvalidInput(f"missed must be one of {list(MISSED_POLICIES)}", field="missed")
+        out["missed"] = body["missed"]
+    if "active" in body:
+        if not isinstance(body["active"], bool):
+            raise InvalidInput("active must be true or false", field="active")
+        out["active"] = body["active"]
+    return out
+
+
+def validate_run_request(body: dict[str, Any], header_key: str | None) -> tuple[str | None, dict | None]:
+    """(idempotency key, parameter overrides) of a Run now request."""
+    unknown = set(body) - {"idempotency_key", "parameters"}
+    if unknown:
+        raise InvalidInput(f"unknown field(s) {sorted(unknown)}; known: idempotency_key, parameters",
+                           field=sorted(unknown)[0])
+    key = body.get("idempotency_key") or header_key
+    if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= 255):
+        raise InvalidInput("idempotency_key must be a string of 1-255 characters", field="idempotency_key")
+    params = body.get("parameters")
+    if params is not None and not isinstance(params, dict):
+        raise InvalidInput("parameters must be an object of name: value", field="parameters")
+    return key, params

@@ -1,0 +1,106 @@
+"""What every Stratolab service's HTTP handlers share: hub-token authentication, scopes filtered to
+the caller's own user, JSON in and out, and the one place where exceptions become responses.
+
+`ServiceHandler.write_error`: a StratolabError keeps its status and message (and `field`), a tornado
+HTTPError its status, anything else is a 500 with an error id (the traceback goes to the log only).
+The application's settings hold `state`, an object with a `hub_auth` (jupyterhub HubAuth).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from tornado import web
+
+from stratolab.errors import InvalidInput, StratolabError
+
+
+def has_scope(scopes: list[str] | set[str], scope: str, owner: str) -> bool:
+    """True if `scopes` grant `scope` on the things of `owner`."""
+    return scope in scopes or f"{scope}!user={owner}" in scopes
+
+
+def token_from_headers(headers) -> str | None:
+    auth = headers.get("Authorization", "")
+    for prefix in ("token ", "Token ", "bearer ", "Bearer "):
+        if auth.startswith(prefix):
+            return auth[len(prefix):].strip() or None
+    return None
+
+
+class ServiceHandler(web.RequestHandler):
+    caller: dict[str, Any] | None = None
+
+    @property
+    def hub_auth(self):
+        return self.settings["state"].hub_auth
+
+    def check_xsrf_cookie(self) -> None:
+        pass  # token-authenticated API: no cookies are accepted
+
+    async def authenticate(self, required: bool = True) -> dict[str, Any] | None:
+        token = token_from_headers(self.request.headers)
+        model = None
+        if token:
+            model = await self.hub_auth.user_for_token(token, sync=False)
+        if model is None and required:
+            raise StratolabError(
+                "authentication required: send a JupyterHub API token (Authorization: token ...)",
+                status=401,
+            )
+        self.caller = model
+        return model
+
+    async def owner_with(self, scope: str) -> str:
+        """The caller's own user name, if the caller holds `scope` for their own things."""
+        model = await self.authenticate()
+        if model.get("kind") != "user":
+            raise StratolabError("only users own functions, jobs and runs", status=403)
+        name = model["name"]
+        if not has_scope(model.get("scopes", []), scope, name):
+            raise StratolabError(f"this token lacks the scope {scope}", status=403)
+        return name
+
+    def json_body(self) -> dict[str, Any]:
+        if not self.request.body:
+            return {}
+        try:
+            data = json.loads(self.request.body)
+        except ValueError as e:
+            raise InvalidInput(f"the body is not valid JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise InvalidInput("the body must be a JSON object")
+        return data
+
+    def send(self, data: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(json.dumps(data, default=str))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        body: dict[str, Any]
+        if isinstance(exc, StratolabError):
+            status_code = int(exc.status)
+            body = {"error": exc.message}
+            if getattr(exc, "field", None):
+                body["field"] = exc.field
+        elif isinstance(exc, web.HTTPError):
+            body = {"error": exc.log_message or self._reason}
+        else:
+            error_id = uuid.uuid4().hex[:12]
+            self.log_exception_id = error_id
+            body = {"error": "internal error", "error_id": error_id}
+        self.set_status(status_code)
+        if status_code == 401:
+            self.set_header("WWW-Authenticate", 'token realm="stratolab"')
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(body))
+
+    def log_exception(self, typ, value, tb) -> None:
+        if isinstance(value, StratolabError):
+            return  # expected: answered with its status
+        super().log_exception(typ, value, tb)
