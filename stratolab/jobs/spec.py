@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import posixpath
 import re
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,9 +56,9 @@ def notebook_content(raw: Any, field: str = "content") -> dict:
         if nb.get("nbformat", 4) < 4:
             nb = nbformat.convert(nb, 4)
         if nb.get("nbformat_minor", 0) < 5:
-            nb["nbformat_minor"] = 5  # cell ids are added below
-        _changes, nb = nbformat.validator.normalize(nb)
-        nb = nbformat.from_dict(nb)
+            nb["nbformat_minor"] = 5
+        for cell in nb.get("cells", []):  # ids, as nbformat 4.5 wants (JupyterLab adds them too)
+            cell.setdefault("id", uuid.uuid4().hex[:8])
         nbformat.validate(nb, relax_add_props=True)
     except Exception as e:  # noqa: BLE001: nbformat raises several kinds
         raise InvalidInput(f"the notebook is not a valid nbformat 4 notebook: {str(e)[:300]}", field=field) from None

@@ -95,7 +95,8 @@ def load_profiles(gpu_count: int) -> dict:
     return {p.slug: p for p in parse_profile_list(raw)}
 
 
-def build(environ=os.environ) -> tuple[JobService, Scheduler]:
+def build(environ=os.environ, clock: Clock | None = None) -> tuple[JobService, Scheduler]:
+    """The service and its scheduler from the environment (tests pass their own, and a clock)."""
     prefix = environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/scheduler/")
     db_url = environ["STRATOLAB_PLATFORM_DB_URL"]
     isolated = environ.get("STRATOLAB_ISOLATION") == "system-users"
@@ -128,11 +129,11 @@ def build(environ=os.environ) -> tuple[JobService, Scheduler]:
     )
     executor = LocalProcessExecutor(user_python(), root, warm=environ.get("STRATOLAB_JOBS_WARM", "1") != "0")
     profiles = load_profiles(len(gpus.inventory))
-    scheduler = Scheduler(store, files, executor, Clock(), config, profiles=profiles, account_for=account_for,
+    scheduler = Scheduler(store, files, executor, clock or Clock(), config, profiles=profiles, account_for=account_for,
                           gpus=gpus, notifier=Notifier(smtp))
     service = JobService(
         store=store, files=files, scheduler=scheduler,
-        hub_auth=HubAuth(api_token=environ["JUPYTERHUB_API_TOKEN"], cache_max_age=60),
+        hub_auth=HubAuth(api_token=environ.get("JUPYTERHUB_API_TOKEN", ""), cache_max_age=60),
         profiles=profiles, gpus=gpus, home_of=home_of, account_for=account_for,
         smtp_configured=smtp is not None, clock=scheduler.clock, prefix=prefix,
     )
