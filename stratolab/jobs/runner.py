@@ -25,8 +25,12 @@ _interrupted = False
 
 
 def _kill_children(_signum=None, _frame=None) -> None:
+    """Kill the kernel: papermill notices within a second, saves the partial output and returns.
+    Should anything hang, the alarm ends this process 20 s later."""
     global _interrupted
     _interrupted = True
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    signal.alarm(20)
     import psutil
 
     for child in psutil.Process().children(recursive=True):
@@ -52,11 +56,22 @@ def kernel_name_for(nb: dict, available: set[str]) -> str:
 
 
 def start_kernel(name: str, cwd: str):
-    from jupyter_client.manager import KernelManager
+    """An asynchronous kernel manager, as nbclient wants (it checks the kernel is alive through it)."""
+    from jupyter_client.manager import AsyncKernelManager
+    from jupyter_core.utils import run_sync
 
-    km = KernelManager(kernel_name=name)
-    km.start_kernel(cwd=cwd)
+    km = AsyncKernelManager(kernel_name=name)
+    run_sync(km.start_kernel)(cwd=cwd)
     return km
+
+
+def shutdown_kernel(km) -> None:
+    from jupyter_core.utils import run_sync
+
+    try:
+        run_sync(km.shutdown_kernel)(now=True)
+    except Exception:  # noqa: BLE001: it may be dead already
+        pass
 
 
 def setup_code(files_dir: Path, env: dict[str, str]) -> str:
@@ -74,7 +89,10 @@ def setup_code(files_dir: Path, env: dict[str, str]) -> str:
 
 def ready_client(km, timeout: float = 60):
     """A client of the started kernel, once the kernel answers (part of what a warm start saves)."""
-    kc = km.client()
+    from jupyter_client import BlockingKernelClient
+
+    kc = BlockingKernelClient()
+    kc.load_connection_info(km.get_connection_info())
     kc.start_channels()
     kc.wait_for_ready(timeout=timeout)
     return kc
@@ -166,7 +184,7 @@ def main() -> None:
     line = sys.stdin.readline()
     if not line:
         if km:
-            km.shutdown_kernel(now=True)
+            shutdown_kernel(km)
         return
     spec = json.loads(line)
     workdir = Path(spec["workdir"])
@@ -178,7 +196,7 @@ def main() -> None:
         name = kernel_name_for(nb, available)
         if km is None or km.kernel_name != name:
             if km:
-                km.shutdown_kernel(now=True)
+                shutdown_kernel(km)
             km = start_kernel(name, str(workdir))
             kc = ready_client(km)
         result = execute(spec, km, kc)
@@ -186,10 +204,7 @@ def main() -> None:
         result = {"state": "failed", "error": error_text(e), "outputs": []}
     finally:
         if km is not None:
-            try:
-                km.shutdown_kernel(now=True)
-            except Exception:  # noqa: BLE001
-                pass
+            shutdown_kernel(km)
     (workdir / "result.json").write_text(json.dumps(result))
     logging.info("run %s: %s", spec.get("key", ""), result["state"])
     sys.exit(0 if result["state"] == "succeeded" else 1)
