@@ -84,6 +84,37 @@ def test_missed_runs_while_down_catch_up_once(tmp_path):
     assert by_schedule[("skip", "schedule")] <= 1  # at most the one time that came after the restart
 
 
+def test_concurrency_limits_queue_excess_runs(tmp_path):
+    db = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    jobs = tmp_path / "jobs"
+    service, _ = in_process_service(db, jobs)
+    nb = notebook("import time\ntime.sleep(2)")
+    s = asyncio.run(service.create("alice", {"notebook": "a.ipynb", "content": nb}))
+    other = asyncio.run(service.create("bob", {"notebook": "b.ipynb", "content": nb}))
+    env = scheduler_env(db, jobs, "worker-a", STRATOLAB_JOBS_MAX_PER_USER="1", STRATOLAB_JOBS_MAX_RUNNING="2")
+    proc = SchedulerProcess(env, tmp_path / "a.log").start()
+    try:
+        for _ in range(3):
+            asyncio.run(service.run_now("alice", s["id"], {}, None))
+        asyncio.run(service.run_now("bob", other["id"], {}, None))
+        peak = {"alice": 0, "total": 0}
+
+        def all_done():
+            now = [r for o in ("alice", "bob") for r in runs_of(service, o)]
+            running = [r for r in now if r["state"] == "running"]
+            peak["alice"] = max(peak["alice"], sum(r["owner"] == "alice" for r in running))
+            peak["total"] = max(peak["total"], len(running))
+            return all(r["state"] == "succeeded" for r in now) and len(now) == 4
+
+        wait_for(all_done, 120, every=0.1, what="all runs")
+    finally:
+        proc.stop()
+    assert peak["alice"] == 1 and peak["total"] == 2
+    alice = sorted(runs_of(service), key=lambda r: r["started_at"])
+    for a, b in zip(alice, alice[1:]):  # one at a time for alice: each waited in the queue
+        assert b["started_at"] >= a["finished_at"]
+
+
 @pytest.fixture
 def pg_url():
     try:

@@ -229,6 +229,22 @@ def test_schedules_fire_while_the_users_server_is_stopped(hub):
     api(hub, bob, "POST", f"api/schedules/{s['id']}/pause")
 
 
+def test_gpu_profiles_get_their_devices(hub, alice):
+    nb = notebook("import os\nprint('devices=' + os.environ.get('CUDA_VISIBLE_DEVICES', 'unset'))")
+    profiles = {p["slug"]: p for p in api(hub, alice, "GET", "api/profiles").json()["profiles"]}
+    assert profiles["gpu-1"]["gpus"] == 1  # the test hub has a (fake) inventory of two GPUs
+    seen = {}
+    for slug in ("cpu", "gpu-1"):
+        s = create(hub, alice, nb, profile=slug, name=f"devices-{slug}")
+        run = wait_run(hub, alice, run_now(hub, alice, s["id"])["id"])
+        assert run["state"] == "succeeded", run
+        seen[slug] = cell_text(output(hub, alice, run["id"])["cells"][-1]).strip()
+    assert seen["cpu"] == "devices="  # a CPU run sees no GPU
+    assert seen["gpu-1"] in ("devices=0", "devices=1")
+    r = api(hub, alice, "POST", "api/schedules", json={"notebook": "x.ipynb", "content": nb, "profile": "gpu-4"})
+    assert r.status_code == 400 and r.json()["field"] == "profile"
+
+
 def test_security(hub, alice):
     eve = hub.create_user()
     s = create(hub, alice, notebook("print(1)"))
