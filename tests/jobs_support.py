@@ -47,7 +47,15 @@ def in_process_service(db_url: str, jobs_dir: Path, clock=None, worker: str = "t
     """(JobService, Scheduler) in this process; the scheduler's loops are not started."""
     from stratolab.jobs.service.app import build
 
-    return build(scheduler_env(db_url, jobs_dir, worker, **extra), clock=clock)
+    service, scheduler, _automl = build(scheduler_env(db_url, jobs_dir, worker, **extra), clock=clock)
+    return service, scheduler
+
+
+def in_process_automl(db_url: str, jobs_dir: Path, worker: str = "tests", **extra: str):
+    """The AutoML service in this process (its controller is not started)."""
+    from stratolab.jobs.service.app import build
+
+    return build(scheduler_env(db_url, jobs_dir, worker, **extra))[2]
 
 
 class SchedulerProcess:

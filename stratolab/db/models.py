@@ -194,3 +194,29 @@ class JobRun(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     stop_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     outputs: Mapped[str] = mapped_column(Text, default="[]")
+
+
+class AutoMLJob(Base):
+    """An AutoML search over a notebook's parameters; its trials live in the Optuna study `study_name`
+    (Optuna's tables in the same database)."""
+
+    __tablename__ = "automl_jobs"
+    __table_args__ = (UniqueConstraint("owner", "name", name="uq_automl_jobs_owner_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    owner: Mapped[str] = mapped_column(String(255))
+    name: Mapped[str] = mapped_column(String(100))
+    notebook: Mapped[str] = mapped_column(String(1024))
+    snapshot_digest: Mapped[str] = mapped_column(String(64))
+    #: the search as configured (space, metric, direction, budget, algorithm, pruner, ...), JSON
+    config: Mapped[str] = mapped_column(Text)
+    study_name: Mapped[str] = mapped_column(String(255))
+    #: "queued", "running", "succeeded", "failed" or "stopped"
+    state: Mapped[str] = mapped_column(String(16), default="queued")
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    stop_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    worker: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)

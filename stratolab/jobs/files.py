@@ -59,10 +59,21 @@ class JobFiles:
         return self.root / owner / "runs" / str(run_id)
 
     def prepare_run(self, owner: str, run_id: int, digest: str, account: Account | None) -> Path:
+        return self.prepare_workdir(owner, self.run_dir(owner, run_id), digest, account)
+
+    def trial_dir(self, owner: str, job_id: int, number: int) -> Path:
+        return self.root / owner / "automl" / str(job_id) / f"trial-{number}"
+
+    def prepare_workdir(self, owner: str, workdir: Path, digest: str, account: Account | None) -> Path:
+        """An empty workdir (see executor.py) holding the snapshot as input.ipynb, owned by the user."""
         self.owner_dir(owner, account)
-        workdir = self.run_dir(owner, run_id)
         if workdir.exists():  # a retried claim after a crash between claim and start
             shutil.rmtree(workdir)
+        for parent in reversed(workdir.parents):
+            if self.root in parent.parents and not parent.exists():
+                parent.mkdir(mode=0o700)
+                if account is not None and os.geteuid() == 0:
+                    os.chown(parent, account.uid, account.gid)
         (workdir / "files").mkdir(parents=True, mode=0o700)
         os.chmod(workdir, 0o700)
         shutil.copyfile(self.snapshot(owner, digest), workdir / "input.ipynb")

@@ -16,7 +16,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from stratolab.db.models import JobRun, JobSchedule
+from stratolab.db.models import AutoMLJob, JobRun, JobSchedule
 from stratolab.errors import Conflict, NotFound
 
 ACTIVE_STATES = ("queued", "running")
@@ -160,7 +160,8 @@ class JobStore:
         with self.sessions() as db:
             a = set(db.scalars(select(JobSchedule.snapshot_digest).where(JobSchedule.owner == owner)))
             b = set(db.scalars(select(JobRun.snapshot_digest).where(JobRun.owner == owner)))
-            return a | b
+            c = set(db.scalars(select(AutoMLJob.snapshot_digest).where(AutoMLJob.owner == owner)))
+            return a | b | c
 
     # --- runs ------------------------------------------------------------------------------------
 

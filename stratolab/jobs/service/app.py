@@ -38,17 +38,27 @@ from stratolab.jobs.executor import Account
 from stratolab.jobs.files import JobFiles
 from stratolab.jobs.local_executor import LocalProcessExecutor
 from stratolab.jobs.notify import Notifier, SmtpSettings
-from stratolab.jobs.service import handlers
+from stratolab.jobs.automl.engine import AutoMLController
+from stratolab.jobs.automl.service import AutoMLService
+from stratolab.jobs.service import automl_handlers, handlers
 from stratolab.jobs.service.state import JobService
 from stratolab.jobs.store import JobStore
 
 log = logging.getLogger("stratolab.jobs")
 
 
-def make_app(state: JobService, prefix: str) -> web.Application:
+def make_app(state: JobService, prefix: str, automl: AutoMLService | None = None) -> web.Application:
     p = prefix.rstrip("/")
     n = r"(\d+)"
     routes = [
+        (rf"{p}/api/automl/?", automl_handlers.AutoMLListHandler),
+        (rf"{p}/api/automl/propose", automl_handlers.AutoMLProposeHandler),
+        (rf"{p}/api/automl/{n}/trials/?", automl_handlers.AutoMLTrialsHandler),
+        (rf"{p}/api/automl/{n}/trials/{n}/output", automl_handlers.AutoMLTrialOutputHandler),
+        (rf"{p}/api/automl/{n}/insights", automl_handlers.AutoMLInsightsHandler),
+        (rf"{p}/api/automl/{n}/stop", automl_handlers.AutoMLStopHandler),
+        (rf"{p}/api/automl/{n}/best/bundle", automl_handlers.AutoMLBestBundleHandler),
+        (rf"{p}/api/automl/{n}", automl_handlers.AutoMLJobHandler),
         (rf"{p}/api/schedules/?", handlers.ScheduleListHandler),
         (rf"{p}/api/schedules/{n}/(pause|resume)", handlers.PauseHandler),
         (rf"{p}/api/schedules/{n}/runs", handlers.RunNowHandler),
@@ -68,7 +78,7 @@ def make_app(state: JobService, prefix: str) -> web.Application:
         (rf"{p}/?", handlers.RootHandler),
         (rf"{p}/.*", handlers.NotFoundHandler),
     ]
-    return web.Application(routes, state=state, max_body_size=64 * 1024 * 1024)
+    return web.Application(routes, state=state, automl=automl, max_body_size=64 * 1024 * 1024)
 
 
 def _int_env(name: str, default: int) -> int:
@@ -95,7 +105,7 @@ def load_profiles(gpu_count: int) -> dict:
     return {p.slug: p for p in parse_profile_list(raw)}
 
 
-def build(environ=os.environ, clock: Clock | None = None) -> tuple[JobService, Scheduler]:
+def build(environ=os.environ, clock: Clock | None = None) -> tuple[JobService, Scheduler, AutoMLService]:
     """The service and its scheduler from the environment (tests pass their own, and a clock)."""
     prefix = environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/scheduler/")
     db_url = environ["STRATOLAB_PLATFORM_DB_URL"]
@@ -137,7 +147,13 @@ def build(environ=os.environ, clock: Clock | None = None) -> tuple[JobService, S
         profiles=profiles, gpus=gpus, home_of=home_of, account_for=account_for,
         smtp_configured=smtp is not None, clock=scheduler.clock, prefix=prefix,
     )
-    return service, scheduler
+    controller = AutoMLController(
+        store.sessions, db_url, files, executor, scheduler.clock, worker_id=config.worker_id,
+        account_for=account_for, profile_env=lambda: scheduler.profile_env(()),
+        max_parallel=_int_env("STRATOLAB_AUTOML_MAX_PARALLEL", 8),
+    )
+    automl = AutoMLService(store.sessions, files, controller, account_for, service.notebook_for, scheduler.clock)
+    return service, scheduler, automl
 
 
 def main() -> None:
@@ -147,13 +163,14 @@ def main() -> None:
     signal.signal(signal.SIGTERM, stop_during_start)
     signal.signal(signal.SIGINT, stop_during_start)
     logging.basicConfig(level=logging.INFO, format="[%(levelname).1s %(asctime)s scheduler] %(message)s")
-    service, scheduler = build()
+    service, scheduler, automl = build()
     url = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10102"))
 
     async def run() -> None:
-        app = make_app(service, service.prefix)
+        app = make_app(service, service.prefix, automl)
         server = app.listen(url.port or 80, address=url.hostname or "127.0.0.1")
         await scheduler.start()
+        await automl.controller.start()
         log.info("scheduler %s ready at %s%s", scheduler.config.worker_id, url.geturl(), service.prefix)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -161,6 +178,7 @@ def main() -> None:
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         server.stop()
+        await automl.controller.close()
         await scheduler.close()
 
     asyncio.run(run())

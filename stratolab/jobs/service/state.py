@@ -62,6 +62,12 @@ class JobService:
                 f"{len(self.gpus.inventory)}", field="profile")
         return profile
 
+    async def notebook_for(self, owner: str, fields: dict[str, Any]) -> dict:
+        """The notebook of a request: its `content`, else the file `notebook` in the owner's home."""
+        if fields.get("content") is not None:
+            fields = {**fields, "content": notebook_content(fields["content"])}
+        return await self._notebook(owner, dict(fields))
+
     async def _notebook(self, owner: str, fields: dict[str, Any]) -> dict:
         nb = fields.pop("content", None)
         if nb is None:

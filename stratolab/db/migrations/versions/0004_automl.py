@@ -1,0 +1,42 @@
+"""AutoML jobs (their trials are in Optuna's own tables).
+
+Revision ID: 0004
+Revises: 0003
+Create Date: 2026-11-28
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+from stratolab.db.models import UtcDateTime
+
+revision = "0004"
+down_revision = "0003"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "automl_jobs",
+        sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+        sa.Column("owner", sa.String(255), nullable=False),
+        sa.Column("name", sa.String(100), nullable=False),
+        sa.Column("notebook", sa.String(1024), nullable=False),
+        sa.Column("snapshot_digest", sa.String(64), nullable=False),
+        sa.Column("config", sa.Text(), nullable=False),
+        sa.Column("study_name", sa.String(255), nullable=False),
+        sa.Column("state", sa.String(16), nullable=False),
+        sa.Column("error", sa.Text(), nullable=True),
+        sa.Column("stop_requested", sa.Boolean(), nullable=False),
+        sa.Column("worker", sa.String(64), nullable=True),
+        sa.Column("heartbeat_at", UtcDateTime(), nullable=True),
+        sa.Column("created_at", UtcDateTime(), nullable=False),
+        sa.Column("started_at", UtcDateTime(), nullable=True),
+        sa.Column("finished_at", UtcDateTime(), nullable=True),
+        sa.UniqueConstraint("owner", "name", name="uq_automl_jobs_owner_name"),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("automl_jobs")

@@ -1,0 +1,66 @@
+"""HTTP handlers of the AutoML routes (in the scheduler service: same executor, same auth)."""
+
+from __future__ import annotations
+
+from stratolab.jobs.automl.service import AutoMLService
+from stratolab.jobs.service.handlers import BaseHandler
+
+
+class AutoMLBase(BaseHandler):
+    @property
+    def automl(self) -> AutoMLService:
+        return self.settings["automl"]
+
+
+class AutoMLListHandler(AutoMLBase):
+    async def get(self) -> None:
+        self.send({"jobs": self.automl.list(await self.owner())})
+
+    async def post(self) -> None:
+        owner = await self.owner()
+        self.send(await self.automl.create(owner, self.json_body()), status=201)
+
+
+class AutoMLProposeHandler(AutoMLBase):
+    async def post(self) -> None:
+        owner = await self.owner()
+        self.send(await self.automl.propose(owner, self.json_body()))
+
+
+class AutoMLJobHandler(AutoMLBase):
+    async def get(self, job_id: str) -> None:
+        self.send(self.automl.get(await self.owner(), int(job_id)))
+
+    async def delete(self, job_id: str) -> None:
+        self.automl.delete(await self.owner(), int(job_id))
+        self.set_status(204)
+        self.finish()
+
+
+class AutoMLTrialsHandler(AutoMLBase):
+    async def get(self, job_id: str) -> None:
+        self.send({"trials": self.automl.trials(await self.owner(), int(job_id))})
+
+
+class AutoMLInsightsHandler(AutoMLBase):
+    async def get(self, job_id: str) -> None:
+        self.send(self.automl.insights(await self.owner(), int(job_id)))
+
+
+class AutoMLStopHandler(AutoMLBase):
+    async def post(self, job_id: str) -> None:
+        self.send(self.automl.stop(await self.owner(), int(job_id)))
+
+
+class AutoMLTrialOutputHandler(AutoMLBase):
+    async def get(self, job_id: str, number: str) -> None:
+        path = self.automl.trial_output(await self.owner(), int(job_id), int(number))
+        await self.send_file(path, "application/x-ipynb+json")
+
+
+class AutoMLBestBundleHandler(AutoMLBase):
+    async def get(self, job_id: str) -> None:
+        data, best = self.automl.best_bundle(await self.owner(), int(job_id))
+        self.set_header("Content-Type", "application/gzip")
+        self.set_header("X-Trial-Number", str(best["number"]))
+        self.finish(data)
