@@ -225,9 +225,13 @@ class LocalProcessExecutor(NotebookExecutor):
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
-        for runner in self.idle:
-            kill_tree(runner.proc.pid)
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        procs = [r.proc for r in self.idle] + [e.runner.proc for e in self.running]
+        for proc in procs:
+            kill_tree(proc.pid)
+        for proc in procs:  # reap them while the loop runs (their transports close with it)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(proc.wait(), 10)
         self.idle.clear()
-        for execution in list(self.running):
-            kill_tree(execution.pid)
         self.running.clear()

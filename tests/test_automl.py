@@ -1,0 +1,207 @@
+"""AutoML: search spaces (pure), and real studies run in-process on SQLite with real papermill trials:
+a leaderboard and a best trial whose notebook opens, conditional parameters, pruning, failed trials
+counted against the tolerance, and a study resumed after its scheduler was killed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import optuna
+import pytest
+
+from stratolab.errors import InvalidInput
+from stratolab.jobs.automl.config import validate_automl
+from stratolab.jobs.automl.space import propose_space, sample, validate_space
+from jobs_support import SchedulerProcess, in_process_automl, notebook, scheduler_env, wait_for
+
+DECLARED = [
+    {"name": "lr", "type": "float", "default": 0.001, "help": ""},
+    {"name": "epochs", "type": "int", "default": 5, "help": ""},
+    {"name": "model", "type": "str", "default": "mlp", "help": ""},
+    {"name": "hidden", "type": "int", "default": 32, "help": ""},
+    {"name": "shuffle", "type": "bool", "default": True, "help": ""},
+]
+SPACE = {
+    "lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+    "model": {"type": "categorical", "choices": ["mlp", "logreg"]},
+    "hidden": {"type": "int", "low": 8, "high": 128, "log": True, "when": {"model": "mlp"}},
+}
+
+
+@pytest.mark.parametrize("space, field", [
+    ({"nope": {"type": "float", "low": 0, "high": 1}}, "space.nope"),
+    ({"lr": {"type": "float", "low": 1, "high": 0.1}}, "space.lr.low"),
+    ({"lr": {"type": "float", "low": 0, "high": 1, "log": True}}, "space.lr.low"),
+    ({"lr": {"type": "gaussian", "low": 0, "high": 1}}, "space.lr.type"),
+    ({"epochs": {"type": "int", "low": 1.5, "high": 3}}, "space.epochs.low"),
+    ({"model": {"type": "categorical", "choices": []}}, "space.model.choices"),
+    ({"hidden": {"type": "int", "low": 8, "high": 9, "when": {"model": "mlp"}}}, "space.hidden.when"),
+    ({"model": {"type": "categorical", "choices": ["mlp"]},
+      "hidden": {"type": "int", "low": 8, "high": 9, "when": {"model": "cnn"}}}, "space.hidden.when"),
+    ({"lr": {"type": "float", "low": 0.1, "high": 1, "colour": 1}}, "space.lr.colour"),
+])
+def test_invalid_spaces_name_the_field(space, field):
+    with pytest.raises(InvalidInput) as e:
+        validate_space(space, DECLARED)
+    assert e.value.field == field, e.value
+
+
+def test_requests_are_validated():
+    ok = validate_automl({"notebook": "t.ipynb", "space": SPACE, "metric": "acc", "trials": 10, "parallel": 2}, DECLARED)
+    assert ok["algorithm"] == "tpe" and ok["pruner"] == "none" and ok["direction"] == "maximize"
+    for body, field in [({"metric": ""}, "metric"), ({"metric": "a", "direction": "up"}, "direction"),
+                        ({"metric": "a", "trials": 0}, "trials"), ({"metric": "a", "algorithm": "bayes"}, "algorithm"),
+                        ({"metric": "a", "pruner": "early"}, "pruner"), ({"metric": "a", "parallel": 100}, "parallel"),
+                        ({"metric": "a", "algorithm": "grid"}, "space.lr.step")]:
+        with pytest.raises(InvalidInput) as e:
+            validate_automl({"notebook": "t.ipynb", "space": SPACE, **body}, DECLARED)
+        assert e.value.field == field, (body, e.value)
+    with pytest.raises(InvalidInput) as e:
+        validate_automl({"notebook": "t.ipynb", "metric": "a"}, [])
+    assert e.value.field == "notebook"
+
+
+def test_proposed_space_from_the_parameters_cell():
+    proposed = propose_space(DECLARED)
+    assert proposed["lr"] == {"type": "float", "low": 0.0001, "high": 0.01, "log": True}
+    assert proposed["epochs"] == {"type": "int", "low": 2, "high": 10, "log": False}
+    assert proposed["model"] == {"type": "categorical", "choices": ["mlp"]}
+    assert proposed["shuffle"] == {"type": "categorical", "choices": [True, False]}
+    validate_space(proposed, DECLARED)
+
+
+def test_conditional_parameters_are_sampled_only_under_their_choice():
+    space = validate_space(SPACE, DECLARED)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seen = []
+    for _ in range(30):
+        trial = study.ask()
+        params = sample(trial, space)
+        seen.append(params)
+        study.tell(trial, 0.5)
+    assert {p["model"] for p in seen} == {"mlp", "logreg"}
+    for p in seen:
+        assert ("hidden" in p) == (p["model"] == "mlp")
+        if "hidden" in p:
+            assert 8 <= p["hidden"] <= 128
+
+
+TRAIN = notebook(
+    "import stratolab\nfrom sklearn.datasets import load_digits\nfrom sklearn.model_selection import train_test_split\n"
+    "from sklearn.linear_model import LogisticRegression\nfrom sklearn.neural_network import MLPClassifier\n"
+    "X, y = load_digits(return_X_y=True)\nXtr, Xva, ytr, yva = train_test_split(X, y, random_state=0)\n"
+    "if model == 'logreg':\n    clf = LogisticRegression(C=C, max_iter=200)\n"
+    "else:\n    clf = MLPClassifier((hidden,), max_iter=60, random_state=0)\n"
+    "clf.fit(Xtr, ytr)\nstratolab.record('val_accuracy', clf.score(Xva, yva))",
+    "def predict(rows):\n    return clf.predict(rows).tolist()\n\nstratolab.save_model(clf, handler=predict)",
+    parameters="C = 1.0\nmodel = 'logreg'\nhidden = 32")
+
+
+async def drive(svc, owner, body, timeout=240):
+    job = await svc.create(owner, body)
+    await svc.controller.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            view = svc.get(owner, job["id"])
+            if view["state"] not in ("queued", "running"):
+                return view
+        raise AssertionError(f"the search did not end: {svc.get(owner, job['id'])}")
+    finally:
+        await svc.controller.close()
+        await svc.controller.executor.close()
+
+
+def test_a_real_study_on_digits(tmp_path):
+    svc = in_process_automl(f"sqlite:///{tmp_path / 'db.sqlite'}", tmp_path / "jobs")
+    view = asyncio.run(drive(svc, "alice", {
+        "notebook": "train.ipynb", "content": TRAIN, "metric": "val_accuracy", "trials": 10, "parallel": 2, "seed": 7,
+        "space": {"C": {"type": "float", "low": 1e-3, "high": 10, "log": True},
+                  "model": {"type": "categorical", "choices": ["logreg", "mlp"]},
+                  "hidden": {"type": "int", "low": 8, "high": 64, "when": {"model": "mlp"}}}}))
+    assert view["state"] == "succeeded" and view["counts"] == {"complete": 10}, view
+    trials = svc.trials("alice", view["id"])
+    assert len(trials) == 10
+    for t in trials:
+        assert ("hidden" in t["params"]) == (t["params"]["model"] == "mlp")
+        assert t["model"] and t["duration"] > 0
+    best = view["best"]
+    assert best["value"] == max(t["value"] for t in trials) > 0.9
+    executed = json.loads(svc.trial_output("alice", view["id"], best["number"]).read_text())
+    injected = [c for c in executed["cells"] if "injected-parameters" in c["metadata"].get("tags", [])][0]
+    assert f"model = \"{best['params']['model']}\"" in "".join(injected["source"]).replace("'", '"')
+    data, trial = svc.best_bundle("alice", view["id"])
+    assert trial["number"] == best["number"] and data[:2] == b"\x1f\x8b"
+    insights = svc.insights("alice", view["id"])
+    assert len(insights["history"]) == 10 and insights["history"][-1]["best"] == best["value"]
+    assert set(insights["importances"]) <= {"C", "model", "hidden"} and insights["importances"]
+
+
+PRUNE = notebook(
+    "import stratolab, time\nfor step in range(1, 6):\n    stratolab.report(step, quality * step)\n    time.sleep(0.05)\n"
+    "print('all epochs')\nstratolab.record('score', quality * 5)",
+    parameters="quality = 0.5")
+
+
+def test_pruning_stops_bad_trials_early(tmp_path):
+    svc = in_process_automl(f"sqlite:///{tmp_path / 'db.sqlite'}", tmp_path / "jobs")
+    view = asyncio.run(drive(svc, "alice", {
+        "notebook": "p.ipynb", "content": PRUNE, "metric": "score", "trials": 8, "parallel": 1,
+        "algorithm": "random", "seed": 3, "pruner": "median",
+        "space": {"quality": {"type": "float", "low": 0.0, "high": 1.0}}}))
+    trials = svc.trials("alice", view["id"])
+    pruned = [t for t in trials if t["state"] == "pruned"]
+    complete = [t for t in trials if t["state"] == "complete"]
+    assert view["state"] == "succeeded" and pruned and complete, trials
+    for t in pruned:
+        assert len(t["intermediate"]) < 5  # stopped before its last epoch
+        best_complete = max(c["value"] for c in complete)
+        assert t["params"]["quality"] * 5 < best_complete
+        executed = json.loads(svc.trial_output("alice", view["id"], t["number"]).read_text())
+        outputs = [o for c in executed["cells"] for o in c.get("outputs", [])]
+        assert any(o.get("ename") == "TrialPruned" for o in outputs)
+        assert not any("all epochs" in "".join(o.get("text", "")) for o in outputs)
+
+
+def test_failed_trials_are_counted_and_end_the_job_beyond_the_tolerance(tmp_path):
+    svc = in_process_automl(f"sqlite:///{tmp_path / 'db.sqlite'}", tmp_path / "jobs")
+    nb = notebook("import stratolab\nif x > 0.3:\n    raise ValueError(f'x too big: {x}')\nstratolab.record('m', x)",
+                  parameters="x = 0.1")
+    view = asyncio.run(drive(svc, "alice", {
+        "notebook": "f.ipynb", "content": nb, "metric": "m", "trials": 20, "parallel": 1, "max_failed": 2,
+        "algorithm": "random", "seed": 1, "space": {"x": {"type": "float", "low": 0.0, "high": 1.0}}}))
+    trials = svc.trials("alice", view["id"])
+    assert view["state"] == "failed" and "3 trials failed, more than the 2 tolerated" in view["error"], view
+    assert "ValueError: x too big" in view["error"]
+    assert sum(t["state"] == "fail" for t in trials) == 3 and len(trials) < 20
+    for t in trials:
+        if t["state"] == "fail":
+            assert "x too big" in t["error"]
+
+
+def test_a_killed_service_resumes_the_study(tmp_path):
+    db = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    jobs = tmp_path / "jobs"
+    svc = in_process_automl(db, jobs)
+    nb = notebook("import stratolab, time\ntime.sleep(1.5)\nstratolab.record('m', x)", parameters="x = 0.1")
+    job = asyncio.run(svc.create("alice", {"notebook": "r.ipynb", "content": nb, "metric": "m", "trials": 6, "parallel": 2,
+                                           "space": {"x": {"type": "float", "low": 0.0, "high": 1.0}}}))
+    proc = SchedulerProcess(scheduler_env(db, jobs, "worker-a"), tmp_path / "a.log").start()
+    try:
+        wait_for(lambda: svc.get("alice", job["id"])["counts"].get("complete", 0) >= 2, 120, what="two trials")
+        proc.kill()
+        done_before = {t["number"]: t["value"] for t in svc.trials("alice", job["id"]) if t["state"] == "complete"}
+        proc.start()
+        view = wait_for(lambda: (v := svc.get("alice", job["id"]))["state"] not in ("queued", "running") and v, 180,
+                        what="the resumed search")
+    finally:
+        proc.stop()
+    trials = svc.trials("alice", job["id"])
+    assert view["state"] == "succeeded" and view["counts"]["complete"] == 6, (view, proc.log_tail())
+    after = {t["number"]: t["value"] for t in trials if t["state"] == "complete"}
+    assert all(after[n] == v for n, v in done_before.items())  # nothing completed was lost
+    for lost in [t for t in trials if t["state"] == "lost"]:  # those running at the kill ran again
+        assert any(t["state"] == "complete" and t["params"] == lost["params"] for t in trials)
