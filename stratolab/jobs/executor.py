@@ -50,6 +50,8 @@ class RunSpec:
     run_env: dict[str, str] = field(default_factory=dict)
     #: may the executor use a kernel started ahead of the run (fresh, used once)?
     warm: bool = True
+    #: how many runs like this one may start at once (kernels to keep started ahead)
+    warm_count: int = 1
 
     @property
     def input_path(self) -> Path:
@@ -101,8 +103,8 @@ class NotebookExecutor(abc.ABC):
     async def start(self, spec: RunSpec) -> Execution:
         """Start a run of `spec.input_path`; returns once it is running."""
 
-    async def prepare(self, account: Account | None, env: dict[str, str]) -> None:
-        """A hint that a run for this account and environment will start soon (start a kernel ahead)."""
+    async def prepare(self, account: Account | None, env: dict[str, str], count: int = 1) -> None:
+        """A hint that `count` runs for this account and environment will start soon (start kernels ahead)."""
 
     async def close(self) -> None:
         """Stop every run and every kernel started ahead."""

@@ -71,7 +71,7 @@ class JobFiles:
             shutil.rmtree(workdir)
         for parent in reversed(workdir.parents):
             if self.root in parent.parents and not parent.exists():
-                parent.mkdir(mode=0o700)
+                parent.mkdir(mode=0o700, exist_ok=True)  # concurrent trials share parents
                 if account is not None and os.geteuid() == 0:
                     os.chown(parent, account.uid, account.gid)
         (workdir / "files").mkdir(parents=True, mode=0o700)

@@ -1,10 +1,15 @@
-"""Runs as local processes (`python -m stratolab.jobs.runner`), as the owning user, in the user
-environment; with kernels started ahead of use.
+"""Runs as local processes, as the owning user, in the user environment, started fast.
 
-A runner starts its kernel before it is given a run (see runner.py), so this executor keeps a few
-runners waiting, per account and environment: a run then starts on a kernel that is already up,
-fresh and used once. `prepare()` starts one ahead of a scheduled time; after each run a replacement
-is started for the next one. Idle runners are stopped after `warm_ttl` seconds.
+Two ways, both giving every run fresh processes used once:
+
+- **forked** (the default for CPU runs): a fork-server per account and environment
+  (stratolab.jobs.forkserver) has imported papermill, ipykernel and the frameworks once; each run is
+  a forked runner whose kernel is forked too. A run starts in milliseconds.
+- **warm processes** (GPU runs, or with `fork=False`): `python -m stratolab.jobs.runner`, which
+  starts its kernel before it is given a run, so a few are kept waiting per account and
+  environment; after each run a replacement is started. Idle ones stop after `warm_ttl` seconds.
+
+`prepare()` starts the fork-server (or a waiting runner) ahead of a scheduled time.
 """
 
 from __future__ import annotations
@@ -15,11 +20,16 @@ import json
 import logging
 import os
 import signal
+import socket
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
+
+from stratolab.functions.runtime.protocol import recv_frame, send_frame
 
 from stratolab.jobs.executor import (
     FAILED, STOPPED, TIMED_OUT, Account, Execution, NotebookExecutor, RunResult, RunSpec,
@@ -28,6 +38,8 @@ from stratolab.jobs.executor import (
 log = logging.getLogger("stratolab.jobs")
 #: seconds a stopped run gets to save its partial output before it is killed
 STOP_GRACE_S = 15.0
+#: frameworks a fork-server imports once for all the runs it forks (those not installed are skipped)
+DEFAULT_PRELOAD = ("numpy", "pandas", "sklearn", "matplotlib")
 
 
 def _die_with_parent() -> None:
@@ -50,9 +62,56 @@ def kill_tree(pid: int) -> None:
 
 @dataclass
 class _Runner:
-    proc: asyncio.subprocess.Process
+    proc: Any  # asyncio.subprocess.Process, or _ForkedProc
     key: tuple
     started: float = field(default_factory=time.monotonic)
+
+
+class _ForkedProc:
+    """A runner forked by a fork-server (not our child): watched through /proc."""
+
+    def __init__(self, pid: int, result_path: Path):
+        self.pid = pid
+        self.result_path = result_path
+        self.returncode: int | None = None
+        self.stdin = None
+
+    def _alive(self) -> bool:
+        try:
+            return psutil.Process(self.pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    async def wait(self) -> int:
+        delay = 0.005
+        while self.returncode is None:
+            if not self._alive():
+                self.returncode = 0 if self.result_path.exists() else -1
+                break
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.05)
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, sig)
+
+
+@dataclass
+class _ForkServer:
+    proc: asyncio.subprocess.Process
+    control: Path
+    used: float = field(default_factory=time.monotonic)
+
+    def request(self, header: dict) -> dict:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(30)
+            s.connect(str(self.control))
+            send_frame(s, header)
+            reply, _ = recv_frame(s)
+        if reply.get("status") != 200:
+            raise RuntimeError(reply.get("error", "the fork-server refused"))
+        return reply
 
 
 class LocalExecution(Execution):
@@ -118,15 +177,81 @@ class LocalExecution(Execution):
 
 class LocalProcessExecutor(NotebookExecutor):
     def __init__(self, python: str, runtime_dir: Path, *, warm: bool = True, warm_ttl: float = 600.0,
-                 max_warm: int = 4):
+                 max_warm: int = 4, fork: bool = True, preload: tuple[str, ...] = DEFAULT_PRELOAD,
+                 max_servers: int = 8, server_ttl: float = 1800.0):
         self.python = python
         self.runtime_dir = runtime_dir
         self.warm = warm
         self.warm_ttl = warm_ttl
         self.max_warm = max_warm
+        self.fork = fork
+        self.preload = preload
+        self.max_servers = max_servers
+        self.server_ttl = server_ttl
         self.idle: list[_Runner] = []
+        self.servers: dict[tuple, _ForkServer] = {}
+        self._server_locks: dict[tuple, asyncio.Lock] = {}
         self.running: set[LocalExecution] = set()
         self._tasks: set[asyncio.Task] = set()
+
+    # --- fork-servers ----------------------------------------------------------------------------
+
+    async def _server(self, account: Account | None, env: dict[str, str]) -> _ForkServer:
+        key = self._key(account, env)
+        lock = self._server_locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            server = self.servers.get(key)
+            if server is not None and server.proc.returncode is None:
+                server.used = time.monotonic()
+                return server
+            self._evict_servers()
+            folder = Path(tempfile.mkdtemp(prefix="stratolab-jobs-"))
+            if account is not None and os.geteuid() == 0:
+                os.chown(folder, account.uid, account.gid)
+            control = folder / "fork.sock"
+            kwargs = {}
+            if account is not None and os.geteuid() == 0:
+                kwargs = {"user": account.uid, "group": account.gid, "extra_groups": []}
+            cwd = account.home if account and os.path.isdir(account.home) else str(self.runtime_dir)
+            proc = await asyncio.create_subprocess_exec(
+                self.python, "-m", "stratolab.jobs.forkserver", "--control", str(control),
+                "--preload", ",".join(self.preload), stdin=asyncio.subprocess.DEVNULL,
+                cwd=cwd, env=self._env(account, env), start_new_session=True, preexec_fn=_die_with_parent, **kwargs,
+            )
+            deadline = time.monotonic() + 180
+            while not control.exists():
+                if proc.returncode is not None or time.monotonic() > deadline:
+                    kill_tree(proc.pid)
+                    raise RuntimeError(f"the jobs fork-server did not start (exit status {proc.returncode})")
+                await asyncio.sleep(0.02)
+            server = _ForkServer(proc, control)
+            self.servers[key] = server
+            return server
+
+    def _evict_servers(self) -> None:
+        now = time.monotonic()
+        for key, server in list(self.servers.items()):
+            if server.proc.returncode is not None or now - server.used > self.server_ttl:
+                self.servers.pop(key)
+                self._stop_server(server)
+        while len(self.servers) >= self.max_servers:
+            key = min(self.servers, key=lambda k: self.servers[k].used)
+            self._stop_server(self.servers.pop(key))
+
+    @staticmethod
+    def _stop_server(server: _ForkServer) -> None:
+        if server.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                server.proc.send_signal(signal.SIGTERM)
+        import shutil
+
+        shutil.rmtree(server.control.parent, ignore_errors=True)
+
+    async def _start_forked(self, spec: RunSpec, line: str) -> _Runner:
+        server = await self._server(spec.account, spec.env)
+        loop = asyncio.get_running_loop()
+        reply = await loop.run_in_executor(None, server.request, {"op": "run", "spec": json.loads(line)})
+        return _Runner(_ForkedProc(int(reply["pid"]), spec.result_path), self._key(spec.account, spec.env))
 
     # --- runners ---------------------------------------------------------------------------------
 
@@ -166,17 +291,20 @@ class LocalProcessExecutor(NotebookExecutor):
                 return runner
         return None
 
-    async def prepare(self, account: Account | None, env: dict[str, str]) -> None:
+    async def prepare(self, account: Account | None, env: dict[str, str], count: int = 1) -> None:
+        if self.fork and not env.get("CUDA_VISIBLE_DEVICES"):
+            await self._server(account, env)
+            return
         if not self.warm:
             return
         key = self._key(account, env)
-        if any(r.key == key and r.proc.returncode is None for r in self.idle):
-            return
-        self._trim(room_for=1)
-        self.idle.append(await self._spawn(account, env))
+        have = sum(r.key == key and r.proc.returncode is None for r in self.idle)
+        for _ in range(min(count, self.max_warm) - have):
+            self._trim(room_for=1)
+            self.idle.append(await self._spawn(account, env))
 
-    def _prepare_soon(self, account: Account | None, env: dict[str, str]) -> None:
-        task = asyncio.ensure_future(self.prepare(account, env))
+    def _prepare_soon(self, account: Account | None, env: dict[str, str], count: int = 1) -> None:
+        task = asyncio.ensure_future(self.prepare(account, env, count))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -202,21 +330,26 @@ class LocalProcessExecutor(NotebookExecutor):
 
     async def start(self, spec: RunSpec) -> LocalExecution:
         self._trim()
-        key = self._key(spec.account, spec.env)
-        runner = self._take_idle(key) if (self.warm and spec.warm) else None
-        if runner is None:
-            runner = await self._spawn(spec.account, spec.env)
         line = json.dumps({
             "key": spec.key, "workdir": str(spec.workdir), "parameters": spec.parameters,
             "output_formats": list(spec.output_formats), "env": {**spec.env, **spec.run_env},
         }) + "\n"
+        if self.fork and spec.warm:  # CPU runs: forked from the account's fork-server
+            execution = LocalExecution(await self._start_forked(spec, line), spec)
+            self.running.add(execution)
+            return execution
+        key = self._key(spec.account, spec.env)
+        runner = self._take_idle(key) if (self.warm and spec.warm) else None
+        if runner is None:
+            runner = await self._spawn(spec.account, spec.env)
         runner.proc.stdin.write(line.encode())
         await runner.proc.stdin.drain()
         runner.proc.stdin.close()
         execution = LocalExecution(runner, spec)
         self.running.add(execution)
         if self.warm and spec.warm:
-            self._prepare_soon(spec.account, spec.env)  # the next run of this kind starts warm too
+            # the next run of this kind starts warm too (as many as ask for it: parallel trials)
+            self._prepare_soon(spec.account, spec.env, spec.warm_count)
         return execution
 
     def finished(self, execution: LocalExecution) -> None:
@@ -228,10 +361,14 @@ class LocalProcessExecutor(NotebookExecutor):
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         procs = [r.proc for r in self.idle] + [e.runner.proc for e in self.running]
+        procs += [s.proc for s in self.servers.values()]
         for proc in procs:
             kill_tree(proc.pid)
         for proc in procs:  # reap them while the loop runs (their transports close with it)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(proc.wait(), 10)
+        for server in self.servers.values():
+            self._stop_server(server)
         self.idle.clear()
+        self.servers.clear()
         self.running.clear()

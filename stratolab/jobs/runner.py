@@ -168,6 +168,52 @@ def redirect_output(log_path: Path) -> None:
     os.close(fd)
 
 
+def _run(spec: dict[str, Any], available: set[str], km=None, kc=None, forked: bool = False) -> int:
+    """Run `spec` (on `km`/`kc` when a kernel was started ahead), write result.json; the exit status."""
+    workdir = Path(spec["workdir"])
+    try:
+        nb = json.loads((workdir / "input.ipynb").read_text(encoding="utf-8"))
+        name = kernel_name_for(nb, available)
+        if km is None or km.kernel_name != name:
+            if km:
+                shutdown_kernel(km)
+            km = start_forked_kernel(name, workdir) if forked else start_kernel(name, str(workdir))
+            kc = ready_client(km)
+        result = execute(spec, km, kc)
+    except BaseException as e:  # noqa: BLE001
+        result = {"state": "failed", "error": error_text(e), "outputs": []}
+    finally:
+        if km is not None:
+            shutdown_kernel(km)
+    (workdir / "result.json").write_text(json.dumps(result))
+    logging.info("run %s: %s", spec.get("key", ""), result["state"])
+    return 0 if result["state"] == "succeeded" else 1
+
+
+def start_forked_kernel(name: str, workdir: Path):
+    from jupyter_core.utils import run_sync
+
+    from stratolab.jobs.forked_kernel import forked_kernel_manager
+
+    km = forked_kernel_manager(name)
+    run_sync(km.start_kernel)(cwd=str(workdir))
+    return km
+
+
+def _log_to(workdir: Path) -> None:
+    redirect_output(workdir / "run.log")
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", stream=sys.stderr, force=True)
+
+
+def run_forked(spec: dict[str, Any], available: set[str]) -> int:
+    """In a child of the jobs fork-server: everything is imported; the kernel is forked too."""
+    signal.signal(signal.SIGTERM, _kill_children)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    _log_to(Path(spec["workdir"]))
+    logging.info("run %s: starting (forked runner)", spec.get("key", ""))
+    return _run(spec, available, forked=True)
+
+
 def main() -> None:
     die_with_parent()
     signal.signal(signal.SIGTERM, _kill_children)
@@ -187,27 +233,9 @@ def main() -> None:
             shutdown_kernel(km)
         return
     spec = json.loads(line)
-    workdir = Path(spec["workdir"])
-    redirect_output(workdir / "run.log")
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", stream=sys.stderr, force=True)
+    _log_to(Path(spec["workdir"]))
     logging.info("run %s: starting (runner ready after %.2f s)", spec.get("key", ""), time.monotonic() - started)
-    try:
-        nb = json.loads((workdir / "input.ipynb").read_text(encoding="utf-8"))
-        name = kernel_name_for(nb, available)
-        if km is None or km.kernel_name != name:
-            if km:
-                shutdown_kernel(km)
-            km = start_kernel(name, str(workdir))
-            kc = ready_client(km)
-        result = execute(spec, km, kc)
-    except BaseException as e:  # noqa: BLE001
-        result = {"state": "failed", "error": error_text(e), "outputs": []}
-    finally:
-        if km is not None:
-            shutdown_kernel(km)
-    (workdir / "result.json").write_text(json.dumps(result))
-    logging.info("run %s: %s", spec.get("key", ""), result["state"])
-    sys.exit(0 if result["state"] == "succeeded" else 1)
+    sys.exit(_run(spec, available, km, kc))
 
 
 if __name__ == "__main__":

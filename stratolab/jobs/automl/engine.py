@@ -192,6 +192,8 @@ class AutoMLController:
             job = self._job(job_id)
         deadline = job.started_at + timedelta(seconds=config["timeout"]) if config.get("timeout") else None
         parallel = min(config["parallel"], self.max_parallel)
+        account = await asyncio.get_running_loop().run_in_executor(None, self.account_for, job.owner)
+        await self.executor.prepare(account, self.profile_env(), parallel)  # kernels for the first trials
         running: dict[int, asyncio.Task] = {}
         last_error = ""
         while True:
@@ -215,7 +217,7 @@ class AutoMLController:
             exhausted = config["algorithm"] == "grid" and self._grid_done(study, config, len(counted) + len(running))
             if len(counted) + len(running) < config["trials"] and len(running) < parallel and not time_up and not exhausted:
                 trial = study.ask()
-                running[trial.number] = asyncio.ensure_future(self._run_trial(job, config, study, trial))
+                running[trial.number] = asyncio.ensure_future(self._run_trial(job, config, study, trial, parallel))
                 continue
             if not running:
                 complete = [t for t in counted if t.state == optuna.trial.TrialState.COMPLETE]
@@ -244,7 +246,19 @@ class AutoMLController:
         if running:
             await asyncio.wait(list(running.values()), timeout=30)
 
-    async def _run_trial(self, job: AutoMLJob, config: dict[str, Any], study: optuna.Study, trial: optuna.Trial) -> None:
+    async def _run_trial(self, job: AutoMLJob, config: dict[str, Any], study: optuna.Study, trial: optuna.Trial,
+                         parallel: int = 1) -> None:
+        try:
+            await self._trial(job, config, study, trial, parallel)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001: a trial that breaks is a failed trial, never a stuck one
+            log.exception("trial %s of job %s", trial.number, job.id)
+            trial.set_user_attr("error", f"{type(e).__name__}: {e}")
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+
+    async def _trial(self, job: AutoMLJob, config: dict[str, Any], study: optuna.Study, trial: optuna.Trial,
+                     parallel: int) -> None:
         params = sample(trial, config["space"])
         loop = asyncio.get_running_loop()
         account = await loop.run_in_executor(None, self.account_for, job.owner)
@@ -256,6 +270,7 @@ class AutoMLController:
             timeout=config.get("trial_timeout"), output_formats=("ipynb",), account=account, env=self.profile_env(),
             run_env={channel.ENV: str(workdir), "STRATOLAB_MODEL_DIR": str(workdir / "model"),
                      "STRATOLAB_TRIAL": str(trial.number), "STRATOLAB_AUTOML_JOB": str(job.id)},
+            warm_count=parallel,
         )
         key = (job.id, trial.number)
         try:
