@@ -178,13 +178,16 @@ class Scheduler:
             if key in self._prepared or profile is None or profile.gpus:
                 continue
             self._prepared.add(key)
-            try:
-                account = await asyncio.get_running_loop().run_in_executor(None, self.account_for, s.owner)
-                await self.executor.prepare(account, self.profile_env(()))
-            except Exception:  # noqa: BLE001: only an optimisation
-                log.exception("could not start a kernel ahead for schedule %s", s.id)
+            self._spawn(self._prepare(s.id, s.owner))  # never delays the loop
         if len(self._prepared) > 10000:
             self._prepared.clear()
+
+    async def _prepare(self, schedule_id: int, owner: str) -> None:
+        try:
+            account = await asyncio.get_running_loop().run_in_executor(None, self.account_for, owner)
+            await self.executor.prepare(account, self.profile_env(()))
+        except Exception:  # noqa: BLE001: only an optimisation
+            log.exception("could not prepare ahead for schedule %s", schedule_id)
 
     @staticmethod
     def profile_env(devices: tuple[str, ...]) -> dict[str, str]:

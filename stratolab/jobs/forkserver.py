@@ -82,7 +82,11 @@ def _child(spec: dict, listener: socket.socket, conn: socket.socket, available: 
     except BaseException:  # noqa: BLE001
         import traceback
 
-        traceback.print_exc()
+        try:  # the run's own log, where its owner looks
+            with open(os.path.join(spec["workdir"], "run.log"), "a") as log:
+                log.write("the run could not start:\n" + traceback.format_exc())
+        except OSError:
+            traceback.print_exc()
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -92,6 +96,8 @@ def _child(spec: dict, listener: socket.socket, conn: socket.socket, available: 
 def serve(control_path: str, modules: list[str]) -> None:
     die_with_parent(signal.SIGTERM)
     signal.signal(signal.SIGTERM, _terminate)
+    # matplotlib reads its backend when imported: the kernels' inline backend, as ipykernel sets it
+    os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     loaded = preload(modules)
     from jupyter_client.kernelspec import KernelSpecManager
 

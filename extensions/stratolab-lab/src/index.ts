@@ -1,6 +1,7 @@
 /**
- * Stratolab's JupyterLab plugin: the sidebar panel and the command that opens it, and "Deploy as
- * function" for notebook code cells (context menu and cell toolbar).
+ * Stratolab's JupyterLab plugin: the sidebar panel and the command that opens it, "Deploy as
+ * function" for notebook code cells (context menu and cell toolbar), and "Schedule…" for notebooks
+ * (file browser context menu, notebook toolbar, command palette).
  */
 import {
   ILayoutRestorer,
@@ -8,23 +9,28 @@ import {
   JupyterFrontEndPlugin
 } from '@jupyterlab/application';
 import { ICommandPalette } from '@jupyterlab/apputils';
+import { IDefaultFileBrowser } from '@jupyterlab/filebrowser';
 import { INotebookTracker } from '@jupyterlab/notebook';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 
 import { deployIcon, openDeployDialog } from './deploy';
 import { FunctionsSection } from './functions';
 import { stratolabIcon } from './icon';
+import { ISchedule, JobsSection } from './jobs';
 import { EnvironmentSection, StratolabPanel } from './panel';
+import { openScheduleDialog, scheduleIcon } from './schedule';
 
 export { EnvironmentSection, PanelSection, StratolabPanel } from './panel';
 export { fetchStatus, IStratolabStatus, StatusError } from './status';
 export { FunctionsSection, IFunction } from './functions';
+export { IRun, ISchedule, JobsSection } from './jobs';
 
 const PLUGIN_ID = 'stratolab-lab:plugin';
 
 export namespace CommandIDs {
   export const openPanel = 'stratolab:open-panel';
   export const deployCell = 'stratolab:deploy-cell';
+  export const scheduleNotebook = 'stratolab:schedule-notebook';
 }
 
 const plugin: JupyterFrontEndPlugin<void> = {
@@ -32,17 +38,44 @@ const plugin: JupyterFrontEndPlugin<void> = {
   description:
     'The Stratolab sidebar panel (profile, limits and GPUs of this server; serverless functions) and "Deploy as function".',
   autoStart: true,
-  optional: [ICommandPalette, ILayoutRestorer, ISettingRegistry, INotebookTracker],
+  optional: [ICommandPalette, ILayoutRestorer, ISettingRegistry, INotebookTracker, IDefaultFileBrowser],
   activate: (
     app: JupyterFrontEnd,
     palette: ICommandPalette | null,
     restorer: ILayoutRestorer | null,
     settingRegistry: ISettingRegistry | null,
-    notebooks: INotebookTracker | null
+    notebooks: INotebookTracker | null,
+    fileBrowser: IDefaultFileBrowser | null
   ) => {
     const functions = new FunctionsSection();
+    const contents = app.serviceManager.contents;
+    // An open notebook with unsaved changes is saved before the scheduler takes its snapshot.
+    const saveIfOpen = async (path: string) => {
+      const open = notebooks?.find(w => w.context.path === path);
+      if (open && open.context.model.dirty) {
+        await open.context.save();
+      }
+    };
+    const scheduleChanged = (schedule: ISchedule, run: unknown) => {
+      if (jobs.selected === schedule.id) {
+        void jobs.refresh(true);
+      } else {
+        jobs.selected = schedule.id; // refreshes
+      }
+      if (run) {
+        app.shell.activateById(panel.id);
+      }
+    };
+    const editSchedule = (schedule: ISchedule) =>
+      openScheduleDialog({ contents, path: schedule.notebook, schedule, beforeRead: saveIfOpen, onChanged: scheduleChanged });
+    const jobs = new JobsSection({
+      contents,
+      openPath: path => app.commands.execute('docmanager:open', { path }),
+      editSchedule
+    });
     const panel = new StratolabPanel([new EnvironmentSection()]);
     panel.addSection(functions);
+    panel.addSection(jobs);
     app.shell.add(panel, 'left', { rank: 500 });
     if (restorer) {
       restorer.add(panel, panel.id);
@@ -88,6 +121,41 @@ const plugin: JupyterFrontEndPlugin<void> = {
       if (palette) {
         palette.addItem({ command: CommandIDs.deployCell, category: 'Stratolab' });
       }
+    }
+
+    // The notebook "Schedule…" is about: the one right-clicked in the file browser, else the current one.
+    const notebookToSchedule = (args: Record<string, unknown>): string | null => {
+      if (typeof args.path === 'string') {
+        return args.path;
+      }
+      if (args.source === 'filebrowser') {
+        for (const item of fileBrowser?.selectedItems() ?? []) {
+          return item.type === 'notebook' ? item.path : null;
+        }
+        return null;
+      }
+      return notebooks?.currentWidget?.context.path ?? null;
+    };
+    app.commands.addCommand(CommandIDs.scheduleNotebook, {
+      label: 'Schedule…',
+      caption: 'Run this notebook on a schedule (cron) or on demand, as a job',
+      icon: scheduleIcon,
+      isEnabled: args => notebookToSchedule(args) !== null,
+      execute: async args => {
+        const path = notebookToSchedule(args);
+        if (path) {
+          await openScheduleDialog({ contents, path, beforeRead: saveIfOpen, onChanged: scheduleChanged });
+        }
+      }
+    });
+    app.contextMenu.addItem({
+      command: CommandIDs.scheduleNotebook,
+      selector: '.jp-DirListing-item[data-file-type="notebook"]',
+      args: { source: 'filebrowser' },
+      rank: 60
+    });
+    if (palette) {
+      palette.addItem({ command: CommandIDs.scheduleNotebook, category: 'Stratolab' });
     }
 
     // Fill the panel once, even while collapsed, so it is ready when opened.

@@ -14,10 +14,11 @@ import { el } from './dom';
 import { button } from './functions';
 import { PanelSection } from './panel';
 
+/** Who hears about runs; the service leaves out what is not set (`{}`: nobody). */
 export interface INotify {
-  webhook: string | null;
-  email: string[];
-  on: string[];
+  webhook?: string | null;
+  email?: string[];
+  on?: string[];
 }
 
 export interface IRun {
@@ -345,27 +346,51 @@ export class JobsSection extends PanelSection {
   set selected(id: number | null) {
     if (this._selected !== id) {
       this._selected = id;
-      void this.refresh();
+      void this.refresh(true);
     }
   }
 
-  async refresh(): Promise<void> {
+  /**
+   * Reload schedules and runs. A call while a load for the same selection is under way joins it,
+   * unless `fresh` (after a change, whose effect a load started earlier would not show).
+   */
+  refresh(fresh = false): Promise<void> {
     const selected = this._selected;
+    if (!fresh && this._pending && this._pending.selected === selected) {
+      return this._pending.promise;
+    }
+    const promise = this.load(selected).finally(() => {
+      if (this._pending?.promise === promise) {
+        this._pending = null;
+      }
+    });
+    this._pending = { selected, promise };
+    return promise;
+  }
+
+  private async load(selected: number | null): Promise<void> {
+    const seq = ++this._seq;
     try {
       const [schedules, runs] = await Promise.all([listSchedules(), listRuns(selected)]);
-      if (selected !== this._selected) {
-        return; // the selection changed meanwhile: that refresh shows the right runs
+      if (seq !== this._seq) {
+        return; // a later load (another selection, or after a change) shows newer data
       }
       this._schedules = schedules;
       if (selected !== null && !schedules.some(s => s.id === selected)) {
-        this._selected = null;
+        this._selected = null; // deleted
         this._runs = await listRuns(null);
+        if (seq !== this._seq) {
+          return;
+        }
       } else {
         this._runs = runs;
       }
       this.errorNode.replaceChildren();
       this.render();
     } catch (error) {
+      if (seq !== this._seq) {
+        return;
+      }
       const message = (error as Error).message || String(error);
       const node = el('div', 'jp-Stratolab-error', message, 'stratolab-jobs-error');
       node.setAttribute('role', 'alert');
@@ -505,7 +530,7 @@ export class JobsSection extends PanelSection {
     row.dataset.runId = String(r.id);
     row.dataset.runState = r.state;
     row.dataset.runTrigger = r.trigger;
-    row.dataset.scheduleId = String(r.schedule_id);
+    row.dataset.runScheduleId = String(r.schedule_id);
 
     const title = el('div', 'jp-Stratolab-functionTitle');
     title.append(
@@ -565,7 +590,7 @@ export class JobsSection extends PanelSection {
     } catch (error) {
       await showErrorMessage('Stratolab jobs', (error as Error).message || String(error));
     }
-    await this.refresh();
+    await this.refresh(true);
   }
 
   /** Copy the run's executed notebook into the home (once) and open it. */
@@ -641,6 +666,8 @@ export class JobsSection extends PanelSection {
   private _runs: IRun[] = [];
   private _selected: number | null = null;
   private _timer: number | undefined;
+  private _pending: { selected: number | null; promise: Promise<void> } | null = null;
+  private _seq = 0;
 }
 
 /** Milliseconds between refreshes while a run is queued or running, and otherwise. */
