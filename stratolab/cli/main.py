@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     from stratolab.cli.functions_cmd import add_functions_commands
 
     add_functions_commands(sub, common)
+    from stratolab.cli.automl_cmd import add_automl_commands
+
+    add_automl_commands(sub, common)
     return parser
 
 
@@ -110,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     func: Callable[..., None] = args.func
     try:
-        if getattr(args, "functions_command", None):
+        if getattr(args, "functions_command", None) or getattr(args, "automl_command", None):
             func(args, lambda data, text: _emit(args, data, text))
         else:
             func(args)

@@ -85,7 +85,8 @@ def _kernel_child(connection_file: str, env: dict[str, str] | None, cwd: str | N
         from ipykernel.kernelapp import IPKernelApp
 
         app = IPKernelApp.instance()
-        app.initialize(["-f", connection_file])
+        # quiet: no banner, no transport warning in the run's log (the notebook's output goes to papermill)
+        app.initialize(["-f", connection_file, "--IPKernelApp.log_level=CRITICAL"])
         app.start()
     except BaseException:  # noqa: BLE001
         # sys.stderr is the kernel's own stream by now: write to the process's stderr
