@@ -5,57 +5,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
-import requests
-
+from stratolab.cli.scheduler_api import home_relative, parse_params, scheduler_call
 from stratolab.errors import InvalidInput, StratolabError
 
-SCHEDULER = "/services/scheduler"
 FINAL = ("succeeded", "failed", "stopped")
-
-
-def scheduler_call(method: str, path: str, body: Any = None, url: str | None = None, token: str | None = None) -> Any:
-    """A call to the scheduler service with the stored credentials; errors name the field."""
-    from stratolab.functions.client import _session
-
-    url, headers = _session(url, token)
-    r = requests.request(method, f"{url}{SCHEDULER}/{path}", json=body, headers=headers, timeout=300)
-    if r.status_code == 204:
-        return {}
-    try:
-        data = r.json()
-    except ValueError:
-        data = {"error": r.text[:500]}
-    if r.status_code >= 400:
-        message = data.get("error", f"HTTP {r.status_code}")
-        if data.get("field"):
-            message = f"{data['field']}: {message}"
-        raise StratolabError(message, status=r.status_code)
-    return data
-
-
-def home_relative(path: Path) -> str:
-    """The notebook's path as the service records it: relative to $HOME when inside it."""
-    resolved = path.resolve()
-    home = Path(os.path.expanduser("~")).resolve()
-    try:
-        return resolved.relative_to(home).as_posix()
-    except ValueError:
-        return resolved.name
-
-
-def _params(pairs: list[str] | None) -> dict[str, str]:
-    out = {}
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise InvalidInput(f"--param takes name=value, got {pair!r}", field="param")
-        k, v = pair.split("=", 1)
-        out[k.strip()] = v
-    return out
 
 
 def _fmt(value: Any) -> str:
@@ -88,7 +45,7 @@ def cmd_create(args, emit) -> None:
         if getattr(args, key) is not None:
             body[key] = getattr(args, key)
     if args.param:
-        body["parameters"] = _params(args.param)
+        body["parameters"] = parse_params(args.param)
     job = scheduler_call("POST", "api/automl", body)
     emit(job, f"AutoML job {job['id']} ({job['name']}) queued: {job['config']['trials']} trials, "
               f"{job['config']['parallel']} at once, {job['config']['algorithm']}\n"

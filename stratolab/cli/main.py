@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     from stratolab.cli.automl_cmd import add_automl_commands
 
     add_automl_commands(sub, common)
+    from stratolab.cli.jobs_cmd import add_jobs_commands
+
+    add_jobs_commands(sub, common)
     return parser
 
 
@@ -113,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     func: Callable[..., None] = args.func
     try:
-        if getattr(args, "functions_command", None) or getattr(args, "automl_command", None):
+        if any(getattr(args, f"{group}_command", None) for group in ("functions", "automl", "jobs")):
             func(args, lambda data, text: _emit(args, data, text))
         else:
             func(args)
