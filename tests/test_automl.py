@@ -205,3 +205,31 @@ def test_a_killed_service_resumes_the_study(tmp_path):
     assert all(after[n] == v for n, v in done_before.items())  # nothing completed was lost
     for lost in [t for t in trials if t["state"] == "lost"]:  # those running at the kill ran again
         assert any(t["state"] == "complete" and t["params"] == lost["params"] for t in trials)
+
+
+def test_an_automl_search_on_a_schedule(tmp_path):
+    """Retraining on cron: each run of an AutoML schedule is a search over the schedule's snapshot."""
+    db = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    jobs = tmp_path / "jobs"
+    from jobs_support import in_process_service
+
+    service, _ = in_process_service(db, jobs)
+    automl = in_process_automl(db, jobs)
+    nb = notebook("import stratolab\nstratolab.record('m', -(x - 0.5) ** 2)", parameters="x = 0.1")
+    with pytest.raises(InvalidInput) as e:
+        asyncio.run(service.create("alice", {"notebook": "r.ipynb", "content": nb, "automl": {
+            "metric": "m", "space": {"x": {"type": "float", "low": 1, "high": 0}}}}))
+    assert e.value.field == "automl.space.x.low"
+    s = asyncio.run(service.create("alice", {"notebook": "r.ipynb", "content": nb, "cron": "0 3 * * 0", "automl": {
+        "metric": "m", "trials": 3, "parallel": 2, "space": {"x": {"type": "float", "low": 0.0, "high": 1.0}}}}))
+    assert s["automl"]["trials"] == 3
+    proc = SchedulerProcess(scheduler_env(db, jobs, "worker-a"), tmp_path / "a.log").start()
+    try:
+        run, _ = asyncio.run(service.run_now("alice", s["id"], {}, None))
+        done = wait_for(lambda: (r := service.get_run("alice", run["id"]))["state"] not in ("queued", "running") and r,
+                        120, what="the scheduled search")
+    finally:
+        proc.stop()
+    assert done["state"] == "succeeded", (done, proc.log_tail())
+    job = automl.get("alice", done["automl_job_id"])
+    assert job["state"] == "succeeded" and job["counts"] == {"complete": 3} and job["name"] == f"r run {run['id']}"

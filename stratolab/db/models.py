@@ -153,6 +153,8 @@ class JobSchedule(Base):
     notify: Mapped[str] = mapped_column(Text, default="{}")
     #: runs missed while the scheduler was down: "catch_up" (once) or "skip"
     missed: Mapped[str] = mapped_column(String(16), default="catch_up")
+    #: an AutoML search's configuration (JSON): each run is then a search over the snapshot (retraining)
+    automl: Mapped[str | None] = mapped_column(Text, nullable=True)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     next_run_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
@@ -194,6 +196,8 @@ class JobRun(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     stop_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     outputs: Mapped[str] = mapped_column(Text, default="[]")
+    #: the AutoML job a run of an AutoML schedule started
+    automl_job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class AutoMLJob(Base):

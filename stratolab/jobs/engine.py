@@ -22,7 +22,9 @@ from stratolab.hub.gpus import GpuAllocator, NoFreeGpu
 from stratolab.hub.profiles import Profile
 from stratolab.jobs import cron, metrics
 from stratolab.jobs.clock import Clock
-from stratolab.jobs.executor import FAILED, STOPPED, TIMED_OUT, Account, Execution, NotebookExecutor, RunSpec
+from stratolab.jobs.executor import (
+    FAILED, STOPPED, SUCCEEDED, TIMED_OUT, Account, Execution, NotebookExecutor, RunResult, RunSpec,
+)
 from stratolab.jobs.files import JobFiles
 from stratolab.jobs.notify import Notifier
 from stratolab.jobs.store import JobStore, run_view, schedule_view
@@ -69,6 +71,8 @@ class Scheduler:
         self._prepared: set[tuple[int, datetime]] = set()
         self._loops: list[asyncio.Task] = []
         self._closing = False
+        #: the AutoML service, for schedules whose runs are AutoML searches (set by the service's build)
+        self.automl = None
 
     # --- life ------------------------------------------------------------------------------------
 
@@ -228,6 +232,16 @@ class Scheduler:
         try:
             if run.trigger == "schedule" and run.scheduled_for:
                 metrics.LATENESS.observe(max(0.0, (run.started_at - run.scheduled_for).total_seconds()))
+            if s.automl:
+                execution = await self._start_automl(run, s)
+                self.executions[run.id] = execution
+                try:
+                    result = await execution.wait()
+                finally:
+                    self.executions.pop(run.id, None)
+                    self.gpus.release(holder)
+                await self._ended(run, s, result.state, result.error, [])
+                return
             loop = asyncio.get_running_loop()
             account = await loop.run_in_executor(None, self.account_for, run.owner)
             workdir = await loop.run_in_executor(
@@ -289,6 +303,14 @@ class Scheduler:
             url = f"{self.config.public_url}/services/scheduler/api/runs/{run.id}"
             self._spawn(self.notifier.send(notify, schedule_view(s, final, cron.describe(s.cron, s.timezone)), view, url))
 
+    async def _start_automl(self, run: JobRun, s: JobSchedule) -> "AutoMLExecution":
+        """A run of an AutoML schedule (retraining on cron): an AutoML search over the snapshot."""
+        if self.automl is None:
+            raise RuntimeError("AutoML is not available in this scheduler")
+        job_id = self.automl.start_for_run(run.owner, s.name, s.notebook, run.snapshot_digest, json.loads(s.automl), run.id)
+        self.store.set_automl_job(run.id, job_id)
+        return AutoMLExecution(self.automl, job_id, s.timeout)
+
     # --- stop, heartbeats, recovery --------------------------------------------------------------
 
     async def stop_run(self, run: JobRun) -> None:
@@ -335,3 +357,32 @@ class Scheduler:
     def describe(self, s: JobSchedule, last: JobRun | None) -> dict[str, Any]:
         return schedule_view(s, last, cron.describe(s.cron, s.timezone))
 
+
+
+class AutoMLExecution(Execution):
+    """A scheduled run that is an AutoML search: it ends when the search does."""
+
+    def __init__(self, automl, job_id: int, timeout: float | None):
+        self.automl, self.job_id, self.timeout = automl, job_id, timeout
+        self.reason: str | None = None
+
+    async def wait(self) -> RunResult:
+        started = asyncio.get_running_loop().time()
+        while True:
+            state, error = self.automl.state_of(self.job_id)
+            if state in ("succeeded", "failed", "stopped"):
+                break
+            if self.timeout and asyncio.get_running_loop().time() - started > self.timeout and self.reason is None:
+                await self.stop(TIMED_OUT)
+            await asyncio.sleep(1.0)
+        if self.reason == TIMED_OUT:
+            return RunResult(TIMED_OUT, f"the AutoML search {self.job_id} took longer than {self.timeout:g} s")
+        if state == "succeeded":
+            return RunResult(SUCCEEDED, None)
+        if state == "stopped":
+            return RunResult(STOPPED, error)
+        return RunResult(FAILED, f"AutoML job {self.job_id}: {error}")
+
+    async def stop(self, reason: str = STOPPED) -> None:
+        self.reason = self.reason or reason
+        self.automl.request_stop(self.job_id)

@@ -21,7 +21,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,99}$")
 EMAIL_RE = re.compile(r"^[^@\s,;<>]+@[^@\s,;<>]+\.[^@\s,;<>]+$")
 FIELDS = (
     "name", "notebook", "content", "cron", "timezone", "parameters", "profile", "timeout", "retries",
-    "retry_backoff", "output_formats", "notify", "missed", "active",
+    "retry_backoff", "output_formats", "notify", "missed", "active", "automl",
 )
 
 
@@ -172,6 +172,11 @@ def validate_schedule(body: dict[str, Any], *, partial: bool, smtp_configured: b
         if body["missed"] not in MISSED_POLICIES:
             raise InvalidInput(f"missed must be one of {list(MISSED_POLICIES)}", field="missed")
         out["missed"] = body["missed"]
+    if "automl" in body:
+        if body["automl"] is not None and not isinstance(body["automl"], dict):
+            raise InvalidInput("automl must be an AutoML search's settings (metric, space, trials, ...) or null",
+                               field="automl")
+        out["automl"] = body["automl"] or None
     if "active" in body:
         if not isinstance(body["active"], bool):
             raise InvalidInput("active must be true or false", field="active")

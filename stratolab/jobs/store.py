@@ -40,7 +40,7 @@ def run_view(run: JobRun, schedule_name: str | None = None) -> dict[str, Any]:
         "started_at": _iso(run.started_at), "finished_at": _iso(run.finished_at),
         "duration": duration, "lateness": lateness, "error": run.error,
         "parameters": json.loads(run.parameters), "outputs": json.loads(run.outputs),
-        "not_before": _iso(run.not_before),
+        "not_before": _iso(run.not_before), "automl_job_id": run.automl_job_id,
     }
 
 
@@ -53,6 +53,7 @@ def schedule_view(s: JobSchedule, last_run: JobRun | None, description: str) -> 
         "profile": s.profile, "timeout": s.timeout, "retries": s.retries, "retry_backoff": s.retry_backoff,
         "output_formats": json.loads(s.output_formats),
         "notify": {"webhook": None, "email": [], "on": ["failure"], **json.loads(s.notify or "{}")}, "missed": s.missed,
+        "automl": json.loads(s.automl) if s.automl else None,
         "active": s.active, "next_run_at": _iso(s.next_run_at),
         "last_run": run_view(last_run, s.name) if last_run else None,
         "created_at": _iso(s.created_at), "updated_at": _iso(s.updated_at),
@@ -260,6 +261,11 @@ class JobStore:
             )
             db.commit()
             return result.rowcount == 1
+
+    def set_automl_job(self, run_id: int, job_id: int) -> None:
+        with self.sessions() as db:
+            db.execute(update(JobRun).where(JobRun.id == run_id).values(automl_job_id=job_id))
+            db.commit()
 
     def request_stop(self, run_id: int) -> None:
         with self.sessions() as db:

@@ -95,10 +95,13 @@ class AutoMLService:
             raise InvalidInput(f"{name!r}: a name is 1-100 letters, digits, spaces, '.', '_' or '-'", field="name")
         account = await asyncio.get_running_loop().run_in_executor(None, self.account_for, owner)
         digest = self.files.save_snapshot(owner, nb, account)
+        return self.view(self._insert(owner, str(name), notebook_path(body["notebook"]), digest, config))
+
+    def _insert(self, owner: str, name: str, notebook: str, digest: str, config: dict[str, Any]) -> AutoMLJob:
         study_name = f"stratolab-{owner}-{secrets.token_hex(6)}"
         optuna.create_study(study_name=study_name, storage=self.controller.storage, direction=config["direction"])
         with self.sessions() as db:
-            job = AutoMLJob(owner=owner, name=str(name), notebook=notebook_path(body["notebook"]), snapshot_digest=digest,
+            job = AutoMLJob(owner=owner, name=name, notebook=notebook, snapshot_digest=digest,
                             config=json.dumps(config), study_name=study_name, state="queued", stop_requested=False,
                             created_at=self.clock.now())
             db.add(job)
@@ -110,7 +113,24 @@ class AutoMLService:
                 raise Conflict(f"you already have an AutoML job named {name!r}: choose another name") from None
             db.refresh(job)
             db.expunge(job)
-        return self.view(job)
+        return job
+
+    def start_for_run(self, owner: str, schedule_name: str, notebook: str, digest: str, config: dict[str, Any],
+                      run_id: int) -> int:
+        """The AutoML job of one run of an AutoML schedule (retraining on cron); its id."""
+        return self._insert(owner, f"{schedule_name} run {run_id}"[:100], notebook, digest, config).id
+
+    def state_of(self, job_id: int) -> tuple[str, str | None]:
+        with self.sessions() as db:
+            job = db.get(AutoMLJob, job_id)
+            return (job.state, job.error) if job else ("failed", "the AutoML job was deleted")
+
+    def request_stop(self, job_id: int) -> None:
+        with self.sessions() as db:
+            db.query(AutoMLJob).filter(AutoMLJob.id == job_id).update({"stop_requested": True})
+            db.query(AutoMLJob).filter(AutoMLJob.id == job_id, AutoMLJob.state == "queued").update(
+                {"state": "stopped", "error": "stopped before it started", "finished_at": self.clock.now()})
+            db.commit()
 
     def list(self, owner: str) -> list[dict[str, Any]]:
         with self.sessions() as db:
@@ -133,12 +153,7 @@ class AutoMLService:
         job = self._get(owner, job_id)
         if job.state not in ("queued", "running"):
             raise Conflict(f"AutoML job {job_id} has already ended ({job.state})")
-        with self.sessions() as db:
-            db.query(AutoMLJob).filter(AutoMLJob.id == job_id).update({"stop_requested": True})
-            if job.state == "queued":
-                db.query(AutoMLJob).filter(AutoMLJob.id == job_id, AutoMLJob.state == "queued").update(
-                    {"state": "stopped", "error": "stopped before it started", "finished_at": self.clock.now()})
-            db.commit()
+        self.request_stop(job_id)
         return self.get(owner, job_id)
 
     def delete(self, owner: str, job_id: int) -> None:

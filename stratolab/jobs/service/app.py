@@ -153,6 +153,7 @@ def build(environ=os.environ, clock: Clock | None = None) -> tuple[JobService, S
         max_parallel=_int_env("STRATOLAB_AUTOML_MAX_PARALLEL", 8),
     )
     automl = AutoMLService(store.sessions, files, controller, account_for, service.notebook_for, scheduler.clock)
+    scheduler.automl = automl  # schedules whose runs are AutoML searches (retraining on cron)
     return service, scheduler, automl
 
 

@@ -85,6 +85,7 @@ class JobService:
         nb = await self._notebook(owner, fields)
         declared = inspect_parameters(nb)
         params = validate_parameters(fields.get("parameters"), declared)
+        automl = self._automl(fields.get("automl"), declared)
         profile = self._profile(fields.get("profile"))
         account = await self._blocking(self.account_for, owner)
         digest = await self._blocking(self.files.save_snapshot, owner, nb, account)
@@ -99,6 +100,7 @@ class JobService:
             retries=fields.get("retries", 0), retry_backoff=fields.get("retry_backoff", 60),
             output_formats=json.dumps(fields.get("output_formats", ["ipynb", "html"])),
             notify=json.dumps(fields.get("notify", {})), missed=fields.get("missed", "catch_up"), active=active,
+            automl=json.dumps(automl) if automl else None,
             next_run_at=self._next(fields["cron"], fields["timezone"], active), created_at=now, updated_at=now,
         )
         self.scheduler.wake()
@@ -119,6 +121,10 @@ class JobService:
                 snapshot_digest=await self._blocking(self.files.save_snapshot, owner, nb, account))
         params = fields.get("parameters", json.loads(current.parameters))
         changes["parameters"] = json.dumps(validate_parameters(params, declared))
+        if "automl" in fields or (current.automl and "declared" in changes):
+            automl = fields["automl"] if "automl" in fields else json.loads(current.automl)
+            checked = self._automl(automl, declared)
+            changes["automl"] = json.dumps(checked) if checked else None
         if "profile" in fields:
             changes["profile"] = self._profile(fields["profile"]).slug
         for key in ("name", "cron", "timezone", "timeout", "retries", "retry_backoff", "missed", "active"):
@@ -137,6 +143,20 @@ class JobService:
         self._forget_snapshots(owner)
         self.scheduler.wake()
         return self.view(s)
+
+    @staticmethod
+    def _automl(settings: dict[str, Any] | None, declared: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """An AutoML schedule's search settings, checked like an AutoML job's (fields named automl.*)."""
+        if not settings:
+            return None
+        from stratolab.jobs.automl.config import validate_automl
+
+        try:
+            config = validate_automl(settings, declared)
+            config["parameters"] = validate_parameters(config["parameters"], declared)
+        except InvalidInput as e:
+            raise InvalidInput(e.message, field=f"automl.{e.field}" if e.field else "automl") from None
+        return config
 
     async def set_active(self, owner: str, schedule_id: int, active: bool) -> dict[str, Any]:
         return await self.update(owner, schedule_id, {"active": active})

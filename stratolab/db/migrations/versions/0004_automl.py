@@ -1,4 +1,4 @@
-"""AutoML jobs (their trials are in Optuna's own tables).
+"""AutoML jobs (their trials are in Optuna's own tables), and schedules that run AutoML searches.
 
 Revision ID: 0004
 Revises: 0003
@@ -36,7 +36,13 @@ def upgrade() -> None:
         sa.Column("finished_at", UtcDateTime(), nullable=True),
         sa.UniqueConstraint("owner", "name", name="uq_automl_jobs_owner_name"),
     )
+    op.add_column("job_schedules", sa.Column("automl", sa.Text(), nullable=True))
+    op.add_column("job_runs", sa.Column("automl_job_id", sa.Integer(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("job_runs") as batch:
+        batch.drop_column("automl_job_id")
+    with op.batch_alter_table("job_schedules") as batch:
+        batch.drop_column("automl")
     op.drop_table("automl_jobs")
