@@ -26,6 +26,15 @@ def _int(environ: Mapping[str, str], name: str, default: int) -> int:
         raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
 
 
+def user_env_python(environ: Mapping[str, str] | None = None) -> str:
+    """The interpreter of the user environment (STRATOLAB_USER_ENV), where kernels, runs and function
+    workers execute; this interpreter when it is not set."""
+    env = (os.environ if environ is None else environ).get("STRATOLAB_USER_ENV")
+    if env and (Path(env) / "bin" / "python").exists():
+        return str(Path(env) / "bin" / "python")
+    return sys.executable
+
+
 @dataclass(frozen=True)
 class PlatformSettings:
     """Everything a deployment chooses through environment variables."""

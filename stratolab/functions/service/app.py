@@ -34,6 +34,7 @@ from stratolab.functions.runtime.local_backend import LocalBackend
 from stratolab.functions.service import handlers, metrics
 from stratolab.functions.service.state import ServiceState
 from stratolab.hub.system_users import ensure_system_user, system_username
+from stratolab.settings import user_env_python
 
 log = logging.getLogger("stratolab.functions")
 
@@ -47,14 +48,6 @@ def available_frameworks(python: str) -> list[str]:
     probe = "import importlib.util as u; print(','.join(m for m in %r if u.find_spec(m)))" % (FRAMEWORKS,)
     out = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=60).stdout.strip()
     return [m for m in out.split(",") if m]
-
-
-def user_python() -> str:
-    """The interpreter of the user environment (STRATOLAB_USER_ENV), where workers run."""
-    env = os.environ.get("STRATOLAB_USER_ENV")
-    if env and (Path(env) / "bin" / "python").exists():
-        return str(Path(env) / "bin" / "python")
-    return sys.executable
 
 
 def function_gpus() -> tuple[str, ...]:
@@ -117,11 +110,11 @@ def main() -> None:
 
     backend = LocalBackend(
         data_dir / "runtime",
-        available_frameworks(user_python()),
+        available_frameworks(user_env_python()),
         account_for=system_account if isolated else (lambda owner: None),
         on_event=on_event,
         gpu_inventory=function_gpus(),
-        python=user_python(),
+        python=user_env_python(),
     ).start()
     state = ServiceState(
         registry=registry,

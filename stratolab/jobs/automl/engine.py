@@ -55,15 +55,39 @@ def make_pruner(config: dict[str, Any]) -> optuna.pruners.BasePruner:
     }[config["pruner"]]()
 
 
+#: Optuna's tables (and its own `alembic_version`) live in this schema on PostgreSQL, where the
+#: platform database is often the hub's database too (JupyterHub has an `alembic_version` table)
+OPTUNA_SCHEMA = "stratolab_optuna"
+
+
 def optuna_url(url: str) -> str:
-    """Optuna's storage URL for the platform database (the same database, Optuna's own tables)."""
+    """Optuna's storage URL for the platform database."""
     return url
 
 
 def storage_engine_kwargs(url: str) -> dict[str, Any]:
     if url.startswith("sqlite"):
         return {"connect_args": {"timeout": 30}}  # several processes share the file
+    if url.startswith("postgresql"):
+        return {"pool_pre_ping": True, "connect_args": {"options": f"-csearch_path={OPTUNA_SCHEMA}"}}
     return {"pool_pre_ping": True}
+
+
+def ensure_optuna_schema(url: str) -> None:
+    """On PostgreSQL, the schema Optuna's tables go to (created once; concurrent starts are fine)."""
+    if not url.startswith("postgresql"):
+        return
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text(f"CREATE SCHEMA IF NOT EXISTS {OPTUNA_SCHEMA}"))
+    except (IntegrityError, ProgrammingError):  # created by another process at the same moment
+        pass
+    finally:
+        engine.dispose()
 
 
 class AutoMLController:
@@ -71,6 +95,7 @@ class AutoMLController:
                  worker_id: str, account_for: Callable[[str], Account | None], profile_env: Callable[[], dict],
                  heartbeat_every: float = 5.0, stale_after: float = 30.0, max_parallel: int = 8):
         self.sessions = sessions
+        ensure_optuna_schema(db_url)
         self.storage = optuna.storages.RDBStorage(optuna_url(db_url), engine_kwargs=storage_engine_kwargs(db_url))
         self.files = files
         self.executor = executor

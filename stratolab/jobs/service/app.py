@@ -33,6 +33,7 @@ from stratolab.hub.gpus import GpuAllocator, discover_gpus
 from stratolab.hub.profiles import default_profile_list, load_profile_list, parse_profile_list
 from stratolab.hub.system_users import ensure_system_user, system_username
 from stratolab.jobs.clock import Clock
+from stratolab.settings import user_env_python
 from stratolab.jobs.engine import Scheduler, SchedulerConfig
 from stratolab.jobs.executor import Account
 from stratolab.jobs.files import JobFiles
@@ -86,13 +87,6 @@ def _int_env(name: str, default: int) -> int:
     return int(raw) if raw else default
 
 
-def user_python() -> str:
-    env = os.environ.get("STRATOLAB_USER_ENV")
-    if env and (Path(env) / "bin" / "python").exists():
-        return str(Path(env) / "bin" / "python")
-    return sys.executable
-
-
 def job_gpus() -> tuple[str, ...]:
     raw = os.environ.get("STRATOLAB_JOB_GPUS", os.environ.get("STRATOLAB_GPUS"))
     configured = tuple(g.strip() for g in raw.split(",") if g.strip()) if raw is not None else None
@@ -137,7 +131,7 @@ def build(environ=os.environ, clock: Clock | None = None) -> tuple[JobService, S
         misfire_grace=float(_int_env("STRATOLAB_JOBS_MISFIRE_GRACE", 60)),
         public_url=environ.get("STRATOLAB_PUBLIC_URL", "").rstrip("/"),
     )
-    executor = LocalProcessExecutor(user_python(), root, warm=environ.get("STRATOLAB_JOBS_WARM", "1") != "0")
+    executor = LocalProcessExecutor(user_env_python(environ), root, warm=environ.get("STRATOLAB_JOBS_WARM", "1") != "0")
     profiles = load_profiles(len(gpus.inventory))
     scheduler = Scheduler(store, files, executor, clock or Clock(), config, profiles=profiles, account_for=account_for,
                           gpus=gpus, notifier=Notifier(smtp))
