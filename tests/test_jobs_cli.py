@@ -46,7 +46,10 @@ def test_jobs_from_the_command_line(hub, tmp_path):
     listed = cli(env, "jobs", "list")
     assert [x["name"] for x in listed] == ["weekday-report"]
     r = cli(env, "jobs", "create", str(nb), "--cron", "61 * * * *", check=False)
-    assert r.returncode == 1 and "cron" in r.stderr and "not a valid cron expression" in r.stderr
+    assert r.returncode == 1 and json.loads(r.stderr)["field"] == "cron" and "not a valid cron expression" in r.stderr
+    r = subprocess.run(CLI + ["jobs", "create", str(nb), "--cron", "0 7 * * *", "--param", "n=seven"],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 1 and r.stderr.startswith("stratolab: parameters.n: parameter 'n' must be an int")
     r = cli(env, "jobs", "run-now", "no-such-schedule", check=False)
     assert r.returncode == 1 and "no schedule named 'no-such-schedule'" in r.stderr
     assert cli(env, "jobs", "delete", "weekday-report")["deleted"] == s["id"]

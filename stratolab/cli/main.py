@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
             func(args)
     except StratolabError as e:
         if args.json:
-            print(json.dumps({"error": e.message, "status": e.status}), file=sys.stderr)
+            field = {"field": e.field} if getattr(e, "field", None) else {}
+            print(json.dumps({"error": e.message, **field, "status": e.status}), file=sys.stderr)
         else:
             print(f"stratolab: {e.message}", file=sys.stderr)
         return 2 if e.status == 2 else 1
