@@ -29,7 +29,7 @@ REQUEST_TIMEOUT_S = 600.0
 FORWARDED_REQUEST_HEADERS = ("Content-Type", "Accept", "X-Function-Key", "Idempotency-Key")
 FORWARDED_RESPONSE_HEADERS = (
     "X-Function-Version", "Retry-After", "Location", "WWW-Authenticate", "Content-Disposition",
-    "Content-Security-Policy", "X-Content-Type-Options",
+    "Content-Security-Policy", "X-Content-Type-Options", "X-Trial-Number",
 )
 
 

@@ -101,7 +101,13 @@ export async function callFunctions<T>(method: string, path: string, body?: unkn
     init.body = JSON.stringify(body);
     init.headers = { 'Content-Type': 'application/json' };
   }
-  const response = await functionsFetch(path, init);
+  return functionsAnswer<T>(await functionsFetch(path, init));
+}
+
+/**
+ * The JSON of a functions service answer; throws a `FunctionsError` on 4xx/5xx.
+ */
+export async function functionsAnswer<T>(response: Response): Promise<T> {
   let data: any = null;
   try {
     data = await response.json();
@@ -226,7 +232,7 @@ export function createTryBox(owner: string, name: string, example = '[]'): HTMLE
 /**
  * A dialog body that is a plain DOM form; `getValue` reads it when the dialog is accepted.
  */
-class FormBody<T> extends Widget implements Dialog.IBodyWidget<T> {
+export class FormBody<T> extends Widget implements Dialog.IBodyWidget<T> {
   constructor(node: HTMLElement, private readonly read: () => T) {
     super({ node });
   }

@@ -1,7 +1,7 @@
 /**
  * Stratolab's JupyterLab plugin: the sidebar panel and the command that opens it, "Deploy as
- * function" for notebook code cells (context menu and cell toolbar), and "Schedule…" for notebooks
- * (file browser context menu, notebook toolbar, command palette).
+ * function" for notebook code cells (context menu and cell toolbar), and "Schedule…" and "Tune…"
+ * for notebooks (file browser context menu, notebook toolbar, command palette).
  */
 import {
   ILayoutRestorer,
@@ -13,17 +13,20 @@ import { IDefaultFileBrowser } from '@jupyterlab/filebrowser';
 import { INotebookTracker } from '@jupyterlab/notebook';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 
+import { AutoMLSection, IAutoMLJob } from './automl';
 import { deployIcon, openDeployDialog } from './deploy';
 import { FunctionsSection } from './functions';
 import { stratolabIcon } from './icon';
 import { ISchedule, JobsSection } from './jobs';
 import { EnvironmentSection, StratolabPanel } from './panel';
 import { openScheduleDialog, scheduleIcon } from './schedule';
+import { openTuneDialog, tuneIcon } from './tune';
 
 export { EnvironmentSection, PanelSection, StratolabPanel } from './panel';
 export { fetchStatus, IStratolabStatus, StatusError } from './status';
 export { FunctionsSection, IFunction } from './functions';
 export { IRun, ISchedule, JobsSection } from './jobs';
+export { AutoMLSection, IAutoMLJob, ITrial } from './automl';
 
 const PLUGIN_ID = 'stratolab-lab:plugin';
 
@@ -31,6 +34,7 @@ export namespace CommandIDs {
   export const openPanel = 'stratolab:open-panel';
   export const deployCell = 'stratolab:deploy-cell';
   export const scheduleNotebook = 'stratolab:schedule-notebook';
+  export const tuneNotebook = 'stratolab:tune-notebook';
 }
 
 const plugin: JupyterFrontEndPlugin<void> = {
@@ -73,9 +77,19 @@ const plugin: JupyterFrontEndPlugin<void> = {
       openPath: path => app.commands.execute('docmanager:open', { path }),
       editSchedule
     });
+    const automl = new AutoMLSection({
+      contents,
+      openPath: path => app.commands.execute('docmanager:open', { path }),
+      onDeployed: () => void functions.refresh()
+    });
+    const tuneStarted = (job: IAutoMLJob) => {
+      automl.selected = job.id; // refreshes
+      app.shell.activateById(panel.id);
+    };
     const panel = new StratolabPanel([new EnvironmentSection()]);
     panel.addSection(functions);
     panel.addSection(jobs);
+    panel.addSection(automl);
     app.shell.add(panel, 'left', { rank: 500 });
     if (restorer) {
       restorer.add(panel, panel.id);
@@ -123,7 +137,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
       }
     }
 
-    // The notebook "Schedule…" is about: the one right-clicked in the file browser, else the current one.
+    // The notebook "Schedule…" and "Tune…" are about: the one right-clicked in the file browser, else the current one.
     const notebookToSchedule = (args: Record<string, unknown>): string | null => {
       if (typeof args.path === 'string') {
         return args.path;
@@ -156,6 +170,28 @@ const plugin: JupyterFrontEndPlugin<void> = {
     });
     if (palette) {
       palette.addItem({ command: CommandIDs.scheduleNotebook, category: 'Stratolab' });
+    }
+
+    app.commands.addCommand(CommandIDs.tuneNotebook, {
+      label: 'Tune…',
+      caption: 'Search the best values of this notebook’s parameters (AutoML: one run of the notebook per trial)',
+      icon: tuneIcon,
+      isEnabled: args => notebookToSchedule(args) !== null,
+      execute: async args => {
+        const path = notebookToSchedule(args);
+        if (path) {
+          await openTuneDialog({ contents, path, beforeRead: saveIfOpen, onStarted: tuneStarted });
+        }
+      }
+    });
+    app.contextMenu.addItem({
+      command: CommandIDs.tuneNotebook,
+      selector: '.jp-DirListing-item[data-file-type="notebook"]',
+      args: { source: 'filebrowser' },
+      rank: 61
+    });
+    if (palette) {
+      palette.addItem({ command: CommandIDs.tuneNotebook, category: 'Stratolab' });
     }
 
     // Fill the panel once, even while collapsed, so it is ready when opened.

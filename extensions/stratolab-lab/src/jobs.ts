@@ -144,7 +144,7 @@ export async function schedulerFetch(
 }
 
 /** The error a failed answer stands for (`{"error", "field"}` from the service). */
-async function answerError(response: Response): Promise<SchedulerError> {
+export async function answerError(response: Response): Promise<SchedulerError> {
   let data: any = null;
   try {
     data = await response.json();

@@ -181,12 +181,12 @@ export interface IScheduleDialogOptions {
 
 type Action = 'save' | 'run';
 
-interface IField {
+export interface IField {
   row: HTMLElement;
   input: HTMLInputElement;
 }
 
-function textField(label: string, testId: string, value = '', placeholder = ''): IField {
+export function textField(label: string, testId: string, value = '', placeholder = ''): IField {
   const row = el('label', 'jp-Stratolab-field');
   const input = el('input', 'jp-Stratolab-input', undefined, testId);
   input.type = 'text';
@@ -197,7 +197,7 @@ function textField(label: string, testId: string, value = '', placeholder = ''):
   return { row, input };
 }
 
-function checkbox(label: string, testId: string, checked: boolean): { row: HTMLElement; input: HTMLInputElement } {
+export function checkbox(label: string, testId: string, checked: boolean): { row: HTMLElement; input: HTMLInputElement } {
   const row = el('label', 'jp-Stratolab-check');
   const input = el('input', '', undefined, testId);
   input.type = 'checkbox';
@@ -206,7 +206,7 @@ function checkbox(label: string, testId: string, checked: boolean): { row: HTMLE
   return { row, input };
 }
 
-function details(title: string, testId: string, open = false): { details: HTMLDetailsElement; body: HTMLElement } {
+export function details(title: string, testId: string, open = false): { details: HTMLDetailsElement; body: HTMLElement } {
   const node = el('details', 'jp-Stratolab-details', undefined, testId);
   node.open = open;
   node.append(el('summary', 'jp-Stratolab-summary', title));
@@ -687,19 +687,26 @@ export class ScheduleForm extends Widget {
   private previewSeq = 0;
 }
 
+/** A dialog's form that submits itself: true when the service said yes (the dialog then closes). */
+export interface ISubmittingForm<A extends string> extends Widget {
+  submit(action: A): Promise<boolean>;
+}
+
 /**
  * A dialog that stays open while its form is submitted, and after a refusal (with the input kept):
- * "Create schedule" and "Run now" close it only once the service said yes.
+ * "Create schedule" and "Run now" (or the Tune dialog's "Start") close it only once the service
+ * said yes. `actions[i]` is what button `i` submits; null closes the dialog (Cancel).
  */
-class ScheduleDialog extends Dialog<void> {
+export class FormDialog<A extends string> extends Dialog<void> {
   constructor(
-    private readonly form: ScheduleForm,
+    private readonly form: ISubmittingForm<A>,
     title: string,
-    private readonly actions: (Action | null)[],
-    buttons: Dialog.IButton[]
+    private readonly actions: (A | null)[],
+    buttons: Dialog.IButton[],
+    className = 'jp-Stratolab-scheduleDialog'
   ) {
     super({ title, body: form, buttons, hasClose: true, focusNodeSelector: 'input[type=text]' });
-    this.addClass('jp-Stratolab-scheduleDialog');
+    this.addClass(className);
   }
 
   resolve(index?: number): void {
@@ -751,7 +758,7 @@ export async function openScheduleDialog(options: IScheduleDialogOptions): Promi
     await options.beforeRead?.(options.path);
   }
   const form = new ScheduleForm(options);
-  const dialog = new ScheduleDialog(
+  const dialog = new FormDialog<Action>(
     form,
     editing ? `Edit schedule ${options.schedule!.name}` : `Schedule ${defaultScheduleName(options.path)}`,
     [null, 'run', 'save'],

@@ -15,7 +15,9 @@ FIELDS = ("notebook", "content", "name", "space", "metric", "direction", "trials
 
 
 def _int(body: dict, key: str, default: int | None, low: int, high: int, optional: bool = False) -> int | None:
-    raw = body.get(key, default)
+    raw = body.get(key)
+    if raw is None:
+        raw = default  # absent or null: the default
     if raw is None and optional:
         return None
     if isinstance(raw, bool) or not isinstance(raw, int):

@@ -76,7 +76,10 @@ class AutoMLService:
         return {"parameters": declared, "space": propose_space(declared)}
 
     async def _notebook(self, owner: str, body: dict[str, Any]) -> dict:
-        fields = {"notebook": notebook_path(body.get("notebook"))}
+        """The request's notebook: its `content`, else the file `notebook` in the owner's home."""
+        fields: dict[str, Any] = {}
+        if body.get("notebook") is not None or body.get("content") is None:
+            fields["notebook"] = notebook_path(body.get("notebook"))
         if body.get("content") is not None:
             fields["content"] = body["content"]
         return await self.read_notebook(owner, fields)
@@ -90,12 +93,13 @@ class AutoMLService:
             kinds = {p["name"]: p["type"] for p in declared}
             if item["type"] == "float" and kinds.get(name) == "int":
                 raise InvalidInput(f"{name!r} is an int in the notebook: search it as an int", field=f"space.{name}.type")
-        name = body.get("name") or posixpath.basename(body["notebook"])[: -len(".ipynb")]
+        path = notebook_path(body.get("notebook"))  # a search is named and recorded by its notebook
+        name = body.get("name") or posixpath.basename(path)[: -len(".ipynb")]
         if not NAME_RE.match(str(name)):
             raise InvalidInput(f"{name!r}: a name is 1-100 letters, digits, spaces, '.', '_' or '-'", field="name")
         account = await asyncio.get_running_loop().run_in_executor(None, self.account_for, owner)
         digest = self.files.save_snapshot(owner, nb, account)
-        return self.view(self._insert(owner, str(name), notebook_path(body["notebook"]), digest, config))
+        return self.view(self._insert(owner, str(name), path, digest, config))
 
     def _insert(self, owner: str, name: str, notebook: str, digest: str, config: dict[str, Any]) -> AutoMLJob:
         study_name = f"stratolab-{owner}-{secrets.token_hex(6)}"
