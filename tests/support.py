@@ -26,6 +26,35 @@ IS_ROOT = os.geteuid() == 0
 DEFAULT_ROOT_USER_ENV = Path("/opt/stratolab/user-env")
 
 
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+def open_lab(page, hub: "HubProcess", user: "TestUser", notebook: str | None = None, content: dict | None = None):
+    """In a browser page: log in through the form, start the CPU profile from the spawn form and wait
+    for the lab; with `notebook`, write it (through the contents API, typing into CodeMirror is
+    flaky), load the lab again and return its file-browser item."""
+    import re
+
+    page.goto(f"{hub.url}/hub/login")
+    page.fill("input[name=username]", user.name)
+    page.fill("input[name=password]", user.password)
+    page.click("input[type=submit], button[type=submit]")
+    page.wait_for_selector("form#spawn_form")
+    page.check("input[name=profile][value=cpu]")
+    page.click("#spawn_form input[type=submit], #spawn_form button[type=submit]")
+    page.wait_for_url(re.compile(rf"/user/{user.name}/lab"), timeout=90_000)
+    if notebook is None:
+        return None
+    r = requests.put(f"{hub.url}/user/{user.name}/api/contents/{notebook}", headers=user.headers, timeout=60,
+                     json={"type": "notebook", "format": "json", "content": content})
+    assert r.status_code in (200, 201), r.text
+    page.goto(f"{hub.url}/user/{user.name}/lab")
+    item = page.locator('.jp-DirListing-item[data-file-type="notebook"]', has_text=notebook)
+    item.wait_for(state="visible", timeout=90_000)
+    return item
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -233,3 +233,27 @@ def test_an_automl_search_on_a_schedule(tmp_path):
     assert done["state"] == "succeeded", (done, proc.log_tail())
     job = automl.get("alice", done["automl_job_id"])
     assert job["state"] == "succeeded" and job["counts"] == {"complete": 3} and job["name"] == f"r run {run['id']}"
+
+
+TORCH = notebook(
+    "import stratolab, torch\nfrom sklearn.datasets import load_digits\n"
+    "X, y = load_digits(return_X_y=True)\nX = torch.tensor(X / 16.0, dtype=torch.float32)\ny = torch.tensor(y)\n"
+    "torch.manual_seed(0)\nmodel = torch.nn.Sequential(torch.nn.Linear(64, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 10))\n"
+    "opt = torch.optim.Adam(model.parameters(), lr=lr)\n"
+    "for epoch in range(1, 4):\n    for i in range(0, 1200, 100):\n"
+    "        opt.zero_grad()\n        torch.nn.functional.cross_entropy(model(X[i:i + 100]), y[i:i + 100]).backward()\n        opt.step()\n"
+    "    with torch.no_grad():\n        acc = (model(X[1200:]).argmax(1) == y[1200:]).float().mean().item()\n"
+    "    stratolab.report(epoch, acc)\nstratolab.record('val_accuracy', acc)",
+    parameters="lr = 1e-3\nhidden = 32")
+
+
+def test_a_tiny_torch_mlp(tmp_path):
+    svc = in_process_automl(f"sqlite:///{tmp_path / 'db.sqlite'}", tmp_path / "jobs")
+    view = asyncio.run(drive(svc, "alice", {
+        "notebook": "torch.ipynb", "content": TORCH, "metric": "val_accuracy", "trials": 4, "parallel": 2, "seed": 2,
+        "space": {"lr": {"type": "float", "low": 1e-3, "high": 3e-2, "log": True},
+                  "hidden": {"type": "int", "low": 16, "high": 64}}}))
+    assert view["state"] == "succeeded" and view["counts"] == {"complete": 4}, view
+    trials = svc.trials("alice", view["id"])
+    assert all(len(t["intermediate"]) == 3 for t in trials)  # every epoch reached the trial
+    assert view["best"]["value"] > 0.8

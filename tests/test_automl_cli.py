@@ -45,6 +45,9 @@ def test_automl_from_the_command_line(hub, tmp_path):
     assert deployed["trial"] == status["best"]["number"] and deployed["url"].endswith("/digits-cli")
     listed = cli(env, "automl", "list")
     assert [j["id"] for j in listed] == [job["id"]]
+    weekly = cli(env, "automl", "create", str(nb), "--space", str(space), "--metric", "val_accuracy", "--trials", "5",
+                 "--cron", "0 3 * * 0", "--tz", "Europe/Berlin", "--name", "weekly-retrain")
+    assert weekly["automl"]["trials"] == 5 and weekly["description"].startswith("At 03:00, only on Sunday")
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"C": {"type": "float", "low": 5, "high": 1}}))
     r = cli(env, "automl", "create", str(nb), "--space", str(bad), "--metric", "m", check=False)

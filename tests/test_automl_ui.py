@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import requests
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+from support import CHROMIUM, CHROMIUM_FLAGS, open_lab
+
 
 
 def training_notebook() -> dict:
@@ -66,24 +66,8 @@ def test_tune_a_notebook_watch_the_leaderboard_open_the_best_trial_and_deploy_it
             page = context.new_page()
             page.set_default_timeout(60_000)
 
-            # log in through the form and start the CPU profile from the spawn form
-            page.goto(f"{hub.url}/hub/login")
-            page.fill("input[name=username]", user.name)
-            page.fill("input[name=password]", user.password)
-            page.click("input[type=submit], button[type=submit]")
-            page.wait_for_selector("form#spawn_form")
-            page.check("input[name=profile][value=cpu]")
-            page.click("#spawn_form input[type=submit], #spawn_form button[type=submit]")
-            page.wait_for_url(re.compile(rf"/user/{user.name}/lab"), timeout=90_000)
-
-            r = requests.put(
-                f"{hub.url}/user/{user.name}/api/contents/train.ipynb", headers=user.headers,
-                json={"type": "notebook", "format": "json", "content": training_notebook()},
-            )
-            assert r.status_code in (200, 201), r.text
-            page.goto(f"{hub.url}/user/{user.name}/lab")
-            item = page.locator('.jp-DirListing-item[data-file-type="notebook"]', has_text="train.ipynb")
-            item.wait_for(state="visible", timeout=90_000)
+            # log in, start the CPU profile, and put the notebook in the home
+            item = open_lab(page, hub, user, "train.ipynb", training_notebook())
 
             # right-click it > Tune…: one row per parameter, C searched on the proposed log range
             item.click(button="right")

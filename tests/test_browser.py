@@ -9,10 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from support import ADMIN_PASSWORD, unique_name
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+from support import ADMIN_PASSWORD, CHROMIUM, CHROMIUM_FLAGS, unique_name
 
 pytestmark = [
     pytest.mark.browser,

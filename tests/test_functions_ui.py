@@ -17,10 +17,8 @@ from stratolab.functions.analysis import plan_capture, read_cells
 from stratolab.functions.bundle import build_bundle
 from stratolab.functions.client import pack
 from stratolab.server.functions_proxy import forwardable_path, hub_public_url
-from support import user_env_for_tests
+from support import CHROMIUM, CHROMIUM_FLAGS, open_lab, user_env_for_tests
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 
 def doubler_bundle(tmp: Path) -> bytes:
@@ -201,14 +199,7 @@ def test_deploy_a_cell_try_it_and_see_it_in_the_panel(hub, tmp_path):
             page.set_default_timeout(60_000)
 
             # log in through the form and start the CPU profile from the spawn form
-            page.goto(f"{hub.url}/hub/login")
-            page.fill("input[name=username]", user.name)
-            page.fill("input[name=password]", user.password)
-            page.click("input[type=submit], button[type=submit]")
-            page.wait_for_selector("form#spawn_form")
-            page.check("input[name=profile][value=cpu]")
-            page.click("#spawn_form input[type=submit], #spawn_form button[type=submit]")
-            page.wait_for_url(re.compile(rf"/user/{user.name}/lab"), timeout=90_000)
+            open_lab(page, hub, user)
 
             # the notebook is written through the contents API (typing into CodeMirror is flaky)
             cells = SKLEARN_CELLS if kernel_has_sklearn() else NUMPY_CELLS

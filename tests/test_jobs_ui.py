@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import requests
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+from support import CHROMIUM, CHROMIUM_FLAGS, open_lab
+
 TIMEZONE = "Europe/Berlin"
 WEBHOOK = "https://hooks.example.invalid/stratolab"
 
@@ -62,25 +62,8 @@ def test_schedule_a_notebook_run_it_now_and_open_the_executed_notebook(hub, tmp_
             page = context.new_page()
             page.set_default_timeout(60_000)
 
-            # log in through the form and start the CPU profile from the spawn form
-            page.goto(f"{hub.url}/hub/login")
-            page.fill("input[name=username]", user.name)
-            page.fill("input[name=password]", user.password)
-            page.click("input[type=submit], button[type=submit]")
-            page.wait_for_selector("form#spawn_form")
-            page.check("input[name=profile][value=cpu]")
-            page.click("#spawn_form input[type=submit], #spawn_form button[type=submit]")
-            page.wait_for_url(re.compile(rf"/user/{user.name}/lab"), timeout=90_000)
-
-            # the notebook is written through the contents API, then the lab is loaded again to list it
-            r = requests.put(
-                f"{hub.url}/user/{user.name}/api/contents/report.ipynb", headers=user.headers,
-                json={"type": "notebook", "format": "json", "content": parameters_notebook()},
-            )
-            assert r.status_code in (200, 201), r.text
-            page.goto(f"{hub.url}/user/{user.name}/lab")
-            item = page.locator('.jp-DirListing-item[data-file-type="notebook"]', has_text="report.ipynb")
-            item.wait_for(state="visible", timeout=90_000)
+            # log in, start the CPU profile, and put the notebook in the home
+            item = open_lab(page, hub, user, "report.ipynb", parameters_notebook())
 
             # right-click it > Schedule…
             item.click(button="right")

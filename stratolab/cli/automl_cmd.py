@@ -46,6 +46,14 @@ def cmd_create(args, emit) -> None:
             body[key] = getattr(args, key)
     if args.param:
         body["parameters"] = parse_params(args.param)
+    if args.cron:  # retraining on cron: a schedule whose every run is this search
+        settings = {k: v for k, v in body.items() if k not in ("notebook", "content", "name")}
+        schedule = {"notebook": body["notebook"], "content": body["content"], "cron": args.cron, "timezone": args.tz,
+                    "automl": settings, **({"name": body["name"]} if body.get("name") else {})}
+        s = scheduler_call("POST", "api/schedules", schedule)
+        emit(s, f"schedule {s['id']} ({s['name']}): an AutoML search {s['description']}; next {s['next_run_at']}\n"
+                f"its runs: stratolab jobs runs --schedule {s['id']}")
+        return
     job = scheduler_call("POST", "api/automl", body)
     emit(job, f"AutoML job {job['id']} ({job['name']}) queued: {job['config']['trials']} trials, "
               f"{job['config']['parallel']} at once, {job['config']['algorithm']}\n"
@@ -123,6 +131,8 @@ def add_automl_commands(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--name")
     p.add_argument("--param", action="append", metavar="NAME=VALUE", help="a fixed value for a parameter not searched")
+    p.add_argument("--cron", help="run the search on this schedule instead of once (retraining on cron)")
+    p.add_argument("--tz", default="UTC", help="time zone of --cron")
     p.set_defaults(func=cmd_create)
 
     p = cmds.add_parser("list", parents=[common], help="your searches")

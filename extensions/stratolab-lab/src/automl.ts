@@ -10,7 +10,7 @@ import { Dialog, showDialog, showErrorMessage } from '@jupyterlab/apputils';
 import { Contents } from '@jupyterlab/services';
 
 import { formatNumber, historyChart, IAxis, IHistoryPoint, ILine, importanceBars, parallelCoordinates } from './charts';
-import { el } from './dom';
+import { el, JoinedLoads } from './dom';
 import { button, FormBody, functionsAnswer, functionsFetch, IFunction } from './functions';
 import {
   ACTIVE_STATES,
@@ -306,17 +306,7 @@ export class AutoMLSection extends PanelSection {
    * way joins it, unless `fresh` (after a change).
    */
   refresh(fresh = false): Promise<void> {
-    const selected = this._selected;
-    if (!fresh && this._pending && this._pending.selected === selected) {
-      return this._pending.promise;
-    }
-    const promise = this.load(selected).finally(() => {
-      if (this._pending?.promise === promise) {
-        this._pending = null;
-      }
-    });
-    this._pending = { selected, promise };
-    return promise;
+    return this._loads.run(this._selected, fresh);
   }
 
   dispose(): void {
@@ -720,7 +710,7 @@ export class AutoMLSection extends PanelSection {
   private _selected: number | null = null;
   private _detail: { jobId: number; version: string; trials: ITrial[]; insights: IInsights } | null = null;
   private _timer: number | undefined;
-  private _pending: { selected: number | null; promise: Promise<void> } | null = null;
+  private _loads = new JoinedLoads<number | null>(selected => this.load(selected));
   private _seq = 0;
 }
 

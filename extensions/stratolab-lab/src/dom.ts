@@ -19,3 +19,26 @@ export function el<K extends keyof HTMLElementTagNameMap>(
   }
   return node;
 }
+
+/**
+ * Loads keyed by a selection: a load asked for while one for the same selection is under way joins
+ * it, unless `fresh` (after a change, whose effect a load started earlier would not show).
+ */
+export class JoinedLoads<K> {
+  constructor(private readonly loadFor: (key: K) => Promise<void>) {}
+
+  run(key: K, fresh = false): Promise<void> {
+    if (!fresh && this._pending && this._pending.key === key) {
+      return this._pending.promise;
+    }
+    const promise = this.loadFor(key).finally(() => {
+      if (this._pending?.promise === promise) {
+        this._pending = null;
+      }
+    });
+    this._pending = { key, promise };
+    return promise;
+  }
+
+  private _pending: { key: K; promise: Promise<void> } | null = null;
+}

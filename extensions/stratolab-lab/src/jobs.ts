@@ -10,7 +10,7 @@ import { URLExt } from '@jupyterlab/coreutils';
 import { Contents, ServerConnection } from '@jupyterlab/services';
 import { Widget } from '@lumino/widgets';
 
-import { el } from './dom';
+import { el, JoinedLoads } from './dom';
 import { button } from './functions';
 import { PanelSection } from './panel';
 
@@ -355,17 +355,7 @@ export class JobsSection extends PanelSection {
    * unless `fresh` (after a change, whose effect a load started earlier would not show).
    */
   refresh(fresh = false): Promise<void> {
-    const selected = this._selected;
-    if (!fresh && this._pending && this._pending.selected === selected) {
-      return this._pending.promise;
-    }
-    const promise = this.load(selected).finally(() => {
-      if (this._pending?.promise === promise) {
-        this._pending = null;
-      }
-    });
-    this._pending = { selected, promise };
-    return promise;
+    return this._loads.run(this._selected, fresh);
   }
 
   private async load(selected: number | null): Promise<void> {
@@ -666,7 +656,7 @@ export class JobsSection extends PanelSection {
   private _runs: IRun[] = [];
   private _selected: number | null = null;
   private _timer: number | undefined;
-  private _pending: { selected: number | null; promise: Promise<void> } | null = null;
+  private _loads = new JoinedLoads<number | null>(selected => this.load(selected));
   private _seq = 0;
 }
 

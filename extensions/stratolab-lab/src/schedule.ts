@@ -167,6 +167,22 @@ export function splitAddresses(text: string): string[] {
 // --- the dialog --------------------------------------------------------------------------------------
 
 /** What the dialog needs: the notebook (or the schedule to edit) and how to reach the lab. */
+/** The notebook as the contents manager has it (saved first when open); undefined if unreadable. */
+export async function readNotebookContent(options: {
+  contents: Contents.IManager;
+  path: string;
+  beforeRead?: (path: string) => Promise<void>;
+}): Promise<unknown> {
+  try {
+    await options.beforeRead?.(options.path);
+    const model = await options.contents.get(options.path, { type: 'notebook', content: true });
+    return model.content;
+  } catch (error) {
+    console.warn(`Stratolab: cannot read ${options.path}; the scheduler reads it from the home.`, error);
+    return undefined;
+  }
+}
+
 export interface IScheduleDialogOptions {
   contents: Contents.IManager;
   /** The notebook's contents path; for an edit, the schedule's notebook. */
@@ -477,16 +493,8 @@ export class ScheduleForm extends Widget {
     return request;
   }
 
-  /** The notebook as the contents manager has it (saved first when open); undefined if unreadable. */
-  private async readNotebook(): Promise<unknown> {
-    try {
-      await this.options.beforeRead?.(this.options.path);
-      const model = await this.options.contents.get(this.options.path, { type: 'notebook', content: true });
-      return model.content;
-    } catch (error) {
-      console.warn(`Stratolab: cannot read ${this.options.path}; the scheduler reads it from the home.`, error);
-      return undefined;
-    }
+  private readNotebook(): Promise<unknown> {
+    return readNotebookContent(this.options);
   }
 
   private async loadParameters(): Promise<void> {

@@ -21,7 +21,9 @@ import {
 import { el } from './dom';
 import { numberField, readNumber } from './functions';
 import { INotebookParameter, SchedulerError } from './jobs';
-import { checkbox, defaultScheduleName, details, FormDialog, formatParameterValue, IField, ISubmittingForm, textField } from './schedule';
+import {
+  checkbox, defaultScheduleName, details, FormDialog, formatParameterValue, IField, ISubmittingForm, readNotebookContent, textField
+} from './schedule';
 
 export const tuneIcon = new LabIcon({
   name: 'stratolab:tune',
@@ -543,16 +545,8 @@ export class TuneForm extends Widget implements ISubmittingForm<Action> {
     return request;
   }
 
-  /** The notebook as the contents manager has it (saved first when open); undefined if unreadable. */
-  private async readNotebook(): Promise<unknown> {
-    try {
-      await this.options.beforeRead?.(this.options.path);
-      const model = await this.options.contents.get(this.options.path, { type: 'notebook', content: true });
-      return model.content;
-    } catch (error) {
-      console.warn(`Stratolab: cannot read ${this.options.path}; the scheduler reads it from the home.`, error);
-      return undefined;
-    }
+  private readNotebook(): Promise<unknown> {
+    return readNotebookContent(this.options);
   }
 
   /** The proposed space, one row per parameter; and a name no other search has. */
