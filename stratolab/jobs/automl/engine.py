@@ -127,9 +127,6 @@ class AutoMLController:
             except Exception:  # noqa: BLE001
                 pass
 
-    def wake(self) -> None:
-        pass  # the loop polls every second; jobs start within it
-
     async def _loop(self) -> None:
         last_beat = 0.0
         while True:
