@@ -190,7 +190,8 @@ class AutoMLController:
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             self.storage.set_trial_user_attr(t._trial_id, LOST, True)
             self.storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
-            study.enqueue_trial(t.params, skip_if_exists=False)
+            if t.params:  # it had started: run the same parameters again (else a fresh trial takes its place)
+                study.enqueue_trial(t.params, skip_if_exists=False)
             log.info("trial %s of %s was lost with its scheduler: queued again", t.number, study.study_name)
 
     async def _drive(self, job_id: int) -> None:
@@ -239,7 +240,8 @@ class AutoMLController:
             exhausted = config["algorithm"] == "grid" and self._grid_done(study, config, len(counted) + len(running))
             if len(counted) + len(running) < config["trials"] and len(running) < parallel and not time_up and not exhausted:
                 trial = study.ask()
-                running[trial.number] = asyncio.ensure_future(self._run_trial(job, config, study, trial, parallel))
+                params = sample(trial, config["space"])  # at once: a lost trial is then one with parameters
+                running[trial.number] = asyncio.ensure_future(self._run_trial(job, config, study, trial, params, parallel))
                 continue
             if not running:
                 complete = [t for t in counted if t.state == optuna.trial.TrialState.COMPLETE]
@@ -269,9 +271,9 @@ class AutoMLController:
             await asyncio.wait(list(running.values()), timeout=30)
 
     async def _run_trial(self, job: AutoMLJob, config: dict[str, Any], study: optuna.Study, trial: optuna.Trial,
-                         parallel: int = 1) -> None:
+                         params: dict[str, Any], parallel: int = 1) -> None:
         try:
-            await self._trial(job, config, study, trial, parallel)
+            await self._trial(job, config, study, trial, params, parallel)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001: a trial that breaks is a failed trial, never a stuck one
@@ -280,8 +282,7 @@ class AutoMLController:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
 
     async def _trial(self, job: AutoMLJob, config: dict[str, Any], study: optuna.Study, trial: optuna.Trial,
-                     parallel: int) -> None:
-        params = sample(trial, config["space"])
+                     params: dict[str, Any], parallel: int) -> None:
         loop = asyncio.get_running_loop()
         account = await loop.run_in_executor(None, self.account_for, job.owner)
         workdir = self.files.trial_dir(job.owner, job.id, trial.number)
