@@ -22,7 +22,8 @@ import signal
 import socket
 import sys
 
-from stratolab.functions.runtime.forkserver import die_with_parent
+# the same bookkeeping of forked children as the functions fork-server: a SIGCHLD handler reaps them
+from stratolab.functions.runtime.forkserver import _children, _reap, die_with_parent
 from stratolab.functions.runtime.protocol import recv_frame, send_frame
 
 BASE_IMPORTS = [
@@ -31,18 +32,6 @@ BASE_IMPORTS = [
     "IPython", "IPython.core.interactiveshell", "stratolab.jobs.runner", "stratolab.jobs.forked_kernel",
     "stratolab.jobs.automl.trial_api",
 ]
-_children: set[int] = set()
-
-
-def _reap(_signum, _frame) -> None:
-    while True:
-        try:
-            pid, _status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        _children.discard(pid)
 
 
 def _terminate(_signum, _frame) -> None:

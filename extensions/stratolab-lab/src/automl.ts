@@ -10,7 +10,7 @@ import { Dialog, showDialog, showErrorMessage } from '@jupyterlab/apputils';
 import { Contents } from '@jupyterlab/services';
 
 import { formatNumber, historyChart, IAxis, IHistoryPoint, ILine, importanceBars, parallelCoordinates } from './charts';
-import { el, JoinedLoads } from './dom';
+import { el, JoinedLoads, Poller } from './dom';
 import { button, FormBody, functionsAnswer, functionsFetch, IFunction } from './functions';
 import {
   ACTIVE_STATES,
@@ -283,7 +283,7 @@ export class AutoMLSection extends PanelSection {
     this.detailNode = el('div', 'jp-Stratolab-automlDetail', undefined, 'stratolab-automl-detail');
     this.body.append(this.errorNode, this.jobsNode, this.detailNode);
     this.jobsNode.append(el('p', 'jp-Stratolab-loading', 'Loading…'));
-    this.scheduleTick(ACTIVE_POLL_MS);
+    this._poller.start();
   }
 
   /** The searches last shown, newest first. */
@@ -310,7 +310,7 @@ export class AutoMLSection extends PanelSection {
   }
 
   dispose(): void {
-    window.clearTimeout(this._timer);
+    this._poller.stop();
     super.dispose();
   }
 
@@ -351,20 +351,6 @@ export class AutoMLSection extends PanelSection {
     }
   }
 
-  /** Every 2 s while a search is queued or running, else every 10 s; only while visible. */
-  private scheduleTick(ms: number): void {
-    window.clearTimeout(this._timer);
-    this._timer = window.setTimeout(async () => {
-      if (this.isDisposed) {
-        return;
-      }
-      if (this.isVisible) {
-        await this.refresh();
-      }
-      const busy = this._jobs.some(j => ACTIVE_STATES.includes(j.state));
-      this.scheduleTick(busy ? ACTIVE_POLL_MS : IDLE_POLL_MS);
-    }, ms);
-  }
 
   // --- rendering -------------------------------------------------------------------------------------
 
@@ -709,7 +695,13 @@ export class AutoMLSection extends PanelSection {
   private _jobs: IAutoMLJob[] = [];
   private _selected: number | null = null;
   private _detail: { jobId: number; version: string; trials: ITrial[]; insights: IInsights } | null = null;
-  private _timer: number | undefined;
+  private _poller = new Poller(
+    this,
+    () => this.refresh(),
+    () => this._jobs.some(j => ACTIVE_STATES.includes(j.state)),
+    ACTIVE_POLL_MS,
+    IDLE_POLL_MS
+  );
   private _loads = new JoinedLoads<number | null>(selected => this.load(selected));
   private _seq = 0;
 }

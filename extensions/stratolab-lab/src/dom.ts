@@ -42,3 +42,40 @@ export class JoinedLoads<K> {
 
   private _pending: { key: K; promise: Promise<void> } | null = null;
 }
+
+/**
+ * Refresh a panel section every `activeMs` while `busy()` (something is queued or running), else every
+ * `idleMs`; only while the section is visible, and never after it is disposed.
+ */
+export class Poller {
+  constructor(
+    private readonly section: { readonly isDisposed: boolean; readonly isVisible: boolean },
+    private readonly refresh: () => Promise<void>,
+    private readonly busy: () => boolean,
+    private readonly activeMs: number,
+    private readonly idleMs: number
+  ) {}
+
+  start(): void {
+    this.tick(this.activeMs);
+  }
+
+  stop(): void {
+    window.clearTimeout(this._timer);
+  }
+
+  private tick(ms: number): void {
+    window.clearTimeout(this._timer);
+    this._timer = window.setTimeout(async () => {
+      if (this.section.isDisposed) {
+        return;
+      }
+      if (this.section.isVisible) {
+        await this.refresh();
+      }
+      this.tick(this.busy() ? this.activeMs : this.idleMs);
+    }, ms);
+  }
+
+  private _timer: number | undefined;
+}

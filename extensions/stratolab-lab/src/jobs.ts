@@ -10,7 +10,7 @@ import { URLExt } from '@jupyterlab/coreutils';
 import { Contents, ServerConnection } from '@jupyterlab/services';
 import { Widget } from '@lumino/widgets';
 
-import { el, JoinedLoads } from './dom';
+import { el, JoinedLoads, Poller } from './dom';
 import { button } from './functions';
 import { PanelSection } from './panel';
 
@@ -325,7 +325,7 @@ export class JobsSection extends PanelSection {
       this.runsNode
     );
     this.schedulesNode.append(el('p', 'jp-Stratolab-loading', 'Loading…'));
-    this.scheduleTick(ACTIVE_POLL_MS);
+    this._poller.start();
   }
 
   /** The schedules last shown. */
@@ -389,24 +389,10 @@ export class JobsSection extends PanelSection {
   }
 
   dispose(): void {
-    window.clearTimeout(this._timer);
+    this._poller.stop();
     super.dispose();
   }
 
-  /** Poll often while a run is queued or running, less often otherwise; only while visible. */
-  private scheduleTick(ms: number): void {
-    window.clearTimeout(this._timer);
-    this._timer = window.setTimeout(async () => {
-      if (this.isDisposed) {
-        return;
-      }
-      if (this.isVisible) {
-        await this.refresh();
-      }
-      const busy = this._runs.some(r => ACTIVE_STATES.includes(r.state));
-      this.scheduleTick(busy ? ACTIVE_POLL_MS : IDLE_POLL_MS);
-    }, ms);
-  }
 
   private render(): void {
     if (this._schedules.length === 0) {
@@ -655,7 +641,13 @@ export class JobsSection extends PanelSection {
   private _schedules: ISchedule[] = [];
   private _runs: IRun[] = [];
   private _selected: number | null = null;
-  private _timer: number | undefined;
+  private _poller = new Poller(
+    this,
+    () => this.refresh(),
+    () => this._runs.some(r => ACTIVE_STATES.includes(r.state)),
+    ACTIVE_POLL_MS,
+    IDLE_POLL_MS
+  );
   private _loads = new JoinedLoads<number | null>(selected => this.load(selected));
   private _seq = 0;
 }
