@@ -258,3 +258,8 @@ def test_a_tiny_torch_mlp(tmp_path):
     trials = svc.trials("alice", view["id"])
     assert all(len(t["intermediate"]) == 3 for t in trials)  # every epoch reached the trial
     assert view["best"]["value"] > 0.8
+
+
+def test_fixed_parameters_leave_the_proposed_space():
+    config = validate_automl({"notebook": "t.ipynb", "metric": "acc", "parameters": {"epochs": 3}}, DECLARED)
+    assert "epochs" not in config["space"] and config["parameters"] == {"epochs": 3} and "lr" in config["space"]

@@ -34,7 +34,13 @@ def validate_automl(body: dict[str, Any], declared: list[dict[str, Any]]) -> dic
     if not declared:
         raise InvalidInput("the notebook has no cell tagged 'parameters': AutoML searches over its values",
                            field="notebook")
-    space = validate_space(body["space"], declared) if body.get("space") is not None else propose_space(declared)
+    fixed = body.get("parameters") or {}
+    if not isinstance(fixed, dict):
+        raise InvalidInput("parameters must be an object of name: value", field="parameters")
+    if body.get("space") is not None:
+        space = validate_space(body["space"], declared)
+    else:  # proposed from the parameters cell, less what the request fixes
+        space = {k: v for k, v in propose_space(declared).items() if k not in fixed}
     if not space:
         raise InvalidInput("the search space is empty: give one (its parameters' ranges or choices)", field="space")
     metric = body.get("metric")
@@ -62,9 +68,6 @@ def validate_automl(body: dict[str, Any], declared: list[dict[str, Any]]) -> dic
     pruner = body.get("pruner", "none")
     if pruner not in PRUNERS:
         raise InvalidInput(f"pruner must be one of {', '.join(PRUNERS)}", field="pruner")
-    fixed = body.get("parameters") or {}
-    if not isinstance(fixed, dict):
-        raise InvalidInput("parameters must be an object of name: value", field="parameters")
     overlap = set(fixed) & set(space)
     if overlap:
         raise InvalidInput(f"{sorted(overlap)} are both searched and fixed", field=f"parameters.{sorted(overlap)[0]}")
