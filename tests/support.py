@@ -55,8 +55,32 @@ def open_lab(page, hub: "HubProcess", user: "TestUser", notebook: str | None = N
     return item
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A free port outside the kernel's ephemeral range: the ports that kernels, clients and other
+    processes get by binding to port 0 come from that range, so a port chosen here now is not taken
+    by one of them before the hub or its services bind it."""
+    import random
+
+    low, high = _ephemeral_range()
+    candidates = [r for r in ((10200, low - 1), (high + 1, 65000)) if r[1] - r[0] > 1000]
+    for _ in range(200):
+        first, last = random.choice(candidates)
+        port = random.randint(first, last)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # a crowded machine: fall back to what the system gives
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
