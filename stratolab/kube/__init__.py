@@ -1,0 +1,1 @@
+"""Kubernetes plumbing shared by the Kubernetes backends (functions on Knative, runs as Jobs)."""
