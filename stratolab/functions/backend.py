@@ -1,8 +1,8 @@
 """Where function versions run: the interface every backend implements.
 
 The functions service (registry, routing, auth, metrics) talks only to this interface. The local
-backend runs versions as worker processes on this machine; a Knative backend will turn the same calls
-into Knative Services, revisions and traffic blocks.
+backend runs versions as worker processes on this machine; a Knative backend (knative/backend.py) turns the
+same calls into Knative Services, revisions and traffic blocks.
 """
 
 from __future__ import annotations
@@ -54,3 +54,11 @@ class FunctionBackend(abc.ABC):
 
     @abc.abstractmethod
     async def shutdown(self) -> None: ...
+
+    async def set_traffic(self, owner: str, name: str, weights: dict[int, int]) -> None:
+        """The registry's weights of a function changed ({} once it is deleted).
+
+        The service picks the version of each invocation itself, so a backend that only runs versions
+        (the local one) has nothing to do; one with its own routing (Knative's traffic block, which
+        also serves the function's default URL) writes the weights there.
+        """

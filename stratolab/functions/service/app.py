@@ -11,6 +11,7 @@ Routes (under the service prefix, /services/functions/):
     GET    api/functions/NAME/logs            recent output of its instances
     GET    api/functions/NAME/versions/N/bundle   the version's bundle (.tar.gz), for export
     POST   fn/OWNER/NAME                      invoke (owner's token, X-Function-Key, or public)
+    GET    runtime/bundles/OWNER/NAME/N       a version's bundle for its Knative pods (bundle token)
     GET    metrics                            Prometheus metrics (token with read:metrics)
     GET    openapi.json                       this API, described
 """
@@ -66,7 +67,9 @@ def system_account(owner: str) -> tuple[int, int]:
     return entry.pw_uid, entry.pw_gid
 
 
-def make_app(state: ServiceState, prefix: str) -> web.Application:
+def make_app(state: ServiceState, prefix: str, runtime_secret: str | None = None) -> web.Application:
+    """`runtime_secret` signs the tokens revision pods fetch their bundles with (Knative backend);
+    without it the runtime bundle route answers 404."""
     p = prefix.rstrip("/")
     name = r"([^/]+)"
     routes = [
@@ -77,12 +80,54 @@ def make_app(state: ServiceState, prefix: str) -> web.Application:
         (rf"{p}/api/functions/{name}/versions/(\d+)/bundle", handlers.BundleHandler),
         (rf"{p}/api/functions/{name}", handlers.FunctionHandler),
         (rf"{p}/fn/{name}/{name}/?", handlers.InvokeHandler),
+        (rf"{p}/runtime/bundles/{name}/{name}/(\d+)", handlers.RuntimeBundleHandler),
         (rf"{p}/metrics", handlers.MetricsHandler),
         (rf"{p}/openapi.json", handlers.OpenAPIHandler),
         (rf"{p}/?", handlers.RootHandler),
         (rf"{p}/.*", handlers.NotFoundHandler),
     ]
-    return web.Application(routes, state=state, max_body_size=2 * 1024**3)
+    return web.Application(routes, state=state, runtime_secret=runtime_secret or None, max_body_size=2 * 1024**3)
+
+
+BACKENDS = ("local", "knative")
+
+
+def backend_kind(environ: dict | None = None) -> str:
+    """Where function versions run: STRATOLAB_FUNCTIONS_BACKEND, `local` (worker processes here, the
+    default) or `knative` (Knative Services in the cluster)."""
+    kind = (os.environ if environ is None else environ).get("STRATOLAB_FUNCTIONS_BACKEND", "local").strip() or "local"
+    if kind not in BACKENDS:
+        raise SystemExit(f"STRATOLAB_FUNCTIONS_BACKEND must be one of {', '.join(BACKENDS)}, not {kind!r}")
+    return kind
+
+
+def local_backend(data_dir: Path, isolated: bool) -> LocalBackend:
+    def on_event(kind: str, data: dict) -> None:
+        if kind == "cold_start":
+            metrics.COLD_START_SECONDS.observe(data["seconds"])
+            owner, name, _version = data["key"].split("/")
+            metrics.COLD_STARTS.labels(owner, name).inc()
+
+    return LocalBackend(
+        data_dir / "runtime",
+        available_frameworks(user_env_python()),
+        account_for=system_account if isolated else (lambda owner: None),
+        on_event=on_event,
+        gpu_inventory=function_gpus(),
+        python=user_env_python(),
+    ).start()
+
+
+async def knative_backend():
+    """The Knative backend, with the cluster credentials of this pod (or ~/.kube/config)."""
+    from stratolab.functions.knative.backend import KnativeBackend
+    from stratolab.functions.knative.config import KnativeConfig
+    from stratolab.kube.api import KubeClient
+
+    config = KnativeConfig.from_env()
+    if not config.runtime_secret:
+        raise SystemExit("the knative backend needs STRATOLAB_RUNTIME_SECRET (it signs the bundle tokens)")
+    return KnativeBackend(await KubeClient.from_environment(config.namespace), config)
 
 
 def main() -> None:
@@ -102,34 +147,27 @@ def main() -> None:
     ensure_schema(db_url)
     registry = FunctionRegistry(session_factory(make_engine(db_url)))
 
-    def on_event(kind: str, data: dict) -> None:
-        if kind == "cold_start":
-            metrics.COLD_START_SECONDS.observe(data["seconds"])
-            owner, name, _version = data["key"].split("/")
-            metrics.COLD_STARTS.labels(owner, name).inc()
-
-    backend = LocalBackend(
-        data_dir / "runtime",
-        available_frameworks(user_env_python()),
-        account_for=system_account if isolated else (lambda owner: None),
-        on_event=on_event,
-        gpu_inventory=function_gpus(),
-        python=user_env_python(),
-    ).start()
-    state = ServiceState(
-        registry=registry,
-        backend=backend,
-        store=BundleStore(data_dir / "bundles"),
-        hub_auth=HubAuth(api_token=os.environ["JUPYTERHUB_API_TOKEN"], cache_max_age=60),
-        public_url=os.environ.get("STRATOLAB_PUBLIC_URL", "").rstrip("/"),
-        prefix=prefix,
-    )
+    kind = backend_kind()
+    runtime_secret = os.environ.get("STRATOLAB_RUNTIME_SECRET") or None
+    # the local backend starts its fork-server (and imports the frameworks) before the loop runs
+    backend = local_backend(data_dir, isolated) if kind == "local" else None
     from urllib.parse import urlparse
 
     parsed = urlparse(url)
 
     async def run() -> None:
-        app = make_app(state, prefix)
+        nonlocal backend
+        if backend is None:
+            backend = await knative_backend()
+        state = ServiceState(
+            registry=registry,
+            backend=backend,
+            store=BundleStore(data_dir / "bundles"),
+            hub_auth=HubAuth(api_token=os.environ["JUPYTERHUB_API_TOKEN"], cache_max_age=60),
+            public_url=os.environ.get("STRATOLAB_PUBLIC_URL", "").rstrip("/"),
+            prefix=prefix,
+        )
+        app = make_app(state, prefix, runtime_secret if kind == "knative" else None)
         server = app.listen(parsed.port or 80, address=parsed.hostname or "127.0.0.1")
         await state.restore()
         housekeeping = ioloop.PeriodicCallback(state.housekeeping, 1000)

@@ -10,12 +10,13 @@ import json
 from prometheus_client import generate_latest
 
 from stratolab.errors import InvalidInput, StratolabError
+from stratolab.functions.knative.bundle_access import check_bundle_token
 from stratolab.functions.service import metrics
 from stratolab.functions.service.access import DEPLOY, INVOKE
 from stratolab.web import has_scope
 from stratolab.functions.service.openapi import OPENAPI
 from stratolab.functions.service.state import ServiceState
-from stratolab.web import ServiceHandler
+from stratolab.web import ServiceHandler, token_from_headers
 
 
 class BaseHandler(ServiceHandler):
@@ -114,6 +115,32 @@ class BundleHandler(BaseHandler):
         from stratolab.functions.client import pack
 
         self.set_header("Content-Type", "application/gzip")
+        self.finish(pack(self.state.store.path(match["digest"])))
+
+
+class RuntimeBundleHandler(BaseHandler):
+    """`GET runtime/bundles/OWNER/NAME/N`: a version's bundle for the pods of its Knative revision.
+
+    Not a hub token but the version's bundle token (`Authorization: Bearer`, see
+    knative/bundle_access.py): pods hold no user's credentials. A missing or wrong token is a 403
+    whether or not the version exists, so the route tells nothing to a caller without one; without a
+    runtime secret configured (the local backend) the route does not exist.
+    """
+
+    async def get(self, owner: str, name: str, version: str) -> None:
+        from stratolab.functions.client import pack
+
+        secret = self.settings.get("runtime_secret")
+        if not secret:
+            raise StratolabError("no such route", status=404)
+        if not check_bundle_token(secret, owner, name, int(version), token_from_headers(self.request.headers)):
+            raise StratolabError("a valid bundle token is required (Authorization: Bearer ...)", status=403)
+        view = self.state.view(owner, name)
+        match = next((v for v in view.versions if v["version"] == int(version)), None)
+        if match is None:
+            raise StratolabError(f"{name} has no version {version}", status=404)
+        self.set_header("Content-Type", "application/gzip")
+        self.set_header("Cache-Control", "no-store")
         self.finish(pack(self.state.store.path(match["digest"])))
 
 

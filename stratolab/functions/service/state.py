@@ -132,6 +132,7 @@ class ServiceState:
         self._changed(owner, name)
         if promote or not view.traffic:
             view = self.registry.set_traffic(owner, name, {str(version): 100})
+            await self.backend.set_traffic(owner, name, view.traffic)
         self._changed(owner, name)
         result = self.describe(self.registry.get(owner, name))
         result.update({"version": version, "digest": digest})
@@ -189,11 +190,13 @@ class ServiceState:
     async def set_traffic(self, owner: str, name: str, weights: dict) -> dict[str, Any]:
         view = self.registry.set_traffic(owner, name, weights)
         self._changed(owner, name)
+        await self.backend.set_traffic(owner, name, view.traffic)
         return self.describe(view)
 
     async def rollback(self, owner: str, name: str, version: int | None) -> dict[str, Any]:
         view = self.registry.rollback(owner, name, version)
         self._changed(owner, name)
+        await self.backend.set_traffic(owner, name, view.traffic)
         return self.describe(view)
 
     async def change(self, owner: str, name: str, scaling: dict | None, public: bool | None) -> dict[str, Any]:
@@ -206,6 +209,7 @@ class ServiceState:
     async def delete(self, owner: str, name: str) -> dict[str, Any]:
         view = self.registry.delete(owner, name)
         self._changed(owner, name)
+        await self.backend.set_traffic(owner, name, {})
         for v in view.versions:
             await self.backend.remove(VersionRef(owner, name, v["version"]))
         self.stats.pop(f"{owner}/{name}", None)
@@ -229,6 +233,11 @@ class ServiceState:
                     await self.backend.deploy(ref, self.store.path(digest), view.policy)
                 except Exception:
                     log.exception("could not restore %s", ref.key)
+            if view.traffic:
+                try:
+                    await self.backend.set_traffic(view.owner, view.name, view.traffic)
+                except Exception:
+                    log.exception("could not restore the traffic of %s/%s", view.owner, view.name)
 
     async def housekeeping(self) -> None:
         try:
