@@ -14,6 +14,8 @@ from typing import Mapping
 
 #: The clone this package was installed from (editable installs); the default home of `.stratolab/`.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+#: STRATOLAB_BACKEND values: servers as local processes, or as pods (see stratolab.hub.kube_config).
+BACKENDS = ("local", "kubernetes")
 
 
 def _int(environ: Mapping[str, str], name: str, default: int) -> int:
@@ -72,6 +74,8 @@ class PlatformSettings:
     isolation: str = "auto"
     #: Root of per-user home directories for system users.
     home_root: Path = Path("/home")
+    #: Where servers and services run: "local" (this machine) or "kubernetes" (the Helm chart sets it).
+    backend: str = "local"
 
     @property
     def hub_db_url(self) -> str:
@@ -109,6 +113,9 @@ class PlatformSettings:
             raise ValueError(
                 f"STRATOLAB_ISOLATION must be 'auto', 'system-users' or 'shared', got {isolation!r}"
             )
+        backend = env.get("STRATOLAB_BACKEND", "local").strip().lower() or "local"
+        if backend not in BACKENDS:
+            raise ValueError(f"STRATOLAB_BACKEND must be 'local' or 'kubernetes', got {backend!r}")
         return cls(
             port=_int(env, "STRATOLAB_PORT", 8000),
             ip=env.get("STRATOLAB_IP", "127.0.0.1"),
@@ -131,6 +138,7 @@ class PlatformSettings:
             cull_every=_int(env, "STRATOLAB_CULL_EVERY", 60),
             isolation=isolation,
             home_root=Path(env.get("STRATOLAB_HOME_ROOT") or "/home"),
+            backend=backend,
         )
 
     def functions_root(self) -> Path:

@@ -71,6 +71,13 @@ def check_user_env(user_env: Path, isolation: str) -> None:
 def configure_hub(c, settings: PlatformSettings | None = None) -> PlatformSettings:
     """Fill the JupyterHub config object `c` for this deployment and return the settings used."""
     settings = settings or PlatformSettings.from_env()
+    if settings.backend == "kubernetes":
+        # The Helm chart's hub: proxy, services and servers are pods (see kube_config's docstring).
+        from stratolab.hub.kube_config import configure_kubernetes
+
+        ensure_data_dir(settings.data_dir)
+        configure_kubernetes(c, settings, os.environ)
+        return settings
     data_dir = ensure_data_dir(settings.data_dir)
 
     c.JupyterHub.bind_url = f"http://{settings.ip}:{settings.port}"
