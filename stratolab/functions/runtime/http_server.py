@@ -6,7 +6,7 @@ Configuration comes from the environment the revision template sets (see knative
 STRATOLAB_BUNDLE_URL and STRATOLAB_BUNDLE_TOKEN (the functions service's bundle route and this
 version's token), STRATOLAB_BUNDLE_DIGEST (checked after extraction, so a pod never runs other code
 than the version it belongs to), STRATOLAB_CONCURRENCY, STRATOLAB_MAX_BATCH_SIZE, STRATOLAB_MAX_WAIT_MS,
-STRATOLAB_MAX_PAYLOAD_MB, and PORT (Knative sets 8080).
+STRATOLAB_MAX_PAYLOAD_MB, STRATOLAB_BUNDLE_FETCH_TRIES, and PORT (Knative sets 8080).
 
 The bundle is loaded before the port opens, so `GET /healthz` (the readiness probe) answers 200 only
 once the handler is ready. A bundle that cannot be fetched or loaded ends the process with status 1
@@ -63,6 +63,8 @@ class RuntimeSettings:
     max_batch_size: int = 0
     max_wait_ms: float = 5.0
     max_payload_mb: float = 10.0
+    #: tries to fetch the bundle (the functions service may be restarting), 0.5 s apart, doubling
+    fetch_tries: int = FETCH_TRIES
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "RuntimeSettings":
@@ -80,6 +82,7 @@ class RuntimeSettings:
                 max_batch_size=int(env.get("STRATOLAB_MAX_BATCH_SIZE", "0")),
                 max_wait_ms=float(env.get("STRATOLAB_MAX_WAIT_MS", "5")),
                 max_payload_mb=float(env.get("STRATOLAB_MAX_PAYLOAD_MB", "10")),
+                fetch_tries=max(1, int(env.get("STRATOLAB_BUNDLE_FETCH_TRIES", str(FETCH_TRIES)))),
             )
         except ValueError as e:
             raise LoadFailed(f"a runtime setting is not a number: {e}") from None
@@ -91,17 +94,17 @@ def fetch_bundle(settings: RuntimeSettings, target: Path) -> None:
     request = urllib.request.Request(settings.bundle_url,
                                      headers={"Authorization": f"Bearer {settings.bundle_token}"})
     delay = 0.5
-    for attempt in range(1, FETCH_TRIES + 1):
+    for attempt in range(1, settings.fetch_tries + 1):
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
                 data = response.read()
             break
         except urllib.error.HTTPError as e:
             detail = e.read().decode(errors="replace")[:500]
-            if e.code < 500 or attempt == FETCH_TRIES:
+            if e.code < 500 or attempt == settings.fetch_tries:
                 raise LoadFailed(f"the functions service refused the bundle ({e.code}): {detail}") from None
         except (urllib.error.URLError, OSError) as e:
-            if attempt == FETCH_TRIES:
+            if attempt == settings.fetch_tries:
                 raise LoadFailed(f"the bundle could not be fetched from {settings.bundle_url}: {e}") from None
         time.sleep(delay)
         delay *= 2
@@ -131,6 +134,11 @@ class HealthHandler(web.RequestHandler):
 class InvokeHandler(web.RequestHandler):
     async def post(self) -> None:
         worker: Worker = self.settings["worker"]
+        if len(self.request.body) > self.settings["max_payload"]:
+            self.set_status(413)
+            self.set_header("X-Stratolab-Runtime", "1")
+            self.finish({"error": f"the request body is larger than {self.settings['max_payload']} bytes"})
+            return
         request_id = self.request.headers.get("X-Request-Id", "")
         header = {"content_type": self.request.headers.get("Content-Type", JSON), "id": request_id}
         if worker.batcher is not None:
@@ -157,14 +165,17 @@ class InvokeHandler(web.RequestHandler):
         self.finish(out)
 
 
-def make_app(worker: Worker, function: str = "") -> web.Application:
-    return web.Application([(r"/healthz", HealthHandler), (r"/", InvokeHandler)], worker=worker, function=function)
+def make_app(worker: Worker, function: str = "", max_payload: int = 10 * 1024 * 1024) -> web.Application:
+    return web.Application([(r"/healthz", HealthHandler), (r"/", InvokeHandler)], worker=worker, function=function,
+                           max_payload=max_payload)
 
 
 async def serve(worker: Worker, settings: RuntimeSettings) -> None:
     """Serve until SIGTERM (Knative's scale-down), then finish what is in flight."""
-    server = httpserver.HTTPServer(make_app(worker, settings.function),
-                                   max_body_size=int(settings.max_payload_mb * 1024 * 1024))
+    limit = int(settings.max_payload_mb * 1024 * 1024)
+    # tornado refuses bodies beyond its own limit with a bare 400; up to 1 MiB past ours, the caller
+    # gets a 413 that says why
+    server = httpserver.HTTPServer(make_app(worker, settings.function, limit), max_body_size=limit + 1024 * 1024)
     server.listen(settings.port)
     print(f"serving {settings.function or 'the function'} on port {settings.port}", flush=True)
     stop = asyncio.Event()
