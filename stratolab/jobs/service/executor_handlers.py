@@ -1,0 +1,170 @@
+"""The routes a run's agent calls from its Kubernetes Job (see stratolab.jobs.kube.agent).
+
+    GET  {prefix}executor/runs/KEY/spec     what to run: parameters, timeout, output formats, run_env
+    GET  {prefix}executor/runs/KEY/input    the snapshot to execute (input.ipynb)
+    POST {prefix}executor/runs/KEY/sync     a tar.gz of the files that changed; answers the AutoML
+                                            controller's decisions and whether to stop
+    POST {prefix}executor/runs/KEY/finish   the last sync, with result.json
+
+A pod holds no hub token, so these routes are not hub-authenticated: the agent sends its run's token
+(`Authorization: token ...`), an HMAC of the run key (stratolab.jobs.kube.registry), which opens
+these four routes of that one run and nothing else. Errors are answered by the one shared mapping,
+`stratolab.web.ServiceHandler.write_error`: 401 without a token, 403 with a wrong one, 404 for a run
+the scheduler expects no agent for, 400 for an archive that breaks the rules of kube/archive.py,
+413 past its size limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import tempfile
+from typing import Any
+
+from tornado import web
+
+from stratolab.errors import InvalidInput, NotFound
+from stratolab.jobs.executor import FAILED, SUCCEEDED
+from stratolab.jobs.kube.archive import RESULT, SyncLimits, extract
+from stratolab.jobs.kube.registry import AgentRun, AgentRuns
+from stratolab.web import ServiceHandler, token_from_headers
+
+#: seconds a sync that brought new AutoML reports waits for the controller's decisions on them
+DECISION_WAIT_S = 2.0
+_KEY = r"([A-Za-z0-9][A-Za-z0-9._-]{0,200})"
+
+
+def routes(prefix: str) -> list[tuple[str, type]]:
+    p = prefix.rstrip("/")
+    base = rf"{p}/executor/runs/{_KEY}"
+    return [
+        (rf"{base}/spec", AgentSpecHandler),
+        (rf"{base}/input", AgentInputHandler),
+        (rf"{base}/sync", AgentSyncHandler),
+        (rf"{base}/finish", AgentFinishHandler),
+    ]
+
+
+def normalized_result(raw: bytes, outputs_present: list[str]) -> dict[str, Any]:
+    """result.json as the scheduler keeps it: the agent's word on state and error, checked; the
+    outputs are those that arrived (the agent cannot claim an output the scheduler does not have)."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or data.get("state") not in (SUCCEEDED, FAILED):
+        return {"state": FAILED, "error": "the run's agent sent an unreadable result", "outputs": outputs_present}
+    error = data.get("error")
+    error = str(error)[:10000] if error is not None else None
+    return {"state": data["state"], "error": error, "outputs": outputs_present}
+
+
+class AgentHandler(ServiceHandler):
+    run: AgentRun
+
+    @property
+    def agent_runs(self) -> AgentRuns:
+        runs = self.settings.get("agent_runs")
+        if runs is None:
+            raise NotFound("this scheduler runs notebooks as local processes: it expects no agents")
+        return runs
+
+    def authorize(self, key: str) -> AgentRun:
+        self.run = self.agent_runs.authorize(key, token_from_headers(self.request.headers))
+        return self.run
+
+
+class AgentSpecHandler(AgentHandler):
+    async def get(self, key: str) -> None:
+        spec = self.authorize(key).spec
+        self.send({"key": spec.key, "parameters": spec.parameters, "timeout": spec.timeout,
+                   "output_formats": list(spec.output_formats), "run_env": self.run.run_env})
+
+
+class AgentInputHandler(AgentHandler):
+    async def get(self, key: str) -> None:
+        path = self.authorize(key).spec.input_path
+        self.set_header("Content-Type", "application/x-ipynb+json")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(path.read_bytes())
+
+
+@web.stream_request_body
+class _ArchiveHandler(AgentHandler):
+    """Receives a tar.gz body into a temporary file (never all in memory), within the size limit."""
+
+    final = False
+
+    @property
+    def limits(self) -> SyncLimits:
+        return self.settings.get("agent_sync_limits") or SyncLimits()
+
+    async def prepare(self) -> None:
+        self.body = None
+        self.authorize(self.path_args[0])  # before the body is read: a stranger's upload is refused unread
+        self.request.connection.set_max_body_size(self.limits.max_body)
+        self.body = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024)
+
+    def data_received(self, chunk: bytes) -> None:
+        if self.body is not None:
+            self.body.write(chunk)
+
+    def on_finish(self) -> None:
+        if getattr(self, "body", None) is not None:
+            self.body.close()
+
+    async def _extract(self) -> list[str]:
+        spec = self.run.spec
+        owner = (spec.account.uid, spec.account.gid) if spec.account and os.geteuid() == 0 else None
+        self.body.seek(0)
+        if not self.body.read(1):
+            return []  # nothing changed
+        self.body.seek(0)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, extract, self.body, spec.workdir, self.limits, self.final, owner)
+
+
+class AgentSyncHandler(_ArchiveHandler):
+    async def post(self, key: str) -> None:
+        written = await self._extract()
+        if "reports.jsonl" in written:
+            await self._await_decisions()
+        self.send({"written": len(written), "decisions": self._decisions(), "stop": self.run.stop_requested})
+
+    def _decisions(self) -> dict[str, str]:
+        folder = self.run.spec.workdir / "decisions"
+        out = {}
+        if folder.is_dir():
+            for path in folder.iterdir():
+                if path.name.isdigit() and path.is_file():
+                    out[path.name] = path.read_text().strip() or "continue"
+        return out
+
+    def _undecided(self) -> set[str]:
+        from stratolab.jobs.automl import channel
+
+        steps = {str(int(r["step"])) for r in channel.read_reports(self.run.spec.workdir) if "step" in r}
+        return steps - set(self._decisions())
+
+    async def _await_decisions(self) -> None:
+        """Hold the answer briefly while the controller decides on the reports just received, so a
+        `stratolab.report` in the pod gets its answer with this sync rather than the next one."""
+        deadline = asyncio.get_running_loop().time() + DECISION_WAIT_S
+        while self._undecided() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
+
+
+class AgentFinishHandler(_ArchiveHandler):
+    final = True
+
+    async def post(self, key: str) -> None:
+        written = await self._extract()
+        spec = self.run.spec
+        if RESULT not in written:
+            raise InvalidInput("the final sync must hold result.json")
+        present = [f for f, p in (("ipynb", spec.output_path), ("html", spec.html_path)) if p.exists()]
+        result = normalized_result(spec.result_path.read_bytes(), present)
+        spec.result_path.write_text(json.dumps(result))
+        self.run.finished.set()
+        self.send({"written": len(written), "state": result["state"]})
