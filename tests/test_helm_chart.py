@@ -1,0 +1,574 @@
+"""The Helm chart, rendered with the real Helm library for every values file in helm/stratolab/ci/.
+
+No cluster here, so the edge is checked honestly: every rendered object against the newest Kubernetes
+schema kubernetes-validate ships (strict: unknown fields fail), `helm lint` with no warning, the values
+schema refusing what it should, and the security defaults read off the rendered output (NetworkPolicies,
+pod security, RBAC, where secrets live). The hub's side of the contract is checked by feeding the
+ConfigMap the chart writes to the hub's own parser (stratolab.hub.kube_config).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from typing import Any
+
+import helm_python
+import kubernetes_validate
+import pytest
+import yaml
+from helm_support import (
+    CHART,
+    CI_VALUES,
+    NAMESPACE,
+    RELEASE,
+    component,
+    containers,
+    env_of,
+    hub_values,
+    load_values,
+    named,
+    notes,
+    of_kind,
+    pod_specs,
+    render,
+    render_values,
+    secret_data,
+)
+
+from stratolab.hub.kube_config import KubeHubValues
+from stratolab.hub.kubernetes import GPU_TOLERATION, KubernetesSettings, kubespawner_profile_list
+from stratolab.hub.profiles import CUDA_IMAGE, GPU_RESOURCE, parse_profile_list
+
+CI_IDS = [p.stem for p in CI_VALUES]
+METADATA = "169.254.169.254/32"
+RANDOM_KEYS = [
+    "proxy-token", "cookie-secret", "crypt-key", "functions-api-token", "scheduler-api-token",
+    "culler-api-token", "executor-secret", "runtime-secret",
+]
+
+
+def test_ci_values_cover_the_documented_cases():
+    assert {"default-values", "gpu-values", "external-postgres-values", "oidc-values",
+            "embedded-postgres-values"} <= set(CI_IDS)
+
+
+# --- validity: schema, render, Kubernetes schemas, lint -------------------------------------------
+
+
+@pytest.mark.parametrize("values_file", CI_VALUES, ids=CI_IDS)
+def test_values_file_passes_the_schema_and_renders_valid_objects(values_file):
+    helm_support_chart = helm_python.Chart.load(CHART)
+    helm_support_chart.validate_schema(load_values(values_file))
+    objects = render(values_file)
+    assert objects
+    version = kubernetes_validate.latest_version()
+    for obj in objects:
+        kubernetes_validate.validate(obj, desired_version=version, strict=True)
+        assert obj["metadata"].get("namespace"), f"{obj['kind']} {obj['metadata']['name']} names no namespace"
+
+
+@pytest.mark.parametrize("values_file", CI_VALUES, ids=CI_IDS)
+def test_lint_is_clean(values_file):
+    report = helm_python.lint(CHART, load_values(values_file), strict=True, namespace=NAMESPACE)
+    assert report["errors"] == []
+    # severity 2 is a warning, 3 an error; 1 (info, e.g. "icon is recommended") is advice
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+@pytest.mark.parametrize("values_file", CI_VALUES, ids=CI_IDS)
+def test_every_object_carries_the_recommended_labels(values_file):
+    for obj in render(values_file):
+        labels = obj["metadata"].get("labels") or {}
+        for key in ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/component",
+                    "app.kubernetes.io/version", "app.kubernetes.io/managed-by", "helm.sh/chart"):
+            assert key in labels, f"{obj['kind']} {obj['metadata']['name']} lacks {key}"
+        assert labels["app.kubernetes.io/instance"] == RELEASE
+
+
+BAD_VALUES = [
+    ({"hub": {"imagee": {"tag": "1"}}}, "imagee"),
+    ({"culler": {"timeout": "an hour"}}, "/culler/timeout"),
+    ({"singleuser": {"profiles": [{"slug": "cpu", "displayName": "CPU", "gpus": "two"}]}}, "/singleuser/profiles/0/gpus"),
+    ({"singleuser": {"profiles": [{"slug": "cpu", "displayName": "CPU", "ram": "8G"}]}}, "ram"),
+    ({"hub": {"auth": {"type": "ldap"}}}, "/hub/auth/type"),
+    ({"proxy": {"image": {"repository": "quay.io/jupyterhub/configurable-http-proxy", "tag": "latest"}}}, "/proxy/image/tag"),
+    ({"networkPolicy": {"blockedEgressCidrs": ["metadata"]}}, "/networkPolicy/blockedEgressCidrs/0"),
+    ({"unknownTopLevel": True}, "unknownTopLevel"),
+]
+
+
+@pytest.mark.parametrize("values,key", BAD_VALUES, ids=[k for _, k in BAD_VALUES])
+def test_schema_refuses_bad_values_naming_the_key(values, key):
+    chart = helm_python.Chart.load(CHART)
+    with pytest.raises(helm_python.HelmValuesError) as info:
+        chart.validate_schema(values)
+    assert key in str(info.value)
+    with pytest.raises(helm_python.HelmValuesError):  # an install refuses them too
+        chart.render(values, name=RELEASE, namespace=NAMESPACE)
+
+
+def _walk_schema(node: dict[str, Any], path: str):
+    yield path, node
+    for name, child in (node.get("properties") or {}).items():
+        yield from _walk_schema(child, f"{path}.{name}")
+    items = node.get("items")
+    if isinstance(items, dict):
+        yield from _walk_schema(items, f"{path}[]")
+
+
+def test_schema_describes_every_key_and_closes_every_object():
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
+    for path, node in _walk_schema(schema, "values"):
+        assert node.get("description"), f"{path} has no description"
+        if node.get("type") == "object":
+            closed = node.get("additionalProperties") is False
+            free_form = "free-form" in node["description"]
+            assert closed or free_form, f"{path}: additionalProperties must be false (or say it is free-form)"
+    # every key of the defaults is described (the schema is not looser than values.yaml)
+    helm_python.Chart.load(CHART).validate_schema(yaml.safe_load((CHART / "values.yaml").read_text()))
+
+
+def test_embedded_and_external_database_together_are_refused():
+    with pytest.raises(helm_python.HelmError, match="embedded.enabled=false"):
+        render_values({"postgresql": {"url": "postgresql+psycopg://u:p@db:5432/x"}})
+
+
+def test_oidc_without_a_client_id_is_refused():
+    with pytest.raises(helm_python.HelmError, match="clientId"):
+        render_values({"hub": {"auth": {"type": "oidc", "oidc": {"clientSecret": "x"}}}})
+
+
+# --- the hub's side of the contract --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values_file", CI_VALUES, ids=CI_IDS)
+def test_hub_configmap_is_what_the_hub_parses(values_file):
+    objects = render(values_file)
+    values = KubeHubValues.from_mapping(hub_values(objects))
+    services = {s["metadata"]["name"]: s for s in of_kind(objects, "Service")}
+
+    def service_port(url: str) -> tuple[str, int]:
+        m = re.fullmatch(rf"http://([a-z0-9-]+)\.{NAMESPACE}\.svc(?::(\d+))?", url)
+        assert m, url
+        name, port = m.group(1), int(m.group(2) or 80)
+        assert name in services, f"{url} names no rendered Service"
+        assert port in [p["port"] for p in services[name]["spec"]["ports"]]
+        return name, port
+
+    assert service_port(values.hub_connect_url) == (f"{RELEASE}-hub", 8081)
+    assert service_port(values.proxy_api_url) == (f"{RELEASE}-proxy-api", 8001)
+    assert service_port(values.internal_proxy_url) == (f"{RELEASE}-proxy-public", 80)
+    assert service_port(values.functions_url) == (f"{RELEASE}-functions", 10101)
+    assert service_port(values.scheduler_url) == (f"{RELEASE}-scheduler", 10102)
+    assert values.release == RELEASE
+
+
+def test_gpu_values_give_the_hub_the_gpu_profile_list():
+    values = hub_values(render("gpu-values.yaml"))
+    profiles = parse_profile_list(values["profile_list"])
+    assert [(p.slug, p.gpus, p.default) for p in profiles] == [("cpu", 0, True), ("gpu-1", 1, False), ("gpu-4", 4, False)]
+
+    settings = KubernetesSettings(cpu_image=values["singleuser"]["image"], gpu_image=values["singleuser"]["gpu_image"])
+    by_slug = {p["slug"]: p["kubespawner_override"] for p in kubespawner_profile_list(profiles, settings)}
+    cpu, one, four = by_slug["cpu"], by_slug["gpu-1"], by_slug["gpu-4"]
+
+    assert GPU_RESOURCE not in (cpu.get("extra_resource_limits") or {})
+    assert cpu["cpu_limit"] == 4 and cpu["mem_limit"] == "16G"
+    assert cpu["node_selector"] == {"cloud.google.com/gke-nodepool": "cpu-pool"}
+    assert one["extra_resource_limits"] == {GPU_RESOURCE: "1"} == one["extra_resource_guarantees"]
+    assert four["extra_resource_limits"] == {GPU_RESOURCE: "4"}
+    assert one["image"] == four["image"] == CUDA_IMAGE
+    assert one["node_selector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    assert four["node_selector"] == {"cloud.google.com/gke-accelerator": "nvidia-tesla-a100"}
+    assert GPU_TOLERATION in one["tolerations"] and GPU_TOLERATION in four["tolerations"]
+    assert {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"} in four["tolerations"]
+
+
+def test_scheduler_reads_the_same_profile_list():
+    objects = render("gpu-values.yaml")
+    scheduler = named(objects, "Deployment", f"{RELEASE}-scheduler")
+    (container,) = scheduler["spec"]["template"]["spec"]["containers"]
+    profiles_file = env_of(container)["STRATOLAB_PROFILES_FILE"]["value"]
+    mount = next(m for m in container["volumeMounts"] if profiles_file.startswith(m["mountPath"]))
+    volume = next(v for v in scheduler["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"])
+    assert volume["configMap"]["name"] == f"{RELEASE}-hub"
+
+
+def test_hub_runs_in_kubernetes_mode_with_every_secret_from_the_secret():
+    objects = render("default-values.yaml")
+    hub = named(objects, "Deployment", f"{RELEASE}-hub")
+    (container,) = hub["spec"]["template"]["spec"]["containers"]
+    env = env_of(container)
+    assert container["command"][0] == "stratolab-hub"
+    assert env["STRATOLAB_BACKEND"]["value"] == "kubernetes"
+    for var in ("CONFIGPROXY_AUTH_TOKEN", "JPY_COOKIE_SECRET", "JUPYTERHUB_CRYPT_KEY", "STRATOLAB_DB_URL",
+                "STRATOLAB_ADMIN_PASSWORD", "STRATOLAB_FUNCTIONS_API_TOKEN", "STRATOLAB_SCHEDULER_API_TOKEN",
+                "STRATOLAB_CULLER_API_TOKEN"):
+        assert "secretKeyRef" in env[var]["valueFrom"], var
+    assert hub["spec"]["strategy"]["type"] == "Recreate"
+
+
+def test_services_get_their_backend_settings():
+    objects = render("embedded-postgres-values.yaml")
+    functions = env_of(named(objects, "Deployment", f"{RELEASE}-functions")["spec"]["template"]["spec"]["containers"][0])
+    scheduler_deployment = named(objects, "Deployment", f"{RELEASE}-scheduler")
+    scheduler = env_of(scheduler_deployment["spec"]["template"]["spec"]["containers"][0])
+    assert functions["STRATOLAB_FUNCTIONS_BACKEND"]["value"] == "knative"
+    assert functions["STRATOLAB_KNATIVE_NAMESPACE"]["value"] == "stratolab-functions"
+    assert functions["STRATOLAB_FUNCTIONS_INTERNAL_URL"]["value"] == f"http://{RELEASE}-functions.{NAMESPACE}.svc:10101"
+    assert scheduler["STRATOLAB_JOBS_EXECUTOR"]["value"] == "kubernetes"
+    assert scheduler["STRATOLAB_JOBS_NAMESPACE"]["value"] == "stratolab-jobs"
+    assert scheduler["STRATOLAB_SCHEDULER_INTERNAL_URL"]["value"] == f"http://{RELEASE}-scheduler.{NAMESPACE}.svc:10102"
+    assert scheduler["STRATOLAB_EXECUTOR_SECRET"]["valueFrom"]["secretKeyRef"]["key"] == "executor-secret"
+    assert scheduler_deployment["spec"]["replicas"] == 1
+    assert scheduler_deployment["spec"]["strategy"]["type"] == "Recreate"
+    claims = [v["persistentVolumeClaim"]["claimName"] for v in scheduler_deployment["spec"]["template"]["spec"]["volumes"]
+              if "persistentVolumeClaim" in v]
+    assert claims == [f"{RELEASE}-scheduler-jobs"]
+    assert named(objects, "PersistentVolumeClaim", f"{RELEASE}-scheduler-jobs")
+
+
+@pytest.mark.parametrize("values_file", CI_VALUES, ids=CI_IDS)
+def test_every_secret_reference_resolves(values_file):
+    objects = render(values_file)
+    keys = set(secret_data(objects))
+    external = {load_values(values_file).get("postgresql", {}).get("existingSecret"),
+                load_values(values_file).get("hub", {}).get("auth", {}).get("oidc", {}).get("existingSecret")}
+    for workload, _spec, container in containers(objects):
+        for entry in container.get("env", []):
+            ref = (entry.get("valueFrom") or {}).get("secretKeyRef")
+            if not ref:
+                continue
+            if ref["name"] in external:
+                continue
+            assert ref["name"] == f"{RELEASE}-secret", f"{workload['metadata']['name']}: {entry['name']}"
+            assert ref["key"] in keys, f"{workload['metadata']['name']}: {entry['name']} → missing key {ref['key']}"
+
+
+# --- the database ---------------------------------------------------------------------------------
+
+
+def test_database_choices():
+    default = render("default-values.yaml")
+    assert of_kind(default, "StatefulSet"), "evaluation default: the in-chart PostgreSQL"
+    assert secret_data(default)["db-url"].startswith(f"postgresql+psycopg://stratolab:")
+    assert f"@{RELEASE}-postgresql.{NAMESPACE}.svc:5432/stratolab" in secret_data(default)["db-url"]
+    assert not [p for p in of_kind(default, "PersistentVolumeClaim") if p["metadata"]["name"].endswith("-hub-db")]
+
+    external = render("external-postgres-values.yaml")
+    assert not of_kind(external, "StatefulSet")
+    assert secret_data(external)["db-url"] == load_values(CHART / "ci" / "external-postgres-values.yaml")["postgresql"]["url"]
+
+    oidc = render("oidc-values.yaml")
+    assert "db-url" not in secret_data(oidc)
+    hub = named(oidc, "Deployment", f"{RELEASE}-hub")
+    ref = env_of(hub["spec"]["template"]["spec"]["containers"][0])["STRATOLAB_DB_URL"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "stratolab-database", "key": "url"}
+
+    sqlite = render("sqlite-values.yaml")
+    assert named(sqlite, "PersistentVolumeClaim", f"{RELEASE}-hub-db")
+    hub_env = env_of(named(sqlite, "Deployment", f"{RELEASE}-hub")["spec"]["template"]["spec"]["containers"][0])
+    assert "STRATOLAB_DB_URL" not in hub_env
+
+
+# --- secrets --------------------------------------------------------------------------------------
+
+
+def test_secret_is_generated_once_and_kept_with_lookup():
+    template = (CHART / "templates" / "secret.yaml").read_text()
+    assert re.search(r'lookup "v1" "Secret" \.Release\.Namespace', template)
+    assert "helm.sh/resource-policy: keep" in template
+    first, second = secret_data(render_values({})), secret_data(render_values({}))
+    for key in RANDOM_KEYS:
+        assert re.fullmatch(r"[0-9a-f]{64}", first[key]), key  # hex: JupyterHub decodes the cookie secret and crypt key
+        assert first[key] != second[key], f"{key} is not random"
+    assert len(set(first[k] for k in RANDOM_KEYS)) == len(RANDOM_KEYS)
+    assert len(first["admin-password"]) == 24
+
+
+SECRET_NAME = re.compile(r"(token|secret|password|passwd|credential|crypt|private)", re.I)
+
+
+@pytest.mark.parametrize("values_file", CI_VALUES, ids=CI_IDS)
+def test_secrets_live_only_in_the_secret(values_file):
+    objects = render(values_file)
+    secrets = {v for v in secret_data(objects).values() if len(v) >= 8}
+    # the values files' own secrets too (a database URL with its password, the OIDC client secret)
+    given = load_values(values_file)
+    for value in (given.get("postgresql", {}).get("url"), given.get("hub", {}).get("auth", {}).get("oidc", {}).get("clientSecret")):
+        if value:
+            secrets.add(value)
+            secrets.add(value.split("://", 1)[-1].split("@")[0].split(":")[-1])  # the password inside a URL
+    for obj in objects:
+        if obj["kind"] == "Secret":
+            continue
+        text = yaml.safe_dump(obj)
+        for value in secrets:
+            assert value not in text, f"a secret value appears in {obj['kind']} {obj['metadata']['name']}"
+    for configmap in of_kind(objects, "ConfigMap"):
+        for key, data in configmap["data"].items():
+            assert not SECRET_NAME.search(key), f"ConfigMap key {key}"
+            parsed = yaml.safe_load(data) if key.endswith(".yaml") else None
+            for path in _keys(parsed):
+                assert not SECRET_NAME.search(path), f"{configmap['metadata']['name']}/{key}: {path}"
+
+
+def _keys(node: Any, prefix: str = "") -> list[str]:
+    if isinstance(node, dict):
+        return [p for k, v in node.items() for p in [f"{prefix}{k}", *_keys(v, f"{prefix}{k}.")]]
+    if isinstance(node, list):
+        return [p for i, v in enumerate(node) for p in _keys(v, f"{prefix}{i}.")]
+    return []
+
+
+def test_oidc_login_is_wired_to_the_authenticator_settings():
+    objects = render("oidc-values.yaml")
+    env = env_of(named(objects, "Deployment", f"{RELEASE}-hub")["spec"]["template"]["spec"]["containers"][0])
+    assert env["STRATOLAB_AUTH"]["value"] == "oidc"
+    assert env["STRATOLAB_OIDC_CLIENT_ID"]["value"] == "stratolab"
+    assert env["STRATOLAB_OIDC_CLIENT_SECRET"]["valueFrom"]["secretKeyRef"]["key"] == "oidc-client-secret"
+    assert env["STRATOLAB_OIDC_CALLBACK_URL"]["value"] == "https://notebooks.example.com/hub/oauth_callback"
+    assert env["STRATOLAB_OIDC_ALLOWED_GROUPS"]["value"] == "data-science"
+    assert "STRATOLAB_ADMIN_PASSWORD" not in env
+    assert "admin-password" not in secret_data(objects)
+    # the names configure_authentication reads (stratolab/hub/auth.py)
+    auth_source = (CHART.parent.parent / "stratolab" / "hub" / "auth.py").read_text()
+    for var in env:
+        if var.startswith("STRATOLAB_OIDC_"):
+            assert f'"{var}"' in auth_source, var
+
+
+# --- pod security ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values_file", CI_VALUES, ids=CI_IDS)
+def test_pods_run_restricted(values_file):
+    objects = render(values_file)
+    for workload, template in pod_specs(objects):
+        spec = template["spec"]
+        name = workload["metadata"]["name"]
+        assert not spec.get("hostNetwork") and not spec.get("hostPID") and not spec.get("hostIPC"), name
+        assert not [v for v in spec.get("volumes", []) if "hostPath" in v], name
+        pod_ctx = spec.get("securityContext") or {}
+        assert pod_ctx.get("seccompProfile", {}).get("type") == "RuntimeDefault", name
+        assert pod_ctx.get("runAsUser", 1) != 0, name
+    for workload, spec, container in containers(objects):
+        where = f"{workload['metadata']['name']}/{container['name']}"
+        ctx = container.get("securityContext") or {}
+        pod_ctx = spec.get("securityContext") or {}
+        assert ctx.get("privileged") is not True, where
+        assert ctx.get("allowPrivilegeEscalation") is False, where
+        assert ctx.get("runAsNonRoot", pod_ctx.get("runAsNonRoot")) is True, where
+        assert ctx.get("capabilities", {}).get("drop") == ["ALL"], where
+        assert not ctx.get("capabilities", {}).get("add"), where
+        assert ctx.get("readOnlyRootFilesystem") is True, where
+        assert container.get("resources", {}).get("requests"), f"{where} has no resource requests"
+
+
+@pytest.mark.parametrize("values_file", CI_VALUES, ids=CI_IDS)
+def test_images_are_pinned(values_file):
+    objects = render(values_file)
+    images = [c["image"] for _w, _s, c in containers(objects)]
+    singleuser = hub_values(objects)["singleuser"]
+    images += [singleuser["image"], singleuser["gpu_image"]]
+    images += [p["kubespawner_override"]["image"] for p in hub_values(objects)["profile_list"]
+               if p["kubespawner_override"].get("image")]
+    for image in images:
+        name, _, tag = image.rpartition(":")
+        assert name and "/" not in tag and tag and tag != "latest", f"{image} is not pinned to a tag"
+
+
+# --- RBAC -----------------------------------------------------------------------------------------
+
+EXPECTED_RULES = {
+    "hub": {
+        ("", "pods"): {"get", "list", "watch", "create", "delete"},
+        ("", "persistentvolumeclaims"): {"get", "list", "watch", "create", "delete"},
+        ("", "events"): {"get", "list", "watch"},
+    },
+    "functions": {
+        **{("serving.knative.dev", r): {"get", "list", "watch", "create", "update", "patch", "delete"}
+           for r in ("services", "revisions", "routes", "configurations")},
+        ("", "secrets"): {"get", "create", "update", "delete"},
+        ("", "pods"): {"get", "list", "watch"},
+        ("", "pods/log"): {"get", "list", "watch"},
+    },
+    "scheduler": {
+        ("batch", "jobs"): {"get", "list", "watch", "create", "delete"},
+        ("", "secrets"): {"get", "create", "update", "patch", "delete"},
+        ("", "pods"): {"get", "list", "watch"},
+        ("", "events"): {"get", "list", "watch"},
+        ("", "pods/log"): {"get"},
+    },
+}
+
+
+def _flatten(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
+    out: dict[tuple[str, str], set[str]] = {}
+    for rule in rules:
+        assert not rule.get("resourceNames") and not rule.get("nonResourceURLs")
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                out.setdefault((group, resource), set()).update(rule["verbs"])
+    return out
+
+
+@pytest.mark.parametrize("values_file", CI_VALUES, ids=CI_IDS)
+def test_rbac_grants_each_component_exactly_what_it_needs(values_file):
+    objects = render(values_file)
+    assert not of_kind(objects, "ClusterRole") and not of_kind(objects, "ClusterRoleBinding")
+    roles = {component(r): r for r in of_kind(objects, "Role")}
+    assert set(roles) == set(EXPECTED_RULES)
+    for name, role in roles.items():
+        rules = _flatten(role["rules"])
+        assert rules == EXPECTED_RULES[name], name
+        assert not any("*" in (g, r) or "*" in v for (g, r), v in rules.items())
+    values = hub_values(objects)
+    assert roles["hub"]["metadata"]["namespace"] == values["singleuser"]["namespace"]
+
+    accounts = {sa["metadata"]["name"] for sa in of_kind(objects, "ServiceAccount")}
+    for binding in of_kind(objects, "RoleBinding"):
+        (subject,) = binding["subjects"]
+        assert subject["kind"] == "ServiceAccount" and subject["name"] in accounts
+        assert subject["namespace"] == NAMESPACE
+        role = roles[component(binding)]
+        assert binding["roleRef"]["name"] == role["metadata"]["name"]
+        assert binding["metadata"]["namespace"] == role["metadata"]["namespace"]
+    # each workload that talks to the API runs as its own account; the others get no token at all
+    for workload, template in pod_specs(objects):
+        spec = template["spec"]
+        if component(workload) in EXPECTED_RULES:
+            assert spec["serviceAccountName"] == f"{RELEASE}-{component(workload)}"
+        else:
+            assert spec.get("automountServiceAccountToken") is False, workload["metadata"]["name"]
+
+
+def test_namespaces_of_rbac_follow_the_values():
+    objects = render("embedded-postgres-values.yaml")
+    namespaces = {component(r): r["metadata"]["namespace"] for r in of_kind(objects, "Role")}
+    assert namespaces == {"hub": "stratolab-users", "functions": "stratolab-functions", "scheduler": "stratolab-jobs"}
+
+
+# --- NetworkPolicies -----------------------------------------------------------------------------
+
+
+def _policies(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {component(p): p for p in of_kind(objects, "NetworkPolicy")}
+
+
+def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def _peers_from(rule: dict[str, Any], key: str) -> list[tuple[str | None, str | None]]:
+    """(namespace, component) of each peer of an ingress (`from`) or egress (`to`) rule."""
+    out = []
+    for peer in rule.get(key, []):
+        ns = (peer.get("namespaceSelector") or {}).get("matchLabels", {}).get("kubernetes.io/metadata.name")
+        comp = (peer.get("podSelector") or {}).get("matchLabels", {}).get("app.kubernetes.io/component")
+        out.append((ns, comp))
+    return out
+
+
+@pytest.mark.parametrize("values_file", CI_VALUES, ids=CI_IDS)
+def test_network_policies_cover_every_component(values_file):
+    objects = render(values_file)
+    policies = _policies(objects)
+    expected = {"hub", "proxy", "singleuser-server", "functions", "function", "scheduler", "notebook-run"}
+    if of_kind(objects, "StatefulSet"):
+        expected.add("postgresql")
+    assert set(policies) == expected
+    # every chart pod is selected by its policy
+    for workload, template in pod_specs(objects):
+        policy = policies[component(workload)]
+        assert _selects(policy["spec"]["podSelector"]["matchLabels"], template["metadata"]["labels"])
+
+
+def test_user_pods_are_reachable_only_from_proxy_and_hub_and_never_reach_metadata():
+    objects = render("embedded-postgres-values.yaml")
+    policy = _policies(objects)["singleuser-server"]
+    assert policy["metadata"]["namespace"] == "stratolab-users"
+    assert policy["spec"]["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/instance": RELEASE, "app.kubernetes.io/component": "singleuser-server"}
+    assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    (ingress,) = policy["spec"]["ingress"]
+    assert ingress["ports"] == [{"protocol": "TCP", "port": 8888}]
+    assert sorted(_peers_from(ingress, "from")) == [(NAMESPACE, "hub"), (NAMESPACE, "proxy")]
+    _assert_open_egress_blocks_metadata(policy)
+
+
+def _assert_open_egress_blocks_metadata(policy: dict[str, Any]) -> None:
+    blocks = [peer["ipBlock"] for rule in policy["spec"]["egress"] for peer in rule.get("to", []) if "ipBlock" in peer]
+    assert blocks, "no egress to the outside"
+    for block in blocks:
+        network = ipaddress.ip_network(block["cidr"])
+        if ipaddress.ip_address("169.254.169.254") in network:
+            assert METADATA in block.get("except", []), f"{policy['metadata']['name']} reaches the metadata server"
+
+
+def test_function_and_job_pods_are_fenced():
+    objects = render("embedded-postgres-values.yaml")
+    policies = _policies(objects)
+
+    functions = policies["function"]
+    assert functions["metadata"]["namespace"] == "stratolab-functions"
+    assert functions["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/component": "function"}
+    (ingress,) = functions["spec"]["ingress"]
+    assert sorted(_peers_from(ingress, "from"), key=str) == sorted(
+        [("knative-serving", None), ("kourier-system", None), (NAMESPACE, "functions")], key=str)
+    _assert_open_egress_blocks_metadata(functions)
+
+    runs = policies["notebook-run"]
+    assert runs["metadata"]["namespace"] == "stratolab-jobs"
+    assert runs["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/component": "notebook-run"}
+    assert set(runs["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    assert not runs["spec"].get("ingress")
+    assert (NAMESPACE, "scheduler") in [p for rule in runs["spec"]["egress"] for p in _peers_from(rule, "to")]
+    _assert_open_egress_blocks_metadata(runs)
+
+    # the services take their callers: the hub, the proxy, and their own workload pods
+    for name, workload_ns, workload, port in (("functions", "stratolab-functions", "function", 10101),
+                                               ("scheduler", "stratolab-jobs", "notebook-run", 10102)):
+        (rule,) = policies[name]["spec"]["ingress"]
+        assert rule["ports"] == [{"protocol": "TCP", "port": port}]
+        assert sorted(_peers_from(rule, "from"), key=str) == sorted(
+            [(NAMESPACE, "hub"), (NAMESPACE, "proxy"), (workload_ns, workload)], key=str)
+
+
+def test_proxy_api_answers_only_the_hub():
+    policy = _policies(render("default-values.yaml"))["proxy"]
+    by_port = {rule["ports"][0]["port"]: rule for rule in policy["spec"]["ingress"]}
+    assert "from" not in by_port[8000]  # the public entry point
+    assert _peers_from(by_port[8001], "from") == [(NAMESPACE, "hub")]
+    hub = _policies(render("default-values.yaml"))["hub"]
+    (rule,) = hub["spec"]["ingress"]
+    assert {c for _ns, c in _peers_from(rule, "from")} == {"proxy", "singleuser-server", "functions", "scheduler"}
+
+
+def test_network_policies_can_be_turned_off():
+    assert not of_kind(render_values({"networkPolicy": {"enabled": False}}), "NetworkPolicy")
+
+
+# --- exposure -------------------------------------------------------------------------------------
+
+
+def test_ingress_is_optional_and_routes_to_proxy_public():
+    assert not of_kind(render("default-values.yaml"), "Ingress")
+    objects = render("external-postgres-values.yaml")
+    (ingress,) = of_kind(objects, "Ingress")
+    assert ingress["spec"]["tls"] == [{"hosts": ["notebooks.example.com"], "secretName": "notebooks-example-com-tls"}]
+    backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": f"{RELEASE}-proxy-public", "port": {"name": "http"}}
+    assert named(objects, "Service", f"{RELEASE}-proxy-public")["spec"]["type"] == "ClusterIP"
+    assert named(render("default-values.yaml"), "Service", f"{RELEASE}-proxy-public")["spec"]["type"] == "LoadBalancer"
+
+
+def test_notes_say_how_to_reach_the_hub_and_get_the_password():
+    text = notes({})
+    assert f"get service {RELEASE}-proxy-public" in text
+    assert f"get secret {RELEASE}-secret" in text and "admin-password" in text
+    assert "evaluation only" in text
+    assert "port-forward" in notes({"proxy": {"service": {"type": "ClusterIP"}}})
