@@ -231,6 +231,42 @@ def test_services_get_their_backend_settings():
     assert named(objects, "PersistentVolumeClaim", f"{RELEASE}-scheduler-jobs")
 
 
+def _resolved_env(objects: list[dict[str, Any]], deployment: str) -> dict[str, str]:
+    """A container's environment as the kubelet would give it (secret references resolved)."""
+    secrets = secret_data(objects)
+    container = named(objects, "Deployment", deployment)["spec"]["template"]["spec"]["containers"][0]
+    env = {}
+    for name, entry in env_of(container).items():
+        if "value" in entry:
+            env[name] = entry["value"]
+        elif "secretKeyRef" in entry["valueFrom"]:
+            env[name] = secrets[entry["valueFrom"]["secretKeyRef"]["key"]]
+    return env
+
+
+def test_services_parse_the_environment_the_chart_gives_them():
+    """The functions and scheduler services read their Kubernetes settings with their own parsers."""
+    from stratolab.functions.knative.config import KnativeConfig
+    from stratolab.jobs.kube.executor import settings_from_env
+    from stratolab.jobs.kube.registry import executor_secret
+
+    objects = render("embedded-postgres-values.yaml")
+    secrets = secret_data(objects)
+
+    functions = KnativeConfig.from_env(_resolved_env(objects, f"{RELEASE}-functions"))
+    assert functions.namespace == "stratolab-functions"
+    assert functions.service_url == f"http://{RELEASE}-functions.{NAMESPACE}.svc:10101"
+    assert functions.runtime_secret == secrets["runtime-secret"]
+    assert dict(functions.images) == {"cpu": "stratolab/notebook:0.1.0-cpu", "cuda": "stratolab/notebook:0.1.0-cuda"}
+
+    env = _resolved_env(objects, f"{RELEASE}-scheduler")
+    jobs = settings_from_env(env, env["JUPYTERHUB_SERVICE_PREFIX"])
+    assert jobs.namespace == "stratolab-jobs"
+    assert jobs.scheduler_url == f"http://{RELEASE}-scheduler.{NAMESPACE}.svc:10102/services/scheduler/"
+    assert jobs.image_pull_secrets == ("registry-credentials",)
+    assert executor_secret(env) == secrets["executor-secret"].encode()
+
+
 @pytest.mark.parametrize("values_file", CI_VALUES, ids=CI_IDS)
 def test_every_secret_reference_resolves(values_file):
     objects = render(values_file)
