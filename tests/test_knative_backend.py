@@ -14,7 +14,6 @@ import asyncio
 import base64
 import json
 import threading
-from pathlib import Path
 
 import jsonschema
 import pytest

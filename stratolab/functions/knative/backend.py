@@ -285,7 +285,8 @@ class KnativeBackend(FunctionBackend):
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
+            # one pool for all versions; its limit bounds the invocations in flight to the cluster
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1000))
         return self._session
 
     # -- what the service shows ------------------------------------------------------------------
