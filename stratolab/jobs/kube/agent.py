@@ -128,16 +128,20 @@ class Agent:
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_sigterm)
+        self._start_runner()  # its kernel starts while the spec and the snapshot are fetched
         try:
             spec = json.loads(self.client.call("GET", "spec", patience=START_PATIENCE_S, wait_for_run=True))
             snapshot = self.client.call("GET", "input", patience=START_PATIENCE_S, wait_for_run=True)
         except AgentError as e:
             log.error("cannot start the run: %s", e)
+            self.runner.kill()
             return 1
         (self.workdir / "files").mkdir(parents=True, exist_ok=True)
         (self.workdir / "input.ipynb").write_bytes(snapshot)
         run_env = {k: expand(v, {WORKDIR_VAR: str(self.workdir)}) for k, v in (spec.get("run_env") or {}).items()}
         if self.terminating:
+            self.runner.stdin.close()  # no spec: the runner stops its kernel and exits
+            self.runner.wait()
             self._write_result("the run was stopped before it started")
         else:
             code = self._execute(spec, run_env)
@@ -154,18 +158,22 @@ class Agent:
     def _write_result(self, error: str) -> None:
         (self.workdir / RESULT).write_text(json.dumps({"state": "failed", "error": error, "outputs": []}))
 
-    def _execute(self, spec: dict[str, Any], run_env: dict[str, str]) -> int:
-        """The runner, as the local executor starts it; synced while it runs. Its exit status."""
-        line = json.dumps({"key": spec.get("key"), "workdir": str(self.workdir), "parameters": spec.get("parameters") or {},
-                           "output_formats": spec.get("output_formats") or ["ipynb"], "env": run_env}) + "\n"
+    def _start_runner(self) -> None:
+        """`python -m stratolab.jobs.runner`, as the local executor starts a warm runner: it starts its
+        kernel, then reads the run's spec line (the run's variables reach the kernel with it)."""
         env = {k: v for k, v in os.environ.items() if k != RUN_TOKEN_VAR}  # the notebook never sees the token
-        env.update(run_env)
         self.runner = subprocess.Popen([self.python, "-m", "stratolab.jobs.runner"], stdin=subprocess.PIPE,
                                        cwd=str(self.workdir), env=env)
-        self.runner.stdin.write(line.encode())
-        self.runner.stdin.close()
-        if self.terminating:
-            self.runner.send_signal(signal.SIGTERM)
+
+    def _execute(self, spec: dict[str, Any], run_env: dict[str, str]) -> int:
+        """Give the runner its run; sync while it runs. Its exit status."""
+        line = json.dumps({"key": spec.get("key"), "workdir": str(self.workdir), "parameters": spec.get("parameters") or {},
+                           "output_formats": spec.get("output_formats") or ["ipynb"], "env": run_env}) + "\n"
+        try:
+            self.runner.stdin.write(line.encode())
+            self.runner.stdin.close()
+        except BrokenPipeError:
+            log.error("the runner ended before it was given the run (exit code %s)", self.runner.wait())
         last_sync = 0.0
         while self.runner.poll() is None:
             now = time.monotonic()

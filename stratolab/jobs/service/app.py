@@ -12,6 +12,8 @@ Environment (set by stratolab.hub.config.scheduler_service):
     STRATOLAB_SCHEDULER_ID        this process's name among schedulers sharing the database
     STRATOLAB_JOBS_MAX_RUNNING, STRATOLAB_JOBS_MAX_PER_USER, STRATOLAB_JOBS_MISFIRE_GRACE
     STRATOLAB_SMTP_HOST (and _PORT, _USER, _PASSWORD, _FROM, _STARTTLS) for e-mail notifications
+    STRATOLAB_JOBS_EXECUTOR       "local" (default) or "kubernetes": runs and trials as Jobs, whose
+                                  agents call the executor/ routes (see stratolab.jobs.kube.executor)
 """
 
 from __future__ import annotations
@@ -30,18 +32,19 @@ from tornado import web
 
 from stratolab.db import ensure_schema, make_engine, session_factory
 from stratolab.hub.gpus import GpuAllocator, discover_gpus
-from stratolab.hub.profiles import default_profile_list, load_profile_list, parse_profile_list
+from stratolab.errors import NotFound
+from stratolab.hub.profiles import Profile, choose_profile, default_profile_list, load_profile_list, parse_profile_list
 from stratolab.hub.system_users import ensure_system_user, system_username
 from stratolab.jobs.clock import Clock
 from stratolab.settings import user_env_python
 from stratolab.jobs.engine import Scheduler, SchedulerConfig
-from stratolab.jobs.executor import Account
+from stratolab.jobs.executor import Account, NotebookExecutor, RunSpec
 from stratolab.jobs.files import JobFiles
 from stratolab.jobs.local_executor import LocalProcessExecutor
 from stratolab.jobs.notify import Notifier, SmtpSettings
 from stratolab.jobs.automl.engine import AutoMLController
 from stratolab.jobs.automl.service import AutoMLService
-from stratolab.jobs.service import automl_handlers, handlers
+from stratolab.jobs.service import automl_handlers, executor_handlers, handlers
 from stratolab.jobs.service.state import JobService
 from stratolab.jobs.store import JobStore
 
@@ -76,10 +79,13 @@ def make_app(state: JobService, prefix: str, automl: AutoMLService | None = None
         (rf"{p}/api/profiles", handlers.ProfilesHandler),
         (rf"{p}/metrics", handlers.MetricsHandler),
         (rf"{p}/openapi.json", handlers.OpenAPIHandler),
+        *executor_handlers.routes(p),  # Jobs' agents: run-token authenticated (see executor_handlers)
         (rf"{p}/?", handlers.RootHandler),
         (rf"{p}/.*", handlers.NotFoundHandler),
     ]
-    return web.Application(routes, state=state, automl=automl, max_body_size=64 * 1024 * 1024)
+    agent_runs = getattr(getattr(getattr(state, "scheduler", None), "executor", None), "agent_runs", None)
+    return web.Application(routes, state=state, automl=automl, agent_runs=agent_runs,
+                           max_body_size=64 * 1024 * 1024)
 
 
 def _int_env(name: str, default: int) -> int:
@@ -97,6 +103,43 @@ def load_profiles(gpu_count: int) -> dict:
     path = os.environ.get("STRATOLAB_PROFILES_FILE", "").strip()
     raw = load_profile_list(Path(path)) if path else default_profile_list(gpu_count)
     return {p.slug: p for p in parse_profile_list(raw)}
+
+
+def cluster_gpu_slots(environ) -> tuple[str, ...]:
+    """With runs as Kubernetes Jobs the cluster's device plugin assigns GPUs; the allocator then only
+    caps how many GPUs this scheduler's runs hold at once (STRATOLAB_JOBS_MAX_GPUS, default 8)."""
+    raw = environ.get("STRATOLAB_JOBS_MAX_GPUS", "").strip()
+    return tuple(f"cluster-{i}" for i in range(int(raw) if raw else 8))
+
+
+def make_executor(environ, root: Path, prefix: str, store: JobStore, profiles: dict) -> NotebookExecutor:
+    """The executor STRATOLAB_JOBS_EXECUTOR names: "local" (processes on this machine, the default) or
+    "kubernetes" (a Job per run; see stratolab.jobs.kube.executor for its variables)."""
+    kind = (environ.get("STRATOLAB_JOBS_EXECUTOR") or "local").strip()
+    if kind == "local":
+        return LocalProcessExecutor(user_env_python(environ), root, warm=environ.get("STRATOLAB_JOBS_WARM", "1") != "0")
+    if kind != "kubernetes":
+        raise ValueError(f"STRATOLAB_JOBS_EXECUTOR must be local or kubernetes, got {kind!r}")
+    from stratolab.jobs.kube.executor import KubernetesJobExecutor, settings_from_env
+    from stratolab.jobs.kube.registry import executor_secret
+
+    default = choose_profile(list(profiles.values()), None)
+
+    def profile_of(spec: RunSpec) -> Profile:
+        """A scheduled run's profile is its schedule's; AutoML trials run in the default profile."""
+        run_id = spec.run_env.get("STRATOLAB_RUN_ID")
+        if not run_id:
+            return default
+        try:
+            run = store.run(int(run_id))
+            return profiles.get(store.schedule(run.owner, run.schedule_id).profile, default)
+        except (NotFound, ValueError):
+            return default
+
+    return KubernetesJobExecutor(
+        settings_from_env(environ, prefix), profile_of=profile_of, jobs_root=root,
+        secret=executor_secret(environ), start_timeout=float(_int_env("STRATOLAB_JOBS_START_TIMEOUT", 600)),
+    )
 
 
 def build(environ=os.environ, clock: Clock | None = None) -> tuple[JobService, Scheduler, AutoMLService]:
@@ -122,7 +165,8 @@ def build(environ=os.environ, clock: Clock | None = None) -> tuple[JobService, S
             return home_root / system_username(owner)
         return shared_homes / owner
 
-    gpus = GpuAllocator(job_gpus())
+    on_kubernetes = environ.get("STRATOLAB_JOBS_EXECUTOR", "").strip() == "kubernetes"
+    gpus = GpuAllocator(cluster_gpu_slots(environ) if on_kubernetes else job_gpus())
     smtp = SmtpSettings.from_env(environ)
     config = SchedulerConfig(
         worker_id=environ.get("STRATOLAB_SCHEDULER_ID") or f"{socket.gethostname()}:{root}"[-64:],
@@ -131,8 +175,8 @@ def build(environ=os.environ, clock: Clock | None = None) -> tuple[JobService, S
         misfire_grace=float(_int_env("STRATOLAB_JOBS_MISFIRE_GRACE", 60)),
         public_url=environ.get("STRATOLAB_PUBLIC_URL", "").rstrip("/"),
     )
-    executor = LocalProcessExecutor(user_env_python(environ), root, warm=environ.get("STRATOLAB_JOBS_WARM", "1") != "0")
     profiles = load_profiles(len(gpus.inventory))
+    executor = make_executor(environ, root, prefix, store, profiles)
     scheduler = Scheduler(store, files, executor, clock or Clock(), config, profiles=profiles, account_for=account_for,
                           gpus=gpus, notifier=Notifier(smtp))
     service = JobService(

@@ -1,0 +1,459 @@
+"""Runs as Kubernetes Jobs, end to end, with the fake Kubernetes API as the only stand-in.
+
+The executor talks to `FakeKube` over HTTP with the real client; a `Kubelet` reactor plays the Job
+controller and the kubelet: for each Job it makes the pod, resolves the container's env as the
+kubelet would (secretKeyRef from the Secret the executor created, `$(VAR)` references, the work
+volume's mount path mapped to a host folder, as a kubelet without mount namespaces would), runs the
+container's command as a real local process with this venv's python, updates pod and Job status as
+it goes, and on the Job's deletion sends the process SIGTERM. The agent in that process calls the
+real executor routes in a tornado app on the test's loop, runs papermill, and sends files back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from tornado import httpclient, netutil, web
+from tornado.httpserver import HTTPServer
+
+from fake_kube import FakeKube, fake_kube  # noqa: F401
+from jobs_support import in_process_service, notebook
+from stratolab.hub.profiles import parse_profile_list, default_profile_list
+from stratolab.jobs.automl import channel
+from stratolab.jobs.executor import FAILED, STOPPED, SUCCEEDED, TIMED_OUT, RunSpec
+from stratolab.jobs.kube.archive import SyncLimits
+from stratolab.jobs.kube.executor import KubernetesJobExecutor
+from stratolab.jobs.kube.manifests import WORK_MOUNT, JobSettings, expand, job_name
+from stratolab.jobs.service import executor_handlers
+
+PREFIX = "/services/scheduler/"
+CPU = parse_profile_list(default_profile_list(0))[0]
+
+
+# --- a kubelet and Job controller -----------------------------------------------------------------
+
+class Kubelet:
+    """Plays the Job controller and the kubelet for the fake API (see the module docstring).
+
+    `mode`: "run" (the container's command runs), "oom" (the container is OOM-killed once running),
+    "pull" (the image cannot be pulled: the pod waits in ImagePullBackOff)."""
+
+    def __init__(self, fake: FakeKube, host_root: Path, mode: str = "run"):
+        self.fake, self.host_root, self.mode = fake, host_root, mode
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.envs: dict[str, dict[str, str]] = {}
+        fake.on("create", "batch/v1", "Job", self.job_created)
+        fake.on("delete", "batch/v1", "Job", self.job_deleted)
+
+    def container_env(self, container: dict, namespace: str, workdir: Path) -> dict[str, str]:
+        env: dict[str, str] = {}
+        for var in container.get("env") or []:
+            if "valueFrom" in var:
+                ref = var["valueFrom"]["secretKeyRef"]
+                secret = self.fake.get("v1", "Secret", ref["name"], namespace)
+                assert secret is not None, f"the kubelet finds no Secret {ref['name']} (CreateContainerConfigError)"
+                env[var["name"]] = base64.b64decode(secret["data"][ref["key"]]).decode()
+            else:
+                env[var["name"]] = expand(var["value"], env)
+        return {k: v.replace(WORK_MOUNT, str(workdir)) for k, v in env.items()}
+
+    def job_created(self, fake: FakeKube, job: dict) -> None:
+        meta, ns = job["metadata"], job["metadata"]["namespace"]
+        template = job["spec"]["template"]
+        pod_name = f"{meta['name']}-{uuid.uuid4().hex[:5]}"
+        labels = {**template["metadata"]["labels"], "job-name": meta["name"],
+                  "batch.kubernetes.io/job-name": meta["name"], "controller-uid": meta["uid"]}
+        pod = {"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": pod_name, "namespace": ns, "labels": labels,
+                            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"],
+                                                 "uid": meta["uid"], "controller": True}]},
+               "spec": template["spec"], "status": {"phase": "Pending"}}
+        fake.put_object(pod)
+        fake.update_status("batch/v1", "Job", meta["name"], {"active": 1, "startTime": "2026-01-01T00:00:00Z"}, ns)
+        if self.mode == "pull":
+            image = template["spec"]["containers"][0]["image"]
+            fake.update_status("v1", "Pod", pod_name, {"phase": "Pending", "containerStatuses": [{"name": "notebook",
+                               "state": {"waiting": {"reason": "ImagePullBackOff",
+                                                     "message": f'Back-off pulling image "{image}"'}}}]}, ns)
+            return
+        running = {"phase": "Running", "containerStatuses": [{"name": "notebook", "state": {"running": {}}}]}
+        fake.update_status("v1", "Pod", pod_name, running, ns)
+        if self.mode == "oom":
+            time.sleep(0.3)
+            self._ended(meta["name"], pod_name, ns, 137, "OOMKilled")
+            return
+        container = template["spec"]["containers"][0]
+        workdir = self.host_root / pod_name
+        workdir.mkdir(parents=True)
+        env = self.container_env(container, ns, workdir)
+        self.envs[meta["name"]] = env
+        base = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+                "HOME": os.environ.get("HOME", "/tmp"), "LANG": "C.UTF-8"}
+        command = [sys.executable if c == "python" else c for c in container["command"]]
+        log = open(self.host_root / f"{pod_name}.log", "wb")
+        proc = subprocess.Popen(command, cwd=container["workingDir"].replace(WORK_MOUNT, str(workdir)),
+                                env={**base, **env}, stdout=log, stderr=subprocess.STDOUT)
+        self.procs[meta["name"]] = proc
+        code = proc.wait()
+        log.close()
+        fake.set_log(pod_name, (self.host_root / f"{pod_name}.log").read_text(errors="replace"), ns)
+        self._ended(meta["name"], pod_name, ns, code, "Completed" if code == 0 else "Error")
+
+    def _ended(self, job: str, pod: str, ns: str, code: int, reason: str) -> None:
+        self.fake.update_status("v1", "Pod", pod, {
+            "phase": "Succeeded" if code == 0 else "Failed",
+            "containerStatuses": [{"name": "notebook", "state": {"terminated": {"exitCode": code, "reason": reason}}}]}, ns)
+        if code == 0:
+            status = {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
+        else:
+            status = {"failed": 1, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                                                   "message": "Job has reached the specified backoff limit"}]}
+        self.fake.update_status("batch/v1", "Job", job, status, ns)
+
+    def job_deleted(self, fake: FakeKube, job: dict) -> None:
+        """Graceful termination: SIGTERM, then SIGKILL after the pod's grace period."""
+        proc = self.procs.get(job["metadata"]["name"])
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(job["spec"]["template"]["spec"]["terminationGracePeriodSeconds"])
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+
+
+# --- the scheduler's side ---------------------------------------------------------------------------
+
+class Scheduler:
+    """The executor and its agent routes in a real tornado server on the running loop."""
+
+    def __init__(self, fake: FakeKube, root: Path, start_timeout: float = 60.0, limits: SyncLimits | None = None):
+        sockets = netutil.bind_sockets(0, "127.0.0.1")
+        self.port = sockets[0].getsockname()[1]
+        self.root = root
+        settings = JobSettings(namespace="default", scheduler_url=f"http://127.0.0.1:{self.port}{PREFIX}",
+                               termination_grace=10)
+        self.executor = KubernetesJobExecutor(settings, client=fake.client(), jobs_root=root / "jobs",
+                                              secret=b"test-secret", start_timeout=start_timeout)
+        app = web.Application(executor_handlers.routes(PREFIX), agent_runs=self.executor.agent_runs,
+                              agent_sync_limits=limits)
+        self.server = HTTPServer(app)
+        self.server.add_sockets(sockets)
+
+    def url(self, key: str, route: str) -> str:
+        return f"http://127.0.0.1:{self.port}{PREFIX}executor/runs/{key}/{route}"
+
+    def spec(self, nb: dict, key: str = "run-1", **kwargs) -> RunSpec:
+        workdir = self.root / "jobs" / "alice" / "runs" / key
+        (workdir / "files").mkdir(parents=True)
+        (workdir / "input.ipynb").write_text(json.dumps(nb))
+        kwargs.setdefault("env", {"CUDA_VISIBLE_DEVICES": ""})
+        kwargs.setdefault("run_env", {"STRATOLAB_RUN_ID": key.rsplit("-", 1)[-1], "STRATOLAB_SCHEDULE": "nightly $(not-a-var)"})
+        return RunSpec(key=key, workdir=workdir, **kwargs)
+
+    async def close(self) -> None:
+        self.server.stop()
+        await self.executor.close()
+        await self.executor.client.close()
+
+
+def scenario(fake: FakeKube, tmp_path: Path, body, mode: str = "run", **scheduler_args):
+    """Run `body(scheduler, kubelet)` on a fresh loop, with the kubelet and the routes up."""
+    kubelet = Kubelet(fake, tmp_path / "nodes", mode)
+
+    async def main():
+        scheduler = Scheduler(fake, tmp_path, **scheduler_args)
+        try:
+            return await asyncio.wait_for(body(scheduler, kubelet), 50)
+        finally:
+            await scheduler.close()
+
+    try:
+        return asyncio.run(main())
+    finally:
+        kubelet.stop()
+
+
+def cells(path: Path) -> list[dict]:
+    return json.loads(path.read_text())["cells"]
+
+
+def text_of(path: Path) -> str:
+    return "".join("".join(o.get("text", "")) for c in cells(path) for o in c.get("outputs", []))
+
+
+async def until(predicate, timeout: float = 20.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# --- end to end ------------------------------------------------------------------------------------
+
+RUN_NB = notebook(
+    "import os\nprint('double', n * 2, os.environ['STRATOLAB_RUN_ID'], os.environ['STRATOLAB_SCHEDULE'])\n"
+    "print('cuda', repr(os.environ.get('CUDA_VISIBLE_DEVICES')), 'token', 'STRATOLAB_RUN_TOKEN' in os.environ)",
+    "open('out.txt', 'w').write(f'n={n}')",
+    parameters="n = 1",
+)
+
+
+def test_a_run_executes_in_its_job_and_its_outputs_come_back(fake_kube, tmp_path):
+    fake_kube.fail_next("POST", "/jobs", 503)  # the API server hiccups: the client retries
+
+    async def body(s: Scheduler, kubelet: Kubelet):
+        spec = s.spec(RUN_NB, parameters={"n": 21}, output_formats=("ipynb", "html"))
+        execution = await s.executor.start(spec)
+        job = fake_kube.get("batch/v1", "Job", "stratolab-run-1")
+        assert job is not None and "test-secret" not in json.dumps(job)
+        result = await execution.wait()
+        return spec, result, job
+
+    spec, result, job = scenario(fake_kube, tmp_path, body)
+    assert result.state == SUCCEEDED, result
+    assert set(result.outputs) == {"ipynb", "html"}
+    assert fake_kube.count("POST", "/apis/batch/v1/namespaces/default/jobs") == 2
+    nb = cells(spec.output_path)
+    assert any("injected-parameters" in c["metadata"].get("tags", []) and "n = 21" in "".join(c["source"]) for c in nb)
+    out = text_of(spec.output_path)
+    assert "double 42 1 nightly $(not-a-var)" in out  # run_env arrives as written, `$(` and all
+    assert "cuda None token False" in out  # no local GPU list, and the notebook never sees the run token
+    assert (spec.files_dir / "out.txt").read_text() == "n=21"
+    assert spec.html_path.exists() and spec.log_path.read_text()
+    assert json.loads(spec.result_path.read_text()) == {"state": "succeeded", "error": None, "outputs": ["ipynb", "html"]}
+    # the run's token Secret went with the run; the finished Job stays for its TTL
+    assert fake_kube.get("v1", "Secret", "stratolab-run-1-token") is None
+    assert job["spec"]["backoffLimit"] == 0
+
+
+def test_a_failing_notebook_ends_failed_with_its_error(fake_kube, tmp_path):
+    nb = notebook("print('before')", "raise ValueError('boom')", "print('never')")
+
+    async def body(s: Scheduler, _kubelet):
+        spec = s.spec(nb)
+        return spec, await (await s.executor.start(spec)).wait()
+
+    spec, result = scenario(fake_kube, tmp_path, body)
+    assert result.state == FAILED and "ValueError: boom" in result.error
+    assert "before" in text_of(spec.output_path) and "never" not in text_of(spec.output_path)
+    assert "boom" in spec.log_path.read_text()
+
+
+def test_timeout_ends_timed_out_keeping_the_partial_output(fake_kube, tmp_path):
+    nb = notebook("print('started', flush=True)", "import time\ntime.sleep(120)", "print('never')")
+
+    async def body(s: Scheduler, _kubelet):
+        spec = s.spec(nb, timeout=10.0)
+        started = time.monotonic()
+        result = await (await s.executor.start(spec)).wait()
+        return spec, result, time.monotonic() - started
+
+    spec, result, took = scenario(fake_kube, tmp_path, body)
+    assert result.state == TIMED_OUT and "timeout of 10 s" in result.error
+    assert took < 30
+    assert "started" in text_of(spec.output_path)
+    assert fake_kube.get("batch/v1", "Job", "stratolab-run-1") is None  # deleted when it timed out
+
+
+def test_stop_deletes_the_job_and_keeps_what_was_synced(fake_kube, tmp_path):
+    nb = notebook("print('working', flush=True)", "import time\ntime.sleep(120)")
+
+    async def body(s: Scheduler, _kubelet):
+        spec = s.spec(nb)
+        execution = await s.executor.start(spec)
+        waiter = asyncio.ensure_future(execution.wait())
+        await until(lambda: spec.output_path.exists() and "working" in spec.output_path.read_text(), what="first sync")
+        await execution.stop()
+        return spec, await waiter
+
+    spec, result = scenario(fake_kube, tmp_path, body)
+    assert result.state == STOPPED and "ipynb" in result.outputs
+    assert fake_kube.get("batch/v1", "Job", "stratolab-run-1") is None
+    assert ("DELETE", "/apis/batch/v1/namespaces/default/jobs/stratolab-run-1") in fake_kube.requests
+    assert "working" in text_of(spec.output_path)
+
+
+def test_automl_trial_is_pruned_through_the_sync_route(fake_kube, tmp_path):
+    nb = notebook(
+        "import stratolab\nstratolab.record('accuracy', lr * 10)\nstratolab.report(1, 0.25)\nprint('not pruned')",
+        parameters="lr = 0.1",
+    )
+
+    async def body(s: Scheduler, _kubelet):
+        spec = s.spec(nb, key="automl-3-0", parameters={"lr": 0.05}, output_formats=("ipynb",))
+        spec = RunSpec(**{**spec.__dict__, "run_env": {channel.ENV: str(spec.workdir),
+                                                      "STRATOLAB_MODEL_DIR": str(spec.workdir / "model"),
+                                                      "STRATOLAB_TRIAL": "0"}})
+        execution = await s.executor.start(spec)
+        waiter = asyncio.ensure_future(execution.wait())
+        seen = 0
+        while not waiter.done():  # what the AutoML controller does with a trial's workdir
+            reports = channel.read_reports(spec.workdir)
+            for r in reports[seen:]:
+                channel.decide(spec.workdir, int(r["step"]), prune=True)
+            seen = len(reports)
+            await asyncio.sleep(0.02)
+        return spec, waiter.result()
+
+    spec, result = scenario(fake_kube, tmp_path, body)
+    assert result.state == FAILED and "TrialPruned" in result.error and "pruned at step 1" in result.error
+    assert channel.read_reports(spec.workdir) == [{"step": 1, "value": 0.25}]
+    assert channel.read_metrics(spec.workdir) == {"accuracy": 0.5}
+    assert "not pruned" not in text_of(spec.output_path)
+
+
+def test_a_job_left_by_an_earlier_start_is_replaced_not_adopted(fake_kube, tmp_path):
+    leftover = {"apiVersion": "batch/v1", "kind": "Job",
+                "metadata": {"name": job_name("run-7"), "namespace": "default", "labels": {"stale": "yes"}},
+                "spec": {"template": {"spec": {"containers": []}}}}
+    old_uid = fake_kube.put_object(leftover)["metadata"]["uid"]
+
+    async def body(s: Scheduler, _kubelet):
+        spec = s.spec(notebook("print('fresh')"), key="run-7")
+        return spec, await (await s.executor.start(spec)).wait()
+
+    spec, result = scenario(fake_kube, tmp_path, body)
+    assert result.state == SUCCEEDED and "fresh" in text_of(spec.output_path)
+    job = fake_kube.get("batch/v1", "Job", "stratolab-run-7")
+    assert job["metadata"]["uid"] != old_uid and "stale" not in job["metadata"]["labels"]
+    posts = [p for m, p in fake_kube.requests if m == "POST" and p.endswith("/jobs")]
+    assert len(posts) == 2  # the 409, then the create after the leftover went
+    assert ("DELETE", "/apis/batch/v1/namespaces/default/jobs/stratolab-run-7") in fake_kube.requests
+
+
+def test_an_oom_killed_pod_says_so(fake_kube, tmp_path):
+    async def body(s: Scheduler, _kubelet):
+        return await (await s.executor.start(s.spec(notebook("x = 1")))).wait()
+
+    result = scenario(fake_kube, tmp_path, body, mode="oom")
+    assert result.state == FAILED
+    assert "OOMKilled" in result.error and "8Gi" in result.error
+
+
+def test_an_image_that_cannot_be_pulled_fails_the_run_after_the_start_timeout(fake_kube, tmp_path):
+    async def body(s: Scheduler, _kubelet):
+        return await (await s.executor.start(s.spec(notebook("x = 1")))).wait()
+
+    result = scenario(fake_kube, tmp_path, body, mode="pull", start_timeout=1.0)
+    assert result.state == FAILED
+    assert "did not start within 1 s" in result.error and "ImagePullBackOff" in result.error
+    assert fake_kube.get("batch/v1", "Job", "stratolab-run-1") is None
+
+
+# --- the agent routes ---------------------------------------------------------------------------
+
+def _archive(*members: tuple[str, bytes], link: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        if link:
+            info = tarfile.TarInfo(link)
+            info.type, info.linkname = tarfile.SYMTYPE, "/etc/shadow"
+            tar.addfile(info)
+    return buf.getvalue()
+
+
+def test_agent_routes_check_the_token_and_the_archive(fake_kube, tmp_path):
+    async def body(s: Scheduler, _kubelet):
+        http = httpclient.AsyncHTTPClient()
+        spec = s.spec(notebook("x = 1"), key="run-5", parameters={"x": 2}, timeout=30.0)
+        s.executor.agent_runs.register(spec, {"STRATOLAB_RUN_ID": "5"})
+        token = s.executor.agent_runs.token_for("run-5")
+
+        async def call(route, method="GET", body=None, key="run-5", tok=token):
+            headers = {"Authorization": f"token {tok}"} if tok else {}
+            r = await http.fetch(s.url(key, route), method=method, body=body, headers=headers, raise_error=False)
+            return r.code, (json.loads(r.body) if r.headers.get("Content-Type", "").startswith("application/json") else r.body)
+
+        code, got = await call("spec")
+        assert code == 200 and got == {"key": "run-5", "parameters": {"x": 2}, "timeout": 30.0,
+                                       "output_formats": ["ipynb", "html"], "run_env": {"STRATOLAB_RUN_ID": "5"}}
+        code, got = await call("input")
+        assert code == 200 and json.loads(got)["cells"][0]["source"] == "x = 1"
+        assert (await call("spec", tok=None))[0] == 401
+        assert (await call("spec", tok=s.executor.agent_runs.token_for("run-6")))[0] == 403
+        code, got = await call("spec", key="run-6", tok=s.executor.agent_runs.token_for("run-6"))
+        assert code == 404 and "expects no agent" in got["error"]
+        assert (await call("sync", "POST", _archive(("files/a.txt", b"a")), tok="forged"))[0] == 403
+
+        code, got = await call("sync", "POST", _archive(("run.log", b"hello\n"), ("files/sub/a.txt", b"a")))
+        assert code == 200 and got == {"written": 2, "decisions": {}, "stop": False}
+        assert (spec.workdir / "files" / "sub" / "a.txt").read_bytes() == b"a"
+        for bad in (_archive(("../../escape.txt", b"x")), _archive(("files/ok", b"x"), link="files/shadow"),
+                    _archive(("result.json", b'{"state": "succeeded"}')), b"garbage"):
+            code, got = await call("sync", "POST", bad)
+            assert code == 400, got
+        assert not (tmp_path / "jobs" / "alice" / "escape.txt").exists() and not (spec.workdir / "files" / "ok").exists()
+        code, got = await call("sync", "POST", _archive(("files/big", b"x" * 5000)))
+        assert code == 413 and "more than 4096 bytes" in got["error"]
+
+        channel.decide(spec.workdir, 1, prune=True)
+        code, got = await call("sync", "POST", b"")
+        assert code == 200 and got["decisions"] == {"1": "prune"}
+        code, got = await call("finish", "POST", _archive(("output.ipynb", b"{}")))
+        assert code == 400 and "result.json" in got["error"]
+        code, got = await call("finish", "POST", _archive(("output.ipynb", b"{}"), ("result.json", b'{"state": "succeeded", "outputs": ["html"]}')))
+        assert code == 200 and got["state"] == "succeeded"
+        assert json.loads(spec.result_path.read_text()) == {"state": "succeeded", "error": None, "outputs": ["ipynb"]}
+        assert s.executor.agent_runs.get("run-5").finished.is_set()
+
+    scenario(fake_kube, tmp_path, body, limits=SyncLimits(max_bytes=4096))
+
+
+# --- selection in the service's build -------------------------------------------------------------
+
+def test_the_service_selects_its_executor_by_configuration(tmp_path):
+    from stratolab.jobs.local_executor import LocalProcessExecutor
+    from stratolab.jobs.service.app import make_app
+
+    db = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    service, scheduler = in_process_service(db, tmp_path / "local")
+    assert isinstance(scheduler.executor, LocalProcessExecutor)
+    assert make_app(service, PREFIX).settings["agent_runs"] is None
+
+    with pytest.raises(ValueError, match="STRATOLAB_JOBS_SCHEDULER_URL"):
+        in_process_service(db, tmp_path / "k", STRATOLAB_JOBS_EXECUTOR="kubernetes")
+    service, scheduler = in_process_service(
+        db, tmp_path / "k", STRATOLAB_JOBS_EXECUTOR="kubernetes", STRATOLAB_JOBS_NAMESPACE="runs",
+        STRATOLAB_JOBS_SCHEDULER_URL="http://stratolab-scheduler:10102/", STRATOLAB_EXECUTOR_SECRET="shared")
+    executor = scheduler.executor
+    assert isinstance(executor, KubernetesJobExecutor) and executor.client is None  # no API call at build
+    assert executor.settings.namespace == "runs"
+    assert executor.settings.scheduler_url == "http://stratolab-scheduler:10102/services/scheduler/"
+    assert make_app(service, PREFIX).settings["agent_runs"] is executor.agent_runs
+    assert len(service.gpus.inventory) == 8  # the cluster assigns GPUs: the allocator only caps them
+
+    async def profile_of_a_run():
+        s = await service.create("alice", {"notebook": "r.ipynb", "content": notebook("x = 1"), "cron": "0 7 * * *",
+                                           "profile": "gpu-1"})
+        run, _created = await service.run_now("alice", s["id"], {}, None)
+        spec = RunSpec(key=f"run-{run['id']}", workdir=tmp_path, run_env={"STRATOLAB_RUN_ID": str(run["id"])})
+        return executor.profile_of(spec).slug, executor.profile_of(RunSpec(key="automl-1-0", workdir=tmp_path)).slug
+
+    assert asyncio.run(profile_of_a_run()) == ("gpu-1", "cpu")
+    with pytest.raises(ValueError, match="local or kubernetes"):
+        in_process_service(db, tmp_path / "x", STRATOLAB_JOBS_EXECUTOR="nomad")
