@@ -202,7 +202,8 @@ def test_hub_runs_in_kubernetes_mode_with_every_secret_from_the_secret():
     hub = named(objects, "Deployment", f"{RELEASE}-hub")
     (container,) = hub["spec"]["template"]["spec"]["containers"]
     env = env_of(container)
-    assert container["command"][0] == "stratolab-hub"
+    assert container["args"][:3] == ["stratolab-hub", "--config", "/etc/stratolab/jupyterhub_config.py"]
+    assert "command" not in container  # the image's entrypoint (tini) stays
     assert env["STRATOLAB_BACKEND"]["value"] == "kubernetes"
     for var in ("CONFIGPROXY_AUTH_TOKEN", "JPY_COOKIE_SECRET", "JUPYTERHUB_CRYPT_KEY", "STRATOLAB_DB_URL",
                 "STRATOLAB_ADMIN_PASSWORD", "STRATOLAB_FUNCTIONS_API_TOKEN", "STRATOLAB_SCHEDULER_API_TOKEN",
