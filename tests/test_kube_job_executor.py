@@ -150,9 +150,9 @@ class Scheduler:
         self.port = sockets[0].getsockname()[1]
         self.root = root
         settings = JobSettings(namespace="default", scheduler_url=f"http://127.0.0.1:{self.port}{PREFIX}",
-                               termination_grace=10)
+                               termination_grace=10, start_timeout=start_timeout)
         self.executor = KubernetesJobExecutor(settings, client=fake.client(), jobs_root=root / "jobs",
-                                              secret=b"test-secret", start_timeout=start_timeout)
+                                              secret=b"test-secret")
         app = web.Application(executor_handlers.routes(PREFIX), agent_runs=self.executor.agent_runs,
                               agent_sync_limits=limits)
         self.server = HTTPServer(app)
@@ -166,6 +166,7 @@ class Scheduler:
         (workdir / "files").mkdir(parents=True)
         (workdir / "input.ipynb").write_text(json.dumps(nb))
         kwargs.setdefault("env", {"CUDA_VISIBLE_DEVICES": ""})
+        kwargs.setdefault("output_formats", ("ipynb",))  # HTML only where a test looks at it: it costs a second
         kwargs.setdefault("run_env", {"STRATOLAB_RUN_ID": key.rsplit("-", 1)[-1], "STRATOLAB_SCHEDULE": "nightly $(not-a-var)"})
         return RunSpec(key=key, workdir=workdir, **kwargs)
 
@@ -380,7 +381,8 @@ def _archive(*members: tuple[str, bytes], link: str | None = None) -> bytes:
 def test_agent_routes_check_the_token_and_the_archive(fake_kube, tmp_path):
     async def body(s: Scheduler, _kubelet):
         http = httpclient.AsyncHTTPClient()
-        spec = s.spec(notebook("x = 1"), key="run-5", parameters={"x": 2}, timeout=30.0)
+        spec = s.spec(notebook("x = 1"), key="run-5", parameters={"x": 2}, timeout=30.0,
+                      output_formats=("ipynb", "html"))
         s.executor.agent_runs.register(spec, {"STRATOLAB_RUN_ID": "5"})
         token = s.executor.agent_runs.token_for("run-5")
 

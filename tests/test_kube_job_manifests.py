@@ -55,7 +55,7 @@ def test_cpu_trial_job_is_exactly_what_we_mean():
                      "annotations": annotations},
         "spec": {
             "backoffLimit": 0,
-            "activeDeadlineSeconds": 90 + 120,
+            "activeDeadlineSeconds": 90 + 600 + 120,  # timeout, start timeout, grace
             "ttlSecondsAfterFinished": 600,
             "template": {
                 "metadata": {"labels": labels, "annotations": annotations},

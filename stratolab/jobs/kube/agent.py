@@ -162,6 +162,8 @@ class Agent:
         """`python -m stratolab.jobs.runner`, as the local executor starts a warm runner: it starts its
         kernel, then reads the run's spec line (the run's variables reach the kernel with it)."""
         env = {k: v for k, v in os.environ.items() if k != RUN_TOKEN_VAR}  # the notebook never sees the token
+        # kernels' connection files in the work volume: the image's HOME may not be writable by the pod's uid
+        env.setdefault("JUPYTER_RUNTIME_DIR", str(self.workdir / ".jupyter-runtime"))
         self.runner = subprocess.Popen([self.python, "-m", "stratolab.jobs.runner"], stdin=subprocess.PIPE,
                                        cwd=str(self.workdir), env=env)
 

@@ -13,7 +13,8 @@ the run executes changes. A run, from `start` to the end of `wait`:
    and the snapshot, runs papermill, and sends the workdir's changes every second, which land in
    `spec.workdir` as if the run were local, the AutoML channel's files included;
 4. `wait` watches the Job and its pod until the agent's finish arrives or the Job ends; it enforces
-   the run's timeout itself (TIMED_OUT, keeping what was synced) and says why when the pod failed
+   the run's timeout itself, counted from the pod's start (TIMED_OUT, keeping what was synced), fails
+   a pod that has not started within `settings.start_timeout`, and says why when the pod failed
    without a result (OOMKilled, an image that cannot be pulled, no node that fits, the deadline);
 5. `stop` deletes the Job (background propagation): the kubelet sends the pod SIGTERM, the agent
    stops papermill, which saves the partial notebook, and sends it with its last sync.
@@ -57,7 +58,6 @@ def default_profile() -> Profile:
 class KubernetesJobExecution(Execution):
     def __init__(self, executor: "KubernetesJobExecutor", spec: RunSpec, run: AgentRun, name: str):
         self.executor, self.spec, self.run, self.name = executor, spec, run, name
-        self.started = asyncio.get_running_loop().time()
         #: STOPPED or TIMED_OUT when the scheduler (or the Job's deadline) ended the run
         self.reason: str | None = None
         #: why the pod failed, when it did so without a result
@@ -99,7 +99,7 @@ class KubernetesJobExecution(Execution):
                 async for kind, obj in stream:
                     self._events.put_nowait((what, kind, obj))
                     delay = 0.5
-            except KubeError as e:
+            except Exception as e:  # noqa: BLE001: a broken watch is restarted, never a stuck run
                 log.warning("watching %s of run %s: %s; again in %.1f s", what, self.spec.key, e, delay)
             finally:
                 await stream.aclose()
@@ -120,12 +120,18 @@ class KubernetesJobExecution(Execution):
                 "v1", "Pod", ns, label_selector=run_selector(self.spec.key)))),
             asyncio.ensure_future(self._notify("finished", self.run.finished.wait())),
         ]
-        timers = [loop.call_later(self.executor.start_timeout, self._events.put_nowait, ("start-timeout", None, None))]
-        if self.spec.timeout:
-            left = max(0.0, self.spec.timeout - (loop.time() - self.started))
-            timers.append(loop.call_later(left, self._events.put_nowait, ("timeout", None, None)))
+        start_timeout = self.executor.settings.start_timeout
+        timers = [loop.call_later(start_timeout, self._events.put_nowait, ("start-timeout", None, None))]
         started = False
         problem: PodProblem | None = None
+
+        def running() -> None:
+            """The pod runs: from now on the run's timeout counts."""
+            nonlocal started
+            started = True
+            if self.spec.timeout:
+                timers.append(loop.call_later(self.spec.timeout, self._events.put_nowait, ("timeout", None, None)))
+
         try:
             while True:
                 what, kind, obj = await self._events.get()
@@ -135,14 +141,18 @@ class KubernetesJobExecution(Execution):
                     await self.stop(TIMED_OUT)
                     return
                 if what == "pod" and kind != "DELETED":
-                    started = started or pod_started(obj)
+                    if not started and pod_started(obj):
+                        running()
                     problem = pod_problem(obj) or problem
                     if problem and problem.fatal and not started and self.reason is None:
                         await self._fail_now(problem.message)
                         return
                 if what == "start-timeout" and not started and self.reason is None:
+                    if self.run.last_seen is not None:  # the agent called: the pod runs (its watch lagged)
+                        running()
+                        continue
                     why = f": {problem.message}" if problem else ""
-                    await self._fail_now(f"the run's pod did not start within {self.executor.start_timeout:g} s{why}")
+                    await self._fail_now(f"the run's pod did not start within {start_timeout:g} s{why}")
                     return
                 if what == "job" and self.reason is None:
                     if kind == "DELETED":
@@ -250,14 +260,13 @@ class KubernetesJobExecutor(NotebookExecutor):
 
     def __init__(self, settings: JobSettings, *, client: KubeClient | None = None,
                  profile_of: Callable[[RunSpec], Profile] | None = None, jobs_root: Path | None = None,
-                 secret: bytes | None = None, start_timeout: float = 600.0):
+                 secret: bytes | None = None):
         self.settings = settings
         self.client: KubeClient | None = client
         self._own_client = client is None
         self.profile_of = profile_of or (lambda _spec: default_profile())
         self.jobs_root = jobs_root
         self.agent_runs = AgentRuns(secret if secret is not None else executor_secret())
-        self.start_timeout = start_timeout
         self.running: set[KubernetesJobExecution] = set()
 
     async def _kube(self) -> KubeClient:
@@ -356,6 +365,7 @@ def settings_from_env(environ: Mapping[str, str], prefix: str) -> JobSettings:
         STRATOLAB_JOBS_CPU_IMAGE, STRATOLAB_JOBS_GPU_IMAGE    images of profiles that name none
         STRATOLAB_JOBS_IMAGE_PULL_POLICY, STRATOLAB_JOBS_IMAGE_PULL_SECRETS (comma-separated)
         STRATOLAB_JOBS_TTL_AFTER_FINISHED  seconds a finished Job is kept (600)
+        STRATOLAB_JOBS_START_TIMEOUT       seconds a pod may take to be scheduled and pull its image (600)
         STRATOLAB_JOBS_SERVICE_ACCOUNT     the pods' service account (its token is never mounted)
         STRATOLAB_JOBS_WORK_SIZE_LIMIT     the work volume's size limit (20Gi)
         STRATOLAB_JOBS_RUN_AS_USER, STRATOLAB_JOBS_RUN_AS_GROUP   the notebook image's user (1000, 1000)
@@ -380,6 +390,7 @@ def settings_from_env(environ: Mapping[str, str], prefix: str) -> JobSettings:
         gpu_image=environ.get("STRATOLAB_JOBS_GPU_IMAGE") or defaults.gpu_image,
         image_pull_policy=environ.get("STRATOLAB_JOBS_IMAGE_PULL_POLICY") or defaults.image_pull_policy,
         ttl_after_finished=number("STRATOLAB_JOBS_TTL_AFTER_FINISHED", defaults.ttl_after_finished),
+        start_timeout=float(number("STRATOLAB_JOBS_START_TIMEOUT", int(defaults.start_timeout))),
         service_account=environ.get("STRATOLAB_JOBS_SERVICE_ACCOUNT") or None,
         image_pull_secrets=tuple(s.strip() for s in environ.get("STRATOLAB_JOBS_IMAGE_PULL_SECRETS", "").split(",")
                                  if s.strip()),

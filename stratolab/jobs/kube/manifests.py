@@ -7,8 +7,10 @@ Choices the Job encodes, and why:
 
 - **one pod, never retried by Kubernetes** (`backoffLimit: 0`, `restartPolicy: Never`): retries are
   the scheduler's policy (with backoff, counted in its history), not the cluster's;
-- **`activeDeadlineSeconds` = timeout + grace**: the scheduler enforces the timeout itself and keeps
-  the partial output; the deadline is the backstop when the scheduler is gone;
+- **`activeDeadlineSeconds` = timeout + start timeout + grace**: the scheduler enforces the timeout
+  itself, from the moment the pod runs (an image pull does not eat a notebook's time), and keeps the
+  partial output; the deadline, which counts from the Job's start, is the backstop when the scheduler
+  is gone;
 - **`ttlSecondsAfterFinished`**: finished Jobs (and, through its ownerReference, the token Secret)
   clean themselves up, after a while left for `kubectl logs`;
 - **the profile decides the pod**: image, CPU/memory, `nvidia.com/gpu` with the toleration for tainted
@@ -66,7 +68,10 @@ class JobSettings:
     image_pull_policy: str = "IfNotPresent"
     #: seconds a finished Job (its pod, its log, its Secret) stays for inspection
     ttl_after_finished: int = 600
-    #: seconds past the run's timeout before Kubernetes ends the Job itself (the scheduler acts first)
+    #: seconds a pod may wait for a node and its image before its run fails (cluster autoscaling and
+    #: multi-gigabyte CUDA images take minutes); a run's timeout counts from its pod's start
+    start_timeout: float = 600.0
+    #: seconds past timeout + start timeout before Kubernetes ends the Job itself (the scheduler acts first)
     deadline_grace: int = 120
     #: seconds a stopped pod has to save and send its partial output
     termination_grace: int = 30
@@ -304,7 +309,7 @@ def job_manifest(run: RunPod, settings: JobSettings) -> dict[str, Any]:
         "template": {"metadata": {"labels": dict(labels), "annotations": dict(annotations)}, "spec": pod_spec},
     }
     if run.timeout:
-        spec["activeDeadlineSeconds"] = math.ceil(run.timeout) + settings.deadline_grace
+        spec["activeDeadlineSeconds"] = math.ceil(run.timeout + settings.start_timeout) + settings.deadline_grace
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

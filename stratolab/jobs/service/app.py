@@ -138,7 +138,7 @@ def make_executor(environ, root: Path, prefix: str, store: JobStore, profiles: d
 
     return KubernetesJobExecutor(
         settings_from_env(environ, prefix), profile_of=profile_of, jobs_root=root,
-        secret=executor_secret(environ), start_timeout=float(_int_env("STRATOLAB_JOBS_START_TIMEOUT", 600)),
+        secret=executor_secret(environ),
     )
 
 
