@@ -20,7 +20,6 @@ import signal
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -51,8 +50,9 @@ class Kubelet:
     `mode`: "run" (the container's command runs), "oom" (the container is OOM-killed once running),
     "pull" (the image cannot be pulled: the pod waits in ImagePullBackOff)."""
 
-    def __init__(self, fake: FakeKube, host_root: Path, mode: str = "run"):
+    def __init__(self, fake: FakeKube, host_root: Path, mode: str = "run", env_override: dict | None = None):
         self.fake, self.host_root, self.mode = fake, host_root, mode
+        self.env_override = env_override or {}
         self.procs: dict[str, subprocess.Popen] = {}
         self.envs: dict[str, dict[str, str]] = {}
         fake.on("create", "batch/v1", "Job", self.job_created)
@@ -68,6 +68,7 @@ class Kubelet:
                 env[var["name"]] = base64.b64decode(secret["data"][ref["key"]]).decode()
             else:
                 env[var["name"]] = expand(var["value"], env)
+        env.update(self.env_override)
         return {k: v.replace(WORK_MOUNT, str(workdir)) for k, v in env.items()}
 
     def job_created(self, fake: FakeKube, job: dict) -> None:
@@ -176,9 +177,10 @@ class Scheduler:
         await self.executor.client.close()
 
 
-def scenario(fake: FakeKube, tmp_path: Path, body, mode: str = "run", **scheduler_args):
+def scenario(fake: FakeKube, tmp_path: Path, body, mode: str = "run", env_override: dict | None = None,
+             **scheduler_args):
     """Run `body(scheduler, kubelet)` on a fresh loop, with the kubelet and the routes up."""
-    kubelet = Kubelet(fake, tmp_path / "nodes", mode)
+    kubelet = Kubelet(fake, tmp_path / "nodes", mode, env_override)
 
     async def main():
         scheduler = Scheduler(fake, tmp_path, **scheduler_args)
@@ -251,12 +253,19 @@ def test_a_run_executes_in_its_job_and_its_outputs_come_back(fake_kube, tmp_path
 def test_a_failing_notebook_ends_failed_with_its_error(fake_kube, tmp_path):
     nb = notebook("print('before')", "raise ValueError('boom')", "print('never')")
 
+    def job_status() -> dict:
+        return (fake_kube.get("batch/v1", "Job", "stratolab-run-1") or {}).get("status", {})
+
     async def body(s: Scheduler, _kubelet):
         spec = s.spec(nb)
-        return spec, await (await s.executor.start(spec)).wait()
+        result = await (await s.executor.start(spec)).wait()  # ends with the agent's finish
+        await until(lambda: "conditions" in job_status(), what="the pod's exit")
+        return spec, result
 
     spec, result = scenario(fake_kube, tmp_path, body)
     assert result.state == FAILED and "ValueError: boom" in result.error
+    # the agent did its work: it exited 0 and the Job completed, whatever the notebook did
+    assert job_status()["conditions"] == [{"type": "Complete", "status": "True"}]
     assert "before" in text_of(spec.output_path) and "never" not in text_of(spec.output_path)
     assert "boom" in spec.log_path.read_text()
 
@@ -341,6 +350,17 @@ def test_a_job_left_by_an_earlier_start_is_replaced_not_adopted(fake_kube, tmp_p
     posts = [p for m, p in fake_kube.requests if m == "POST" and p.endswith("/jobs")]
     assert len(posts) == 2  # the 409, then the create after the leftover went
     assert ("DELETE", "/apis/batch/v1/namespaces/default/jobs/stratolab-run-7") in fake_kube.requests
+
+
+def test_an_agent_that_cannot_work_fails_its_job_and_the_run_quotes_it(fake_kube, tmp_path):
+    """As after a scheduler restart with a new random secret: the pod's token is refused."""
+    async def body(s: Scheduler, _kubelet):
+        return await (await s.executor.start(s.spec(notebook("x = 1")))).wait()
+
+    result = scenario(fake_kube, tmp_path, body, env_override={"STRATOLAB_RUN_TOKEN": "from-another-life"})
+    assert result.state == FAILED
+    assert "exited with code 1" in result.error
+    assert "the agent's last lines" in result.error and "not the token of this run" in result.error
 
 
 def test_an_oom_killed_pod_says_so(fake_kube, tmp_path):

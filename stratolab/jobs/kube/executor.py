@@ -29,14 +29,13 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from stratolab.hub.profiles import Profile, default_profile_list, parse_profile
 from stratolab.jobs.executor import FAILED, STOPPED, TIMED_OUT, Execution, NotebookExecutor, RunResult, RunSpec
 from stratolab.jobs.kube.manifests import (
-    JobSettings, RunPod, job_manifest, job_name, localize_paths, owner_reference, run_selector, secret_name,
+    JobSettings, RunPod, job_manifest, localize_paths, owner_reference, run_selector, secret_name,
     token_secret_manifest,
 )
 from stratolab.jobs.kube.registry import AgentRun, AgentRuns, executor_secret
