@@ -293,7 +293,8 @@ def test_stop_deletes_the_job_and_keeps_what_was_synced(fake_kube, tmp_path):
         spec = s.spec(nb)
         execution = await s.executor.start(spec)
         waiter = asyncio.ensure_future(execution.wait())
-        await until(lambda: spec.output_path.exists() and "working" in spec.output_path.read_text(), what="first sync")
+        await until(lambda: spec.output_path.exists() and "working" in text_of(spec.output_path),
+                    what="the first cell's output, synced")
         await execution.stop()
         return spec, await waiter
 
