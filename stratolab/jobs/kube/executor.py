@@ -19,8 +19,9 @@ the run executes changes. A run, from `start` to the end of `wait`:
 5. `stop` deletes the Job (background propagation): the kubelet sends the pod SIGTERM, the agent
    stops papermill, which saves the partial notebook, and sends it with its last sync.
 
-No kernel is started ahead (`prepare` does nothing): a pod per run, used once. The Secret becomes a
-dependent of the Job, so the Job's `ttlSecondsAfterFinished` removes both.
+No kernel is started ahead (`prepare` does nothing): a pod per run, used once. The token Secret is
+deleted when the run ends; as a dependent of the Job it also goes with it (`ttlSecondsAfterFinished`),
+the backstop when the scheduler is gone.
 """
 
 from __future__ import annotations
