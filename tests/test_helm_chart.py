@@ -218,11 +218,11 @@ def test_services_get_their_backend_settings():
     scheduler_deployment = named(objects, "Deployment", f"{RELEASE}-scheduler")
     scheduler = env_of(scheduler_deployment["spec"]["template"]["spec"]["containers"][0])
     assert functions["STRATOLAB_FUNCTIONS_BACKEND"]["value"] == "knative"
-    assert functions["STRATOLAB_KNATIVE_NAMESPACE"]["value"] == "stratolab-functions"
+    assert functions["STRATOLAB_FUNCTIONS_NAMESPACE"]["value"] == "stratolab-functions"
     assert functions["STRATOLAB_FUNCTIONS_INTERNAL_URL"]["value"] == f"http://{RELEASE}-functions.{NAMESPACE}.svc:10101"
     assert scheduler["STRATOLAB_JOBS_EXECUTOR"]["value"] == "kubernetes"
     assert scheduler["STRATOLAB_JOBS_NAMESPACE"]["value"] == "stratolab-jobs"
-    assert scheduler["STRATOLAB_SCHEDULER_INTERNAL_URL"]["value"] == f"http://{RELEASE}-scheduler.{NAMESPACE}.svc:10102"
+    assert scheduler["STRATOLAB_JOBS_SCHEDULER_URL"]["value"] == f"http://{RELEASE}-scheduler.{NAMESPACE}.svc:10102"
     assert scheduler["STRATOLAB_EXECUTOR_SECRET"]["valueFrom"]["secretKeyRef"]["key"] == "executor-secret"
     assert scheduler_deployment["spec"]["replicas"] == 1
     assert scheduler_deployment["spec"]["strategy"]["type"] == "Recreate"
@@ -427,17 +427,17 @@ EXPECTED_RULES = {
         ("", "events"): {"get", "list", "watch"},
     },
     "functions": {
-        **{("serving.knative.dev", r): {"get", "list", "watch", "create", "update", "patch", "delete"}
-           for r in ("services", "revisions", "routes", "configurations")},
-        ("", "secrets"): {"get", "create", "update", "delete"},
-        ("", "pods"): {"get", "list", "watch"},
-        ("", "pods/log"): {"get", "list", "watch"},
+        ("serving.knative.dev", "services"): {"get", "create", "update", "delete"},
+        ("serving.knative.dev", "revisions"): {"get", "list", "watch"},
+        # one Secret per function: a version's token key is added and removed by merge patch
+        ("", "secrets"): {"create", "patch", "delete"},
+        ("", "pods"): {"list"},
+        ("", "pods/log"): {"get"},
     },
     "scheduler": {
         ("batch", "jobs"): {"get", "list", "watch", "create", "delete"},
         ("", "secrets"): {"get", "create", "update", "patch", "delete"},
-        ("", "pods"): {"get", "list", "watch"},
-        ("", "events"): {"get", "list", "watch"},
+        ("", "pods"): {"list", "watch"},
         ("", "pods/log"): {"get"},
     },
 }

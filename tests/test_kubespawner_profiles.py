@@ -228,8 +228,11 @@ def test_no_profile_chosen_spawns_the_default_one(offline_kubeconfig):
 def test_hub_config_selects_kubespawner():
     from jupyterhub.app import JupyterHub
 
+    from stratolab.hub.kube_spawner import StratolabKubeSpawner
+
     c = hub_config(default_profile_list(1))
-    assert JupyterHub(config=c).spawner_class is KubeSpawner
+    spawner_class = JupyterHub(config=c).spawner_class
+    assert spawner_class is StratolabKubeSpawner and issubclass(spawner_class, KubeSpawner)
     assert c.KubeSpawner.namespace == "stratolab"
     assert c.KubeSpawner.image == CPU_IMAGE
     assert c.KubeSpawner.image_pull_policy == "IfNotPresent"
@@ -377,3 +380,30 @@ def test_gpu_requests_that_kubernetes_would_reject_are_refused(override, message
 def test_settings_reject_an_unknown_pull_policy():
     with pytest.raises(ValueError, match="image_pull_policy"):
         KubernetesSettings(image_pull_policy="Sometimes")
+
+
+# --- the state the idle culler reads ---------------------------------------------------------------
+
+async def _state_after_profile(slug: str) -> dict[str, Any]:
+    from stratolab.hub.kube_spawner import StratolabKubeSpawner
+
+    spawner = StratolabKubeSpawner(config=hub_config(default_profile_list(2)), hub=Hub(), user=FakeUser("alice"),
+                                   api_token="not-a-real-token", oauth_client_id="unused")
+    spawner.user_options = {"profile": slug}
+    await spawner.load_user_options()
+    return spawner.get_state()
+
+
+def test_gpu_servers_carry_their_gpus_in_state_so_the_culler_culls_them_sooner(offline_kubeconfig):
+    from datetime import timedelta
+
+    from stratolab.hub.culling import make_gpu_aware_arbiter
+
+    assert KUBESPAWNER_CLASS == "stratolab.hub.kube_spawner.StratolabKubeSpawner"
+    gpu_state = asyncio.run(_state_after_profile("gpu-2"))
+    cpu_state = asyncio.run(_state_after_profile("cpu"))
+    assert len(gpu_state["gpus"]) == 2 and "gpus" not in cpu_state
+    arbiter = make_gpu_aware_arbiter(gpu_timeout=900)
+    idle = timedelta(seconds=1000)
+    assert arbiter(inactive=idle, inactive_limit=3600, server={"state": gpu_state})
+    assert not arbiter(inactive=idle, inactive_limit=3600, server={"state": cpu_state})

@@ -16,7 +16,8 @@ from typing import Any, Iterable
 
 from stratolab.hub.profiles import CPU_IMAGE, CUDA_IMAGE, GPU_RESOURCE, Profile, ProfileError
 
-KUBESPAWNER_CLASS = "kubespawner.KubeSpawner"
+#: KubeSpawner with the GPUs a server holds kept in its state (for the GPU-aware idle culler)
+KUBESPAWNER_CLASS = "stratolab.hub.kube_spawner.StratolabKubeSpawner"
 #: Tolerates the taint GPU node pools usually carry (GKE and AKS add it; many clusters copy it).
 GPU_TOLERATION: dict[str, str] = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 _PULL_POLICIES = ("Always", "IfNotPresent", "Never")
