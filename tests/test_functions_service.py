@@ -153,6 +153,9 @@ def test_every_route_refuses_unauthenticated_callers(hub):
         assert r.status_code in (401, 403, 302), (method, path, r.status_code)
         if r.status_code == 302:  # the proxy sends browsers to log in; never the API itself
             assert "/hub/login" in r.headers["Location"] or "oauth" in r.headers["Location"]
+    # the route Knative revisions fetch bundles from exists only with the Knative backend's secret
+    r = requests.get(f"{hub.url}/services/functions/runtime/bundles/admin/x/1", allow_redirects=False)
+    assert r.status_code == 404
 
 
 def test_metrics_and_openapi(hub, tmp_path):

@@ -90,3 +90,19 @@ OPENAPI = {
         "/metrics": {"get": {"summary": "Prometheus metrics (read:metrics)", "responses": {"200": {"description": "text/plain"}}}},
     },
 }
+
+# Internal: what a function's Knative revision fetches at start (not for users; see docs/kubernetes.md).
+OPENAPI["components"]["securitySchemes"]["bundleToken"] = {
+    "type": "http", "scheme": "bearer",
+    "description": "HMAC of the version by STRATOLAB_RUNTIME_SECRET, handed to the revision in a Secret",
+}
+OPENAPI["paths"]["/runtime/bundles/{owner}/{name}/{version}"] = {
+    "parameters": [{"name": "owner", "in": "path", "required": True, "schema": {"type": "string"}}, _name,
+                   {"name": "version", "in": "path", "required": True, "schema": {"type": "integer"}}],
+    "get": {
+        "summary": "A version's bundle (.tar.gz) for its runtime pods; answers 404 unless the Knative backend is on",
+        "tags": ["internal"], "security": [{"bundleToken": []}],
+        "responses": {"200": {"description": "The bundle", "content": {"application/gzip": {}}},
+                      "403": _ok(_error, "Missing or wrong bundle token"), "404": _ok(_error, "No such version")},
+    },
+}

@@ -139,3 +139,31 @@ OPENAPI = {
         "/metrics": {"get": _op("Prometheus metrics (read:metrics)", {"200": {"description": "text"}})},
     },
 }
+
+# Internal: the routes a run's pod (the agent of a Kubernetes Job) talks to; see docs/kubernetes.md.
+_key = {"name": "key", "in": "path", "required": True, "schema": {"type": "string"}, "description": "the run's key"}
+_agent_errors = {"401": _json(_ref("Error"), "No run token"), "403": _json(_ref("Error"), "Wrong run token"),
+                 "404": _json(_ref("Error"), "No such run in progress")}
+
+
+def _agent_op(summary, ok, extra=None):
+    return {"summary": summary, "tags": ["internal"], "security": [{"runToken": []}], "parameters": [_key],
+            "responses": {**ok, **_agent_errors, **(extra or {})}}
+
+
+OPENAPI["components"]["securitySchemes"]["runToken"] = {
+    "type": "http", "scheme": "bearer",
+    "description": "HMAC of the run key by STRATOLAB_EXECUTOR_SECRET, handed to the run's pod in a Secret",
+}
+_archive = {"400": _json(_ref("Error"), "Not an acceptable archive (links, paths outside, names a run does not write)"),
+            "413": _json(_ref("Error"), "Too large")}
+OPENAPI["paths"].update({
+    "/executor/runs/{key}/spec": {"get": _agent_op("What to run: parameters, timeout, output formats, run environment",
+                                                   {"200": _json({"type": "object"})})},
+    "/executor/runs/{key}/input": {"get": _agent_op("The snapshot to execute", {"200": _json({"type": "object"})})},
+    "/executor/runs/{key}/sync": {"post": _agent_op(
+        "Files that changed (tar.gz); answers the AutoML controller's decisions", {"200": _json({"type": "object"})},
+        _archive)},
+    "/executor/runs/{key}/finish": {"post": _agent_op("The last files, with result.json", {"200": _json({"type": "object"})},
+                                                      _archive)},
+})
