@@ -8,18 +8,13 @@ pointing at a closed port, nothing is called), validated against the Kubernetes 
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from typing import Any
 
-import kubernetes_validate
 import pytest
 import yaml
 from helm_support import hub_values, render, secret_data
-from jupyterhub.objects import Hub, Server
-from kubernetes_asyncio.client import ApiClient
-from kubernetes_asyncio.config import kube_config
-from kubespawner import KubeSpawner
+from kube_support import offline_kubeconfig, render_pod  # noqa: F401
 from traitlets.config import Config
 
 from stratolab.hub.config import configure_hub
@@ -33,22 +28,6 @@ from stratolab.hub.kube_config import (
 from stratolab.hub.kubernetes import KUBESPAWNER_CLASS
 from stratolab.hub.profiles import CUDA_IMAGE, GPU_RESOURCE
 from stratolab.settings import PlatformSettings
-
-KUBECONFIG = """\
-apiVersion: v1
-kind: Config
-clusters:
-- name: offline
-  cluster: {server: "https://127.0.0.1:1"}
-users:
-- name: offline
-  user: {token: not-a-real-token}
-contexts:
-- name: offline
-  context: {cluster: offline, user: offline, namespace: stratolab}
-current-context: offline
-"""
-
 
 def chart_environment(objects: list[dict[str, Any]], values_path) -> dict[str, str]:
     """The hub container's environment as Kubernetes would resolve it from the rendered objects."""
@@ -78,50 +57,6 @@ def chart_hub(tmp_path):
         return env, PlatformSettings.from_env(env)
 
     return make
-
-
-@pytest.fixture
-def offline_kubeconfig(tmp_path, monkeypatch):
-    path = tmp_path / "kubeconfig"
-    path.write_text(KUBECONFIG)
-    monkeypatch.setenv("KUBECONFIG", str(path))
-    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(path))
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    monkeypatch.delenv("KUBERNETES_SERVICE_PORT", raising=False)
-    return path
-
-
-class FakeUser:
-    """What KubeSpawner and JupyterHub's Spawner read from a hub user (as in kubespawner's tests)."""
-
-    def __init__(self, name: str):
-        self.name = name
-        self.id = 1
-        self.server = Server()
-        self.groups: list[Any] = []
-
-    @property
-    def escaped_name(self) -> str:
-        return self.name
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-
-def render_pod(config: Config, slug: str) -> dict[str, Any]:
-    async def build() -> dict[str, Any]:
-        spawner = KubeSpawner(config=config, hub=Hub(), user=FakeUser("alice"),
-                              api_token="not-a-real-token", oauth_client_id="unused")
-        spawner.user_options = {"profile": slug}
-        await spawner.load_user_options()
-        pod = await spawner.get_pod_manifest()
-        async with ApiClient() as api:
-            return api.sanitize_for_serialization(pod)
-
-    pod = asyncio.run(build())
-    kubernetes_validate.validate(pod, kubernetes_validate.latest_version(), strict=True)
-    return pod
 
 
 # --- the composed config --------------------------------------------------------------------------

@@ -12,13 +12,12 @@ import asyncio
 import copy
 from typing import Any
 
-import kubernetes_validate
 import pytest
-from jupyterhub.objects import Hub, Server
-from kubernetes_asyncio.client import ApiClient
-from kubernetes_asyncio.config import kube_config
 from kubespawner import KubeSpawner
 from traitlets.config import Config
+
+import kube_support
+from kube_support import offline_kubeconfig  # noqa: F401
 
 from stratolab.hub.kubernetes import (
     GPU_TOLERATION,
@@ -38,21 +37,6 @@ from stratolab.hub.profiles import (
     parse_profile,
     parse_profile_list,
 )
-
-KUBECONFIG = """\
-apiVersion: v1
-kind: Config
-clusters:
-- name: offline
-  cluster: {server: "https://127.0.0.1:1"}
-users:
-- name: offline
-  user: {token: not-a-real-token}
-contexts:
-- name: offline
-  context: {cluster: offline, user: offline, namespace: stratolab}
-current-context: offline
-"""
 
 DEDICATED_ML = {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}
 
@@ -84,64 +68,15 @@ CUSTOM_PROFILES: list[dict[str, Any]] = [
 ]
 
 
-class FakeUser:
-    """What KubeSpawner and JupyterHub's Spawner read from a hub user (like kubespawner's own tests)."""
-
-    def __init__(self, name: str):
-        self.name = name
-        self.id = 1
-        self.server = Server()
-        self.groups: list[Any] = []
-
-    @property
-    def escaped_name(self) -> str:
-        return self.name
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-
-@pytest.fixture
-def offline_kubeconfig(tmp_path, monkeypatch):
-    path = tmp_path / "kubeconfig"
-    path.write_text(KUBECONFIG)
-    monkeypatch.setenv("KUBECONFIG", str(path))
-    # kubernetes_asyncio reads KUBECONFIG once, at import; point its default there too.
-    monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(path))
-    # Inside a pod the in-cluster config would win; these tests must not see a real cluster.
-    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    monkeypatch.delenv("KUBERNETES_SERVICE_PORT", raising=False)
-    return path
-
-
 def hub_config(raw_profiles: list[dict[str, Any]]) -> Config:
     c = Config()
     configure_kubespawner(c, parse_profile_list(raw_profiles), KubernetesSettings(namespace="stratolab"))
     return c
 
 
-async def _render_pod(config: Config, slug: str | None) -> dict[str, Any]:
-    spawner = KubeSpawner(
-        config=config,
-        hub=Hub(),
-        user=FakeUser("alice"),
-        api_token="not-a-real-token",
-        oauth_client_id="unused",
-    )
-    # What a spawn does: JupyterHub sets the options from the form or the API, KubeSpawner applies them.
-    spawner.user_options = {"profile": slug} if slug else {}
-    await spawner.load_user_options()
-    pod = await spawner.get_pod_manifest()
-    async with ApiClient() as api:
-        return api.sanitize_for_serialization(pod)
-
-
 def render_pod(raw_profiles: list[dict[str, Any]], slug: str) -> dict[str, Any]:
     """The pod KubeSpawner would create for `slug`, as the JSON sent to the API server."""
-    pod = asyncio.run(_render_pod(hub_config(raw_profiles), slug))
-    kubernetes_validate.validate(pod, kubernetes_validate.latest_version(), strict=True)
-    return pod
+    return kube_support.render_pod(hub_config(raw_profiles), slug)
 
 
 def notebook_container(pod: dict[str, Any]) -> dict[str, Any]:
@@ -221,7 +156,7 @@ def test_custom_profile_renders_a_valid_pod(offline_kubeconfig, slug, raw):
 
 
 def test_no_profile_chosen_spawns_the_default_one(offline_kubeconfig):
-    pod = asyncio.run(_render_pod(hub_config(CUSTOM_PROFILES), None))
+    pod = kube_support.render_pod(hub_config(CUSTOM_PROFILES), None)
     assert notebook_container(pod)["resources"]["limits"][GPU_RESOURCE] == "4"
 
 
@@ -385,12 +320,8 @@ def test_settings_reject_an_unknown_pull_policy():
 # --- the state the idle culler reads ---------------------------------------------------------------
 
 async def _state_after_profile(slug: str) -> dict[str, Any]:
-    from stratolab.hub.kube_spawner import StratolabKubeSpawner
-
-    spawner = StratolabKubeSpawner(config=hub_config(default_profile_list(2)), hub=Hub(), user=FakeUser("alice"),
-                                   api_token="not-a-real-token", oauth_client_id="unused")
-    spawner.user_options = {"profile": slug}
-    await spawner.load_user_options()
+    spawner = kube_support.make_spawner(hub_config(default_profile_list(2)))
+    await kube_support.apply_profile(spawner, slug)
     return spawner.get_state()
 
 

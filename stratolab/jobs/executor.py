@@ -17,6 +17,7 @@ A run's files live in its `workdir`:
 from __future__ import annotations
 
 import abc
+import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,14 +89,27 @@ class RunResult:
 class Execution(abc.ABC):
     """A started run."""
 
+    #: why the run was ended early (STOPPED or TIMED_OUT), None while it runs its course
+    reason: str | None = None
+    _stopping: asyncio.Future | None = None
+
     @abc.abstractmethod
     async def wait(self) -> RunResult:
         """Wait for the end (enforcing the spec's timeout) and say how it ended."""
 
-    @abc.abstractmethod
     async def stop(self, reason: str = STOPPED) -> None:
         """End the run early: the kernel is killed, the partial output kept. `reason` is STOPPED or
-        TIMED_OUT; `wait()` then answers with it."""
+        TIMED_OUT; `wait()` then answers with it. The first reason wins; every caller waits for the one
+        stop (`_stop`), which a cancelled caller does not interrupt."""
+        if self.reason is None:
+            self.reason = reason
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop())
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self) -> None:
+        """How this backend ends a run (called once)."""
+        raise NotImplementedError
 
 
 class NotebookExecutor(abc.ABC):

@@ -155,13 +155,6 @@ class LocalExecution(Execution):
         code = self.runner.proc.returncode
         return RunResult(FAILED, f"the run's process ended with exit code {code} before reporting (see the log)", outputs)
 
-    async def stop(self, reason: str = STOPPED) -> None:
-        if self.reason is None:
-            self.reason = reason
-        if self._stopping is None:
-            self._stopping = asyncio.ensure_future(self._stop())
-        await asyncio.shield(self._stopping)
-
     async def _stop(self) -> None:
         proc = self.runner.proc
         if proc.returncode is not None:

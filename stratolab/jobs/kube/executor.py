@@ -230,13 +230,6 @@ class KubernetesJobExecution(Execution):
 
     # --- stopping --------------------------------------------------------------------------------
 
-    async def stop(self, reason: str = STOPPED) -> None:
-        if self.reason is None:
-            self.reason = reason
-        if self._stopping is None:
-            self._stopping = asyncio.ensure_future(self._stop())
-        await asyncio.shield(self._stopping)
-
     async def _stop(self) -> None:
         """Delete the Job; its pod, told by SIGTERM, sends what papermill saved before it goes."""
         self.run.stop_requested = True  # also answered to the agent's next sync
