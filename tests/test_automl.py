@@ -1,6 +1,7 @@
 """AutoML: search spaces (pure), and real studies run in-process on SQLite with real papermill trials:
 a leaderboard and a best trial whose notebook opens, conditional parameters, pruning, failed trials
-counted against the tolerance, and a study resumed after its scheduler was killed."""
+counted against the tolerance, a study resumed after its scheduler was killed, and the profile a search
+asks for: checked, kept, and on a GPU profile each trial on its own devices of the scheduler's."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import optuna
 import pytest
 
 from stratolab.errors import InvalidInput
+from stratolab.jobs.automl import channel
 from stratolab.jobs.automl.config import validate_automl
 from stratolab.jobs.automl.space import propose_space, sample, validate_space
 from jobs_support import SchedulerProcess, in_process_automl, notebook, scheduler_env, wait_for
@@ -263,3 +265,136 @@ def test_a_tiny_torch_mlp(tmp_path):
 def test_fixed_parameters_leave_the_proposed_space():
     config = validate_automl({"notebook": "t.ipynb", "metric": "acc", "parameters": {"epochs": 3}}, DECLARED)
     assert "epochs" not in config["space"] and config["parameters"] == {"epochs": 3} and "lr" in config["space"]
+
+
+# --- profiles: a search runs its trials in the profile it asks for ---------------------------------
+
+def test_a_requested_profile_is_kept_and_only_its_shape_checked_here():
+    body = {"notebook": "t.ipynb", "space": SPACE, "metric": "acc"}
+    assert validate_automl(body, DECLARED)["profile"] is None  # the default (or, on a schedule, the schedule's)
+    assert validate_automl({**body, "profile": "gpu-1"}, DECLARED)["profile"] == "gpu-1"
+    for bad in (3, ["gpu-1"], "x" * 64):
+        with pytest.raises(InvalidInput) as e:
+            validate_automl({**body, "profile": bad}, DECLARED)
+        assert e.value.field == "profile"
+
+
+GPU_NB = notebook("import stratolab\nstratolab.record('m', x)", parameters="x = 0.1")
+X_SPACE = {"x": {"type": "float", "low": 0.0, "high": 1.0}}
+
+
+def test_a_search_profile_is_checked_like_a_schedules_and_kept(tmp_path):
+    profiles = tmp_path / "profiles.yaml"
+    profiles.write_text(json.dumps([
+        {"display_name": "CPU", "slug": "cpu", "default": True},
+        {"display_name": "One GPU", "slug": "gpu-1", "kubespawner_override": {"extra_resource_limits": {"nvidia.com/gpu": 1}}},
+        {"display_name": "Four GPUs", "slug": "gpu-4", "kubespawner_override": {"extra_resource_limits": {"nvidia.com/gpu": 4}}},
+    ]))
+    svc = in_process_automl(f"sqlite:///{tmp_path / 'db.sqlite'}", tmp_path / "jobs", STRATOLAB_JOB_GPUS="0,1",
+                            STRATOLAB_PROFILES_FILE=str(profiles))
+    body = {"notebook": "g.ipynb", "content": GPU_NB, "metric": "m", "space": X_SPACE}
+    with pytest.raises(InvalidInput) as e:
+        asyncio.run(svc.create("alice", {**body, "profile": "tpu"}))
+    assert e.value.field == "profile" and "cpu, gpu-1, gpu-4" in e.value.message
+    with pytest.raises(InvalidInput) as e:
+        asyncio.run(svc.create("alice", {**body, "profile": "gpu-4"}))
+    assert e.value.field == "profile" and "needs 4 GPU(s)" in e.value.message and "has 2" in e.value.message
+    assert svc.list("alice") == []
+    gpu = asyncio.run(svc.create("alice", {**body, "name": "on-gpu", "profile": "gpu-1"}))
+    cpu = asyncio.run(svc.create("alice", {**body, "name": "default"}))
+    assert gpu["config"]["profile"] == "gpu-1" and svc.get("alice", gpu["id"])["config"]["profile"] == "gpu-1"
+    assert cpu["config"]["profile"] == "cpu"  # the default profile, named
+
+
+def test_gpu_trials_get_their_own_devices_and_wait_for_free_ones(tmp_path):
+    """Two fake devices, three trials allowed at once: never more than two run, each on its own device,
+    and while a scheduled run holds both devices the search waits instead of failing."""
+    svc = in_process_automl(f"sqlite:///{tmp_path / 'db.sqlite'}", tmp_path / "jobs", STRATOLAB_JOB_GPUS="0,1")
+    nb = notebook("import os, time, stratolab\nstart = time.time()\ntime.sleep(1.0)\n"
+                  "stratolab.record('devices', os.environ['CUDA_VISIBLE_DEVICES'])\n"
+                  "stratolab.record('span', [start, time.time()])\nstratolab.record('m', x)", parameters="x = 0.1")
+    gpus = svc.controller.gpus
+
+    async def main():
+        job = await svc.create("alice", {"notebook": "g.ipynb", "content": nb, "metric": "m", "trials": 4,
+                                         "parallel": 3, "profile": "gpu-1", "space": X_SPACE})
+        gpus.acquire("run-99", 2)  # a scheduled run has both devices
+        await svc.controller.start()
+        try:
+            await asyncio.sleep(2.5)
+            waiting = svc.get("alice", job["id"])
+            gpus.release("run-99")
+            deadline = time.monotonic() + 120
+            while (view := svc.get("alice", job["id"]))["state"] in ("queued", "running"):
+                assert time.monotonic() < deadline, view
+                await asyncio.sleep(0.3)
+            return waiting, view
+        finally:
+            await svc.controller.close()
+            await svc.controller.executor.close()
+
+    waiting, view = asyncio.run(main())
+    assert waiting["state"] == "running" and waiting["counts"] == {}, waiting  # no trial asked for, none failed
+    assert view["state"] == "succeeded" and view["counts"] == {"complete": 4}, view
+    seen = [channel.read_metrics(svc.files.trial_dir("alice", view["id"], n)) for n in range(4)]
+    assert {m["devices"] for m in seen} == {"0", "1"}
+    spans = sorted(m["span"] for m in seen)
+    for a in spans:  # at any trial's start, at most two trials (itself included) were running
+        assert sum(b[0] <= a[0] < b[1] for b in spans) <= 2, spans
+        overlapping = [b for b in seen if b["span"][0] <= a[0] < b["span"][1]]
+        assert len({b["devices"] for b in overlapping}) == len(overlapping)  # on distinct devices
+    assert any(sum(b[0] <= a[0] < b[1] for b in spans) == 2 for a in spans)  # two did run at once
+    assert gpus.free() == ["0", "1"]  # every trial gave its device back
+
+
+def test_cpu_trials_run_exactly_as_before_and_gpu_trials_start_cold():
+    from types import SimpleNamespace
+    from pathlib import Path
+
+    from stratolab.jobs.automl.engine import trial_spec
+    from stratolab.jobs.engine import Scheduler
+    from stratolab.jobs.executor import RunSpec
+
+    job, workdir = SimpleNamespace(id=7), Path("/jobs/alice/automl/7/trials/3")
+    config = {"parameters": {"epochs": 2}, "trial_timeout": 60}
+    cpu = trial_spec(job, config, 3, {"lr": 0.1}, workdir, None, Scheduler.profile_env(()), gpu=False, parallel=2)
+    assert cpu == RunSpec(
+        key="automl-7-3", workdir=workdir, parameters={"epochs": 2, "lr": 0.1}, timeout=60, output_formats=("ipynb",),
+        account=None, env={"CUDA_VISIBLE_DEVICES": ""},
+        run_env={channel.ENV: str(workdir),
+                 "STRATOLAB_MODEL_DIR": str(workdir / "model"), "STRATOLAB_TRIAL": "3", "STRATOLAB_AUTOML_JOB": "7"},
+        warm_count=2)
+    gpu = trial_spec(job, config, 3, {"lr": 0.1}, workdir, None, Scheduler.profile_env(("1",)), gpu=True, parallel=2)
+    assert gpu.env == {"CUDA_VISIBLE_DEVICES": "1"} and gpu.warm is False  # CUDA must not meet a forked kernel
+
+
+def test_retraining_on_cron_searches_in_the_schedules_profile_unless_it_names_one(tmp_path):
+    from jobs_support import in_process_service
+
+    service, scheduler = in_process_service(f"sqlite:///{tmp_path / 'db.sqlite'}", tmp_path / "jobs",
+                                            STRATOLAB_JOB_GPUS="0,1", STRATOLAB_JOBS_MAX_PER_USER="5",
+                                            STRATOLAB_JOBS_MAX_RUNNING="5")
+    settings = {"metric": "m", "trials": 2, "space": X_SPACE}
+
+    async def search_of(name, **extra):
+        s = await service.create("alice", {"notebook": f"{name}.ipynb", "content": GPU_NB, "cron": "0 3 * * 0",
+                                           "automl": settings, **extra})
+        run, _ = await service.run_now("alice", s["id"], {}, None)
+        scheduler.dispatch(scheduler.clock.now())
+        assert scheduler.gpus.free() == ["0", "1"]  # the run itself holds none: its trials will
+        for _ in range(100):
+            job_id = service.get_run("alice", run["id"]).get("automl_job_id")
+            if job_id:
+                return scheduler.automl.get("alice", job_id)["config"]["profile"]
+            await asyncio.sleep(0.05)
+        raise AssertionError(service.get_run("alice", run["id"]))
+
+    async def main():
+        try:
+            return [await search_of("a", profile="gpu-1"),
+                    await search_of("b", profile="gpu-1", automl={**settings, "profile": "cpu"}),
+                    await search_of("c")]
+        finally:
+            await scheduler.close()
+
+    assert asyncio.run(main()) == ["gpu-1", "cpu", "cpu"]

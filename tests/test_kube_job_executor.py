@@ -146,14 +146,15 @@ class Kubelet:
 class Scheduler:
     """The executor and its agent routes in a real tornado server on the running loop."""
 
-    def __init__(self, fake: FakeKube, root: Path, start_timeout: float = 60.0, limits: SyncLimits | None = None):
+    def __init__(self, fake: FakeKube, root: Path, start_timeout: float = 60.0, limits: SyncLimits | None = None,
+                 profile_of=None):
         sockets = netutil.bind_sockets(0, "127.0.0.1")
         self.port = sockets[0].getsockname()[1]
         self.root = root
         settings = JobSettings(namespace="default", scheduler_url=f"http://127.0.0.1:{self.port}{PREFIX}",
                                termination_grace=10, start_timeout=start_timeout)
         self.executor = KubernetesJobExecutor(settings, client=fake.client(), jobs_root=root / "jobs",
-                                              secret=b"test-secret")
+                                              secret=b"test-secret", profile_of=profile_of)
         app = web.Application(executor_handlers.routes(PREFIX), agent_runs=self.executor.agent_runs,
                               agent_sync_limits=limits)
         self.server = HTTPServer(app)
@@ -480,3 +481,42 @@ def test_the_service_selects_its_executor_by_configuration(tmp_path):
     assert asyncio.run(profile_of_a_run()) == ("gpu-1", "cpu")
     with pytest.raises(ValueError, match="local or kubernetes"):
         in_process_service(db, tmp_path / "x", STRATOLAB_JOBS_EXECUTOR="nomad")
+
+
+def test_a_gpu_search_trial_is_a_job_asking_for_its_gpus(fake_kube, tmp_path):
+    """The trial's profile comes from its search's stored config, through the service's profile_of."""
+    from stratolab.jobs.automl.engine import trial_key, trial_spec
+    from stratolab.jobs.engine import Scheduler as RunScheduler
+
+    _service, scheduler = in_process_service(
+        f"sqlite:///{tmp_path / 'db.sqlite'}", tmp_path / "jobs", STRATOLAB_JOBS_EXECUTOR="kubernetes",
+        STRATOLAB_JOBS_SCHEDULER_URL="http://stratolab-scheduler:10102/", STRATOLAB_EXECUTOR_SECRET="shared")
+    automl, profile_of = scheduler.automl, scheduler.executor.profile_of
+    nb = notebook("import os, stratolab\nstratolab.record('m', x)\n"
+                  "print('cuda', repr(os.environ.get('CUDA_VISIBLE_DEVICES')))", parameters="x = 0.1")
+    request = {"notebook": "t.ipynb", "content": nb, "metric": "m", "space": {"x": {"type": "float", "low": 0, "high": 1}}}
+    on_gpu = asyncio.run(automl.create("alice", {**request, "name": "on-gpu", "profile": "gpu-1"}))
+    on_cpu = asyncio.run(automl.create("alice", {**request, "name": "on-cpu"}))
+    assert profile_of(RunSpec(key=trial_key(on_cpu["id"], 0), workdir=tmp_path)).slug == "cpu"
+    assert profile_of(RunSpec(key=trial_key(on_gpu["id"], 4), workdir=tmp_path)).slug == "gpu-1"
+    job = automl._get("alice", on_gpu["id"])
+    workdir = automl.files.trial_dir("alice", job.id, 0)
+    automl.files.prepare_workdir("alice", workdir, job.snapshot_digest, None)
+    devices = scheduler.gpus.acquire(trial_key(job.id, 0), 1)  # as the controller does: a cluster slot
+    spec = trial_spec(job, on_gpu["config"], 0, {"x": 0.25}, workdir, None, RunScheduler.profile_env(devices),
+                      gpu=True, parallel=1)
+
+    async def body(s: Scheduler, _kubelet):
+        execution = await s.executor.start(spec)
+        manifest = fake_kube.get("batch/v1", "Job", job_name(spec.key))
+        return manifest, await execution.wait()
+
+    manifest, result = scenario(fake_kube, tmp_path, body, profile_of=profile_of)
+    container = manifest["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert container["image"].endswith("-cuda")
+    assert manifest["metadata"]["annotations"]["stratolab.io/profile"] == "gpu-1"
+    assert "CUDA_VISIBLE_DEVICES" not in {e["name"] for e in container["env"]}  # the device plugin decides there
+    assert result.state == SUCCEEDED, result
+    assert channel.read_metrics(workdir) == {"m": 0.25}
+    assert "cuda None" in text_of(spec.output_path)

@@ -215,8 +215,10 @@ class Scheduler:
                                   [], now, from_states=("queued",))
                 continue
             holder = f"run-{run.id}"
+            # an AutoML run holds no GPU itself: each of its trials takes its own (automl.engine)
+            gpus = 0 if s.automl else profile.gpus
             try:
-                devices = self.gpus.acquire(holder, profile.gpus) if profile.gpus else ()
+                devices = self.gpus.acquire(holder, gpus) if gpus else ()
             except NoFreeGpu:
                 continue  # waits for a GPU
             if not self.store.claim(run.id, self.config.worker_id, now):
@@ -307,7 +309,8 @@ class Scheduler:
         """A run of an AutoML schedule (retraining on cron): an AutoML search over the snapshot."""
         if self.automl is None:
             raise RuntimeError("AutoML is not available in this scheduler")
-        job_id = self.automl.start_for_run(run.owner, s.name, s.notebook, run.snapshot_digest, json.loads(s.automl), run.id)
+        job_id = self.automl.start_for_run(run.owner, s.name, s.notebook, run.snapshot_digest, json.loads(s.automl),
+                                           run.id, profile=s.profile)
         self.store.set_automl_job(run.id, job_id)
         return AutoMLExecution(self.automl, job_id, s.timeout)
 

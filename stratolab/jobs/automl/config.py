@@ -71,5 +71,18 @@ def validate_automl(body: dict[str, Any], declared: list[dict[str, Any]]) -> dic
     overlap = set(fixed) & set(space)
     if overlap:
         raise InvalidInput(f"{sorted(overlap)} are both searched and fixed", field=f"parameters.{sorted(overlap)[0]}")
-    config.update(algorithm=algorithm, pruner=pruner, parameters=fixed)
+    config.update(algorithm=algorithm, pruner=pruner, parameters=fixed, profile=_profile_slug(body.get("profile")))
     return config
+
+
+def _profile_slug(raw: Any) -> str | None:
+    """The profile the request names, or None for "the default" (or, on a schedule, the schedule's).
+
+    Only its shape is checked here: whether the scheduler has it, and enough GPUs for it, depends on
+    the scheduler's profile list, which the caller checks as it does a schedule's profile."""
+    if raw is None or raw == "":
+        return None
+    if not isinstance(raw, str) or len(raw) > 63:
+        raise InvalidInput("profile must be the slug of one of the scheduler's profiles (GET api/profiles)",
+                           field="profile")
+    return raw

@@ -5,6 +5,10 @@ A job is driven by one scheduler process at a time (claimed in the database, wit
 that process dies, another (or the same, restarted) takes the job over: completed trials stay in
 the study; trials that were running are marked failed as lost (not counted against the tolerated
 failures) and queued again with the same parameters.
+
+A search runs its trials in one profile (stored in its config). A GPU profile's trials each hold
+their own devices from the scheduler's GPU allocator, as scheduled runs do, from start to end; a
+trial starts only when its devices are free, so GPUs, not failures, limit how many run at once.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import optuna
 from sqlalchemy import or_, select, update
 
 from stratolab.db.models import AutoMLJob
+from stratolab.hub.gpus import GpuAllocator
+from stratolab.hub.profiles import Profile, choose_profile
 from stratolab.jobs.automl import channel
 from stratolab.jobs.automl.space import grid, sample
 from stratolab.jobs.clock import Clock
@@ -53,6 +59,28 @@ def make_pruner(config: dict[str, Any]) -> optuna.pruners.BasePruner:
         "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
         "hyperband": optuna.pruners.HyperbandPruner,
     }[config["pruner"]]()
+
+
+def trial_key(job_id: int, number: int) -> str:
+    """A trial's run key, also the holder of its GPUs (the Kubernetes executor reads the job from it)."""
+    return f"automl-{job_id}-{number}"
+
+
+def trial_spec(job: AutoMLJob, config: dict[str, Any], number: int, params: dict[str, Any], workdir,
+               account: Account | None, env: dict[str, str], gpu: bool, parallel: int) -> RunSpec:
+    """One trial's run. `env` is the profile's (CUDA_VISIBLE_DEVICES of the trial's devices); a GPU
+    trial never takes a kernel started ahead: those are forked, and CUDA does not survive a fork."""
+    return RunSpec(
+        key=trial_key(job.id, number), workdir=workdir, parameters={**config["parameters"], **params},
+        timeout=config.get("trial_timeout"), output_formats=("ipynb",), account=account, env=env,
+        run_env={channel.ENV: str(workdir), "STRATOLAB_MODEL_DIR": str(workdir / "model"),
+                 "STRATOLAB_TRIAL": str(number), "STRATOLAB_AUTOML_JOB": str(job.id)},
+        warm=not gpu, warm_count=parallel,
+    )
+
+
+class SearchCannotRun(Exception):
+    """The search's profile cannot be had on this scheduler (gone from the list, or too many GPUs)."""
 
 
 #: Optuna's tables (and its own `alembic_version`) live in this schema on PostgreSQL, where the
@@ -92,8 +120,10 @@ def ensure_optuna_schema(url: str) -> None:
 
 class AutoMLController:
     def __init__(self, sessions, db_url: str, files: JobFiles, executor: NotebookExecutor, clock: Clock, *,
-                 worker_id: str, account_for: Callable[[str], Account | None], profile_env: Callable[[], dict],
-                 heartbeat_every: float = 5.0, stale_after: float = 30.0, max_parallel: int = 8):
+                 worker_id: str, account_for: Callable[[str], Account | None],
+                 profile_env: Callable[[tuple[str, ...]], dict[str, str]], profiles: dict[str, Profile],
+                 gpus: GpuAllocator, heartbeat_every: float = 5.0, stale_after: float = 30.0, max_parallel: int = 8,
+                 gpu_wait: float = 0.5):
         self.sessions = sessions
         ensure_optuna_schema(db_url)
         self.storage = optuna.storages.RDBStorage(optuna_url(db_url), engine_kwargs=storage_engine_kwargs(db_url))
@@ -103,6 +133,10 @@ class AutoMLController:
         self.worker_id = worker_id
         self.account_for = account_for
         self.profile_env = profile_env
+        self.profiles = profiles
+        self.gpus = gpus
+        #: seconds between looks for free GPUs while none of the search's trials runs
+        self.gpu_wait = gpu_wait
         self.heartbeat_every = heartbeat_every
         self.stale_after = stale_after
         self.max_parallel = max_parallel
@@ -186,6 +220,17 @@ class AutoMLController:
         return optuna.load_study(study_name=job.study_name, storage=self.storage,
                                  sampler=make_sampler(config), pruner=make_pruner(config))
 
+    def profile_of(self, config: dict[str, Any]) -> Profile:
+        """The search's profile; a search from before profiles were stored runs in the default one."""
+        slug = config.get("profile")
+        profile = choose_profile(list(self.profiles.values()), None) if not slug else self.profiles.get(slug)
+        if profile is None:
+            raise SearchCannotRun(f"the profile {slug!r} no longer exists on this scheduler")
+        if profile.gpus > len(self.gpus.inventory):
+            raise SearchCannotRun(f"the profile {profile.slug!r} needs {profile.gpus} GPU(s) per trial; "
+                                  f"the scheduler has {len(self.gpus.inventory)}")
+        return profile
+
     def _recover_lost(self, study: optuna.Study) -> None:
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             self.storage.set_trial_user_attr(t._trial_id, LOST, True)
@@ -208,6 +253,7 @@ class AutoMLController:
     async def _drive_job(self, job_id: int) -> None:
         job = self._job(job_id)
         config = json.loads(job.config)
+        gpus_per_trial = self.profile_of(config).gpus
         study = self.study(job, config)
         self._recover_lost(study)
         if job.started_at is None:
@@ -216,7 +262,8 @@ class AutoMLController:
         deadline = job.started_at + timedelta(seconds=config["timeout"]) if config.get("timeout") else None
         parallel = min(config["parallel"], self.max_parallel)
         account = await asyncio.get_running_loop().run_in_executor(None, self.account_for, job.owner)
-        await self.executor.prepare(account, self.profile_env(), parallel)  # kernels for the first trials
+        if not gpus_per_trial:  # kernels for the first trials (GPU trials start theirs with their devices)
+            await self.executor.prepare(account, self.profile_env(()), parallel)
         running: dict[int, asyncio.Task] = {}
         last_error = ""
         while True:
@@ -238,10 +285,17 @@ class AutoMLController:
                                 f"the last: {last_error}")
                 return
             exhausted = config["algorithm"] == "grid" and self._grid_done(study, config, len(counted) + len(running))
-            if len(counted) + len(running) < config["trials"] and len(running) < parallel and not time_up and not exhausted:
+            wanted = len(counted) + len(running) < config["trials"] and not time_up and not exhausted
+            if wanted and len(running) < parallel and len(self.gpus.free()) >= gpus_per_trial:
                 trial = study.ask()
                 params = sample(trial, config["space"])  # at once: a lost trial is then one with parameters
-                running[trial.number] = asyncio.ensure_future(self._run_trial(job, config, study, trial, params, parallel))
+                # no await since the look at free(): these devices are still free
+                devices = self.gpus.acquire(trial_key(job_id, trial.number), gpus_per_trial) if gpus_per_trial else ()
+                running[trial.number] = asyncio.ensure_future(
+                    self._run_trial(job, config, study, trial, params, parallel, devices))
+                continue
+            if not running and wanted:  # every device this search could use is held by others: wait
+                await asyncio.sleep(self.gpu_wait)
                 continue
             if not running:
                 complete = [t for t in counted if t.state == optuna.trial.TrialState.COMPLETE]
@@ -271,30 +325,29 @@ class AutoMLController:
             await asyncio.wait(list(running.values()), timeout=30)
 
     async def _run_trial(self, job: AutoMLJob, config: dict[str, Any], study: optuna.Study, trial: optuna.Trial,
-                         params: dict[str, Any], parallel: int = 1) -> None:
+                         params: dict[str, Any], parallel: int = 1, devices: tuple[str, ...] = ()) -> None:
+        """One trial to its end; its devices go back however it ends (done, failed, pruned, stopped)."""
         try:
-            await self._trial(job, config, study, trial, params, parallel)
+            await self._trial(job, config, study, trial, params, parallel, devices)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001: a trial that breaks is a failed trial, never a stuck one
             log.exception("trial %s of job %s", trial.number, job.id)
             trial.set_user_attr("error", f"{type(e).__name__}: {e}")
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        finally:
+            if devices:
+                self.gpus.release(trial_key(job.id, trial.number))
 
     async def _trial(self, job: AutoMLJob, config: dict[str, Any], study: optuna.Study, trial: optuna.Trial,
-                     params: dict[str, Any], parallel: int) -> None:
+                     params: dict[str, Any], parallel: int, devices: tuple[str, ...]) -> None:
         loop = asyncio.get_running_loop()
         account = await loop.run_in_executor(None, self.account_for, job.owner)
         workdir = self.files.trial_dir(job.owner, job.id, trial.number)
         await loop.run_in_executor(None, self.files.prepare_workdir, job.owner, workdir, job.snapshot_digest, account)
         started = time.monotonic()
-        spec = RunSpec(
-            key=f"automl-{job.id}-{trial.number}", workdir=workdir, parameters={**config["parameters"], **params},
-            timeout=config.get("trial_timeout"), output_formats=("ipynb",), account=account, env=self.profile_env(),
-            run_env={channel.ENV: str(workdir), "STRATOLAB_MODEL_DIR": str(workdir / "model"),
-                     "STRATOLAB_TRIAL": str(trial.number), "STRATOLAB_AUTOML_JOB": str(job.id)},
-            warm_count=parallel,
-        )
+        spec = trial_spec(job, config, trial.number, params, workdir, account, self.profile_env(devices),
+                          gpu=bool(devices), parallel=parallel)
         key = (job.id, trial.number)
         try:
             execution = await self.executor.start(spec)

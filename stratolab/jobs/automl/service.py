@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 
 from stratolab.db.models import AutoMLJob
 from stratolab.errors import Conflict, InvalidInput, NotFound
+from stratolab.hub.profiles import Profile
 from stratolab.jobs.automl.config import validate_automl
 from stratolab.jobs.automl.engine import AutoMLController, insights, trial_rows
 from stratolab.jobs.automl.space import propose_space
@@ -30,6 +31,14 @@ def _iso(t):
     return t.isoformat() if t else None
 
 
+def search_profile(sessions, job_id: int) -> str | None:
+    """The profile slug a search's trials run in, from its stored config; None when the job is gone
+    or predates profiles (its trials then run in the default profile)."""
+    with sessions() as db:
+        config = db.scalar(select(AutoMLJob.config).where(AutoMLJob.id == job_id))
+    return json.loads(config).get("profile") if config else None
+
+
 @dataclass
 class AutoMLService:
     sessions: Any
@@ -38,6 +47,9 @@ class AutoMLService:
     account_for: Callable[[str], Account | None]
     read_notebook: Callable[[str, dict], Any]  # async (owner, fields) -> nb, from content or the home
     clock: Clock
+    #: the scheduler's profile a slug names (None: the default), or InvalidInput naming `profile`:
+    #: the check a schedule's profile gets, so a search cannot ask for what the scheduler cannot give
+    profile_for: Callable[[str | None], Profile]
 
     def _get(self, owner: str, job_id: int) -> AutoMLJob:
         with self.sessions() as db:
@@ -89,6 +101,7 @@ class AutoMLService:
         declared = inspect_parameters(nb)
         config = validate_automl(body, declared)
         config["parameters"] = validate_parameters(config["parameters"], declared)
+        config["profile"] = self.profile_for(config["profile"]).slug  # stored: the trials' profile
         for name, item in config["space"].items():  # the searched values must fit the notebook's types too
             kinds = {p["name"]: p["type"] for p in declared}
             if item["type"] == "float" and kinds.get(name) == "int":
@@ -120,8 +133,10 @@ class AutoMLService:
         return job
 
     def start_for_run(self, owner: str, schedule_name: str, notebook: str, digest: str, config: dict[str, Any],
-                      run_id: int) -> int:
-        """The AutoML job of one run of an AutoML schedule (retraining on cron); its id."""
+                      run_id: int, profile: str | None = None) -> int:
+        """The AutoML job of one run of an AutoML schedule (retraining on cron); its id. Its trials run
+        in the profile the search settings name, else in the schedule's `profile`."""
+        config = {**config, "profile": self.profile_for(config.get("profile") or profile).slug}
         return self._insert(owner, f"{schedule_name} run {run_id}"[:100], notebook, digest, config).id
 
     def state_of(self, job_id: int) -> tuple[str, str | None]:

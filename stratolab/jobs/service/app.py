@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -43,7 +44,7 @@ from stratolab.jobs.files import JobFiles
 from stratolab.jobs.local_executor import LocalProcessExecutor
 from stratolab.jobs.notify import Notifier, SmtpSettings
 from stratolab.jobs.automl.engine import AutoMLController
-from stratolab.jobs.automl.service import AutoMLService
+from stratolab.jobs.automl.service import AutoMLService, search_profile
 from stratolab.jobs.service import automl_handlers, executor_handlers, handlers
 from stratolab.jobs.service.state import JobService
 from stratolab.jobs.store import JobStore
@@ -88,19 +89,19 @@ def make_app(state: JobService, prefix: str, automl: AutoMLService | None = None
                            max_body_size=64 * 1024 * 1024)
 
 
-def _int_env(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
+def _int_env(name: str, default: int, environ=os.environ) -> int:
+    raw = environ.get(name, "").strip()
     return int(raw) if raw else default
 
 
-def job_gpus() -> tuple[str, ...]:
-    raw = os.environ.get("STRATOLAB_JOB_GPUS", os.environ.get("STRATOLAB_GPUS"))
+def job_gpus(environ=os.environ) -> tuple[str, ...]:
+    raw = environ.get("STRATOLAB_JOB_GPUS", environ.get("STRATOLAB_GPUS"))
     configured = tuple(g.strip() for g in raw.split(",") if g.strip()) if raw is not None else None
     return discover_gpus(configured)
 
 
-def load_profiles(gpu_count: int) -> dict:
-    path = os.environ.get("STRATOLAB_PROFILES_FILE", "").strip()
+def load_profiles(gpu_count: int, environ=os.environ) -> dict:
+    path = environ.get("STRATOLAB_PROFILES_FILE", "").strip()
     raw = load_profile_list(Path(path)) if path else default_profile_list(gpu_count)
     return {p.slug: p for p in parse_profile_list(raw)}
 
@@ -110,6 +111,10 @@ def cluster_gpu_slots(environ) -> tuple[str, ...]:
     caps how many GPUs this scheduler's runs hold at once (STRATOLAB_JOBS_MAX_GPUS, default 8)."""
     raw = environ.get("STRATOLAB_JOBS_MAX_GPUS", "").strip()
     return tuple(f"cluster-{i}" for i in range(int(raw) if raw else 8))
+
+
+#: the run keys of AutoML trials (stratolab.jobs.automl.engine.trial_key): automl-JOB-TRIAL
+AUTOML_TRIAL_KEY = re.compile(r"^automl-(\d+)-\d+$")
 
 
 def make_executor(environ, root: Path, prefix: str, store: JobStore, profiles: dict) -> NotebookExecutor:
@@ -126,7 +131,11 @@ def make_executor(environ, root: Path, prefix: str, store: JobStore, profiles: d
     default = choose_profile(list(profiles.values()), None)
 
     def profile_of(spec: RunSpec) -> Profile:
-        """A scheduled run's profile is its schedule's; AutoML trials run in the default profile."""
+        """A scheduled run's profile is its schedule's; an AutoML trial's is its search's (stored in
+        the search's config); anything else, or what is gone, runs in the default profile."""
+        trial = AUTOML_TRIAL_KEY.match(spec.key)
+        if trial:
+            return profiles.get(search_profile(store.sessions, int(trial.group(1))), default)
         run_id = spec.run_env.get("STRATOLAB_RUN_ID")
         if not run_id:
             return default
@@ -166,16 +175,16 @@ def build(environ=os.environ, clock: Clock | None = None) -> tuple[JobService, S
         return shared_homes / owner
 
     on_kubernetes = environ.get("STRATOLAB_JOBS_EXECUTOR", "").strip() == "kubernetes"
-    gpus = GpuAllocator(cluster_gpu_slots(environ) if on_kubernetes else job_gpus())
+    gpus = GpuAllocator(cluster_gpu_slots(environ) if on_kubernetes else job_gpus(environ))
     smtp = SmtpSettings.from_env(environ)
     config = SchedulerConfig(
         worker_id=environ.get("STRATOLAB_SCHEDULER_ID") or f"{socket.gethostname()}:{root}"[-64:],
-        max_running=_int_env("STRATOLAB_JOBS_MAX_RUNNING", max(2, (os.cpu_count() or 2))),
-        max_per_user=_int_env("STRATOLAB_JOBS_MAX_PER_USER", 2),
-        misfire_grace=float(_int_env("STRATOLAB_JOBS_MISFIRE_GRACE", 60)),
+        max_running=_int_env("STRATOLAB_JOBS_MAX_RUNNING", max(2, (os.cpu_count() or 2)), environ),
+        max_per_user=_int_env("STRATOLAB_JOBS_MAX_PER_USER", 2, environ),
+        misfire_grace=float(_int_env("STRATOLAB_JOBS_MISFIRE_GRACE", 60, environ)),
         public_url=environ.get("STRATOLAB_PUBLIC_URL", "").rstrip("/"),
     )
-    profiles = load_profiles(len(gpus.inventory))
+    profiles = load_profiles(len(gpus.inventory), environ)
     executor = make_executor(environ, root, prefix, store, profiles)
     scheduler = Scheduler(store, files, executor, clock or Clock(), config, profiles=profiles, account_for=account_for,
                           gpus=gpus, notifier=Notifier(smtp))
@@ -187,10 +196,12 @@ def build(environ=os.environ, clock: Clock | None = None) -> tuple[JobService, S
     )
     controller = AutoMLController(
         store.sessions, db_url, files, executor, scheduler.clock, worker_id=config.worker_id,
-        account_for=account_for, profile_env=lambda: scheduler.profile_env(()),
-        max_parallel=_int_env("STRATOLAB_AUTOML_MAX_PARALLEL", 8),
+        account_for=account_for, profile_env=scheduler.profile_env, profiles=profiles, gpus=gpus,
+        max_parallel=_int_env("STRATOLAB_AUTOML_MAX_PARALLEL", 8, environ),
     )
-    automl = AutoMLService(store.sessions, files, controller, account_for, service.notebook_for, scheduler.clock)
+    # a search's profile is checked as a schedule's is, against the same profiles and GPUs
+    automl = AutoMLService(store.sessions, files, controller, account_for, service.notebook_for, scheduler.clock,
+                           profile_for=service._profile)
     scheduler.automl = automl  # schedules whose runs are AutoML searches (retraining on cron)
     return service, scheduler, automl
 
