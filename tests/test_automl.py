@@ -321,7 +321,7 @@ def test_gpu_trials_get_their_own_devices_and_wait_for_free_ones(tmp_path):
         gpus.acquire("run-99", 2)  # a scheduled run has both devices
         await svc.controller.start()
         try:
-            await asyncio.sleep(2.5)
+            await asyncio.sleep(1.5)
             waiting = svc.get("alice", job["id"])
             gpus.release("run-99")
             deadline = time.monotonic() + 120

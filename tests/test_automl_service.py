@@ -1,9 +1,13 @@
 """AutoML through the hub: a search started over HTTP, its leaderboard and insights, Deploy best
-giving a function whose answers equal the best trial's model's, and security."""
+giving a function whose answers equal the best trial's model's, security, and the profile a search
+asks for checked as a schedule's (over HTTP and from the CLI)."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import requests
 from sklearn.datasets import load_digits
@@ -48,6 +52,7 @@ def test_search_leaderboard_deploy_best_and_security(hub):
     view = wait_for(lambda: (v := api(hub, alice, "GET", f"api/automl/{job['id']}").json())["state"]
                     not in ("queued", "running") and v, 240, every=1, what="the search")
     assert view["state"] == "succeeded" and view["counts"] == {"complete": 4}, view
+    assert view["config"]["profile"] == "cpu"  # none asked for: the default profile, named
     trials = api(hub, alice, "GET", f"api/automl/{job['id']}/trials").json()["trials"]
     assert len(trials) == 4 and all(t["model"] for t in trials)
     best = view["best"]
@@ -80,5 +85,19 @@ def test_search_leaderboard_deploy_best_and_security(hub):
     r = api(hub, alice, "POST", "api/automl", json={"notebook": "train.ipynb", "content": TRAIN, "metric": "m",
                                                    "space": {"gamma": {"type": "float", "low": 0, "high": 1}}})
     assert r.status_code == 400 and r.json()["field"] == "space.gamma"
+    r = api(hub, alice, "POST", "api/automl", json={"notebook": "train.ipynb", "content": TRAIN, "metric": "m",
+                                                   "profile": "tpu"})
+    assert r.status_code == 400 and r.json()["field"] == "profile", r.text
+    assert "choose one of: cpu, gpu-1" in r.json()["error"]  # the valid slugs (the hub has two fake GPUs)
     assert api(hub, alice, "DELETE", f"api/automl/{job['id']}").status_code == 204
     assert json.loads(api(hub, alice, "GET", "api/automl").text)["jobs"] == []
+
+
+def test_the_cli_sends_the_profile_and_shows_what_is_wrong_with_it(hub, tmp_path):
+    user = hub.create_user()
+    env = {**os.environ, "STRATOLAB_URL": hub.url, "STRATOLAB_TOKEN": user.token, "XDG_CONFIG_HOME": str(tmp_path)}
+    nb = tmp_path / "train.ipynb"
+    nb.write_text(json.dumps(TRAIN))
+    r = subprocess.run([sys.executable, "-m", "stratolab.cli.main", "automl", "create", str(nb), "--metric", "m",
+                        "--profile", "tpu"], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 1 and "unknown profile 'tpu'" in r.stderr, r.stderr

@@ -24,7 +24,8 @@ def _job_line(job: dict[str, Any]) -> str:
     best = job.get("best")
     best_text = f"best {_fmt(best['value'])} (trial {best['number']}: {json.dumps(best['params'])})" if best else "no best yet"
     error = f"  error: {job['error']}" if job.get("error") else ""
-    return f"{job['id']:>4}  {job['name']:<24} {job['state']:<10} {counts};  {best_text}{error}"
+    profile = (job.get("config") or {}).get("profile") or "default"
+    return f"{job['id']:>4}  {job['name']:<24} {job['state']:<10} [{profile}] {counts};  {best_text}{error}"
 
 
 def cmd_create(args, emit) -> None:
@@ -41,22 +42,23 @@ def cmd_create(args, emit) -> None:
             body["space"] = json.loads(Path(args.space).read_text())
         except (OSError, ValueError) as e:
             raise InvalidInput(f"--space {args.space}: {e}", field="space") from None
-    for key in ("timeout", "max_failed", "trial_timeout", "seed", "name"):
+    for key in ("timeout", "max_failed", "trial_timeout", "seed", "name", "profile"):
         if getattr(args, key) is not None:
             body[key] = getattr(args, key)
     if args.param:
         body["parameters"] = parse_params(args.param)
     if args.cron:  # retraining on cron: a schedule whose every run is this search
-        settings = {k: v for k, v in body.items() if k not in ("notebook", "content", "name")}
+        # --profile is the schedule's: checked when it is created, and its searches' trials run in it
+        settings = {k: v for k, v in body.items() if k not in ("notebook", "content", "name", "profile")}
         schedule = {"notebook": body["notebook"], "content": body["content"], "cron": args.cron, "timezone": args.tz,
-                    "automl": settings, **({"name": body["name"]} if body.get("name") else {})}
+                    "automl": settings, **{k: body[k] for k in ("name", "profile") if body.get(k)}}
         s = scheduler_call("POST", "api/schedules", schedule)
         emit(s, f"schedule {s['id']} ({s['name']}): an AutoML search {s['description']}; next {s['next_run_at']}\n"
                 f"its runs: stratolab jobs runs --schedule {s['id']}")
         return
     job = scheduler_call("POST", "api/automl", body)
     emit(job, f"AutoML job {job['id']} ({job['name']}) queued: {job['config']['trials']} trials, "
-              f"{job['config']['parallel']} at once, {job['config']['algorithm']}\n"
+              f"{job['config']['parallel']} at once, {job['config']['algorithm']}, in profile {job['config']['profile']}\n"
               f"follow it with: stratolab automl status {job['id']} --wait")
 
 
@@ -130,6 +132,9 @@ def add_automl_commands(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--pruner", choices=["none", "median", "successive_halving", "hyperband"], default="none")
     p.add_argument("--seed", type=int)
     p.add_argument("--name")
+    p.add_argument("--profile", help="the environment profile every trial runs in (a slug, as for `jobs create`; "
+                                     "default: the default profile). On a GPU profile each trial gets its own "
+                                     "GPUs, so no more trials run at once than the GPUs allow")
     p.add_argument("--param", action="append", metavar="NAME=VALUE", help="a fixed value for a parameter not searched")
     p.add_argument("--cron", help="run the search on this schedule instead of once (retraining on cron)")
     p.add_argument("--tz", default="UTC", help="time zone of --cron")

@@ -1,8 +1,9 @@
 /**
  * "Tune…": the dialog that starts an AutoML search over a notebook's parameters. The scheduler
  * proposes a starting space from the notebook's `parameters` cell (`POST api/automl/propose`); the
- * user picks what to search and how, names the objective the notebook records, and sets the
- * budget; "Start" sends it (`POST api/automl`) and closes only once the service said yes.
+ * user picks what to search and how, names the objective the notebook records, sets the budget and
+ * the environment every trial runs in (as the Schedule dialog does); "Start" sends it
+ * (`POST api/automl`) and closes only once the service said yes.
  */
 import { Dialog } from '@jupyterlab/apputils';
 import { Contents } from '@jupyterlab/services';
@@ -20,7 +21,7 @@ import {
 } from './automl';
 import { el } from './dom';
 import { numberField, readNumber } from './functions';
-import { INotebookParameter, SchedulerError } from './jobs';
+import { callScheduler, INotebookParameter, IProfile, SchedulerError } from './jobs';
 import {
   checkbox, defaultScheduleName, details, FormDialog, formatParameterValue, IField, ISubmittingForm, readNotebookContent, textField
 } from './schedule';
@@ -394,6 +395,9 @@ export class TuneForm extends Widget implements ISubmittingForm<Action> {
     this.trials = numberField('Trials', 20, { min: 1, testId: 'stratolab-tune-trials' });
     this.parallel = numberField('Parallel trials', 2, { min: 1, testId: 'stratolab-tune-parallel' });
     form.append(this.group(this.trials.row, 'trials'), this.group(this.parallel.row, 'parallel'));
+    this.profile = select('stratolab-tune-profile', [['', 'Default environment']], '');
+    form.append(this.group(row('Environment', this.profile), 'profile', el('div', 'jp-Stratolab-note jp-Stratolab-paramDefault',
+      'Every trial runs in it. On a GPU environment each trial gets its own GPUs: no more run at once than there are.')));
 
     const limits = details('Limits', 'stratolab-tune-limits');
     this.timeout = numberField('Time limit (s)', null, { min: 1, placeholder: 'none', testId: 'stratolab-tune-timeout' });
@@ -519,7 +523,8 @@ export class TuneForm extends Widget implements ISubmittingForm<Action> {
     if (!valid) {
       return null;
     }
-    const request: IAutoMLRequest = {
+    // `profile` is left out for the default environment (IAutoMLRequest does not name it yet)
+    const request: IAutoMLRequest & { profile?: string } = {
       notebook: this.options.path,
       name,
       metric,
@@ -531,6 +536,9 @@ export class TuneForm extends Widget implements ISubmittingForm<Action> {
     };
     if (this.rows.length) {
       request.space = space;
+    }
+    if (this.profile.value) {
+      request.profile = this.profile.value;
     }
     // Left out rather than null: the service then applies its defaults.
     for (const key of ['timeout', 'max_failed', 'trial_timeout', 'seed'] as const) {
@@ -558,6 +566,7 @@ export class TuneForm extends Widget implements ISubmittingForm<Action> {
         }
       })
       .catch(() => undefined);
+    void this.loadProfiles();
     let proposal;
     try {
       proposal = await proposeSpace(this.options.path, await this.readNotebook());
@@ -587,6 +596,24 @@ export class TuneForm extends Widget implements ISubmittingForm<Action> {
       ...this.rows.map(r => r.node)
     );
     this.updateConditions();
+  }
+
+  /** The scheduler's environments, GPU ones with their GPU count (the Schedule dialog's list). */
+  private async loadProfiles(): Promise<void> {
+    let profiles: IProfile[];
+    try {
+      profiles = (await callScheduler<{ profiles: IProfile[] }>('GET', 'api/profiles')).profiles;
+    } catch (error) {
+      this.showFieldError('profile', `Cannot list the environments: ${(error as Error).message}`);
+      return;
+    }
+    const wanted = this.profile.value;
+    for (const p of profiles) {
+      const option = el('option', '', p.gpus ? `${p.display_name} (${p.gpus} GPU${p.gpus > 1 ? 's' : ''} per trial)` : p.display_name);
+      option.value = p.slug;
+      this.profile.append(option);
+    }
+    this.profile.value = wanted;
   }
 
   /** A parameter may depend on a searched categorical one that has no condition itself. */
@@ -659,6 +686,7 @@ export class TuneForm extends Widget implements ISubmittingForm<Action> {
   private readonly direction: HTMLSelectElement;
   private readonly trials: IField;
   private readonly parallel: IField;
+  private readonly profile: HTMLSelectElement;
   private readonly timeout: IField;
   private readonly maxFailed: IField;
   private readonly trialTimeout: IField;
