@@ -58,7 +58,8 @@ def cmd_create(args, emit) -> None:
         return
     job = scheduler_call("POST", "api/automl", body)
     emit(job, f"AutoML job {job['id']} ({job['name']}) queued: {job['config']['trials']} trials, "
-              f"{job['config']['parallel']} at once, {job['config']['algorithm']}, in profile {job['config']['profile']}\n"
+              f"{job['config']['parallel']} at once, {job['config']['algorithm']}, "
+              f"in profile {job['config']['profile']}\n"
               f"follow it with: stratolab automl status {job['id']} --wait")
 
 

@@ -20,6 +20,7 @@ import math
 import time
 import warnings
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Callable
 
 import optuna
@@ -66,7 +67,7 @@ def trial_key(job_id: int, number: int) -> str:
     return f"automl-{job_id}-{number}"
 
 
-def trial_spec(job: AutoMLJob, config: dict[str, Any], number: int, params: dict[str, Any], workdir,
+def trial_spec(job: AutoMLJob, config: dict[str, Any], number: int, params: dict[str, Any], workdir: Path,
                account: Account | None, env: dict[str, str], gpu: bool, parallel: int) -> RunSpec:
     """One trial's run. `env` is the profile's (CUDA_VISIBLE_DEVICES of the trial's devices); a GPU
     trial never takes a kernel started ahead: those are forked, and CUDA does not survive a fork."""
