@@ -1,11 +1,11 @@
 """The Knative backend against the fake Kubernetes API (the one mock, at the HTTP edge).
 
-`KnativeSim` plays Knative Serving's controllers through the fake's reactors: on each write of a
-Service it makes the template's Revision (and a Pod), marks it Ready or failed, and fills the
-Service's `status.traffic` URLs. In `runtime` mode it starts the REAL runtime HTTP server for each new
-revision as a local process, with the template's environment (the token read from the Secret the
-backend wrote), fetching its bundle from the real functions service app; the revision is Ready once
-`/healthz` answers, failed (ExitCode1, its last words) when the process exits.
+`KnativeSim` (tests/kube_controllers.py) plays Knative Serving's controllers through the fake's
+reactors: on each write of a Service it makes the template's Revision (and a Pod), marks it Ready or
+failed, and fills the Service's `status.traffic` URLs. In `runtime` mode it starts the REAL runtime HTTP
+server for each new revision as a local process, with the template's environment (the token read from
+the Secret the backend wrote), fetching its bundle from the real functions service app; the revision is
+Ready once `/healthz` answers, failed (ExitCode1, its last words) when the process exits.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import threading
 
 import jsonschema
 import pytest
 
 from fake_kube import FakeKube, fake_kube  # noqa: F401
+from kube_controllers import SERVING, KnativeSim, condition
 from stratolab.errors import StratolabError
 from stratolab.functions.backend import VersionRef
 from stratolab.functions.bundle import bundle_digest
@@ -31,130 +31,11 @@ from stratolab.functions.policy import ScalingPolicy
 from stratolab.functions.runtime.pool import InvocationError
 from stratolab.functions.service.state import DeployFailed
 from stratolab.kube.api import KubeClient
-from test_function_http_server import BROKEN, PREFIX, SECRET, BundleServer, RuntimeProcess, make_bundle
+from test_function_http_server import BROKEN, PREFIX, SECRET, BundleServer, make_bundle
 from test_knative_manifests import knative_schema
 
-SERVING = "serving.knative.dev/v1"
 NS = "fns"
 SVC = "fn-alice-greeter"
-
-
-def _condition(kind: str, status: str, reason: str = "", message: str = "") -> dict:
-    return {"type": kind, "status": status, "reason": reason, "message": message}
-
-
-class KnativeSim:
-    def __init__(self, fake: FakeKube, runtime: bool = False):
-        self.fake = fake
-        self.runtime = runtime
-        #: revision name → (reason, message, pod log) for revisions that fail to start
-        self.failing: dict[str, tuple[str, str, str]] = {}
-        #: revisions that never become Ready nor fail
-        self.stalled: set[str] = set()
-        self.replicas = 1
-        self.processes: dict[str, RuntimeProcess] = {}
-        self.lock = threading.Lock()
-        for verb in ("create", "update"):
-            fake.on(verb, SERVING, "Service", self.reconcile)
-        fake.on("delete", SERVING, "Service", self.deleted)
-
-    def reconcile(self, fake: FakeKube, _obj: dict) -> None:
-        with self.lock:
-            service = fake.get(SERVING, "Service", _obj["metadata"]["name"], NS)
-            if service is None:
-                return
-            template = service["spec"]["template"]
-            revision = template["metadata"]["name"]
-            status = None
-            if fake.get(SERVING, "Revision", revision, NS) is None:
-                status = self._start(service, template)
-            self._route(service)
-            if status is not None:
-                fake.update_status(SERVING, "Revision", revision, status, NS)
-
-    def _start(self, service: dict, template: dict) -> dict | None:
-        """Make the Revision and its Pod; return the status the Revision gets (None: stays starting)."""
-        revision = template["metadata"]["name"]
-        labels = {**template["metadata"]["labels"], "serving.knative.dev/service": service["metadata"]["name"],
-                  "serving.knative.dev/revision": revision}
-        made = self.fake.put_object({
-            "apiVersion": SERVING, "kind": "Revision",
-            "metadata": {"name": revision, "namespace": NS, "labels": labels,
-                         "annotations": template["metadata"]["annotations"],
-                         "ownerReferences": [{"apiVersion": SERVING, "kind": "Service", "controller": True,
-                                              "name": service["metadata"]["name"], "uid": service["metadata"]["uid"]}]},
-            "spec": template["spec"],
-            "status": {"conditions": [_condition("Ready", "Unknown", "Deploying")]},
-        })
-        pod = f"{revision}-deployment-7d9f-abcde"
-        self.fake.put_object({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": pod, "namespace": NS, "labels": labels,
-                         "ownerReferences": [{"apiVersion": SERVING, "kind": "Revision", "name": revision,
-                                              "uid": made["metadata"]["uid"]}]},
-            "spec": {"containers": template["spec"]["containers"]},
-        })
-        if revision in self.stalled:
-            return None
-        if self.runtime:
-            failure = self._run(revision, template, pod)
-        else:
-            failure = self.failing.get(revision)
-            self.fake.set_log(pod, failure[2] if failure else f"serving {revision}\n", NS)
-        if failure:
-            reason, message, _ = failure
-            return {"conditions": [_condition("Ready", "False", reason, message),
-                                   _condition("ContainerHealthy", "False", reason, message)]}
-        return {"actualReplicas": self.replicas, "desiredReplicas": self.replicas,
-                "conditions": [_condition("Ready", "True"), _condition("ContainerHealthy", "True"),
-                               _condition("ResourcesAvailable", "True")]}
-
-    def _run(self, revision: str, template: dict, pod: str) -> tuple[str, str, str] | None:
-        env = {}
-        for var in template["spec"]["containers"][0]["env"]:
-            if "value" in var:
-                env[var["name"]] = var["value"]
-            else:
-                ref = var["valueFrom"]["secretKeyRef"]
-                secret = self.fake.get("v1", "Secret", ref["name"], NS) or {"data": {}}
-                env[var["name"]] = base64.b64decode(secret["data"][ref["key"]]).decode()
-        process = RuntimeProcess(env)
-        if process.wait_ready():
-            self.processes[revision] = process
-            return None
-        stderr = process.stderr()
-        process.stop()
-        self.fake.set_log(pod, stderr, NS)
-        return "ExitCode1", "Container failed with: " + stderr.strip().splitlines()[-1], stderr
-
-    def _url(self, service: str, entry: dict) -> str | None:
-        if not self.runtime:
-            return f"http://{entry['tag']}-{service}.{NS}.svc.cluster.local"
-        process = self.processes.get(entry["revisionName"])
-        return process.url if process else None
-
-    def _route(self, service: dict) -> None:
-        name = service["metadata"]["name"]
-        traffic = []
-        for entry in service["spec"].get("traffic") or []:
-            routed = dict(entry)
-            url = self._url(name, entry) if entry.get("tag") else None
-            if url:
-                routed["url"] = url
-            traffic.append(routed)
-        self.fake.update_status(SERVING, "Service", name, {"traffic": traffic, "conditions": [
-            _condition("Ready", "True")]}, NS)
-
-    def deleted(self, _fake: FakeKube, obj: dict) -> None:
-        with self.lock:
-            for revision in [r for r in self.processes if r.startswith(obj["metadata"]["name"] + "-")]:
-                self.processes.pop(revision).stop()
-
-    def stop(self) -> None:
-        with self.lock:
-            for process in self.processes.values():
-                process.stop()
-            self.processes.clear()
 
 
 @pytest.fixture
@@ -390,7 +271,7 @@ def test_describe_and_logs_come_from_housekeeping(fake_kube: FakeKube, sim: Knat
         try:
             await backend.deploy(ref(1), make_bundle(tmp_path), ScalingPolicy())
             fake_kube.update_status(SERVING, "Revision", f"{SVC}-v1", {
-                "actualReplicas": 2, "desiredReplicas": 3, "conditions": [_condition("Ready", "True")]}, NS)
+                "actualReplicas": 2, "desiredReplicas": 3, "conditions": [condition("Ready", "True")]}, NS)
             fake_kube.append_log(f"{SVC}-v1-deployment-7d9f-abcde", "called with 21\n", NS)
             await backend.housekeeping()
             described = backend.describe(ref(1))

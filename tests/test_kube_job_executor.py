@@ -1,27 +1,21 @@
 """Runs as Kubernetes Jobs, end to end, with the fake Kubernetes API as the only stand-in.
 
-The executor talks to `FakeKube` over HTTP with the real client; a `Kubelet` reactor plays the Job
-controller and the kubelet: for each Job it makes the pod, resolves the container's env as the
-kubelet would (secretKeyRef from the Secret the executor created, `$(VAR)` references, the work
-volume's mount path mapped to a host folder, as a kubelet without mount namespaces would), runs the
-container's command as a real local process with this venv's python, updates pod and Job status as
-it goes, and on the Job's deletion sends the process SIGTERM. The agent in that process calls the
+The executor talks to `FakeKube` over HTTP with the real client; a `Kubelet` reactor
+(tests/kube_controllers.py) plays the Job controller and the kubelet: for each Job it makes the pod,
+resolves the container's env as the kubelet would (secretKeyRef from the Secret the executor created,
+`$(VAR)` references, the work volume's mount path mapped to a host folder, as a kubelet without mount
+namespaces would), runs the container's command as a real local process with this venv's python,
+updates pod and Job status as it goes, and on the Job's deletion sends the process SIGTERM. The agent in that process calls the
 real executor routes in a tornado app on the test's loop, runs papermill, and sends files back.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import io
 import json
-import os
-import signal
-import subprocess
-import sys
 import tarfile
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -30,115 +24,17 @@ from tornado.httpserver import HTTPServer
 
 from fake_kube import FakeKube, fake_kube  # noqa: F401
 from jobs_support import in_process_service, notebook
+from kube_controllers import Kubelet
 from stratolab.hub.profiles import parse_profile_list, default_profile_list
 from stratolab.jobs.automl import channel
 from stratolab.jobs.executor import FAILED, STOPPED, SUCCEEDED, TIMED_OUT, RunSpec
 from stratolab.jobs.kube.archive import SyncLimits
 from stratolab.jobs.kube.executor import KubernetesJobExecutor
-from stratolab.jobs.kube.manifests import WORK_MOUNT, JobSettings, expand, job_name
+from stratolab.jobs.kube.manifests import JobSettings, job_name
 from stratolab.jobs.service import executor_handlers
 
 PREFIX = "/services/scheduler/"
 CPU = parse_profile_list(default_profile_list(0))[0]
-
-
-# --- a kubelet and Job controller -----------------------------------------------------------------
-
-class Kubelet:
-    """Plays the Job controller and the kubelet for the fake API (see the module docstring).
-
-    `mode`: "run" (the container's command runs), "oom" (the container is OOM-killed once running),
-    "pull" (the image cannot be pulled: the pod waits in ImagePullBackOff)."""
-
-    def __init__(self, fake: FakeKube, host_root: Path, mode: str = "run", env_override: dict | None = None):
-        self.fake, self.host_root, self.mode = fake, host_root, mode
-        self.env_override = env_override or {}
-        self.procs: dict[str, subprocess.Popen] = {}
-        self.envs: dict[str, dict[str, str]] = {}
-        fake.on("create", "batch/v1", "Job", self.job_created)
-        fake.on("delete", "batch/v1", "Job", self.job_deleted)
-
-    def container_env(self, container: dict, namespace: str, workdir: Path) -> dict[str, str]:
-        env: dict[str, str] = {}
-        for var in container.get("env") or []:
-            if "valueFrom" in var:
-                ref = var["valueFrom"]["secretKeyRef"]
-                secret = self.fake.get("v1", "Secret", ref["name"], namespace)
-                assert secret is not None, f"the kubelet finds no Secret {ref['name']} (CreateContainerConfigError)"
-                env[var["name"]] = base64.b64decode(secret["data"][ref["key"]]).decode()
-            else:
-                env[var["name"]] = expand(var["value"], env)
-        env.update(self.env_override)
-        return {k: v.replace(WORK_MOUNT, str(workdir)) for k, v in env.items()}
-
-    def job_created(self, fake: FakeKube, job: dict) -> None:
-        meta, ns = job["metadata"], job["metadata"]["namespace"]
-        template = job["spec"]["template"]
-        pod_name = f"{meta['name']}-{uuid.uuid4().hex[:5]}"
-        labels = {**template["metadata"]["labels"], "job-name": meta["name"],
-                  "batch.kubernetes.io/job-name": meta["name"], "controller-uid": meta["uid"]}
-        pod = {"apiVersion": "v1", "kind": "Pod",
-               "metadata": {"name": pod_name, "namespace": ns, "labels": labels,
-                            "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": meta["name"],
-                                                 "uid": meta["uid"], "controller": True}]},
-               "spec": template["spec"], "status": {"phase": "Pending"}}
-        fake.put_object(pod)
-        fake.update_status("batch/v1", "Job", meta["name"], {"active": 1, "startTime": "2026-01-01T00:00:00Z"}, ns)
-        if self.mode == "pull":
-            image = template["spec"]["containers"][0]["image"]
-            fake.update_status("v1", "Pod", pod_name, {"phase": "Pending", "containerStatuses": [{"name": "notebook",
-                               "state": {"waiting": {"reason": "ImagePullBackOff",
-                                                     "message": f'Back-off pulling image "{image}"'}}}]}, ns)
-            return
-        running = {"phase": "Running", "containerStatuses": [{"name": "notebook", "state": {"running": {}}}]}
-        fake.update_status("v1", "Pod", pod_name, running, ns)
-        if self.mode == "oom":
-            time.sleep(0.3)
-            self._ended(meta["name"], pod_name, ns, 137, "OOMKilled")
-            return
-        container = template["spec"]["containers"][0]
-        workdir = self.host_root / pod_name
-        workdir.mkdir(parents=True)
-        env = self.container_env(container, ns, workdir)
-        self.envs[meta["name"]] = env
-        base = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-                "HOME": os.environ.get("HOME", "/tmp"), "LANG": "C.UTF-8"}
-        command = [sys.executable if c == "python" else c for c in container["command"]]
-        log = open(self.host_root / f"{pod_name}.log", "wb")
-        proc = subprocess.Popen(command, cwd=container["workingDir"].replace(WORK_MOUNT, str(workdir)),
-                                env={**base, **env}, stdout=log, stderr=subprocess.STDOUT)
-        self.procs[meta["name"]] = proc
-        code = proc.wait()
-        log.close()
-        fake.set_log(pod_name, (self.host_root / f"{pod_name}.log").read_text(errors="replace"), ns)
-        self._ended(meta["name"], pod_name, ns, code, "Completed" if code == 0 else "Error")
-
-    def _ended(self, job: str, pod: str, ns: str, code: int, reason: str) -> None:
-        self.fake.update_status("v1", "Pod", pod, {
-            "phase": "Succeeded" if code == 0 else "Failed",
-            "containerStatuses": [{"name": "notebook", "state": {"terminated": {"exitCode": code, "reason": reason}}}]}, ns)
-        if code == 0:
-            status = {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
-        else:
-            status = {"failed": 1, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
-                                                   "message": "Job has reached the specified backoff limit"}]}
-        self.fake.update_status("batch/v1", "Job", job, status, ns)
-
-    def job_deleted(self, fake: FakeKube, job: dict) -> None:
-        """Graceful termination: SIGTERM, then SIGKILL after the pod's grace period."""
-        proc = self.procs.get(job["metadata"]["name"])
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(job["spec"]["template"]["spec"]["terminationGracePeriodSeconds"])
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-    def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
 
 
 # --- the scheduler's side ---------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Mapping
 
 from stratolab.db import ensure_schema
 from stratolab.errors import StratolabError
@@ -140,6 +141,25 @@ def configure_hub(c, settings: PlatformSettings | None = None) -> PlatformSettin
     return settings
 
 
+#: The services' own settings, read from the hub's environment: JupyterHub starts services with a
+#: clean environment, so a setting reaches a service only when it is passed on. These carry the
+#: choice of backend and what the Kubernetes backends need (namespaces, images, the secrets that sign
+#: bundle and run tokens, and KUBECONFIG for a hub outside the cluster: "a hub on one machine,
+#: functions on Knative and runs as Jobs"). Unset, nothing is passed and the services run locally.
+FUNCTIONS_PASSED_PREFIXES = ("STRATOLAB_FUNCTIONS_", "STRATOLAB_FUNCTION_")
+FUNCTIONS_PASSED_NAMES = ("STRATOLAB_RUNTIME_SECRET", "KUBECONFIG")
+SCHEDULER_PASSED_PREFIXES = ("STRATOLAB_SMTP_", "STRATOLAB_JOBS_", "STRATOLAB_JOB_GPUS", "STRATOLAB_AUTOML_")
+SCHEDULER_PASSED_NAMES = ("STRATOLAB_EXECUTOR_SECRET", "KUBECONFIG")
+
+
+def passed_through(prefixes: tuple[str, ...], names: tuple[str, ...],
+                   environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The variables of the hub's environment (or `environ`) a service receives: those starting with
+    one of `prefixes` and those named in `names`."""
+    env = os.environ if environ is None else environ
+    return {k: v for k, v in env.items() if k.startswith(prefixes) or k in names}
+
+
 def functions_service(settings: PlatformSettings, isolation: str) -> tuple[dict, list[str]]:
     """The functions service entry, and the scopes each user gets on their own functions."""
     root = settings.functions_root()
@@ -150,6 +170,8 @@ def functions_service(settings: PlatformSettings, isolation: str) -> tuple[dict,
         "url": f"http://127.0.0.1:{settings.functions_port}",
         "command": [sys.executable, "-m", "stratolab.functions.service.app"],
         "environment": {
+            # first, so that what this hub decides below wins over the same names in its environment
+            **passed_through(FUNCTIONS_PASSED_PREFIXES, FUNCTIONS_PASSED_NAMES),
             "STRATOLAB_FUNCTIONS_DIR": str(root),
             "STRATOLAB_PLATFORM_DB_URL": settings.platform_url,
             "STRATOLAB_ISOLATION": isolation,
@@ -157,8 +179,6 @@ def functions_service(settings: PlatformSettings, isolation: str) -> tuple[dict,
             "STRATOLAB_HOME_ROOT": str(settings.home_root),
             "STRATOLAB_USER_ENV": str(settings.user_env),
             **({"STRATOLAB_GPUS": ",".join(settings.gpus)} if settings.gpus is not None else {}),
-            **({"STRATOLAB_FUNCTION_GPUS": os.environ["STRATOLAB_FUNCTION_GPUS"]}
-               if "STRATOLAB_FUNCTION_GPUS" in os.environ else {}),
         },
         "display": False,
     }
@@ -170,7 +190,6 @@ def scheduler_service(settings: PlatformSettings, isolation: str) -> tuple[dict,
     root = settings.jobs_root()
     root.mkdir(parents=True, exist_ok=True)
     os.chmod(root, 0o711 if isolation == ISOLATION_SYSTEM_USERS else 0o700)
-    passed = [k for k in os.environ if k.startswith(("STRATOLAB_SMTP_", "STRATOLAB_JOBS_", "STRATOLAB_JOB_GPUS"))]
     service = {
         "name": SCHEDULER_SERVICE,
         "url": f"http://127.0.0.1:{settings.scheduler_port}",
@@ -185,7 +204,7 @@ def scheduler_service(settings: PlatformSettings, isolation: str) -> tuple[dict,
             "STRATOLAB_USER_ENV": str(settings.user_env),
             **({"STRATOLAB_PROFILES_FILE": str(settings.profiles_file)} if settings.profiles_file else {}),
             **({"STRATOLAB_GPUS": ",".join(settings.gpus)} if settings.gpus is not None else {}),
-            **{k: os.environ[k] for k in passed},
+            **passed_through(SCHEDULER_PASSED_PREFIXES, SCHEDULER_PASSED_NAMES),
         },
         "display": False,
     }
