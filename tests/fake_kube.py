@@ -288,7 +288,9 @@ class FakeKube:
         if sub == "log":
             return self._log(key, name)
         if name is None and request.method == "GET":
-            if request.query.get("watch") in ("true", "1"):
+            # kubernetes_asyncio's Watch sends `watch=True` (Python's bool in urlencode); the API server
+            # parses the flag with Go's ParseBool, which takes either spelling.
+            if request.query.get("watch", "").lower() in ("true", "1"):
                 return await self._watch(request, key)
             return self._list(request, key, kind)
         if name is None and request.method == "POST":

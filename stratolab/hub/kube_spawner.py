@@ -6,6 +6,9 @@ only the pod name in its state; the GPUs it asked for are in `extra_resource_lim
 is applied. This subclass writes them into the state the same way (one entry per device), so the same
 arbiter works unchanged on Kubernetes. The devices themselves are chosen by the device plugin, so the
 entries name the resource, not a device id.
+
+It also answers a profile the list does not have as the local spawner does, with a 400 that names the
+valid slugs: KubeSpawner raises a bare ValueError, which the hub's API would turn into a 500.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from kubespawner import KubeSpawner
+from tornado import web
 
 from stratolab.hub.profiles import GPU_RESOURCE
 
@@ -26,6 +30,14 @@ def gpu_count(extra_resource_limits: dict[str, Any] | None) -> int:
 
 
 class StratolabKubeSpawner(KubeSpawner):
+    async def load_user_options(self) -> None:
+        """The options are the user's input (the spawn form or the REST API's body): refusing them is a 4xx."""
+        try:
+            await super().load_user_options()
+        except ValueError as e:
+            # "%s": the message quotes the user's slug, which must not be read as a format string.
+            raise web.HTTPError(400, "%s", str(e)) from None
+
     def get_state(self) -> dict[str, Any]:
         state = super().get_state()
         count = gpu_count(self.extra_resource_limits)
