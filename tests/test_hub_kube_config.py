@@ -240,3 +240,19 @@ def test_missing_service_token_names_the_variable(chart_hub):
     del env["STRATOLAB_SCHEDULER_API_TOKEN"]
     with pytest.raises(KubeConfigError, match="STRATOLAB_SCHEDULER_API_TOKEN"):
         configure_kubernetes(Config(), settings, env)
+
+
+def test_user_pods_pull_with_the_charts_pull_secrets_and_chart_volumes_outlive_uninstall(chart_hub):
+    env, settings = chart_hub("embedded-postgres-values.yaml")  # imagePullSecrets: [registry-credentials]
+    c = Config()
+    configure_kubernetes(c, settings, env)
+    assert c.KubeSpawner.image_pull_secrets == ["registry-credentials"]
+    objects = render("embedded-postgres-values.yaml")
+    functions = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("-functions"))
+    env_vars = {e["name"]: e.get("value") for e in functions["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env_vars["STRATOLAB_FUNCTION_IMAGE_PULL_SECRETS"] == "registry-credentials"
+    for claim in (o for o in objects if o["kind"] == "PersistentVolumeClaim"):
+        assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep", claim["metadata"]["name"]
+    # changing a value the Secret is made from rolls the pods that read it at start
+    for deployment in (o for o in objects if o["kind"] == "Deployment" and not o["metadata"]["name"].endswith("-proxy")):
+        assert len(deployment["spec"]["template"]["metadata"]["annotations"]["checksum/secret-inputs"]) == 64

@@ -284,3 +284,11 @@ def test_config_from_the_environment():
     assert config.runtime_secret == "abc"
     with pytest.raises(ValueError, match="STRATOLAB_FUNCTION_GPU_NODE_SELECTOR"):
         KnativeConfig.from_env({"STRATOLAB_FUNCTION_GPU_NODE_SELECTOR": "{nope"})
+
+
+def test_private_runtime_images_get_the_pull_secrets():
+    config = KnativeConfig.from_env({"STRATOLAB_FUNCTION_IMAGE_PULL_SECRETS": "registry-credentials, other"})
+    assert config.image_pull_secrets == ("registry-credentials", "other")
+    template = build_template(config, rev())
+    assert template["spec"]["imagePullSecrets"] == [{"name": "registry-credentials"}, {"name": "other"}]
+    assert "imagePullSecrets" not in build_template(CONFIG, rev())["spec"]

@@ -127,6 +127,8 @@ class KubeHubValues:
     environment: dict[str, str] = field(default_factory=dict)
     uid: int = 1000
     fs_gid: int = 100
+    #: names of docker-registry Secrets in the user namespace (the chart's `imagePullSecrets`)
+    image_pull_secrets: tuple[str, ...] = ()
     culler_enabled: bool = True
 
     @classmethod
@@ -140,7 +142,7 @@ class KubeHubValues:
         single = _take(
             data.get("singleuser"), "singleuser",
             {"namespace", "image", "gpu_image", "image_pull_policy", "start_timeout", "storage",
-             "extra_labels", "environment", "uid", "fs_gid"},
+             "extra_labels", "environment", "uid", "fs_gid", "image_pull_secrets"},
         )
         culler = _take(data.get("culler"), "culler", {"enabled"})
         try:
@@ -169,6 +171,7 @@ class KubeHubValues:
             environment=_str_map(single.get("environment"), "singleuser.environment"),
             uid=int(single.get("uid", 1000)),
             fs_gid=int(single.get("fs_gid", 100)),
+            image_pull_secrets=tuple(str(n) for n in single.get("image_pull_secrets") or ()),
             culler_enabled=bool(culler.get("enabled", True)),
         )
 
@@ -257,6 +260,8 @@ def configure_user_pods(c: Any, values: KubeHubValues) -> None:
     }
     c.KubeSpawner.uid = values.uid
     c.KubeSpawner.fs_gid = values.fs_gid
+    if values.image_pull_secrets:
+        c.KubeSpawner.image_pull_secrets = list(values.image_pull_secrets)
     c.KubeSpawner.allow_privilege_escalation = False
     c.KubeSpawner.container_security_context = {
         "runAsNonRoot": True,

@@ -222,3 +222,12 @@ Call with (dict "component" "function" "namespace" "ns").
     matchLabels:
       app.kubernetes.io/component: {{ .component }}
 {{- end -}}
+
+{{- /*
+A digest of the values the chart's Secret is made from (the generated tokens are not among them: they
+never change). Pods that read those values at start carry it as an annotation, so changing them rolls
+the pods; the digest reveals nothing of the values.
+*/}}
+{{- define "stratolab.secretInputsChecksum" -}}
+{{- toJson (dict "postgresql" .Values.postgresql "oidc" .Values.hub.auth.oidc) | sha256sum -}}
+{{- end }}

@@ -32,6 +32,8 @@ class KnativeConfig:
     #: runtime image per environment: "cpu", and "cuda" for bundles or policies that need a GPU
     images: Mapping[str, str] = field(default_factory=lambda: {"cpu": CPU_IMAGE, "cuda": CUDA_IMAGE})
     image_pull_policy: str = "IfNotPresent"
+    #: names of docker-registry Secrets in the functions namespace, for private runtime images
+    image_pull_secrets: tuple[str, ...] = ()
     #: CPU each instance requests and may use (Kubernetes quantities; None: no limit)
     cpu_request: str = "500m"
     cpu_limit: str | None = "2"
@@ -83,6 +85,8 @@ class KnativeConfig:
             service_prefix=env.get("JUPYTERHUB_SERVICE_PREFIX", base.service_prefix),
             runtime_secret=env.get("STRATOLAB_RUNTIME_SECRET", ""),
             images=images,
+            image_pull_secrets=tuple(n.strip() for n in env.get("STRATOLAB_FUNCTION_IMAGE_PULL_SECRETS", "").split(",")
+                                     if n.strip()),
             cpu_request=env.get("STRATOLAB_FUNCTION_CPU_REQUEST", base.cpu_request),
             cpu_limit=env.get("STRATOLAB_FUNCTION_CPU_LIMIT", base.cpu_limit) or None,
             default_memory_mb=int(number("STRATOLAB_FUNCTION_MEMORY_MB", base.default_memory_mb)),

@@ -232,6 +232,8 @@ def build_template(config: KnativeConfig, rev: RevisionInput, revision: str | No
         "automountServiceAccountToken": False,
         "containers": [_container(config, rev, service)],
     }
+    if config.image_pull_secrets:
+        spec["imagePullSecrets"] = [{"name": n} for n in config.image_pull_secrets]
     if policy.gpus > 0:
         if config.gpu_node_selector:
             spec["nodeSelector"] = dict(config.gpu_node_selector)
