@@ -223,6 +223,10 @@ def test_an_automl_search_on_a_schedule(tmp_path):
         asyncio.run(service.create("alice", {"notebook": "r.ipynb", "content": nb, "automl": {
             "metric": "m", "space": {"x": {"type": "float", "low": 1, "high": 0}}}}))
     assert e.value.field == "automl.space.x.low"
+    with pytest.raises(InvalidInput) as e:  # a profile the trials could not get is refused when the schedule is made
+        asyncio.run(service.create("alice", {"notebook": "r.ipynb", "content": nb, "automl": {
+            "metric": "m", "profile": "quantum"}}))
+    assert e.value.field == "automl.profile" and "cpu" in e.value.message
     s = asyncio.run(service.create("alice", {"notebook": "r.ipynb", "content": nb, "cron": "0 3 * * 0", "automl": {
         "metric": "m", "trials": 3, "parallel": 2, "space": {"x": {"type": "float", "low": 0.0, "high": 1.0}}}}))
     assert s["automl"]["trials"] == 3

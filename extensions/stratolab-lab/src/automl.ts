@@ -57,6 +57,8 @@ export interface IAutoMLRequest {
   algorithm: 'tpe' | 'random' | 'cmaes' | 'grid';
   pruner: 'none' | 'median' | 'successive_halving' | 'hyperband';
   seed?: number;
+  /** the environment trials run in (a profile slug); the default profile when absent */
+  profile?: string;
 }
 
 export interface ITrial {

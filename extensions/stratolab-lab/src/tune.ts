@@ -523,8 +523,8 @@ export class TuneForm extends Widget implements ISubmittingForm<Action> {
     if (!valid) {
       return null;
     }
-    // `profile` is left out for the default environment (IAutoMLRequest does not name it yet)
-    const request: IAutoMLRequest & { profile?: string } = {
+    // `profile` is left out for the default environment
+    const request: IAutoMLRequest = {
       notebook: this.options.path,
       name,
       metric,

@@ -144,8 +144,7 @@ class JobService:
         self.scheduler.wake()
         return self.view(s)
 
-    @staticmethod
-    def _automl(settings: dict[str, Any] | None, declared: list[dict[str, Any]]) -> dict[str, Any] | None:
+    def _automl(self, settings: dict[str, Any] | None, declared: list[dict[str, Any]]) -> dict[str, Any] | None:
         """An AutoML schedule's search settings, checked like an AutoML job's (fields named automl.*)."""
         if not settings:
             return None
@@ -154,6 +153,8 @@ class JobService:
         try:
             config = validate_automl(settings, declared)
             config["parameters"] = validate_parameters(config["parameters"], declared)
+            if config.get("profile") is not None:
+                self._profile(config["profile"])  # a profile trials cannot get is refused now, not at run time
         except InvalidInput as e:
             raise InvalidInput(e.message, field=f"automl.{e.field}" if e.field else "automl") from None
         return config
