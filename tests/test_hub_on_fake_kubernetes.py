@@ -9,9 +9,12 @@ kubelet behind it. Everything else is what the Helm chart runs, started the way 
   (`stratolab-hub --config /etc/stratolab/jupyterhub_config.py`) with the pod's volume mounts mapped to
   folders;
 - configurable-http-proxy runs with the proxy Deployment's command and the Secret's token;
-- the one rewrite: the cluster DNS names in the hub's values file (hub, proxy and service Services)
-  become the 127.0.0.1 ports where the hub and CHP listen here; the functions and scheduler services
-  point at closed ports, since this module is about spawning;
+- what differs, because this is one host: the cluster DNS names in the hub's values file (hub, proxy
+  and service Services) become the 127.0.0.1 ports where the hub and CHP listen here, and the hub's
+  env says the same of its own port and public address (STRATOLAB_HUB_PORT, STRATOLAB_IP/PORT); the
+  functions and scheduler services point at a closed port, since this module is about spawning; the
+  hub reaches the API through a kubeconfig (KUBECONFIG) instead of its service account; the hub and
+  the proxy run as this process's user;
 - `PodKubelet` plays the kubelet: for each user pod KubeSpawner creates it checks the pod's PVC exists,
   gives the pod an address of its own on the loopback network (127.x.y.z, so every pod listens on the
   container port KubeSpawner expects, as pods do on their own IPs), runs the image's CMD from
