@@ -68,6 +68,8 @@ def test_unknown_profile_is_a_clear_400(hub):
     assert r.status_code == 400, r.text
     message = r.json()["message"]
     assert "no-such-profile" in message and "cpu" in message
+    r = hub.spawn(user, {"profile": "100%s-gpu"})  # a slug is the user's text, never a format string
+    assert r.status_code == 400 and "100%s-gpu" in r.json()["message"], r.text
     # nothing was left behind: a valid spawn works afterwards
     r = hub.spawn(user, {"profile": "cpu"})
     assert r.status_code in (201, 202)

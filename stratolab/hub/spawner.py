@@ -295,11 +295,11 @@ class StratolabSpawner(LocalProcessSpawner):
         try:
             profile = choose_profile(self.profiles, (self.user_options or {}).get("profile"))
         except StratolabError as e:
-            raise web.HTTPError(e.status, e.message) from None
+            raise web.HTTPError(e.status, "%s", e.message) from None  # the message may hold a %
         try:
             devices = self.allocator.acquire(self.owner_key, profile.gpus)
         except StratolabError as e:
-            raise web.HTTPError(e.status, e.message) from None
+            raise web.HTTPError(e.status, "%s", e.message) from None
         self.profile_slug = profile.slug
         self.gpu_devices = list(devices)
         if devices:
