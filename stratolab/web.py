@@ -8,7 +8,9 @@ The application's settings hold `state`, an object with a `hub_auth` (jupyterhub
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
 import uuid
 from typing import Any
 
@@ -104,3 +106,12 @@ class ServiceHandler(web.RequestHandler):
         if isinstance(value, StratolabError):
             return  # expected: answered with its status
         super().log_exception(typ, value, tb)
+
+
+async def until_stopped() -> None:
+    """Wait for SIGTERM or SIGINT: how Kubernetes, JupyterHub and a terminal stop a service."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()

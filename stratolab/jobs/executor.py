@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,19 @@ class RunSpec:
     @property
     def files_dir(self) -> Path:
         return self.workdir / "files"
+
+    def reported(self) -> tuple[dict[str, Any], tuple[str, ...]]:
+        """What the runner wrote in result.json ({} when nothing yet), and the outputs there are: those
+        it lists, else the output files found (a run that was killed keeps its partial notebook)."""
+        result: dict[str, Any] = {}
+        try:
+            result = json.loads(self.result_path.read_text())
+        except (OSError, ValueError):
+            pass
+        outputs = tuple(result.get("outputs") or ())
+        if not outputs:
+            outputs = tuple(f for f, p in (("ipynb", self.output_path), ("html", self.html_path)) if p.exists())
+        return result, outputs
 
 
 @dataclass(frozen=True)

@@ -140,12 +140,7 @@ class LocalExecution(Execution):
         return self._result()
 
     def _result(self) -> RunResult:
-        result = {}
-        with contextlib.suppress(OSError, ValueError):
-            result = json.loads(self.spec.result_path.read_text())
-        outputs = tuple(result.get("outputs") or ())
-        if not outputs:
-            outputs = tuple(f for f, p in (("ipynb", self.spec.output_path), ("html", self.spec.html_path)) if p.exists())
+        result, outputs = self.spec.reported()
         if self.reason == TIMED_OUT:
             return RunResult(TIMED_OUT, f"the run took longer than its timeout of {self.spec.timeout:g} s", outputs)
         if self.reason == STOPPED:

@@ -27,7 +27,6 @@ import base64
 import io
 import json
 import os
-import signal
 import sys
 import tarfile
 import tempfile
@@ -43,6 +42,7 @@ from tornado import httpserver, web
 
 from stratolab.functions.bundle import bundle_digest, load_handler, safe_extract
 from stratolab.functions.runtime.worker import JSON, InvocationStream, Worker
+from stratolab.web import until_stopped
 
 MAX_OUTPUT_HEADER = 4096
 FETCH_TRIES = 5
@@ -178,11 +178,7 @@ async def serve(worker: Worker, settings: RuntimeSettings) -> None:
     server = httpserver.HTTPServer(make_app(worker, settings.function, limit), max_body_size=limit + 1024 * 1024)
     server.listen(settings.port)
     print(f"serving {settings.function or 'the function'} on port {settings.port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    await until_stopped()
     server.stop()
     await server.close_all_connections()
 

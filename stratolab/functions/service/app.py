@@ -36,6 +36,7 @@ from stratolab.functions.service import handlers, metrics
 from stratolab.functions.service.state import ServiceState
 from stratolab.hub.system_users import ensure_system_user, system_username
 from stratolab.settings import user_env_python
+from stratolab.web import until_stopped
 
 log = logging.getLogger("stratolab.functions")
 
@@ -173,11 +174,7 @@ def main() -> None:
         housekeeping = ioloop.PeriodicCallback(state.housekeeping, 1000)
         housekeeping.start()
         log.info("functions service ready at %s%s", url, prefix)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        await until_stopped()
         housekeeping.stop()
         server.stop()
         await backend.shutdown()

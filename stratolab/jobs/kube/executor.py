@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -211,12 +210,7 @@ class KubernetesJobExecution(Execution):
         await self.executor.delete_job(self.name)
 
     def _result(self) -> RunResult:
-        result: dict[str, Any] = {}
-        with contextlib.suppress(OSError, ValueError):
-            result = json.loads(self.spec.result_path.read_text())
-        outputs = tuple(result.get("outputs") or ())
-        if not outputs:
-            outputs = tuple(f for f, p in (("ipynb", self.spec.output_path), ("html", self.spec.html_path)) if p.exists())
+        result, outputs = self.spec.reported()
         if self.reason == TIMED_OUT:
             limit = f" of {self.spec.timeout:g} s" if self.spec.timeout else ""
             return RunResult(TIMED_OUT, f"the run took longer than its timeout{limit}", outputs)

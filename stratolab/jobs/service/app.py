@@ -38,6 +38,7 @@ from stratolab.hub.profiles import Profile, choose_profile, default_profile_list
 from stratolab.hub.system_users import ensure_system_user, system_username
 from stratolab.jobs.clock import Clock
 from stratolab.settings import user_env_python
+from stratolab.web import until_stopped
 from stratolab.jobs.engine import Scheduler, SchedulerConfig
 from stratolab.jobs.executor import Account, NotebookExecutor, RunSpec
 from stratolab.jobs.files import JobFiles
@@ -222,11 +223,7 @@ def main() -> None:
         await scheduler.start()
         await automl.controller.start()
         log.info("scheduler %s ready at %s%s", scheduler.config.worker_id, url.geturl(), service.prefix)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        await until_stopped()
         server.stop()
         await automl.controller.close()
         await scheduler.close()
