@@ -273,7 +273,8 @@ def test_every_secret_reference_resolves(values_file):
     objects = render(values_file)
     keys = set(secret_data(objects))
     external = {load_values(values_file).get("postgresql", {}).get("existingSecret"),
-                load_values(values_file).get("hub", {}).get("auth", {}).get("oidc", {}).get("existingSecret")}
+                load_values(values_file).get("hub", {}).get("auth", {}).get("oidc", {}).get("existingSecret"),
+                load_values(values_file).get("scheduler", {}).get("smtp", {}).get("existingSecret")}
     for workload, _spec, container in containers(objects):
         for entry in container.get("env", []):
             ref = (entry.get("valueFrom") or {}).get("secretKeyRef")
@@ -335,7 +336,8 @@ def test_secrets_live_only_in_the_secret(values_file):
     secrets = {v for v in secret_data(objects).values() if len(v) >= 8}
     # the values files' own secrets too (a database URL with its password, the OIDC client secret)
     given = load_values(values_file)
-    for value in (given.get("postgresql", {}).get("url"), given.get("hub", {}).get("auth", {}).get("oidc", {}).get("clientSecret")):
+    for value in (given.get("postgresql", {}).get("url"), given.get("hub", {}).get("auth", {}).get("oidc", {}).get("clientSecret"),
+                  given.get("scheduler", {}).get("smtp", {}).get("password")):
         if value:
             secrets.add(value)
             secrets.add(value.split("://", 1)[-1].split("@")[0].split(":")[-1])  # the password inside a URL
@@ -615,3 +617,29 @@ def test_notes_say_how_to_reach_the_hub_and_get_the_password():
     assert f"get secret {RELEASE}-secret" in text and "admin-password" in text
     assert "evaluation only" in text
     assert "port-forward" in notes({"proxy": {"service": {"type": "ClusterIP"}}})
+
+
+@pytest.mark.parametrize("values_file,secret,key", [
+    ("oidc-values.yaml", f"{RELEASE}-secret", "smtp-password"),  # the chart's Secret
+    ("external-postgres-values.yaml", "mail-credentials", "password"),  # an existing one
+])
+def test_smtp_settings_reach_the_scheduler_with_the_password_from_a_secret(values_file, secret, key):
+    objects = render(values_file)
+    scheduler = named(objects, "Deployment", f"{RELEASE}-scheduler")
+    env = env_of(scheduler["spec"]["template"]["spec"]["containers"][0])
+    assert env["STRATOLAB_SMTP_HOST"]["value"] == "smtp.example.com"
+    assert env["STRATOLAB_SMTP_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": secret, "key": key}
+    assert "value" not in env["STRATOLAB_SMTP_PASSWORD"]
+    if values_file == "oidc-values.yaml":
+        assert secret_data(objects)["smtp-password"] == "smtp-password-value"
+        assert env["STRATOLAB_SMTP_STARTTLS"]["value"] == "true" and env["STRATOLAB_SMTP_PORT"]["value"] == "587"
+    else:
+        assert "smtp-password" not in secret_data(objects)
+        assert env["STRATOLAB_SMTP_STARTTLS"]["value"] == "false" and env["STRATOLAB_SMTP_PORT"]["value"] == "465"
+    # the scheduler's own settings code reads them
+    from stratolab.jobs.notify import SmtpSettings
+
+    plain = {k: v.get("value", "pw") for k, v in env.items() if k.startswith("STRATOLAB_SMTP_")}
+    assert SmtpSettings.from_env(plain).host == "smtp.example.com"
+    assert "STRATOLAB_SMTP_HOST" not in env_of(named(render("default-values.yaml"), "Deployment",
+                                                     f"{RELEASE}-scheduler")["spec"]["template"]["spec"]["containers"][0])

@@ -229,5 +229,5 @@ never change). Pods that read those values at start carry it as an annotation, s
 the pods; the digest reveals nothing of the values.
 */}}
 {{- define "stratolab.secretInputsChecksum" -}}
-{{- toJson (dict "postgresql" .Values.postgresql "oidc" .Values.hub.auth.oidc) | sha256sum -}}
+{{- toJson (dict "postgresql" .Values.postgresql "oidc" .Values.hub.auth.oidc "smtp" .Values.scheduler.smtp) | sha256sum -}}
 {{- end }}
