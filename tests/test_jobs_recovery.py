@@ -154,7 +154,7 @@ def test_two_schedulers_on_postgresql_make_one_run_per_time(tmp_path, pg_url):
     keys = Counter((r["schedule_id"], r["scheduled_for"], r["attempt"]) for r in runs)
     assert len(runs) >= 8, json.dumps(runs, indent=1)[:3000]
     assert max(keys.values()) == 1  # exactly one run per scheduled time
-    assert {r["state"] for r in runs} == {"succeeded"}
+    assert {r["state"] for r in runs} == {"succeeded"}, [(r["state"], r.get("error")) for r in runs if r["state"] != "succeeded"]
     with sa.create_engine(pg_url).connect() as conn:
         workers = {w for (w,) in conn.execute(sa.text("select distinct worker from job_runs"))}
     assert workers <= {"worker-a", "worker-b"}
