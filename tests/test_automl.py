@@ -239,7 +239,9 @@ def test_an_automl_search_on_a_schedule(tmp_path):
         proc.stop()
     assert done["state"] == "succeeded", (done, proc.log_tail())
     job = automl.get("alice", done["automl_job_id"])
-    assert job["state"] == "succeeded" and job["counts"] == {"complete": 3} and job["name"] == f"r run {run['id']}"
+    failed = [(t["number"], t["error"]) for t in automl.trials("alice", job["id"]) if t["state"] != "complete"]
+    assert job["state"] == "succeeded" and job["counts"] == {"complete": 3}, (failed, proc.log_tail())
+    assert job["name"] == f"r run {run['id']}"
 
 
 TORCH = notebook(
