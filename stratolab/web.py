@@ -115,3 +115,20 @@ async def until_stopped() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+
+
+def begin_service(name: str) -> None:
+    """What a service process does first: log with its name; end cleanly on a stop requested while it
+    starts (importing frameworks takes a while); and go when the hub that started it goes, however the
+    hub ends (a hub killed outright would otherwise leave it running, still firing schedules)."""
+    import logging
+
+    from stratolab.functions.runtime.forkserver import die_with_parent
+
+    def stop_during_start(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop_during_start)
+    signal.signal(signal.SIGINT, stop_during_start)
+    die_with_parent(signal.SIGTERM)
+    logging.basicConfig(level=logging.INFO, format=f"[%(levelname).1s %(asctime)s {name}] %(message)s")

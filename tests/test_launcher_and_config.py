@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -129,3 +130,33 @@ def test_system_accounts_need_a_readable_environment(tmp_path):
     check_user_env(env, "shared")  # the hub's own user can read it
     with pytest.raises(SystemExit, match="does not exist"):
         check_user_env(tmp_path / "nowhere", "shared")
+
+
+def test_services_go_with_a_hub_that_is_killed(tmp_path):
+    """A hub killed outright (SIGKILL, an OOM kill) takes the functions service and the scheduler with
+    it: left running, a scheduler would keep firing schedules from a hub that is gone."""
+    import psutil
+
+    from support import HubProcess
+
+    hub = HubProcess(tmp_path / "hub", {}).start()
+    try:
+        ours = ("stratolab.functions.service.app", "stratolab.jobs.service.app")
+        deadline = time.monotonic() + 60
+        services: list[psutil.Process] = []
+        while time.monotonic() < deadline and len(services) < 2:
+            services = [p for p in psutil.Process(hub.proc.pid).children(recursive=True)
+                        if any(s in " ".join(p.cmdline()) for s in ours)]
+            time.sleep(0.2)
+        assert len(services) == 2, hub.log_tail()
+        others = [p for p in psutil.Process(hub.proc.pid).children() if p not in services]
+        os.kill(hub.proc.pid, signal.SIGKILL)
+        hub.proc.wait(10)
+        gone, alive = psutil.wait_procs(services, timeout=20)
+        assert not alive, [" ".join(p.cmdline()) for p in alive]
+    finally:
+        # the proxy and the culler are not ours to end; and services left by a failure must not linger
+        for p in [*locals().get("others", []), *locals().get("services", [])]:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        hub.stop()

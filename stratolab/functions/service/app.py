@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from stratolab.functions.service import handlers, metrics
 from stratolab.functions.service.state import ServiceState
 from stratolab.hub.system_users import ensure_system_user, system_username
 from stratolab.settings import user_env_python
-from stratolab.web import until_stopped
+from stratolab.web import begin_service, until_stopped
 
 log = logging.getLogger("stratolab.functions")
 
@@ -132,14 +131,8 @@ async def knative_backend():
 
 
 def main() -> None:
-    # A stop requested while starting (importing frameworks takes a while) ends the start cleanly;
-    # the fork-servers die with this process in any case (see forkserver.die_with_parent).
-    def stop_during_start(signum, _frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, stop_during_start)
-    signal.signal(signal.SIGINT, stop_during_start)
-    logging.basicConfig(level=logging.INFO, format="[%(levelname).1s %(asctime)s functions] %(message)s")
+    # the fork-servers die with this process in any case (see forkserver.die_with_parent)
+    begin_service("functions")
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/functions/")
     url = os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101")
     data_dir = Path(os.environ["STRATOLAB_FUNCTIONS_DIR"])

@@ -22,7 +22,6 @@ import asyncio
 import logging
 import os
 import re
-import signal
 import socket
 import sys
 from pathlib import Path
@@ -38,7 +37,7 @@ from stratolab.hub.profiles import Profile, choose_profile, default_profile_list
 from stratolab.hub.system_users import ensure_system_user, system_username
 from stratolab.jobs.clock import Clock
 from stratolab.settings import user_env_python
-from stratolab.web import until_stopped
+from stratolab.web import begin_service, until_stopped
 from stratolab.jobs.engine import Scheduler, SchedulerConfig
 from stratolab.jobs.executor import Account, NotebookExecutor, RunSpec
 from stratolab.jobs.files import JobFiles
@@ -208,12 +207,7 @@ def build(environ=os.environ, clock: Clock | None = None) -> tuple[JobService, S
 
 
 def main() -> None:
-    def stop_during_start(signum, _frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, stop_during_start)
-    signal.signal(signal.SIGINT, stop_during_start)
-    logging.basicConfig(level=logging.INFO, format="[%(levelname).1s %(asctime)s scheduler] %(message)s")
+    begin_service("scheduler")
     service, scheduler, automl = build()
     url = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10102"))
 
