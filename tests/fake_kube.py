@@ -28,6 +28,7 @@ import pytest
 from aiohttp import web
 
 from stratolab.kube.api import KINDS, KubeClient
+from support import LoopThread
 
 _PLURAL_TO_KIND = {(v, plural): kind for (v, kind), plural in KINDS.items()}
 
@@ -102,43 +103,32 @@ class FakeKube:
         self._logs: dict[tuple[str, str], str] = {}
         self.requests: list[tuple[str, str]] = []
         self.url = ""
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._server: LoopThread | None = None
         self._runner: web.AppRunner | None = None
         self._threads: list[threading.Thread] = []
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     def start(self) -> "FakeKube":
-        ready = threading.Event()
-
-        def serve() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            asyncio.set_event_loop(loop)
+        async def serve() -> None:
             app = web.Application(middlewares=[self._middleware])
             app.router.add_route("*", "/{tail:.*}", self._dispatch)
             self._runner = web.AppRunner(app)
-            loop.run_until_complete(self._runner.setup())
+            await self._runner.setup()
             site = web.TCPSite(self._runner, "127.0.0.1", 0)
-            loop.run_until_complete(site.start())
+            await site.start()
             port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
             self.url = f"http://127.0.0.1:{port}"
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(self._runner.cleanup())
-            loop.close()
 
-        self._thread = threading.Thread(target=serve, name="fake-kube", daemon=True)
-        self._thread.start()
-        ready.wait(10)
+        async def cleanup() -> None:
+            await self._runner.cleanup()
+
+        self._server = LoopThread("fake-kube").start(serve, cleanup)
         return self
 
     def stop(self) -> None:
-        if self._loop:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread:
-            self._thread.join(10)
+        if self._server:
+            self._server.stop()
         for t in self._threads:
             t.join(5)
 

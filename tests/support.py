@@ -7,15 +7,18 @@ and by the benchmarks.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Awaitable, Callable
 
 import requests
 
@@ -316,3 +319,49 @@ class user_kernel:
     def __exit__(self, *exc) -> None:
         self.kc.stop_channels()
         self.km.shutdown_kernel(now=True)
+
+
+class LoopThread:
+    """An asyncio loop in a daemon thread, for servers a test runs beside itself (the fake Kubernetes
+    API, a bundle server): `setup` runs on the loop before `start` returns, `teardown` after `stop`."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self, setup: Callable[[], Awaitable[Any]],
+              teardown: Callable[[], Awaitable[Any]] | None = None) -> "LoopThread":
+        ready = threading.Event()
+        failed: list[BaseException] = []
+
+        def serve() -> None:
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            self.loop = loop
+            try:
+                loop.run_until_complete(setup())
+            except BaseException as e:  # noqa: BLE001: reported to the starting thread
+                failed.append(e)
+                ready.set()
+                loop.close()
+                return
+            ready.set()
+            loop.run_forever()
+            if teardown is not None:
+                loop.run_until_complete(teardown())
+            loop.close()
+
+        self._thread = threading.Thread(target=serve, name=self.name, daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError(f"{self.name} did not start within 10 s")
+        if failed:
+            raise failed[0]
+        return self
+
+    def stop(self) -> None:
+        if self.loop and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        if self._thread:
+            self._thread.join(10)

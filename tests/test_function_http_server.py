@@ -6,7 +6,6 @@ Worker the local backend uses and answers HTTP; load failures end it with the re
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import json
@@ -14,7 +13,6 @@ import os
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 from pathlib import Path
 
@@ -29,7 +27,7 @@ from stratolab.functions.knative.bundle_access import bundle_token
 from stratolab.functions.registry import FunctionRegistry
 from stratolab.functions.service.app import make_app
 from stratolab.functions.service.state import ServiceState
-from support import free_port
+from support import LoopThread, free_port
 
 SECRET = "runtime-secret-for-tests"
 PREFIX = "/services/functions/"
@@ -70,39 +68,30 @@ class BundleServer:
                                   public_url="", prefix=PREFIX)
         self.secret = secret
         self.port = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._server: LoopThread | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> "BundleServer":
-        ready = threading.Event()
+        servers: list[httpserver.HTTPServer] = []
 
-        def serve() -> None:
-            loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(loop)
-            self._loop = loop
+        async def serve() -> None:  # on the thread's loop, where tornado serves from
             sockets = netutil.bind_sockets(0, "127.0.0.1")
             self.port = sockets[0].getsockname()[1]
-            server = httpserver.HTTPServer(make_app(self.state, PREFIX, self.secret))
-            server.add_sockets(sockets)
-            ready.set()
-            loop.run_forever()
-            server.stop()
-            loop.close()
+            servers.append(httpserver.HTTPServer(make_app(self.state, PREFIX, self.secret)))
+            servers[0].add_sockets(sockets)
 
-        self._thread = threading.Thread(target=serve, name="bundle-server", daemon=True)
-        self._thread.start()
-        ready.wait(10)
+        async def close() -> None:
+            servers[0].stop()
+
+        self._server = LoopThread("bundle-server").start(serve, close)
         return self
 
     def stop(self) -> None:
-        if self._loop:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread:
-            self._thread.join(10)
+        if self._server:
+            self._server.stop()
 
     def add_version(self, owner: str, name: str, bundle: Path) -> tuple[int, str]:
         digest = self.store.put(bundle)
