@@ -365,3 +365,15 @@ class LoopThread:
             self.loop.call_soon_threadsafe(self.loop.stop)
         if self._thread:
             self._thread.join(10)
+
+
+def stop_process(proc: subprocess.Popen | None, grace: float = 10) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds: a server a test started, ended either way."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

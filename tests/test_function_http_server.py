@@ -27,7 +27,7 @@ from stratolab.functions.knative.bundle_access import bundle_token
 from stratolab.functions.registry import FunctionRegistry
 from stratolab.functions.service.app import make_app
 from stratolab.functions.service.state import ServiceState
-from support import LoopThread, free_port
+from support import LoopThread, free_port, stop_process
 
 SECRET = "runtime-secret-for-tests"
 PREFIX = "/services/functions/"
@@ -144,13 +144,7 @@ class RuntimeProcess:
         return self.proc.stderr.read()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         for stream in (self.proc.stdout, self.proc.stderr):
             stream.close()
 

@@ -48,6 +48,7 @@ import yaml
 from dockerfile_parse import DockerfileParser
 from fake_kube import FakeKube
 from helm_support import CHART, RELEASE, hub_values, load_values, named, render_values, secret_data
+from jobs_support import wait_for
 from support import HubProcess, free_port, unique_name, user_env_for_tests
 
 from stratolab.hub.kubernetes import GPU_TOLERATION
@@ -72,14 +73,6 @@ def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _wait(condition, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"{what} (waited {timeout:.0f}s)")
 
 
 def _stop_process(proc: subprocess.Popen | None, grace: float = 10) -> None:
@@ -393,7 +386,7 @@ def start_proxy(objects: list[dict], secrets: dict[str, str], *, public_port: in
 
     # The hub adds its routes at start-up, so the proxy's API must answer before the hub starts.
     try:
-        _wait(answers, 30, "configurable-http-proxy's API did not answer", interval=0.2)
+        wait_for(answers, 30, every=0.2, what="configurable-http-proxy's API to answer")
     except AssertionError as e:
         _stop_process(proc)
         raise AssertionError(f"{e}\n{log.read_text(errors='replace')[-3000:]}") from None
@@ -531,7 +524,7 @@ def test_gpu_server_is_a_pod_with_its_gpu_and_home_and_stops(platform):
     proc = kubelet.procs[pod_name]
     hub.stop_server(user, timeout=30)
     assert fake.get("v1", "Pod", pod_name, NAMESPACE) is None
-    _wait(lambda: proc.poll() is not None, 15, "the server process outlived its pod")
+    wait_for(lambda: proc.poll() is not None, 15, every=0.1, what="the server process to end with its pod")
     assert fake.get("v1", "PersistentVolumeClaim", claim, NAMESPACE) is not None, "the PVC must be kept"
     assert (kubelet.volume_dir(claim) / "kept.txt").exists()
 
@@ -574,4 +567,4 @@ def test_a_server_outlives_a_hub_restart(platform):
 
     hub.stop_server(user, timeout=30)
     assert fake.get("v1", "Pod", pod_name, NAMESPACE) is None
-    _wait(lambda: proc.poll() is not None, 15, "the server process outlived its pod")
+    wait_for(lambda: proc.poll() is not None, 15, every=0.1, what="the server process to end with its pod")

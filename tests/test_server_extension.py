@@ -29,6 +29,7 @@ from stratolab.server.environment import (
     parse_nvidia_smi,
     query_gpu_usage,
 )
+from support import stop_process
 
 JUPYTER = Path(sys.executable).parent / "jupyter"
 LABEXTENSION = Path(__file__).resolve().parent.parent / "stratolab" / "labextension"
@@ -250,13 +251,7 @@ class LabServer:
         raise RuntimeError(f"jupyter lab did not answer within {timeout} s:\n{self.log()}")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
