@@ -30,6 +30,7 @@ from typing import Any
 import psutil
 
 from stratolab.functions.runtime.protocol import recv_frame, send_frame
+from stratolab.platform.sockets import short_tmp_root
 
 from stratolab.jobs.executor import (
     FAILED, STOPPED, TIMED_OUT, Account, Execution, NotebookExecutor, RunResult, RunSpec,
@@ -193,7 +194,8 @@ class LocalProcessExecutor(NotebookExecutor):
                 server.used = time.monotonic()
                 return server
             self._evict_servers()
-            folder = Path(tempfile.mkdtemp(prefix="stratolab-jobs-"))
+            # a short directory whatever TMPDIR is: the control socket's path must fit AF_UNIX's 107 bytes
+            folder = Path(tempfile.mkdtemp(prefix="sl-jobs-", dir=short_tmp_root()))
             if account is not None and os.geteuid() == 0:
                 os.chown(folder, account.uid, account.gid)
             control = folder / "fork.sock"

@@ -7,11 +7,9 @@ before the bundle is loaded.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,20 +19,10 @@ from stratolab.functions.policy import ScalingPolicy
 from stratolab.functions.runtime.forkserver import ForkServer
 from stratolab.functions.runtime.pool import InvocationError, VersionPool
 from stratolab.hub.gpus import GpuAllocator
+from stratolab.platform.sockets import private_subdir, remove_runtime_dir, runtime_dir
 
 
 TF_MODULES = ("tensorflow", "keras", "tf_keras")
-MAX_SOCKET_DIR = 80  # leaves room for "/w-0123456789.sock" within AF_UNIX's 107 bytes
-
-
-def short_socket_dir(workdir: Path) -> Path:
-    """Where a version's sockets go: its workdir when short enough, else a private dir in /tmp."""
-    if len(str(workdir)) <= MAX_SOCKET_DIR:
-        return workdir
-    tag = hashlib.sha256(str(workdir).encode()).hexdigest()[:16]
-    path = Path(tempfile.gettempdir()) / f"stratolab-{tag}"
-    path.mkdir(mode=0o700, exist_ok=True)
-    return path
 
 
 def uses_tensorflow(manifest: Manifest) -> bool:
@@ -63,9 +51,11 @@ class LocalBackend(FunctionBackend):
         self.on_event = on_event
         # Workers run in the user environment (the notebooks' own): as root it is the one the users'
         # system accounts can read, so lazy imports after the fork keep working
-        self.forkserver = ForkServer(self.root / "forkserver.sock", preload, python=python)
+        #: every socket (fork-servers' and workers') lives in one short directory, wherever root is
+        self.sockets = runtime_dir("fn", self.root)
+        self.forkserver = ForkServer(self.sockets / "fork.sock", preload, python=python)
         #: TensorFlow bundles fork from their own server, which imported TensorFlow but never ran it
-        self.tf_forkserver = ForkServer(self.root / "forkserver-tf.sock", ["tensorflow", "keras"], python=python)
+        self.tf_forkserver = ForkServer(self.sockets / "fork-tf.sock", ["tensorflow", "keras"], python=python)
         self.pools: dict[str, VersionPool] = {}
         #: GPUs function instances may hold, each exclusively (a socket path owns its devices)
         self.gpus = GpuAllocator(tuple(gpu_inventory))
@@ -113,10 +103,10 @@ class LocalBackend(FunctionBackend):
         self._copy_bundle(bundle, vdir / "bundle", uid, gid)
         workdir = vdir / "run"
         workdir.mkdir(exist_ok=True)
-        sockets = short_socket_dir(workdir)
-        for path in {workdir, sockets}:
-            if uid is not None:
-                os.chown(path, uid, gid)
+        if uid is not None:
+            os.chown(workdir, uid, gid)
+        # the workers bind their sockets here, as the owner's account
+        sockets = private_subdir(self.sockets, ref.key, uid, gid)
 
         forkserver = self.forkserver_for(vdir / "bundle")
 
@@ -192,3 +182,4 @@ class LocalBackend(FunctionBackend):
         self.pools.clear()
         self.forkserver.stop()
         self.tf_forkserver.stop()
+        remove_runtime_dir(self.sockets)

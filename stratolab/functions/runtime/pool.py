@@ -24,6 +24,7 @@ import psutil
 from stratolab.errors import StratolabError
 from stratolab.functions.policy import ScalingPolicy
 from stratolab.functions.runtime.client import WorkerConnection, wait_for_socket
+from stratolab.platform.sockets import check_socket_path, private_subdir, runtime_dir
 
 
 START_RETRY_BACKOFF_S = 5.0
@@ -73,8 +74,8 @@ class VersionPool:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.workdir / "instances.log"
-        #: Unix socket paths are limited to 107 bytes: a deep workdir gets its sockets elsewhere
-        self.socket_dir = Path(socket_dir or self.workdir)
+        #: Unix socket paths are limited to 107 bytes: sockets never go into the (deep) workdir
+        self.socket_dir = Path(socket_dir) if socket_dir else private_subdir(runtime_dir("fn", self.workdir), key)
         #: called with an instance's socket path when it is gone (the backend frees its GPUs)
         self._on_removed = on_removed or (lambda socket: None)
         self.instances: list[Instance] = []
@@ -94,6 +95,7 @@ class VersionPool:
         sock = self.socket_dir / f"w-{uuid.uuid4().hex[:10]}.sock"
         t0 = time.monotonic()
         try:
+            check_socket_path(sock)
             pid = self._spawn(self.bundle, sock, self.log_path)
         except StratolabError as e:
             raise InvocationError(f"no new instance can start: {e.message}", status=503) from None

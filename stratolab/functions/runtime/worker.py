@@ -28,6 +28,7 @@ from typing import Any, Callable
 from stratolab.functions.bundle import load_handler
 from stratolab.functions.runtime.batching import DynamicBatcher
 from stratolab.functions.runtime.protocol import encode_frame, read_frame
+from stratolab.platform.sockets import staging_path
 
 JSON = "application/json"
 
@@ -193,7 +194,9 @@ def run_worker(
     sys.stdout = InvocationStream(sys.stdout)
     sys.stderr = InvocationStream(sys.stderr)
     handler = load_handler(Path(bundle))
-    tmp = f"{socket_path}.{os.getpid()}.tmp"
+    tmp = staging_path(socket_path)  # as long as the final path plus one byte, whatever the pid
+    if os.path.lexists(tmp):
+        os.unlink(tmp)
 
     async def main() -> None:
         worker = Worker(handler, concurrency, max_batch_size, max_wait_ms)
