@@ -6,6 +6,7 @@ mode. Every system account a test creates lives under one temporary home root an
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import secrets
@@ -16,6 +17,13 @@ from pathlib import Path
 import pytest
 
 from support import ADMIN_PASSWORD, IS_ROOT, HubProcess, TestUser, unique_name  # noqa: F401
+
+#: the shared hub's function limits: a capped user, and a group whose members may scale further
+FUNCTION_LIMITS = {
+    "users": {"capped-carol": {"max_instances": 2, "memory_mb": 512}},
+    "groups": {"wide-scalers": {"max_instances": 64}},
+}
+
 
 def make_hub(tmp_root: Path, **env: str) -> HubProcess:
     return HubProcess(data_dir=tmp_root / secrets.token_hex(4), env=env)
@@ -58,5 +66,6 @@ def hub_factory(tmp_path_factory, test_homes):
 
 @pytest.fixture(scope="session")
 def hub(hub_factory) -> HubProcess:
-    """The shared hub: default settings plus a fake inventory of two GPUs."""
-    return hub_factory(STRATOLAB_GPUS="0,1")
+    """The shared hub: default settings plus a fake inventory of two GPUs, and function limits for two
+    named users and a group (see test_functions_service's limit tests)."""
+    return hub_factory(STRATOLAB_GPUS="0,1", STRATOLAB_FUNCTION_LIMITS=json.dumps(FUNCTION_LIMITS))

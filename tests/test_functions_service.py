@@ -272,3 +272,63 @@ def test_models_trained_in_a_kernel_answer_the_same_when_deployed(hub, framework
     r = requests.post(url, json=rows, headers=user.headers)
     assert r.status_code == 200, r.text
     assert r.json() == expected
+
+
+def test_a_burst_of_500_from_zero_through_the_hub_gets_500_answers(hub, tmp_path):
+    """Default scaling (4 instances, no queue limit): the burst waits for capacity, nothing is shed."""
+    import asyncio
+
+    import aiohttp
+
+    alice = hub.create_user()
+    r = deploy(hub, alice, "bursty", bundle(tmp_path), scaling=json.dumps({"idle_timeout_s": 1}))
+    assert r.status_code == 201, r.text
+    url = r.json()["url"]
+    deadline = time.monotonic() + 60
+    while api(hub, alice, "GET", "api/functions/bursty").json()["instances"] > 0:
+        assert time.monotonic() < deadline, "the function did not scale to zero"
+        time.sleep(0.5)
+
+    async def burst() -> Counter:
+        statuses: Counter = Counter()
+        connector = aiohttp.TCPConnector(limit=0, force_close=True)
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as s:
+            async def one(i: int) -> None:
+                async with s.post(url, json={"x": i}, headers=alice.headers) as r:
+                    statuses[r.status if (await r.json()).get("x") == 2 * i else "wrong"] += 1
+
+            await asyncio.gather(*(one(i) for i in range(500)))
+        return statuses
+
+    assert asyncio.run(burst()) == {200: 500}
+    assert api(hub, alice, "GET", "api/functions/bursty").json()["scaling"]["queue_limit"] is None
+
+
+def test_scaling_settings_are_bounded_by_the_admins_limits(hub, tmp_path):
+    """Hard bounds for everyone; caps per user and group from STRATOLAB_FUNCTION_LIMITS (conftest)."""
+    carol = hub.create_user("capped-carol")
+    dave = hub.create_user()
+    for user in (carol, dave):
+        assert deploy(hub, user, "bounded", bundle(tmp_path)).status_code == 201
+    r = api(hub, dave, "PATCH", "api/functions/bounded", json={"scaling": {"max_instances": 1_000_000_000}})
+    assert r.status_code == 400 and r.json()["field"] == "max_instances"
+    r = api(hub, dave, "PATCH", "api/functions/bounded", data='{"scaling": {"timeout_s": 1e999}}')
+    assert r.status_code == 400 and r.json()["field"] == "timeout_s"
+    # carol's own caps: 2 instances, 512 MiB (given to her functions that did not choose)
+    described = api(hub, carol, "GET", "api/functions/bounded").json()
+    assert described["scaling"]["max_instances"] == 2 and described["scaling"]["memory_mb"] == 512
+    r = api(hub, carol, "PATCH", "api/functions/bounded", json={"scaling": {"max_instances": 3}})
+    assert r.status_code == 400 and "limit of 2" in r.json()["error"] and r.json()["field"] == "max_instances"
+    r = deploy(hub, carol, "bounded2", bundle(tmp_path), scaling=json.dumps({"memory_mb": 4096}))
+    assert r.status_code == 400 and r.json()["field"] == "memory_mb"
+    assert api(hub, carol, "GET", "api/functions/bounded2").status_code == 404  # nothing half-made
+    # a group raises the built-in cap of 32 instances for its members (the service reads a user's
+    # groups with their token, and keeps what it read for up to a minute)
+    assert api(hub, dave, "PATCH", "api/functions/bounded", json={"scaling": {"max_instances": 64}}).status_code == 400
+    erin = hub.create_user()
+    r = requests.post(f"{hub.api}/groups/wide-scalers", headers=hub.admin_headers())
+    assert r.status_code in (201, 409), r.text
+    r = requests.post(f"{hub.api}/groups/wide-scalers/users", headers=hub.admin_headers(), json={"users": [erin.name]})
+    assert r.status_code == 200, r.text
+    r = deploy(hub, erin, "wide", bundle(tmp_path), scaling=json.dumps({"max_instances": 64}))
+    assert r.status_code == 201, r.text

@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from stratolab.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from stratolab.functions.limits import FunctionLimits
+
+#: settings that may be null (no limit)
+NULLABLE = ("memory_mb", "queue_limit")
+#: hard bounds no configuration lifts; admins narrow them per user (limits.py)
+MAX_INSTANCES = 1000
+MAX_IDLE_TIMEOUT_S = 7 * 24 * 3600
+MAX_QUEUE_LIMIT = 1_000_000
+MAX_MEMORY_MB = 1024 * 1024
+MAX_BATCH_SIZE = 4096
 
 
 @dataclass(frozen=True)
@@ -17,8 +29,10 @@ class ScalingPolicy:
     concurrency: int = 1
     #: seconds without invocations before an instance above min_instances stops
     idle_timeout_s: float = 300.0
-    #: invocations allowed to wait for a free instance; beyond that, 429
-    queue_limit: int = 64
+    #: invocations allowed to wait for a free instance; beyond that, 429. None (the default): every
+    #: invocation waits for capacity up to `timeout_s`, as Knative's activator buffers a burst while
+    #: it scales; the service still answers 429 when the requests it holds reach its memory bound
+    queue_limit: int | None = None
     #: seconds an invocation may take (504 after)
     timeout_s: float = 30.0
     #: resident memory an instance may use before it is replaced (None = no limit)
@@ -35,24 +49,32 @@ class ScalingPolicy:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None, base: "ScalingPolicy | None" = None) -> "ScalingPolicy":
-        """Validate user input (JSON): unknown keys and out-of-range values are 400s naming the field."""
+    def from_dict(cls, data: Mapping[str, Any] | None, base: "ScalingPolicy | None" = None,
+                  limits: "FunctionLimits | None" = None) -> "ScalingPolicy":
+        """Validate user input (JSON): unknown keys and out-of-range values are 400s naming the field;
+        `limits` are the caps the admin set for the function's owner."""
         values = (base or cls()).to_dict()
+        if base is None and limits is not None:
+            limits.fit_defaults(values, set(data or {}))
         known = {f.name: f for f in fields(cls)}
         for key, raw in (data or {}).items():
             if key not in known:
-                raise InvalidInput(f"unknown setting {key!r}; known: {', '.join(sorted(known))}", field=key)
-            if raw is None and key == "memory_mb":
+                raise InvalidInput(f"unknown setting {key!r:.60}; known: {', '.join(sorted(known))}", field=str(key)[:60])
+            if raw is None and key in NULLABLE:
                 values[key] = None
                 continue
             want = float if key in ("idle_timeout_s", "timeout_s", "max_payload_mb", "max_wait_ms") else int
             if isinstance(raw, bool) or not isinstance(raw, (int, float)):
-                raise InvalidInput(f"{key} must be a number, got {raw!r}", field=key)
+                raise InvalidInput(f"{key} must be a number, got {raw!r:.60}", field=key)
+            if not -1e15 < raw < 1e15:  # also NaN and infinities (JSON's 1e999), which int() refuses
+                raise InvalidInput(f"{key} is out of range: {raw!r:.40}", field=key)
             if want is int and raw != int(raw):
-                raise InvalidInput(f"{key} must be a whole number, got {raw!r}", field=key)
+                raise InvalidInput(f"{key} must be a whole number, got {raw!r:.40}", field=key)
             values[key] = want(raw)
         policy = cls(**values)
         policy.check()
+        if limits is not None:
+            limits.check(policy)
         return policy
 
     def check(self) -> None:
@@ -61,25 +83,25 @@ class ScalingPolicy:
 
         if self.min_instances < 0:
             bad("min_instances", "cannot be negative")
-        if self.max_instances < 1:
-            bad("max_instances", "must be at least 1")
+        if not 1 <= self.max_instances <= MAX_INSTANCES:
+            bad("max_instances", f"must be between 1 and {MAX_INSTANCES}")
         if self.min_instances > self.max_instances:
             bad("min_instances", f"({self.min_instances}) cannot exceed max_instances ({self.max_instances})")
         if not 1 <= self.concurrency <= 1000:
             bad("concurrency", "must be between 1 and 1000")
-        if self.idle_timeout_s < 1:
-            bad("idle_timeout_s", "must be at least 1 second")
-        if self.queue_limit < 0:
-            bad("queue_limit", "cannot be negative")
+        if not 1 <= self.idle_timeout_s <= MAX_IDLE_TIMEOUT_S:
+            bad("idle_timeout_s", f"must be between 1 and {MAX_IDLE_TIMEOUT_S} seconds (a week)")
+        if self.queue_limit is not None and not 0 <= self.queue_limit <= MAX_QUEUE_LIMIT:
+            bad("queue_limit", f"must be between 0 and {MAX_QUEUE_LIMIT}, or null (wait up to timeout_s)")
         if not 0 < self.timeout_s <= 3600:
             bad("timeout_s", "must be between 0 and 3600 seconds")
-        if self.memory_mb is not None and self.memory_mb < 32:
-            bad("memory_mb", "must be at least 32 (MiB)")
+        if self.memory_mb is not None and not 32 <= self.memory_mb <= MAX_MEMORY_MB:
+            bad("memory_mb", f"must be between 32 and {MAX_MEMORY_MB} (MiB)")
         if not 0 < self.max_payload_mb <= 1024:
             bad("max_payload_mb", "must be between 0 and 1024")
         if not 0 <= self.gpus <= 16:
             bad("gpus", "must be between 0 and 16")
-        if self.max_batch_size < 0 or self.max_batch_size == 1:
-            bad("max_batch_size", "must be 0 (off) or at least 2")
+        if self.max_batch_size < 0 or self.max_batch_size == 1 or self.max_batch_size > MAX_BATCH_SIZE:
+            bad("max_batch_size", f"must be 0 (off) or between 2 and {MAX_BATCH_SIZE}")
         if not 0 <= self.max_wait_ms <= 10_000:
             bad("max_wait_ms", "must be between 0 and 10000")

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from stratolab.db.engine import session_scope
 from stratolab.db.models import FunctionRecord, FunctionVersion, utcnow
 from stratolab.errors import Conflict, InvalidInput, NotFound
+from stratolab.functions.limits import FunctionLimits
 from stratolab.functions.policy import ScalingPolicy
 from stratolab.functions.traffic import validate_weights
 
@@ -117,8 +118,10 @@ class FunctionRegistry:
                 query = query.where(FunctionRecord.owner == owner)
             return [self._view(s, r) for r in s.scalars(query)]
 
-    def ensure(self, owner: str, name: str, public: bool | None, policy: dict | None) -> tuple[FunctionView, str | None]:
-        """Create the function if needed (returning its new key once), or update its settings."""
+    def ensure(self, owner: str, name: str, public: bool | None, policy: dict | None,
+               limits: FunctionLimits | None = None) -> tuple[FunctionView, str | None]:
+        """Create the function if needed (returning its new key once), or update its settings
+        (checked against the owner's `limits`)."""
         check_name(name)
         with session_scope(self.sessions) as s:
             record = s.scalar(select(FunctionRecord).where(FunctionRecord.owner == owner, FunctionRecord.name == name))
@@ -130,7 +133,7 @@ class FunctionRegistry:
                     name=name,
                     public=bool(public),
                     key_hash=hash_key(key),
-                    policy=json.dumps(ScalingPolicy.from_dict(policy).to_dict()),
+                    policy=json.dumps(ScalingPolicy.from_dict(policy, limits=limits).to_dict()),
                     traffic="{}",
                 )
                 s.add(record)
@@ -138,7 +141,7 @@ class FunctionRegistry:
             else:
                 if policy:
                     base = ScalingPolicy.from_dict(json.loads(record.policy))
-                    record.policy = json.dumps(ScalingPolicy.from_dict(policy, base=base).to_dict())
+                    record.policy = json.dumps(ScalingPolicy.from_dict(policy, base=base, limits=limits).to_dict())
                 if public is not None:
                     record.public = bool(public)
                 record.updated_at = utcnow()
@@ -176,9 +179,10 @@ class FunctionRegistry:
             to_version = older[-1]
         return self.set_traffic(owner, name, {str(to_version): 100})
 
-    def set_policy(self, owner: str, name: str, policy: dict, public: bool | None = None) -> FunctionView:
+    def set_policy(self, owner: str, name: str, policy: dict, public: bool | None = None,
+                   limits: FunctionLimits | None = None) -> FunctionView:
         self.get(owner, name)
-        view, _ = self.ensure(owner, name, public, policy)
+        view, _ = self.ensure(owner, name, public, policy, limits)
         return view
 
     def delete(self, owner: str, name: str) -> FunctionView:

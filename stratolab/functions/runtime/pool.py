@@ -2,8 +2,9 @@
 
 A `VersionPool` owns the worker processes of one version. An invocation takes a free slot (an instance
 runs up to `concurrency` invocations at once); with none free it starts an instance if `max_instances`
-allows (the first request after zero waits for that cold start: nothing is dropped), else waits in a
-bounded queue (429 beyond `queue_limit`). Instances that crash are removed (only their in-flight
+allows (the first request after zero waits for that cold start: nothing is dropped), else waits for
+capacity until its timeout (a burst from zero is buffered while instances start, as Knative's
+activator does; 429 only beyond a `queue_limit` the user chose). Instances that crash are removed (only their in-flight
 invocations fail), instances above their memory limit are killed and replaced, and instances idle
 longer than `idle_timeout_s` stop down to `min_instances`.
 """
@@ -175,7 +176,8 @@ class VersionPool:
                         self.starting += 1
                         asyncio.get_running_loop().create_task(self._start_in_background())
                     if not queued:
-                        if self.waiting >= self.policy.queue_limit and self.instances:
+                        limit = self.policy.queue_limit
+                        if limit is not None and self.waiting >= limit and self.instances:
                             self.stats.rejected += 1
                             raise InvocationError(
                                 "too many requests are waiting for this function; retry later "

@@ -32,9 +32,10 @@ from stratolab.functions.bundle import BundleStore
 from stratolab.functions.registry import FunctionRegistry
 from stratolab.functions.runtime.local_backend import LocalBackend
 from stratolab.functions.service import handlers, metrics
-from stratolab.functions.service.state import ServiceState
+from stratolab.functions.limits import LimitsConfig
+from stratolab.functions.service.state import DEFAULT_MAX_HELD_MB, ServiceState
 from stratolab.hub.system_users import ensure_system_user, system_username
-from stratolab.settings import user_env_python
+from stratolab.settings import positive_int_env, user_env_python
 from stratolab.web import begin_service, until_stopped
 
 log = logging.getLogger("stratolab.functions")
@@ -141,6 +142,11 @@ def main() -> None:
     ensure_schema(db_url)
     registry = FunctionRegistry(session_factory(make_engine(db_url)))
 
+    try:
+        limits = LimitsConfig.from_env()
+        max_held_mb = positive_int_env("STRATOLAB_FUNCTIONS_MAX_HELD_MB", DEFAULT_MAX_HELD_MB)
+    except ValueError as e:
+        raise SystemExit(f"functions service: {e}") from None
     kind = backend_kind()
     runtime_secret = os.environ.get("STRATOLAB_RUNTIME_SECRET") or None
     # the local backend starts its fork-server (and imports the frameworks) before the loop runs
@@ -160,6 +166,8 @@ def main() -> None:
             hub_auth=HubAuth(api_token=os.environ["JUPYTERHUB_API_TOKEN"], cache_max_age=60),
             public_url=os.environ.get("STRATOLAB_PUBLIC_URL", "").rstrip("/"),
             prefix=prefix,
+            limits=limits,
+            max_held_bytes=max_held_mb * 1024 * 1024,
         )
         app = make_app(state, prefix, runtime_secret if kind == "knative" else None)
         server = app.listen(parsed.port or 80, address=parsed.hostname or "127.0.0.1")

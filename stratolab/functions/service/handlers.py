@@ -24,6 +24,10 @@ class BaseHandler(ServiceHandler):
     def state(self) -> ServiceState:
         return self.settings["state"]
 
+    def caller_groups(self) -> tuple[str, ...]:
+        """The authenticated caller's hub groups (when their token may read them)."""
+        return tuple(str(g) for g in (self.caller or {}).get("groups") or ())
+
 
 def _flag(value: str | None) -> bool | None:
     if value is None:
@@ -59,7 +63,7 @@ class FunctionHandler(BaseHandler):
         promote = _flag(self.get_query_argument("promote", None))
         result = await self.state.deploy(
             owner, name, self.request.body, _flag(self.get_query_argument("public", None)), scaling,
-            promote=True if promote is None else promote,
+            promote=True if promote is None else promote, groups=self.caller_groups(),
         )
         self.send(result, 201)
 
@@ -72,7 +76,7 @@ class FunctionHandler(BaseHandler):
         public = body.get("public")
         if public is not None and not isinstance(public, bool):
             raise InvalidInput("public must be true or false", field="public")
-        self.send(await self.state.change(owner, name, body.get("scaling"), public))
+        self.send(await self.state.change(owner, name, body.get("scaling"), public, groups=self.caller_groups()))
 
     async def delete(self, name: str) -> None:
         owner = await self.owner_with(DEPLOY)

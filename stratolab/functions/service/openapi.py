@@ -1,5 +1,7 @@
 """The functions service API, described in OpenAPI 3 (served at openapi.json)."""
 
+from stratolab.functions.policy import MAX_BATCH_SIZE, MAX_IDLE_TIMEOUT_S, MAX_INSTANCES, MAX_MEMORY_MB, MAX_QUEUE_LIMIT
+
 _error = {"$ref": "#/components/schemas/Error"}
 _function = {"$ref": "#/components/schemas/Function"}
 
@@ -29,17 +31,24 @@ OPENAPI = {
             "Scaling": {
                 "type": "object",
                 "additionalProperties": False,
+                "description": "Hard bounds are shown; the administrator may set lower caps per user and group "
+                               "(STRATOLAB_FUNCTION_LIMITS). A value above a cap is a 400 naming the field and the cap.",
                 "properties": {
-                    "min_instances": {"type": "integer", "minimum": 0},
-                    "max_instances": {"type": "integer", "minimum": 1},
-                    "concurrency": {"type": "integer", "minimum": 1},
-                    "idle_timeout_s": {"type": "number", "minimum": 1},
-                    "queue_limit": {"type": "integer", "minimum": 0},
-                    "timeout_s": {"type": "number"},
-                    "memory_mb": {"type": "integer", "nullable": True, "minimum": 32},
-                    "max_payload_mb": {"type": "number"},
-                    "max_batch_size": {"type": "integer"},
-                    "max_wait_ms": {"type": "number"},
+                    "min_instances": {"type": "integer", "minimum": 0, "maximum": MAX_INSTANCES},
+                    "max_instances": {"type": "integer", "minimum": 1, "maximum": MAX_INSTANCES},
+                    "concurrency": {"type": "integer", "minimum": 1, "maximum": 1000},
+                    "idle_timeout_s": {"type": "number", "minimum": 1, "maximum": MAX_IDLE_TIMEOUT_S},
+                    "queue_limit": {
+                        "type": "integer", "nullable": True, "minimum": 0, "maximum": MAX_QUEUE_LIMIT,
+                        "description": "null (default): invocations wait for capacity up to timeout_s; "
+                                       "a number: 429 when that many are waiting",
+                    },
+                    "timeout_s": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 3600},
+                    "memory_mb": {"type": "integer", "nullable": True, "minimum": 32, "maximum": MAX_MEMORY_MB},
+                    "max_payload_mb": {"type": "number", "exclusiveMinimum": True, "minimum": 0, "maximum": 1024},
+                    "gpus": {"type": "integer", "minimum": 0, "maximum": 16},
+                    "max_batch_size": {"type": "integer", "minimum": 0, "maximum": MAX_BATCH_SIZE},
+                    "max_wait_ms": {"type": "number", "minimum": 0, "maximum": 10000},
                 },
             },
             "Function": {

@@ -18,12 +18,17 @@ from typing import Any
 
 from stratolab.errors import InvalidInput, StratolabError
 from stratolab.functions.backend import FunctionBackend, VersionRef
+from stratolab.functions.limits import LimitsConfig
 from stratolab.functions.bundle import BundleStore, Manifest, bundle_digest, safe_extract
 from stratolab.functions.registry import FunctionRegistry, FunctionView, check_name
 from stratolab.functions.service import metrics
 from stratolab.functions.traffic import choose_version
 
 log = logging.getLogger("stratolab.functions")
+#: STRATOLAB_FUNCTIONS_MAX_HELD_MB's default: request bodies the service holds at once
+DEFAULT_MAX_HELD_MB = 1024
+#: what one request costs beyond its body (its connection, handler and queue entry), roughly
+REQUEST_OVERHEAD_BYTES = 16 * 1024
 
 
 class DeployFailed(StratolabError):
@@ -85,6 +90,12 @@ class ServiceState:
     _views: dict[tuple[str, str], FunctionView] = field(default_factory=dict)
     #: the last invocations of each function, with what they printed (for their owner only)
     invocations: dict[str, deque] = field(default_factory=dict)
+    #: bytes of request bodies held by invocations waiting or running, across every function; past
+    #: `max_held_bytes` new invocations get 429 (the one bound on buffering a burst: see pool.py)
+    max_held_bytes: int = DEFAULT_MAX_HELD_MB * 1024 * 1024
+    held_bytes: int = 0
+    #: the caps the admin set for each user's scaling settings
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
     def view(self, owner: str, name: str) -> FunctionView:
         key = (owner, name)
@@ -109,14 +120,15 @@ class ServiceState:
         return data
 
     async def deploy(self, owner: str, name: str, body: bytes, public: bool | None, scaling: dict | None,
-                     promote: bool = True) -> dict[str, Any]:
+                     promote: bool = True, groups: tuple[str, ...] = ()) -> dict[str, Any]:
+        """`groups`: the owner's hub groups, which may raise their limits."""
         check_name(name)
         with tempfile.TemporaryDirectory(prefix="stratolab-upload-") as tmp:
             unpack_bundle(body, Path(tmp) / "bundle")
             digest = self.store.put(Path(tmp) / "bundle")
         manifest = json.loads((self.store.path(digest) / "manifest.json").read_text())
         self._changed(owner, name)
-        view, key = self.registry.ensure(owner, name, public, scaling)
+        view, key = self.registry.ensure(owner, name, public, scaling, self.limits.for_user(owner, groups))
         version = self.registry.add_version(owner, name, digest, manifest, "pending", None)
         ref = VersionRef(owner, name, version)
         try:
@@ -167,6 +179,14 @@ class ServiceState:
         status = 500
         request_id = uuid.uuid4().hex[:12]
         header: dict[str, Any] = {}
+        held = len(body) + REQUEST_OVERHEAD_BYTES
+        if self.held_bytes + held > self.max_held_bytes:
+            metrics.INVOCATIONS.labels(owner, name, "429").inc()
+            raise StratolabError(
+                "the functions service is holding as many waiting requests as its memory bound allows "
+                f"({self.max_held_bytes // (1024 * 1024)} MB); retry in a moment", status=429,
+            )
+        self.held_bytes += held
         try:
             header, out = await self.backend.invoke(ref, body, content_type, request_id)
             status = int(header.get("status", 500))
@@ -177,6 +197,7 @@ class ServiceState:
             status = e.status
             raise
         finally:
+            self.held_bytes -= held
             elapsed = time.perf_counter() - t0
             metrics.INVOCATIONS.labels(owner, name, str(status)).inc()
             metrics.LATENCY.labels(owner, name).observe(elapsed)
@@ -199,8 +220,11 @@ class ServiceState:
         await self.backend.set_traffic(owner, name, view.traffic)
         return self.describe(view)
 
-    async def change(self, owner: str, name: str, scaling: dict | None, public: bool | None) -> dict[str, Any]:
-        view = self.registry.set_policy(owner, name, scaling or {}, public)
+    async def change(self, owner: str, name: str, scaling: dict | None, public: bool | None,
+                     groups: tuple[str, ...] = ()) -> dict[str, Any]:
+        if scaling is not None and not isinstance(scaling, dict):
+            raise InvalidInput("scaling must be a JSON object", field="scaling")
+        view = self.registry.set_policy(owner, name, scaling or {}, public, self.limits.for_user(owner, groups))
         self._changed(owner, name)
         for v in view.ready_versions():
             await self.backend.update_policy(VersionRef(owner, name, v), view.policy)

@@ -1,0 +1,133 @@
+"""What an admin allows each user's functions: caps on every scaling setting, per user and group.
+
+Every `ScalingPolicy` field already has a hard bound that no configuration lifts (policy.py); the admin
+narrows them with `STRATOLAB_FUNCTION_LIMITS`, a JSON object (inline, or the path of a JSON or YAML
+file):
+
+    {"default": {"max_instances": 8, "memory_mb": 8192, "gpus": 0, "timeout_s": 300},
+     "groups":  {"gpu-users": {"gpus": 2}},
+     "users":   {"alice": {"max_instances": 32}}}
+
+A user's caps are the defaults, raised by the most generous of their groups, then replaced by their
+own entry. A setting above its cap is a 400 that names the setting and the cap, so the user knows what
+to ask their admin for. Caps apply when settings are given (deploy, change); functions deployed before
+a cap was lowered keep running with their settings until they are changed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from stratolab.errors import InvalidInput
+
+ENV = "STRATOLAB_FUNCTION_LIMITS"
+
+
+@dataclass(frozen=True)
+class FunctionLimits:
+    """The largest value a user may give each setting (None: only the policy's hard bound)."""
+
+    max_instances: int = 32
+    min_instances: int = 8
+    concurrency: int = 1000
+    memory_mb: int | None = None
+    gpus: int = 8
+    timeout_s: float = 3600.0
+    max_payload_mb: float = 256.0
+    queue_limit: int = 100_000
+    max_batch_size: int = 4096
+
+    def fit_defaults(self, values: dict[str, Any], given: set[str]) -> None:
+        """Lower the built-in defaults the user did not choose to their caps (a 5 MB payload cap makes
+        the default payload limit 5 MB, a memory cap gives every instance that limit)."""
+        for f in fields(self):
+            cap = getattr(self, f.name)
+            if f.name in given or cap is None or f.name == "queue_limit":
+                continue
+            if values[f.name] is None or values[f.name] > cap:
+                values[f.name] = cap
+
+    def check(self, policy: Any) -> None:
+        """Raise InvalidInput for the first setting of `policy` above its cap."""
+        for f in fields(self):
+            cap = getattr(self, f.name)
+            value = getattr(policy, f.name)
+            if cap is not None and value is not None and value > cap:
+                raise InvalidInput(
+                    f"{f.name} is {value:g}, above the limit of {cap:g} your administrator set for "
+                    "your functions; ask them to raise it, or choose a smaller value",
+                    field=f.name,
+                )
+
+
+def _caps(data: Any, where: str) -> dict[str, Any]:
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{ENV}: {where} must be an object of caps")
+    known = {f.name: f for f in fields(FunctionLimits)}
+    caps: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in known:
+            raise ValueError(f"{ENV}: unknown cap {key!r} in {where}; known: {', '.join(sorted(known))}")
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+            raise ValueError(f"{ENV}: {where}.{key} must be a non-negative number or null, got {value!r}")
+        caps[key] = value
+    return caps
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """The admin's caps: defaults, per group and per user."""
+
+    default: FunctionLimits = FunctionLimits()
+    groups: Mapping[str, Mapping[str, Any]] | None = None
+    users: Mapping[str, Mapping[str, Any]] | None = None
+
+    @classmethod
+    def parse(cls, data: Mapping[str, Any]) -> "LimitsConfig":
+        if not isinstance(data, Mapping):
+            raise ValueError(f"{ENV} must be an object with default, groups and users")
+        unknown = set(data) - {"default", "groups", "users"}
+        if unknown:
+            raise ValueError(f"{ENV}: unknown key {sorted(unknown)[0]!r}; use default, groups and users")
+        default = replace(FunctionLimits(), **_caps(data.get("default", {}), "default"))
+        sections = {}
+        for section in ("groups", "users"):
+            entries = data.get(section)
+            entries = {} if entries is None else entries
+            if not isinstance(entries, Mapping):
+                raise ValueError(f"{ENV}: {section} must map names to caps")
+            sections[section] = {name: _caps(caps, f"{section}.{name}") for name, caps in entries.items()}
+        return cls(default=default, groups=sections["groups"], users=sections["users"])
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "LimitsConfig":
+        raw = (os.environ if environ is None else environ).get(ENV, "").strip()
+        if not raw:
+            return cls()
+        if not raw.startswith("{"):
+            path = Path(raw)
+            if not path.is_file():
+                raise ValueError(f"{ENV} must be a JSON object or the path of a JSON/YAML file; {raw} is neither")
+            raw = path.read_text()
+            if path.suffix in (".yaml", ".yml"):
+                import yaml
+
+                return cls.parse(yaml.safe_load(raw) or {})
+        try:
+            return cls.parse(json.loads(raw))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{ENV} is not valid JSON: {e}") from None
+
+    def for_user(self, name: str, groups: Iterable[str] = ()) -> FunctionLimits:
+        limits = self.default
+        raised: dict[str, Any] = {}
+        for group in groups:
+            for key, value in (self.groups or {}).get(group, {}).items():
+                current = raised.get(key, getattr(limits, key))
+                raised[key] = None if value is None or current is None else max(current, value)
+        limits = replace(limits, **raised)
+        return replace(limits, **(self.users or {}).get(name, {}))
