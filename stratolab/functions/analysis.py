@@ -1,23 +1,59 @@
 """Static analysis of a handler and the notebook it was written in: what must travel with it.
 
 Pure functions over source text. Given the cells a kernel executed (its history, the latest definition
-of a name wins) and the handler's name, `plan_capture` finds the handler's free names with Python's own
-scope analysis (`symtable`: nested functions, comprehensions, class bodies, `global`/`nonlocal`), and
-follows them transitively through functions and classes defined in the notebook. Each name ends up as:
+of a name wins) and the handler's name, `plan_capture` finds the names the handler reads from module
+scope and follows them transitively through functions and classes defined in the notebook. Each name
+ends up as:
 
 - a definition whose source goes into the bundle (functions and classes from the notebook);
 - an import statement (and, from it, a pinned requirement);
 - a live value to serialize from the kernel (a trained model, arrays, a tokenizer);
 - a builtin (nothing to do);
 - undefined: an error that lists the names.
+
+How `free_names` decides what comes from module scope
+------------------------------------------------------
+It asks the compiler. The definition is compiled (never run) and its bytecode, with every nested code
+object (functions, methods, lambdas, comprehensions, class bodies, 3.12 type-parameter and annotation
+scopes), is read for the instructions that look a name up in the module's globals. Which instruction
+the compiler emits *is* its scope resolution, on whichever Python runs the kernel:
+
+- `LOAD_GLOBAL`, in function-like code: a global (or builtin). Parameters, locals, walrus targets,
+  `except ... as` and `match` captures are `*_FAST`; closures are `*_DEREF`; class-body names are not
+  visible to methods or comprehensions, so reading them there is a `LOAD_GLOBAL` too. A name declared
+  `global` that the function assigns before reading still counts (branches make "before" uncertain).
+- `LOAD_NAME`, in the definition statement itself (decorators, default values, annotations, base
+  classes and class keywords, all evaluated at module level) and in class bodies: the class namespace,
+  then globals. It counts unless the same body bound the name earlier, in instruction order (`x = 1;
+  y = x` reads the class's `x`; `x = x + 1` reads the module's first). A binding on an untaken branch
+  before the read is counted as made; class bodies rarely branch.
+- `LOAD_FROM_DICT_OR_GLOBALS` (3.12+), in annotation and type-parameter scopes inside a class: the
+  class namespace, then globals. It counts unless that class binds the name.
+
+Compiled with `dont_inherit=True`: compile() would otherwise give the definition this module's own
+`from __future__ import annotations`, turning annotations, which the kernel evaluates, into strings
+and hiding the names they read. Code the compiler drops as unreachable, and annotations of local
+variables (never evaluated, PEP 526), are rightly not dependencies.
+
+Why not `symtable`: CPython's `symtable.SymbolTable.lookup` (3.10 to 3.13 at least) decides that a
+table is the module by its *name*, `self._table.name == "top"`, so in a function, class or method
+named `top` every parameter and local is `is_global()` (and `is_local()`): capturing a handler that
+calls `def top(logits): ...` failed with "uses names that are not defined in this kernel: logits, p".
+The raw tables (`_symtable`) avoid that bug but not a gap: from 3.12 (PEP 709) list, set and dict
+comprehensions are inlined into their parent and their tables dropped, so a name the comprehension
+reads that the parent also binds loses its "used" flag; e.g. `class G: scale = 2; cells = [scale * i
+for i in range(3)]` reads the *module's* `scale`, and the tables no longer say so.
 """
 
 from __future__ import annotations
 
 import ast
 import builtins
-import symtable
+import dis
+import inspect
+import warnings
 from dataclasses import dataclass, field
+from types import CodeType
 
 BUILTIN_NAMES = frozenset(dir(builtins))
 
@@ -67,31 +103,61 @@ class AnalysisError(ValueError):
     """The handler cannot be analysed: the message says what to fix."""
 
 
+#: instructions that read a name from the module's globals (see the module docstring)
+_READS_GLOBALS = frozenset({"LOAD_GLOBAL", "LOAD_NAME", "LOAD_FROM_DICT_OR_GLOBALS"})
+
+
+def _implicit_module_name(instructions: list[dis.Instruction], i: int) -> bool:
+    """`instructions[i]` reads `__name__` for a class body's implicit `__module__ = __name__`."""
+    following = instructions[i + 1] if i + 1 < len(instructions) else None
+    return instructions[i].argval == "__name__" and following is not None and (
+        (following.opname, following.argval) == ("STORE_NAME", "__module__")
+    )
+
+
 def free_names(source: str) -> frozenset[str]:
     """Names a top-level function or class in `source` reads from module scope (builtins included)."""
     try:
-        table = symtable.symtable(source, "<cell>", "exec")
-    except SyntaxError as e:
-        raise AnalysisError(f"syntax error in the cell, line {e.lineno}: {e.msg}") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a SyntaxWarning was shown when the cell ran
+            code = compile(source, "<cell>", "exec", dont_inherit=True, optimize=0)
+    except (SyntaxError, ValueError) as e:
+        line = getattr(e, "lineno", None)
+        where = f", line {line}" if line else ""
+        raise AnalysisError(f"syntax error in the cell{where}: {getattr(e, 'msg', None) or e}") from None
     found: set[str] = set()
+    _read_globals(code, found, class_names=frozenset(), module=True)
+    return frozenset(found)
 
-    def visit(t: symtable.SymbolTable) -> None:
-        for sym in t.get_symbols():
-            if t.get_type() != "module" and sym.is_global() and sym.is_referenced():
-                found.add(sym.get_name())
-        for child in t.get_children():
-            visit(child)
 
-    for child in table.get_children():
-        visit(child)
-    # names a class body refers to are 'global' in symtable's terms too (handled above);
-    # decorators, default values and base classes are evaluated at module level:
-    module_level = {
-        sym.get_name()
-        for sym in table.get_symbols()
-        if sym.is_referenced() and not sym.is_imported()
-    }
-    return frozenset(found | module_level)
+def _read_globals(code: CodeType, found: set[str], class_names: frozenset[str], module: bool = False) -> None:
+    """Add to `found` what `code` and the code nested in it read from globals; `class_names`: the
+    names bound by the class whose namespace `code` sees (3.12+ annotation scopes)."""
+    instructions = list(dis.get_instructions(code))
+    bound: set[str] = set()  # by this module-level or class-body code, at this point
+    ever_bound: set[str] = set()
+    for i, ins in enumerate(instructions):
+        op, name = ins.opname, ins.argval
+        if op == "STORE_NAME":
+            bound.add(name)
+            ever_bound.add(name)
+        elif op == "DELETE_NAME":  # `del x`, and the end of `except ... as x`: reads go past it again
+            bound.discard(name)
+        elif op == "SETUP_ANNOTATIONS":
+            bound.add("__annotations__")
+        elif op in _READS_GLOBALS:
+            if op == "LOAD_NAME" and (name in bound or _implicit_module_name(instructions, i)):
+                continue
+            if op == "LOAD_FROM_DICT_OR_GLOBALS" and name in class_names:
+                continue
+            found.add(name)
+    if not module and not code.co_flags & inspect.CO_OPTIMIZED:  # a class body
+        # whatever the class binds, wherever: a type parameter's bound is evaluated lazily
+        class_names = frozenset(ever_bound)
+    for const in code.co_consts:
+        if isinstance(const, CodeType):
+            sees_class = "__classdict__" in const.co_freevars
+            _read_globals(const, found, class_names if sees_class else frozenset())
 
 
 def _binding_names(target: ast.AST) -> list[str]:
