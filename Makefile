@@ -11,6 +11,12 @@ STAMPS := .make
 EXT_DIR := extensions/stratolab-lab
 # pip's notes about find-links folders that this machine's pip.conf names but does not have are noise.
 QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
+# pip options for torch's CPU build (a local +cpu wheel, or PyTorch's CPU index when it answers), for
+# every user: PyPI's default torch is a CUDA build with 2.7 GB of nvidia-* packages. The folders looked
+# in are TORCH_CPU_WHEELS (default /opt/wheels); see tools/build_env.py.
+TORCH_PIP = $(abspath tools/build_env.py) torch-pip
+# npm's CA file, registry and proxies handed to jlpm (Yarn 3 reads none of npm's configuration).
+YARN_ENV = $(abspath tools/build_env.py) yarn-env
 IS_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo yes)
 
 # The user environment is where single-user servers and kernels run. As an ordinary user it is the
@@ -45,7 +51,7 @@ $(STAMPS)/venv: pyproject.toml | $(STAMPS)
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install -q --upgrade pip $(QUIET_PIP)
 	@mkdir -p stratolab/labextension
-	@$(BIN)/python -m pip install -q -e '.[test]' $(QUIET_PIP)
+	@torch=$$($(BIN)/python $(TORCH_PIP)) && $(BIN)/python -m pip install -q -e '.[test]' $$torch $(QUIET_PIP)
 	@touch $@
 
 # 2. Node tools for the hub: configurable-http-proxy, installed into the clone, not globally.
@@ -57,7 +63,8 @@ $(STAMPS)/node: package.json | $(STAMPS)
 # 3. The JupyterLab extension, built with the jlpm that ships with JupyterLab.
 $(STAMPS)/extension: $(STAMPS)/venv $(EXT_SOURCES)
 	@echo "==> JupyterLab extension ($(EXT_DIR))"
-	@cd $(EXT_DIR) && PATH=$(BIN):$$PATH jlpm install --silent && PATH=$(BIN):$$PATH jlpm build:prod
+	@cd $(EXT_DIR) && yarn_env=$$($(BIN)/python $(YARN_ENV)) && eval "$$yarn_env" && \
+	  PATH=$(BIN):$$PATH jlpm install --silent && PATH=$(BIN):$$PATH jlpm build:prod
 	@$(BIN)/jupyter-builder develop --overwrite --log-level=WARN . >/dev/null
 	@touch $@
 
@@ -67,7 +74,7 @@ ifeq ($(IS_ROOT),yes)
 	@echo "==> user environment in $(USER_ENV) (servers run under per-user system accounts)"
 	@[ -x $(USER_ENV)/bin/python ] || (mkdir -p $(dir $(USER_ENV)) && $(USER_PYTHON) -m venv $(USER_ENV))
 	@$(USER_ENV)/bin/python -m pip install -q --upgrade pip $(QUIET_PIP)
-	@$(USER_ENV)/bin/python -m pip install -q '.[ml]' $(QUIET_PIP)
+	@torch=$$($(USER_ENV)/bin/python $(TORCH_PIP)) && $(USER_ENV)/bin/python -m pip install -q '.[ml]' $$torch $(QUIET_PIP)
 	@$(USER_ENV)/bin/python -m pip install -q --no-deps --force-reinstall . $(QUIET_PIP)
 	@chmod -R a+rX $(USER_ENV)
 endif
@@ -89,7 +96,7 @@ test: setup chromium
 	@$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: setup
-	@$(BIN)/python -m pip install -q -e '.[test,bench]' $(QUIET_PIP)
+	@torch=$$($(BIN)/python $(TORCH_PIP)) && $(BIN)/python -m pip install -q -e '.[test,bench]' $$torch $(QUIET_PIP)
 	@$(BIN)/python benchmarks/run_all.py
 
 clean:
