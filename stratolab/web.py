@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 import uuid
 from typing import Any
@@ -34,6 +35,8 @@ def token_from_headers(headers) -> str | None:
 
 class ServiceHandler(web.RequestHandler):
     caller: dict[str, Any] | None = None
+    #: a successful answer is logged at debug level (see log_request)
+    quiet_access_log = False
 
     @property
     def hub_auth(self):
@@ -106,6 +109,23 @@ class ServiceHandler(web.RequestHandler):
         if isinstance(value, StratolabError):
             return  # expected: answered with its status
         super().log_exception(typ, value, tb)
+
+
+def log_request(handler: web.RequestHandler) -> None:
+    """The services' access log (their Application's `log_function`): tornado's, except that a
+    successful answer of a handler with `quiet_access_log` is debug-level. The service's root is one:
+    the hub asks it every minute to check the service is up (JupyterHub logs its own health checks at
+    debug level too)."""
+    status = handler.get_status()
+    if status < 400:
+        level = logging.DEBUG if getattr(handler, "quiet_access_log", False) else logging.INFO
+    else:
+        level = logging.WARNING if status < 500 else logging.ERROR
+    request = handler.request
+    logging.getLogger("tornado.access").log(
+        level, "%d %s %s (%s) %.2fms", status, request.method, request.uri, request.remote_ip,
+        1000.0 * request.request_time(),
+    )
 
 
 async def until_stopped() -> None:

@@ -146,13 +146,16 @@ def test_every_route_refuses_unauthenticated_callers(hub):
         ("GET", "api/functions"), ("GET", "api/functions/x"), ("POST", "api/functions/x"),
         ("PATCH", "api/functions/x"), ("DELETE", "api/functions/x"), ("PUT", "api/functions/x/traffic"),
         ("POST", "api/functions/x/rollback"), ("GET", "api/functions/x/logs"), ("GET", "metrics"),
-        ("GET", "openapi.json"), ("GET", ""), ("GET", "anything/else"),
+        ("GET", "openapi.json"), ("GET", "anything/else"),
     ]
     for method, path in routes:
         r = requests.request(method, f"{hub.url}/services/functions/{path}", allow_redirects=False)
         assert r.status_code in (401, 403, 302), (method, path, r.status_code)
         if r.status_code == 302:  # the proxy sends browsers to log in; never the API itself
             assert "/hub/login" in r.headers["Location"] or "oauth" in r.headers["Location"]
+    # the root is no API route: it names the service to anyone (the hub's service check asks it)
+    r = requests.get(f"{hub.url}/services/functions/", allow_redirects=False)
+    assert r.json() == {"service": "stratolab-functions", "openapi": "/services/functions/openapi.json"}
     # the route Knative revisions fetch bundles from exists only with the Knative backend's secret
     r = requests.get(f"{hub.url}/services/functions/runtime/bundles/admin/x/1", allow_redirects=False)
     assert r.status_code == 404

@@ -255,11 +255,13 @@ def test_security(hub, alice):
               ("GET", "api/runs"), ("GET", f"api/runs/{run['id']}"), ("POST", f"api/runs/{run['id']}/stop"),
               ("GET", f"api/runs/{run['id']}/output"), ("GET", f"api/runs/{run['id']}/log"),
               ("GET", f"api/runs/{run['id']}/files"), ("POST", "api/preview"), ("POST", "api/inspect"),
-              ("GET", "api/profiles"), ("GET", "metrics"), ("GET", "openapi.json"), ("GET", ""), ("GET", "nope")]
+              ("GET", "api/profiles"), ("GET", "metrics"), ("GET", "openapi.json"), ("GET", "nope")]
     for method, path in routes:
         for headers in ({}, {"Authorization": "token not-a-token"}):
             r = api(hub, alice, method, path, headers=headers, json={})
             assert r.status_code == 401, (method, path, r.status_code)
+    # the root is no API route: it names the service to anyone (the hub's service check asks it)
+    assert set(api(hub, alice, "GET", "", headers={}).json()) == {"service", "api", "openapi"}
     # another user sees nothing of alice's and cannot touch it
     assert all(x["owner"] == eve.name for x in api(hub, eve, "GET", "api/schedules").json()["schedules"])
     assert api(hub, eve, "GET", "api/runs").json()["runs"] == []

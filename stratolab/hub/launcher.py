@@ -2,17 +2,21 @@
 
 The hub runs as a child process in the data directory; once it answers, the launcher prints the URL and
 the admin's credentials (the password only when it was generated in this run, since it is kept in a
-file only its owner can read). Ctrl-C and SIGTERM are passed on to the hub, which stops its servers.
+file only its owner can read).
+
+Stopping: the hub runs in a session of its own, so the terminal's Ctrl-C reaches the launcher alone,
+which passes it on once, as it passes on SIGTERM; the hub then stops its services, servers and proxy.
+(Signalled by both, the hub ran two shutdowns at once, which signalled services again as they exited
+and cut each other off.) The hub also gets SIGTERM when the launcher ends, however it ends.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 from stratolab.hub.admin import AdminCredentials, ensure_admin_credentials, ensure_data_dir
@@ -37,18 +41,46 @@ def banner(settings: PlatformSettings, creds: AdminCredentials | None) -> str:
     return "\n".join(lines)
 
 
-def wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 120) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status < 500:
-                    return True
-        except Exception:
-            time.sleep(0.3)
-    return False
+#: the hub's end of the pipe on which it tells the launcher it has started
+READY_FD = "STRATOLAB_HUB_READY_FD"
+
+
+def run_hub() -> None:
+    """The hub's process: JupyterHub, which writes a line on the launcher's pipe once `start` has
+    returned, when its services answer and the proxy routes to them and to the hub. (Asking the
+    public URL until it answered made the proxy log a 404 error for every try while services started.)"""
+    from jupyterhub.app import JupyterHub as _JupyterHub
+
+    ready_fd = os.environ.pop(READY_FD, None)
+
+    class JupyterHub(_JupyterHub):  # the same name: the hub's log lines keep their prefix
+        async def start(self):
+            await super().start()
+            if ready_fd:
+                try:
+                    os.write(int(ready_fd), b"ready\n")
+                    os.close(int(ready_fd))
+                except OSError:  # the launcher is gone; the hub goes too (see _die_with_launcher)
+                    pass
+
+    JupyterHub.launch_instance()
+
+
+def wait_until_started(ready: int) -> bool:
+    """True once the hub says it has started; False if it exits first (its end of the pipe closes)."""
+    with os.fdopen(ready, "rb") as pipe:
+        return pipe.readline().strip() == b"ready"
+
+
+def _die_with_launcher() -> None:
+    """In the hub's process before it runs: SIGTERM (a clean stop) when the launcher exits, even killed."""
+    try:
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the hub outlives a killed launcher
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,18 +99,21 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = ensure_data_dir(settings.data_dir)
     creds = ensure_admin_credentials(settings) if settings.auth == "native" else None
 
-    cmd = [sys.executable, "-m", "jupyterhub", "-f", str(Path(args.config).resolve()), *extra]
-    proc = subprocess.Popen(cmd, cwd=data_dir)
+    hub = "from stratolab.hub.launcher import run_hub; run_hub()"
+    cmd = [sys.executable, "-c", hub, "-f", str(Path(args.config).resolve()), *extra]
+    ready, ready_w = os.pipe()
+    proc = subprocess.Popen(
+        cmd, cwd=data_dir, env={**os.environ, READY_FD: str(ready_w)}, pass_fds=(ready_w,),
+        stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_launcher,
+    )
+    os.close(ready_w)
 
     def forward(signum, _frame):
         proc.send_signal(signum)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    # the hub's own API first: asking through the proxy before the hub listens makes it log errors
-    if wait_until_up(f"http://127.0.0.1:{settings.hub_port}/hub/api/", proc) and wait_until_up(
-        f"{settings.public_url}/hub/api/", proc
-    ):
+    if wait_until_started(ready):
         print(banner(settings, creds), flush=True)
     while True:
         try:

@@ -36,7 +36,7 @@ from stratolab.functions.limits import LimitsConfig
 from stratolab.functions.service.state import DEFAULT_MAX_HELD_MB, ServiceState
 from stratolab.hub.system_users import ensure_system_user, system_username
 from stratolab.settings import positive_int_env, user_env_python
-from stratolab.web import begin_service, until_stopped
+from stratolab.web import begin_service, log_request, until_stopped
 
 log = logging.getLogger("stratolab.functions")
 
@@ -87,7 +87,8 @@ def make_app(state: ServiceState, prefix: str, runtime_secret: str | None = None
         (rf"{p}/?", handlers.RootHandler),
         (rf"{p}/.*", handlers.NotFoundHandler),
     ]
-    return web.Application(routes, state=state, runtime_secret=runtime_secret or None, max_body_size=2 * 1024**3)
+    return web.Application(routes, state=state, runtime_secret=runtime_secret or None, max_body_size=2 * 1024**3,
+                           log_function=log_request)
 
 
 BACKENDS = ("local", "knative")

@@ -199,8 +199,12 @@ class OpenAPIHandler(BaseHandler):
 
 
 class RootHandler(BaseHandler):
+    """The service's name and where its description is, for anyone: the hub checks the service is up
+    by asking this URL without a token every minute. Everything else needs a token."""
+
+    quiet_access_log = True
+
     async def get(self) -> None:
-        await self.authenticate()
         self.send({"service": "stratolab-functions", "openapi": f"{self.state.prefix}openapi.json"})
 
 

@@ -37,7 +37,7 @@ from stratolab.hub.profiles import Profile, choose_profile, default_profile_list
 from stratolab.hub.system_users import ensure_system_user, system_username
 from stratolab.jobs.clock import Clock
 from stratolab.settings import user_env_python
-from stratolab.web import begin_service, until_stopped
+from stratolab.web import begin_service, log_request, until_stopped
 from stratolab.jobs.engine import Scheduler, SchedulerConfig
 from stratolab.jobs.executor import Account, NotebookExecutor, RunSpec
 from stratolab.jobs.files import JobFiles
@@ -86,7 +86,7 @@ def make_app(state: JobService, prefix: str, automl: AutoMLService | None = None
     ]
     agent_runs = getattr(getattr(getattr(state, "scheduler", None), "executor", None), "agent_runs", None)
     return web.Application(routes, state=state, automl=automl, agent_runs=agent_runs,
-                           max_body_size=64 * 1024 * 1024)
+                           max_body_size=64 * 1024 * 1024, log_function=log_request)
 
 
 def _int_env(name: str, default: int, environ=os.environ) -> int:

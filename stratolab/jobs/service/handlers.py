@@ -186,8 +186,12 @@ class OpenAPIHandler(BaseHandler):
 
 
 class RootHandler(BaseHandler):
+    """The service's name and where its API is described, for anyone: the hub checks the service is up
+    by asking this URL without a token every minute. Everything else needs a token."""
+
+    quiet_access_log = True
+
     async def get(self) -> None:
-        await self.authenticate()
         self.send({"service": "stratolab scheduler", "api": f"{self.jobs.prefix}api/", "openapi": f"{self.jobs.prefix}openapi.json"})
 
 
