@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
+from stratolab.platform.gpus import configured_gpus
+
 #: The clone this package was installed from (editable installs); the default home of `.stratolab/`.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 #: STRATOLAB_BACKEND values: servers as local processes, or as pods (see stratolab.hub.kube_config).
@@ -108,10 +110,7 @@ class PlatformSettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "PlatformSettings":
         env = os.environ if environ is None else environ
-        gpus_raw = env.get("STRATOLAB_GPUS")
-        gpus = None
-        if gpus_raw is not None:
-            gpus = tuple(g.strip() for g in gpus_raw.split(",") if g.strip())
+        gpus = configured_gpus(env, "STRATOLAB_GPUS")
         profiles = env.get("STRATOLAB_PROFILES_FILE", "").strip()
         auth = env.get("STRATOLAB_AUTH", "native").strip().lower() or "native"
         if auth not in ("native", "oidc"):

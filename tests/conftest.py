@@ -66,6 +66,9 @@ def hub_factory(tmp_path_factory, test_homes):
 
 @pytest.fixture(scope="session")
 def hub(hub_factory) -> HubProcess:
-    """The shared hub: default settings plus a fake inventory of two GPUs, and function limits for two
-    named users and a group (see test_functions_service's limit tests)."""
-    return hub_factory(STRATOLAB_GPUS="0,1", STRATOLAB_FUNCTION_LIMITS=json.dumps(FUNCTION_LIMITS))
+    """The shared hub: default settings plus a fake inventory of two GPUs, function limits for a named
+    user and a group (see test_functions_service's limit tests), and loopback allowed for webhooks."""
+    return hub_factory(STRATOLAB_GPUS="0,1", STRATOLAB_FUNCTION_LIMITS=json.dumps(FUNCTION_LIMITS),
+                       # the tests' webhook receivers listen on this machine (other internal addresses
+                       # stay refused: see test_jobs_service's webhook tests)
+                       STRATOLAB_OUTBOUND_ALLOW="127.0.0.1/32")

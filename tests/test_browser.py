@@ -89,6 +89,10 @@ def test_signup_approval_login_profile_lab_panel_and_stop(hub, page_factory, tmp
     panel.wait_for(state="visible")
     page.wait_for_selector('[data-testid="stratolab-profile"]:has-text("CPU")')
     assert "No GPU" in page.locator('[data-testid="stratolab-gpus"]').inner_text()
+    # the machine's GPU ledger: each fake device with what holds it (servers, runs, functions) or free
+    ledger = page.locator('[data-testid="stratolab-gpu-ledger"]')
+    ledger.wait_for(state="visible")
+    assert "GPU 0 · " in ledger.inner_text() and "GPU 1 · " in ledger.inner_text()
     page.screenshot(path=str(tmp_path / "lab.png"))
     if os.environ.get("STRATOLAB_SCREENSHOTS"):
         page.screenshot(path=os.path.join(os.environ["STRATOLAB_SCREENSHOTS"], "lab-panel.png"))

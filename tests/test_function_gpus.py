@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 
+from stratolab.db import ensure_schema, make_engine, session_factory
 from stratolab.functions.analysis import plan_capture, read_cells
 from stratolab.functions.backend import VersionRef
 from stratolab.functions.bundle import build_bundle
 from stratolab.functions.policy import ScalingPolicy
 from stratolab.functions.runtime.local_backend import LocalBackend
+from stratolab.platform.gpu_ledger import GpuLedger
 
 CELLS = ["import os, time", "def which(inputs):\n    time.sleep(inputs)\n    return [os.getpid(), os.environ.get('CUDA_VISIBLE_DEVICES')]\n"]
 
@@ -20,7 +22,10 @@ def test_instances_hold_devices_exclusively_and_cpu_functions_see_none(tmp_path)
     build_bundle(plan_capture("which", read_cells(CELLS), live_names=set(ns)), ns, tmp_path / "b")
 
     async def scenario():
-        backend = LocalBackend(tmp_path / "rt", [], gpu_inventory=("0", "1")).start()
+        url = f"sqlite:///{tmp_path / 'platform.sqlite'}"
+        ensure_schema(url)
+        ledger = GpuLedger(session_factory(make_engine(url)), ("0", "1"))
+        backend = LocalBackend(tmp_path / "rt", [], gpus=ledger).start()
         try:
             gpu = VersionRef("me", "gpu-fn", 1)
             await backend.deploy(gpu, tmp_path / "b", ScalingPolicy(gpus=1, max_instances=3, concurrency=1))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from stratolab.hub.gpus import discover_gpus
+from stratolab.platform.gpus import discover_gpus
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"

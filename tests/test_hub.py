@@ -198,10 +198,11 @@ def test_gpu_assignments_are_recorded_in_the_platform_database(hub):
     engine = sa.create_engine(f"sqlite:///{hub.data_dir / 'platform.sqlite'}")
     with engine.connect() as c:
         rows = c.execute(
-            sa.text("select profile_slug, devices, released_at from gpu_assignments where username=:u"),
+            sa.text("select holder_kind, label, device, released_at from gpu_leases where username=:u"),
             {"u": user.name},
         ).all()
     engine.dispose()
     assert len(rows) == 1
-    profile, devices, released = rows[0]
-    assert profile == "gpu-1" and devices in ("0", "1") and released is not None
+    kind, label, device, released = rows[0]
+    assert kind == "server" and label == "notebook server (gpu-1)"
+    assert device in ("0", "1") and released is not None

@@ -30,7 +30,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from stratolab.hub import profiles
-from stratolab.hub.gpus import discover_gpus
+from stratolab.platform.gpus import discover_gpus
 from stratolab.settings import user_env_python
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -311,3 +311,18 @@ def test_metrics_and_openapi(hub, alice):
     assert api(hub, alice, "GET", "metrics").status_code == 403
     spec = api(hub, alice, "GET", "openapi.json").json()
     assert "/api/schedules/{schedule_id}/runs" in spec["paths"] and spec["openapi"].startswith("3.")
+
+
+def test_webhooks_to_internal_addresses_are_refused(hub, alice):
+    """The metadata service, private networks and the hub's own API are no place for a notification
+    (the test hub allows only 127.0.0.1, where the tests' receivers listen)."""
+    nb = notebook("print(1)")
+    for hook in ("http://169.254.169.254/latest/meta-data", "http://10.0.0.7/hook", "http://[::ffff:169.254.169.254]/",
+                 "gopher://example.org/"):
+        r = api(hub, alice, "POST", "api/schedules",
+                json={"notebook": "x.ipynb", "content": nb, "notify": {"webhook": hook}})
+        assert r.status_code == 400 and r.json()["field"] == "notify.webhook", (hook, r.text)
+    s = create(hub, alice, nb, name="hooked")
+    r = api(hub, alice, "PATCH", f"api/schedules/{s['id']}", json={"notify": {"webhook": "http://169.254.169.254/"}})
+    assert r.status_code == 400 and r.json()["field"] == "notify.webhook"
+    assert api(hub, alice, "GET", f"api/schedules/{s['id']}").json()["notify"]["webhook"] is None  # nothing saved

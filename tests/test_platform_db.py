@@ -27,16 +27,13 @@ from stratolab.db import (
     session_scope,
     upgrade,
 )
-from stratolab.db.gpu_history import (
-    open_assignments,
-    record_assignment,
-    record_release,
-    usage_seconds_by_user,
-)
+from stratolab.db.gpu_history import open_leases, usage_seconds_by_user
 from stratolab.db.migrate import VERSION_TABLE, include_name
-from stratolab.db.models import GpuAssignment, PlatformInfo
+from stratolab.db.models import GpuLease, PlatformInfo
+from stratolab.platform.gpu_ledger import GpuLedger
+from stratolab.platform.gpus import Holder
 
-OUR_TABLES = {"platform_info", "gpu_assignments"}
+OUR_TABLES = {"platform_info", "gpu_leases"}
 JUPYTERHUB_REVISION = "4621fec11365"
 
 
@@ -92,39 +89,44 @@ def check_models_match_migrations(url: str) -> None:
     assert diff == []
 
 
+UUID_A, UUID_B = "GPU-" + "a" * 36, "GPU-" + "b" * 36
+INVENTORY = ("0", "1", "2", UUID_A, UUID_B, "3")
+
+
 def check_gpu_history(url: str) -> None:
+    """The ledger's leases are the GPU history: open ones are what is held, closed ones what was."""
     ensure_schema(url)
     engine = make_engine(url)
     factory = session_factory(engine)
+    ledger = GpuLedger(factory, INVENTORY, host="test-host")
     t0 = datetime.now(timezone.utc)
+    alice = Holder.server("alice")
+    assert ledger.acquire(alice, 1) == ("0",)
+    assert ledger.acquire(Holder.run("bob", 7, "train"), 2) == ("1", "2")
+    assert ledger.acquire(Holder.function("carol", "fn", 1, "w-1"), 2) == (UUID_A, UUID_B)
     with session_scope(factory) as s:
-        alice_id = record_assignment(s, "alice", "", "gpu-1", ["0"])
-        record_assignment(s, "bob", "train", "gpu-2", ["1", "2"])
-        record_assignment(s, "carol", "", "gpu-uuid", "GPU-" + "a" * 36 + ",GPU-" + "b" * 36)
-        assert isinstance(alice_id, int)
-    with session_scope(factory) as s:
-        held = open_assignments(s)
-        assert [a.username for a in held] == ["alice", "bob", "carol"]
+        held = open_leases(s)
+        assert [a.username for a in held] == ["alice", "bob", "bob", "carol", "carol"]
         for a in held:
-            assert a.assigned_at.tzinfo is not None and a.assigned_at.utcoffset() == timedelta(0)
-            assert abs(a.assigned_at - t0) < timedelta(minutes=1)
-        assert held[1].devices == "1,2" and held[1].server_name == "train"
-        assert held[2].device_list == ["GPU-" + "a" * 36, "GPU-" + "b" * 36]
-        assert record_release(s, "alice", "") == 1
-        assert record_release(s, "alice", "") == 0
-        assert record_release(s, "bob", "") == 0  # another server of bob's
+            assert a.acquired_at.tzinfo is not None and a.acquired_at.utcoffset() == timedelta(0)
+            assert abs(a.acquired_at - t0) < timedelta(minutes=1)
+        assert {a.device for a in held if a.holder_kind == "run"} == {"1", "2"}
+        assert {a.label for a in held if a.username == "bob"} == {"scheduled run 7 of 'train'"}
+    assert ledger.release(alice) == ("0",)
+    assert ledger.release(alice) == ()
+    assert ledger.release(Holder.run("bob", 8)) == ()  # another run of bob's
     with session_scope(factory) as s:
-        assert [a.username for a in open_assignments(s)] == ["bob", "carol"]
-        released = s.get(GpuAssignment, alice_id)
-        assert released.released_at is not None and released.released_at >= released.assigned_at
-        assert released.released_at.utcoffset() == timedelta(0)
+        assert [a.username for a in open_leases(s)] == ["bob", "bob", "carol", "carol"]
+        released = s.scalars(sa.select(GpuLease).where(GpuLease.username == "alice")).one()
+        assert released.released_at is not None and released.released_at >= released.acquired_at
+        assert released.released_at.utcoffset() == timedelta(0) and released.release_reason == "released"
 
         later = t0 + timedelta(hours=1)
         usage = usage_seconds_by_user(s, now=later)
         assert usage["bob"] == pytest.approx(2 * 3600, abs=120)  # two devices for an hour
         assert usage["carol"] == pytest.approx(2 * 3600, abs=120)
         assert usage["alice"] < 60
-        # only the half hour after `since` counts; alice's assignment ended before it
+        # only the half hour after `since` counts; alice's lease ended before it
         since = t0 + timedelta(minutes=30)
         usage = usage_seconds_by_user(s, since=since, now=later)
         assert "alice" not in usage
@@ -136,11 +138,14 @@ def check_gpu_history(url: str) -> None:
         )
         naive = usage_seconds_by_user(s, since=since.replace(tzinfo=None), now=later.replace(tzinfo=None))
         assert naive["bob"] == pytest.approx(usage["bob"])
-    with pytest.raises(RuntimeError), session_scope(factory) as s:  # rolled back
-        record_assignment(s, "dave", "", "gpu-1", ["3"])
-        raise RuntimeError("spawn failed")
-    with session_scope(factory) as s:
-        assert "dave" not in {a.username for a in open_assignments(s)}
+    # the database itself refuses a second open lease of a device on a host (whoever writes it)
+    with pytest.raises(sa.exc.IntegrityError), session_scope(factory) as s:
+        s.add(GpuLease(host="test-host", device="1", holder_kind="run", holder_key="run:99", username="eve",
+                       label="x", pid=1, boot_id=""))
+    # ... but the same device id on another machine is another device
+    assert GpuLedger(factory, INVENTORY, host="other-host").acquire(Holder.run("eve", 99), 1) == ("0",)
+    ledger.release(Holder.run("bob", 7))
+    ledger.release(Holder.function("carol", "fn", 1, "w-1"))
     engine.dispose()
 
 
@@ -318,14 +323,14 @@ def test_postgres_gpu_history(pg_database):
     engine = make_engine(url)
     with engine.connect() as c:  # stored as timestamptz, whatever the session's time zone
         c.execute(sa.text("SET TIME ZONE 'America/New_York'"))
-        row = c.execute(sa.select(GpuAssignment).limit(1)).one()
-        assert row.assigned_at.tzinfo is not None
+        row = c.execute(sa.select(GpuLease).limit(1)).one()
+        assert row.acquired_at.tzinfo is not None
         kinds = dict(c.execute(sa.text(
-            "select column_name, data_type from information_schema.columns where table_name='gpu_assignments'"
+            "select column_name, data_type from information_schema.columns where table_name='gpu_leases'"
         )).all())
     engine.dispose()
-    assert kinds["assigned_at"] == "timestamp with time zone"
-    assert kinds["devices"] == "text"
+    assert kinds["acquired_at"] == "timestamp with time zone"
+    assert kinds["device"] == "character varying"
 
 
 @pytest.mark.postgres
@@ -346,3 +351,40 @@ def test_postgres_shared_with_jupyterhub(pg_database):
     assert jupyterhub_versions(url) == head_before
     orm.new_session_factory(url)()
     assert {"users", "alembic_version", VERSION_TABLE} | OUR_TABLES <= table_names(url)
+
+
+def test_upgrade_to_the_gpu_ledger_keeps_history_and_drops_the_old_queue_default(sqlite_url):
+    """0004 -> 0005: server assignments become leases (open ones closed, with the reason); functions
+    with the old default queue_limit of 64 wait for capacity instead."""
+    import json
+
+    upgrade(sqlite_url, "0004")
+    engine = make_engine(sqlite_url)
+    with engine.begin() as c:
+        c.execute(sa.text(
+            "insert into gpu_assignments (username, server_name, profile_slug, devices, assigned_at, released_at) values "
+            "('ann', '', 'gpu-2', '0,1', '2026-11-01 10:00:00', '2026-11-01 11:00:00'), "
+            "('ben', 'big', 'gpu-1', '1', '2026-11-02 10:00:00', NULL)"))
+        policy = {"min_instances": 0, "max_instances": 4, "queue_limit": 64}
+        for name, limit in (("old-default", 64), ("chosen", 10)):
+            c.execute(sa.text(
+                "insert into functions (owner, name, public, key_hash, policy, traffic, created_at, updated_at) "
+                "values ('ann', :n, false, 'x', :p, '{}', '2026-11-01', '2026-11-01')"),
+                {"n": name, "p": json.dumps({**policy, "queue_limit": limit})})
+    engine.dispose()
+    upgrade(sqlite_url)
+    engine = make_engine(sqlite_url)
+    with session_scope(session_factory(engine)) as s:
+        rows = s.scalars(sa.select(GpuLease).order_by(GpuLease.id)).all()
+        assert [(r.username, r.device, r.holder_key) for r in rows] == [
+            ("ann", "0", "server:ann/"), ("ann", "1", "server:ann/"), ("ben", "1", "server:ben/big")]
+        assert all(r.released_at is not None for r in rows)
+        assert rows[2].release_reason and "GPU ledger" in rows[2].release_reason
+        assert usage_seconds_by_user(s, since=datetime(2026, 11, 1, tzinfo=timezone.utc),
+                                     now=datetime(2026, 11, 1, 12, tzinfo=timezone.utc))["ann"] == 7200
+    with engine.connect() as c:
+        policies = dict(c.execute(sa.text("select name, policy from functions")).all())
+    engine.dispose()
+    assert json.loads(policies["old-default"])["queue_limit"] is None
+    assert json.loads(policies["chosen"])["queue_limit"] == 10
+    assert "gpu_assignments" not in table_names(sqlite_url)

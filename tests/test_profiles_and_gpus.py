@@ -9,7 +9,7 @@ import pytest
 
 from stratolab.errors import Conflict, InvalidInput
 from stratolab.hub.culling import culler_service, make_gpu_aware_arbiter
-from stratolab.hub.gpus import GpuAllocator, NoFreeGpu, discover_gpus, parse_nvidia_smi_list
+from stratolab.platform.gpus import GpuAllocator, NoFreeGpu, discover_gpus, parse_nvidia_smi_list
 from stratolab.hub.profiles import (
     GPU_RESOURCE,
     ProfileError,
@@ -83,7 +83,7 @@ def test_nvidia_smi_inventory_parsing_and_configured_override():
     def fake_run(cmd, **kw):
         return subprocess.CompletedProcess(cmd, 0, stdout=NVIDIA_SMI_L, stderr="")
 
-    import stratolab.hub.gpus as gpus
+    import stratolab.platform.gpus as gpus
 
     original = gpus.shutil.which
     gpus.shutil.which = lambda name: "/usr/bin/nvidia-smi"

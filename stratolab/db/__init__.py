@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from stratolab.db.engine import make_engine, session_factory, session_scope
-from stratolab.db.models import Base, GpuAssignment, PlatformInfo
+from stratolab.db.models import Base, GpuLease, PlatformInfo
 
 if TYPE_CHECKING:
     from stratolab.db.migrate import current_revision, downgrade, ensure_schema, head_revision, upgrade
@@ -19,7 +19,7 @@ _MIGRATE_NAMES = {"current_revision", "downgrade", "ensure_schema", "head_revisi
 
 __all__ = [
     "Base",
-    "GpuAssignment",
+    "GpuLease",
     "PlatformInfo",
     "current_revision",
     "downgrade",

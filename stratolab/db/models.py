@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Boolean, DateTime, Dialect, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import (
+    Boolean, DateTime, Dialect, Float, ForeignKey, Index, Integer, MetaData, String, Text, UniqueConstraint, text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -62,27 +64,39 @@ class PlatformInfo(Base):
     value: Mapped[str] = mapped_column(Text)
 
 
-class GpuAssignment(Base):
-    """Which server held which GPUs, and for how long: the basis of GPU cost visibility."""
+class GpuLease(Base):
+    """The GPU ledger: one row per device held by one holder (a notebook server, a scheduled run, an
+    AutoML trial, a function instance), open until `released_at`. At most one open lease per device
+    and host (a partial unique index), whichever process asks: the hub, the scheduler and the
+    functions service all allocate here. Closed leases are the history GPU usage is computed from."""
 
-    __tablename__ = "gpu_assignments"
+    __tablename__ = "gpu_leases"
     __table_args__ = (
-        Index("ix_gpu_assignments_username", "username"),
-        Index("ix_gpu_assignments_released_at", "released_at"),
+        Index("ux_gpu_leases_open_device", "host", "device", unique=True,
+              sqlite_where=text("released_at IS NULL"), postgresql_where=text("released_at IS NULL")),
+        Index("ix_gpu_leases_holder_key", "holder_key"),
+        Index("ix_gpu_leases_username", "username"),
+        Index("ix_gpu_leases_released_at", "released_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    #: the machine the device is on (device ids are per machine)
+    host: Mapped[str] = mapped_column(String(255))
+    #: the device id as in CUDA_VISIBLE_DEVICES (an index, or a 40-character UUID)
+    device: Mapped[str] = mapped_column(String(255))
+    #: server, run, trial or function (stratolab.platform.gpus.HOLDER_KINDS)
+    holder_kind: Mapped[str] = mapped_column(String(16))
+    holder_key: Mapped[str] = mapped_column(String(512))
     username: Mapped[str] = mapped_column(String(255))
-    server_name: Mapped[str] = mapped_column(String(255), default="")
-    profile_slug: Mapped[str] = mapped_column(String(63))
-    #: comma-separated device ids as in CUDA_VISIBLE_DEVICES; text, since GPU UUIDs are 40 characters
-    devices: Mapped[str] = mapped_column(Text)
-    assigned_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    label: Mapped[str] = mapped_column(Text)
+    #: the process whose end ends the lease, identified by pid and start time (pids are reused), and
+    #: the boot it belongs to: a lease whose process is gone is reclaimed
+    pid: Mapped[int] = mapped_column(Integer)
+    pid_started: Mapped[float | None] = mapped_column(Float, nullable=True)
+    boot_id: Mapped[str] = mapped_column(String(64), default="")
+    acquired_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     released_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
-
-    @property
-    def device_list(self) -> list[str]:
-        return [d for d in self.devices.split(",") if d]
+    release_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class FunctionRecord(Base):

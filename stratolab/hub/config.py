@@ -147,9 +147,9 @@ def configure_hub(c, settings: PlatformSettings | None = None) -> PlatformSettin
 #: bundle and run tokens, and KUBECONFIG for a hub outside the cluster: "a hub on one machine,
 #: functions on Knative and runs as Jobs"). Unset, nothing is passed and the services run locally.
 FUNCTIONS_PASSED_PREFIXES = ("STRATOLAB_FUNCTIONS_", "STRATOLAB_FUNCTION_")
-FUNCTIONS_PASSED_NAMES = ("STRATOLAB_RUNTIME_SECRET", "KUBECONFIG")
+FUNCTIONS_PASSED_NAMES = ("STRATOLAB_RUNTIME_SECRET", "KUBECONFIG", "STRATOLAB_OUTBOUND_ALLOW")
 SCHEDULER_PASSED_PREFIXES = ("STRATOLAB_SMTP_", "STRATOLAB_JOBS_", "STRATOLAB_JOB_GPUS", "STRATOLAB_AUTOML_")
-SCHEDULER_PASSED_NAMES = ("STRATOLAB_EXECUTOR_SECRET", "KUBECONFIG")
+SCHEDULER_PASSED_NAMES = ("STRATOLAB_EXECUTOR_SECRET", "KUBECONFIG", "STRATOLAB_OUTBOUND_ALLOW")
 
 
 def passed_through(prefixes: tuple[str, ...], names: tuple[str, ...],

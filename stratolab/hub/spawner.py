@@ -24,11 +24,11 @@ from tornado import web
 from tornado.httpclient import AsyncHTTPClient
 from traitlets import Bool, Integer, List, Unicode, default
 
-from stratolab.db import gpu_history
-from stratolab.db.engine import make_engine, session_factory, session_scope
+from stratolab.db.engine import make_engine, session_factory
 from stratolab.errors import StratolabError
 from stratolab.hub import system_users
-from stratolab.hub.gpus import GpuAllocator, discover_gpus, shared_allocator
+from stratolab.platform.gpu_ledger import GpuLedger
+from stratolab.platform.gpus import GpuAllocation, GpuAllocator, Holder, discover_gpus
 from stratolab.hub.profiles import Profile, choose_profile, default_profile_list, parse_profile_list
 from stratolab.settings import PROJECT_ROOT
 
@@ -59,6 +59,15 @@ def machine_gpus(configured: tuple[str, ...] | None) -> tuple[str, ...]:
 def platform_sessions(url: str):
     """One engine per platform database URL for the hub process."""
     return session_factory(make_engine(url))
+
+
+@functools.cache
+def gpu_ledger(url: str, inventory: tuple[str, ...]) -> GpuAllocation:
+    """The hub's view of the machine's GPU ledger (shared with the scheduler and the functions
+    service through the platform database); in memory only when no database is configured."""
+    if not url:
+        return GpuAllocator(inventory)
+    return GpuLedger(platform_sessions(url), inventory)
 
 
 class StratolabSpawner(LocalProcessSpawner):
@@ -124,7 +133,9 @@ class StratolabSpawner(LocalProcessSpawner):
     ).tag(config=True)
 
     platform_db_url = Unicode(
-        "", help="Platform database where GPU assignments are recorded ('' to not record them)."
+        "", help="""Platform database holding the GPU ledger, shared with the scheduler and the
+        functions service so that no device is held twice ('' keeps assignments in this process
+        only: for tests of the spawner alone)."""
     ).tag(config=True)
 
     gpu_idle_timeout = Integer(
@@ -160,13 +171,13 @@ class StratolabSpawner(LocalProcessSpawner):
         return parse_profile_list(raw)
 
     @property
-    def allocator(self) -> GpuAllocator:
+    def allocator(self) -> GpuAllocation:
         inventory = self.gpu_inventory
-        return shared_allocator(machine_gpus(tuple(inventory) if inventory is not None else None))
+        return gpu_ledger(self.platform_db_url, machine_gpus(tuple(inventory) if inventory is not None else None))
 
     @property
-    def owner_key(self) -> str:
-        return f"{self.user.name}/{self.name}"
+    def gpu_holder(self) -> Holder:
+        return Holder.server(self.user.name, self.name, self.profile_slug)
 
     def _profile_from_form(self, formdata: dict) -> dict:
         return {"profile": (formdata.get("profile") or [""])[0]}
@@ -296,16 +307,13 @@ class StratolabSpawner(LocalProcessSpawner):
             profile = choose_profile(self.profiles, (self.user_options or {}).get("profile"))
         except StratolabError as e:
             raise web.HTTPError(e.status, "%s", e.message) from None  # the message may hold a %
+        self.profile_slug = profile.slug  # names the profile in the ledger
         try:
-            devices = self.allocator.acquire(self.owner_key, profile.gpus)
+            devices = self.allocator.acquire(self.gpu_holder, profile.gpus)
         except StratolabError as e:
+            self.profile_slug = ""
             raise web.HTTPError(e.status, "%s", e.message) from None
-        self.profile_slug = profile.slug
         self.gpu_devices = list(devices)
-        if devices:
-            self._record_gpus(lambda s: gpu_history.record_assignment(
-                s, self.user.name, self.name, profile.slug, list(devices)
-            ))
         self.cpu_limit = profile.cpu_limit
         self.mem_limit = parse_memory(profile.mem_limit)
         return profile
@@ -315,6 +323,9 @@ class StratolabSpawner(LocalProcessSpawner):
         try:
             self._prepare_home()
             ip, port = await super().start()
+            if self.gpu_devices and isinstance(self.allocator, GpuLedger) and self.proc is not None:
+                # the server's own process holds its devices from now on (through hub restarts)
+                self.allocator.attach(self.gpu_holder, self.proc.pid)
             await self._wait_for_server(ip, port)
         except Exception:
             self._release_gpus()
@@ -356,21 +367,14 @@ class StratolabSpawner(LocalProcessSpawner):
         # let the hub's own wait report the timeout
 
     def _release_gpus(self) -> None:
-        released = self.allocator.release(self.owner_key)
+        try:
+            released = self.allocator.release(self.gpu_holder)
+        except Exception:  # a database problem never stops a stop: the ledger reclaims it later
+            self.log.exception("Could not release the GPUs of %s", self._log_name)
+            released = ()
         if released:
             self.log.info("Released GPU %s from %s", ",".join(released), self._log_name)
-            self._record_gpus(lambda s: gpu_history.record_release(s, self.user.name, self.name))
         self.gpu_devices = []
-
-    def _record_gpus(self, write) -> None:
-        """Write to the GPU history; a database problem never stops a spawn or a stop."""
-        if not self.platform_db_url:
-            return
-        try:
-            with session_scope(platform_sessions(self.platform_db_url)) as session:
-                write(session)
-        except Exception:
-            self.log.exception("Could not record GPU assignment of %s", self._log_name)
 
     async def poll(self):
         status = await super().poll()
@@ -396,8 +400,13 @@ class StratolabSpawner(LocalProcessSpawner):
         super().load_state(state)
         self.profile_slug = state.get("profile", "")
         self.gpu_devices = list(state.get("gpus", []))
-        if self.gpu_devices:
-            self.allocator.restore(self.owner_key, tuple(self.gpu_devices))
+        if self.gpu_devices and state.get("pid"):
+            # a server still running after a hub restart keeps its devices (if no one took them)
+            allocator = self.allocator
+            if isinstance(allocator, GpuLedger):
+                allocator.adopt(self.gpu_holder, self.gpu_devices, int(state["pid"]))
+            elif isinstance(allocator, GpuAllocator):
+                allocator.restore(self.gpu_holder, tuple(self.gpu_devices))
 
     def clear_state(self):
         super().clear_state()

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any, Callable
 
 from stratolab.db.models import JobRun, JobSchedule
-from stratolab.hub.gpus import GpuAllocator, NoFreeGpu
+from stratolab.platform.gpus import GpuAllocation, Holder, NoFreeGpu
 from stratolab.hub.profiles import Profile
 from stratolab.jobs import cron, metrics
 from stratolab.jobs.clock import Clock
@@ -55,7 +55,7 @@ def retry_delay(backoff: int, attempt: int) -> float:
 class Scheduler:
     def __init__(self, store: JobStore, files: JobFiles, executor: NotebookExecutor, clock: Clock,
                  config: SchedulerConfig, *, profiles: dict[str, Profile], account_for: Callable[[str], Account | None],
-                 gpus: GpuAllocator, notifier: Notifier):
+                 gpus: GpuAllocation, notifier: Notifier):
         self.store = store
         self.files = files
         self.executor = executor
@@ -64,6 +64,8 @@ class Scheduler:
         self.profiles = profiles
         self.account_for = account_for
         self.gpus = gpus
+        #: queued runs waiting for GPUs, and why (who holds them), as the run's owner may read it
+        self.waiting_for: dict[int, str] = {}
         self.notifier = notifier
         self.executions: dict[int, Execution] = {}
         self._tasks: set[asyncio.Task] = set()
@@ -214,13 +216,15 @@ class Scheduler:
                 self.store.finish(run.id, FAILED, f"the profile {s.profile!r} no longer exists; edit the schedule",
                                   [], now, from_states=("queued",))
                 continue
-            holder = f"run-{run.id}"
+            holder = Holder.run(run.owner, run.id, s.name)
             # an AutoML run holds no GPU itself: each of its trials takes its own (automl.engine)
             gpus = 0 if s.automl else profile.gpus
             try:
                 devices = self.gpus.acquire(holder, gpus) if gpus else ()
-            except NoFreeGpu:
-                continue  # waits for a GPU
+            except NoFreeGpu as e:
+                self.waiting_for[run.id] = e.message  # shown with the queued run: who holds the GPUs
+                continue
+            self.waiting_for.pop(run.id, None)
             if not self.store.claim(run.id, self.config.worker_id, now):
                 self.gpus.release(holder)
                 continue
@@ -230,7 +234,7 @@ class Scheduler:
             self._spawn(self._execute(run, s, devices))
 
     async def _execute(self, run: JobRun, s: JobSchedule, devices: tuple[str, ...]) -> None:
-        holder = f"run-{run.id}"
+        holder = Holder.run(run.owner, run.id, s.name)
         try:
             if run.trigger == "schedule" and run.scheduled_for:
                 metrics.LATENESS.observe(max(0.0, (run.started_at - run.scheduled_for).total_seconds()))

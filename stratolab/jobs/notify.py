@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Any, Mapping
 
-from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+from tornado.httpclient import HTTPRequest
 
 from stratolab.jobs import metrics
+from stratolab.platform.outbound import OutboundPolicy, OutboundRefused, guarded_client
 
 log = logging.getLogger("stratolab.jobs")
 WEBHOOK_ATTEMPTS = 3
@@ -56,8 +57,10 @@ def payload(schedule: dict[str, Any], run: dict[str, Any], run_url: str) -> dict
 
 
 class Notifier:
-    def __init__(self, smtp: SmtpSettings | None):
+    def __init__(self, smtp: SmtpSettings | None, outbound: OutboundPolicy | None = None):
         self.smtp = smtp
+        #: where webhooks may go: public addresses, checked on the resolved address (outbound.py)
+        self.outbound = outbound or OutboundPolicy()
 
     async def send(self, notify: dict[str, Any], schedule: dict[str, Any], run: dict[str, Any], run_url: str) -> None:
         """Notify as the schedule asks, if this outcome is one it asks about. Never raises."""
@@ -74,19 +77,26 @@ class Notifier:
         request = HTTPRequest(url, method="POST", body=json.dumps(body),
                               headers={"Content-Type": "application/json", "User-Agent": "stratolab-scheduler"},
                               request_timeout=10, follow_redirects=False)
-        for attempt in range(1, WEBHOOK_ATTEMPTS + 1):
-            try:
-                response = await AsyncHTTPClient().fetch(request, raise_error=False)
-                if response.code < 400:
-                    metrics.NOTIFICATIONS.labels("webhook", "sent").inc()
-                    return
-                reason = f"HTTP {response.code}"
-            except Exception as e:  # noqa: BLE001: a receiver's failure is logged, never fatal
-                reason = str(e)
-            log.warning("webhook %s, attempt %d of %d: %s", url, attempt, WEBHOOK_ATTEMPTS, reason)
-            if attempt < WEBHOOK_ATTEMPTS:
-                await asyncio.sleep(attempt)
-        metrics.NOTIFICATIONS.labels("webhook", "failed").inc()
+        client = guarded_client(self.outbound)
+        try:
+            for attempt in range(1, WEBHOOK_ATTEMPTS + 1):
+                try:
+                    response = await client.fetch(request, raise_error=False)
+                    if response.code < 400:
+                        metrics.NOTIFICATIONS.labels("webhook", "sent").inc()
+                        return
+                    reason = f"HTTP {response.code}"
+                except OutboundRefused as e:
+                    log.warning("webhook %s refused: %s", url, e)
+                    break  # the address will not become acceptable by retrying
+                except Exception as e:  # noqa: BLE001: a receiver's failure is logged, never fatal
+                    reason = str(e)
+                log.warning("webhook %s, attempt %d of %d: %s", url, attempt, WEBHOOK_ATTEMPTS, reason)
+                if attempt < WEBHOOK_ATTEMPTS:
+                    await asyncio.sleep(attempt)
+            metrics.NOTIFICATIONS.labels("webhook", "failed").inc()
+        finally:
+            client.close()
 
     def _email(self, to: list[str], body: dict[str, Any]) -> None:
         message = EmailMessage()

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stratolab.errors import InvalidInput
+from stratolab.platform.outbound import OutboundPolicy, validate_url
 from stratolab.jobs import cron
 
 OUTPUT_FORMATS = ("ipynb", "html")
@@ -77,7 +78,7 @@ def _int(raw: Any, field: str, low: int, high: int | None = None, optional: bool
     return value
 
 
-def validate_notify(raw: Any, smtp_configured: bool) -> dict[str, Any]:
+def validate_notify(raw: Any, smtp_configured: bool, outbound: OutboundPolicy = OutboundPolicy()) -> dict[str, Any]:
     if raw in (None, {}):
         return {}
     if not isinstance(raw, dict):
@@ -88,12 +89,8 @@ def validate_notify(raw: Any, smtp_configured: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     hook = raw.get("webhook")
     if hook:
-        from urllib.parse import urlparse
-
-        parsed = urlparse(str(hook))
-        if parsed.scheme not in ("http", "https") or not parsed.netloc:
-            raise InvalidInput(f"{hook!r} is not an http(s) URL", field="notify.webhook")
-        out["webhook"] = str(hook)
+        # the address it resolves to is checked again when the notification is sent (notify.py)
+        out["webhook"] = validate_url(hook, outbound, "notify.webhook")
     emails = raw.get("email") or []
     if isinstance(emails, str):
         emails = [e.strip() for e in re.split(r"[,;]", emails) if e.strip()]
@@ -122,7 +119,7 @@ class Limits:
 
 
 def validate_schedule(body: dict[str, Any], *, partial: bool, smtp_configured: bool,
-                      limits: Limits = Limits()) -> dict[str, Any]:
+                      limits: Limits = Limits(), outbound: OutboundPolicy = OutboundPolicy()) -> dict[str, Any]:
     """The schedule fields in `body`, checked. `partial` (PATCH): only those given."""
     unknown = set(body) - set(FIELDS)
     if unknown:
@@ -167,7 +164,7 @@ def validate_schedule(body: dict[str, Any], *, partial: bool, smtp_configured: b
             raise InvalidInput(f"output_formats must list formats among {list(OUTPUT_FORMATS)}", field="output_formats")
         out["output_formats"] = sorted(set(formats) | {"ipynb"}, key=OUTPUT_FORMATS.index)
     if "notify" in body:
-        out["notify"] = validate_notify(body["notify"], smtp_configured)
+        out["notify"] = validate_notify(body["notify"], smtp_configured, outbound)
     if "missed" in body:
         if body["missed"] not in MISSED_POLICIES:
             raise InvalidInput(f"missed must be one of {list(MISSED_POLICIES)}", field="missed")

@@ -8,7 +8,7 @@ import { Panel, Widget } from '@lumino/widgets';
 
 import { el } from './dom';
 import { stratolabIcon } from './icon';
-import { fetchStatus, IStratolabStatus, StatusError } from './status';
+import { fetchGpuLedger, fetchStatus, IGpuLedger, IStratolabStatus, ledgerLines, StatusError } from './status';
 
 /**
  * One titled block of the panel, which knows how to reload its own content.
@@ -92,8 +92,9 @@ export class EnvironmentSection extends PanelSection {
 
   async refresh(): Promise<void> {
     try {
-      this._status = await fetchStatus();
-      this.render(this._status);
+      const [status, ledger] = await Promise.all([fetchStatus(), fetchGpuLedger()]);
+      this._status = status;
+      this.render(status, ledger);
     } catch (error) {
       const message =
         error instanceof StatusError
@@ -103,7 +104,7 @@ export class EnvironmentSection extends PanelSection {
     }
   }
 
-  private render(status: IStratolabStatus): void {
+  private render(status: IStratolabStatus, ledger: IGpuLedger | null = null): void {
     const profile = status.profile;
     const nodes: HTMLElement[] = [
       el(
@@ -153,6 +154,14 @@ export class EnvironmentSection extends PanelSection {
       }
     }
     fact(lines.length > 1 ? 'GPUs' : 'GPU', gpus);
+    if (ledger && ledger.inventory.length) {
+      // every device of the machine and what holds it: servers, scheduled runs, trials, functions
+      const machine = el('dd', 'jp-Stratolab-fact jp-Stratolab-gpuLedger', undefined, 'stratolab-gpu-ledger');
+      for (const line of ledgerLines(ledger)) {
+        machine.append(el('div', 'jp-Stratolab-gpu', line));
+      }
+      fact(ledger.all_names ? 'Machine GPUs (all users)' : 'Machine GPUs', machine);
+    }
     if (status.user) {
       const server = status.server_name ? ` (server “${status.server_name}”)` : '';
       fact('User', el('dd', 'jp-Stratolab-fact', `${status.user}${server}`, 'stratolab-user'));

@@ -86,3 +86,47 @@ export async function fetchStatus(
     throw new StatusError('The server sent a status that is not valid JSON.');
   }
 }
+
+/** One device of the machine's GPU ledger (`GET /services/scheduler/api/gpus`). */
+export interface IGpuHolding {
+  device: string;
+  kind: string;
+  /** This user's own holder ("notebook server (gpu-1)"); null for another user's */
+  holder: string | null;
+  username: string | null;
+  /** How the holder is named to this user ("your scheduled run 7", "another user's ...") */
+  described: string;
+  since: string;
+}
+
+export interface IGpuLedger {
+  inventory: string[];
+  free: string[];
+  held: IGpuHolding[];
+  all_names: boolean;
+}
+
+/**
+ * The machine's GPU ledger (servers, scheduled runs, AutoML trials and function instances), through
+ * this server's scheduler proxy; null when the scheduler cannot be asked (the panel then shows only
+ * this server's own devices).
+ */
+export async function fetchGpuLedger(
+  settings: ServerConnection.ISettings = ServerConnection.makeSettings()
+): Promise<IGpuLedger | null> {
+  const url = URLExt.join(settings.baseUrl, 'stratolab', 'scheduler', 'api', 'gpus');
+  try {
+    const response = await ServerConnection.makeRequest(url, {}, settings);
+    return response.ok ? ((await response.json()) as IGpuLedger) : null;
+  } catch {
+    return null;
+  }
+}
+
+/** One line per device of the machine: what holds it, or that it is free. */
+export function ledgerLines(ledger: IGpuLedger): string[] {
+  return ledger.inventory.map(device => {
+    const holders = ledger.held.filter(h => h.device === device).map(h => h.described);
+    return `GPU ${device} · ${holders.length ? holders.join(', ') : 'free'}`;
+  });
+}

@@ -18,7 +18,7 @@ from stratolab.functions.bundle import Manifest
 from stratolab.functions.policy import ScalingPolicy
 from stratolab.functions.runtime.forkserver import ForkServer
 from stratolab.functions.runtime.pool import InvocationError, VersionPool
-from stratolab.hub.gpus import GpuAllocator
+from stratolab.platform.gpus import GpuAllocation, GpuAllocator, Holder
 from stratolab.platform.sockets import private_subdir, remove_runtime_dir, runtime_dir
 
 
@@ -39,11 +39,12 @@ class LocalBackend(FunctionBackend):
         preload: list[str],
         account_for: Callable[[str], tuple[int, int] | None] = lambda owner: None,
         on_event: Callable[[str, dict], None] | None = None,
-        gpu_inventory: tuple[str, ...] = (),
+        gpus: GpuAllocation | None = None,
         python: str = sys.executable,
     ):
         """`account_for(owner)` gives the uid/gid an owner's workers run as (None: ours), creating
-        the system account when it does not exist yet."""
+        the system account when it does not exist yet. `gpus`: the machine's GPU ledger (none: no
+        GPUs for functions)."""
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o711)
@@ -57,8 +58,8 @@ class LocalBackend(FunctionBackend):
         #: TensorFlow bundles fork from their own server, which imported TensorFlow but never ran it
         self.tf_forkserver = ForkServer(self.sockets / "fork-tf.sock", ["tensorflow", "keras"], python=python)
         self.pools: dict[str, VersionPool] = {}
-        #: GPUs function instances may hold, each exclusively (a socket path owns its devices)
-        self.gpus = GpuAllocator(tuple(gpu_inventory))
+        #: GPUs function instances hold, each exclusively (an instance is a holder, named by its socket)
+        self.gpus: GpuAllocation = gpus if gpus is not None else GpuAllocator(())
 
     def start(self) -> "LocalBackend":
         self.forkserver.start()
@@ -110,8 +111,11 @@ class LocalBackend(FunctionBackend):
 
         forkserver = self.forkserver_for(vdir / "bundle")
 
+        def holder(socket: Path) -> Holder:
+            return Holder.function(ref.owner, ref.name, ref.version, socket.name)
+
         def spawn(bundle_path: Path, socket: Path, log: Path) -> int:
-            devices = self.gpus.acquire(str(socket), pool.policy.gpus)  # NoFreeGpu explains itself
+            devices = self.gpus.acquire(holder(socket), pool.policy.gpus)  # NoFreeGpu explains itself
             kwargs: dict[str, Any] = {
                 "concurrency": policy.concurrency, "uid": uid, "gid": gid,
                 "env": {"CUDA_VISIBLE_DEVICES": ",".join(devices)},
@@ -121,11 +125,11 @@ class LocalBackend(FunctionBackend):
             try:
                 return forkserver.spawn(bundle_path, socket, log, **kwargs)
             except Exception:
-                self.gpus.release(str(socket))
+                self.gpus.release(holder(socket))
                 raise
 
         pool = VersionPool(ref.key, vdir / "bundle", policy, spawn, workdir, self.on_event, sockets,
-                           on_removed=lambda socket: self.gpus.release(str(socket)))
+                           on_removed=lambda socket: self.gpus.release(holder(socket)))
         old = self.pools.pop(ref.key, None)
         if old:
             await old.close()

@@ -24,6 +24,7 @@ import os
 import sys
 from pathlib import Path
 
+from sqlalchemy.orm import Session, sessionmaker
 from tornado import ioloop, web
 from jupyterhub.services.auth import HubAuth
 
@@ -35,6 +36,8 @@ from stratolab.functions.service import handlers, metrics
 from stratolab.functions.limits import LimitsConfig
 from stratolab.functions.service.state import DEFAULT_MAX_HELD_MB, ServiceState
 from stratolab.hub.system_users import ensure_system_user, system_username
+from stratolab.platform.gpu_ledger import GpuLedger
+from stratolab.platform.gpus import configured_gpus, discover_gpus
 from stratolab.settings import positive_int_env, user_env_python
 from stratolab.web import begin_service, log_request, until_stopped
 
@@ -54,11 +57,7 @@ def available_frameworks(python: str) -> list[str]:
 
 def function_gpus() -> tuple[str, ...]:
     """GPUs function instances may use: STRATOLAB_FUNCTION_GPUS, else the machine's inventory."""
-    from stratolab.hub.gpus import discover_gpus
-
-    raw = os.environ.get("STRATOLAB_FUNCTION_GPUS", os.environ.get("STRATOLAB_GPUS"))
-    configured = tuple(g.strip() for g in raw.split(",") if g.strip()) if raw is not None else None
-    return discover_gpus(configured)
+    return discover_gpus(configured_gpus(os.environ, "STRATOLAB_FUNCTION_GPUS", "STRATOLAB_GPUS"))
 
 
 def system_account(owner: str) -> tuple[int, int]:
@@ -103,7 +102,7 @@ def backend_kind(environ: dict | None = None) -> str:
     return kind
 
 
-def local_backend(data_dir: Path, isolated: bool) -> LocalBackend:
+def local_backend(data_dir: Path, isolated: bool, sessions: sessionmaker[Session]) -> LocalBackend:
     def on_event(kind: str, data: dict) -> None:
         if kind == "cold_start":
             metrics.COLD_START_SECONDS.observe(data["seconds"])
@@ -115,7 +114,7 @@ def local_backend(data_dir: Path, isolated: bool) -> LocalBackend:
         available_frameworks(user_env_python()),
         account_for=system_account if isolated else (lambda owner: None),
         on_event=on_event,
-        gpu_inventory=function_gpus(),
+        gpus=GpuLedger(sessions, function_gpus()),
         python=user_env_python(),
     ).start()
 
@@ -141,7 +140,8 @@ def main() -> None:
     db_url = os.environ["STRATOLAB_PLATFORM_DB_URL"]
     isolated = os.environ.get("STRATOLAB_ISOLATION") == "system-users"
     ensure_schema(db_url)
-    registry = FunctionRegistry(session_factory(make_engine(db_url)))
+    sessions = session_factory(make_engine(db_url))
+    registry = FunctionRegistry(sessions)
 
     try:
         limits = LimitsConfig.from_env()
@@ -151,7 +151,7 @@ def main() -> None:
     kind = backend_kind()
     runtime_secret = os.environ.get("STRATOLAB_RUNTIME_SECRET") or None
     # the local backend starts its fork-server (and imports the frameworks) before the loop runs
-    backend = local_backend(data_dir, isolated) if kind == "local" else None
+    backend = local_backend(data_dir, isolated, sessions) if kind == "local" else None
     from urllib.parse import urlparse
 
     parsed = urlparse(url)

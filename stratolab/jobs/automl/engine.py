@@ -27,7 +27,7 @@ import optuna
 from sqlalchemy import or_, select, update
 
 from stratolab.db.models import AutoMLJob
-from stratolab.hub.gpus import GpuAllocator
+from stratolab.platform.gpus import GpuAllocation, Holder, NoFreeGpu
 from stratolab.hub.profiles import Profile, choose_profile
 from stratolab.jobs.automl import channel
 from stratolab.jobs.automl.space import grid, sample
@@ -123,7 +123,7 @@ class AutoMLController:
     def __init__(self, sessions, db_url: str, files: JobFiles, executor: NotebookExecutor, clock: Clock, *,
                  worker_id: str, account_for: Callable[[str], Account | None],
                  profile_env: Callable[[tuple[str, ...]], dict[str, str]], profiles: dict[str, Profile],
-                 gpus: GpuAllocator, heartbeat_every: float = 5.0, stale_after: float = 30.0, max_parallel: int = 8,
+                 gpus: GpuAllocation, heartbeat_every: float = 5.0, stale_after: float = 30.0, max_parallel: int = 8,
                  gpu_wait: float = 0.5):
         self.sessions = sessions
         ensure_optuna_schema(db_url)
@@ -288,13 +288,20 @@ class AutoMLController:
             exhausted = config["algorithm"] == "grid" and self._grid_done(study, config, len(counted) + len(running))
             wanted = len(counted) + len(running) < config["trials"] and not time_up and not exhausted
             if wanted and len(running) < parallel and len(self.gpus.free()) >= gpus_per_trial:
-                trial = study.ask()
-                params = sample(trial, config["space"])  # at once: a lost trial is then one with parameters
-                # no await since the look at free(): these devices are still free
-                devices = self.gpus.acquire(trial_key(job_id, trial.number), gpus_per_trial) if gpus_per_trial else ()
-                running[trial.number] = asyncio.ensure_future(
-                    self._run_trial(job, config, study, trial, params, parallel, devices))
-                continue
+                # devices first, then the trial: the ledger is shared with the hub and the functions
+                # service, so free() was a look, not a promise. This loop is the only one asking this
+                # study for trials, so the next trial's number is the number of trials so far.
+                holder = Holder.trial(job.owner, job_id, len(study.trials), job.name)
+                try:
+                    devices = self.gpus.acquire(holder, gpus_per_trial) if gpus_per_trial else ()
+                except NoFreeGpu:
+                    devices = None
+                if devices is not None:
+                    trial = study.ask()
+                    params = sample(trial, config["space"])  # at once: a lost trial is then one with parameters
+                    running[trial.number] = asyncio.ensure_future(
+                        self._run_trial(job, config, study, trial, params, parallel, devices, holder))
+                    continue
             if not running and wanted:  # every device this search could use is held by others: wait
                 await asyncio.sleep(self.gpu_wait)
                 continue
@@ -326,7 +333,8 @@ class AutoMLController:
             await asyncio.wait(list(running.values()), timeout=30)
 
     async def _run_trial(self, job: AutoMLJob, config: dict[str, Any], study: optuna.Study, trial: optuna.Trial,
-                         params: dict[str, Any], parallel: int = 1, devices: tuple[str, ...] = ()) -> None:
+                         params: dict[str, Any], parallel: int = 1, devices: tuple[str, ...] = (),
+                         holder: Holder | None = None) -> None:
         """One trial to its end; its devices go back however it ends (done, failed, pruned, stopped)."""
         try:
             await self._trial(job, config, study, trial, params, parallel, devices)
@@ -337,8 +345,8 @@ class AutoMLController:
             trial.set_user_attr("error", f"{type(e).__name__}: {e}")
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
         finally:
-            if devices:
-                self.gpus.release(trial_key(job.id, trial.number))
+            if devices and holder is not None:
+                self.gpus.release(holder)
 
     async def _trial(self, job: AutoMLJob, config: dict[str, Any], study: optuna.Study, trial: optuna.Trial,
                      params: dict[str, Any], parallel: int, devices: tuple[str, ...]) -> None:

@@ -31,7 +31,9 @@ from jupyterhub.services.auth import HubAuth
 from tornado import web
 
 from stratolab.db import ensure_schema, make_engine, session_factory
-from stratolab.hub.gpus import GpuAllocator, discover_gpus
+from stratolab.platform.gpu_ledger import GpuLedger
+from stratolab.platform.outbound import OutboundPolicy
+from stratolab.platform.gpus import GpuAllocation, GpuAllocator, configured_gpus, discover_gpus
 from stratolab.errors import NotFound
 from stratolab.hub.profiles import Profile, choose_profile, default_profile_list, load_profile_list, parse_profile_list
 from stratolab.hub.system_users import ensure_system_user, system_username
@@ -78,6 +80,7 @@ def make_app(state: JobService, prefix: str, automl: AutoMLService | None = None
         (rf"{p}/api/preview", handlers.PreviewHandler),
         (rf"{p}/api/inspect", handlers.InspectHandler),
         (rf"{p}/api/profiles", handlers.ProfilesHandler),
+        (rf"{p}/api/gpus", handlers.GpusHandler),
         (rf"{p}/metrics", handlers.MetricsHandler),
         (rf"{p}/openapi.json", handlers.OpenAPIHandler),
         *executor_handlers.routes(p),  # Jobs' agents: run-token authenticated (see executor_handlers)
@@ -95,9 +98,7 @@ def _int_env(name: str, default: int, environ=os.environ) -> int:
 
 
 def job_gpus(environ=os.environ) -> tuple[str, ...]:
-    raw = environ.get("STRATOLAB_JOB_GPUS", environ.get("STRATOLAB_GPUS"))
-    configured = tuple(g.strip() for g in raw.split(",") if g.strip()) if raw is not None else None
-    return discover_gpus(configured)
+    return discover_gpus(configured_gpus(environ, "STRATOLAB_JOB_GPUS", "STRATOLAB_GPUS"))
 
 
 def load_profiles(gpu_count: int, environ=os.environ) -> dict:
@@ -175,7 +176,11 @@ def build(environ=os.environ, clock: Clock | None = None) -> tuple[JobService, S
         return shared_homes / owner
 
     on_kubernetes = environ.get("STRATOLAB_JOBS_EXECUTOR", "").strip() == "kubernetes"
-    gpus = GpuAllocator(cluster_gpu_slots(environ) if on_kubernetes else job_gpus(environ))
+    # on one machine the GPU ledger shared with the hub and the functions service; on Kubernetes the
+    # device plugin assigns devices and this only caps how many GPU runs are out at once
+    gpus: GpuAllocation = (
+        GpuAllocator(cluster_gpu_slots(environ)) if on_kubernetes else GpuLedger(store.sessions, job_gpus(environ))
+    )
     smtp = SmtpSettings.from_env(environ)
     config = SchedulerConfig(
         worker_id=environ.get("STRATOLAB_SCHEDULER_ID") or f"{socket.gethostname()}:{root}"[-64:],
@@ -187,7 +192,7 @@ def build(environ=os.environ, clock: Clock | None = None) -> tuple[JobService, S
     profiles = load_profiles(len(gpus.inventory), environ)
     executor = make_executor(environ, root, prefix, store, profiles)
     scheduler = Scheduler(store, files, executor, clock or Clock(), config, profiles=profiles, account_for=account_for,
-                          gpus=gpus, notifier=Notifier(smtp))
+                          gpus=gpus, notifier=Notifier(smtp, OutboundPolicy.from_env(environ)))
     service = JobService(
         store=store, files=files, scheduler=scheduler,
         hub_auth=HubAuth(api_token=environ.get("JUPYTERHUB_API_TOKEN", ""), cache_max_age=60),

@@ -160,6 +160,14 @@ class InspectHandler(BaseHandler):
         self.send(await self.jobs.inspect(owner, self.json_body()))
 
 
+class GpusHandler(BaseHandler):
+    """`GET api/gpus`: the GPU ledger of this machine, as the caller may see it."""
+
+    async def get(self) -> None:
+        owner = await self.owner()
+        self.send(self.jobs.gpu_view(owner, bool((self.caller or {}).get("admin"))))
+
+
 class ProfilesHandler(BaseHandler):
     async def get(self) -> None:
         await self.owner()

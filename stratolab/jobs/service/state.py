@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from stratolab.errors import Conflict, InvalidInput
-from stratolab.hub.gpus import GpuAllocator
+from stratolab.platform.gpus import GpuAllocation
 from stratolab.hub.profiles import Profile, ProfileError, choose_profile
 from stratolab.jobs import cron
 from stratolab.jobs.clock import Clock
@@ -31,7 +31,7 @@ class JobService:
     scheduler: Scheduler
     hub_auth: Any
     profiles: dict[str, Profile]
-    gpus: GpuAllocator
+    gpus: GpuAllocation
     home_of: Callable[[str], Path]
     account_for: Callable[[str], Account | None]
     smtp_configured: bool
@@ -81,7 +81,8 @@ class JobService:
         return cron.next_time(expr, cron.parse_timezone(tz), self.clock.now())
 
     async def create(self, owner: str, body: dict[str, Any]) -> dict[str, Any]:
-        fields = validate_schedule(body, partial=False, smtp_configured=self.smtp_configured)
+        fields = validate_schedule(body, partial=False, smtp_configured=self.smtp_configured,
+                                   outbound=self.scheduler.notifier.outbound)
         nb = await self._notebook(owner, fields)
         declared = inspect_parameters(nb)
         params = validate_parameters(fields.get("parameters"), declared)
@@ -108,7 +109,8 @@ class JobService:
 
     async def update(self, owner: str, schedule_id: int, body: dict[str, Any]) -> dict[str, Any]:
         current = self.store.schedule(owner, schedule_id)
-        fields = validate_schedule(body, partial=True, smtp_configured=self.smtp_configured)
+        fields = validate_schedule(body, partial=True, smtp_configured=self.smtp_configured,
+                                   outbound=self.scheduler.notifier.outbound)
         changes: dict[str, Any] = {}
         declared = json.loads(current.declared)
         if "content" in fields or "notebook" in fields:
@@ -196,13 +198,29 @@ class JobService:
         self.scheduler.wake()
         return run_view(run, s.name), True
 
+    def _run_view(self, run, schedule_name: str | None) -> dict[str, Any]:
+        view = run_view(run, schedule_name)
+        view["waiting_for"] = self.scheduler.waiting_for.get(run.id) if run.state == "queued" else None
+        return view
+
     def list_runs(self, owner: str, schedule_id: int | None, state: str | None, limit: int) -> list[dict[str, Any]]:
         limit = max(1, min(limit, MAX_RUNS_LISTED))
-        return [run_view(run, name) for run, name in self.store.runs(owner, schedule_id, state, limit)]
+        return [self._run_view(run, name) for run, name in self.store.runs(owner, schedule_id, state, limit)]
 
     def get_run(self, owner: str, run_id: int) -> dict[str, Any]:
         run = self.store.run(run_id, owner)
-        return run_view(run, self.store.schedule(owner, run.schedule_id).name)
+        return self._run_view(run, self.store.schedule(owner, run.schedule_id).name)
+
+    def gpu_view(self, username: str, admin: bool) -> dict[str, Any]:
+        """The machine's GPUs and what holds each (servers, runs, trials, function instances): the
+        caller's own holders by name, others' by kind only, every name for an admin."""
+        viewer = None if admin else username
+        return {
+            "inventory": list(self.gpus.inventory),
+            "free": self.gpus.free(),
+            "held": [h.to_dict(viewer) for h in self.gpus.holdings()],
+            "all_names": admin,
+        }
 
     async def stop_run(self, owner: str, run_id: int) -> dict[str, Any]:
         run = self.store.run(run_id, owner)
