@@ -76,7 +76,8 @@ def test_uploaded_archives_cannot_escape_or_smuggle_links(tmp_path, member):
     import io
     import tarfile
 
-    from stratolab.functions.bundle import safe_extract
+    from stratolab.errors import InvalidInput
+    from stratolab.functions.bundle import extract_bundle
 
     name, kind = member
     buf = io.BytesIO()
@@ -91,7 +92,7 @@ def test_uploaded_archives_cannot_escape_or_smuggle_links(tmp_path, member):
         else:
             info.size = 3
             tar.addfile(info, io.BytesIO(b"bad"))
-    buf.seek(0)
-    with tarfile.open(fileobj=buf, mode="r:gz") as tar, pytest.raises(ValueError):
-        safe_extract(tar, tmp_path / "out")
-    assert not (tmp_path / "escape.txt").exists()
+    with pytest.raises(InvalidInput) as e:
+        extract_bundle(buf.getvalue(), tmp_path / "out")
+    assert e.value.status == 400
+    assert not (tmp_path / "escape.txt").exists() and not any((tmp_path / "out").rglob("*"))

@@ -4,10 +4,8 @@ delete and export functions. Every command prints JSON with --json."""
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -124,7 +122,7 @@ def cmd_export(args, emit) -> None:
     import requests
 
     from stratolab.functions.client import SERVICE_PATH, _answer, _session, call
-    from stratolab.functions.bundle import safe_extract
+    from stratolab.functions.bundle import extract_bundle
     from stratolab.functions.export import export_bundle
 
     version = args.version
@@ -136,8 +134,7 @@ def cmd_export(args, emit) -> None:
     if r.status_code != 200:
         _answer(r)
     with tempfile.TemporaryDirectory() as tmp:
-        with tarfile.open(fileobj=io.BytesIO(r.content), mode="r:gz") as tar:
-            safe_extract(tar, Path(tmp) / "bundle")
+        extract_bundle(r.content, Path(tmp) / "bundle")
         target = export_bundle(Path(tmp) / "bundle", Path(args.output))
     emit({"name": args.name, "version": version, "output": str(target)},
          f"Exported {args.name} v{version} to {target} (docker build -t {args.name} {target})")

@@ -23,9 +23,10 @@ import tempfile
 import types
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import IO, Any, Callable, Mapping
 
 from stratolab.functions.analysis import CapturePlan
+from stratolab.platform.archive import ArchiveLimits, extract
 from stratolab.functions.requirements import pin_requirements
 from stratolab.functions.serializers import load_value, save_value
 
@@ -117,26 +118,15 @@ def load_handler(directory: Path) -> Callable[..., Any]:
     return getattr(module, manifest.handler)
 
 
-def safe_extract(tar, target: Path) -> None:
-    """Extract regular files and directories only, each strictly inside `target` (no links, no
-    devices, no absolute or `..` paths). Works on every Python 3.10+ (tarfile's `filter=` does not)."""
+#: what an uploaded or fetched bundle may hold once extracted (a trained model or two, not a data set)
+BUNDLE_LIMITS = ArchiveLimits(max_members=20000, max_bytes=8 * 1024**3)
 
-    target = Path(target).resolve()
-    target.mkdir(parents=True, exist_ok=True)
-    for member in tar.getmembers():
-        name = member.name
-        dest = (target / name).resolve()
-        if name.startswith("/") or ".." in Path(name).parts or not dest.is_relative_to(target):
-            raise ValueError(f"unsafe path in the archive: {name!r}")
-        if member.isdir():
-            dest.mkdir(parents=True, exist_ok=True)
-        elif member.isfile():
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            source = tar.extractfile(member)
-            with open(dest, "wb") as out:
-                shutil.copyfileobj(source, out)
-        else:
-            raise ValueError(f"the archive holds {name!r}, which is not a regular file or directory")
+
+def extract_bundle(source: bytes | IO[bytes], target: Path) -> list[str]:
+    """Unpack a bundle (.tar.gz) with the platform's hardened extractor (stratolab.platform.archive):
+    regular files only, nothing outside `target`, within BUNDLE_LIMITS; InvalidInput (or 413) naming
+    the first bad member otherwise."""
+    return extract(source, Path(target), BUNDLE_LIMITS, folder_mode=0o755)
 
 
 class BundleStore:

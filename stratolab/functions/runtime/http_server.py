@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import json
 import os
 import sys
-import tarfile
 import tempfile
 import time
 import traceback
@@ -40,7 +38,8 @@ from typing import Mapping
 
 from tornado import httpserver, web
 
-from stratolab.functions.bundle import bundle_digest, load_handler, safe_extract
+from stratolab.errors import StratolabError
+from stratolab.functions.bundle import bundle_digest, extract_bundle, load_handler
 from stratolab.functions.runtime.worker import JSON, InvocationStream, Worker
 from stratolab.web import until_stopped
 
@@ -109,10 +108,9 @@ def fetch_bundle(settings: RuntimeSettings, target: Path) -> None:
         time.sleep(delay)
         delay *= 2
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
-            safe_extract(tar, target)
-    except (ValueError, tarfile.TarError, EOFError) as e:
-        raise LoadFailed(f"the bundle is not a valid archive: {e}") from None
+        extract_bundle(data, target)
+    except StratolabError as e:
+        raise LoadFailed(f"the bundle is not a valid archive: {e.message}") from None
     if settings.bundle_digest and bundle_digest(target) != settings.bundle_digest:
         raise LoadFailed(f"the bundle's digest is {bundle_digest(target)}, expected {settings.bundle_digest}")
 

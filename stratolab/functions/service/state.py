@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import io
 import json
 import logging
-import shutil
-import tarfile
 import tempfile
 import time
 import uuid
@@ -19,7 +15,7 @@ from typing import Any
 from stratolab.errors import InvalidInput, StratolabError
 from stratolab.functions.backend import FunctionBackend, VersionRef
 from stratolab.functions.limits import LimitsConfig
-from stratolab.functions.bundle import BundleStore, Manifest, bundle_digest, safe_extract
+from stratolab.functions.bundle import BundleStore, Manifest, extract_bundle
 from stratolab.functions.registry import FunctionRegistry, FunctionView, check_name
 from stratolab.functions.service import metrics
 from stratolab.functions.traffic import choose_version
@@ -62,12 +58,9 @@ class LatencyWindow:
 def unpack_bundle(data: bytes, target: Path) -> None:
     """Unpack an uploaded .tar.gz bundle, refusing links, devices and paths that leave `target`."""
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
-            safe_extract(tar, target)
-    except ValueError as e:
-        raise InvalidInput(f"the bundle is refused: {e}", field="bundle") from None
-    except (tarfile.TarError, EOFError, OSError) as e:
-        raise InvalidInput(f"the body is not a .tar.gz bundle: {e}", field="bundle") from None
+        extract_bundle(data, target)
+    except StratolabError as e:
+        raise InvalidInput(f"the bundle is refused: {e.message}", field="bundle") if e.status == 400 else e from None
     if not (target / "manifest.json").exists():
         raise InvalidInput("the bundle has no manifest.json", field="bundle")
     try:

@@ -4,15 +4,13 @@ functions service, both with the caller's own token."""
 
 from __future__ import annotations
 
-import io
-import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import requests
 
-from stratolab.functions.bundle import safe_extract
+from stratolab.functions.bundle import extract_bundle
 from stratolab.functions.client import Deployment, FunctionsError, _session, deploy_bundle
 
 SCHEDULER_PATH = "/services/scheduler"
@@ -31,8 +29,7 @@ def deploy_best(job_id: int, name: str, *, scaling: dict | None = None, public: 
         raise FunctionsError(message, status=r.status_code)
     trial = {"number": int(r.headers.get("X-Trial-Number", "-1"))}
     with tempfile.TemporaryDirectory(prefix="stratolab-best-") as tmp:
-        with tarfile.open(fileobj=io.BytesIO(r.content), mode="r:gz") as tar:
-            safe_extract(tar, Path(tmp) / "bundle")
+        extract_bundle(r.content, Path(tmp) / "bundle")
         deployment = deploy_bundle(Path(tmp) / "bundle", name, scaling=scaling, public=public,
                                    url=url, token=token)
     return deployment, trial
