@@ -42,9 +42,6 @@ class Shape:
     handler: str = "predict"
     #: the oldest Python whose syntax the cells use
     python: tuple[int, int] = (3, 11)
-    #: a known defect outside the scope analysis that makes this row fail, and what its error says
-    known_defect: str = ""
-    known_defect_error: str = ""
 
     def runs_here(self) -> bool:
         return sys.version_info[:2] >= self.python
@@ -382,10 +379,6 @@ SHAPES = [
             "def predict(name):\n    item = Item(name)\n    return [item.name, list(item.tags), item.extra]\n",
         ),
         "x",
-        known_defect="bundle.load_handler compiles handler.py inheriting bundle.py's own `from __future__ import "
-        "annotations`, so a dataclass's annotations are strings and dataclasses looks up "
-        "sys.modules['stratolab_function'], which is not there: AttributeError at load",
-        known_defect_error="AttributeError: 'NoneType' object has no attribute '__dict__'",
     ),
     Shape(
         "async_helpers",

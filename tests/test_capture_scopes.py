@@ -38,11 +38,6 @@ def shape_params():
 
 def assert_answers_like_the_kernel(shape, result: dict, expected) -> None:
     """`result`: what the loaded bundle gave ({"answer": ...} or {"error": traceback})."""
-    if shape.known_defect:
-        assert shape.known_defect_error in result.get("error", ""), (
-            f"this row no longer fails with its known defect; drop known_defect if it is fixed: {result}"
-        )
-        pytest.xfail(shape.known_defect)
     assert result == {"answer": expected}
 
 

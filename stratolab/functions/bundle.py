@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import types
 from dataclasses import asdict, dataclass, field
@@ -106,14 +107,20 @@ def bundle_digest(directory: Path) -> str:
 
 
 def load_handler(directory: Path) -> Callable[..., Any]:
-    """Load a bundle into a fresh module and return its handler."""
+    """Load a bundle into a fresh module and return its handler.
+
+    The module is compiled with no future features of this file (`dont_inherit`): annotations are
+    evaluated as they were in the kernel, not kept as strings. It is registered in `sys.modules` while
+    its code runs, as an imported module is: `dataclasses`, `typing.get_type_hints` and pickle look
+    their classes' module up there."""
     directory = Path(directory)
     manifest = Manifest.read(directory)
     module = types.ModuleType(MODULE_NAME)
     module.__file__ = str(directory / "handler.py")
     for value in manifest.values:
         setattr(module, value["name"], load_value(directory / "values" / value["name"]))
-    code = compile((directory / "handler.py").read_text(), str(directory / "handler.py"), "exec")
+    code = compile((directory / "handler.py").read_text(), str(directory / "handler.py"), "exec", dont_inherit=True)
+    sys.modules[MODULE_NAME] = module
     exec(code, module.__dict__)
     return getattr(module, manifest.handler)
 
