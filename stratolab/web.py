@@ -17,7 +17,71 @@ from typing import Any
 
 from tornado import web
 
-from stratolab.errors import InvalidInput, StratolabError
+from stratolab.errors import InvalidInput, NotFound, StratolabError
+
+#: the largest id a database row can have (PostgreSQL's integer): anything above names nothing
+MAX_ID = 2**31 - 1
+
+
+def path_id(raw: str, what: str, low: int = 1) -> int:
+    """A numeric id from the URL path (from `low`: trial numbers start at 0); one out of the
+    database's range is a 404 like any missing one."""
+    try:
+        value = int(raw)
+    except ValueError:
+        raise NotFound(f"no {what} {raw[:40]!r}") from None
+    if not low <= value <= MAX_ID:
+        raise NotFound(f"no {what} {raw[:40]}")
+    return value
+
+
+HTTP_METHODS = ("get", "post", "put", "patch", "delete")
+#: how a path parameter of each OpenAPI kind matches in a URL: whole numbers, one segment, or (for
+#: `format: path`) the rest of the path
+_PARAMETER_PATTERNS = {"integer": r"\d+", "string": r"[^/]+", "path": r".+"}
+
+
+def _parameter_pattern(parameter: dict[str, Any]) -> str:
+    schema = parameter.get("schema", {})
+    if schema.get("format") == "path":
+        return _PARAMETER_PATTERNS["path"]
+    if "pattern" in schema and schema.get("x-route"):
+        return schema["pattern"].removeprefix("^").removesuffix("$")
+    return _PARAMETER_PATTERNS.get(schema.get("type", "string"), _PARAMETER_PATTERNS["string"])
+
+
+def routes_from_openapi(prefix: str, openapi: dict[str, Any], handlers: dict[str, Any]) -> list[tuple]:
+    """The tornado routes of a service, made from its OpenAPI document: every documented path is
+    served by `handlers[path]` (a handler class, or (class, kwargs)), and nothing else is routed, so
+    the document and the routes cannot drift apart. A path without a handler, a handler without a
+    documented path, or a documented method the handler does not implement fails at start."""
+    import re
+
+    paths = openapi["paths"]
+    if set(paths) != set(handlers):
+        raise RuntimeError(f"OpenAPI paths and handlers differ: {sorted(set(paths) ^ set(handlers))}")
+    p = prefix.rstrip("/")
+    routes = []
+    for path, item in paths.items():
+        entry = handlers[path]
+        handler, kwargs = entry if isinstance(entry, tuple) else (entry, {})
+        documented = {m for m in item if m in HTTP_METHODS}
+        implemented = {m for m in HTTP_METHODS if getattr(handler, m) is not getattr(web.RequestHandler, m)}
+        if documented != implemented:
+            raise RuntimeError(f"{path}: documented {sorted(documented)}, {handler.__name__} has {sorted(implemented)}")
+        parameters = {q["name"]: q for q in item.get("parameters", []) if q.get("in") == "path"}
+        for method in documented:
+            parameters.update({q["name"]: q for q in item[method].get("parameters", []) if q.get("in") == "path"})
+
+        def group(match: re.Match) -> str:
+            name = match.group(1)
+            if name not in parameters:
+                raise RuntimeError(f"{path}: the path parameter {name} is not described")
+            return f"({_parameter_pattern(parameters[name])})"
+
+        regex = re.sub(r"\{(\w+)\}", group, re.escape(path).replace(r"\{", "{").replace(r"\}", "}"))
+        routes.append((rf"{p}{regex.rstrip('/')}/?", handler, kwargs))
+    return routes
 
 
 def has_scope(scopes: list[str] | set[str], scope: str, owner: str) -> bool:
@@ -68,13 +132,26 @@ class ServiceHandler(web.RequestHandler):
             raise StratolabError(f"this token lacks the scope {scope}", status=403)
         return name
 
+    def int_arg(self, name: str, default: int | None = None, low: int = 0, high: int = MAX_ID) -> int | None:
+        """A whole-number query argument between `low` and `high`, or a 400 naming it."""
+        raw = self.get_query_argument(name, None)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise InvalidInput(f"{name} must be a whole number, got {raw[:40]!r}", field=name) from None
+        if not low <= value <= high:
+            raise InvalidInput(f"{name} must be between {low} and {high}, got {raw[:40]}", field=name)
+        return value
+
     def json_body(self) -> dict[str, Any]:
         if not self.request.body:
             return {}
         try:
             data = json.loads(self.request.body)
-        except ValueError as e:
-            raise InvalidInput(f"the body is not valid JSON: {e}") from None
+        except (ValueError, RecursionError) as e:  # RecursionError: nested deeper than the parser goes
+            raise InvalidInput(f"the body is not valid JSON: {str(e)[:200] or 'nested too deeply'}") from None
         if not isinstance(data, dict):
             raise InvalidInput("the body must be a JSON object")
         return data

@@ -13,7 +13,8 @@ from pathlib import Path
 from stratolab.functions.bundle import Manifest
 
 RUNTIME_MODULES = ["errors.py", "functions/__init__.py", "functions/analysis.py", "functions/bundle.py",
-                   "functions/requirements.py", "functions/serializers.py"]
+                   "functions/requirements.py", "functions/serializers.py", "platform/__init__.py",
+                   "platform/archive.py"]
 
 SERVE_PY = '''"""Serve the exported function: POST / (JSON or bytes) -> the handler's answer; GET /healthz."""
 import json
@@ -86,6 +87,8 @@ def export_bundle(bundle: Path, target: Path) -> Path:
         raise FileExistsError(f"{target} already exists")
     manifest = Manifest.read(bundle)
     shutil.copytree(bundle, target / "bundle")
+    for path in [target / "bundle", *(target / "bundle").rglob("*")]:  # an image's user may not be root
+        path.chmod(0o755 if path.is_dir() else 0o644)
     package = Path(__file__).resolve().parent.parent
     for rel in RUNTIME_MODULES:
         dest = target / "stratolab" / rel

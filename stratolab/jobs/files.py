@@ -88,11 +88,17 @@ class JobFiles:
     def run_file(self, owner: str, run_id: int, relative: str) -> Path:
         """A file in a run's workdir, refusing anything that resolves outside it."""
         base = self.run_dir(owner, run_id).resolve()
-        target = (base / relative).resolve()
+        try:
+            if "\0" in relative or len(relative) > 1024:
+                raise ValueError(relative)
+            target = (base / relative).resolve()
+            found = target.is_file()
+        except (OSError, ValueError):  # NUL bytes, names too long for the file system
+            raise NotFound(f"run {run_id} has no file {relative[:100]!r}") from None
         if base != target and base not in target.parents:
-            raise InvalidInput(f"{relative!r} is outside the run's files", field="path")
-        if not target.is_file():
-            raise NotFound(f"run {run_id} has no file {relative!r}")
+            raise InvalidInput(f"{relative[:100]!r} is outside the run's files", field="path")
+        if not found:
+            raise NotFound(f"run {run_id} has no file {relative[:100]!r}")
         return target
 
     def list_files(self, owner: str, run_id: int) -> list[dict]:

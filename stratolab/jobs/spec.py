@@ -32,8 +32,10 @@ def notebook_path(raw: Any, field: str = "notebook") -> str:
         raise InvalidInput("the notebook's path in your home is needed, e.g. reports/daily.ipynb", field=field)
     path = raw.strip().replace("\\", "/")
     if path.startswith("/") or path.startswith("~") or "\x00" in path:
-        raise InvalidInput(f"{raw!r}: give the path relative to your home directory", field=field)
+        raise InvalidInput(f"{raw[:100]!r}: give the path relative to your home directory", field=field)
     parts = [p for p in path.split("/") if p not in ("", ".")]
+    if len(path) > 1024 or any(len(p.encode()) > 255 for p in parts):
+        raise InvalidInput(f"{raw[:100]!r}...: the path or one of its names is too long", field=field)
     if any(p == ".." for p in parts):
         raise InvalidInput(f"{raw!r} leaves your home directory ('..' is not allowed)", field=field)
     if not parts or not parts[-1].endswith(".ipynb"):

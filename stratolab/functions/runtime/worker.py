@@ -34,8 +34,13 @@ JSON = "application/json"
 
 
 def decode_input(content_type: str, body: bytes) -> Any:
+    """The handler's input: parsed JSON, or the bytes; ValueError for JSON that cannot be parsed
+    (nested deeper than the parser goes included)."""
     if content_type.split(";")[0].strip() in (JSON, ""):
-        return json.loads(body) if body else None
+        try:
+            return json.loads(body) if body else None
+        except RecursionError:
+            raise ValueError("nested too deeply") from None
     return body
 
 
@@ -171,12 +176,15 @@ class Worker:
                     header, body = await read_frame(reader)
                 except (asyncio.IncompleteReadError, ConnectionError):
                     return
-                if header.get("op") == "ping":
-                    reply, out = {"status": 200, "pid": os.getpid()}, b""
-                elif self.batcher is not None:
-                    reply, out = await self.call_batched(header, body)
-                else:
-                    reply, out = await loop.run_in_executor(self.pool, self.call, header, body)
+                try:
+                    if header.get("op") == "ping":
+                        reply, out = {"status": 200, "pid": os.getpid()}, b""
+                    elif self.batcher is not None:
+                        reply, out = await self.call_batched(header, body)
+                    else:
+                        reply, out = await loop.run_in_executor(self.pool, self.call, header, body)
+                except Exception as exc:  # a failure of ours, not the handler's: answer it, keep serving
+                    reply, out = failure_reply(log_failure(f"invocation {header.get('id', '?')} failed", exc))
                 writer.write(encode_frame(reply, out))
                 await writer.drain()
         finally:

@@ -39,7 +39,8 @@ from stratolab.hub.system_users import ensure_system_user, system_username
 from stratolab.platform.gpu_ledger import GpuLedger
 from stratolab.platform.gpus import configured_gpus, discover_gpus
 from stratolab.settings import positive_int_env, user_env_python
-from stratolab.web import begin_service, log_request, until_stopped
+from stratolab.functions.service.openapi import OPENAPI
+from stratolab.web import begin_service, log_request, routes_from_openapi, until_stopped
 
 log = logging.getLogger("stratolab.functions")
 
@@ -67,25 +68,26 @@ def system_account(owner: str) -> tuple[int, int]:
     return entry.pw_uid, entry.pw_gid
 
 
+#: who serves each path of the API: the routes are made from the OpenAPI document (openapi.py)
+ROUTE_HANDLERS = {
+    "/": handlers.RootHandler,
+    "/api/functions": handlers.FunctionListHandler,
+    "/api/functions/{name}": handlers.FunctionHandler,
+    "/api/functions/{name}/traffic": handlers.TrafficHandler,
+    "/api/functions/{name}/rollback": handlers.RollbackHandler,
+    "/api/functions/{name}/logs": handlers.LogsHandler,
+    "/api/functions/{name}/versions/{version}/bundle": handlers.BundleHandler,
+    "/fn/{owner}/{name}": handlers.InvokeHandler,
+    "/runtime/bundles/{owner}/{name}/{version}": handlers.RuntimeBundleHandler,
+    "/metrics": handlers.MetricsHandler,
+    "/openapi.json": handlers.OpenAPIHandler,
+}
+
+
 def make_app(state: ServiceState, prefix: str, runtime_secret: str | None = None) -> web.Application:
     """`runtime_secret` signs the tokens revision pods fetch their bundles with (Knative backend);
     without it the runtime bundle route answers 404."""
-    p = prefix.rstrip("/")
-    name = r"([^/]+)"
-    routes = [
-        (rf"{p}/api/functions/?", handlers.FunctionListHandler),
-        (rf"{p}/api/functions/{name}/traffic", handlers.TrafficHandler),
-        (rf"{p}/api/functions/{name}/rollback", handlers.RollbackHandler),
-        (rf"{p}/api/functions/{name}/logs", handlers.LogsHandler),
-        (rf"{p}/api/functions/{name}/versions/(\d+)/bundle", handlers.BundleHandler),
-        (rf"{p}/api/functions/{name}", handlers.FunctionHandler),
-        (rf"{p}/fn/{name}/{name}/?", handlers.InvokeHandler),
-        (rf"{p}/runtime/bundles/{name}/{name}/(\d+)", handlers.RuntimeBundleHandler),
-        (rf"{p}/metrics", handlers.MetricsHandler),
-        (rf"{p}/openapi.json", handlers.OpenAPIHandler),
-        (rf"{p}/?", handlers.RootHandler),
-        (rf"{p}/.*", handlers.NotFoundHandler),
-    ]
+    routes = [*routes_from_openapi(prefix, OPENAPI, ROUTE_HANDLERS), (rf"{prefix.rstrip('/')}/.*", handlers.NotFoundHandler)]
     return web.Application(routes, state=state, runtime_secret=runtime_secret or None, max_body_size=2 * 1024**3,
                            log_function=log_request)
 

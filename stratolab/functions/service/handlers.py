@@ -16,7 +16,7 @@ from stratolab.functions.service.access import DEPLOY, INVOKE
 from stratolab.web import has_scope
 from stratolab.functions.service.openapi import OPENAPI
 from stratolab.functions.service.state import ServiceState
-from stratolab.web import ServiceHandler, token_from_headers
+from stratolab.web import ServiceHandler, path_id, token_from_headers
 
 
 class BaseHandler(ServiceHandler):
@@ -137,10 +137,11 @@ class RuntimeBundleHandler(BaseHandler):
         secret = self.settings.get("runtime_secret")
         if not secret:
             raise StratolabError("no such route", status=404)
-        if not check_bundle_token(secret, owner, name, int(version), token_from_headers(self.request.headers)):
+        number = path_id(version, "version")
+        if not check_bundle_token(secret, owner, name, number, token_from_headers(self.request.headers)):
             raise StratolabError("a valid bundle token is required (Authorization: Bearer ...)", status=403)
         view = self.state.view(owner, name)
-        match = next((v for v in view.versions if v["version"] == int(version)), None)
+        match = next((v for v in view.versions if v["version"] == number), None)
         if match is None:
             raise StratolabError(f"{name} has no version {version}", status=404)
         self.set_header("Content-Type", "application/gzip")

@@ -87,6 +87,11 @@ OPENAPI = {
         "/api/functions/{name}/traffic": {"parameters": [_name], "put": {"summary": "Split traffic between ready versions", "requestBody": {"content": {"application/json": {"schema": {"type": "object", "properties": {"traffic": {"type": "object", "additionalProperties": {"type": "integer"}}}}}}}, "responses": {"200": _ok(_function), **_errors}}},
         "/api/functions/{name}/rollback": {"parameters": [_name], "post": {"summary": "All traffic to a version (default: the previous ready one)", "requestBody": {"content": {"application/json": {"schema": {"type": "object", "properties": {"version": {"type": "integer"}}}}}}, "responses": {"200": _ok(_function), "409": _ok(_error), **_errors}}},
         "/api/functions/{name}/logs": {"parameters": [_name], "get": {"summary": "Recent output of the function's instances", "responses": {"200": _ok({"type": "object"}), **_errors}}},
+        "/api/functions/{name}/versions/{version}/bundle": {
+            "parameters": [_name, {"name": "version", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}],
+            "get": {"summary": "A version's bundle (.tar.gz), for export",
+                    "responses": {"200": {"description": "The bundle", "content": {"application/gzip": {}}}, **_errors}},
+        },
         "/fn/{owner}/{name}": {
             "parameters": [{"name": "owner", "in": "path", "required": True, "schema": {"type": "string"}}, _name],
             "post": {
@@ -96,7 +101,11 @@ OPENAPI = {
                 "responses": {"200": {"description": "The handler's result"}, "413": _ok(_error), "429": _ok(_error), "502": _ok(_error), "503": _ok(_error), "504": _ok(_error), **_errors},
             },
         },
-        "/metrics": {"get": {"summary": "Prometheus metrics (read:metrics)", "responses": {"200": {"description": "text/plain"}}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics (read:metrics)", "responses": {"200": {"description": "text/plain"}, **_errors}}},
+        "/openapi.json": {"get": {"summary": "This document", "responses": {"200": _ok({"type": "object"}), **_errors}}},
+        "/": {"get": {"summary": "The service's name and where this document is (answered without a token: "
+                                 "JupyterHub's service check asks it)", "security": [{}],
+                      "responses": {"200": _ok({"type": "object"})}}},
     },
 }
 

@@ -39,7 +39,8 @@ from stratolab.hub.profiles import Profile, choose_profile, default_profile_list
 from stratolab.hub.system_users import ensure_system_user, system_username
 from stratolab.jobs.clock import Clock
 from stratolab.settings import user_env_python
-from stratolab.web import begin_service, log_request, until_stopped
+from stratolab.jobs.service.openapi import OPENAPI
+from stratolab.web import begin_service, log_request, routes_from_openapi, until_stopped
 from stratolab.jobs.engine import Scheduler, SchedulerConfig
 from stratolab.jobs.executor import Account, NotebookExecutor, RunSpec
 from stratolab.jobs.files import JobFiles
@@ -54,39 +55,42 @@ from stratolab.jobs.store import JobStore
 log = logging.getLogger("stratolab.jobs")
 
 
+#: who serves each path of the API: the routes are made from the OpenAPI document (openapi.py)
+ROUTE_HANDLERS = {
+    "/": handlers.RootHandler,
+    "/api/schedules": handlers.ScheduleListHandler,
+    "/api/schedules/{schedule_id}": handlers.ScheduleHandler,
+    "/api/schedules/{schedule_id}/pause": (handlers.PauseHandler, {"action": "pause"}),
+    "/api/schedules/{schedule_id}/resume": (handlers.PauseHandler, {"action": "resume"}),
+    "/api/schedules/{schedule_id}/runs": handlers.RunNowHandler,
+    "/api/runs": handlers.RunListHandler,
+    "/api/runs/{run_id}": handlers.RunHandler,
+    "/api/runs/{run_id}/stop": handlers.StopHandler,
+    "/api/runs/{run_id}/output": handlers.OutputHandler,
+    "/api/runs/{run_id}/log": handlers.LogHandler,
+    "/api/runs/{run_id}/files": handlers.FilesHandler,
+    "/api/runs/{run_id}/files/{path}": handlers.FilesHandler,
+    "/api/preview": handlers.PreviewHandler,
+    "/api/inspect": handlers.InspectHandler,
+    "/api/profiles": handlers.ProfilesHandler,
+    "/api/gpus": handlers.GpusHandler,
+    "/api/automl": automl_handlers.AutoMLListHandler,
+    "/api/automl/propose": automl_handlers.AutoMLProposeHandler,
+    "/api/automl/{job_id}": automl_handlers.AutoMLJobHandler,
+    "/api/automl/{job_id}/trials": automl_handlers.AutoMLTrialsHandler,
+    "/api/automl/{job_id}/trials/{number}/output": automl_handlers.AutoMLTrialOutputHandler,
+    "/api/automl/{job_id}/insights": automl_handlers.AutoMLInsightsHandler,
+    "/api/automl/{job_id}/stop": automl_handlers.AutoMLStopHandler,
+    "/api/automl/{job_id}/best/bundle": automl_handlers.AutoMLBestBundleHandler,
+    "/metrics": handlers.MetricsHandler,
+    "/openapi.json": handlers.OpenAPIHandler,
+    # the agents of runs as Kubernetes Jobs: run-token authenticated (see executor_handlers)
+    **executor_handlers.ROUTE_HANDLERS,
+}
+
+
 def make_app(state: JobService, prefix: str, automl: AutoMLService | None = None) -> web.Application:
-    p = prefix.rstrip("/")
-    n = r"(\d+)"
-    routes = [
-        (rf"{p}/api/automl/?", automl_handlers.AutoMLListHandler),
-        (rf"{p}/api/automl/propose", automl_handlers.AutoMLProposeHandler),
-        (rf"{p}/api/automl/{n}/trials/?", automl_handlers.AutoMLTrialsHandler),
-        (rf"{p}/api/automl/{n}/trials/{n}/output", automl_handlers.AutoMLTrialOutputHandler),
-        (rf"{p}/api/automl/{n}/insights", automl_handlers.AutoMLInsightsHandler),
-        (rf"{p}/api/automl/{n}/stop", automl_handlers.AutoMLStopHandler),
-        (rf"{p}/api/automl/{n}/best/bundle", automl_handlers.AutoMLBestBundleHandler),
-        (rf"{p}/api/automl/{n}", automl_handlers.AutoMLJobHandler),
-        (rf"{p}/api/schedules/?", handlers.ScheduleListHandler),
-        (rf"{p}/api/schedules/{n}/(pause|resume)", handlers.PauseHandler),
-        (rf"{p}/api/schedules/{n}/runs", handlers.RunNowHandler),
-        (rf"{p}/api/schedules/{n}", handlers.ScheduleHandler),
-        (rf"{p}/api/runs/?", handlers.RunListHandler),
-        (rf"{p}/api/runs/{n}/stop", handlers.StopHandler),
-        (rf"{p}/api/runs/{n}/output", handlers.OutputHandler),
-        (rf"{p}/api/runs/{n}/log", handlers.LogHandler),
-        (rf"{p}/api/runs/{n}/files/?", handlers.FilesHandler),
-        (rf"{p}/api/runs/{n}/files/(.+)", handlers.FilesHandler),
-        (rf"{p}/api/runs/{n}", handlers.RunHandler),
-        (rf"{p}/api/preview", handlers.PreviewHandler),
-        (rf"{p}/api/inspect", handlers.InspectHandler),
-        (rf"{p}/api/profiles", handlers.ProfilesHandler),
-        (rf"{p}/api/gpus", handlers.GpusHandler),
-        (rf"{p}/metrics", handlers.MetricsHandler),
-        (rf"{p}/openapi.json", handlers.OpenAPIHandler),
-        *executor_handlers.routes(p),  # Jobs' agents: run-token authenticated (see executor_handlers)
-        (rf"{p}/?", handlers.RootHandler),
-        (rf"{p}/.*", handlers.NotFoundHandler),
-    ]
+    routes = [*routes_from_openapi(prefix, OPENAPI, ROUTE_HANDLERS), (rf"{prefix.rstrip('/')}/.*", handlers.NotFoundHandler)]
     agent_runs = getattr(getattr(getattr(state, "scheduler", None), "executor", None), "agent_runs", None)
     return web.Application(routes, state=state, automl=automl, agent_runs=agent_runs,
                            max_body_size=64 * 1024 * 1024, log_function=log_request)

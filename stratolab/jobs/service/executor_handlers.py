@@ -28,22 +28,10 @@ from stratolab.errors import InvalidInput, NotFound
 from stratolab.jobs.executor import FAILED, SUCCEEDED
 from stratolab.jobs.kube.archive import RESULT, SyncLimits, extract
 from stratolab.jobs.kube.registry import AgentRun, AgentRuns
-from stratolab.web import ServiceHandler, token_from_headers
+from stratolab.web import ServiceHandler, routes_from_openapi, token_from_headers
 
 #: seconds a sync that brought new AutoML reports waits for the controller's decisions on them
 DECISION_WAIT_S = 2.0
-_KEY = r"([A-Za-z0-9][A-Za-z0-9._-]{0,200})"
-
-
-def routes(prefix: str) -> list[tuple[str, type]]:
-    p = prefix.rstrip("/")
-    base = rf"{p}/executor/runs/{_KEY}"
-    return [
-        (rf"{base}/spec", AgentSpecHandler),
-        (rf"{base}/input", AgentInputHandler),
-        (rf"{base}/sync", AgentSyncHandler),
-        (rf"{base}/finish", AgentFinishHandler),
-    ]
 
 
 def normalized_result(raw: bytes, outputs_present: list[str]) -> dict[str, Any]:
@@ -168,3 +156,19 @@ class AgentFinishHandler(_ArchiveHandler):
         spec.result_path.write_text(json.dumps(result))
         self.run.finished.set()
         self.send({"written": len(written), "state": result["state"]})
+
+
+#: the agents' routes, as documented in openapi.py (which holds the run key's pattern)
+ROUTE_HANDLERS = {
+    "/executor/runs/{key}/spec": AgentSpecHandler,
+    "/executor/runs/{key}/input": AgentInputHandler,
+    "/executor/runs/{key}/sync": AgentSyncHandler,
+    "/executor/runs/{key}/finish": AgentFinishHandler,
+}
+
+
+def routes(prefix: str) -> list[tuple]:
+    """The agents' routes alone (an app that serves only them), from the same OpenAPI paths."""
+    from stratolab.jobs.service.openapi import OPENAPI
+
+    return routes_from_openapi(prefix, {"paths": {p: OPENAPI["paths"][p] for p in ROUTE_HANDLERS}}, ROUTE_HANDLERS)

@@ -13,8 +13,8 @@ from prometheus_client import generate_latest
 from stratolab.errors import InvalidInput, StratolabError
 from stratolab.jobs import metrics
 from stratolab.jobs.service.openapi import OPENAPI
-from stratolab.jobs.service.state import JobService
-from stratolab.web import ServiceHandler
+from stratolab.jobs.service.state import MAX_RUNS_LISTED, JobService
+from stratolab.web import ServiceHandler, path_id
 
 RUN = "custom:jobs:run"
 CUSTOM_SCOPES = {RUN: {"description": "Create, run, stop and delete your scheduled notebook jobs, and read their outputs."}}
@@ -28,15 +28,6 @@ class BaseHandler(ServiceHandler):
 
     async def owner(self) -> str:
         return await self.owner_with(RUN)
-
-    def int_arg(self, name: str, default: int | None = None) -> int | None:
-        raw = self.get_query_argument(name, None)
-        if raw is None or raw == "":
-            return default
-        try:
-            return int(raw)
-        except ValueError:
-            raise InvalidInput(f"{name} must be a whole number, got {raw!r}", field=name) from None
 
     async def send_file(self, path: Path, content_type: str | None = None, download: str | None = None) -> None:
         self.set_header("Content-Type", content_type or mimetypes.guess_type(path.name)[0] or "application/octet-stream")
@@ -63,29 +54,34 @@ class ScheduleListHandler(BaseHandler):
 class ScheduleHandler(BaseHandler):
     async def get(self, schedule_id: str) -> None:
         owner = await self.owner()
-        self.send(self.jobs.view(self.jobs.store.schedule(owner, int(schedule_id))))
+        self.send(self.jobs.view(self.jobs.store.schedule(owner, path_id(schedule_id, "schedule"))))
 
     async def patch(self, schedule_id: str) -> None:
         owner = await self.owner()
-        self.send(await self.jobs.update(owner, int(schedule_id), self.json_body()))
+        self.send(await self.jobs.update(owner, path_id(schedule_id, "schedule"), self.json_body()))
 
     async def delete(self, schedule_id: str) -> None:
         owner = await self.owner()
-        await self.jobs.delete(owner, int(schedule_id))
+        await self.jobs.delete(owner, path_id(schedule_id, "schedule"))
         self.set_status(204)
         self.finish()
 
 
 class PauseHandler(BaseHandler):
-    async def post(self, schedule_id: str, action: str) -> None:
+    """`POST api/schedules/ID/pause` and `.../resume` (initialized with the action)."""
+
+    def initialize(self, action: str) -> None:
+        self.action = action
+
+    async def post(self, schedule_id: str) -> None:
         owner = await self.owner()
-        self.send(await self.jobs.set_active(owner, int(schedule_id), action == "resume"))
+        self.send(await self.jobs.set_active(owner, path_id(schedule_id, "schedule"), self.action == "resume"))
 
 
 class RunNowHandler(BaseHandler):
     async def post(self, schedule_id: str) -> None:
         owner = await self.owner()
-        run, created = await self.jobs.run_now(owner, int(schedule_id), self.json_body(),
+        run, created = await self.jobs.run_now(owner, path_id(schedule_id, "schedule"), self.json_body(),
                                                self.request.headers.get("Idempotency-Key"))
         self.send(run, status=201 if created else 200)
 
@@ -96,30 +92,31 @@ class RunListHandler(BaseHandler):
         state = self.get_query_argument("state", None) or None
         if state is not None and state not in RUN_STATES:
             raise InvalidInput(f"state must be one of {', '.join(RUN_STATES)}", field="state")
-        runs = self.jobs.list_runs(owner, self.int_arg("schedule"), state, self.int_arg("limit", 50))
+        runs = self.jobs.list_runs(owner, self.int_arg("schedule", low=1), state,
+                                   self.int_arg("limit", 50, low=1, high=MAX_RUNS_LISTED))
         self.send({"runs": runs})
 
 
 class RunHandler(BaseHandler):
     async def get(self, run_id: str) -> None:
-        self.send(self.jobs.get_run(await self.owner(), int(run_id)))
+        self.send(self.jobs.get_run(await self.owner(), path_id(run_id, "run")))
 
     async def delete(self, run_id: str) -> None:
-        await self.jobs.delete_run(await self.owner(), int(run_id))
+        await self.jobs.delete_run(await self.owner(), path_id(run_id, "run"))
         self.set_status(204)
         self.finish()
 
 
 class StopHandler(BaseHandler):
     async def post(self, run_id: str) -> None:
-        self.send(await self.jobs.stop_run(await self.owner(), int(run_id)))
+        self.send(await self.jobs.stop_run(await self.owner(), path_id(run_id, "run")))
 
 
 class OutputHandler(BaseHandler):
     async def get(self, run_id: str) -> None:
         owner = await self.owner()
         fmt = self.get_query_argument("format", "ipynb")
-        path = self.jobs.output_file(owner, int(run_id), fmt)
+        path = self.jobs.output_file(owner, path_id(run_id, "run"), fmt)
         download = f"run-{run_id}.{fmt}" if self.get_query_argument("download", "") in ("1", "true") else None
         content_type = "application/x-ipynb+json" if fmt == "ipynb" else "text/html; charset=utf-8"
         if fmt == "html" and not download:
@@ -130,7 +127,7 @@ class OutputHandler(BaseHandler):
 
 class LogHandler(BaseHandler):
     async def get(self, run_id: str) -> None:
-        path = self.jobs.log_file(await self.owner(), int(run_id))
+        path = self.jobs.log_file(await self.owner(), path_id(run_id, "run"))
         if path is None:
             self.set_header("Content-Type", "text/plain; charset=utf-8")
             self.finish("")
@@ -142,9 +139,9 @@ class FilesHandler(BaseHandler):
     async def get(self, run_id: str, relative: str | None = None) -> None:
         owner = await self.owner()
         if not relative:
-            self.send({"files": self.jobs.list_files(owner, int(run_id))})
+            self.send({"files": self.jobs.list_files(owner, path_id(run_id, "run"))})
             return
-        path = self.jobs.run_file(owner, int(run_id), relative)
+        path = self.jobs.run_file(owner, path_id(run_id, "run"), relative)
         await self.send_file(path, None, download=Path(relative).name)
 
 

@@ -17,6 +17,7 @@ _errors = {
 }
 _sid = {"name": "schedule_id", "in": "path", "required": True, "schema": {"type": "integer"}}
 _rid = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "integer"}}
+_jid = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "integer"}}
 
 
 def _op(summary, ok, *, body=None, params=(), extra=None):
@@ -89,6 +90,31 @@ OPENAPI = {
             "ScheduleInput": _schedule_input, "Schedule": _schedule, "Run": _run,
             "Parameter": {"type": "object", "properties": {"name": {"type": "string"}, "type": {"type": "string"},
                                                             "default": {}, "help": {"type": "string"}}},
+            "AutoMLInput": {"type": "object", "required": ["metric"], "description": "see docs/scheduler-api.md",
+                            "properties": {
+                                "notebook": {"type": "string"}, "content": {"type": "object"}, "name": {"type": "string"},
+                                "space": {"type": "object"}, "metric": {"type": "string"},
+                                "direction": {"enum": ["maximize", "minimize"]}, "trials": {"type": "integer", "minimum": 1},
+                                "parallel": {"type": "integer", "minimum": 1}, "timeout": {"type": "integer", "nullable": True},
+                                "max_failed": {"type": "integer", "minimum": 0}, "trial_timeout": {"type": "integer", "nullable": True},
+                                "algorithm": {"enum": ["tpe", "random", "cmaes", "grid"]},
+                                "pruner": {"enum": ["none", "median", "successive_halving", "hyperband"]},
+                                "seed": {"type": "integer", "nullable": True}, "parameters": {"type": "object"},
+                                "profile": {"type": "string"}}},
+            "AutoMLJob": {"type": "object", "properties": {
+                "id": {"type": "integer"}, "name": {"type": "string"}, "owner": {"type": "string"},
+                "state": {"enum": ["queued", "running", "succeeded", "failed", "stopped"]},
+                "error": {"type": "string", "nullable": True}, "config": {"type": "object"},
+                "counts": {"type": "object"}, "best": {"type": "object", "nullable": True}}},
+            "GpuLedger": {"type": "object", "properties": {
+                "inventory": {"type": "array", "items": {"type": "string"}},
+                "free": {"type": "array", "items": {"type": "string"}},
+                "held": {"type": "array", "items": {"type": "object", "properties": {
+                    "device": {"type": "string"}, "kind": {"enum": ["server", "run", "trial", "function"]},
+                    "holder": {"type": "string", "nullable": True}, "username": {"type": "string", "nullable": True},
+                    "described": {"type": "string"}, "since": {"type": "string", "format": "date-time"},
+                    "pid": {"type": "integer", "description": "admins only"}}}},
+                "all_names": {"type": "boolean"}}},
         },
     },
     "paths": {
@@ -128,7 +154,7 @@ OPENAPI = {
         "/api/runs/{run_id}/log": {"get": _op("papermill's log of the run", {"200": {"description": "text", "content": {"text/plain": {}}}}, params=[_rid])},
         "/api/runs/{run_id}/files": {"get": _op("Files the notebook wrote", {"200": _json({"type": "object", "properties": {"files": {"type": "array", "items": {"type": "object", "properties": {"path": {"type": "string"}, "size": {"type": "integer"}}}}}})}, params=[_rid])},
         "/api/runs/{run_id}/files/{path}": {"get": _op("One file the notebook wrote", {"200": {"description": "The file"}},
-                                                       params=[_rid, {"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}])},
+                                                       params=[_rid, {"name": "path", "in": "path", "required": True, "schema": {"type": "string", "format": "path"}}])},
         "/api/preview": {"post": _op("Describe a cron expression and list its next times",
                                      {"200": _json({"type": "object", "properties": {"description": {"type": "string"}, "next": {"type": "array", "items": {"type": "string"}}, "timezone": {"type": "string"}}})},
                                      body={"type": "object", "required": ["cron"], "properties": {"cron": {"type": "string"}, "timezone": {"type": "string"}, "count": {"type": "integer", "minimum": 1, "maximum": 50}}})},
@@ -136,12 +162,47 @@ OPENAPI = {
                                      {"200": _json({"type": "object", "properties": {"parameters": {"type": "array", "items": _ref("Parameter")}}})},
                                      body={"type": "object", "properties": {"notebook": {"type": "string"}, "content": {"type": "object"}}})},
         "/api/profiles": {"get": _op("Environment profiles runs can use", {"200": _json({"type": "object"})})},
+        "/api/gpus": {"get": _op(
+            "The machine's GPUs and what holds each (servers, runs, trials, function instances); other users' "
+            "holders are named to admins only", {"200": _json(_ref("GpuLedger"))})},
+        "/api/automl": {
+            "get": _op("Your AutoML searches", {"200": _json({"type": "object", "properties": {"jobs": {"type": "array", "items": _ref("AutoMLJob")}}})}),
+            "post": _op("Start a search (snapshots the notebook)", {"201": _json(_ref("AutoMLJob"), "Created")},
+                        body=_ref("AutoMLInput"), extra={"409": _json(_ref("Error"), "The name is taken")}),
+        },
+        "/api/automl/propose": {"post": _op(
+            "A starting search space from the notebook's parameters cell",
+            {"200": _json({"type": "object", "properties": {"parameters": {"type": "array", "items": _ref("Parameter")}, "space": {"type": "object"}}})},
+            body={"type": "object", "properties": {"notebook": {"type": "string"}, "content": {"type": "object"}}})},
+        "/api/automl/{job_id}": {
+            "get": _op("One search: state, counts of trials by state, the best trial", {"200": _json(_ref("AutoMLJob"))}, params=[_jid]),
+            "delete": _op("Delete an ended search and its trials", {"204": {"description": "Deleted"}}, params=[_jid],
+                          extra={"409": _json(_ref("Error"), "Still running")}),
+        },
+        "/api/automl/{job_id}/trials": {"get": _op(
+            "Its trials", {"200": _json({"type": "object", "properties": {"trials": {"type": "array", "items": {"type": "object"}}}})},
+            params=[_jid])},
+        "/api/automl/{job_id}/trials/{number}/output": {"get": _op(
+            "A trial's executed notebook", {"200": {"description": "The notebook", "content": {"application/x-ipynb+json": {}}}},
+            params=[_jid, {"name": "number", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}}])},
+        "/api/automl/{job_id}/insights": {"get": _op(
+            "Optimisation history and parameter importances", {"200": _json({"type": "object"})}, params=[_jid])},
+        "/api/automl/{job_id}/stop": {"post": _op("Stop a search", {"200": _json(_ref("AutoMLJob"))}, params=[_jid])},
+        "/api/automl/{job_id}/best/bundle": {"get": _op(
+            "The best trial's function bundle (.tar.gz), to deploy with the functions service",
+            {"200": {"description": "The bundle; X-Trial-Number names the trial", "content": {"application/gzip": {}}}},
+            params=[_jid], extra={"409": _json(_ref("Error"), "No completed trial saved a model")})},
         "/metrics": {"get": _op("Prometheus metrics (read:metrics)", {"200": {"description": "text"}})},
+        "/openapi.json": {"get": _op("This document", {"200": _json({"type": "object"})})},
+        "/": {"get": {"summary": "The service's name and where its API is (answered without a token: JupyterHub's "
+                                 "service check asks it)", "security": [{}],
+                      "responses": {"200": _json({"type": "object"})}}},
     },
 }
 
 # Internal: the routes a run's pod (the agent of a Kubernetes Job) talks to; see docs/kubernetes.md.
-_key = {"name": "key", "in": "path", "required": True, "schema": {"type": "string"}, "description": "the run's key"}
+_key = {"name": "key", "in": "path", "required": True, "description": "the run's key",
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$", "x-route": True}}
 _agent_errors = {"401": _json(_ref("Error"), "No run token"), "403": _json(_ref("Error"), "Wrong run token"),
                  "404": _json(_ref("Error"), "No such run in progress")}
 
