@@ -16,19 +16,18 @@ import os
 os.environ["OMP_NUM_THREADS"] = "1"  # before torch is imported, here and in the fork-server
 os.environ["MKL_NUM_THREADS"] = "1"
 
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import json  # noqa: E402
-import signal  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import asyncio
+import json
+import signal
+import tempfile
+import time
+from pathlib import Path
 
-from stratolab.functions.analysis import plan_capture, read_cells  # noqa: E402
-from stratolab.functions.bundle import build_bundle  # noqa: E402
-from stratolab.functions.runtime.client import WorkerConnection, wait_for_socket  # noqa: E402
-from stratolab.functions.runtime.forkserver import ForkServer  # noqa: E402
+from stratolab.functions.analysis import plan_capture, read_cells
+from stratolab.functions.bundle import build_bundle
+from stratolab.functions.runtime.client import WorkerConnection, wait_for_socket
+from stratolab.functions.runtime.forkserver import ForkServer
 
 CELLS = [
     "import torch",
@@ -97,7 +96,7 @@ async def drive(sock: Path, content_type: str, payloads: list[bytes], expected: 
             if header.get("status") != 200:
                 raise RuntimeError(f"request failed: {header}")
             answer = json.loads(body)
-            if max(abs(a - b) for a, b in zip(answer, expected[k])) > 1e-4:
+            if max(abs(a - b) for a, b in zip(answer, expected[k], strict=True)) > 1e-4:
                 raise AssertionError(f"wrong answer for input {k}: {answer} != {expected[k]}")
 
     t0 = time.perf_counter()

@@ -29,9 +29,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from function_cold_start import PAYLOAD, make_bundle  # noqa: E402
 from function_serving import FASTAPI_APP, free_port  # noqa: E402
-from support import HubProcess  # noqa: E402
-
 from stratolab.functions.client import pack  # noqa: E402
+from support import HubProcess  # noqa: E402
 
 
 async def burst(url: str, headers: dict, n: int) -> dict:

@@ -31,13 +31,15 @@ CELLS = [
     "        self.net = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))\n"
     "    def forward(self, x):\n        return self.net(x)\n",
     "torch.manual_seed(0)\nmodel = MLP().eval()",
-    "def predict(inputs):\n    with torch.no_grad():\n        return model(torch.tensor(inputs, dtype=torch.float32)).argmax(dim=1).tolist()\n",
+    "def predict(inputs):\n    with torch.no_grad():\n"
+    "        return model(torch.tensor(inputs, dtype=torch.float32)).argmax(dim=1).tolist()\n",
 ]
 PAYLOAD = json.dumps([[0.5] * 64]).encode()
 
 KERAS_CELLS = [
     "import numpy as np\nimport keras",
-    "keras.utils.set_random_seed(0)\nmodel = keras.Sequential([keras.Input((64,)), keras.layers.Dense(128, activation='relu'), keras.layers.Dense(10)])",
+    "keras.utils.set_random_seed(0)\n"
+    "model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(128, activation='relu'), keras.layers.Dense(10)])",
     "def predict(inputs):\n    return model(np.asarray(inputs, dtype='float32')).numpy().argmax(axis=1).tolist()\n",
 ]
 

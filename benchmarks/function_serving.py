@@ -30,9 +30,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from function_cold_start import PAYLOAD, make_bundle  # noqa: E402
-from support import HubProcess  # noqa: E402
-
 from stratolab.functions.client import pack  # noqa: E402
+from support import HubProcess  # noqa: E402
 
 FASTAPI_APP = """
 import sys
@@ -112,7 +111,7 @@ def main() -> None:
             user = hub.create_user()
             data = pack(bundle)
             deploy_times = []
-            for i in range(args.deploys):
+            for _ in range(args.deploys):
                 t0 = time.perf_counter()
                 r = requests.post(
                     f"{hub.url}/services/functions/api/functions/mlp",

@@ -49,7 +49,8 @@ def lateness(hub: HubProcess, user, duration: float) -> dict:
     requests.post(f"{base}/schedules/{sid}/pause", headers=user.headers, timeout=60).raise_for_status()
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        runs = requests.get(f"{base}/runs", params={"schedule": sid, "limit": 500}, headers=user.headers, timeout=60).json()["runs"]
+        r = requests.get(f"{base}/runs", params={"schedule": sid, "limit": 500}, headers=user.headers, timeout=60)
+        runs = r.json()["runs"]
         if all(r["state"] not in ("queued", "running") for r in runs):
             break
         time.sleep(0.5)
@@ -102,7 +103,8 @@ def end_to_end(hub: HubProcess, user, runs: int, workdir: Path) -> dict:
         cli.append(papermill_cli(workdir))
     m_ours, m_cli = statistics.median(ours), statistics.median(cli)
     return {
-        "runs": runs, "ours_first_run_cold_s": round(cold, 3), "ours_median_s": round(m_ours, 3), "papermill_cli_median_s": round(m_cli, 3),
+        "runs": runs, "ours_first_run_cold_s": round(cold, 3), "ours_median_s": round(m_ours, 3),
+        "papermill_cli_median_s": round(m_cli, 3),
         "ratio_ours_over_cli": round(m_ours / m_cli, 3), "goal": "ratio <= 1.2",
         "meets_goal": m_ours / m_cli <= 1.2,
         "ours_s": [round(x, 3) for x in ours], "papermill_cli_s": [round(x, 3) for x in cli],

@@ -27,7 +27,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from support import ADMIN_PASSWORD, HubProcess, free_port, unique_name, user_env_for_tests  # noqa: E402
+from support import HubProcess, free_port, unique_name, user_env_for_tests  # noqa: E402
 
 BARE_CONFIG = """
 c = get_config()

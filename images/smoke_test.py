@@ -25,8 +25,9 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 #: modules a notebook image must import: frameworks, the server, our package and its services
 IMPORTS = (
@@ -175,7 +176,9 @@ def check_torch_cuda() -> dict[str, Any]:
 
     if not torch.cuda.is_available():
         build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "no CUDA (a CPU build)"
-        raise CheckFailed(f"torch.cuda.is_available() is False: no GPU is visible here (torch {torch.__version__}, built with {build})")
+        raise CheckFailed(
+            f"torch.cuda.is_available() is False: no GPU is visible here (torch {torch.__version__}, built with {build})"
+        )
     a = torch.randn(512, 512, generator=torch.Generator().manual_seed(0))
     on_gpu = (a.cuda() @ a.cuda()).cpu()
     if not torch.allclose(on_gpu, a @ a, rtol=1e-3, atol=1e-2):

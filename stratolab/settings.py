@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from stratolab.platform.gpus import configured_gpus
 
@@ -108,7 +108,7 @@ class PlatformSettings:
         return f"http://{self.ip}:{self.port}"
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "PlatformSettings":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> PlatformSettings:
         env = os.environ if environ is None else environ
         gpus = configured_gpus(env, "STRATOLAB_GPUS")
         profiles = env.get("STRATOLAB_PROFILES_FILE", "").strip()

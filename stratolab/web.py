@@ -9,8 +9,10 @@ The application's settings hold `state`, an object with a `hub_auth` (jupyterhub
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
+import re
 import signal
 import uuid
 from typing import Any
@@ -50,13 +52,19 @@ def _parameter_pattern(parameter: dict[str, Any]) -> str:
     return _PARAMETER_PATTERNS.get(schema.get("type", "string"), _PARAMETER_PATTERNS["string"])
 
 
+def _path_group(path: str, parameters: dict[str, Any], match: re.Match) -> str:
+    """The regex group of the path parameter that `match` found in `path`."""
+    name = match.group(1)
+    if name not in parameters:
+        raise RuntimeError(f"{path}: the path parameter {name} is not described")
+    return f"({_parameter_pattern(parameters[name])})"
+
+
 def routes_from_openapi(prefix: str, openapi: dict[str, Any], handlers: dict[str, Any]) -> list[tuple]:
     """The tornado routes of a service, made from its OpenAPI document: every documented path is
     served by `handlers[path]` (a handler class, or (class, kwargs)), and nothing else is routed, so
     the document and the routes cannot drift apart. A path without a handler, a handler without a
     documented path, or a documented method the handler does not implement fails at start."""
-    import re
-
     paths = openapi["paths"]
     if set(paths) != set(handlers):
         raise RuntimeError(f"OpenAPI paths and handlers differ: {sorted(set(paths) ^ set(handlers))}")
@@ -73,12 +81,7 @@ def routes_from_openapi(prefix: str, openapi: dict[str, Any], handlers: dict[str
         for method in documented:
             parameters.update({q["name"]: q for q in item[method].get("parameters", []) if q.get("in") == "path"})
 
-        def group(match: re.Match) -> str:
-            name = match.group(1)
-            if name not in parameters:
-                raise RuntimeError(f"{path}: the path parameter {name} is not described")
-            return f"({_parameter_pattern(parameters[name])})"
-
+        group = functools.partial(_path_group, path, parameters)
         regex = re.sub(r"\{(\w+)\}", group, re.escape(path).replace(r"\{", "{").replace(r"\}", "}"))
         routes.append((rf"{p}{regex.rstrip('/')}/?", handler, kwargs))
     return routes

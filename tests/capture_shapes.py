@@ -367,7 +367,8 @@ SHAPES = [
             "            return word.upper()\n"
             "        case _:\n"
             "            return None\n",
-            "def predict(cmds):\n    return [route(Point(*c['point']) if isinstance(c, dict) and 'point' in c else c) for c in cmds]\n",
+            "def predict(cmds):\n"
+            "    return [route(Point(*c['point']) if isinstance(c, dict) and 'point' in c else c) for c in cmds]\n",
         ),
         [{"op": "add", "args": [1, 2, 3]}, {"point": [4, 4]}, {"mode": "fast"}, [7, 0], "hi", 3.5],
     ),
@@ -375,7 +376,8 @@ SHAPES = [
         "dataclass_defined_in_the_notebook",
         (
             "from dataclasses import dataclass, field\nDEFAULT_TAGS = ('a',)",
-            "@dataclass\nclass Item:\n    name: str\n    tags: tuple = DEFAULT_TAGS\n    extra: list = field(default_factory=list)\n",
+            "@dataclass\nclass Item:\n    name: str\n    tags: tuple = DEFAULT_TAGS\n"
+            "    extra: list = field(default_factory=list)\n",
             "def predict(name):\n    item = Item(name)\n    return [item.name, list(item.tags), item.extra]\n",
         ),
         "x",

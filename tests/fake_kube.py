@@ -21,8 +21,9 @@ import json
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -34,7 +35,7 @@ _PLURAL_TO_KIND = {(v, plural): kind for (v, kind), plural in KINDS.items()}
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _status(code: int, reason: str, message: str) -> web.Response:
@@ -109,7 +110,7 @@ class FakeKube:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    def start(self) -> "FakeKube":
+    def start(self) -> FakeKube:
         async def serve() -> None:
             app = web.Application(middlewares=[self._middleware])
             app.router.add_route("*", "/{tail:.*}", self._dispatch)
@@ -180,7 +181,7 @@ class FakeKube:
             self._faults.append({"method": method.upper(), "path": path_contains, "status": status,
                                  "times": times})
 
-    def on(self, verb: str, api_version: str, kind: str, callback: Callable[["FakeKube", dict], None]) -> None:
+    def on(self, verb: str, api_version: str, kind: str, callback: Callable[[FakeKube, dict], None]) -> None:
         assert verb in ("create", "update", "delete")
         self._reactors.append((verb, api_version, kind, callback))
 

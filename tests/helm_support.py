@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import base64
 import functools
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import helm_python
 import yaml
@@ -41,7 +42,7 @@ def render_values(values: dict[str, Any]) -> list[dict[str, Any]]:
     return objects
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _render_file(name: str) -> tuple[str, ...]:
     objects = render_values(load_values(CHART / "ci" / name))
     return tuple(yaml.safe_dump(o) for o in objects)

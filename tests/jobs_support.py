@@ -64,7 +64,7 @@ class SchedulerProcess:
     def __init__(self, env: dict[str, str], log: Path):
         self.env, self.log_path, self.proc = env, log, None
 
-    def start(self) -> "SchedulerProcess":
+    def start(self) -> SchedulerProcess:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "stratolab.jobs.service.app"],
                                      env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT)

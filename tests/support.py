@@ -16,9 +16,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import requests
 
@@ -33,7 +34,7 @@ CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 
-def open_lab(page, hub: "HubProcess", user: "TestUser", notebook: str | None = None, content: dict | None = None):
+def open_lab(page, hub: HubProcess, user: TestUser, notebook: str | None = None, content: dict | None = None):
     """In a browser page: log in through the form, start the CPU profile from the spawn form and wait
     for the lab; with `notebook`, write it (through the contents API, typing into CodeMirror is
     flaky), load the lab again and return its file-browser item."""
@@ -123,7 +124,7 @@ class HubProcess:
     def command(self) -> list[str]:
         return [sys.executable, "-m", "jupyterhub", "-f", str(HUB_CONFIG)]
 
-    def start(self, timeout: float = 60) -> "HubProcess":
+    def start(self, timeout: float = 60) -> HubProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
         env.update(
@@ -224,7 +225,7 @@ class HubProcess:
         r = admin.get(f"{self.url}/hub/authorize/{username}")
         assert r.status_code == 200, r.status_code
 
-    def create_user(self, username: str | None = None, password: str = "pw-Correct-Horse-9") -> "TestUser":
+    def create_user(self, username: str | None = None, password: str = "pw-Correct-Horse-9") -> TestUser:
         """Sign up through the form and have the admin approve, as a real user would."""
         username = username or unique_name()
         r = self.signup(username, password)
@@ -232,7 +233,7 @@ class HubProcess:
         self.approve(username)
         return TestUser(self, username, password, self.token_for(username, password))
 
-    def spawn(self, user: "TestUser", options: dict | None = None, timeout: float = 90):
+    def spawn(self, user: TestUser, options: dict | None = None, timeout: float = 90):
         """Start the user's server through the REST API and wait until it is ready."""
         r = requests.post(
             f"{self.api}/users/{user.name}/server", headers=user.headers, json=options or {}
@@ -242,7 +243,7 @@ class HubProcess:
         self.wait_ready(user, timeout)
         return r
 
-    def wait_ready(self, user: "TestUser", timeout: float = 90) -> dict:
+    def wait_ready(self, user: TestUser, timeout: float = 90) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             model = requests.get(f"{self.api}/users/{user.name}", headers=self.admin_headers()).json()
@@ -255,7 +256,7 @@ class HubProcess:
             time.sleep(0.3)
         raise AssertionError(f"server of {user.name} not ready in {timeout}s:\n{self.log_tail()}")
 
-    def stop_server(self, user: "TestUser", timeout: float = 60) -> None:
+    def stop_server(self, user: TestUser, timeout: float = 60) -> None:
         r = requests.delete(f"{self.api}/users/{user.name}/server", headers=user.headers)
         assert r.status_code in (202, 204), r.status_code
         deadline = time.monotonic() + timeout
@@ -266,7 +267,7 @@ class HubProcess:
             time.sleep(0.3)
         raise AssertionError(f"server of {user.name} did not stop")
 
-    def server_state(self, user: "TestUser") -> dict:
+    def server_state(self, user: TestUser) -> dict:
         model = requests.get(
             f"{self.api}/users/{user.name}", headers=self.admin_headers()
         ).json()
@@ -307,7 +308,7 @@ def run_cell(kc, code: str, timeout: float = 180) -> str:
 class user_kernel:
     """A real IPython kernel whose Stratolab client talks to `hub` as `user` (context manager)."""
 
-    def __init__(self, hub: "HubProcess", user: "TestUser"):
+    def __init__(self, hub: HubProcess, user: TestUser):
         self.env = {**os.environ, "STRATOLAB_URL": hub.url, "STRATOLAB_TOKEN": user.token}
 
     def __enter__(self):
@@ -331,7 +332,7 @@ class LoopThread:
         self._thread: threading.Thread | None = None
 
     def start(self, setup: Callable[[], Awaitable[Any]],
-              teardown: Callable[[], Awaitable[Any]] | None = None) -> "LoopThread":
+              teardown: Callable[[], Awaitable[Any]] | None = None) -> LoopThread:
         ready = threading.Event()
         failed: list[BaseException] = []
 
@@ -341,7 +342,7 @@ class LoopThread:
             self.loop = loop
             try:
                 loop.run_until_complete(setup())
-            except BaseException as e:  # noqa: BLE001: reported to the starting thread
+            except BaseException as e:  # reported to the starting thread
                 failed.append(e)
                 ready.set()
                 loop.close()

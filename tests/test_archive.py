@@ -12,7 +12,8 @@ import pytest
 
 from stratolab.errors import InvalidInput, StratolabError
 from stratolab.functions.bundle import BUNDLE_LIMITS, extract_bundle
-from stratolab.jobs.kube.archive import SyncLimits, extract as extract_sync
+from stratolab.jobs.kube.archive import SyncLimits
+from stratolab.jobs.kube.archive import extract as extract_sync
 from stratolab.platform.archive import ArchiveLimits, extract
 
 

@@ -12,11 +12,11 @@ import time
 import optuna
 import pytest
 
+from jobs_support import SchedulerProcess, in_process_automl, notebook, scheduler_env, wait_for
 from stratolab.errors import InvalidInput
 from stratolab.jobs.automl import channel
 from stratolab.jobs.automl.config import validate_automl
 from stratolab.jobs.automl.space import propose_space, sample, validate_space
-from jobs_support import SchedulerProcess, in_process_automl, notebook, scheduler_env, wait_for
 
 DECLARED = [
     {"name": "lr", "type": "float", "default": 0.001, "help": ""},
@@ -247,10 +247,12 @@ def test_an_automl_search_on_a_schedule(tmp_path):
 TORCH = notebook(
     "import stratolab, torch\nfrom sklearn.datasets import load_digits\n"
     "X, y = load_digits(return_X_y=True)\nX = torch.tensor(X / 16.0, dtype=torch.float32)\ny = torch.tensor(y)\n"
-    "torch.manual_seed(0)\nmodel = torch.nn.Sequential(torch.nn.Linear(64, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 10))\n"
+    "torch.manual_seed(0)\n"
+    "model = torch.nn.Sequential(torch.nn.Linear(64, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 10))\n"
     "opt = torch.optim.Adam(model.parameters(), lr=lr)\n"
     "for epoch in range(1, 4):\n    for i in range(0, 1200, 100):\n"
-    "        opt.zero_grad()\n        torch.nn.functional.cross_entropy(model(X[i:i + 100]), y[i:i + 100]).backward()\n        opt.step()\n"
+    "        opt.zero_grad()\n        torch.nn.functional.cross_entropy(model(X[i:i + 100]), y[i:i + 100]).backward()\n"
+    "        opt.step()\n"
     "    with torch.no_grad():\n        acc = (model(X[1200:]).argmax(1) == y[1200:]).float().mean().item()\n"
     "    stratolab.report(epoch, acc)\nstratolab.record('val_accuracy', acc)",
     parameters="lr = 1e-3\nhidden = 32")
@@ -354,8 +356,8 @@ def test_gpu_trials_get_their_own_devices_and_wait_for_free_ones(tmp_path):
 
 
 def test_cpu_trials_run_exactly_as_before_and_gpu_trials_start_cold():
-    from types import SimpleNamespace
     from pathlib import Path
+    from types import SimpleNamespace
 
     from stratolab.jobs.automl.engine import trial_spec
     from stratolab.jobs.engine import Scheduler

@@ -12,9 +12,9 @@ import sys
 import requests
 from sklearn.datasets import load_digits
 
+from jobs_support import notebook, wait_for
 from stratolab.functions.client import invoke
 from stratolab.jobs.automl.client import deploy_best
-from jobs_support import notebook, wait_for
 
 TRAIN = notebook(
     "import stratolab\nfrom sklearn.datasets import load_digits\nfrom sklearn.linear_model import LogisticRegression\n"

@@ -15,7 +15,6 @@ import requests
 from support import CHROMIUM, CHROMIUM_FLAGS, open_lab
 
 
-
 def training_notebook() -> dict:
     """Logistic regression on scikit-learn's digits; `C` in the parameters cell; records val_accuracy
     and saves the model with its handler."""
@@ -187,7 +186,7 @@ def test_tune_a_notebook_watch_the_leaderboard_open_the_best_trial_and_deploy_it
             # the function answers as the best trial's model
             X, y = load_digits(return_X_y=True)
             answer = invoke("digits-best", X[1200:1210].tolist(), owner=user.name, url=hub.url, token=user.token)
-            assert len(answer) == 10 and sum(a == b for a, b in zip(answer, y[1200:1210])) >= 8, answer
+            assert len(answer) == 10 and sum(a == b for a, b in zip(answer, y[1200:1210], strict=True)) >= 8, answer
 
             # Delete (confirmed): the search is gone, here and in the service
             card.get_by_role("button", name="Delete", exact=True).click()

@@ -20,6 +20,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+
 from helm_support import CHART, of_kind, render, render_values
 
 ROOT = Path(__file__).resolve().parent.parent

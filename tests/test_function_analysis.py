@@ -10,8 +10,10 @@ CELLS = [
     "import numpy as np\nimport torch\nfrom sklearn.preprocessing import StandardScaler as Scaler\n%matplotlib inline",
     "SCALE = 2.0\nmodel = object()\nunused = [i for i in range(3)]",
     "def normalize(x):\n    return np.asarray(x) / SCALE\n",
-    "class Wrapper:\n    factor = SCALE\n    def __init__(self, m):\n        self.m = m\n    def run(self, x):\n        return [normalize(v) for v in x]\n",
-    "def predict(inputs):\n    w = Wrapper(model)\n    total = sum(len(i) for i in inputs)\n    return {'out': w.run(inputs), 'n': total, 'tensor': torch.zeros(1).tolist()}\n",
+    "class Wrapper:\n    factor = SCALE\n    def __init__(self, m):\n        self.m = m\n    def run(self, x):\n"
+    "        return [normalize(v) for v in x]\n",
+    "def predict(inputs):\n    w = Wrapper(model)\n    total = sum(len(i) for i in inputs)\n"
+    "    return {'out': w.run(inputs), 'n': total, 'tensor': torch.zeros(1).tolist()}\n",
     "def predict_old(inputs):\n    return missing_helper(inputs) + ghost\n",
 ]
 
@@ -57,7 +59,8 @@ def test_scopes_are_respected():
 
 
 def test_decorators_and_bases_are_dependencies():
-    cells = ["import functools", "class Base: pass", "@functools.lru_cache\ndef g(x):\n    return x", "class Child(Base):\n    pass\n", "def h(x):\n    return g(x), Child()"]
+    cells = ["import functools", "class Base: pass", "@functools.lru_cache\ndef g(x):\n    return x",
+             "class Child(Base):\n    pass\n", "def h(x):\n    return g(x), Child()"]
     plan = plan_capture("h", read_cells(cells), live_names=set())
     names = [d.name for d in plan.definitions]
     assert sorted(names) == ["Base", "Child", "g", "h"]

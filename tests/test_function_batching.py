@@ -277,7 +277,7 @@ async def invoke_concurrently(forkserver, bundle: Path, tmp: Path, inputs: list)
         await wait_for_socket(sock, pid=pid)
         conns = [await WorkerConnection.open(sock) for _ in inputs]  # one connection per caller
         replies = await asyncio.gather(*(c.invoke(json.dumps(x).encode(), id=f"inv-{x}")
-                                         for c, x in zip(conns, inputs)))
+                                         for c, x in zip(conns, inputs, strict=True)))
         for conn in conns:
             await conn.close()
         return replies

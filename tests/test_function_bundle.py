@@ -14,7 +14,8 @@ CELLS = [
     "from sklearn.datasets import load_digits\nX, y = load_digits(return_X_y=True)\n"
     "clf = LogisticRegression(max_iter=300).fit(X[:400], y[:400])\nSCALE = 1.0\nlabels = [str(i) for i in range(10)]",
     "def prepare(rows):\n    return np.asarray(rows, dtype=float) * SCALE\n",
-    "class Answer:\n    def __init__(self, k):\n        self.k = k\n    def as_dict(self):\n        return {'label': labels[self.k]}\n",
+    "class Answer:\n    def __init__(self, k):\n        self.k = k\n    def as_dict(self):\n"
+    "        return {'label': labels[self.k]}\n",
     "def predict(inputs):\n    out = clf.predict(prepare(inputs['rows']))\n    return [Answer(int(k)).as_dict() for k in out]\n",
 ]
 

@@ -15,6 +15,7 @@ from collections import Counter
 import pytest
 
 from stratolab.db import ensure_schema, make_engine, session_factory
+from stratolab.errors import StratolabError
 from stratolab.functions.analysis import plan_capture, read_cells
 from stratolab.functions.bundle import BundleStore, build_bundle
 from stratolab.functions.client import pack
@@ -24,7 +25,6 @@ from stratolab.functions.runtime.forkserver import ForkServer
 from stratolab.functions.runtime.local_backend import LocalBackend
 from stratolab.functions.runtime.pool import InvocationError, VersionPool
 from stratolab.functions.service.state import REQUEST_OVERHEAD_BYTES, ServiceState
-from stratolab.errors import StratolabError
 
 CELLS = ["import time", "def nap(inputs):\n    time.sleep(inputs['sleep'])\n    return inputs['i']\n"]
 

@@ -13,7 +13,10 @@ from stratolab.functions.policy import ScalingPolicy
 from stratolab.functions.runtime.local_backend import LocalBackend
 from stratolab.platform.gpu_ledger import GpuLedger
 
-CELLS = ["import os, time", "def which(inputs):\n    time.sleep(inputs)\n    return [os.getpid(), os.environ.get('CUDA_VISIBLE_DEVICES')]\n"]
+CELLS = [
+    "import os, time",
+    "def which(inputs):\n    time.sleep(inputs)\n    return [os.getpid(), os.environ.get('CUDA_VISIBLE_DEVICES')]\n",
+]
 
 
 def test_instances_hold_devices_exclusively_and_cpu_functions_see_none(tmp_path):

@@ -74,7 +74,7 @@ class BundleServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> "BundleServer":
+    def start(self) -> BundleServer:
         servers: list[httpserver.HTTPServer] = []
 
         async def serve() -> None:  # on the thread's loop, where tornado serves from

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
 
@@ -20,7 +19,8 @@ from stratolab.functions.runtime.pool import InvocationError, VersionPool
 CELLS = [
     "import time, os",
     "def square(inputs):\n    time.sleep(inputs.get('sleep', 0))\n    return {'y': inputs['x'] ** 2, 'pid': os.getpid()}\n",
-    "def hog(inputs):\n    block = bytearray(inputs['mb'] * 1024 * 1024)\n    time.sleep(inputs.get('sleep', 0))\n    return len(block)\n",
+    "def hog(inputs):\n    block = bytearray(inputs['mb'] * 1024 * 1024)\n    time.sleep(inputs.get('sleep', 0))\n"
+    "    return len(block)\n",
     "import module_that_does_not_exist_anywhere\ndef broken(inputs):\n    return module_that_does_not_exist_anywhere.f(inputs)\n",
 ]
 

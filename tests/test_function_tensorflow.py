@@ -6,15 +6,13 @@ import asyncio
 import json
 import os
 
-import numpy as np
 import pytest
 
 from stratolab.functions.analysis import plan_capture, read_cells
-from stratolab.functions.bundle import build_bundle
-from stratolab.functions.policy import ScalingPolicy
 from stratolab.functions.backend import VersionRef
+from stratolab.functions.bundle import Manifest, build_bundle
+from stratolab.functions.policy import ScalingPolicy
 from stratolab.functions.runtime.local_backend import LocalBackend, uses_tensorflow
-from stratolab.functions.bundle import Manifest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 tf = pytest.importorskip("tensorflow")

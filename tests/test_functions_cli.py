@@ -23,7 +23,8 @@ def notebook(path: Path, max_iter: int) -> Path:
     nb.cells = [
         new_markdown_cell("# Digits"),
         new_code_cell("from sklearn.datasets import load_digits\nfrom sklearn.linear_model import LogisticRegression"),
-        new_code_cell(f"X, y = load_digits(return_X_y=True)\nclf = LogisticRegression(max_iter={max_iter}).fit(X[:800], y[:800])"),
+        new_code_cell("X, y = load_digits(return_X_y=True)\n"
+                      f"clf = LogisticRegression(max_iter={max_iter}).fit(X[:800], y[:800])"),
         new_code_cell("def predict_digit(rows):\n    return clf.predict(rows).tolist()"),
         new_code_cell("raise RuntimeError('cells after the handler are not run')"),
     ]

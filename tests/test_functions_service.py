@@ -212,7 +212,9 @@ def test_function_cell_magic(hub):
         cell = "%%function triple --max-instances 1\ndef triple(inputs):\n    return [x * FACTOR for x in inputs]"
         reply = kc.execute_interactive(
             cell, timeout=120,
-            output_hook=lambda m: out.append(m["content"].get("data", {}).get("text/plain", "")) if m["msg_type"] == "execute_result" else None,
+            output_hook=lambda m: (
+                out.append(m["content"].get("data", {}).get("text/plain", "")) if m["msg_type"] == "execute_result" else None
+            ),
         )
         assert reply["content"]["status"] == "ok"
         assert f"/fn/{dave.name}/triple" in "".join(out)
@@ -256,7 +258,8 @@ FRAMEWORK_CELLS = {
         "model = keras.Sequential([keras.Input((64,)), keras.layers.Dense(32, activation='relu'), keras.layers.Dense(10)])\n"
         "model.compile(optimizer='adam', loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))\n"
         "model.fit(X / 16.0, y, epochs=2, verbose=0)",
-        "def predict(rows):\n    return model.predict(np.asarray(rows, dtype='float32') / 16.0, verbose=0).argmax(axis=1).tolist()",
+        "def predict(rows):\n"
+        "    return model.predict(np.asarray(rows, dtype='float32') / 16.0, verbose=0).argmax(axis=1).tolist()",
     ],
 }
 

@@ -9,6 +9,7 @@ holds what (a server, a function); no device is ever held by two holders at the 
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 from pathlib import Path
@@ -46,13 +47,14 @@ def assert_never_held_twice(rows) -> None:
         by_device.setdefault(device, []).append((str(acquired), str(released) if released else far))
     for device, spans in by_device.items():
         spans.sort()
-        for (_, end), (start, _) in zip(spans, spans[1:]):
+        for (_, end), (start, _) in itertools.pairwise(spans):
             assert end <= start, f"GPU {device} was held twice: {spans}"
 
 
 def test_a_server_a_run_and_a_function_share_two_gpus_without_holding_one_twice(hub, tmp_path):
     alice, bob, carol = hub.create_user(), hub.create_user(), hub.create_user()
-    nb = notebook(f"import os, time\ndevices = os.environ['CUDA_VISIBLE_DEVICES']\ntime.sleep({RUN_SECONDS})\nprint('devices=' + devices)")
+    nb = notebook("import os, time\ndevices = os.environ['CUDA_VISIBLE_DEVICES']\n"
+                  f"time.sleep({RUN_SECONDS})\nprint('devices=' + devices)")
     r = scheduler(hub, bob, "POST", "api/schedules",
                   json={"notebook": "gpu.ipynb", "content": nb, "profile": "gpu-1", "name": "gpu-run"})
     assert r.status_code == 201, r.text

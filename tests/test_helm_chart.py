@@ -18,6 +18,7 @@ import helm_python
 import kubernetes_validate
 import pytest
 import yaml
+
 from helm_support import (
     CHART,
     CI_VALUES,
@@ -36,7 +37,6 @@ from helm_support import (
     render_values,
     secret_data,
 )
-
 from stratolab.hub.kube_config import KubeHubValues
 from stratolab.hub.kubernetes import GPU_TOLERATION, KubernetesSettings, kubespawner_profile_list
 from stratolab.hub.profiles import CUDA_IMAGE, GPU_RESOURCE, parse_profile_list
@@ -292,7 +292,7 @@ def test_every_secret_reference_resolves(values_file):
 def test_database_choices():
     default = render("default-values.yaml")
     assert of_kind(default, "StatefulSet"), "evaluation default: the in-chart PostgreSQL"
-    assert secret_data(default)["db-url"].startswith(f"postgresql+psycopg://stratolab:")
+    assert secret_data(default)["db-url"].startswith("postgresql+psycopg://stratolab:")
     assert f"@{RELEASE}-postgresql.{NAMESPACE}.svc:5432/stratolab" in secret_data(default)["db-url"]
     assert not [p for p in of_kind(default, "PersistentVolumeClaim") if p["metadata"]["name"].endswith("-hub-db")]
 
@@ -336,7 +336,8 @@ def test_secrets_live_only_in_the_secret(values_file):
     secrets = {v for v in secret_data(objects).values() if len(v) >= 8}
     # the values files' own secrets too (a database URL with its password, the OIDC client secret)
     given = load_values(values_file)
-    for value in (given.get("postgresql", {}).get("url"), given.get("hub", {}).get("auth", {}).get("oidc", {}).get("clientSecret"),
+    for value in (given.get("postgresql", {}).get("url"),
+                  given.get("hub", {}).get("auth", {}).get("oidc", {}).get("clientSecret"),
                   given.get("scheduler", {}).get("smtp", {}).get("password")):
         if value:
             secrets.add(value)

@@ -13,21 +13,17 @@ from typing import Any
 
 import pytest
 import yaml
-from helm_support import hub_values, render, secret_data
-from kube_support import offline_kubeconfig, render_pod  # noqa: F401
 from traitlets.config import Config
 
+from helm_support import hub_values, render, secret_data
+from kube_support import offline_kubeconfig, render_pod  # noqa: F401
 from stratolab.hub.config import configure_hub
 from stratolab.hub.culling import CULLER_SERVICE
-from stratolab.hub.kube_config import (
-    KubeConfigError,
-    KubeHubValues,
-    configure_kubernetes,
-    load_kube_values,
-)
+from stratolab.hub.kube_config import KubeConfigError, KubeHubValues, configure_kubernetes, load_kube_values
 from stratolab.hub.kubernetes import KUBESPAWNER_CLASS
 from stratolab.hub.profiles import CUDA_IMAGE, GPU_RESOURCE
 from stratolab.settings import PlatformSettings
+
 
 def chart_environment(objects: list[dict[str, Any]], values_path) -> dict[str, str]:
     """The hub container's environment as Kubernetes would resolve it from the rendered objects."""

@@ -36,7 +36,7 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from random import randint
 from typing import Any
@@ -46,13 +46,13 @@ import pytest
 import requests
 import yaml
 from dockerfile_parse import DockerfileParser
+
 from fake_kube import FakeKube
 from helm_support import CHART, RELEASE, hub_values, load_values, named, render_values, secret_data
 from jobs_support import wait_for
-from support import HubProcess, free_port, unique_name, user_env_for_tests
-
 from stratolab.hub.kubernetes import GPU_TOLERATION
 from stratolab.hub.profiles import GPU_RESOURCE
+from support import HubProcess, free_port, unique_name, user_env_for_tests
 
 ROOT = Path(__file__).resolve().parent.parent
 CHP = ROOT / "node_modules" / ".bin" / "configurable-http-proxy"
@@ -70,7 +70,7 @@ def chart_values() -> dict[str, Any]:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 

@@ -216,7 +216,8 @@ def test_smoke_test_passes_in_the_user_environment(background):
     assert checks["lab_extension"][smoke.LAB_EXTENSION] == "enabled OK"
     assert checks["server_extension"][smoke.SERVER_EXTENSION] == "enabled OK"
     assert Path(checks["papermill_notebook"]["kernel_prefix"]).resolve() == Path(report["prefix"]).resolve()
-    assert {"torch", "tensorflow", "sklearn", "pandas", "jupyterlab", "papermill", "stratolab"} <= set(checks["imports"]["versions"])
+    imported = set(checks["imports"]["versions"])
+    assert {"torch", "tensorflow", "sklearn", "pandas", "jupyterlab", "papermill", "stratolab"} <= imported
 
 
 def test_smoke_test_gpu_mode_fails_clearly_without_a_gpu(background):

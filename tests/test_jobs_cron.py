@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+import itertools
+from datetime import UTC, datetime
 
 import pytest
 
@@ -11,7 +12,6 @@ from stratolab.jobs import cron
 from stratolab.jobs.parameters import inspect_parameters, validate_parameters
 from stratolab.jobs.spec import notebook_path, validate_notify, validate_schedule
 
-UTC = timezone.utc
 BERLIN = cron.parse_timezone("Europe/Berlin")
 NEW_YORK = cron.parse_timezone("America/New_York")
 
@@ -61,7 +61,7 @@ def test_hourly_jobs_run_in_both_repeated_hours():
     # 01:00 CEST, 02:00 CEST, 02:00 CET (the hour again), 03:00 CET: every real hour
     assert local(times, BERLIN) == ["2026-10-25 01:00 CEST", "2026-10-25 02:00 CEST", "2026-10-25 02:00 CET",
                                     "2026-10-25 03:00 CET"]
-    gaps = {(b - a).total_seconds() for a, b in zip(times, times[1:])}
+    gaps = {(b - a).total_seconds() for a, b in itertools.pairwise(times)}
     assert gaps == {3600}
 
 
@@ -105,7 +105,8 @@ NB = {
     "cells": [
         {"cell_type": "markdown", "metadata": {}, "source": "# Report"},
         {"cell_type": "code", "metadata": {"tags": ["parameters"]}, "outputs": [], "execution_count": None,
-         "source": "n = 3  # how many\nrate = 0.5\ntitle = 'x'\nflag = False\nitems = [1, 2]\nopts = {'a': 1}\nnothing = None\nexpr = list(range(3))\n"},
+         "source": "n = 3  # how many\nrate = 0.5\ntitle = 'x'\nflag = False\nitems = [1, 2]\nopts = {'a': 1}\n"
+                   "nothing = None\nexpr = list(range(3))\n"},
     ],
     "metadata": {"kernelspec": {"name": "python3", "language": "python", "display_name": "Python 3"}},
     "nbformat": 4, "nbformat_minor": 5,

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from jobs_support import in_process_service, notebook
 from stratolab.jobs.clock import FakeClock
 from stratolab.jobs.engine import retry_delay
-from jobs_support import in_process_service, notebook
 
-UTC = timezone.utc
 NB = notebook("print(n)", parameters="n = 1")
 
 

@@ -4,6 +4,7 @@ is accounted for, nothing is lost, nothing runs twice."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import secrets
 import time
@@ -111,7 +112,7 @@ def test_concurrency_limits_queue_excess_runs(tmp_path):
         proc.stop()
     assert peak["alice"] == 1 and peak["total"] == 2
     alice = sorted(runs_of(service), key=lambda r: r["started_at"])
-    for a, b in zip(alice, alice[1:]):  # one at a time for alice: each waited in the queue
+    for a, b in itertools.pairwise(alice):  # one at a time for alice: each waited in the queue
         assert b["started_at"] >= a["finished_at"]
 
 

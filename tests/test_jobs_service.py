@@ -5,6 +5,7 @@ security (authentication, other users, traversal)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -159,7 +160,7 @@ def test_retries_back_off_and_the_webhook_hears_the_final_failure(hub, alice):
             (1, "manual", "failed"), (2, "retry", "failed"), (3, "retry", "failed")]
         assert runs[0]["id"] == first["id"]
         gaps = [(datetime.fromisoformat(b["started_at"]) - datetime.fromisoformat(a["finished_at"])).total_seconds()
-                for a, b in zip(runs, runs[1:])]
+                for a, b in itertools.pairwise(runs)]
         assert gaps[0] >= 2 - 0.05 and gaps[1] >= 4 - 0.05, gaps  # 2 s, then doubled
         wait_for(lambda: received, 30, what="the webhook")
         assert len(received) == 1  # the final failure only, not each attempt
@@ -175,7 +176,8 @@ REAL_WORLD = {
         "x = np.linspace(0, 2 * np.pi, 200)\nplt.plot(x, np.sin(x))\nplt.title('sine')\nplt.savefig('sine.png')\nplt.show()",
         "import pandas as pd\ndf = pd.DataFrame({'a': range(5), 'b': [x * x for x in range(5)]})\ndf",
         markdown="# Weekly figures\n\n| a | b |\n|---|---|\n| 1 | 2 |"),
-    "long_output": notebook("for i in range(20000):\n    print('line', i)", "from IPython.display import HTML, display\ndisplay(HTML('<b>done</b>'))"),
+    "long_output": notebook("for i in range(20000):\n    print('line', i)",
+                            "from IPython.display import HTML, display\ndisplay(HTML('<b>done</b>'))"),
     "model": notebook(
         "from sklearn.datasets import load_digits\nfrom sklearn.linear_model import LogisticRegression\n"
         "X, y = load_digits(return_X_y=True)\nclf = LogisticRegression(max_iter=C).fit(X[:1000], y[:1000])\n"
@@ -305,8 +307,8 @@ def test_invalid_input_is_a_400_naming_the_field(hub, alice):
 def test_metrics_and_openapi(hub, alice):
     r = api(hub, alice, "GET", "metrics", headers=hub.admin_headers())
     assert r.status_code == 200
-    for name in ("stratolab_job_runs{", "stratolab_job_run_duration_seconds_bucket", "stratolab_job_start_lateness_seconds_bucket",
-                 "stratolab_job_runs_finished_total"):
+    for name in ("stratolab_job_runs{", "stratolab_job_run_duration_seconds_bucket",
+                 "stratolab_job_start_lateness_seconds_bucket", "stratolab_job_runs_finished_total"):
         assert name in r.text, name
     assert api(hub, alice, "GET", "metrics").status_code == 403
     spec = api(hub, alice, "GET", "openapi.json").json()

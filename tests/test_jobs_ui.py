@@ -248,7 +248,8 @@ def test_schedule_a_notebook_run_it_now_and_open_the_executed_notebook(hub, tmp_
             )
             assert r.status_code in (200, 201), r.text
             page.locator(".jp-SideBar [data-id=filebrowser], .jp-SideBar li[title*='File Browser']").first.click()
-            page.locator(".jp-FileBrowser .jp-ToolbarButtonComponent[title*=Refresh], .jp-FileBrowser button[title*=Refresh]").first.click()
+            refresh = ".jp-FileBrowser .jp-ToolbarButtonComponent[title*=Refresh], .jp-FileBrowser button[title*=Refresh]"
+            page.locator(refresh).first.click()
             item = page.locator('.jp-DirListing-item[data-file-type="notebook"]', has_text="slow.ipynb")
             item.click(button="right")
             page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Schedule…$")).click()

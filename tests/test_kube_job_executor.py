@@ -25,7 +25,7 @@ from tornado.httpserver import HTTPServer
 from fake_kube import FakeKube, fake_kube  # noqa: F401
 from jobs_support import in_process_service, notebook
 from kube_controllers import Kubelet
-from stratolab.hub.profiles import parse_profile_list, default_profile_list
+from stratolab.hub.profiles import default_profile_list, parse_profile_list
 from stratolab.jobs.automl import channel
 from stratolab.jobs.executor import FAILED, STOPPED, SUCCEEDED, TIMED_OUT, RunSpec
 from stratolab.jobs.kube.archive import SyncLimits
@@ -336,7 +336,8 @@ def test_agent_routes_check_the_token_and_the_archive(fake_kube, tmp_path):
         assert code == 200 and got["decisions"] == {"1": "prune"}
         code, got = await call("finish", "POST", _archive(("output.ipynb", b"{}")))
         assert code == 400 and "result.json" in got["error"]
-        code, got = await call("finish", "POST", _archive(("output.ipynb", b"{}"), ("result.json", b'{"state": "succeeded", "outputs": ["html"]}')))
+        result = b'{"state": "succeeded", "outputs": ["html"]}'
+        code, got = await call("finish", "POST", _archive(("output.ipynb", b"{}"), ("result.json", result)))
         assert code == 200 and got["state"] == "succeeded"
         assert json.loads(spec.result_path.read_text()) == {"state": "succeeded", "error": None, "outputs": ["ipynb"]}
         assert s.executor.agent_runs.get("run-5").finished.is_set()

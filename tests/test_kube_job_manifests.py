@@ -14,11 +14,20 @@ import kubernetes_validate
 import pytest
 
 from stratolab.errors import InvalidInput, StratolabError
-from stratolab.hub.profiles import parse_profile, parse_profile_list, default_profile_list
+from stratolab.hub.profiles import default_profile_list, parse_profile, parse_profile_list
 from stratolab.jobs.kube import archive
 from stratolab.jobs.kube.manifests import (
-    JobSettings, RunPod, dns_label, expand, job_manifest, job_name, label_value, localize_paths, owner_reference,
-    secret_name, token_secret_manifest,
+    JobSettings,
+    RunPod,
+    dns_label,
+    expand,
+    job_manifest,
+    job_name,
+    label_value,
+    localize_paths,
+    owner_reference,
+    secret_name,
+    token_secret_manifest,
 )
 from stratolab.jobs.kube.registry import AgentRuns, run_token
 from stratolab.jobs.kube.status import job_end, pod_problem, pod_started

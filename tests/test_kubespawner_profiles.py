@@ -18,7 +18,6 @@ from traitlets.config import Config
 
 import kube_support
 from kube_support import offline_kubeconfig  # noqa: F401
-
 from stratolab.hub.kubernetes import (
     GPU_TOLERATION,
     KUBESPAWNER_CLASS,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
@@ -99,7 +99,7 @@ def check_gpu_history(url: str) -> None:
     engine = make_engine(url)
     factory = session_factory(engine)
     ledger = GpuLedger(factory, INVENTORY, host="test-host")
-    t0 = datetime.now(timezone.utc)
+    t0 = datetime.now(UTC)
     alice = Holder.server("alice")
     assert ledger.acquire(alice, 1) == ("0",)
     assert ledger.acquire(Holder.run("bob", 7, "train"), 2) == ("1", "2")
@@ -380,8 +380,8 @@ def test_upgrade_to_the_gpu_ledger_keeps_history_and_drops_the_old_queue_default
             ("ann", "0", "server:ann/"), ("ann", "1", "server:ann/"), ("ben", "1", "server:ben/big")]
         assert all(r.released_at is not None for r in rows)
         assert rows[2].release_reason and "GPU ledger" in rows[2].release_reason
-        assert usage_seconds_by_user(s, since=datetime(2026, 11, 1, tzinfo=timezone.utc),
-                                     now=datetime(2026, 11, 1, 12, tzinfo=timezone.utc))["ann"] == 7200
+        assert usage_seconds_by_user(s, since=datetime(2026, 11, 1, tzinfo=UTC),
+                                     now=datetime(2026, 11, 1, 12, tzinfo=UTC))["ann"] == 7200
     with engine.connect() as c:
         policies = dict(c.execute(sa.text("select name, policy from functions")).all())
     engine.dispose()

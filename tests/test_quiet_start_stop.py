@@ -33,7 +33,7 @@ class LauncherHub(HubProcess):
             return f"http://127.0.0.1:{self.env['STRATOLAB_HUB_PORT']}/hub/api"
         return f"{self.url}/hub/api"
 
-    def start(self, timeout: float = 90) -> "LauncherHub":
+    def start(self, timeout: float = 90) -> LauncherHub:
         self.env.setdefault("STRATOLAB_HUB_PORT", str(free_port()))
         self.starting = True
         try:

@@ -22,13 +22,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from stratolab.server.environment import (
-    assigned_gpus,
-    environment_status,
-    format_bytes,
-    parse_nvidia_smi,
-    query_gpu_usage,
-)
+from stratolab.server.environment import assigned_gpus, environment_status, format_bytes, parse_nvidia_smi, query_gpu_usage
 from support import stop_process
 
 JUPYTER = Path(sys.executable).parent / "jupyter"

@@ -78,7 +78,7 @@ class World:
             "STRATOLAB_EXECUTOR_SECRET": secrets.token_hex(16),
         })
 
-    def start(self) -> "World":
+    def start(self) -> World:
         self.hub.start()
         return self
 

@@ -27,8 +27,8 @@ import shlex
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_TORCH_CPU_WHEELS = "/opt/wheels"

@@ -88,7 +88,8 @@ def cmd_trials(args, emit) -> None:
     for t in trials:
         value = _fmt(t["value"]) if t["value"] is not None else "-"
         extra = f"  ({t['error']})" if t.get("error") else ""
-        lines.append(f"{t['number']:>4}  {t['state']:<9} {value:>10} {_fmt(t['duration'] or 0):>8}  {json.dumps(t['params'])}{extra}")
+        duration = _fmt(t["duration"] or 0)
+        lines.append(f"{t['number']:>4}  {t['state']:<9} {value:>10} {duration:>8}  {json.dumps(t['params'])}{extra}")
     emit(trials, "\n".join(lines))
 
 

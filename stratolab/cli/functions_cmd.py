@@ -121,8 +121,8 @@ def cmd_delete(args, emit) -> None:
 def cmd_export(args, emit) -> None:
     import requests
 
-    from stratolab.functions.client import SERVICE_PATH, _answer, _session, call
     from stratolab.functions.bundle import extract_bundle
+    from stratolab.functions.client import SERVICE_PATH, _answer, _session, call
     from stratolab.functions.export import export_bundle
 
     version = args.version

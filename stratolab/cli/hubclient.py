@@ -25,8 +25,8 @@ def _hub(url: str) -> str:
 def _request(method: str, url: str, **kwargs) -> requests.Response:
     try:
         return requests.request(method, url, timeout=TIMEOUT, **kwargs)
-    except requests.ConnectionError:
-        raise HubError(f"cannot reach the hub at {url.split('/hub/')[0]}: is it running?", status=0)
+    except requests.ConnectionError as e:
+        raise HubError(f"cannot reach the hub at {url.split('/hub/')[0]}: is it running?", status=0) from e
 
 
 def request_token(
@@ -52,8 +52,8 @@ def request_token(
             allow_redirects=False,
             timeout=TIMEOUT,
         )
-    except requests.ConnectionError:
-        raise HubError(f"cannot reach the hub at {hub_url}: is it running?", status=0)
+    except requests.ConnectionError as e:
+        raise HubError(f"cannot reach the hub at {hub_url}: is it running?", status=0) from e
     if r.status_code != 302:
         raise HubError(
             "login refused: wrong username or password, or the account is not approved yet",

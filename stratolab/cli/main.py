@@ -10,15 +10,11 @@ import argparse
 import getpass
 import json
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from stratolab.cli import hubclient
-from stratolab.cli.credentials import (
-    Credentials,
-    forget_credentials,
-    load_credentials,
-    save_credentials,
-)
+from stratolab.cli.credentials import Credentials, forget_credentials, load_credentials, save_credentials
 from stratolab.errors import StratolabError
 
 

@@ -55,7 +55,7 @@ class FunctionBackend(abc.ABC):
     @abc.abstractmethod
     async def shutdown(self) -> None: ...
 
-    async def set_traffic(self, owner: str, name: str, weights: dict[int, int]) -> None:
+    async def set_traffic(self, owner: str, name: str, weights: dict[int, int]) -> None:  # noqa: B027 - an optional hook
         """The registry's weights of a function changed ({} once it is deleted).
 
         The service picks the version of each invocation itself, so a backend that only runs versions

@@ -22,14 +22,15 @@ import shutil
 import sys
 import tempfile
 import types
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Mapping
+from typing import IO, Any
 
 from stratolab.functions.analysis import CapturePlan
-from stratolab.platform.archive import ArchiveLimits, extract
 from stratolab.functions.requirements import pin_requirements
 from stratolab.functions.serializers import load_value, save_value
+from stratolab.platform.archive import ArchiveLimits, extract
 
 FORMAT = 1
 MODULE_NAME = "stratolab_function"
@@ -47,7 +48,7 @@ class Manifest:
     format: int = FORMAT
 
     @classmethod
-    def read(cls, directory: Path) -> "Manifest":
+    def read(cls, directory: Path) -> Manifest:
         data = json.loads((Path(directory) / "manifest.json").read_text())
         if data.get("format") != FORMAT:
             raise ValueError(f"unsupported bundle format {data.get('format')!r}")

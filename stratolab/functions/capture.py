@@ -7,8 +7,9 @@ current text, saved or not), which then overrides what history says about the na
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from stratolab.functions.analysis import CapturePlan, plan_capture, read_cells
 from stratolab.functions.bundle import Manifest, build_bundle

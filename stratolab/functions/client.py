@@ -14,9 +14,10 @@ import io
 import json
 import tarfile
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import requests
 
@@ -124,7 +125,9 @@ def invoke(name: str, payload: Any, *, owner: str | None = None, url: str | None
     owner = owner or load_credentials().username or whoami_name(url, headers)
     body = payload if isinstance(payload, (bytes, bytearray)) else json.dumps(payload).encode()
     ctype = "application/octet-stream" if isinstance(payload, (bytes, bytearray)) else "application/json"
-    r = requests.post(f"{url}{SERVICE_PATH}/fn/{owner}/{name}", data=body, headers={**headers, "Content-Type": ctype}, timeout=600)
+    r = requests.post(
+        f"{url}{SERVICE_PATH}/fn/{owner}/{name}", data=body, headers={**headers, "Content-Type": ctype}, timeout=600
+    )
     if r.status_code >= 400:
         _answer(r)
     return r.content if r.headers.get("Content-Type", "").startswith("application/octet-stream") else r.json()

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from stratolab.errors import InvalidInput
 
@@ -87,7 +88,7 @@ class LimitsConfig:
     users: Mapping[str, Mapping[str, Any]] | None = None
 
     @classmethod
-    def parse(cls, data: Mapping[str, Any]) -> "LimitsConfig":
+    def parse(cls, data: Mapping[str, Any]) -> LimitsConfig:
         if not isinstance(data, Mapping):
             raise ValueError(f"{ENV} must be an object with default, groups and users")
         unknown = set(data) - {"default", "groups", "users"}
@@ -104,7 +105,7 @@ class LimitsConfig:
         return cls(default=default, groups=sections["groups"], users=sections["users"])
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "LimitsConfig":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> LimitsConfig:
         raw = (os.environ if environ is None else environ).get(ENV, "").strip()
         if not raw:
             return cls()

@@ -18,7 +18,8 @@ from stratolab.errors import InvalidInput, StratolabError
 def handler_in_cell(source: str) -> str:
     """The function a cell defines (the last top-level `def`)."""
     try:
-        tree = ast.parse("\n".join("" if l.lstrip().startswith(("%", "!")) else l for l in source.splitlines()))
+        lines = ("" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines())
+        tree = ast.parse("\n".join(lines))
     except SyntaxError as e:
         raise InvalidInput(f"the cell does not parse: {e.msg} (line {e.lineno})", field="cell") from None
     names = [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 from stratolab.errors import InvalidInput
 
@@ -49,8 +50,8 @@ class ScalingPolicy:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None, base: "ScalingPolicy | None" = None,
-                  limits: "FunctionLimits | None" = None) -> "ScalingPolicy":
+    def from_dict(cls, data: Mapping[str, Any] | None, base: ScalingPolicy | None = None,
+                  limits: FunctionLimits | None = None) -> ScalingPolicy:
         """Validate user input (JSON): unknown keys and out-of-range values are 400s naming the field;
         `limits` are the caps the admin set for the function's owner."""
         values = (base or cls()).to_dict()

@@ -8,8 +8,8 @@ function gets the versions the model was trained with (nuclio and MLRun leave th
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable, Mapping
 from importlib import metadata
-from typing import Iterable, Mapping
 
 STDLIB = frozenset(sys.stdlib_module_names)
 

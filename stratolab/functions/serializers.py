@@ -22,9 +22,10 @@ import io
 import json
 import sys
 import types
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from stratolab.errors import InvalidInput
 
@@ -346,7 +347,8 @@ def save_value(name: str, value: Any, directory: Path) -> dict:
                 f"cannot capture {name!r} ({type(value).__name__}) with {serializer.name}: {e}",
                 field=name,
             ) from e
-        entry = {"name": name, "serializer": serializer.name, "type": f"{_type_module(value)}.{type(value).__qualname__}", "meta": meta}
+        value_type = f"{_type_module(value)}.{type(value).__qualname__}"
+        entry = {"name": name, "serializer": serializer.name, "type": value_type, "meta": meta}
         (directory / "value.json").write_text(json.dumps(entry, sort_keys=True))
         return entry
     raise CaptureError(f"cannot capture {name!r}: no serializer accepts it", field=name)

@@ -10,8 +10,8 @@ import logging
 import os
 import shutil
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from stratolab.db import ensure_schema
 from stratolab.errors import StratolabError
@@ -19,10 +19,11 @@ from stratolab.functions.service.access import CUSTOM_SCOPES, DEPLOY, INVOKE
 from stratolab.hub.admin import ensure_data_dir
 from stratolab.hub.auth import configure_authentication
 from stratolab.hub.culling import culler_service
-from stratolab.jobs.service.handlers import CUSTOM_SCOPES as JOB_SCOPES, RUN as JOBS_RUN
 from stratolab.hub.profiles import load_profile_list, parse_profile_list
 from stratolab.hub.spawner import ISOLATION_SHARED, ISOLATION_SYSTEM_USERS, StratolabSpawner
 from stratolab.hub.system_users import unreachable_path
+from stratolab.jobs.service.handlers import CUSTOM_SCOPES as JOB_SCOPES
+from stratolab.jobs.service.handlers import RUN as JOBS_RUN
 from stratolab.settings import PROJECT_ROOT, PlatformSettings
 
 log = logging.getLogger("stratolab")

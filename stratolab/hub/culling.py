@@ -8,9 +8,10 @@ A server whose spawner state lists GPUs (see StratolabSpawner.get_state) is cull
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 CULLER_SERVICE = "idle-culler"
 CULLER_CONFIG_FILE = Path(__file__).with_name("culler_config.py")

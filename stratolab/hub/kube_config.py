@@ -22,9 +22,10 @@ disagree fail at start-up, not at the first spawn.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -33,7 +34,8 @@ from stratolab.hub.auth import configure_authentication
 from stratolab.hub.culling import CULLER_SERVICE, culler_service
 from stratolab.hub.kubernetes import KubernetesSettings, configure_kubespawner
 from stratolab.hub.profiles import GPU_RESOURCE, ProfileError, parse_profile_list
-from stratolab.jobs.service.handlers import CUSTOM_SCOPES as JOB_SCOPES, RUN as JOBS_RUN
+from stratolab.jobs.service.handlers import CUSTOM_SCOPES as JOB_SCOPES
+from stratolab.jobs.service.handlers import RUN as JOBS_RUN
 from stratolab.settings import PlatformSettings
 
 DEFAULT_VALUES_PATH = Path("/etc/stratolab/values.yaml")
@@ -92,7 +94,7 @@ class UserStorage:
     pvc_name_template: str = "claim-{username}"
 
     @classmethod
-    def from_mapping(cls, raw: Any) -> "UserStorage":
+    def from_mapping(cls, raw: Any) -> UserStorage:
         data = _take(raw, "singleuser.storage",
                      {"enabled", "capacity", "storage_class", "mount_path", "pvc_name_template"})
         return cls(
@@ -132,7 +134,7 @@ class KubeHubValues:
     culler_enabled: bool = True
 
     @classmethod
-    def from_mapping(cls, raw: Any) -> "KubeHubValues":
+    def from_mapping(cls, raw: Any) -> KubeHubValues:
         data = _take(raw, "values", {"release", "hub", "proxy", "services", "singleuser", "culler", "profile_list"})
         hub = _take(data.get("hub"), "hub", {"connect_url"})
         proxy = _take(data.get("proxy"), "proxy", {"api_url", "internal_url"})

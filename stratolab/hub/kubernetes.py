@@ -11,8 +11,9 @@ no API calls, checked in tests by comparing dicts and validating rendered pods a
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from stratolab.hub.profiles import CPU_IMAGE, CUDA_IMAGE, GPU_RESOURCE, Profile, ProfileError
 

@@ -12,15 +12,13 @@ into instants is done here, so clock changes behave as documented in docs/schedu
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 from croniter.croniter import CroniterBadDateError, CroniterError
 
 from stratolab.errors import InvalidInput
-
-UTC = timezone.utc
 
 
 def parse_timezone(name: str | None, field: str = "timezone") -> ZoneInfo:

@@ -13,21 +13,30 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Callable
+from typing import Any
 
 from stratolab.db.models import JobRun, JobSchedule
-from stratolab.platform.gpus import GpuAllocation, Holder, NoFreeGpu
 from stratolab.hub.profiles import Profile
 from stratolab.jobs import cron, metrics
 from stratolab.jobs.clock import Clock
 from stratolab.jobs.executor import (
-    FAILED, STOPPED, SUCCEEDED, TIMED_OUT, Account, Execution, NotebookExecutor, RunResult, RunSpec,
+    FAILED,
+    STOPPED,
+    SUCCEEDED,
+    TIMED_OUT,
+    Account,
+    Execution,
+    NotebookExecutor,
+    RunResult,
+    RunSpec,
 )
 from stratolab.jobs.files import JobFiles
 from stratolab.jobs.notify import Notifier
 from stratolab.jobs.store import JobStore, run_view, schedule_view
+from stratolab.platform.gpus import GpuAllocation, Holder, NoFreeGpu
 
 log = logging.getLogger("stratolab.jobs")
 
@@ -87,7 +96,7 @@ class Scheduler:
         self._closing = True
         for task in self._loops:
             task.cancel()
-        for run_id, execution in list(self.executions.items()):
+        for execution in list(self.executions.values()):
             with contextlib.suppress(Exception):
                 await execution.stop(STOPPED)
         for task in list(self._tasks):
@@ -108,7 +117,7 @@ class Scheduler:
         while True:
             try:
                 await self.tick()
-            except Exception:  # noqa: BLE001: the loop must survive a bad row or a database hiccup
+            except Exception:  # the loop must survive a bad row or a database hiccup
                 log.exception("scheduler tick failed")
             delay = self._next_delay()
             self._wake.clear()
@@ -130,7 +139,7 @@ class Scheduler:
             await asyncio.sleep(self.config.heartbeat_every)
             try:
                 await self.heartbeat()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("scheduler heartbeat failed")
 
     # --- one pass --------------------------------------------------------------------------------
@@ -192,7 +201,7 @@ class Scheduler:
         try:
             account = await asyncio.get_running_loop().run_in_executor(None, self.account_for, owner)
             await self.executor.prepare(account, self.profile_env(()))
-        except Exception:  # noqa: BLE001: only an optimisation
+        except Exception:  # only an optimisation
             log.exception("could not prepare ahead for schedule %s", schedule_id)
 
     @staticmethod
@@ -209,7 +218,7 @@ class Scheduler:
                 continue
             try:
                 s = self.store.schedule(run.owner, run.schedule_id)
-            except Exception:  # noqa: BLE001: deleted meanwhile
+            except Exception:  # deleted meanwhile
                 continue
             profile = self.profiles.get(s.profile)
             if profile is None:
@@ -261,7 +270,7 @@ class Scheduler:
                 warm=not devices,
             )
             execution = await self.executor.start(spec)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             log.exception("run %s could not start", run.id)
             self.gpus.release(holder)
             await self._ended(run, s, FAILED, f"the run could not start: {e}", [])
@@ -309,7 +318,7 @@ class Scheduler:
             url = f"{self.config.public_url}/services/scheduler/api/runs/{run.id}"
             self._spawn(self.notifier.send(notify, schedule_view(s, final, cron.describe(s.cron, s.timezone)), view, url))
 
-    async def _start_automl(self, run: JobRun, s: JobSchedule) -> "AutoMLExecution":
+    async def _start_automl(self, run: JobRun, s: JobSchedule) -> AutoMLExecution:
         """A run of an AutoML schedule (retraining on cron): an AutoML search over the snapshot."""
         if self.automl is None:
             raise RuntimeError("AutoML is not available in this scheduler")
@@ -356,7 +365,7 @@ class Scheduler:
             )
             try:
                 s = self.store.schedule(run.owner, run.schedule_id)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 s = None
             metrics.RECOVERED.inc()
             await self._ended(run, s, FAILED, reason, outputs, from_states=("running",))

@@ -131,8 +131,8 @@ class NotebookExecutor(abc.ABC):
     async def start(self, spec: RunSpec) -> Execution:
         """Start a run of `spec.input_path`; returns once it is running."""
 
-    async def prepare(self, account: Account | None, env: dict[str, str], count: int = 1) -> None:
+    async def prepare(self, account: Account | None, env: dict[str, str], count: int = 1) -> None:  # noqa: B027 - a hint
         """A hint that `count` runs for this account and environment will start soon (start kernels ahead)."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - an optional hook: nothing to stop by default
         """Stop every run and every kernel started ahead."""

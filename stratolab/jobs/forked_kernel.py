@@ -88,7 +88,7 @@ def _kernel_child(connection_file: str, env: dict[str, str] | None, cwd: str | N
         # quiet: no banner, no transport warning in the run's log (the notebook's output goes to papermill)
         app.initialize(["-f", connection_file, "--IPKernelApp.log_level=CRITICAL"])
         app.start()
-    except BaseException:  # noqa: BLE001
+    except BaseException:
         # sys.stderr is the kernel's own stream by now: write to the process's stderr
         os.write(2, traceback.format_exc().encode(errors="replace"))
         os._exit(1)

@@ -49,7 +49,7 @@ def preload(modules: list[str]) -> list[str]:
         try:
             importlib.import_module(name)
             loaded.append(name)
-        except Exception:  # noqa: BLE001: a framework that is not installed is simply not preloaded
+        except Exception:  # a framework that is not installed is simply not preloaded
             pass
     return loaded
 
@@ -68,7 +68,7 @@ def _child(spec: dict, listener: socket.socket, conn: socket.socket, available: 
         from stratolab.jobs.runner import run_forked
 
         code = run_forked(spec, available)
-    except BaseException:  # noqa: BLE001
+    except BaseException:
         import traceback
 
         try:  # the run's own log, where its owner looks

@@ -30,11 +30,8 @@ from typing import Any
 import psutil
 
 from stratolab.functions.runtime.protocol import recv_frame, send_frame
+from stratolab.jobs.executor import FAILED, STOPPED, TIMED_OUT, Account, Execution, NotebookExecutor, RunResult, RunSpec
 from stratolab.platform.sockets import short_tmp_root
-
-from stratolab.jobs.executor import (
-    FAILED, STOPPED, TIMED_OUT, Account, Execution, NotebookExecutor, RunResult, RunSpec,
-)
 
 log = logging.getLogger("stratolab.jobs")
 #: seconds a stopped run gets to save its partial output before it is killed
@@ -133,7 +130,7 @@ class LocalExecution(Execution):
                 await asyncio.wait_for(asyncio.shield(proc.wait()), self.spec.timeout)
             else:
                 await proc.wait()
-        except asyncio.TimeoutError:
+        except TimeoutError:
             await self.stop(TIMED_OUT)
         await proc.wait()
         if self._stopping:
@@ -159,7 +156,7 @@ class LocalExecution(Execution):
             proc.send_signal(signal.SIGTERM)  # the runner kills its kernel; papermill saves the output
         try:
             await asyncio.wait_for(asyncio.shield(proc.wait()), STOP_GRACE_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             kill_tree(proc.pid)
             await proc.wait()
 

@@ -7,9 +7,10 @@ import json
 import logging
 import os
 import smtplib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from email.message import EmailMessage
-from typing import Any, Mapping
+from typing import Any
 
 from tornado.httpclient import HTTPRequest
 
@@ -30,7 +31,7 @@ class SmtpSettings:
     starttls: bool = False
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> "SmtpSettings | None":
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> SmtpSettings | None:
         host = env.get("STRATOLAB_SMTP_HOST", "").strip()
         if not host:
             return None
@@ -89,7 +90,7 @@ class Notifier:
                 except OutboundRefused as e:
                     log.warning("webhook %s refused: %s", url, e)
                     break  # the address will not become acceptable by retrying
-                except Exception as e:  # noqa: BLE001: a receiver's failure is logged, never fatal
+                except Exception as e:  # a receiver's failure is logged, never fatal
                     reason = str(e)
                 log.warning("webhook %s, attempt %d of %d: %s", url, attempt, WEBHOOK_ATTEMPTS, reason)
                 if attempt < WEBHOOK_ATTEMPTS:

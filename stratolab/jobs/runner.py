@@ -70,7 +70,7 @@ def shutdown_kernel(km) -> None:
 
     try:
         run_sync(km.shutdown_kernel)(now=True)
-    except Exception:  # noqa: BLE001: it may be dead already
+    except Exception:  # it may be dead already
         pass
 
 
@@ -145,7 +145,7 @@ def execute(spec: dict[str, Any], km, kc) -> dict[str, Any]:
             autosave_cell_every=5,
             cwd=None,
         )
-    except BaseException as e:  # noqa: BLE001: the run's outcome, whatever ended it
+    except BaseException as e:  # the run's outcome, whatever ended it
         result = {"state": "failed", "error": "the run was stopped" if _interrupted else error_text(e)}
         logging.error("run failed: %s", result["error"])
     outputs = []
@@ -155,7 +155,7 @@ def execute(spec: dict[str, Any], km, kc) -> dict[str, Any]:
             try:
                 write_html(workdir / "output.ipynb", workdir / "output.html")
                 outputs.append("html")
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 logging.error("could not write the HTML output: %s", e)
     result["outputs"] = outputs
     return result
@@ -180,7 +180,7 @@ def _run(spec: dict[str, Any], available: set[str], km=None, kc=None, forked: bo
             km = start_forked_kernel(name, workdir) if forked else start_kernel(name, str(workdir))
             kc = ready_client(km)
         result = execute(spec, km, kc)
-    except BaseException as e:  # noqa: BLE001
+    except BaseException as e:
         result = {"state": "failed", "error": error_text(e), "outputs": []}
     finally:
         if km is not None:

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from stratolab.errors import InvalidInput
-from stratolab.platform.outbound import OutboundPolicy, validate_url
 from stratolab.jobs import cron
+from stratolab.platform.outbound import OutboundPolicy, validate_url
 
 OUTPUT_FORMATS = ("ipynb", "html")
 MISSED_POLICIES = ("catch_up", "skip")
@@ -63,7 +63,7 @@ def notebook_content(raw: Any, field: str = "content") -> dict:
         for cell in nb.get("cells", []):  # ids, as nbformat 4.5 wants (JupyterLab adds them too)
             cell.setdefault("id", uuid.uuid4().hex[:8])
         nbformat.validate(nb, relax_add_props=True)
-    except Exception as e:  # noqa: BLE001: nbformat raises several kinds
+    except Exception as e:  # nbformat raises several kinds
         raise InvalidInput(f"the notebook is not a valid nbformat 4 notebook: {str(e)[:300]}", field=field) from None
     return json.loads(nbformat.writes(nb))
 

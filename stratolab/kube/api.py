@@ -22,8 +22,9 @@ import asyncio
 import json
 import logging
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import aiohttp
 from kubernetes_asyncio.client import ApiClient, Configuration
@@ -96,7 +97,7 @@ class KubeClient:
         self._api = ApiClient(configuration)
 
     @classmethod
-    async def from_environment(cls, namespace: str | None = None) -> "KubeClient":
+    async def from_environment(cls, namespace: str | None = None) -> KubeClient:
         """In a pod: its service account (and namespace by default); elsewhere: ~/.kube/config."""
         from kubernetes_asyncio import config
 
@@ -111,7 +112,7 @@ class KubeClient:
         return cls(configuration, namespace)
 
     @classmethod
-    def for_host(cls, host: str, namespace: str = "default", token: str | None = None) -> "KubeClient":
+    def for_host(cls, host: str, namespace: str = "default", token: str | None = None) -> KubeClient:
         configuration = Configuration(host=host.rstrip("/"))
         if token:
             configuration.api_key = {"BearerToken": token}
@@ -121,7 +122,7 @@ class KubeClient:
     async def close(self) -> None:
         await self._api.close()
 
-    async def __aenter__(self) -> "KubeClient":
+    async def __aenter__(self) -> KubeClient:
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
@@ -145,7 +146,7 @@ class KubeClient:
                 )
             except ApiException as e:
                 error = _error(e.status or 0, e.reason or "", e.body)
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+            except (TimeoutError, aiohttp.ClientError, OSError) as e:
                 error = KubeError(0, f"{type(e).__name__}: {e}")
             if error.status not in RETRY_STATUSES or attempt == RETRY_TRIES:
                 raise error
@@ -294,7 +295,7 @@ class KubeClient:
                         if kind_of_event == "BOOKMARK":
                             continue
                         yield kind_of_event, obj
-                except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+                except (TimeoutError, aiohttp.ClientError) as e:
                     log.info("watch of %s ended (%s); reconnecting", path, e)
                     await asyncio.sleep(RETRY_FIRST_DELAY)
                 finally:

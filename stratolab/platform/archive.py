@@ -24,9 +24,10 @@ import os
 import posixpath
 import tarfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO
 
 from stratolab.errors import InvalidInput, StratolabError
 

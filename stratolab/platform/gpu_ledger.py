@@ -26,8 +26,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Iterable
 from functools import cache
-from typing import Iterable
 
 import psutil
 from sqlalchemy import select

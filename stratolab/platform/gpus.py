@@ -16,9 +16,10 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 from stratolab.errors import Conflict
 
@@ -91,28 +92,28 @@ class Holder:
     label: str
 
     @classmethod
-    def server(cls, username: str, server_name: str = "", profile: str = "") -> "Holder":
+    def server(cls, username: str, server_name: str = "", profile: str = "") -> Holder:
         label = f"notebook server '{server_name}'" if server_name else "notebook server"
         return cls("server", f"server:{username}/{server_name}", username,
                    label + (f" ({profile})" if profile else ""))
 
     @classmethod
-    def run(cls, username: str, run_id: int, schedule: str = "") -> "Holder":
+    def run(cls, username: str, run_id: int, schedule: str = "") -> Holder:
         label = f"scheduled run {run_id}" + (f" of '{schedule}'" if schedule else "")
         return cls("run", f"run:{run_id}", username, label)
 
     @classmethod
-    def trial(cls, username: str, job_id: int, number: int, job_name: str = "") -> "Holder":
+    def trial(cls, username: str, job_id: int, number: int, job_name: str = "") -> Holder:
         label = f"trial {number} of AutoML search " + (f"'{job_name}'" if job_name else str(job_id))
         return cls("trial", f"trial:{job_id}/{number}", username, label)
 
     @classmethod
-    def function(cls, username: str, name: str, version: int, instance: str) -> "Holder":
+    def function(cls, username: str, name: str, version: int, instance: str) -> Holder:
         return cls("function", f"function:{username}/{name}/{version}/{instance}", username,
                    f"instance of function '{name}' version {version}")
 
     @classmethod
-    def anonymous(cls, key: str) -> "Holder":
+    def anonymous(cls, key: str) -> Holder:
         """A holder known only by its key (callers that predate holders; tests)."""
         return cls("server", key, "", key)
 
@@ -227,7 +228,7 @@ class GpuAllocator:
             raise shortage(count, self.inventory, free, held, holder.username or None)
         devices = tuple(free[:count])
         self._held[holder.key] = (holder, devices)
-        self._since[holder.key] = datetime.now(timezone.utc)
+        self._since[holder.key] = datetime.now(UTC)
         return devices
 
     def restore(self, holder: Holder | str, devices: tuple[str, ...]) -> None:
@@ -242,7 +243,7 @@ class GpuAllocator:
         return entry[1] if entry else ()
 
     def holdings(self, username: str | None = None) -> list[Holding]:
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         return [
             Holding(device, holder, self._since.get(key, now), 0)
             for key, (holder, devices) in self._held.items() for device in devices

@@ -20,8 +20,9 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 from tornado.httpclient import AsyncHTTPClient
@@ -47,7 +48,7 @@ class OutboundPolicy:
     allowed: tuple[IPNetwork, ...] = field(default_factory=tuple)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "OutboundPolicy":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> OutboundPolicy:
         raw = (os.environ if environ is None else environ).get(ENV, "")
         networks = []
         for item in (x.strip() for x in raw.split(",")):

@@ -151,7 +151,7 @@ def query_gpu_usage(assigned: Sequence[str], timeout: float = 3.0) -> list[dict[
     if executable is None:
         return []
     try:
-        result = subprocess.run(  # noqa: S603 - fixed arguments, no shell
+        result = subprocess.run(  # fixed arguments, no shell
             [
                 executable,
                 f"--query-gpu={','.join(_NVIDIA_SMI_FIELDS)}",

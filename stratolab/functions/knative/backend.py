@@ -35,9 +35,10 @@ import base64
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import aiohttp
 
@@ -237,7 +238,7 @@ class KnativeBackend(FunctionBackend):
             async with self._http().post(url, data=body, headers=headers, timeout=timeout) as response:
                 out = await response.read()
                 return self._reply(ref, response.status, response.headers, out)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise InvocationError(f"the function did not answer within {policy.timeout_s:g} s", status=504) from None
         except aiohttp.ClientConnectorError as e:
             self._urls.pop((ref.owner, ref.name), None)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from stratolab.hub.profiles import CPU_IMAGE, CUDA_IMAGE
 
@@ -58,7 +59,7 @@ class KnativeConfig:
     invoke_grace_s: float = 30.0
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "KnativeConfig":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> KnativeConfig:
         env = os.environ if environ is None else environ
         base = cls()
         images = dict(base.images)

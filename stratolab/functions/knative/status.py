@@ -9,8 +9,9 @@ than wait for the progress deadline. Anything else (Unknown, no conditions yet) 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from stratolab.functions.knative.manifests import version_of_tag
 

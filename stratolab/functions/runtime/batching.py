@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 
 class BatchError(Exception):
@@ -166,7 +166,7 @@ class DynamicBatcher:
             self._wakeup.clear()
             try:
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         return [self._waiting.popleft() for _ in range(min(self.max_batch_size, len(self._waiting)))]
 
@@ -186,7 +186,7 @@ class DynamicBatcher:
             self.failed_batches += 1
             self._fail(batch, exc)
             return
-        for waiting, result in zip(batch, results):
+        for waiting, result in zip(batch, results, strict=True):  # split_results checked the count
             if not waiting.future.done():  # a caller that went away is not answered
                 waiting.future.set_result(result)
 

@@ -37,7 +37,7 @@ class WorkerConnection:
         self.reader, self.writer = reader, writer
 
     @classmethod
-    async def open(cls, path: Path) -> "WorkerConnection":
+    async def open(cls, path: Path) -> WorkerConnection:
         reader, writer = await asyncio.open_unix_connection(str(path))
         return cls(reader, writer)
 

@@ -27,7 +27,6 @@ from pathlib import Path
 
 from stratolab.functions.runtime.protocol import recv_frame, send_frame
 
-
 _children: set[int] = set()
 
 
@@ -163,7 +162,7 @@ class ForkServer:
         self.python = python
         self.proc = None
 
-    def start(self, timeout: float = 60) -> "ForkServer":
+    def start(self, timeout: float = 60) -> ForkServer:
         import subprocess
 
         if self.control_path.exists():

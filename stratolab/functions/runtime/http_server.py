@@ -32,9 +32,9 @@ import time
 import traceback
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from tornado import httpserver, web
 
@@ -66,7 +66,7 @@ class RuntimeSettings:
     fetch_tries: int = FETCH_TRIES
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> "RuntimeSettings":
+    def from_env(cls, env: Mapping[str, str]) -> RuntimeSettings:
         missing = [n for n in ("STRATOLAB_BUNDLE_URL", "STRATOLAB_BUNDLE_TOKEN") if not env.get(n)]
         if missing:
             raise LoadFailed(f"{' and '.join(missing)} must be set")

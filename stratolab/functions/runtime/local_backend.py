@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from stratolab.functions.backend import FunctionBackend, VersionRef
 from stratolab.functions.bundle import Manifest
@@ -20,7 +21,6 @@ from stratolab.functions.runtime.forkserver import ForkServer
 from stratolab.functions.runtime.pool import InvocationError, VersionPool
 from stratolab.platform.gpus import GpuAllocation, GpuAllocator, Holder
 from stratolab.platform.sockets import private_subdir, remove_runtime_dir, runtime_dir
-
 
 TF_MODULES = ("tensorflow", "keras", "tf_keras")
 
@@ -61,7 +61,7 @@ class LocalBackend(FunctionBackend):
         #: GPUs function instances hold, each exclusively (an instance is a holder, named by its socket)
         self.gpus: GpuAllocation = gpus if gpus is not None else GpuAllocator(())
 
-    def start(self) -> "LocalBackend":
+    def start(self) -> LocalBackend:
         self.forkserver.start()
         return self
 

@@ -16,9 +16,10 @@ import os
 import signal
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import psutil
 
@@ -26,7 +27,6 @@ from stratolab.errors import StratolabError
 from stratolab.functions.policy import ScalingPolicy
 from stratolab.functions.runtime.client import WorkerConnection, wait_for_socket
 from stratolab.platform.sockets import check_socket_path, private_subdir, runtime_dir
-
 
 START_RETRY_BACKOFF_S = 5.0
 
@@ -192,7 +192,7 @@ class VersionPool:
                         raise InvocationError("the function did not answer in time", status=504)
                     try:
                         await asyncio.wait_for(self._cond.wait(), remaining)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         raise InvocationError("the function did not answer in time", status=504) from None
             finally:
                 if queued:
@@ -228,7 +228,7 @@ class VersionPool:
             if header.get("status", 500) >= 500:
                 self.stats.errors += 1
             return header, out
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.stats.errors += 1
             if conn:
                 conn.writer.close()  # the reply is still coming: this connection is spoiled

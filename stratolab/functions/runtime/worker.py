@@ -21,9 +21,10 @@ import sys
 import threading
 import traceback
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from stratolab.functions.bundle import load_handler
 from stratolab.functions.runtime.batching import DynamicBatcher

@@ -24,22 +24,22 @@ import os
 import sys
 from pathlib import Path
 
+from jupyterhub.services.auth import HubAuth
 from sqlalchemy.orm import Session, sessionmaker
 from tornado import ioloop, web
-from jupyterhub.services.auth import HubAuth
 
 from stratolab.db import ensure_schema, make_engine, session_factory
 from stratolab.functions.bundle import BundleStore
+from stratolab.functions.limits import LimitsConfig
 from stratolab.functions.registry import FunctionRegistry
 from stratolab.functions.runtime.local_backend import LocalBackend
 from stratolab.functions.service import handlers, metrics
-from stratolab.functions.limits import LimitsConfig
+from stratolab.functions.service.openapi import OPENAPI
 from stratolab.functions.service.state import DEFAULT_MAX_HELD_MB, ServiceState
 from stratolab.hub.system_users import ensure_system_user, system_username
 from stratolab.platform.gpu_ledger import GpuLedger
 from stratolab.platform.gpus import configured_gpus, discover_gpus
 from stratolab.settings import positive_int_env, user_env_python
-from stratolab.functions.service.openapi import OPENAPI
 from stratolab.web import begin_service, log_request, routes_from_openapi, until_stopped
 
 log = logging.getLogger("stratolab.functions")
@@ -51,7 +51,7 @@ def available_frameworks(python: str) -> list[str]:
     """The frameworks installed in the user environment (imported ahead by the fork-server)."""
     import subprocess
 
-    probe = "import importlib.util as u; print(','.join(m for m in %r if u.find_spec(m)))" % (FRAMEWORKS,)
+    probe = f"import importlib.util as u; print(','.join(m for m in {FRAMEWORKS!r} if u.find_spec(m)))"
     out = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=60).stdout.strip()
     return [m for m in out.split(",") if m]
 

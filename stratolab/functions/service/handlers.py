@@ -13,10 +13,9 @@ from stratolab.errors import InvalidInput, StratolabError
 from stratolab.functions.knative.bundle_access import check_bundle_token
 from stratolab.functions.service import metrics
 from stratolab.functions.service.access import DEPLOY, INVOKE
-from stratolab.web import has_scope
 from stratolab.functions.service.openapi import OPENAPI
 from stratolab.functions.service.state import ServiceState
-from stratolab.web import ServiceHandler, path_id, token_from_headers
+from stratolab.web import ServiceHandler, has_scope, path_id, token_from_headers
 
 
 class BaseHandler(ServiceHandler):

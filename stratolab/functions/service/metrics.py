@@ -23,4 +23,6 @@ COLD_START_SECONDS = Histogram(
     registry=REGISTRY, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 INSTANCES = Gauge("stratolab_function_instances", "Running instances", ["owner", "function"], registry=REGISTRY)
-QUEUE_DEPTH = Gauge("stratolab_function_queue_depth", "Invocations waiting for an instance", ["owner", "function"], registry=REGISTRY)
+QUEUE_DEPTH = Gauge(
+    "stratolab_function_queue_depth", "Invocations waiting for an instance", ["owner", "function"], registry=REGISTRY
+)

@@ -14,8 +14,8 @@ from typing import Any
 
 from stratolab.errors import InvalidInput, StratolabError
 from stratolab.functions.backend import FunctionBackend, VersionRef
-from stratolab.functions.limits import LimitsConfig
 from stratolab.functions.bundle import BundleStore, Manifest, extract_bundle
+from stratolab.functions.limits import LimitsConfig
 from stratolab.functions.registry import FunctionRegistry, FunctionView, check_name
 from stratolab.functions.service import metrics
 from stratolab.functions.traffic import choose_version

@@ -19,21 +19,22 @@ import logging
 import math
 import time
 import warnings
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 from sqlalchemy import or_, select, update
 
 from stratolab.db.models import AutoMLJob
-from stratolab.platform.gpus import GpuAllocation, Holder, NoFreeGpu
 from stratolab.hub.profiles import Profile, choose_profile
 from stratolab.jobs.automl import channel
 from stratolab.jobs.automl.space import grid, sample
 from stratolab.jobs.clock import Clock
 from stratolab.jobs.executor import STOPPED, SUCCEEDED, Account, NotebookExecutor, RunSpec
 from stratolab.jobs.files import JobFiles
+from stratolab.platform.gpus import GpuAllocation, Holder, NoFreeGpu
 
 log = logging.getLogger("stratolab.automl")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -159,7 +160,7 @@ class AutoMLController:
         for execution in list(self.executions.values()):
             try:
                 await execution.stop(STOPPED)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
 
     async def _loop(self) -> None:
@@ -171,7 +172,7 @@ class AutoMLController:
                 if time.monotonic() - last_beat >= self.heartbeat_every:
                     self._heartbeat()
                     last_beat = time.monotonic()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("automl loop failed")
             await asyncio.sleep(1.0)
 
@@ -187,9 +188,10 @@ class AutoMLController:
             for job_id, worker, beat in candidates:
                 if job_id in self.driving:
                     continue
+                same_worker = AutoMLJob.worker.is_(None) if worker is None else AutoMLJob.worker == worker
+                same_beat = AutoMLJob.heartbeat_at.is_(None) if beat is None else AutoMLJob.heartbeat_at == beat
                 result = db.execute(
-                    update(AutoMLJob).where(AutoMLJob.id == job_id, AutoMLJob.worker.is_(worker) if worker is None else AutoMLJob.worker == worker,
-                                            (AutoMLJob.heartbeat_at.is_(None)) if beat is None else (AutoMLJob.heartbeat_at == beat))
+                    update(AutoMLJob).where(AutoMLJob.id == job_id, same_worker, same_beat)
                     .values(worker=self.worker_id, heartbeat_at=now, state="running")
                 )
                 db.commit()
@@ -245,7 +247,7 @@ class AutoMLController:
             await self._drive_job(job_id)
         except asyncio.CancelledError:
             raise
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             log.exception("automl job %s failed", job_id)
             self._set(job_id, state="failed", error=f"the search failed: {e}", finished_at=self.clock.now())
         finally:
@@ -340,7 +342,7 @@ class AutoMLController:
             await self._trial(job, config, study, trial, params, parallel, devices)
         except asyncio.CancelledError:
             raise
-        except Exception as e:  # noqa: BLE001: a trial that breaks is a failed trial, never a stuck one
+        except Exception as e:  # a trial that breaks is a failed trial, never a stuck one
             log.exception("trial %s of job %s", trial.number, job.id)
             trial.set_user_attr("error", f"{type(e).__name__}: {e}")
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -360,7 +362,7 @@ class AutoMLController:
         key = (job.id, trial.number)
         try:
             execution = await self.executor.start(spec)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             trial.set_user_attr("error", f"the trial could not start: {e}")
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             return

@@ -6,9 +6,10 @@ import asyncio
 import json
 import posixpath
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 from sqlalchemy import select

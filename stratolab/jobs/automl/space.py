@@ -64,7 +64,8 @@ def validate_space(raw: Any, declared: list[dict[str, Any]] | None = None) -> di
             if spec.get("step") is not None:
                 step = _num(spec["step"], f"{f}.step")
                 if step <= 0 or (kind == "int" and int(step) != step):
-                    raise InvalidInput(f"{f}.step must be a positive {'whole ' if kind == 'int' else ''}number", field=f"{f}.step")
+                    whole = "whole " if kind == "int" else ""
+                    raise InvalidInput(f"{f}.step must be a positive {whole}number", field=f"{f}.step")
                 if log:
                     raise InvalidInput(f"{f}: step and log cannot be combined", field=f"{f}.step")
                 item["step"] = int(step) if kind == "int" else float(step)

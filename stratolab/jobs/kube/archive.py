@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import os
 import tarfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterable
+from typing import IO
 
 from stratolab.platform import archive
 from stratolab.platform.archive import ArchiveLimits

@@ -29,13 +29,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from stratolab.hub.profiles import Profile, default_profile_list, parse_profile
 from stratolab.jobs.executor import FAILED, STOPPED, TIMED_OUT, Execution, NotebookExecutor, RunResult, RunSpec
 from stratolab.jobs.kube.manifests import (
-    JobSettings, RunPod, job_manifest, localize_paths, owner_reference, run_selector, secret_name,
+    JobSettings,
+    RunPod,
+    job_manifest,
+    localize_paths,
+    owner_reference,
+    run_selector,
+    secret_name,
     token_secret_manifest,
 )
 from stratolab.jobs.kube.registry import AgentRun, AgentRuns, executor_secret
@@ -55,7 +62,7 @@ def default_profile() -> Profile:
 
 
 class KubernetesJobExecution(Execution):
-    def __init__(self, executor: "KubernetesJobExecutor", spec: RunSpec, run: AgentRun, name: str):
+    def __init__(self, executor: KubernetesJobExecutor, spec: RunSpec, run: AgentRun, name: str):
         self.executor, self.spec, self.run, self.name = executor, spec, run, name
         #: STOPPED or TIMED_OUT when the scheduler (or the Job's deadline) ended the run
         self.reason: str | None = None
@@ -98,7 +105,7 @@ class KubernetesJobExecution(Execution):
                 async for kind, obj in stream:
                     self._events.put_nowait((what, kind, obj))
                     delay = 0.5
-            except Exception as e:  # noqa: BLE001: a broken watch is restarted, never a stuck run
+            except Exception as e:  # a broken watch is restarted, never a stuck run
                 log.warning("watching %s of run %s: %s; again in %.1f s", what, self.spec.key, e, delay)
             finally:
                 await stream.aclose()

@@ -32,9 +32,10 @@ import base64
 import hashlib
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from stratolab.hub.kubernetes import KubernetesSettings, kubespawner_override
 from stratolab.hub.profiles import CPU_IMAGE, CUDA_IMAGE, Profile

@@ -17,8 +17,8 @@ import hashlib
 import hmac
 import os
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 from stratolab.errors import NotFound, StratolabError
 from stratolab.jobs.executor import RunSpec

@@ -7,8 +7,9 @@ tell: the pod was OOM-killed, its image cannot be pulled, no node can take it, t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 #: waiting reasons that never resolve by themselves: the run fails at once
 FATAL_WAITING = frozenset({"InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError",

@@ -31,26 +31,26 @@ from jupyterhub.services.auth import HubAuth
 from tornado import web
 
 from stratolab.db import ensure_schema, make_engine, session_factory
-from stratolab.platform.gpu_ledger import GpuLedger
-from stratolab.platform.outbound import OutboundPolicy
-from stratolab.platform.gpus import GpuAllocation, GpuAllocator, configured_gpus, discover_gpus
 from stratolab.errors import NotFound
 from stratolab.hub.profiles import Profile, choose_profile, default_profile_list, load_profile_list, parse_profile_list
 from stratolab.hub.system_users import ensure_system_user, system_username
+from stratolab.jobs.automl.engine import AutoMLController
+from stratolab.jobs.automl.service import AutoMLService, search_profile
 from stratolab.jobs.clock import Clock
-from stratolab.settings import user_env_python
-from stratolab.jobs.service.openapi import OPENAPI
-from stratolab.web import begin_service, log_request, routes_from_openapi, until_stopped
 from stratolab.jobs.engine import Scheduler, SchedulerConfig
 from stratolab.jobs.executor import Account, NotebookExecutor, RunSpec
 from stratolab.jobs.files import JobFiles
 from stratolab.jobs.local_executor import LocalProcessExecutor
 from stratolab.jobs.notify import Notifier, SmtpSettings
-from stratolab.jobs.automl.engine import AutoMLController
-from stratolab.jobs.automl.service import AutoMLService, search_profile
 from stratolab.jobs.service import automl_handlers, executor_handlers, handlers
+from stratolab.jobs.service.openapi import OPENAPI
 from stratolab.jobs.service.state import JobService
 from stratolab.jobs.store import JobStore
+from stratolab.platform.gpu_ledger import GpuLedger
+from stratolab.platform.gpus import GpuAllocation, GpuAllocator, configured_gpus, discover_gpus
+from stratolab.platform.outbound import OutboundPolicy
+from stratolab.settings import user_env_python
+from stratolab.web import begin_service, log_request, routes_from_openapi, until_stopped
 
 log = logging.getLogger("stratolab.jobs")
 

@@ -197,7 +197,8 @@ class RootHandler(BaseHandler):
     quiet_access_log = True
 
     async def get(self) -> None:
-        self.send({"service": "stratolab scheduler", "api": f"{self.jobs.prefix}api/", "openapi": f"{self.jobs.prefix}openapi.json"})
+        prefix = self.jobs.prefix
+        self.send({"service": "stratolab scheduler", "api": f"{prefix}api/", "openapi": f"{prefix}openapi.json"})
 
 
 class NotFoundHandler(BaseHandler):

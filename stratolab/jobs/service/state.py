@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import posixpath
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from stratolab.errors import Conflict, InvalidInput
-from stratolab.platform.gpus import GpuAllocation
 from stratolab.hub.profiles import Profile, ProfileError, choose_profile
 from stratolab.jobs import cron
 from stratolab.jobs.clock import Clock
@@ -20,6 +20,7 @@ from stratolab.jobs.files import JobFiles, read_home_notebook
 from stratolab.jobs.parameters import inspect_parameters, validate_parameters
 from stratolab.jobs.spec import notebook_content, validate_run_request, validate_schedule
 from stratolab.jobs.store import JobStore, run_view
+from stratolab.platform.gpus import GpuAllocation
 
 MAX_RUNS_LISTED = 500
 

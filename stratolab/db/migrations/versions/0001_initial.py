@@ -6,7 +6,7 @@ Create Date: 2026-11-28
 """
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from alembic import op
@@ -27,7 +27,7 @@ def upgrade() -> None:
         info,
         [
             {"key": "installation_id", "value": uuid.uuid4().hex},
-            {"key": "created_at", "value": datetime.now(timezone.utc).isoformat()},
+            {"key": "created_at", "value": datetime.now(UTC).isoformat()},
         ],
     )
     op.create_table(
