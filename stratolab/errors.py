@@ -13,6 +13,8 @@ class StratolabError(Exception):
     """Base error: `str(e)` is the message for the user; `status` is the HTTP status to answer with."""
 
     status: int = HTTPStatus.INTERNAL_SERVER_ERROR
+    #: the input field the message is about (InvalidInput sets it)
+    field: str | None = None
 
     def __init__(self, message: str, *, status: int | None = None, log_message: str | None = None):
         super().__init__(message)
@@ -27,8 +29,8 @@ class InvalidInput(StratolabError):
 
     status = HTTPStatus.BAD_REQUEST
 
-    def __init__(self, message: str, *, field: str | None = None):
-        super().__init__(message)
+    def __init__(self, message: str, *, field: str | None = None, status: int | None = None):
+        super().__init__(message, status=status)
         self.field = field
 
 

@@ -15,7 +15,7 @@ import logging
 import re
 import signal
 import uuid
-from typing import Any
+from typing import Any, Literal, overload
 
 from tornado import web
 
@@ -112,7 +112,13 @@ class ServiceHandler(web.RequestHandler):
     def check_xsrf_cookie(self) -> None:
         pass  # token-authenticated API: no cookies are accepted
 
+    @overload
+    async def authenticate(self, required: Literal[True] = True) -> dict[str, Any]: ...
+    @overload
+    async def authenticate(self, required: bool) -> dict[str, Any] | None: ...
+
     async def authenticate(self, required: bool = True) -> dict[str, Any] | None:
+        """The caller's JupyterHub model (a user's or a service's); a 401 without a valid token if `required`."""
         token = token_from_headers(self.request.headers)
         model = None
         if token:
@@ -134,6 +140,11 @@ class ServiceHandler(web.RequestHandler):
         if not has_scope(model.get("scopes", []), scope, name):
             raise StratolabError(f"this token lacks the scope {scope}", status=403)
         return name
+
+    @overload
+    def int_arg(self, name: str, default: int, low: int = 0, high: int = MAX_ID) -> int: ...
+    @overload
+    def int_arg(self, name: str, default: None = None, low: int = 0, high: int = MAX_ID) -> int | None: ...
 
     def int_arg(self, name: str, default: int | None = None, low: int = 0, high: int = MAX_ID) -> int | None:
         """A whole-number query argument between `low` and `high`, or a 400 naming it."""
@@ -171,7 +182,7 @@ class ServiceHandler(web.RequestHandler):
         if isinstance(exc, StratolabError):
             status_code = int(exc.status)
             body = {"error": exc.message}
-            if getattr(exc, "field", None):
+            if exc.field:
                 body["field"] = exc.field
         elif isinstance(exc, web.HTTPError):
             body = {"error": exc.log_message or self._reason}

@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             func(args)
     except StratolabError as e:
         if args.json:
-            field = {"field": e.field} if getattr(e, "field", None) else {}
+            field = {"field": e.field} if e.field else {}
             print(json.dumps({"error": e.message, **field, "status": e.status}), file=sys.stderr)
         else:
             print(f"stratolab: {e.message}", file=sys.stderr)

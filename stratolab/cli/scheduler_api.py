@@ -28,9 +28,7 @@ def scheduler_call(method: str, path: str, body: Any = None, url: str | None = N
     if r.status_code >= 400:
         message = data.get("error", f"HTTP {r.status_code}")
         if data.get("field"):
-            error = InvalidInput(f"{data['field']}: {message}", field=data["field"])
-            error.status = r.status_code
-            raise error
+            raise InvalidInput(f"{data['field']}: {message}", field=data["field"], status=r.status_code)
         raise StratolabError(message, status=r.status_code)
     return data
 

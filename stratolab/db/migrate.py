@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import fcntl
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -30,7 +31,7 @@ VERSION_TABLE = "stratolab_alembic_version"
 PG_LOCK_KEY = 0x5374726174
 
 
-def include_name(name: str | None, type_: str, parent_names: dict) -> bool:
+def include_name(name: str | None, type_: str, parent_names: Mapping[Any, Any]) -> bool:
     """Autogenerate looks at our tables only: JupyterHub's, in a shared database, are not ours to drop."""
     if type_ == "table":
         return name in Base.metadata.tables

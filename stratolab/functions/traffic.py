@@ -30,9 +30,9 @@ def validate_weights(weights: Mapping[str, int], ready_versions: set[int]) -> di
 
 def choose_version(weights: Mapping[int, int], rng: random.Random | None = None) -> int:
     """Pick a version with probability proportional to its weight."""
-    rng = rng or random
+    uniform = rng.uniform if rng is not None else random.uniform
     versions = sorted(weights)
-    point = rng.uniform(0, sum(weights[v] for v in versions))
+    point = uniform(0, sum(weights[v] for v in versions))
     for v in versions:
         point -= weights[v]
         if point <= 0:

@@ -55,7 +55,7 @@ class KubeConfigError(ValueError):
     """The values file or the environment the chart gave the hub is not usable; says which key."""
 
 
-def _take(data: Mapping[str, Any], where: str, allowed: set[str]) -> dict[str, Any]:
+def _take(data: object, where: str, allowed: set[str]) -> dict[str, Any]:
     """`data` as a dict, refusing keys this hub does not know (a chart newer than the hub, or a typo)."""
     if data is None:
         return {}

@@ -73,7 +73,7 @@ def gpu_ledger(url: str, inventory: tuple[str, ...]) -> GpuAllocation:
 class StratolabSpawner(LocalProcessSpawner):
     """Local processes with profiles, exclusive GPUs and per-user system accounts."""
 
-    profile_list = List(
+    profile_list: List[dict] = List(
         help="""Environments users choose from, in KubeSpawner's profile_list shape.
 
         Empty means the built-in list: a CPU profile, plus GPU profiles when the machine has GPUs.
@@ -289,18 +289,19 @@ class StratolabSpawner(LocalProcessSpawner):
         """Create the home (and the system account) and copy the examples on first spawn."""
         if self.isolation == ISOLATION_SYSTEM_USERS:
             entry = system_users.ensure_system_user(self.system_username, Path(self.home_root))
-            uid, gid, home = entry.pw_uid, entry.pw_gid, Path(entry.pw_dir)
+            owner: tuple[int, int] | None = (entry.pw_uid, entry.pw_gid)
+            home = Path(entry.pw_dir)
         else:
             home = Path(self.home_dir)
             home.mkdir(parents=True, exist_ok=True, mode=0o700)
-            uid = gid = None
+            owner = None
         examples = Path(self.examples_dir) if self.examples_dir else None
         target = home / "examples"
         if examples and examples.is_dir() and not target.exists():
             shutil.copytree(examples, target)
-            if uid is not None:
+            if owner is not None:
                 for path in [target, *target.rglob("*")]:
-                    os.chown(path, uid, gid)
+                    os.chown(path, *owner)
 
     def _apply_profile(self) -> Profile:
         try:

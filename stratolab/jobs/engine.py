@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stratolab.db.models import JobRun, JobSchedule
 from stratolab.hub.profiles import Profile
@@ -37,6 +37,9 @@ from stratolab.jobs.files import JobFiles
 from stratolab.jobs.notify import Notifier
 from stratolab.jobs.store import JobStore, run_view, schedule_view
 from stratolab.platform.gpus import GpuAllocation, Holder, NoFreeGpu
+
+if TYPE_CHECKING:  # the AutoML service imports the scheduler's modules
+    from stratolab.jobs.automl.service import AutoMLService
 
 log = logging.getLogger("stratolab.jobs")
 
@@ -79,11 +82,11 @@ class Scheduler:
         self.executions: dict[int, Execution] = {}
         self._tasks: set[asyncio.Task] = set()
         self._wake = asyncio.Event()
-        self._prepared: set[tuple[int, datetime]] = set()
+        self._prepared: set[tuple[int, datetime | None]] = set()
         self._loops: list[asyncio.Task] = []
         self._closing = False
         #: the AutoML service, for schedules whose runs are AutoML searches (set by the service's build)
-        self.automl = None
+        self.automl: AutoMLService | None = None
 
     # --- life ------------------------------------------------------------------------------------
 
@@ -244,8 +247,9 @@ class Scheduler:
 
     async def _execute(self, run: JobRun, s: JobSchedule, devices: tuple[str, ...]) -> None:
         holder = Holder.run(run.owner, run.id, s.name)
+        execution: Execution
         try:
-            if run.trigger == "schedule" and run.scheduled_for:
+            if run.trigger == "schedule" and run.scheduled_for and run.started_at:
                 metrics.LATENESS.observe(max(0.0, (run.started_at - run.scheduled_for).total_seconds()))
             if s.automl:
                 execution = await self._start_automl(run, s)
@@ -322,6 +326,8 @@ class Scheduler:
         """A run of an AutoML schedule (retraining on cron): an AutoML search over the snapshot."""
         if self.automl is None:
             raise RuntimeError("AutoML is not available in this scheduler")
+        if not s.automl:
+            raise RuntimeError(f"schedule {s.id} is not an AutoML schedule")
         job_id = self.automl.start_for_run(run.owner, s.name, s.notebook, run.snapshot_digest, json.loads(s.automl),
                                            run.id, profile=s.profile)
         self.store.set_automl_job(run.id, job_id)
@@ -378,7 +384,7 @@ class Scheduler:
 class AutoMLExecution(Execution):
     """A scheduled run that is an AutoML search: it ends when the search does."""
 
-    def __init__(self, automl, job_id: int, timeout: float | None):
+    def __init__(self, automl: AutoMLService, job_id: int, timeout: float | None):
         self.automl, self.job_id, self.timeout = automl, job_id, timeout
         self.reason: str | None = None
 

@@ -40,11 +40,11 @@ class ForkedProcess:
 
     def wait(self, timeout: float | None = None) -> int:
         deadline = None if timeout is None else time.monotonic() + timeout
-        while self.poll() is None:
+        while (code := self.poll()) is None:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"kernel {self.pid} still running")
             time.sleep(0.01)
-        return self.returncode
+        return code
 
     def send_signal(self, sig: int) -> None:
         if self.poll() is None:
@@ -101,7 +101,8 @@ class ForkedKernelProvisioner(LocalProvisioner):
         pid = os.fork()
         if pid == 0:
             _kernel_child(connection_file, kwargs.get("env"), kwargs.get("cwd"))
-        self.process = ForkedProcess(pid)
+        # LocalProvisioner declares a Popen but uses only what ForkedProcess has (poll, wait, signals, pid, std streams)
+        self.process = ForkedProcess(pid)  # type: ignore[assignment]
         self.pid = self.pgid = pid
         return self.connection_info
 

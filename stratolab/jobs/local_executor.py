@@ -196,7 +196,7 @@ class LocalProcessExecutor(NotebookExecutor):
             if account is not None and os.geteuid() == 0:
                 os.chown(folder, account.uid, account.gid)
             control = folder / "fork.sock"
-            kwargs = {}
+            kwargs: dict[str, Any] = {}  # the account's identity, when root starts it
             if account is not None and os.geteuid() == 0:
                 kwargs = {"user": account.uid, "group": account.gid, "extra_groups": []}
             cwd = account.home if account and os.path.isdir(account.home) else str(self.runtime_dir)
@@ -257,7 +257,7 @@ class LocalProcessExecutor(NotebookExecutor):
 
     async def _spawn(self, account: Account | None, env: dict[str, str]) -> _Runner:
         cwd = account.home if account and os.path.isdir(account.home) else str(self.runtime_dir)
-        kwargs = {}
+        kwargs: dict[str, Any] = {}  # the account's identity, when root starts it
         if account is not None and os.geteuid() == 0:
             kwargs = {"user": account.uid, "group": account.gid, "extra_groups": []}
         proc = await asyncio.create_subprocess_exec(

@@ -72,7 +72,7 @@ class Notifier:
         if notify.get("webhook"):
             await self._webhook(notify["webhook"], body)
         if notify.get("email") and self.smtp:
-            await asyncio.get_running_loop().run_in_executor(None, self._email, notify["email"], body)
+            await asyncio.get_running_loop().run_in_executor(None, self._email, self.smtp, notify["email"], body)
 
     async def _webhook(self, url: str, body: dict[str, Any]) -> None:
         request = HTTPRequest(url, method="POST", body=json.dumps(body),
@@ -99,10 +99,10 @@ class Notifier:
         finally:
             client.close()
 
-    def _email(self, to: list[str], body: dict[str, Any]) -> None:
+    def _email(self, settings: SmtpSettings, to: list[str], body: dict[str, Any]) -> None:
         message = EmailMessage()
         message["Subject"] = f"[stratolab] {body['text']}"[:200]
-        message["From"] = self.smtp.sender
+        message["From"] = settings.sender
         message["To"] = ", ".join(to)
         run = body["run"]
         message.set_content(
@@ -111,11 +111,11 @@ class Notifier:
             f"Started: {run.get('started_at')}\nFinished: {run.get('finished_at')}\n\n{body['url']}\n"
         )
         try:
-            with smtplib.SMTP(self.smtp.host, self.smtp.port, timeout=20) as smtp:
-                if self.smtp.starttls:
+            with smtplib.SMTP(settings.host, settings.port, timeout=20) as smtp:
+                if settings.starttls:
                     smtp.starttls()
-                if self.smtp.user:
-                    smtp.login(self.smtp.user, self.smtp.password or "")
+                if settings.user:
+                    smtp.login(settings.user, settings.password or "")
                 smtp.send_message(message)
             metrics.NOTIFICATIONS.labels("email", "sent").inc()
         except (OSError, smtplib.SMTPException) as e:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -157,7 +157,7 @@ class JobStore:
                 .values(next_run_at=new)
             )
             db.commit()
-            return result.rowcount == 1
+            return cast(CursorResult, result).rowcount == 1  # an UPDATE's result is a CursorResult
 
     def digests_in_use(self, owner: str) -> set[str]:
         with self.sessions() as db:
@@ -251,7 +251,7 @@ class JobStore:
                 .values(state="running", worker=worker, started_at=now, heartbeat_at=now)
             )
             db.commit()
-            return result.rowcount == 1
+            return cast(CursorResult, result).rowcount == 1  # an UPDATE's result is a CursorResult
 
     def finish(self, run_id: int, state: str, error: str | None, outputs: list[str], now: datetime,
                from_states: tuple[str, ...] = ACTIVE_STATES) -> bool:
@@ -261,7 +261,7 @@ class JobStore:
                 .values(state=state, error=error, outputs=json.dumps(outputs), finished_at=now)
             )
             db.commit()
-            return result.rowcount == 1
+            return cast(CursorResult, result).rowcount == 1  # an UPDATE's result is a CursorResult
 
     def set_automl_job(self, run_id: int, job_id: int) -> None:
         with self.sessions() as db:

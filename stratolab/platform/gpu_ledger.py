@@ -26,13 +26,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import cache
 
 import psutil
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from stratolab.db.engine import session_scope
 from stratolab.db.models import GpuLease, utcnow
@@ -68,7 +68,7 @@ def process_start(pid: int) -> float | None:
 class GpuLedger:
     """Exclusive GPU assignment for every holder on this host, shared through the database."""
 
-    def __init__(self, sessions: sessionmaker[Session], inventory: Iterable[str], *,
+    def __init__(self, sessions: Callable[[], Session], inventory: Iterable[str], *,
                  host: str | None = None, pid: int | None = None):
         self.sessions = sessions
         self.inventory = tuple(inventory)

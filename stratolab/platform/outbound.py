@@ -126,7 +126,7 @@ class GuardedResolver(Resolver):
     """Resolves like the default resolver, then refuses addresses the policy refuses: the check
     happens on the address the connection is made to."""
 
-    def initialize(self, policy: OutboundPolicy) -> None:  # type: ignore[override]
+    def initialize(self, policy: OutboundPolicy) -> None:
         self.policy = policy
         self._inner = DefaultExecutorResolver()
 

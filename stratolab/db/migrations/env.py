@@ -12,10 +12,17 @@ from stratolab.db.migrate import VERSION_TABLE, include_name
 from stratolab.db.models import Base
 
 config = context.config
-url = config.get_main_option("sqlalchemy.url")
+
+
+def _url() -> str:
+    url = config.get_main_option("sqlalchemy.url")
+    if not url:
+        raise RuntimeError("the Alembic configuration names no database (sqlalchemy.url)")
+    return url
 
 
 def run_offline() -> None:
+    url = _url()
     context.configure(
         url=url,
         target_metadata=Base.metadata,
@@ -62,7 +69,7 @@ def run_online() -> None:
     if connection is not None:
         _migrate(connection)
         return
-    engine = make_engine(url)
+    engine = make_engine(_url())
     try:
         with engine.connect() as connection:
             _migrate(connection)

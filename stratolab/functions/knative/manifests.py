@@ -35,7 +35,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -301,7 +301,7 @@ def _ordered(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(entries, key=lambda e: (version_of_tag(e.get("tag")) is None, version_of_tag(e.get("tag")) or 0))
 
 
-def traffic_revisions(traffic: list[Mapping[str, Any]]) -> dict[int, str]:
+def traffic_revisions(traffic: Sequence[Mapping[str, Any]]) -> dict[int, str]:
     """{version: revision name} of the tagged entries of a traffic block."""
     out = {}
     for entry in traffic:
@@ -311,7 +311,7 @@ def traffic_revisions(traffic: list[Mapping[str, Any]]) -> dict[int, str]:
     return out
 
 
-def traffic_with_version(traffic: list[Mapping[str, Any]], version: int, revision: str) -> list[dict[str, Any]]:
+def traffic_with_version(traffic: Sequence[Mapping[str, Any]], version: int, revision: str) -> list[dict[str, Any]]:
     """Point tag v<N> at `revision`, keeping its percentage (0 for a new version, or 100 when it is the
     only entry with traffic to give, since Knative needs a sum of 100)."""
     tag = tag_of(version)
@@ -323,7 +323,7 @@ def traffic_with_version(traffic: list[Mapping[str, Any]], version: int, revisio
     return _ordered(entries + [_entry(version, revision, max(0, percent))])
 
 
-def traffic_with_weights(traffic: list[Mapping[str, Any]], weights: Mapping[int, int],
+def traffic_with_weights(traffic: Sequence[Mapping[str, Any]], weights: Mapping[int, int],
                          revisions: Mapping[int, str]) -> list[dict[str, Any]]:
     """The registry's weights on the tagged entries; versions without a weight stay, at 0 %, so their
     tag URLs keep answering. `revisions` names the revision of a weighted version not listed yet."""
@@ -333,7 +333,7 @@ def traffic_with_weights(traffic: list[Mapping[str, Any]], weights: Mapping[int,
     return _ordered(out)
 
 
-def traffic_without_version(traffic: list[Mapping[str, Any]], version: int) -> list[dict[str, Any]]:
+def traffic_without_version(traffic: Sequence[Mapping[str, Any]], version: int) -> list[dict[str, Any]]:
     """Drop a version's entry; its percentage goes to the remaining entries in proportion (the newest
     takes the rounding), or all to the newest when none of them had any."""
     rest = [dict(e) for e in traffic if e.get("tag") != tag_of(version) and e.get("revisionName")]

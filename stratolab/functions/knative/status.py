@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from stratolab.functions.knative.manifests import version_of_tag
 
@@ -32,14 +32,19 @@ class RevisionState:
         return ": ".join(p for p in (self.reason, self.message) if p) or self.phase
 
 
+class _Replicas(TypedDict):
+    actual_replicas: int
+    desired_replicas: int
+
+
 def _conditions(obj: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
     return {c.get("type"): c for c in (obj.get("status") or {}).get("conditions") or [] if c.get("type")}
 
 
 def revision_state(revision: Mapping[str, Any]) -> RevisionState:
     status = revision.get("status") or {}
-    replicas = {"actual_replicas": int(status.get("actualReplicas") or 0),
-                "desired_replicas": int(status.get("desiredReplicas") or 0)}
+    replicas: _Replicas = {"actual_replicas": int(status.get("actualReplicas") or 0),
+                           "desired_replicas": int(status.get("desiredReplicas") or 0)}
     conditions = _conditions(revision)
     ready = conditions.get("Ready", {})
     if ready.get("status") == "True":

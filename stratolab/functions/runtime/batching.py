@@ -107,9 +107,9 @@ class DynamicBatcher:
     async def submit(self, item: Any) -> Any:
         """Queue one input; return its result once its batch has run (or raise the batch's error)."""
         loop = asyncio.get_running_loop()
-        if self._collector is None:
+        if self._collector is None or self._wakeup is None:
             self._wakeup = asyncio.Event()
-            self._collector = loop.create_task(self._collect())
+            self._collector = loop.create_task(self._collect(self._wakeup))
         future = loop.create_future()
         self._waiting.append(_Waiting(item, future, loop.time()))
         if len(self._waiting) == 1 or len(self._waiting) >= self.max_batch_size:
@@ -129,13 +129,13 @@ class DynamicBatcher:
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
 
-    async def _collect(self) -> None:
+    async def _collect(self, wakeup: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         slots = asyncio.Semaphore(self.max_concurrent_batches)
         while True:
             await slots.acquire()  # while every slot is busy, inputs accumulate for the next batch
             try:
-                batch = await self._next_batch(loop)
+                batch = await self._next_batch(loop, wakeup)
             except BaseException:
                 slots.release()
                 raise
@@ -152,20 +152,20 @@ class DynamicBatcher:
         if any(w.future.done() for w in self._waiting):
             self._waiting = deque(w for w in self._waiting if not w.future.done())
 
-    async def _next_batch(self, loop: asyncio.AbstractEventLoop) -> list[_Waiting]:
+    async def _next_batch(self, loop: asyncio.AbstractEventLoop, wakeup: asyncio.Event) -> list[_Waiting]:
         """Wait for a first input, then until the batch is full or the first input waited max_wait."""
         while True:
             self._drop_cancelled()
             if not self._waiting:
-                self._wakeup.clear()
-                await self._wakeup.wait()
+                wakeup.clear()
+                await wakeup.wait()
                 continue
             remaining = self._waiting[0].arrived + self.max_wait - loop.time()
             if len(self._waiting) >= self.max_batch_size or remaining <= 0:
                 break
-            self._wakeup.clear()
+            wakeup.clear()
             try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
+                await asyncio.wait_for(wakeup.wait(), remaining)
             except TimeoutError:
                 pass
         return [self._waiting.popleft() for _ in range(min(self.max_batch_size, len(self._waiting)))]

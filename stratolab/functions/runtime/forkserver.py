@@ -24,8 +24,12 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stratolab.functions.runtime.protocol import recv_frame, send_frame
+
+if TYPE_CHECKING:
+    import subprocess
 
 _children: set[int] = set()
 
@@ -160,7 +164,7 @@ class ForkServer:
         self.control_path = Path(control_path)
         self.preload = preload
         self.python = python
-        self.proc = None
+        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60) -> ForkServer:
         import subprocess

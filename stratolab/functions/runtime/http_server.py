@@ -93,6 +93,7 @@ def fetch_bundle(settings: RuntimeSettings, target: Path) -> None:
     request = urllib.request.Request(settings.bundle_url,
                                      headers={"Authorization": f"Bearer {settings.bundle_token}"})
     delay = 0.5
+    data: bytes | None = None
     for attempt in range(1, settings.fetch_tries + 1):
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
@@ -107,6 +108,8 @@ def fetch_bundle(settings: RuntimeSettings, target: Path) -> None:
                 raise LoadFailed(f"the bundle could not be fetched from {settings.bundle_url}: {e}") from None
         time.sleep(delay)
         delay *= 2
+    if data is None:  # only with fetch_tries < 1: nothing was tried
+        raise LoadFailed(f"the bundle was not fetched: fetch_tries is {settings.fetch_tries}")
     try:
         extract_bundle(data, target)
     except StratolabError as e:

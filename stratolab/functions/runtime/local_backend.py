@@ -90,7 +90,7 @@ class LocalBackend(FunctionBackend):
             shutil.copytree(bundle, staging)
             for path in [staging, *staging.rglob("*")]:
                 os.chmod(path, 0o500 if path.is_dir() else 0o400)
-                if uid is not None:
+                if uid is not None and gid is not None:
                     os.chown(path, uid, gid)
             os.rename(staging, target)
 
@@ -99,12 +99,12 @@ class LocalBackend(FunctionBackend):
         vdir = owner_dir / ref.name / f"v{ref.version}"
         vdir.mkdir(parents=True, exist_ok=True)
         for path in (owner_dir / ref.name, vdir):
-            if uid is not None:
+            if uid is not None and gid is not None:
                 os.chown(path, uid, gid)
         self._copy_bundle(bundle, vdir / "bundle", uid, gid)
         workdir = vdir / "run"
         workdir.mkdir(exist_ok=True)
-        if uid is not None:
+        if uid is not None and gid is not None:
             os.chown(workdir, uid, gid)
         # the workers bind their sockets here, as the owner's account
         sockets = private_subdir(self.sockets, ref.key, uid, gid)

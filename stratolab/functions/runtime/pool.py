@@ -67,7 +67,7 @@ class PoolStats:
 class VersionPool:
     def __init__(self, key: str, bundle: Path, policy: ScalingPolicy, spawn: SpawnFn, workdir: Path,
                  on_event: Callable[[str, dict], None] | None = None, socket_dir: Path | None = None,
-                 on_removed: Callable[[Path], None] | None = None):
+                 on_removed: Callable[[Path], object] | None = None):
         self.key = key
         self.bundle = bundle
         self.policy = policy

@@ -149,12 +149,15 @@ class Worker:
 
     async def call_batched(self, header: dict, body: bytes) -> tuple[dict, bytes]:
         """Like `call`, but the decoded input joins a batch and the handler sees a list."""
+        if self.batcher is None:
+            raise RuntimeError("call_batched on a worker that does not batch")
+        batcher = self.batcher
         try:
             payload = decode_input(header.get("content_type", JSON), body)
         except ValueError as e:
             return {"status": 400, "error": f"the request body is not valid JSON: {e}"}, b""
         try:
-            result = await self.batcher.submit(payload)
+            result = await batcher.submit(payload)
         except InvocationFailed as e:  # already logged, once for the whole batch
             return failure_reply(e.error_id)
         except Exception as exc:

@@ -1,5 +1,7 @@
 """The functions service API, described in OpenAPI 3 (served at openapi.json)."""
 
+from typing import Any
+
 from stratolab.functions.policy import MAX_BATCH_SIZE, MAX_IDLE_TIMEOUT_S, MAX_INSTANCES, MAX_MEMORY_MB, MAX_QUEUE_LIMIT
 
 _error = {"$ref": "#/components/schemas/Error"}
@@ -18,7 +20,7 @@ _errors = {
 }
 _name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$"}}
 
-OPENAPI = {
+OPENAPI: dict[str, Any] = {
     "openapi": "3.0.3",
     "info": {"title": "Stratolab functions", "version": "1"},
     "components": {

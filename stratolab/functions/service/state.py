@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stratolab.errors import InvalidInput, StratolabError
+from stratolab.errors import InvalidInput, NotFound, StratolabError
 from stratolab.functions.backend import FunctionBackend, VersionRef
 from stratolab.functions.bundle import BundleStore, Manifest, extract_bundle
 from stratolab.functions.limits import LimitsConfig
@@ -157,6 +157,8 @@ class ServiceState:
                     FunctionRecord.owner == owner, FunctionRecord.name == name, FunctionVersion.version == version
                 )
             )
+            if row is None:  # the function was deleted while this version deployed
+                raise NotFound(f"{name} was deleted while its version {version} was being deployed")
             row.state, row.error = state, error
 
     async def invoke(self, owner: str, name: str, body: bytes, content_type: str) -> tuple[dict, bytes]:

@@ -14,17 +14,20 @@ FIELDS = ("notebook", "content", "name", "space", "metric", "direction", "trials
           "max_failed", "algorithm", "pruner", "seed", "trial_timeout", "profile", "parameters")
 
 
-def _int(body: dict, key: str, default: int | None, low: int, high: int, optional: bool = False) -> int | None:
+def _int(body: dict, key: str, default: int, low: int, high: int) -> int:
     raw = body.get(key)
     if raw is None:
         raw = default  # absent or null: the default
-    if raw is None and optional:
-        return None
     if isinstance(raw, bool) or not isinstance(raw, int):
         raise InvalidInput(f"{key} must be a whole number", field=key)
     if not low <= raw <= high:
         raise InvalidInput(f"{key} must be between {low} and {high}, got {raw}", field=key)
     return raw
+
+
+def _optional_int(body: dict, key: str, low: int, high: int) -> int | None:
+    """Like _int, with no default: absent or null is None."""
+    return None if body.get(key) is None else _int(body, key, 0, low, high)
 
 
 def validate_automl(body: dict[str, Any], declared: list[dict[str, Any]]) -> dict[str, Any]:
@@ -53,10 +56,10 @@ def validate_automl(body: dict[str, Any], declared: list[dict[str, Any]]) -> dic
     config = {
         "space": space, "metric": metric.strip(), "direction": direction, "trials": trials,
         "parallel": _int(body, "parallel", 2, 1, 64),
-        "timeout": _int(body, "timeout", None, 1, 30 * 24 * 3600, optional=True),
+        "timeout": _optional_int(body, "timeout", 1, 30 * 24 * 3600),
         "max_failed": _int(body, "max_failed", max(3, trials // 4), 0, 10000),
-        "trial_timeout": _int(body, "trial_timeout", None, 1, 7 * 24 * 3600, optional=True),
-        "seed": _int(body, "seed", None, 0, 2**32 - 1, optional=True),
+        "trial_timeout": _optional_int(body, "trial_timeout", 1, 7 * 24 * 3600),
+        "seed": _optional_int(body, "seed", 0, 2**32 - 1),
     }
     algorithm = body.get("algorithm", "tpe")
     if algorithm not in ALGORITHMS:

@@ -259,10 +259,12 @@ class AutoMLController:
         gpus_per_trial = self.profile_of(config).gpus
         study = self.study(job, config)
         self._recover_lost(study)
-        if job.started_at is None:
-            self._set(job_id, started_at=self.clock.now())
+        started_at = job.started_at
+        if started_at is None:
+            started_at = self.clock.now()
+            self._set(job_id, started_at=started_at)
             job = self._job(job_id)
-        deadline = job.started_at + timedelta(seconds=config["timeout"]) if config.get("timeout") else None
+        deadline = started_at + timedelta(seconds=config["timeout"]) if config.get("timeout") else None
         parallel = min(config["parallel"], self.max_parallel)
         account = await asyncio.get_running_loop().run_in_executor(None, self.account_for, job.owner)
         if not gpus_per_trial:  # kernels for the first trials (GPU trials start theirs with their devices)
@@ -423,11 +425,15 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
 
 def insights(study: optuna.Study, direction: str) -> dict[str, Any]:
     """Optimisation history (value and best so far per trial) and parameter importances."""
-    history, best = [], None
+    history: list[dict[str, Any]] = []
+    best: float | None = None
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        if best is None or (t.value > best if direction == "maximize" else t.value < best):
-            best = t.value
-        history.append({"number": t.number, "value": t.value, "best": best})
+        value = t.value
+        if value is None:  # a complete trial of a single-objective study always has one
+            continue
+        if best is None or (value > best if direction == "maximize" else value < best):
+            best = value
+        history.append({"number": t.number, "value": value, "best": best})
     importances: dict[str, float] = {}
     if len(history) >= 2:
         try:

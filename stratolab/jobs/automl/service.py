@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import json
 import posixpath
 import secrets
@@ -162,7 +163,7 @@ class AutoMLService:
     def get(self, owner: str, job_id: int) -> dict[str, Any]:
         return self.view(self._get(owner, job_id))
 
-    def trials(self, owner: str, job_id: int) -> list[dict[str, Any]]:
+    def trials(self, owner: str, job_id: int) -> builtins.list[dict[str, Any]]:  # `list` is the method above
         return trial_rows(self._study(self._get(owner, job_id)))
 
     def insights(self, owner: str, job_id: int) -> dict[str, Any]:

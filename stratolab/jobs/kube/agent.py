@@ -56,6 +56,13 @@ START_PATIENCE_S = 60.0
 FINISH_PATIENCE_S = 120.0
 
 
+def _stdin(process: subprocess.Popen[bytes]) -> IO[bytes]:
+    """The pipe to a process started with stdin=PIPE."""
+    if process.stdin is None:
+        raise RuntimeError("the runner has no stdin pipe")
+    return process.stdin
+
+
 class AgentError(Exception):
     """The agent cannot do its work (the run is unknown to the scheduler, or the scheduler is unreachable)."""
 
@@ -117,7 +124,7 @@ def _message(data: bytes) -> str:
 class Agent:
     def __init__(self, client: SchedulerClient, workdir: Path, python: str = sys.executable):
         self.client, self.workdir, self.python = client, workdir, python
-        self.runner: subprocess.Popen | None = None
+        self.runner: subprocess.Popen[bytes] | None = None
         self.sent: Snapshot = {}
         self.terminating = False
         self.stop_asked = False
@@ -128,23 +135,23 @@ class Agent:
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_sigterm)
-        self._start_runner()  # its kernel starts while the spec and the snapshot are fetched
+        runner = self._start_runner()  # its kernel starts while the spec and the snapshot are fetched
         try:
             spec = json.loads(self.client.call("GET", "spec", patience=START_PATIENCE_S, wait_for_run=True))
             snapshot = self.client.call("GET", "input", patience=START_PATIENCE_S, wait_for_run=True)
         except AgentError as e:
             log.error("cannot start the run: %s", e)
-            self.runner.kill()
+            runner.kill()
             return 1
         (self.workdir / "files").mkdir(parents=True, exist_ok=True)
         (self.workdir / "input.ipynb").write_bytes(snapshot)
         run_env = {k: expand(v, {WORKDIR_VAR: str(self.workdir)}) for k, v in (spec.get("run_env") or {}).items()}
         if self.terminating:
-            self.runner.stdin.close()  # no spec: the runner stops its kernel and exits
-            self.runner.wait()
+            _stdin(runner).close()  # no spec: the runner stops its kernel and exits
+            runner.wait()
             self._write_result("the run was stopped before it started")
         else:
-            code = self._execute(spec, run_env)
+            code = self._execute(runner, spec, run_env)
             if not (self.workdir / RESULT).exists():
                 self._write_result(f"the run's runner ended with exit code {code} before reporting (see the log)")
         try:
@@ -158,7 +165,7 @@ class Agent:
     def _write_result(self, error: str) -> None:
         (self.workdir / RESULT).write_text(json.dumps({"state": "failed", "error": error, "outputs": []}))
 
-    def _start_runner(self) -> None:
+    def _start_runner(self) -> subprocess.Popen[bytes]:
         """`python -m stratolab.jobs.runner`, as the local executor starts a warm runner: it starts its
         kernel, then reads the run's spec line (the run's variables reach the kernel with it)."""
         env = {k: v for k, v in os.environ.items() if k != RUN_TOKEN_VAR}  # the notebook never sees the token
@@ -166,18 +173,19 @@ class Agent:
         env.setdefault("JUPYTER_RUNTIME_DIR", str(self.workdir / ".jupyter-runtime"))
         self.runner = subprocess.Popen([self.python, "-m", "stratolab.jobs.runner"], stdin=subprocess.PIPE,
                                        cwd=str(self.workdir), env=env)
+        return self.runner
 
-    def _execute(self, spec: dict[str, Any], run_env: dict[str, str]) -> int:
+    def _execute(self, runner: subprocess.Popen[bytes], spec: dict[str, Any], run_env: dict[str, str]) -> int:
         """Give the runner its run; sync while it runs. Its exit status."""
         line = json.dumps({"key": spec.get("key"), "workdir": str(self.workdir), "parameters": spec.get("parameters") or {},
                            "output_formats": spec.get("output_formats") or ["ipynb"], "env": run_env}) + "\n"
         try:
-            self.runner.stdin.write(line.encode())
-            self.runner.stdin.close()
+            _stdin(runner).write(line.encode())
+            _stdin(runner).close()
         except BrokenPipeError:
-            log.error("the runner ended before it was given the run (exit code %s)", self.runner.wait())
+            log.error("the runner ended before it was given the run (exit code %s)", runner.wait())
         last_sync = 0.0
-        while self.runner.poll() is None:
+        while runner.poll() is None:
             now = time.monotonic()
             due = now - last_sync >= SYNC_EVERY_S
             if self._new_report() or (self._waiting_decision() and now - last_sync >= DECISION_SYNC_S):
@@ -188,7 +196,7 @@ class Agent:
             if self.stop_asked and not self.terminating:
                 self._on_sigterm()
             time.sleep(TICK_S)
-        return self.runner.returncode
+        return runner.returncode
 
     def _on_sigterm(self, _signum=None, _frame=None) -> None:
         """Stop papermill (the runner kills the kernel; the partial notebook is saved); then the last sync."""

@@ -95,21 +95,24 @@ def pack(workdir: Path, names: Iterable[str], target: IO[bytes]) -> list[str]:
     while True:
         target.seek(0)
         target.truncate()
+        reading: str | None = None  # the file being read, if the failure came while one was
         try:
             with tarfile.open(fileobj=target, mode="w:gz", compresslevel=1) as tar:
                 for name in names:
+                    reading = name
                     with open(workdir / name, "rb") as f:
                         info = tar.gettarinfo(fileobj=f, arcname=name)
                         info.uid = info.gid = 0
                         info.uname = info.gname = ""
                         info.mode = 0o644
                         tar.addfile(info, f)
+                    reading = None
             return names
         except OSError as e:
             bad = getattr(e, "filename", None)
             culprit = next((n for n in names if bad and str(workdir / n) == str(bad)), None)
-            if culprit is None and names:  # "unexpected end of data": the file being read when it broke
-                culprit = name
+            if culprit is None:  # "unexpected end of data": the file being read when it broke
+                culprit = reading
             if culprit is None:
                 raise
             names = [n for n in names if n != culprit]

@@ -62,8 +62,8 @@ def default_profile() -> Profile:
 
 
 class KubernetesJobExecution(Execution):
-    def __init__(self, executor: KubernetesJobExecutor, spec: RunSpec, run: AgentRun, name: str):
-        self.executor, self.spec, self.run, self.name = executor, spec, run, name
+    def __init__(self, executor: KubernetesJobExecutor, client: KubeClient, spec: RunSpec, run: AgentRun, name: str):
+        self.executor, self.client, self.spec, self.run, self.name = executor, client, spec, run, name
         #: STOPPED or TIMED_OUT when the scheduler (or the Job's deadline) ended the run
         self.reason: str | None = None
         #: why the pod failed, when it did so without a result
@@ -93,7 +93,7 @@ class KubernetesJobExecution(Execution):
         needs it; its ownerReference is the backstop when the scheduler is gone)."""
         name = secret_name(self.spec.key, self.executor.settings.name_prefix)
         with contextlib.suppress(KubeError):
-            await self.executor.client.delete("v1", "Secret", name, self.executor.settings.namespace)
+            await self.client.delete("v1", "Secret", name, self.executor.settings.namespace)
 
     async def _pump(self, what: str, watch: Callable[[], Any]) -> None:
         """Feed a watch's events to the queue; a watch that breaks (API errors past the client's
@@ -117,7 +117,7 @@ class KubernetesJobExecution(Execution):
         self._events.put_nowait((what, None, None))
 
     async def _observe(self) -> None:
-        client, ns = self.executor.client, self.executor.settings.namespace
+        client, ns = self.client, self.executor.settings.namespace
         loop = asyncio.get_running_loop()
         tasks = [
             asyncio.ensure_future(self._pump("job", lambda: client.watch(
@@ -194,19 +194,17 @@ class KubernetesJobExecution(Execution):
 
     async def _pod_problem_now(self) -> PodProblem | None:
         with contextlib.suppress(KubeError):
-            for pod in await self.executor.client.list("v1", "Pod", self.executor.settings.namespace,
-                                                       run_selector(self.spec.key)):
+            for pod in await self.client.list("v1", "Pod", self.executor.settings.namespace, run_selector(self.spec.key)):
                 if pod_problem(pod):
                     return pod_problem(pod)
         return None
 
     async def _agent_log(self, lines: int = 5) -> str:
         with contextlib.suppress(KubeError):
-            pods = await self.executor.client.list("v1", "Pod", self.executor.settings.namespace,
-                                                   run_selector(self.spec.key))
+            pods = await self.client.list("v1", "Pod", self.executor.settings.namespace, run_selector(self.spec.key))
             for pod in pods:
-                text = await self.executor.client.pod_log(pod["metadata"]["name"], self.executor.settings.namespace,
-                                                          tail_lines=lines, limit_bytes=2000)
+                text = await self.client.pod_log(pod["metadata"]["name"], self.executor.settings.namespace,
+                                                 tail_lines=lines, limit_bytes=2000)
                 if text.strip():
                     return " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
         return ""
@@ -290,7 +288,7 @@ class KubernetesJobExecutor(NotebookExecutor):
         except KubeError as e:
             log.warning("the token Secret of run %s could not be given to its Job (%s); it is deleted "
                         "when the run ends", spec.key, e)
-        execution = KubernetesJobExecution(self, spec, run, job["metadata"]["name"])
+        execution = KubernetesJobExecution(self, client, spec, run, job["metadata"]["name"])
         self.running.add(execution)
         log.info("run %s: Job %s created (profile %s)", spec.key, execution.name, profile.slug)
         return execution

@@ -23,7 +23,6 @@ import logging
 import os
 import re
 import socket
-import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -235,4 +234,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

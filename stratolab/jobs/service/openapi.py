@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 _ref = lambda name: {"$ref": f"#/components/schemas/{name}"}  # noqa: E731
 
 
@@ -28,7 +30,7 @@ def _op(summary, ok, *, body=None, params=(), extra=None):
     return op
 
 
-_schedule_input = {
+_schedule_input: dict[str, Any] = {
     "type": "object", "additionalProperties": False,
     "properties": {
         "notebook": {"type": "string", "description": "path relative to the user's home; read from there unless content is given"},
@@ -77,7 +79,7 @@ _schedule = {
     },
 }
 
-OPENAPI = {
+OPENAPI: dict[str, Any] = {
     "openapi": "3.0.3",
     "info": {"title": "Stratolab scheduler", "version": "1",
              "description": "Scheduled notebook jobs run with papermill by a JupyterHub service."},

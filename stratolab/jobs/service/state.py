@@ -124,8 +124,11 @@ class JobService:
                 snapshot_digest=await self._blocking(self.files.save_snapshot, owner, nb, account))
         params = fields.get("parameters", json.loads(current.parameters))
         changes["parameters"] = json.dumps(validate_parameters(params, declared))
-        if "automl" in fields or (current.automl and "declared" in changes):
-            automl = fields["automl"] if "automl" in fields else json.loads(current.automl)
+        recheck = "automl" in fields
+        automl = fields.get("automl")
+        if not recheck and current.automl and "declared" in changes:  # a new notebook: the search must still fit it
+            automl, recheck = json.loads(current.automl), True
+        if recheck:
             checked = self._automl(automl, declared)
             changes["automl"] = json.dumps(checked) if checked else None
         if "profile" in fields:
@@ -194,8 +197,10 @@ class JobService:
             params.update(validate_parameters(overrides, json.loads(s.declared)))
         run = self.scheduler._add_run(s, trigger="manual", scheduled_for=None, key=key, parameters=json.dumps(params))
         if run is None:  # the same key, a moment earlier, from a concurrent request
-            run = self.store.run_by_key(owner, key)
-            return run_view(run, s.name), False
+            earlier = self.store.run_by_key(owner, key) if key else None
+            if earlier is None:  # not a key's duplicate: the schedule went meanwhile
+                raise Conflict("the run could not be added: the schedule changed meanwhile; try again")
+            return run_view(earlier, s.name), False
         self.scheduler.wake()
         return run_view(run, s.name), True
 
