@@ -34,11 +34,12 @@ export STRATOLAB_USER_ENV := $(abspath $(USER_ENV))
 PY_SOURCES := $(shell find stratolab -name '*.py' -o -name '*.html' -o -name '*.ini' -o -name '*.mako' 2>/dev/null)
 EXT_SOURCES := $(shell find $(EXT_DIR)/src $(EXT_DIR)/style $(EXT_DIR)/schema -type f 2>/dev/null) $(EXT_DIR)/package.json $(EXT_DIR)/tsconfig.json $(EXT_DIR)/yarn.lock
 
-.PHONY: help setup run test bench clean chromium
+.PHONY: help setup run check test bench clean chromium
 
 help:
 	@echo "make run    set up (venv, npm packages, lab extension) and start the hub on http://127.0.0.1:$${STRATOLAB_PORT:-8000}"
-	@echo "make test   set up and run the whole test suite"
+	@echo "make test   set up, lint and type-check (make check), and run the whole test suite"
+	@echo "make check  ruff (the whole tree) and mypy (the stratolab package)"
 	@echo "make bench  set up and run every benchmark (JSON on stdout)"
 	@echo "make clean  remove build outputs (keeps .stratolab/ state)"
 
@@ -92,7 +93,14 @@ chromium:
 	  else echo "!! /usr/bin/chromium is missing and this is not root: browser tests will be skipped (apt-get install chromium)"; fi; \
 	fi
 
-test: setup chromium
+# Lint and type checks: they need only the virtual environment, so `make test` fails on them before the
+# longer set-up steps. Settings in pyproject.toml; mypy's cache (.mypy_cache/) makes a second run take a second.
+check: $(STAMPS)/venv
+	@echo "==> ruff and mypy"
+	@$(BIN)/ruff check --no-fix .
+	@$(BIN)/mypy
+
+test: check setup chromium
 	@$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: setup
@@ -100,4 +108,4 @@ bench: setup
 	@$(BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf $(STAMPS) stratolab/labextension $(EXT_DIR)/lib $(EXT_DIR)/node_modules node_modules
+	rm -rf $(STAMPS) stratolab/labextension $(EXT_DIR)/lib $(EXT_DIR)/node_modules node_modules .mypy_cache .ruff_cache
