@@ -89,7 +89,7 @@ def find_gpus() -> tuple[list[dict[str, str]], str | None]:
     import shutil
     import subprocess
 
-    from stratolab.hub.gpus import parse_nvidia_smi_list
+    from stratolab.platform.gpus import parse_nvidia_smi_list
 
     if not shutil.which("nvidia-smi"):
         return [], "nvidia-smi is not on PATH: no NVIDIA driver on this machine"
@@ -123,15 +123,24 @@ def printed_report(output_notebook: Path) -> dict[str, Any] | None:
     return None
 
 
+def gpu_ledger(workroot: Path, inventory: tuple[str, ...]):
+    """The machine's GPU ledger, as the hub and the services share it, in a database of this check."""
+    from stratolab.db import ensure_schema, make_engine, session_factory
+    from stratolab.platform.gpu_ledger import GpuLedger
+
+    url = f"sqlite:///{workroot / 'platform.sqlite'}"
+    ensure_schema(url)
+    return GpuLedger(session_factory(make_engine(url)), inventory)
+
+
 async def run_notebook(workroot: Path, inventory: tuple[str, ...]) -> dict[str, Any]:
     """(a): one run of a GPU profile, started the way the scheduler starts it."""
-    from stratolab.hub.gpus import GpuAllocator
     from stratolab.jobs.engine import Scheduler
     from stratolab.jobs.executor import RunSpec
     from stratolab.jobs.local_executor import LocalProcessExecutor
     from stratolab.settings import user_env_python
 
-    gpus = GpuAllocator(inventory)
+    gpus = gpu_ledger(workroot, inventory)
     devices = gpus.acquire("run-gpu-check", 1)
     workdir = workroot / "run"
     workdir.mkdir(parents=True)
@@ -174,7 +183,8 @@ async def run_function(workroot: Path, inventory: tuple[str, ...]) -> dict[str, 
     from stratolab.settings import user_env_python
 
     bundle = build_function_bundle(workroot / "bundle")
-    backend = LocalBackend(workroot / "functions", ["torch"], gpu_inventory=inventory, python=user_env_python()).start()
+    backend = LocalBackend(workroot / "functions", ["torch"], gpus=gpu_ledger(workroot, inventory),
+                           python=user_env_python()).start()
     ref = VersionRef("gpu-check", "gpu-info", 1)
     report: dict[str, Any] = {}
     try:

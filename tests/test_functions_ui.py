@@ -20,7 +20,6 @@ from stratolab.server.functions_proxy import forwardable_path, hub_public_url
 from support import CHROMIUM, CHROMIUM_FLAGS, open_lab, user_env_for_tests
 
 
-
 def doubler_bundle(tmp: Path) -> bytes:
     cells = ["FACTOR = 2", "def double(inputs):\n    return [x * FACTOR for x in inputs]\n"]
     ns: dict = {}
@@ -119,6 +118,14 @@ def test_proxy_lists_and_invokes_through_the_users_server(hub, tmp_path):
 
         r = requests.delete(base + "api/functions/doubler", headers=user.headers)
         assert r.status_code == 200 and r.json() == {"deleted": "doubler"}
+
+        # an answer without a body (the scheduler's 204 for a deletion) passes through as one
+        jobs = f"{hub.url}/user/{user.name}/stratolab/scheduler/api/schedules"
+        nb = {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+        r = requests.post(jobs, json={"notebook": "empty.ipynb", "content": nb}, headers=user.headers)
+        assert r.status_code == 201, r.text
+        r = requests.delete(f"{jobs}/{r.json()['id']}", headers=user.headers)
+        assert r.status_code == 204 and r.content == b"", (r.status_code, r.text[:200])
     finally:
         hub.stop_server(user)
 

@@ -15,10 +15,10 @@ import pytest
 import requests
 
 from jobs_support import notebook, wait_for
-from test_functions_service import deploy
 from stratolab.functions.analysis import plan_capture, read_cells
 from stratolab.functions.bundle import build_bundle
 from stratolab.functions.client import pack
+from test_functions_service import deploy
 
 SERVICES = {"functions": "/services/functions", "scheduler": "/services/scheduler"}
 METHODS = ("get", "post", "put", "patch", "delete")
@@ -97,7 +97,7 @@ def test_each_service_routes_exactly_its_documented_paths(hub, world):
 @pytest.mark.parametrize("service", SERVICES)
 def test_nobody_gets_anything(hub, world, service):
     alice, _, values = world
-    for path, method, op, _ in operations(openapi(hub, service, alice)):
+    for path, method, _op, _ in operations(openapi(hub, service, alice)):
         url = f"{hub.url}{SERVICES[service]}{fill(path, values)}"
         r = requests.request(method.upper(), url, timeout=60, data=b"{}")
         if path in OPEN_TO_NOBODY:
@@ -112,7 +112,7 @@ def test_nobody_gets_anything(hub, world, service):
 def test_another_user_gets_no_2xx_on_someone_elses_things_and_no_5xx(hub, world, service):
     alice, mallory, values = world
     mine = {alice.name, "walked"}
-    for path, method, op, params in operations(openapi(hub, service, alice)):
+    for path, method, _op, params in operations(openapi(hub, service, alice)):
         url = f"{hub.url}{SERVICES[service]}{fill(path, values)}"
         r = requests.request(method.upper(), url, headers=mallory.headers, timeout=120, data=b"{}")
         assert r.status_code < 500, (method, path, r.status_code, r.text[:300])
@@ -154,3 +154,15 @@ def test_malformed_bodies_hostile_paths_and_queries_are_4xx_never_5xx(hub, world
     # and alice's things are all still there, unchanged by the walk
     functions = requests.get(f"{hub.url}/services/functions/api/functions/walked", headers=alice.headers, timeout=30)
     assert functions.status_code == 200
+
+
+def test_a_refused_upload_is_answered_through_the_proxy_not_reset(hub, world):
+    """The agents' upload routes refuse a stranger before storing anything; the refusal must still
+    reach the caller through configurable-http-proxy (answering while the proxy was still sending
+    the body reset its connection: the caller got the proxy's 503)."""
+    alice, _, values = world
+    url = f"{hub.url}{SERVICES['scheduler']}/executor/runs/{values['key']}/sync"
+    for size in (300_000, 1_000_000, 3_000_000):
+        for headers in ({}, alice.headers, {"Authorization": "Bearer forged"}):
+            r = requests.post(url, data=b"x" * size, headers=headers, timeout=60)
+            assert r.status_code in (401, 403, 404), (size, headers, r.status_code, r.text[:200])

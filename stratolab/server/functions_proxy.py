@@ -138,5 +138,8 @@ class FunctionsProxyHandler(APIHandler):
             if name in response.headers:
                 self.set_header(name, response.headers[name])
         self.set_header("Cache-Control", "no-store")
+        if response.code in (204, 304):  # no body may follow (a DELETE's 204 made this a 500)
+            self.finish()
+            return
         content_type = response.headers.get("Content-Type", "application/octet-stream")
         self.finish(response.body or b"", set_content_type=content_type)

@@ -20,16 +20,19 @@ import asyncio
 import json
 import os
 import tempfile
-from typing import Any
+from typing import Any, cast
 
 from tornado import web
+from tornado.http1connection import HTTP1Connection
 
-from stratolab.errors import InvalidInput, NotFound
+from stratolab.errors import InvalidInput, NotFound, StratolabError
 from stratolab.jobs.executor import FAILED, SUCCEEDED
 from stratolab.jobs.kube.archive import RESULT, SyncLimits, extract
 from stratolab.jobs.kube.registry import AgentRun, AgentRuns
 from stratolab.web import ServiceHandler, routes_from_openapi, token_from_headers
 
+#: bytes of a refused upload read (and dropped) so that its refusal reaches the caller through a proxy
+REFUSED_BODY_READ = 4 * 1024 * 1024
 #: seconds a sync that brought new AutoML reports waits for the controller's decisions on them
 DECISION_WAIT_S = 2.0
 
@@ -83,6 +86,7 @@ class _ArchiveHandler(AgentHandler):
     """Receives a tar.gz body into a temporary file (never all in memory), within the size limit."""
 
     final = False
+    body: tempfile.SpooledTemporaryFile[bytes] | None = None
 
     @property
     def limits(self) -> SyncLimits:
@@ -90,31 +94,51 @@ class _ArchiveHandler(AgentHandler):
 
     async def prepare(self) -> None:
         self.body = None
-        self.authorize(self.path_args[0])  # before the body is read: a stranger's upload is refused unread
-        self.request.connection.set_max_body_size(self.limits.max_body)
+        self.refusal: StratolabError | None = None
+        # tornado types the connection as its HTTPConnection interface; a server's is an HTTP1Connection,
+        # whose set_max_body_size is tornado's documented way to bound a streamed body
+        connection = cast(HTTP1Connection, self.request.connection)
+        try:
+            self.authorize(self.path_args[0])  # before the body is read: a stranger's upload is never stored
+        except StratolabError as e:
+            # answered once the (small) body is read and dropped: a response sent while a proxy in
+            # between is still sending the body resets its connection, and the caller gets the proxy's
+            # 503 instead of this 4xx; a larger refused body is cut off unread
+            self.refusal = e
+            connection.set_max_body_size(REFUSED_BODY_READ)
+            return
+        connection.set_max_body_size(self.limits.max_body)
         self.body = tempfile.SpooledTemporaryFile(max_size=8 * 1024 * 1024)
 
     def data_received(self, chunk: bytes) -> None:
         if self.body is not None:
             self.body.write(chunk)
 
+    def refuse_if_refused(self) -> None:
+        if self.refusal is not None:
+            raise self.refusal
+
     def on_finish(self) -> None:
-        if getattr(self, "body", None) is not None:
+        if self.body is not None:
             self.body.close()
 
     async def _extract(self) -> list[str]:
         spec = self.run.spec
         owner = (spec.account.uid, spec.account.gid) if spec.account and os.geteuid() == 0 else None
-        self.body.seek(0)
-        if not self.body.read(1):
+        body = self.body
+        if body is None:  # prepare() refused the request before its body was read
+            return []
+        body.seek(0)
+        if not body.read(1):
             return []  # nothing changed
-        self.body.seek(0)
+        body.seek(0)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, extract, self.body, spec.workdir, self.limits, self.final, owner)
+        return await loop.run_in_executor(None, extract, body, spec.workdir, self.limits, self.final, owner)
 
 
 class AgentSyncHandler(_ArchiveHandler):
     async def post(self, key: str) -> None:
+        self.refuse_if_refused()
         written = await self._extract()
         if "reports.jsonl" in written:
             await self._await_decisions()
@@ -147,6 +171,7 @@ class AgentFinishHandler(_ArchiveHandler):
     final = True
 
     async def post(self, key: str) -> None:
+        self.refuse_if_refused()
         written = await self._extract()
         spec = self.run.spec
         if RESULT not in written:
