@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,9 +27,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from function_cold_start import PAYLOAD, make_bundle  # noqa: E402
-from function_serving import FASTAPI_APP, free_port  # noqa: E402
+from function_serving import hub_beside_fastapi  # noqa: E402
 from stratolab.functions.client import pack  # noqa: E402
-from support import HubProcess  # noqa: E402
 
 
 async def burst(url: str, headers: dict, n: int) -> dict:
@@ -85,17 +83,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="stratolab-burst-") as tmp:
         tmp = Path(tmp)
         bundle = make_bundle(tmp)
-        homes = Path(tempfile.mkdtemp(prefix="stratolab-bench-homes-", dir="/tmp"))
-        os.chmod(homes, 0o755)
-        hub = HubProcess(tmp / "hub", {"STRATOLAB_HOME_ROOT": str(homes), "STRATOLAB_GPUS": ""}).start()
-        port = free_port()
-        (tmp / "fastapi_app.py").write_text(FASTAPI_APP.format(bundle=str(bundle)))
-        uvicorn = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "fastapi_app:app", "--port", str(port), "--log-level", "warning",
-             "--backlog", "2048"],
-            cwd=tmp, env={**os.environ, **env_threads},
-        )
-        try:
+        with hub_beside_fastapi(tmp, bundle, env_threads, uvicorn_args=("--backlog", "2048")) as (hub, fastapi_url):
             user = hub.create_user()
             # default scaling, except an idle timeout short enough to be at zero between rounds
             r = requests.post(
@@ -105,21 +93,11 @@ def main() -> None:
             )
             assert r.status_code == 201, r.text
             url = r.json()["url"]
-            for _ in range(100):
-                try:
-                    if requests.post(f"http://127.0.0.1:{port}/", data=PAYLOAD).status_code == 200:
-                        break
-                except requests.ConnectionError:
-                    time.sleep(0.2)
             ours, base = [], []
             for _ in range(args.rounds):
                 wait_for_zero(hub.url, user.headers, "mlp")
                 ours.append(asyncio.run(burst(url, user.headers, args.requests)))
-                base.append(asyncio.run(burst(f"http://127.0.0.1:{port}/", {}, args.requests)))
-        finally:
-            uvicorn.kill()
-            hub.stop()
-            subprocess.run(["rm", "-rf", str(homes)])
+                base.append(asyncio.run(burst(fastapi_url, {}, args.requests)))
 
     def median(rows: list[dict], key: str) -> float:
         return sorted(r[key] for r in rows)[len(rows) // 2]

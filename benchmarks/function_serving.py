@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -46,6 +48,35 @@ app = FastAPI()
 async def invoke(request: Request):
     return handler(await request.json())
 """
+
+
+@contextlib.contextmanager
+def hub_beside_fastapi(tmp: Path, bundle: Path, env_threads: dict[str, str], hub_env: dict[str, str] | None = None,
+                       uvicorn_args: tuple[str, ...] = ()) -> Iterator[tuple[HubProcess, str]]:
+    """A hub (our path) and the same handler in a FastAPI app under uvicorn (the baseline), both
+    running and answering; (the hub, the FastAPI URL). Both are stopped at the end."""
+    homes = Path(tempfile.mkdtemp(prefix="stratolab-bench-homes-", dir="/tmp"))
+    os.chmod(homes, 0o755)
+    hub = HubProcess(tmp / "hub", {"STRATOLAB_HOME_ROOT": str(homes), "STRATOLAB_GPUS": "", **(hub_env or {})}).start()
+    port = free_port()
+    (tmp / "fastapi_app.py").write_text(FASTAPI_APP.format(bundle=str(bundle)))
+    uvicorn = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "fastapi_app:app", "--port", str(port), "--log-level", "warning",
+         *uvicorn_args],
+        cwd=tmp, env={**os.environ, **env_threads},
+    )
+    try:
+        for _ in range(100):
+            try:
+                if requests.post(f"http://127.0.0.1:{port}/", data=PAYLOAD).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.2)
+        yield hub, f"http://127.0.0.1:{port}/"
+    finally:
+        uvicorn.kill()
+        hub.stop()
+        subprocess.run(["rm", "-rf", str(homes)])
 
 
 def free_port() -> int:
@@ -95,19 +126,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="stratolab-serving-") as tmp:
         tmp = Path(tmp)
         bundle = make_bundle(tmp)
-        homes = Path(tempfile.mkdtemp(prefix="stratolab-bench-homes-", dir="/tmp"))
-        os.chmod(homes, 0o755)
         functions_port = free_port()
-        hub = HubProcess(tmp / "hub", {"STRATOLAB_HOME_ROOT": str(homes), "STRATOLAB_GPUS": "",
-                                       "STRATOLAB_FUNCTIONS_PORT": str(functions_port)}).start()
-        port = free_port()
-        app_file = tmp / "fastapi_app.py"
-        app_file.write_text(FASTAPI_APP.format(bundle=str(bundle)))
-        uvicorn = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "fastapi_app:app", "--port", str(port), "--log-level", "warning"],
-            cwd=tmp, env={**os.environ, **env_threads},
-        )
-        try:
+        with hub_beside_fastapi(tmp, bundle, env_threads, {"STRATOLAB_FUNCTIONS_PORT": str(functions_port)}) as (
+            hub, fastapi_url,
+        ):
             user = hub.create_user()
             data = pack(bundle)
             deploy_times = []
@@ -123,18 +145,12 @@ def main() -> None:
                 r = requests.post(url, data=PAYLOAD, headers={**user.headers, "Content-Type": "application/json"})
                 assert r.status_code == 200, r.text
                 deploy_times.append(time.perf_counter() - t0)
-            for _ in range(50):
-                try:
-                    if requests.post(f"http://127.0.0.1:{port}/", data=PAYLOAD).status_code == 200:
-                        break
-                except requests.ConnectionError:
-                    time.sleep(0.2)
             results = {}
             for c in (1, 32):
                 ours = asyncio.run(load(url, user.headers, c, args.requests))
                 direct_url = url.replace(hub.url, f"http://127.0.0.1:{functions_port}")
                 direct = asyncio.run(load(direct_url, user.headers, c, args.requests))
-                base = asyncio.run(load(f"http://127.0.0.1:{port}/", {}, c, args.requests))
+                base = asyncio.run(load(fastapi_url, {}, c, args.requests))
                 results[f"concurrency_{c}"] = {
                     "stratolab_via_hub": ours,
                     # the same service without the hub's proxy hop (configurable-http-proxy)
@@ -144,10 +160,6 @@ def main() -> None:
                     "throughput_ratio": round(ours["throughput_rps"] / base["throughput_rps"], 2),
                     "p50_overhead_ms": round(ours["p50_ms"] - base["p50_ms"], 2),
                 }
-        finally:
-            uvicorn.kill()
-            hub.stop()
-            subprocess.run(["rm", "-rf", str(homes)])
     print(json.dumps({
         "benchmark": "function_serving_torch_mlp",
         "threads": env_threads,
