@@ -206,10 +206,18 @@ class ForkServer:
         })
         return int(reply["pid"])
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM (the server kills its workers and exits), then SIGKILL if it has not gone within
+        `grace` seconds: a stop always ends with the server gone (its workers die with it)."""
+        import subprocess
+
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
-            self.proc.wait(10)
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(grace)
         if self.control_path.exists():
             self.control_path.unlink()
 
