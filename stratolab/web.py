@@ -234,7 +234,7 @@ def begin_service(name: str) -> None:
     hub ends (a hub killed outright would otherwise leave it running, still firing schedules)."""
     import logging
 
-    from stratolab.functions.runtime.forkserver import die_with_parent
+    from stratolab.platform.process import die_with_parent
 
     def stop_during_start(signum, _frame):
         raise SystemExit(128 + signum)

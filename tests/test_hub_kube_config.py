@@ -87,7 +87,9 @@ def test_services_are_registered_by_url_with_the_secret_tokens(chart_hub):
     assert "command" not in services["functions"] and "command" not in services["scheduler"]
     # the culler runs inside the hub pod, as z2jh runs it
     culler = services[CULLER_SERVICE]
-    assert culler["command"][:3] == [sys.executable, "-m", "jupyterhub_idle_culler"]
+    # the culler ends with the hub however the hub ends
+    assert culler["command"][:6] == [sys.executable, "-m", "stratolab.platform.process",
+                                     sys.executable, "-m", "jupyterhub_idle_culler"]
     assert culler["api_token"] == env["STRATOLAB_CULLER_API_TOKEN"]
     roles = {r["name"]: r for r in c.JupyterHub.load_roles}
     assert roles[CULLER_SERVICE]["services"] == [CULLER_SERVICE]

@@ -134,7 +134,8 @@ def test_system_accounts_need_a_readable_environment(tmp_path):
 
 def test_services_go_with_a_hub_that_is_killed(tmp_path):
     """A hub killed outright (SIGKILL, an OOM kill) takes the functions service and the scheduler with
-    it: left running, a scheduler would keep firing schedules from a hub that is gone."""
+    it (left running, a scheduler would keep firing schedules from a hub that is gone), and its proxy
+    and idle culler too (the proxy held the port, the culler polled a dead hub for ever)."""
     import psutil
 
     from support import HubProcess
@@ -150,12 +151,14 @@ def test_services_go_with_a_hub_that_is_killed(tmp_path):
             time.sleep(0.2)
         assert len(services) == 2, hub.log_tail()
         others = [p for p in psutil.Process(hub.proc.pid).children() if p not in services]
+        names = " ".join(" ".join(p.cmdline()) for p in others)
+        assert "configurable-http-proxy" in names and "jupyterhub_idle_culler" in names, names
         os.kill(hub.proc.pid, signal.SIGKILL)
         hub.proc.wait(10)
-        gone, alive = psutil.wait_procs(services, timeout=20)
+        gone, alive = psutil.wait_procs([*services, *others], timeout=20)
         assert not alive, [" ".join(p.cmdline()) for p in alive]
     finally:
-        # the proxy and the culler are not ours to end; and services left by a failure must not linger
+        # whatever a failure left must not linger
         for p in [*locals().get("others", []), *locals().get("services", [])]:
             with contextlib.suppress(psutil.Error):
                 p.kill()

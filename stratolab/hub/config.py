@@ -88,7 +88,8 @@ def configure_hub(c, settings: PlatformSettings | None = None) -> PlatformSettin
     c.JupyterHub.db_url = settings.hub_db_url
     c.JupyterHub.cookie_secret_file = str(data_dir / "jupyterhub_cookie_secret")
     c.JupyterHub.pid_file = str(data_dir / "jupyterhub.pid")
-    c.ConfigurableHTTPProxy.command = proxy_command()
+    # the proxy ends with the hub however the hub ends (a killed hub left it holding the port)
+    c.ConfigurableHTTPProxy.command = [sys.executable, "-m", "stratolab.platform.process", *proxy_command()]
     c.ConfigurableHTTPProxy.pid_file = str(data_dir / "jupyterhub-proxy.pid")
     c.JupyterHub.cleanup_servers = True
     # A newer JupyterHub upgrades the schema at start (SQLite files are backed up first).

@@ -36,7 +36,11 @@ def culler_service(timeout: int, gpu_timeout: int, every: int) -> tuple[dict, di
     service = {
         "name": CULLER_SERVICE,
         "display": False,
+        # ends with the hub however the hub ends (stratolab.platform.process)
         "command": [
+            sys.executable,
+            "-m",
+            "stratolab.platform.process",
             sys.executable,
             "-m",
             "jupyterhub_idle_culler",

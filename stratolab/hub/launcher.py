@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from stratolab.hub.admin import AdminCredentials, ensure_admin_credentials, ensure_data_dir
+from stratolab.platform.process import die_with_parent
 from stratolab.settings import PROJECT_ROOT, PlatformSettings
 
 
@@ -74,13 +75,7 @@ def wait_until_started(ready: int) -> bool:
 
 def _die_with_launcher() -> None:
     """In the hub's process before it runs: SIGTERM (a clean stop) when the launcher exits, even killed."""
-    try:
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: the hub outlives a killed launcher
-        pass
+    die_with_parent(signal.SIGTERM)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,8 +23,9 @@ import socket
 import sys
 
 # the same bookkeeping of forked children as the functions fork-server: a SIGCHLD handler reaps them
-from stratolab.functions.runtime.forkserver import _children, _reap, die_with_parent
+from stratolab.functions.runtime.forkserver import _children, _reap
 from stratolab.functions.runtime.protocol import recv_frame, send_frame
+from stratolab.platform.process import die_with_parent
 
 BASE_IMPORTS = [
     "papermill", "papermill.engines", "papermill.translators", "nbclient", "nbformat", "nbconvert",

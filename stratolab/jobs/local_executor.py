@@ -41,7 +41,7 @@ DEFAULT_PRELOAD = ("numpy", "pandas", "sklearn", "matplotlib")
 
 
 def _die_with_parent() -> None:
-    from stratolab.functions.runtime.forkserver import die_with_parent
+    from stratolab.platform.process import die_with_parent
 
     die_with_parent(signal.SIGTERM)
 

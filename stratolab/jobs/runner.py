@@ -41,7 +41,7 @@ def _kill_children(_signum=None, _frame=None) -> None:
 
 
 def die_with_parent() -> None:
-    from stratolab.functions.runtime.forkserver import die_with_parent as prctl_die
+    from stratolab.platform.process import die_with_parent as prctl_die
 
     prctl_die(signal.SIGTERM)
 

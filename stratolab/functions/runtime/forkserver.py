@@ -27,27 +27,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from stratolab.functions.runtime.protocol import recv_frame, send_frame
+from stratolab.platform.process import die_with_parent
 
 if TYPE_CHECKING:
     import subprocess
 
 _children: set[int] = set()
-
-
-def die_with_parent(sig: int) -> None:
-    """Ask Linux to send `sig` to this process when its parent exits (a no-op elsewhere).
-
-    The fork-server goes when the functions service goes, however it ends (even SIGKILL), and a
-    worker goes with its fork-server: no process outlives the service that owns it.
-    """
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        PR_SET_PDEATHSIG = 1
-        libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _reap(_signum, _frame) -> None:

@@ -133,7 +133,7 @@ async def knative_backend():
 
 
 def main() -> None:
-    # the fork-servers die with this process in any case (see forkserver.die_with_parent)
+    # the fork-servers die with this process in any case (see stratolab.platform.process)
     begin_service("functions")
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/functions/")
     url = os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101")
