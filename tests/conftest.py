@@ -29,6 +29,17 @@ def make_hub(tmp_root: Path, **env: str) -> HubProcess:
     return HubProcess(data_dir=tmp_root / secrets.token_hex(4), env=env)
 
 
+@pytest.fixture(scope="module")
+def kernel():
+    """A real IPython kernel in this process's environment, shared by a module's capture tests."""
+    from jupyter_client.manager import start_new_kernel
+
+    km, kc = start_new_kernel(kernel_name="python3")
+    yield kc
+    kc.stop_channels()
+    km.shutdown_kernel(now=True)
+
+
 @pytest.fixture(scope="session")
 def test_homes():
     """A world-traversable home root for system accounts created by the tests (removed after)."""

@@ -96,16 +96,6 @@ KERNEL_SHAPES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def kernel():
-    from jupyter_client.manager import start_new_kernel
-
-    km, kc = start_new_kernel(kernel_name="python3")
-    yield kc
-    kc.stop_channels()
-    km.shutdown_kernel(now=True)
-
-
 @pytest.mark.parametrize("shape_id", KERNEL_SHAPES)
 def test_capture_from_a_real_kernels_history_answers_like_the_kernel(kernel, shape_id, tmp_path):
     shape = BY_ID[shape_id]

@@ -5,18 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from jupyter_client.manager import start_new_kernel
 
 from stratolab.functions.bundle import load_handler
 from support import run_cell
-
-
-@pytest.fixture(scope="module")
-def kernel():
-    km, kc = start_new_kernel(kernel_name="python3")
-    yield kc
-    kc.stop_channels()
-    km.shutdown_kernel(now=True)
 
 
 def run(kc, code: str) -> str:
