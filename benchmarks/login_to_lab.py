@@ -113,7 +113,7 @@ def stop_server(hub: HubProcess, token: str, name: str) -> None:
 
 
 def bare_admin_token(hub: HubProcess) -> str:
-    from stratolab.cli.hubclient import request_token
+    from stratolab.client.hub import request_token
 
     return request_token(hub.url, "benchadmin", "bare-password")
 

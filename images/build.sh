@@ -6,7 +6,7 @@
 #   images/build.sh --smoke         ... then run the smoke test in each notebook image (CPU mode)
 #   REGISTRY=ghcr.io/acme images/build.sh --push    tag as ghcr.io/acme/stratolab/... and push
 #
-# The tags follow stratolab/hub/profiles.py (the images the profiles name) and the version in
+# The tags follow stratolab/platform/profiles.py (the images the profiles name) and the version in
 # pyproject.toml. linux/amd64 only: the requirement locks are resolved for x86-64 wheels.
 set -euo pipefail
 

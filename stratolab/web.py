@@ -243,3 +243,69 @@ def begin_service(name: str) -> None:
     signal.signal(signal.SIGINT, stop_during_start)
     die_with_parent(signal.SIGTERM)
     logging.basicConfig(level=logging.INFO, format=f"[%(levelname).1s %(asctime)s {name}] %(message)s")
+
+
+# --- the service kit: what every service's app has besides its own routes ------------------------
+
+
+class MetricsHandler(ServiceHandler):
+    """`GET metrics`: Prometheus text for a token with `read:metrics`. The app's settings name the
+    registry (`metrics_registry`) and a function that updates gauges before each scrape
+    (`refresh_metrics(state)`)."""
+
+    async def get(self) -> None:
+        from prometheus_client import generate_latest
+
+        model = await self.authenticate()
+        if "read:metrics" not in model.get("scopes", []):
+            raise StratolabError("this token lacks the scope read:metrics", status=403)
+        refresh = self.settings.get("refresh_metrics")
+        if refresh is not None:
+            refresh(self.settings["state"])
+        self.set_header("Content-Type", "text/plain; version=0.0.4")
+        self.finish(generate_latest(self.settings["metrics_registry"]))
+
+
+class OpenAPIHandler(ServiceHandler):
+    """`GET openapi.json`: the service's API, described (the document its routes are made from)."""
+
+    async def get(self) -> None:
+        await self.authenticate()
+        self.send(self.settings["openapi"])
+
+
+class RootHandler(ServiceHandler):
+    """The service's name and where its API is described, for anyone: JupyterHub checks a service is up
+    by asking this URL without a token every minute. Everything else needs a token."""
+
+    quiet_access_log = True
+
+    async def get(self) -> None:
+        prefix = self.settings["service_prefix"]
+        self.send({"service": self.settings["service_name"], "api": f"{prefix}api/", "openapi": f"{prefix}openapi.json"})
+
+
+class NotFoundHandler(ServiceHandler):
+    """Anything not routed: a 404 (after authentication, so a stranger learns nothing of the routes)."""
+
+    async def prepare(self) -> None:
+        await self.authenticate()
+        raise StratolabError(f"no such route: {self.request.path[:200]}", status=404)
+
+
+#: the paths every service serves with the kit's handlers
+KIT_HANDLERS = {"/": RootHandler, "/metrics": MetricsHandler, "/openapi.json": OpenAPIHandler}
+
+
+def service_app(name: str, prefix: str, openapi: dict[str, Any], handlers: dict[str, Any], state: Any, *,
+                metrics_registry: Any, refresh_metrics: Any = None, max_body_size: int = 64 * 1024 * 1024,
+                **settings: Any) -> web.Application:
+    """A service's tornado application: its routes made from `openapi` (the kit's root, metrics and
+    openapi.json handlers added to `handlers`), a catch-all 404, and the settings handlers read."""
+    routes = [*routes_from_openapi(prefix, openapi, {**KIT_HANDLERS, **handlers}),
+              (rf"{prefix.rstrip('/')}/.*", NotFoundHandler)]
+    return web.Application(
+        routes, state=state, openapi=openapi, service_name=name, service_prefix=prefix,
+        metrics_registry=metrics_registry, refresh_metrics=refresh_metrics, max_body_size=max_body_size,
+        log_function=log_request, **settings,
+    )

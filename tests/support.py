@@ -194,7 +194,7 @@ class HubProcess:
 
     def token_for(self, username: str, password: str, note: str = "tests") -> str:
         """An API token, obtained as `stratolab login` does: log in, then ask the hub for a token."""
-        from stratolab.cli.hubclient import request_token
+        from stratolab.client.hub import request_token
 
         return request_token(self.url, username, password, note=note)
 

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from stratolab.cli.credentials import load_credentials
+from stratolab.client.credentials import load_credentials
 
 CLI = [sys.executable, "-m", "stratolab.cli.main"]
 

@@ -155,7 +155,8 @@ def test_every_route_refuses_unauthenticated_callers(hub):
             assert "/hub/login" in r.headers["Location"] or "oauth" in r.headers["Location"]
     # the root is no API route: it names the service to anyone (the hub's service check asks it)
     r = requests.get(f"{hub.url}/services/functions/", allow_redirects=False)
-    assert r.json() == {"service": "stratolab-functions", "openapi": "/services/functions/openapi.json"}
+    assert r.json() == {"service": "stratolab-functions", "api": "/services/functions/api/",
+                        "openapi": "/services/functions/openapi.json"}
     # the route Knative revisions fetch bundles from exists only with the Knative backend's secret
     r = requests.get(f"{hub.url}/services/functions/runtime/bundles/admin/x/1", allow_redirects=False)
     assert r.status_code == 404

@@ -38,8 +38,8 @@ from helm_support import (
     secret_data,
 )
 from stratolab.hub.kube_config import KubeHubValues
-from stratolab.hub.kubernetes import GPU_TOLERATION, KubernetesSettings, kubespawner_profile_list
-from stratolab.hub.profiles import CUDA_IMAGE, GPU_RESOURCE, parse_profile_list
+from stratolab.platform.kube_profiles import GPU_TOLERATION, KubernetesSettings, kubespawner_profile_list
+from stratolab.platform.profiles import CUDA_IMAGE, GPU_RESOURCE, parse_profile_list
 
 CI_IDS = [p.stem for p in CI_VALUES]
 METADATA = "169.254.169.254/32"

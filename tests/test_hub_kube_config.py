@@ -20,8 +20,8 @@ from kube_support import offline_kubeconfig, render_pod  # noqa: F401
 from stratolab.hub.config import configure_hub
 from stratolab.hub.culling import CULLER_SERVICE
 from stratolab.hub.kube_config import KubeConfigError, KubeHubValues, configure_kubernetes, load_kube_values
-from stratolab.hub.kubernetes import KUBESPAWNER_CLASS
-from stratolab.hub.profiles import CUDA_IMAGE, GPU_RESOURCE
+from stratolab.platform.kube_profiles import KUBESPAWNER_CLASS
+from stratolab.platform.profiles import CUDA_IMAGE, GPU_RESOURCE
 from stratolab.settings import PlatformSettings
 
 

@@ -50,8 +50,8 @@ from dockerfile_parse import DockerfileParser
 from fake_kube import FakeKube
 from helm_support import CHART, RELEASE, hub_values, load_values, named, render_values, secret_data
 from jobs_support import wait_for
-from stratolab.hub.kubernetes import GPU_TOLERATION
-from stratolab.hub.profiles import GPU_RESOURCE
+from stratolab.platform.kube_profiles import GPU_TOLERATION
+from stratolab.platform.profiles import GPU_RESOURCE
 from support import HubProcess, free_port, unique_name, user_env_for_tests
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -29,7 +29,7 @@ from dockerfile_parse import DockerfileParser
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from stratolab.hub import profiles
+from stratolab.platform import profiles
 from stratolab.platform.gpus import discover_gpus
 from stratolab.settings import user_env_python
 

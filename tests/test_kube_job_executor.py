@@ -25,13 +25,13 @@ from tornado.httpserver import HTTPServer
 from fake_kube import FakeKube, fake_kube  # noqa: F401
 from jobs_support import in_process_service, notebook
 from kube_controllers import Kubelet
-from stratolab.hub.profiles import default_profile_list, parse_profile_list
 from stratolab.jobs.automl import channel
 from stratolab.jobs.executor import FAILED, STOPPED, SUCCEEDED, TIMED_OUT, RunSpec
 from stratolab.jobs.kube.archive import SyncLimits
 from stratolab.jobs.kube.executor import KubernetesJobExecutor
 from stratolab.jobs.kube.manifests import JobSettings, job_name
 from stratolab.jobs.service import executor_handlers
+from stratolab.platform.profiles import default_profile_list, parse_profile_list
 
 PREFIX = "/services/scheduler/"
 CPU = parse_profile_list(default_profile_list(0))[0]

@@ -14,7 +14,6 @@ import kubernetes_validate
 import pytest
 
 from stratolab.errors import InvalidInput, StratolabError
-from stratolab.hub.profiles import default_profile_list, parse_profile, parse_profile_list
 from stratolab.jobs.kube import archive
 from stratolab.jobs.kube.manifests import (
     JobSettings,
@@ -31,6 +30,7 @@ from stratolab.jobs.kube.manifests import (
 )
 from stratolab.jobs.kube.registry import AgentRuns, run_token
 from stratolab.jobs.kube.status import job_end, pod_problem, pod_started
+from stratolab.platform.profiles import default_profile_list, parse_profile, parse_profile_list
 
 K8S = kubernetes_validate.latest_version()  # the newest schemas it ships
 SETTINGS = JobSettings(namespace="stratolab-jobs", scheduler_url="http://stratolab-scheduler:10102/services/scheduler/")

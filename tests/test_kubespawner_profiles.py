@@ -18,7 +18,7 @@ from traitlets.config import Config
 
 import kube_support
 from kube_support import offline_kubeconfig  # noqa: F401
-from stratolab.hub.kubernetes import (
+from stratolab.platform.kube_profiles import (
     GPU_TOLERATION,
     KUBESPAWNER_CLASS,
     KubernetesSettings,
@@ -26,7 +26,7 @@ from stratolab.hub.kubernetes import (
     kubespawner_override,
     kubespawner_profile_list,
 )
-from stratolab.hub.profiles import (
+from stratolab.platform.profiles import (
     CPU_IMAGE,
     CUDA_IMAGE,
     GPU_RESOURCE,

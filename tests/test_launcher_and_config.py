@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_first_start_prints_a_generated_password_that_logs_in(tmp_path):
     """The newcomer's path: start, read the banner, log in with what it printed."""
-    from stratolab.cli.hubclient import request_token
+    from stratolab.client.hub import request_token
 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("STRATOLAB_")}

@@ -9,10 +9,10 @@ import pytest
 
 from stratolab.errors import Conflict, InvalidInput
 from stratolab.hub.culling import culler_service, make_gpu_aware_arbiter
-from stratolab.hub.profiles import GPU_RESOURCE, ProfileError, choose_profile, default_profile_list, parse_profile_list
 from stratolab.hub.spawner import parse_memory
-from stratolab.hub.system_users import system_username, unreachable_path
+from stratolab.platform.accounts import system_username, unreachable_path
 from stratolab.platform.gpus import GpuAllocator, NoFreeGpu, discover_gpus, parse_nvidia_smi_list
+from stratolab.platform.profiles import GPU_RESOURCE, ProfileError, choose_profile, default_profile_list, parse_profile_list
 
 NVIDIA_SMI_L = """GPU 0: NVIDIA H200 (UUID: GPU-11111111-2222-3333-4444-555555555555)
 GPU 1: NVIDIA H200 (UUID: GPU-66666666-7777-8888-9999-000000000000)

@@ -240,8 +240,8 @@ def test_the_hub_passes_the_kubernetes_settings_to_its_services(tmp_path, monkey
     for name in ("KUBECONFIG", "STRATOLAB_FUNCTIONS_BACKEND", "STRATOLAB_JOBS_EXECUTOR", "STRATOLAB_RUNTIME_SECRET",
                  "STRATOLAB_EXECUTOR_SECRET", "STRATOLAB_AUTOML_MAX_PARALLEL", "STRATOLAB_FUNCTION_IMAGE_CPU"):
         monkeypatch.delenv(name, raising=False)
-    local_functions = functions_service(settings, "shared")[0]["environment"]
-    local_scheduler = scheduler_service(settings, "shared")[0]["environment"]
+    local_functions = functions_service(settings, "shared")["environment"]
+    local_scheduler = scheduler_service(settings, "shared")["environment"]
     assert "KUBECONFIG" not in local_functions and "STRATOLAB_FUNCTIONS_BACKEND" not in local_functions
     assert "KUBECONFIG" not in local_scheduler and "STRATOLAB_EXECUTOR_SECRET" not in local_scheduler
 
@@ -252,8 +252,8 @@ def test_the_hub_passes_the_kubernetes_settings_to_its_services(tmp_path, monkey
     for name, value in kube.items():
         monkeypatch.setenv(name, value)
     settings = PlatformSettings.from_env({"STRATOLAB_DATA_DIR": str(tmp_path), "STRATOLAB_ISOLATION": "shared"})
-    functions_env = functions_service(settings, "shared")[0]["environment"]
-    scheduler_env = scheduler_service(settings, "shared")[0]["environment"]
+    functions_env = functions_service(settings, "shared")["environment"]
+    scheduler_env = scheduler_service(settings, "shared")["environment"]
     assert {k: functions_env[k] for k in ("KUBECONFIG", "STRATOLAB_FUNCTIONS_BACKEND", "STRATOLAB_FUNCTION_IMAGE_CPU",
                                           "STRATOLAB_RUNTIME_SECRET")} == {k: kube[k] for k in (
         "KUBECONFIG", "STRATOLAB_FUNCTIONS_BACKEND", "STRATOLAB_FUNCTION_IMAGE_CPU", "STRATOLAB_RUNTIME_SECRET")}

@@ -121,18 +121,20 @@ def cmd_delete(args, emit) -> None:
 def cmd_export(args, emit) -> None:
     import requests
 
+    from stratolab.client.session import decode, hub_session
     from stratolab.functions.bundle import extract_bundle
-    from stratolab.functions.client import SERVICE_PATH, _answer, _session, call
+    from stratolab.functions.client import SERVICE_PATH, FunctionsError, call
     from stratolab.functions.export import export_bundle
 
     version = args.version
     if version is None:
         fn = call("GET", f"api/functions/{args.name}")
         version = max(int(v) for v in fn["traffic"]) if fn["traffic"] else fn["versions"][-1]["version"]
-    url, headers = _session(None, None)
-    r = requests.get(f"{url}{SERVICE_PATH}/api/functions/{args.name}/versions/{version}/bundle", headers=headers, timeout=600)
+    session = hub_session(error=FunctionsError)
+    r = requests.get(f"{session.url}{SERVICE_PATH}/api/functions/{args.name}/versions/{version}/bundle",
+                     headers=session.headers, timeout=600)
     if r.status_code != 200:
-        _answer(r)
+        decode(r, FunctionsError)
     with tempfile.TemporaryDirectory() as tmp:
         extract_bundle(r.content, Path(tmp) / "bundle")
         target = export_bundle(Path(tmp) / "bundle", Path(args.output))

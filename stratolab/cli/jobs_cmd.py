@@ -123,16 +123,12 @@ def cmd_delete(args, emit) -> None:
 def _download(path: str) -> bytes:
     import requests
 
-    from stratolab.functions.client import _session
+    from stratolab.client.session import decode, hub_session
 
-    url, headers = _session(None, None)
-    r = requests.get(f"{url}/services/scheduler/{path}", headers=headers, timeout=300)
+    session = hub_session()
+    r = requests.get(f"{session.url}/services/scheduler/{path}", headers=session.headers, timeout=300)
     if r.status_code >= 400:
-        try:
-            message = r.json().get("error", r.text)
-        except ValueError:
-            message = r.text[:300]
-        raise StratolabError(message, status=r.status_code)
+        decode(r)
     return r.content
 
 

@@ -13,8 +13,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from stratolab.cli import hubclient
-from stratolab.cli.credentials import Credentials, forget_credentials, load_credentials, save_credentials
+from stratolab.client import hub as hubclient
+from stratolab.client.credentials import Credentials, forget_credentials, load_credentials, save_credentials
 from stratolab.errors import StratolabError
 
 

@@ -8,29 +8,17 @@ from typing import Any
 
 import requests
 
-from stratolab.errors import InvalidInput, StratolabError
+from stratolab.client.session import decode, hub_session
+from stratolab.errors import InvalidInput
 
 SCHEDULER = "/services/scheduler"
 
 
 def scheduler_call(method: str, path: str, body: Any = None, url: str | None = None, token: str | None = None) -> Any:
     """A call to the scheduler service with the stored credentials; errors name the field."""
-    from stratolab.functions.client import _session
-
-    url, headers = _session(url, token)
-    r = requests.request(method, f"{url}{SCHEDULER}/{path}", json=body, headers=headers, timeout=300)
-    if r.status_code == 204:
-        return {}
-    try:
-        data = r.json()
-    except ValueError:
-        data = {"error": r.text[:500]}
-    if r.status_code >= 400:
-        message = data.get("error", f"HTTP {r.status_code}")
-        if data.get("field"):
-            raise InvalidInput(f"{data['field']}: {message}", field=data["field"], status=r.status_code)
-        raise StratolabError(message, status=r.status_code)
-    return data
+    session = hub_session(url, token)
+    r = requests.request(method, f"{session.url}{SCHEDULER}/{path}", json=body, headers=session.headers, timeout=300)
+    return decode(r)
 
 
 def home_relative(path: Path) -> str:

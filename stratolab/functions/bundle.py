@@ -25,12 +25,12 @@ import types
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from stratolab.functions.analysis import CapturePlan
 from stratolab.functions.requirements import pin_requirements
 from stratolab.functions.serializers import load_value, save_value
-from stratolab.platform.archive import ArchiveLimits, extract
+from stratolab.platform.archive import BUNDLE_LIMITS, extract_bundle  # noqa: F401 - part of this module's API
 
 FORMAT = 1
 MODULE_NAME = "stratolab_function"
@@ -124,17 +124,6 @@ def load_handler(directory: Path) -> Callable[..., Any]:
     sys.modules[MODULE_NAME] = module
     exec(code, module.__dict__)
     return getattr(module, manifest.handler)
-
-
-#: what an uploaded or fetched bundle may hold once extracted (a trained model or two, not a data set)
-BUNDLE_LIMITS = ArchiveLimits(max_members=20000, max_bytes=8 * 1024**3)
-
-
-def extract_bundle(source: bytes | IO[bytes], target: Path) -> list[str]:
-    """Unpack a bundle (.tar.gz) with the platform's hardened extractor (stratolab.platform.archive):
-    regular files only, nothing outside `target`, within BUNDLE_LIMITS; InvalidInput (or 413) naming
-    the first bad member otherwise."""
-    return extract(source, Path(target), BUNDLE_LIMITS, folder_mode=0o755)
 
 
 class BundleStore:

@@ -10,9 +10,7 @@ STRATOLAB_URL / STRATOLAB_TOKEN.
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,8 +19,9 @@ from typing import Any
 
 import requests
 
-from stratolab.cli.credentials import load_credentials
+from stratolab.client.session import decode, hub_session
 from stratolab.errors import StratolabError
+from stratolab.platform.archive import pack
 
 SERVICE_PATH = "/services/functions"
 
@@ -66,44 +65,36 @@ class Deployment:
         return "\n".join(lines)
 
 
-def _session(url: str | None, token: str | None) -> tuple[str, dict[str, str]]:
-    creds = load_credentials()
-    url = (url or creds.url).rstrip("/")
-    token = token or creds.token
-    if not token:
-        raise FunctionsError("not logged in: run `stratolab login`, or set STRATOLAB_TOKEN", status=401)
-    return url, {"Authorization": f"token {token}"}
-
-
 def _answer(r: requests.Response) -> dict[str, Any]:
-    try:
-        data = r.json()
-    except ValueError:
-        data = {"error": r.text[:500]}
-    if r.status_code >= 400:
-        raise FunctionsError(data.get("error", f"HTTP {r.status_code}"), status=r.status_code)
-    return data
+    return decode(r, FunctionsError)
 
 
-def pack(directory: Path) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for path in sorted(Path(directory).rglob("*")):
-            tar.add(path, arcname=str(path.relative_to(directory)), recursive=False)
-    return buf.getvalue()
+def capture_bundle(handler: Callable[..., Any] | str, directory: Path, cell_source: str | None = None) -> None:
+    """Write `handler`'s bundle, captured from this kernel with what it uses, into `directory`, without
+    deploying it (an AutoML trial saves its model this way; **Deploy best** deploys it later)."""
+    from stratolab.functions.capture import capture_to_directory
+
+    capture_to_directory(handler, Path(directory), cell_source=cell_source)
+
+
+def save_model_files(name: str, value: Any, directory: Path) -> None:
+    """Save a live value (a trained model) in its framework's format, as a bundle keeps its values."""
+    from stratolab.functions.serializers import save_value
+
+    save_value(name, value, Path(directory))
 
 
 def deploy_bundle(directory: Path, name: str, *, scaling: dict | None = None, public: bool | None = None,
                   promote: bool = True, url: str | None = None, token: str | None = None) -> Deployment:
-    url, headers = _session(url, token)
+    session = hub_session(url, token, FunctionsError)
     params: dict[str, str] = {"promote": "true" if promote else "false"}
     if scaling:
         params["scaling"] = json.dumps(scaling)
     if public is not None:
         params["public"] = "true" if public else "false"
     r = requests.post(
-        f"{url}{SERVICE_PATH}/api/functions/{name}", params=params, data=pack(directory),
-        headers={**headers, "Content-Type": "application/gzip"}, timeout=600,
+        f"{session.url}{SERVICE_PATH}/api/functions/{name}", params=params, data=pack(directory),
+        headers={**session.headers, "Content-Type": "application/gzip"}, timeout=600,
     )
     return Deployment(_answer(r))
 
@@ -121,12 +112,13 @@ def deploy(handler: Callable[..., Any] | str, name: str | None = None, *, scalin
 
 
 def invoke(name: str, payload: Any, *, owner: str | None = None, url: str | None = None, token: str | None = None) -> Any:
-    url, headers = _session(url, token)
-    owner = owner or load_credentials().username or whoami_name(url, headers)
+    session = hub_session(url, token, FunctionsError)
+    owner = owner or session.username or whoami_name(session.url, session.headers)
     body = payload if isinstance(payload, (bytes, bytearray)) else json.dumps(payload).encode()
     ctype = "application/octet-stream" if isinstance(payload, (bytes, bytearray)) else "application/json"
     r = requests.post(
-        f"{url}{SERVICE_PATH}/fn/{owner}/{name}", data=body, headers={**headers, "Content-Type": ctype}, timeout=600
+        f"{session.url}{SERVICE_PATH}/fn/{owner}/{name}", data=body,
+        headers={**session.headers, "Content-Type": ctype}, timeout=600,
     )
     if r.status_code >= 400:
         _answer(r)
@@ -140,6 +132,7 @@ def whoami_name(url: str, headers: dict[str, str]) -> str:
 
 def call(method: str, path: str, *, json_body: Any = None, url: str | None = None, token: str | None = None) -> dict[str, Any]:
     """Any management call: `call("GET", "api/functions")`."""
-    url, headers = _session(url, token)
-    r = requests.request(method, f"{url}{SERVICE_PATH}/{path.lstrip('/')}", json=json_body, headers=headers, timeout=120)
+    session = hub_session(url, token, FunctionsError)
+    r = requests.request(method, f"{session.url}{SERVICE_PATH}/{path.lstrip('/')}", json=json_body,
+                         headers=session.headers, timeout=120)
     return _answer(r)

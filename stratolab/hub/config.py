@@ -15,20 +15,16 @@ from pathlib import Path
 
 from stratolab.db import ensure_schema
 from stratolab.errors import StratolabError
-from stratolab.functions.service.access import CUSTOM_SCOPES, DEPLOY, INVOKE
 from stratolab.hub.admin import ensure_data_dir
 from stratolab.hub.auth import configure_authentication
 from stratolab.hub.culling import culler_service
-from stratolab.hub.profiles import load_profile_list, parse_profile_list
 from stratolab.hub.spawner import ISOLATION_SHARED, ISOLATION_SYSTEM_USERS, StratolabSpawner
-from stratolab.hub.system_users import unreachable_path
-from stratolab.jobs.service.handlers import CUSTOM_SCOPES as JOB_SCOPES
-from stratolab.jobs.service.handlers import RUN as JOBS_RUN
+from stratolab.platform.accounts import unreachable_path
+from stratolab.platform.profiles import load_profile_list, parse_profile_list
+from stratolab.platform.scopes import CUSTOM_SCOPES, FUNCTIONS_SERVICE, SCHEDULER_SERVICE, user_scopes
 from stratolab.settings import PROJECT_ROOT, PlatformSettings
 
 log = logging.getLogger("stratolab")
-FUNCTIONS_SERVICE = "functions"
-SCHEDULER_SERVICE = "scheduler"
 
 SHARED_MODE_WARNING = (
     "Stratolab runs every user's server as %s (isolation 'shared'): users are NOT isolated from "
@@ -131,14 +127,11 @@ def configure_hub(c, settings: PlatformSettings | None = None) -> PlatformSettin
     service, role = culler_service(
         settings.cull_timeout, settings.cull_gpu_timeout, settings.cull_every
     )
-    functions, user_scopes = functions_service(settings, isolation)
-    scheduler, job_scopes = scheduler_service(settings, isolation)
-    user_scopes = [*user_scopes, *job_scopes]
-    c.JupyterHub.services = [service, functions, scheduler]
-    c.JupyterHub.custom_scopes = {**CUSTOM_SCOPES, **JOB_SCOPES}
-    c.JupyterHub.load_roles = [role, {"name": "user", "scopes": ["self", *user_scopes]}]
+    c.JupyterHub.services = [service, functions_service(settings, isolation), scheduler_service(settings, isolation)]
+    c.JupyterHub.custom_scopes = CUSTOM_SCOPES
+    c.JupyterHub.load_roles = [role, {"name": "user", "scopes": ["self", *user_scopes()]}]
     # a server's own token may deploy and invoke its user's functions (stratolab.functions.deploy)
-    c.Spawner.server_token_scopes = ["users:activity!user", "access:servers!server", *user_scopes]
+    c.Spawner.server_token_scopes = ["users:activity!user", "access:servers!server", *user_scopes()]
     c.StratolabSpawner.stratolab_url = settings.public_url
     return settings
 
@@ -162,8 +155,8 @@ def passed_through(prefixes: tuple[str, ...], names: tuple[str, ...],
     return {k: v for k, v in env.items() if k.startswith(prefixes) or k in names}
 
 
-def functions_service(settings: PlatformSettings, isolation: str) -> tuple[dict, list[str]]:
-    """The functions service entry, and the scopes each user gets on their own functions."""
+def functions_service(settings: PlatformSettings, isolation: str) -> dict:
+    """The functions service entry."""
     root = settings.functions_root()
     root.mkdir(parents=True, exist_ok=True)
     os.chmod(root, 0o711 if isolation == ISOLATION_SYSTEM_USERS else 0o700)
@@ -184,11 +177,11 @@ def functions_service(settings: PlatformSettings, isolation: str) -> tuple[dict,
         },
         "display": False,
     }
-    return service, [f"{DEPLOY}!user", f"{INVOKE}!user", f"access:services!service={FUNCTIONS_SERVICE}"]
+    return service
 
 
-def scheduler_service(settings: PlatformSettings, isolation: str) -> tuple[dict, list[str]]:
-    """The scheduler service entry (scheduled notebooks), and the scopes each user gets on their jobs."""
+def scheduler_service(settings: PlatformSettings, isolation: str) -> dict:
+    """The scheduler service entry (scheduled notebooks)."""
     root = settings.jobs_root()
     root.mkdir(parents=True, exist_ok=True)
     os.chmod(root, 0o711 if isolation == ISOLATION_SYSTEM_USERS else 0o700)
@@ -210,4 +203,4 @@ def scheduler_service(settings: PlatformSettings, isolation: str) -> tuple[dict,
         },
         "display": False,
     }
-    return service, [f"{JOBS_RUN}!user", f"access:services!service={SCHEDULER_SERVICE}"]
+    return service

@@ -29,18 +29,14 @@ from typing import Any
 
 import yaml
 
-from stratolab.functions.service.access import CUSTOM_SCOPES, DEPLOY, INVOKE
 from stratolab.hub.auth import configure_authentication
 from stratolab.hub.culling import CULLER_SERVICE, culler_service
-from stratolab.hub.kubernetes import KubernetesSettings, configure_kubespawner
-from stratolab.hub.profiles import GPU_RESOURCE, ProfileError, parse_profile_list
-from stratolab.jobs.service.handlers import CUSTOM_SCOPES as JOB_SCOPES
-from stratolab.jobs.service.handlers import RUN as JOBS_RUN
+from stratolab.platform.kube_profiles import KubernetesSettings, configure_kubespawner
+from stratolab.platform.profiles import GPU_RESOURCE, ProfileError, parse_profile_list
+from stratolab.platform.scopes import CUSTOM_SCOPES, FUNCTIONS_SERVICE, SCHEDULER_SERVICE, user_scopes
 from stratolab.settings import PlatformSettings
 
 DEFAULT_VALUES_PATH = Path("/etc/stratolab/values.yaml")
-FUNCTIONS_SERVICE = "functions"
-SCHEDULER_SERVICE = "scheduler"
 #: Environment variables holding each registered service's API token (from the chart's Secret).
 SERVICE_TOKEN_ENV = {
     FUNCTIONS_SERVICE: "STRATOLAB_FUNCTIONS_API_TOKEN",
@@ -121,7 +117,7 @@ class KubeHubValues:
     internal_proxy_url: str
     kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
     storage: UserStorage = field(default_factory=UserStorage)
-    #: KubeSpawner-style profile list (see stratolab.hub.profiles), already validated.
+    #: KubeSpawner-style profile list (see stratolab.platform.profiles), already validated.
     profile_list: list[dict[str, Any]] = field(default_factory=list)
     #: Labels every user pod and PVC gets besides KubeSpawner's own.
     extra_labels: dict[str, str] = field(default_factory=dict)
@@ -217,14 +213,6 @@ def hub_services(values: KubeHubValues, settings: PlatformSettings, environ: Map
     return services
 
 
-def user_scopes() -> list[str]:
-    """What every user may do with their own functions and jobs (as `config.py` grants locally)."""
-    return [
-        f"{DEPLOY}!user", f"{INVOKE}!user", f"access:services!service={FUNCTIONS_SERVICE}",
-        f"{JOBS_RUN}!user", f"access:services!service={SCHEDULER_SERVICE}",
-    ]
-
-
 def with_gpu_idle_timeout(profile_list: list[dict[str, Any]], gpu_timeout: int) -> list[dict[str, Any]]:
     """GPU servers learn their shorter idle limit (the lab's status panel shows it), as locally."""
     out = copy.deepcopy(profile_list)
@@ -304,7 +292,7 @@ def configure_kubernetes(c: Any, settings: PlatformSettings, environ: Mapping[st
     configure_user_pods(c, values)
 
     c.JupyterHub.services = hub_services(values, settings, environ)
-    c.JupyterHub.custom_scopes = {**CUSTOM_SCOPES, **JOB_SCOPES}
+    c.JupyterHub.custom_scopes = CUSTOM_SCOPES
     roles = [{"name": "user", "scopes": ["self", *user_scopes()]}]
     if values.culler_enabled:
         _service, culler_role = culler_service(settings.cull_timeout, settings.cull_gpu_timeout, settings.cull_every)

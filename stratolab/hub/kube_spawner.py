@@ -18,7 +18,7 @@ from typing import Any
 from kubespawner import KubeSpawner
 from tornado import web
 
-from stratolab.hub.profiles import GPU_RESOURCE
+from stratolab.platform.profiles import GPU_RESOURCE
 
 
 def gpu_count(extra_resource_limits: dict[str, Any] | None) -> int:

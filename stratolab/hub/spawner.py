@@ -26,10 +26,10 @@ from traitlets import Bool, Integer, List, Unicode, default
 
 from stratolab.db.engine import make_engine, session_factory
 from stratolab.errors import StratolabError
-from stratolab.hub import system_users
-from stratolab.hub.profiles import Profile, choose_profile, default_profile_list, parse_profile_list
+from stratolab.platform import accounts as system_users
 from stratolab.platform.gpu_ledger import GpuLedger
 from stratolab.platform.gpus import GpuAllocation, GpuAllocator, Holder, discover_gpus
+from stratolab.platform.profiles import Profile, choose_profile, default_profile_list, parse_profile_list
 from stratolab.settings import PROJECT_ROOT
 
 ISOLATION_SYSTEM_USERS = "system-users"

@@ -19,7 +19,6 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from stratolab.db.models import JobRun, JobSchedule
-from stratolab.hub.profiles import Profile
 from stratolab.jobs import cron, metrics
 from stratolab.jobs.clock import Clock
 from stratolab.jobs.executor import (
@@ -37,6 +36,7 @@ from stratolab.jobs.files import JobFiles
 from stratolab.jobs.notify import Notifier
 from stratolab.jobs.store import JobStore, run_view, schedule_view
 from stratolab.platform.gpus import GpuAllocation, Holder, NoFreeGpu
+from stratolab.platform.profiles import Profile
 
 if TYPE_CHECKING:  # the AutoML service imports the scheduler's modules
     from stratolab.jobs.automl.service import AutoMLService

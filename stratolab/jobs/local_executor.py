@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -29,8 +28,8 @@ from typing import Any
 
 import psutil
 
-from stratolab.functions.runtime.protocol import recv_frame, send_frame
 from stratolab.jobs.executor import FAILED, STOPPED, TIMED_OUT, Account, Execution, NotebookExecutor, RunResult, RunSpec
+from stratolab.platform import forkserver
 from stratolab.platform.sockets import short_tmp_root
 
 log = logging.getLogger("stratolab.jobs")
@@ -102,14 +101,7 @@ class _ForkServer:
     used: float = field(default_factory=time.monotonic)
 
     def request(self, header: dict) -> dict:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(30)
-            s.connect(str(self.control))
-            send_frame(s, header)
-            reply, _ = recv_frame(s)
-        if reply.get("status") != 200:
-            raise RuntimeError(reply.get("error", "the fork-server refused"))
-        return reply
+        return forkserver.request(str(self.control), header, timeout=30)
 
 
 class LocalExecution(Execution):

@@ -136,3 +136,22 @@ def _extract(tar: tarfile.TarFile, target: Path, limits: ArchiveLimits, accept: 
         os.replace(tmp, path)
         written.append(name)
     return written
+
+
+#: what a function bundle may hold once extracted (a trained model or two, not a data set); bundles
+#: travel between capabilities (AutoML saves them, the functions service deploys them)
+BUNDLE_LIMITS = ArchiveLimits(max_members=20000, max_bytes=8 * 1024**3)
+
+
+def extract_bundle(source: bytes | IO[bytes], target: Path) -> list[str]:
+    """Unpack a function bundle (.tar.gz) by this module's rules, within BUNDLE_LIMITS."""
+    return extract(source, Path(target), BUNDLE_LIMITS, folder_mode=0o755)
+
+
+def pack(directory: Path) -> bytes:
+    """A directory as a .tar.gz (a bundle to upload): its files and folders, in a fixed order."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for path in sorted(Path(directory).rglob("*")):
+            tar.add(path, arcname=str(path.relative_to(directory)), recursive=False)
+    return buf.getvalue()

@@ -7,17 +7,12 @@ and a leaked token opens one immutable bundle, never another version or another 
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+from stratolab.platform.tokens import sign, verify
 
 
 def bundle_token(secret: str, owner: str, name: str, version: int) -> str:
-    message = f"{owner}/{name}/{int(version)}".encode()
-    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
+    return sign(secret, f"{owner}/{name}/{int(version)}")
 
 
 def check_bundle_token(secret: str, owner: str, name: str, version: int, token: str | None) -> bool:
-    """Constant-time comparison, so the answer's timing says nothing about how close a guess was."""
-    if not secret or not token:
-        return False
-    return hmac.compare_digest(bundle_token(secret, owner, name, version), token)
+    return verify(secret, f"{owner}/{name}/{int(version)}", token)

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from stratolab.hub.profiles import CPU_IMAGE, CUDA_IMAGE
+from stratolab.platform.profiles import CPU_IMAGE, CUDA_IMAGE
 
 #: the toleration GPU nodes usually carry (the NVIDIA GPU operator and the cloud GPU node pools taint
 #: their nodes with it), so that only pods asking for a GPU land there

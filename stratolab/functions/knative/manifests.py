@@ -31,7 +31,6 @@ With dynamic batching on, one instance should receive `concurrency * max_batch_s
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import math
 import re
@@ -42,6 +41,7 @@ from urllib.parse import quote
 
 from stratolab.functions.knative.config import KnativeConfig
 from stratolab.functions.policy import ScalingPolicy
+from stratolab.platform.names import label_value, short_digest
 
 SERVING = "serving.knative.dev/v1"
 CONTAINER = "function"
@@ -58,11 +58,6 @@ SPEC_HASH_ANNOTATION = "stratolab.io/spec-hash"
 #: selects every object this backend made
 SELECTOR = f"{COMPONENT_LABEL}=function,app.kubernetes.io/managed-by=stratolab"
 
-_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
-
-
-def _short_hash(text: str, n: int = 8) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:n]
 
 
 def service_name(owner: str, name: str) -> str:
@@ -71,7 +66,7 @@ def service_name(owner: str, name: str) -> str:
     clean = re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", raw)).strip("-")
     if clean == raw and len(clean) <= MAX_SERVICE_NAME:
         return clean
-    return f"{clean[:MAX_SERVICE_NAME - 9].rstrip('-')}-{_short_hash(f'{owner}/{name}')}"
+    return f"{clean[:MAX_SERVICE_NAME - 9].rstrip('-')}-{short_digest(f'{owner}/{name}')}"
 
 
 def tag_of(version: int) -> str:
@@ -91,15 +86,6 @@ def revision_name(service: str, version: int, spec_hash: str | None = None) -> s
 
 def secret_name(service: str) -> str:
     return f"{service}-bundle"
-
-
-def label_value(text: str) -> str:
-    """`text` when it is a valid label value, else a cleaned prefix and a hash of it (user names may
-    hold `@`); the exact value is kept in an annotation."""
-    if _LABEL_VALUE.match(text):
-        return text
-    clean = re.sub(r"[^A-Za-z0-9_.-]", "-", text)[:50].strip("-_.")
-    return f"{clean}-{_short_hash(text)}" if clean else _short_hash(text)
 
 
 def function_labels(owner: str, name: str) -> dict[str, str]:
@@ -219,7 +205,7 @@ def spec_hash(template: Mapping[str, Any]) -> str:
         "annotations": {k: v for k, v in meta.get("annotations", {}).items() if k != SPEC_HASH_ANNOTATION},
         "spec": template.get("spec", {}),
     }
-    return _short_hash(json.dumps(content, sort_keys=True, separators=(",", ":")))
+    return short_digest(json.dumps(content, sort_keys=True, separators=(",", ":")))
 
 
 def build_template(config: KnativeConfig, rev: RevisionInput, revision: str | None = None) -> dict[str, Any]:

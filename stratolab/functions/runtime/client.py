@@ -9,7 +9,7 @@ from typing import Any
 
 import psutil
 
-from stratolab.functions.runtime.protocol import encode_frame, read_frame
+from stratolab.platform.protocol import encode_frame, read_frame
 
 
 async def wait_for_socket(path: Path, timeout: float = 30, pid: int | None = None) -> None:

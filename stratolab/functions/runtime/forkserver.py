@@ -7,7 +7,8 @@ the fork, so each child starts them for itself. TensorFlow is not fork-safe once
 bundles fork from a second server that imported TensorFlow and Keras and never ran an op; torch is not
 imported there, nor TensorFlow in the first one.)
 
-Protocol on the control socket (frames, see protocol.py):
+The loop is the platform's one fork-server core (stratolab.platform.forkserver); this module decides
+what a worker's child runs. Protocol on the control socket (frames, see protocol.py):
     request  {"op": "spawn", "bundle": DIR, "socket": PATH, "log": PATH, "uid": N?, "gid": N?,
               "concurrency": N, "max_batch_size": N?, "max_wait_ms": MS?, "env": {...}}
     reply    {"status": 200, "pid": PID} or {"status": 500, "error": "..."}
@@ -20,49 +21,22 @@ import argparse
 import importlib
 import os
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from stratolab.functions.runtime.protocol import recv_frame, send_frame
+from stratolab.platform import forkserver
+from stratolab.platform.forkserver import ChildRun, Decision
 from stratolab.platform.process import die_with_parent
 
 if TYPE_CHECKING:
     import subprocess
 
-_children: set[int] = set()
+def _worker(request: dict) -> ChildRun:
+    """What a forked child runs to become the worker of `request` (never returns)."""
 
-
-def _reap(_signum, _frame) -> None:
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        _children.discard(pid)
-
-
-def _terminate(_signum, _frame) -> None:
-    """Stop every worker this fork-server started, then exit."""
-    for pid in list(_children):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    os._exit(0)
-
-
-def _child(request: dict, listener: socket.socket, conn: socket.socket) -> None:
-    """Runs in the forked child: become the worker, never return."""
-    try:
-        listener.close()
-        conn.close()
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        os.setsid()
+    def run() -> None:
         log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         os.dup2(log, 1)
         os.dup2(log, 2)
@@ -70,7 +44,6 @@ def _child(request: dict, listener: socket.socket, conn: socket.socket) -> None:
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.close(devnull)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         if request.get("uid") is not None:
             os.setgroups([])
             os.setgid(int(request["gid"]))
@@ -84,13 +57,14 @@ def _child(request: dict, listener: socket.socket, conn: socket.socket) -> None:
             max_batch_size=int(request.get("max_batch_size") or 0),
             max_wait_ms=float(request.get("max_wait_ms") or 0),
         )
-    except BaseException:
-        import traceback
 
-        traceback.print_exc()
-        sys.stderr.flush()
-        os._exit(1)
-    os._exit(0)
+    return run
+
+
+def decide(request: dict) -> Decision:
+    if request.get("op") != "spawn":
+        return {"status": 400, "error": f"unknown op {str(request.get('op'))[:40]!r}"}
+    return _worker(request)
 
 
 # Imports each framework makes lazily on first use (torch imports sympy for meta tensors, ...).
@@ -110,36 +84,9 @@ def preload_modules(preload: list[str]) -> None:
 
 
 def serve(control_path: str, preload: list[str]) -> None:
-    die_with_parent(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, _terminate)
-    preload_modules(preload)
-    signal.signal(signal.SIGCHLD, _reap)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    tmp = f"{control_path}.tmp"
-    if os.path.exists(tmp):
-        os.unlink(tmp)
-    listener.bind(tmp)
-    os.chmod(tmp, 0o600)
-    listener.listen(64)
-    os.rename(tmp, control_path)  # the control socket appears once the imports are done
-    while True:
-        try:
-            conn, _ = listener.accept()
-        except InterruptedError:
-            continue
-        with conn:
-            try:
-                request, _ = recv_frame(conn)
-            except (ConnectionError, ValueError):
-                continue
-            if request.get("op") == "ping":
-                send_frame(conn, {"status": 200, "pid": os.getpid(), "preloaded": preload})
-                continue
-            pid = os.fork()
-            if pid == 0:
-                _child(request, listener, conn)
-            _children.add(pid)
-            send_frame(conn, {"status": 200, "pid": pid})
+    # workers are killed outright when the server stops: they hold nothing to save
+    forkserver.serve(control_path, decide, {"preloaded": preload}, stop_signal=signal.SIGKILL,
+                     prepare=lambda: preload_modules(preload))
 
 
 class ForkServer:
@@ -171,13 +118,7 @@ class ForkServer:
         return self
 
     def request(self, header: dict) -> dict:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.connect(str(self.control_path))
-            send_frame(s, header)
-            reply, _ = recv_frame(s)
-        if reply.get("status") != 200:
-            raise RuntimeError(reply.get("error", "the fork-server refused"))
-        return reply
+        return forkserver.request(str(self.control_path), header, timeout=None)
 
     def spawn(self, bundle: Path, socket_path: Path, log: Path, concurrency: int = 1,
               uid: int | None = None, gid: int | None = None,

@@ -28,7 +28,7 @@ from typing import Any
 
 from stratolab.functions.bundle import load_handler
 from stratolab.functions.runtime.batching import DynamicBatcher
-from stratolab.functions.runtime.protocol import encode_frame, read_frame
+from stratolab.platform.protocol import encode_frame, read_frame
 from stratolab.platform.sockets import staging_path
 
 JSON = "application/json"

@@ -35,11 +35,11 @@ from stratolab.functions.runtime.local_backend import LocalBackend
 from stratolab.functions.service import handlers, metrics
 from stratolab.functions.service.openapi import OPENAPI
 from stratolab.functions.service.state import DEFAULT_MAX_HELD_MB, ServiceState
-from stratolab.hub.system_users import ensure_system_user, system_username
+from stratolab.platform.accounts import ensure_system_user, system_username
 from stratolab.platform.gpu_ledger import GpuLedger
 from stratolab.platform.gpus import configured_gpus, discover_gpus
 from stratolab.settings import positive_int_env, user_env_python
-from stratolab.web import begin_service, log_request, routes_from_openapi, until_stopped
+from stratolab.web import begin_service, service_app, until_stopped
 
 log = logging.getLogger("stratolab.functions")
 
@@ -69,7 +69,6 @@ def system_account(owner: str) -> tuple[int, int]:
 
 #: who serves each path of the API: the routes are made from the OpenAPI document (openapi.py)
 ROUTE_HANDLERS = {
-    "/": handlers.RootHandler,
     "/api/functions": handlers.FunctionListHandler,
     "/api/functions/{name}": handlers.FunctionHandler,
     "/api/functions/{name}/traffic": handlers.TrafficHandler,
@@ -78,17 +77,15 @@ ROUTE_HANDLERS = {
     "/api/functions/{name}/versions/{version}/bundle": handlers.BundleHandler,
     "/fn/{owner}/{name}": handlers.InvokeHandler,
     "/runtime/bundles/{owner}/{name}/{version}": handlers.RuntimeBundleHandler,
-    "/metrics": handlers.MetricsHandler,
-    "/openapi.json": handlers.OpenAPIHandler,
 }
 
 
 def make_app(state: ServiceState, prefix: str, runtime_secret: str | None = None) -> web.Application:
     """`runtime_secret` signs the tokens revision pods fetch their bundles with (Knative backend);
     without it the runtime bundle route answers 404."""
-    routes = [*routes_from_openapi(prefix, OPENAPI, ROUTE_HANDLERS), (rf"{prefix.rstrip('/')}/.*", handlers.NotFoundHandler)]
-    return web.Application(routes, state=state, runtime_secret=runtime_secret or None, max_body_size=2 * 1024**3,
-                           log_function=log_request)
+    return service_app("stratolab-functions", prefix, OPENAPI, ROUTE_HANDLERS, state,
+                       metrics_registry=metrics.REGISTRY, refresh_metrics=handlers.refresh_metrics,
+                       max_body_size=2 * 1024**3, runtime_secret=runtime_secret or None)
 
 
 BACKENDS = ("local", "knative")

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import json
 
-from prometheus_client import generate_latest
-
 from stratolab.errors import InvalidInput, StratolabError
 from stratolab.functions.knative.bundle_access import check_bundle_token
 from stratolab.functions.service import metrics
-from stratolab.functions.service.access import DEPLOY, INVOKE
-from stratolab.functions.service.openapi import OPENAPI
 from stratolab.functions.service.state import ServiceState
+from stratolab.platform.scopes import FUNCTIONS_DEPLOY as DEPLOY
+from stratolab.platform.scopes import FUNCTIONS_INVOKE as INVOKE
 from stratolab.web import ServiceHandler, has_scope, path_id, token_from_headers
 
 
@@ -177,38 +175,9 @@ class InvokeHandler(BaseHandler):
         self.finish(out)
 
 
-class MetricsHandler(BaseHandler):
-    async def get(self) -> None:
-        model = await self.authenticate()
-        if "read:metrics" not in model.get("scopes", []):
-            raise StratolabError("this token lacks the scope read:metrics", status=403)
-        for view in self.state.registry.list():
-            described = self.state.describe(view)
-            metrics.INSTANCES.labels(view.owner, view.name).set(described["instances"])
-            metrics.QUEUE_DEPTH.labels(view.owner, view.name).set(
-                sum(v.get("waiting", 0) for v in described["versions"])
-            )
-        self.set_header("Content-Type", "text/plain; version=0.0.4")
-        self.finish(generate_latest(metrics.REGISTRY))
-
-
-class OpenAPIHandler(BaseHandler):
-    async def get(self) -> None:
-        await self.authenticate()
-        self.send(OPENAPI)
-
-
-class RootHandler(BaseHandler):
-    """The service's name and where its description is, for anyone: the hub checks the service is up
-    by asking this URL without a token every minute. Everything else needs a token."""
-
-    quiet_access_log = True
-
-    async def get(self) -> None:
-        self.send({"service": "stratolab-functions", "openapi": f"{self.state.prefix}openapi.json"})
-
-
-class NotFoundHandler(BaseHandler):
-    async def prepare(self) -> None:
-        await self.authenticate()
-        raise StratolabError("no such route", status=404)
+def refresh_metrics(state: ServiceState) -> None:
+    """Before a scrape: instances and waiting invocations of every function."""
+    for view in state.registry.list():
+        described = state.describe(view)
+        metrics.INSTANCES.labels(view.owner, view.name).set(described["instances"])
+        metrics.QUEUE_DEPTH.labels(view.owner, view.name).set(sum(v.get("waiting", 0) for v in described["versions"]))

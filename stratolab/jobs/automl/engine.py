@@ -28,13 +28,13 @@ import optuna
 from sqlalchemy import or_, select, update
 
 from stratolab.db.models import AutoMLJob
-from stratolab.hub.profiles import Profile, choose_profile
 from stratolab.jobs.automl import channel
 from stratolab.jobs.automl.space import grid, sample
 from stratolab.jobs.clock import Clock
 from stratolab.jobs.executor import STOPPED, SUCCEEDED, Account, NotebookExecutor, RunSpec
 from stratolab.jobs.files import JobFiles
 from stratolab.platform.gpus import GpuAllocation, Holder, NoFreeGpu
+from stratolab.platform.profiles import Profile, choose_profile
 
 log = logging.getLogger("stratolab.automl")
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -18,7 +18,6 @@ from sqlalchemy.exc import IntegrityError
 
 from stratolab.db.models import AutoMLJob
 from stratolab.errors import Conflict, InvalidInput, NotFound
-from stratolab.hub.profiles import Profile
 from stratolab.jobs.automl.config import validate_automl
 from stratolab.jobs.automl.engine import AutoMLController, insights, trial_rows
 from stratolab.jobs.automl.space import propose_space
@@ -27,6 +26,7 @@ from stratolab.jobs.executor import Account
 from stratolab.jobs.files import JobFiles
 from stratolab.jobs.parameters import inspect_parameters, validate_parameters
 from stratolab.jobs.spec import NAME_RE, notebook_path
+from stratolab.platform.profiles import Profile
 
 
 def _iso(t):
@@ -210,6 +210,6 @@ class AutoMLService:
             raise Conflict(
                 f"the best trial ({best['number']}) saved no model with a handler: end the notebook with "
                 "stratolab.save_model(model, handler=predict)")
-        from stratolab.functions.client import pack
+        from stratolab.platform.archive import pack
 
         return pack(model_dir), best

@@ -77,13 +77,13 @@ def save_model(model: Any = None, handler: Callable[..., Any] | None = None, nam
     target = Path(os.environ.get("STRATOLAB_MODEL_DIR") or Path.cwd() / "stratolab-model") / name
     target.parent.mkdir(parents=True, exist_ok=True)
     if handler is not None:
-        from stratolab.functions.capture import capture_to_directory
+        from stratolab.functions.client import capture_bundle
 
-        capture_to_directory(handler, target)
+        capture_bundle(handler, target)
     elif model is not None:
-        from stratolab.functions.serializers import save_value
+        from stratolab.functions.client import save_model_files
 
-        save_value("model", model, target)
+        save_model_files("model", model, target)
     else:
         raise ValueError("save_model needs a model, a handler, or both")
     trial_dir = _trial_dir()

@@ -33,7 +33,6 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from stratolab.hub.profiles import Profile, default_profile_list, parse_profile
 from stratolab.jobs.executor import FAILED, STOPPED, TIMED_OUT, Execution, NotebookExecutor, RunResult, RunSpec
 from stratolab.jobs.kube.manifests import (
     JobSettings,
@@ -48,6 +47,7 @@ from stratolab.jobs.kube.manifests import (
 from stratolab.jobs.kube.registry import AgentRun, AgentRuns, executor_secret
 from stratolab.jobs.kube.status import JobEnd, PodProblem, job_end, pod_problem, pod_started
 from stratolab.kube.api import SERVICE_ACCOUNT_DIR, Conflict, KubeClient, KubeError
+from stratolab.platform.profiles import Profile, default_profile_list, parse_profile
 
 log = logging.getLogger("stratolab.jobs")
 

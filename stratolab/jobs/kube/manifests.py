@@ -29,7 +29,6 @@ them in the Job's env, and the agent expands the same values from the spec route
 from __future__ import annotations
 
 import base64
-import hashlib
 import math
 import re
 from collections.abc import Mapping
@@ -37,8 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stratolab.hub.kubernetes import KubernetesSettings, kubespawner_override
-from stratolab.hub.profiles import CPU_IMAGE, CUDA_IMAGE, Profile
+from stratolab.platform.kube_profiles import KubernetesSettings, kubespawner_override
+from stratolab.platform.names import dns_label, label_value
+from stratolab.platform.profiles import CPU_IMAGE, CUDA_IMAGE, Profile
 
 #: where the pod's emptyDir work volume is mounted (the agent's workdir)
 WORK_MOUNT = "/srv/stratolab/work"
@@ -52,8 +52,6 @@ LOCAL_ONLY_ENV = frozenset({"CUDA_VISIBLE_DEVICES"})
 #: variables the agent needs; set last, so no run variable can replace them
 SCHEDULER_URL_VAR, RUN_KEY_VAR, RUN_TOKEN_VAR = "STRATOLAB_SCHEDULER_URL", "STRATOLAB_RUN_KEY", "STRATOLAB_RUN_TOKEN"
 
-_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _REFERENCE = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 
 
@@ -97,33 +95,6 @@ class RunPod:
     timeout: float | None = None
     #: the profile's environment and the run's facts, paths already localized (see `localize_paths`)
     env: Mapping[str, str] = field(default_factory=dict)
-
-
-def _digest(text: str, n: int = 8) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:n]
-
-
-def dns_label(text: str, limit: int = 63) -> str:
-    """`text` as a DNS-1123 label (lower-case, digits, dashes, at most `limit` characters).
-
-    When that changed `text` (other characters, or too long), a hash of the original is appended, so
-    two keys never share a name because of what was removed."""
-    cleaned = re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")
-    if cleaned == text and len(cleaned) <= limit and _DNS_LABEL.match(cleaned):
-        return cleaned
-    suffix = _digest(text)
-    head = cleaned[: limit - len(suffix) - 1].strip("-")
-    return f"{head}-{suffix}" if head else f"x-{suffix}"
-
-
-def label_value(text: str) -> str:
-    """`text` as a label value (at most 63 of [A-Za-z0-9_.-], alphanumeric at both ends), hashed when changed."""
-    if len(text) <= 63 and _LABEL_VALUE.match(text):
-        return text
-    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", text)
-    suffix = _digest(text)
-    head = re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", cleaned[: 63 - len(suffix) - 1])
-    return f"{head}-{suffix}" if head else suffix
 
 
 def job_name(key: str, prefix: str = "stratolab") -> str:

@@ -13,8 +13,6 @@ routes (service/executor_handlers.py) find it here. Everything runs on the servi
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import os
 import secrets
 from collections.abc import Mapping
@@ -22,6 +20,7 @@ from dataclasses import dataclass, field
 
 from stratolab.errors import NotFound, StratolabError
 from stratolab.jobs.executor import RunSpec
+from stratolab.platform.tokens import sign, verify
 
 SECRET_ENV = "STRATOLAB_EXECUTOR_SECRET"
 
@@ -32,7 +31,7 @@ def executor_secret(environ: Mapping[str, str] | None = None) -> bytes:
 
 
 def run_token(secret: bytes, key: str) -> str:
-    return hmac.new(secret, key.encode(), hashlib.sha256).hexdigest()
+    return sign(secret, key)
 
 
 @dataclass
@@ -78,7 +77,7 @@ class AgentRuns:
         if not token:
             raise StratolabError("authentication required: send the run's token (Authorization: token ...)",
                                  status=401)
-        if not hmac.compare_digest(token.encode(), self.token_for(key).encode()):
+        if not verify(self._secret, key, token):
             raise StratolabError("this token is not the token of this run", status=403)
         run = self._runs.get(key)
         if run is None:

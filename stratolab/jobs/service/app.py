@@ -31,8 +31,7 @@ from tornado import web
 
 from stratolab.db import ensure_schema, make_engine, session_factory
 from stratolab.errors import NotFound
-from stratolab.hub.profiles import Profile, choose_profile, default_profile_list, load_profile_list, parse_profile_list
-from stratolab.hub.system_users import ensure_system_user, system_username
+from stratolab.jobs import metrics
 from stratolab.jobs.automl.engine import AutoMLController
 from stratolab.jobs.automl.service import AutoMLService, search_profile
 from stratolab.jobs.clock import Clock
@@ -45,18 +44,19 @@ from stratolab.jobs.service import automl_handlers, executor_handlers, handlers
 from stratolab.jobs.service.openapi import OPENAPI
 from stratolab.jobs.service.state import JobService
 from stratolab.jobs.store import JobStore
+from stratolab.platform.accounts import ensure_system_user, system_username
 from stratolab.platform.gpu_ledger import GpuLedger
 from stratolab.platform.gpus import GpuAllocation, GpuAllocator, configured_gpus, discover_gpus
 from stratolab.platform.outbound import OutboundPolicy
+from stratolab.platform.profiles import Profile, choose_profile, default_profile_list, load_profile_list, parse_profile_list
 from stratolab.settings import user_env_python
-from stratolab.web import begin_service, log_request, routes_from_openapi, until_stopped
+from stratolab.web import begin_service, service_app, until_stopped
 
 log = logging.getLogger("stratolab.jobs")
 
 
 #: who serves each path of the API: the routes are made from the OpenAPI document (openapi.py)
 ROUTE_HANDLERS = {
-    "/": handlers.RootHandler,
     "/api/schedules": handlers.ScheduleListHandler,
     "/api/schedules/{schedule_id}": handlers.ScheduleHandler,
     "/api/schedules/{schedule_id}/pause": (handlers.PauseHandler, {"action": "pause"}),
@@ -81,18 +81,16 @@ ROUTE_HANDLERS = {
     "/api/automl/{job_id}/insights": automl_handlers.AutoMLInsightsHandler,
     "/api/automl/{job_id}/stop": automl_handlers.AutoMLStopHandler,
     "/api/automl/{job_id}/best/bundle": automl_handlers.AutoMLBestBundleHandler,
-    "/metrics": handlers.MetricsHandler,
-    "/openapi.json": handlers.OpenAPIHandler,
     # the agents of runs as Kubernetes Jobs: run-token authenticated (see executor_handlers)
     **executor_handlers.ROUTE_HANDLERS,
 }
 
 
 def make_app(state: JobService, prefix: str, automl: AutoMLService | None = None) -> web.Application:
-    routes = [*routes_from_openapi(prefix, OPENAPI, ROUTE_HANDLERS), (rf"{prefix.rstrip('/')}/.*", handlers.NotFoundHandler)]
     agent_runs = getattr(getattr(getattr(state, "scheduler", None), "executor", None), "agent_runs", None)
-    return web.Application(routes, state=state, automl=automl, agent_runs=agent_runs,
-                           max_body_size=64 * 1024 * 1024, log_function=log_request)
+    return service_app("stratolab scheduler", prefix, OPENAPI, ROUTE_HANDLERS, state,
+                       metrics_registry=metrics.REGISTRY, refresh_metrics=handlers.refresh_metrics,
+                       automl=automl, agent_runs=agent_runs)
 
 
 def _int_env(name: str, default: int, environ=os.environ) -> int:

@@ -8,16 +8,12 @@ from __future__ import annotations
 import mimetypes
 from pathlib import Path
 
-from prometheus_client import generate_latest
-
-from stratolab.errors import InvalidInput, StratolabError
+from stratolab.errors import InvalidInput
 from stratolab.jobs import metrics
-from stratolab.jobs.service.openapi import OPENAPI
 from stratolab.jobs.service.state import MAX_RUNS_LISTED, JobService
+from stratolab.platform.scopes import JOBS_RUN as RUN
 from stratolab.web import ServiceHandler, path_id
 
-RUN = "custom:jobs:run"
-CUSTOM_SCOPES = {RUN: {"description": "Create, run, stop and delete your scheduled notebook jobs, and read their outputs."}}
 RUN_STATES = ("queued", "running", "succeeded", "failed", "timed_out", "stopped")
 
 
@@ -171,37 +167,9 @@ class ProfilesHandler(BaseHandler):
         self.send({"profiles": self.jobs.profile_list()})
 
 
-class MetricsHandler(BaseHandler):
-    async def get(self) -> None:
-        model = await self.authenticate()
-        if "read:metrics" not in model.get("scopes", []):
-            raise StratolabError("this token lacks the scope read:metrics", status=403)
-        for state in RUN_STATES:
-            metrics.RUNS_BY_STATE.labels(state).set(0)
-        for state, n in self.jobs.store.state_counts().items():
-            metrics.RUNS_BY_STATE.labels(state).set(n)
-        self.set_header("Content-Type", "text/plain; version=0.0.4")
-        self.finish(generate_latest(metrics.REGISTRY))
-
-
-class OpenAPIHandler(BaseHandler):
-    async def get(self) -> None:
-        await self.authenticate()
-        self.send(OPENAPI)
-
-
-class RootHandler(BaseHandler):
-    """The service's name and where its API is described, for anyone: the hub checks the service is up
-    by asking this URL without a token every minute. Everything else needs a token."""
-
-    quiet_access_log = True
-
-    async def get(self) -> None:
-        prefix = self.jobs.prefix
-        self.send({"service": "stratolab scheduler", "api": f"{prefix}api/", "openapi": f"{prefix}openapi.json"})
-
-
-class NotFoundHandler(BaseHandler):
-    async def prepare(self) -> None:
-        await self.authenticate()
-        raise StratolabError(f"no such route: {self.request.path}", status=404)
+def refresh_metrics(jobs: JobService) -> None:
+    """Before a scrape: runs by state."""
+    for state in RUN_STATES:
+        metrics.RUNS_BY_STATE.labels(state).set(0)
+    for state, n in jobs.store.state_counts().items():
+        metrics.RUNS_BY_STATE.labels(state).set(n)

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from stratolab.errors import Conflict, InvalidInput
-from stratolab.hub.profiles import Profile, ProfileError, choose_profile
 from stratolab.jobs import cron
 from stratolab.jobs.clock import Clock
 from stratolab.jobs.engine import Scheduler
@@ -21,6 +20,7 @@ from stratolab.jobs.parameters import inspect_parameters, validate_parameters
 from stratolab.jobs.spec import notebook_content, validate_run_request, validate_schedule
 from stratolab.jobs.store import JobStore, run_view
 from stratolab.platform.gpus import GpuAllocation
+from stratolab.platform.profiles import Profile, ProfileError, choose_profile
 
 MAX_RUNS_LISTED = 500
 

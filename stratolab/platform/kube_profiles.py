@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from stratolab.hub.profiles import CPU_IMAGE, CUDA_IMAGE, GPU_RESOURCE, Profile, ProfileError
+from stratolab.platform.profiles import CPU_IMAGE, CUDA_IMAGE, GPU_RESOURCE, Profile, ProfileError
 
 #: KubeSpawner with the GPUs a server holds kept in its state (for the GPU-aware idle culler)
 KUBESPAWNER_CLASS = "stratolab.hub.kube_spawner.StratolabKubeSpawner"

@@ -1,0 +1,32 @@
+"""Every custom scope of the platform, and what each user is granted, declared once.
+
+JupyterHub checks scopes for its own API; our services check the custom ones in the tokens it hands
+them (`ServiceHandler.owner_with`). A user holds each of them filtered to their own things (`!user`,
+which the hub expands to `!user=<name>`); an admin's role may hold them unfiltered. The hub's two
+configurations (one machine, Kubernetes) grant exactly `user_scopes()`.
+"""
+
+from __future__ import annotations
+
+#: the hub-managed services (their names are also their URL prefixes: /services/NAME/)
+FUNCTIONS_SERVICE = "functions"
+SCHEDULER_SERVICE = "scheduler"
+
+FUNCTIONS_DEPLOY = "custom:functions:deploy"
+FUNCTIONS_INVOKE = "custom:functions:invoke"
+JOBS_RUN = "custom:jobs:run"
+
+#: for `c.JupyterHub.custom_scopes`
+CUSTOM_SCOPES: dict[str, dict[str, str]] = {
+    FUNCTIONS_DEPLOY: {"description": "Deploy, change and delete serverless functions."},
+    FUNCTIONS_INVOKE: {"description": "Invoke serverless functions."},
+    JOBS_RUN: {"description": "Create, run, stop and delete your scheduled notebook jobs, and read their outputs."},
+}
+
+
+def user_scopes() -> list[str]:
+    """What every user may do with their own functions and jobs, and the services they may reach."""
+    return [
+        f"{FUNCTIONS_DEPLOY}!user", f"{FUNCTIONS_INVOKE}!user", f"access:services!service={FUNCTIONS_SERVICE}",
+        f"{JOBS_RUN}!user", f"access:services!service={SCHEDULER_SERVICE}",
+    ]
