@@ -127,7 +127,7 @@ def test_an_idle_hub_logs_nothing_about_its_service_checks(tmp_path, test_homes)
 
         functions = requests.get(f"{hub.url}/services/functions/", timeout=10)
         assert functions.status_code == 200
-        assert functions.json() == {"service": "stratolab-functions",
+        assert functions.json() == {"service": "stratolab-functions", "api": "/services/functions/api/",
                                     "openapi": "/services/functions/openapi.json"}
         scheduler = requests.get(f"{hub.url}/services/scheduler/", timeout=10)
         assert scheduler.status_code == 200
