@@ -1,6 +1,6 @@
 /**
  * AutoML searches in the lab: the client of the scheduler's `api/automl` routes (through this
- * server's `stratolab/scheduler/` proxy, with `callScheduler` of jobs.ts) and the AutoML section of
+ * server's `stratolab/scheduler/` proxy, with `schedulerClient` of api/client.ts) and the AutoML section of
  * the panel: the searches, and the selected one's leaderboard, charts, trial notebooks and
  * "Deploy best".
  *
@@ -10,17 +10,15 @@ import { Dialog, showDialog, showErrorMessage } from '@jupyterlab/apputils';
 import { Contents } from '@jupyterlab/services';
 
 import { formatNumber, historyChart, IAxis, IHistoryPoint, ILine, importanceBars, parallelCoordinates } from './charts';
+import { functionsClient, RawBody, schedulerClient } from './api/client';
 import { el, JoinedLoads, Poller } from './dom';
-import { button, FormBody, functionsAnswer, functionsFetch, IFunction } from './functions';
+import { button, FormBody, IFunction } from './functions';
 import {
   ACTIVE_STATES,
-  answerError,
-  callScheduler,
   ensureDirectory,
   formatDuration,
   formatTime,
-  INotebookParameter,
-  schedulerFetch
+  INotebookParameter
 } from './jobs';
 import { PanelSection } from './panel';
 
@@ -111,32 +109,28 @@ export interface IProposal {
 }
 
 export function listAutoMLJobs(): Promise<IAutoMLJob[]> {
-  return callScheduler<{ jobs: IAutoMLJob[] }>('GET', 'api/automl').then(d => d.jobs);
+  return schedulerClient.get<{ jobs: IAutoMLJob[] }>('api/automl').then(d => d.jobs);
 }
 
 export function proposeSpace(notebook: string, content?: unknown): Promise<IProposal> {
-  return callScheduler<IProposal>('POST', 'api/automl/propose', content === undefined ? { notebook } : { notebook, content });
+  return schedulerClient.post<IProposal>('api/automl/propose', content === undefined ? { notebook } : { notebook, content });
 }
 
 export function startAutoMLJob(request: IAutoMLRequest): Promise<IAutoMLJob> {
-  return callScheduler<IAutoMLJob>('POST', 'api/automl', request);
+  return schedulerClient.post<IAutoMLJob>('api/automl', request);
 }
 
 export function listTrials(jobId: number): Promise<ITrial[]> {
-  return callScheduler<{ trials: ITrial[] }>('GET', `api/automl/${jobId}/trials`).then(d => d.trials);
+  return schedulerClient.get<{ trials: ITrial[] }>(`api/automl/${jobId}/trials`).then(d => d.trials);
 }
 
 export function fetchInsights(jobId: number): Promise<IInsights> {
-  return callScheduler<IInsights>('GET', `api/automl/${jobId}/insights`);
+  return schedulerClient.get<IInsights>(`api/automl/${jobId}/insights`);
 }
 
 /** The best trial's function bundle (.tar.gz), as bytes. */
 export async function fetchBestBundle(jobId: number): Promise<ArrayBuffer> {
-  const response = await schedulerFetch(`api/automl/${jobId}/best/bundle`);
-  if (!response.ok) {
-    throw await answerError(response);
-  }
-  return response.arrayBuffer();
+  return schedulerClient.arrayBuffer(`api/automl/${jobId}/best/bundle`);
 }
 
 /**
@@ -144,12 +138,7 @@ export async function fetchBestBundle(jobId: number): Promise<ArrayBuffer> {
  * stratolab/functions/client.py does: the .tar.gz as the body of `POST api/functions/NAME`.
  */
 export async function deployBundle(name: string, bundle: ArrayBuffer): Promise<IFunction> {
-  const response = await functionsFetch(`api/functions/${encodeURIComponent(name)}`, {
-    method: 'POST',
-    body: bundle,
-    headers: { 'Content-Type': 'application/gzip' }
-  });
-  return functionsAnswer<IFunction>(response);
+  return functionsClient.post<IFunction>(`api/functions/${encodeURIComponent(name)}`, new RawBody(bundle, 'application/gzip'));
 }
 
 // --- pure parts --------------------------------------------------------------------------------------
@@ -434,7 +423,7 @@ export class AutoMLSection extends PanelSection {
     const act = (label: string, title: string, run: () => Promise<unknown>) =>
       button(label, () => void this.guard(run), `stratolab-automl-job-${j.id}-action-${label.toLowerCase()}`, title);
     if (ACTIVE_STATES.includes(j.state)) {
-      actions.append(act('Stop', 'Stop the search: running trials are stopped, completed ones kept', () => callScheduler('POST', `api/automl/${j.id}/stop`)));
+      actions.append(act('Stop', 'Stop the search: running trials are stopped, completed ones kept', () => schedulerClient.post(`api/automl/${j.id}/stop`)));
     } else {
       actions.append(act('Delete', 'Delete the search, its trials and their outputs', () => this.remove(j)));
     }
@@ -583,7 +572,7 @@ export class AutoMLSection extends PanelSection {
   private async openTrial(job: IAutoMLJob, t: ITrial): Promise<void> {
     const { contents, openPath } = this.options;
     const path = trialNotebookPath(job.name, t.number);
-    const nb = await callScheduler<unknown>('GET', `api/automl/${job.id}/trials/${t.number}/output`);
+    const nb = await schedulerClient.get<unknown>(`api/automl/${job.id}/trials/${t.number}/output`);
     await ensureDirectory(contents, path.slice(0, path.lastIndexOf('/')));
     await contents.save(path, { type: 'notebook', format: 'json', content: nb });
     await openPath(path);
@@ -596,7 +585,7 @@ export class AutoMLSection extends PanelSection {
       buttons: [Dialog.cancelButton(), Dialog.warnButton({ label: 'Delete' })]
     });
     if (result.button.accept) {
-      await callScheduler('DELETE', `api/automl/${j.id}`);
+      await schedulerClient.delete(`api/automl/${j.id}`);
       this.outcomes.delete(j.id);
     }
   }

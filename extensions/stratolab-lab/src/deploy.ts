@@ -14,13 +14,12 @@ import { Widget } from '@lumino/widgets';
 
 import {
   button,
-  callFunctions,
   createTryBox,
-  FunctionsError,
   IFunction,
   numberField,
   readNumber
 } from './functions';
+import { functionsClient, ServiceError } from './api/client';
 import { el } from './dom';
 
 export const deployIcon = new LabIcon({
@@ -301,7 +300,7 @@ export class DeployForm extends Widget {
       return;
     }
     try {
-      const fn = await callFunctions<IFunction>('GET', `api/functions/${encodeURIComponent(name)}`);
+      const fn = await functionsClient.get<IFunction>(`api/functions/${encodeURIComponent(name)}`);
       if (this.name.value.trim() !== name) {
         return;
       }
@@ -314,7 +313,7 @@ export class DeployForm extends Widget {
       this.publicAccess.checked = fn.public;
       this.tokenAccess.checked = !fn.public;
     } catch (error) {
-      if (!(error instanceof FunctionsError && error.status === 404)) {
+      if (!(error instanceof ServiceError && error.status === 404)) {
         this.existing.textContent = `Could not look up ${name}: ${(error as Error).message}`;
       }
     }

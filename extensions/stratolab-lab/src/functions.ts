@@ -5,10 +5,9 @@
  * The shapes mirror `stratolab/functions/service/state.py` (`ServiceState.describe`).
  */
 import { Dialog, showDialog, showErrorMessage } from '@jupyterlab/apputils';
-import { URLExt } from '@jupyterlab/coreutils';
-import { ServerConnection } from '@jupyterlab/services';
 import { Widget } from '@lumino/widgets';
 
+import { functionsClient, ServiceError } from './api/client';
 import { el } from './dom';
 import { PanelSection } from './panel';
 
@@ -53,18 +52,6 @@ export interface IFunction {
   key?: string;
 }
 
-/**
- * A refused or failed call, with the service's message (written to be read by users).
- */
-export class FunctionsError extends Error {
-  constructor(
-    message: string,
-    readonly status: number
-  ) {
-    super(message);
-  }
-}
-
 /** What an invocation answered, as text (the function decides the content type). */
 export interface IInvocation {
   status: number;
@@ -73,69 +60,15 @@ export interface IInvocation {
   version: string | null;
 }
 
-/**
- * A request to the functions service through this server's proxy (`stratolab/functions/PATH`).
- */
-export async function functionsFetch(
-  path: string,
-  init: RequestInit = {},
-  settings: ServerConnection.ISettings = ServerConnection.makeSettings()
-): Promise<Response> {
-  const url = URLExt.join(settings.baseUrl, 'stratolab', 'functions', path);
-  try {
-    return await ServerConnection.makeRequest(url, init, settings);
-  } catch (error) {
-    throw new FunctionsError(
-      `Cannot reach this server: ${(error as Error).message || error}`,
-      0
-    );
-  }
-}
-
-/**
- * A management call (`api/...`) answered with JSON; throws a `FunctionsError` on 4xx/5xx.
- */
-export async function callFunctions<T>(method: string, path: string, body?: unknown): Promise<T> {
-  const init: RequestInit = { method };
-  if (body !== undefined) {
-    init.body = JSON.stringify(body);
-    init.headers = { 'Content-Type': 'application/json' };
-  }
-  return functionsAnswer<T>(await functionsFetch(path, init));
-}
-
-/**
- * The JSON of a functions service answer; throws a `FunctionsError` on 4xx/5xx.
- */
-export async function functionsAnswer<T>(response: Response): Promise<T> {
-  let data: any = null;
-  try {
-    data = await response.json();
-  } catch {
-    // Not JSON: described below from the status.
-  }
-  if (!response.ok) {
-    if (response.status === 404 && data === null) {
-      throw new FunctionsError(
-        'This server does not have the Stratolab server extension (stratolab.server) enabled.',
-        404
-      );
-    }
-    const detail = data?.error || data?.message || response.statusText;
-    throw new FunctionsError(`${response.status}: ${detail}`, response.status);
-  }
-  return data as T;
-}
-
 export function listFunctions(): Promise<IFunction[]> {
-  return callFunctions<{ functions: IFunction[] }>('GET', 'api/functions').then(d => d.functions);
+  return functionsClient.get<{ functions: IFunction[] }>('api/functions').then(d => d.functions);
 }
 
 /**
  * Invoke `owner/name` with a JSON body; the answer is returned whatever its status.
  */
 export async function invokeFunction(owner: string, name: string, json: string): Promise<IInvocation> {
-  const response = await functionsFetch(
+  const response = await functionsClient.fetch(
     `fn/${encodeURIComponent(owner)}/${encodeURIComponent(name)}`,
     { method: 'POST', body: json, headers: { 'Content-Type': 'application/json' } }
   );
@@ -401,7 +334,7 @@ export class FunctionsSection extends PanelSection {
   private async editTraffic(fn: IFunction): Promise<void> {
     const ready = fn.versions.filter(v => v.state === 'ready');
     if (ready.length === 0) {
-      throw new FunctionsError(`${fn.name} has no ready version.`, 400);
+      throw new ServiceError(`${fn.name} has no ready version.`, 400);
     }
     const form = el('div', 'jp-Stratolab-form');
     form.append(el('p', 'jp-Stratolab-note', 'Weights in percent; they must add up to 100.'));
@@ -425,7 +358,7 @@ export class FunctionsSection extends PanelSection {
       buttons: [Dialog.cancelButton(), Dialog.okButton({ label: 'Apply' })]
     });
     if (result.button.accept && result.value) {
-      await callFunctions('PUT', `api/functions/${fn.name}/traffic`, { traffic: result.value });
+      await functionsClient.put(`api/functions/${fn.name}/traffic`, { traffic: result.value });
     }
   }
 
@@ -433,7 +366,7 @@ export class FunctionsSection extends PanelSection {
     const current = Object.keys(fn.traffic).map(Number);
     const candidates = fn.versions.filter(v => v.state === 'ready' && !(current.length === 1 && current[0] === v.version));
     if (candidates.length === 0) {
-      throw new FunctionsError(`${fn.name} has no other ready version to roll back to.`, 400);
+      throw new ServiceError(`${fn.name} has no other ready version to roll back to.`, 400);
     }
     const form = el('div', 'jp-Stratolab-form');
     const select = el('select', 'jp-Stratolab-input', undefined, 'stratolab-rollback-version');
@@ -451,7 +384,7 @@ export class FunctionsSection extends PanelSection {
       buttons: [Dialog.cancelButton(), Dialog.warnButton({ label: 'Roll back' })]
     });
     if (result.button.accept) {
-      await callFunctions('POST', `api/functions/${fn.name}/rollback`, { version: result.value });
+      await functionsClient.post(`api/functions/${fn.name}/rollback`, { version: result.value });
     }
   }
 
@@ -482,12 +415,12 @@ export class FunctionsSection extends PanelSection {
       buttons: [Dialog.cancelButton(), Dialog.okButton({ label: 'Apply' })]
     });
     if (result.button.accept && result.value) {
-      await callFunctions('PATCH', `api/functions/${fn.name}`, { scaling: result.value });
+      await functionsClient.patch(`api/functions/${fn.name}`, { scaling: result.value });
     }
   }
 
   private async logs(fn: IFunction): Promise<void> {
-    const data = await callFunctions<{ logs: Record<string, string> }>('GET', `api/functions/${fn.name}/logs`);
+    const data = await functionsClient.get<{ logs: Record<string, string> }>(`api/functions/${fn.name}/logs`);
     const text = Object.entries(data.logs)
       .map(([version, log]) => `── version ${version} ──\n${log || '(no output)'}`)
       .join('\n\n');
@@ -506,7 +439,7 @@ export class FunctionsSection extends PanelSection {
       buttons: [Dialog.cancelButton(), Dialog.warnButton({ label: 'Delete' })]
     });
     if (result.button.accept) {
-      await callFunctions('DELETE', `api/functions/${fn.name}`);
+      await functionsClient.delete(`api/functions/${fn.name}`);
     }
   }
 

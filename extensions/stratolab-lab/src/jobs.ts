@@ -6,10 +6,10 @@
  * The shapes mirror docs/scheduler-api.md.
  */
 import { Dialog, showDialog, showErrorMessage } from '@jupyterlab/apputils';
-import { URLExt } from '@jupyterlab/coreutils';
-import { Contents, ServerConnection } from '@jupyterlab/services';
+import { Contents } from '@jupyterlab/services';
 import { Widget } from '@lumino/widgets';
 
+import { schedulerClient } from './api/client';
 import { el, JoinedLoads, Poller } from './dom';
 import { button } from './functions';
 import { PanelSection } from './panel';
@@ -105,107 +105,13 @@ export interface IProfile {
 export const FINISHED_STATES = ['succeeded', 'failed', 'timed_out', 'stopped'];
 export const ACTIVE_STATES = ['queued', 'running'];
 
-/**
- * A refused or failed call, with the service's message (written to be read by users) and the
- * input it is about (`field`), when it names one.
- */
-export class SchedulerError extends Error {
-  constructor(
-    message: string,
-    readonly status: number,
-    readonly field: string | null = null
-  ) {
-    super(message);
-  }
-}
-
-/** The browser URL of a scheduler route, through this server (`{base_url}stratolab/scheduler/PATH`). */
-export function schedulerUrl(
-  path: string,
-  settings: ServerConnection.ISettings = ServerConnection.makeSettings()
-): string {
-  return URLExt.join(settings.baseUrl, 'stratolab', 'scheduler', path);
-}
-
-/**
- * A request to the scheduler service through this server's proxy; throws `SchedulerError` when the
- * server cannot be reached.
- */
-export async function schedulerFetch(
-  path: string,
-  init: RequestInit = {},
-  settings: ServerConnection.ISettings = ServerConnection.makeSettings()
-): Promise<Response> {
-  try {
-    return await ServerConnection.makeRequest(schedulerUrl(path, settings), init, settings);
-  } catch (error) {
-    throw new SchedulerError(`Cannot reach this server: ${(error as Error).message || error}`, 0);
-  }
-}
-
-/** The error a failed answer stands for (`{"error", "field"}` from the service). */
-export async function answerError(response: Response): Promise<SchedulerError> {
-  let data: any = null;
-  try {
-    data = await response.json();
-  } catch {
-    // Not JSON: described below from the status.
-  }
-  if (response.status === 404 && data === null) {
-    return new SchedulerError(
-      'This server cannot reach the scheduler (no stratolab/scheduler route on it).',
-      404
-    );
-  }
-  const detail = data?.error || data?.message || response.statusText || 'request failed';
-  const field = typeof data?.field === 'string' && data.field ? data.field : null;
-  return new SchedulerError(String(detail), response.status, field);
-}
-
-/**
- * A call answered with JSON (or nothing, for a 204); throws a `SchedulerError` on 4xx/5xx.
- */
-export async function callScheduler<T>(
-  method: string,
-  path: string,
-  body?: unknown,
-  headers: Record<string, string> = {}
-): Promise<T> {
-  const init: RequestInit = { method, headers: { ...headers } };
-  if (body !== undefined) {
-    init.body = JSON.stringify(body);
-    (init.headers as Record<string, string>)['Content-Type'] = 'application/json';
-  }
-  const response = await schedulerFetch(path, init);
-  if (!response.ok) {
-    throw await answerError(response);
-  }
-  if (response.status === 204) {
-    return undefined as T;
-  }
-  try {
-    return (await response.json()) as T;
-  } catch {
-    throw new SchedulerError(`The scheduler sent an answer to ${path} that is not JSON.`, response.status);
-  }
-}
-
-/** A text answer (the run's log); throws a `SchedulerError` on 4xx/5xx. */
-export async function fetchSchedulerText(path: string): Promise<string> {
-  const response = await schedulerFetch(path);
-  if (!response.ok) {
-    throw await answerError(response);
-  }
-  return response.text();
-}
-
 export function listSchedules(): Promise<ISchedule[]> {
-  return callScheduler<{ schedules: ISchedule[] }>('GET', 'api/schedules').then(d => d.schedules);
+  return schedulerClient.get<{ schedules: ISchedule[] }>('api/schedules').then(d => d.schedules);
 }
 
 export function listRuns(scheduleId: number | null, limit = 30): Promise<IRun[]> {
   const query = scheduleId === null ? `limit=${limit}` : `schedule=${scheduleId}&limit=${limit}`;
-  return callScheduler<{ runs: IRun[] }>('GET', `api/runs?${query}`).then(d => d.runs);
+  return schedulerClient.get<{ runs: IRun[] }>(`api/runs?${query}`).then(d => d.runs);
 }
 
 /** A new idempotency key: one per click, so a retried request does not start a second run. */
@@ -217,7 +123,7 @@ export function idempotencyKey(): string {
 
 /** Start a run of a schedule now ("Run now"). */
 export function runNow(scheduleId: number): Promise<IRun> {
-  return callScheduler<IRun>('POST', `api/schedules/${scheduleId}/runs`, {
+  return schedulerClient.post<IRun>(`api/schedules/${scheduleId}/runs`, {
     idempotency_key: idempotencyKey()
   });
 }
@@ -492,8 +398,8 @@ export class JobsSection extends PanelSection {
         this._selected = s.id;
       }),
       s.active
-        ? act('Pause', 'Stop starting runs on schedule (Run now still works)', () => callScheduler('POST', `api/schedules/${s.id}/pause`))
-        : act('Resume', 'Start runs on schedule again', () => callScheduler('POST', `api/schedules/${s.id}/resume`)),
+        ? act('Pause', 'Stop starting runs on schedule (Run now still works)', () => schedulerClient.post(`api/schedules/${s.id}/pause`))
+        : act('Resume', 'Start runs on schedule again', () => schedulerClient.post(`api/schedules/${s.id}/resume`)),
       act('Edit', 'Change the schedule, its parameters and settings', () => this.options.editSchedule(s)),
       act('Delete', 'Delete the schedule, its runs and their outputs', () => this.removeSchedule(s))
     );
@@ -545,7 +451,7 @@ export class JobsSection extends PanelSection {
       actions.append(act('Open', 'Open the executed notebook (a copy in stratolab-runs/)', () => this.openRun(r)));
     }
     if (outputs.includes('html')) {
-      const href = `${schedulerUrl(`api/runs/${r.id}/output`)}?format=html&download=1`;
+      const href = `${schedulerClient.url(`api/runs/${r.id}/output`)}?format=html&download=1`;
       actions.append(link('HTML', href, testId('html'), 'Download the executed notebook as HTML', true));
     }
     actions.append(
@@ -553,7 +459,7 @@ export class JobsSection extends PanelSection {
       act('Files', 'Files the notebook wrote', () => this.showFiles(r))
     );
     if (ACTIVE_STATES.includes(r.state)) {
-      actions.append(act('Stop', 'Stop this run', () => callScheduler('POST', `api/runs/${r.id}/stop`)));
+      actions.append(act('Stop', 'Stop this run', () => schedulerClient.post(`api/runs/${r.id}/stop`)));
     }
     row.append(actions);
     return row;
@@ -582,7 +488,7 @@ export class JobsSection extends PanelSection {
     }
     // A finished run's notebook changes no more: a copy made earlier (maybe with the user's edits) stays.
     if (!exists || !FINISHED_STATES.includes(r.state)) {
-      const nb = await callScheduler<unknown>('GET', `api/runs/${r.id}/output?format=ipynb`);
+      const nb = await schedulerClient.get<unknown>(`api/runs/${r.id}/output?format=ipynb`);
       await ensureDirectory(contents, path.slice(0, path.lastIndexOf('/')));
       await contents.save(path, { type: 'notebook', format: 'json', content: nb });
     }
@@ -590,7 +496,7 @@ export class JobsSection extends PanelSection {
   }
 
   private async showLog(r: IRun): Promise<void> {
-    const text = await fetchSchedulerText(`api/runs/${r.id}/log`);
+    const text = await schedulerClient.text(`api/runs/${r.id}/log`);
     const pre = el('pre', 'jp-Stratolab-logs', text || '(empty log)', 'stratolab-run-log');
     await showDialog({
       title: `Log of run #${r.id} (${r.schedule_name})`,
@@ -600,13 +506,13 @@ export class JobsSection extends PanelSection {
   }
 
   private async showFiles(r: IRun): Promise<void> {
-    const data = await callScheduler<{ files: { path: string; size: number }[] }>('GET', `api/runs/${r.id}/files`);
+    const data = await schedulerClient.get<{ files: { path: string; size: number }[] }>(`api/runs/${r.id}/files`);
     const list = el('ul', 'jp-Stratolab-fileList', undefined, 'stratolab-run-files');
     for (const file of data.files) {
       const path = file.path.split('/').map(encodeURIComponent).join('/');
       const item = el('li', 'jp-Stratolab-file');
       const a = el('a', 'jp-Stratolab-fileLink', file.path);
-      a.href = schedulerUrl(`api/runs/${r.id}/files/${path}`);
+      a.href = schedulerClient.url(`api/runs/${r.id}/files/${path}`);
       a.download = file.path.split('/').pop() || file.path;
       a.target = '_blank';
       a.rel = 'noopener';
@@ -628,7 +534,7 @@ export class JobsSection extends PanelSection {
       buttons: [Dialog.cancelButton(), Dialog.warnButton({ label: 'Delete' })]
     });
     if (result.button.accept) {
-      await callScheduler('DELETE', `api/schedules/${s.id}`);
+      await schedulerClient.delete(`api/schedules/${s.id}`);
     }
   }
 

@@ -10,10 +10,10 @@ import { Contents } from '@jupyterlab/services';
 import { LabIcon } from '@jupyterlab/ui-components';
 import { Widget } from '@lumino/widgets';
 
+import { schedulerClient, ServiceError } from './api/client';
 import { el } from './dom';
 import { numberField, readNumber } from './functions';
 import {
-  callScheduler,
   formatTime,
   ICronPreview,
   INotebookParameter,
@@ -22,8 +22,7 @@ import {
   IRun,
   ISchedule,
   IScheduleRequest,
-  runNow,
-  SchedulerError
+  runNow
 } from './jobs';
 
 export const scheduleIcon = new LabIcon({
@@ -385,8 +384,8 @@ export class ScheduleForm extends Widget {
     this.setProgress(creating ? 'Creating the schedule…' : 'Saving the schedule…');
     try {
       const schedule = creating
-        ? await callScheduler<ISchedule>('POST', 'api/schedules', request)
-        : await callScheduler<ISchedule>('PATCH', `api/schedules/${this.schedule!.id}`, request);
+        ? await schedulerClient.post<ISchedule>('api/schedules', request)
+        : await schedulerClient.patch<ISchedule>(`api/schedules/${this.schedule!.id}`, request);
       this.schedule = schedule;
       let run: IRun | null = null;
       if (action === 'run') {
@@ -502,7 +501,7 @@ export class ScheduleForm extends Widget {
     try {
       const content = await this.readNotebook();
       const body = content !== undefined ? { content } : { notebook: this.options.path };
-      declared = (await callScheduler<{ parameters: INotebookParameter[] }>('POST', 'api/inspect', body)).parameters;
+      declared = (await schedulerClient.post<{ parameters: INotebookParameter[] }>('api/inspect', body)).parameters;
     } catch (error) {
       this.paramsBody.replaceChildren(
         el('p', 'jp-Stratolab-note', `Cannot read the notebook’s parameters: ${(error as Error).message}`, 'stratolab-schedule-parameters-error')
@@ -540,7 +539,7 @@ export class ScheduleForm extends Widget {
 
   private async loadProfiles(): Promise<void> {
     try {
-      const data = await callScheduler<{ profiles: IProfile[] }>('GET', 'api/profiles');
+      const data = await schedulerClient.get<{ profiles: IProfile[] }>('api/profiles');
       this.setProfiles(data.profiles);
     } catch (error) {
       this.showFieldError('profile', `Cannot list the environments: ${(error as Error).message}`);
@@ -595,7 +594,7 @@ export class ScheduleForm extends Widget {
       return;
     }
     try {
-      const preview = await callScheduler<ICronPreview>('POST', 'api/preview', { cron, timezone, count: 3 });
+      const preview = await schedulerClient.post<ICronPreview>('api/preview', { cron, timezone, count: 3 });
       if (seq !== this.previewSeq) {
         return;
       }
@@ -613,7 +612,7 @@ export class ScheduleForm extends Widget {
         return;
       }
       this.preview.replaceChildren();
-      const field = error instanceof SchedulerError && error.field === 'timezone' ? 'timezone' : 'cron';
+      const field = error instanceof ServiceError && error.field === 'timezone' ? 'timezone' : 'cron';
       this.showFieldError(field, (error as Error).message);
     }
   }
@@ -634,7 +633,7 @@ export class ScheduleForm extends Widget {
 
   private showError(error: unknown): void {
     const message = (error as Error).message || String(error);
-    const field = error instanceof SchedulerError ? error.field : null;
+    const field = error instanceof ServiceError ? error.field : null;
     if (field) {
       this.showFieldError(field, message);
     } else {

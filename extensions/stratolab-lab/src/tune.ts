@@ -19,9 +19,10 @@ import {
   proposeSpace,
   startAutoMLJob
 } from './automl';
+import { schedulerClient, ServiceError } from './api/client';
 import { el } from './dom';
 import { numberField, readNumber } from './functions';
-import { callScheduler, INotebookParameter, IProfile, SchedulerError } from './jobs';
+import { INotebookParameter, IProfile } from './jobs';
 import {
   checkbox, defaultScheduleName, details, FormDialog, formatParameterValue, IField, ISubmittingForm, readNotebookContent, textField
 } from './schedule';
@@ -465,7 +466,7 @@ export class TuneForm extends Widget implements ISubmittingForm<Action> {
       this.options.onStarted?.(this.job);
       return true;
     } catch (error) {
-      const field = error instanceof SchedulerError ? error.field : null;
+      const field = error instanceof ServiceError ? error.field : null;
       this.showFieldError(field ?? '', (error as Error).message || String(error));
       return false;
     } finally {
@@ -602,7 +603,7 @@ export class TuneForm extends Widget implements ISubmittingForm<Action> {
   private async loadProfiles(): Promise<void> {
     let profiles: IProfile[];
     try {
-      profiles = (await callScheduler<{ profiles: IProfile[] }>('GET', 'api/profiles')).profiles;
+      profiles = (await schedulerClient.get<{ profiles: IProfile[] }>('api/profiles')).profiles;
     } catch (error) {
       this.showFieldError('profile', `Cannot list the environments: ${(error as Error).message}`);
       return;
