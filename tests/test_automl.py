@@ -377,11 +377,11 @@ def test_cpu_trials_run_exactly_as_before_and_gpu_trials_start_cold():
 
 
 def test_retraining_on_cron_searches_in_the_schedules_profile_unless_it_names_one(tmp_path):
-    from jobs_support import in_process_service
+    from stratolab.jobs.service.app import build
 
-    service, scheduler = in_process_service(f"sqlite:///{tmp_path / 'db.sqlite'}", tmp_path / "jobs",
-                                            STRATOLAB_JOB_GPUS="0,1", STRATOLAB_JOBS_MAX_PER_USER="5",
-                                            STRATOLAB_JOBS_MAX_RUNNING="5")
+    service, scheduler, automl = build(scheduler_env(
+        f"sqlite:///{tmp_path / 'db.sqlite'}", tmp_path / "jobs", "tests", STRATOLAB_JOB_GPUS="0,1",
+        STRATOLAB_JOBS_MAX_PER_USER="5", STRATOLAB_JOBS_MAX_RUNNING="5"))
     settings = {"metric": "m", "trials": 2, "space": X_SPACE}
 
     async def search_of(name, **extra):
@@ -393,7 +393,7 @@ def test_retraining_on_cron_searches_in_the_schedules_profile_unless_it_names_on
         for _ in range(100):
             job_id = service.get_run("alice", run["id"]).get("automl_job_id")
             if job_id:
-                return scheduler.automl.get("alice", job_id)["config"]["profile"]
+                return automl.get("alice", job_id)["config"]["profile"]
             await asyncio.sleep(0.05)
         raise AssertionError(service.get_run("alice", run["id"]))
 

@@ -12,6 +12,7 @@ import pytest
 from jobs_support import in_process_service, notebook
 from stratolab.jobs.clock import FakeClock
 from stratolab.jobs.engine import retry_delay
+from stratolab.jobs.executor import SUCCEEDED, Execution, NotebookExecutor, RunResult, RunSpec
 
 NB = notebook("print(n)", parameters="n = 1")
 
@@ -127,3 +128,66 @@ def test_snapshot_is_taken_at_creation_and_update(env, tmp_path):
 async def _fire_due(scheduler, clock):
     for s in scheduler.store.due(clock.now()):
         scheduler.fire(s, clock.now())
+
+
+class _Finished(Execution):
+    async def wait(self) -> RunResult:
+        return RunResult(SUCCEEDED)
+
+
+class _RecordingExecutor(NotebookExecutor):
+    """Stands for the AutoML search executor: records what it was asked to start; holds no GPU."""
+
+    holds_gpus = False
+
+    def __init__(self):
+        self.started: list[RunSpec] = []
+
+    async def start(self, spec: RunSpec) -> Execution:
+        self.started.append(spec)
+        return _Finished()
+
+
+def test_a_schedules_runs_go_to_the_executor_chosen_for_it(tmp_path):
+    """The engine knows only executors: an AutoML schedule's run starts on the executor its chooser
+    names (with the run's id), holds none of its profile's GPUs there, and ends as that run ends."""
+    from jobs_support import scheduler_env
+    from stratolab.jobs.automl.executor import AutoMLExecutor
+    from stratolab.jobs.engine import Scheduler
+    from stratolab.jobs.service.app import build
+
+    service, built, _automl = build(scheduler_env(f"sqlite:///{tmp_path / 'db.sqlite'}", tmp_path / "jobs", "tests",
+                                                  STRATOLAB_JOB_GPUS="0,1"))
+    search = create(service, name="search", profile="gpu-1", automl={"metric": "m", "space": {
+        "n": {"type": "int", "low": 1, "high": 3}}})
+    plain = create(service, name="plain")
+    schedule_of = {s["id"]: service.store.schedule("alice", s["id"]) for s in (search, plain)}
+    assert isinstance(built.executor_for(schedule_of[search["id"]]), AutoMLExecutor)
+    assert built.executor_for(schedule_of[plain["id"]]) is built.executor
+
+    searches = _RecordingExecutor()
+    scheduler = Scheduler(built.store, built.files, built.executor, built.clock, built.config, profiles=built.profiles,
+                          account_for=built.account_for, gpus=built.gpus, notifier=built.notifier,
+                          executor_for=lambda s: searches if s.automl else built.executor)
+
+    async def main():
+        run, _ = await service.run_now("alice", search["id"], {}, None)
+        scheduler.dispatch(scheduler.clock.now())
+        assert scheduler.gpus.free() == ["0", "1"]  # the search's trials take their own
+        for _ in range(100):
+            if not scheduler.executions and service.get_run("alice", run["id"])["state"] != "running":
+                break
+            await asyncio.sleep(0.02)
+        return run
+
+    run = asyncio.run(main())
+    assert [(spec.run_id, spec.key) for spec in searches.started] == [(run["id"], f"run-{run['id']}")]
+    assert service.get_run("alice", run["id"])["state"] == "succeeded"
+
+
+def test_the_engine_imports_nothing_of_automl():
+    from test_import_contract import PACKAGE, imports
+
+    engine = PACKAGE / "jobs" / "engine.py"
+    assert [m for m, _names, _line in imports(engine) if "automl" in m] == []
+    assert "automl" not in engine.read_text().lower()  # no attribute, no branch: only the executor interface

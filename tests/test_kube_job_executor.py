@@ -23,7 +23,7 @@ from tornado import httpclient, netutil, web
 from tornado.httpserver import HTTPServer
 
 from fake_kube import FakeKube, fake_kube  # noqa: F401
-from jobs_support import in_process_service, notebook
+from jobs_support import in_process_service, notebook, scheduler_env
 from kube_controllers import Kubelet
 from stratolab.jobs.automl import channel
 from stratolab.jobs.executor import FAILED, STOPPED, SUCCEEDED, TIMED_OUT, RunSpec
@@ -384,11 +384,12 @@ def test_a_gpu_search_trial_is_a_job_asking_for_its_gpus(fake_kube, tmp_path):
     """The trial's profile comes from its search's stored config, through the service's profile_of."""
     from stratolab.jobs.automl.engine import trial_key, trial_spec
     from stratolab.jobs.engine import Scheduler as RunScheduler
+    from stratolab.jobs.service.app import build
 
-    _service, scheduler = in_process_service(
-        f"sqlite:///{tmp_path / 'db.sqlite'}", tmp_path / "jobs", STRATOLAB_JOBS_EXECUTOR="kubernetes",
-        STRATOLAB_JOBS_SCHEDULER_URL="http://stratolab-scheduler:10102/", STRATOLAB_EXECUTOR_SECRET="shared")
-    automl, profile_of = scheduler.automl, scheduler.executor.profile_of
+    _service, scheduler, automl = build(scheduler_env(
+        f"sqlite:///{tmp_path / 'db.sqlite'}", tmp_path / "jobs", "tests", STRATOLAB_JOBS_EXECUTOR="kubernetes",
+        STRATOLAB_JOBS_SCHEDULER_URL="http://stratolab-scheduler:10102/", STRATOLAB_EXECUTOR_SECRET="shared"))
+    profile_of = scheduler.executor.profile_of
     nb = notebook("import os, stratolab\nstratolab.record('m', x)\n"
                   "print('cuda', repr(os.environ.get('CUDA_VISIBLE_DEVICES')))", parameters="x = 0.1")
     request = {"notebook": "t.ipynb", "content": nb, "metric": "m", "space": {"x": {"type": "float", "low": 0, "high": 1}}}

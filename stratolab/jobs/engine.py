@@ -16,30 +16,17 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from stratolab.db.models import JobRun, JobSchedule
 from stratolab.jobs import cron, metrics
 from stratolab.jobs.clock import Clock
-from stratolab.jobs.executor import (
-    FAILED,
-    STOPPED,
-    SUCCEEDED,
-    TIMED_OUT,
-    Account,
-    Execution,
-    NotebookExecutor,
-    RunResult,
-    RunSpec,
-)
+from stratolab.jobs.executor import FAILED, STOPPED, TIMED_OUT, Account, Execution, NotebookExecutor, RunSpec
 from stratolab.jobs.files import JobFiles
 from stratolab.jobs.notify import Notifier
 from stratolab.jobs.store import JobStore, run_view, schedule_view
 from stratolab.platform.gpus import GpuAllocation, Holder, NoFreeGpu
 from stratolab.platform.profiles import Profile
-
-if TYPE_CHECKING:  # the AutoML service imports the scheduler's modules
-    from stratolab.jobs.automl.service import AutoMLService
 
 log = logging.getLogger("stratolab.jobs")
 
@@ -65,12 +52,18 @@ def retry_delay(backoff: int, attempt: int) -> float:
 
 
 class Scheduler:
+    """`executor` runs notebooks; `executor_for` chooses, per schedule, the executor of its runs (by
+    default `executor` for every schedule). The scheduler closes `executor`; an executor chosen
+    besides it is closed by whoever made it."""
+
     def __init__(self, store: JobStore, files: JobFiles, executor: NotebookExecutor, clock: Clock,
                  config: SchedulerConfig, *, profiles: dict[str, Profile], account_for: Callable[[str], Account | None],
-                 gpus: GpuAllocation, notifier: Notifier):
+                 gpus: GpuAllocation, notifier: Notifier,
+                 executor_for: Callable[[JobSchedule], NotebookExecutor] | None = None):
         self.store = store
         self.files = files
         self.executor = executor
+        self.executor_for = executor_for or (lambda _schedule: executor)
         self.clock = clock
         self.config = config
         self.profiles = profiles
@@ -85,8 +78,6 @@ class Scheduler:
         self._prepared: set[tuple[int, datetime | None]] = set()
         self._loops: list[asyncio.Task] = []
         self._closing = False
-        #: the AutoML service, for schedules whose runs are AutoML searches (set by the service's build)
-        self.automl: AutoMLService | None = None
 
     # --- life ------------------------------------------------------------------------------------
 
@@ -196,14 +187,14 @@ class Scheduler:
             if key in self._prepared or profile is None or profile.gpus:
                 continue
             self._prepared.add(key)
-            self._spawn(self._prepare(s.id, s.owner))  # never delays the loop
+            self._spawn(self._prepare(self.executor_for(s), s.id, s.owner))  # never delays the loop
         if len(self._prepared) > 10000:
             self._prepared.clear()
 
-    async def _prepare(self, schedule_id: int, owner: str) -> None:
+    async def _prepare(self, executor: NotebookExecutor, schedule_id: int, owner: str) -> None:
         try:
             account = await asyncio.get_running_loop().run_in_executor(None, self.account_for, owner)
-            await self.executor.prepare(account, self.profile_env(()))
+            await executor.prepare(account, self.profile_env(()))
         except Exception:  # only an optimisation
             log.exception("could not prepare ahead for schedule %s", schedule_id)
 
@@ -229,8 +220,8 @@ class Scheduler:
                                   [], now, from_states=("queued",))
                 continue
             holder = Holder.run(run.owner, run.id, s.name)
-            # an AutoML run holds no GPU itself: each of its trials takes its own (automl.engine)
-            gpus = 0 if s.automl else profile.gpus
+            executor = self.executor_for(s)
+            gpus = profile.gpus if executor.holds_gpus else 0
             try:
                 devices = self.gpus.acquire(holder, gpus) if gpus else ()
             except NoFreeGpu as e:
@@ -243,24 +234,14 @@ class Scheduler:
             total += 1
             per_user[run.owner] = per_user.get(run.owner, 0) + 1
             run.state, run.started_at, run.worker = "running", now, self.config.worker_id
-            self._spawn(self._execute(run, s, devices))
+            self._spawn(self._execute(executor, run, s, devices))
 
-    async def _execute(self, run: JobRun, s: JobSchedule, devices: tuple[str, ...]) -> None:
+    async def _execute(self, executor: NotebookExecutor, run: JobRun, s: JobSchedule, devices: tuple[str, ...]) -> None:
         holder = Holder.run(run.owner, run.id, s.name)
         execution: Execution
         try:
             if run.trigger == "schedule" and run.scheduled_for and run.started_at:
                 metrics.LATENESS.observe(max(0.0, (run.started_at - run.scheduled_for).total_seconds()))
-            if s.automl:
-                execution = await self._start_automl(run, s)
-                self.executions[run.id] = execution
-                try:
-                    result = await execution.wait()
-                finally:
-                    self.executions.pop(run.id, None)
-                    self.gpus.release(holder)
-                await self._ended(run, s, result.state, result.error, [])
-                return
             loop = asyncio.get_running_loop()
             account = await loop.run_in_executor(None, self.account_for, run.owner)
             workdir = await loop.run_in_executor(
@@ -271,9 +252,9 @@ class Scheduler:
                 env=self.profile_env(devices),
                 run_env={"STRATOLAB_RUN_ID": str(run.id), "STRATOLAB_SCHEDULE": s.name,
                          "STRATOLAB_SCHEDULED_FOR": run.scheduled_for.isoformat() if run.scheduled_for else ""},
-                warm=not devices,
+                warm=not devices, run_id=run.id,
             )
-            execution = await self.executor.start(spec)
+            execution = await executor.start(spec)
         except Exception as e:
             log.exception("run %s could not start", run.id)
             self.gpus.release(holder)
@@ -285,7 +266,7 @@ class Scheduler:
         finally:
             self.executions.pop(run.id, None)
             self.gpus.release(holder)
-            finished = getattr(self.executor, "finished", None)
+            finished = getattr(executor, "finished", None)
             if finished:
                 finished(execution)
         state, error = result.state, result.error
@@ -321,17 +302,6 @@ class Scheduler:
             view = run_view(final, s.name)
             url = f"{self.config.public_url}/services/scheduler/api/runs/{run.id}"
             self._spawn(self.notifier.send(notify, schedule_view(s, final, cron.describe(s.cron, s.timezone)), view, url))
-
-    async def _start_automl(self, run: JobRun, s: JobSchedule) -> AutoMLExecution:
-        """A run of an AutoML schedule (retraining on cron): an AutoML search over the snapshot."""
-        if self.automl is None:
-            raise RuntimeError("AutoML is not available in this scheduler")
-        if not s.automl:
-            raise RuntimeError(f"schedule {s.id} is not an AutoML schedule")
-        job_id = self.automl.start_for_run(run.owner, s.name, s.notebook, run.snapshot_digest, json.loads(s.automl),
-                                           run.id, profile=s.profile)
-        self.store.set_automl_job(run.id, job_id)
-        return AutoMLExecution(self.automl, job_id, s.timeout)
 
     # --- stop, heartbeats, recovery --------------------------------------------------------------
 
@@ -378,33 +348,3 @@ class Scheduler:
 
     def describe(self, s: JobSchedule, last: JobRun | None) -> dict[str, Any]:
         return schedule_view(s, last, cron.describe(s.cron, s.timezone))
-
-
-
-class AutoMLExecution(Execution):
-    """A scheduled run that is an AutoML search: it ends when the search does."""
-
-    def __init__(self, automl: AutoMLService, job_id: int, timeout: float | None):
-        self.automl, self.job_id, self.timeout = automl, job_id, timeout
-        self.reason: str | None = None
-
-    async def wait(self) -> RunResult:
-        started = asyncio.get_running_loop().time()
-        while True:
-            state, error = self.automl.state_of(self.job_id)
-            if state in ("succeeded", "failed", "stopped"):
-                break
-            if self.timeout and asyncio.get_running_loop().time() - started > self.timeout and self.reason is None:
-                await self.stop(TIMED_OUT)
-            await asyncio.sleep(1.0)
-        if self.reason == TIMED_OUT:
-            return RunResult(TIMED_OUT, f"the AutoML search {self.job_id} took longer than {self.timeout:g} s")
-        if state == "succeeded":
-            return RunResult(SUCCEEDED, None)
-        if state == "stopped":
-            return RunResult(STOPPED, error)
-        return RunResult(FAILED, f"AutoML job {self.job_id}: {error}")
-
-    async def stop(self, reason: str = STOPPED) -> None:
-        self.reason = self.reason or reason
-        self.automl.request_stop(self.job_id)

@@ -37,6 +37,16 @@ class Account:
     name: str
 
 
+class WorkdirFile:
+    """A file of a run's workdir (see above), read as an attribute of its RunSpec: `spec.output_path`."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __get__(self, spec: Any, owner: type | None = None) -> Path:
+        return spec.workdir / self.name
+
+
 @dataclass(frozen=True)
 class RunSpec:
     key: str
@@ -54,30 +64,16 @@ class RunSpec:
     warm: bool = True
     #: how many runs like this one may start at once (kernels to keep started ahead)
     warm_count: int = 1
+    #: the scheduled run this executes (None for an AutoML trial): an executor that needs more than
+    #: the notebook (the AutoML search of a run) reads the run and its schedule by it
+    run_id: int | None = None
 
-    @property
-    def input_path(self) -> Path:
-        return self.workdir / "input.ipynb"
-
-    @property
-    def output_path(self) -> Path:
-        return self.workdir / "output.ipynb"
-
-    @property
-    def html_path(self) -> Path:
-        return self.workdir / "output.html"
-
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / "run.log"
-
-    @property
-    def result_path(self) -> Path:
-        return self.workdir / "result.json"
-
-    @property
-    def files_dir(self) -> Path:
-        return self.workdir / "files"
+    input_path = WorkdirFile("input.ipynb")
+    output_path = WorkdirFile("output.ipynb")
+    html_path = WorkdirFile("output.html")
+    log_path = WorkdirFile("run.log")
+    result_path = WorkdirFile("result.json")
+    files_dir = WorkdirFile("files")
 
     def reported(self) -> tuple[dict[str, Any], tuple[str, ...]]:
         """What the runner wrote in result.json ({} when nothing yet), and the outputs there are: those
@@ -127,6 +123,10 @@ class Execution(abc.ABC):
 
 
 class NotebookExecutor(abc.ABC):
+    #: does a run hold its profile's GPUs from start to end? Not when its work takes devices piece by
+    #: piece (an AutoML search: each trial its own)
+    holds_gpus: bool = True
+
     @abc.abstractmethod
     async def start(self, spec: RunSpec) -> Execution:
         """Start a run of `spec.input_path`; returns once it is running."""

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import CursorResult, func, select, update
+from sqlalchemy import CursorResult, Select, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -22,6 +22,42 @@ from stratolab.errors import Conflict, NotFound
 
 ACTIVE_STATES = ("queued", "running")
 FINAL_STATES = ("succeeded", "failed", "timed_out", "stopped")
+
+Owned = TypeVar("Owned", JobSchedule, JobRun, AutoMLJob)
+
+
+def owned(db: Session, model: type[Owned], ident: int, owner: str | None, what: str) -> Owned:
+    """Row `ident` of `model` when `owner` owns it (None: whoever does); else NotFound, the same answer
+    whether it does not exist or is someone else's."""
+    row = db.get(model, ident)
+    if row is None or (owner is not None and row.owner != owner):
+        raise NotFound(f"you have no {what} {ident}")
+    return row
+
+
+def committed(db: Session) -> bool:
+    """Commit; False, rolled back, when a unique key refuses it (the name or key is taken)."""
+    try:
+        db.commit()
+    except IntegrityError:
+        db.rollback()
+        return False
+    return True
+
+
+def all_detached(sessions: Callable[[], Session], query: Select[Owned]) -> list[Owned]:
+    """The rows `query` selects, usable after their session closes."""
+    with sessions() as db:
+        rows = list(db.scalars(query))
+        db.expunge_all()
+        return rows
+
+
+def detached(db: Session, row: Owned) -> Owned:
+    """The row as the database has it now, usable after its session closes."""
+    db.refresh(row)
+    db.expunge(row)
+    return row
 
 
 def _iso(t: datetime | None) -> str | None:
@@ -81,55 +117,35 @@ class JobStore:
         with self.sessions() as db:
             s = JobSchedule(**fields)
             db.add(s)
-            try:
-                db.commit()
-            except IntegrityError:
-                db.rollback()
-                raise Conflict(f"you already have a schedule named {fields['name']!r}: choose another name") from None
-            db.refresh(s)
-            db.expunge(s)
-            return s
+            if not committed(db):
+                raise Conflict(f"you already have a schedule named {fields['name']!r}: choose another name")
+            return detached(db, s)
 
     def schedule(self, owner: str, schedule_id: int) -> JobSchedule:
         with self.sessions() as db:
-            s = db.get(JobSchedule, schedule_id)
-            if s is None or s.owner != owner:
-                raise NotFound(f"you have no schedule {schedule_id}")
+            s = owned(db, JobSchedule, schedule_id, owner, "schedule")
             db.expunge(s)
             return s
 
     def schedules(self, owner: str | None = None) -> list[JobSchedule]:
-        with self.sessions() as db:
-            q = select(JobSchedule).order_by(JobSchedule.id)
-            if owner is not None:
-                q = q.where(JobSchedule.owner == owner)
-            out = list(db.scalars(q))
-            for s in out:
-                db.expunge(s)
-            return out
+        q = select(JobSchedule).order_by(JobSchedule.id)
+        if owner is not None:
+            q = q.where(JobSchedule.owner == owner)
+        return all_detached(self.sessions, q)
 
     def update_schedule(self, owner: str, schedule_id: int, **fields: Any) -> JobSchedule:
         with self.sessions() as db:
-            s = db.get(JobSchedule, schedule_id)
-            if s is None or s.owner != owner:
-                raise NotFound(f"you have no schedule {schedule_id}")
+            s = owned(db, JobSchedule, schedule_id, owner, "schedule")
             for k, v in fields.items():
                 setattr(s, k, v)
-            try:
-                db.commit()
-            except IntegrityError:
-                db.rollback()
-                raise Conflict(f"you already have a schedule named {fields.get('name')!r}: choose another name") from None
-            db.refresh(s)
-            db.expunge(s)
-            return s
+            if not committed(db):
+                raise Conflict(f"you already have a schedule named {fields.get('name')!r}: choose another name")
+            return detached(db, s)
 
     def delete_schedule(self, owner: str, schedule_id: int) -> list[int]:
         """Delete it with its runs; returns the ids of the deleted runs."""
         with self.sessions() as db:
-            s = db.get(JobSchedule, schedule_id)
-            if s is None or s.owner != owner:
-                raise NotFound(f"you have no schedule {schedule_id}")
+            s = owned(db, JobSchedule, schedule_id, owner, "schedule")
             run_ids = list(db.scalars(select(JobRun.id).where(JobRun.schedule_id == schedule_id)))
             db.query(JobRun).filter(JobRun.schedule_id == schedule_id).delete()
             db.delete(s)
@@ -137,12 +153,8 @@ class JobStore:
             return run_ids
 
     def due(self, now: datetime) -> list[JobSchedule]:
-        with self.sessions() as db:
-            q = select(JobSchedule).where(JobSchedule.active.is_(True), JobSchedule.next_run_at <= now)
-            out = list(db.scalars(q))
-            for s in out:
-                db.expunge(s)
-            return out
+        return all_detached(self.sessions, select(JobSchedule).where(JobSchedule.active.is_(True),
+                                                                    JobSchedule.next_run_at <= now))
 
     def earliest_next(self) -> datetime | None:
         with self.sessions() as db:
@@ -173,14 +185,7 @@ class JobStore:
         with self.sessions() as db:
             run = JobRun(**fields)
             db.add(run)
-            try:
-                db.commit()
-            except IntegrityError:
-                db.rollback()
-                return None
-            db.refresh(run)
-            db.expunge(run)
-            return run
+            return detached(db, run) if committed(db) else None
 
     def run_by_key(self, owner: str, key: str) -> JobRun | None:
         with self.sessions() as db:
@@ -191,9 +196,7 @@ class JobStore:
 
     def run(self, run_id: int, owner: str | None = None) -> JobRun:
         with self.sessions() as db:
-            run = db.get(JobRun, run_id)
-            if run is None or (owner is not None and run.owner != owner):
-                raise NotFound(f"you have no run {run_id}")
+            run = owned(db, JobRun, run_id, owner, "run")
             db.expunge(run)
             return run
 
@@ -215,24 +218,13 @@ class JobStore:
     def last_runs(self, schedule_ids: list[int]) -> dict[int, JobRun]:
         if not schedule_ids:
             return {}
-        with self.sessions() as db:
-            latest = (select(func.max(JobRun.id)).where(JobRun.schedule_id.in_(schedule_ids))
-                      .group_by(JobRun.schedule_id))
-            out = {}
-            for run in db.scalars(select(JobRun).where(JobRun.id.in_(latest))):
-                db.expunge(run)
-                out[run.schedule_id] = run
-            return out
+        latest = select(func.max(JobRun.id)).where(JobRun.schedule_id.in_(schedule_ids)).group_by(JobRun.schedule_id)
+        return {run.schedule_id: run for run in all_detached(self.sessions, select(JobRun).where(JobRun.id.in_(latest)))}
 
     def queued(self, now: datetime, limit: int = 100) -> list[JobRun]:
-        with self.sessions() as db:
-            q = (select(JobRun).where(JobRun.state == "queued")
-                 .where((JobRun.not_before.is_(None)) | (JobRun.not_before <= now))
-                 .order_by(JobRun.created_at, JobRun.id).limit(limit))
-            out = list(db.scalars(q))
-            for r in out:
-                db.expunge(r)
-            return out
+        return all_detached(self.sessions, select(JobRun).where(JobRun.state == "queued")
+                            .where((JobRun.not_before.is_(None)) | (JobRun.not_before <= now))
+                            .order_by(JobRun.created_at, JobRun.id).limit(limit))
 
     def earliest_not_before(self) -> datetime | None:
         with self.sessions() as db:
@@ -285,20 +277,14 @@ class JobStore:
 
     def orphans(self, now: datetime, stale_after: timedelta, worker: str, startup: bool) -> list[JobRun]:
         """Running runs whose scheduler is gone: silent too long, or (at start) our own previous life."""
-        with self.sessions() as db:
-            cond = JobRun.heartbeat_at < now - stale_after
-            if startup:
-                cond = cond | (JobRun.worker == worker)
-            out = list(db.scalars(select(JobRun).where(JobRun.state == "running").where(cond)))
-            for r in out:
-                db.expunge(r)
-            return out
+        cond = JobRun.heartbeat_at < now - stale_after
+        if startup:
+            cond = cond | (JobRun.worker == worker)
+        return all_detached(self.sessions, select(JobRun).where(JobRun.state == "running").where(cond))
 
     def delete_run(self, owner: str, run_id: int) -> None:
         with self.sessions() as db:
-            run = db.get(JobRun, run_id)
-            if run is None or run.owner != owner:
-                raise NotFound(f"you have no run {run_id}")
+            run = owned(db, JobRun, run_id, owner, "run")
             if run.state in ACTIVE_STATES:
                 raise Conflict(f"run {run_id} is {run.state}: stop it first")
             db.delete(run)

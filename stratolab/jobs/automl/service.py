@@ -14,7 +14,6 @@ from typing import Any
 
 import optuna
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 
 from stratolab.db.models import AutoMLJob
 from stratolab.errors import Conflict, InvalidInput, NotFound
@@ -26,6 +25,7 @@ from stratolab.jobs.executor import Account
 from stratolab.jobs.files import JobFiles
 from stratolab.jobs.parameters import inspect_parameters, validate_parameters
 from stratolab.jobs.spec import NAME_RE, notebook_path
+from stratolab.jobs.store import all_detached, committed, detached, owned
 from stratolab.platform.profiles import Profile
 
 
@@ -55,9 +55,7 @@ class AutoMLService:
 
     def _get(self, owner: str, job_id: int) -> AutoMLJob:
         with self.sessions() as db:
-            job = db.get(AutoMLJob, job_id)
-            if job is None or job.owner != owner:
-                raise NotFound(f"you have no AutoML job {job_id}")
+            job = owned(db, AutoMLJob, job_id, owner, "AutoML job")
             db.expunge(job)
             return job
 
@@ -124,15 +122,10 @@ class AutoMLService:
                             config=json.dumps(config), study_name=study_name, state="queued", stop_requested=False,
                             created_at=self.clock.now())
             db.add(job)
-            try:
-                db.commit()
-            except IntegrityError:
-                db.rollback()
+            if not committed(db):
                 optuna.delete_study(study_name=study_name, storage=self.controller.storage)
-                raise Conflict(f"you already have an AutoML job named {name!r}: choose another name") from None
-            db.refresh(job)
-            db.expunge(job)
-        return job
+                raise Conflict(f"you already have an AutoML job named {name!r}: choose another name")
+            return detached(db, job)
 
     def start_for_run(self, owner: str, schedule_name: str, notebook: str, digest: str, config: dict[str, Any],
                       run_id: int, profile: str | None = None) -> int:
@@ -154,10 +147,7 @@ class AutoMLService:
             db.commit()
 
     def list(self, owner: str) -> list[dict[str, Any]]:
-        with self.sessions() as db:
-            jobs = list(db.scalars(select(AutoMLJob).where(AutoMLJob.owner == owner).order_by(AutoMLJob.id.desc())))
-            for j in jobs:
-                db.expunge(j)
+        jobs = all_detached(self.sessions, select(AutoMLJob).where(AutoMLJob.owner == owner).order_by(AutoMLJob.id.desc()))
         return [self.view(j) for j in jobs]
 
     def get(self, owner: str, job_id: int) -> dict[str, Any]:

@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import socket
+from functools import partial
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -33,6 +34,7 @@ from stratolab.db import ensure_schema, make_engine, session_factory
 from stratolab.errors import NotFound
 from stratolab.jobs import metrics
 from stratolab.jobs.automl.engine import AutoMLController
+from stratolab.jobs.automl.executor import AutoMLExecutor, executor_for_schedules
 from stratolab.jobs.automl.service import AutoMLService, search_profile
 from stratolab.jobs.clock import Clock
 from stratolab.jobs.engine import Scheduler, SchedulerConfig
@@ -42,7 +44,7 @@ from stratolab.jobs.local_executor import LocalProcessExecutor
 from stratolab.jobs.notify import Notifier, SmtpSettings
 from stratolab.jobs.service import automl_handlers, executor_handlers, handlers
 from stratolab.jobs.service.openapi import OPENAPI
-from stratolab.jobs.service.state import JobService
+from stratolab.jobs.service.state import JobService, check_profile, read_request_notebook
 from stratolab.jobs.store import JobStore
 from stratolab.platform.accounts import ensure_system_user, system_username
 from stratolab.platform.gpu_ledger import GpuLedger
@@ -192,23 +194,25 @@ def build(environ=os.environ, clock: Clock | None = None) -> tuple[JobService, S
     )
     profiles = load_profiles(len(gpus.inventory), environ)
     executor = make_executor(environ, root, prefix, store, profiles)
-    scheduler = Scheduler(store, files, executor, clock or Clock(), config, profiles=profiles, account_for=account_for,
-                          gpus=gpus, notifier=Notifier(smtp, OutboundPolicy.from_env(environ)))
+    clock = clock or Clock()
+    controller = AutoMLController(
+        store.sessions, db_url, files, executor, clock, worker_id=config.worker_id,
+        account_for=account_for, profile_env=Scheduler.profile_env, profiles=profiles, gpus=gpus,
+        max_parallel=_int_env("STRATOLAB_AUTOML_MAX_PARALLEL", 8, environ),
+    )
+    # a search's profile is checked as a schedule's is, against the same profiles and GPUs
+    automl = AutoMLService(store.sessions, files, controller, account_for, partial(read_request_notebook, home_of),
+                           clock, profile_for=partial(check_profile, profiles, gpus))
+    # schedules whose runs are AutoML searches (retraining on cron) run them through their own executor
+    executor_for = executor_for_schedules(executor, AutoMLExecutor(automl, store))
+    scheduler = Scheduler(store, files, executor, clock, config, profiles=profiles, account_for=account_for,
+                          gpus=gpus, notifier=Notifier(smtp, OutboundPolicy.from_env(environ)), executor_for=executor_for)
     service = JobService(
         store=store, files=files, scheduler=scheduler,
         hub_auth=HubAuth(api_token=environ.get("JUPYTERHUB_API_TOKEN", ""), cache_max_age=60),
         profiles=profiles, gpus=gpus, home_of=home_of, account_for=account_for,
-        smtp_configured=smtp is not None, clock=scheduler.clock, prefix=prefix,
+        smtp_configured=smtp is not None, clock=clock, prefix=prefix,
     )
-    controller = AutoMLController(
-        store.sessions, db_url, files, executor, scheduler.clock, worker_id=config.worker_id,
-        account_for=account_for, profile_env=scheduler.profile_env, profiles=profiles, gpus=gpus,
-        max_parallel=_int_env("STRATOLAB_AUTOML_MAX_PARALLEL", 8, environ),
-    )
-    # a search's profile is checked as a schedule's is, against the same profiles and GPUs
-    automl = AutoMLService(store.sessions, files, controller, account_for, service.notebook_for, scheduler.clock,
-                           profile_for=service._profile)
-    scheduler.automl = automl  # schedules whose runs are AutoML searches (retraining on cron)
     return service, scheduler, automl
 
 

@@ -25,6 +25,28 @@ from stratolab.platform.profiles import Profile, ProfileError, choose_profile
 MAX_RUNS_LISTED = 500
 
 
+def check_profile(profiles: dict[str, Profile], gpus: GpuAllocation, slug: str | None) -> Profile:
+    """The profile `slug` names (None: the default), or InvalidInput naming `profile` when there is
+    none or it needs more GPUs than the scheduler has: the check schedules and searches get."""
+    try:
+        profile = choose_profile(list(profiles.values()), slug)
+    except ProfileError as e:
+        raise InvalidInput(str(e), field="profile") from None
+    if profile.gpus > len(gpus.inventory):
+        raise InvalidInput(
+            f"the profile {profile.slug!r} needs {profile.gpus} GPU(s); the scheduler's machine has "
+            f"{len(gpus.inventory)}", field="profile")
+    return profile
+
+
+async def read_request_notebook(home_of: Callable[[str], Path], owner: str, fields: dict[str, Any]) -> dict:
+    """The notebook of a request: its `content`, else the file `notebook` in the owner's home."""
+    if fields.get("content") is not None:
+        return notebook_content(fields["content"])
+    raw = await asyncio.get_running_loop().run_in_executor(None, read_home_notebook, home_of(owner), fields["notebook"])
+    return notebook_content(raw, field="notebook")
+
+
 @dataclass
 class JobService:
     store: JobStore
@@ -53,28 +75,12 @@ class JobService:
         return [self.scheduler.describe(s, last.get(s.id)) for s in schedules]
 
     def _profile(self, slug: str | None) -> Profile:
-        try:
-            profile = choose_profile(list(self.profiles.values()), slug)
-        except ProfileError as e:
-            raise InvalidInput(str(e), field="profile") from None
-        if profile.gpus > len(self.gpus.inventory):
-            raise InvalidInput(
-                f"the profile {profile.slug!r} needs {profile.gpus} GPU(s); the scheduler's machine has "
-                f"{len(self.gpus.inventory)}", field="profile")
-        return profile
-
-    async def notebook_for(self, owner: str, fields: dict[str, Any]) -> dict:
-        """The notebook of a request: its `content`, else the file `notebook` in the owner's home."""
-        if fields.get("content") is not None:
-            fields = {**fields, "content": notebook_content(fields["content"])}
-        return await self._notebook(owner, dict(fields))
+        return check_profile(self.profiles, self.gpus, slug)
 
     async def _notebook(self, owner: str, fields: dict[str, Any]) -> dict:
+        """The notebook of checked fields: their `content`, else the file `notebook` in the owner's home."""
         nb = fields.pop("content", None)
-        if nb is None:
-            raw = await self._blocking(read_home_notebook, self.home_of(owner), fields["notebook"])
-            nb = notebook_content(raw, field="notebook")
-        return nb
+        return nb if nb is not None else await read_request_notebook(self.home_of, owner, fields)
 
     def _next(self, expr: str | None, tz: str, active: bool):
         if not expr or not active:
