@@ -6,13 +6,27 @@
  *
  * The shapes mirror docs/scheduler-api.md, "AutoML searches".
  */
-import { Dialog, showDialog, showErrorMessage } from '@jupyterlab/apputils';
+import { Dialog, showDialog } from '@jupyterlab/apputils';
 import { Contents } from '@jupyterlab/services';
 
 import { formatNumber, historyChart, IAxis, IHistoryPoint, ILine, importanceBars, parallelCoordinates } from './charts';
 import { functionsClient, RawBody, schedulerClient } from './api/client';
-import { el, JoinedLoads, Poller } from './dom';
-import { button, FormBody, IFunction } from './functions';
+import { functionNameInput, IFunction } from './functions';
+import {
+  actionButtons,
+  alertNode,
+  button,
+  el,
+  facts,
+  fieldRow,
+  FormBody,
+  guarded,
+  JoinedLoads,
+  NodeCache,
+  Poller,
+  readOnlyField,
+  setProgress
+} from './ui';
 import {
   ACTIVE_STATES,
   ensureDirectory,
@@ -260,8 +274,6 @@ export interface IAutoMLSectionOptions {
   onDeployed?: (fn: IFunction) => void;
 }
 
-type NodeCache<K> = Map<K, { key: string; node: HTMLElement | SVGElement }>;
-
 /**
  * The user's AutoML searches; the selected one's leaderboard, charts and actions. Reloads every 2 s
  * while a search is queued or running and the panel is visible.
@@ -336,9 +348,7 @@ export class AutoMLSection extends PanelSection {
         return;
       }
       const message = (error as Error).message || String(error);
-      const node = el('div', 'jp-Stratolab-error', message, 'stratolab-automl-error');
-      node.setAttribute('role', 'alert');
-      this.errorNode.replaceChildren(node);
+      this.errorNode.replaceChildren(alertNode(message, 'stratolab-automl-error'));
     }
   }
 
@@ -358,7 +368,7 @@ export class AutoMLSection extends PanelSection {
     } else {
       this.jobsNode.replaceChildren(
         ...this._jobs.map(j =>
-          this.reuse(this.jobNodes, j.id, { j, selected: j.id === this._selected }, () => this.renderJob(j))
+          this.jobNodes.reuse(j.id, { j, selected: j.id === this._selected }, () => this.renderJob(j))
         )
       );
     }
@@ -368,21 +378,6 @@ export class AutoMLSection extends PanelSection {
       return;
     }
     this.detailNode.replaceChildren(this.renderDetail(job, this._detail.trials, this._detail.insights));
-  }
-
-  /** The node shown last for `id` when what it shows has not changed, else a new one. */
-  private reuse<K, N extends HTMLElement | SVGElement>(cache: NodeCache<K>, id: K, shown: unknown, render: () => N): N {
-    const key = JSON.stringify(shown);
-    const hit = cache.get(id);
-    if (cache.size > CACHE_LIMIT) {
-      cache.clear();
-    }
-    if (hit && hit.key === key) {
-      return hit.node as N;
-    }
-    const node = render();
-    cache.set(id, { key, node });
-    return node;
   }
 
   private renderJob(j: IAutoMLJob): HTMLElement {
@@ -403,25 +398,18 @@ export class AutoMLSection extends PanelSection {
     }
     card.append(title);
 
-    const facts = el('dl', 'jp-Stratolab-facts');
-    const fact = (label: string, value: string, key: string) => {
-      facts.append(
-        el('dt', 'jp-Stratolab-factLabel', label),
-        el('dd', 'jp-Stratolab-fact', value, `stratolab-automl-job-${j.id}-${key}`)
-      );
-    };
+    const { node: factList, add: fact } = facts(`stratolab-automl-job-${j.id}`);
     fact('Notebook', j.notebook, 'notebook');
     fact('Objective', `${j.config.direction} ${j.config.metric}`, 'objective');
     fact('Trials', `${countsText(j.counts ?? {})} (of ${j.config.trials})`, 'counts');
     fact('Best', j.best ? `${formatValue(j.best.value)} (trial #${j.best.number})` : '–', 'best');
-    card.append(facts);
+    card.append(factList);
     if (j.error) {
       card.append(el('div', 'jp-Stratolab-runError', j.error, `stratolab-automl-job-${j.id}-error`));
     }
 
     const actions = el('div', 'jp-Stratolab-actions');
-    const act = (label: string, title: string, run: () => Promise<unknown>) =>
-      button(label, () => void this.guard(run), `stratolab-automl-job-${j.id}-action-${label.toLowerCase()}`, title);
+    const act = actionButtons(`stratolab-automl-job-${j.id}-action`, run => this.guard(run));
     if (ACTIVE_STATES.includes(j.state)) {
       actions.append(act('Stop', 'Stop the search: running trials are stopped, completed ones kept', () => schedulerClient.post(`api/automl/${j.id}/stop`)));
     } else {
@@ -435,7 +423,7 @@ export class AutoMLSection extends PanelSection {
     const detail = el('div', 'jp-Stratolab-automlJobDetail');
     detail.dataset.automlJobId = String(job.id);
 
-    const title = this.reuse(this.chartNodes, `title-${job.id}`, [job.name, job.best], () => {
+    const title = this.chartNodes.reuse(`title-${job.id}`, [job.name, job.best], () => {
       const node = el('div', 'jp-Stratolab-subTitle');
       node.append(el('span', '', `Leaderboard of ${job.name}`));
       const deploy = button('Deploy best', () => void this.deployBest(job), 'stratolab-automl-deploy-best',
@@ -448,7 +436,7 @@ export class AutoMLSection extends PanelSection {
     deploy.disabled = !job.best || this.deploying.has(job.id);
     detail.append(title, this.deployOutcome(job.id));
 
-    detail.append(this.reuse(this.tableNodes, job.id, [job.config, job.best?.number, trials], () => this.renderLeaderboard(job, trials)));
+    detail.append(this.tableNodes.reuse(job.id, [job.config, job.best?.number, trials], () => this.renderLeaderboard(job, trials)));
 
     const chart = (label: string, node: SVGElement, testId: string) => {
       const box = el('figure', 'jp-Stratolab-chartBox', undefined, testId);
@@ -456,14 +444,14 @@ export class AutoMLSection extends PanelSection {
       return box;
     };
     detail.append(
-      this.reuse(this.chartNodes, `history-${job.id}`, insights.history, () =>
+      this.chartNodes.reuse(`history-${job.id}`, insights.history, () =>
         chart('Optimization history', historyChart(insights.history, job.config.metric), 'stratolab-automl-history-box')),
-      this.reuse(this.chartNodes, `importances-${job.id}`, insights.importances, () =>
+      this.chartNodes.reuse(`importances-${job.id}`, insights.importances, () =>
         chart('Parameter importances', importanceBars(insights.importances), 'stratolab-automl-importances-box'))
     );
     const parallel = parallelData(job, trials);
     detail.append(
-      this.reuse(this.chartNodes, `parallel-${job.id}`, parallel, () =>
+      this.chartNodes.reuse(`parallel-${job.id}`, parallel, () =>
         chart('Parallel coordinates', parallelCoordinates(parallel.axes, parallel.lines), 'stratolab-automl-parallel-box'))
     );
     return detail;
@@ -559,13 +547,8 @@ export class AutoMLSection extends PanelSection {
   // --- actions ---------------------------------------------------------------------------------------
 
   /** Run an action; show its error in a dialog; refresh after. */
-  private async guard(run: () => Promise<unknown>): Promise<void> {
-    try {
-      await run();
-    } catch (error) {
-      await showErrorMessage('Stratolab AutoML', (error as Error).message || String(error));
-    }
-    await this.refresh(true);
+  private guard(run: () => Promise<unknown>): Promise<void> {
+    return guarded('Stratolab AutoML', run, () => this.refresh(true));
   }
 
   /** Copy the trial's executed notebook into the home and open it. */
@@ -593,15 +576,8 @@ export class AutoMLSection extends PanelSection {
   /** Ask for the function's name, then fetch the best trial's bundle and deploy it. */
   private async deployBest(job: IAutoMLJob): Promise<void> {
     const form = el('div', 'jp-Stratolab-form');
-    const input = el('input', 'jp-Stratolab-input', undefined, 'stratolab-automl-deploy-name');
-    input.type = 'text';
-    input.value = bestFunctionName(job.name);
-    // Escaped dash: browsers compile `pattern` with the `v` flag, where a bare `-` is an error.
-    input.pattern = '[a-z]([a-z0-9\\-]{0,61}[a-z0-9])?';
-    input.title = '1-63 lower-case letters, digits and dashes, starting with a letter';
-    input.spellcheck = false;
-    const row = el('label', 'jp-Stratolab-field');
-    row.append(el('span', 'jp-Stratolab-fieldLabel', 'Function name'), input);
+    const input = functionNameInput('stratolab-automl-deploy-name', bestFunctionName(job.name));
+    const row = fieldRow('Function name', input);
     const best = job.best;
     form.append(
       el('p', 'jp-Stratolab-note', best
@@ -620,36 +596,27 @@ export class AutoMLSection extends PanelSection {
       return;
     }
     const outcome = this.deployOutcome(job.id);
-    const fail = (message: string) => {
-      const error = el('div', 'jp-Stratolab-error', message, 'stratolab-automl-deploy-error');
-      error.setAttribute('role', 'alert');
-      outcome.replaceChildren(error);
-    };
+    const fail = (message: string) => outcome.replaceChildren(alertNode(message, 'stratolab-automl-deploy-error'));
     if (!input.checkValidity()) {
       fail(`Invalid function name “${name}”: ${input.title}.`);
       return;
     }
     this.deploying.add(job.id);
     this.setDeployButton(job.id, true);
-    outcome.replaceChildren(el('div', 'jp-Stratolab-progress', undefined, 'stratolab-automl-deploy-progress'));
-    outcome.firstElementChild!.append(el('span', 'jp-Stratolab-spinner'), document.createTextNode(' Deploying the best trial’s model…'));
+    const progress = el('div', 'jp-Stratolab-progress', undefined, 'stratolab-automl-deploy-progress');
+    setProgress(progress, 'Deploying the best trial’s model…');
+    outcome.replaceChildren(progress);
     try {
       const bundle = await fetchBestBundle(job.id);
       const fn = await deployBundle(name, bundle);
-      const url = el('input', 'jp-Stratolab-input jp-Stratolab-url', undefined, 'stratolab-automl-deploy-url');
-      url.readOnly = true;
-      url.value = fn.url;
-      url.addEventListener('focus', () => url.select());
+      const url = readOnlyField(fn.url, 'stratolab-automl-deploy-url');
       const nodes: HTMLElement[] = [
         el('div', 'jp-Stratolab-success', `Deployed ${fn.name}, version ${fn.version ?? '?'}${best ? `, from trial #${best.number}` : ''}.`, 'stratolab-automl-deploy-success'),
         el('div', 'jp-Stratolab-fieldLabel', 'Endpoint'),
         url
       ];
       if (fn.key) {
-        const key = el('input', 'jp-Stratolab-input jp-Stratolab-url', undefined, 'stratolab-automl-deploy-key');
-        key.readOnly = true;
-        key.value = fn.key;
-        key.addEventListener('focus', () => key.select());
+        const key = readOnlyField(fn.key, 'stratolab-automl-deploy-key');
         nodes.push(
           el('div', 'jp-Stratolab-fieldLabel', 'Function key'),
           key,
@@ -668,7 +635,7 @@ export class AutoMLSection extends PanelSection {
 
   private setDeployButton(jobId: number, busy: boolean): void {
     const job = this._jobs.find(j => j.id === jobId);
-    const title = this.chartNodes.get(`title-${jobId}`)?.node;
+    const title = this.chartNodes.get(`title-${jobId}`);
     const b = title?.querySelector<HTMLButtonElement>('[data-testid=stratolab-automl-deploy-best]');
     if (b) {
       b.disabled = busy || !job?.best;
@@ -678,9 +645,9 @@ export class AutoMLSection extends PanelSection {
   private readonly errorNode: HTMLElement;
   private readonly jobsNode: HTMLElement;
   private readonly detailNode: HTMLElement;
-  private readonly jobNodes: NodeCache<number> = new Map();
-  private readonly tableNodes: NodeCache<number> = new Map();
-  private readonly chartNodes: NodeCache<string> = new Map();
+  private readonly jobNodes = new NodeCache<number>(CACHE_LIMIT);
+  private readonly tableNodes = new NodeCache<number>(CACHE_LIMIT);
+  private readonly chartNodes = new NodeCache<string, HTMLElement | SVGElement>(CACHE_LIMIT);
   private readonly outcomes = new Map<number, HTMLElement>();
   private readonly deploying = new Set<number>();
   private _jobs: IAutoMLJob[] = [];

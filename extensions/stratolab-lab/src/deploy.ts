@@ -12,15 +12,9 @@ import { LabIcon } from '@jupyterlab/ui-components';
 import { UUID } from '@lumino/coreutils';
 import { Widget } from '@lumino/widgets';
 
-import {
-  button,
-  createTryBox,
-  IFunction,
-  numberField,
-  readNumber
-} from './functions';
 import { functionsClient, ServiceError } from './api/client';
-import { el } from './dom';
+import { createTryBox, functionNameInput, IFunction } from './functions';
+import { alertNode, button, details, el, fieldRow, IField, numberField, readNumber, readOnlyField, selectInput, setProgress } from './ui';
 
 export const deployIcon = new LabIcon({
   name: 'stratolab:deploy',
@@ -151,16 +145,7 @@ export function curlExample(fn: IFunction, body: string): string {
 
 function copyable(value: string, testId: string, multiline = false): HTMLElement {
   const row = el('div', 'jp-Stratolab-copyRow');
-  const field = multiline
-    ? el('textarea', 'jp-Stratolab-input jp-Stratolab-code', undefined, testId)
-    : el('input', 'jp-Stratolab-input jp-Stratolab-url', undefined, testId);
-  field.value = value;
-  field.readOnly = true;
-  field.spellcheck = false;
-  if (field instanceof HTMLTextAreaElement) {
-    field.rows = 3;
-  }
-  field.addEventListener('focus', () => field.select());
+  const field = readOnlyField(value, testId, multiline);
   const copy = button('Copy', () => {
     Clipboard.copyToSystem(field.value);
     copy.textContent = 'Copied';
@@ -168,15 +153,6 @@ function copyable(value: string, testId: string, multiline = false): HTMLElement
   });
   row.append(field, copy);
   return row;
-}
-
-function section(title: string, open = false): { details: HTMLDetailsElement; body: HTMLElement } {
-  const details = el('details', 'jp-Stratolab-details');
-  details.open = open;
-  details.append(el('summary', 'jp-Stratolab-summary', title));
-  const body = el('div', 'jp-Stratolab-form');
-  details.append(body);
-  return { details, body };
 }
 
 /**
@@ -189,24 +165,12 @@ export class DeployForm extends Widget {
     const handlers = definedFunctions(source);
     const form = el('div', 'jp-Stratolab-form');
 
-    this.handler = el('select', 'jp-Stratolab-input', undefined, 'stratolab-deploy-handler');
-    for (const h of handlers) {
-      const option = el('option', '', `${h}()`);
-      option.value = h;
-      this.handler.append(option);
-    }
-    const handlerRow = el('label', 'jp-Stratolab-field');
-    handlerRow.append(el('span', 'jp-Stratolab-fieldLabel', 'Handler'), this.handler);
+    this.handler = selectInput('stratolab-deploy-handler', handlers.map(h => [h, `${h}()`] as const), handlers[0] ?? '');
+    const handlerRow = fieldRow('Handler', this.handler);
 
-    this.name = el('input', 'jp-Stratolab-input', undefined, 'stratolab-deploy-name');
-    this.name.type = 'text';
-    this.name.value = handlers.length ? functionName(handlers[0]) : '';
+    this.name = functionNameInput('stratolab-deploy-name', handlers.length ? functionName(handlers[0]) : '');
     this.name.placeholder = 'my-function';
-    // Escaped dash: browsers compile `pattern` with the `v` flag, where a bare `-` is an error.
-    this.name.pattern = '[a-z]([a-z0-9\\-]{0,61}[a-z0-9])?';
-    this.name.title = '1-63 lower-case letters, digits and dashes, starting with a letter';
-    const nameRow = el('label', 'jp-Stratolab-field');
-    nameRow.append(el('span', 'jp-Stratolab-fieldLabel', 'Name'), this.name);
+    const nameRow = fieldRow('Name', this.name);
     this.existing = el('div', 'jp-Stratolab-note', '', 'stratolab-deploy-existing');
     this.handler.addEventListener('change', () => {
       this.name.value = functionName(this.handler.value);
@@ -215,7 +179,7 @@ export class DeployForm extends Widget {
     this.name.addEventListener('change', () => void this.lookUpExisting());
     form.append(handlerRow, nameRow, this.existing);
 
-    const scaling = section('Scaling');
+    const scaling = details('Scaling');
     this.fields = {
       min_instances: numberField('Min instances', null, { min: 0, placeholder: '0', testId: 'stratolab-deploy-min' }),
       max_instances: numberField('Max instances', null, { min: 1, placeholder: '4', testId: 'stratolab-deploy-max' }),
@@ -231,10 +195,10 @@ export class DeployForm extends Widget {
       this.fields.concurrency.row,
       this.fields.idle_timeout_s.row
     );
-    const limits = section('Limits');
+    const limits = details('Limits');
     limits.body.append(this.fields.timeout_s.row, this.fields.memory_mb.row, this.fields.gpus.row);
 
-    const access = section('Access');
+    const access = details('Access');
     const group = `stratolab-access-${UUID.uuid4()}`;
     const radio = (value: string, label: string, testId: string) => {
       const row = el('label', 'jp-Stratolab-radio');
@@ -326,7 +290,7 @@ export class DeployForm extends Widget {
       return;
     }
     this.submit.disabled = true;
-    this.progress.replaceChildren(el('span', 'jp-Stratolab-spinner'), document.createTextNode(' Capturing and deploying…'));
+    setProgress(this.progress, 'Capturing and deploying…');
     this.outcome.replaceChildren();
     try {
       const outcome = await deployInKernel(this.panel, request);
@@ -344,9 +308,7 @@ export class DeployForm extends Widget {
   }
 
   private showError(message: string): void {
-    const error = el('div', 'jp-Stratolab-error', message, 'stratolab-deploy-error');
-    error.setAttribute('role', 'alert');
-    this.outcome.replaceChildren(error);
+    this.outcome.replaceChildren(alertNode(message, 'stratolab-deploy-error'));
   }
 
   private showDeployed(fn: IFunction): void {
@@ -379,7 +341,7 @@ export class DeployForm extends Widget {
   private readonly handler: HTMLSelectElement;
   private readonly name: HTMLInputElement;
   private readonly existing: HTMLElement;
-  private readonly fields: Record<string, { row: HTMLElement; input: HTMLInputElement }>;
+  private readonly fields: Record<string, IField>;
   private readonly tokenAccess: HTMLInputElement;
   private readonly publicAccess: HTMLInputElement;
   private readonly submit: HTMLButtonElement;

@@ -4,11 +4,11 @@
  *
  * The shapes mirror `stratolab/functions/service/state.py` (`ServiceState.describe`).
  */
-import { Dialog, showDialog, showErrorMessage } from '@jupyterlab/apputils';
+import { Dialog, showDialog } from '@jupyterlab/apputils';
 import { Widget } from '@lumino/widgets';
 
 import { functionsClient, ServiceError } from './api/client';
-import { el } from './dom';
+import { actionButtons, button, el, facts, FormBody, guarded, numberField, readNumber, readOnlyField } from './ui';
 import { PanelSection } from './panel';
 
 export interface IScaling {
@@ -78,17 +78,6 @@ export async function invokeFunction(owner: string, name: string, json: string):
     text: await response.text(),
     version: response.headers.get('X-Function-Version')
   };
-}
-
-
-export function button(label: string, onClick: () => void, testId?: string, title?: string): HTMLButtonElement {
-  const b = el('button', 'jp-Button jp-Stratolab-smallButton', label, testId);
-  b.type = 'button';
-  if (title) {
-    b.title = title;
-  }
-  b.addEventListener('click', onClick);
-  return b;
 }
 
 /**
@@ -162,46 +151,16 @@ export function createTryBox(owner: string, name: string, example = '[]'): HTMLE
   return box;
 }
 
-/**
- * A dialog body that is a plain DOM form; `getValue` reads it when the dialog is accepted.
- */
-export class FormBody<T> extends Widget implements Dialog.IBodyWidget<T> {
-  constructor(node: HTMLElement, private readonly read: () => T) {
-    super({ node });
-  }
-
-  getValue(): T {
-    return this.read();
-  }
-}
-
-/**
- * A labelled number input; an empty value means "leave as it is".
- */
-export function numberField(
-  label: string,
-  value: number | null | undefined,
-  opts: { min?: number; step?: number | 'any'; testId?: string; placeholder?: string } = {}
-): { row: HTMLElement; input: HTMLInputElement } {
-  const row = el('label', 'jp-Stratolab-field');
-  const input = el('input', 'jp-Stratolab-input', undefined, opts.testId);
-  input.type = 'number';
-  if (opts.min !== undefined) {
-    input.min = String(opts.min);
-  }
-  input.step = String(opts.step ?? 1);
-  input.value = value === null || value === undefined ? '' : String(value);
-  if (opts.placeholder) {
-    input.placeholder = opts.placeholder;
-  }
-  row.append(el('span', 'jp-Stratolab-fieldLabel', label), input);
-  return { row, input };
-}
-
-/** The number typed, or undefined when the field was left empty. */
-export function readNumber(input: HTMLInputElement): number | undefined {
-  const text = input.value.trim();
-  return text === '' ? undefined : Number(text);
+/** The input of a function's name: what the service accepts (a DNS label) is checked as typed. */
+export function functionNameInput(testId: string, value: string): HTMLInputElement {
+  const input = el('input', 'jp-Stratolab-input', undefined, testId);
+  input.type = 'text';
+  input.value = value;
+  // Escaped dash: browsers compile `pattern` with the `v` flag, where a bare `-` is an error.
+  input.pattern = '[a-z]([a-z0-9\\-]{0,61}[a-z0-9])?';
+  input.title = '1-63 lower-case letters, digits and dashes, starting with a letter';
+  input.spellcheck = false;
+  return input;
 }
 
 function formatMs(ms: number | null): string {
@@ -235,7 +194,7 @@ export class FunctionsSection extends PanelSection {
       this._functions = await listFunctions();
       this.render();
     } catch (error) {
-      this.renderError((error as Error).message || String(error));
+      this.showError((error as Error).message || String(error), 'stratolab-functions-error');
     }
   }
 
@@ -261,13 +220,7 @@ export class FunctionsSection extends PanelSection {
     title.append(el('span', 'jp-Stratolab-badge', fn.public ? 'public' : 'token'));
     card.append(title);
 
-    const facts = el('dl', 'jp-Stratolab-facts');
-    const fact = (label: string, value: string, key: string) => {
-      facts.append(
-        el('dt', 'jp-Stratolab-factLabel', label),
-        el('dd', 'jp-Stratolab-fact', value, `stratolab-function-${fn.name}-${key}`)
-      );
-    };
+    const { node: factList, add: fact } = facts(`stratolab-function-${fn.name}`);
     fact(
       'Versions',
       fn.versions.map(v => `v${v.version} ${v.state}`).join(', ') || 'none',
@@ -282,18 +235,14 @@ export class FunctionsSection extends PanelSection {
     );
     fact('Latency', `p50 ${formatMs(fn.stats.p50_ms)} · p99 ${formatMs(fn.stats.p99_ms)}`, 'latency');
     fact('Cold starts', String(fn.cold_starts), 'cold-starts');
-    card.append(facts);
+    card.append(factList);
 
-    const url = el('input', 'jp-Stratolab-input jp-Stratolab-url');
-    url.readOnly = true;
-    url.value = fn.url;
+    const url = readOnlyField(fn.url);
     url.title = 'Endpoint URL';
-    url.addEventListener('focus', () => url.select());
     card.append(url);
 
     const actions = el('div', 'jp-Stratolab-actions');
-    const act = (label: string, title: string, run: () => Promise<void>) =>
-      button(label, () => void this.guard(run), `stratolab-function-${fn.name}-action-${label.toLowerCase()}`, title);
+    const act = actionButtons(`stratolab-function-${fn.name}-action`, run => this.guard(run));
     actions.append(
       act('Invoke', 'Send a JSON request and see the answer', () => this.invoke(fn)),
       act('Traffic', 'Split traffic between ready versions', () => this.editTraffic(fn)),
@@ -306,21 +255,9 @@ export class FunctionsSection extends PanelSection {
     return card;
   }
 
-  private renderError(message: string): void {
-    const error = el('div', 'jp-Stratolab-error', message, 'stratolab-functions-error');
-    error.setAttribute('role', 'alert');
-    const stale = this.body.querySelectorAll(':scope > :not(.jp-Stratolab-error, .jp-Stratolab-loading)');
-    this.body.replaceChildren(error, ...Array.from(stale));
-  }
-
   /** Run an action; show its error in a dialog; refresh after. */
-  private async guard(run: () => Promise<void>): Promise<void> {
-    try {
-      await run();
-    } catch (error) {
-      await showErrorMessage('Stratolab functions', (error as Error).message || String(error));
-    }
-    await this.refresh();
+  private guard(run: () => Promise<unknown>): Promise<void> {
+    return guarded('Stratolab functions', run, () => this.refresh());
   }
 
   private async invoke(fn: IFunction): Promise<void> {

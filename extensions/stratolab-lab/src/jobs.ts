@@ -5,13 +5,12 @@
  *
  * The shapes mirror docs/scheduler-api.md.
  */
-import { Dialog, showDialog, showErrorMessage } from '@jupyterlab/apputils';
+import { Dialog, showDialog } from '@jupyterlab/apputils';
 import { Contents } from '@jupyterlab/services';
 import { Widget } from '@lumino/widgets';
 
 import { schedulerClient } from './api/client';
-import { el, JoinedLoads, Poller } from './dom';
-import { button } from './functions';
+import { actionButtons, alertNode, button, el, facts, guarded, JoinedLoads, link, NodeCache, Poller } from './ui';
 import { PanelSection } from './panel';
 
 /** Who hears about runs; the service leaves out what is not set (`{}`: nobody). */
@@ -105,6 +104,27 @@ export interface IProfile {
 export const FINISHED_STATES = ['succeeded', 'failed', 'timed_out', 'stopped'];
 export const ACTIVE_STATES = ['queued', 'running'];
 
+/** The environments runs can use (the hub's profiles). */
+export async function listProfiles(): Promise<IProfile[]> {
+  return (await schedulerClient.get<{ profiles: IProfile[] }>('api/profiles')).profiles;
+}
+
+/**
+ * The options of an environment select: the default first, GPU profiles with their GPU count
+ * (`gpuNote` after it: "per trial"), and `wanted` kept when the scheduler no longer lists it.
+ */
+export function profileOptions(profiles: ReadonlyArray<IProfile>, wanted = '', gpuNote = ''): [string, string][] {
+  const options: [string, string][] = [['', 'Default environment']];
+  for (const p of profiles) {
+    const gpus = `${p.gpus} GPU${p.gpus > 1 ? 's' : ''}${gpuNote ? ` ${gpuNote}` : ''}`;
+    options.push([p.slug, p.gpus ? `${p.display_name} (${gpus})` : p.display_name]);
+  }
+  if (wanted && !profiles.some(p => p.slug === wanted)) {
+    options.push([wanted, wanted]);
+  }
+  return options;
+}
+
 export function listSchedules(): Promise<ISchedule[]> {
   return schedulerClient.get<{ schedules: ISchedule[] }>('api/schedules').then(d => d.schedules);
 }
@@ -188,19 +208,6 @@ function runOutputs(run: IRun): string[] {
     return run.outputs;
   }
   return FINISHED_STATES.includes(run.state) ? ['ipynb'] : [];
-}
-
-/** A link, opened in a new tab; a plain GET from the browser carries this server's cookie. */
-function link(label: string, href: string, testId: string, title: string, download = false): HTMLAnchorElement {
-  const a = el('a', 'jp-Button jp-Stratolab-smallButton jp-Stratolab-link', label, testId);
-  a.href = href;
-  a.target = '_blank';
-  a.rel = 'noopener';
-  a.title = title;
-  if (download) {
-    a.download = '';
-  }
-  return a;
 }
 
 /**
@@ -288,9 +295,7 @@ export class JobsSection extends PanelSection {
         return;
       }
       const message = (error as Error).message || String(error);
-      const node = el('div', 'jp-Stratolab-error', message, 'stratolab-jobs-error');
-      node.setAttribute('role', 'alert');
-      this.errorNode.replaceChildren(node);
+      this.errorNode.replaceChildren(alertNode(message, 'stratolab-jobs-error'));
     }
   }
 
@@ -313,7 +318,7 @@ export class JobsSection extends PanelSection {
     } else {
       this.schedulesNode.replaceChildren(
         ...this._schedules.map(s =>
-          this.reuse(this.scheduleNodes, s.id, { s, selected: s.id === this._selected }, () => this.renderSchedule(s))
+          this.scheduleNodes.reuse(s.id, { s, selected: s.id === this._selected }, () => this.renderSchedule(s))
         )
       );
     }
@@ -329,32 +334,9 @@ export class JobsSection extends PanelSection {
       this.runsNode.replaceChildren(el('p', 'jp-Stratolab-note', 'No runs yet.', 'stratolab-runs-empty'));
     } else {
       this.runsNode.replaceChildren(
-        ...this._runs.map(r => this.reuse(this.runNodes, r.id, r, () => this.renderRun(r)))
+        ...this._runs.map(r => this.runNodes.reuse(r.id, r, () => this.renderRun(r)))
       );
     }
-  }
-
-  /**
-   * The node shown last for `id` when what it shows has not changed, else a new one: a refresh
-   * every few seconds then leaves the nodes (and the buttons someone is about to click) in place.
-   */
-  private reuse(
-    cache: Map<number, { key: string; node: HTMLElement }>,
-    id: number,
-    shown: unknown,
-    render: () => HTMLElement
-  ): HTMLElement {
-    const key = JSON.stringify(shown);
-    const hit = cache.get(id);
-    if (cache.size > CACHE_LIMIT) {
-      cache.clear();
-    }
-    if (hit && hit.key === key) {
-      return hit.node;
-    }
-    const node = render();
-    cache.set(id, { key, node });
-    return node;
   }
 
   private renderSchedule(s: ISchedule): HTMLElement {
@@ -373,13 +355,7 @@ export class JobsSection extends PanelSection {
     title.append(name, el('span', `jp-Stratolab-badge ${s.active ? 'jp-mod-active' : 'jp-mod-paused'}`, s.active ? 'active' : 'paused', `stratolab-schedule-${s.id}-status`));
     card.append(title);
 
-    const facts = el('dl', 'jp-Stratolab-facts');
-    const fact = (label: string, value: string, key: string) => {
-      facts.append(
-        el('dt', 'jp-Stratolab-factLabel', label),
-        el('dd', 'jp-Stratolab-fact', value, `stratolab-schedule-${s.id}-${key}`)
-      );
-    };
+    const { node: factList, add: fact } = facts(`stratolab-schedule-${s.id}`);
     fact('When', s.cron ? s.description || `${s.cron} (${s.timezone})` : 'on demand', 'when');
     fact('Notebook', s.notebook, 'notebook');
     if (s.cron) {
@@ -387,11 +363,10 @@ export class JobsSection extends PanelSection {
     }
     const last = s.last_run;
     fact('Last run', last ? `${last.state} · ${formatTime(last.started_at || last.created_at)}` : 'never', 'last');
-    card.append(facts);
+    card.append(factList);
 
     const actions = el('div', 'jp-Stratolab-actions');
-    const act = (label: string, title: string, run: () => Promise<unknown>) =>
-      button(label, () => void this.guard(run), `stratolab-schedule-${s.id}-action-${label.toLowerCase().replace(/\s+/g, '-')}`, title);
+    const act = actionButtons(`stratolab-schedule-${s.id}-action`, run => this.guard(run));
     actions.append(
       act('Run now', 'Run the notebook now, with this schedule’s settings', async () => {
         await runNow(s.id);
@@ -424,35 +399,27 @@ export class JobsSection extends PanelSection {
     }
     row.append(title);
 
-    const facts = el('dl', 'jp-Stratolab-facts');
-    const fact = (label: string, value: string, key: string) => {
-      facts.append(
-        el('dt', 'jp-Stratolab-factLabel', label),
-        el('dd', 'jp-Stratolab-fact', value, `stratolab-run-${r.id}-${key}`)
-      );
-    };
+    const { node: factList, add: fact } = facts(`stratolab-run-${r.id}`);
     fact('Trigger', r.attempt > 1 ? `${r.trigger} (attempt ${r.attempt})` : r.trigger, 'trigger');
     if (r.scheduled_for) {
       fact('Scheduled', formatTime(r.scheduled_for), 'scheduled');
     }
     fact('Started', formatTime(r.started_at), 'started');
     fact('Duration', formatDuration(r.duration), 'duration');
-    row.append(facts);
+    row.append(factList);
     if (r.error) {
       row.append(el('div', 'jp-Stratolab-runError', r.error, `stratolab-run-${r.id}-error`));
     }
 
     const actions = el('div', 'jp-Stratolab-actions');
-    const testId = (label: string) => `stratolab-run-${r.id}-action-${label.toLowerCase()}`;
-    const act = (label: string, title: string, run: () => Promise<unknown>) =>
-      button(label, () => void this.guard(run), testId(label), title);
+    const act = actionButtons(`stratolab-run-${r.id}-action`, run => this.guard(run));
     const outputs = runOutputs(r);
     if (outputs.includes('ipynb')) {
       actions.append(act('Open', 'Open the executed notebook (a copy in stratolab-runs/)', () => this.openRun(r)));
     }
     if (outputs.includes('html')) {
       const href = `${schedulerClient.url(`api/runs/${r.id}/output`)}?format=html&download=1`;
-      actions.append(link('HTML', href, testId('html'), 'Download the executed notebook as HTML', true));
+      actions.append(link('HTML', href, `stratolab-run-${r.id}-action-html`, 'Download the executed notebook as HTML', true));
     }
     actions.append(
       act('Log', 'What papermill logged during the run', () => this.showLog(r)),
@@ -466,13 +433,8 @@ export class JobsSection extends PanelSection {
   }
 
   /** Run an action; show its error in a dialog; refresh after. */
-  private async guard(run: () => Promise<unknown>): Promise<void> {
-    try {
-      await run();
-    } catch (error) {
-      await showErrorMessage('Stratolab jobs', (error as Error).message || String(error));
-    }
-    await this.refresh(true);
+  private guard(run: () => Promise<unknown>): Promise<void> {
+    return guarded('Stratolab jobs', run, () => this.refresh(true));
   }
 
   /** Copy the run's executed notebook into the home (once) and open it. */
@@ -542,8 +504,8 @@ export class JobsSection extends PanelSection {
   private readonly runsTitle: HTMLElement;
   private readonly runsNode: HTMLElement;
   private readonly errorNode: HTMLElement;
-  private readonly scheduleNodes = new Map<number, { key: string; node: HTMLElement }>();
-  private readonly runNodes = new Map<number, { key: string; node: HTMLElement }>();
+  private readonly scheduleNodes = new NodeCache<number>(CACHE_LIMIT);
+  private readonly runNodes = new NodeCache<number>(CACHE_LIMIT);
   private _schedules: ISchedule[] = [];
   private _runs: IRun[] = [];
   private _selected: number | null = null;

@@ -6,7 +6,7 @@
  */
 import { Panel, Widget } from '@lumino/widgets';
 
-import { el } from './dom';
+import { alertNode, el } from './ui';
 import { stratolabIcon } from './icon';
 import { fetchGpuLedger, fetchStatus, IGpuLedger, IStratolabStatus, ledgerLines, StatusError } from './status';
 
@@ -33,6 +33,12 @@ export abstract class PanelSection extends Widget {
    * Reload the section's content; must not throw (show the error in the section instead).
    */
   abstract refresh(): Promise<void>;
+
+  /** Show an error above the last good content: it is still the best we know. */
+  protected showError(message: string, testId: string): void {
+    const stale = this.body.querySelectorAll(':scope > :not(.jp-Stratolab-error, .jp-Stratolab-loading)');
+    this.body.replaceChildren(alertNode(message, testId), ...Array.from(stale));
+  }
 
   protected readonly body: HTMLDivElement;
 }
@@ -100,7 +106,7 @@ export class EnvironmentSection extends PanelSection {
         error instanceof StatusError
           ? error.message
           : `Unexpected error: ${(error as Error).message || error}`;
-      this.renderError(message);
+      this.showError(message, 'stratolab-error');
     }
   }
 
@@ -176,14 +182,6 @@ export class EnvironmentSection extends PanelSection {
       nodes.push(link);
     }
     this.body.replaceChildren(...nodes);
-  }
-
-  private renderError(message: string): void {
-    const error = el('div', 'jp-Stratolab-error', message, 'stratolab-error');
-    error.setAttribute('role', 'alert');
-    // Keep the last good values visible under the error: they are still the best we know.
-    const stale = this.body.querySelectorAll(':scope > :not(.jp-Stratolab-error, .jp-Stratolab-loading)');
-    this.body.replaceChildren(error, ...Array.from(stale));
   }
 
   private _status: IStratolabStatus | null = null;

@@ -11,8 +11,22 @@ import { LabIcon } from '@jupyterlab/ui-components';
 import { Widget } from '@lumino/widgets';
 
 import { schedulerClient, ServiceError } from './api/client';
-import { el } from './dom';
-import { numberField, readNumber } from './functions';
+import {
+  checkbox,
+  checkboxes,
+  details,
+  el,
+  fieldRow,
+  FieldErrors,
+  FormDialog,
+  IField,
+  numberField,
+  readNumber,
+  selectInput,
+  setOptions,
+  setProgress,
+  textField
+} from './ui';
 import {
   formatTime,
   ICronPreview,
@@ -22,6 +36,8 @@ import {
   IRun,
   ISchedule,
   IScheduleRequest,
+  listProfiles,
+  profileOptions,
   runNow
 } from './jobs';
 
@@ -196,58 +212,24 @@ export interface IScheduleDialogOptions {
 
 type Action = 'save' | 'run';
 
-export interface IField {
-  row: HTMLElement;
-  input: HTMLInputElement;
-}
+const MISSED_OPTIONS = [
+  ['catch_up', 'Catch up once (run for the latest missed time)'],
+  ['skip', 'Skip']
+] as const;
 
-export function textField(label: string, testId: string, value = '', placeholder = ''): IField {
-  const row = el('label', 'jp-Stratolab-field');
-  const input = el('input', 'jp-Stratolab-input', undefined, testId);
-  input.type = 'text';
-  input.value = value;
-  input.placeholder = placeholder;
-  input.spellcheck = false;
-  row.append(el('span', 'jp-Stratolab-fieldLabel', label), input);
-  return { row, input };
-}
-
-export function checkbox(label: string, testId: string, checked: boolean): { row: HTMLElement; input: HTMLInputElement } {
-  const row = el('label', 'jp-Stratolab-check');
-  const input = el('input', '', undefined, testId);
-  input.type = 'checkbox';
-  input.checked = checked;
-  row.append(input, document.createTextNode(` ${label}`));
-  return { row, input };
-}
-
-export function details(title: string, testId: string, open = false): { details: HTMLDetailsElement; body: HTMLElement } {
-  const node = el('details', 'jp-Stratolab-details', undefined, testId);
-  node.open = open;
-  node.append(el('summary', 'jp-Stratolab-summary', title));
-  const body = el('div', 'jp-Stratolab-form');
-  node.append(body);
-  return { details: node, body };
-}
-
-/**
- * The dialog's body: the form, the errors next to their fields, and the progress of a submit.
- */
 export class ScheduleForm extends Widget {
   constructor(private readonly options: IScheduleDialogOptions) {
     super({ node: el('div', 'jp-Stratolab-scheduleForm', undefined, 'stratolab-schedule-form') });
     const s = options.schedule;
     this.schedule = s ?? null;
 
-    this.topError = el('div', 'jp-Stratolab-fieldError jp-Stratolab-topError', undefined, 'stratolab-schedule-error');
-    this.topError.setAttribute('role', 'alert');
-    this.node.append(this.topError);
+    this.node.append(this.errors.top);
 
     const form = el('div', 'jp-Stratolab-form');
     form.append(el('div', 'jp-Stratolab-note', `Notebook: ${options.path}`, 'stratolab-schedule-notebook'));
 
     this.name = textField('Name', 'stratolab-schedule-name', s ? s.name : defaultScheduleName(options.path));
-    form.append(this.group(this.name.row, 'name'));
+    form.append(this.errors.group(this.name.row, 'name'));
 
     this.onDemand = checkbox('On demand only (no cron: runs with “Run now”)', 'stratolab-schedule-on-demand', !!s && !s.cron);
     form.append(this.onDemand.row);
@@ -255,7 +237,7 @@ export class ScheduleForm extends Widget {
     this.cron = textField('Cron (m h dom mon dow)', 'stratolab-schedule-cron', s?.cron ?? '', '0 7 * * 1-5');
     this.preview = el('div', 'jp-Stratolab-preview', undefined, 'stratolab-schedule-preview');
     this.preview.setAttribute('aria-live', 'polite');
-    form.append(this.group(this.cron.row, 'cron', this.preview));
+    form.append(this.errors.group(this.cron.row, 'cron', this.preview));
 
     this.timezone = textField('Time zone', 'stratolab-schedule-timezone', s?.timezone ?? browserTimeZone(), 'UTC');
     const list = el('datalist', '');
@@ -267,50 +249,35 @@ export class ScheduleForm extends Widget {
     }
     this.timezone.input.setAttribute('list', list.id);
     this.timezone.row.append(list);
-    form.append(this.group(this.timezone.row, 'timezone'));
+    form.append(this.errors.group(this.timezone.row, 'timezone'));
 
-    this.missed = el('select', 'jp-Stratolab-input', undefined, 'stratolab-schedule-missed');
-    for (const [value, label] of [
-      ['catch_up', 'Catch up once (run for the latest missed time)'],
-      ['skip', 'Skip']
-    ]) {
-      const option = el('option', '', label);
-      option.value = value;
-      this.missed.append(option);
-    }
-    this.missed.value = s?.missed ?? 'catch_up';
-    const missedRow = el('label', 'jp-Stratolab-field');
-    missedRow.append(el('span', 'jp-Stratolab-fieldLabel', 'Runs missed while the scheduler was down'), this.missed);
-    form.append(this.group(missedRow, 'missed'));
+    this.missed = selectInput('stratolab-schedule-missed', MISSED_OPTIONS, s?.missed ?? 'catch_up');
+    form.append(this.errors.group(fieldRow('Runs missed while the scheduler was down', this.missed), 'missed'));
 
     const params = details('Parameters', 'stratolab-schedule-parameters', true);
     this.paramsBody = params.body;
     this.paramsBody.append(el('p', 'jp-Stratolab-loading', 'Reading the notebook’s parameters…'));
-    this.errors.set('parameters', this.paramsError);
+    this.errors.register('parameters', this.paramsError);
     params.body.before(this.paramsError);
     form.append(params.details);
 
     const run = details('Run settings', 'stratolab-schedule-run-settings');
-    this.profile = el('select', 'jp-Stratolab-input', undefined, 'stratolab-schedule-profile');
+    this.profile = selectInput('stratolab-schedule-profile', [], '');
     this.setProfiles([]);
-    const profileRow = el('label', 'jp-Stratolab-field');
-    profileRow.append(el('span', 'jp-Stratolab-fieldLabel', 'Environment'), this.profile);
+    const profileRow = fieldRow('Environment', this.profile);
     this.timeout = numberField('Timeout (s)', s?.timeout ?? null, { min: 1, step: 'any', placeholder: 'none', testId: 'stratolab-schedule-timeout' });
     this.retries = numberField('Retries', s?.retries ?? null, { min: 0, placeholder: '0', testId: 'stratolab-schedule-retries' });
     this.backoff = numberField('Retry backoff (s, doubled each time)', s?.retry_backoff ?? null, { min: 0, step: 'any', placeholder: '60', testId: 'stratolab-schedule-retry-backoff' });
     const formats = s?.output_formats ?? ['ipynb', 'html'];
     this.ipynb = checkbox('Executed notebook (.ipynb)', 'stratolab-schedule-output-ipynb', formats.includes('ipynb'));
     this.html = checkbox('HTML', 'stratolab-schedule-output-html', formats.includes('html'));
-    const outputs = el('div', 'jp-Stratolab-field');
-    const boxes = el('div', 'jp-Stratolab-checks');
-    boxes.append(this.ipynb.row, this.html.row);
-    outputs.append(el('span', 'jp-Stratolab-fieldLabel', 'Outputs'), boxes);
+    const outputs = checkboxes('Outputs', [this.ipynb, this.html]);
     run.body.append(
-      this.group(profileRow, 'profile'),
-      this.group(this.timeout.row, 'timeout'),
-      this.group(this.retries.row, 'retries'),
-      this.group(this.backoff.row, 'retry_backoff'),
-      this.group(outputs, 'output_formats')
+      this.errors.group(profileRow, 'profile'),
+      this.errors.group(this.timeout.row, 'timeout'),
+      this.errors.group(this.retries.row, 'retries'),
+      this.errors.group(this.backoff.row, 'retry_backoff'),
+      this.errors.group(outputs, 'output_formats')
     );
     form.append(run.details);
 
@@ -321,14 +288,11 @@ export class ScheduleForm extends Widget {
     const on = s?.notify?.on ?? ['failure'];
     this.onFailure = checkbox('On failure', 'stratolab-schedule-notify-failure', on.includes('failure'));
     this.onSuccess = checkbox('On success', 'stratolab-schedule-notify-success', on.includes('success'));
-    const when = el('div', 'jp-Stratolab-field');
-    const whenBoxes = el('div', 'jp-Stratolab-checks');
-    whenBoxes.append(this.onFailure.row, this.onSuccess.row);
-    when.append(el('span', 'jp-Stratolab-fieldLabel', 'Notify'), whenBoxes);
+    const when = checkboxes('Notify', [this.onFailure, this.onSuccess]);
     notify.body.append(
-      this.group(this.webhook.row, 'notify.webhook'),
-      this.group(this.emails.row, 'notify.email'),
-      this.group(when, 'notify')
+      this.errors.group(this.webhook.row, 'notify.webhook'),
+      this.errors.group(this.emails.row, 'notify.email'),
+      this.errors.group(when, 'notify')
     );
     form.append(notify.details);
 
@@ -349,18 +313,7 @@ export class ScheduleForm extends Widget {
       this.missed.disabled = this.onDemand.input.checked;
       this.queuePreview();
     };
-    // Editing a field takes back what was said about it; the browser's own checks (which keep the
-    // dialog's buttons disabled meanwhile) say what they refuse.
-    this.node.addEventListener('input', event => {
-      const target = event.target as HTMLInputElement;
-      const group = target.closest?.('.jp-Stratolab-fieldGroup') as HTMLElement | null;
-      if (group?.dataset.field) {
-        this.clearFieldError(group.dataset.field);
-        if (target.validity && !target.validity.valid && target.validationMessage) {
-          this.showFieldError(group.dataset.field, target.validationMessage);
-        }
-      }
-    });
+    this.errors.listen(this.node);
     this.onDemand.input.addEventListener('change', update);
     this.cron.input.addEventListener('input', () => this.queuePreview());
     this.timezone.input.addEventListener('input', () => this.queuePreview());
@@ -375,13 +328,13 @@ export class ScheduleForm extends Widget {
 
   /** Check the form, then create or save the schedule (and start a run); true when all went well. */
   async submit(action: Action): Promise<boolean> {
-    this.clearErrors();
+    this.errors.clearAll();
     const request = await this.read(action);
     if (!request) {
       return false;
     }
     const creating = this.schedule === null;
-    this.setProgress(creating ? 'Creating the schedule…' : 'Saving the schedule…');
+    setProgress(this.progress, creating ? 'Creating the schedule…' : 'Saving the schedule…');
     try {
       const schedule = creating
         ? await schedulerClient.post<ISchedule>('api/schedules', request)
@@ -389,7 +342,7 @@ export class ScheduleForm extends Widget {
       this.schedule = schedule;
       let run: IRun | null = null;
       if (action === 'run') {
-        this.setProgress('Starting a run…');
+        setProgress(this.progress, 'Starting a run…');
         try {
           run = await runNow(schedule.id);
         } catch (error) {
@@ -397,7 +350,7 @@ export class ScheduleForm extends Widget {
           this.showError(error);
           if (creating) {
             // The next click saves this schedule rather than creating a second one.
-            this.topError.prepend(el('div', '', `Schedule “${schedule.name}” was created, but the run did not start.`));
+            this.errors.top.prepend(el('div', '', `Schedule “${schedule.name}” was created, but the run did not start.`));
           }
           return false;
         }
@@ -408,7 +361,7 @@ export class ScheduleForm extends Widget {
       this.showError(error);
       return false;
     } finally {
-      this.setProgress('');
+      setProgress(this.progress, '');
     }
   }
 
@@ -416,7 +369,7 @@ export class ScheduleForm extends Widget {
   private async read(action: Action): Promise<IScheduleRequest | null> {
     let valid = true;
     const fail = (field: string, message: string) => {
-      this.showFieldError(field, message);
+      this.errors.show(field, message);
       valid = false;
     };
     const name = this.name.input.value.trim();
@@ -532,36 +485,22 @@ export class ScheduleForm extends Widget {
       field.input.title = `Default: ${formatParameterValue(p.default, p.type)}${p.help ? ` — ${p.help}` : ''}`;
       this.paramInputs.set(p.name, field.input);
       const note = el('div', 'jp-Stratolab-note jp-Stratolab-paramDefault', `default ${formatParameterValue(p.default, p.type) || '""'}${p.help ? ` · ${p.help}` : ''}`);
-      nodes.push(this.group(field.row, `parameters.${p.name}`, note));
+      nodes.push(this.errors.group(field.row, `parameters.${p.name}`, note));
     }
     this.paramsBody.replaceChildren(...nodes);
   }
 
   private async loadProfiles(): Promise<void> {
     try {
-      const data = await schedulerClient.get<{ profiles: IProfile[] }>('api/profiles');
-      this.setProfiles(data.profiles);
+      this.setProfiles(await listProfiles());
     } catch (error) {
-      this.showFieldError('profile', `Cannot list the environments: ${(error as Error).message}`);
+      this.errors.show('profile', `Cannot list the environments: ${(error as Error).message}`);
     }
   }
 
   private setProfiles(profiles: IProfile[]): void {
     const wanted = this.profile.value || this.schedule?.profile || '';
-    const first = el('option', '', 'Default environment');
-    first.value = '';
-    const options = [first];
-    for (const p of profiles) {
-      const option = el('option', '', p.gpus ? `${p.display_name} (${p.gpus} GPU${p.gpus > 1 ? 's' : ''})` : p.display_name);
-      option.value = p.slug;
-      options.push(option);
-    }
-    if (wanted && !profiles.some(p => p.slug === wanted)) {
-      const option = el('option', '', wanted);
-      option.value = wanted;
-      options.push(option);
-    }
-    this.profile.replaceChildren(...options);
+    setOptions(this.profile, profileOptions(profiles, wanted));
     this.profile.value = wanted;
   }
 
@@ -583,8 +522,8 @@ export class ScheduleForm extends Widget {
     const cron = this.cron.input.value.trim();
     const timezone = this.timezone.input.value.trim() || 'UTC';
     const seq = ++this.previewSeq;
-    this.clearFieldError('cron');
-    this.clearFieldError('timezone');
+    this.errors.clear('cron');
+    this.errors.clear('timezone');
     if (this.onDemand.input.checked) {
       this.preview.replaceChildren(el('span', 'jp-Stratolab-note', 'Runs only when started with “Run now”.'));
       return;
@@ -613,57 +552,13 @@ export class ScheduleForm extends Widget {
       }
       this.preview.replaceChildren();
       const field = error instanceof ServiceError && error.field === 'timezone' ? 'timezone' : 'cron';
-      this.showFieldError(field, (error as Error).message);
+      this.errors.show(field, (error as Error).message);
     }
-  }
-
-  /** A field's row with the place for its error below it (and any note under that). */
-  private group(row: HTMLElement, field: string, extra?: HTMLElement): HTMLElement {
-    const group = el('div', 'jp-Stratolab-fieldGroup');
-    group.dataset.field = field;
-    const error = el('div', 'jp-Stratolab-fieldError', undefined, `stratolab-schedule-error-${field.replace(/\./g, '-')}`);
-    error.setAttribute('role', 'alert');
-    this.errors.set(field, error);
-    group.append(row, error);
-    if (extra) {
-      group.append(extra);
-    }
-    return group;
   }
 
   private showError(error: unknown): void {
     const message = (error as Error).message || String(error);
-    const field = error instanceof ServiceError ? error.field : null;
-    if (field) {
-      this.showFieldError(field, message);
-    } else {
-      this.showFieldError('', message);
-    }
-  }
-
-  /** Show `message` under the field it names (or its parent field), else at the top. */
-  private showFieldError(field: string, message: string): void {
-    const node = this.errors.get(field) ?? this.errors.get(field.split('.')[0]) ?? this.topError;
-    node.append(el('div', '', node === this.topError && field ? `${field}: ${message}` : message));
-    node.closest('details')?.setAttribute('open', '');
-    node.scrollIntoView?.({ block: 'nearest' });
-  }
-
-  private clearFieldError(field: string): void {
-    this.errors.get(field)?.replaceChildren();
-  }
-
-  private clearErrors(): void {
-    this.topError.replaceChildren();
-    for (const node of this.errors.values()) {
-      node.replaceChildren();
-    }
-  }
-
-  private setProgress(text: string): void {
-    this.progress.replaceChildren(
-      ...(text ? [el('span', 'jp-Stratolab-spinner'), document.createTextNode(` ${text}`)] : [])
-    );
+    this.errors.show((error instanceof ServiceError && error.field) || '', message);
   }
 
   private readonly name: IField;
@@ -685,75 +580,12 @@ export class ScheduleForm extends Widget {
   private readonly onFailure: IField;
   private readonly onSuccess: IField;
   private readonly resnapshot: HTMLInputElement | null = null;
-  private readonly topError: HTMLElement;
   private readonly progress: HTMLElement;
-  private readonly errors = new Map<string, HTMLElement>();
+  private readonly errors = new FieldErrors('stratolab-schedule-error');
   private readonly paramInputs = new Map<string, HTMLInputElement>();
   private declared: INotebookParameter[] = [];
   private previewTimer: number | undefined;
   private previewSeq = 0;
-}
-
-/** A dialog's form that submits itself: true when the service said yes (the dialog then closes). */
-export interface ISubmittingForm<A extends string> extends Widget {
-  submit(action: A): Promise<boolean>;
-}
-
-/**
- * A dialog that stays open while its form is submitted, and after a refusal (with the input kept):
- * "Create schedule" and "Run now" (or the Tune dialog's "Start") close it only once the service
- * said yes. `actions[i]` is what button `i` submits; null closes the dialog (Cancel).
- */
-export class FormDialog<A extends string> extends Dialog<void> {
-  constructor(
-    private readonly form: ISubmittingForm<A>,
-    title: string,
-    private readonly actions: (A | null)[],
-    buttons: Dialog.IButton[],
-    className = 'jp-Stratolab-scheduleDialog'
-  ) {
-    super({ title, body: form, buttons, hasClose: true, focusNodeSelector: 'input[type=text]' });
-    this.addClass(className);
-  }
-
-  resolve(index?: number): void {
-    const i = index ?? this.actions.length - 1;
-    const action = this.actions[i];
-    if (!action) {
-      super.resolve(index);
-      return;
-    }
-    if (this.busy) {
-      return;
-    }
-    this.setBusy(true);
-    void this.form.submit(action).then(ok => {
-      this.setBusy(false);
-      if (ok) {
-        super.resolve(i);
-      }
-    });
-  }
-
-  handleEvent(event: Event): void {
-    // Enter in a field (picking a time zone, say) does not submit: the buttons do.
-    if (event.type === 'keydown' && (event as KeyboardEvent).key === 'Enter') {
-      const target = event.target as HTMLElement;
-      if (target instanceof HTMLInputElement && this.form.node.contains(target)) {
-        event.preventDefault();
-        event.stopPropagation();
-        return;
-      }
-    }
-    super.handleEvent(event);
-  }
-
-  private setBusy(busy: boolean): void {
-    this.busy = busy;
-    this.node.querySelectorAll<HTMLButtonElement>('.jp-Dialog-footer button').forEach(b => (b.disabled = busy));
-  }
-
-  private busy = false;
 }
 
 /**

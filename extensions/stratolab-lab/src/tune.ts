@@ -19,13 +19,27 @@ import {
   proposeSpace,
   startAutoMLJob
 } from './automl';
-import { schedulerClient, ServiceError } from './api/client';
-import { el } from './dom';
-import { numberField, readNumber } from './functions';
-import { INotebookParameter, IProfile } from './jobs';
+import { ServiceError } from './api/client';
+import { INotebookParameter, listProfiles, profileOptions } from './jobs';
+import { defaultScheduleName, formatParameterValue, readNotebookContent } from './schedule';
 import {
-  checkbox, defaultScheduleName, details, FormDialog, formatParameterValue, IField, ISubmittingForm, readNotebookContent, textField
-} from './schedule';
+  alertNode,
+  checkbox,
+  details,
+  el,
+  fieldRow,
+  FieldErrors,
+  FormDialog,
+  IField,
+  ISubmittingForm,
+  numberField,
+  readNumber,
+  selectInput,
+  setOptions,
+  setProgress,
+  smallInput,
+  textField
+} from './ui';
 
 export const tuneIcon = new LabIcon({
   name: 'stratolab:tune',
@@ -116,23 +130,7 @@ export function uniqueName(base: string, taken: ReadonlyArray<string>): string {
 
 type Problems = [field: string, message: string][];
 
-function smallInput(testId: string, type: 'number' | 'text', value: string, placeholder = ''): HTMLInputElement {
-  const input = el('input', 'jp-Stratolab-input jp-Stratolab-smallInput', undefined, testId);
-  input.type = type;
-  if (type === 'number') {
-    input.step = 'any';
-  }
-  input.value = value;
-  input.placeholder = placeholder;
-  input.spellcheck = false;
-  return input;
-}
-
-function labelled(label: string, input: HTMLElement): HTMLElement {
-  const node = el('label', 'jp-Stratolab-inline');
-  node.append(el('span', 'jp-Stratolab-fieldLabel', label), input);
-  return node;
-}
+const inline = (label: string, input: HTMLElement) => fieldRow(label, input, 'jp-Stratolab-inline');
 
 /**
  * A parameter of the notebook: whether it is searched, its type, range or choices, and the
@@ -154,13 +152,8 @@ class SpaceRow {
     const head = el('div', 'jp-Stratolab-spaceHead');
     this.search = checkbox('search', id('search'), proposed !== undefined);
     this.search.input.title = `Search ${name} (unticked, it keeps the notebook’s value)`;
-    this.type = el('select', 'jp-Stratolab-input jp-Stratolab-smallInput', undefined, id('type'));
-    for (const t of ['float', 'int', 'categorical']) {
-      const option = el('option', '', t);
-      option.value = t;
-      this.type.append(option);
-    }
-    this.type.value = item.type;
+    this.type = selectInput(id('type'), SPACE_TYPES.map(t => [t, t] as const), item.type);
+    this.type.classList.add('jp-Stratolab-smallInput');
     this.type.setAttribute('aria-label', `Type of ${name}`);
     const defaultText = formatParameterValue(parameter.default, parameter.type) || '""';
     head.append(
@@ -176,25 +169,25 @@ class SpaceRow {
     this.step = smallInput(id('step'), 'number', num(item.step), 'none');
     this.log = checkbox('log', id('log'), !!item.log);
     this.numbers = el('div', 'jp-Stratolab-spaceLine');
-    this.numbers.append(labelled('low', this.low), labelled('high', this.high), this.log.row, labelled('step', this.step));
+    this.numbers.append(inline('low', this.low), inline('high', this.high), this.log.row, inline('step', this.step));
 
     this.choices = smallInput(id('choices'), 'text', formatChoices(item.choices ?? []), 'a, b, 3, true');
     this.choices.title = 'Comma-separated; each read as JSON where it parses (3, true, null, "x"), else as text';
     this.choicesLine = el('div', 'jp-Stratolab-spaceLine');
-    this.choicesLine.append(labelled('choices', this.choices));
+    this.choicesLine.append(inline('choices', this.choices));
 
-    this.parent = el('select', 'jp-Stratolab-input jp-Stratolab-smallInput', undefined, id('when-param'));
+    this.parent = selectInput(id('when-param'), [], '');
+    this.parent.classList.add('jp-Stratolab-smallInput');
     this.parent.setAttribute('aria-label', `Condition of ${name}`);
     this.when = smallInput(id('when-values'), 'text', '', 'value(s), comma-separated');
     this.condition = el('div', 'jp-Stratolab-spaceLine');
-    this.condition.append(labelled('only when', this.parent), el('span', '', '='), this.when);
+    this.condition.append(inline('only when', this.parent), el('span', '', '='), this.when);
     this.pendingParent = item.when ? Object.keys(item.when)[0] : '';
     if (item.when) {
       this.when.value = formatChoices(Object.values(item.when)[0] ?? []);
     }
 
-    this.error = el('div', 'jp-Stratolab-fieldError', undefined, `stratolab-tune-error-space-${name}`);
-    this.error.setAttribute('role', 'alert');
+    this.error = alertNode('', `stratolab-tune-error-space-${name}`, 'jp-Stratolab-fieldError');
     const body = el('div', 'jp-Stratolab-spaceBody');
     body.append(this.numbers, this.choicesLine, this.condition);
     this.node.append(head, body, this.error);
@@ -236,16 +229,9 @@ class SpaceRow {
   /** The categorical parameters this one may depend on (searched, without a condition themselves). */
   setParents(names: string[]): void {
     const wanted = this.parent.value || this.pendingParent;
-    const none = el('option', '', 'always');
-    none.value = '';
-    const options = [none];
-    for (const n of names.filter(n => n !== this.parameter.name)) {
-      const option = el('option', '', n);
-      option.value = n;
-      options.push(option);
-    }
-    this.parent.replaceChildren(...options);
-    this.parent.value = options.some(o => o.value === wanted) ? wanted : '';
+    const options = ['', ...names.filter(n => n !== this.parameter.name)];
+    setOptions(this.parent, options.map(n => [n, n || 'always'] as const));
+    this.parent.value = options.includes(wanted) ? wanted : '';
     // Without a searched categorical parameter to depend on, there is no condition to set.
     this.condition.hidden = options.length === 1;
     if (this.parent.value === wanted) {
@@ -345,22 +331,7 @@ export interface ITuneDialogOptions {
 
 type Action = 'start';
 
-function select(testId: string, options: [string, string][], value: string): HTMLSelectElement {
-  const node = el('select', 'jp-Stratolab-input', undefined, testId);
-  for (const [v, label] of options) {
-    const option = el('option', '', label);
-    option.value = v;
-    node.append(option);
-  }
-  node.value = value;
-  return node;
-}
-
-function row(label: string, input: HTMLElement): HTMLElement {
-  const node = el('label', 'jp-Stratolab-field');
-  node.append(el('span', 'jp-Stratolab-fieldLabel', label), input);
-  return node;
-}
+const SPACE_TYPES = ['float', 'int', 'categorical'] as const;
 
 /**
  * The dialog's body: the space, the objective and the budget, the errors next to their fields.
@@ -368,36 +339,34 @@ function row(label: string, input: HTMLElement): HTMLElement {
 export class TuneForm extends Widget implements ISubmittingForm<Action> {
   constructor(private readonly options: ITuneDialogOptions) {
     super({ node: el('div', 'jp-Stratolab-scheduleForm jp-Stratolab-tuneForm', undefined, 'stratolab-tune-form') });
-    this.topError = el('div', 'jp-Stratolab-fieldError jp-Stratolab-topError', undefined, 'stratolab-tune-error');
-    this.topError.setAttribute('role', 'alert');
-    this.node.append(this.topError);
+    this.node.append(this.errors.top);
 
     const form = el('div', 'jp-Stratolab-form');
     form.append(el('div', 'jp-Stratolab-note', `Notebook: ${options.path}`, 'stratolab-tune-notebook'));
     this.baseName = defaultScheduleName(options.path);
     this.name = textField('Name', 'stratolab-tune-name', this.baseName);
     this.name.input.addEventListener('input', () => (this.nameEdited = true));
-    form.append(this.group(this.name.row, 'name'));
+    form.append(this.errors.group(this.name.row, 'name'));
 
     const space = details('Search space', 'stratolab-tune-space', true);
     this.spaceBody = space.body;
     this.spaceBody.append(el('p', 'jp-Stratolab-loading', 'Reading the notebook’s parameters…'));
-    space.body.before(this.group(el('span', ''), 'space'));
+    space.body.before(this.errors.group(el('span', ''), 'space'));
     form.append(space.details);
 
     this.metric = textField('Objective metric', 'stratolab-tune-metric', '', 'val_accuracy');
-    this.direction = select('stratolab-tune-direction', [['maximize', 'maximize'], ['minimize', 'minimize']], 'maximize');
+    this.direction = selectInput('stratolab-tune-direction', [['maximize', 'maximize'], ['minimize', 'minimize']], 'maximize');
     form.append(
-      this.group(this.metric.row, 'metric', el('div', 'jp-Stratolab-note jp-Stratolab-paramDefault',
+      this.errors.group(this.metric.row, 'metric', el('div', 'jp-Stratolab-note jp-Stratolab-paramDefault',
         'What the notebook records with stratolab.record("name", value), e.g. val_accuracy.')),
-      this.group(row('Direction', this.direction), 'direction')
+      this.errors.group(fieldRow('Direction', this.direction), 'direction')
     );
 
     this.trials = numberField('Trials', 20, { min: 1, testId: 'stratolab-tune-trials' });
     this.parallel = numberField('Parallel trials', 2, { min: 1, testId: 'stratolab-tune-parallel' });
-    form.append(this.group(this.trials.row, 'trials'), this.group(this.parallel.row, 'parallel'));
-    this.profile = select('stratolab-tune-profile', [['', 'Default environment']], '');
-    form.append(this.group(row('Environment', this.profile), 'profile', el('div', 'jp-Stratolab-note jp-Stratolab-paramDefault',
+    form.append(this.errors.group(this.trials.row, 'trials'), this.errors.group(this.parallel.row, 'parallel'));
+    this.profile = selectInput('stratolab-tune-profile', [['', 'Default environment']], '');
+    form.append(this.errors.group(fieldRow('Environment', this.profile), 'profile', el('div', 'jp-Stratolab-note jp-Stratolab-paramDefault',
       'Every trial runs in it. On a GPU environment each trial gets its own GPUs: no more run at once than there are.')));
 
     const limits = details('Limits', 'stratolab-tune-limits');
@@ -405,20 +374,20 @@ export class TuneForm extends Widget implements ISubmittingForm<Action> {
     this.maxFailed = numberField('Failed trials tolerated', null, { min: 0, placeholder: 'max(3, trials ÷ 4)', testId: 'stratolab-tune-max-failed' });
     this.trialTimeout = numberField('Trial timeout (s)', null, { min: 1, placeholder: 'none', testId: 'stratolab-tune-trial-timeout' });
     limits.body.append(
-      this.group(this.timeout.row, 'timeout'),
-      this.group(this.maxFailed.row, 'max_failed'),
-      this.group(this.trialTimeout.row, 'trial_timeout')
+      this.errors.group(this.timeout.row, 'timeout'),
+      this.errors.group(this.maxFailed.row, 'max_failed'),
+      this.errors.group(this.trialTimeout.row, 'trial_timeout')
     );
     form.append(limits.details);
 
     const algorithm = details('Algorithm', 'stratolab-tune-algorithm-settings');
-    this.algorithm = select('stratolab-tune-algorithm', [
+    this.algorithm = selectInput('stratolab-tune-algorithm', [
       ['tpe', 'TPE (Bayesian, default)'],
       ['random', 'Random'],
       ['cmaes', 'CMA-ES'],
       ['grid', 'Grid (choices and int ranges; steps for floats)']
     ], 'tpe');
-    this.pruner = select('stratolab-tune-pruner', [
+    this.pruner = selectInput('stratolab-tune-pruner', [
       ['none', 'None'],
       ['median', 'Median'],
       ['successive_halving', 'Successive halving'],
@@ -426,10 +395,10 @@ export class TuneForm extends Widget implements ISubmittingForm<Action> {
     ], 'none');
     this.seed = numberField('Seed', null, { min: 0, placeholder: 'random', testId: 'stratolab-tune-seed' });
     algorithm.body.append(
-      this.group(row('Sampler', this.algorithm), 'algorithm'),
-      this.group(row('Pruner', this.pruner), 'pruner', el('div', 'jp-Stratolab-note jp-Stratolab-paramDefault',
+      this.errors.group(fieldRow('Sampler', this.algorithm), 'algorithm'),
+      this.errors.group(fieldRow('Pruner', this.pruner), 'pruner', el('div', 'jp-Stratolab-note jp-Stratolab-paramDefault',
         'Stops unpromising trials early: needs stratolab.report(step, value) in the notebook.')),
-      this.group(this.seed.row, 'seed')
+      this.errors.group(this.seed.row, 'seed')
     );
     form.append(algorithm.details);
 
@@ -440,8 +409,12 @@ export class TuneForm extends Widget implements ISubmittingForm<Action> {
     const clear = (event: Event) => {
       const target = event.target as HTMLElement;
       const group = target.closest?.('[data-field]') as HTMLElement | null;
-      if (group?.dataset.field) {
-        this.clearFieldError(group.dataset.field);
+      const field = group?.dataset.field;
+      if (field) {
+        this.errors.clear(field);
+        if (field.startsWith('space.')) {
+          this.errors.clear(field.split('.').slice(0, 2).join('.'));
+        }
       }
       target.classList?.remove('jp-mod-invalid');
     };
@@ -455,22 +428,22 @@ export class TuneForm extends Widget implements ISubmittingForm<Action> {
   job: IAutoMLJob | null = null;
 
   async submit(_action: Action): Promise<boolean> {
-    this.clearErrors();
+    this.errors.clearAll();
     const request = await this.read();
     if (!request) {
       return false;
     }
-    this.setProgress('Starting the search…');
+    setProgress(this.progress, 'Starting the search…');
     try {
       this.job = await startAutoMLJob(request);
       this.options.onStarted?.(this.job);
       return true;
     } catch (error) {
       const field = error instanceof ServiceError ? error.field : null;
-      this.showFieldError(field ?? '', (error as Error).message || String(error));
+      this.errors.show(field ?? '', (error as Error).message || String(error));
       return false;
     } finally {
-      this.setProgress('');
+      setProgress(this.progress, '');
     }
   }
 
@@ -478,7 +451,7 @@ export class TuneForm extends Widget implements ISubmittingForm<Action> {
   private async read(): Promise<IAutoMLRequest | null> {
     let valid = true;
     const fail = (field: string, message: string) => {
-      this.showFieldError(field, message);
+      this.errors.show(field, message);
       valid = false;
     };
     const name = this.name.input.value.trim();
@@ -587,9 +560,9 @@ export class TuneForm extends Widget implements ISubmittingForm<Action> {
     }
     this.rows = proposal.parameters.map(p => new SpaceRow(p, proposal.space[p.name], () => this.updateConditions()));
     for (const r of this.rows) {
-      this.errors.set(`space.${r.parameter.name}`, r.error);
+      this.errors.register(`space.${r.parameter.name}`, r.error);
       for (const [field, input] of Object.entries(r.inputs)) {
-        this.inputs.set(field, input);
+        this.errors.markInput(field, input);
       }
     }
     this.spaceBody.replaceChildren(
@@ -601,20 +574,13 @@ export class TuneForm extends Widget implements ISubmittingForm<Action> {
 
   /** The scheduler's environments, GPU ones with their GPU count (the Schedule dialog's list). */
   private async loadProfiles(): Promise<void> {
-    let profiles: IProfile[];
     try {
-      profiles = (await schedulerClient.get<{ profiles: IProfile[] }>('api/profiles')).profiles;
+      const wanted = this.profile.value;
+      setOptions(this.profile, profileOptions(await listProfiles(), wanted, 'per trial'));
+      this.profile.value = wanted;
     } catch (error) {
-      this.showFieldError('profile', `Cannot list the environments: ${(error as Error).message}`);
-      return;
+      this.errors.show('profile', `Cannot list the environments: ${(error as Error).message}`);
     }
-    const wanted = this.profile.value;
-    for (const p of profiles) {
-      const option = el('option', '', p.gpus ? `${p.display_name} (${p.gpus} GPU${p.gpus > 1 ? 's' : ''} per trial)` : p.display_name);
-      option.value = p.slug;
-      this.profile.append(option);
-    }
-    this.profile.value = wanted;
   }
 
   /** A parameter may depend on a searched categorical one that has no condition itself. */
@@ -623,60 +589,6 @@ export class TuneForm extends Widget implements ISubmittingForm<Action> {
     for (const r of this.rows) {
       r.setParents(parents);
     }
-  }
-
-  /** A field's row with the place for its error below it (and any note under that). */
-  private group(rowNode: HTMLElement, field: string, extra?: HTMLElement): HTMLElement {
-    const group = el('div', 'jp-Stratolab-fieldGroup');
-    group.dataset.field = field;
-    const error = el('div', 'jp-Stratolab-fieldError', undefined, `stratolab-tune-error-${field.replace(/[._]/g, '-')}`);
-    error.setAttribute('role', 'alert');
-    this.errors.set(field, error);
-    group.append(rowNode, error);
-    if (extra) {
-      group.append(extra);
-    }
-    return group;
-  }
-
-  /**
-   * Show `message` under the field it names, or the nearest field above it (`space.lr.low` goes to
-   * the row of lr), else at the top; mark the input it is about.
-   */
-  private showFieldError(field: string, message: string): void {
-    let node: HTMLElement | undefined;
-    const parts = field ? field.split('.') : [];
-    for (let n = parts.length; n > 0 && !node; n--) {
-      node = this.errors.get(parts.slice(0, n).join('.'));
-    }
-    const target = node ?? this.topError;
-    target.append(el('div', '', target === this.topError && field ? `${field}: ${message}` : message));
-    this.inputs.get(field)?.classList.add('jp-mod-invalid');
-    target.closest('details')?.setAttribute('open', '');
-    target.scrollIntoView?.({ block: 'nearest' });
-  }
-
-  private clearFieldError(field: string): void {
-    this.errors.get(field)?.replaceChildren();
-    if (field.startsWith('space.')) {
-      this.errors.get(field.split('.').slice(0, 2).join('.'))?.replaceChildren();
-    }
-  }
-
-  private clearErrors(): void {
-    this.topError.replaceChildren();
-    for (const node of this.errors.values()) {
-      node.replaceChildren();
-    }
-    for (const input of this.inputs.values()) {
-      input.classList.remove('jp-mod-invalid');
-    }
-  }
-
-  private setProgress(text: string): void {
-    this.progress.replaceChildren(
-      ...(text ? [el('span', 'jp-Stratolab-spinner'), document.createTextNode(` ${text}`)] : [])
-    );
   }
 
   private readonly baseName: string;
@@ -694,10 +606,8 @@ export class TuneForm extends Widget implements ISubmittingForm<Action> {
   private readonly algorithm: HTMLSelectElement;
   private readonly pruner: HTMLSelectElement;
   private readonly seed: IField;
-  private readonly topError: HTMLElement;
   private readonly progress: HTMLElement;
-  private readonly errors = new Map<string, HTMLElement>();
-  private readonly inputs = new Map<string, HTMLElement>();
+  private readonly errors = new FieldErrors('stratolab-tune-error', /[._]/g);
   private rows: SpaceRow[] = [];
 }
 

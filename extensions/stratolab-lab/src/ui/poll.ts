@@ -1,24 +1,6 @@
-// DOM helpers shared by the panel, the functions section and the deploy dialog.
-
 /**
- * Small DOM helper: an element with a class, optional text and optional test id.
+ * Loading and refreshing: joined loads, polling while visible, and nodes kept across refreshes.
  */
-export function el<K extends keyof HTMLElementTagNameMap>(
-  tag: K,
-  className: string,
-  text?: string,
-  testId?: string
-): HTMLElementTagNameMap[K] {
-  const node = document.createElement(tag);
-  node.className = className;
-  if (text !== undefined) {
-    node.textContent = text;
-  }
-  if (testId) {
-    node.dataset.testid = testId;
-  }
-  return node;
-}
 
 /**
  * Loads keyed by a selection: a load asked for while one for the same selection is under way joins
@@ -43,13 +25,19 @@ export class JoinedLoads<K> {
   private _pending: { key: K; promise: Promise<void> } | null = null;
 }
 
+/** What a poller asks before each refresh. */
+export interface IPollTarget {
+  readonly isDisposed: boolean;
+  readonly isVisible: boolean;
+}
+
 /**
- * Refresh a panel section every `activeMs` while `busy()` (something is queued or running), else every
- * `idleMs`; only while the section is visible, and never after it is disposed.
+ * Refresh every `activeMs` while `busy()` (something is queued or running), else every `idleMs`;
+ * only while the target is visible, and never after it is disposed.
  */
 export class Poller {
   constructor(
-    private readonly section: { readonly isDisposed: boolean; readonly isVisible: boolean },
+    private readonly target: IPollTarget,
     private readonly refresh: () => Promise<void>,
     private readonly busy: () => boolean,
     private readonly activeMs: number,
@@ -67,10 +55,10 @@ export class Poller {
   private tick(ms: number): void {
     window.clearTimeout(this._timer);
     this._timer = window.setTimeout(async () => {
-      if (this.section.isDisposed) {
+      if (this.target.isDisposed) {
         return;
       }
-      if (this.section.isVisible) {
+      if (this.target.isVisible) {
         await this.refresh();
       }
       this.tick(this.busy() ? this.activeMs : this.idleMs);
@@ -78,4 +66,32 @@ export class Poller {
   }
 
   private _timer: number | undefined;
+}
+
+/**
+ * The node shown last for an id when what it shows has not changed, else a new one: a refresh every
+ * few seconds then leaves the nodes (and the buttons someone is about to click) in place.
+ */
+export class NodeCache<K, N extends Element = HTMLElement> {
+  constructor(private readonly limit = 200) {}
+
+  reuse<M extends N>(id: K, shown: unknown, render: () => M): M {
+    const key = JSON.stringify(shown);
+    const hit = this._nodes.get(id);
+    if (this._nodes.size > this.limit) {
+      this._nodes.clear();
+    }
+    if (hit && hit.key === key) {
+      return hit.node as M;
+    }
+    const node = render();
+    this._nodes.set(id, { key, node });
+    return node;
+  }
+
+  get(id: K): N | undefined {
+    return this._nodes.get(id)?.node;
+  }
+
+  private readonly _nodes = new Map<K, { key: string; node: N }>();
 }
