@@ -1,9 +1,4 @@
-"""Initial platform schema: installation facts and GPU assignment history.
-
-Revision ID: 0001
-Revises:
-Create Date: 2026-11-28
-"""
+"""Initial platform schema: installation facts and GPU assignment history."""
 
 import uuid
 from datetime import UTC, datetime
@@ -11,10 +6,10 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from alembic import op
 
+from stratolab.db.migrations.columns import create_gpu_assignments
+
 revision = "0001"
 down_revision = None
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:
@@ -30,18 +25,7 @@ def upgrade() -> None:
             {"key": "created_at", "value": datetime.now(UTC).isoformat()},
         ],
     )
-    op.create_table(
-        "gpu_assignments",
-        sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
-        sa.Column("username", sa.String(255), nullable=False),
-        sa.Column("server_name", sa.String(255), nullable=False),
-        sa.Column("profile_slug", sa.String(63), nullable=False),
-        sa.Column("devices", sa.Text(), nullable=False),
-        sa.Column("assigned_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("released_at", sa.DateTime(timezone=True), nullable=True),
-    )
-    op.create_index("ix_gpu_assignments_username", "gpu_assignments", ["username"])
-    op.create_index("ix_gpu_assignments_released_at", "gpu_assignments", ["released_at"])
+    create_gpu_assignments()
 
 
 def downgrade() -> None:

@@ -1,27 +1,20 @@
-"""Scheduled notebook jobs and their runs.
-
-Revision ID: 0003
-Revises: 0002
-Create Date: 2026-11-28
-"""
+"""Scheduled notebook jobs and their runs."""
 
 import sqlalchemy as sa
 from alembic import op
 
+from stratolab.db.migrations.columns import id_column, named_by_owner, owned_by
 from stratolab.db.models import UtcDateTime
 
 revision = "0003"
 down_revision = "0002"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:
     op.create_table(
         "job_schedules",
-        sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
-        sa.Column("owner", sa.String(255), nullable=False),
-        sa.Column("name", sa.String(100), nullable=False),
+        id_column(),
+        *named_by_owner("job_schedules", 100),
         sa.Column("notebook", sa.String(1024), nullable=False),
         sa.Column("snapshot_digest", sa.String(64), nullable=False),
         sa.Column("snapshot_at", UtcDateTime(), nullable=False),
@@ -40,18 +33,12 @@ def upgrade() -> None:
         sa.Column("next_run_at", UtcDateTime(), nullable=True),
         sa.Column("created_at", UtcDateTime(), nullable=False),
         sa.Column("updated_at", UtcDateTime(), nullable=False),
-        sa.UniqueConstraint("owner", "name", name="uq_job_schedules_owner_name"),
     )
     op.create_index("ix_job_schedules_next_run_at", "job_schedules", ["next_run_at"])
     op.create_table(
         "job_runs",
-        sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
-        sa.Column(
-            "schedule_id",
-            sa.Integer(),
-            sa.ForeignKey("job_schedules.id", ondelete="CASCADE", name="fk_job_runs_schedule_id_job_schedules"),
-            nullable=False,
-        ),
+        id_column(),
+        owned_by("job_runs", "schedule_id", "job_schedules"),
         sa.Column("owner", sa.String(255), nullable=False),
         sa.Column("trigger", sa.String(16), nullable=False),
         sa.Column("state", sa.String(16), nullable=False),

@@ -1,27 +1,20 @@
-"""AutoML jobs (their trials are in Optuna's own tables), and schedules that run AutoML searches.
-
-Revision ID: 0004
-Revises: 0003
-Create Date: 2026-11-28
-"""
+"""AutoML jobs (their trials are in Optuna's own tables), and schedules that run AutoML searches."""
 
 import sqlalchemy as sa
 from alembic import op
 
+from stratolab.db.migrations.columns import id_column, named_by_owner
 from stratolab.db.models import UtcDateTime
 
 revision = "0004"
 down_revision = "0003"
-branch_labels = None
-depends_on = None
 
 
 def upgrade() -> None:
     op.create_table(
         "automl_jobs",
-        sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
-        sa.Column("owner", sa.String(255), nullable=False),
-        sa.Column("name", sa.String(100), nullable=False),
+        id_column(),
+        *named_by_owner("automl_jobs", 100),
         sa.Column("notebook", sa.String(1024), nullable=False),
         sa.Column("snapshot_digest", sa.String(64), nullable=False),
         sa.Column("config", sa.Text(), nullable=False),
@@ -34,7 +27,6 @@ def upgrade() -> None:
         sa.Column("created_at", UtcDateTime(), nullable=False),
         sa.Column("started_at", UtcDateTime(), nullable=True),
         sa.Column("finished_at", UtcDateTime(), nullable=True),
-        sa.UniqueConstraint("owner", "name", name="uq_automl_jobs_owner_name"),
     )
     op.add_column("job_schedules", sa.Column("automl", sa.Text(), nullable=True))
     op.add_column("job_runs", sa.Column("automl_job_id", sa.Integer(), nullable=True))

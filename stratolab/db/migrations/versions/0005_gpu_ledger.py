@@ -6,10 +6,6 @@ reason; the hub re-registers the devices of servers that are still running when 
 
 Functions whose queue_limit was the old default (64) get no limit, the new default: a burst waits for
 capacity up to the function's timeout instead of being answered 429.
-
-Revision ID: 0005
-Revises: 0004
-Create Date: 2026-12-06
 """
 
 import json
@@ -17,12 +13,11 @@ import json
 import sqlalchemy as sa
 from alembic import op
 
+from stratolab.db.migrations.columns import create_gpu_assignments, id_column
 from stratolab.db.models import UtcDateTime, utcnow
 
 revision = "0005"
 down_revision = "0004"
-branch_labels = None
-depends_on = None
 
 OLD_DEFAULT_QUEUE_LIMIT = 64
 
@@ -30,7 +25,7 @@ OLD_DEFAULT_QUEUE_LIMIT = 64
 def upgrade() -> None:
     leases = op.create_table(
         "gpu_leases",
-        sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+        id_column(),
         sa.Column("host", sa.String(255), nullable=False),
         sa.Column("device", sa.String(255), nullable=False),
         sa.Column("holder_kind", sa.String(16), nullable=False),
@@ -86,18 +81,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.create_table(
-        "gpu_assignments",
-        sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
-        sa.Column("username", sa.String(255), nullable=False),
-        sa.Column("server_name", sa.String(255), nullable=False),
-        sa.Column("profile_slug", sa.String(63), nullable=False),
-        sa.Column("devices", sa.Text(), nullable=False),
-        sa.Column("assigned_at", UtcDateTime(), nullable=False),
-        sa.Column("released_at", UtcDateTime(), nullable=True),
-    )
-    op.create_index("ix_gpu_assignments_username", "gpu_assignments", ["username"])
-    op.create_index("ix_gpu_assignments_released_at", "gpu_assignments", ["released_at"])
+    create_gpu_assignments()
     bind = op.get_bind()
     leases = sa.table(
         "gpu_leases", sa.column("username", sa.String()), sa.column("holder_key", sa.String()),
