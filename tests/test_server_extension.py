@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from stratolab.server.environment import assigned_gpus, environment_status, format_bytes, parse_nvidia_smi, query_gpu_usage
+from stratolab.platform.gpus import assigned_gpus, parse_nvidia_smi, query_gpu_usage
+from stratolab.server.environment import environment_status, format_bytes
 from support import stop_process
 
 JUPYTER = Path(sys.executable).parent / "jupyter"

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 from typing import Any
 
-from stratolab.cli.scheduler_api import home_relative, parse_params, scheduler_call
+from stratolab.cli.commands import CommandGroup, arg
+from stratolab.cli.scheduler_api import follow, home_relative, parse_params, scheduler_call
 from stratolab.errors import InvalidInput, StratolabError
 
 FINAL = ("succeeded", "failed", "stopped")
@@ -69,11 +69,8 @@ def cmd_list(args, emit) -> None:
 
 
 def cmd_status(args, emit) -> None:
-    job = scheduler_call("GET", f"api/automl/{args.job}")
-    deadline = time.monotonic() + (args.timeout or 1e12)
-    while args.wait and job["state"] not in FINAL and time.monotonic() < deadline:
-        time.sleep(2)
-        job = scheduler_call("GET", f"api/automl/{args.job}")
+    path = f"api/automl/{args.job}"
+    job = follow(path, FINAL, args.timeout, interval=2) if args.wait else scheduler_call("GET", path)
     emit(job, _job_line(job))
     if args.wait and job["state"] != "succeeded":
         raise StratolabError(f"AutoML job {args.job} {job['state']}: {job.get('error') or ''}".rstrip(": "))
@@ -114,52 +111,42 @@ def cmd_deploy_best(args, emit) -> None:
     emit(data, f"best trial {trial['number']} deployed:\n{deployment!r}")
 
 
+JOB = arg("job", type=int)
+
+
 def add_automl_commands(sub, common: argparse.ArgumentParser) -> None:
-    automl = sub.add_parser("automl", parents=[common], help="AutoML searches over a notebook's parameters")
-    cmds = automl.add_subparsers(dest="automl_command", required=True)
-
-    p = cmds.add_parser("create", parents=[common], help="start a search",
-                        description="NOTEBOOK is a local file; it is sent with the request (its path is recorded "
-                                    "relative to your home when it is inside it).")
-    p.add_argument("notebook")
-    p.add_argument("--space", help="JSON file with the search space (default: proposed from the parameters cell)")
-    p.add_argument("--metric", required=True, help="what the notebook records with stratolab.record(name, value)")
-    p.add_argument("--direction", choices=["maximize", "minimize"], default="maximize")
-    p.add_argument("--trials", type=int, default=20)
-    p.add_argument("--parallel", type=int, default=2)
-    p.add_argument("--timeout", type=int, help="time limit of the search, seconds")
-    p.add_argument("--trial-timeout", dest="trial_timeout", type=int, help="time limit of one trial, seconds")
-    p.add_argument("--max-failed", dest="max_failed", type=int, help="failed trials tolerated")
-    p.add_argument("--algorithm", choices=["tpe", "random", "cmaes", "grid"], default="tpe")
-    p.add_argument("--pruner", choices=["none", "median", "successive_halving", "hyperband"], default="none")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--name")
-    p.add_argument("--profile", help="the environment profile every trial runs in (a slug, as for `jobs create`; "
-                                     "default: the default profile). On a GPU profile each trial gets its own "
-                                     "GPUs, so no more trials run at once than the GPUs allow")
-    p.add_argument("--param", action="append", metavar="NAME=VALUE", help="a fixed value for a parameter not searched")
-    p.add_argument("--cron", help="run the search on this schedule instead of once (retraining on cron)")
-    p.add_argument("--tz", default="UTC", help="time zone of --cron")
-    p.set_defaults(func=cmd_create)
-
-    p = cmds.add_parser("list", parents=[common], help="your searches")
-    p.set_defaults(func=cmd_list)
-    p = cmds.add_parser("status", parents=[common], help="a search's state and best trial")
-    p.add_argument("job", type=int)
-    p.add_argument("--wait", action="store_true", help="wait until it ends (exit status 1 unless it succeeded)")
-    p.add_argument("--timeout", type=float, help="with --wait: give up after this many seconds")
-    p.set_defaults(func=cmd_status)
-    p = cmds.add_parser("trials", parents=[common], help="the leaderboard")
-    p.add_argument("job", type=int)
-    p.set_defaults(func=cmd_trials)
-    p = cmds.add_parser("stop", parents=[common], help="stop a search")
-    p.add_argument("job", type=int)
-    p.set_defaults(func=cmd_stop)
-    p = cmds.add_parser("delete", parents=[common], help="delete an ended search and its trials")
-    p.add_argument("job", type=int)
-    p.set_defaults(func=cmd_delete)
-    p = cmds.add_parser("deploy-best", parents=[common], help="deploy the best trial's model as a function")
-    p.add_argument("job", type=int)
-    p.add_argument("--name", help="function name (default: from the search's name)")
-    p.add_argument("--public", action="store_true")
-    p.set_defaults(func=cmd_deploy_best)
+    automl = CommandGroup(sub, common, "automl", "AutoML searches over a notebook's parameters")
+    automl.add(
+        "create", cmd_create, "start a search",
+        arg("notebook"),
+        arg("--space", help="JSON file with the search space (default: proposed from the parameters cell)"),
+        arg("--metric", required=True, help="what the notebook records with stratolab.record(name, value)"),
+        arg("--direction", choices=["maximize", "minimize"], default="maximize"),
+        arg("--trials", type=int, default=20),
+        arg("--parallel", type=int, default=2),
+        arg("--timeout", type=int, help="time limit of the search, seconds"),
+        arg("--trial-timeout", dest="trial_timeout", type=int, help="time limit of one trial, seconds"),
+        arg("--max-failed", dest="max_failed", type=int, help="failed trials tolerated"),
+        arg("--algorithm", choices=["tpe", "random", "cmaes", "grid"], default="tpe"),
+        arg("--pruner", choices=["none", "median", "successive_halving", "hyperband"], default="none"),
+        arg("--seed", type=int),
+        arg("--name"),
+        arg("--profile", help="the environment profile every trial runs in (a slug, as for `jobs create`; "
+                              "default: the default profile). On a GPU profile each trial gets its own "
+                              "GPUs, so no more trials run at once than the GPUs allow"),
+        arg("--param", action="append", metavar="NAME=VALUE", help="a fixed value for a parameter not searched"),
+        arg("--cron", help="run the search on this schedule instead of once (retraining on cron)"),
+        arg("--tz", default="UTC", help="time zone of --cron"),
+        description="NOTEBOOK is a local file; it is sent with the request (its path is recorded "
+                    "relative to your home when it is inside it).",
+    )
+    automl.add("list", cmd_list, "your searches")
+    automl.add("status", cmd_status, "a search's state and best trial", JOB,
+               arg("--wait", action="store_true", help="wait until it ends (exit status 1 unless it succeeded)"),
+               arg("--timeout", type=float, help="with --wait: give up after this many seconds"))
+    automl.add("trials", cmd_trials, "the leaderboard", JOB)
+    automl.add("stop", cmd_stop, "stop a search", JOB)
+    automl.add("delete", cmd_delete, "delete an ended search and its trials", JOB)
+    automl.add("deploy-best", cmd_deploy_best, "deploy the best trial's model as a function", JOB,
+               arg("--name", help="function name (default: from the search's name)"),
+               arg("--public", action="store_true"))

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from stratolab.cli.commands import CommandGroup, arg
 from stratolab.errors import InvalidInput
 
 SCALING_FLAGS = {
@@ -23,9 +24,8 @@ def _scaling(args: argparse.Namespace) -> dict[str, Any]:
     return {key: getattr(args, flag) for flag, (key, _) in SCALING_FLAGS.items() if getattr(args, flag, None) is not None}
 
 
-def _add_scaling(p: argparse.ArgumentParser) -> None:
-    for flag, (key, typ) in SCALING_FLAGS.items():
-        p.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=typ, help=key)
+SCALING_ARGS = [arg(f"--{flag.replace('_', '-')}", dest=flag, type=typ, help=key)
+                for flag, (key, typ) in SCALING_FLAGS.items()]
 
 
 def _summary(fn: dict[str, Any]) -> str:
@@ -119,22 +119,16 @@ def cmd_delete(args, emit) -> None:
 
 
 def cmd_export(args, emit) -> None:
-    import requests
-
-    from stratolab.client.session import decode, hub_session
+    from stratolab.client.session import download
     from stratolab.functions.bundle import extract_bundle
-    from stratolab.functions.client import SERVICE_PATH, FunctionsError, call
+    from stratolab.functions.client import SERVICE, FunctionsError, call
     from stratolab.functions.export import export_bundle
 
     version = args.version
     if version is None:
         fn = call("GET", f"api/functions/{args.name}")
         version = max(int(v) for v in fn["traffic"]) if fn["traffic"] else fn["versions"][-1]["version"]
-    session = hub_session(error=FunctionsError)
-    r = requests.get(f"{session.url}{SERVICE_PATH}/api/functions/{args.name}/versions/{version}/bundle",
-                     headers=session.headers, timeout=600)
-    if r.status_code != 200:
-        decode(r, FunctionsError)
+    r = download(SERVICE, f"api/functions/{args.name}/versions/{version}/bundle", error=FunctionsError, timeout=600)
     with tempfile.TemporaryDirectory() as tmp:
         extract_bundle(r.content, Path(tmp) / "bundle")
         target = export_bundle(Path(tmp) / "bundle", Path(args.output))
@@ -142,56 +136,32 @@ def cmd_export(args, emit) -> None:
          f"Exported {args.name} v{version} to {target} (docker build -t {args.name} {target})")
 
 
+NAME = arg("name")
+
+
 def add_functions_commands(sub, common: argparse.ArgumentParser) -> None:
-    fns = sub.add_parser("functions", parents=[common], help="serverless functions")
-    fsub = fns.add_subparsers(dest="functions_command", required=True)
-
-    p = fsub.add_parser("deploy", parents=[common], help="deploy a notebook cell's handler")
-    p.add_argument("notebook")
-    p.add_argument("--cell", type=int, required=True, help="index of the handler's cell (0-based, all cells)")
-    p.add_argument("--name", help="function name (default: the handler's name)")
-    p.add_argument("--handler", help="the function to deploy (default: the last def in the cell)")
-    p.add_argument("--public", action="store_true", help="anyone may invoke it without credentials")
-    p.add_argument("--no-promote", action="store_true", help="deploy without sending traffic to it")
-    _add_scaling(p)
-    p.set_defaults(func=cmd_deploy)
-
-    fsub.add_parser("list", parents=[common], help="your functions").set_defaults(func=cmd_list)
-
-    p = fsub.add_parser("invoke", parents=[common], help="call a function")
-    p.add_argument("name")
-    p.add_argument("--data", help="JSON input")
-    p.add_argument("--file", help="read the input from a file (JSON, or bytes with --binary)")
-    p.add_argument("--binary", action="store_true")
-    p.add_argument("--owner", help="owner of the function (default: you)")
-    p.set_defaults(func=cmd_invoke)
-
-    p = fsub.add_parser("logs", parents=[common], help="recent output of a function's instances")
-    p.add_argument("name")
-    p.set_defaults(func=cmd_logs)
-
-    p = fsub.add_parser("traffic", parents=[common], help="split traffic: 1=90 2=10")
-    p.add_argument("name")
-    p.add_argument("weights", nargs="+")
-    p.set_defaults(func=cmd_traffic)
-
-    p = fsub.add_parser("rollback", parents=[common], help="all traffic back to an earlier version")
-    p.add_argument("name")
-    p.add_argument("--to", type=int, help="version (default: the previous ready one)")
-    p.set_defaults(func=cmd_rollback)
-
-    p = fsub.add_parser("scale", parents=[common], help="change scaling and limits")
-    p.add_argument("name")
-    p.add_argument("--public", choices=["yes", "no"])
-    _add_scaling(p)
-    p.set_defaults(func=cmd_scale)
-
-    p = fsub.add_parser("delete", parents=[common], help="delete a function")
-    p.add_argument("name")
-    p.set_defaults(func=cmd_delete)
-
-    p = fsub.add_parser("export", parents=[common], help="write a bundle + Dockerfile that serves it")
-    p.add_argument("name")
-    p.add_argument("--version", type=int)
-    p.add_argument("--output", "-o", required=True)
-    p.set_defaults(func=cmd_export)
+    fns = CommandGroup(sub, common, "functions", "serverless functions")
+    fns.add("deploy", cmd_deploy, "deploy a notebook cell's handler",
+            arg("notebook"),
+            arg("--cell", type=int, required=True, help="index of the handler's cell (0-based, all cells)"),
+            arg("--name", help="function name (default: the handler's name)"),
+            arg("--handler", help="the function to deploy (default: the last def in the cell)"),
+            arg("--public", action="store_true", help="anyone may invoke it without credentials"),
+            arg("--no-promote", action="store_true", help="deploy without sending traffic to it"),
+            *SCALING_ARGS)
+    fns.add("list", cmd_list, "your functions")
+    fns.add("invoke", cmd_invoke, "call a function", NAME,
+            arg("--data", help="JSON input"),
+            arg("--file", help="read the input from a file (JSON, or bytes with --binary)"),
+            arg("--binary", action="store_true"),
+            arg("--owner", help="owner of the function (default: you)"))
+    fns.add("logs", cmd_logs, "recent output of a function's instances", NAME)
+    fns.add("traffic", cmd_traffic, "split traffic: 1=90 2=10", NAME, arg("weights", nargs="+"))
+    fns.add("rollback", cmd_rollback, "all traffic back to an earlier version", NAME,
+            arg("--to", type=int, help="version (default: the previous ready one)"))
+    fns.add("scale", cmd_scale, "change scaling and limits", NAME, arg("--public", choices=["yes", "no"]),
+            *SCALING_ARGS)
+    fns.add("delete", cmd_delete, "delete a function", NAME)
+    fns.add("export", cmd_export, "write a bundle + Dockerfile that serves it", NAME,
+            arg("--version", type=int),
+            arg("--output", "-o", required=True))

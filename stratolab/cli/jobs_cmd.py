@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-from stratolab.cli.scheduler_api import home_relative, parse_params, scheduler_call
+from stratolab.cli.commands import CommandGroup, arg
+from stratolab.cli.scheduler_api import SCHEDULER, follow, home_relative, parse_params, scheduler_call
+from stratolab.client.session import download
 from stratolab.errors import InvalidInput, StratolabError
 
 FINAL = ("succeeded", "failed", "timed_out", "stopped")
@@ -120,97 +121,68 @@ def cmd_delete(args, emit) -> None:
     emit({"deleted": sid}, f"schedule {sid} deleted, with its runs and outputs")
 
 
-def _download(path: str) -> bytes:
-    import requests
-
-    from stratolab.client.session import decode, hub_session
-
-    session = hub_session()
-    r = requests.get(f"{session.url}/services/scheduler/{path}", headers=session.headers, timeout=300)
-    if r.status_code >= 400:
-        decode(r)
-    return r.content
-
-
 def cmd_output(args, emit) -> None:
-    data = _download(f"api/runs/{args.run}/output?format={args.format}")
+    data = download(SCHEDULER, f"api/runs/{args.run}/output?format={args.format}").content
     target = Path(args.output or f"run-{args.run}.{args.format}")
     target.write_bytes(data)
     emit({"path": str(target), "bytes": len(data)}, f"wrote {target} ({len(data)} bytes)")
 
 
 def cmd_log(args, emit) -> None:
-    text = _download(f"api/runs/{args.run}/log").decode(errors="replace")
+    text = download(SCHEDULER, f"api/runs/{args.run}/log").content.decode(errors="replace")
     emit({"run": args.run, "log": text}, text)
 
 
 def cmd_wait(args, emit) -> None:
-    deadline = time.monotonic() + (args.timeout or 1e12)
-    run = scheduler_call("GET", f"api/runs/{args.run}")
-    while run["state"] not in FINAL and time.monotonic() < deadline:
-        time.sleep(1)
-        run = scheduler_call("GET", f"api/runs/{args.run}")
+    run = follow(f"api/runs/{args.run}", FINAL, args.timeout, interval=1)
     emit(run, _run_line(run))
     if run["state"] != "succeeded":
         raise StratolabError(f"run {args.run} {run['state']}" + (f": {run['error']}" if run.get("error") else ""))
 
 
+SCHEDULE = arg("schedule", help="id or name")
+RUN = arg("run", type=int)
+
+
 def add_jobs_commands(sub, common: argparse.ArgumentParser) -> None:
-    jobs = sub.add_parser("jobs", parents=[common], help="scheduled notebooks")
-    cmds = jobs.add_subparsers(dest="jobs_command", required=True)
-    p = cmds.add_parser("create", parents=[common], help="schedule a notebook",
-                        description="NOTEBOOK is a local file, snapshotted now (its path is recorded relative to "
-                                    "your home when it is inside it). --param values are converted to the types "
-                                    "of the notebook's parameters cell.")
-    p.add_argument("notebook")
-    p.add_argument("--cron", help="5 fields (m h dom mon dow), or 6 with seconds first")
-    p.add_argument("--on-demand", action="store_true", help="no cron: runs only with run-now")
-    p.add_argument("--tz", default="UTC", help="IANA time zone of the cron expression (default UTC)")
-    p.add_argument("--param", action="append", metavar="NAME=VALUE")
-    p.add_argument("--profile")
-    p.add_argument("--timeout", type=int, help="seconds for a whole run")
-    p.add_argument("--retries", type=int)
-    p.add_argument("--retry-backoff", dest="retry_backoff", type=int, help="seconds, doubled after each attempt")
-    p.add_argument("--name")
-    p.add_argument("--output-formats", dest="output_formats", help="ipynb,html (default both)")
-    p.add_argument("--webhook", help="URL to POST to when a run fails (see --notify-on)")
-    p.add_argument("--email", action="append", help="address to mail (needs the hub's SMTP settings)")
-    p.add_argument("--notify-on", dest="notify_on", default="failure", help="failure,success")
-    p.add_argument("--missed", choices=["catch_up", "skip"], help="runs missed while the scheduler was down")
-    p.add_argument("--paused", action="store_true", help="create it paused")
-    p.set_defaults(func=cmd_create)
-    for name, func, helptext in (("list", cmd_list, "your schedules"),):
-        p = cmds.add_parser(name, parents=[common], help=helptext)
-        p.set_defaults(func=func)
-    p = cmds.add_parser("show", parents=[common], help="one schedule")
-    p.add_argument("schedule", help="id or name")
-    p.set_defaults(func=cmd_show)
-    p = cmds.add_parser("runs", parents=[common], help="runs, newest first")
-    p.add_argument("--schedule", help="id or name")
-    p.add_argument("--state", choices=["queued", "running", *FINAL])
-    p.add_argument("--limit", type=int, default=20)
-    p.set_defaults(func=cmd_runs)
-    p = cmds.add_parser("run-now", parents=[common], help="run a schedule once, now")
-    p.add_argument("schedule", help="id or name")
-    p.add_argument("--param", action="append", metavar="NAME=VALUE")
-    p.add_argument("--idempotency-key", dest="idempotency_key", help="repeat it to get the same run back")
-    p.set_defaults(func=cmd_run_now)
+    jobs = CommandGroup(sub, common, "jobs", "scheduled notebooks")
+    jobs.add(
+        "create", cmd_create, "schedule a notebook",
+        arg("notebook"),
+        arg("--cron", help="5 fields (m h dom mon dow), or 6 with seconds first"),
+        arg("--on-demand", action="store_true", help="no cron: runs only with run-now"),
+        arg("--tz", default="UTC", help="IANA time zone of the cron expression (default UTC)"),
+        arg("--param", action="append", metavar="NAME=VALUE"),
+        arg("--profile"),
+        arg("--timeout", type=int, help="seconds for a whole run"),
+        arg("--retries", type=int),
+        arg("--retry-backoff", dest="retry_backoff", type=int, help="seconds, doubled after each attempt"),
+        arg("--name"),
+        arg("--output-formats", dest="output_formats", help="ipynb,html (default both)"),
+        arg("--webhook", help="URL to POST to when a run fails (see --notify-on)"),
+        arg("--email", action="append", help="address to mail (needs the hub's SMTP settings)"),
+        arg("--notify-on", dest="notify_on", default="failure", help="failure,success"),
+        arg("--missed", choices=["catch_up", "skip"], help="runs missed while the scheduler was down"),
+        arg("--paused", action="store_true", help="create it paused"),
+        description="NOTEBOOK is a local file, snapshotted now (its path is recorded relative to "
+                    "your home when it is inside it). --param values are converted to the types "
+                    "of the notebook's parameters cell.",
+    )
+    jobs.add("list", cmd_list, "your schedules")
+    jobs.add("show", cmd_show, "one schedule", SCHEDULE)
+    jobs.add("runs", cmd_runs, "runs, newest first",
+             arg("--schedule", help="id or name"),
+             arg("--state", choices=["queued", "running", *FINAL]),
+             arg("--limit", type=int, default=20))
+    jobs.add("run-now", cmd_run_now, "run a schedule once, now", SCHEDULE,
+             arg("--param", action="append", metavar="NAME=VALUE"),
+             arg("--idempotency-key", dest="idempotency_key", help="repeat it to get the same run back"))
     for name, func in (("pause", cmd_pause), ("resume", cmd_resume), ("delete", cmd_delete)):
-        p = cmds.add_parser(name, parents=[common], help=f"{name} a schedule")
-        p.add_argument("schedule", help="id or name")
-        p.set_defaults(func=func)
-    p = cmds.add_parser("stop", parents=[common], help="stop a queued or running run")
-    p.add_argument("run", type=int)
-    p.set_defaults(func=cmd_stop)
-    p = cmds.add_parser("output", parents=[common], help="download a run's executed notebook or HTML")
-    p.add_argument("run", type=int)
-    p.add_argument("--format", choices=["ipynb", "html"], default="ipynb")
-    p.add_argument("-o", "--output", help="file to write (default run-ID.FORMAT)")
-    p.set_defaults(func=cmd_output)
-    p = cmds.add_parser("log", parents=[common], help="a run's log")
-    p.add_argument("run", type=int)
-    p.set_defaults(func=cmd_log)
-    p = cmds.add_parser("wait", parents=[common], help="wait for a run to end (exit status 1 unless it succeeded)")
-    p.add_argument("run", type=int)
-    p.add_argument("--timeout", type=float)
-    p.set_defaults(func=cmd_wait)
+        jobs.add(name, func, f"{name} a schedule", SCHEDULE)
+    jobs.add("stop", cmd_stop, "stop a queued or running run", RUN)
+    jobs.add("output", cmd_output, "download a run's executed notebook or HTML", RUN,
+             arg("--format", choices=["ipynb", "html"], default="ipynb"),
+             arg("-o", "--output", help="file to write (default run-ID.FORMAT)"))
+    jobs.add("log", cmd_log, "a run's log", RUN)
+    jobs.add("wait", cmd_wait, "wait for a run to end (exit status 1 unless it succeeded)", RUN,
+             arg("--timeout", type=float))

@@ -3,22 +3,31 @@
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-import requests
-
-from stratolab.client.session import decode, hub_session
+from stratolab.client.session import call_service
 from stratolab.errors import InvalidInput
 
-SCHEDULER = "/services/scheduler"
+SCHEDULER = "scheduler"
 
 
 def scheduler_call(method: str, path: str, body: Any = None, url: str | None = None, token: str | None = None) -> Any:
     """A call to the scheduler service with the stored credentials; errors name the field."""
-    session = hub_session(url, token)
-    r = requests.request(method, f"{session.url}{SCHEDULER}/{path}", json=body, headers=session.headers, timeout=300)
-    return decode(r)
+    return call_service(SCHEDULER, method, path, body, url=url, token=token, timeout=300)
+
+
+def follow(path: str, final: Collection[str], timeout: float | None, interval: float) -> dict[str, Any]:
+    """GET `path` (a run, a search) every `interval` seconds until its state is one of `final` or
+    `timeout` seconds have passed (None: no limit); its last answer."""
+    deadline = time.monotonic() + (timeout or 1e12)
+    item = scheduler_call("GET", path)
+    while item["state"] not in final and time.monotonic() < deadline:
+        time.sleep(interval)
+        item = scheduler_call("GET", path)
+    return item
 
 
 def home_relative(path: Path) -> str:

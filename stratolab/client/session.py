@@ -2,7 +2,8 @@
 
 The services answer errors as `{"error": message, "field": name?}` with a 4xx/5xx status; `decode`
 turns that into the exception a caller can show as is (InvalidInput when a field is named), and a
-204 into an empty dict.
+204 into an empty dict. `call_service` and `download` are the two kinds of call every client makes:
+JSON in and out, or bytes out (bundles, executed notebooks, logs).
 """
 
 from __future__ import annotations
@@ -52,3 +53,28 @@ def decode(r: requests.Response, error: type[StratolabError] = StratolabError) -
         exc.field = field or None
         raise exc
     return data
+
+
+def service_url(session: HubSession, service: str, path: str) -> str:
+    """`path` of the hub service named `service` (functions, scheduler), through the hub's proxy."""
+    return f"{session.url}/services/{service}/{path.lstrip('/')}"
+
+
+def call_service(service: str, method: str, path: str, body: Any = None, *, error: type[StratolabError] = StratolabError,
+                 url: str | None = None, token: str | None = None, timeout: float = 120) -> Any:
+    """A JSON call to a hub service with the given or stored credentials; its answer decoded."""
+    session = hub_session(url, token, error)
+    r = requests.request(method, service_url(session, service, path), json=body, headers=session.headers,
+                         timeout=timeout)
+    return decode(r, error)
+
+
+def download(service: str, path: str, *, error: type[StratolabError] = StratolabError, url: str | None = None,
+             token: str | None = None, timeout: float = 300) -> requests.Response:
+    """A GET of bytes from a hub service: the answer itself (its `.content`, its headers), or its
+    error raised as `decode` raises it."""
+    session = hub_session(url, token, error)
+    r = requests.get(service_url(session, service, path), headers=session.headers, timeout=timeout)
+    if r.status_code >= 400:
+        decode(r, error)
+    return r

@@ -19,11 +19,11 @@ from typing import Any
 
 import requests
 
-from stratolab.client.session import decode, hub_session
+from stratolab.client.session import call_service, decode, hub_session, service_url
 from stratolab.errors import StratolabError
 from stratolab.platform.archive import pack
 
-SERVICE_PATH = "/services/functions"
+SERVICE = "functions"
 
 
 class FunctionsError(StratolabError):
@@ -93,7 +93,7 @@ def deploy_bundle(directory: Path, name: str, *, scaling: dict | None = None, pu
     if public is not None:
         params["public"] = "true" if public else "false"
     r = requests.post(
-        f"{session.url}{SERVICE_PATH}/api/functions/{name}", params=params, data=pack(directory),
+        service_url(session, SERVICE, f"api/functions/{name}"), params=params, data=pack(directory),
         headers={**session.headers, "Content-Type": "application/gzip"}, timeout=600,
     )
     return Deployment(_answer(r))
@@ -117,7 +117,7 @@ def invoke(name: str, payload: Any, *, owner: str | None = None, url: str | None
     body = payload if isinstance(payload, (bytes, bytearray)) else json.dumps(payload).encode()
     ctype = "application/octet-stream" if isinstance(payload, (bytes, bytearray)) else "application/json"
     r = requests.post(
-        f"{session.url}{SERVICE_PATH}/fn/{owner}/{name}", data=body,
+        service_url(session, SERVICE, f"fn/{owner}/{name}"), data=body,
         headers={**session.headers, "Content-Type": ctype}, timeout=600,
     )
     if r.status_code >= 400:
@@ -132,7 +132,4 @@ def whoami_name(url: str, headers: dict[str, str]) -> str:
 
 def call(method: str, path: str, *, json_body: Any = None, url: str | None = None, token: str | None = None) -> dict[str, Any]:
     """Any management call: `call("GET", "api/functions")`."""
-    session = hub_session(url, token, FunctionsError)
-    r = requests.request(method, f"{session.url}{SERVICE_PATH}/{path.lstrip('/')}", json=json_body,
-                         headers=session.headers, timeout=120)
-    return _answer(r)
+    return call_service(SERVICE, method, path, json_body, error=FunctionsError, url=url, token=token)

@@ -155,52 +155,53 @@ def passed_through(prefixes: tuple[str, ...], names: tuple[str, ...],
     return {k: v for k, v in env.items() if k.startswith(prefixes) or k in names}
 
 
+def service_entry(name: str, port: int, module: str, root: Path, isolation: str,
+                  environment: dict[str, str]) -> dict:
+    """A JupyterHub service entry for one of our services: `module` run with this interpreter on
+    `port`, its data directory `root` created (searchable by the per-user accounts when servers run
+    as them, private otherwise), started with `environment`."""
+    root.mkdir(parents=True, exist_ok=True)
+    os.chmod(root, 0o711 if isolation == ISOLATION_SYSTEM_USERS else 0o700)
+    return {
+        "name": name,
+        "url": f"http://127.0.0.1:{port}",
+        "command": [sys.executable, "-m", module],
+        "environment": environment,
+        "display": False,
+    }
+
+
+def common_service_environment(settings: PlatformSettings, isolation: str) -> dict[str, str]:
+    """What both services are told by the hub: where the platform database, homes and the user
+    environment are, how servers are isolated, and the GPUs when configured."""
+    return {
+        "STRATOLAB_PLATFORM_DB_URL": settings.platform_url,
+        "STRATOLAB_ISOLATION": isolation,
+        "STRATOLAB_PUBLIC_URL": settings.public_url,
+        "STRATOLAB_HOME_ROOT": str(settings.home_root),
+        "STRATOLAB_USER_ENV": str(settings.user_env),
+        **({"STRATOLAB_GPUS": ",".join(settings.gpus)} if settings.gpus is not None else {}),
+    }
+
+
 def functions_service(settings: PlatformSettings, isolation: str) -> dict:
     """The functions service entry."""
     root = settings.functions_root()
-    root.mkdir(parents=True, exist_ok=True)
-    os.chmod(root, 0o711 if isolation == ISOLATION_SYSTEM_USERS else 0o700)
-    service = {
-        "name": FUNCTIONS_SERVICE,
-        "url": f"http://127.0.0.1:{settings.functions_port}",
-        "command": [sys.executable, "-m", "stratolab.functions.service.app"],
-        "environment": {
-            # first, so that what this hub decides below wins over the same names in its environment
-            **passed_through(FUNCTIONS_PASSED_PREFIXES, FUNCTIONS_PASSED_NAMES),
-            "STRATOLAB_FUNCTIONS_DIR": str(root),
-            "STRATOLAB_PLATFORM_DB_URL": settings.platform_url,
-            "STRATOLAB_ISOLATION": isolation,
-            "STRATOLAB_PUBLIC_URL": settings.public_url,
-            "STRATOLAB_HOME_ROOT": str(settings.home_root),
-            "STRATOLAB_USER_ENV": str(settings.user_env),
-            **({"STRATOLAB_GPUS": ",".join(settings.gpus)} if settings.gpus is not None else {}),
-        },
-        "display": False,
-    }
-    return service
+    return service_entry(FUNCTIONS_SERVICE, settings.functions_port, "stratolab.functions.service.app", root, isolation, {
+        # first, so that what this hub decides below wins over the same names in its environment
+        **passed_through(FUNCTIONS_PASSED_PREFIXES, FUNCTIONS_PASSED_NAMES),
+        "STRATOLAB_FUNCTIONS_DIR": str(root),
+        **common_service_environment(settings, isolation),
+    })
 
 
 def scheduler_service(settings: PlatformSettings, isolation: str) -> dict:
     """The scheduler service entry (scheduled notebooks)."""
     root = settings.jobs_root()
-    root.mkdir(parents=True, exist_ok=True)
-    os.chmod(root, 0o711 if isolation == ISOLATION_SYSTEM_USERS else 0o700)
-    service = {
-        "name": SCHEDULER_SERVICE,
-        "url": f"http://127.0.0.1:{settings.scheduler_port}",
-        "command": [sys.executable, "-m", "stratolab.jobs.service.app"],
-        "environment": {
-            "STRATOLAB_JOBS_DIR": str(root),
-            "STRATOLAB_PLATFORM_DB_URL": settings.platform_url,
-            "STRATOLAB_ISOLATION": isolation,
-            "STRATOLAB_PUBLIC_URL": settings.public_url,
-            "STRATOLAB_HOME_ROOT": str(settings.home_root),
-            "STRATOLAB_SHARED_HOMES": str(settings.data_dir / "homes"),
-            "STRATOLAB_USER_ENV": str(settings.user_env),
-            **({"STRATOLAB_PROFILES_FILE": str(settings.profiles_file)} if settings.profiles_file else {}),
-            **({"STRATOLAB_GPUS": ",".join(settings.gpus)} if settings.gpus is not None else {}),
-            **passed_through(SCHEDULER_PASSED_PREFIXES, SCHEDULER_PASSED_NAMES),
-        },
-        "display": False,
-    }
-    return service
+    return service_entry(SCHEDULER_SERVICE, settings.scheduler_port, "stratolab.jobs.service.app", root, isolation, {
+        "STRATOLAB_JOBS_DIR": str(root),
+        "STRATOLAB_SHARED_HOMES": str(settings.data_dir / "homes"),
+        **({"STRATOLAB_PROFILES_FILE": str(settings.profiles_file)} if settings.profiles_file else {}),
+        **common_service_environment(settings, isolation),
+        **passed_through(SCHEDULER_PASSED_PREFIXES, SCHEDULER_PASSED_NAMES),
+    })

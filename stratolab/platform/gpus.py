@@ -1,5 +1,9 @@
 """GPUs on one machine: the inventory, who may hold a device, and an in-memory allocator.
 
+Every GPU list is read here: a configured inventory (STRATOLAB_GPUS and the like), the devices a
+process was given (CUDA_VISIBLE_DEVICES, or NVIDIA_VISIBLE_DEVICES from Kubernetes' device plugin),
+and what `nvidia-smi` reports (the inventory, and the live usage a server shows its user).
+
 A GPU is held whole and exclusively (CUDA_VISIBLE_DEVICES) by one *holder*: a notebook server, a
 scheduled run, an AutoML trial or a function instance. On one machine the holders live in three
 processes (the hub, the scheduler, the functions service), so the allocation that counts is the
@@ -13,6 +17,7 @@ other users' by kind ("another user's notebook server"); admins see every name i
 
 from __future__ import annotations
 
+import csv
 import re
 import shutil
 import subprocess
@@ -24,6 +29,10 @@ from typing import Any, Protocol
 from stratolab.errors import Conflict
 
 _NVIDIA_SMI_LINE = re.compile(r"^GPU (\d+): (.*?)(?: \(UUID: ([^)]+)\))?$")
+#: values of CUDA_VISIBLE_DEVICES / NVIDIA_VISIBLE_DEVICES that mean "no GPU"
+_NO_DEVICE_VALUES = {"", "-1", "none", "void", "nodevfiles"}
+#: the columns `query_gpu_usage` asks `nvidia-smi --query-gpu` for
+_USAGE_FIELDS = ("index", "uuid", "name", "memory.used", "memory.total", "utilization.gpu")
 
 #: the kinds of holders, and how a refusal names them
 HOLDER_KINDS = {
@@ -66,6 +75,40 @@ def configured_gpus(environ: Mapping[str, str], *names: str) -> tuple[str, ...] 
     return None
 
 
+def assigned_gpus(environ: Mapping[str, str]) -> list[str]:
+    """The device ids a process (a server, a kernel) was given.
+
+    CUDA_VISIBLE_DEVICES is what the local spawner sets (an empty string means no GPU, not all of
+    them). On Kubernetes the device plugin sets NVIDIA_VISIBLE_DEVICES instead, to device UUIDs, and
+    CPU servers get "void".
+    """
+    raw = environ.get("CUDA_VISIBLE_DEVICES")
+    if raw is None:
+        raw = environ.get("NVIDIA_VISIBLE_DEVICES")
+    if raw is None or raw.strip().lower() in _NO_DEVICE_VALUES:
+        return []
+    devices = list(parse_gpu_list(raw) or ())
+    # CUDA ignores everything from the first invalid id on; "-1" first is the usual "hide all GPUs".
+    if devices and devices[0] == "-1":
+        return []
+    return devices
+
+
+def run_nvidia_smi(args: Sequence[str], timeout: float,
+                   run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> str | None:
+    """What `nvidia-smi ARGS` prints; None when there is no nvidia-smi, or it fails or times out.
+
+    nvidia-smi ignores CUDA_VISIBLE_DEVICES and lists every device of the machine."""
+    executable = shutil.which("nvidia-smi")
+    if executable is None:
+        return None
+    try:  # fixed arguments, no shell
+        result = run([executable, *args], capture_output=True, text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout if result.returncode == 0 else None
+
+
 def discover_gpus(
     configured: tuple[str, ...] | None,
     run: Callable[..., subprocess.CompletedProcess] = subprocess.run,
@@ -73,13 +116,44 @@ def discover_gpus(
     """The device ids holders may be given: the configured list, else what `nvidia-smi -L` reports."""
     if configured is not None:
         return configured
-    if not shutil.which("nvidia-smi"):
-        return ()
-    try:
-        out = run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return ()
-    return tuple(d.index for d in parse_nvidia_smi_list(out))
+    out = run_nvidia_smi(["-L"], timeout=10, run=run)
+    return tuple(d.index for d in parse_nvidia_smi_list(out or ""))
+
+
+def parse_nvidia_smi(output: str, assigned: Sequence[str]) -> list[dict[str, Any]]:
+    """Rows of `nvidia-smi --query-gpu=... --format=csv,noheader,nounits` for the assigned devices.
+
+    Devices are matched by index or UUID, the two forms CUDA_VISIBLE_DEVICES and the Kubernetes
+    device plugin use; unparsable rows are skipped.
+    """
+    wanted = set(assigned)
+    usage = []
+    for row in csv.reader(output.splitlines(), skipinitialspace=True):
+        if len(row) != len(_USAGE_FIELDS):
+            continue
+        index, uuid, name, used, total, util = (cell.strip() for cell in row)
+        if wanted and index not in wanted and uuid not in wanted:
+            continue
+        try:
+            usage.append({
+                "id": index,
+                "uuid": uuid,
+                "name": name,
+                "memory_used_bytes": int(float(used) * 1024 * 1024),
+                "memory_total_bytes": int(float(total) * 1024 * 1024),
+                "utilization_percent": float(util),
+            })
+        except ValueError:
+            continue
+    return usage
+
+
+def query_gpu_usage(assigned: Sequence[str], timeout: float = 3.0) -> list[dict[str, Any]]:
+    """Live memory and utilization of the assigned GPUs, or [] when there is no nvidia-smi or it fails."""
+    if not assigned:
+        return []
+    out = run_nvidia_smi([f"--query-gpu={','.join(_USAGE_FIELDS)}", "--format=csv,noheader,nounits"], timeout)
+    return parse_nvidia_smi(out, assigned) if out is not None else []
 
 
 @dataclass(frozen=True)

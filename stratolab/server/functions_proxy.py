@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 from urllib.parse import quote
 
 from jupyter_server.auth.decorator import authorized
@@ -56,6 +57,19 @@ def forwardable_path(path: str, prefixes: tuple[str, ...] = FORWARDED_PREFIXES) 
     return quote(path, safe="/")
 
 
+def _forwarding_method() -> Callable[..., Awaitable[None] | None]:
+    """An authenticated, authorized method that forwards. One per HTTP method, never shared:
+    `authorized` works out the action (read, write) from the first request a method serves and keeps
+    it, so a method shared by GET and POST would check every POST as a read."""
+
+    @web.authenticated
+    @authorized
+    async def forward(self: Any, path: str) -> None:
+        await self._forward(path)
+
+    return forward
+
+
 class FunctionsProxyHandler(APIHandler):
     """Forward GET/POST/PUT/PATCH/DELETE to `{hub}/services/functions/PATH` with the server's token.
 
@@ -71,30 +85,11 @@ class FunctionsProxyHandler(APIHandler):
         self.prefixes = prefixes
         self.label = label
 
-    @web.authenticated
-    @authorized
-    async def get(self, path: str) -> None:
-        await self._forward(path)
-
-    @web.authenticated
-    @authorized
-    async def post(self, path: str) -> None:
-        await self._forward(path)
-
-    @web.authenticated
-    @authorized
-    async def put(self, path: str) -> None:
-        await self._forward(path)
-
-    @web.authenticated
-    @authorized
-    async def patch(self, path: str) -> None:
-        await self._forward(path)
-
-    @web.authenticated
-    @authorized
-    async def delete(self, path: str) -> None:
-        await self._forward(path)
+    get = _forwarding_method()
+    post = _forwarding_method()
+    put = _forwarding_method()
+    patch = _forwarding_method()
+    delete = _forwarding_method()
 
     def _fail(self, status: int, message: str) -> None:
         self.set_status(status)

@@ -11,7 +11,9 @@ from jupyter_server.auth.decorator import authorized
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
-from .environment import environment_status, query_gpu_usage
+from stratolab.platform.gpus import query_gpu_usage
+
+from .environment import environment_status
 
 # Resource name checked by the server's Authorizer (JupyterHub's checks `access:servers`).
 AUTH_RESOURCE = "stratolab"
