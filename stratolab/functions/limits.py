@@ -19,8 +19,9 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from stratolab.errors import InvalidInput
@@ -28,51 +29,64 @@ from stratolab.errors import InvalidInput
 ENV = "STRATOLAB_FUNCTION_LIMITS"
 
 
-@dataclass(frozen=True)
-class FunctionLimits:
-    """The largest value a user may give each setting (None: only the policy's hard bound)."""
+#: the caps that apply where the admin names none, by ScalingPolicy setting (None: only the policy's
+#: hard bound); the settings not named here (idle_timeout_s, max_wait_ms) have no cap
+BUILT_IN_CAPS: Mapping[str, float | None] = MappingProxyType({
+    "max_instances": 32, "min_instances": 8, "concurrency": 1000, "memory_mb": None, "gpus": 8,
+    "timeout_s": 3600.0, "max_payload_mb": 256.0, "queue_limit": 100_000, "max_batch_size": 4096,
+})
 
-    max_instances: int = 32
-    min_instances: int = 8
-    concurrency: int = 1000
-    memory_mb: int | None = None
-    gpus: int = 8
-    timeout_s: float = 3600.0
-    max_payload_mb: float = 256.0
-    queue_limit: int = 100_000
-    max_batch_size: int = 4096
+
+class FunctionLimits:
+    """The largest value a user may give each capped setting: `FunctionLimits(gpus=0).gpus` is 0, and
+    every setting not given keeps its built-in cap. The caps are a table over the policy's setting
+    names rather than a second declaration of the same settings."""
+
+    __slots__ = ("caps",)
+
+    def __init__(self, **caps: float | None) -> None:
+        unknown = sorted(set(caps) - set(BUILT_IN_CAPS))
+        if unknown:
+            raise TypeError(f"no cap for {', '.join(unknown)}; capped: {', '.join(BUILT_IN_CAPS)}")
+        self.caps: Mapping[str, float | None] = MappingProxyType({**BUILT_IN_CAPS, **caps})
+
+    def __getattr__(self, name: str) -> float | None:
+        try:
+            return self.caps[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __repr__(self) -> str:
+        return f"FunctionLimits({', '.join(f'{k}={v!r}' for k, v in self.caps.items())})"
 
     def fit_defaults(self, values: dict[str, Any], given: set[str]) -> None:
         """Lower the built-in defaults the user did not choose to their caps (a 5 MB payload cap makes
         the default payload limit 5 MB, a memory cap gives every instance that limit)."""
-        for f in fields(self):
-            cap = getattr(self, f.name)
-            if f.name in given or cap is None or f.name == "queue_limit":
+        for name, cap in self.caps.items():
+            if name in given or cap is None or name == "queue_limit":
                 continue
-            if values[f.name] is None or values[f.name] > cap:
-                values[f.name] = cap
+            if values[name] is None or values[name] > cap:
+                values[name] = cap
 
     def check(self, policy: Any) -> None:
         """Raise InvalidInput for the first setting of `policy` above its cap."""
-        for f in fields(self):
-            cap = getattr(self, f.name)
-            value = getattr(policy, f.name)
+        for name, cap in self.caps.items():
+            value = getattr(policy, name)
             if cap is not None and value is not None and value > cap:
                 raise InvalidInput(
-                    f"{f.name} is {value:g}, above the limit of {cap:g} your administrator set for "
+                    f"{name} is {value:g}, above the limit of {cap:g} your administrator set for "
                     "your functions; ask them to raise it, or choose a smaller value",
-                    field=f.name,
+                    field=name,
                 )
 
 
 def _caps(data: Any, where: str) -> dict[str, Any]:
     if not isinstance(data, Mapping):
         raise ValueError(f"{ENV}: {where} must be an object of caps")
-    known = {f.name: f for f in fields(FunctionLimits)}
     caps: dict[str, Any] = {}
     for key, value in data.items():
-        if key not in known:
-            raise ValueError(f"{ENV}: unknown cap {key!r} in {where}; known: {', '.join(sorted(known))}")
+        if key not in BUILT_IN_CAPS:
+            raise ValueError(f"{ENV}: unknown cap {key!r} in {where}; known: {', '.join(sorted(BUILT_IN_CAPS))}")
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
             raise ValueError(f"{ENV}: {where}.{key} must be a non-negative number or null, got {value!r}")
         caps[key] = value
@@ -83,7 +97,7 @@ def _caps(data: Any, where: str) -> dict[str, Any]:
 class LimitsConfig:
     """The admin's caps: defaults, per group and per user."""
 
-    default: FunctionLimits = FunctionLimits()
+    default: FunctionLimits = field(default_factory=FunctionLimits)
     groups: Mapping[str, Mapping[str, Any]] | None = None
     users: Mapping[str, Mapping[str, Any]] | None = None
 
@@ -94,7 +108,7 @@ class LimitsConfig:
         unknown = set(data) - {"default", "groups", "users"}
         if unknown:
             raise ValueError(f"{ENV}: unknown key {sorted(unknown)[0]!r}; use default, groups and users")
-        default = replace(FunctionLimits(), **_caps(data.get("default", {}), "default"))
+        default = FunctionLimits(**_caps(data.get("default", {}), "default"))
         sections = {}
         for section in ("groups", "users"):
             entries = data.get(section)
@@ -124,11 +138,9 @@ class LimitsConfig:
             raise ValueError(f"{ENV} is not valid JSON: {e}") from None
 
     def for_user(self, name: str, groups: Iterable[str] = ()) -> FunctionLimits:
-        limits = self.default
         raised: dict[str, Any] = {}
         for group in groups:
             for key, value in (self.groups or {}).get(group, {}).items():
-                current = raised.get(key, getattr(limits, key))
+                current = raised.get(key, self.default.caps[key])
                 raised[key] = None if value is None or current is None else max(current, value)
-        limits = replace(limits, **raised)
-        return replace(limits, **(self.users or {}).get(name, {}))
+        return FunctionLimits(**{**self.default.caps, **raised, **(self.users or {}).get(name, {})})
