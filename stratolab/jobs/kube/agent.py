@@ -40,7 +40,7 @@ from typing import IO, Any
 
 from stratolab.jobs.automl import channel
 from stratolab.jobs.kube.archive import RESULT, Snapshot, changed, pack, scan
-from stratolab.jobs.kube.manifests import RUN_KEY_VAR, RUN_TOKEN_VAR, SCHEDULER_URL_VAR, WORKDIR_VAR, expand
+from stratolab.jobs.kube.pod_env import RUN_KEY_VAR, RUN_TOKEN_VAR, SCHEDULER_URL_VAR, WORKDIR_VAR, expand
 
 log = logging.getLogger("stratolab.agent")
 
