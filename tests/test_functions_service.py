@@ -176,6 +176,16 @@ def test_metrics_and_openapi(hub, tmp_path):
     assert spec["openapi"].startswith("3.") and "/fn/{owner}/{name}" in spec["paths"]
     fn = api(hub, alice, "GET", "api/functions/metered").json()
     assert fn["stats"]["invocations"] == 3 and fn["stats"]["p50_ms"] is not None
+    assert fn["stats"]["window"] == "24h" and fn["versions"][0]["stats"]["invocations"] == 3
+    # the statistics' window: bounded, and a 400 naming it otherwise
+    fn = api(hub, alice, "GET", "api/functions/metered", params={"window": "1h"}).json()
+    assert fn["stats"]["window"] == "1h" and fn["stats"]["ok"] == 3
+    listed = api(hub, alice, "GET", "api/functions", params={"window": "7d"}).json()["functions"]
+    assert [f["stats"]["invocations"] for f in listed] == [3]
+    for bad in ("1x", "0m", "8d", "", "1h; drop table functions"):
+        for path in ("api/functions/metered", "api/functions"):
+            r = api(hub, alice, "GET", path, params={"window": bad})
+            assert r.status_code == 400 and r.json()["field"] == "window", (path, bad, r.text)
 
 
 def test_deploy_from_a_live_kernel_with_the_python_api(hub, tmp_path):
@@ -226,17 +236,27 @@ def test_function_cell_magic(hub):
     assert r.json() == [3, 6]
 
 
-def test_functions_come_back_after_a_hub_restart(hub_factory, tmp_path):
+def test_functions_and_their_statistics_come_back_after_a_hub_restart(hub_factory, tmp_path):
     hub = hub_factory()
     erin = hub.create_user()
     r = deploy(hub, erin, "survivor", bundle(tmp_path, greeting="still here"))
     assert r.status_code == 201, r.text
     url = r.json()["url"]
-    hub.stop()
+    for _ in range(3):
+        assert requests.post(url, json={"x": 1}, headers=erin.headers).status_code == 200
+    r = requests.post(url, data=b"{nope", headers={**erin.headers, "Content-Type": "application/json"})
+    assert r.status_code == 400
+    before = api(hub, erin, "GET", "api/functions/survivor").json()["stats"]
+    assert (before["invocations"], before["ok"], before["client_errors"]) == (4, 3, 1)
+    hub.stop()  # the functions service writes what it counted when it stops
     hub.start()
+    after = api(hub, erin, "GET", "api/functions/survivor").json()["stats"]
+    assert after == before
     r = requests.post(url, json={"x": 2}, headers=erin.headers)
     assert r.status_code == 200, r.text
     assert r.json()["greeting"] == "still here"
+    after = api(hub, erin, "GET", "api/functions/survivor").json()["stats"]
+    assert after["invocations"] == 5 and after["ok"] == 4
 
 
 FRAMEWORK_CELLS = {

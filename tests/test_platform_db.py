@@ -33,7 +33,7 @@ from stratolab.db.models import GpuLease, PlatformInfo
 from stratolab.platform.gpu_ledger import GpuLedger
 from stratolab.platform.gpus import Holder
 
-OUR_TABLES = {"platform_info", "gpu_leases"}
+OUR_TABLES = {"platform_info", "gpu_leases", "function_invocation_stats"}
 JUPYTERHUB_REVISION = "4621fec11365"
 
 
@@ -87,6 +87,39 @@ def check_models_match_migrations(url: str) -> None:
         diff = compare_metadata(context, Base.metadata)
     engine.dispose()
     assert diff == []
+
+
+def check_upgrade_to_invocation_stats(url: str) -> None:
+    """0005 -> 0006: the statistics table arrives empty beside the functions, takes rows, and goes
+    again on the way down with nothing else touched."""
+    from stratolab.db.invocation_stats import InvocationCounts, read_counts, write_counts
+
+    upgrade(url, "0005")
+    engine = make_engine(url)
+    with engine.begin() as c:
+        c.execute(sa.text(
+            "insert into functions (owner, name, public, key_hash, policy, traffic, created_at, updated_at) "
+            "values ('ann', 'fn', false, 'x', '{}', '{}', '2026-12-01', '2026-12-01')"))
+        function_id = c.execute(sa.text("select id from functions")).scalar_one()
+    upgrade(url)
+    assert current_revision(url) == "0006" == head_revision()
+    counts = InvocationCounts()
+    for status, seconds in ((200, 0.01), (500, 0.2), (429, 0.0)):
+        counts.record(status, seconds)
+    minute = datetime(2026, 12, 6, 10, 0, tzinfo=UTC)
+    factory = session_factory(engine)
+    with session_scope(factory) as s:
+        assert write_counts(s, {(function_id, 1, minute): counts}) == 1
+    with session_scope(factory) as s:
+        stored = read_counts(s, [function_id], minute)[(function_id, 1)]
+        assert stored.summary() == counts.summary()
+        assert read_counts(s, [function_id], minute + timedelta(minutes=1)) == {}
+    downgrade(url, "0005")
+    assert "function_invocation_stats" not in table_names(url)
+    with engine.connect() as c:
+        assert c.execute(sa.text("select name from functions")).scalars().all() == ["fn"]
+    engine.dispose()
+    assert ensure_schema(url) == "0006"
 
 
 UUID_A, UUID_B = "GPU-" + "a" * 36, "GPU-" + "b" * 36
@@ -204,6 +237,10 @@ def test_sqlite_downgrade_to_base_and_back(sqlite_url):
     assert current_revision(sqlite_url) == head_revision()
     assert OUR_TABLES <= table_names(sqlite_url)
     check_gpu_history(sqlite_url)
+
+
+def test_sqlite_upgrade_to_invocation_stats(sqlite_url):
+    check_upgrade_to_invocation_stats(sqlite_url)
 
 
 def test_sqlite_concurrent_starts(sqlite_url):
@@ -331,6 +368,11 @@ def test_postgres_gpu_history(pg_database):
     engine.dispose()
     assert kinds["acquired_at"] == "timestamp with time zone"
     assert kinds["device"] == "character varying"
+
+
+@pytest.mark.postgres
+def test_postgres_upgrade_to_invocation_stats(pg_database):
+    check_upgrade_to_invocation_stats(pg_database())
 
 
 @pytest.mark.postgres

@@ -249,3 +249,28 @@ class AutoMLJob(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+
+class FunctionInvocationStats(Base):
+    """Invocation counts and latencies of one function version over one time bucket (a minute).
+
+    Written by the functions service, which adds up invocations in memory and writes a row when a
+    bucket has ended (and what it holds when it stops): never a row per invocation. Rows are only
+    inserted, so a bucket may have two rows (one before a restart, one after); readers add them up.
+    """
+
+    __tablename__ = "function_invocation_stats"
+    __table_args__ = (Index("ix_function_invocation_stats_function_id", "function_id", "bucket_start"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    function_id: Mapped[int] = mapped_column(ForeignKey("functions.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    bucket_start: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+    #: every invocation; of them, those answered 4xx (but 429), refused (429) and failed (5xx)
+    invocations: Mapped[int] = mapped_column(Integer)
+    client_errors: Mapped[int] = mapped_column(Integer)
+    refused: Mapped[int] = mapped_column(Integer)
+    errors: Mapped[int] = mapped_column(Integer)
+    #: latencies of the invocations not refused: their sum, and a histogram (stratolab.db.latency)
+    latency_sum_s: Mapped[float] = mapped_column(Float)
+    latency_histogram: Mapped[str] = mapped_column(Text)

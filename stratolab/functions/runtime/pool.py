@@ -58,10 +58,10 @@ SpawnFn = Callable[[Path, Path, Path], int]  # (bundle, socket, log) -> pid
 
 @dataclass
 class PoolStats:
-    invocations: int = 0
+    """Counted here: instance starts. Invocation counts and latencies are the service's, kept in the
+    platform database (functions/service/invocation_stats.py), for every backend."""
+
     cold_starts: int = 0
-    errors: int = 0
-    rejected: int = 0
 
 
 class VersionPool:
@@ -178,7 +178,6 @@ class VersionPool:
                     if not queued:
                         limit = self.policy.queue_limit
                         if limit is not None and self.waiting >= limit and self.instances:
-                            self.stats.rejected += 1
                             raise InvocationError(
                                 "too many requests are waiting for this function; retry later "
                                 f"(max_instances={self.policy.max_instances}, "
@@ -214,7 +213,6 @@ class VersionPool:
             self._cond.notify_all()
 
     async def invoke(self, body: bytes, content_type: str, request_id: str) -> tuple[dict, bytes]:
-        self.stats.invocations += 1
         deadline = time.monotonic() + self.policy.timeout_s
         instance = await self._acquire(deadline)
         conn = None
@@ -225,11 +223,8 @@ class VersionPool:
                 conn.invoke(body, content_type, id=request_id), remaining
             )
             instance.idle.append(conn)
-            if header.get("status", 500) >= 500:
-                self.stats.errors += 1
             return header, out
         except TimeoutError:
-            self.stats.errors += 1
             if conn:
                 conn.writer.close()  # the reply is still coming: this connection is spoiled
             instance.draining = True
@@ -237,7 +232,6 @@ class VersionPool:
                 f"the function did not answer within {self.policy.timeout_s:g} s", status=504
             ) from None
         except (asyncio.IncompleteReadError, ConnectionError, OSError):
-            self.stats.errors += 1
             reason = instance.dead_reason or "the instance stopped while answering"
             self._remove(instance, reason)
             raise InvocationError(f"{reason}; the request was not completed", status=502) from None

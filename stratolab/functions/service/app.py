@@ -33,6 +33,7 @@ from stratolab.functions.limits import LimitsConfig
 from stratolab.functions.registry import FunctionRegistry
 from stratolab.functions.runtime.local_backend import LocalBackend
 from stratolab.functions.service import handlers, metrics
+from stratolab.functions.service.invocation_stats import FLUSH_INTERVAL_S
 from stratolab.functions.service.openapi import OPENAPI
 from stratolab.functions.service.state import DEFAULT_MAX_HELD_MB, ServiceState
 from stratolab.platform.accounts import ensure_system_user, system_username
@@ -173,11 +174,15 @@ def main() -> None:
         await state.restore()
         housekeeping = ioloop.PeriodicCallback(state.housekeeping, 1000)
         housekeeping.start()
+        stats_flusher = ioloop.PeriodicCallback(state.stats.flush_ended, FLUSH_INTERVAL_S * 1000)
+        stats_flusher.start()
         log.info("functions service ready at %s%s", url, prefix)
         await until_stopped()
         housekeeping.stop()
+        stats_flusher.stop()
         server.stop()
         await backend.shutdown()
+        state.stats.flush(everything=True)
 
     asyncio.run(run())
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 from stratolab.errors import InvalidInput, StratolabError
+from stratolab.functions.backend import VersionRef
 from stratolab.functions.knative.bundle_access import check_bundle_token
 from stratolab.functions.service import metrics
 from stratolab.functions.service.state import ServiceState
@@ -39,13 +40,14 @@ def _flag(value: str | None) -> bool | None:
 class FunctionListHandler(BaseHandler):
     async def get(self) -> None:
         owner = await self.owner_with(DEPLOY)
-        self.send({"functions": [self.state.describe(v) for v in self.state.registry.list(owner)]})
+        views = self.state.registry.list(owner)
+        self.send({"functions": self.state.describe_all(views, self.get_query_argument("window", None))})
 
 
 class FunctionHandler(BaseHandler):
     async def get(self, name: str) -> None:
         owner = await self.owner_with(DEPLOY)
-        self.send(self.state.describe(self.state.registry.get(owner, name)))
+        self.send(self.state.describe(self.state.registry.get(owner, name), self.get_query_argument("window", None)))
 
     async def post(self, name: str) -> None:
         """Deploy a new version: the body is the bundle (.tar.gz); settings in the query string."""
@@ -178,6 +180,6 @@ class InvokeHandler(BaseHandler):
 def refresh_metrics(state: ServiceState) -> None:
     """Before a scrape: instances and waiting invocations of every function."""
     for view in state.registry.list():
-        described = state.describe(view)
-        metrics.INSTANCES.labels(view.owner, view.name).set(described["instances"])
-        metrics.QUEUE_DEPTH.labels(view.owner, view.name).set(sum(v.get("waiting", 0) for v in described["versions"]))
+        versions = [state.backend.describe(VersionRef(view.owner, view.name, v["version"])) for v in view.versions]
+        metrics.INSTANCES.labels(view.owner, view.name).set(sum(v.get("instances", 0) for v in versions))
+        metrics.QUEUE_DEPTH.labels(view.owner, view.name).set(sum(v.get("waiting", 0) for v in versions))

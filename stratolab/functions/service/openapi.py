@@ -18,6 +18,11 @@ _errors = {
     "403": _ok(_error, "The token lacks the scope"),
     "404": _ok(_error, "No such function (or not yours)"),
 }
+_window = {
+    "name": "window", "in": "query", "schema": {"type": "string", "pattern": "^[1-9][0-9]{0,5}[mhd]$", "default": "24h"},
+    "description": "What `stats` cover: the last minutes, hours or days (30m, 1h, 7d), from 1m to 7d; "
+                   "counted from the start of the minute the window begins in",
+}
 _name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$"}}
 
 OPENAPI: dict[str, Any] = {
@@ -53,6 +58,17 @@ OPENAPI: dict[str, Any] = {
                     "max_wait_ms": {"type": "number", "minimum": 0, "maximum": 10000},
                 },
             },
+            "Stats": {
+                "type": "object",
+                "description": "Invocations in the window, kept across restarts (also per version, in versions[].stats). "
+                               "invocations = ok + client_errors (4xx) + refused (429) + errors (5xx); latencies "
+                               "leave out refusals and are read from log-scale buckets (within 12%)",
+                "properties": {
+                    "window": {"type": "string"},
+                    **{k: {"type": "integer"} for k in ("invocations", "ok", "client_errors", "refused", "errors")},
+                    **{k: {"type": "number", "nullable": True} for k in ("p50_ms", "p95_ms", "p99_ms", "mean_ms")},
+                },
+            },
             "Function": {
                 "type": "object",
                 "properties": {
@@ -61,7 +77,7 @@ OPENAPI: dict[str, Any] = {
                     "traffic": {"type": "object", "additionalProperties": {"type": "integer"}},
                     "versions": {"type": "array", "items": {"type": "object"}},
                     "instances": {"type": "integer"}, "cold_starts": {"type": "integer"},
-                    "stats": {"type": "object"}, "version": {"type": "integer"},
+                    "stats": {"$ref": "#/components/schemas/Stats"}, "version": {"type": "integer"},
                     "key": {"type": "string", "description": "the invocation key, returned once on creation"},
                 },
             },
@@ -69,10 +85,10 @@ OPENAPI: dict[str, Any] = {
     },
     "security": [{"hubToken": []}],
     "paths": {
-        "/api/functions": {"get": {"summary": "List your functions", "responses": {"200": _ok({"type": "object", "properties": {"functions": {"type": "array", "items": _function}}}), **_errors}}},
+        "/api/functions": {"get": {"summary": "List your functions", "parameters": [_window], "responses": {"200": _ok({"type": "object", "properties": {"functions": {"type": "array", "items": _function}}}), **_errors}}},
         "/api/functions/{name}": {
             "parameters": [_name],
-            "get": {"summary": "One function", "responses": {"200": _ok(_function), **_errors}},
+            "get": {"summary": "One function", "parameters": [_window], "responses": {"200": _ok(_function), **_errors}},
             "post": {
                 "summary": "Deploy a new version",
                 "parameters": [

@@ -12,12 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stratolab.db.invocation_stats import InvocationCounts
 from stratolab.errors import InvalidInput, NotFound, StratolabError
 from stratolab.functions.backend import FunctionBackend, VersionRef
 from stratolab.functions.bundle import BundleStore, Manifest, extract_bundle
 from stratolab.functions.limits import LimitsConfig
 from stratolab.functions.registry import FunctionRegistry, FunctionView, check_name
 from stratolab.functions.service import metrics
+from stratolab.functions.service.invocation_stats import InvocationStats, parse_window, summaries
 from stratolab.functions.traffic import choose_version
 
 log = logging.getLogger("stratolab.functions")
@@ -31,28 +33,6 @@ class DeployFailed(StratolabError):
     """The new version did not pass its readiness check; it takes no traffic."""
 
     status = 422
-
-
-@dataclass
-class LatencyWindow:
-    samples: deque = field(default_factory=lambda: deque(maxlen=2000))
-    invocations: int = 0
-    errors: int = 0
-
-    def add(self, seconds: float, ok: bool) -> None:
-        self.samples.append(seconds)
-        self.invocations += 1
-        self.errors += 0 if ok else 1
-
-    def summary(self) -> dict[str, Any]:
-        data = sorted(self.samples)
-
-        def pct(p: float) -> float | None:
-            if not data:
-                return None
-            return round(data[min(len(data) - 1, int(p * len(data)))] * 1000, 2)
-
-        return {"invocations": self.invocations, "errors": self.errors, "p50_ms": pct(0.5), "p99_ms": pct(0.99)}
 
 
 def unpack_bundle(data: bytes, target: Path) -> None:
@@ -77,7 +57,6 @@ class ServiceState:
     hub_auth: Any
     public_url: str
     prefix: str
-    stats: dict[str, LatencyWindow] = field(default_factory=dict)
     #: functions as last read from the registry; this service is the only writer, and every change
     #: below goes through `_changed`, so the invocation path reads no database
     _views: dict[tuple[str, str], FunctionView] = field(default_factory=dict)
@@ -89,6 +68,11 @@ class ServiceState:
     held_bytes: int = 0
     #: the caps the admin set for each user's scaling settings
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    #: invocation counts and latencies, kept in the platform database (see invocation_stats.py)
+    stats: InvocationStats = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.stats = InvocationStats(self.registry.sessions)
 
     def view(self, owner: str, name: str) -> FunctionView:
         key = (owner, name)
@@ -102,15 +86,27 @@ class ServiceState:
     def url_of(self, owner: str, name: str) -> str:
         return f"{self.public_url}{self.prefix.rstrip('/')}/fn/{owner}/{name}"
 
-    def describe(self, view: FunctionView) -> dict[str, Any]:
-        data = view.to_dict()
-        data["url"] = self.url_of(view.owner, view.name)
-        for v in data["versions"]:
-            v.update(self.backend.describe(VersionRef(view.owner, view.name, v["version"])))
-        data["instances"] = sum(v.get("instances", 0) for v in data["versions"])
-        data["cold_starts"] = sum(v.get("cold_starts", 0) for v in data["versions"])
-        data["stats"] = self.stats.get(f"{view.owner}/{view.name}", LatencyWindow()).summary()
-        return data
+    def describe(self, view: FunctionView, window: str | None = None) -> dict[str, Any]:
+        """`window`: what the statistics cover (`?window=`, see invocation_stats.parse_window)."""
+        return self.describe_all([view], window)[0]
+
+    def describe_all(self, views: list[FunctionView], window: str | None = None) -> list[dict[str, Any]]:
+        """Functions as the API shows them; their statistics are read in one query."""
+        window, window_s = parse_window(window)
+        totals = self.stats.totals((view.id for view in views), window_s)
+        described = []
+        for view in views:
+            data = view.to_dict()
+            data["url"] = self.url_of(view.owner, view.name)
+            overall, by_version = summaries(view.id, totals)
+            for v in data["versions"]:
+                v.update(self.backend.describe(VersionRef(view.owner, view.name, v["version"])))
+                v["stats"] = by_version.get(v["version"], InvocationCounts().summary())
+            data["instances"] = sum(v.get("instances", 0) for v in data["versions"])
+            data["cold_starts"] = sum(v.get("cold_starts", 0) for v in data["versions"])
+            data["stats"] = {"window": window, **overall}
+            described.append(data)
+        return described
 
     async def deploy(self, owner: str, name: str, body: bytes, public: bool | None, scaling: dict | None,
                      promote: bool = True, groups: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -177,6 +173,7 @@ class ServiceState:
         held = len(body) + REQUEST_OVERHEAD_BYTES
         if self.held_bytes + held > self.max_held_bytes:
             metrics.INVOCATIONS.labels(owner, name, "429").inc()
+            self.stats.record(view.id, version, 429, 0.0)
             raise StratolabError(
                 "the functions service is holding as many waiting requests as its memory bound allows "
                 f"({self.max_held_bytes // (1024 * 1024)} MB); retry in a moment", status=429,
@@ -196,7 +193,7 @@ class ServiceState:
             elapsed = time.perf_counter() - t0
             metrics.INVOCATIONS.labels(owner, name, str(status)).inc()
             metrics.LATENCY.labels(owner, name).observe(elapsed)
-            self.stats.setdefault(f"{owner}/{name}", LatencyWindow()).add(elapsed, status < 500)
+            self.stats.record(view.id, version, status, elapsed)
             self.invocations.setdefault(f"{owner}/{name}", deque(maxlen=200)).append({
                 "request_id": request_id, "version": version, "status": status,
                 "at": time.time(), "duration_ms": round(elapsed * 1000, 2),
@@ -231,7 +228,7 @@ class ServiceState:
         await self.backend.set_traffic(owner, name, {})
         for v in view.versions:
             await self.backend.remove(VersionRef(owner, name, v["version"]))
-        self.stats.pop(f"{owner}/{name}", None)
+        self.stats.forget(view.id)
         self.invocations.pop(f"{owner}/{name}", None)
         return {"deleted": name}
 
