@@ -3,7 +3,7 @@
 - `to_json`: a kubernetes client model (what `kubespawner.objects.make_pod` returns) as the JSON the API
   server receives, camelCase keys and no unset fields, without an `ApiClient` (which opens a connection
   pool);
-- `opaque_secret`: a Secret of strings, base64-encoded as the API wants them;
+- `opaque_secret`, `secret_data`: a Secret of strings, base64-encoded as the API wants them;
 - `image_pull_secret_refs`, `restricted_container_security`: the registry credentials and the hardening
   every pod running users' code gets;
 - the labels both use (`OWNER_LABEL`, `COMPONENT_LABEL`, `MANAGED_BY_LABEL`), and CPU and memory quantities.
@@ -48,8 +48,13 @@ def opaque_secret(name: str, namespace: str, strings: Mapping[str, str], labels:
         "kind": "Secret",
         "metadata": metadata,
         "type": "Opaque",
-        "data": {key: base64.b64encode(value.encode()).decode() for key, value in strings.items()},
+        "data": secret_data(strings),
     }
+
+
+def secret_data(strings: Mapping[str, str]) -> dict[str, str]:
+    """A Secret's `data` holding `strings` (base64, as the API takes it)."""
+    return {key: base64.b64encode(value.encode()).decode() for key, value in strings.items()}
 
 
 def image_pull_secret_refs(names: Iterable[str]) -> list[dict[str, str]]:

@@ -30,7 +30,6 @@ With dynamic batching on, one instance should receive `concurrency * max_batch_s
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 import re
@@ -41,6 +40,8 @@ from urllib.parse import quote
 
 from stratolab.functions.knative.config import KnativeConfig
 from stratolab.functions.policy import ScalingPolicy
+from stratolab.kube import objects
+from stratolab.kube.objects import COMPONENT_LABEL, MANAGED_BY_LABEL, OWNER_LABEL, image_pull_secret_refs, opaque_secret
 from stratolab.platform.names import label_value, short_digest
 
 SERVING = "serving.knative.dev/v1"
@@ -50,13 +51,11 @@ RUNTIME_COMMAND = ["python", "-m", "stratolab.functions.runtime.http_server"]
 MAX_SERVICE_NAME = 40
 #: Knative's largest scale-down delay
 MAX_SCALE_DOWN_DELAY_S = 3600
-OWNER_LABEL = "stratolab.io/owner"
 FUNCTION_LABEL = "stratolab.io/function"
 VERSION_LABEL = "stratolab.io/version"
-COMPONENT_LABEL = "app.kubernetes.io/component"
 SPEC_HASH_ANNOTATION = "stratolab.io/spec-hash"
 #: selects every object this backend made
-SELECTOR = f"{COMPONENT_LABEL}=function,app.kubernetes.io/managed-by=stratolab"
+SELECTOR = f"{COMPONENT_LABEL}=function,{MANAGED_BY_LABEL}=stratolab"
 
 
 
@@ -93,7 +92,7 @@ def function_labels(owner: str, name: str) -> dict[str, str]:
         OWNER_LABEL: label_value(owner),
         FUNCTION_LABEL: label_value(name),
         COMPONENT_LABEL: "function",
-        "app.kubernetes.io/managed-by": "stratolab",
+        MANAGED_BY_LABEL: "stratolab",
     }
 
 
@@ -187,13 +186,8 @@ def _container(config: KnativeConfig, rev: RevisionInput, service: str) -> dict[
         # the runtime prints why a bundle did not load before it exits: Knative shows it in the
         # revision's ContainerHealthy condition, and we in the deploy error
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": config.run_as_user,
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": {**objects.restricted_container_security(config.run_as_user),
+                            "seccompProfile": {"type": "RuntimeDefault"}},
     }
 
 
@@ -220,7 +214,7 @@ def build_template(config: KnativeConfig, rev: RevisionInput, revision: str | No
         "containers": [_container(config, rev, service)],
     }
     if config.image_pull_secrets:
-        spec["imagePullSecrets"] = [{"name": n} for n in config.image_pull_secrets]
+        spec["imagePullSecrets"] = image_pull_secret_refs(config.image_pull_secrets)
     if policy.gpus > 0:
         if config.gpu_node_selector:
             spec["nodeSelector"] = dict(config.gpu_node_selector)
@@ -258,22 +252,17 @@ def build_service(config: KnativeConfig, owner: str, name: str, template: Mappin
 
 def build_bundle_secret(config: KnativeConfig, owner: str, name: str, tokens: Mapping[int, str]) -> dict[str, Any]:
     """The function's Secret: one key per version (`v<N>`), the token its pods fetch the bundle with."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {
-            "name": secret_name(service_name(owner, name)),
-            "namespace": config.namespace,
-            "labels": function_labels(owner, name),
-            "annotations": function_annotations(owner, name),
-        },
-        "type": "Opaque",
-        "data": secret_data(tokens),
-    }
+    return opaque_secret(secret_name(service_name(owner, name)), config.namespace, _tagged(tokens),
+                         function_labels(owner, name), function_annotations(owner, name))
+
+
+def _tagged(tokens: Mapping[int, str]) -> dict[str, str]:
+    return {tag_of(v): t for v, t in sorted(tokens.items())}
 
 
 def secret_data(tokens: Mapping[int, str]) -> dict[str, str]:
-    return {tag_of(v): base64.b64encode(t.encode()).decode() for v, t in sorted(tokens.items())}
+    """The Secret's `data` for `tokens` by version (keys `v<N>`)."""
+    return objects.secret_data(_tagged(tokens))
 
 
 # -- traffic blocks ------------------------------------------------------------------------------

@@ -8,8 +8,7 @@ tell: the pod was OOM-killed, its image cannot be pulled, no node can take it, t
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 #: waiting reasons that never resolve by themselves: the run fails at once
 FATAL_WAITING = frozenset({"InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError",
@@ -18,15 +17,17 @@ FATAL_WAITING = frozenset({"InvalidImageName", "ErrImageNeverPull", "CreateConta
 SLOW_WAITING = frozenset({"ErrImagePull", "ImagePullBackOff", "ContainerCreating", "PodInitializing"})
 
 
-@dataclass(frozen=True)
-class JobEnd:
+class JobEnd(NamedTuple):
+    """How a Job ended: its condition's reason and message (both empty when only its pod counts tell)."""
+
     succeeded: bool
     reason: str = ""
     message: str = ""
 
 
-@dataclass(frozen=True)
-class PodProblem:
+class PodProblem(NamedTuple):
+    """Why a run's pod fails or cannot start: a Kubernetes reason, and the run's error in words."""
+
     reason: str
     message: str
     #: True: the pod will not recover (fail the run now); False: fail only if it persists past the start timeout
