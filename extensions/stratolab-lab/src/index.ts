@@ -13,20 +13,27 @@ import { IDefaultFileBrowser } from '@jupyterlab/filebrowser';
 import { INotebookTracker } from '@jupyterlab/notebook';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 
-import { AutoMLSection, IAutoMLJob } from './automl';
-import { deployIcon, openDeployDialog } from './deploy';
-import { FunctionsSection } from './functions';
-import { stratolabIcon } from './icon';
-import { ISchedule, JobsSection } from './jobs';
-import { EnvironmentSection, StratolabPanel } from './panel';
-import { openScheduleDialog, scheduleIcon } from './schedule';
-import { openTuneDialog, tuneIcon } from './tune';
+import { IAutoMLJob } from './automl/api';
+import { AutoMLSection } from './automl/section';
+import { openTuneDialog } from './automl/tuneDialog';
+import { StratolabPanel } from './environment/panel';
+import { EnvironmentSection } from './environment/section';
+import { openDeployDialog } from './functions/deployDialog';
+import { FunctionsSection } from './functions/section';
+import { ISchedule } from './jobs/api';
+import { openScheduleDialog } from './jobs/scheduleDialog';
+import { JobsSection } from './jobs/section';
+import { deployIcon, scheduleIcon, stratolabIcon, tuneIcon } from './ui/icons';
 
-export { EnvironmentSection, PanelSection, StratolabPanel } from './panel';
-export { fetchStatus, IStratolabStatus, StatusError } from './status';
-export { FunctionsSection, IFunction } from './functions';
-export { IRun, ISchedule, JobsSection } from './jobs';
-export { AutoMLSection, IAutoMLJob, ITrial } from './automl';
+export { IAutoMLJob, ITrial } from './automl/api';
+export { AutoMLSection } from './automl/section';
+export { fetchStatus, IStratolabStatus, StatusError } from './environment/api';
+export { PanelSection, StratolabPanel } from './environment/panel';
+export { EnvironmentSection } from './environment/section';
+export { IFunction } from './functions/api';
+export { FunctionsSection } from './functions/section';
+export { IRun, ISchedule } from './jobs/api';
+export { JobsSection } from './jobs/section';
 
 const PLUGIN_ID = 'stratolab-lab:plugin';
 

@@ -3,6 +3,7 @@
  * sections, and reading numbers back.
  */
 import { el } from './dom';
+import { typedNumber } from './parse';
 
 /** A field: its labelled row, and the input in it. */
 export interface IField {
@@ -63,8 +64,7 @@ export function smallInput(testId: string, type: 'number' | 'text', value: strin
 
 /** The number typed, or undefined when the field was left empty. */
 export function readNumber(input: HTMLInputElement): number | undefined {
-  const text = input.value.trim();
-  return text === '' ? undefined : Number(text);
+  return typedNumber(input.value);
 }
 
 /** A select of `[value, label]` options, showing `value`. */

@@ -6,3 +6,5 @@ export * from './dialogs';
 export * from './dom';
 export * from './fields';
 export * from './poll';
+export * from './model';
+export * from './parse';

@@ -1,270 +1,21 @@
 /**
- * AutoML searches in the lab: the client of the scheduler's `api/automl` routes (through this
- * server's `stratolab/scheduler/` proxy, with `schedulerClient` of api/client.ts) and the AutoML section of
- * the panel: the searches, and the selected one's leaderboard, charts, trial notebooks and
- * "Deploy best".
- *
- * The shapes mirror docs/scheduler-api.md, "AutoML searches".
+ * The AutoML section of the panel: the searches, and the selected one's leaderboard, charts, trial
+ * notebooks and "Deploy best".
  */
 import { Dialog, showDialog } from '@jupyterlab/apputils';
 import { Contents } from '@jupyterlab/services';
 
-import { formatNumber, historyChart, IAxis, IHistoryPoint, ILine, importanceBars, parallelCoordinates } from './charts';
-import { functionsClient, RawBody, schedulerClient } from './api/client';
-import { functionNameInput, IFunction } from './functions';
-import {
-  actionButtons,
-  alertNode,
-  button,
-  el,
-  facts,
-  fieldRow,
-  FormBody,
-  guarded,
-  JoinedLoads,
-  NodeCache,
-  Poller,
-  readOnlyField,
-  setProgress
-} from './ui';
-import {
-  ACTIVE_STATES,
-  ensureDirectory,
-  formatDuration,
-  formatTime,
-  INotebookParameter
-} from './jobs';
-import { PanelSection } from './panel';
-
-// --- the API -----------------------------------------------------------------------------------------
-
-/** One parameter's range or choices; `when` makes it apply only under a categorical choice. */
-export interface ISpaceItem {
-  type: 'float' | 'int' | 'categorical';
-  low?: number;
-  high?: number;
-  log?: boolean;
-  step?: number;
-  choices?: unknown[];
-  when?: Record<string, unknown[]>;
-}
-
-export type ISearchSpace = Record<string, ISpaceItem>;
-
-export type Direction = 'maximize' | 'minimize';
-
-/** What `POST api/automl` takes; optional numbers are left out to get the service's defaults. */
-export interface IAutoMLRequest {
-  notebook: string;
-  content?: unknown;
-  name?: string;
-  space?: ISearchSpace;
-  metric: string;
-  direction: Direction;
-  trials: number;
-  parallel: number;
-  timeout?: number;
-  max_failed?: number;
-  trial_timeout?: number;
-  algorithm: 'tpe' | 'random' | 'cmaes' | 'grid';
-  pruner: 'none' | 'median' | 'successive_halving' | 'hyperband';
-  seed?: number;
-  /** the environment trials run in (a profile slug); the default profile when absent */
-  profile?: string;
-}
-
-export interface ITrial {
-  number: number;
-  /** complete, pruned, fail, running, waiting, or lost (its scheduler died; run again). */
-  state: string;
-  params: Record<string, unknown>;
-  value: number | null;
-  duration: number | null;
-  error: string | null;
-  intermediate: Record<string, number>;
-  model: boolean;
-  started_at?: string | null;
-  finished_at?: string | null;
-}
-
-export interface IAutoMLJob {
-  id: number;
-  name: string;
-  owner: string;
-  notebook: string;
-  /** queued, running, succeeded, failed or stopped */
-  state: string;
-  error: string | null;
-  config: {
-    space: ISearchSpace;
-    metric: string;
-    direction: Direction;
-    trials: number;
-    parallel: number;
-    algorithm: string;
-    pruner: string;
-    [key: string]: unknown;
-  };
-  counts: Record<string, number>;
-  best: ITrial | null;
-  created_at: string;
-  started_at: string | null;
-  finished_at: string | null;
-}
-
-export interface IInsights {
-  history: IHistoryPoint[];
-  importances: Record<string, number>;
-}
-
-export interface IProposal {
-  parameters: INotebookParameter[];
-  space: ISearchSpace;
-}
-
-export function listAutoMLJobs(): Promise<IAutoMLJob[]> {
-  return schedulerClient.get<{ jobs: IAutoMLJob[] }>('api/automl').then(d => d.jobs);
-}
-
-export function proposeSpace(notebook: string, content?: unknown): Promise<IProposal> {
-  return schedulerClient.post<IProposal>('api/automl/propose', content === undefined ? { notebook } : { notebook, content });
-}
-
-export function startAutoMLJob(request: IAutoMLRequest): Promise<IAutoMLJob> {
-  return schedulerClient.post<IAutoMLJob>('api/automl', request);
-}
-
-export function listTrials(jobId: number): Promise<ITrial[]> {
-  return schedulerClient.get<{ trials: ITrial[] }>(`api/automl/${jobId}/trials`).then(d => d.trials);
-}
-
-export function fetchInsights(jobId: number): Promise<IInsights> {
-  return schedulerClient.get<IInsights>(`api/automl/${jobId}/insights`);
-}
-
-/** The best trial's function bundle (.tar.gz), as bytes. */
-export async function fetchBestBundle(jobId: number): Promise<ArrayBuffer> {
-  return schedulerClient.arrayBuffer(`api/automl/${jobId}/best/bundle`);
-}
-
-/**
- * Deploy a bundle as a new version of the function `name`, as `deploy_bundle` of
- * stratolab/functions/client.py does: the .tar.gz as the body of `POST api/functions/NAME`.
- */
-export async function deployBundle(name: string, bundle: ArrayBuffer): Promise<IFunction> {
-  return functionsClient.post<IFunction>(`api/functions/${encodeURIComponent(name)}`, new RawBody(bundle, 'application/gzip'));
-}
-
-// --- pure parts --------------------------------------------------------------------------------------
-
-/** Trial states that change no more (a lost trial is run again as a new one). */
-const ENDED_TRIAL_STATES = ['complete', 'pruned', 'fail', 'lost'];
-
-/** How a trial's state reads (Optuna's `fail` is "failed"). */
-export function trialStateLabel(state: string): string {
-  return state === 'fail' ? 'failed' : state;
-}
-
-/**
- * The leaderboard's order: completed trials best first (by the search's direction), then running
- * and waiting ones, then pruned, then failed and lost; by number within each.
- */
-export function sortTrials(trials: ReadonlyArray<ITrial>, direction: Direction): ITrial[] {
-  const group = (t: ITrial) =>
-    t.state === 'complete' ? 0 : t.state === 'running' || t.state === 'waiting' ? 1 : t.state === 'pruned' ? 2 : 3;
-  const sign = direction === 'maximize' ? -1 : 1;
-  return [...trials].sort((a, b) => {
-    const g = group(a) - group(b);
-    if (g !== 0) {
-      return g;
-    }
-    if (group(a) === 0 && a.value !== b.value) {
-      return sign * ((a.value ?? 0) - (b.value ?? 0));
-    }
-    return a.number - b.number;
-  });
-}
-
-/** The default name of the function Deploy best creates: the search's name, lower-case, [a-z0-9-]. */
-export function bestFunctionName(jobName: string): string {
-  return jobName.toLowerCase().replace(/[^a-z0-9-]/g, '-');
-}
-
-/** Where "Open" puts a trial's executed notebook: `stratolab-automl/<job name>/trial-<N>.ipynb`. */
-export function trialNotebookPath(jobName: string, trial: number): string {
-  const folder = jobName.replace(/[/\\]/g, '-').replace(/^\.+/, '').trim() || 'automl';
-  return `stratolab-automl/${folder}/trial-${trial}.ipynb`;
-}
-
-/** A parameter's or objective's value, short. */
-export function formatValue(value: unknown): string {
-  if (value === null || value === undefined) {
-    return '–';
-  }
-  if (typeof value === 'number') {
-    return formatNumber(value);
-  }
-  return typeof value === 'string' ? value : JSON.stringify(value);
-}
-
-/** "3 complete · 1 pruned · 0 failed · 2 running" */
-export function countsText(counts: Record<string, number>): string {
-  const parts = [
-    `${counts.complete ?? 0} complete`,
-    `${counts.pruned ?? 0} pruned`,
-    `${(counts.fail ?? 0) + (counts.failed ?? 0)} failed`,
-    `${counts.running ?? 0} running`
-  ];
-  if (counts.lost) {
-    parts.push(`${counts.lost} lost`);
-  }
-  return parts.join(' · ');
-}
-
-/** The axes and lines of the parallel-coordinates plot: each parameter, then the objective. */
-export function parallelData(job: IAutoMLJob, trials: ReadonlyArray<ITrial>): { axes: IAxis[]; lines: ILine[] } {
-  const complete = trials.filter(t => t.state === 'complete' && typeof t.value === 'number');
-  const names = Object.keys(job.config.space ?? {});
-  for (const t of complete) {
-    for (const name of Object.keys(t.params)) {
-      if (!names.includes(name)) {
-        names.push(name);
-      }
-    }
-  }
-  const axes: IAxis[] = names.map(name => {
-    const item = job.config.space?.[name];
-    if (item?.type === 'categorical') {
-      return { name, kind: 'category', choices: item.choices };
-    }
-    if (item) {
-      return { name, kind: item.log ? 'log' : 'number' };
-    }
-    const numeric = complete.every(t => t.params[name] === undefined || typeof t.params[name] === 'number');
-    return { name, kind: numeric ? 'number' : 'category' };
-  });
-  const metric = job.config.metric;
-  const valueAxis = `\u0000value`;
-  axes.push({ name: valueAxis, label: `${metric} ${job.config.direction === 'maximize' ? '↑' : '↓'}`, kind: 'number' });
-  const values = complete.map(t => t.value as number);
-  const lo = Math.min(...values);
-  const hi = Math.max(...values);
-  const bestNumber = job.best?.number;
-  const lines: ILine[] = complete.map(t => {
-    const v = t.value as number;
-    const raw = hi > lo ? (v - lo) / (hi - lo) : 1;
-    const params = Object.entries(t.params).map(([k, p]) => `${k}=${formatValue(p)}`).join(', ');
-    return {
-      values: { ...t.params, [valueAxis]: v },
-      score: job.config.direction === 'maximize' ? raw : 1 - raw,
-      label: `Trial #${t.number}: ${metric} ${formatValue(v)}${params ? ` (${params})` : ''}`,
-      best: t.number === bestNumber
-    };
-  });
-  return { axes, lines };
-}
-
-// --- the section -------------------------------------------------------------------------------------
+import { schedulerClient } from '../api/client';
+import { PanelSection } from '../environment/panel';
+import { deployBundle, IFunction } from '../functions/api';
+import { functionNameInput } from '../functions/widgets';
+import { ACTIVE_STATES, formatDuration, formatTime } from '../jobs/format';
+import { ensureDirectory } from '../jobs/notebooks';
+import { actionButtons, alertNode, button, el, facts, fieldRow, FormBody, guarded, NodeCache, readOnlyField, setProgress } from '../ui';
+import { fetchBestBundle, IAutoMLJob, IInsights, ITrial } from './api';
+import { AutoMLModel } from './model';
+import { historyChart, importanceBars, parallelCoordinates } from './charts';
+import { bestFunctionName, countsText, ENDED_TRIAL_STATES, formatValue, parallelData, sortTrials, trialNotebookPath, trialStateLabel } from './trials';
 
 /** What the AutoML section needs from the lab. */
 export interface IAutoMLSectionOptions {
@@ -286,77 +37,38 @@ export class AutoMLSection extends PanelSection {
     this.detailNode = el('div', 'jp-Stratolab-automlDetail', undefined, 'stratolab-automl-detail');
     this.body.append(this.errorNode, this.jobsNode, this.detailNode);
     this.jobsNode.append(el('p', 'jp-Stratolab-loading', 'Loading…'));
-    this._poller.start();
+    this.model.changed.connect(() => {
+      this.errorNode.replaceChildren();
+      this.render();
+    });
+    this.model.failed.connect((_, message) => this.errorNode.replaceChildren(alertNode(message, 'stratolab-automl-error')));
+    this.model.startPolling(this);
   }
 
-  /** The searches last shown, newest first. */
-  get jobs(): ReadonlyArray<IAutoMLJob> {
-    return this._jobs;
-  }
+  /** The searches and the selected one's trials shown, the selection, polling. */
+  readonly model = new AutoMLModel();
 
   /** The search whose leaderboard is shown; null for none. */
   get selected(): number | null {
-    return this._selected;
+    return this.model.selected;
   }
 
   set selected(id: number | null) {
-    this._selected = id;
-    void this.refresh(true);
+    this.model.selected = id;
   }
 
-  /**
-   * Reload the searches and the selected one's trials and insights; a call while a load is under
-   * way joins it, unless `fresh` (after a change).
-   */
+  /** Reload the searches and the selected one's trials and insights (`fresh`: after a change). */
   refresh(fresh = false): Promise<void> {
-    return this._loads.run(this._selected, fresh);
+    return this.model.refresh(fresh);
   }
 
   dispose(): void {
-    this._poller.stop();
+    this.model.dispose();
     super.dispose();
   }
 
-  private async load(selected: number | null): Promise<void> {
-    const seq = ++this._seq;
-    try {
-      const jobs = await listAutoMLJobs();
-      const job = jobs.find(j => j.id === selected) ?? null;
-      let detail = this._detail;
-      if (job) {
-        // An ended search changes no more: its trials and insights are fetched once.
-        const version = JSON.stringify([job.state, job.counts, job.best, job.finished_at]);
-        if (!detail || detail.jobId !== job.id || detail.version !== version || ACTIVE_STATES.includes(job.state)) {
-          const [trials, insights] = await Promise.all([listTrials(job.id), fetchInsights(job.id)]);
-          detail = { jobId: job.id, version, trials, insights };
-        }
-      } else {
-        detail = null;
-      }
-      if (seq !== this._seq) {
-        return; // a later load shows newer data
-      }
-      this._jobs = jobs;
-      if (selected !== null && !job) {
-        this._selected = null; // deleted
-      }
-      this._detail = detail;
-      this.errorNode.replaceChildren();
-      this.render();
-    } catch (error) {
-      if (seq !== this._seq) {
-        return;
-      }
-      const message = (error as Error).message || String(error);
-      this.errorNode.replaceChildren(alertNode(message, 'stratolab-automl-error'));
-    }
-  }
-
-
-  // --- rendering -------------------------------------------------------------------------------------
-
   private render(): void {
-    if (this._jobs.length === 0) {
+    if (this.model.jobs.length === 0) {
       this.jobsNode.replaceChildren(
         el(
           'p',
@@ -367,17 +79,18 @@ export class AutoMLSection extends PanelSection {
       );
     } else {
       this.jobsNode.replaceChildren(
-        ...this._jobs.map(j =>
-          this.jobNodes.reuse(j.id, { j, selected: j.id === this._selected }, () => this.renderJob(j))
+        ...this.model.jobs.map(j =>
+          this.jobNodes.reuse(j.id, { j, selected: j.id === this.model.selected }, () => this.renderJob(j))
         )
       );
     }
-    const job = this._jobs.find(j => j.id === this._selected);
-    if (!job || !this._detail) {
+    const job = this.model.jobs.find(j => j.id === this.model.selected);
+    const detail = this.model.detail;
+    if (!job || !detail) {
       this.detailNode.replaceChildren();
       return;
     }
-    this.detailNode.replaceChildren(this.renderDetail(job, this._detail.trials, this._detail.insights));
+    this.detailNode.replaceChildren(this.renderDetail(job, detail.trials, detail.insights));
   }
 
   private renderJob(j: IAutoMLJob): HTMLElement {
@@ -385,13 +98,13 @@ export class AutoMLSection extends PanelSection {
     card.dataset.automlJobId = String(j.id);
     card.dataset.automlJobName = j.name;
     card.dataset.automlState = j.state;
-    card.classList.toggle('jp-mod-selected', j.id === this._selected);
+    card.classList.toggle('jp-mod-selected', j.id === this.model.selected);
 
     const title = el('div', 'jp-Stratolab-functionTitle');
     const name = el('button', 'jp-Stratolab-scheduleName', j.name, `stratolab-automl-job-${j.id}-select`);
     name.type = 'button';
-    name.title = j.id === this._selected ? 'Hide the leaderboard' : 'Show the leaderboard and charts of this search';
-    name.addEventListener('click', () => (this.selected = j.id === this._selected ? null : j.id));
+    name.title = j.id === this.model.selected ? 'Hide the leaderboard' : 'Show the leaderboard and charts of this search';
+    name.addEventListener('click', () => (this.selected = j.id === this.model.selected ? null : j.id));
     title.append(name, el('span', `jp-Stratolab-badge jp-Stratolab-state jp-mod-${j.state}`, j.state, `stratolab-automl-job-${j.id}-state`));
     if (ACTIVE_STATES.includes(j.state)) {
       title.append(el('span', 'jp-Stratolab-spinner'));
@@ -634,7 +347,7 @@ export class AutoMLSection extends PanelSection {
   }
 
   private setDeployButton(jobId: number, busy: boolean): void {
-    const job = this._jobs.find(j => j.id === jobId);
+    const job = this.model.jobs.find(j => j.id === jobId);
     const title = this.chartNodes.get(`title-${jobId}`);
     const b = title?.querySelector<HTMLButtonElement>('[data-testid=stratolab-automl-deploy-best]');
     if (b) {
@@ -650,22 +363,7 @@ export class AutoMLSection extends PanelSection {
   private readonly chartNodes = new NodeCache<string, HTMLElement | SVGElement>(CACHE_LIMIT);
   private readonly outcomes = new Map<number, HTMLElement>();
   private readonly deploying = new Set<number>();
-  private _jobs: IAutoMLJob[] = [];
-  private _selected: number | null = null;
-  private _detail: { jobId: number; version: string; trials: ITrial[]; insights: IInsights } | null = null;
-  private _poller = new Poller(
-    this,
-    () => this.refresh(),
-    () => this._jobs.some(j => ACTIVE_STATES.includes(j.state)),
-    ACTIVE_POLL_MS,
-    IDLE_POLL_MS
-  );
-  private _loads = new JoinedLoads<number | null>(selected => this.load(selected));
-  private _seq = 0;
 }
 
-/** Milliseconds between refreshes while a search is queued or running, and otherwise. */
-const ACTIVE_POLL_MS = 2000;
-const IDLE_POLL_MS = 10000;
 /** Nodes kept for reuse before the cache starts over. */
 const CACHE_LIMIT = 200;

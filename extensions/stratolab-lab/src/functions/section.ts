@@ -1,179 +1,17 @@
 /**
- * Serverless functions in the lab: the client of the functions service (reached through this
- * server's `stratolab/functions/` proxy), the "Try it" box, and the Functions section of the panel.
- *
- * The shapes mirror `stratolab/functions/service/state.py` (`ServiceState.describe`).
+ * The Functions section of the panel: the user's functions, their numbers, and what can be done to
+ * them (invoke, traffic, rollback, scale, logs, delete).
  */
 import { Dialog, showDialog } from '@jupyterlab/apputils';
 import { Widget } from '@lumino/widgets';
 
-import { functionsClient, ServiceError } from './api/client';
-import { actionButtons, button, el, facts, FormBody, guarded, numberField, readNumber, readOnlyField } from './ui';
-import { PanelSection } from './panel';
-
-export interface IScaling {
-  min_instances: number;
-  max_instances: number;
-  concurrency: number;
-  idle_timeout_s: number;
-  timeout_s: number;
-  memory_mb: number | null;
-  [key: string]: number | null;
-}
-
-export interface IFunctionVersion {
-  version: number;
-  state: string;
-  error: string | null;
-  created_at: string;
-  instances?: number;
-  cold_starts?: number;
-}
-
-export interface IFunction {
-  owner: string;
-  name: string;
-  public: boolean;
-  url: string;
-  scaling: IScaling;
-  traffic: Record<string, number>;
-  versions: IFunctionVersion[];
-  instances: number;
-  cold_starts: number;
-  stats: {
-    invocations: number;
-    errors: number;
-    p50_ms: number | null;
-    p99_ms: number | null;
-  };
-  /** Only in the answer to a deploy. */
-  version?: number;
-  /** Only in the answer to the first deploy of a function: shown once. */
-  key?: string;
-}
-
-/** What an invocation answered, as text (the function decides the content type). */
-export interface IInvocation {
-  status: number;
-  contentType: string;
-  text: string;
-  version: string | null;
-}
-
-export function listFunctions(): Promise<IFunction[]> {
-  return functionsClient.get<{ functions: IFunction[] }>('api/functions').then(d => d.functions);
-}
-
-/**
- * Invoke `owner/name` with a JSON body; the answer is returned whatever its status.
- */
-export async function invokeFunction(owner: string, name: string, json: string): Promise<IInvocation> {
-  const response = await functionsClient.fetch(
-    `fn/${encodeURIComponent(owner)}/${encodeURIComponent(name)}`,
-    { method: 'POST', body: json, headers: { 'Content-Type': 'application/json' } }
-  );
-  return {
-    status: response.status,
-    contentType: response.headers.get('Content-Type') || '',
-    text: await response.text(),
-    version: response.headers.get('X-Function-Version')
-  };
-}
-
-/**
- * Pretty-print a JSON answer; other answers are shown as they came.
- */
-function formatAnswer(result: IInvocation): string {
-  if (result.contentType.startsWith('application/json')) {
-    try {
-      return JSON.stringify(JSON.parse(result.text), null, 2);
-    } catch {
-      // fall through: show the raw text
-    }
-  }
-  return result.text;
-}
-
-/**
- * The "Try it" box: a JSON textarea, an Invoke button, and the status and answer below.
- */
-export function createTryBox(owner: string, name: string, example = '[]'): HTMLElement {
-  const box = el('div', 'jp-Stratolab-try');
-  const input = el('textarea', 'jp-Stratolab-tryInput', undefined, 'stratolab-try-input');
-  input.value = example;
-  input.rows = 3;
-  input.spellcheck = false;
-  input.setAttribute('aria-label', 'Request body (JSON)');
-  const output = el('pre', 'jp-Stratolab-tryOutput', '', 'stratolab-try-output');
-  output.setAttribute('aria-live', 'polite');
-  const status = el('div', 'jp-Stratolab-tryStatus', '', 'stratolab-try-status');
-  const submit = button('Invoke', () => void run(), 'stratolab-try-submit', `POST to ${name}`);
-  submit.classList.add('jp-mod-accept');
-
-  async function run(): Promise<void> {
-    const body = input.value.trim() || 'null';
-    try {
-      JSON.parse(body);
-    } catch (error) {
-      status.textContent = 'Not valid JSON';
-      status.className = 'jp-Stratolab-tryStatus jp-mod-error';
-      output.textContent = (error as Error).message;
-      return;
-    }
-    submit.disabled = true;
-    status.textContent = 'Invoking…';
-    status.className = 'jp-Stratolab-tryStatus';
-    output.textContent = '';
-    const started = performance.now();
-    try {
-      const result = await invokeFunction(owner, name, body);
-      const ms = Math.round(performance.now() - started);
-      const version = result.version ? ` · version ${result.version}` : '';
-      status.textContent = `${result.status} · ${ms} ms${version}`;
-      status.className = `jp-Stratolab-tryStatus ${result.status < 400 ? 'jp-mod-ok' : 'jp-mod-error'}`;
-      output.textContent = formatAnswer(result);
-    } catch (error) {
-      status.textContent = 'Failed';
-      status.className = 'jp-Stratolab-tryStatus jp-mod-error';
-      output.textContent = (error as Error).message;
-    } finally {
-      submit.disabled = false;
-    }
-  }
-
-  box.append(
-    el('label', 'jp-Stratolab-fieldLabel', 'Request body (JSON)'),
-    input,
-    submit,
-    status,
-    output
-  );
-  return box;
-}
-
-/** The input of a function's name: what the service accepts (a DNS label) is checked as typed. */
-export function functionNameInput(testId: string, value: string): HTMLInputElement {
-  const input = el('input', 'jp-Stratolab-input', undefined, testId);
-  input.type = 'text';
-  input.value = value;
-  // Escaped dash: browsers compile `pattern` with the `v` flag, where a bare `-` is an error.
-  input.pattern = '[a-z]([a-z0-9\\-]{0,61}[a-z0-9])?';
-  input.title = '1-63 lower-case letters, digits and dashes, starting with a letter';
-  input.spellcheck = false;
-  return input;
-}
-
-function formatMs(ms: number | null): string {
-  return ms === null ? '–' : ms < 10 ? `${ms.toFixed(1)} ms` : `${Math.round(ms)} ms`;
-}
-
-function trafficText(fn: IFunction): string {
-  const entries = Object.entries(fn.traffic);
-  if (entries.length === 0) {
-    return 'no traffic';
-  }
-  return entries.map(([v, w]) => `v${v} ${w}%`).join(' · ');
-}
+import { functionsClient, ServiceError } from '../api/client';
+import { PanelSection } from '../environment/panel';
+import { actionButtons, el, facts, FormBody, guarded, numberField, readNumber, readOnlyField } from '../ui';
+import { IFunction } from './api';
+import { formatMs, trafficText } from './format';
+import { FunctionsModel } from './model';
+import { createTryBox } from './widgets';
 
 /**
  * The user's functions, with their numbers and what can be done to them.
@@ -182,24 +20,24 @@ export class FunctionsSection extends PanelSection {
   constructor() {
     super({ title: 'Functions', testId: 'stratolab-functions', className: 'jp-Stratolab-functions' });
     this.body.append(el('p', 'jp-Stratolab-loading', 'Loading…'));
+    this.model.changed.connect(() => this.render());
+    this.model.failed.connect((_, message) => this.showError(message, 'stratolab-functions-error'));
   }
 
-  /** The functions last shown. */
-  get functions(): ReadonlyArray<IFunction> {
-    return this._functions;
+  /** The functions shown. */
+  readonly model = new FunctionsModel();
+
+  refresh(): Promise<void> {
+    return this.model.refresh(true);
   }
 
-  async refresh(): Promise<void> {
-    try {
-      this._functions = await listFunctions();
-      this.render();
-    } catch (error) {
-      this.showError((error as Error).message || String(error), 'stratolab-functions-error');
-    }
+  dispose(): void {
+    this.model.dispose();
+    super.dispose();
   }
 
   private render(): void {
-    if (this._functions.length === 0) {
+    if (this.model.functions.length === 0) {
       this.body.replaceChildren(
         el(
           'p',
@@ -210,7 +48,7 @@ export class FunctionsSection extends PanelSection {
       );
       return;
     }
-    this.body.replaceChildren(...this._functions.map(fn => this.renderFunction(fn)));
+    this.body.replaceChildren(...this.model.functions.map(fn => this.renderFunction(fn)));
   }
 
   private renderFunction(fn: IFunction): HTMLElement {
@@ -379,6 +217,4 @@ export class FunctionsSection extends PanelSection {
       await functionsClient.delete(`api/functions/${fn.name}`);
     }
   }
-
-  private _functions: IFunction[] = [];
 }

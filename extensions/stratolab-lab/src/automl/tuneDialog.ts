@@ -7,130 +7,19 @@
  */
 import { Dialog } from '@jupyterlab/apputils';
 import { Contents } from '@jupyterlab/services';
-import { LabIcon } from '@jupyterlab/ui-components';
 import { Widget } from '@lumino/widgets';
 
-import {
-  IAutoMLJob,
-  IAutoMLRequest,
-  ISearchSpace,
-  ISpaceItem,
-  listAutoMLJobs,
-  proposeSpace,
-  startAutoMLJob
-} from './automl';
-import { ServiceError } from './api/client';
-import { INotebookParameter, listProfiles, profileOptions } from './jobs';
-import { defaultScheduleName, formatParameterValue, readNotebookContent } from './schedule';
-import {
-  alertNode,
-  checkbox,
-  details,
-  el,
-  fieldRow,
-  FieldErrors,
-  FormDialog,
-  IField,
-  ISubmittingForm,
-  numberField,
-  readNumber,
-  selectInput,
-  setOptions,
-  setProgress,
-  smallInput,
-  textField
-} from './ui';
+import { ServiceError } from '../api/client';
+import { INotebookParameter, listProfiles } from '../jobs/api';
+import { profileOptions } from '../jobs/format';
+import { defaultScheduleName, formatParameterValue } from '../jobs/scheduleForm';
+import { readNotebookContent } from '../jobs/notebooks';
+import { alertNode, checkbox, details, el, FieldErrors, fieldRow, FormDialog, IField, ISubmittingForm, numberField, selectInput, setOptions, setProgress, smallInput, textField } from '../ui';
+import { IAutoMLJob, IAutoMLRequest, ISearchSpace, ISpaceItem, listAutoMLJobs, proposeSpace, startAutoMLJob } from './api';
+import { formatChoices, parseChoices, Problems, readBudget, readSpaceItem, startingItem, uniqueName } from './space';
 
-export const tuneIcon = new LabIcon({
-  name: 'stratolab:tune',
-  svgstr: `<svg xmlns="http://www.w3.org/2000/svg" width="16" height="16" viewBox="0 0 24 24">
-  <g class="jp-icon3" fill="#616161">
-    <rect x="3" y="5" width="18" height="2" rx="1"/>
-    <rect x="3" y="11" width="18" height="2" rx="1"/>
-    <rect x="3" y="17" width="18" height="2" rx="1"/>
-    <circle cx="8" cy="6" r="2.6"/>
-    <circle cx="16" cy="12" r="2.6"/>
-    <circle cx="11" cy="18" r="2.6"/>
-  </g>
-</svg>`
-});
 
-// --- pure parts --------------------------------------------------------------------------------------
-
-/**
- * Choices typed with commas between them, each a JSON value where it parses (`1`, `true`, `null`,
- * `"a b"`), else the text itself (quotes '…' around it dropped): `mlp, 'logreg', 3` → ["mlp", "logreg", 3].
- */
-export function parseChoices(text: string): unknown[] {
-  return text
-    .split(',')
-    .map(part => part.trim())
-    .filter(Boolean)
-    .map(part => {
-      if (/^'.*'$/.test(part)) {
-        return part.slice(1, -1);
-      }
-      try {
-        return JSON.parse(part);
-      } catch {
-        return part;
-      }
-    });
-}
-
-/** Choices as they are typed back: strings bare unless they would read as something else. */
-export function formatChoices(choices: ReadonlyArray<unknown>): string {
-  return choices
-    .map(c => {
-      if (typeof c !== 'string') {
-        return JSON.stringify(c);
-      }
-      const reread = parseChoices(c);
-      return c.includes(',') || reread.length !== 1 || reread[0] !== c ? JSON.stringify(c) : c;
-    })
-    .join(', ');
-}
-
-/**
- * Where a parameter's row starts: the proposed range when there is one, else one from its default
- * (numbers around it, the default as the only choice otherwise).
- */
-export function startingItem(p: INotebookParameter, proposed?: ISpaceItem): ISpaceItem {
-  if (proposed) {
-    return { ...proposed };
-  }
-  const d = p.default;
-  if (p.type === 'float' && typeof d === 'number') {
-    return d > 0 ? { type: 'float', low: d / 10, high: d * 10, log: true } : { type: 'float', low: d - 1, high: d + 1, log: false };
-  }
-  if (p.type === 'int' && typeof d === 'number') {
-    return d > 0
-      ? { type: 'int', low: Math.max(1, Math.floor(d / 2)), high: Math.max(2, d * 2), log: d >= 16 }
-      : { type: 'int', low: d, high: d + 10, log: false };
-  }
-  if (p.type === 'bool') {
-    return { type: 'categorical', choices: [d, !d] };
-  }
-  return { type: 'categorical', choices: d === undefined ? [] : [d] };
-}
-
-/** `base`, or `base-2`, `base-3`… when a search has that name already (names are unique per user). */
-export function uniqueName(base: string, taken: ReadonlyArray<string>): string {
-  if (!taken.includes(base)) {
-    return base;
-  }
-  let i = 2;
-  while (taken.includes(`${base}-${i}`)) {
-    i += 1;
-  }
-  return `${base}-${i}`;
-}
-
-// --- one parameter's row -----------------------------------------------------------------------------
-
-type Problems = [field: string, message: string][];
-
-const inline = (label: string, input: HTMLElement) => fieldRow(label, input, 'jp-Stratolab-inline');
+export const inline = (label: string, input: HTMLElement) => fieldRow(label, input, 'jp-Stratolab-inline');
 
 /**
  * A parameter of the notebook: whether it is searched, its type, range or choices, and the
@@ -242,45 +131,16 @@ class SpaceRow {
 
   /** The space item, or what is wrong with it (by field). */
   read(): { item: ISpaceItem | null; problems: Problems } {
-    const f = `space.${this.parameter.name}`;
-    const problems: Problems = [];
-    const type = this.type.value as ISpaceItem['type'];
-    const item: ISpaceItem = { type };
-    if (type === 'categorical') {
-      const choices = parseChoices(this.choices.value);
-      if (choices.length === 0) {
-        problems.push([`${f}.choices`, 'Give at least one choice.']);
-      }
-      item.choices = choices;
-    } else {
-      for (const [key, input] of [['low', this.low], ['high', this.high]] as const) {
-        const value = readNumber(input);
-        if (value === undefined || !Number.isFinite(value)) {
-          problems.push([`${f}.${key}`, `Enter the ${key === 'low' ? 'lowest' : 'highest'} value to try.`]);
-        } else if (type === 'int' && !Number.isInteger(value)) {
-          problems.push([`${f}.${key}`, `${key} of an int must be a whole number.`]);
-        } else {
-          item[key] = value;
-        }
-      }
-      item.log = this.log.input.checked;
-      const step = readNumber(this.step);
-      if (step !== undefined) {
-        if (!Number.isFinite(step) || step <= 0) {
-          problems.push([`${f}.step`, 'The step must be a positive number.']);
-        } else {
-          item.step = step;
-        }
-      }
-    }
-    if (this.parent.value) {
-      const values = parseChoices(this.when.value);
-      if (values.length === 0) {
-        problems.push([`${f}.when`, `Give the value(s) of ${this.parent.value} under which ${this.parameter.name} applies.`]);
-      }
-      item.when = { [this.parent.value]: values };
-    }
-    return { item: problems.length ? null : item, problems };
+    return readSpaceItem(this.parameter.name, {
+      type: this.type.value as ISpaceItem['type'],
+      low: this.low.value,
+      high: this.high.value,
+      step: this.step.value,
+      log: this.log.input.checked,
+      choices: this.choices.value,
+      parent: this.parent.value,
+      when: this.when.value
+    });
   }
 
   /** Show the fields of the type; a row that is not searched is dimmed. */
@@ -317,7 +177,6 @@ class SpaceRow {
   private pendingParent: string;
 }
 
-// --- the dialog --------------------------------------------------------------------------------------
 
 export interface ITuneDialogOptions {
   contents: Contents.IManager;
@@ -475,24 +334,16 @@ export class TuneForm extends Widget implements ISubmittingForm<Action> {
     if (!metric) {
       fail('metric', 'Name the metric to optimize: what the notebook records with stratolab.record(name, value).');
     }
-    const numbers: Record<string, number | undefined> = {};
-    for (const [field, f, low, required] of [
-      ['trials', this.trials, 1, true],
-      ['parallel', this.parallel, 1, true],
-      ['timeout', this.timeout, 1, false],
-      ['max_failed', this.maxFailed, 0, false],
-      ['trial_timeout', this.trialTimeout, 1, false],
-      ['seed', this.seed, 0, false]
-    ] as const) {
-      const value = readNumber(f.input);
-      if (value === undefined) {
-        if (required) {
-          fail(field, 'Enter a number.');
-        }
-      } else if (!Number.isInteger(value) || value < low) {
-        fail(field, `Expected a whole number of at least ${low}.`);
-      }
-      numbers[field] = value;
+    const { numbers, problems } = readBudget({
+      trials: this.trials.input.value,
+      parallel: this.parallel.input.value,
+      timeout: this.timeout.input.value,
+      max_failed: this.maxFailed.input.value,
+      trial_timeout: this.trialTimeout.input.value,
+      seed: this.seed.input.value
+    });
+    for (const [field, message] of problems) {
+      fail(field, message);
     }
     if (!valid) {
       return null;

@@ -7,6 +7,7 @@
  */
 
 const SVG_NS = 'http://www.w3.org/2000/svg';
+
 /** The panel is about 230 px wide: one unit of the viewBox is about a pixel there. */
 const WIDTH = 240;
 
@@ -70,7 +71,6 @@ function extent(values: number[]): [number, number] {
   return [Math.min(...values), Math.max(...values)];
 }
 
-// --- optimization history ----------------------------------------------------------------------------
 
 export interface IHistoryPoint {
   number: number;
@@ -125,7 +125,6 @@ export function historyChart(history: IHistoryPoint[], metric: string): SVGSVGEl
   return root;
 }
 
-// --- parameter importances ---------------------------------------------------------------------------
 
 /**
  * How much of the value's variation each parameter explains (Optuna's fANOVA), as bars, largest first.
@@ -158,7 +157,6 @@ export function importanceBars(importances: Record<string, number>): SVGSVGEleme
   return root;
 }
 
-// --- parallel coordinates ----------------------------------------------------------------------------
 
 /** One vertical axis: a parameter (its search space says the scale) or the objective. */
 export interface IAxis {

@@ -1,10 +1,11 @@
 /**
- * The server's `GET stratolab/status` document and how to fetch it.
- *
- * The shape mirrors `stratolab/server/environment.py` (`environment_status`).
+ * The environment of this server: its status (profile, limits, GPUs, from the server extension's
+ * `stratolab/status`) and the machine's GPU ledger (from the scheduler).
  */
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
+
+import { schedulerClient } from '../api/client';
 
 export interface IMemoryLimit {
   bytes: number;
@@ -111,22 +112,10 @@ export interface IGpuLedger {
  * this server's scheduler proxy; null when the scheduler cannot be asked (the panel then shows only
  * this server's own devices).
  */
-export async function fetchGpuLedger(
-  settings: ServerConnection.ISettings = ServerConnection.makeSettings()
-): Promise<IGpuLedger | null> {
-  const url = URLExt.join(settings.baseUrl, 'stratolab', 'scheduler', 'api', 'gpus');
+export async function fetchGpuLedger(): Promise<IGpuLedger | null> {
   try {
-    const response = await ServerConnection.makeRequest(url, {}, settings);
-    return response.ok ? ((await response.json()) as IGpuLedger) : null;
+    return await schedulerClient.get<IGpuLedger>('api/gpus');
   } catch {
     return null;
   }
-}
-
-/** One line per device of the machine: what holds it, or that it is free. */
-export function ledgerLines(ledger: IGpuLedger): string[] {
-  return ledger.inventory.map(device => {
-    const holders = ledger.held.filter(h => h.device === device).map(h => h.described);
-    return `GPU ${device} · ${holders.length ? holders.join(', ') : 'free'}`;
-  });
 }

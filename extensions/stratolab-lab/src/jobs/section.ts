@@ -1,214 +1,17 @@
 /**
- * Scheduled notebook jobs in the lab: the client of the scheduler service (reached through this
- * server's `stratolab/scheduler/` proxy) and the Jobs section of the panel, with its schedules and
- * their runs.
- *
- * The shapes mirror docs/scheduler-api.md.
+ * The Jobs section of the panel: the schedules, and the runs of the selected one (or of all).
  */
 import { Dialog, showDialog } from '@jupyterlab/apputils';
 import { Contents } from '@jupyterlab/services';
 import { Widget } from '@lumino/widgets';
 
-import { schedulerClient } from './api/client';
-import { actionButtons, alertNode, button, el, facts, guarded, JoinedLoads, link, NodeCache, Poller } from './ui';
-import { PanelSection } from './panel';
-
-/** Who hears about runs; the service leaves out what is not set (`{}`: nobody). */
-export interface INotify {
-  webhook?: string | null;
-  email?: string[];
-  on?: string[];
-}
-
-export interface IRun {
-  id: number;
-  schedule_id: number;
-  schedule_name: string;
-  owner: string;
-  trigger: string;
-  state: string;
-  attempt: number;
-  scheduled_for: string | null;
-  created_at: string;
-  started_at: string | null;
-  finished_at: string | null;
-  duration: number | null;
-  lateness: number | null;
-  error: string | null;
-  parameters: Record<string, unknown>;
-  outputs?: string[];
-}
-
-export interface ISchedule {
-  id: number;
-  name: string;
-  owner: string;
-  notebook: string;
-  snapshot: { digest: string; taken_at: string } | null;
-  cron: string | null;
-  timezone: string;
-  description: string | null;
-  parameters: Record<string, unknown>;
-  profile: string | null;
-  timeout: number | null;
-  retries: number;
-  retry_backoff: number;
-  output_formats: string[];
-  notify: INotify | null;
-  missed: string;
-  active: boolean;
-  next_run_at: string | null;
-  last_run: IRun | null;
-  created_at: string;
-  updated_at: string;
-}
-
-/** What a schedule is created or changed with (`POST`/`PATCH api/schedules`). */
-export interface IScheduleRequest {
-  notebook?: string;
-  content?: unknown;
-  name?: string;
-  cron?: string | null;
-  timezone?: string;
-  parameters?: Record<string, unknown>;
-  profile?: string | null;
-  timeout?: number | null;
-  retries?: number;
-  retry_backoff?: number;
-  output_formats?: string[];
-  notify?: INotify | null;
-  missed?: string;
-  active?: boolean;
-}
-
-export interface ICronPreview {
-  description: string;
-  next: string[];
-  timezone: string;
-}
-
-export interface INotebookParameter {
-  name: string;
-  type: string;
-  default: unknown;
-  help: string;
-}
-
-export interface IProfile {
-  slug: string;
-  display_name: string;
-  gpus: number;
-}
-
-/** States after which a run changes no more. */
-export const FINISHED_STATES = ['succeeded', 'failed', 'timed_out', 'stopped'];
-export const ACTIVE_STATES = ['queued', 'running'];
-
-/** The environments runs can use (the hub's profiles). */
-export async function listProfiles(): Promise<IProfile[]> {
-  return (await schedulerClient.get<{ profiles: IProfile[] }>('api/profiles')).profiles;
-}
-
-/**
- * The options of an environment select: the default first, GPU profiles with their GPU count
- * (`gpuNote` after it: "per trial"), and `wanted` kept when the scheduler no longer lists it.
- */
-export function profileOptions(profiles: ReadonlyArray<IProfile>, wanted = '', gpuNote = ''): [string, string][] {
-  const options: [string, string][] = [['', 'Default environment']];
-  for (const p of profiles) {
-    const gpus = `${p.gpus} GPU${p.gpus > 1 ? 's' : ''}${gpuNote ? ` ${gpuNote}` : ''}`;
-    options.push([p.slug, p.gpus ? `${p.display_name} (${gpus})` : p.display_name]);
-  }
-  if (wanted && !profiles.some(p => p.slug === wanted)) {
-    options.push([wanted, wanted]);
-  }
-  return options;
-}
-
-export function listSchedules(): Promise<ISchedule[]> {
-  return schedulerClient.get<{ schedules: ISchedule[] }>('api/schedules').then(d => d.schedules);
-}
-
-export function listRuns(scheduleId: number | null, limit = 30): Promise<IRun[]> {
-  const query = scheduleId === null ? `limit=${limit}` : `schedule=${scheduleId}&limit=${limit}`;
-  return schedulerClient.get<{ runs: IRun[] }>(`api/runs?${query}`).then(d => d.runs);
-}
-
-/** A new idempotency key: one per click, so a retried request does not start a second run. */
-export function idempotencyKey(): string {
-  return typeof crypto.randomUUID === 'function'
-    ? crypto.randomUUID()
-    : `${Date.now().toString(16)}-${Math.random().toString(16).slice(2)}`;
-}
-
-/** Start a run of a schedule now ("Run now"). */
-export function runNow(scheduleId: number): Promise<IRun> {
-  return schedulerClient.post<IRun>(`api/schedules/${scheduleId}/runs`, {
-    idempotency_key: idempotencyKey()
-  });
-}
-
-// --- how runs and schedules are shown --------------------------------------------------------------
-
-/** A date and time in the browser's locale (in `timeZone` when given and known). */
-export function formatTime(iso: string | null | undefined, timeZone?: string): string {
-  if (!iso) {
-    return '–';
-  }
-  const date = new Date(iso);
-  if (isNaN(date.getTime())) {
-    return iso;
-  }
-  const options: Intl.DateTimeFormatOptions = { dateStyle: 'medium', timeStyle: 'medium' };
-  try {
-    return date.toLocaleString(undefined, timeZone ? { ...options, timeZone } : options);
-  } catch {
-    return date.toLocaleString(undefined, options);
-  }
-}
-
-export function formatDuration(seconds: number | null | undefined): string {
-  if (seconds === null || seconds === undefined) {
-    return '–';
-  }
-  if (seconds < 60) {
-    return `${seconds < 10 ? seconds.toFixed(1) : Math.round(seconds)} s`;
-  }
-  const minutes = Math.floor(seconds / 60);
-  if (minutes < 60) {
-    return `${minutes} min ${Math.round(seconds % 60)} s`;
-  }
-  return `${Math.floor(minutes / 60)} h ${minutes % 60} min`;
-}
-
-/**
- * Where "Open" puts a run's executed notebook in the home: `stratolab-runs/<schedule>/run-<id>.ipynb`
- * (the schedule's name made safe as one path segment).
- */
-export function runNotebookPath(scheduleName: string, runId: number): string {
-  const folder = scheduleName.replace(/[/\\]/g, '-').replace(/^\.+/, '').trim() || 'schedule';
-  return `stratolab-runs/${folder}/run-${runId}.ipynb`;
-}
-
-/** Create `path` and the folders above it that are missing, with the contents manager. */
-export async function ensureDirectory(contents: Contents.IManager, path: string): Promise<void> {
-  let current = '';
-  for (const part of path.split('/').filter(Boolean)) {
-    current = current ? `${current}/${part}` : part;
-    try {
-      await contents.get(current, { content: false });
-    } catch {
-      await contents.save(current, { type: 'directory' });
-    }
-  }
-}
-
-function runOutputs(run: IRun): string[] {
-  if (run.outputs) {
-    return run.outputs;
-  }
-  return FINISHED_STATES.includes(run.state) ? ['ipynb'] : [];
-}
+import { schedulerClient } from '../api/client';
+import { PanelSection } from '../environment/panel';
+import { actionButtons, alertNode, button, el, facts, guarded, link, NodeCache } from '../ui';
+import { IRun, ISchedule, runNow } from './api';
+import { ACTIVE_STATES, FINISHED_STATES, formatDuration, formatTime, runNotebookPath, runOutputs } from './format';
+import { JobsModel } from './model';
+import { ensureDirectory } from './notebooks';
 
 /**
  * What the Jobs section needs from the lab: the contents manager and how to open a file (for a
@@ -238,75 +41,38 @@ export class JobsSection extends PanelSection {
       this.runsNode
     );
     this.schedulesNode.append(el('p', 'jp-Stratolab-loading', 'Loading…'));
-    this._poller.start();
+    this.model.changed.connect(() => {
+      this.errorNode.replaceChildren();
+      this.render();
+    });
+    this.model.failed.connect((_, message) => this.errorNode.replaceChildren(alertNode(message, 'stratolab-jobs-error')));
+    this.model.startPolling(this);
   }
 
-  /** The schedules last shown. */
-  get schedules(): ReadonlyArray<ISchedule> {
-    return this._schedules;
-  }
-
-  /** The runs last shown (of the selected schedule, or of all). */
-  get runs(): ReadonlyArray<IRun> {
-    return this._runs;
-  }
+  /** The schedules and runs shown, the selection, polling. */
+  readonly model = new JobsModel();
 
   /** The schedule whose runs are listed; null for the runs of all schedules. */
   get selected(): number | null {
-    return this._selected;
+    return this.model.selected;
   }
 
   set selected(id: number | null) {
-    if (this._selected !== id) {
-      this._selected = id;
-      void this.refresh(true);
-    }
+    this.model.selected = id;
   }
 
-  /**
-   * Reload schedules and runs. A call while a load for the same selection is under way joins it,
-   * unless `fresh` (after a change, whose effect a load started earlier would not show).
-   */
+  /** Reload schedules and runs (`fresh`: after a change, not joining a load under way). */
   refresh(fresh = false): Promise<void> {
-    return this._loads.run(this._selected, fresh);
-  }
-
-  private async load(selected: number | null): Promise<void> {
-    const seq = ++this._seq;
-    try {
-      const [schedules, runs] = await Promise.all([listSchedules(), listRuns(selected)]);
-      if (seq !== this._seq) {
-        return; // a later load (another selection, or after a change) shows newer data
-      }
-      this._schedules = schedules;
-      if (selected !== null && !schedules.some(s => s.id === selected)) {
-        this._selected = null; // deleted
-        this._runs = await listRuns(null);
-        if (seq !== this._seq) {
-          return;
-        }
-      } else {
-        this._runs = runs;
-      }
-      this.errorNode.replaceChildren();
-      this.render();
-    } catch (error) {
-      if (seq !== this._seq) {
-        return;
-      }
-      const message = (error as Error).message || String(error);
-      this.errorNode.replaceChildren(alertNode(message, 'stratolab-jobs-error'));
-    }
+    return this.model.refresh(fresh);
   }
 
   dispose(): void {
-    this._poller.stop();
+    this.model.dispose();
     super.dispose();
   }
 
-
   private render(): void {
-    if (this._schedules.length === 0) {
+    if (this.model.schedules.length === 0) {
       this.schedulesNode.replaceChildren(
         el(
           'p',
@@ -317,24 +83,24 @@ export class JobsSection extends PanelSection {
       );
     } else {
       this.schedulesNode.replaceChildren(
-        ...this._schedules.map(s =>
-          this.scheduleNodes.reuse(s.id, { s, selected: s.id === this._selected }, () => this.renderSchedule(s))
+        ...this.model.schedules.map(s =>
+          this.scheduleNodes.reuse(s.id, { s, selected: s.id === this.model.selected }, () => this.renderSchedule(s))
         )
       );
     }
 
-    const selected = this._schedules.find(s => s.id === this._selected);
+    const selected = this.model.schedules.find(s => s.id === this.model.selected);
     if (selected) {
       const all = button('Show all', () => (this.selected = null), 'stratolab-runs-show-all', 'Show the runs of every schedule');
       this.runsTitle.replaceChildren(document.createTextNode(`Runs of ${selected.name} `), all);
     } else {
       this.runsTitle.textContent = 'Runs';
     }
-    if (this._runs.length === 0) {
+    if (this.model.runs.length === 0) {
       this.runsNode.replaceChildren(el('p', 'jp-Stratolab-note', 'No runs yet.', 'stratolab-runs-empty'));
     } else {
       this.runsNode.replaceChildren(
-        ...this._runs.map(r => this.runNodes.reuse(r.id, r, () => this.renderRun(r)))
+        ...this.model.runs.map(r => this.runNodes.reuse(r.id, r, () => this.renderRun(r)))
       );
     }
   }
@@ -344,14 +110,14 @@ export class JobsSection extends PanelSection {
     card.dataset.scheduleId = String(s.id);
     card.dataset.scheduleName = s.name;
     card.dataset.scheduleActive = String(s.active);
-    card.classList.toggle('jp-mod-selected', s.id === this._selected);
+    card.classList.toggle('jp-mod-selected', s.id === this.model.selected);
     card.classList.toggle('jp-mod-paused', !s.active);
 
     const title = el('div', 'jp-Stratolab-functionTitle');
     const name = el('button', 'jp-Stratolab-scheduleName', s.name, `stratolab-schedule-${s.id}-select`);
     name.type = 'button';
-    name.title = s.id === this._selected ? 'Show the runs of every schedule' : 'Show the runs of this schedule only';
-    name.addEventListener('click', () => (this.selected = s.id === this._selected ? null : s.id));
+    name.title = s.id === this.model.selected ? 'Show the runs of every schedule' : 'Show the runs of this schedule only';
+    name.addEventListener('click', () => (this.selected = s.id === this.model.selected ? null : s.id));
     title.append(name, el('span', `jp-Stratolab-badge ${s.active ? 'jp-mod-active' : 'jp-mod-paused'}`, s.active ? 'active' : 'paused', `stratolab-schedule-${s.id}-status`));
     card.append(title);
 
@@ -370,7 +136,7 @@ export class JobsSection extends PanelSection {
     actions.append(
       act('Run now', 'Run the notebook now, with this schedule’s settings', async () => {
         await runNow(s.id);
-        this._selected = s.id;
+        this.model.select(s.id, false); // the refresh after the action shows its runs
       }),
       s.active
         ? act('Pause', 'Stop starting runs on schedule (Run now still works)', () => schedulerClient.post(`api/schedules/${s.id}/pause`))
@@ -506,22 +272,7 @@ export class JobsSection extends PanelSection {
   private readonly errorNode: HTMLElement;
   private readonly scheduleNodes = new NodeCache<number>(CACHE_LIMIT);
   private readonly runNodes = new NodeCache<number>(CACHE_LIMIT);
-  private _schedules: ISchedule[] = [];
-  private _runs: IRun[] = [];
-  private _selected: number | null = null;
-  private _poller = new Poller(
-    this,
-    () => this.refresh(),
-    () => this._runs.some(r => ACTIVE_STATES.includes(r.state)),
-    ACTIVE_POLL_MS,
-    IDLE_POLL_MS
-  );
-  private _loads = new JoinedLoads<number | null>(selected => this.load(selected));
-  private _seq = 0;
 }
 
-/** Milliseconds between refreshes while a run is queued or running, and otherwise. */
-const ACTIVE_POLL_MS = 3000;
-const IDLE_POLL_MS = 10000;
 /** Nodes kept for reuse before the cache starts over (runs come and go). */
 const CACHE_LIMIT = 200;

@@ -7,196 +7,14 @@
  */
 import { Dialog } from '@jupyterlab/apputils';
 import { Contents } from '@jupyterlab/services';
-import { LabIcon } from '@jupyterlab/ui-components';
 import { Widget } from '@lumino/widgets';
 
-import { schedulerClient, ServiceError } from './api/client';
-import {
-  checkbox,
-  checkboxes,
-  details,
-  el,
-  fieldRow,
-  FieldErrors,
-  FormDialog,
-  IField,
-  numberField,
-  readNumber,
-  selectInput,
-  setOptions,
-  setProgress,
-  textField
-} from './ui';
-import {
-  formatTime,
-  ICronPreview,
-  INotebookParameter,
-  INotify,
-  IProfile,
-  IRun,
-  ISchedule,
-  IScheduleRequest,
-  listProfiles,
-  profileOptions,
-  runNow
-} from './jobs';
-
-export const scheduleIcon = new LabIcon({
-  name: 'stratolab:schedule',
-  svgstr: `<svg xmlns="http://www.w3.org/2000/svg" width="16" height="16" viewBox="0 0 24 24">
-  <g class="jp-icon3" fill="#616161">
-    <path d="M12 2a10 10 0 1 0 0 20 10 10 0 0 0 0-20zm0 2.2a7.8 7.8 0 1 1 0 15.6 7.8 7.8 0 0 1 0-15.6z"/>
-    <path d="M11 6.5h2v5.1l3.6 2.1-1 1.7-4.6-2.7z"/>
-  </g>
-</svg>`
-});
-
-// --- pure parts --------------------------------------------------------------------------------------
-
-/** The default name of a schedule: the notebook's file name without its extension. */
-export function defaultScheduleName(path: string): string {
-  const file = path.split('/').pop() || path;
-  return file.replace(/\.ipynb$/i, '') || file;
-}
-
-/** The browser's IANA time zone (UTC when it does not say). */
-export function browserTimeZone(): string {
-  try {
-    return Intl.DateTimeFormat().resolvedOptions().timeZone || 'UTC';
-  } catch {
-    return 'UTC';
-  }
-}
-
-/** Every IANA time zone the browser knows, for the time zone field's suggestions. */
-export function knownTimeZones(): string[] {
-  const intl = Intl as unknown as { supportedValuesOf?: (key: string) => string[] };
-  try {
-    const zones = intl.supportedValuesOf ? intl.supportedValuesOf('timeZone') : [];
-    return zones.includes('UTC') ? zones : ['UTC', ...zones];
-  } catch {
-    return ['UTC'];
-  }
-}
-
-/** How a parameter's value is written in its field: strings as they are, the rest as JSON. */
-export function formatParameterValue(value: unknown, type: string): string {
-  if (type === 'str' && typeof value === 'string') {
-    return value;
-  }
-  if (value === undefined) {
-    return '';
-  }
-  try {
-    return JSON.stringify(value);
-  } catch {
-    return String(value);
-  }
-}
-
-export type Parsed = { ok: true; value: unknown } | { ok: false; error: string };
-
-/**
- * The value typed into a parameter's field, with the type of the notebook's default: ints, floats,
- * bools, JSON lists and dicts; strings as they are; for other types JSON when it parses, else text.
- */
-export function parseParameterValue(text: string, type: string): Parsed {
-  const t = text.trim();
-  switch (type) {
-    case 'str':
-      return { ok: true, value: text };
-    case 'int':
-      return /^[-+]?\d+$/.test(t)
-        ? { ok: true, value: Number(t) }
-        : { ok: false, error: 'Expected an integer, e.g. 3' };
-    case 'float': {
-      const value = Number(t);
-      return t !== '' && Number.isFinite(value)
-        ? { ok: true, value }
-        : { ok: false, error: 'Expected a number, e.g. 0.5' };
-    }
-    case 'bool': {
-      const lower = t.toLowerCase();
-      if (['true', '1', 'yes'].includes(lower)) {
-        return { ok: true, value: true };
-      }
-      if (['false', '0', 'no'].includes(lower)) {
-        return { ok: true, value: false };
-      }
-      return { ok: false, error: 'Expected true or false' };
-    }
-    case 'list':
-    case 'dict': {
-      let value: unknown;
-      try {
-        value = JSON.parse(t);
-      } catch {
-        return { ok: false, error: `Expected a JSON ${type === 'list' ? 'list, e.g. [1, 2]' : 'object, e.g. {"a": 1}'}` };
-      }
-      const isList = Array.isArray(value);
-      const isDict = value !== null && typeof value === 'object' && !isList;
-      if ((type === 'list' && !isList) || (type === 'dict' && !isDict)) {
-        return { ok: false, error: `Expected a JSON ${type === 'list' ? 'list' : 'object'}` };
-      }
-      return { ok: true, value };
-    }
-    default:
-      try {
-        return { ok: true, value: JSON.parse(t) };
-      } catch {
-        return { ok: true, value: text };
-      }
-  }
-}
-
-/**
- * The parameters to send: those whose field no longer shows the notebook's default (so a schedule
- * follows later changes of the defaults it does not override), typed; or the errors, by name.
- */
-export function changedParameters(
-  declared: INotebookParameter[],
-  typed: Record<string, string>
-): { values: Record<string, unknown>; errors: Record<string, string> } {
-  const values: Record<string, unknown> = {};
-  const errors: Record<string, string> = {};
-  for (const p of declared) {
-    const text = typed[p.name];
-    if (text === undefined || text === formatParameterValue(p.default, p.type)) {
-      continue;
-    }
-    const parsed = parseParameterValue(text, p.type);
-    if (parsed.ok) {
-      values[p.name] = parsed.value;
-    } else {
-      errors[p.name] = parsed.error;
-    }
-  }
-  return { values, errors };
-}
-
-/** E-mail addresses typed with commas (or spaces, or semicolons) between them. */
-export function splitAddresses(text: string): string[] {
-  return text.split(/[\s,;]+/).filter(Boolean);
-}
-
-// --- the dialog --------------------------------------------------------------------------------------
-
-/** What the dialog needs: the notebook (or the schedule to edit) and how to reach the lab. */
-/** The notebook as the contents manager has it (saved first when open); undefined if unreadable. */
-export async function readNotebookContent(options: {
-  contents: Contents.IManager;
-  path: string;
-  beforeRead?: (path: string) => Promise<void>;
-}): Promise<unknown> {
-  try {
-    await options.beforeRead?.(options.path);
-    const model = await options.contents.get(options.path, { type: 'notebook', content: true });
-    return model.content;
-  } catch (error) {
-    console.warn(`Stratolab: cannot read ${options.path}; the scheduler reads it from the home.`, error);
-    return undefined;
-  }
-}
+import { schedulerClient, ServiceError } from '../api/client';
+import { checkbox, checkboxes, details, el, FieldErrors, fieldRow, FormDialog, IField, numberField, selectInput, setOptions, setProgress, textField } from '../ui';
+import { ICronPreview, INotebookParameter, IProfile, IRun, ISchedule, IScheduleRequest, listProfiles, runNow } from './api';
+import { profileOptions } from './format';
+import { browserTimeZone, cronHint, defaultScheduleName, formatParameterValue, knownTimeZones, nextRunLines, scheduleRequest } from './scheduleForm';
+import { readNotebookContent } from './notebooks';
 
 export interface IScheduleDialogOptions {
   contents: Contents.IManager;
@@ -367,73 +185,33 @@ export class ScheduleForm extends Widget {
 
   /** The request for the form's values; null (and the errors shown) when something is wrong. */
   private async read(action: Action): Promise<IScheduleRequest | null> {
-    let valid = true;
-    const fail = (field: string, message: string) => {
-      this.errors.show(field, message);
-      valid = false;
-    };
-    const name = this.name.input.value.trim();
-    if (!name) {
-      fail('name', 'Give the schedule a name.');
-    }
-    const cronText = this.cron.input.value.trim();
-    const onDemand = this.onDemand.input.checked;
-    if (!onDemand && !cronText && action === 'save') {
-      fail('cron', 'Enter a cron expression, or tick “On demand only”.');
-    }
-    const timezone = this.timezone.input.value.trim() || 'UTC';
-    const { values, errors } = changedParameters(this.declared, this.typedParameters());
-    for (const [param, message] of Object.entries(errors)) {
-      fail(`parameters.${param}`, message);
-    }
-    const numbers: Record<string, number | undefined> = {};
-    for (const [field, f] of [
-      ['timeout', this.timeout],
-      ['retries', this.retries],
-      ['retry_backoff', this.backoff]
-    ] as const) {
-      const value = readNumber(f.input);
-      if (value !== undefined && (!Number.isFinite(value) || value < 0)) {
-        fail(field, 'Expected a number of at least 0.');
-      }
-      numbers[field] = value;
-    }
-    const outputFormats = [this.ipynb.input.checked ? 'ipynb' : '', this.html.input.checked ? 'html' : ''].filter(Boolean);
-    const webhook = this.webhook.input.value.trim();
-    const email = splitAddresses(this.emails.input.value);
-    const on = [this.onFailure.input.checked ? 'failure' : '', this.onSuccess.input.checked ? 'success' : ''].filter(Boolean);
-    if ((webhook || email.length) && on.length === 0) {
-      fail('notify', 'Tick when to notify: on failure, on success or both.');
-    }
-    if (!valid) {
-      return null;
-    }
-
     const editing = this.schedule !== null;
-    const request: IScheduleRequest = {
-      name,
-      cron: onDemand || !cronText ? null : cronText,
-      timezone,
-      parameters: values,
-      output_formats: outputFormats,
-      missed: this.missed.value
-    };
-    if (this.profile.value || editing) {
-      request.profile = this.profile.value || null;
+    const { request, problems } = scheduleRequest(
+      {
+        name: this.name.input.value,
+        cron: this.cron.input.value,
+        onDemand: this.onDemand.input.checked,
+        timezone: this.timezone.input.value,
+        missed: this.missed.value,
+        parameters: this.typedParameters(),
+        profile: this.profile.value,
+        timeout: this.timeout.input.value,
+        retries: this.retries.input.value,
+        retryBackoff: this.backoff.input.value,
+        ipynb: this.ipynb.input.checked,
+        html: this.html.input.checked,
+        webhook: this.webhook.input.value,
+        emails: this.emails.input.value,
+        onFailure: this.onFailure.input.checked,
+        onSuccess: this.onSuccess.input.checked
+      },
+      { declared: this.declared, editing, needsCron: action === 'save' }
+    );
+    for (const [field, message] of problems) {
+      this.errors.show(field, message);
     }
-    if (numbers.timeout !== undefined || editing) {
-      request.timeout = numbers.timeout ?? null;
-    }
-    if (numbers.retries !== undefined) {
-      request.retries = numbers.retries;
-    }
-    if (numbers.retry_backoff !== undefined) {
-      request.retry_backoff = numbers.retry_backoff;
-    }
-    if (webhook || email.length) {
-      request.notify = { webhook: webhook || null, email, on } as INotify;
-    } else if (editing) {
-      request.notify = null;
+    if (!request) {
+      return null;
     }
     if (!editing || this.resnapshot?.checked) {
       request.notebook = this.options.path;
@@ -524,12 +302,9 @@ export class ScheduleForm extends Widget {
     const seq = ++this.previewSeq;
     this.errors.clear('cron');
     this.errors.clear('timezone');
-    if (this.onDemand.input.checked) {
-      this.preview.replaceChildren(el('span', 'jp-Stratolab-note', 'Runs only when started with “Run now”.'));
-      return;
-    }
-    if (!cron) {
-      this.preview.replaceChildren(el('span', 'jp-Stratolab-note', 'e.g. 0 7 * * 1-5: at 07:00, Monday through Friday.'));
+    const hint = cronHint(cron, this.onDemand.input.checked);
+    if (hint !== null) {
+      this.preview.replaceChildren(el('span', 'jp-Stratolab-note', hint));
       return;
     }
     try {
@@ -538,9 +313,7 @@ export class ScheduleForm extends Widget {
         return;
       }
       const list = el('ol', 'jp-Stratolab-nextRuns', undefined, 'stratolab-schedule-preview-next');
-      for (const iso of preview.next) {
-        list.append(el('li', '', `${formatTime(iso, preview.timezone)} (${preview.timezone})`));
-      }
+      list.append(...nextRunLines(preview).map(line => el('li', '', line)));
       this.preview.replaceChildren(
         el('div', 'jp-Stratolab-previewText', preview.description, 'stratolab-schedule-preview-description'),
         el('div', 'jp-Stratolab-note', 'Next runs:'),

@@ -1,0 +1,129 @@
+/**
+ * The Stratolab sidebar panel: a header with a Refresh button above a list of sections.
+ *
+ * Each feature of the platform adds its own `PanelSection`; the panel only knows how to lay them out
+ * and refresh them together.
+ */
+import { Panel, Widget } from '@lumino/widgets';
+
+import { alertNode, el } from '../ui';
+import { stratolabIcon } from '../ui/icons';
+
+/**
+ * One titled block of the panel, which knows how to reload its own content.
+ */
+export abstract class PanelSection extends Widget {
+  constructor(options: { title: string; testId: string; className?: string }) {
+    super({ node: document.createElement('section') });
+    this.addClass('jp-Stratolab-section');
+    if (options.className) {
+      this.addClass(options.className);
+    }
+    this.node.dataset.testid = options.testId;
+    const heading = document.createElement('h3');
+    heading.className = 'jp-Stratolab-sectionTitle';
+    heading.textContent = options.title;
+    this.body = document.createElement('div');
+    this.body.className = 'jp-Stratolab-sectionBody';
+    this.node.append(heading, this.body);
+  }
+
+  /**
+   * Reload the section's content; must not throw (show the error in the section instead).
+   */
+  abstract refresh(): Promise<void>;
+
+  /** A button beside the section's title (one opening the section's list as a main-area table). */
+  addTitleButton(button: HTMLElement): void {
+    this.node.querySelector('.jp-Stratolab-sectionTitle')?.append(button);
+  }
+
+  /** Show an error above the last good content: it is still the best we know. */
+  protected showError(message: string, testId: string): void {
+    const stale = this.body.querySelectorAll(':scope > :not(.jp-Stratolab-error, .jp-Stratolab-loading)');
+    this.body.replaceChildren(alertNode(message, testId), ...Array.from(stale));
+  }
+
+  protected readonly body: HTMLDivElement;
+}
+
+/**
+ * The sidebar panel.
+ */
+export class StratolabPanel extends Panel {
+  constructor(sections: PanelSection[]) {
+    super();
+    this.id = 'stratolab-panel';
+    this.addClass('jp-Stratolab-panel');
+    this.title.icon = stratolabIcon;
+    this.title.caption = 'Stratolab';
+    this.node.dataset.testid = 'stratolab-panel';
+
+    const header = new Widget({ node: el('header', 'jp-Stratolab-header') });
+    header.node.append(el('h2', 'jp-Stratolab-title', 'Stratolab'));
+    this._refreshButton = el(
+      'button',
+      'jp-Button jp-Stratolab-refresh',
+      'Refresh',
+      'stratolab-refresh'
+    );
+    this._refreshButton.type = 'button';
+    this._refreshButton.title = 'Reload the information in this panel';
+    this._refreshButton.addEventListener('click', () => void this.refresh());
+    header.node.append(this._refreshButton);
+    this.addWidget(header);
+
+    for (const section of sections) {
+      this.addSection(section);
+    }
+  }
+
+  /** The sections, in display order. */
+  get sections(): ReadonlyArray<PanelSection> {
+    return this._sections;
+  }
+
+  addSection(section: PanelSection): void {
+    this._sections.push(section);
+    this.addWidget(section);
+  }
+
+  /** Reload every section; concurrent calls share one round of requests. */
+  refresh(): Promise<void> {
+    if (!this._pending) {
+      this._refreshButton.disabled = true;
+      this._pending = Promise.all(this._sections.map(s => s.refresh())).then(() => {
+        this._pending = null;
+        this._refreshButton.disabled = false;
+      });
+    }
+    return this._pending;
+  }
+
+  /** Seconds between automatic refreshes while the panel is visible; 0 turns them off. */
+  set refreshInterval(seconds: number) {
+    window.clearInterval(this._timer);
+    this._timer = undefined;
+    if (seconds > 0) {
+      this._timer = window.setInterval(() => {
+        if (this.isVisible) {
+          void this.refresh();
+        }
+      }, seconds * 1000);
+    }
+  }
+
+  dispose(): void {
+    window.clearInterval(this._timer);
+    super.dispose();
+  }
+
+  protected onAfterShow(): void {
+    void this.refresh();
+  }
+
+  private _sections: PanelSection[] = [];
+  private _refreshButton: HTMLButtonElement;
+  private _pending: Promise<void> | null = null;
+  private _timer: number | undefined;
+}
