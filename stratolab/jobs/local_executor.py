@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import tempfile
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from jupyterhub.utils import exponential_backoff
 
 from stratolab.jobs.executor import FAILED, STOPPED, TIMED_OUT, Account, Execution, NotebookExecutor, RunResult, RunSpec
 from stratolab.platform import forkserver
@@ -80,13 +82,13 @@ class _ForkedProc:
             return False
 
     async def wait(self) -> int:
-        delay = 0.005
-        while self.returncode is None:
-            if not self._alive():
-                self.returncode = 0 if self.result_path.exists() else -1
-                break
-            await asyncio.sleep(delay)
-            delay = min(delay * 1.5, 0.05)
+        """Its end, looked for at short, growing intervals; no time limit (the run's timeout is its
+        execution's, which stops it)."""
+        if self.returncode is None:
+            await exponential_backoff(lambda: not self._alive(), f"runner {self.pid} did not end",
+                                      start_wait=0.005, scale_factor=1.5, max_wait=0.05, timeout=math.inf,
+                                      timeout_tolerance=0)
+            self.returncode = 0 if self.result_path.exists() else -1
         return self.returncode
 
     def send_signal(self, sig: int) -> None:

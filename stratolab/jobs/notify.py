@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Any
 
+from jupyterhub.utils import exponential_backoff
 from tornado.httpclient import HTTPRequest
 
 from stratolab.jobs import metrics
@@ -19,6 +20,8 @@ from stratolab.platform.outbound import OutboundPolicy, OutboundRefused, guarded
 
 log = logging.getLogger("stratolab.jobs")
 WEBHOOK_ATTEMPTS = 3
+#: a bound on all of them together (each may take its request_timeout, 10 s)
+WEBHOOK_PATIENCE_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -79,25 +82,33 @@ class Notifier:
                               headers={"Content-Type": "application/json", "User-Agent": "stratolab-scheduler"},
                               request_timeout=10, follow_redirects=False)
         client = guarded_client(self.outbound)
+        attempts = 0
+
+        async def delivered() -> str | None:
+            """One attempt: "sent"; "failed" when retrying cannot help or was tried enough; else None."""
+            nonlocal attempts
+            attempts += 1
+            try:
+                response = await client.fetch(request, raise_error=False)
+                if response.code < 400:
+                    return "sent"
+                reason = f"HTTP {response.code}"
+            except OutboundRefused as e:
+                log.warning("webhook %s refused: %s", url, e)
+                return "failed"  # the address will not become acceptable by retrying
+            except Exception as e:  # a receiver's failure is logged, never fatal
+                reason = str(e)
+            log.warning("webhook %s, attempt %d of %d: %s", url, attempts, WEBHOOK_ATTEMPTS, reason)
+            return "failed" if attempts >= WEBHOOK_ATTEMPTS else None
+
         try:
-            for attempt in range(1, WEBHOOK_ATTEMPTS + 1):
-                try:
-                    response = await client.fetch(request, raise_error=False)
-                    if response.code < 400:
-                        metrics.NOTIFICATIONS.labels("webhook", "sent").inc()
-                        return
-                    reason = f"HTTP {response.code}"
-                except OutboundRefused as e:
-                    log.warning("webhook %s refused: %s", url, e)
-                    break  # the address will not become acceptable by retrying
-                except Exception as e:  # a receiver's failure is logged, never fatal
-                    reason = str(e)
-                log.warning("webhook %s, attempt %d of %d: %s", url, attempt, WEBHOOK_ATTEMPTS, reason)
-                if attempt < WEBHOOK_ATTEMPTS:
-                    await asyncio.sleep(attempt)
-            metrics.NOTIFICATIONS.labels("webhook", "failed").inc()
+            outcome = await exponential_backoff(delivered, f"webhook {url}", start_wait=1.0, max_wait=2.0,
+                                                timeout=WEBHOOK_PATIENCE_S)
+        except TimeoutError:
+            outcome = "failed"
         finally:
             client.close()
+        metrics.NOTIFICATIONS.labels("webhook", outcome).inc()
 
     def _email(self, settings: SmtpSettings, to: list[str], body: dict[str, Any]) -> None:
         message = EmailMessage()

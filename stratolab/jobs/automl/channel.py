@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
+
+from stratolab.platform.backoff import retry_until
 
 ENV = "STRATOLAB_TRIAL_DIR"
 DECISION_WAIT_S = 10.0
@@ -70,11 +71,6 @@ def decide(trial_dir: Path, step: int, prune: bool) -> None:
 def wait_decision(trial_dir: Path, step: int, timeout: float = DECISION_WAIT_S) -> str:
     """The controller's answer for `step` ("continue" when it does not answer in time)."""
     path = trial_dir / "decisions" / str(step)
-    deadline = time.monotonic() + timeout
-    delay = 0.002
-    while time.monotonic() < deadline:
-        if path.exists():
-            return path.read_text().strip() or "continue"
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
-    return "continue"
+    answer = retry_until(lambda: path.exists() and (path.read_text().strip() or "continue"),
+                         start_wait=0.002, max_wait=0.05, timeout=timeout)
+    return answer or "continue"

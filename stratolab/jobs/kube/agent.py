@@ -41,6 +41,7 @@ from typing import IO, Any
 from stratolab.jobs.automl import channel
 from stratolab.jobs.kube.archive import RESULT, Snapshot, changed, pack, scan
 from stratolab.jobs.kube.pod_env import RUN_KEY_VAR, RUN_TOKEN_VAR, SCHEDULER_URL_VAR, WORKDIR_VAR, expand
+from stratolab.platform.backoff import retry_until
 
 log = logging.getLogger("stratolab.agent")
 
@@ -93,9 +94,11 @@ class SchedulerClient:
              patience: float = 0.0, wait_for_run: bool = False) -> bytes:
         """The answer's body; retried for `patience` seconds on connection errors and 5xx (and 404
         when `wait_for_run`: the run is registered just after its Job is created)."""
-        deadline = time.monotonic() + patience
-        delay = 0.2
-        while True:
+        status, data, error = 0, b"", ""
+
+        def answered() -> bool:
+            """One try; True when its answer is final (a success, or what trying again will not change)."""
+            nonlocal status, data, error
             if body is not None:
                 body.seek(0)
             try:
@@ -103,15 +106,14 @@ class SchedulerClient:
                 error = f"{status}: {_message(data)}"
             except (urllib.error.URLError, OSError) as e:
                 status, data, error = 0, b"", f"cannot reach the scheduler: {e}"
-            if 200 <= status < 300:
-                return data
-            retry = status == 0 or status >= 500 or (status == 404 and wait_for_run)
-            if not retry or time.monotonic() + delay > deadline:
-                if status in (403, 404):
-                    raise Gone(f"{route}: {error}")
-                raise AgentError(f"{route}: {error}")
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            return not (status == 0 or status >= 500 or (status == 404 and wait_for_run))
+
+        retry_until(answered, start_wait=0.2, max_wait=5.0, timeout=patience)
+        if 200 <= status < 300:
+            return data
+        if status in (403, 404):
+            raise Gone(f"{route}: {error}")
+        raise AgentError(f"{route}: {error}")
 
 
 def _message(data: bytes) -> str:

@@ -47,6 +47,7 @@ from stratolab.jobs.kube.manifests import (
 from stratolab.jobs.kube.registry import AgentRun, AgentRuns, executor_secret
 from stratolab.jobs.kube.status import JobEnd, PodProblem, job_end, pod_problem, pod_started
 from stratolab.kube.api import SERVICE_ACCOUNT_DIR, Conflict, KubeClient, KubeError
+from stratolab.platform.backoff import backoff_waits
 from stratolab.platform.profiles import Profile, default_profile_list, parse_profile
 
 log = logging.getLogger("stratolab.jobs")
@@ -97,20 +98,21 @@ class KubernetesJobExecution(Execution):
 
     async def _pump(self, what: str, watch: Callable[[], Any]) -> None:
         """Feed a watch's events to the queue; a watch that breaks (API errors past the client's
-        retries) is started again after a pause, and relists, so no state is missed."""
-        delay = 0.5
+        retries) is started again after a pause, and relists, so no state is missed. The pauses grow
+        while watches bring nothing (the one backoff policy, platform/backoff.py) and start over after
+        one that did."""
+        waits = backoff_waits(start_wait=0.5, max_wait=30.0)
         while True:
             stream = watch()
             try:
                 async for kind, obj in stream:
                     self._events.put_nowait((what, kind, obj))
-                    delay = 0.5
+                    waits = backoff_waits(start_wait=0.5, max_wait=30.0)
             except Exception as e:  # a broken watch is restarted, never a stuck run
-                log.warning("watching %s of run %s: %s; again in %.1f s", what, self.spec.key, e, delay)
+                log.warning("watching %s of run %s: %s; started again after a pause", what, self.spec.key, e)
             finally:
                 await stream.aclose()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+            await asyncio.sleep(next(waits))
 
     async def _notify(self, what: str, awaitable) -> None:
         await awaitable

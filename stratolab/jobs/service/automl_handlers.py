@@ -18,14 +18,12 @@ class AutoMLListHandler(AutoMLBase):
         self.send({"jobs": self.automl.list(await self.owner())})
 
     async def post(self) -> None:
-        owner = await self.owner()
-        self.send(await self.automl.create(owner, self.json_body()), status=201)
+        self.send(await self.automl.create(*await self.owner_and_body()), status=201)
 
 
 class AutoMLProposeHandler(AutoMLBase):
     async def post(self) -> None:
-        owner = await self.owner()
-        self.send(await self.automl.propose(owner, self.json_body()))
+        self.send(await self.automl.propose(*await self.owner_and_body()))
 
 
 class AutoMLJobHandler(AutoMLBase):
@@ -34,8 +32,7 @@ class AutoMLJobHandler(AutoMLBase):
 
     async def delete(self, job_id: str) -> None:
         self.automl.delete(await self.owner(), path_id(job_id, "AutoML search"))
-        self.set_status(204)
-        self.finish()
+        self.deleted()
 
 
 class AutoMLTrialsHandler(AutoMLBase):

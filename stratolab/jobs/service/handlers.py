@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import mimetypes
 from pathlib import Path
+from typing import Any
 
 from stratolab.errors import InvalidInput
 from stratolab.jobs import metrics
@@ -24,6 +25,15 @@ class BaseHandler(ServiceHandler):
 
     async def owner(self) -> str:
         return await self.owner_with(RUN)
+
+    async def owner_and_body(self) -> tuple[str, dict[str, Any]]:
+        """The caller, authenticated before the body is read (a stranger's body is not parsed), and the body."""
+        return await self.owner(), self.json_body()
+
+    def deleted(self) -> None:
+        """The answer to a DELETE that worked: 204, no body."""
+        self.set_status(204)
+        self.finish()
 
     async def send_file(self, path: Path, content_type: str | None = None, download: str | None = None) -> None:
         self.set_header("Content-Type", content_type or mimetypes.guess_type(path.name)[0] or "application/octet-stream")
@@ -43,8 +53,7 @@ class ScheduleListHandler(BaseHandler):
         self.send({"schedules": self.jobs.list_schedules(await self.owner())})
 
     async def post(self) -> None:
-        owner = await self.owner()
-        self.send(await self.jobs.create(owner, self.json_body()), status=201)
+        self.send(await self.jobs.create(*await self.owner_and_body()), status=201)
 
 
 class ScheduleHandler(BaseHandler):
@@ -59,8 +68,7 @@ class ScheduleHandler(BaseHandler):
     async def delete(self, schedule_id: str) -> None:
         owner = await self.owner()
         await self.jobs.delete(owner, path_id(schedule_id, "schedule"))
-        self.set_status(204)
-        self.finish()
+        self.deleted()
 
 
 class PauseHandler(BaseHandler):
@@ -99,8 +107,7 @@ class RunHandler(BaseHandler):
 
     async def delete(self, run_id: str) -> None:
         await self.jobs.delete_run(await self.owner(), path_id(run_id, "run"))
-        self.set_status(204)
-        self.finish()
+        self.deleted()
 
 
 class StopHandler(BaseHandler):
@@ -149,8 +156,7 @@ class PreviewHandler(BaseHandler):
 
 class InspectHandler(BaseHandler):
     async def post(self) -> None:
-        owner = await self.owner()
-        self.send(await self.jobs.inspect(owner, self.json_body()))
+        self.send(await self.jobs.inspect(*await self.owner_and_body()))
 
 
 class GpusHandler(BaseHandler):
