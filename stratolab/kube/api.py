@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from jupyterhub.utils import exponential_backoff
 from kubernetes_asyncio.client import ApiClient, Configuration
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -50,6 +51,8 @@ KINDS: dict[tuple[str, str], str] = {
 RETRY_STATUSES = frozenset({0, 429, 500, 502, 503, 504})
 RETRY_TRIES = 5
 RETRY_FIRST_DELAY = 0.2
+#: the bound of the wait between tries never grows beyond this (JupyterHub's backoff, with jitter)
+RETRY_MAX_DELAY = 5.0
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
@@ -133,27 +136,35 @@ class KubeClient:
     async def _call(self, method: str, path: str, *, query: dict[str, Any] | None = None, body: Any = None,
                     content_type: str = "application/json", stream: bool = False,
                     timeout: float | None = 60) -> Any:
-        delay = RETRY_FIRST_DELAY
-        for attempt in range(1, RETRY_TRIES + 1):
+        attempts = 0
+
+        async def attempt() -> tuple[Any] | None:
+            """(the answer,) — in a tuple, as an answer may be empty — or None to try again."""
+            nonlocal attempts
+            attempts += 1
             try:
-                return await self._api.call_api(
+                return (await self._api.call_api(
                     path, method,
                     query_params=[(k, v) for k, v in (query or {}).items() if v is not None],
                     header_params={"Content-Type": content_type, "Accept": "application/json"},
                     body=body, auth_settings=["BearerToken"],
                     response_types_map={200: "object", 201: "object", 202: "object"},
                     _return_http_data_only=True, _preload_content=not stream, _request_timeout=timeout,
-                )
+                ),)
             except ApiException as e:
                 error = _error(e.status or 0, e.reason or "", e.body)
             except (TimeoutError, aiohttp.ClientError, OSError) as e:
                 error = KubeError(0, f"{type(e).__name__}: {e}")
-            if error.status not in RETRY_STATUSES or attempt == RETRY_TRIES:
+            if error.status not in RETRY_STATUSES or attempts == RETRY_TRIES:
                 raise error
-            log.info("%s %s: %s; retrying in %.1f s (%d/%d)", method, path, error, delay, attempt, RETRY_TRIES)
-            await asyncio.sleep(delay)
-            delay *= 2
-        raise AssertionError("unreachable")
+            log.info("%s %s: %s; retrying (%d/%d)", method, path, error, attempts, RETRY_TRIES)
+            return None
+
+        # RETRY_TRIES ends it, never the time: the deadline only has to lie beyond every try's timeout
+        (answer,) = await exponential_backoff(attempt, f"{method} {path}: no answer", start_wait=RETRY_FIRST_DELAY,
+                                              max_wait=RETRY_MAX_DELAY,
+                                              timeout=RETRY_TRIES * ((timeout or 60) + 2 * RETRY_MAX_DELAY))
+        return answer
 
     def _ns(self, obj_or_ns: dict | str | None) -> str:
         if isinstance(obj_or_ns, dict):

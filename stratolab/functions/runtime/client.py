@@ -3,24 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import Any
 
 import psutil
+from jupyterhub.utils import exponential_backoff
 
 from stratolab.platform.protocol import encode_frame, read_frame
 
 
 async def wait_for_socket(path: Path, timeout: float = 30, pid: int | None = None) -> None:
-    """A worker's socket appears (atomically) once its bundle is loaded."""
-    deadline = time.monotonic() + timeout
-    while not Path(path).exists():
+    """A worker's socket appears (atomically) once its bundle is loaded. Polled from 1 ms on and at
+    most every 10 ms: a cold start waits on this."""
+
+    def ready() -> bool:
+        if Path(path).exists():
+            return True
         if pid is not None and not _alive(pid):
             raise RuntimeError(f"the worker (pid {pid}) exited before it was ready")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the worker did not become ready in {timeout}s")
-        await asyncio.sleep(0.001)
+        return False
+
+    await exponential_backoff(ready, f"the worker did not become ready in {timeout}s",
+                              start_wait=0.001, max_wait=0.01, timeout=timeout)
 
 
 def _alive(pid: int) -> bool:
