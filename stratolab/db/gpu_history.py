@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from stratolab.db.models import GpuLease, utcnow
+from stratolab.db.models import GpuLease, as_utc, utcnow
 
 
 def open_leases(session: Session) -> list[GpuLease]:
@@ -28,10 +28,10 @@ def usage_seconds_by_user(
     Only the part of each lease after `since` counts; open leases count up to `now`.
     Naive datetimes are taken as UTC.
     """
-    now = _utc(now) if now is not None else utcnow()
+    now = as_utc(now) if now is not None else utcnow()
     query = select(GpuLease).where(GpuLease.acquired_at < now)
     if since is not None:
-        since = _utc(since)
+        since = as_utc(since)
         query = query.where(or_(GpuLease.released_at.is_(None), GpuLease.released_at > since))
     usage: dict[str, float] = {}
     for row in session.scalars(query):
@@ -39,7 +39,3 @@ def usage_seconds_by_user(
         end = min(row.released_at or now, now)
         usage[row.username] = usage.get(row.username, 0.0) + max(0.0, (end - start).total_seconds())
     return usage
-
-
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

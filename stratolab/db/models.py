@@ -3,22 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
-from sqlalchemy import (
-    Boolean,
-    DateTime,
-    Dialect,
-    Float,
-    ForeignKey,
-    Index,
-    Integer,
-    MetaData,
-    String,
-    Text,
-    UniqueConstraint,
-    text,
-)
+from sqlalchemy import DateTime, Dialect, Float, ForeignKey, Index, MetaData, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -47,23 +34,33 @@ class UtcDateTime(TypeDecorator[datetime]):
     impl = DateTime(timezone=True)
     cache_ok = True
 
-    def process_bind_param(self, value: Any, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value.astimezone(UTC)
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else as_utc(value)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value.astimezone(UTC)
+        return None if value is None else as_utc(value)
+
+
+def as_utc(value: datetime) -> datetime:
+    """`value` in UTC; a naive one is taken to be UTC already."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    #: every timestamp is a UtcDateTime; `X | None` makes a column nullable, and int, float and bool
+    #: need no type: `Mapped[...]` alone says it
+    type_annotation_map = {datetime: UtcDateTime, float: Float}
+
+
+#: the surrogate key of every table but platform_info
+IdKey = Annotated[int, mapped_column(primary_key=True, autoincrement=True)]
+#: a hub user's name (JupyterHub allows 255 characters)
+UserName = Annotated[str, mapped_column(String(255))]
+#: a sha256, in hex
+Sha256 = Annotated[str, mapped_column(String(64))]
+#: when the row was made
+CreatedAt = Annotated[datetime, mapped_column(default=utcnow)]
 
 
 class PlatformInfo(Base):
@@ -90,7 +87,7 @@ class GpuLease(Base):
         Index("ix_gpu_leases_released_at", "released_at"),
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[IdKey]
     #: the machine the device is on (device ids are per machine)
     host: Mapped[str] = mapped_column(String(255))
     #: the device id as in CUDA_VISIBLE_DEVICES (an index, or a 40-character UUID)
@@ -98,16 +95,16 @@ class GpuLease(Base):
     #: server, run, trial or function (stratolab.platform.gpus.HOLDER_KINDS)
     holder_kind: Mapped[str] = mapped_column(String(16))
     holder_key: Mapped[str] = mapped_column(String(512))
-    username: Mapped[str] = mapped_column(String(255))
+    username: Mapped[UserName]
     label: Mapped[str] = mapped_column(Text)
     #: the process whose end ends the lease, identified by pid and start time (pids are reused), and
     #: the boot it belongs to: a lease whose process is gone is reclaimed
-    pid: Mapped[int] = mapped_column(Integer)
-    pid_started: Mapped[float | None] = mapped_column(Float, nullable=True)
+    pid: Mapped[int]
+    pid_started: Mapped[float | None]
     boot_id: Mapped[str] = mapped_column(String(64), default="")
-    acquired_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
-    released_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
-    release_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    acquired_at: Mapped[CreatedAt]
+    released_at: Mapped[datetime | None]
+    release_reason: Mapped[str | None] = mapped_column(Text)
 
 
 class FunctionRecord(Base):
@@ -116,18 +113,18 @@ class FunctionRecord(Base):
     __tablename__ = "functions"
     __table_args__ = (UniqueConstraint("owner", "name", name="uq_functions_owner_name"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    owner: Mapped[str] = mapped_column(String(255))
+    id: Mapped[IdKey]
+    owner: Mapped[UserName]
     name: Mapped[str] = mapped_column(String(63))
-    public: Mapped[bool] = mapped_column(Boolean, default=False)
+    public: Mapped[bool] = mapped_column(default=False)
     #: sha256 of the per-function invocation key (the key itself is shown once)
-    key_hash: Mapped[str] = mapped_column(String(64))
+    key_hash: Mapped[Sha256]
     #: ScalingPolicy as JSON
     policy: Mapped[str] = mapped_column(Text)
     #: {"version": weight} as JSON
     traffic: Mapped[str] = mapped_column(Text, default="{}")
-    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    created_at: Mapped[CreatedAt]
+    updated_at: Mapped[CreatedAt]
 
 
 class FunctionVersion(Base):
@@ -136,15 +133,15 @@ class FunctionVersion(Base):
     __tablename__ = "function_versions"
     __table_args__ = (UniqueConstraint("function_id", "version", name="uq_function_versions_function_id"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[IdKey]
     function_id: Mapped[int] = mapped_column(ForeignKey("functions.id", ondelete="CASCADE"))
-    version: Mapped[int] = mapped_column(Integer)
-    digest: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int]
+    digest: Mapped[Sha256]
     manifest: Mapped[str] = mapped_column(Text)
     #: "ready" (may take traffic) or "failed" (its readiness check failed: never takes traffic)
     state: Mapped[str] = mapped_column(String(16))
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[CreatedAt]
 
 
 class JobSchedule(Base):
@@ -156,34 +153,34 @@ class JobSchedule(Base):
         Index("ix_job_schedules_next_run_at", "next_run_at"),
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    owner: Mapped[str] = mapped_column(String(255))
+    id: Mapped[IdKey]
+    owner: Mapped[UserName]
     name: Mapped[str] = mapped_column(String(100))
     #: the path in the owner's home the snapshot was taken from
     notebook: Mapped[str] = mapped_column(String(1024))
-    snapshot_digest: Mapped[str] = mapped_column(String(64))
-    snapshot_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    snapshot_digest: Mapped[Sha256]
+    snapshot_at: Mapped[CreatedAt]
     #: null: on demand only
-    cron: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    cron: Mapped[str | None] = mapped_column(String(255))
     timezone: Mapped[str] = mapped_column(String(64), default="UTC")
     #: the declared parameters of the snapshot ([{"name", "type", "default", "help"}]) and the values
     #: to inject, as JSON
     declared: Mapped[str] = mapped_column(Text, default="[]")
     parameters: Mapped[str] = mapped_column(Text, default="{}")
     profile: Mapped[str] = mapped_column(String(63))
-    timeout: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    retries: Mapped[int] = mapped_column(Integer, default=0)
-    retry_backoff: Mapped[int] = mapped_column(Integer, default=60)
+    timeout: Mapped[int | None]
+    retries: Mapped[int] = mapped_column(default=0)
+    retry_backoff: Mapped[int] = mapped_column(default=60)
     output_formats: Mapped[str] = mapped_column(Text, default='["ipynb", "html"]')
     notify: Mapped[str] = mapped_column(Text, default="{}")
     #: runs missed while the scheduler was down: "catch_up" (once) or "skip"
     missed: Mapped[str] = mapped_column(String(16), default="catch_up")
     #: an AutoML search's configuration (JSON): each run is then a search over the snapshot (retraining)
-    automl: Mapped[str | None] = mapped_column(Text, nullable=True)
-    active: Mapped[bool] = mapped_column(Boolean, default=True)
-    next_run_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+    automl: Mapped[str | None] = mapped_column(Text)
+    active: Mapped[bool] = mapped_column(default=True)
+    next_run_at: Mapped[datetime | None]
+    created_at: Mapped[CreatedAt]
+    updated_at: Mapped[CreatedAt]
 
 
 class JobRun(Base):
@@ -198,31 +195,31 @@ class JobRun(Base):
         Index("ix_job_runs_owner", "owner"),
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[IdKey]
     schedule_id: Mapped[int] = mapped_column(ForeignKey("job_schedules.id", ondelete="CASCADE"))
-    owner: Mapped[str] = mapped_column(String(255))
+    owner: Mapped[UserName]
     #: "schedule", "manual", "retry" or "catch_up"
     trigger: Mapped[str] = mapped_column(String(16))
     #: "queued", "running", "succeeded", "failed", "timed_out" or "stopped"
     state: Mapped[str] = mapped_column(String(16), default="queued")
-    attempt: Mapped[int] = mapped_column(Integer, default=1)
-    scheduled_for: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
-    idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
-    snapshot_digest: Mapped[str] = mapped_column(String(64))
+    attempt: Mapped[int] = mapped_column(default=1)
+    scheduled_for: Mapped[datetime | None]
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    snapshot_digest: Mapped[Sha256]
     parameters: Mapped[str] = mapped_column(Text, default="{}")
     #: not started before this time (retry backoff)
-    not_before: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
-    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
-    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    not_before: Mapped[datetime | None]
+    created_at: Mapped[CreatedAt]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    error: Mapped[str | None] = mapped_column(Text)
     #: the scheduler process running it, and when it last said so
-    worker: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    heartbeat_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
-    stop_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    worker: Mapped[str | None] = mapped_column(String(64))
+    heartbeat_at: Mapped[datetime | None]
+    stop_requested: Mapped[bool] = mapped_column(default=False)
     outputs: Mapped[str] = mapped_column(Text, default="[]")
     #: the AutoML job a run of an AutoML schedule started
-    automl_job_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    automl_job_id: Mapped[int | None]
 
 
 class AutoMLJob(Base):
@@ -232,23 +229,23 @@ class AutoMLJob(Base):
     __tablename__ = "automl_jobs"
     __table_args__ = (UniqueConstraint("owner", "name", name="uq_automl_jobs_owner_name"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    owner: Mapped[str] = mapped_column(String(255))
+    id: Mapped[IdKey]
+    owner: Mapped[UserName]
     name: Mapped[str] = mapped_column(String(100))
     notebook: Mapped[str] = mapped_column(String(1024))
-    snapshot_digest: Mapped[str] = mapped_column(String(64))
+    snapshot_digest: Mapped[Sha256]
     #: the search as configured (space, metric, direction, budget, algorithm, pruner, ...), JSON
     config: Mapped[str] = mapped_column(Text)
     study_name: Mapped[str] = mapped_column(String(255))
     #: "queued", "running", "succeeded", "failed" or "stopped"
     state: Mapped[str] = mapped_column(String(16), default="queued")
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    stop_requested: Mapped[bool] = mapped_column(Boolean, default=False)
-    worker: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    heartbeat_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
-    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
-    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text)
+    stop_requested: Mapped[bool] = mapped_column(default=False)
+    worker: Mapped[str | None] = mapped_column(String(64))
+    heartbeat_at: Mapped[datetime | None]
+    created_at: Mapped[CreatedAt]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
 
 
 class FunctionInvocationStats(Base):
@@ -262,15 +259,15 @@ class FunctionInvocationStats(Base):
     __tablename__ = "function_invocation_stats"
     __table_args__ = (Index("ix_function_invocation_stats_function_id", "function_id", "bucket_start"),)
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[IdKey]
     function_id: Mapped[int] = mapped_column(ForeignKey("functions.id", ondelete="CASCADE"))
-    version: Mapped[int] = mapped_column(Integer)
-    bucket_start: Mapped[datetime] = mapped_column(UtcDateTime, index=True)
+    version: Mapped[int]
+    bucket_start: Mapped[datetime] = mapped_column(index=True)
     #: every invocation; of them, those answered 4xx (but 429), refused (429) and failed (5xx)
-    invocations: Mapped[int] = mapped_column(Integer)
-    client_errors: Mapped[int] = mapped_column(Integer)
-    refused: Mapped[int] = mapped_column(Integer)
-    errors: Mapped[int] = mapped_column(Integer)
+    invocations: Mapped[int]
+    client_errors: Mapped[int]
+    refused: Mapped[int]
+    errors: Mapped[int]
     #: latencies of the invocations not refused: their sum, and a histogram (stratolab.db.latency)
-    latency_sum_s: Mapped[float] = mapped_column(Float)
+    latency_sum_s: Mapped[float]
     latency_histogram: Mapped[str] = mapped_column(Text)
