@@ -191,3 +191,42 @@ def test_the_engine_imports_nothing_of_automl():
     engine = PACKAGE / "jobs" / "engine.py"
     assert [m for m, _names, _line in imports(engine) if "automl" in m] == []
     assert "automl" not in engine.read_text().lower()  # no attribute, no branch: only the executor interface
+
+
+def test_an_automl_run_stops_and_times_out_with_its_search(tmp_path):
+    """The AutoML executor's run ends as its search does: stopping the run stops the search, and a run
+    past its schedule's timeout ends timed out with its search stopped (no controller drives them here,
+    so both searches wait queued until then)."""
+    from jobs_support import scheduler_env
+    from stratolab.jobs.service.app import build
+
+    service, scheduler, automl = build(scheduler_env(f"sqlite:///{tmp_path / 'db.sqlite'}", tmp_path / "jobs", "tests"))
+    settings = {"metric": "m", "space": {"n": {"type": "int", "low": 1, "high": 3}}}
+    to_stop = create(service, name="to-stop", automl=settings)
+    too_slow = create(service, name="too-slow", automl=settings, timeout=1)
+
+    async def until(what, run_id):
+        for _ in range(200):
+            view = service.get_run("alice", run_id)
+            if what(view):
+                return view
+            await asyncio.sleep(0.05)
+        raise AssertionError(view)
+
+    async def main():
+        try:
+            first, _ = await service.run_now("alice", to_stop["id"], {}, None)
+            second, _ = await service.run_now("alice", too_slow["id"], {}, None)
+            scheduler.dispatch(scheduler.clock.now())
+            first = await until(lambda v: v["automl_job_id"], first["id"])
+            await service.stop_run("alice", first["id"])
+            first = await until(lambda v: v["state"] != "running", first["id"])
+            second = await until(lambda v: v["state"] != "running", second["id"])
+            return first, second
+        finally:
+            await scheduler.close()
+
+    first, second = asyncio.run(main())
+    assert first["state"] == "stopped" and automl.get("alice", first["automl_job_id"])["state"] == "stopped"
+    assert second["state"] == "timed_out" and "took longer than 1 s" in second["error"], second
+    assert automl.get("alice", second["automl_job_id"])["state"] == "stopped"
