@@ -22,11 +22,11 @@ import importlib
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from stratolab.platform import forkserver
+from stratolab.platform.backoff import retry_until
 from stratolab.platform.forkserver import ChildRun, Decision
 from stratolab.platform.process import die_with_parent
 
@@ -108,13 +108,17 @@ class ForkServer:
              "--control", str(self.control_path), "--preload", ",".join(self.preload)],
             start_new_session=True,
         )
-        deadline = time.monotonic() + timeout
-        while not self.control_path.exists():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the fork-server exited with status {self.proc.returncode}")
-            if time.monotonic() > deadline:
-                raise TimeoutError("the fork-server did not start in time")
-            time.sleep(0.01)
+        proc = self.proc
+
+        def started() -> bool:
+            if self.control_path.exists():
+                return True
+            if proc.poll() is not None:
+                raise RuntimeError(f"the fork-server exited with status {proc.returncode}")
+            return False
+
+        if not retry_until(started, start_wait=0.01, max_wait=0.02, timeout=timeout):
+            raise TimeoutError("the fork-server did not start in time")
         return self
 
     def request(self, header: dict) -> dict:
