@@ -32,6 +32,16 @@ def uses_tensorflow(manifest: Manifest) -> bool:
     return any(stmt.split()[1].split(".")[0] in TF_MODULES for stmt in manifest.imports)
 
 
+def _remove_version_files(path: Path) -> None:
+    """Remove a version's folder; its bundle's folders are read-only (0o500), so made writable first."""
+    if not path.is_dir():
+        return
+    for folder in [path, *path.rglob("*")]:
+        if folder.is_dir() and not folder.is_symlink():
+            os.chmod(folder, 0o700)
+    shutil.rmtree(path, ignore_errors=True)
+
+
 class LocalBackend(FunctionBackend):
     def __init__(
         self,
@@ -162,6 +172,9 @@ class LocalBackend(FunctionBackend):
         pool = self.pools.pop(ref.key, None)
         if pool is not None:
             await pool.close()
+        # its files go too: a function deleted and deployed again under its name starts again at
+        # version 1, whose bundle must be the new one (`_copy_bundle` keeps a copy that is there)
+        _remove_version_files(self.root / ref.owner / ref.name / f"v{ref.version}")
 
     def describe(self, ref: VersionRef) -> dict[str, Any]:
         pool = self.pools.get(ref.key)
