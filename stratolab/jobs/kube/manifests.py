@@ -49,9 +49,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubespawner.objects import make_pod
-from kubespawner.slugs import escape_slug, safe_slug
-
 from stratolab.jobs.kube.pod_env import (
     LOCAL_ONLY_ENV,
     RUN_KEY_VAR,
@@ -180,6 +177,8 @@ class _Names(dict):
 
 def user_names(owner: str) -> dict[str, str]:
     """The fields KubeSpawner (slug scheme "safe", its default) fills in templates for `owner`'s default server."""
+    from kubespawner.slugs import escape_slug, safe_slug  # see pod_template
+
     safe, escaped = safe_slug(owner, max_length=48), escape_slug(owner)
     return {"unescaped_username": owner, "unescaped_servername": "", "username": safe, "servername": "",
             "user_server": safe, "safe_username": safe, "safe_servername": "", "safe_user_server": safe,
@@ -261,6 +260,10 @@ def _resources(profile: Mapping[str, Any]) -> dict[str, Any]:
 
 def pod_template(run: RunPod, settings: JobSettings) -> dict[str, Any]:
     """The Job's pod: KubeSpawner's pod for the run's profile, made a run's pod (see the module's docstring)."""
+    # Imported here: importing kubespawner loads kubernetes_asyncio's package and its schema validator
+    # (seconds), which the scheduler should pay only once it builds a Job, not whenever it reads JobSettings.
+    from kubespawner.objects import make_pod
+
     profile = _profile_settings(kubespawner_override(run.profile, KubernetesSettings(
         cpu_image=settings.cpu_image, gpu_image=settings.gpu_image, image_pull_policy=settings.image_pull_policy)),
         run.owner)
