@@ -11,6 +11,7 @@ import {
 import { ICommandPalette } from '@jupyterlab/apputils';
 import { IDefaultFileBrowser } from '@jupyterlab/filebrowser';
 import { INotebookTracker } from '@jupyterlab/notebook';
+import { ILauncher } from '@jupyterlab/launcher';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
 
 import { IAutoMLJob } from './automl/api';
@@ -23,6 +24,7 @@ import { FunctionsSection } from './functions/section';
 import { ISchedule } from './jobs/api';
 import { openScheduleDialog } from './jobs/scheduleDialog';
 import { JobsSection } from './jobs/section';
+import { addTabButtons, StratolabTabs } from './tabs/commands';
 import { deployIcon, scheduleIcon, stratolabIcon, tuneIcon } from './ui/icons';
 
 export { IAutoMLJob, ITrial } from './automl/api';
@@ -49,14 +51,15 @@ const plugin: JupyterFrontEndPlugin<void> = {
   description:
     'The Stratolab sidebar panel (profile, limits and GPUs of this server; serverless functions) and "Deploy as function".',
   autoStart: true,
-  optional: [ICommandPalette, ILayoutRestorer, ISettingRegistry, INotebookTracker, IDefaultFileBrowser],
+  optional: [ICommandPalette, ILayoutRestorer, ISettingRegistry, INotebookTracker, IDefaultFileBrowser, ILauncher],
   activate: (
     app: JupyterFrontEnd,
     palette: ICommandPalette | null,
     restorer: ILayoutRestorer | null,
     settingRegistry: ISettingRegistry | null,
     notebooks: INotebookTracker | null,
-    fileBrowser: IDefaultFileBrowser | null
+    fileBrowser: IDefaultFileBrowser | null,
+    launcher: ILauncher | null
   ) => {
     const functions = new FunctionsSection();
     const contents = app.serviceManager.contents;
@@ -87,7 +90,10 @@ const plugin: JupyterFrontEndPlugin<void> = {
     const automl = new AutoMLSection({
       contents,
       openPath: path => app.commands.execute('docmanager:open', { path }),
-      onDeployed: () => void functions.refresh()
+      onDeployed: () => {
+        void functions.refresh();
+        tabs.refresh('functions');
+      }
     });
     const tuneStarted = (job: IAutoMLJob) => {
       automl.selected = job.id; // refreshes
@@ -98,6 +104,19 @@ const plugin: JupyterFrontEndPlugin<void> = {
     panel.addSection(jobs);
     panel.addSection(automl);
     app.shell.add(panel, 'left', { rank: 500 });
+
+    // The lists as main-area tables: commands (palette, launcher) and a button per sidebar section.
+    const tabs = new StratolabTabs(app, {
+      contents,
+      openPath: path => app.commands.execute('docmanager:open', { path }),
+      editSchedule,
+      onDeployed: () => {
+        void functions.refresh();
+        tabs.refresh('functions');
+      }
+    });
+    tabs.register({ palette, launcher });
+    addTabButtons(app, { functions, jobs, automl });
     if (restorer) {
       restorer.add(panel, panel.id);
     }
