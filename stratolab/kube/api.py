@@ -23,13 +23,14 @@ import json
 import logging
 import os
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 from jupyterhub.utils import exponential_backoff
 from kubernetes_asyncio.client import ApiClient, Configuration
 from kubernetes_asyncio.client.exceptions import ApiException
+
+from stratolab.kube import SERVICE_ACCOUNT_DIR
 
 log = logging.getLogger("stratolab.kube")
 
@@ -53,7 +54,6 @@ RETRY_TRIES = 5
 RETRY_FIRST_DELAY = 0.2
 #: the bound of the wait between tries never grows beyond this (JupyterHub's backoff, with jitter)
 RETRY_MAX_DELAY = 5.0
-SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
 class KubeError(Exception):
