@@ -10,16 +10,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import html
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 
 from jupyterhub.spawner import LocalProcessSpawner, set_user_setuid
+from jupyterhub.utils import exponential_backoff
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient
 from traitlets import Bool, Integer, List, Unicode, default
@@ -340,7 +339,7 @@ class StratolabSpawner(LocalProcessSpawner):
         return ip, port
 
     async def _wait_for_server(self, ip: str, port: int) -> None:
-        """Return as soon as the new server answers HTTP, polling every 50 ms.
+        """Return as soon as the new server answers HTTP, polling about every 50 ms.
 
         The hub then finds it up at its first check, instead of after the exponential backoff of
         `Server.wait_up` (0.2 s, 0.4 s, 0.8 s, ... with jitter), which adds up to seconds to a spawn.
@@ -348,8 +347,8 @@ class StratolabSpawner(LocalProcessSpawner):
         """
         url = f"http://{ip}:{port}{self.server.base_url}api" if self.server else None
         client = AsyncHTTPClient()
-        deadline = time.monotonic() + self.http_timeout
-        while time.monotonic() < deadline:
+
+        async def answers() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
                 raise web.HTTPError(
                     500,
@@ -357,15 +356,18 @@ class StratolabSpawner(LocalProcessSpawner):
                     "the hub's log has its output",
                 )
             if url is None:
-                return
+                return True
             try:
                 response = await client.fetch(url, raise_error=False, request_timeout=2)
-                if response.code < 500 and response.code != 599:
-                    return
             except OSError:
-                pass
-            await asyncio.sleep(0.05)
-        # let the hub's own wait report the timeout
+                return False
+            return response.code < 500 and response.code != 599
+
+        try:  # the same backoff, with a constant bound: waits drawn between 0 and 50 ms
+            await exponential_backoff(answers, "", start_wait=0.05, scale_factor=1, max_wait=0.05,
+                                      timeout=self.http_timeout)
+        except TimeoutError:
+            pass  # let the hub's own wait report the timeout
 
     def _release_gpus(self) -> None:
         try:
