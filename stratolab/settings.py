@@ -1,7 +1,16 @@
-"""Platform settings read from the environment: one place that knows every STRATOLAB_* variable.
+"""Platform settings read from the environment, and the registry of every STRATOLAB_* variable.
 
-The hub config, the launcher and the services all build a `PlatformSettings` with `from_env()`, so a
-variable means the same thing everywhere and its default is written once.
+The hub config, the launcher and the hub-side code build a `PlatformSettings` with `from_env()`, so a
+variable means the same thing everywhere and its default is written once. The two services declare
+their own settings as traitlets (`FunctionsService`, `SchedulerService` and their parts; see
+stratolab.platform.service_app): `stratolab-functions --help-all` and `stratolab-scheduler --help-all`
+list them with their variables.
+
+`VARIABLES` lists every other STRATOLAB_* variable: those read by the hub, the launcher, single-user
+servers, function workers, runs and their agents, the culler and the command line, with the
+components that read it and, for those the platform sets itself, who sets it. tools/settings_catalog.py
+joins both into the README's configuration tables; tests/test_settings_catalog.py checks that every
+STRATOLAB_* name in the source is declared in one of them and that the README says what they say.
 """
 
 from __future__ import annotations
@@ -11,6 +20,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from stratolab.platform.gpus import configured_gpus
 
@@ -170,3 +180,140 @@ class PlatformSettings:
         if self.isolation == "auto":
             return os.geteuid() == 0
         return self.isolation == "system-users"
+
+
+# --- the registry -------------------------------------------------------------------------------
+
+#: who reads a variable (the services' own settings name theirs through their applications)
+HUB, LAUNCHER, SERVER, CULLER, CLI = "hub", "launcher", "single-user server", "idle culler", "CLI and Python API"
+FUNCTIONS, SCHEDULER = "functions service", "scheduler"
+RUNTIME, RUN, AGENT = "function runtime (Knative pod)", "scheduled run (its kernel)", "run agent (Kubernetes Job)"
+
+
+class Variable(NamedTuple):
+    """A STRATOLAB_* variable read outside the services' declared settings."""
+
+    name: str
+    readers: tuple[str, ...]
+    default: str
+    help: str
+    #: who sets it when the administrator does not: "" (only the administrator), else the setter
+    set_by: str = ""
+
+
+def _given(setter: str, readers: tuple[str, ...], table: str) -> tuple[Variable, ...]:
+    """Variables `setter` sets for `readers`, one a line: `NAME [default] help` (the default optional)."""
+    rows = []
+    for line in filter(None, (line.strip() for line in table.splitlines())):
+        name, rest = line.split(None, 1)
+        default = rest[1:rest.index("]")] if rest.startswith("[") else ""
+        rows.append(Variable(name, readers, default, rest.split("]", 1)[-1].strip() if default else rest, setter))
+    return tuple(rows)
+
+
+VARIABLES: tuple[Variable, ...] = (
+    # the hub and its launcher (PlatformSettings)
+    Variable("STRATOLAB_PORT", (HUB, LAUNCHER), "8000", "Port of the hub."),
+    Variable("STRATOLAB_IP", (HUB, LAUNCHER), "127.0.0.1", "Address of the hub."),
+    Variable("STRATOLAB_HUB_PORT", (HUB,), "8081", "Internal port of the hub's API on 127.0.0.1; change the "
+             "internal ports to run two hubs on one machine."),
+    Variable("STRATOLAB_PROXY_API_PORT", (HUB,), "8001", "Internal port of the proxy's API on 127.0.0.1."),
+    Variable("STRATOLAB_FUNCTIONS_PORT", (HUB,), "10101", "Internal port of the functions service on 127.0.0.1."),
+    Variable("STRATOLAB_SCHEDULER_PORT", (HUB,), "10102", "Internal port of the scheduler service on 127.0.0.1."),
+    Variable("STRATOLAB_FUNCTIONS_DIR", (HUB, FUNCTIONS), "<data dir>/functions; as root "
+             "/var/lib/stratolab/<id>/functions", "Function bundles and instance directories (as root they must be "
+             "reachable by the users' system accounts, so they are not in the private data dir)."),
+    Variable("STRATOLAB_DATA_DIR", (HUB, LAUNCHER), ".stratolab/ in the clone", "All state: databases, cookie "
+             "secret, admin password, shared-mode homes (mode 0700)."),
+    Variable("STRATOLAB_DB_URL", (HUB,), "SQLite in the data dir", "Hub database, e.g. "
+             "postgresql://user@host:5432/db; the platform database uses it too."),
+    Variable("STRATOLAB_PLATFORM_DB_URL", (HUB, FUNCTIONS, SCHEDULER), "as STRATOLAB_DB_URL",
+             "A separate database for Stratolab's own services."),
+    Variable("STRATOLAB_ADMIN_USER", (HUB,), "admin", "Name of the admin account that exists from the first start."),
+    Variable("STRATOLAB_ADMIN_PASSWORD", (HUB, LAUNCHER), "generated", "The admin's password (reset to it at each "
+             "start); when unset, one is generated once and kept in <data dir>/admin-password (0600)."),
+    Variable("STRATOLAB_AUTH", (HUB,), "native", "native (jupyterhub-nativeauthenticator: hashed passwords, sign-up "
+             "approved by the admin) or oidc (oauthenticator's GenericOAuthenticator)."),
+    Variable("STRATOLAB_PROFILES_FILE", (HUB, SCHEDULER), "built in", "YAML/JSON profile list in KubeSpawner's "
+             "profile_list shape."),
+    Variable("STRATOLAB_GPUS", (HUB, FUNCTIONS, SCHEDULER), "from nvidia-smi -L", "GPU ids servers may be "
+             "given, e.g. 0,1 (empty: none)."),
+    Variable("STRATOLAB_ISOLATION", (HUB, FUNCTIONS, SCHEDULER, SERVER), "auto", "auto (system accounts when root), "
+             "system-users or shared; the hub gives its services and servers the resolved value."),
+    Variable("STRATOLAB_HOME_ROOT", (HUB, FUNCTIONS, SCHEDULER), "/home", "Where system accounts' homes are created."),
+    Variable("STRATOLAB_USER_ENV", (HUB, FUNCTIONS, SCHEDULER), "set by make", "Prefix of the environment servers, "
+             "kernels, runs and function workers run in."),
+    Variable("STRATOLAB_CULL_TIMEOUT", (HUB,), "3600", "Seconds of inactivity before a server is stopped."),
+    Variable("STRATOLAB_CULL_GPU_TIMEOUT", (HUB, CULLER), "900", "The same for servers that hold GPUs (shorter: "
+             "GPUs are scarce)."),
+    Variable("STRATOLAB_CULL_EVERY", (HUB,), "60", "How often the culler looks (seconds)."),
+    Variable("STRATOLAB_PUBLIC_URL", (FUNCTIONS, SCHEDULER), "the hub's", "The hub's public URL, for the links "
+             "the services answer and send with.", set_by=HUB),
+    Variable("STRATOLAB_BACKEND", (HUB,), "local", "Where servers and services run: local (this machine) or "
+             "kubernetes (the Helm chart sets it)."),
+    Variable("STRATOLAB_HUB_READY_FD", (HUB,), "", "The pipe the hub reports its start on.", set_by=LAUNCHER),
+    # sign-in with OIDC (STRATOLAB_AUTH=oidc)
+    Variable("STRATOLAB_OIDC_CLIENT_ID", (HUB,), "", "OIDC client id."),
+    Variable("STRATOLAB_OIDC_CLIENT_SECRET", (HUB,), "", "OIDC client secret."),
+    Variable("STRATOLAB_OIDC_CALLBACK_URL", (HUB,), "", "OIDC callback URL (the hub's /hub/oauth_callback)."),
+    Variable("STRATOLAB_OIDC_AUTHORIZE_URL", (HUB,), "", "The identity provider's authorization endpoint."),
+    Variable("STRATOLAB_OIDC_TOKEN_URL", (HUB,), "", "The identity provider's token endpoint."),
+    Variable("STRATOLAB_OIDC_USERDATA_URL", (HUB,), "", "The identity provider's userinfo endpoint."),
+    Variable("STRATOLAB_OIDC_USERNAME_CLAIM", (HUB,), "", "The claim that names the user."),
+    Variable("STRATOLAB_OIDC_LOGIN_SERVICE", (HUB,), "", "The provider's name on the login button."),
+    Variable("STRATOLAB_OIDC_SCOPES", (HUB,), "openid profile email", "Scopes asked for (space-separated)."),
+    Variable("STRATOLAB_OIDC_ALLOWED_GROUPS", (HUB,), "", "Groups allowed in (comma-separated; empty: everyone)."),
+    Variable("STRATOLAB_OIDC_GROUPS_CLAIM", (HUB,), "oauth_user.groups", "Where the user's groups are in the "
+             "provider's answer."),
+    # the hub on Kubernetes (set by the Helm chart)
+    Variable("STRATOLAB_KUBE_VALUES", (HUB,), "/etc/stratolab/values.yaml", "The chart's values, as the hub reads "
+             "them.", set_by="Helm chart"),
+    Variable("STRATOLAB_FUNCTIONS_API_TOKEN", (HUB,), "", "The functions service's API token.", set_by="Helm chart"),
+    Variable("STRATOLAB_SCHEDULER_API_TOKEN", (HUB,), "", "The scheduler's API token.", set_by="Helm chart"),
+    Variable("STRATOLAB_CULLER_API_TOKEN", (HUB,), "", "The idle culler's API token.", set_by="Helm chart"),
+    # the command line and the Python API
+    Variable("STRATOLAB_URL", (CLI, SERVER), "http://127.0.0.1:8000", "The hub's URL (the spawner gives it to "
+             "servers)."),
+    Variable("STRATOLAB_TOKEN", (CLI,), "", "An API token, instead of `stratolab login`."),
+    *_given(HUB, (SERVER,), """
+        STRATOLAB_PROFILE               The server's profile slug.
+        STRATOLAB_PROFILE_NAME          The profile's display name.
+        STRATOLAB_PROFILE_DESCRIPTION   The profile's description.
+        STRATOLAB_GPU_IDLE_TIMEOUT      Seconds idle before a GPU server is culled (shown in the panel).
+        STRATOLAB_GPU_NAMES             Names of the server's GPUs (comma-separated).
+    """),
+    # function runtimes on Knative (set by the revision's manifest)
+    *_given(FUNCTIONS, (RUNTIME,), """
+        STRATOLAB_FUNCTION              owner/name/version of the function the pod serves.
+        STRATOLAB_BUNDLE_URL            Where the pod fetches its version's bundle.
+        STRATOLAB_BUNDLE_TOKEN          The version's bundle token.
+        STRATOLAB_BUNDLE_DIGEST         The bundle's digest, checked after extraction.
+        STRATOLAB_CONCURRENCY [1]       Invocations an instance runs at once.
+        STRATOLAB_MAX_BATCH_SIZE [0]    Invocations batched into one call (0: no batching).
+        STRATOLAB_MAX_WAIT_MS [5]       Milliseconds a batch waits to fill.
+        STRATOLAB_MAX_PAYLOAD_MB [10]   Largest request body (MB).
+    """),
+    Variable("STRATOLAB_BUNDLE_FETCH_TRIES", (RUNTIME,), "5", "Tries a function runtime pod makes to fetch its "
+             "bundle (the platform does not set it)."),
+    # scheduled runs and AutoML trials (set in the kernel before the notebook runs)
+    Variable("STRATOLAB_RUN_ID", (RUN, SCHEDULER), "", "The run's id.", set_by=SCHEDULER),
+    *_given(SCHEDULER, (RUN,), """
+        STRATOLAB_SCHEDULE              The schedule's name.
+        STRATOLAB_SCHEDULED_FOR         The time the run was due (ISO 8601).
+        STRATOLAB_TRIAL_DIR             Where a trial and its controller exchange files.
+        STRATOLAB_MODEL_DIR [stratolab-model/ in the working directory]   Where a trial saves its model.
+        STRATOLAB_TRIAL                 The trial's number.
+        STRATOLAB_AUTOML_JOB            The search's id.
+    """),
+    # the agent of a run as a Kubernetes Job (set by the Job)
+    *_given(SCHEDULER, (AGENT,), """
+        STRATOLAB_SCHEDULER_URL         The scheduler, with its prefix, as the pod reaches it.
+        STRATOLAB_RUN_KEY               The run's key.
+        STRATOLAB_RUN_TOKEN             The run's token (from its Secret).
+        STRATOLAB_WORKDIR [the working directory]   The pod's work volume.
+    """),
+)
+
+#: prefixes the hub passes on to its services as a whole (stratolab.hub.config), and that name families
+PREFIXES = ("STRATOLAB_FUNCTIONS_", "STRATOLAB_FUNCTION_", "STRATOLAB_JOBS_", "STRATOLAB_AUTOML_",
+            "STRATOLAB_SMTP_", "STRATOLAB_OIDC_")

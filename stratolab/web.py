@@ -8,12 +8,10 @@ The application's settings hold `state`, an object with a `hub_auth` (jupyterhub
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import logging
 import re
-import signal
 import uuid
 from typing import Any, Literal, overload
 
@@ -217,32 +215,6 @@ def log_request(handler: web.RequestHandler) -> None:
         level, "%d %s %s (%s) %.2fms", status, request.method, request.uri, request.remote_ip,
         1000.0 * request.request_time(),
     )
-
-
-async def until_stopped() -> None:
-    """Wait for SIGTERM or SIGINT: how Kubernetes, JupyterHub and a terminal stop a service."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-
-
-def begin_service(name: str) -> None:
-    """What a service process does first: log with its name; end cleanly on a stop requested while it
-    starts (importing frameworks takes a while); and go when the hub that started it goes, however the
-    hub ends (a hub killed outright would otherwise leave it running, still firing schedules)."""
-    import logging
-
-    from stratolab.platform.process import die_with_parent
-
-    def stop_during_start(signum, _frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, stop_during_start)
-    signal.signal(signal.SIGINT, stop_during_start)
-    die_with_parent(signal.SIGTERM)
-    logging.basicConfig(level=logging.INFO, format=f"[%(levelname).1s %(asctime)s {name}] %(message)s")
 
 
 # --- the service kit: what every service's app has besides its own routes ------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import smtplib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -14,9 +13,11 @@ from typing import Any
 
 from jupyterhub.utils import exponential_backoff
 from tornado.httpclient import HTTPRequest
+from traitlets import Bool, Integer, Unicode
 
 from stratolab.jobs import metrics
 from stratolab.platform.outbound import OutboundPolicy, OutboundRefused, guarded_client
+from stratolab.platform.service_app import EnvConfigurable
 
 log = logging.getLogger("stratolab.jobs")
 WEBHOOK_ATTEMPTS = 3
@@ -34,16 +35,31 @@ class SmtpSettings:
     starttls: bool = False
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ) -> SmtpSettings | None:
-        host = env.get("STRATOLAB_SMTP_HOST", "").strip()
-        if not host:
+    def from_env(cls, env: Mapping[str, str] | None = None) -> SmtpSettings | None:
+        """The SMTP server the settings name (`SmtpConfig`), None without a host."""
+        return SmtpConfig(environ=env).smtp_settings()
+
+
+class SmtpConfig(EnvConfigurable):
+    """The scheduler's SMTP server, for e-mail notifications of runs (none without a host)."""
+
+    host = Unicode("", help="SMTP server for e-mail notifications of runs (empty: no e-mail).").tag(
+        config=True, env="STRATOLAB_SMTP_HOST")
+    port = Integer(25, min=1, max=65535, help="Port of the SMTP server.").tag(config=True, env="STRATOLAB_SMTP_PORT")
+    user = Unicode("", help="User to log in to the SMTP server as (empty: no login).").tag(
+        config=True, env="STRATOLAB_SMTP_USER")
+    password = Unicode("", help="Password of the SMTP user.").tag(config=True, env="STRATOLAB_SMTP_PASSWORD")
+    sender = Unicode("stratolab@localhost", help="From address of notifications.").tag(
+        config=True, env="STRATOLAB_SMTP_FROM")
+    starttls = Bool(False, help="Upgrade the SMTP connection with STARTTLS.").tag(
+        config=True, env="STRATOLAB_SMTP_STARTTLS")
+
+    def smtp_settings(self) -> SmtpSettings | None:
+        if not self.host.strip():
             return None
-        return cls(
-            host=host, port=int(env.get("STRATOLAB_SMTP_PORT") or 25),
-            user=env.get("STRATOLAB_SMTP_USER") or None, password=env.get("STRATOLAB_SMTP_PASSWORD") or None,
-            sender=env.get("STRATOLAB_SMTP_FROM") or "stratolab@localhost",
-            starttls=(env.get("STRATOLAB_SMTP_STARTTLS", "").lower() in ("1", "true", "yes")),
-        )
+        return SmtpSettings(host=self.host.strip(), port=self.port, user=self.user or None,
+                            password=self.password or None, sender=self.sender or "stratolab@localhost",
+                            starttls=self.starttls)
 
 
 def event_name(state: str) -> str:

@@ -41,7 +41,7 @@ from tornado import httpserver, web
 from stratolab.errors import StratolabError
 from stratolab.functions.bundle import bundle_digest, extract_bundle, load_handler
 from stratolab.functions.runtime.worker import JSON, InvocationStream, Worker
-from stratolab.web import until_stopped
+from stratolab.platform.service_app import until_stopped
 
 MAX_OUTPUT_HEADER = 4096
 FETCH_TRIES = 5

@@ -14,33 +14,37 @@ Routes (under the service prefix, /services/functions/):
     GET    runtime/bundles/OWNER/NAME/N       a version's bundle for its Knative pods (bundle token)
     GET    metrics                            Prometheus metrics (token with read:metrics)
     GET    openapi.json                       this API, described
+
+Its settings (`stratolab-functions --help-all`) are declared once on `FunctionsService`, each with the
+environment variable it defaults to: the hub starts the service with those variables
+(stratolab.hub.config.functions_service), the Helm chart sets them on its Deployment.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
 from pathlib import Path
 
 from jupyterhub.services.auth import HubAuth
-from sqlalchemy.orm import Session, sessionmaker
 from tornado import ioloop, web
+from traitlets import Integer, Unicode
 
 from stratolab.db import ensure_schema, make_engine, session_factory
 from stratolab.functions.bundle import BundleStore
+from stratolab.functions.knative.config import KnativeSettings
+from stratolab.functions.limits import ENV as LIMITS_ENV
 from stratolab.functions.limits import LimitsConfig
 from stratolab.functions.registry import FunctionRegistry
 from stratolab.functions.runtime.local_backend import LocalBackend
 from stratolab.functions.service import handlers, metrics
+from stratolab.functions.service.backends import BACKENDS, BackendChoice, KnativeFunctions, LocalFunctions
 from stratolab.functions.service.invocation_stats import FLUSH_INTERVAL_S
 from stratolab.functions.service.openapi import OPENAPI
 from stratolab.functions.service.state import DEFAULT_MAX_HELD_MB, ServiceState
 from stratolab.platform.accounts import ensure_system_user, system_username
 from stratolab.platform.gpu_ledger import GpuLedger
-from stratolab.platform.gpus import configured_gpus, discover_gpus
-from stratolab.settings import positive_int_env, user_env_python
-from stratolab.web import begin_service, service_app, until_stopped
+from stratolab.platform.service_app import EnvConfigurable, HubService, NamedType, SettingError, until_stopped
+from stratolab.web import service_app
 
 log = logging.getLogger("stratolab.functions")
 
@@ -54,18 +58,6 @@ def available_frameworks(python: str) -> list[str]:
     probe = f"import importlib.util as u; print(','.join(m for m in {FRAMEWORKS!r} if u.find_spec(m)))"
     out = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=60).stdout.strip()
     return [m for m in out.split(",") if m]
-
-
-def function_gpus() -> tuple[str, ...]:
-    """GPUs function instances may use: STRATOLAB_FUNCTION_GPUS, else the machine's inventory."""
-    return discover_gpus(configured_gpus(os.environ, "STRATOLAB_FUNCTION_GPUS", "STRATOLAB_GPUS"))
-
-
-def system_account(owner: str) -> tuple[int, int]:
-    """The owner's system account (created if they never started a server), as (uid, gid)."""
-    home_root = Path(os.environ.get("STRATOLAB_HOME_ROOT", "/home"))
-    entry = ensure_system_user(system_username(owner), home_root)
-    return entry.pw_uid, entry.pw_gid
 
 
 #: who serves each path of the API: the routes are made from the OpenAPI document (openapi.py)
@@ -89,94 +81,101 @@ def make_app(state: ServiceState, prefix: str, runtime_secret: str | None = None
                        max_body_size=2 * 1024**3, runtime_secret=runtime_secret or None)
 
 
-BACKENDS = ("local", "knative")
+class FunctionsService(HubService):
+    """Stratolab's functions service: deploys notebook functions and serves their invocations.
 
+    Started as `stratolab-functions`, or `python -m stratolab.functions.service.app` as the hub and the
+    Helm chart start it."""
 
-def backend_kind(environ: dict | None = None) -> str:
-    """Where function versions run: STRATOLAB_FUNCTIONS_BACKEND, `local` (worker processes here, the
-    default) or `knative` (Knative Services in the cluster)."""
-    kind = (os.environ if environ is None else environ).get("STRATOLAB_FUNCTIONS_BACKEND", "local").strip() or "local"
-    if kind not in BACKENDS:
-        raise SystemExit(f"STRATOLAB_FUNCTIONS_BACKEND must be one of {', '.join(BACKENDS)}, not {kind!r}")
-    return kind
+    service_name, default_port = "functions", 10101
+    classes = [LocalFunctions, KnativeFunctions, KnativeSettings]
+    aliases = {**HubService.aliases, "backend": "FunctionsService.backend_class"}
 
+    data_dir = Unicode("", help="Where function bundles and instances live; required (the hub derives it from its "
+                       "data dir).").tag(config=True, env="STRATOLAB_FUNCTIONS_DIR")
+    gpus = Unicode(None, allow_none=True, help="GPUs function instances may use, e.g. 0,1 (empty: none; unset: "
+                   "what nvidia-smi -L lists). Devices come from the one GPU ledger.").tag(
+        config=True, env=("STRATOLAB_FUNCTION_GPUS", "STRATOLAB_GPUS"), empty_is_value=True,
+        default_text="from nvidia-smi -L")
+    function_limits = Unicode("", help="Caps on each user's function settings, as JSON or the path of a JSON/YAML "
+                              'file: {"default": {"max_instances": 8, "memory_mb": 8192, "gpus": 0, "timeout_s": 300, '
+                              '"max_payload_mb": 20}, "groups": {"gpu-team": {"gpus": 2}}, "users": {"alice": '
+                              '{"max_instances": 16}}}; a group raises the defaults for its members, a user\'s entry '
+                              "replaces them (see stratolab/functions/limits.py).").tag(
+        config=True, env=LIMITS_ENV, default_text="built-in caps")
+    max_held_mb = Integer(DEFAULT_MAX_HELD_MB, min=1, help="MiB of request bodies held for waiting and running "
+                          "invocations, all functions together; beyond it new invocations get 429.").tag(
+        config=True, env="STRATOLAB_FUNCTIONS_MAX_HELD_MB")
+    backend_class = NamedType(BACKENDS, "local", klass=BackendChoice, help="Where function versions run.").tag(
+        config=True, env="STRATOLAB_FUNCTIONS_BACKEND")
 
-def local_backend(data_dir: Path, isolated: bool, sessions: sessionmaker[Session]) -> LocalBackend:
-    def on_event(kind: str, data: dict) -> None:
-        if kind == "cold_start":
-            metrics.COLD_START_SECONDS.observe(data["seconds"])
-            owner, name, _version = data["key"].split("/")
-            metrics.COLD_STARTS.labels(owner, name).inc()
+    def init_parts(self) -> None:
+        self.backend_choice: BackendChoice = self.backend_class(parent=self)
 
-    return LocalBackend(
-        data_dir / "runtime",
-        available_frameworks(user_env_python()),
-        account_for=system_account if isolated else (lambda owner: None),
-        on_event=on_event,
-        gpus=GpuLedger(sessions, function_gpus()),
-        python=user_env_python(),
-    ).start()
+    def initialize(self, argv: list[str] | None = None) -> None:
+        super().initialize(argv)
+        try:
+            self.limits = LimitsConfig.from_env({LIMITS_ENV: self.function_limits})
+        except ValueError as e:
+            raise SettingError(f"{e} (--FunctionsService.function_limits)") from None
+        self.required("hub_api_token")
 
+    def configurables(self) -> list[EnvConfigurable]:
+        return [self, *self.backend_choice.configurables()]
 
-async def knative_backend():
-    """The Knative backend, with the cluster credentials of this pod (or ~/.kube/config)."""
-    from stratolab.functions.knative.backend import KnativeBackend
-    from stratolab.functions.knative.config import KnativeConfig
-    from stratolab.kube.api import KubeClient
+    def system_account(self, owner: str) -> tuple[int, int]:
+        """The owner's system account (created if they never started a server), as (uid, gid)."""
+        entry = ensure_system_user(system_username(owner), Path(self.home_root))
+        return entry.pw_uid, entry.pw_gid
 
-    config = KnativeConfig.from_env()
-    if not config.runtime_secret:
-        raise SystemExit("the knative backend needs STRATOLAB_RUNTIME_SECRET (it signs the bundle tokens)")
-    return KnativeBackend(await KubeClient.from_environment(config.namespace), config)
+    def local_backend(self) -> LocalBackend:
+        """Worker processes here (the fork-server starts now, and imports the frameworks)."""
 
+        def on_event(kind: str, data: dict) -> None:
+            if kind == "cold_start":
+                metrics.COLD_START_SECONDS.observe(data["seconds"])
+                owner, name, _version = data["key"].split("/")
+                metrics.COLD_STARTS.labels(owner, name).inc()
 
-def main() -> None:
-    # the fork-servers die with this process in any case (see stratolab.platform.process)
-    begin_service("functions")
-    prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/functions/")
-    url = os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101")
-    data_dir = Path(os.environ["STRATOLAB_FUNCTIONS_DIR"])
-    db_url = os.environ["STRATOLAB_PLATFORM_DB_URL"]
-    isolated = os.environ.get("STRATOLAB_ISOLATION") == "system-users"
-    ensure_schema(db_url)
-    sessions = session_factory(make_engine(db_url))
-    registry = FunctionRegistry(sessions)
+        return LocalBackend(
+            Path(self.required("data_dir")) / "runtime",
+            available_frameworks(self.python()),
+            account_for=self.system_account if self.isolated else (lambda owner: None),
+            on_event=on_event,
+            gpus=GpuLedger(self.sessions, self.gpu_inventory(self.gpus)),
+            python=self.python(),
+        ).start()
 
-    try:
-        limits = LimitsConfig.from_env()
-        max_held_mb = positive_int_env("STRATOLAB_FUNCTIONS_MAX_HELD_MB", DEFAULT_MAX_HELD_MB)
-    except ValueError as e:
-        raise SystemExit(f"functions service: {e}") from None
-    kind = backend_kind()
-    runtime_secret = os.environ.get("STRATOLAB_RUNTIME_SECRET") or None
-    # the local backend starts its fork-server (and imports the frameworks) before the loop runs
-    backend = local_backend(data_dir, isolated, sessions) if kind == "local" else None
-    from urllib.parse import urlparse
+    def prepare(self) -> None:
+        db_url = self.required("db_url")
+        self.required("data_dir")
+        ensure_schema(db_url)
+        self.sessions = session_factory(make_engine(db_url))
+        # the local backend starts its fork-server (and imports the frameworks) before the loop runs
+        self.backend_choice.prepare(self)
 
-    parsed = urlparse(url)
-
-    async def run() -> None:
-        nonlocal backend
-        if backend is None:
-            backend = await knative_backend()
+    async def serve(self) -> None:
+        data_dir, prefix = Path(self.data_dir), self.prefix
+        runtime_secret = self.backend_choice.runtime_secret()
+        backend = await self.backend_choice.open(self)
         state = ServiceState(
-            registry=registry,
+            registry=FunctionRegistry(self.sessions),
             backend=backend,
             store=BundleStore(data_dir / "bundles"),
-            hub_auth=HubAuth(api_token=os.environ["JUPYTERHUB_API_TOKEN"], cache_max_age=60),
-            public_url=os.environ.get("STRATOLAB_PUBLIC_URL", "").rstrip("/"),
+            hub_auth=HubAuth(api_token=self.hub_api_token, cache_max_age=60),
+            public_url=self.public_url.rstrip("/"),
             prefix=prefix,
-            limits=limits,
-            max_held_bytes=max_held_mb * 1024 * 1024,
+            limits=self.limits,
+            max_held_bytes=self.max_held_mb * 1024 * 1024,
         )
-        app = make_app(state, prefix, runtime_secret if kind == "knative" else None)
-        server = app.listen(parsed.port or 80, address=parsed.hostname or "127.0.0.1")
+        app = make_app(state, prefix, runtime_secret)
+        server = app.listen(self.port, address=self.ip)
         await state.restore()
         housekeeping = ioloop.PeriodicCallback(state.housekeeping, 1000)
         housekeeping.start()
         stats_flusher = ioloop.PeriodicCallback(state.stats.flush_ended, FLUSH_INTERVAL_S * 1000)
         stats_flusher.start()
-        log.info("functions service ready at %s%s", url, prefix)
+        log.info("functions service ready at http://%s:%s%s", self.ip, self.port, prefix)
         await until_stopped()
         housekeeping.stop()
         stats_flusher.stop()
@@ -184,7 +183,9 @@ def main() -> None:
         await backend.shutdown()
         state.stats.flush(everything=True)
 
-    asyncio.run(run())
+
+def main() -> None:
+    FunctionsService.launch_instance()
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ from stratolab.jobs.kube.manifests import (
 )
 from stratolab.jobs.kube.registry import AgentRun, AgentRuns, executor_secret
 from stratolab.jobs.kube.status import JobEnd, PodProblem, job_end, pod_problem, pod_started
-from stratolab.kube.api import SERVICE_ACCOUNT_DIR, Conflict, KubeClient, KubeError
+from stratolab.kube.api import Conflict, KubeClient, KubeError
 from stratolab.platform.backoff import backoff_waits
 from stratolab.platform.profiles import Profile, default_profile_list, parse_profile
 
@@ -343,52 +343,9 @@ class KubernetesJobExecutor(NotebookExecutor):
 
 # --- configuration ------------------------------------------------------------------------------
 
-def _namespace(environ: Mapping[str, str]) -> str:
-    configured = environ.get("STRATOLAB_JOBS_NAMESPACE", "").strip()
-    if configured:
-        return configured
-    ns_file = SERVICE_ACCOUNT_DIR / "namespace"
-    return ns_file.read_text().strip() if ns_file.exists() else "default"
-
-
 def settings_from_env(environ: Mapping[str, str], prefix: str) -> JobSettings:
-    """The Jobs' settings from the scheduler's environment (the Helm chart sets these variables):
+    """The Jobs' settings from the scheduler's environment (the Helm chart sets the variables; they are
+    declared, with their help, in stratolab.jobs.kube.settings)."""
+    from stratolab.jobs.kube.settings import KubernetesJobsSettings
 
-        STRATOLAB_JOBS_SCHEDULER_URL       the scheduler as pods reach it (http://stratolab-scheduler:10102); required
-        STRATOLAB_JOBS_NAMESPACE           where Jobs go (default: the scheduler's own namespace)
-        STRATOLAB_JOBS_CPU_IMAGE, STRATOLAB_JOBS_GPU_IMAGE    images of profiles that name none
-        STRATOLAB_JOBS_IMAGE_PULL_POLICY, STRATOLAB_JOBS_IMAGE_PULL_SECRETS (comma-separated)
-        STRATOLAB_JOBS_TTL_AFTER_FINISHED  seconds a finished Job is kept (600)
-        STRATOLAB_JOBS_START_TIMEOUT       seconds a pod may take to be scheduled and pull its image (600)
-        STRATOLAB_JOBS_SERVICE_ACCOUNT     the pods' service account (its token is never mounted)
-        STRATOLAB_JOBS_WORK_SIZE_LIMIT     the work volume's size limit (20Gi)
-        STRATOLAB_JOBS_RUN_AS_USER, STRATOLAB_JOBS_RUN_AS_GROUP   the notebook image's user (1000, 1000)
-    """
-    base = environ.get("STRATOLAB_JOBS_SCHEDULER_URL", "").strip().rstrip("/")
-    if not base:
-        raise ValueError("STRATOLAB_JOBS_SCHEDULER_URL must say where Jobs' pods reach the scheduler "
-                         "(e.g. http://stratolab-scheduler:10102) when STRATOLAB_JOBS_EXECUTOR=kubernetes")
-    defaults = JobSettings()
-
-    def number(name: str, default: int) -> int:
-        raw = environ.get(name, "").strip()
-        try:
-            return int(raw) if raw else default
-        except ValueError:
-            raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
-
-    return JobSettings(
-        namespace=_namespace(environ),
-        scheduler_url=f"{base}/{prefix.strip('/')}/" if prefix.strip("/") else f"{base}/",
-        cpu_image=environ.get("STRATOLAB_JOBS_CPU_IMAGE") or defaults.cpu_image,
-        gpu_image=environ.get("STRATOLAB_JOBS_GPU_IMAGE") or defaults.gpu_image,
-        image_pull_policy=environ.get("STRATOLAB_JOBS_IMAGE_PULL_POLICY") or defaults.image_pull_policy,
-        ttl_after_finished=number("STRATOLAB_JOBS_TTL_AFTER_FINISHED", defaults.ttl_after_finished),
-        start_timeout=float(number("STRATOLAB_JOBS_START_TIMEOUT", int(defaults.start_timeout))),
-        service_account=environ.get("STRATOLAB_JOBS_SERVICE_ACCOUNT") or None,
-        image_pull_secrets=tuple(s.strip() for s in environ.get("STRATOLAB_JOBS_IMAGE_PULL_SECRETS", "").split(",")
-                                 if s.strip()),
-        work_size_limit=environ.get("STRATOLAB_JOBS_WORK_SIZE_LIMIT") or defaults.work_size_limit,
-        run_as_user=number("STRATOLAB_JOBS_RUN_AS_USER", defaults.run_as_user),
-        run_as_group=number("STRATOLAB_JOBS_RUN_AS_GROUP", defaults.run_as_group),
-    )
+    return KubernetesJobsSettings(environ=environ).job_settings(prefix)

@@ -13,8 +13,6 @@ routes (service/executor_handlers.py) find it here. Everything runs on the servi
 from __future__ import annotations
 
 import asyncio
-import os
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -22,12 +20,12 @@ from stratolab.errors import NotFound, StratolabError
 from stratolab.jobs.executor import RunSpec
 from stratolab.platform.tokens import sign, verify
 
-SECRET_ENV = "STRATOLAB_EXECUTOR_SECRET"
-
 
 def executor_secret(environ: Mapping[str, str] | None = None) -> bytes:
-    raw = (os.environ if environ is None else environ).get(SECRET_ENV, "").strip()
-    return raw.encode() if raw else secrets.token_bytes(32)
+    """The secret as the scheduler's settings say (stratolab.jobs.kube.settings, `executor_secret`)."""
+    from stratolab.jobs.kube.settings import KubernetesJobsSettings
+
+    return KubernetesJobsSettings(environ=environ).secret()
 
 
 def run_token(secret: bytes, key: str) -> str:

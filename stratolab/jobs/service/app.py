@@ -3,32 +3,26 @@
 It keeps running while users' servers are stopped or culled: schedules fire whether or not their
 owner is logged in. Routes are listed in docs/scheduler-api.md and served as openapi.json.
 
-Environment (set by stratolab.hub.config.scheduler_service):
-    STRATOLAB_JOBS_DIR            snapshots and runs (see stratolab.jobs.files)
-    STRATOLAB_PLATFORM_DB_URL     schedules and runs (SQLite or PostgreSQL)
-    STRATOLAB_ISOLATION           "system-users": runs execute as the owner's system account
-    STRATOLAB_HOME_ROOT, STRATOLAB_SHARED_HOMES   where users' homes are (to read notebooks)
-    STRATOLAB_USER_ENV            the environment runs execute in
-    STRATOLAB_SCHEDULER_ID        this process's name among schedulers sharing the database
-    STRATOLAB_JOBS_MAX_RUNNING, STRATOLAB_JOBS_MAX_PER_USER, STRATOLAB_JOBS_MISFIRE_GRACE
-    STRATOLAB_SMTP_HOST (and _PORT, _USER, _PASSWORD, _FROM, _STARTTLS) for e-mail notifications
-    STRATOLAB_JOBS_EXECUTOR       "local" (default) or "kubernetes": runs and trials as Jobs, whose
-                                  agents call the executor/ routes (see stratolab.jobs.kube.executor)
+Its settings (`stratolab-scheduler --help-all`) are declared once on `SchedulerService`, each with the
+environment variable it defaults to: the hub starts the service with those variables
+(stratolab.hub.config.scheduler_service), the Helm chart sets them on its Deployment. The executor is
+a setting too: `local` (processes here) or `kubernetes` (runs and trials as Jobs, whose agents call
+the executor/ routes; see stratolab.jobs.service.executors).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import re
 import socket
+from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
-from urllib.parse import urlparse
 
 from jupyterhub.services.auth import HubAuth
 from tornado import web
+from traitlets import Bool, Float, Integer, Unicode, default
 
 from stratolab.db import ensure_schema, make_engine, session_factory
 from stratolab.errors import NotFound
@@ -38,21 +32,22 @@ from stratolab.jobs.automl.executor import AutoMLExecutor, executor_for_schedule
 from stratolab.jobs.automl.service import AutoMLService, search_profile
 from stratolab.jobs.clock import Clock
 from stratolab.jobs.engine import Scheduler, SchedulerConfig
-from stratolab.jobs.executor import Account, NotebookExecutor, RunSpec
+from stratolab.jobs.executor import Account, RunSpec
 from stratolab.jobs.files import JobFiles
-from stratolab.jobs.local_executor import LocalProcessExecutor
-from stratolab.jobs.notify import Notifier, SmtpSettings
+from stratolab.jobs.kube.settings import KubernetesJobsSettings
+from stratolab.jobs.notify import Notifier, SmtpConfig
 from stratolab.jobs.service import automl_handlers, executor_handlers, handlers
+from stratolab.jobs.service.executors import EXECUTORS, ExecutorChoice, KubernetesExecutor, LocalExecutor
 from stratolab.jobs.service.openapi import OPENAPI
 from stratolab.jobs.service.state import JobService, check_profile, read_request_notebook
 from stratolab.jobs.store import JobStore
 from stratolab.platform.accounts import ensure_system_user, system_username
-from stratolab.platform.gpu_ledger import GpuLedger
-from stratolab.platform.gpus import GpuAllocation, GpuAllocator, configured_gpus, discover_gpus
+from stratolab.platform.gpus import GpuAllocation
+from stratolab.platform.outbound import ENV as OUTBOUND_ENV
 from stratolab.platform.outbound import OutboundPolicy
 from stratolab.platform.profiles import Profile, choose_profile, default_profile_list, load_profile_list, parse_profile_list
-from stratolab.settings import user_env_python
-from stratolab.web import begin_service, service_app, until_stopped
+from stratolab.platform.service_app import EnvConfigurable, HubService, NamedType, until_stopped
+from stratolab.web import service_app
 
 log = logging.getLogger("stratolab.jobs")
 
@@ -95,43 +90,17 @@ def make_app(state: JobService, prefix: str, automl: AutoMLService | None = None
                        automl=automl, agent_runs=agent_runs)
 
 
-def _int_env(name: str, default: int, environ=os.environ) -> int:
-    raw = environ.get(name, "").strip()
-    return int(raw) if raw else default
-
-
-def job_gpus(environ=os.environ) -> tuple[str, ...]:
-    return discover_gpus(configured_gpus(environ, "STRATOLAB_JOB_GPUS", "STRATOLAB_GPUS"))
-
-
-def load_profiles(gpu_count: int, environ=os.environ) -> dict:
-    path = environ.get("STRATOLAB_PROFILES_FILE", "").strip()
-    raw = load_profile_list(Path(path)) if path else default_profile_list(gpu_count)
+def load_profiles(gpu_count: int, path: str = "") -> dict:
+    raw = load_profile_list(Path(path)) if path.strip() else default_profile_list(gpu_count)
     return {p.slug: p for p in parse_profile_list(raw)}
-
-
-def cluster_gpu_slots(environ) -> tuple[str, ...]:
-    """With runs as Kubernetes Jobs the cluster's device plugin assigns GPUs; the allocator then only
-    caps how many GPUs this scheduler's runs hold at once (STRATOLAB_JOBS_MAX_GPUS, default 8)."""
-    raw = environ.get("STRATOLAB_JOBS_MAX_GPUS", "").strip()
-    return tuple(f"cluster-{i}" for i in range(int(raw) if raw else 8))
 
 
 #: the run keys of AutoML trials (stratolab.jobs.automl.engine.trial_key): automl-JOB-TRIAL
 AUTOML_TRIAL_KEY = re.compile(r"^automl-(\d+)-\d+$")
 
 
-def make_executor(environ, root: Path, prefix: str, store: JobStore, profiles: dict) -> NotebookExecutor:
-    """The executor STRATOLAB_JOBS_EXECUTOR names: "local" (processes on this machine, the default) or
-    "kubernetes" (a Job per run; see stratolab.jobs.kube.executor for its variables)."""
-    kind = (environ.get("STRATOLAB_JOBS_EXECUTOR") or "local").strip()
-    if kind == "local":
-        return LocalProcessExecutor(user_env_python(environ), root, warm=environ.get("STRATOLAB_JOBS_WARM", "1") != "0")
-    if kind != "kubernetes":
-        raise ValueError(f"STRATOLAB_JOBS_EXECUTOR must be local or kubernetes, got {kind!r}")
-    from stratolab.jobs.kube.executor import KubernetesJobExecutor, settings_from_env
-    from stratolab.jobs.kube.registry import executor_secret
-
+def run_profile_of(store: JobStore, profiles: dict) -> Callable[[RunSpec], Profile]:
+    """The profile each run executes in (the Kubernetes executor asks it for every Job)."""
     default = choose_profile(list(profiles.values()), None)
 
     def profile_of(spec: RunSpec) -> Profile:
@@ -149,20 +118,17 @@ def make_executor(environ, root: Path, prefix: str, store: JobStore, profiles: d
         except (NotFound, ValueError):
             return default
 
-    return KubernetesJobExecutor(
-        settings_from_env(environ, prefix), profile_of=profile_of, jobs_root=root,
-        secret=executor_secret(environ),
-    )
+    return profile_of
 
 
-def build(environ=os.environ, clock: Clock | None = None) -> tuple[JobService, Scheduler, AutoMLService]:
-    """The service and its scheduler from the environment (tests pass their own, and a clock)."""
-    prefix = environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/scheduler/")
-    db_url = environ["STRATOLAB_PLATFORM_DB_URL"]
-    isolated = environ.get("STRATOLAB_ISOLATION") == "system-users"
-    home_root = Path(environ.get("STRATOLAB_HOME_ROOT") or "/home")
-    shared_homes = Path(environ.get("STRATOLAB_SHARED_HOMES") or Path(environ["STRATOLAB_JOBS_DIR"]).parent / "homes")
-    root = Path(environ["STRATOLAB_JOBS_DIR"])
+def build(settings: SchedulerService | Mapping[str, str] = os.environ,
+          clock: Clock | None = None) -> tuple[JobService, Scheduler, AutoMLService]:
+    """The service and its scheduler from the settings, or from an environment (tests pass their own,
+    and a clock)."""
+    s = settings if isinstance(settings, SchedulerService) else SchedulerService.from_environ(settings)
+    prefix, db_url, isolated = s.prefix, s.required("db_url"), s.isolation == "system-users"
+    home_root, shared_homes = Path(s.home_root), Path(s.shared_homes)
+    root = Path(s.required("jobs_dir"))
     ensure_schema(db_url)
     store = JobStore(session_factory(make_engine(db_url)))
     files = JobFiles(root)
@@ -178,27 +144,22 @@ def build(environ=os.environ, clock: Clock | None = None) -> tuple[JobService, S
             return home_root / system_username(owner)
         return shared_homes / owner
 
-    on_kubernetes = environ.get("STRATOLAB_JOBS_EXECUTOR", "").strip() == "kubernetes"
-    # on one machine the GPU ledger shared with the hub and the functions service; on Kubernetes the
-    # device plugin assigns devices and this only caps how many GPU runs are out at once
-    gpus: GpuAllocation = (
-        GpuAllocator(cluster_gpu_slots(environ)) if on_kubernetes else GpuLedger(store.sessions, job_gpus(environ))
-    )
-    smtp = SmtpSettings.from_env(environ)
+    gpus: GpuAllocation = s.executor_choice.gpus(s, store)
+    smtp = s.smtp.smtp_settings()
     config = SchedulerConfig(
-        worker_id=environ.get("STRATOLAB_SCHEDULER_ID") or f"{socket.gethostname()}:{root}"[-64:],
-        max_running=_int_env("STRATOLAB_JOBS_MAX_RUNNING", max(2, (os.cpu_count() or 2)), environ),
-        max_per_user=_int_env("STRATOLAB_JOBS_MAX_PER_USER", 2, environ),
-        misfire_grace=float(_int_env("STRATOLAB_JOBS_MISFIRE_GRACE", 60, environ)),
-        public_url=environ.get("STRATOLAB_PUBLIC_URL", "").rstrip("/"),
+        worker_id=s.scheduler_id or f"{socket.gethostname()}:{root}"[-64:],
+        max_running=s.max_running,
+        max_per_user=s.max_per_user,
+        misfire_grace=s.misfire_grace,
+        public_url=s.public_url.rstrip("/"),
     )
-    profiles = load_profiles(len(gpus.inventory), environ)
-    executor = make_executor(environ, root, prefix, store, profiles)
+    profiles = load_profiles(len(gpus.inventory), s.profiles_file)
+    executor = s.executor_choice.make(s, run_profile_of(store, profiles))
     clock = clock or Clock()
     controller = AutoMLController(
         store.sessions, db_url, files, executor, clock, worker_id=config.worker_id,
         account_for=account_for, profile_env=Scheduler.profile_env, profiles=profiles, gpus=gpus,
-        max_parallel=_int_env("STRATOLAB_AUTOML_MAX_PARALLEL", 8, environ),
+        max_parallel=s.automl_max_parallel,
     )
     # a search's profile is checked as a schedule's is, against the same profiles and GPUs
     automl = AutoMLService(store.sessions, files, controller, account_for, partial(read_request_notebook, home_of),
@@ -206,33 +167,98 @@ def build(environ=os.environ, clock: Clock | None = None) -> tuple[JobService, S
     # schedules whose runs are AutoML searches (retraining on cron) run them through their own executor
     executor_for = executor_for_schedules(executor, AutoMLExecutor(automl, store))
     scheduler = Scheduler(store, files, executor, clock, config, profiles=profiles, account_for=account_for,
-                          gpus=gpus, notifier=Notifier(smtp, OutboundPolicy.from_env(environ)), executor_for=executor_for)
+                          gpus=gpus, notifier=Notifier(smtp, OutboundPolicy.from_env({OUTBOUND_ENV: s.outbound_allow})),
+                          executor_for=executor_for)
     service = JobService(
         store=store, files=files, scheduler=scheduler,
-        hub_auth=HubAuth(api_token=environ.get("JUPYTERHUB_API_TOKEN", ""), cache_max_age=60),
+        hub_auth=HubAuth(api_token=s.hub_api_token, cache_max_age=60),
         profiles=profiles, gpus=gpus, home_of=home_of, account_for=account_for,
         smtp_configured=smtp is not None, clock=clock, prefix=prefix,
     )
     return service, scheduler, automl
 
 
-def main() -> None:
-    begin_service("scheduler")
-    service, scheduler, automl = build()
-    url = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10102"))
+class SchedulerService(HubService):
+    """Stratolab's scheduler: runs scheduled notebooks and AutoML searches.
 
-    async def run() -> None:
+    Started as `stratolab-scheduler`, or `python -m stratolab.jobs.service.app` as the hub and the Helm
+    chart start it."""
+
+    service_name, default_port = "scheduler", 10102
+    classes = [LocalExecutor, KubernetesExecutor, KubernetesJobsSettings, SmtpConfig]
+    aliases = {**HubService.aliases, "executor": "SchedulerService.executor_class"}
+
+    jobs_dir = Unicode("", help="Snapshots and runs of scheduled notebooks (see stratolab.jobs.files); "
+                       "required (the hub derives it from its data dir).").tag(config=True, env="STRATOLAB_JOBS_DIR")
+    shared_homes = Unicode(help="Users' homes in shared mode, where their notebooks are read (default: homes/ "
+                           "beside the jobs dir).").tag(config=True, env="STRATOLAB_SHARED_HOMES",
+                                                        default_text="homes/ beside the jobs dir")
+    scheduler_id = Unicode("", help="This scheduler's name when several share one database (default: host and "
+                           "jobs dir).").tag(config=True, env="STRATOLAB_SCHEDULER_ID", default_text="host and jobs dir")
+    max_running = Integer(max(2, os.cpu_count() or 2), min=1, help="Scheduled runs at once; more wait in the "
+                          "queue.").tag(config=True, env="STRATOLAB_JOBS_MAX_RUNNING",
+                                        default_text="CPU count (at least 2)")
+    max_per_user = Integer(2, min=1, help="Scheduled runs at once per user.").tag(
+        config=True, env="STRATOLAB_JOBS_MAX_PER_USER")
+    misfire_grace = Float(60.0, min=0, help="Seconds late after which a scheduled time counts as missed (then "
+                          "caught up once or skipped).").tag(config=True, env="STRATOLAB_JOBS_MISFIRE_GRACE",
+                                                             default_text="60")
+    automl_max_parallel = Integer(8, min=1, help="Trials an AutoML search may run at once, at most.").tag(
+        config=True, env="STRATOLAB_AUTOML_MAX_PARALLEL")
+    profiles_file = Unicode("", help="A YAML/JSON profile list in KubeSpawner's profile_list shape (the hub's; "
+                            "built-in CPU/GPU profiles when empty).").tag(config=True, env="STRATOLAB_PROFILES_FILE",
+                                                                          default_text="built in")
+    gpus = Unicode(None, allow_none=True, help="GPUs scheduled runs and AutoML trials may use, e.g. 0,1 (empty: "
+                   "none; unset: what nvidia-smi -L lists). Devices come from the one GPU ledger.").tag(
+        config=True, env=("STRATOLAB_JOB_GPUS", "STRATOLAB_GPUS"), empty_is_value=True,
+        default_text="from nvidia-smi -L")
+    warm = Bool(True, help="Keep fork-servers warm for local runs (false: a fresh interpreter per run).").tag(
+        config=True, env="STRATOLAB_JOBS_WARM")
+    outbound_allow = Unicode("", help="Networks (comma-separated CIDRs, e.g. 10.20.0.0/16) that requests on a "
+                             "user's behalf (run notifications' webhooks) may reach besides public addresses; "
+                             "loopback, link-local (cloud metadata), private and other internal addresses are "
+                             "refused otherwise (stratolab/platform/outbound.py).").tag(
+        config=True, env=OUTBOUND_ENV, default_text="none")
+    executor_class = NamedType(EXECUTORS, "local", klass=ExecutorChoice, help="Where runs and trials execute.").tag(
+        config=True, env="STRATOLAB_JOBS_EXECUTOR")
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> SchedulerService:
+        """The settings an environment gives, checked (what `build` does with a plain environment)."""
+        app = cls(environ=environ)
+        app.initialize([])
+        return app
+
+    @default("shared_homes")
+    def _shared_homes_default(self) -> str:
+        return str(Path(self.required("jobs_dir")).parent / "homes")
+
+    def init_parts(self) -> None:
+        self.executor_choice: ExecutorChoice = self.executor_class(parent=self)
+        self.smtp = SmtpConfig(parent=self)
+
+    def configurables(self) -> list[EnvConfigurable]:
+        return [self, self.smtp, *self.executor_choice.configurables()]
+
+    def prepare(self) -> None:
+        self.built = build(self)
+
+    async def serve(self) -> None:
+        service, scheduler, automl = self.built
         app = make_app(service, service.prefix, automl)
-        server = app.listen(url.port or 80, address=url.hostname or "127.0.0.1")
+        server = app.listen(self.port, address=self.ip)
         await scheduler.start()
         await automl.controller.start()
-        log.info("scheduler %s ready at %s%s", scheduler.config.worker_id, url.geturl(), service.prefix)
+        log.info("scheduler %s ready at http://%s:%s%s", scheduler.config.worker_id, self.ip, self.port,
+                 service.prefix)
         await until_stopped()
         server.stop()
         await automl.controller.close()
         await scheduler.close()
 
-    asyncio.run(run())
+
+def main() -> None:
+    SchedulerService.launch_instance()
 
 
 if __name__ == "__main__":
