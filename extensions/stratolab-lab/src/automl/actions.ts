@@ -24,7 +24,11 @@ export function searchActions(
 ): HTMLButtonElement[] {
   const act = actionButtons(testIdPrefix, guard);
   if (ACTIVE_STATES.includes(j.state)) {
-    return [act('Stop', 'Stop the search: running trials are stopped, completed ones kept', () => schedulerClient.post(`api/automl/${j.id}/stop`))];
+    return [
+      act('Stop', 'Stop the search: running trials are stopped, completed ones kept', () =>
+        schedulerClient.post(`api/automl/${j.id}/stop`)
+      )
+    ];
   }
   return [
     act('Delete', 'Delete the search, its trials and their outputs', async () => {
@@ -68,9 +72,13 @@ export async function deployBestTrial(job: IAutoMLJob, options: IDeployBestOptio
   const row = fieldRow('Function name', input);
   const best = job.best;
   form.append(
-    el('p', 'jp-Stratolab-note', best
-      ? `The model of trial #${best.number} (${job.config.metric} ${formatValue(best.value)}) becomes a new version of this function.`
-      : 'No trial has completed yet.'),
+    el(
+      'p',
+      'jp-Stratolab-note',
+      best
+        ? `The model of trial #${best.number} (${job.config.metric} ${formatValue(best.value)}) becomes a new version of this function.`
+        : 'No trial has completed yet.'
+    ),
     row
   );
   const result = await showDialog({
@@ -98,7 +106,12 @@ export async function deployBestTrial(job: IAutoMLJob, options: IDeployBestOptio
     const fn = await deployBundle(name, bundle);
     const url = readOnlyField(fn.url, 'stratolab-automl-deploy-url');
     const nodes: HTMLElement[] = [
-      el('div', 'jp-Stratolab-success', `Deployed ${fn.name}, version ${fn.version ?? '?'}${best ? `, from trial #${best.number}` : ''}.`, 'stratolab-automl-deploy-success'),
+      el(
+        'div',
+        'jp-Stratolab-success',
+        `Deployed ${fn.name}, version ${fn.version ?? '?'}${best ? `, from trial #${best.number}` : ''}.`,
+        'stratolab-automl-deploy-success'
+      ),
       el('div', 'jp-Stratolab-fieldLabel', 'Endpoint'),
       url
     ];
@@ -107,7 +120,11 @@ export async function deployBestTrial(job: IAutoMLJob, options: IDeployBestOptio
       nodes.push(
         el('div', 'jp-Stratolab-fieldLabel', 'Function key'),
         key,
-        el('div', 'jp-Stratolab-note jp-Stratolab-keyNote', 'Shown once: store it now. Callers send it as the X-Function-Key header.')
+        el(
+          'div',
+          'jp-Stratolab-note jp-Stratolab-keyNote',
+          'Shown once: store it now. Callers send it as the X-Function-Key header.'
+        )
       );
     }
     outcome.replaceChildren(...nodes);

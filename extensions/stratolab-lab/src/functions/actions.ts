@@ -46,7 +46,10 @@ export async function editTraffic(fn: IFunction): Promise<void> {
   const form = el('div', 'jp-Stratolab-form');
   form.append(el('p', 'jp-Stratolab-note', 'Weights in percent; they must add up to 100.'));
   const inputs = ready.map(v => {
-    const field = numberField(`Version ${v.version}`, fn.traffic[String(v.version)] ?? 0, { min: 0, testId: `stratolab-traffic-${v.version}` });
+    const field = numberField(`Version ${v.version}`, fn.traffic[String(v.version)] ?? 0, {
+      min: 0,
+      testId: `stratolab-traffic-${v.version}`
+    });
     form.append(field.row);
     return [String(v.version), field.input] as const;
   });
@@ -71,7 +74,9 @@ export async function editTraffic(fn: IFunction): Promise<void> {
 
 export async function rollbackFunction(fn: IFunction): Promise<void> {
   const current = Object.keys(fn.traffic).map(Number);
-  const candidates = fn.versions.filter(v => v.state === 'ready' && !(current.length === 1 && current[0] === v.version));
+  const candidates = fn.versions.filter(
+    v => v.state === 'ready' && !(current.length === 1 && current[0] === v.version)
+  );
   if (candidates.length === 0) {
     throw new ServiceError(`${fn.name} has no other ready version to roll back to.`, 400);
   }

@@ -31,14 +31,21 @@ export interface IScheduleActionOptions {
  * A schedule's buttons (test ids `${testIdPrefix}-run-now`, `-pause` or `-resume`, `-edit`, `-delete`),
  * each run through `guard` (which shows its error and refreshes after).
  */
-export function scheduleActions(s: ISchedule, testIdPrefix: string, guard: Guard, options: IScheduleActionOptions): HTMLButtonElement[] {
+export function scheduleActions(
+  s: ISchedule,
+  testIdPrefix: string,
+  guard: Guard,
+  options: IScheduleActionOptions
+): HTMLButtonElement[] {
   const act = actionButtons(testIdPrefix, guard);
   return [
     act('Run now', 'Run the notebook now, with this schedule’s settings', async () => {
       options.onRunStarted?.(await runNow(s.id));
     }),
     s.active
-      ? act('Pause', 'Stop starting runs on schedule (Run now still works)', () => schedulerClient.post(`api/schedules/${s.id}/pause`))
+      ? act('Pause', 'Stop starting runs on schedule (Run now still works)', () =>
+          schedulerClient.post(`api/schedules/${s.id}/pause`)
+        )
       : act('Resume', 'Start runs on schedule again', () => schedulerClient.post(`api/schedules/${s.id}/resume`)),
     act('Edit', 'Change the schedule, its parameters and settings', () => options.editSchedule(s)),
     act('Delete', 'Delete the schedule, its runs and their outputs', () => deleteSchedule(s))
@@ -113,7 +120,9 @@ export async function showRunFiles(r: IRun): Promise<void> {
     item.append(a, el('span', 'jp-Stratolab-note', ` ${file.size} bytes`));
     list.append(item);
   }
-  const body = data.files.length ? list : el('p', 'jp-Stratolab-note', 'The run wrote no files.', 'stratolab-run-files');
+  const body = data.files.length
+    ? list
+    : el('p', 'jp-Stratolab-note', 'The run wrote no files.', 'stratolab-run-files');
   await showDialog({
     title: `Files of run #${r.id} (${r.schedule_name})`,
     body: new Widget({ node: body }),

@@ -41,8 +41,20 @@ export function automlTab(context: ITabContext): IListTabOptions<IAutoMLJob> {
     columns: [
       { key: 'name', label: 'Name', value: j => j.name },
       { key: 'state', label: 'State', choices: true, value: j => j.state },
-      { key: 'trials', label: 'Trials', kind: 'number', value: j => trialsDone(j), text: j => `${trialsDone(j)}/${j.config.trials}` },
-      { key: 'best', label: 'Best value', kind: 'number', value: j => j.best?.value, text: j => (j.best ? formatValue(j.best.value) : '') },
+      {
+        key: 'trials',
+        label: 'Trials',
+        kind: 'number',
+        value: j => trialsDone(j),
+        text: j => `${trialsDone(j)}/${j.config.trials}`
+      },
+      {
+        key: 'best',
+        label: 'Best value',
+        kind: 'number',
+        value: j => j.best?.value,
+        text: j => (j.best ? formatValue(j.best.value) : '')
+      },
       {
         key: 'started',
         label: 'Started',
@@ -53,8 +65,12 @@ export function automlTab(context: ITabContext): IListTabOptions<IAutoMLJob> {
       }
     ],
     detail: (j, guard, prefix) => {
-      const deploy = button('Deploy best', () => void deployBest(), `${prefix}-action-deploy-best`,
-        j.best ? `Deploy the model of trial #${j.best.number} as a function` : 'No trial has completed yet');
+      const deploy = button(
+        'Deploy best',
+        () => void deployBest(),
+        `${prefix}-action-deploy-best`,
+        j.best ? `Deploy the model of trial #${j.best.number} as a function` : 'No trial has completed yet'
+      );
       deploy.classList.add('jp-mod-accept');
       deploy.disabled = !j.best || deploying.has(j.id);
       const deployBest = () =>

@@ -57,9 +57,19 @@ export class StratolabTabs {
   /** Add the four commands, and their palette and launcher items. */
   register({ palette, launcher }: ITabHosts): void {
     const items: [string, keyof TabSpecs, string, LabIcon][] = [
-      [TabCommandIDs.openFunctions, 'functions', 'Your serverless functions: versions, state, invocations, latency', deployIcon],
+      [
+        TabCommandIDs.openFunctions,
+        'functions',
+        'Your serverless functions: versions, state, invocations, latency',
+        deployIcon
+      ],
       [TabCommandIDs.openSchedules, 'schedules', 'Your scheduled notebooks: cron, next run, last state', scheduleIcon],
-      [TabCommandIDs.openRuns, 'runs', 'Runs of your scheduled notebooks, filtered by state and schedule', stratolabIcon],
+      [
+        TabCommandIDs.openRuns,
+        'runs',
+        'Runs of your scheduled notebooks, filtered by state and schedule',
+        stratolabIcon
+      ],
       [TabCommandIDs.openAutoML, 'automl', 'Your AutoML searches: state, trials, best value', tuneIcon]
     ];
     items.forEach(([command, id, caption, icon], rank) => {
@@ -128,8 +138,19 @@ export interface ISidebarSections {
 export function addTabButtons(app: JupyterFrontEnd, { functions, jobs, automl }: ISidebarSections): void {
   const open = (command: string, label: string, testId: string, title: string) =>
     button(label, () => void app.commands.execute(command), testId, title);
-  functions.addTitleButton(open(TabCommandIDs.openFunctions, 'All functions…', 'stratolab-functions-open-tab', 'Open every function in a table'));
-  jobs.addTitleButton(open(TabCommandIDs.openSchedules, 'Schedules…', 'stratolab-schedules-open-tab', 'Open every schedule in a table'));
+  functions.addTitleButton(
+    open(
+      TabCommandIDs.openFunctions,
+      'All functions…',
+      'stratolab-functions-open-tab',
+      'Open every function in a table'
+    )
+  );
+  jobs.addTitleButton(
+    open(TabCommandIDs.openSchedules, 'Schedules…', 'stratolab-schedules-open-tab', 'Open every schedule in a table')
+  );
   jobs.addTitleButton(open(TabCommandIDs.openRuns, 'Runs…', 'stratolab-runs-open-tab', 'Open every run in a table'));
-  automl.addTitleButton(open(TabCommandIDs.openAutoML, 'All searches…', 'stratolab-automl-open-tab', 'Open every AutoML search in a table'));
+  automl.addTitleButton(
+    open(TabCommandIDs.openAutoML, 'All searches…', 'stratolab-automl-open-tab', 'Open every AutoML search in a table')
+  );
 }

@@ -10,7 +10,10 @@ import { IListTabOptions } from './listTab';
 
 /** The newest version (the last deployed). */
 export function latestVersion(fn: IFunction): IFunctionVersion | null {
-  return fn.versions.reduce<IFunctionVersion | null>((latest, v) => (latest && latest.version > v.version ? latest : v), null);
+  return fn.versions.reduce<IFunctionVersion | null>(
+    (latest, v) => (latest && latest.version > v.version ? latest : v),
+    null
+  );
 }
 
 export const functionsTab: IListTabOptions<IFunction> = {
@@ -34,8 +37,20 @@ export const functionsTab: IListTabOptions<IFunction> = {
     },
     { key: 'state', label: 'State', choices: true, value: fn => latestVersion(fn)?.state ?? 'none' },
     { key: 'instances', label: 'Instances', kind: 'number', firstDirection: 'desc', value: fn => fn.instances },
-    { key: 'invocations', label: 'Invocations', kind: 'number', firstDirection: 'desc', value: fn => fn.stats.invocations },
-    { key: 'p50', label: 'p50 latency', kind: 'number', value: fn => fn.stats.p50_ms, text: fn => formatMs(fn.stats.p50_ms) },
+    {
+      key: 'invocations',
+      label: 'Invocations',
+      kind: 'number',
+      firstDirection: 'desc',
+      value: fn => fn.stats.invocations
+    },
+    {
+      key: 'p50',
+      label: 'p50 latency',
+      kind: 'number',
+      value: fn => fn.stats.p50_ms,
+      text: fn => formatMs(fn.stats.p50_ms)
+    },
     {
       key: 'updated',
       label: 'Updated',

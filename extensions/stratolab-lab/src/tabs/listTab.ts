@@ -37,7 +37,9 @@ export class ListTab<T> extends SplitPanel {
     this.testId = `stratolab-tab-${spec.id}`;
     this.table = new DataTable<T>({ ...spec, testId: this.testId });
     this.detailWidget = new Widget({ node: el('aside', 'jp-Stratolab-tabDetail', undefined, `${this.testId}-detail`) });
-    this.detailWidget.node.append(el('p', 'jp-Stratolab-note', 'Select a row to see its details and actions.', `${this.testId}-detail-none`));
+    this.detailWidget.node.append(
+      el('p', 'jp-Stratolab-note', 'Select a row to see its details and actions.', `${this.testId}-detail-none`)
+    );
     this.addWidget(this.table);
     this.addWidget(this.detailWidget);
     this.setRelativeSizes([3, 2]);
@@ -61,7 +63,9 @@ export class ListTab<T> extends SplitPanel {
     this._drawn = drawn;
     const node = this.detailWidget.node;
     if (row === null) {
-      node.replaceChildren(el('p', 'jp-Stratolab-note', 'Select a row to see its details and actions.', `${this.testId}-detail-none`));
+      node.replaceChildren(
+        el('p', 'jp-Stratolab-note', 'Select a row to see its details and actions.', `${this.testId}-detail-none`)
+      );
       return;
     }
     const prefix = `${this.testId}-detail`;
@@ -73,7 +77,12 @@ export class ListTab<T> extends SplitPanel {
     }
     const actions = el('div', 'jp-Stratolab-actions', undefined, `${prefix}-actions`);
     actions.append(...detail.actions);
-    node.replaceChildren(el('h3', 'jp-Stratolab-tabDetailTitle', detail.title, `${prefix}-title`), list, actions, ...(detail.extra ?? []));
+    node.replaceChildren(
+      el('h3', 'jp-Stratolab-tabDetailTitle', detail.title, `${prefix}-title`),
+      list,
+      actions,
+      ...(detail.extra ?? [])
+    );
   }
 
   private readonly testId: string;

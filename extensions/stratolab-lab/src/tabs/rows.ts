@@ -153,14 +153,22 @@ export function matchesText<T>(row: T, columns: ReadonlyArray<IColumn<T>>, text:
 }
 
 /** Whether `row`'s cells have the text chosen for their column (columns with no choice aside). */
-export function matchesChoices<T>(row: T, columns: ReadonlyArray<IColumn<T>>, choices: Record<string, string>): boolean {
+export function matchesChoices<T>(
+  row: T,
+  columns: ReadonlyArray<IColumn<T>>,
+  choices: Record<string, string>
+): boolean {
   return Object.entries(choices).every(([key, wanted]) => {
     const column = columns.find(c => c.key === key);
     return !wanted || !column || cellText(column, row) === wanted;
   });
 }
 
-export function filterRows<T>(rows: ReadonlyArray<T>, columns: ReadonlyArray<IColumn<T>>, query: Omit<IRowQuery, 'sort'>): T[] {
+export function filterRows<T>(
+  rows: ReadonlyArray<T>,
+  columns: ReadonlyArray<IColumn<T>>,
+  query: Omit<IRowQuery, 'sort'>
+): T[] {
   return rows.filter(row => matchesChoices(row, columns, query.choices) && matchesText(row, columns, query.text));
 }
 

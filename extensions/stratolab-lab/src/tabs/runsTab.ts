@@ -26,8 +26,22 @@ export function runsTab(context: ITabContext): IListTabOptions<IRun> {
       { key: 'id', label: 'Run', kind: 'number', firstDirection: 'desc', value: r => r.id },
       { key: 'schedule', label: 'Schedule', choices: true, value: r => r.schedule_name },
       { key: 'state', label: 'State', choices: true, value: r => r.state },
-      { key: 'started', label: 'Started', kind: 'date', firstDirection: 'desc', value: r => r.started_at, text: r => formatTime(r.started_at) },
-      { key: 'duration', label: 'Duration', kind: 'number', firstDirection: 'desc', value: r => r.duration, text: r => formatDuration(r.duration) },
+      {
+        key: 'started',
+        label: 'Started',
+        kind: 'date',
+        firstDirection: 'desc',
+        value: r => r.started_at,
+        text: r => formatTime(r.started_at)
+      },
+      {
+        key: 'duration',
+        label: 'Duration',
+        kind: 'number',
+        firstDirection: 'desc',
+        value: r => r.duration,
+        text: r => formatDuration(r.duration)
+      },
       { key: 'attempt', label: 'Attempt', kind: 'number', value: r => r.attempt }
     ],
     detail: (r, guard, prefix) => ({

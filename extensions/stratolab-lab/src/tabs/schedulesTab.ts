@@ -21,7 +21,12 @@ export function schedulesTab(context: ITabContext): IListTabOptions<ISchedule> {
     columns: [
       { key: 'name', label: 'Name', value: s => s.name },
       { key: 'notebook', label: 'Notebook', value: s => s.notebook },
-      { key: 'cron', label: 'Cron', value: s => s.cron ?? '', text: s => (s.cron ? `${s.cron} (${s.timezone})` : 'on demand') },
+      {
+        key: 'cron',
+        label: 'Cron',
+        value: s => s.cron ?? '',
+        text: s => (s.cron ? `${s.cron} (${s.timezone})` : 'on demand')
+      },
       {
         key: 'next',
         label: 'Next run',
@@ -48,7 +53,12 @@ export function schedulesTab(context: ITabContext): IListTabOptions<ISchedule> {
       ],
       actions: [
         ...scheduleActions(s, `${prefix}-action`, guard, { editSchedule: context.editSchedule }),
-        button('Runs', () => void context.showRunsOf(s.name), `${prefix}-action-runs`, 'Show this schedule’s runs in the Runs tab')
+        button(
+          'Runs',
+          () => void context.showRunsOf(s.name),
+          `${prefix}-action-runs`,
+          'Show this schedule’s runs in the Runs tab'
+        )
       ]
     })
   };

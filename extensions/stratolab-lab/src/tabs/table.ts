@@ -38,14 +38,23 @@ export class DataTable<T> extends Widget {
     this._query = { sort: options.sort ?? null, text: '', choices: {} };
 
     const toolbar = el('div', 'jp-Stratolab-tableToolbar');
-    this.filterInput = el('input', 'jp-Stratolab-input jp-Stratolab-tableFilter', undefined, `${options.testId}-filter`);
+    this.filterInput = el(
+      'input',
+      'jp-Stratolab-input jp-Stratolab-tableFilter',
+      undefined,
+      `${options.testId}-filter`
+    );
     this.filterInput.type = 'search';
     this.filterInput.placeholder = 'Filter';
     this.filterInput.setAttribute('aria-label', 'Show only the rows that contain this text');
     this.filterInput.addEventListener('input', () => this.setText(this.filterInput.value));
     toolbar.append(this.filterInput);
     for (const column of options.columns.filter(c => c.choices)) {
-      const select = selectInput(`${options.testId}-choice-${column.key}`, [['', `Any ${column.label.toLowerCase()}`]], '');
+      const select = selectInput(
+        `${options.testId}-choice-${column.key}`,
+        [['', `Any ${column.label.toLowerCase()}`]],
+        ''
+      );
       select.setAttribute('aria-label', `Show only one ${column.label.toLowerCase()}`);
       select.addEventListener('change', () => this.setChoice(column.key, select.value));
       this.choiceSelects.set(column.key, select);
@@ -221,7 +230,12 @@ export class DataTable<T> extends Widget {
     const { columns, rowKey, testId } = this.options;
     const shown = this.shown;
     // A reload that changed nothing leaves the rows (and the one about to be clicked) in place.
-    const drawn = JSON.stringify([shown.map(r => columns.map(c => cellText(c, r))), shown.map(rowKey), this._selectedKey, this._loadedOnce]);
+    const drawn = JSON.stringify([
+      shown.map(r => columns.map(c => cellText(c, r))),
+      shown.map(rowKey),
+      this._selectedKey,
+      this._loadedOnce
+    ]);
     if (drawn === this._drawn) {
       return;
     }

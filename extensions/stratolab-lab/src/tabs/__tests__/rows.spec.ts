@@ -26,7 +26,13 @@ const columns: IColumn<IRun>[] = [
   { key: 'schedule', label: 'Schedule', choices: true, value: r => r.schedule },
   { key: 'state', label: 'State', choices: true, value: r => r.state },
   { key: 'started', label: 'Started', kind: 'date', value: r => r.started },
-  { key: 'duration', label: 'Duration', kind: 'number', value: r => r.duration, text: r => (r.duration === null ? '–' : `${r.duration} s`) }
+  {
+    key: 'duration',
+    label: 'Duration',
+    kind: 'number',
+    value: r => r.duration,
+    text: r => (r.duration === null ? '–' : `${r.duration} s`)
+  }
 ];
 
 const runs: IRun[] = [
@@ -121,7 +127,9 @@ describe('filtering', () => {
 
   it('keeps the rows whose column reads the chosen value; an empty choice is no filter', () => {
     expect(ids(filterRows(runs, columns, { text: '', choices: { state: 'succeeded' } }))).toEqual([9, 2]);
-    expect(ids(filterRows(runs, columns, { text: '', choices: { state: 'succeeded', schedule: 'report' } }))).toEqual([9]);
+    expect(ids(filterRows(runs, columns, { text: '', choices: { state: 'succeeded', schedule: 'report' } }))).toEqual([
+      9
+    ]);
     expect(ids(filterRows(runs, columns, { text: '', choices: { state: '' } }))).toEqual([9, 10, 11, 2]);
     expect(ids(filterRows(runs, columns, { text: '', choices: { unknown: 'x' } }))).toEqual([9, 10, 11, 2]);
   });
