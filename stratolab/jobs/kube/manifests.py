@@ -57,9 +57,9 @@ from stratolab.jobs.kube.pod_env import (
     WORK_MOUNT,
     WORKDIR_VAR,
     escape_references,
-    expand,
-    localize_paths,
 )
+from stratolab.jobs.kube.pod_env import expand as expand  # re-exported: the executor and tests know them from here
+from stratolab.jobs.kube.pod_env import localize_paths as localize_paths
 from stratolab.kube.objects import (
     COMPONENT_LABEL,
     MANAGED_BY_LABEL,
@@ -74,12 +74,6 @@ from stratolab.platform.kube_profiles import KubernetesSettings, kubespawner_ove
 from stratolab.platform.names import dns_label, label_value
 from stratolab.platform.profiles import CPU_IMAGE, CUDA_IMAGE, Profile
 
-__all__ = [  # the pod's environment too, for callers that know it from here
-    "RUN_KEY_VAR", "RUN_TOKEN_VAR", "SCHEDULER_URL_VAR", "WORK_MOUNT", "WORKDIR_VAR", "expand", "localize_paths",
-    "dns_label", "label_value", "JobSettings", "RunPod", "job_name", "secret_name", "run_labels", "run_selector",
-    "job_manifest", "token_secret_manifest", "owner_reference",
-]
-
 AGENT_COMMAND = ("python", "-m", "stratolab.jobs.kube.agent")
 #: the name `make_pod` gives the main container (a server's is "notebook" too)
 CONTAINER_NAME = "notebook"
@@ -92,9 +86,11 @@ _ITEM_LISTS = ("volumes", "volume_mounts", "init_containers", "extra_containers"
 #: KubeSpawner settings whose strings it expands ({username}...) before `make_pod`
 _EXPANDED = ("volumes", "volume_mounts", "init_containers", "extra_containers", "extra_pod_config",
              "service_account", "extra_labels", "extra_annotations", "environment")
-#: `make_pod` arguments a profile's override gives as they are (after the two steps above)
-_FROM_PROFILE = (*_ITEM_LISTS[2:], "node_selector", "lifecycle_hooks", "scheduler_name", "priority_class_name",
-                 "extra_container_config", "extra_pod_config", "supplemental_gids")
+#: `make_pod` arguments a profile's override gives as they are (after the two steps above); its volumes
+#: and mounts follow the run's work volume
+_FROM_PROFILE = tuple(k for k in _ITEM_LISTS if k not in ("volumes", "volume_mounts")) + (
+    "node_selector", "lifecycle_hooks", "scheduler_name", "priority_class_name", "extra_container_config",
+    "extra_pod_config", "supplemental_gids")
 
 
 @dataclass(frozen=True)
@@ -271,8 +267,8 @@ def pod_template(run: RunPod, settings: JobSettings) -> dict[str, Any]:
     work_volume: dict[str, Any] = {"name": "work", "emptyDir": {}}
     if settings.work_size_limit:
         work_volume["emptyDir"]["sizeLimit"] = settings.work_size_limit
-    pull_secrets = [*(profile.get("image_pull_secrets") or []),
-                    *[n for n in settings.image_pull_secrets if n not in (profile.get("image_pull_secrets") or [])]]
+    profile_secrets = list(profile.get("image_pull_secrets") or [])
+    pull_secrets = profile_secrets + [n for n in settings.image_pull_secrets if n not in profile_secrets]
     labels = {**(profile.get("extra_labels") or {}), **run_labels(run.key, run.owner)}
     annotations = {**(profile.get("extra_annotations") or {}), **run_annotations(run)}
     pod = to_json(make_pod(
