@@ -91,7 +91,9 @@ def ready_client(km, timeout: float = 60):
     """A client of the started kernel, once the kernel answers (part of what a warm start saves)."""
     from jupyter_client import BlockingKernelClient
 
-    kc = BlockingKernelClient()
+    # `parent=km`: whether the kernel is alive is asked of its process, not of its heartbeat, whose one
+    # second without an answer (a loaded machine, a kernel still importing) reads as a dead kernel
+    kc = BlockingKernelClient(parent=km)
     kc.load_connection_info(km.get_connection_info())
     kc.start_channels()
     kc.wait_for_ready(timeout=timeout)
