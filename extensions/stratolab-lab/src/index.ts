@@ -3,16 +3,13 @@
  * function" for notebook code cells (context menu and cell toolbar), and "Schedule…" and "Tune…"
  * for notebooks (file browser context menu, notebook toolbar, command palette).
  */
-import {
-  ILayoutRestorer,
-  JupyterFrontEnd,
-  JupyterFrontEndPlugin
-} from '@jupyterlab/application';
+import { ILayoutRestorer, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { ICommandPalette } from '@jupyterlab/apputils';
 import { IDefaultFileBrowser } from '@jupyterlab/filebrowser';
 import { INotebookTracker } from '@jupyterlab/notebook';
 import { ILauncher } from '@jupyterlab/launcher';
 import { ISettingRegistry } from '@jupyterlab/settingregistry';
+import { LabIcon } from '@jupyterlab/ui-components';
 
 import { IAutoMLJob } from './automl/api';
 import { AutoMLSection } from './automl/section';
@@ -81,7 +78,13 @@ const plugin: JupyterFrontEndPlugin<void> = {
       }
     };
     const editSchedule = (schedule: ISchedule) =>
-      openScheduleDialog({ contents, path: schedule.notebook, schedule, beforeRead: saveIfOpen, onChanged: scheduleChanged });
+      openScheduleDialog({
+        contents,
+        path: schedule.notebook,
+        schedule,
+        beforeRead: saveIfOpen,
+        onChanged: scheduleChanged
+      });
     const jobs = new JobsSection({
       contents,
       openPath: path => app.commands.execute('docmanager:open', { path }),
@@ -176,49 +179,44 @@ const plugin: JupyterFrontEndPlugin<void> = {
       }
       return notebooks?.currentWidget?.context.path ?? null;
     };
-    app.commands.addCommand(CommandIDs.scheduleNotebook, {
+    // "Schedule…" and "Tune…": commands on a notebook, in the file browser's context menu and the palette.
+    const addNotebookCommand = (
+      id: string,
+      rank: number,
+      options: { label: string; caption: string; icon: LabIcon; open: (path: string) => Promise<void> }
+    ) => {
+      app.commands.addCommand(id, {
+        label: options.label,
+        caption: options.caption,
+        icon: options.icon,
+        isEnabled: args => notebookToSchedule(args) !== null,
+        execute: async args => {
+          const path = notebookToSchedule(args);
+          if (path) {
+            await options.open(path);
+          }
+        }
+      });
+      app.contextMenu.addItem({
+        command: id,
+        selector: '.jp-DirListing-item[data-file-type="notebook"]',
+        args: { source: 'filebrowser' },
+        rank
+      });
+      palette?.addItem({ command: id, category: 'Stratolab' });
+    };
+    addNotebookCommand(CommandIDs.scheduleNotebook, 60, {
       label: 'Schedule…',
       caption: 'Run this notebook on a schedule (cron) or on demand, as a job',
       icon: scheduleIcon,
-      isEnabled: args => notebookToSchedule(args) !== null,
-      execute: async args => {
-        const path = notebookToSchedule(args);
-        if (path) {
-          await openScheduleDialog({ contents, path, beforeRead: saveIfOpen, onChanged: scheduleChanged });
-        }
-      }
+      open: path => openScheduleDialog({ contents, path, beforeRead: saveIfOpen, onChanged: scheduleChanged })
     });
-    app.contextMenu.addItem({
-      command: CommandIDs.scheduleNotebook,
-      selector: '.jp-DirListing-item[data-file-type="notebook"]',
-      args: { source: 'filebrowser' },
-      rank: 60
-    });
-    if (palette) {
-      palette.addItem({ command: CommandIDs.scheduleNotebook, category: 'Stratolab' });
-    }
-
-    app.commands.addCommand(CommandIDs.tuneNotebook, {
+    addNotebookCommand(CommandIDs.tuneNotebook, 61, {
       label: 'Tune…',
       caption: 'Search the best values of this notebook’s parameters (AutoML: one run of the notebook per trial)',
       icon: tuneIcon,
-      isEnabled: args => notebookToSchedule(args) !== null,
-      execute: async args => {
-        const path = notebookToSchedule(args);
-        if (path) {
-          await openTuneDialog({ contents, path, beforeRead: saveIfOpen, onStarted: tuneStarted });
-        }
-      }
+      open: path => openTuneDialog({ contents, path, beforeRead: saveIfOpen, onStarted: tuneStarted })
     });
-    app.contextMenu.addItem({
-      command: CommandIDs.tuneNotebook,
-      selector: '.jp-DirListing-item[data-file-type="notebook"]',
-      args: { source: 'filebrowser' },
-      rank: 61
-    });
-    if (palette) {
-      palette.addItem({ command: CommandIDs.tuneNotebook, category: 'Stratolab' });
-    }
 
     // Fill the panel once, even while collapsed, so it is ready when opened.
     void panel.refresh();

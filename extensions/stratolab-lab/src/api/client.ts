@@ -77,7 +77,10 @@ export class ServiceClient {
     try {
       return JSON.parse(text) as T;
     } catch {
-      throw new ServiceError(`The ${this.service} service sent an answer to ${path} that is not JSON.`, response.status);
+      throw new ServiceError(
+        `The ${this.service} service sent an answer to ${path} that is not JSON.`,
+        response.status
+      );
     }
   }
 

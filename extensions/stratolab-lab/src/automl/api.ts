@@ -7,7 +7,6 @@ import { schedulerClient } from '../api/client';
 import { INotebookParameter } from '../jobs/api';
 import { IHistoryPoint } from './charts';
 
-
 /** One parameter's range or choices; `when` makes it apply only under a categorical choice. */
 export interface ISpaceItem {
   type: 'float' | 'int' | 'categorical';
@@ -97,7 +96,10 @@ export function listAutoMLJobs(): Promise<IAutoMLJob[]> {
 }
 
 export function proposeSpace(notebook: string, content?: unknown): Promise<IProposal> {
-  return schedulerClient.post<IProposal>('api/automl/propose', content === undefined ? { notebook } : { notebook, content });
+  return schedulerClient.post<IProposal>(
+    'api/automl/propose',
+    content === undefined ? { notebook } : { notebook, content }
+  );
 }
 
 export function startAutoMLJob(request: IAutoMLRequest): Promise<IAutoMLJob> {

@@ -44,6 +44,14 @@ function chart(height: number, testId: string, label: string): SVGSVGElement {
   return root;
 }
 
+/** A chart with only a note in its middle (nothing to draw yet). */
+function withNote(root: SVGSVGElement, height: number, text: string): SVGSVGElement {
+  root.append(
+    svg('text', { x: WIDTH / 2, y: height / 2, class: 'jp-Stratolab-chartNote', 'text-anchor': 'middle' }, text)
+  );
+  return root;
+}
+
 /** A number in few characters: 4 significant digits, exponent notation when tiny or huge. */
 export function formatNumber(value: number): string {
   if (!Number.isFinite(value)) {
@@ -71,7 +79,6 @@ function extent(values: number[]): [number, number] {
   return [Math.min(...values), Math.max(...values)];
 }
 
-
 export interface IHistoryPoint {
   number: number;
   value: number;
@@ -89,8 +96,7 @@ export function historyChart(history: IHistoryPoint[], metric: string): SVGSVGEl
   const top = 14;
   const bottom = height - 18;
   if (history.length === 0) {
-    root.append(svg('text', { x: WIDTH / 2, y: height / 2, class: 'jp-Stratolab-chartNote', 'text-anchor': 'middle' }, 'No completed trial yet'));
-    return root;
+    return withNote(root, height, 'No completed trial yet');
   }
   const [nLo, nHi] = extent(history.map(h => h.number));
   const [vLo, vHi] = extent(history.flatMap(h => [h.value, h.best]));
@@ -104,7 +110,11 @@ export function historyChart(history: IHistoryPoint[], metric: string): SVGSVGEl
     svg('text', { x: left - 3, y: bottom, class: 'jp-Stratolab-chartTick', 'text-anchor': 'end' }, formatNumber(vLo)),
     svg('text', { x: left, y: height - 5, class: 'jp-Stratolab-chartTick', 'text-anchor': 'start' }, `#${nLo}`),
     svg('text', { x: right, y: height - 5, class: 'jp-Stratolab-chartTick', 'text-anchor': 'end' }, `#${nHi}`),
-    svg('text', { x: (left + right) / 2, y: height - 5, class: 'jp-Stratolab-chartTick', 'text-anchor': 'middle' }, 'trial'),
+    svg(
+      'text',
+      { x: (left + right) / 2, y: height - 5, class: 'jp-Stratolab-chartTick', 'text-anchor': 'middle' },
+      'trial'
+    ),
     svg('text', { x: left + 2, y: 9, class: 'jp-Stratolab-chartLegend' }, `● ${metric}   — best so far`)
   );
 
@@ -125,7 +135,6 @@ export function historyChart(history: IHistoryPoint[], metric: string): SVGSVGEl
   return root;
 }
 
-
 /**
  * How much of the value's variation each parameter explains (Optuna's fANOVA), as bars, largest first.
  */
@@ -135,7 +144,13 @@ export function importanceBars(importances: Record<string, number>): SVGSVGEleme
   const height = Math.max(row * entries.length + 6, 30);
   const root = chart(height, 'stratolab-automl-importances', 'Parameter importances');
   if (entries.length === 0) {
-    root.append(svg('text', { x: WIDTH / 2, y: 18, class: 'jp-Stratolab-chartNote', 'text-anchor': 'middle' }, 'Needs two or more completed trials'));
+    root.append(
+      svg(
+        'text',
+        { x: WIDTH / 2, y: 18, class: 'jp-Stratolab-chartNote', 'text-anchor': 'middle' },
+        'Needs two or more completed trials'
+      )
+    );
     return root;
   }
   const labelRight = 76;
@@ -149,14 +164,24 @@ export function importanceBars(importances: Record<string, number>): SVGSVGEleme
     const group = svg('g', { 'data-param': name });
     group.append(
       svg('text', { x: labelRight, y: y + 11, class: 'jp-Stratolab-chartLabel', 'text-anchor': 'end' }, short),
-      svg('rect', { x: barLeft, y: y + 2, width: width.toFixed(1), height: row - 5, rx: 2, class: 'jp-Stratolab-chartBar' }),
-      svg('text', { x: barLeft + width + 4, y: y + 11, class: 'jp-Stratolab-chartTick' }, `${(weight * 100).toFixed(weight < 0.1 ? 1 : 0)}%`)
+      svg('rect', {
+        x: barLeft,
+        y: y + 2,
+        width: width.toFixed(1),
+        height: row - 5,
+        rx: 2,
+        class: 'jp-Stratolab-chartBar'
+      }),
+      svg(
+        'text',
+        { x: barLeft + width + 4, y: y + 11, class: 'jp-Stratolab-chartTick' },
+        `${(weight * 100).toFixed(weight < 0.1 ? 1 : 0)}%`
+      )
     );
     root.append(hover(group, `${name}: ${formatNumber(weight)}`));
   });
   return root;
 }
-
 
 /** One vertical axis: a parameter (its search space says the scale) or the objective. */
 export interface IAxis {
@@ -180,7 +205,10 @@ function categoryKey(value: unknown): string {
 }
 
 /** Where a value sits on an axis (0 bottom, 1 top), or null when the trial has none. */
-function axisPosition(axis: IAxis, lines: ILine[]): {
+function axisPosition(
+  axis: IAxis,
+  lines: ILine[]
+): {
   at: (v: unknown) => number | null;
   ticks: { at: number; label: string }[];
 } {
@@ -212,10 +240,13 @@ function axisPosition(axis: IAxis, lines: ILine[]): {
   const scale = linear(f(lo), f(hi), 0, 1);
   return {
     at: v => (typeof v === 'number' && Number.isFinite(v) && (!log || v > 0) ? scale(f(v)) : null),
-    ticks: lo === hi ? [{ at: 0.5, label: formatNumber(lo) }] : [
-      { at: 0, label: formatNumber(lo) },
-      { at: 1, label: formatNumber(hi) }
-    ]
+    ticks:
+      lo === hi
+        ? [{ at: 0.5, label: formatNumber(lo) }]
+        : [
+            { at: 0, label: formatNumber(lo) },
+            { at: 1, label: formatNumber(hi) }
+          ]
   };
 }
 
@@ -228,14 +259,15 @@ export function parallelCoordinates(axes: IAxis[], lines: ILine[]): SVGSVGElemen
   const height = 150;
   const root = chart(height, 'stratolab-automl-parallel', 'Parallel coordinates of the trials');
   if (axes.length === 0 || lines.length === 0) {
-    root.append(svg('text', { x: WIDTH / 2, y: height / 2, class: 'jp-Stratolab-chartNote', 'text-anchor': 'middle' }, 'No completed trial yet'));
-    return root;
+    return withNote(root, height, 'No completed trial yet');
   }
   const left = 24;
   const right = WIDTH - 24;
   const top = 24;
   const bottom = height - 14;
-  const xs = axes.map((_, i) => (axes.length === 1 ? (left + right) / 2 : left + (i * (right - left)) / (axes.length - 1)));
+  const xs = axes.map((_, i) =>
+    axes.length === 1 ? (left + right) / 2 : left + (i * (right - left)) / (axes.length - 1)
+  );
   const positions = axes.map(a => axisPosition(a, lines));
   const y = (p: number) => bottom - p * (bottom - top);
 
@@ -250,7 +282,16 @@ export function parallelCoordinates(axes: IAxis[], lines: ILine[]): SVGSVGElemen
     );
     for (const tick of positions[i].ticks) {
       root.append(
-        svg('text', { x: xs[i] + 2, y: y(tick.at) + (tick.at === 0 ? 10 : tick.at === 1 ? -3 : 3), class: 'jp-Stratolab-chartTick', 'text-anchor': i === axes.length - 1 && axes.length > 1 ? 'end' : 'start' }, tick.label)
+        svg(
+          'text',
+          {
+            x: xs[i] + 2,
+            y: y(tick.at) + (tick.at === 0 ? 10 : tick.at === 1 ? -3 : 3),
+            class: 'jp-Stratolab-chartTick',
+            'text-anchor': i === axes.length - 1 && axes.length > 1 ? 'end' : 'start'
+          },
+          tick.label
+        )
       );
     }
   });

@@ -19,13 +19,12 @@ export interface IAutoMLData {
   detail: IAutoMLDetail | null;
 }
 
-/** Milliseconds between refreshes while a search is queued or running, and otherwise. */
-const ACTIVE_POLL_MS = 2000;
-const IDLE_POLL_MS = 10000;
-
+/** The search whose trials are shown (null: none), and the data loaded for it. */
 export class AutoMLModel extends SectionModel<number | null, IAutoMLData> {
-  constructor() {
-    super(null, ACTIVE_POLL_MS, IDLE_POLL_MS);
+  protected readonly pollMs = { active: 2000, idle: 10000 };
+
+  protected isBusy(data: IAutoMLData): boolean {
+    return data.jobs.some(j => ACTIVE_STATES.includes(j.state));
   }
 
   /** The searches last loaded, newest first. */
@@ -55,9 +54,5 @@ export class AutoMLModel extends SectionModel<number | null, IAutoMLData> {
       detail = { jobId: job.id, version, trials, insights };
     }
     return { data: { jobs, detail }, selected };
-  }
-
-  protected isBusy(data: IAutoMLData): boolean {
-    return data.jobs.some(j => ACTIVE_STATES.includes(j.state));
   }
 }

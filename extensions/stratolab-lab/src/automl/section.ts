@@ -2,20 +2,27 @@
  * The AutoML section of the panel: the searches, and the selected one's leaderboard, charts, trial
  * notebooks and "Deploy best".
  */
-import { Dialog, showDialog } from '@jupyterlab/apputils';
 import { Contents } from '@jupyterlab/services';
 
 import { schedulerClient } from '../api/client';
-import { PanelSection } from '../environment/panel';
-import { deployBundle, IFunction } from '../functions/api';
-import { functionNameInput } from '../functions/widgets';
+import { ModelSection } from '../environment/panel';
+import { IFunction } from '../functions/api';
 import { ACTIVE_STATES, formatDuration, formatTime } from '../jobs/format';
 import { ensureDirectory } from '../jobs/notebooks';
-import { actionButtons, alertNode, button, el, facts, fieldRow, FormBody, guarded, NodeCache, readOnlyField, setProgress } from '../ui';
-import { fetchBestBundle, IAutoMLJob, IInsights, ITrial } from './api';
+import { button, el, facts, guarded, NodeCache } from '../ui';
+import { deployBestTrial, searchActions } from './actions';
+import { IAutoMLJob, IInsights, ITrial } from './api';
 import { AutoMLModel } from './model';
 import { historyChart, importanceBars, parallelCoordinates } from './charts';
-import { bestFunctionName, countsText, ENDED_TRIAL_STATES, formatValue, parallelData, sortTrials, trialNotebookPath, trialStateLabel } from './trials';
+import {
+  countsText,
+  ENDED_TRIAL_STATES,
+  formatValue,
+  parallelData,
+  sortTrials,
+  trialNotebookPath,
+  trialStateLabel
+} from './trials';
 
 /** What the AutoML section needs from the lab. */
 export interface IAutoMLSectionOptions {
@@ -29,61 +36,24 @@ export interface IAutoMLSectionOptions {
  * The user's AutoML searches; the selected one's leaderboard, charts and actions. Reloads every 2 s
  * while a search is queued or running and the panel is visible.
  */
-export class AutoMLSection extends PanelSection {
+export class AutoMLSection extends ModelSection<number | null, AutoMLModel> {
   constructor(private readonly options: IAutoMLSectionOptions) {
-    super({ title: 'AutoML', testId: 'stratolab-automl', className: 'jp-Stratolab-automl' });
-    this.errorNode = el('div', 'jp-Stratolab-jobsError');
-    this.jobsNode = el('div', 'jp-Stratolab-automlJobs', undefined, 'stratolab-automl-jobs');
-    this.detailNode = el('div', 'jp-Stratolab-automlDetail', undefined, 'stratolab-automl-detail');
+    super(
+      {
+        title: 'AutoML',
+        testId: 'stratolab-automl',
+        className: 'jp-Stratolab-automl',
+        errorTestId: 'stratolab-automl-error'
+      },
+      new AutoMLModel(null)
+    );
     this.body.append(this.errorNode, this.jobsNode, this.detailNode);
-    this.jobsNode.append(el('p', 'jp-Stratolab-loading', 'Loading…'));
-    this.model.changed.connect(() => {
-      this.errorNode.replaceChildren();
-      this.render();
-    });
-    this.model.failed.connect((_, message) => this.errorNode.replaceChildren(alertNode(message, 'stratolab-automl-error')));
     this.model.startPolling(this);
+    this.jobsNode.append(el('p', 'jp-Stratolab-loading', 'Loading…'));
   }
 
-  /** The searches and the selected one's trials shown, the selection, polling. */
-  readonly model = new AutoMLModel();
-
-  /** The search whose leaderboard is shown; null for none. */
-  get selected(): number | null {
-    return this.model.selected;
-  }
-
-  set selected(id: number | null) {
-    this.model.selected = id;
-  }
-
-  /** Reload the searches and the selected one's trials and insights (`fresh`: after a change). */
-  refresh(fresh = false): Promise<void> {
-    return this.model.refresh(fresh);
-  }
-
-  dispose(): void {
-    this.model.dispose();
-    super.dispose();
-  }
-
-  private render(): void {
-    if (this.model.jobs.length === 0) {
-      this.jobsNode.replaceChildren(
-        el(
-          'p',
-          'jp-Stratolab-note',
-          'No AutoML searches yet. Right-click a notebook with a “parameters” cell and choose “Tune…”.',
-          'stratolab-automl-empty'
-        )
-      );
-    } else {
-      this.jobsNode.replaceChildren(
-        ...this.model.jobs.map(j =>
-          this.jobNodes.reuse(j.id, { j, selected: j.id === this.model.selected }, () => this.renderJob(j))
-        )
-      );
-    }
+  protected render(): void {
+    this.showCards(this.jobsNode, this.jobNodes, this.model.jobs, j => this.renderJob(j), NO_SEARCHES);
     const job = this.model.jobs.find(j => j.id === this.model.selected);
     const detail = this.model.detail;
     if (!job || !detail) {
@@ -100,12 +70,19 @@ export class AutoMLSection extends PanelSection {
     card.dataset.automlState = j.state;
     card.classList.toggle('jp-mod-selected', j.id === this.model.selected);
 
-    const title = el('div', 'jp-Stratolab-functionTitle');
-    const name = el('button', 'jp-Stratolab-scheduleName', j.name, `stratolab-automl-job-${j.id}-select`);
-    name.type = 'button';
-    name.title = j.id === this.model.selected ? 'Hide the leaderboard' : 'Show the leaderboard and charts of this search';
-    name.addEventListener('click', () => (this.selected = j.id === this.model.selected ? null : j.id));
-    title.append(name, el('span', `jp-Stratolab-badge jp-Stratolab-state jp-mod-${j.state}`, j.state, `stratolab-automl-job-${j.id}-state`));
+    const state = el(
+      'span',
+      `jp-Stratolab-badge jp-Stratolab-state jp-mod-${j.state}`,
+      j.state,
+      `stratolab-automl-job-${j.id}-state`
+    );
+    const title = this.selectableTitle(
+      j.id,
+      j.name,
+      `stratolab-automl-job-${j.id}-select`,
+      { select: 'Show the leaderboard and charts of this search', unselect: 'Hide the leaderboard' },
+      state
+    );
     if (ACTIVE_STATES.includes(j.state)) {
       title.append(el('span', 'jp-Stratolab-spinner'));
     }
@@ -122,12 +99,14 @@ export class AutoMLSection extends PanelSection {
     }
 
     const actions = el('div', 'jp-Stratolab-actions');
-    const act = actionButtons(`stratolab-automl-job-${j.id}-action`, run => this.guard(run));
-    if (ACTIVE_STATES.includes(j.state)) {
-      actions.append(act('Stop', 'Stop the search: running trials are stopped, completed ones kept', () => schedulerClient.post(`api/automl/${j.id}/stop`)));
-    } else {
-      actions.append(act('Delete', 'Delete the search, its trials and their outputs', () => this.remove(j)));
-    }
+    actions.append(
+      ...searchActions(
+        j,
+        `stratolab-automl-job-${j.id}-action`,
+        run => this.guard(run),
+        () => this.outcomes.delete(j.id)
+      )
+    );
     card.append(actions);
     return card;
   }
@@ -139,8 +118,12 @@ export class AutoMLSection extends PanelSection {
     const title = this.chartNodes.reuse(`title-${job.id}`, [job.name, job.best], () => {
       const node = el('div', 'jp-Stratolab-subTitle');
       node.append(el('span', '', `Leaderboard of ${job.name}`));
-      const deploy = button('Deploy best', () => void this.deployBest(job), 'stratolab-automl-deploy-best',
-        job.best ? `Deploy the model of trial #${job.best.number} as a function` : 'No trial has completed yet');
+      const deploy = button(
+        'Deploy best',
+        () => void this.deployBest(job),
+        'stratolab-automl-deploy-best',
+        job.best ? `Deploy the model of trial #${job.best.number} as a function` : 'No trial has completed yet'
+      );
       deploy.classList.add('jp-mod-accept');
       node.append(deploy);
       return node;
@@ -149,7 +132,9 @@ export class AutoMLSection extends PanelSection {
     deploy.disabled = !job.best || this.deploying.has(job.id);
     detail.append(title, this.deployOutcome(job.id));
 
-    detail.append(this.tableNodes.reuse(job.id, [job.config, job.best?.number, trials], () => this.renderLeaderboard(job, trials)));
+    detail.append(
+      this.tableNodes.reuse(job.id, [job.config, job.best?.number, trials], () => this.renderLeaderboard(job, trials))
+    );
 
     const chart = (label: string, node: SVGElement, testId: string) => {
       const box = el('figure', 'jp-Stratolab-chartBox', undefined, testId);
@@ -158,14 +143,21 @@ export class AutoMLSection extends PanelSection {
     };
     detail.append(
       this.chartNodes.reuse(`history-${job.id}`, insights.history, () =>
-        chart('Optimization history', historyChart(insights.history, job.config.metric), 'stratolab-automl-history-box')),
+        chart('Optimization history', historyChart(insights.history, job.config.metric), 'stratolab-automl-history-box')
+      ),
       this.chartNodes.reuse(`importances-${job.id}`, insights.importances, () =>
-        chart('Parameter importances', importanceBars(insights.importances), 'stratolab-automl-importances-box'))
+        chart('Parameter importances', importanceBars(insights.importances), 'stratolab-automl-importances-box')
+      )
     );
     const parallel = parallelData(job, trials);
     detail.append(
       this.chartNodes.reuse(`parallel-${job.id}`, parallel, () =>
-        chart('Parallel coordinates', parallelCoordinates(parallel.axes, parallel.lines), 'stratolab-automl-parallel-box'))
+        chart(
+          'Parallel coordinates',
+          parallelCoordinates(parallel.axes, parallel.lines),
+          'stratolab-automl-parallel-box'
+        )
+      )
     );
     return detail;
   }
@@ -223,18 +215,32 @@ export class AutoMLSection extends PanelSection {
     const actions = cell('', 'jp-Stratolab-trialActions');
     if (ENDED_TRIAL_STATES.includes(t.state) && t.state !== 'lost') {
       actions.append(
-        button('Open', () => void this.guard(() => this.openTrial(job, t)), `stratolab-automl-trial-${t.number}-open`,
-          `Open the executed notebook of trial #${t.number} (a copy in stratolab-automl/)`)
+        button(
+          'Open',
+          () => void this.guard(() => this.openTrial(job, t)),
+          `stratolab-automl-trial-${t.number}-open`,
+          `Open the executed notebook of trial #${t.number} (a copy in stratolab-automl/)`
+        )
       );
     }
     cell(`${t.number}${best ? ' ★' : ''}`, 'jp-Stratolab-trialNumber').title = best ? 'The best trial' : '';
     cell(formatValue(t.value), 'jp-Stratolab-valueCell', `stratolab-automl-trial-${t.number}-value`);
     for (const p of params) {
-      cell(p in t.params ? formatValue(t.params[p]) : '', 'jp-Stratolab-paramCell').title = p in t.params ? `${p} = ${formatValue(t.params[p])}` : `${p} did not apply`;
+      cell(p in t.params ? formatValue(t.params[p]) : '', 'jp-Stratolab-paramCell').title =
+        p in t.params ? `${p} = ${formatValue(t.params[p])}` : `${p} did not apply`;
     }
     const state = cell('', '');
-    state.append(el('span', `jp-Stratolab-badge jp-Stratolab-state jp-mod-${t.state}`, trialStateLabel(t.state), `stratolab-automl-trial-${t.number}-state`));
-    cell(formatDuration(t.duration), 'jp-Stratolab-durationCell').title = t.started_at ? `Started ${formatTime(t.started_at)}` : '';
+    state.append(
+      el(
+        'span',
+        `jp-Stratolab-badge jp-Stratolab-state jp-mod-${t.state}`,
+        trialStateLabel(t.state),
+        `stratolab-automl-trial-${t.number}-state`
+      )
+    );
+    cell(formatDuration(t.duration), 'jp-Stratolab-durationCell').title = t.started_at
+      ? `Started ${formatTime(t.started_at)}`
+      : '';
     const rows = [row];
     if (t.error) {
       const errorRow = el('tr', 'jp-Stratolab-trialErrorRow');
@@ -274,76 +280,20 @@ export class AutoMLSection extends PanelSection {
     await openPath(path);
   }
 
-  private async remove(j: IAutoMLJob): Promise<void> {
-    const result = await showDialog({
-      title: `Delete ${j.name}?`,
-      body: 'Its trials, their executed notebooks and saved models are deleted (functions already deployed stay).',
-      buttons: [Dialog.cancelButton(), Dialog.warnButton({ label: 'Delete' })]
-    });
-    if (result.button.accept) {
-      await schedulerClient.delete(`api/automl/${j.id}`);
-      this.outcomes.delete(j.id);
-    }
-  }
-
-  /** Ask for the function's name, then fetch the best trial's bundle and deploy it. */
+  /** Deploy best, reporting in the search's outcome node; its button is disabled while it deploys. */
   private async deployBest(job: IAutoMLJob): Promise<void> {
-    const form = el('div', 'jp-Stratolab-form');
-    const input = functionNameInput('stratolab-automl-deploy-name', bestFunctionName(job.name));
-    const row = fieldRow('Function name', input);
-    const best = job.best;
-    form.append(
-      el('p', 'jp-Stratolab-note', best
-        ? `The model of trial #${best.number} (${job.config.metric} ${formatValue(best.value)}) becomes a new version of this function.`
-        : 'No trial has completed yet.'),
-      row
-    );
-    const result = await showDialog({
-      title: `Deploy the best trial of ${job.name}`,
-      body: new FormBody(form, () => input.value.trim()),
-      buttons: [Dialog.cancelButton(), Dialog.okButton({ label: 'Deploy' })],
-      focusNodeSelector: 'input'
-    });
-    const name = result.value;
-    if (!result.button.accept || !name) {
-      return;
-    }
-    const outcome = this.deployOutcome(job.id);
-    const fail = (message: string) => outcome.replaceChildren(alertNode(message, 'stratolab-automl-deploy-error'));
-    if (!input.checkValidity()) {
-      fail(`Invalid function name “${name}”: ${input.title}.`);
-      return;
-    }
-    this.deploying.add(job.id);
-    this.setDeployButton(job.id, true);
-    const progress = el('div', 'jp-Stratolab-progress', undefined, 'stratolab-automl-deploy-progress');
-    setProgress(progress, 'Deploying the best trial’s model…');
-    outcome.replaceChildren(progress);
-    try {
-      const bundle = await fetchBestBundle(job.id);
-      const fn = await deployBundle(name, bundle);
-      const url = readOnlyField(fn.url, 'stratolab-automl-deploy-url');
-      const nodes: HTMLElement[] = [
-        el('div', 'jp-Stratolab-success', `Deployed ${fn.name}, version ${fn.version ?? '?'}${best ? `, from trial #${best.number}` : ''}.`, 'stratolab-automl-deploy-success'),
-        el('div', 'jp-Stratolab-fieldLabel', 'Endpoint'),
-        url
-      ];
-      if (fn.key) {
-        const key = readOnlyField(fn.key, 'stratolab-automl-deploy-key');
-        nodes.push(
-          el('div', 'jp-Stratolab-fieldLabel', 'Function key'),
-          key,
-          el('div', 'jp-Stratolab-note jp-Stratolab-keyNote', 'Shown once: store it now. Callers send it as the X-Function-Key header.')
-        );
+    await deployBestTrial(job, {
+      outcome: this.deployOutcome(job.id),
+      onDeployed: this.options.onDeployed,
+      onBusy: busy => {
+        if (busy) {
+          this.deploying.add(job.id);
+        } else {
+          this.deploying.delete(job.id);
+        }
+        this.setDeployButton(job.id, busy);
       }
-      outcome.replaceChildren(...nodes);
-      this.options.onDeployed?.(fn);
-    } catch (error) {
-      fail((error as Error).message || String(error));
-    } finally {
-      this.deploying.delete(job.id);
-      this.setDeployButton(job.id, false);
-    }
+    });
   }
 
   private setDeployButton(jobId: number, busy: boolean): void {
@@ -355,9 +305,8 @@ export class AutoMLSection extends PanelSection {
     }
   }
 
-  private readonly errorNode: HTMLElement;
-  private readonly jobsNode: HTMLElement;
-  private readonly detailNode: HTMLElement;
+  private readonly jobsNode = el('div', 'jp-Stratolab-automlJobs', undefined, 'stratolab-automl-jobs');
+  private readonly detailNode = el('div', 'jp-Stratolab-automlDetail', undefined, 'stratolab-automl-detail');
   private readonly jobNodes = new NodeCache<number>(CACHE_LIMIT);
   private readonly tableNodes = new NodeCache<number>(CACHE_LIMIT);
   private readonly chartNodes = new NodeCache<string, HTMLElement | SVGElement>(CACHE_LIMIT);
@@ -367,3 +316,9 @@ export class AutoMLSection extends PanelSection {
 
 /** Nodes kept for reuse before the cache starts over. */
 const CACHE_LIMIT = 200;
+
+/** What the list says before the first search. */
+const NO_SEARCHES: [string, string] = [
+  'No AutoML searches yet. Right-click a notebook with a “parameters” cell and choose “Tune…”.',
+  'stratolab-automl-empty'
+];

@@ -6,7 +6,6 @@ import { INotebookParameter } from '../jobs/api';
 import { typedNumber } from '../ui/parse';
 import { ISpaceItem } from './api';
 
-
 /**
  * Choices typed with commas between them, each a JSON value where it parses (`1`, `true`, `null`,
  * `"a b"`), else the text itself (quotes '…' around it dropped): `mlp, 'logreg', 3` → ["mlp", "logreg", 3].
@@ -51,7 +50,9 @@ export function startingItem(p: INotebookParameter, proposed?: ISpaceItem): ISpa
   }
   const d = p.default;
   if (p.type === 'float' && typeof d === 'number') {
-    return d > 0 ? { type: 'float', low: d / 10, high: d * 10, log: true } : { type: 'float', low: d - 1, high: d + 1, log: false };
+    return d > 0
+      ? { type: 'float', low: d / 10, high: d * 10, log: true }
+      : { type: 'float', low: d - 1, high: d + 1, log: false };
   }
   if (p.type === 'int' && typeof d === 'number') {
     return d > 0
@@ -149,7 +150,10 @@ const BUDGET = [
 ] as const;
 
 /** The budget's whole numbers (undefined: not given), or what is wrong with them. */
-export function readBudget(fields: BudgetFields): { numbers: Partial<Record<keyof BudgetFields, number>>; problems: Problems } {
+export function readBudget(fields: BudgetFields): {
+  numbers: Partial<Record<keyof BudgetFields, number>>;
+  problems: Problems;
+} {
   const numbers: Partial<Record<keyof BudgetFields, number>> = {};
   const problems: Problems = [];
   for (const [field, low, required] of BUDGET) {

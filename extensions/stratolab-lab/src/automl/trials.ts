@@ -5,7 +5,6 @@
 import { Direction, IAutoMLJob, ITrial } from './api';
 import { formatNumber, IAxis, ILine } from './charts';
 
-
 /** Trial states that change no more (a lost trial is run again as a new one). */
 export const ENDED_TRIAL_STATES = ['complete', 'pruned', 'fail', 'lost'];
 
@@ -102,7 +101,9 @@ export function parallelData(job: IAutoMLJob, trials: ReadonlyArray<ITrial>): { 
   const lines: ILine[] = complete.map(t => {
     const v = t.value as number;
     const raw = hi > lo ? (v - lo) / (hi - lo) : 1;
-    const params = Object.entries(t.params).map(([k, p]) => `${k}=${formatValue(p)}`).join(', ');
+    const params = Object.entries(t.params)
+      .map(([k, p]) => `${k}=${formatValue(p)}`)
+      .join(', ');
     return {
       values: { ...t.params, [valueAxis]: v },
       score: job.config.direction === 'maximize' ? raw : 1 - raw,

@@ -7,17 +7,35 @@
  */
 import { Dialog } from '@jupyterlab/apputils';
 import { Contents } from '@jupyterlab/services';
-import { Widget } from '@lumino/widgets';
 
 import { ServiceError } from '../api/client';
-import { INotebookParameter, listProfiles } from '../jobs/api';
-import { profileOptions } from '../jobs/format';
+import { INotebookParameter } from '../jobs/api';
 import { defaultScheduleName, formatParameterValue } from '../jobs/scheduleForm';
-import { readNotebookContent } from '../jobs/notebooks';
-import { alertNode, checkbox, details, el, FieldErrors, fieldRow, FormDialog, IField, ISubmittingForm, numberField, selectInput, setOptions, setProgress, smallInput, textField } from '../ui';
-import { IAutoMLJob, IAutoMLRequest, ISearchSpace, ISpaceItem, listAutoMLJobs, proposeSpace, startAutoMLJob } from './api';
+import { askParameters, environmentSelect } from '../jobs/fields';
+import { notebookContent, readNotebookContent } from '../jobs/notebooks';
+import { FormDialog, SubmittingForm } from '../ui/dialogs';
+import { alertNode, el } from '../ui/dom';
+import {
+  checkbox,
+  details,
+  fieldRow,
+  IField,
+  numberField,
+  selectInput,
+  setOptions,
+  smallInput,
+  textField
+} from '../ui/fields';
+import {
+  IAutoMLJob,
+  IAutoMLRequest,
+  ISearchSpace,
+  ISpaceItem,
+  listAutoMLJobs,
+  proposeSpace,
+  startAutoMLJob
+} from './api';
 import { formatChoices, parseChoices, Problems, readBudget, readSpaceItem, startingItem, uniqueName } from './space';
-
 
 export const inline = (label: string, input: HTMLElement) => fieldRow(label, input, 'jp-Stratolab-inline');
 
@@ -41,14 +59,22 @@ class SpaceRow {
     const head = el('div', 'jp-Stratolab-spaceHead');
     this.search = checkbox('search', id('search'), proposed !== undefined);
     this.search.input.title = `Search ${name} (unticked, it keeps the notebook’s value)`;
-    this.type = selectInput(id('type'), SPACE_TYPES.map(t => [t, t] as const), item.type);
+    this.type = selectInput(
+      id('type'),
+      SPACE_TYPES.map(t => [t, t] as const),
+      item.type
+    );
     this.type.classList.add('jp-Stratolab-smallInput');
     this.type.setAttribute('aria-label', `Type of ${name}`);
     const defaultText = formatParameterValue(parameter.default, parameter.type) || '""';
     head.append(
       this.search.row,
       el('span', 'jp-Stratolab-spaceName', name),
-      el('span', 'jp-Stratolab-note', `${parameter.type} · default ${defaultText}${parameter.help ? ` · ${parameter.help}` : ''}`),
+      el(
+        'span',
+        'jp-Stratolab-note',
+        `${parameter.type} · default ${defaultText}${parameter.help ? ` · ${parameter.help}` : ''}`
+      ),
       this.type
     );
 
@@ -119,7 +145,10 @@ class SpaceRow {
   setParents(names: string[]): void {
     const wanted = this.parent.value || this.pendingParent;
     const options = ['', ...names.filter(n => n !== this.parameter.name)];
-    setOptions(this.parent, options.map(n => [n, n || 'always'] as const));
+    setOptions(
+      this.parent,
+      options.map(n => [n, n || 'always'] as const)
+    );
     this.parent.value = options.includes(wanted) ? wanted : '';
     // Without a searched categorical parameter to depend on, there is no condition to set.
     this.condition.hidden = options.length === 1;
@@ -177,7 +206,6 @@ class SpaceRow {
   private pendingParent: string;
 }
 
-
 export interface ITuneDialogOptions {
   contents: Contents.IManager;
   /** The notebook's contents path. */
@@ -195,10 +223,15 @@ const SPACE_TYPES = ['float', 'int', 'categorical'] as const;
 /**
  * The dialog's body: the space, the objective and the budget, the errors next to their fields.
  */
-export class TuneForm extends Widget implements ISubmittingForm<Action> {
+export class TuneForm extends SubmittingForm<Action> {
   constructor(private readonly options: ITuneDialogOptions) {
-    super({ node: el('div', 'jp-Stratolab-scheduleForm jp-Stratolab-tuneForm', undefined, 'stratolab-tune-form') });
-    this.node.append(this.errors.top);
+    super({
+      className: 'jp-Stratolab-scheduleForm jp-Stratolab-tuneForm',
+      testId: 'stratolab-tune-form',
+      errorTestId: 'stratolab-tune-error',
+      errorSeparators: /[._]/g,
+      progressTestId: 'stratolab-tune-progress'
+    });
 
     const form = el('div', 'jp-Stratolab-form');
     form.append(el('div', 'jp-Stratolab-note', `Notebook: ${options.path}`, 'stratolab-tune-notebook'));
@@ -214,24 +247,59 @@ export class TuneForm extends Widget implements ISubmittingForm<Action> {
     form.append(space.details);
 
     this.metric = textField('Objective metric', 'stratolab-tune-metric', '', 'val_accuracy');
-    this.direction = selectInput('stratolab-tune-direction', [['maximize', 'maximize'], ['minimize', 'minimize']], 'maximize');
+    this.direction = selectInput(
+      'stratolab-tune-direction',
+      [
+        ['maximize', 'maximize'],
+        ['minimize', 'minimize']
+      ],
+      'maximize'
+    );
     form.append(
-      this.errors.group(this.metric.row, 'metric', el('div', 'jp-Stratolab-note jp-Stratolab-paramDefault',
-        'What the notebook records with stratolab.record("name", value), e.g. val_accuracy.')),
+      this.errors.group(
+        this.metric.row,
+        'metric',
+        el(
+          'div',
+          'jp-Stratolab-note jp-Stratolab-paramDefault',
+          'What the notebook records with stratolab.record("name", value), e.g. val_accuracy.'
+        )
+      ),
       this.errors.group(fieldRow('Direction', this.direction), 'direction')
     );
 
     this.trials = numberField('Trials', 20, { min: 1, testId: 'stratolab-tune-trials' });
     this.parallel = numberField('Parallel trials', 2, { min: 1, testId: 'stratolab-tune-parallel' });
     form.append(this.errors.group(this.trials.row, 'trials'), this.errors.group(this.parallel.row, 'parallel'));
-    this.profile = selectInput('stratolab-tune-profile', [['', 'Default environment']], '');
-    form.append(this.errors.group(fieldRow('Environment', this.profile), 'profile', el('div', 'jp-Stratolab-note jp-Stratolab-paramDefault',
-      'Every trial runs in it. On a GPU environment each trial gets its own GPUs: no more run at once than there are.')));
+    this.profile = environmentSelect('stratolab-tune-profile', '', this.errors, 'per trial');
+    form.append(
+      this.errors.group(
+        fieldRow('Environment', this.profile),
+        'profile',
+        el(
+          'div',
+          'jp-Stratolab-note jp-Stratolab-paramDefault',
+          'Every trial runs in it. On a GPU environment each trial gets its own GPUs: no more run at once than there are.'
+        )
+      )
+    );
 
     const limits = details('Limits', 'stratolab-tune-limits');
-    this.timeout = numberField('Time limit (s)', null, { min: 1, placeholder: 'none', testId: 'stratolab-tune-timeout' });
-    this.maxFailed = numberField('Failed trials tolerated', null, { min: 0, placeholder: 'max(3, trials ÷ 4)', testId: 'stratolab-tune-max-failed' });
-    this.trialTimeout = numberField('Trial timeout (s)', null, { min: 1, placeholder: 'none', testId: 'stratolab-tune-trial-timeout' });
+    this.timeout = numberField('Time limit (s)', null, {
+      min: 1,
+      placeholder: 'none',
+      testId: 'stratolab-tune-timeout'
+    });
+    this.maxFailed = numberField('Failed trials tolerated', null, {
+      min: 0,
+      placeholder: 'max(3, trials ÷ 4)',
+      testId: 'stratolab-tune-max-failed'
+    });
+    this.trialTimeout = numberField('Trial timeout (s)', null, {
+      min: 1,
+      placeholder: 'none',
+      testId: 'stratolab-tune-trial-timeout'
+    });
     limits.body.append(
       this.errors.group(this.timeout.row, 'timeout'),
       this.errors.group(this.maxFailed.row, 'max_failed'),
@@ -240,29 +308,43 @@ export class TuneForm extends Widget implements ISubmittingForm<Action> {
     form.append(limits.details);
 
     const algorithm = details('Algorithm', 'stratolab-tune-algorithm-settings');
-    this.algorithm = selectInput('stratolab-tune-algorithm', [
-      ['tpe', 'TPE (Bayesian, default)'],
-      ['random', 'Random'],
-      ['cmaes', 'CMA-ES'],
-      ['grid', 'Grid (choices and int ranges; steps for floats)']
-    ], 'tpe');
-    this.pruner = selectInput('stratolab-tune-pruner', [
-      ['none', 'None'],
-      ['median', 'Median'],
-      ['successive_halving', 'Successive halving'],
-      ['hyperband', 'Hyperband']
-    ], 'none');
+    this.algorithm = selectInput(
+      'stratolab-tune-algorithm',
+      [
+        ['tpe', 'TPE (Bayesian, default)'],
+        ['random', 'Random'],
+        ['cmaes', 'CMA-ES'],
+        ['grid', 'Grid (choices and int ranges; steps for floats)']
+      ],
+      'tpe'
+    );
+    this.pruner = selectInput(
+      'stratolab-tune-pruner',
+      [
+        ['none', 'None'],
+        ['median', 'Median'],
+        ['successive_halving', 'Successive halving'],
+        ['hyperband', 'Hyperband']
+      ],
+      'none'
+    );
     this.seed = numberField('Seed', null, { min: 0, placeholder: 'random', testId: 'stratolab-tune-seed' });
     algorithm.body.append(
       this.errors.group(fieldRow('Sampler', this.algorithm), 'algorithm'),
-      this.errors.group(fieldRow('Pruner', this.pruner), 'pruner', el('div', 'jp-Stratolab-note jp-Stratolab-paramDefault',
-        'Stops unpromising trials early: needs stratolab.report(step, value) in the notebook.')),
+      this.errors.group(
+        fieldRow('Pruner', this.pruner),
+        'pruner',
+        el(
+          'div',
+          'jp-Stratolab-note jp-Stratolab-paramDefault',
+          'Stops unpromising trials early: needs stratolab.report(step, value) in the notebook.'
+        )
+      ),
       this.errors.group(this.seed.row, 'seed')
     );
     form.append(algorithm.details);
 
-    this.progress = el('div', 'jp-Stratolab-progress', '', 'stratolab-tune-progress');
-    this.node.append(form, this.progress);
+    this.setForm(form);
 
     // Editing a field takes back what was said about it.
     const clear = (event: Event) => {
@@ -292,7 +374,7 @@ export class TuneForm extends Widget implements ISubmittingForm<Action> {
     if (!request) {
       return false;
     }
-    setProgress(this.progress, 'Starting the search…');
+    this.setProgress('Starting the search…');
     try {
       this.job = await startAutoMLJob(request);
       this.options.onStarted?.(this.job);
@@ -302,7 +384,7 @@ export class TuneForm extends Widget implements ISubmittingForm<Action> {
       this.errors.show(field ?? '', (error as Error).message || String(error));
       return false;
     } finally {
-      setProgress(this.progress, '');
+      this.setProgress('');
     }
   }
 
@@ -371,15 +453,7 @@ export class TuneForm extends Widget implements ISubmittingForm<Action> {
         request[key] = numbers[key];
       }
     }
-    const content = await this.readNotebook();
-    if (content !== undefined) {
-      request.content = content;
-    }
-    return request;
-  }
-
-  private readNotebook(): Promise<unknown> {
-    return readNotebookContent(this.options);
+    return { ...request, ...(await notebookContent(this.options)) };
   }
 
   /** The proposed space, one row per parameter; and a name no other search has. */
@@ -387,26 +461,24 @@ export class TuneForm extends Widget implements ISubmittingForm<Action> {
     void listAutoMLJobs()
       .then(jobs => {
         if (!this.nameEdited) {
-          this.name.input.value = uniqueName(this.baseName, jobs.map(j => j.name));
+          this.name.input.value = uniqueName(
+            this.baseName,
+            jobs.map(j => j.name)
+          );
         }
       })
       .catch(() => undefined);
-    void this.loadProfiles();
-    let proposal;
-    try {
-      proposal = await proposeSpace(this.options.path, await this.readNotebook());
-    } catch (error) {
-      this.spaceBody.replaceChildren(
-        el('p', 'jp-Stratolab-error', `Cannot read the notebook’s parameters: ${(error as Error).message}`, 'stratolab-tune-space-error')
-      );
-      return;
-    }
-    if (proposal.parameters.length === 0) {
-      this.spaceBody.replaceChildren(
-        el('p', 'jp-Stratolab-error',
-          'This notebook has no cell tagged “parameters”: AutoML searches over its values. Add one (with assignments like lr = 0.01) first.',
-          'stratolab-tune-no-parameters')
-      );
+    const proposal = await askParameters(
+      this.spaceBody,
+      async () => proposeSpace(this.options.path, await readNotebookContent(this.options)),
+      {
+        className: 'jp-Stratolab-error',
+        errorTestId: 'stratolab-tune-space-error',
+        none: 'This notebook has no cell tagged “parameters”: AutoML searches over its values. Add one (with assignments like lr = 0.01) first.',
+        noneTestId: 'stratolab-tune-no-parameters'
+      }
+    );
+    if (!proposal) {
       return;
     }
     this.rows = proposal.parameters.map(p => new SpaceRow(p, proposal.space[p.name], () => this.updateConditions()));
@@ -417,21 +489,14 @@ export class TuneForm extends Widget implements ISubmittingForm<Action> {
       }
     }
     this.spaceBody.replaceChildren(
-      el('p', 'jp-Stratolab-note', 'Proposed from the parameters cell: tick what to search and adjust the ranges. The others keep the notebook’s values.'),
+      el(
+        'p',
+        'jp-Stratolab-note',
+        'Proposed from the parameters cell: tick what to search and adjust the ranges. The others keep the notebook’s values.'
+      ),
       ...this.rows.map(r => r.node)
     );
     this.updateConditions();
-  }
-
-  /** The scheduler's environments, GPU ones with their GPU count (the Schedule dialog's list). */
-  private async loadProfiles(): Promise<void> {
-    try {
-      const wanted = this.profile.value;
-      setOptions(this.profile, profileOptions(await listProfiles(), wanted, 'per trial'));
-      this.profile.value = wanted;
-    } catch (error) {
-      this.errors.show('profile', `Cannot list the environments: ${(error as Error).message}`);
-    }
   }
 
   /** A parameter may depend on a searched categorical one that has no condition itself. */
@@ -457,8 +522,6 @@ export class TuneForm extends Widget implements ISubmittingForm<Action> {
   private readonly algorithm: HTMLSelectElement;
   private readonly pruner: HTMLSelectElement;
   private readonly seed: IField;
-  private readonly progress: HTMLElement;
-  private readonly errors = new FieldErrors('stratolab-tune-error', /[._]/g);
   private rows: SpaceRow[] = [];
 }
 

@@ -60,14 +60,10 @@ export async function fetchStatus(
   try {
     response = await ServerConnection.makeRequest(url, {}, settings);
   } catch (error) {
-    throw new StatusError(
-      `Cannot reach the server: ${(error as Error).message || error}`
-    );
+    throw new StatusError(`Cannot reach the server: ${(error as Error).message || error}`);
   }
   if (response.status === 404) {
-    throw new StatusError(
-      'This server does not have the Stratolab server extension (stratolab.server) enabled.'
-    );
+    throw new StatusError('This server does not have the Stratolab server extension (stratolab.server) enabled.');
   }
   if (!response.ok) {
     let detail = response.statusText;
@@ -77,9 +73,7 @@ export async function fetchStatus(
     } catch {
       // Not JSON: keep the status text.
     }
-    throw new StatusError(
-      `The server answered ${response.status}${detail ? `: ${detail}` : ''}`
-    );
+    throw new StatusError(`The server answered ${response.status}${detail ? `: ${detail}` : ''}`);
   }
   try {
     return (await response.json()) as IStratolabStatus;

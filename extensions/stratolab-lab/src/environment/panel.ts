@@ -6,7 +6,7 @@
  */
 import { Panel, Widget } from '@lumino/widgets';
 
-import { alertNode, el } from '../ui';
+import { alertNode, el, NodeCache, SectionModel, showList } from '../ui';
 import { stratolabIcon } from '../ui/icons';
 
 /**
@@ -48,6 +48,85 @@ export abstract class PanelSection extends Widget {
 }
 
 /**
+ * A section that shows a `SectionModel`: it renders when the model has loaded new data, and shows a
+ * failed load's error (in `errorNode`, which the section puts first) above the last good content.
+ * The selection and refreshes are the model's.
+ */
+export abstract class ModelSection<S, M extends SectionModel<S, unknown>> extends PanelSection {
+  constructor(
+    options: { title: string; testId: string; className?: string; errorTestId: string },
+    readonly model: M
+  ) {
+    super(options);
+    model.changed.connect(() => {
+      this.errorNode.replaceChildren();
+      this.render();
+    }, this);
+    model.failed.connect((_, message) => this.errorNode.replaceChildren(alertNode(message, options.errorTestId)), this);
+  }
+
+  get selected(): S {
+    return this.model.selected;
+  }
+
+  set selected(value: S) {
+    this.model.selected = value;
+  }
+
+  /** Reload (`fresh`: after a change, not joining a load under way, which would not show it). */
+  refresh(fresh = false): Promise<void> {
+    return this.model.refresh(fresh);
+  }
+
+  dispose(): void {
+    this.model.dispose();
+    super.dispose();
+  }
+
+  /** Show the model's data. */
+  protected abstract render(): void;
+
+  /**
+   * A card's title: its name as a button that selects the item (or, selected, unselects it; `hints`
+   * say so), then `badges`.
+   */
+  protected selectableTitle(
+    id: number,
+    name: string,
+    testId: string,
+    hints: { select: string; unselect: string },
+    ...badges: HTMLElement[]
+  ): HTMLElement {
+    const title = el('div', 'jp-Stratolab-functionTitle');
+    const button = el('button', 'jp-Stratolab-scheduleName', name, testId);
+    button.type = 'button';
+    button.title = id === this.model.selected ? hints.unselect : hints.select;
+    button.addEventListener('click', () => (this.selected = (this.model.selected === id ? null : id) as S));
+    title.append(button, ...badges);
+    return title;
+  }
+
+  /**
+   * Show a card per item in `container` (the selected one marked by `render`), each node kept while
+   * its item and selection are unchanged; or the note `empty` (text, test id) when there are none.
+   */
+  protected showCards<T extends { id: number }>(
+    container: HTMLElement,
+    cache: NodeCache<number>,
+    items: ReadonlyArray<T>,
+    render: (item: T) => HTMLElement,
+    empty: [text: string, testId: string]
+  ): void {
+    const cards = items.map(item =>
+      cache.reuse(item.id, { item, selected: item.id === this.model.selected }, () => render(item))
+    );
+    showList(container, cards, empty);
+  }
+
+  protected readonly errorNode = el('div', 'jp-Stratolab-jobsError');
+}
+
+/**
  * The sidebar panel.
  */
 export class StratolabPanel extends Panel {
@@ -61,12 +140,7 @@ export class StratolabPanel extends Panel {
 
     const header = new Widget({ node: el('header', 'jp-Stratolab-header') });
     header.node.append(el('h2', 'jp-Stratolab-title', 'Stratolab'));
-    this._refreshButton = el(
-      'button',
-      'jp-Button jp-Stratolab-refresh',
-      'Refresh',
-      'stratolab-refresh'
-    );
+    this._refreshButton = el('button', 'jp-Button jp-Stratolab-refresh', 'Refresh', 'stratolab-refresh');
     this._refreshButton.type = 'button';
     this._refreshButton.title = 'Reload the information in this panel';
     this._refreshButton.addEventListener('click', () => void this.refresh());

@@ -31,9 +31,7 @@ export class EnvironmentSection extends PanelSection {
       this.render(status, ledger);
     } catch (error) {
       const message =
-        error instanceof StatusError
-          ? error.message
-          : `Unexpected error: ${(error as Error).message || error}`;
+        error instanceof StatusError ? error.message : `Unexpected error: ${(error as Error).message || error}`;
       this.showError(message, 'stratolab-error');
     }
   }
@@ -41,17 +39,10 @@ export class EnvironmentSection extends PanelSection {
   private render(status: IStratolabStatus, ledger: IGpuLedger | null = null): void {
     const profile = status.profile;
     const nodes: HTMLElement[] = [
-      el(
-        'div',
-        'jp-Stratolab-profile',
-        profile.display_name || 'Default environment',
-        'stratolab-profile'
-      )
+      el('div', 'jp-Stratolab-profile', profile.display_name || 'Default environment', 'stratolab-profile')
     ];
     if (profile.description) {
-      nodes.push(
-        el('p', 'jp-Stratolab-description', profile.description, 'stratolab-profile-description')
-      );
+      nodes.push(el('p', 'jp-Stratolab-description', profile.description, 'stratolab-profile-description'));
     }
 
     const facts = el('dl', 'jp-Stratolab-facts');
@@ -61,12 +52,7 @@ export class EnvironmentSection extends PanelSection {
     fact('CPU', el('dd', 'jp-Stratolab-fact', formatCpu(status.limits.cpu), 'stratolab-cpu'));
     fact(
       'Memory',
-      el(
-        'dd',
-        'jp-Stratolab-fact',
-        status.limits.memory ? status.limits.memory.text : 'No limit',
-        'stratolab-memory'
-      )
+      el('dd', 'jp-Stratolab-fact', status.limits.memory ? status.limits.memory.text : 'No limit', 'stratolab-memory')
     );
     const gpus = el('dd', 'jp-Stratolab-fact jp-Stratolab-gpus', undefined, 'stratolab-gpus');
     const lines = gpuLines(status);
@@ -78,13 +64,7 @@ export class EnvironmentSection extends PanelSection {
       }
       if (status.gpus.idle_timeout_seconds) {
         const minutes = Math.round(status.gpus.idle_timeout_seconds / 60);
-        gpus.append(
-          el(
-            'div',
-            'jp-Stratolab-note',
-            `Released after ${minutes} min of inactivity`
-          )
-        );
+        gpus.append(el('div', 'jp-Stratolab-note', `Released after ${minutes} min of inactivity`));
       }
     }
     fact(lines.length > 1 ? 'GPUs' : 'GPU', gpus);

@@ -62,10 +62,11 @@ export function listFunctions(): Promise<IFunction[]> {
  * Invoke `owner/name` with a JSON body; the answer is returned whatever its status.
  */
 export async function invokeFunction(owner: string, name: string, json: string): Promise<IInvocation> {
-  const response = await functionsClient.fetch(
-    `fn/${encodeURIComponent(owner)}/${encodeURIComponent(name)}`,
-    { method: 'POST', body: json, headers: { 'Content-Type': 'application/json' } }
-  );
+  const response = await functionsClient.fetch(`fn/${encodeURIComponent(owner)}/${encodeURIComponent(name)}`, {
+    method: 'POST',
+    body: json,
+    headers: { 'Content-Type': 'application/json' }
+  });
   return {
     status: response.status,
     contentType: response.headers.get('Content-Type') || '',
@@ -79,5 +80,8 @@ export async function invokeFunction(owner: string, name: string, json: string):
  * stratolab/functions/client.py does: the .tar.gz as the body of `POST api/functions/NAME`.
  */
 export async function deployBundle(name: string, bundle: ArrayBuffer): Promise<IFunction> {
-  return functionsClient.post<IFunction>(`api/functions/${encodeURIComponent(name)}`, new RawBody(bundle, 'application/gzip'));
+  return functionsClient.post<IFunction>(
+    `api/functions/${encodeURIComponent(name)}`,
+    new RawBody(bundle, 'application/gzip')
+  );
 }

@@ -27,7 +27,10 @@ export function definedFunctions(source: string): string[] {
  * The default function name for a handler: lower-case, `_` → `-` (as the Python client does).
  */
 export function functionName(handler: string): string {
-  return handler.toLowerCase().replace(/_/g, '-').replace(/^-+|-+$/g, '');
+  return handler
+    .toLowerCase()
+    .replace(/_/g, '-')
+    .replace(/^-+|-+$/g, '');
 }
 
 /**
@@ -80,9 +83,7 @@ export function parseDeployOutput(text: string, marker: string): DeployOutcome |
 export function curlExample(fn: IFunction, body: string): string {
   let auth = '';
   if (!fn.public) {
-    auth = fn.key
-      ? `-H 'X-Function-Key: ${fn.key}' `
-      : '-H "Authorization: token $JUPYTERHUB_API_TOKEN" ';
+    auth = fn.key ? `-H 'X-Function-Key: ${fn.key}' ` : '-H "Authorization: token $JUPYTERHUB_API_TOKEN" ';
   }
   const data = body.replace(/'/g, "'\\''");
   return `curl -X POST ${auth}-H 'Content-Type: application/json' -d '${data}' ${fn.url}`;

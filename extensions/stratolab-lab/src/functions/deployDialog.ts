@@ -12,9 +12,30 @@ import { UUID } from '@lumino/coreutils';
 import { Widget } from '@lumino/widgets';
 
 import { functionsClient, ServiceError } from '../api/client';
-import { alertNode, button, details, el, fieldRow, IField, numberField, readNumber, readOnlyField, selectInput, setProgress } from '../ui';
+import {
+  alertNode,
+  button,
+  details,
+  el,
+  enterInField,
+  fieldRow,
+  IField,
+  numberField,
+  readNumber,
+  readOnlyField,
+  selectInput,
+  setProgress
+} from '../ui';
 import { IFunction } from './api';
-import { curlExample, definedFunctions, deployCode, DeployOutcome, functionName, IDeployRequest, parseDeployOutput } from './deploy';
+import {
+  curlExample,
+  definedFunctions,
+  deployCode,
+  DeployOutcome,
+  functionName,
+  IDeployRequest,
+  parseDeployOutput
+} from './deploy';
 import { createTryBox, functionNameInput } from './widgets';
 
 /**
@@ -66,13 +87,20 @@ function copyable(value: string, testId: string, multiline = false): HTMLElement
  * The dialog's body: the form, the Deploy button, and the outcome.
  */
 export class DeployForm extends Widget {
-  constructor(private readonly panel: NotebookPanel, source: string) {
+  constructor(
+    private readonly panel: NotebookPanel,
+    source: string
+  ) {
     super({ node: el('div', 'jp-Stratolab-deploy') });
     this.source = source;
     const handlers = definedFunctions(source);
     const form = el('div', 'jp-Stratolab-form');
 
-    this.handler = selectInput('stratolab-deploy-handler', handlers.map(h => [h, `${h}()`] as const), handlers[0] ?? '');
+    this.handler = selectInput(
+      'stratolab-deploy-handler',
+      handlers.map(h => [h, `${h}()`] as const),
+      handlers[0] ?? ''
+    );
     const handlerRow = fieldRow('Handler', this.handler);
 
     this.name = functionNameInput('stratolab-deploy-name', handlers.length ? functionName(handlers[0]) : '');
@@ -90,10 +118,28 @@ export class DeployForm extends Widget {
     this.fields = {
       min_instances: numberField('Min instances', null, { min: 0, placeholder: '0', testId: 'stratolab-deploy-min' }),
       max_instances: numberField('Max instances', null, { min: 1, placeholder: '4', testId: 'stratolab-deploy-max' }),
-      concurrency: numberField('Concurrency per instance', null, { min: 1, placeholder: '1', testId: 'stratolab-deploy-concurrency' }),
-      idle_timeout_s: numberField('Idle seconds before scale to zero', null, { min: 0, step: 'any', placeholder: '300', testId: 'stratolab-deploy-idle' }),
-      timeout_s: numberField('Timeout (s)', null, { min: 0, step: 'any', placeholder: '30', testId: 'stratolab-deploy-timeout' }),
-      memory_mb: numberField('Memory (MB)', null, { min: 1, placeholder: 'no limit', testId: 'stratolab-deploy-memory' }),
+      concurrency: numberField('Concurrency per instance', null, {
+        min: 1,
+        placeholder: '1',
+        testId: 'stratolab-deploy-concurrency'
+      }),
+      idle_timeout_s: numberField('Idle seconds before scale to zero', null, {
+        min: 0,
+        step: 'any',
+        placeholder: '300',
+        testId: 'stratolab-deploy-idle'
+      }),
+      timeout_s: numberField('Timeout (s)', null, {
+        min: 0,
+        step: 'any',
+        placeholder: '30',
+        testId: 'stratolab-deploy-timeout'
+      }),
+      memory_mb: numberField('Memory (MB)', null, {
+        min: 1,
+        placeholder: 'no limit',
+        testId: 'stratolab-deploy-memory'
+      }),
       gpus: numberField('GPUs per instance', null, { min: 0, placeholder: '0', testId: 'stratolab-deploy-gpus' })
     };
     scaling.body.append(
@@ -122,7 +168,12 @@ export class DeployForm extends Widget {
     this.tokenAccess.checked = true;
     form.append(scaling.details, limits.details, access.details);
 
-    this.submit = button('Deploy', () => void this.deploy(), 'stratolab-deploy-submit', 'Capture the function and its model from the kernel and deploy it');
+    this.submit = button(
+      'Deploy',
+      () => void this.deploy(),
+      'stratolab-deploy-submit',
+      'Capture the function and its model from the kernel and deploy it'
+    );
     this.submit.classList.add('jp-mod-accept', 'jp-Stratolab-deployButton');
     this.progress = el('span', 'jp-Stratolab-progress', '', 'stratolab-deploy-progress');
     const bar = el('div', 'jp-Stratolab-submitRow');
@@ -261,24 +312,21 @@ export class DeployForm extends Widget {
  * the form deploys instead of closing it.
  */
 class DeployDialog extends Dialog<void> {
-  constructor(private readonly form: DeployForm, title: string) {
+  constructor(
+    private readonly form: DeployForm,
+    title: string
+  ) {
     super({ title, body: form, buttons: [Dialog.cancelButton({ label: 'Close' })], hasClose: true });
     this.addClass('jp-Stratolab-deployDialog');
   }
 
   handleEvent(event: Event): void {
-    if (event.type === 'keydown' && (event as KeyboardEvent).key === 'Enter') {
-      const target = event.target as HTMLElement;
-      if (target instanceof HTMLInputElement && this.form.node.contains(target)) {
-        event.preventDefault();
-        event.stopPropagation();
-        if (target.dataset.testid === 'stratolab-deploy-name' || target.type === 'number') {
-          this.form.submitOnEnter();
-        }
-        return;
-      }
+    const input = enterInField(event, this.form.node);
+    if (!input) {
+      super.handleEvent(event);
+    } else if (input.dataset.testid === 'stratolab-deploy-name' || input.type === 'number') {
+      this.form.submitOnEnter();
     }
-    super.handleEvent(event);
   }
 }
 

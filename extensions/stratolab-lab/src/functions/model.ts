@@ -5,12 +5,8 @@
 import { ILoaded, SectionModel } from '../ui/model';
 import { IFunction, listFunctions } from './api';
 
+/** Not polled on its own: the panel refreshes it with the environment. */
 export class FunctionsModel extends SectionModel<null, IFunction[]> {
-  constructor() {
-    // Not polled on its own: the panel refreshes it with the environment.
-    super(null, 0, 0);
-  }
-
   /** The functions last loaded. */
   get functions(): ReadonlyArray<IFunction> {
     return this.data ?? [];

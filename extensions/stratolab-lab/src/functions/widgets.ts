@@ -52,13 +52,7 @@ export function createTryBox(owner: string, name: string, example = '[]'): HTMLE
     }
   }
 
-  box.append(
-    el('label', 'jp-Stratolab-fieldLabel', 'Request body (JSON)'),
-    input,
-    submit,
-    status,
-    output
-  );
+  box.append(el('label', 'jp-Stratolab-fieldLabel', 'Request body (JSON)'), input, submit, status, output);
   return box;
 }
 

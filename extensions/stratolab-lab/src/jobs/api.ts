@@ -92,8 +92,6 @@ export interface IProfile {
   gpus: number;
 }
 
-
-
 /** The environments runs can use (the hub's profiles). */
 export async function listProfiles(): Promise<IProfile[]> {
   return (await schedulerClient.get<{ profiles: IProfile[] }>('api/profiles')).profiles;

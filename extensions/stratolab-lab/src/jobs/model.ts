@@ -11,15 +11,8 @@ export interface IJobsData {
   runs: IRun[];
 }
 
-/** Milliseconds between refreshes while a run is queued or running, and otherwise. */
-const ACTIVE_POLL_MS = 3000;
-const IDLE_POLL_MS = 10000;
-
+/** The schedule whose runs are listed (null: all), and the data loaded for it. */
 export class JobsModel extends SectionModel<number | null, IJobsData> {
-  constructor() {
-    super(null, ACTIVE_POLL_MS, IDLE_POLL_MS);
-  }
-
   /** The schedules last loaded. */
   get schedules(): ReadonlyArray<ISchedule> {
     return this.data?.schedules ?? [];

@@ -7,14 +7,23 @@
  */
 import { Dialog } from '@jupyterlab/apputils';
 import { Contents } from '@jupyterlab/services';
-import { Widget } from '@lumino/widgets';
 
 import { schedulerClient, ServiceError } from '../api/client';
-import { checkbox, checkboxes, details, el, FieldErrors, fieldRow, FormDialog, IField, numberField, selectInput, setOptions, setProgress, textField } from '../ui';
-import { ICronPreview, INotebookParameter, IProfile, IRun, ISchedule, IScheduleRequest, listProfiles, runNow } from './api';
-import { profileOptions } from './format';
-import { browserTimeZone, cronHint, defaultScheduleName, formatParameterValue, knownTimeZones, nextRunLines, scheduleRequest } from './scheduleForm';
-import { readNotebookContent } from './notebooks';
+import { FormDialog, SubmittingForm } from '../ui/dialogs';
+import { el } from '../ui/dom';
+import { checkbox, checkboxes, details, fieldRow, IField, numberField, selectInput, textField } from '../ui/fields';
+import { ICronPreview, INotebookParameter, IRun, ISchedule, IScheduleRequest, runNow } from './api';
+import {
+  browserTimeZone,
+  cronHint,
+  defaultScheduleName,
+  formatParameterValue,
+  knownTimeZones,
+  nextRunLines,
+  scheduleRequest
+} from './scheduleForm';
+import { askParameters, environmentSelect } from './fields';
+import { notebookContent, readNotebookContent } from './notebooks';
 
 export interface IScheduleDialogOptions {
   contents: Contents.IManager;
@@ -35,13 +44,16 @@ const MISSED_OPTIONS = [
   ['skip', 'Skip']
 ] as const;
 
-export class ScheduleForm extends Widget {
+export class ScheduleForm extends SubmittingForm<Action> {
   constructor(private readonly options: IScheduleDialogOptions) {
-    super({ node: el('div', 'jp-Stratolab-scheduleForm', undefined, 'stratolab-schedule-form') });
+    super({
+      className: 'jp-Stratolab-scheduleForm',
+      testId: 'stratolab-schedule-form',
+      errorTestId: 'stratolab-schedule-error',
+      progressTestId: 'stratolab-schedule-progress'
+    });
     const s = options.schedule;
     this.schedule = s ?? null;
-
-    this.node.append(this.errors.top);
 
     const form = el('div', 'jp-Stratolab-form');
     form.append(el('div', 'jp-Stratolab-note', `Notebook: ${options.path}`, 'stratolab-schedule-notebook'));
@@ -49,7 +61,11 @@ export class ScheduleForm extends Widget {
     this.name = textField('Name', 'stratolab-schedule-name', s ? s.name : defaultScheduleName(options.path));
     form.append(this.errors.group(this.name.row, 'name'));
 
-    this.onDemand = checkbox('On demand only (no cron: runs with “Run now”)', 'stratolab-schedule-on-demand', !!s && !s.cron);
+    this.onDemand = checkbox(
+      'On demand only (no cron: runs with “Run now”)',
+      'stratolab-schedule-on-demand',
+      !!s && !s.cron
+    );
     form.append(this.onDemand.row);
 
     this.cron = textField('Cron (m h dom mon dow)', 'stratolab-schedule-cron', s?.cron ?? '', '0 7 * * 1-5');
@@ -80,12 +96,25 @@ export class ScheduleForm extends Widget {
     form.append(params.details);
 
     const run = details('Run settings', 'stratolab-schedule-run-settings');
-    this.profile = selectInput('stratolab-schedule-profile', [], '');
-    this.setProfiles([]);
+    this.profile = environmentSelect('stratolab-schedule-profile', s?.profile ?? '', this.errors);
     const profileRow = fieldRow('Environment', this.profile);
-    this.timeout = numberField('Timeout (s)', s?.timeout ?? null, { min: 1, step: 'any', placeholder: 'none', testId: 'stratolab-schedule-timeout' });
-    this.retries = numberField('Retries', s?.retries ?? null, { min: 0, placeholder: '0', testId: 'stratolab-schedule-retries' });
-    this.backoff = numberField('Retry backoff (s, doubled each time)', s?.retry_backoff ?? null, { min: 0, step: 'any', placeholder: '60', testId: 'stratolab-schedule-retry-backoff' });
+    this.timeout = numberField('Timeout (s)', s?.timeout ?? null, {
+      min: 1,
+      step: 'any',
+      placeholder: 'none',
+      testId: 'stratolab-schedule-timeout'
+    });
+    this.retries = numberField('Retries', s?.retries ?? null, {
+      min: 0,
+      placeholder: '0',
+      testId: 'stratolab-schedule-retries'
+    });
+    this.backoff = numberField('Retry backoff (s, doubled each time)', s?.retry_backoff ?? null, {
+      min: 0,
+      step: 'any',
+      placeholder: '60',
+      testId: 'stratolab-schedule-retry-backoff'
+    });
     const formats = s?.output_formats ?? ['ipynb', 'html'];
     this.ipynb = checkbox('Executed notebook (.ipynb)', 'stratolab-schedule-output-ipynb', formats.includes('ipynb'));
     this.html = checkbox('HTML', 'stratolab-schedule-output-html', formats.includes('html'));
@@ -99,10 +128,19 @@ export class ScheduleForm extends Widget {
     );
     form.append(run.details);
 
-    const notify = details('Notifications', 'stratolab-schedule-notifications', !!s?.notify?.webhook || !!s?.notify?.email?.length);
+    const notify = details(
+      'Notifications',
+      'stratolab-schedule-notifications',
+      !!s?.notify?.webhook || !!s?.notify?.email?.length
+    );
     this.webhook = textField('Webhook URL', 'stratolab-schedule-webhook', s?.notify?.webhook ?? '', 'https://…');
     this.webhook.input.type = 'url';
-    this.emails = textField('E-mail addresses', 'stratolab-schedule-email', (s?.notify?.email ?? []).join(', '), 'a@example.org, b@example.org');
+    this.emails = textField(
+      'E-mail addresses',
+      'stratolab-schedule-email',
+      (s?.notify?.email ?? []).join(', '),
+      'a@example.org, b@example.org'
+    );
     const on = s?.notify?.on ?? ['failure'];
     this.onFailure = checkbox('On failure', 'stratolab-schedule-notify-failure', on.includes('failure'));
     this.onSuccess = checkbox('On success', 'stratolab-schedule-notify-success', on.includes('success'));
@@ -123,8 +161,7 @@ export class ScheduleForm extends Widget {
       form.append(this.resnapshot.parentElement!);
     }
 
-    this.progress = el('div', 'jp-Stratolab-progress', '', 'stratolab-schedule-progress');
-    this.node.append(form, this.progress);
+    this.setForm(form);
 
     const update = () => {
       this.cron.input.disabled = this.onDemand.input.checked;
@@ -138,7 +175,6 @@ export class ScheduleForm extends Widget {
     update();
 
     void this.loadParameters();
-    void this.loadProfiles();
   }
 
   /** The schedule this dialog edits: the one given, or the one it created. */
@@ -152,7 +188,7 @@ export class ScheduleForm extends Widget {
       return false;
     }
     const creating = this.schedule === null;
-    setProgress(this.progress, creating ? 'Creating the schedule…' : 'Saving the schedule…');
+    this.setProgress(creating ? 'Creating the schedule…' : 'Saving the schedule…');
     try {
       const schedule = creating
         ? await schedulerClient.post<ISchedule>('api/schedules', request)
@@ -160,7 +196,7 @@ export class ScheduleForm extends Widget {
       this.schedule = schedule;
       let run: IRun | null = null;
       if (action === 'run') {
-        setProgress(this.progress, 'Starting a run…');
+        this.setProgress('Starting a run…');
         try {
           run = await runNow(schedule.id);
         } catch (error) {
@@ -168,7 +204,9 @@ export class ScheduleForm extends Widget {
           this.showError(error);
           if (creating) {
             // The next click saves this schedule rather than creating a second one.
-            this.errors.top.prepend(el('div', '', `Schedule “${schedule.name}” was created, but the run did not start.`));
+            this.errors.top.prepend(
+              el('div', '', `Schedule “${schedule.name}” was created, but the run did not start.`)
+            );
           }
           return false;
         }
@@ -179,7 +217,7 @@ export class ScheduleForm extends Widget {
       this.showError(error);
       return false;
     } finally {
-      setProgress(this.progress, '');
+      this.setProgress('');
     }
   }
 
@@ -214,72 +252,54 @@ export class ScheduleForm extends Widget {
       return null;
     }
     if (!editing || this.resnapshot?.checked) {
-      request.notebook = this.options.path;
-      const content = await this.readNotebook();
-      if (content !== undefined) {
-        request.content = content;
-      }
+      return { ...request, notebook: this.options.path, ...(await notebookContent(this.options)) };
     }
     return request;
   }
 
-  private readNotebook(): Promise<unknown> {
-    return readNotebookContent(this.options);
-  }
-
   private async loadParameters(): Promise<void> {
-    let declared: INotebookParameter[];
-    try {
-      const content = await this.readNotebook();
-      const body = content !== undefined ? { content } : { notebook: this.options.path };
-      declared = (await schedulerClient.post<{ parameters: INotebookParameter[] }>('api/inspect', body)).parameters;
-    } catch (error) {
-      this.paramsBody.replaceChildren(
-        el('p', 'jp-Stratolab-note', `Cannot read the notebook’s parameters: ${(error as Error).message}`, 'stratolab-schedule-parameters-error')
-      );
+    const answer = await askParameters(
+      this.paramsBody,
+      async () => {
+        const content = await readNotebookContent(this.options);
+        const body = content !== undefined ? { content } : { notebook: this.options.path };
+        return schedulerClient.post<{ parameters: INotebookParameter[] }>('api/inspect', body);
+      },
+      {
+        className: 'jp-Stratolab-note',
+        errorTestId: 'stratolab-schedule-parameters-error',
+        none: 'This notebook has no cell tagged “parameters”: add one (with assignments like n = 10) to pass values to runs.',
+        noneTestId: 'stratolab-schedule-no-parameters'
+      }
+    );
+    if (!answer) {
       return;
     }
-    this.declared = declared;
-    if (declared.length === 0) {
-      this.paramsBody.replaceChildren(
-        el(
-          'p',
-          'jp-Stratolab-note',
-          'This notebook has no cell tagged “parameters”: add one (with assignments like n = 10) to pass values to runs.',
-          'stratolab-schedule-no-parameters'
-        )
-      );
-      return;
-    }
+    const declared = (this.declared = answer.parameters);
     const set = this.schedule?.parameters ?? {};
     const nodes: HTMLElement[] = [
       el('p', 'jp-Stratolab-note', 'Values other than the notebook’s defaults are injected into each run.')
     ];
     for (const p of declared) {
       const initial = formatParameterValue(p.name in set ? set[p.name] : p.default, p.type);
-      const field = textField(`${p.name} (${p.type})`, `stratolab-schedule-param-${p.name}`, initial, formatParameterValue(p.default, p.type));
+      const field = textField(
+        `${p.name} (${p.type})`,
+        `stratolab-schedule-param-${p.name}`,
+        initial,
+        formatParameterValue(p.default, p.type)
+      );
       field.input.dataset.param = p.name;
       field.input.dataset.paramType = p.type;
       field.input.title = `Default: ${formatParameterValue(p.default, p.type)}${p.help ? ` — ${p.help}` : ''}`;
       this.paramInputs.set(p.name, field.input);
-      const note = el('div', 'jp-Stratolab-note jp-Stratolab-paramDefault', `default ${formatParameterValue(p.default, p.type) || '""'}${p.help ? ` · ${p.help}` : ''}`);
+      const note = el(
+        'div',
+        'jp-Stratolab-note jp-Stratolab-paramDefault',
+        `default ${formatParameterValue(p.default, p.type) || '""'}${p.help ? ` · ${p.help}` : ''}`
+      );
       nodes.push(this.errors.group(field.row, `parameters.${p.name}`, note));
     }
     this.paramsBody.replaceChildren(...nodes);
-  }
-
-  private async loadProfiles(): Promise<void> {
-    try {
-      this.setProfiles(await listProfiles());
-    } catch (error) {
-      this.errors.show('profile', `Cannot list the environments: ${(error as Error).message}`);
-    }
-  }
-
-  private setProfiles(profiles: IProfile[]): void {
-    const wanted = this.profile.value || this.schedule?.profile || '';
-    setOptions(this.profile, profileOptions(profiles, wanted));
-    this.profile.value = wanted;
   }
 
   private typedParameters(): Record<string, string> {
@@ -353,8 +373,6 @@ export class ScheduleForm extends Widget {
   private readonly onFailure: IField;
   private readonly onSuccess: IField;
   private readonly resnapshot: HTMLInputElement | null = null;
-  private readonly progress: HTMLElement;
-  private readonly errors = new FieldErrors('stratolab-schedule-error');
   private readonly paramInputs = new Map<string, HTMLInputElement>();
   private declared: INotebookParameter[] = [];
   private previewTimer: number | undefined;
@@ -377,7 +395,10 @@ export async function openScheduleDialog(options: IScheduleDialogOptions): Promi
     [
       Dialog.cancelButton(),
       Dialog.okButton({ label: 'Run now', displayType: 'default', caption: 'Save the schedule and run it now' }),
-      Dialog.okButton({ label: editing ? 'Save' : 'Create schedule', caption: 'Save the schedule; it runs on its cron' })
+      Dialog.okButton({
+        label: editing ? 'Save' : 'Create schedule',
+        caption: 'Save the schedule; it runs on its cron'
+      })
     ]
   );
   await dialog.launch();

@@ -85,7 +85,10 @@ export function parseParameterValue(text: string, type: string): Parsed {
       try {
         value = JSON.parse(t);
       } catch {
-        return { ok: false, error: `Expected a JSON ${type === 'list' ? 'list, e.g. [1, 2]' : 'object, e.g. {"a": 1}'}` };
+        return {
+          ok: false,
+          error: `Expected a JSON ${type === 'list' ? 'list, e.g. [1, 2]' : 'object, e.g. {"a": 1}'}`
+        };
       }
       const isList = Array.isArray(value);
       const isDict = value !== null && typeof value === 'object' && !isList;

@@ -5,7 +5,7 @@
 import { Dialog } from '@jupyterlab/apputils';
 import { Widget } from '@lumino/widgets';
 
-import { alertNode, el } from './dom';
+import { alertNode, el, setProgress } from './dom';
 
 /** A dialog body that is a plain DOM form; `getValue` reads it when the dialog is accepted. */
 export class FormBody<T> extends Widget implements Dialog.IBodyWidget<T> {
@@ -21,9 +21,64 @@ export class FormBody<T> extends Widget implements Dialog.IBodyWidget<T> {
   }
 }
 
+/**
+ * Whether `event` is Enter in an input of `form`: then it is stopped (a dialog would otherwise take
+ * it as its default button) and the input is returned.
+ */
+export function enterInField(event: Event, form: HTMLElement): HTMLInputElement | null {
+  const target = event.target;
+  if (
+    event.type !== 'keydown' ||
+    (event as KeyboardEvent).key !== 'Enter' ||
+    !(target instanceof HTMLInputElement) ||
+    !form.contains(target)
+  ) {
+    return null;
+  }
+  event.preventDefault();
+  event.stopPropagation();
+  return target;
+}
+
 /** A dialog's form that submits itself: true when the service said yes (the dialog then closes). */
 export interface ISubmittingForm<A extends string> extends Widget {
   submit(action: A): Promise<boolean>;
+}
+
+/**
+ * The body of a dialog that submits itself (`FormDialog`): the errors on top (by the field they are
+ * about, `errors`), the form, and a progress line under it.
+ */
+export abstract class SubmittingForm<A extends string> extends Widget implements ISubmittingForm<A> {
+  constructor(options: {
+    className: string;
+    testId: string;
+    /** The test id of the errors on top, and the prefix of those of the fields. */
+    errorTestId: string;
+    /** The characters of a field's name written as dashes in its error's test id. */
+    errorSeparators?: RegExp;
+    progressTestId: string;
+  }) {
+    super({ node: el('div', options.className, undefined, options.testId) });
+    this.errors = new FieldErrors(options.errorTestId, options.errorSeparators);
+    this.progress = el('div', 'jp-Stratolab-progress', '', options.progressTestId);
+    this.node.append(this.errors.top);
+  }
+
+  abstract submit(action: A): Promise<boolean>;
+
+  /** Put the form's fields under the errors, above the progress line. */
+  protected setForm(form: HTMLElement): void {
+    this.node.append(form, this.progress);
+  }
+
+  /** Say what is under way (a spinner and `text`); an empty text clears it. */
+  protected setProgress(text: string): void {
+    setProgress(this.progress, text);
+  }
+
+  protected readonly errors: FieldErrors;
+  private readonly progress: HTMLElement;
 }
 
 /**
@@ -64,15 +119,9 @@ export class FormDialog<A extends string> extends Dialog<void> {
 
   handleEvent(event: Event): void {
     // Enter in a field (picking a time zone, say) does not submit: the buttons do.
-    if (event.type === 'keydown' && (event as KeyboardEvent).key === 'Enter') {
-      const target = event.target as HTMLElement;
-      if (target instanceof HTMLInputElement && this.form.node.contains(target)) {
-        event.preventDefault();
-        event.stopPropagation();
-        return;
-      }
+    if (!enterInField(event, this.form.node)) {
+      super.handleEvent(event);
     }
-    super.handleEvent(event);
   }
 
   private setBusy(busy: boolean): void {
@@ -103,7 +152,11 @@ export class FieldErrors {
   group(row: HTMLElement, field: string, extra?: HTMLElement): HTMLElement {
     const group = el('div', 'jp-Stratolab-fieldGroup');
     group.dataset.field = field;
-    const error = alertNode('', `${this.testIdPrefix}-${field.replace(this.separators, '-')}`, 'jp-Stratolab-fieldError');
+    const error = alertNode(
+      '',
+      `${this.testIdPrefix}-${field.replace(this.separators, '-')}`,
+      'jp-Stratolab-fieldError'
+    );
     this.register(field, error);
     group.append(row, error);
     if (extra) {

@@ -27,13 +27,22 @@ export function alertNode(message: string, testId?: string, className = 'jp-Stra
   return node;
 }
 
+/** Show `items` in `container`, or a note (`empty`: its text and test id) when there are none. */
+export function showList(container: HTMLElement, items: Element[], empty: [text: string, testId: string]): void {
+  container.replaceChildren(...(items.length ? items : [el('p', 'jp-Stratolab-note', ...empty)]));
+}
+
 /** Show a spinner and `text` in `node`; an empty text clears it. */
 export function setProgress(node: HTMLElement, text: string): void {
   node.replaceChildren(...(text ? [el('span', 'jp-Stratolab-spinner'), document.createTextNode(` ${text}`)] : []));
 }
 
 /** A read-only field whose value is selected when focused (an endpoint URL, a key, a command). */
-export function readOnlyField(value: string, testId?: string, multiline = false): HTMLInputElement | HTMLTextAreaElement {
+export function readOnlyField(
+  value: string,
+  testId?: string,
+  multiline = false
+): HTMLInputElement | HTMLTextAreaElement {
   const field = multiline
     ? el('textarea', 'jp-Stratolab-input jp-Stratolab-code', undefined, testId)
     : el('input', 'jp-Stratolab-input jp-Stratolab-url', undefined, testId);
@@ -51,10 +60,16 @@ export function readOnlyField(value: string, testId?: string, multiline = false)
  * A list of facts (`<dl>`): `add(label, value, key)` appends one whose value has the test id
  * `${testIdPrefix}-${key}`.
  */
-export function facts(testIdPrefix: string): { node: HTMLDListElement; add: (label: string, value: string, key: string) => void } {
+export function facts(testIdPrefix: string): {
+  node: HTMLDListElement;
+  add: (label: string, value: string, key: string) => void;
+} {
   const node = el('dl', 'jp-Stratolab-facts');
   const add = (label: string, value: string, key: string) => {
-    node.append(el('dt', 'jp-Stratolab-factLabel', label), el('dd', 'jp-Stratolab-fact', value, `${testIdPrefix}-${key}`));
+    node.append(
+      el('dt', 'jp-Stratolab-factLabel', label),
+      el('dd', 'jp-Stratolab-fact', value, `${testIdPrefix}-${key}`)
+    );
   };
   return { node, add };
 }

@@ -68,7 +68,11 @@ export function readNumber(input: HTMLInputElement): number | undefined {
 }
 
 /** A select of `[value, label]` options, showing `value`. */
-export function selectInput(testId: string, options: ReadonlyArray<readonly [string, string]>, value: string): HTMLSelectElement {
+export function selectInput(
+  testId: string,
+  options: ReadonlyArray<readonly [string, string]>,
+  value: string
+): HTMLSelectElement {
   const node = el('select', 'jp-Stratolab-input', undefined, testId);
   setOptions(node, options);
   node.value = value;
@@ -105,7 +109,11 @@ export function checkboxes(label: string, boxes: IField[]): HTMLElement {
 }
 
 /** A collapsible section (`<details>`) with a form body. */
-export function details(title: string, testId?: string, open = false): { details: HTMLDetailsElement; body: HTMLElement } {
+export function details(
+  title: string,
+  testId?: string,
+  open = false
+): { details: HTMLDetailsElement; body: HTMLElement } {
   const node = el('details', 'jp-Stratolab-details', undefined, testId);
   node.open = open;
   node.append(el('summary', 'jp-Stratolab-summary', title));

@@ -15,13 +15,13 @@ export interface ILoaded<S, D> {
 }
 
 export abstract class SectionModel<S, D> implements IDisposable {
-  constructor(
-    initial: S,
-    private readonly activeMs: number,
-    private readonly idleMs: number
-  ) {
+  /** `initial`: what is selected at first. */
+  constructor(initial: S) {
     this._selected = initial;
   }
+
+  /** Milliseconds between loads while polled: while something is queued or running, and otherwise. */
+  protected readonly pollMs = { active: 3000, idle: 10000 };
 
   /** New data was loaded (or the selection changed with it). */
   get changed(): ISignal<this, void> {
@@ -65,7 +65,7 @@ export abstract class SectionModel<S, D> implements IDisposable {
     return this._loads.run(this._selected, fresh);
   }
 
-  /** Poll while `view` is visible: every `activeMs` while `isBusy`, else every `idleMs`. */
+  /** Poll while `view` is visible: every `pollMs.active` while `isBusy`, else every `pollMs.idle`. */
   startPolling(view: IPollTarget): void {
     this._poller?.stop();
     const target = {
@@ -80,8 +80,8 @@ export abstract class SectionModel<S, D> implements IDisposable {
       target,
       () => this.refresh(),
       () => this._data !== null && this.isBusy(this._data),
-      this.activeMs,
-      this.idleMs
+      this.pollMs.active,
+      this.pollMs.idle
     );
     this._poller.start();
   }
