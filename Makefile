@@ -34,12 +34,13 @@ export STRATOLAB_USER_ENV := $(abspath $(USER_ENV))
 PY_SOURCES := $(shell find stratolab -name '*.py' -o -name '*.html' -o -name '*.ini' -o -name '*.mako' 2>/dev/null)
 EXT_SOURCES := $(shell find $(EXT_DIR)/src $(EXT_DIR)/style $(EXT_DIR)/schema -type f 2>/dev/null) $(EXT_DIR)/package.json $(EXT_DIR)/tsconfig.json $(EXT_DIR)/yarn.lock
 
-.PHONY: help setup run check test bench clean chromium
+.PHONY: help setup run check ext-check test bench clean chromium
 
 help:
 	@echo "make run    set up (venv, npm packages, lab extension) and start the hub on http://127.0.0.1:$${STRATOLAB_PORT:-8000}"
 	@echo "make test   set up, lint and type-check (make check), and run the whole test suite"
 	@echo "make check  ruff (the whole tree) and mypy (the stratolab package)"
+	@echo "make ext-check  the lab extension's jest tests, eslint and prettier (after its set-up)"
 	@echo "make bench  set up and run every benchmark (JSON on stdout)"
 	@echo "make clean  remove build outputs (keeps .stratolab/ state)"
 
@@ -100,7 +101,14 @@ check: $(STAMPS)/venv
 	@$(BIN)/ruff check --no-fix .
 	@$(BIN)/mypy
 
-test: check setup chromium
+# The extension's own checks, after its `jlpm install` (make setup): jest for its pure modules, eslint
+# and prettier (check only, nothing fixed). Quiet unless one fails.
+ext-check: $(STAMPS)/extension
+	@echo "==> JupyterLab extension: jest, eslint and prettier"
+	@cd $(EXT_DIR) && for step in test lint; do \
+	  out=$$(PATH=$(BIN):$$PATH jlpm $$step 2>&1) || { echo "$$out"; exit 1; }; done
+
+test: check setup chromium ext-check
 	@$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: setup
