@@ -35,6 +35,7 @@ export class ListTab<T> extends SplitPanel {
     super({ orientation: 'horizontal', spacing: 4 });
     this.addClass('jp-Stratolab-listTab');
     this.testId = `stratolab-tab-${spec.id}`;
+    this.node.dataset.testid = this.testId;
     this.table = new DataTable<T>({ ...spec, testId: this.testId });
     this.detailWidget = new Widget({ node: el('aside', 'jp-Stratolab-tabDetail', undefined, `${this.testId}-detail`) });
     this.detailWidget.node.append(

@@ -15,7 +15,7 @@ import { alertNode, el, Poller, selectInput, setOptions } from '../ui';
 import { cellText, choicesOf, IColumn, IRowQuery, ISortState, nextSort, queryRows } from './rows';
 
 export interface ITableOptions<T> {
-  /** Prefix of the test ids: `${testId}-filter`, `${testId}-sort-KEY`, `${testId}-row-KEY`, ... */
+  /** Prefix of the test ids: `${testId}-table`, `-filter`, `-sort-KEY`, `-row-KEY`, `-choice-KEY`, `-empty`, ... */
   testId: string;
   columns: IColumn<T>[];
   /** What identifies a row across reloads (the selection is kept by it). */
@@ -34,7 +34,7 @@ export class DataTable<T> extends Widget {
   constructor(private readonly options: ITableOptions<T>) {
     super();
     this.addClass('jp-Stratolab-dataTable');
-    this.node.dataset.testid = options.testId;
+    this.node.dataset.testid = `${options.testId}-table`;
     this._query = { sort: options.sort ?? null, text: '', choices: {} };
 
     const toolbar = el('div', 'jp-Stratolab-tableToolbar');
