@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from stratolab.cli.commands import CommandGroup, arg
-from stratolab.cli.scheduler_api import follow, home_relative, parse_params, scheduler_call
+from stratolab.cli.scheduler_api import follow, notebook_upload, parse_params, scheduler_call
 from stratolab.errors import InvalidInput, StratolabError
 
 FINAL = ("succeeded", "failed", "stopped")
@@ -29,11 +29,8 @@ def _job_line(job: dict[str, Any]) -> str:
 
 
 def cmd_create(args, emit) -> None:
-    path = Path(args.notebook)
-    if not path.is_file():
-        raise InvalidInput(f"{path} does not exist", field="notebook")
     body: dict[str, Any] = {
-        "notebook": home_relative(path), "content": json.loads(path.read_text(encoding="utf-8")),
+        **notebook_upload(args.notebook),
         "metric": args.metric, "direction": args.direction, "trials": args.trials, "parallel": args.parallel,
         "algorithm": args.algorithm, "pruner": args.pruner,
     }

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from stratolab.cli.commands import CommandGroup, arg
-from stratolab.cli.scheduler_api import SCHEDULER, follow, home_relative, parse_params, scheduler_call
+from stratolab.cli.scheduler_api import SCHEDULER, follow, notebook_upload, parse_params, scheduler_call
 from stratolab.client.session import download
 from stratolab.errors import InvalidInput, StratolabError
 
@@ -46,13 +46,11 @@ def _run_line(r: dict[str, Any]) -> str:
 
 
 def cmd_create(args, emit) -> None:
-    path = Path(args.notebook)
-    if not path.is_file():
-        raise InvalidInput(f"{path} does not exist", field="notebook")
+    notebook = notebook_upload(args.notebook)
     if not args.cron and not args.on_demand:
         raise InvalidInput("give --cron EXPR, or --on-demand for a job that only runs when asked", field="cron", )
     body: dict[str, Any] = {
-        "notebook": home_relative(path), "content": json.loads(path.read_text(encoding="utf-8")),
+        **notebook,
         "cron": None if args.on_demand else args.cron, "timezone": args.tz, "active": not args.paused,
     }
     optional = {"profile": args.profile, "timeout": args.timeout, "retries": args.retries,

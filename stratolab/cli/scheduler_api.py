@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Collection
@@ -28,6 +29,14 @@ def follow(path: str, final: Collection[str], timeout: float | None, interval: f
         time.sleep(interval)
         item = scheduler_call("GET", path)
     return item
+
+
+def notebook_upload(path_text: str) -> dict[str, Any]:
+    """A local notebook as a create request sends it: its path as the service records it, and its content."""
+    path = Path(path_text)
+    if not path.is_file():
+        raise InvalidInput(f"{path} does not exist", field="notebook")
+    return {"notebook": home_relative(path), "content": json.loads(path.read_text(encoding="utf-8"))}
 
 
 def home_relative(path: Path) -> str:

@@ -8,26 +8,18 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import requests
-
-from stratolab.client.session import decode, hub_session
+from stratolab.client.session import download
 from stratolab.functions.client import Deployment, FunctionsError, deploy_bundle
 from stratolab.platform.archive import extract_bundle
-
-SCHEDULER_PATH = "/services/scheduler"
 
 
 def deploy_best(job_id: int, name: str, *, scaling: dict | None = None, public: bool | None = None,
                 url: str | None = None, token: str | None = None) -> tuple[Deployment, dict[str, Any]]:
     """(the deployment, the trial it came from)."""
-    session = hub_session(url, token, FunctionsError)
-    r = requests.get(f"{session.url}{SCHEDULER_PATH}/api/automl/{job_id}/best/bundle", headers=session.headers,
-                     timeout=300)
-    if r.status_code >= 400:
-        decode(r, FunctionsError)
+    r = download("scheduler", f"api/automl/{job_id}/best/bundle", error=FunctionsError, url=url, token=token)
     trial = {"number": int(r.headers.get("X-Trial-Number", "-1"))}
     with tempfile.TemporaryDirectory(prefix="stratolab-best-") as tmp:
         extract_bundle(r.content, Path(tmp) / "bundle")
         deployment = deploy_bundle(Path(tmp) / "bundle", name, scaling=scaling, public=public,
-                                   url=session.url, token=token)
+                                   url=url, token=token)
     return deployment, trial
