@@ -41,6 +41,7 @@ from tornado import httpserver, web
 from stratolab.errors import StratolabError
 from stratolab.functions.bundle import bundle_digest, extract_bundle, load_handler
 from stratolab.functions.runtime.worker import JSON, InvocationStream, Worker
+from stratolab.platform.backoff import backoff_waits
 from stratolab.platform.service_app import until_stopped
 
 MAX_OUTPUT_HEADER = 4096
@@ -89,10 +90,11 @@ class RuntimeSettings:
 
 def fetch_bundle(settings: RuntimeSettings, target: Path) -> None:
     """Download the .tar.gz and extract it safely; transient failures (the service restarting, 5xx,
-    refused connections) are retried, a refusal (403/404) is final."""
+    refused connections) are retried with the platform's backoff (waits drawn below 1, 2, 4 ... s: on
+    average the 0.5, 1, 2 ... s of a plain doubling), a refusal (403/404) is final."""
     request = urllib.request.Request(settings.bundle_url,
                                      headers={"Authorization": f"Bearer {settings.bundle_token}"})
-    delay = 0.5
+    waits = backoff_waits(start_wait=1.0, max_wait=30.0)
     data: bytes | None = None
     for attempt in range(1, settings.fetch_tries + 1):
         try:
@@ -106,8 +108,7 @@ def fetch_bundle(settings: RuntimeSettings, target: Path) -> None:
         except (urllib.error.URLError, OSError) as e:
             if attempt == settings.fetch_tries:
                 raise LoadFailed(f"the bundle could not be fetched from {settings.bundle_url}: {e}") from None
-        time.sleep(delay)
-        delay *= 2
+        time.sleep(next(waits))
     if data is None:  # only with fetch_tries < 1: nothing was tried
         raise LoadFailed(f"the bundle was not fetched: fetch_tries is {settings.fetch_tries}")
     try:
