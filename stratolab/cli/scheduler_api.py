@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 from stratolab.client.session import call_service
 from stratolab.errors import InvalidInput
+from stratolab.platform.backoff import retry_until
 
 SCHEDULER = "scheduler"
 
@@ -21,14 +21,17 @@ def scheduler_call(method: str, path: str, body: Any = None, url: str | None = N
 
 
 def follow(path: str, final: Collection[str], timeout: float | None, interval: float) -> dict[str, Any]:
-    """GET `path` (a run, a search) every `interval` seconds until its state is one of `final` or
-    `timeout` seconds have passed (None: no limit); its last answer."""
-    deadline = time.monotonic() + (timeout or 1e12)
-    item = scheduler_call("GET", path)
-    while item["state"] not in final and time.monotonic() < deadline:
-        time.sleep(interval)
-        item = scheduler_call("GET", path)
-    return item
+    """GET `path` (a run, a search) about every `interval` seconds (the platform's backoff, with a
+    constant bound of twice that) until its state is one of `final` or `timeout` seconds have passed
+    (None: no limit); its last answer."""
+    latest: dict[str, Any] = {}
+
+    def ended() -> bool:
+        latest["item"] = scheduler_call("GET", path)
+        return latest["item"]["state"] in final
+
+    retry_until(ended, start_wait=2 * interval, scale_factor=1, max_wait=2 * interval, timeout=timeout or 1e12)
+    return latest["item"]
 
 
 def notebook_upload(path_text: str) -> dict[str, Any]:
