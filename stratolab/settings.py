@@ -40,14 +40,6 @@ def _int(environ: Mapping[str, str], name: str, default: int) -> int:
         raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
 
 
-def positive_int_env(name: str, default: int, environ: Mapping[str, str] | None = None) -> int:
-    """A whole number of at least 1 from the environment, or a ValueError that names the variable."""
-    value = _int(os.environ if environ is None else environ, name, default)
-    if value < 1:
-        raise ValueError(f"{name} must be at least 1, got {value}")
-    return value
-
-
 def user_env_python(environ: Mapping[str, str] | None = None) -> str:
     """The interpreter of the user environment (STRATOLAB_USER_ENV), where kernels, runs and function
     workers execute; this interpreter when it is not set."""
