@@ -97,18 +97,32 @@ class ForkServer:
         self.preload = preload
         self.python = python
         self.proc: subprocess.Popen[bytes] | None = None
+        self._ready = False
 
-    def start(self, timeout: float = 60) -> ForkServer:
+    def start(self, timeout: float = 60, wait: bool = True) -> ForkServer:
+        """Start the server process; with `wait=False` return at once and let the first request wait
+        for its imports (the service then answers HTTP while torch is still being imported)."""
         import subprocess
 
         if self.control_path.exists():
             self.control_path.unlink()
+        self._ready = False
         self.proc = subprocess.Popen(
             [self.python, "-m", "stratolab.functions.runtime.forkserver",
              "--control", str(self.control_path), "--preload", ",".join(self.preload)],
             start_new_session=True,
         )
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        """Block until the server has done its imports (its control socket exists)."""
+        if self._ready:
+            return
         proc = self.proc
+        if proc is None:
+            raise RuntimeError("the fork-server was not started")
 
         def started() -> bool:
             if self.control_path.exists():
@@ -117,11 +131,12 @@ class ForkServer:
                 raise RuntimeError(f"the fork-server exited with status {proc.returncode}")
             return False
 
-        if not retry_until(started, start_wait=0.01, max_wait=0.02, timeout=timeout):
+        if not retry_until(started, start_wait=0.01, max_wait=0.05, timeout=timeout):
             raise TimeoutError("the fork-server did not start in time")
-        return self
+        self._ready = True
 
     def request(self, header: dict) -> dict:
+        self.wait_ready()
         return forkserver.request(str(self.control_path), header, timeout=None)
 
     def spawn(self, bundle: Path, socket_path: Path, log: Path, concurrency: int = 1,

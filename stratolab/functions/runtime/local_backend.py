@@ -72,14 +72,16 @@ class LocalBackend(FunctionBackend):
         self.gpus: GpuAllocation = gpus if gpus is not None else GpuAllocator(())
 
     def start(self) -> LocalBackend:
-        self.forkserver.start()
+        """Launch the fork-server without waiting for its imports (torch takes seconds, more on a busy
+        machine): the service answers at once, and the first worker it forks waits for them."""
+        self.forkserver.start(wait=False)
         return self
 
     def forkserver_for(self, bundle: Path) -> ForkServer:
         """TensorFlow is imported only by the TF fork-server: its import starts threads of its own."""
         if uses_tensorflow(Manifest.read(bundle)):
             if self.tf_forkserver.proc is None or self.tf_forkserver.proc.poll() is not None:
-                self.tf_forkserver.start()
+                self.tf_forkserver.start(wait=False)  # the first spawn (in a thread) waits
             return self.tf_forkserver
         return self.forkserver
 

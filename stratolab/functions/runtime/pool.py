@@ -97,7 +97,8 @@ class VersionPool:
         t0 = time.monotonic()
         try:
             check_socket_path(sock)
-            pid = self._spawn(self.bundle, sock, self.log_path)
+            # off the event loop: the first spawn waits for the fork-server's imports
+            pid = await asyncio.to_thread(self._spawn, self.bundle, sock, self.log_path)
         except StratolabError as e:
             raise InvocationError(f"no new instance can start: {e.message}", status=503) from None
         try:
