@@ -8,7 +8,7 @@ the lock with `--no-deps`, and `pip check` in the Dockerfile proves the lock cov
 is why the locks of the images that carry it include pyproject.toml's dependencies.
 
 Resolution asks PyPI itself (this machine's pip.conf, which names local mirrors, is bypassed), so a
-lock holds what a build machine with plain internet access would install. `tests/test_images.py`
+lock holds what a build machine with plain internet access would install. `tests/deploy/test_images.py`
 uses `resolve` to check that each lock still resolves to exactly its pins.
 
     python images/lock.py                      # every lock

@@ -10,7 +10,7 @@ kernel. With --gpu: PyTorch sees CUDA and multiplies on the GPU, TensorFlow list
 op on it. Prints one JSON report; exits 1 when a check failed, naming it (on stderr too).
 
 Standard library only at the top: an import that fails is a failed check, not a crash. The test
-suite runs this file with the user environment's interpreter (tests/test_images.py).
+suite runs this file with the user environment's interpreter (tests/deploy/test_images.py).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ list them with their variables.
 `VARIABLES` lists every other STRATOLAB_* variable: those read by the hub, the launcher, single-user
 servers, function workers, runs and their agents, the culler and the command line, with the
 components that read it and, for those the platform sets itself, who sets it. tools/settings_catalog.py
-joins both into the README's configuration tables; tests/test_settings_catalog.py checks that every
+joins both into the README's configuration tables; tests/platform/test_settings_catalog.py checks that every
 STRATOLAB_* name in the source is declared in one of them and that the README says what they say.
 """
 

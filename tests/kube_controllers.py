@@ -24,8 +24,8 @@ import uuid
 from pathlib import Path
 
 from fake_kube import FakeKube
+from functions_support import RuntimeProcess
 from stratolab.jobs.kube.manifests import WORK_MOUNT, expand
-from test_function_http_server import RuntimeProcess
 
 SERVING = "serving.knative.dev/v1"
 

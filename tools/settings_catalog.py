@@ -6,7 +6,7 @@
 Every STRATOLAB_* variable comes from one of two declarations: the services' settings (traits tagged
 with their variable on `FunctionsService`, `SchedulerService` and their parts) and, for every other
 process, `stratolab.settings.VARIABLES`. A variable both declare is described once, by the registry,
-and lists every reader. tests/test_settings_catalog.py checks that the README shows exactly this.
+and lists every reader. tests/platform/test_settings_catalog.py checks that the README shows exactly this.
 """
 
 from __future__ import annotations

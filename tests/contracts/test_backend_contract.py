@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from fake_kube import fake_kube  # noqa: F401 - the fixture, for the knative world
+from functions_support import BROKEN, PREFIX, SECRET, BundleServer, make_bundle
 from kube_controllers import KnativeSim
 from stratolab.errors import NotFound
 from stratolab.functions.backend import FunctionBackend, VersionRef
@@ -33,7 +34,6 @@ from stratolab.functions.policy import ScalingPolicy
 from stratolab.functions.runtime.local_backend import LocalBackend
 from stratolab.functions.runtime.pool import InvocationError
 from stratolab.functions.service.state import DeployFailed, ServiceState
-from test_function_http_server import BROKEN, PREFIX, SECRET, BundleServer, make_bundle
 
 #: what `describe` reports for every version, deployed or not
 DESCRIBED = {"instances", "starting", "waiting", "inflight", "cold_starts"}

@@ -28,13 +28,13 @@ import pytest
 from fake_kube import FakeKube, fake_kube  # noqa: F401 - the fixture, for the kubernetes place
 from jobs_support import notebook
 from kube_controllers import Kubelet
+from kube_jobs_support import Scheduler, scenario, text_of, until
 from stratolab.jobs.automl import channel
 from stratolab.jobs.executor import FAILED, STOPPED, SUCCEEDED, TIMED_OUT, Execution, NotebookExecutor, RunResult, RunSpec
 from stratolab.jobs.kube.manifests import job_name
 from stratolab.jobs.local_executor import LocalProcessExecutor, kill_tree
 from stratolab.platform.profiles import Profile, default_profile_list, parse_profile_list
 from support import user_env_for_tests
-from test_kube_job_executor import Scheduler, scenario, text_of, until
 
 GPU_PROFILES = {p.slug: p for p in parse_profile_list(default_profile_list(2))}
 

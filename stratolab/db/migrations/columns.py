@@ -2,7 +2,7 @@
 
 A migration must create the same schema forever, so what is here never changes: a migration that
 needs something else gets a new helper. The tests compare every migration's result with the models
-(tests/test_platform_db.py), on SQLite and PostgreSQL.
+(tests/platform/test_platform_db.py), on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations

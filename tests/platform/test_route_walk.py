@@ -14,11 +14,11 @@ import re
 import pytest
 import requests
 
+from functions_support import deploy
 from jobs_support import notebook, wait_for
 from stratolab.functions.analysis import plan_capture, read_cells
 from stratolab.functions.bundle import build_bundle
 from stratolab.functions.client import pack
-from test_functions_service import deploy
 
 SERVICES = {"functions": "/services/functions", "scheduler": "/services/scheduler"}
 METHODS = ("get", "post", "put", "patch", "delete")

@@ -18,6 +18,7 @@ import jsonschema
 import pytest
 
 from fake_kube import FakeKube, fake_kube  # noqa: F401
+from functions_support import BROKEN, PREFIX, SECRET, BundleServer, knative_schema, make_bundle
 from kube_controllers import SERVING, KnativeSim, condition
 from stratolab.errors import StratolabError
 from stratolab.functions.backend import VersionRef
@@ -31,8 +32,6 @@ from stratolab.functions.policy import ScalingPolicy
 from stratolab.functions.runtime.pool import InvocationError
 from stratolab.functions.service.state import DeployFailed
 from stratolab.kube.api import KubeClient
-from test_function_http_server import BROKEN, PREFIX, SECRET, BundleServer, make_bundle
-from test_knative_manifests import knative_schema
 
 NS = "fns"
 SVC = "fn-alice-greeter"

@@ -27,7 +27,7 @@ from stratolab.server.environment import environment_status, format_bytes
 from support import stop_process
 
 JUPYTER = Path(sys.executable).parent / "jupyter"
-LABEXTENSION = Path(__file__).resolve().parent.parent / "stratolab" / "labextension"
+LABEXTENSION = Path(__file__).resolve().parents[2] / "stratolab" / "labextension"
 GIB = 1024**3
 
 

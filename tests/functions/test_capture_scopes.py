@@ -24,7 +24,7 @@ from stratolab.functions import analysis
 from stratolab.functions.analysis import free_names
 from support import run_cell
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BY_ID = {s.id: s for s in SHAPES}
 OTHER_PYTHONS = ["3.12", "3.13"]
 

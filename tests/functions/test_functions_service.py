@@ -6,44 +6,12 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import requests
 
-from stratolab.functions.analysis import plan_capture, read_cells
-from stratolab.functions.bundle import build_bundle
-from stratolab.functions.client import pack
+from functions_support import api, bundle, deploy
 from support import IS_ROOT, user_kernel
-
-CELLS = [
-    "import os",
-    "GREETING = 'hello'",
-    "def handler(inputs):\n    return {'greeting': GREETING, 'x': inputs['x'] * 2, 'uid': os.getuid()}\n",
-    "def boom(inputs):\n    print('about to fail for', inputs)\n    raise ValueError('internal detail 42')\n",
-]
-
-
-def bundle(tmp: Path, handler: str = "handler", greeting: str = "hello", cells=None, run=True) -> bytes:
-    cells = cells or [CELLS[0], f"GREETING = {greeting!r}", *CELLS[2:]]
-    ns: dict = {}
-    if run:
-        exec("\n".join(cells), ns)
-    plan = plan_capture(handler, read_cells(cells), live_names=set(ns))
-    target = tmp / f"{handler}-{greeting}"
-    build_bundle(plan, ns, target)
-    return pack(target)
-
-
-def api(hub, user, method, path, headers=None, **kw):
-    return requests.request(
-        method, f"{hub.url}/services/functions/{path}", headers=headers or user.headers, **kw
-    )
-
-
-def deploy(hub, user, name, data: bytes, **params):
-    return api(hub, user, "POST", f"api/functions/{name}", data=data, params=params,
-               headers={**user.headers, "Content-Type": "application/gzip"})
 
 
 def test_deploy_invoke_split_rollback_and_delete(hub, tmp_path):

@@ -54,7 +54,7 @@ from stratolab.platform.kube_profiles import GPU_TOLERATION
 from stratolab.platform.profiles import GPU_RESOURCE
 from support import HubProcess, free_port, unique_name, user_env_for_tests
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CHP = ROOT / "node_modules" / ".bin" / "configurable-http-proxy"
 NOTEBOOK_DOCKERFILE = ROOT / "images" / "notebook" / "Dockerfile"
 NAMESPACE = "stratolab"

@@ -22,12 +22,12 @@ import pytest
 import requests
 
 from fake_kube import FakeKube
+from functions_support import bundle, deploy
 from jobs_support import notebook, wait_for
 from kube_controllers import SERVING, KnativeSim, Kubelet
 from stratolab.hub.config import functions_service, scheduler_service
 from stratolab.settings import PlatformSettings
 from support import HubProcess, free_port
-from test_functions_service import bundle, deploy
 
 FUNCTIONS_NS = "fns"
 JOBS_NS = "runs"

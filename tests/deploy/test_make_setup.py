@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 BUILD_ENV = ROOT / "tools" / "build_env.py"
 needs_make_and_npm = pytest.mark.skipif(not (shutil.which("make") and shutil.which("npm")),
                                         reason="needs make and npm")

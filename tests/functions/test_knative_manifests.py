@@ -7,13 +7,12 @@ from __future__ import annotations
 import base64
 import copy
 import re
-from pathlib import Path
 
 import jsonschema
 import kubernetes_validate
 import pytest
-import yaml
 
+from functions_support import knative_schema
 from stratolab.functions.knative.bundle_access import bundle_token, check_bundle_token
 from stratolab.functions.knative.config import GPU_TOLERATION, KnativeConfig
 from stratolab.functions.knative.manifests import (
@@ -35,19 +34,10 @@ from stratolab.functions.knative.manifests import (
 from stratolab.functions.knative.status import revision_state, tag_urls
 from stratolab.functions.policy import ScalingPolicy
 
-CRD = Path("/work/shared/schemas/knative/serving.knative.dev_services.yaml")
-if not CRD.exists():  # a checkout next to ../shared
-    CRD = Path(__file__).resolve().parents[2] / "shared" / "schemas" / "knative" / "serving.knative.dev_services.yaml"
 DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 DIGEST = "ab" * 32
 CONFIG = KnativeConfig(namespace="fns", service_url="http://functions.hub.svc:10101", runtime_secret="s3cret",
                        images={"cpu": "example/cpu:1", "cuda": "example/cuda:1"})
-
-
-def knative_schema() -> dict:
-    crd = yaml.safe_load(CRD.read_text())
-    version = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
-    return version["schema"]["openAPIV3Schema"]
 
 
 def validate(service: dict) -> None:

@@ -17,8 +17,8 @@ from pathlib import Path
 import requests
 import sqlalchemy as sa
 
+from functions_support import bundle, deploy
 from jobs_support import notebook, wait_for
-from test_functions_service import bundle, deploy
 
 RUN_SECONDS = 6
 

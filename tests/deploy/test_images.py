@@ -33,7 +33,7 @@ from stratolab.platform import profiles
 from stratolab.platform.gpus import discover_gpus
 from stratolab.settings import user_env_python
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "images"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 VERSION = PYPROJECT["project"]["version"]

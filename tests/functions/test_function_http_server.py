@@ -2,155 +2,27 @@
 service's runtime bundle route (the real tornado app, on a real SQLite registry), loads it with the
 Worker the local backend uses and answers HTTP; load failures end it with the reason on stderr.
 
-`BundleServer`, `make_bundle` and `RuntimeProcess` are also used by test_knative_backend.py."""
+`BundleServer`, `make_bundle` and `RuntimeProcess` live in functions_support.py (the Knative tests use them too)."""
 
 from __future__ import annotations
 
 import base64
-import json
-import os
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import requests
-from tornado import httpserver, netutil
 
-from stratolab.db import ensure_schema, make_engine, session_factory
-from stratolab.functions.analysis import plan_capture, read_cells
-from stratolab.functions.bundle import BundleStore, build_bundle, bundle_digest, extract_bundle
+from functions_support import (
+    BROKEN,
+    SECRET,
+    BundleServer,
+    RuntimeProcess,
+    bundle_server,  # noqa: F401 (a fixture)
+    make_bundle,
+    runtime_env,
+)
+from stratolab.functions.bundle import bundle_digest, extract_bundle
 from stratolab.functions.knative.bundle_access import bundle_token
-from stratolab.functions.registry import FunctionRegistry
-from stratolab.functions.service.app import make_app
-from stratolab.functions.service.state import ServiceState
-from support import LoopThread, free_port, stop_process
-
-SECRET = "runtime-secret-for-tests"
-PREFIX = "/services/functions/"
-CELLS = [
-    "GREETING = 'hello'",
-    "def handler(inputs):\n"
-    "    if isinstance(inputs, bytes):\n"
-    "        return bytes(reversed(inputs))\n"
-    "    if inputs.get('fail'):\n"
-    "        raise ValueError('internal detail 42')\n"
-    "    print('called with', inputs['x'])\n"
-    "    return {'greeting': GREETING, 'x': inputs['x'] * 2}\n",
-]
-BROKEN = ["import module_missing_everywhere", "def handler(inputs):\n    return module_missing_everywhere.x"]
-
-
-def make_bundle(tmp: Path, greeting: str = "hello", cells: list[str] | None = None) -> Path:
-    """A bundle built by the capture tools, as a notebook with `cells` would deploy it."""
-    cells = cells or [f"GREETING = {greeting!r}", *CELLS[1:]]
-    ns: dict = {}
-    if cells is not BROKEN:
-        exec("\n".join(cells), ns)
-    plan = plan_capture("handler", read_cells(cells), live_names=set(ns))
-    target = tmp / f"bundle-{greeting}-{len(list(tmp.glob('bundle-*')))}"
-    build_bundle(plan, ns, target)
-    return target
-
-
-class BundleServer:
-    """The functions service's tornado app (registry, store, the runtime bundle route) in a thread."""
-
-    def __init__(self, root: Path, secret: str | None = SECRET):
-        db_url = f"sqlite:///{root}/platform.db"
-        ensure_schema(db_url)
-        self.registry = FunctionRegistry(session_factory(make_engine(db_url)))
-        self.store = BundleStore(root / "bundles")
-        self.state = ServiceState(registry=self.registry, backend=None, store=self.store, hub_auth=None,
-                                  public_url="", prefix=PREFIX)
-        self.secret = secret
-        self.port = 0
-        self._server: LoopThread | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> BundleServer:
-        servers: list[httpserver.HTTPServer] = []
-
-        async def serve() -> None:  # on the thread's loop, where tornado serves from
-            sockets = netutil.bind_sockets(0, "127.0.0.1")
-            self.port = sockets[0].getsockname()[1]
-            servers.append(httpserver.HTTPServer(make_app(self.state, PREFIX, self.secret)))
-            servers[0].add_sockets(sockets)
-
-        async def close() -> None:
-            servers[0].stop()
-
-        self._server = LoopThread("bundle-server").start(serve, close)
-        return self
-
-    def stop(self) -> None:
-        if self._server:
-            self._server.stop()
-
-    def add_version(self, owner: str, name: str, bundle: Path) -> tuple[int, str]:
-        digest = self.store.put(bundle)
-        manifest = json.loads((bundle / "manifest.json").read_text())
-        self.registry.ensure(owner, name, None, None)
-        self.state._changed(owner, name)
-        return self.registry.add_version(owner, name, digest, manifest, "ready", None), digest
-
-    def bundle_url(self, owner: str, name: str, version: int) -> str:
-        return f"{self.url}{PREFIX}runtime/bundles/{owner}/{name}/{version}"
-
-
-@pytest.fixture
-def bundle_server(tmp_path):
-    server = BundleServer(tmp_path).start()
-    yield server
-    server.stop()
-
-
-class RuntimeProcess:
-    """`python -m stratolab.functions.runtime.http_server` with a revision's environment."""
-
-    def __init__(self, env: dict[str, str], port: int | None = None):
-        self.port = port or free_port()
-        full = {**os.environ, "PORT": str(self.port), "NO_PROXY": "127.0.0.1,localhost",
-                "no_proxy": "127.0.0.1,localhost", **env}
-        self.proc = subprocess.Popen([sys.executable, "-m", "stratolab.functions.runtime.http_server"], env=full,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def wait_ready(self, timeout: float = 30) -> bool:
-        """True once /healthz answers 200; False when the process ended first."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                return False
-            try:
-                if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return True
-            except requests.ConnectionError:
-                pass
-            time.sleep(0.05)
-        raise TimeoutError(f"the runtime on port {self.port} did not become ready")
-
-    def stderr(self) -> str:
-        self.proc.wait(10)
-        return self.proc.stderr.read()
-
-    def stop(self) -> None:
-        stop_process(self.proc)
-        for stream in (self.proc.stdout, self.proc.stderr):
-            stream.close()
-
-
-def runtime_env(server: BundleServer, owner: str, name: str, version: int, digest: str, **extra: str) -> dict:
-    return {"STRATOLAB_BUNDLE_URL": server.bundle_url(owner, name, version),
-            "STRATOLAB_BUNDLE_TOKEN": bundle_token(SECRET, owner, name, version),
-            "STRATOLAB_BUNDLE_DIGEST": digest, "STRATOLAB_FUNCTION": f"{owner}/{name}/{version}", **extra}
+from support import free_port
 
 
 def test_the_runtime_bundle_route_answers_only_the_versions_token(bundle_server: BundleServer, tmp_path):

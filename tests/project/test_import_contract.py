@@ -18,7 +18,7 @@ import ast
 import sys
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parent.parent / "stratolab"
+PACKAGE = Path(__file__).resolve().parents[2] / "stratolab"
 CAPABILITIES = {"hub", "functions", "jobs", "server", "triggers", "pipelines", "usage"}
 LAYERS = {"platform", "client", "db", "kube", "web", "errors", "settings"}
 TOP = {"cli", "__init__", "labextension"}
@@ -72,7 +72,7 @@ def test_every_top_level_name_is_classified():
     """A new package must be placed: a capability, a shared layer, or on top."""
     names = {p.stem for p in PACKAGE.glob("*.py")} | {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
     unknown = sorted(names - CAPABILITIES - LAYERS - TOP)
-    assert unknown == [], f"classify {unknown} in tests/test_import_contract.py"
+    assert unknown == [], f"classify {unknown} in tests/project/test_import_contract.py"
 
 
 def test_the_checker_sees_a_sideways_import(tmp_path, monkeypatch):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from stratolab.settings import PREFIXES, VARIABLES
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SOURCE = ROOT / "stratolab"
 NAME = re.compile(r"STRATOLAB_[A-Z0-9_]*")
 REGISTRY_MARK = "# --- the registry"

@@ -19,7 +19,7 @@ import pytest
 
 from stratolab.platform.gpus import discover_gpus
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 
 

@@ -19,7 +19,7 @@ from stratolab.hub.config import check_user_env, configure_hub
 from stratolab.settings import PlatformSettings
 from support import free_port, user_env_for_tests
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_first_start_prints_a_generated_password_that_logs_in(tmp_path):

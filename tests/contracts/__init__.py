@@ -1,1 +1,0 @@
-"""Contract suites: one suite per interface, run over every implementation of it."""
