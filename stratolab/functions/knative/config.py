@@ -14,12 +14,9 @@ from typing import Any
 
 from traitlets import Bool, Float, Integer, Unicode
 
+from stratolab.platform.kube_profiles import GPU_TOLERATION
 from stratolab.platform.profiles import CPU_IMAGE, CUDA_IMAGE
 from stratolab.platform.service_app import EnvConfigurable, SettingError, env_names
-
-#: the toleration GPU nodes usually carry (the NVIDIA GPU operator and the cloud GPU node pools taint
-#: their nodes with it), so that only pods asking for a GPU land there
-GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 
 
 @dataclass(frozen=True)
