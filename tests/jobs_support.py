@@ -27,6 +27,20 @@ def notebook(*sources: str, parameters: str | None = None, markdown: str | None 
             "metadata": {"kernelspec": {"name": "python3", "language": "python", "display_name": "Python 3"}}}
 
 
+def tagged_notebook(cells: list[tuple[str, list[str]]]) -> dict:
+    """A notebook of code cells, each `(source, tags)`, with the cell ids JupyterLab writes (nbformat 4.5)."""
+    return {
+        "nbformat": 4,
+        "nbformat_minor": 5,
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+        "cells": [
+            {"cell_type": "code", "id": f"c{i}", "metadata": {"tags": tags}, "source": source,
+             "outputs": [], "execution_count": None}
+            for i, (source, tags) in enumerate(cells)
+        ],
+    }
+
+
 def scheduler_env(db_url: str, jobs_dir: Path, worker: str, port: int | None = None, **extra: str) -> dict[str, str]:
     env = {
         "STRATOLAB_PLATFORM_DB_URL": db_url,

@@ -8,6 +8,7 @@ and by the benchmarks.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import signal
@@ -32,6 +33,34 @@ DEFAULT_ROOT_USER_ENV = Path("/opt/stratolab/user-env")
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+#: the command line, as a user runs it
+CLI = [sys.executable, "-m", "stratolab.cli.main"]
+
+
+def cli_json(env: dict[str, str], *args: str, check: bool = True) -> Any:
+    """`stratolab ARGS --json`: its parsed answer (None when it printed nothing); with check=False the
+    completed process, whatever its status."""
+    r = subprocess.run(CLI + list(args) + ["--json"], capture_output=True, text=True, env=env, timeout=300)
+    if not check:
+        return r
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout) if r.stdout.strip() else None
+
+
+def cli_env(hub: HubProcess, user: TestUser, home: Path) -> dict[str, str]:
+    """The environment a user's shell gives the CLI: the hub's URL, their token, their own config folder."""
+    return {**os.environ, "STRATOLAB_URL": hub.url, "STRATOLAB_TOKEN": user.token, "XDG_CONFIG_HOME": str(home)}
+
+
+def screenshots(folder: Path, full_page: bool = False) -> Callable[[Any, str], None]:
+    """`shot(page, name)`: a screenshot in the test's folder, and in $STRATOLAB_SCREENSHOTS when it is set."""
+    extra = os.environ.get("STRATOLAB_SCREENSHOTS")
+
+    def shot(page: Any, name: str) -> None:
+        for target in (str(folder), *([extra] if extra else [])):
+            page.screenshot(path=os.path.join(target, f"{name}.png"), full_page=full_page)
+
+    return shot
 
 
 def open_lab(page, hub: HubProcess, user: TestUser, notebook: str | None = None, content: dict | None = None):

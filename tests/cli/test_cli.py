@@ -6,12 +6,10 @@ import json
 import os
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 from stratolab.client.credentials import load_credentials
-
-CLI = [sys.executable, "-m", "stratolab.cli.main"]
+from support import CLI
 
 
 def run_cli(args, env, stdin=""):

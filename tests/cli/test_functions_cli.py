@@ -15,7 +15,7 @@ import nbformat
 import requests
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-CLI = [sys.executable, "-m", "stratolab.cli.main"]
+from support import CLI, cli_env, cli_json
 
 
 def notebook(path: Path, max_iter: int) -> Path:
@@ -32,39 +32,35 @@ def notebook(path: Path, max_iter: int) -> Path:
     return path
 
 
-def cli(env, *args):
-    r = subprocess.run(CLI + list(args) + ["--json"], capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout) if r.stdout.strip() else None
 
 
 def test_functions_from_the_command_line(hub, tmp_path):
     user = hub.create_user()
-    env = {**os.environ, "STRATOLAB_URL": hub.url, "STRATOLAB_TOKEN": user.token, "XDG_CONFIG_HOME": str(tmp_path)}
-    out = cli(env, "functions", "deploy", str(notebook(tmp_path / "a.ipynb", 50)), "--cell", "3", "--max", "2")
+    env = cli_env(hub, user, tmp_path)
+    out = cli_json(env, "functions", "deploy", str(notebook(tmp_path / "a.ipynb", 50)), "--cell", "3", "--max", "2")
     assert out["name"] == "predict-digit" and out["version"] == 1 and out["url"].endswith("/predict-digit")
 
     from sklearn.datasets import load_digits
 
     rows = load_digits().data[900:910].tolist()
-    first = cli(env, "functions", "invoke", "predict-digit", "--data", json.dumps(rows))
+    first = cli_json(env, "functions", "invoke", "predict-digit", "--data", json.dumps(rows))
     assert len(first) == 10
 
-    out = cli(env, "functions", "deploy", str(notebook(tmp_path / "b.ipynb", 400)), "--cell", "3")
+    out = cli_json(env, "functions", "deploy", str(notebook(tmp_path / "b.ipynb", 400)), "--cell", "3")
     assert out["version"] == 2
-    fns = cli(env, "functions", "list")
+    fns = cli_json(env, "functions", "list")
     assert [f["name"] for f in fns] == ["predict-digit"] and fns[0]["traffic"] == {"2": 100}
     assert fns[0]["scaling"]["max_instances"] == 2  # kept from the first deploy
 
-    assert cli(env, "functions", "traffic", "predict-digit", "1=30", "2=70")["traffic"] == {"1": 30, "2": 70}
-    assert cli(env, "functions", "rollback", "predict-digit", "--to", "1")["traffic"] == {"1": 100}
-    assert cli(env, "functions", "invoke", "predict-digit", "--data", json.dumps(rows)) == first
-    scaled = cli(env, "functions", "scale", "predict-digit", "--min", "1", "--concurrency", "4")
+    assert cli_json(env, "functions", "traffic", "predict-digit", "1=30", "2=70")["traffic"] == {"1": 30, "2": 70}
+    assert cli_json(env, "functions", "rollback", "predict-digit", "--to", "1")["traffic"] == {"1": 100}
+    assert cli_json(env, "functions", "invoke", "predict-digit", "--data", json.dumps(rows)) == first
+    scaled = cli_json(env, "functions", "scale", "predict-digit", "--min", "1", "--concurrency", "4")
     assert scaled["scaling"]["min_instances"] == 1 and scaled["scaling"]["concurrency"] == 4
-    assert set(cli(env, "functions", "logs", "predict-digit")["logs"]) == {"1", "2"}
+    assert set(cli_json(env, "functions", "logs", "predict-digit")["logs"]) == {"1", "2"}
 
     # export version 1 and serve it without the platform
-    out = cli(env, "functions", "export", "predict-digit", "--version", "1", "-o", str(tmp_path / "export"))
+    out = cli_json(env, "functions", "export", "predict-digit", "--version", "1", "-o", str(tmp_path / "export"))
     export = Path(out["output"])
     assert (export / "Dockerfile").exists() and (export / "bundle" / "requirements.txt").exists()
     with socket.socket() as s:
@@ -82,8 +78,8 @@ def test_functions_from_the_command_line(hub, tmp_path):
     finally:
         server.kill()
 
-    cli(env, "functions", "delete", "predict-digit")
-    assert cli(env, "functions", "list") == []
+    cli_json(env, "functions", "delete", "predict-digit")
+    assert cli_json(env, "functions", "list") == []
 
 
 def test_a_cell_that_is_not_a_handler_is_a_clear_error(hub, tmp_path):

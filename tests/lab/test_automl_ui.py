@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from support import CHROMIUM, CHROMIUM_FLAGS, open_lab
+from jobs_support import tagged_notebook
+from support import CHROMIUM, CHROMIUM_FLAGS, open_lab, screenshots
 
 
 def training_notebook() -> dict:
@@ -28,16 +29,7 @@ def training_notebook() -> dict:
         ),
         ("def predict(rows):\n    return clf.predict(rows).tolist()\n\nstratolab.save_model(clf, handler=predict)", []),
     ]
-    return {
-        "nbformat": 4,
-        "nbformat_minor": 5,
-        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
-        "cells": [
-            {"cell_type": "code", "id": f"c{i}", "metadata": {"tags": tags}, "source": source,
-             "outputs": [], "execution_count": None}
-            for i, (source, tags) in enumerate(cells)
-        ],
-    }
+    return tagged_notebook(cells)
 
 
 @pytest.mark.browser
@@ -50,12 +42,7 @@ def test_tune_a_notebook_watch_the_leaderboard_open_the_best_trial_and_deploy_it
 
     user = hub.create_user()
     service = f"{hub.url}/services/scheduler/api"
-    shots = os.environ.get("STRATOLAB_SCREENSHOTS")
-
-    def shot(page, name):
-        page.screenshot(path=str(tmp_path / f"{name}.png"), full_page=True)
-        if shots:
-            page.screenshot(path=os.path.join(shots, f"{name}.png"), full_page=True)
+    shot = screenshots(tmp_path, full_page=True)
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
@@ -152,8 +139,9 @@ def test_tune_a_notebook_watch_the_leaderboard_open_the_best_trial_and_deploy_it
             assert section.locator("[data-testid=stratolab-automl-importances] [data-param=C]").count() == 1
             assert section.locator("[data-testid=stratolab-automl-parallel] .jp-Stratolab-chartLine").count() == 4
             shot(page, "automl-leaderboard")
-            if shots:
-                section.locator("[data-testid=stratolab-automl-detail]").screenshot(path=os.path.join(shots, "automl-detail.png"))
+            if os.environ.get("STRATOLAB_SCREENSHOTS"):
+                section.locator("[data-testid=stratolab-automl-detail]").screenshot(
+                    path=os.path.join(os.environ["STRATOLAB_SCREENSHOTS"], "automl-detail.png"))
 
             # Open: the best trial's executed notebook, copied into the home, opens in a tab
             top.get_by_role("button", name="Open", exact=True).click()

@@ -5,7 +5,6 @@ the "Try it" box and the Functions section of the Stratolab panel."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -17,7 +16,7 @@ from stratolab.functions.analysis import plan_capture, read_cells
 from stratolab.functions.bundle import build_bundle
 from stratolab.functions.client import pack
 from stratolab.server.functions_proxy import forwardable_path, hub_public_url
-from support import CHROMIUM, CHROMIUM_FLAGS, open_lab, user_env_for_tests
+from support import CHROMIUM, CHROMIUM_FLAGS, open_lab, screenshots, user_env_for_tests
 
 
 def doubler_bundle(tmp: Path) -> bytes:
@@ -192,12 +191,7 @@ def test_deploy_a_cell_try_it_and_see_it_in_the_panel(hub, tmp_path):
     from playwright.sync_api import sync_playwright
 
     user = hub.create_user()
-    shots = os.environ.get("STRATOLAB_SCREENSHOTS")
-
-    def shot(page, name):
-        page.screenshot(path=str(tmp_path / f"{name}.png"))
-        if shots:
-            page.screenshot(path=os.path.join(shots, f"{name}.png"))
+    shot = screenshots(tmp_path)
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)

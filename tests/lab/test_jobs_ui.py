@@ -4,14 +4,14 @@ Jobs section of the Stratolab panel and open its executed notebook, with the par
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import pytest
 import requests
 
-from support import CHROMIUM, CHROMIUM_FLAGS, open_lab
+from jobs_support import tagged_notebook
+from support import CHROMIUM, CHROMIUM_FLAGS, open_lab, screenshots
 
 TIMEZONE = "Europe/Berlin"
 WEBHOOK = "https://hooks.example.invalid/stratolab"
@@ -27,16 +27,7 @@ def parameters_notebook() -> dict:
             [],
         ),
     ]
-    return {
-        "nbformat": 4,
-        "nbformat_minor": 5,
-        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
-        "cells": [
-            {"cell_type": "code", "id": f"c{i}", "metadata": {"tags": tags}, "source": source,
-             "outputs": [], "execution_count": None}
-            for i, (source, tags) in enumerate(cells)
-        ],
-    }
+    return tagged_notebook(cells)
 
 
 @pytest.mark.browser
@@ -46,12 +37,7 @@ def test_schedule_a_notebook_run_it_now_and_open_the_executed_notebook(hub, tmp_
 
     user = hub.create_user()
     service = f"{hub.url}/services/scheduler/api"
-    shots = os.environ.get("STRATOLAB_SCREENSHOTS")
-
-    def shot(page, name):
-        page.screenshot(path=str(tmp_path / f"{name}.png"))
-        if shots:
-            page.screenshot(path=os.path.join(shots, f"{name}.png"))
+    shot = screenshots(tmp_path)
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
