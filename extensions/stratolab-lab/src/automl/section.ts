@@ -53,7 +53,10 @@ export class AutoMLSection extends ModelSection<number | null, AutoMLModel> {
   }
 
   protected render(): void {
-    this.showCards(this.jobsNode, this.jobNodes, this.model.jobs, j => this.renderJob(j), NO_SEARCHES);
+    this.showCards(this.jobsNode, this.jobNodes, this.model.jobs, j => this.renderJob(j), NO_SEARCHES, {
+      noun: 'searches',
+      testId: 'stratolab-automl-more'
+    });
     const job = this.model.jobs.find(j => j.id === this.model.selected);
     const detail = this.model.detail;
     if (!job || !detail) {

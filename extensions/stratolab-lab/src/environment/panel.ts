@@ -6,7 +6,7 @@
  */
 import { Panel, Widget } from '@lumino/widgets';
 
-import { alertNode, el, NodeCache, SectionModel, showList } from '../ui';
+import { alertNode, button, el, mostRecent, NodeCache, SectionModel, showList } from '../ui';
 import { stratolabIcon } from '../ui/icons';
 
 /**
@@ -36,6 +36,24 @@ export abstract class PanelSection extends Widget {
   /** A button beside the section's title (one opening the section's list as a main-area table). */
   addTitleButton(button: HTMLElement): void {
     this.node.querySelector('.jp-Stratolab-sectionTitle')?.append(button);
+  }
+
+  /** What "Show all" under a summarized list does: the tabs module opens the list as a table. */
+  moreAction: (() => void) | null = null;
+
+  /**
+   * The line under a list the sidebar summarizes: how many `noun` it leaves out, and a button that
+   * shows them all (when `moreAction` is set); nothing when none is left out.
+   */
+  protected moreNote(hidden: number, noun: string, testId: string): HTMLElement[] {
+    if (!hidden) {
+      return [];
+    }
+    const note = el('p', 'jp-Stratolab-note jp-Stratolab-more', `${hidden} more ${noun} `, testId);
+    if (this.moreAction) {
+      note.append(button('Show all…', this.moreAction, `${testId}-open`, `Open every one of your ${noun} in a table`));
+    }
+    return [note];
   }
 
   /** Show an error above the last good content: it is still the best we know. */
@@ -109,18 +127,24 @@ export abstract class ModelSection<S, M extends SectionModel<S, unknown>> extend
   /**
    * Show a card per item in `container` (the selected one marked by `render`), each node kept while
    * its item and selection are unchanged; or the note `empty` (text, test id) when there are none.
+   * With `more`, only a summary (`mostRecent`) and a line saying how many more there are.
    */
   protected showCards<T extends { id: number }>(
     container: HTMLElement,
     cache: NodeCache<number>,
     items: ReadonlyArray<T>,
     render: (item: T) => HTMLElement,
-    empty: [text: string, testId: string]
+    empty: [text: string, testId: string],
+    more?: { noun: string; testId: string }
   ): void {
-    const cards = items.map(item =>
+    // a summary: the newest items (ids grow) and the selected one; the table holds them all
+    const { shown, hidden } = more
+      ? mostRecent(items, item => (item.id === this.model.selected ? Infinity : item.id))
+      : { shown: items, hidden: 0 };
+    const cards = shown.map(item =>
       cache.reuse(item.id, { item, selected: item.id === this.model.selected }, () => render(item))
     );
-    showList(container, cards, empty);
+    showList(container, [...cards, ...(more ? this.moreNote(hidden, more.noun, more.testId) : [])], empty);
   }
 
   protected readonly errorNode = el('div', 'jp-Stratolab-jobsError');

@@ -3,7 +3,7 @@
  * them (invoke, traffic, rollback, scale, logs, delete).
  */
 import { ModelSection } from '../environment/panel';
-import { el, facts, guarded, readOnlyField, showList } from '../ui';
+import { el, facts, guarded, mostRecent, readOnlyField, showList } from '../ui';
 import { functionActions } from './actions';
 import { IFunction } from './api';
 import { formatMs, trafficText } from './format';
@@ -28,9 +28,11 @@ export class FunctionsSection extends ModelSection<null, FunctionsModel> {
   }
 
   protected render(): void {
+    // a summary: the functions deployed to last; the Functions tab holds them all
+    const { shown, hidden } = mostRecent(this.model.functions, lastDeployed);
     showList(
       this.listNode,
-      this.model.functions.map(fn => this.renderFunction(fn)),
+      [...shown.map(fn => this.renderFunction(fn)), ...this.moreNote(hidden, 'functions', 'stratolab-functions-more')],
       [
         'No functions yet. Right-click a code cell that defines a function and choose “Deploy as function”.',
         'stratolab-functions-empty'
@@ -74,4 +76,9 @@ export class FunctionsSection extends ModelSection<null, FunctionsModel> {
   }
 
   private readonly listNode = el('div', 'jp-Stratolab-functionList');
+}
+
+/** When a version of `fn` was last deployed (ms since the epoch; 0 for none). */
+function lastDeployed(fn: IFunction): number {
+  return Math.max(0, ...fn.versions.map(v => Date.parse(v.created_at) || 0));
 }

@@ -49,7 +49,8 @@ export class JobsSection extends ModelSection<number | null, JobsModel> {
       this.scheduleNodes,
       this.model.schedules,
       s => this.renderSchedule(s),
-      NO_SCHEDULES
+      NO_SCHEDULES,
+      { noun: 'schedules', testId: 'stratolab-schedules-more' }
     );
 
     const selected = this.model.schedules.find(s => s.id === this.model.selected);

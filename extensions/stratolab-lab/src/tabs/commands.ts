@@ -153,4 +153,8 @@ export function addTabButtons(app: JupyterFrontEnd, { functions, jobs, automl }:
   automl.addTitleButton(
     open(TabCommandIDs.openAutoML, 'All searches…', 'stratolab-automl-open-tab', 'Open every AutoML search in a table')
   );
+  // the sidebar summarizes long lists; "Show all…" under one opens its table
+  functions.moreAction = () => void app.commands.execute(TabCommandIDs.openFunctions);
+  jobs.moreAction = () => void app.commands.execute(TabCommandIDs.openSchedules);
+  automl.moreAction = () => void app.commands.execute(TabCommandIDs.openAutoML);
 }

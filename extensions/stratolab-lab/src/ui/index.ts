@@ -8,3 +8,4 @@ export * from './fields';
 export * from './poll';
 export * from './model';
 export * from './parse';
+export * from './summary';
