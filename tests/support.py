@@ -8,6 +8,7 @@ and by the benchmarks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -17,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,28 @@ def cli_json(env: dict[str, str], *args: str, check: bool = True) -> Any:
 def cli_env(hub: HubProcess, user: TestUser, home: Path) -> dict[str, str]:
     """The environment a user's shell gives the CLI: the hub's URL, their token, their own config folder."""
     return {**os.environ, "STRATOLAB_URL": hub.url, "STRATOLAB_TOKEN": user.token, "XDG_CONFIG_HOME": str(home)}
+
+
+@contextlib.contextmanager
+def lab_page(hub: HubProcess, user: TestUser, folder: Path) -> Iterator[Any]:
+    """A Chromium page in `user`'s lab (their CPU server started from the spawn form); a screenshot
+    `failure.png` in `folder` (and $STRATOLAB_SCREENSHOTS) when the block fails."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
+        page = None
+        try:
+            page = browser.new_page(viewport={"width": 1500, "height": 900})
+            page.set_default_timeout(60_000)
+            open_lab(page, hub, user)
+            yield page
+        except Exception:
+            if page is not None:
+                screenshots(folder)(page, "failure")
+            raise
+        finally:
+            browser.close()
 
 
 def screenshots(folder: Path, full_page: bool = False) -> Callable[[Any, str], None]:

@@ -16,7 +16,7 @@ from jobs_support import notebook, wait_for
 from stratolab.functions.analysis import plan_capture, read_cells
 from stratolab.functions.bundle import build_bundle
 from stratolab.functions.client import pack
-from support import CHROMIUM, CHROMIUM_FLAGS, open_lab, screenshots
+from support import CHROMIUM, CHROMIUM_FLAGS, lab_page, open_lab, screenshots
 
 DOUBLER = ["def handler(inputs):\n    return {'x': inputs['x'] * 2}\n"]
 
@@ -230,7 +230,7 @@ def test_lists_open_as_tabs_with_sorting_filters_details_and_actions(hub, tmp_pa
 def test_the_sidebar_summarizes_a_long_list_and_its_show_all_opens_the_table(hub, tmp_path):
     """Eleven schedules: the sidebar shows the eight newest (and the selected one) and says how many
     more there are; "Show all…" opens the Schedules tab with every one."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     user = hub.create_user()
     scheduler = f"{hub.url}/services/scheduler/api"
@@ -240,33 +240,20 @@ def test_the_sidebar_summarizes_a_long_list_and_its_show_all_opens_the_table(hub
             "notebook": f"report-{i:02d}.ipynb", "content": notebook("print('done')"), "name": f"report-{i:02d}"})
         assert r.status_code == 201, r.text
         made.append(r.json())
-    shot = screenshots(tmp_path)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
-        page = None
-        try:
-            page = browser.new_page(viewport={"width": 1500, "height": 900})
-            page.set_default_timeout(60_000)
-            open_lab(page, hub, user)
-            page.locator(".jp-SideBar [data-id=stratolab-panel], .jp-SideBar li[title*=Stratolab]").first.click()
-            section = page.locator("[data-testid=stratolab-jobs]")
-            more = section.locator("[data-testid=stratolab-schedules-more]")
-            expect(more).to_contain_text("3 more schedules", timeout=90_000)
-            # the eight newest, in the list's order; the three oldest are left to the table
-            for s in made[:3]:
-                expect(section.locator(f"[data-testid=stratolab-schedule-{s['id']}]")).to_have_count(0)
-            for s in made[3:]:
-                expect(section.locator(f"[data-testid=stratolab-schedule-{s['id']}]")).to_have_count(1)
-            shot(page, "sidebar-summary")
-            more.locator("[data-testid=stratolab-schedules-more-open]").click()
-            tab = page.locator("[data-testid=stratolab-tab-schedules]")
-            expect(tab.locator("tbody tr")).to_have_count(11)
-        except Exception:
-            if page is not None:
-                shot(page, "summary-failure")
-            raise
-        finally:
-            browser.close()
+    with lab_page(hub, user, tmp_path) as page:
+        page.locator(".jp-SideBar [data-id=stratolab-panel], .jp-SideBar li[title*=Stratolab]").first.click()
+        section = page.locator("[data-testid=stratolab-jobs]")
+        more = section.locator("[data-testid=stratolab-schedules-more]")
+        expect(more).to_contain_text("3 more schedules", timeout=90_000)
+        # the eight newest, in the list's order; the three oldest are left to the table
+        for s in made[:3]:
+            expect(section.locator(f"[data-testid=stratolab-schedule-{s['id']}]")).to_have_count(0)
+        for s in made[3:]:
+            expect(section.locator(f"[data-testid=stratolab-schedule-{s['id']}]")).to_have_count(1)
+        screenshots(tmp_path)(page, "sidebar-summary")
+        more.locator("[data-testid=stratolab-schedules-more-open]").click()
+        tab = page.locator("[data-testid=stratolab-tab-schedules]")
+        expect(tab.locator("tbody tr")).to_have_count(11)
     for s in made:
         requests.delete(f"{scheduler}/schedules/{s['id']}", headers=user.headers, timeout=60)
     hub.stop_server(user)
