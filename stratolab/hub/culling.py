@@ -3,6 +3,13 @@
 The culler (a hub-managed service) asks us, through its `cull_arbiter_hook`, whether a server should go.
 A server whose spawner state lists GPUs (see StratolabSpawner.get_state) is culled after
 `STRATOLAB_CULL_GPU_TIMEOUT` seconds of inactivity; any other after the culler's own `--timeout`.
+
+What counts as activity is what the hub knows: the servers report their own (jupyterhub-singleuser posts
+its last API request or kernel activity every JUPYTERHUB_ACTIVITY_INTERVAL seconds), and
+configurable-http-proxy, when it is the proxy, reports traffic on each route (the hub asks it every
+`JupyterHub.last_activity_interval`); Traefik reports nothing. Both intervals follow the cull timeouts
+(`activity_interval`): a report at most a third of the shortest timeout old, so a server in use is never
+seen idle for as long as a timeout.
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 CULLER_SERVICE = "idle-culler"
+#: jupyterhub-singleuser's default report interval (and JupyterHub's last_activity_interval)
+DEFAULT_ACTIVITY_INTERVAL = 300
 CULLER_CONFIG_FILE = Path(__file__).with_name("culler_config.py")
 
 
@@ -28,6 +37,14 @@ def make_gpu_aware_arbiter(gpu_timeout: int) -> Callable[..., bool]:
         return inactive.total_seconds() >= limit
 
     return arbiter
+
+
+def activity_interval(timeout: int, gpu_timeout: int) -> int:
+    """Seconds between activity reports (servers' and the proxy's): the default 300, or a third of the
+    shortest cull timeout when that is shorter. A report can be one interval (plus 10% jitter) old when
+    the culler looks, and the culler looks every `cull_every` (at most half a timeout): a third keeps a
+    server in continuous use under its limit."""
+    return max(1, min(DEFAULT_ACTIVITY_INTERVAL, timeout // 3, gpu_timeout // 3))
 
 
 def culler_service(timeout: int, gpu_timeout: int, every: int) -> tuple[dict, dict]:

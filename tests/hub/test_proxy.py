@@ -1,0 +1,183 @@
+"""The hub's proxy on one machine: Traefik by default, configurable-http-proxy when STRATOLAB_PROXY says so.
+
+What Traefik must do as well as configurable-http-proxy did: route the hub, users' servers (HTTP and
+the kernels' websockets) and the services; carry large bodies; end with the hub however it ends (that
+test is in test_launcher_and_config). What it does better: keep its upstream connections open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import stat
+import subprocess
+import sys
+import tomllib
+import uuid
+from pathlib import Path
+
+import bcrypt
+import psutil
+import pytest
+import requests
+from traitlets.config import Config
+
+from stratolab.hub.config import configure_hub
+from stratolab.hub.proxy import TRAEFIK_API_PASSWORD, TRAEFIK_DYNAMIC_CONFIG, TRAEFIK_STATIC_CONFIG
+from stratolab.settings import PlatformSettings
+from support import HUB_CONFIG, HubProcess, user_env_for_tests
+
+
+def traefik_of(hub: HubProcess) -> psutil.Process:
+    [traefik] = [p for p in psutil.Process(hub.proc.pid).children() if "traefik" in Path(p.cmdline()[0]).name]
+    return traefik
+
+
+def port_of(address: str) -> int:
+    return int(address.rsplit(":", 1)[1])
+
+
+# --- the configuration, composed without starting anything ------------------------------------------
+
+def test_traefik_is_configured_in_the_data_dir_behind_a_stored_password(tmp_path):
+    settings = PlatformSettings.from_env({"STRATOLAB_DATA_DIR": str(tmp_path), "STRATOLAB_ISOLATION": "shared",
+                                          "STRATOLAB_USER_ENV": str(user_env_for_tests()),
+                                          "STRATOLAB_PROXY_API_PORT": "18001"})
+    assert settings.proxy == "traefik"  # the default
+    c = Config()
+    configure_hub(c, settings)
+    assert c.JupyterHub.proxy_class.__name__ == "StratolabTraefikProxy"
+    proxy = c.TraefikFileProviderProxy
+    assert proxy.should_start is True
+    assert proxy.static_config_file == str(tmp_path / TRAEFIK_STATIC_CONFIG)
+    assert proxy.dynamic_config_file == str(tmp_path / TRAEFIK_DYNAMIC_CONFIG)
+    assert proxy.traefik_api_url == "http://127.0.0.1:18001"
+    stored = tmp_path / TRAEFIK_API_PASSWORD
+    assert stat.S_IMODE(stored.stat().st_mode) == 0o600
+    assert stored.read_text().strip() == proxy.traefik_api_password and len(proxy.traefik_api_password) >= 32
+    assert bcrypt.checkpw(proxy.traefik_api_password.encode(), proxy.traefik_api_hashed_password.encode())
+    entry = proxy.extra_static_config["entryPoints"]["http"]
+    assert entry["transport"]["respondingTimeouts"]["readTimeout"] == "0s"  # Traefik 3 cut bodies at 60 s
+    assert "accessLog" not in proxy.extra_static_config
+    # the password is generated once: a second start uses the same
+    again = Config()
+    configure_hub(again, settings)
+    assert again.TraefikFileProviderProxy.traefik_api_password == proxy.traefik_api_password
+
+
+def test_an_unknown_proxy_is_refused_with_a_clear_message(tmp_path):
+    with pytest.raises(ValueError, match="STRATOLAB_PROXY must be 'traefik' or 'configurable-http-proxy', got 'nginx'"):
+        PlatformSettings.from_env({"STRATOLAB_PROXY": "nginx"})
+    env = {**os.environ, "STRATOLAB_PROXY": "nginx", "STRATOLAB_DATA_DIR": str(tmp_path)}
+    # JupyterHub with the deployment's config file: one line, no traceback
+    hub = subprocess.run([sys.executable, "-m", "jupyterhub", "-f", str(HUB_CONFIG)], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert hub.returncode != 0
+    assert "stratolab: STRATOLAB_PROXY must be 'traefik' or 'configurable-http-proxy', got 'nginx'" in hub.stderr
+    assert "Traceback" not in hub.stderr, hub.stderr
+    # `make run`'s launcher, before it starts anything
+    launcher = subprocess.run([sys.executable, "-m", "stratolab.hub.launcher"], env=env, capture_output=True,
+                              text=True, timeout=60)
+    assert launcher.returncode == 2
+    assert launcher.stderr.strip() == (
+        "stratolab-hub: STRATOLAB_PROXY must be 'traefik' or 'configurable-http-proxy', got 'nginx'")
+
+
+# --- a running hub ----------------------------------------------------------------------------------
+
+def test_traefik_is_the_default_proxy_and_routes_servers_and_services(hub):
+    traefik = traefik_of(hub)
+    static = tomllib.loads((hub.data_dir / TRAEFIK_STATIC_CONFIG).read_text())
+    assert port_of(static["entryPoints"]["http"]["address"]) == hub.port
+    api = static["entryPoints"]["auth_api"]["address"]
+    assert api.startswith("127.0.0.1:")
+    listening = {c.laddr for c in traefik.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
+    assert ("127.0.0.1", port_of(api)) in listening and ("127.0.0.1", hub.port) in listening
+    # the routes, with the API's password hash, are for the hub's user alone
+    assert stat.S_IMODE((hub.data_dir / TRAEFIK_DYNAMIC_CONFIG).stat().st_mode) == 0o600
+    # the API answers the stored password only
+    assert requests.get(f"http://{api}/api/overview", timeout=10).status_code == 401
+    password = (hub.data_dir / TRAEFIK_API_PASSWORD).read_text().strip()
+    assert requests.get(f"http://{api}/api/overview", auth=("jupyterhub", password), timeout=10).status_code == 200
+
+    user = hub.create_user()
+    assert hub.spawn(user, {"profile": "cpu"}).status_code in (201, 202)
+    try:
+        assert user.server_get("api/status", timeout=30).status_code == 200
+        for service in ("functions", "scheduler"):
+            assert requests.get(f"{hub.url}/services/{service}/", timeout=30).status_code == 200
+        assert requests.get(f"{hub.url}/hub/login", timeout=30).status_code == 200
+
+        # a large body (here 40 MB of base64) passes: no buffering or size limit in the proxy
+        content = base64.b64encode(os.urandom(30 * 1024 * 1024)).decode()
+        r = requests.put(f"{hub.url}/user/{user.name}/api/contents/big.bin", headers=user.headers, timeout=120,
+                         json={"type": "file", "format": "base64", "content": content})
+        assert r.status_code in (200, 201), r.text[:300]
+        assert r.json()["size"] == 30 * 1024 * 1024
+
+        # a kernel's websocket, as the lab opens it
+        kernel = requests.post(f"{hub.url}/user/{user.name}/api/kernels", headers=user.headers, json={}, timeout=60)
+        assert kernel.status_code == 201, kernel.text
+        assert asyncio.run(execute_over_websocket(hub, user, kernel.json()["id"], "print(6 * 7)")) == "42\n"
+    finally:
+        hub.stop_server(user)
+
+
+def test_traefik_keeps_its_upstream_connections_open(hub):
+    """configurable-http-proxy opened a connection to the functions service for every request; Traefik
+    reuses one (serversTransport.maxIdleConnsPerHost, left at its default)."""
+    traefik = traefik_of(hub)
+    service = requests.get(f"{hub.api}/services/functions", headers=hub.admin_headers(), timeout=30).json()
+    functions_port = port_of(service["url"].rstrip("/"))
+    session = requests.Session()
+    seen: set[int] = set()
+    for _ in range(20):
+        assert session.get(f"{hub.url}/services/functions/", timeout=30).status_code == 200
+        seen |= {c.laddr.port for c in traefik.net_connections("tcp")
+                 if c.raddr and c.raddr.port == functions_port and c.status == psutil.CONN_ESTABLISHED}
+    assert 1 <= len(seen) <= 2, seen
+
+
+async def execute_over_websocket(hub: HubProcess, user, kernel_id: str, code: str) -> str:
+    """Run `code` in a kernel through the proxy's websocket route; what it printed."""
+    from tornado.httpclient import HTTPRequest
+    from tornado.websocket import websocket_connect
+
+    url = f"ws://127.0.0.1:{hub.port}/user/{user.name}/api/kernels/{kernel_id}/channels"
+    conn = await websocket_connect(HTTPRequest(url, headers=user.headers, connect_timeout=30))
+    msg_id = uuid.uuid4().hex
+    header = {"msg_id": msg_id, "msg_type": "execute_request", "username": user.name, "session": uuid.uuid4().hex,
+              "version": "5.3", "date": ""}
+    conn.write_message(json.dumps({"header": header, "parent_header": {}, "metadata": {}, "channel": "shell",
+                                   "content": {"code": code, "silent": False}}))
+    printed = []
+    try:
+        while True:
+            raw = await asyncio.wait_for(conn.read_message(), 60)
+            assert raw is not None, "the websocket closed"
+            msg = json.loads(raw)
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            if msg["msg_type"] == "stream":
+                printed.append(msg["content"]["text"])
+            if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                return "".join(printed)
+    finally:
+        conn.close()
+
+
+def test_configurable_http_proxy_remains_selectable(hub_factory):
+    hub = hub_factory(STRATOLAB_PROXY="configurable-http-proxy", STRATOLAB_GPUS="")
+    try:
+        names = [" ".join(p.cmdline()) for p in psutil.Process(hub.proc.pid).children()]
+        assert any("configurable-http-proxy" in n for n in names), names
+        assert not any("traefik" in n for n in names), names
+        assert not (hub.data_dir / TRAEFIK_STATIC_CONFIG).exists()
+        user = hub.create_user()
+        assert hub.spawn(user, {"profile": "cpu"}).status_code in (201, 202)
+        assert user.server_get("api/status", timeout=30).status_code == 200
+        assert requests.get(f"{hub.url}/services/functions/", timeout=30).status_code == 200
+    finally:
+        hub.stop()
