@@ -91,11 +91,41 @@ def has_scope(scopes: list[str] | set[str], scope: str, owner: str) -> bool:
 
 
 def token_from_headers(headers) -> str | None:
-    auth = headers.get("Authorization", "")
+    return token_from_authorization(headers.get("Authorization", ""))
+
+
+def token_from_authorization(auth: str) -> str | None:
+    """The token of an `Authorization: token T` (or `Bearer T`) header."""
     for prefix in ("token ", "Token ", "bearer ", "Bearer "):
         if auth.startswith(prefix):
             return auth[len(prefix):].strip() or None
     return None
+
+
+def error_answer(exc: BaseException, status: int = 500) -> tuple[int, dict[str, Any]]:
+    """The one place an exception becomes an HTTP answer: (status, JSON body). A StratolabError keeps
+    its status and message (and `field`), a tornado HTTPError its status, anything else is a 500 with
+    an error id (the caller logs the traceback under it; the client never sees it)."""
+    if isinstance(exc, StratolabError):
+        body: dict[str, Any] = {"error": exc.message}
+        if exc.field:
+            body["field"] = exc.field
+        return int(exc.status), body
+    if isinstance(exc, web.HTTPError):
+        return exc.status_code, {"error": exc.log_message or exc.reason or "error"}
+    return 500, {"error": "internal error", "error_id": uuid.uuid4().hex[:12]}
+
+
+AUTH_REQUIRED = "authentication required: send a JupyterHub API token (Authorization: token ...)"
+
+
+async def caller_for_token(hub_auth: Any, token: str | None, required: bool = True) -> dict[str, Any] | None:
+    """The JupyterHub model (a user's or a service's) of `token`, from the hub or HubAuth's cache of
+    its answers; a 401 without a valid token if `required`."""
+    model = await hub_auth.user_for_token(token, sync=False) if token else None
+    if model is None and required:
+        raise StratolabError(AUTH_REQUIRED, status=401)
+    return model
 
 
 class ServiceHandler(web.RequestHandler):
@@ -117,15 +147,7 @@ class ServiceHandler(web.RequestHandler):
 
     async def authenticate(self, required: bool = True) -> dict[str, Any] | None:
         """The caller's JupyterHub model (a user's or a service's); a 401 without a valid token if `required`."""
-        token = token_from_headers(self.request.headers)
-        model = None
-        if token:
-            model = await self.hub_auth.user_for_token(token, sync=False)
-        if model is None and required:
-            raise StratolabError(
-                "authentication required: send a JupyterHub API token (Authorization: token ...)",
-                status=401,
-            )
+        model = await caller_for_token(self.hub_auth, token_from_headers(self.request.headers), required)
         self.caller = model
         return model
 
@@ -177,17 +199,14 @@ class ServiceHandler(web.RequestHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         body: dict[str, Any]
-        if isinstance(exc, StratolabError):
-            status_code = int(exc.status)
-            body = {"error": exc.message}
-            if exc.field:
-                body["field"] = exc.field
-        elif isinstance(exc, web.HTTPError):
-            body = {"error": exc.log_message or self._reason}
+        if isinstance(exc, web.HTTPError) and not exc.log_message:
+            body = {"error": self._reason}
+        elif exc is None:
+            body = {"error": self._reason}
         else:
-            error_id = uuid.uuid4().hex[:12]
-            self.log_exception_id = error_id
-            body = {"error": "internal error", "error_id": error_id}
+            status_code, body = error_answer(exc, status_code)
+            if "error_id" in body:
+                self.log_exception_id = body["error_id"]
         self.set_status(status_code)
         if status_code == 401:
             self.set_header("WWW-Authenticate", 'token realm="stratolab"')

@@ -256,8 +256,16 @@ class ServiceApp(EnvConfigurable, Application):
     async def serve(self) -> None:
         raise NotImplementedError
 
+    #: run on uvloop's event loop (the services on a request's hot path)
+    uvloop = False
+
     def start(self) -> None:
-        asyncio.run(self.serve())
+        if self.uvloop:
+            import uvloop
+
+            uvloop.run(self.serve())
+        else:
+            asyncio.run(self.serve())
 
     @classmethod
     def launch_instance(cls, argv: list[str] | None = None, **kwargs: Any) -> None:

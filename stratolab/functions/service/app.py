@@ -43,12 +43,15 @@ from stratolab.functions.service.openapi import OPENAPI
 from stratolab.functions.service.state import DEFAULT_MAX_HELD_MB, ServiceState
 from stratolab.platform.accounts import ensure_system_user, system_username
 from stratolab.platform.gpu_ledger import GpuLedger
+from stratolab.platform.http_front import HTTPFront
 from stratolab.platform.service_app import EnvConfigurable, HubService, NamedType, SettingError, until_stopped
 from stratolab.web import service_app
 
 log = logging.getLogger("stratolab.functions")
 
 FRAMEWORKS = ["torch", "sklearn", "numpy"]
+#: the largest request body (a bundle upload); each function's own payload limit is checked after
+MAX_BODY_SIZE = 2 * 1024**3
 
 
 def available_frameworks(python: str) -> list[str]:
@@ -78,7 +81,7 @@ def make_app(state: ServiceState, prefix: str, runtime_secret: str | None = None
     without it the runtime bundle route answers 404."""
     return service_app("stratolab-functions", prefix, OPENAPI, ROUTE_HANDLERS, state,
                        metrics_registry=metrics.REGISTRY, refresh_metrics=handlers.refresh_metrics,
-                       max_body_size=2 * 1024**3, runtime_secret=runtime_secret or None)
+                       max_body_size=MAX_BODY_SIZE, runtime_secret=runtime_secret or None)
 
 
 class FunctionsService(HubService):
@@ -88,6 +91,7 @@ class FunctionsService(HubService):
     Helm chart start it."""
 
     service_name, default_port = "functions", 10101
+    uvloop = True
     classes = [LocalFunctions, KnativeFunctions, KnativeSettings]
     aliases = {**HubService.aliases, "backend": "FunctionsService.backend_class"}
 
@@ -169,7 +173,10 @@ class FunctionsService(HubService):
             max_held_bytes=self.max_held_mb * 1024 * 1024,
         )
         app = make_app(state, prefix, runtime_secret)
-        server = app.listen(self.port, address=self.ip)
+        # the front answers invocations itself and hands every other request to the tornado app
+        front = HTTPFront(app, [("POST", f"{prefix.rstrip('/')}/fn/", handlers.invoke_route(state, prefix))],
+                          max_body_size=MAX_BODY_SIZE)
+        await front.listen(self.port, address=self.ip)
         await state.restore()
         housekeeping = ioloop.PeriodicCallback(state.housekeeping, 1000)
         housekeeping.start()
@@ -179,7 +186,7 @@ class FunctionsService(HubService):
         await until_stopped()
         housekeeping.stop()
         stats_flusher.stop()
-        server.stop()
+        await front.close()
         await backend.shutdown()
         state.stats.flush(everything=True)
 

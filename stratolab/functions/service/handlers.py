@@ -6,15 +6,19 @@ Exceptions become responses in one place, `stratolab.web.ServiceHandler.write_er
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import unquote
 
 from stratolab.errors import InvalidInput, StratolabError
 from stratolab.functions.backend import VersionRef
 from stratolab.functions.knative.bundle_access import check_bundle_token
 from stratolab.functions.service import metrics
 from stratolab.functions.service.state import ServiceState
+from stratolab.platform.http_front import FrontRequest, FrontResponse
 from stratolab.platform.scopes import FUNCTIONS_DEPLOY as DEPLOY
 from stratolab.platform.scopes import FUNCTIONS_INVOKE as INVOKE
-from stratolab.web import ServiceHandler, has_scope, path_id, token_from_headers
+from stratolab.web import ServiceHandler, caller_for_token, has_scope, path_id, token_from_authorization, token_from_headers
 
 
 class BaseHandler(ServiceHandler):
@@ -149,32 +153,69 @@ class RuntimeBundleHandler(BaseHandler):
 
 
 class InvokeHandler(BaseHandler):
+    """`POST fn/OWNER/NAME` under tornado. The service's front (platform/http_front.py) answers this
+    route itself (`invoke_route`), without tornado; both answer through `answer_invocation`."""
+
     async def post(self, owner: str, name: str) -> None:
-        view = self.state.view(owner, name)  # 404 for unknown names
-        if not view.public:
-            key = self.request.headers.get("X-Function-Key")
-            if key:
-                if not view.check_key(key):
-                    raise StratolabError("wrong function key", status=403)
-            else:
-                model = await self.authenticate()
-                if not has_scope(model.get("scopes", []), INVOKE, owner):
-                    # others' private functions look the same as missing ones
-                    raise StratolabError(f"no function {name!r}", status=404)
-        header, out = await self.state.invoke(
-            owner, name, self.request.body, self.request.headers.get("Content-Type", "application/json")
+        headers = self.request.headers
+        status, reply_headers, body = await answer_invocation(
+            self.state, owner, name, self.request.body, headers.get("Content-Type", JSON),
+            headers.get("X-Function-Key"), headers.get("Authorization", ""),
         )
-        status = int(header.get("status", 500))
-        self.set_header("X-Function-Version", str(header.get("version", "")))
-        self.set_header("X-Request-Id", header.get("request_id", ""))
-        if status != 200:
-            body = {"error": header.get("error", "the function failed")}
-            if header.get("error_id"):
-                body["error_id"] = header["error_id"]
-            self.send(body, status)
-            return
-        self.set_header("Content-Type", header.get("content_type", "application/json"))
-        self.finish(out)
+        self.set_status(status)
+        for header, value in reply_headers:
+            self.set_header(header, value)
+        self.finish(body)
+
+
+JSON = "application/json"
+
+
+async def answer_invocation(state: ServiceState, owner: str, name: str, body: bytes, content_type: str,
+                            key: str | None, authorization: str) -> tuple[int, list[tuple[str, str]], bytes]:
+    """Check who calls, invoke, and make the answer: (status, headers, body). A caller may use the
+    function's key (`X-Function-Key`), a token with the invoke scope for the owner, or nothing for a
+    public function; others' private functions look the same as missing ones."""
+    view = state.view(owner, name)  # 404 for unknown names
+    if not view.public:
+        if key:
+            if not view.check_key(key):
+                raise StratolabError("wrong function key", status=403)
+        else:
+            model = await caller_for_token(state.hub_auth, token_from_authorization(authorization))
+            assert model is not None
+            if not has_scope(model.get("scopes", []), INVOKE, owner):
+                raise StratolabError(f"no function {name!r}", status=404)
+    header, out = await state.invoke(owner, name, body, content_type or JSON)
+    status = int(header.get("status", 500))
+    headers = [("X-Function-Version", str(header.get("version", ""))),
+               ("X-Request-Id", str(header.get("request_id", "")))]
+    if status != 200:
+        error: dict[str, Any] = {"error": header.get("error", "the function failed")}
+        if header.get("error_id"):
+            error["error_id"] = header["error_id"]
+        return status, [*headers, ("Content-Type", JSON), ("Cache-Control", "no-store")], json.dumps(error).encode()
+    return status, [*headers, ("Content-Type", str(header.get("content_type", JSON)))], out
+
+
+def invoke_route(state: ServiceState, prefix: str) -> Callable[[FrontRequest], Awaitable[FrontResponse | None]]:
+    """The front's handler of `POST {prefix}fn/OWNER/NAME` (a trailing slash allowed); any other path
+    under it goes on to tornado (its 404s and 405s)."""
+    base = prefix.rstrip("/") + "/fn/"
+
+    async def route(request: FrontRequest) -> FrontResponse | None:
+        parts = request.path[len(base):].rstrip("/").split("/")
+        if len(parts) != 2 or not all(parts):
+            return None
+        owner, name = (unquote(p) for p in parts)
+        h = request.headers
+        status, headers, body = await answer_invocation(
+            state, owner, name, request.body, h.get("content-type", JSON), h.get("x-function-key"),
+            h.get("authorization", ""),
+        )
+        return FrontResponse(status, body, headers)
+
+    return route
 
 
 def refresh_metrics(state: ServiceState) -> None:
