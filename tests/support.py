@@ -1,4 +1,4 @@
-"""Start real hubs (JupyterHub + configurable-http-proxy + real single-user servers) and act as users.
+"""Start real hubs (JupyterHub + its proxy, Traefik by default + real single-user servers) and act as users.
 
 `HubProcess` starts the hub exactly as `make run` does (hub/jupyterhub_config.py composed by
 `stratolab.hub.config`), with its own data directory, port and settings. Used by the tests' fixtures
@@ -195,6 +195,7 @@ class HubProcess:
         env.update(self.env)
         self.log_path = self.data_dir / "hub.log"
         log = open(self.log_path, "ab")
+        self._log_offset = log.tell()  # a hub started again in the same directory appends to its log
         self.proc = subprocess.Popen(
             self.command(),
             cwd=self.data_dir,
@@ -208,12 +209,22 @@ class HubProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"hub exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
-                if requests.get(f"{self.api}/", timeout=2).status_code == 200:
+                if requests.get(f"{self.api}/", timeout=2).status_code == 200 and self.started():
                     return self
             except requests.RequestException:
                 pass
             time.sleep(0.2)
         raise RuntimeError(f"hub did not answer within {timeout}s:\n{self.log_tail()}")
+
+    def started(self) -> bool:
+        """True once JupyterHub's start has finished: the hub answers through the proxy before that, while
+        it still adds the services' routes (Traefik takes a fraction of a second for each) and before it
+        handles SIGTERM (a stop sent then killed it outright, with no clean-up)."""
+        if self.log_path is None:
+            return False
+        with open(self.log_path, "rb") as f:
+            f.seek(getattr(self, "_log_offset", 0))
+            return b"JupyterHub is now running" in f.read()
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

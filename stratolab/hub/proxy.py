@@ -4,10 +4,13 @@ STRATOLAB_PROXY picks it (stratolab.settings.PROXIES). Both listen on the public
 hub and `/user/<name>/`, `/services/<name>/` to servers and services, and take their routes from the hub
 through an API on 127.0.0.1 (STRATOLAB_PROXY_API_PORT).
 
-Why Traefik by default: configurable-http-proxy (node's http-proxy) opens a new upstream connection for
-every request; Traefik keeps idle upstream connections (serversTransport.maxIdleConnsPerHost, 200 by
-default, left as it is), which takes about a millisecond off every function invocation through the hub's
-URL. The Littlest JupyterHub runs Traefik the same way, through jupyterhub-traefik-proxy's file provider.
+Why Traefik by default: it is the lighter hop. A trivial function invoked through the hub's URL took
+0.27 ms (median) more than on the functions service directly with Traefik, 0.59 ms with
+configurable-http-proxy 5.3 (benchmarks/proxy_hop.py on this project's 2-core machine). Both keep idle
+upstream connections (Traefik's serversTransport.maxIdleConnsPerHost, 200 by default and left so;
+configurable-http-proxy's keep-alive agent since its pull request #492), so the difference is each proxy's
+own work per request. The Littlest JupyterHub runs Traefik the same way, through jupyterhub-traefik-proxy's
+file provider.
 
 Choices, each with its reason:
 
