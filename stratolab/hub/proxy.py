@@ -26,6 +26,8 @@ Choices, each with its reason:
   (4): the cost protects guessable passwords, and this one is 256 random bits. At the package's default
   cost (12) every API call, and the hub makes several while it adds a route, took 274 ms here instead of
   5 ms (median of ten GET /api/overview on this project's 2-core machine).
+- Traefik neither checks for new versions (on by default: a request to its vendor every day) nor sends
+  usage statistics; its version is the one pip installed.
 - No access log (Traefik's default); Traefik's own log at WARN, in `<data dir>/traefik.log`. Headers
   whose names alias the ones Traefik sets (X_Forwarded_For for X-Forwarded-For) are dropped
   (aliasHeadersStrategy "delete", which Traefik asks for at start when it is unset); encoded characters
@@ -165,6 +167,8 @@ def configure_traefik(c, settings: PlatformSettings, data_dir: Path) -> None:
     proxy.traefik_api_hashed_password = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
     proxy.traefik_log_level = "WARN"
     proxy.extra_static_config = {
+        # no calls home: Traefik's version is the one pip installed, and the platform talks to no one else
+        "global": {"checkNewVersion": False, "sendAnonymousUsage": False},
         "log": {"filePath": str(data_dir / TRAEFIK_LOG)},
         "entryPoints": {
             # the public entry point, named "http" by the package (the hub's URL is http://)

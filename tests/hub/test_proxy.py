@@ -61,6 +61,7 @@ def test_traefik_is_configured_in_the_data_dir_behind_a_stored_password(tmp_path
     entry = proxy.extra_static_config["entryPoints"]["http"]
     assert entry["transport"]["respondingTimeouts"]["readTimeout"] == "0s"  # Traefik 3 cut bodies at 60 s
     assert "accessLog" not in proxy.extra_static_config
+    assert proxy.extra_static_config["global"] == {"checkNewVersion": False, "sendAnonymousUsage": False}
     # the password is generated once: a second start uses the same
     again = Config()
     configure_hub(again, settings)
