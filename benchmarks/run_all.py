@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from goals import table
+
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = ["login_to_lab.py", "function_cold_start.py", "function_batching.py", "function_serving.py",
               "function_burst.py", "jobs_scheduler.py", "proxy_hop.py"]
@@ -23,6 +25,9 @@ def main() -> int:
         else:
             results[name] = json.loads(proc.stdout)
     print(json.dumps(results, indent=2))
+    rows = [(name.removesuffix(".py"), row) for name, result in results.items() for row in result.get("goals", [])]
+    # the goals table goes to stderr: stdout stays one JSON document
+    print("\n" + table(rows), file=sys.stderr)
     return 1 if failed else 0
 
 
