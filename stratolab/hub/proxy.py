@@ -65,6 +65,8 @@ TRAEFIK_LOG = "traefik.log"
 #: the proxy's path matching for access.
 ALLOW_ENCODED = {f"allowEncoded{name}": True for name in
                  ("Slash", "BackSlash", "NullCharacter", "Semicolon", "Percent", "QuestionMark", "Hash")}
+#: how soon the hub first asks Traefik whether a new route is served
+ROUTE_POLL_S = 0.01
 #: the process wrapper that makes a child end with the hub
 DIE_WITH_PARENT = [sys.executable, "-m", "stratolab.platform.process"]
 
@@ -141,6 +143,18 @@ def _traefik_proxy_class() -> type:
         @default("traefik_command")
         def _default_traefik_command(self) -> list[str]:
             return [*DIE_WITH_PARENT, traefik_binary()]
+
+        async def _wait_for_route(self, routespec: str) -> None:
+            """Wait until Traefik serves a new route, asking every 10 ms at first (the package's wait
+            starts at 200 ms, which a server start pays every time: Traefik takes a few ms to reload)."""
+            from jupyterhub.utils import exponential_backoff
+
+            async def loaded() -> bool:
+                return bool(await self._check_for_traefik_service(routespec, "service")
+                            and await self._check_for_traefik_service(routespec, "router"))
+
+            await exponential_backoff(loaded, f"Traefik route for {routespec}: not ready", start_wait=ROUTE_POLL_S,
+                                      max_wait=0.25, timeout=self.check_route_timeout)
 
         def _start_traefik(self) -> None:
             env = {**os.environ, **self.traefik_env}
