@@ -11,6 +11,11 @@ load, batches fill up by themselves and the wait bound only matters when traffic
 Failures are per batch: if the handler raises, or returns something that is not one result per
 input, every caller of that batch gets the error. A caller that goes away (cancelled) is dropped
 from its batch if the batch has not started yet, and is simply not answered if it has.
+
+The batcher costs the event loop little per input: no task and no future of its own (`submit_nowait`
+hands the answer to any receiver with a future's `set_result`/`set_exception`, a worker's reply
+callback), one call per loop iteration to form batches, a timer only for the wait bound, and one
+hand-off to the thread per batch, not per input.
 """
 
 from __future__ import annotations
@@ -18,19 +23,27 @@ from __future__ import annotations
 import asyncio
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 
 class BatchError(Exception):
     """The handler's return value does not give one result per input of the batch."""
 
 
-@dataclass
+class Receiver(Protocol):
+    """Where an item's answer goes: the part of `asyncio.Future`'s interface the batcher uses."""
+
+    def done(self) -> bool: ...  # True: the caller went away (or was answered), skip it
+    def set_result(self, result: Any) -> None: ...
+    def set_exception(self, exc: BaseException) -> None: ...
+
+
+@dataclass(slots=True)
 class _Waiting:
     item: Any
-    future: asyncio.Future
+    future: Receiver
     arrived: float  # loop.time() when submitted
 
 
@@ -96,9 +109,11 @@ class DynamicBatcher:
         self.failed_batches = 0
         self.batch_sizes: Counter[int] = Counter()
         self._waiting: deque[_Waiting] = deque()
-        self._wakeup: asyncio.Event | None = None
-        self._collector: asyncio.Task | None = None
-        self._running: set[asyncio.Task] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._running: set[Future] = set()  # batches in the executor
+        self._dispatch_soon = False  # a dispatch is scheduled for this loop iteration
+        self._timer: asyncio.TimerHandle | None = None  # when the oldest input's wait is over
+        self._all_done: asyncio.Future[None] | None = None  # what `close` waits for
 
     @property
     def mean_batch_size(self) -> float:
@@ -106,96 +121,111 @@ class DynamicBatcher:
 
     async def submit(self, item: Any) -> Any:
         """Queue one input; return its result once its batch has run (or raise the batch's error)."""
-        loop = asyncio.get_running_loop()
-        if self._collector is None or self._wakeup is None:
-            self._wakeup = asyncio.Event()
-            self._collector = loop.create_task(self._collect(self._wakeup))
-        future = loop.create_future()
-        self._waiting.append(_Waiting(item, future, loop.time()))
-        if len(self._waiting) == 1 or len(self._waiting) >= self.max_batch_size:
-            self._wakeup.set()  # the collector waits either for a first input or for a full batch
+        future = asyncio.get_running_loop().create_future()
+        self.submit_nowait(item, future)
         return await future
+
+    def submit_nowait(self, item: Any, receiver: Receiver) -> None:
+        """Queue one input (on the event loop); its result or error goes to `receiver`, unless
+        `receiver.done()` is true by then."""
+        loop = self._loop = asyncio.get_running_loop()
+        self._waiting.append(_Waiting(item, receiver, loop.time()))
+        if not self._dispatch_soon:
+            # at the end of this loop iteration: inputs that arrive together form one batch
+            self._dispatch_soon = True
+            loop.call_soon(self._dispatch)
 
     async def close(self) -> None:
         """Stop collecting: inputs not yet in a batch fail; batches already running finish."""
-        if self._collector is not None:
-            self._collector.cancel()
-            await asyncio.gather(self._collector, return_exceptions=True)
-            self._collector = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         while self._waiting:
             waiting = self._waiting.popleft()
             if not waiting.future.done():
                 waiting.future.set_exception(BatchError("the batcher closed before this input ran"))
         if self._running:
-            await asyncio.gather(*self._running, return_exceptions=True)
+            self._all_done = asyncio.get_running_loop().create_future()
+            await self._all_done
 
-    async def _collect(self, wakeup: asyncio.Event) -> None:
-        loop = asyncio.get_running_loop()
-        slots = asyncio.Semaphore(self.max_concurrent_batches)
-        while True:
-            await slots.acquire()  # while every slot is busy, inputs accumulate for the next batch
-            try:
-                batch = await self._next_batch(loop, wakeup)
-            except BaseException:
-                slots.release()
-                raise
-            task = loop.create_task(self._run(batch))
-            self._running.add(task)
+    def _dispatch(self) -> None:
+        """Start the batches that may start now: a free slot, and either a full batch waiting or an
+        oldest input that waited `max_wait`; else be called again when that wait is over."""
+        self._dispatch_soon = False
+        loop = self._loop
+        assert loop is not None
+        while self._waiting and len(self._running) < self.max_concurrent_batches:
+            if len(self._waiting) < self.max_batch_size:
+                due = self._waiting[0].arrived + self.max_wait
+                if due > loop.time():
+                    if self._timer is None or self._timer.when() != due:
+                        if self._timer is not None:
+                            self._timer.cancel()
+                        self._timer = loop.call_at(due, self._on_timer)
+                    return
+            batch = self._take()
+            if batch:
+                self._start(loop, batch)
+        # no free slot (a finishing batch dispatches again) or nothing waiting
 
-            def finished(task: asyncio.Task) -> None:
-                self._running.discard(task)
-                slots.release()
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._dispatch()
 
-            task.add_done_callback(finished)
+    def _take(self) -> list[_Waiting]:
+        """The next batch: up to `max_batch_size` inputs whose callers still wait, oldest first."""
+        batch: list[_Waiting] = []
+        waiting = self._waiting
+        while waiting and len(batch) < self.max_batch_size:
+            item = waiting.popleft()
+            if not item.future.done():  # a caller that went away before its batch started: dropped
+                batch.append(item)
+        return batch
 
-    def _drop_cancelled(self) -> None:
-        if any(w.future.done() for w in self._waiting):
-            self._waiting = deque(w for w in self._waiting if not w.future.done())
-
-    async def _next_batch(self, loop: asyncio.AbstractEventLoop, wakeup: asyncio.Event) -> list[_Waiting]:
-        """Wait for a first input, then until the batch is full or the first input waited max_wait."""
-        while True:
-            self._drop_cancelled()
-            if not self._waiting:
-                wakeup.clear()
-                await wakeup.wait()
-                continue
-            remaining = self._waiting[0].arrived + self.max_wait - loop.time()
-            if len(self._waiting) >= self.max_batch_size or remaining <= 0:
-                break
-            wakeup.clear()
-            try:
-                await asyncio.wait_for(wakeup.wait(), remaining)
-            except TimeoutError:
-                pass
-        return [self._waiting.popleft() for _ in range(min(self.max_batch_size, len(self._waiting)))]
-
-    async def _run(self, batch: list[_Waiting]) -> None:
+    def _start(self, loop: asyncio.AbstractEventLoop, batch: list[_Waiting]) -> None:
         items = [w.item for w in batch]
         self.batches += 1
         self.items += len(items)
         self.batch_sizes[len(items)] += 1
         try:
-            output = await asyncio.get_running_loop().run_in_executor(self.executor, self.handler, items)
-            results = split_results(output, len(items))
-        except asyncio.CancelledError:
-            for waiting in batch:
-                waiting.future.cancel()
-            raise
-        except Exception as exc:
-            self.failed_batches += 1
+            running = self.executor.submit(self._call, items)
+        except RuntimeError as exc:  # the executor was shut down
             self._fail(batch, exc)
             return
-        for waiting, result in zip(batch, results, strict=True):  # split_results checked the count
-            if not waiting.future.done():  # a caller that went away is not answered
-                waiting.future.set_result(result)
+        self._running.add(running)
+        running.add_done_callback(lambda done: loop.call_soon_threadsafe(self._finish, batch, done))
+
+    def _call(self, items: list[Any]) -> list[Any]:
+        """In the executor's thread: the handler, once, and its output split into one result per input."""
+        return split_results(self.handler(items), len(items))
+
+    def _finish(self, batch: list[_Waiting], done: Future) -> None:
+        """On the event loop, once a batch's thread is done: answer its callers, start what waits."""
+        self._running.discard(done)
+        try:
+            results = done.result()  # BaseException (SystemExit in the handler) ends the worker, as before
+        except Exception as exc:  # the handler's, or its output is not one result per input
+            self._fail(batch, exc)
+        else:
+            for waiting, result in zip(batch, results, strict=True):  # split_results checked the count
+                if not waiting.future.done():  # a caller that went away is not answered
+                    waiting.future.set_result(result)
+        if not self._running and self._all_done is not None and not self._all_done.done():
+            self._all_done.set_result(None)
+        self._dispatch()
 
     def _fail(self, batch: list[_Waiting], exc: Exception) -> None:
-        if self.on_batch_failure is not None:
-            try:
-                exc = self.on_batch_failure(exc, len(batch))
-            except Exception as hook_error:  # a broken hook must not leave callers waiting
-                exc = hook_error
+        self.failed_batches += 1
+        exc = self._failure(exc, len(batch))
         for waiting in batch:
             if not waiting.future.done():
                 waiting.future.set_exception(exc)
+
+    def _failure(self, exc: Exception, size: int) -> Exception:
+        """The exception every caller of a failed batch gets (the hook's, once per batch)."""
+        if self.on_batch_failure is not None:
+            try:
+                return self.on_batch_failure(exc, size)
+            except Exception as hook_error:  # a broken hook must not leave callers waiting
+                return hook_error
+        return exc

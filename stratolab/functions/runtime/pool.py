@@ -146,7 +146,7 @@ class VersionPool:
             instance.dead_reason = reason
             _kill(instance.pid)
             for conn in instance.idle:
-                conn.writer.close()
+                conn.discard()
             instance.idle.clear()
             if instance in self.instances:
                 self.instances.remove(instance)
@@ -220,14 +220,12 @@ class VersionPool:
         try:
             conn = instance.idle.pop() if instance.idle else await WorkerConnection.open(instance.socket)
             remaining = max(0.001, deadline - time.monotonic())
-            header, out = await asyncio.wait_for(
-                conn.invoke(body, content_type, id=request_id), remaining
-            )
+            header, out = await conn.invoke(body, content_type, timeout=remaining, id=request_id)
             instance.idle.append(conn)
             return header, out
         except TimeoutError:
             if conn:
-                conn.writer.close()  # the reply is still coming: this connection is spoiled
+                conn.discard()  # the reply is still coming: this connection is spoiled
             instance.draining = True
             raise InvocationError(
                 f"the function did not answer within {self.policy.timeout_s:g} s", status=504

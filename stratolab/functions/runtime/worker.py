@@ -1,61 +1,55 @@
 """A function worker: loads one bundle and answers invocations on a Unix socket.
 
 Requests are frames (see protocol.py) with `content_type`; JSON bodies are decoded for the handler
-and JSON-able results encoded back, `bytes` results are returned as they are. A handler that raises
-answers status 500 with an error id; the traceback goes to the worker's stderr (the owner's logs),
-never to the caller. Up to `concurrency` invocations run at once, in threads.
+and JSON-able results encoded back, `bytes` results are returned as they are (payloads.py says how,
+and what NaN in a result becomes). A handler that raises answers status 500 with an error id; the
+traceback goes to the worker's stderr (the owner's logs), never to the caller. What an invocation
+prints is also returned with its reply (`output`).
 
-With `max_batch_size > 1` the handler takes a list: concurrent invocations (over separate connections)
-are gathered by a `DynamicBatcher` (see batching.py) and each caller gets its own element of the
-returned list. Then `concurrency` is the number of batches that may run at once, and a failing batch
-is logged once, with one error id that every caller of the batch receives.
+The invocation path is kept short: uvloop's event loop, a `WorkerProtocol` per connection that
+parses frames from the chunks it receives (no stream reader, no task per connection), and:
+
+- `concurrency == 1`: the handler runs inline, on the event loop's thread, without the hop to a
+  thread and back. The functions service's pool sends such an instance one invocation at a time
+  (pool.py: an instance takes at most `concurrency` at once), so a thread pool of one could run
+  nothing beside it anyway. While a handler runs, the loop reads nothing: another connection's frame,
+  a `ping` included, is answered once the handler returns (nothing pings workers today: the
+  fork-servers' ping is on their own control socket).
+- `concurrency > 1`: up to `concurrency` invocations run at once, in threads (torch releases the
+  GIL; handlers may block on I/O).
+- `max_batch_size > 1`: the handler takes a list: concurrent invocations (over separate connections)
+  are gathered by a `DynamicBatcher` (see batching.py) and each caller gets its own element of the
+  returned list. Then `concurrency` is the number of batches that may run at once, and a failing
+  batch is logged once, with one error id that every caller of the batch receives. Bodies are parsed
+  on the loop as they arrive (one that is not JSON is answered 400 at once, alone) and results
+  encoded as they are answered, so that both overlap with the batch's handler and with the arrival
+  of the next inputs rather than lengthening the batch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
-import json
 import os
 import sys
 import threading
 import traceback
 import uuid
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import uvloop
+
 from stratolab.functions.bundle import load_handler
 from stratolab.functions.runtime.batching import DynamicBatcher
-from stratolab.platform.protocol import encode_frame, read_frame
+from stratolab.functions.runtime.payloads import JSON, InvalidInput, decode_input, decode_request, encode_output
+from stratolab.platform.protocol import Frame, FrameDecoder, FrameError, frame_parts
 from stratolab.platform.sockets import staging_path
 
-JSON = "application/json"
-
-
-def decode_input(content_type: str, body: bytes) -> Any:
-    """The handler's input: parsed JSON, or the bytes; ValueError for JSON that cannot be parsed
-    (nested deeper than the parser goes included)."""
-    if content_type.split(";")[0].strip() in (JSON, ""):
-        try:
-            return json.loads(body) if body else None
-        except RecursionError:
-            raise ValueError("nested too deeply") from None
-    return body
-
-
-def encode_output(result: Any) -> tuple[str, bytes]:
-    if isinstance(result, (bytes, bytearray, memoryview)):
-        return "application/octet-stream", bytes(result)
-    return JSON, json.dumps(result, default=_json_default).encode()
-
-
-def _json_default(value: Any) -> Any:
-    tolist = getattr(value, "tolist", None)  # numpy arrays and scalars, torch tensors
-    if callable(tolist):
-        return tolist()
-    raise TypeError(f"the handler returned a {type(value).__name__}, which is not JSON")
+__all__ = ["JSON", "InvocationStream", "Worker", "WorkerProtocol", "decode_input", "encode_output", "run_worker"]
 
 
 class InvocationFailed(Exception):
@@ -117,6 +111,9 @@ def failure_reply(error_id: str) -> tuple[dict, bytes]:
 
 
 class Worker:
+    """Invocations of one handler: `call` (in a thread of `pool`, or inline), `call_batched`, and
+    `start`, the socket path's entry, which answers through a callback (see `WorkerProtocol`)."""
+
     def __init__(
         self,
         handler: Callable[[Any], Any],
@@ -132,67 +129,197 @@ class Worker:
                 handler, max_batch_size, max_wait_ms, self.pool,
                 max_concurrent_batches=max(1, concurrency), on_batch_failure=self._batch_failed,
             )
+        #: `start` runs the handler on the event loop's thread, without a hop to the pool: the
+        #: functions service sends an instance of concurrency 1 one invocation at a time (see
+        #: pool.py), so nothing could run beside it anyway
+        self.inline = concurrency <= 1 and self.batcher is None
 
     def call(self, header: dict, body: bytes) -> tuple[dict, bytes]:
         return captured(lambda: self._call(header, body))
 
     def _call(self, header: dict, body: bytes) -> tuple[dict, bytes]:
         try:
-            payload = decode_input(header.get("content_type", JSON), body)
-        except ValueError as e:
-            return {"status": 400, "error": f"the request body is not valid JSON: {e}"}, b""
+            payload = decode_request(header.get("content_type", JSON), body)
+        except InvalidInput as e:
+            return {"status": 400, "error": str(e)}, b""
         try:
             content_type, out = encode_output(self.handler(payload))
         except Exception as exc:
             return failure_reply(log_failure(f"invocation {header.get('id', '?')} failed", exc))
         return {"status": 200, "content_type": content_type}, out
 
+    def call_inline(self, header: dict, body: bytes) -> tuple[dict, bytes]:
+        """`call` on the event loop's thread. The loop is hidden from the handler meanwhile: as in a
+        pool thread, it may run a loop of its own (`asyncio.run`)."""
+        running = asyncio._get_running_loop()
+        asyncio._set_running_loop(None)
+        try:
+            return self.call(header, body)
+        finally:
+            asyncio._set_running_loop(running)
+
     async def call_batched(self, header: dict, body: bytes) -> tuple[dict, bytes]:
-        """Like `call`, but the decoded input joins a batch and the handler sees a list."""
+        """Like `call`, but the input joins a batch and the handler sees a list."""
         if self.batcher is None:
             raise RuntimeError("call_batched on a worker that does not batch")
-        batcher = self.batcher
         try:
-            payload = decode_input(header.get("content_type", JSON), body)
-        except ValueError as e:
-            return {"status": 400, "error": f"the request body is not valid JSON: {e}"}, b""
+            payload = decode_request(header.get("content_type", JSON), body)
+        except InvalidInput as e:
+            return {"status": 400, "error": str(e)}, b""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.batcher.submit_nowait(payload, future)
         try:
-            result = await batcher.submit(payload)
-        except InvocationFailed as e:  # already logged, once for the whole batch
-            return failure_reply(e.error_id)
+            content_type, out = encode_output(await future)
         except Exception as exc:
-            return failure_reply(log_failure(f"invocation {header.get('id', '?')} failed", exc))
-        try:
-            content_type, out = encode_output(result)
-        except Exception as exc:
-            return failure_reply(log_failure(f"invocation {header.get('id', '?')} failed", exc))
+            return _batched_failure(exc, header)
         return {"status": 200, "content_type": content_type}, out
+
+    def start(self, header: dict, body: bytes, connection: WorkerProtocol) -> None:
+        """Begin answering one frame; the reply goes to `connection.answer`, now or later (always on
+        the event loop)."""
+        if header.get("op") == "ping":
+            connection.answer({"status": 200, "pid": os.getpid()}, b"")
+        elif self.batcher is not None:
+            # parsed here, as it arrives: while a batch's handler runs (torch without the GIL) or
+            # the next inputs are still coming, not after the batch has formed
+            try:
+                payload = decode_request(header.get("content_type", JSON), body)
+            except InvalidInput as e:  # its own 400, not its batch's failure
+                connection.answer({"status": 400, "error": str(e)}, b"")
+                return
+            self.batcher.submit_nowait(payload, _BatchedReply(connection, header))
+        elif self.inline:
+            connection.answer(*self.call_inline(header, body))
+        else:
+            loop = asyncio.get_running_loop()
+            self.pool.submit(self.call, header, body).add_done_callback(
+                lambda done: loop.call_soon_threadsafe(_answer_from_thread, done, connection, header))
 
     def _batch_failed(self, exc: Exception, size: int) -> Exception:
         error_id = log_failure(f"a batch of {size} invocations failed (each got this error id)", exc)
         return InvocationFailed(error_id)
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        loop = asyncio.get_running_loop()
+
+def _batched_failure(exc: BaseException, header: dict) -> tuple[dict, bytes]:
+    """The reply of a batched invocation that did not get a result."""
+    if isinstance(exc, InvocationFailed):  # already logged, once for the whole batch
+        return failure_reply(exc.error_id)
+    return failure_reply(log_failure(f"invocation {header.get('id', '?')} failed", exc))
+
+
+def _answer_from_thread(done: Future, connection: WorkerProtocol, header: dict) -> None:
+    try:
+        reply, out = done.result()
+    except Exception as exc:  # a failure of ours, not the handler's (`call` catches those)
+        reply, out = failure_reply(log_failure(f"invocation {header.get('id', '?')} failed", exc))
+    connection.answer(reply, out)
+
+
+class _BatchedReply:
+    """A batched invocation's receiver (see batching.Receiver): answers its connection directly,
+    without a future or a task per invocation."""
+
+    __slots__ = ("connection", "header")
+
+    def __init__(self, connection: WorkerProtocol, header: dict):
+        self.connection, self.header = connection, header
+
+    def done(self) -> bool:
+        return self.connection.closed  # a caller that went away is dropped from its batch
+
+    def set_result(self, result: Any) -> None:
         try:
-            while True:
+            content_type, out = encode_output(result)
+        except Exception as exc:
+            self.set_exception(exc)
+            return
+        self.connection.answer({"status": 200, "content_type": content_type}, out)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.connection.answer(*_batched_failure(exc, self.header))
+
+
+#: frames read ahead on one connection (callers send one at a time; this bounds a misbehaving one)
+MAX_QUEUED_FRAMES = 16
+
+
+class WorkerProtocol(asyncio.Protocol):
+    """One connection from the functions service: frames in, one reply per frame, in order.
+
+    A connection is one caller at a time (`WorkerConnection` waits for each reply), so its frames
+    are answered one after the other, as the stream reader did; concurrency comes from connections.
+    """
+
+    def __init__(self, worker: Worker):
+        self.worker = worker
+        self.decoder = FrameDecoder()
+        self.transport: asyncio.Transport | None = None
+        self.queued: deque[Frame] = deque()
+        self.busy = False  # one of this connection's frames is being answered
+        self.closed = False
+        self._starting = False
+        self._reading_paused = False
+        self._writing_paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.queued.extend(self.decoder.feed(data))
+        except FrameError:  # not our peer, or a broken one: the stream cannot be read on
+            self.closed = True
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        if not self._starting:
+            self._start_queued()
+        if len(self.queued) >= MAX_QUEUED_FRAMES:
+            self._pause_reading()
+
+    def answer(self, header: dict, body: bytes) -> None:
+        """The reply to the frame being answered (on the event loop); the next queued frame starts."""
+        transport = self.transport
+        if not self.closed and transport is not None:
+            for part in frame_parts(header, body):
+                transport.write(part)
+        self.busy = False
+        if self.queued and not self._starting:
+            self._start_queued()
+
+    def _start_queued(self) -> None:
+        self._starting = True  # answers given synchronously (inline, ping) continue this loop
+        try:
+            while self.queued and not self.busy and not self.closed and not self._writing_paused:
+                header, body = self.queued.popleft()
+                self.busy = True
                 try:
-                    header, body = await read_frame(reader)
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    return
-                try:
-                    if header.get("op") == "ping":
-                        reply, out = {"status": 200, "pid": os.getpid()}, b""
-                    elif self.batcher is not None:
-                        reply, out = await self.call_batched(header, body)
-                    else:
-                        reply, out = await loop.run_in_executor(self.pool, self.call, header, body)
+                    self.worker.start(header, body, self)
                 except Exception as exc:  # a failure of ours, not the handler's: answer it, keep serving
-                    reply, out = failure_reply(log_failure(f"invocation {header.get('id', '?')} failed", exc))
-                writer.write(encode_frame(reply, out))
-                await writer.drain()
+                    self.answer(*failure_reply(log_failure(f"invocation {header.get('id', '?')} failed", exc)))
         finally:
-            writer.close()
+            self._starting = False
+        if self._reading_paused and len(self.queued) < MAX_QUEUED_FRAMES and not self._writing_paused:
+            self._reading_paused = False
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.resume_reading()
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None and not self.transport.is_closing():
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def pause_writing(self) -> None:  # the caller does not read its replies: stop reading its frames
+        self._writing_paused = True
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._start_queued()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.queued.clear()
 
 
 def run_worker(
@@ -201,7 +328,8 @@ def run_worker(
     """Load the bundle, then serve; the socket appears only once the handler is loaded (= ready).
 
     `max_batch_size > 1` turns on dynamic batching (the handler then takes a list of inputs), with
-    batches dispatched at most `max_wait_ms` after their first input arrived.
+    batches dispatched at most `max_wait_ms` after their first input arrived. The event loop is
+    uvloop's.
     """
     sys.stdout = InvocationStream(sys.stdout)
     sys.stderr = InvocationStream(sys.stderr)
@@ -212,12 +340,12 @@ def run_worker(
 
     async def main() -> None:
         worker = Worker(handler, concurrency, max_batch_size, max_wait_ms)
-        server = await asyncio.start_unix_server(worker.handle, path=tmp)
+        server = await asyncio.get_running_loop().create_unix_server(lambda: WorkerProtocol(worker), path=tmp)
         os.rename(tmp, socket_path)
         async with server:
             await server.serve_forever()
 
-    asyncio.run(main())
+    uvloop.run(main())
 
 
 if __name__ == "__main__":  # without a fork-server: python -m ... BUNDLE SOCKET [CONCURRENCY [BATCH WAIT_MS]]
