@@ -244,6 +244,63 @@ def test_settings_are_validated(pool):
         DynamicBatcher(lambda items: items, 8, 5, pool, max_concurrent_batches=0)
 
 
+def test_quick_batches_run_on_the_loops_thread_and_a_slow_one_sends_the_next_to_the_executor(pool):
+    """One batch at a time and a handler quicker than inline_under_ms: no hop to a thread and back."""
+    threads: list[str] = []
+    slow = {"seconds": 0.0}
+
+    def handler(items):
+        threads.append(threading.current_thread().name)
+        time.sleep(slow["seconds"])
+        return [asyncio.run(double(x)) for x in items]  # the loop is hidden: the handler may run one
+
+    async def double(x):
+        return x * 2
+
+    async def scenario():
+        batcher = DynamicBatcher(handler, max_batch_size=4, max_wait_ms=1, executor=pool, inline_under_ms=20)
+        answers = [await asyncio.gather(*(batcher.submit(i) for i in range(4))) for _ in range(3)]
+        slow["seconds"] = 0.05
+        answers.append(await batcher.submit(10))  # inline (the last batch was quick), and slow
+        slow["seconds"] = 0
+        answers.append(await batcher.submit(11))  # so this one runs in the executor
+        answers.append(await batcher.submit(12))  # and, quick again, this one inline
+        return answers
+
+    answers = run(scenario())
+    assert answers == [[0, 2, 4, 6]] * 3 + [20, 22, 24]
+    main = threading.main_thread().name
+    # the first batch's time is not known yet: it runs in the executor
+    assert [t == main for t in threads] == [False, True, True, True, False, True], threads
+
+
+def test_an_inline_batch_that_fails_fails_its_callers_and_the_batcher_goes_on(pool):
+    failures = []
+
+    def handler(items):
+        if "boom" in items:
+            raise RuntimeError("boom")
+        return items
+
+    def on_failure(exc, size):
+        failures.append((str(exc), size, threading.current_thread() is threading.main_thread()))
+        return exc
+
+    async def scenario():
+        batcher = DynamicBatcher(handler, max_batch_size=2, max_wait_ms=1, executor=pool, inline_under_ms=50,
+                                 on_batch_failure=on_failure)
+        first = await asyncio.gather(batcher.submit("a"), batcher.submit("b"))  # in the executor
+        failed = await asyncio.gather(batcher.submit("boom"), batcher.submit("c"), return_exceptions=True)
+        after = await asyncio.gather(batcher.submit("d"), batcher.submit("e"))
+        await batcher.close()
+        return first, failed, after
+
+    first, failed, after = run(scenario())
+    assert first == ["a", "b"] and after == ["d", "e"]
+    assert all(isinstance(r, RuntimeError) for r in failed)
+    assert failures == [("boom", 2, True)]
+
+
 # --- a batching worker forked from a fork-server -------------------------------------------------
 
 CELLS = [
