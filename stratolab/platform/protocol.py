@@ -43,8 +43,11 @@ def dump_header(header: dict[str, Any]) -> bytes:
 def load_header(raw: bytes | bytearray | memoryview) -> dict[str, Any]:
     try:
         header = orjson.loads(raw)
-    except orjson.JSONDecodeError as e:
-        raise FrameError(f"the frame header is not JSON: {e}") from None
+    except orjson.JSONDecodeError:
+        try:  # what the json module wrote and orjson refuses: a lone surrogate in captured output
+            header = json.loads(bytes(raw))
+        except ValueError as e:
+            raise FrameError(f"the frame header is not JSON: {e}") from None
     if not isinstance(header, dict):
         raise FrameError("the frame header is not a JSON object")
     return header

@@ -83,10 +83,10 @@ def test_a_malformed_frame_is_refused(data, message):
         FrameDecoder().feed(data)
 
 
-def test_headers_orjson_cannot_encode_go_through_json():
-    header = {"n": 2**70, "nested": {1: "x"}}
+def test_headers_orjson_cannot_encode_or_decode_go_through_json():
+    header = {"n": 2**70, "nested": {1: "x"}, "output": "printed \ud800 (a lone surrogate)"}
     [(decoded, _)] = FrameDecoder().feed(encode_frame(header))
-    assert decoded == {"n": 2**70, "nested": {"1": "x"}}
+    assert decoded == {"n": 2**70, "nested": {"1": "x"}, "output": "printed \ud800 (a lone surrogate)"}
 
 
 def test_streams_and_blocking_sockets_read_the_same_frames():

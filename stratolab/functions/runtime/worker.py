@@ -321,7 +321,8 @@ class WorkerProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._writing_paused = False
-        self._start_queued()
+        if not self._starting:
+            self._start_queued()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
