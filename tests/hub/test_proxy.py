@@ -25,7 +25,7 @@ import requests
 from traitlets.config import Config
 
 from stratolab.hub.config import configure_hub
-from stratolab.hub.proxy import TRAEFIK_API_PASSWORD, TRAEFIK_DYNAMIC_CONFIG, TRAEFIK_STATIC_CONFIG
+from stratolab.hub.proxy import TRAEFIK_API_PASSWORD, TRAEFIK_DYNAMIC_CONFIG, TRAEFIK_STATIC_CONFIG, traefik_procs
 from stratolab.settings import PlatformSettings
 from support import HUB_CONFIG, HubProcess, user_env_for_tests
 
@@ -186,3 +186,12 @@ def test_configurable_http_proxy_remains_selectable(hub_factory):
         assert requests.get(f"{hub.url}/services/functions/", timeout=30).status_code == 200
     finally:
         hub.stop()
+
+
+def test_traefik_gets_half_the_cpus_unless_told(monkeypatch):
+    monkeypatch.delenv("GOMAXPROCS", raising=False)
+    assert [traefik_procs(n) for n in (1, 2, 3, 16)] == [1, 1, 1, 8]
+    monkeypatch.setenv("GOMAXPROCS", "6")
+    assert traefik_procs(2) == 6
+    monkeypatch.setenv("GOMAXPROCS", "lots")
+    assert traefik_procs(4) == 2
