@@ -41,7 +41,7 @@ help:
 	@echo "make test   set up, lint and type-check (make check), and run the whole test suite"
 	@echo "make check  ruff (the whole tree) and mypy (the stratolab package)"
 	@echo "make ext-check  the lab extension's jest tests, eslint and prettier (after its set-up)"
-	@echo "make bench  set up and run every benchmark (JSON on stdout)"
+	@echo "make bench  set up and run every benchmark (JSON on stdout, the goals table on stderr)"
 	@echo "make clean  remove build outputs (keeps .stratolab/ state)"
 
 $(STAMPS):
