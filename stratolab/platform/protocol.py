@@ -53,10 +53,18 @@ def load_header(raw: bytes | bytearray | memoryview) -> dict[str, Any]:
     return header
 
 
-def frame_parts(header: dict[str, Any], body: bytes = b"") -> list[bytes]:
-    """A frame as the pieces to write: one for a small body, the body apart (not copied) for a large one."""
+def encoded_header(header: dict[str, Any]) -> bytes:
+    """A header as it starts a frame (its length, then its JSON): for a header sent again and again,
+    encoded once and given to `frame_parts` as is."""
     head = dump_header(header)
-    prefix = b"".join((_HEAD.pack(len(head)), head, _BODY.pack(len(body))))
+    return _HEAD.pack(len(head)) + head
+
+
+def frame_parts(header: dict[str, Any] | bytes, body: bytes = b"") -> list[bytes]:
+    """A frame as the pieces to write: one for a small body, the body apart (not copied) for a large
+    one. `header` is a dict, or what `encoded_header` made of one."""
+    head = header if isinstance(header, bytes) else encoded_header(header)
+    prefix = head + _BODY.pack(len(body))
     if len(body) < SMALL_BODY:
         return [prefix + body]
     return [prefix, body]

@@ -26,6 +26,8 @@ CELLS = [
     "torch.manual_seed(1)\nmodel = MLP().eval()",
     "def predict(inputs):\n    with torch.no_grad():\n        return model(torch.tensor(inputs, dtype=torch.float32)).tolist()\n",
     "def fails(inputs):\n    raise RuntimeError('secret internal detail')\n",
+    "import gc, math\ndef odd_values(inputs):\n"
+    "    return {'frozen': gc.get_freeze_count(), 'nan': math.nan, 'big': inputs['big'] * 2, 1: 'int key'}\n",
 ]
 
 
@@ -97,3 +99,23 @@ def test_errors_keep_the_traceback_in_the_owners_log(forkserver, notebook, tmp_p
     log = (tmp_path / "fails.log").read_text()
     assert header["error_id"] in log and "secret internal detail" in log
 
+
+
+def test_odd_values_cross_the_worker_as_json_allows_and_its_heap_is_frozen(forkserver, notebook, tmp_path):
+    """NaN in a result is null; integers beyond 64 bits stay exact both ways; a non-str key is a
+    string, as the json module wrote it; what the worker loaded is out of the collector's sight."""
+    bundle = bundle_for("odd_values", notebook, tmp_path)
+
+    async def scenario():
+        pid, sock = await start_worker(forkserver, bundle, tmp_path)
+        conn = await WorkerConnection.open(sock)
+        reply = await conn.invoke(b'{"big": 123456789012345678901234567890}')
+        await conn.close()
+        os.kill(pid, signal.SIGTERM)
+        return reply
+
+    header, body = asyncio.run(scenario())
+    assert header["status"] == 200
+    answer = json.loads(body)
+    assert answer["nan"] is None and answer["big"] == 246913578024691357802469135780 and answer["1"] == "int key"
+    assert answer["frozen"] > 10_000  # torch's objects, imported by the fork-server
