@@ -46,6 +46,13 @@ class ScalingPolicy:
     max_batch_size: int = 0
     max_wait_ms: float = 5.0
 
+    @property
+    def instance_capacity(self) -> int:
+        """Invocations one instance takes at once: `concurrency`, times `max_batch_size` with dynamic
+        batching on (a batch is gathered from concurrent invocations). The local pool's bound per
+        instance and Knative's containerConcurrency."""
+        return self.concurrency * max(1, self.max_batch_size)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

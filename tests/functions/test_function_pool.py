@@ -21,6 +21,7 @@ CELLS = [
     "def square(inputs):\n    time.sleep(inputs.get('sleep', 0))\n    return {'y': inputs['x'] ** 2, 'pid': os.getpid()}\n",
     "def hog(inputs):\n    block = bytearray(inputs['mb'] * 1024 * 1024)\n    time.sleep(inputs.get('sleep', 0))\n"
     "    return len(block)\n",
+    "def sizes(batch):\n    time.sleep(0.2)\n    return [{'batch': len(batch), 'pid': os.getpid()} for _ in batch]\n",
     "import module_that_does_not_exist_anywhere\ndef broken(inputs):\n    return module_that_does_not_exist_anywhere.f(inputs)\n",
 ]
 
@@ -36,10 +37,10 @@ def forkserver(tmp_path_factory):
 def bundles(tmp_path_factory):
     root = tmp_path_factory.mktemp("bundles")
     ns: dict = {}
-    exec(CELLS[0] + "\n" + CELLS[1] + "\n" + CELLS[2], ns)
+    exec("\n".join(CELLS[:4]), ns)
     out = {}
-    for name in ("square", "hog"):
-        plan = plan_capture(name, read_cells(CELLS[:3]), live_names=set(ns))
+    for name in ("square", "hog", "sizes"):
+        plan = plan_capture(name, read_cells(CELLS[:4]), live_names=set(ns))
         build_bundle(plan, ns, root / name)
         out[name] = root / name
     # a bundle whose import fails when an instance loads it
@@ -174,3 +175,23 @@ def test_a_version_that_cannot_load_is_a_clear_503(forkserver, bundles, tmp_path
     assert status == 503 and "failed to start" in body["error"]
     log = (tmp_path / "pool" / "instances.log").read_text()
     assert "module_that_does_not_exist_anywhere" in log
+
+
+def test_a_batching_instance_takes_a_batch_of_invocations_at_once(forkserver, bundles, tmp_path):
+    """With dynamic batching an instance takes concurrency * max_batch_size invocations at once (its
+    batches are gathered from them), as Knative's containerConcurrency does: 8 concurrent calls are one
+    batch of one instance, not eight batches of one."""
+    policy = {"concurrency": 1, "max_batch_size": 8, "max_wait_ms": 50, "max_instances": 1}
+    pool = VersionPool("t", bundles["sizes"], ScalingPolicy(**policy),
+                       lambda b, s, log: forkserver.spawn(b, s, log, concurrency=1, max_batch_size=8, max_wait_ms=50),
+                       tmp_path / "pool")
+
+    async def run():
+        await call(pool, {"x": 0})  # the cold start
+        results = await asyncio.gather(*[call(pool, {"x": i}) for i in range(8)])
+        await pool.close()
+        return results
+
+    results = asyncio.run(run())
+    assert all(status == 200 for status, _ in results), results
+    assert max(body["batch"] for _, body in results) == 8, results

@@ -143,7 +143,7 @@ def _scaling_annotations(policy: ScalingPolicy) -> dict[str, str]:
 
 
 def container_concurrency(policy: ScalingPolicy) -> int:
-    return policy.concurrency * max(1, policy.max_batch_size)
+    return policy.instance_capacity
 
 
 def _resources(config: KnativeConfig, policy: ScalingPolicy) -> dict[str, Any]:

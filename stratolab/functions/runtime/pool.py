@@ -1,10 +1,11 @@
 """Instances of one function version on this machine: scale from zero, bound, queue, replace, idle out.
 
 A `VersionPool` owns the worker processes of one version. An invocation takes a free slot (an instance
-runs up to `concurrency` invocations at once); with none free it starts an instance if `max_instances`
-allows (the first request after zero waits for that cold start: nothing is dropped), else waits for
-capacity until its timeout (a burst from zero is buffered while instances start, as Knative's
-activator does; 429 only beyond a `queue_limit` the user chose). Instances that crash are removed (only their in-flight
+runs up to `concurrency` invocations at once, `concurrency * max_batch_size` when it batches: its batches
+are gathered from them); with none free it starts an instance if `max_instances` allows (the first
+request after zero waits for that cold start: nothing is dropped), else waits for capacity until its
+timeout (a burst from zero is buffered while instances start, as Knative's activator does; 429 only
+beyond a `queue_limit` the user chose). Instances that crash are removed (only their in-flight
 invocations fail), instances above their memory limit are killed and replaced, and instances idle
 longer than `idle_timeout_s` stop down to `min_instances`.
 """
@@ -166,13 +167,13 @@ class VersionPool:
                     if not self.instances and not self.starting and self._start_failed_recently():
                         raise InvocationError(self._last_start_error or "", status=503)
                     for inst in self.instances:
-                        if inst.alive and not inst.draining and inst.inflight < self.policy.concurrency:
+                        if inst.alive and not inst.draining and inst.inflight < self.policy.instance_capacity:
                             inst.inflight += 1
                             return inst
                     demand = self.waiting + (0 if queued else 1)
                     if (
                         len(self.instances) + self.starting < self.policy.max_instances
-                        and self.starting * self.policy.concurrency < demand
+                        and self.starting * self.policy.instance_capacity < demand
                     ):
                         self.starting += 1
                         asyncio.get_running_loop().create_task(self._start_in_background())
