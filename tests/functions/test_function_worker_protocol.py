@@ -180,6 +180,29 @@ def test_with_concurrency_above_1_invocations_overlap_in_threads():
     assert elapsed < 0.9  # four handlers of 0.3 s at once, not one after the other
 
 
+def test_with_concurrency_above_1_a_quick_handler_runs_inline_when_no_thread_runs_one():
+    """The first call goes to a thread; after a quick one, the next runs on the loop's thread; after a
+    slow one (over INLINE_UNDER_MS), the next goes to a thread again."""
+    def handler(x):
+        time.sleep(x)
+        return threading.current_thread().name
+
+    async def scenario():
+        async with serving(handler, concurrency=4) as (worker, path):
+            conn = await WorkerConnection.open(path)
+            names = [json.loads((await conn.invoke(json.dumps(x).encode()))[1]) for x in (0, 0, 0, 0.01, 0, 0)]
+            await conn.close()
+            return worker, names
+
+    worker, names = run(scenario())
+    main = threading.main_thread().name
+    assert not worker.inline
+    assert names[0].startswith("invoke")
+    assert names[1] == names[2] == main
+    # the slow call ran inline (the last was quick); the one after it goes to a thread, then inline again
+    assert names[3] == main and names[4].startswith("invoke") and names[5] == main
+
+
 def batching_worker(seen: list, **settings) -> Any:
     def handler(inputs):
         seen.append(list(inputs))

@@ -16,7 +16,11 @@ parses frames from the chunks it receives (no stream reader, no task per connect
   a `ping` included, is answered once the handler returns (nothing pings workers today: the
   fork-servers' ping is on their own control socket).
 - `concurrency > 1`: up to `concurrency` invocations run at once, in threads (torch releases the
-  GIL; handlers may block on I/O).
+  GIL; handlers may block on I/O). Except a quick one: when no invocation runs in a thread and the
+  last one took under `INLINE_UNDER_MS`, the next runs inline as with concurrency 1 (the hop to a
+  thread and back costs about 0.2 ms on these VMs, more than many handlers take). The first
+  invocation, and the one after a slow one, run in a thread, so a slow handler holds the loop at most
+  once; concurrent invocations that arrive while one runs in a thread go to threads.
 - `max_batch_size > 1`: the handler takes a list: concurrent invocations (over separate connections)
   are gathered by a `DynamicBatcher` (see batching.py) and each caller gets its own element of the
   returned list. Then `concurrency` is the number of batches that may run at once, and a failing
@@ -34,6 +38,7 @@ import io
 import os
 import sys
 import threading
+import time
 import traceback
 import uuid
 from collections import deque
@@ -114,6 +119,8 @@ def failure_reply(error_id: str) -> tuple[dict, bytes]:
 #: with concurrency 1, a batch whose handler took less than this the last time runs on the loop's
 #: thread (batching.py: the hop to a thread and back cost about 0.2 ms here)
 INLINE_BATCH_UNDER_MS = 2.0
+#: with concurrency > 1, an invocation runs inline (nothing in a thread) when the last took less
+INLINE_UNDER_MS = 2.0
 
 
 class Worker:
@@ -140,6 +147,10 @@ class Worker:
         #: functions service sends an instance of concurrency 1 one invocation at a time (see
         #: pool.py), so nothing could run beside it anyway
         self.inline = concurrency <= 1 and self.batcher is None
+        #: concurrency > 1: invocations running in threads now, and whether the last one was quick
+        #: (under INLINE_UNDER_MS; then the next runs inline when no thread runs one)
+        self.threaded = 0
+        self.last_quick = False
 
     def call(self, header: dict, body: bytes) -> tuple[dict, bytes]:
         return captured(lambda: self._call(header, body))
@@ -197,10 +208,30 @@ class Worker:
             self.batcher.submit_nowait(payload, _BatchedReply(connection, header))
         elif self.inline:
             connection.answer(*self.call_inline(header, body))
+        elif self.threaded == 0 and self.last_quick:
+            started = time.perf_counter()
+            reply = self.call_inline(header, body)
+            self.last_quick = time.perf_counter() - started < INLINE_UNDER_MS / 1000
+            connection.answer(*reply)
         else:
             loop = asyncio.get_running_loop()
-            self.pool.submit(self.call, header, body).add_done_callback(
-                lambda done: loop.call_soon_threadsafe(_answer_from_thread, done, connection, header))
+            self.threaded += 1
+            self.pool.submit(self._timed_call, header, body).add_done_callback(
+                lambda done: loop.call_soon_threadsafe(self._answer_from_thread, done, connection, header))
+
+    def _timed_call(self, header: dict, body: bytes) -> tuple[tuple[dict, bytes], float]:
+        started = time.perf_counter()
+        reply = self.call(header, body)
+        return reply, time.perf_counter() - started
+
+    def _answer_from_thread(self, done: Future, connection: WorkerProtocol, header: dict) -> None:
+        self.threaded -= 1
+        try:
+            reply, seconds = done.result()
+            self.last_quick = seconds < INLINE_UNDER_MS / 1000
+        except Exception as exc:  # a failure of ours, not the handler's (`call` catches those)
+            reply = failure_reply(log_failure(f"invocation {header.get('id', '?')} failed", exc))
+        connection.answer(*reply)
 
     def _batch_failed(self, exc: Exception, size: int) -> Exception:
         error_id = log_failure(f"a batch of {size} invocations failed (each got this error id)", exc)
@@ -212,14 +243,6 @@ def _batched_failure(exc: BaseException, header: dict) -> tuple[dict, bytes]:
     if isinstance(exc, InvocationFailed):  # already logged, once for the whole batch
         return failure_reply(exc.error_id)
     return failure_reply(log_failure(f"invocation {header.get('id', '?')} failed", exc))
-
-
-def _answer_from_thread(done: Future, connection: WorkerProtocol, header: dict) -> None:
-    try:
-        reply, out = done.result()
-    except Exception as exc:  # a failure of ours, not the handler's (`call` catches those)
-        reply, out = failure_reply(log_failure(f"invocation {header.get('id', '?')} failed", exc))
-    connection.answer(reply, out)
 
 
 class _BatchedReply:
