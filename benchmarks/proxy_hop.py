@@ -23,49 +23,18 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import aiohttp
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from function_serving import load  # noqa: E402
 from functions_support import bundle  # noqa: E402
 from support import HubProcess, free_port  # noqa: E402
 
 PAYLOAD = json.dumps({"x": 21}).encode()
 PROXIES = ("traefik", "configurable-http-proxy")
-
-
-async def load(url: str, headers: dict, concurrency: int, total: int) -> dict:
-    """`total` invocations, `concurrency` at a time over kept-alive connections: p50, p99, throughput."""
-    latencies: list[float] = []
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector, headers={**headers, "Content-Type": "application/json"}) as s:
-        for _ in range(50):  # warm-up
-            async with s.post(url, data=PAYLOAD) as r:
-                assert r.status == 200, await r.text()
-                await r.read()
-        remaining = total
-
-        async def client() -> None:
-            nonlocal remaining
-            while remaining > 0:
-                remaining -= 1
-                t0 = time.perf_counter()
-                async with s.post(url, data=PAYLOAD) as r:
-                    await r.read()
-                    assert r.status == 200
-                latencies.append(time.perf_counter() - t0)
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*[client() for _ in range(concurrency)])
-        elapsed = time.perf_counter() - t0
-    latencies.sort()
-    return {
-        "throughput_rps": round(len(latencies) / elapsed, 1),
-        "p50_ms": round(latencies[len(latencies) // 2] * 1000, 3),
-        "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 3),
-    }
 
 
 @contextlib.contextmanager
@@ -123,7 +92,7 @@ def main() -> None:
                 for concurrency in (1, 16):
                     for proxy, (via_hub, direct, headers) in hubs.items():
                         for kind, url in (("via_hub", via_hub), ("direct", direct)):
-                            batch = asyncio.run(load(url, headers, concurrency, args.requests))
+                            batch = asyncio.run(load(url, headers, concurrency, args.requests, PAYLOAD))
                             batches[proxy][f"{kind}_c{concurrency}"].append(batch)
 
     def median(proxy: str, key: str, field: str) -> float:
