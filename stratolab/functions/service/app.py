@@ -50,6 +50,9 @@ from stratolab.web import service_app
 log = logging.getLogger("stratolab.functions")
 
 FRAMEWORKS = ["torch", "sklearn", "numpy"]
+#: seconds the hub's answer for a token is reused: a revoked token still works this long, and a caller
+#: costs the hub one request per token this often (JupyterHub's HubAuth keeps answers 300 s by default)
+TOKEN_CACHE_S = 10
 #: the largest request body (a bundle upload); each function's own payload limit is checked after
 MAX_BODY_SIZE = 2 * 1024**3
 
@@ -166,7 +169,7 @@ class FunctionsService(HubService):
             registry=FunctionRegistry(self.sessions),
             backend=backend,
             store=BundleStore(data_dir / "bundles"),
-            hub_auth=HubAuth(api_token=self.hub_api_token, cache_max_age=60),
+            hub_auth=HubAuth(api_token=self.hub_api_token, cache_max_age=TOKEN_CACHE_S),
             public_url=self.public_url.rstrip("/"),
             prefix=prefix,
             limits=self.limits,
