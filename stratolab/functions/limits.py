@@ -137,6 +137,12 @@ class LimitsConfig:
         except json.JSONDecodeError as e:
             raise ValueError(f"{ENV} is not valid JSON: {e}") from None
 
+    def largest(self, setting: str) -> float | None:
+        """The highest cap on `setting` any user may have (None: some user has none)."""
+        caps = [self.default.caps[setting], *(entry[setting] for section in (self.groups, self.users)
+                                              for entry in (section or {}).values() if setting in entry)]
+        return None if any(cap is None for cap in caps) else max(c for c in caps if c is not None)
+
     def for_user(self, name: str, groups: Iterable[str] = ()) -> FunctionLimits:
         raised: dict[str, Any] = {}
         for group in groups:

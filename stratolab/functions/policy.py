@@ -21,6 +21,9 @@ MAX_MEMORY_MB = 1024 * 1024
 MAX_BATCH_SIZE = 4096
 
 
+#: the hard bound on a function's max_payload_mb, whatever the admin allows
+MAX_PAYLOAD_MB = 1024
+
 @dataclass(frozen=True)
 class ScalingPolicy:
     #: instances kept running even without traffic (0 = scale to zero)
@@ -105,8 +108,8 @@ class ScalingPolicy:
             bad("timeout_s", "must be between 0 and 3600 seconds")
         if self.memory_mb is not None and not 32 <= self.memory_mb <= MAX_MEMORY_MB:
             bad("memory_mb", f"must be between 32 and {MAX_MEMORY_MB} (MiB)")
-        if not 0 < self.max_payload_mb <= 1024:
-            bad("max_payload_mb", "must be between 0 and 1024")
+        if not 0 < self.max_payload_mb <= MAX_PAYLOAD_MB:
+            bad("max_payload_mb", f"must be between 0 and {MAX_PAYLOAD_MB}")
         if not 0 <= self.gpus <= 16:
             bad("gpus", "must be between 0 and 16")
         if self.max_batch_size < 0 or self.max_batch_size == 1 or self.max_batch_size > MAX_BATCH_SIZE:

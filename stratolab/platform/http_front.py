@@ -18,8 +18,10 @@ What the front guarantees for both kinds of request:
   requests a 400, connection upgrades (websockets) a 400: no service of ours serves one.
 - Connections idle longer than `idle_timeout` are closed.
 
-A fast route is `(method, path_prefix, handler)`; `handler(FrontRequest)` returns a `FrontResponse`,
-or None to let tornado answer the request after all. An exception it raises becomes the same answer
+A fast route is `FastRoute(method, path_prefix, handler, body_limit)`; `handler(FrontRequest)` returns
+a `FrontResponse`, or None to let tornado answer the request after all. `body_limit(path)`, if given,
+is the largest body that path takes (a function's own payload limit), checked before the body is read
+(None: `max_body_size`). An exception it raises becomes the same answer
 a tornado handler's would (`stratolab.web.error_answer`, the one place errors become responses).
 """
 
@@ -71,6 +73,20 @@ class FrontResponse:
 
 
 FastHandler = Callable[[FrontRequest], Awaitable[FrontResponse | None]]
+
+
+@dataclass(frozen=True)
+class FastRoute:
+    method: str
+    prefix: str
+    handler: FastHandler
+    #: the largest body a path of this route takes, in bytes (None: the front's max_body_size)
+    body_limit: Callable[[str], int | None] | None = None
+
+
+def too_large(limit: int) -> FrontResponse:
+    size = f"{limit / (1024 * 1024):g} MB" if limit >= 1024 * 1024 else f"{limit} bytes"
+    return error_response(413, f"the request body is larger than {size}")
 
 
 class _Date:
@@ -130,7 +146,7 @@ class _Context:
 
 class _Message:
     __slots__ = ("url", "headers", "header_bytes", "body", "body_size", "method", "version", "keep_alive",
-                 "refused", "queued")
+                 "refused", "queued", "limit")
 
     def __init__(self) -> None:
         self.url = b""
@@ -144,12 +160,14 @@ class _Message:
         #: an answer decided while parsing (413, 431): sent instead of handling the request
         self.refused: FrontResponse | None = None
         self.queued = False
+        #: the largest body this request may have
+        self.limit = 0
 
 
 class HTTPFront:
     """Serve `app` (a tornado Application) on a port, with `fast_routes` answered directly."""
 
-    def __init__(self, app: web.Application, fast_routes: list[tuple[str, str, FastHandler]] = (),  # type: ignore[assignment]
+    def __init__(self, app: web.Application, fast_routes: tuple[FastRoute, ...] = (),
                  max_body_size: int = 64 * 1024 * 1024, max_header_size: int = DEFAULT_MAX_HEADER_SIZE,
                  idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S):
         self.app = app
@@ -160,11 +178,16 @@ class HTTPFront:
         self.connections: set[_Connection] = set()
         self.server: asyncio.Server | None = None
 
-    def fast_handler(self, method: str, path: str) -> FastHandler | None:
-        for route_method, prefix, handler in self.fast_routes:
-            if method == route_method and path.startswith(prefix):
-                return handler
+    def fast_route(self, method: str, path: str) -> FastRoute | None:
+        for route in self.fast_routes:
+            if method == route.method and path.startswith(route.prefix):
+                return route
         return None
+
+    def body_limit(self, method: str, path: str) -> int:
+        route = self.fast_route(method, path)
+        limit = route.body_limit(path) if route is not None and route.body_limit is not None else None
+        return self.max_body_size if limit is None else min(limit, self.max_body_size)
 
     async def listen(self, port: int, address: str = "") -> asyncio.Server:
         loop = asyncio.get_running_loop()
@@ -289,13 +312,14 @@ class _Connection(asyncio.Protocol):
                 length = value
             elif lowered == b"expect":
                 expect = value
+        m.limit = self.front.body_limit(m.method, m.url.decode("latin-1").partition("?")[0])
         if length is not None:
             try:
-                too_large = int(length) > self.front.max_body_size
+                over = int(length) > m.limit
             except ValueError:
-                too_large = False  # the parser refuses it
-            if too_large:
-                m.refused = error_response(413, f"the request body is larger than {self.front.max_body_size} bytes")
+                over = False  # the parser refuses it
+            if over:
+                m.refused = too_large(m.limit)
                 self._answer_refusal(m)
                 return
         if expect is not None and expect.lower() == b"100-continue" and self.transport is not None:
@@ -307,8 +331,8 @@ class _Connection(asyncio.Protocol):
         if m.refused is not None:
             return
         m.body_size += len(body)
-        if m.body_size > self.front.max_body_size:
-            m.refused = error_response(413, f"the request body is larger than {self.front.max_body_size} bytes")
+        if m.body_size > m.limit:
+            m.refused = too_large(m.limit)
             m.body.clear()
             self._answer_refusal(m)
             return
@@ -360,8 +384,9 @@ class _Connection(asyncio.Protocol):
         url = m.url.decode("latin-1")
         path, _, query = url.partition("?")
         keep_alive = m.keep_alive and not self.closing
-        handler = self.front.fast_handler(m.method, path)
-        if handler is not None:
+        route = self.front.fast_route(m.method, path)
+        if route is not None:
+            handler = route.handler
             request = FrontRequest(m.method, path, query, {n.decode("latin-1").lower(): v.decode("latin-1")
                                                            for n, v in m.headers},
                                    b"".join(m.body), self.remote_ip)

@@ -77,3 +77,11 @@ def test_defaults_the_user_did_not_choose_fit_under_the_caps():
     policy = ScalingPolicy.from_dict({}, limits=limits)
     assert (policy.max_instances, policy.memory_mb, policy.max_payload_mb) == (2, 512, 5)
     assert policy.queue_limit is None  # waiting is bounded by timeout_s and the service's memory bound
+
+
+def test_the_largest_cap_anyone_has_bounds_what_the_front_reads():
+    assert LimitsConfig().largest("max_payload_mb") == 256
+    config = LimitsConfig.parse({"default": {"max_payload_mb": 5}, "groups": {"big": {"max_payload_mb": 50}},
+                                 "users": {"alice": {"max_payload_mb": 20}}})
+    assert config.largest("max_payload_mb") == 50
+    assert LimitsConfig.parse({"users": {"bob": {"memory_mb": 1}}}).largest("memory_mb") is None

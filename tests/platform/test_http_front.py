@@ -15,7 +15,7 @@ import requests
 from tornado import web
 
 from stratolab.errors import StratolabError
-from stratolab.platform.http_front import FrontRequest, FrontResponse, HTTPFront
+from stratolab.platform.http_front import FastRoute, FrontRequest, FrontResponse, HTTPFront
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -62,7 +62,8 @@ def front() -> Iterator[str]:
 
     def run() -> None:
         async def main() -> None:
-            f = HTTPFront(app, [("POST", "/fast/", fast)], max_body_size=1024 * 1024, max_header_size=8192)
+            routes = (FastRoute("POST", "/fast/small/", fast, lambda path: 1000), FastRoute("POST", "/fast/", fast))
+            f = HTTPFront(app, routes, max_body_size=1024 * 1024, max_header_size=8192)
             server = await f.listen(0, "127.0.0.1")
             holder["port"] = server.sockets[0].getsockname()[1]
             holder["stop"] = asyncio.Event()
@@ -183,7 +184,12 @@ def test_expect_100_continue(front):
 
 def test_oversized_and_malformed_requests_get_4xx_and_close(front):
     out = raw(front, b"POST /fast/x HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n")
-    assert out.startswith(b"HTTP/1.1 413") and b"larger than 1048576" in out
+    assert out.startswith(b"HTTP/1.1 413") and b"larger than 1 MB" in out
+    # a fast route's own limit, before the body is read; the front's for other paths
+    out = raw(front, b"POST /fast/small/x HTTP/1.1\r\nHost: x\r\nContent-Length: 1001\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 413") and b"larger than 1000 bytes" in out
+    assert requests.post(f"http://{front}/fast/small/x", data=b"s" * 1000).json()["length"] == 1000
+    assert requests.post(f"http://{front}/fast/x", data=b"s" * 1001).json()["length"] == 1001
     chunk = b"%x\r\n%s\r\n" % (600_000, b"z" * 600_000)
     out = raw(front, b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk * 2 + b"0\r\n\r\n")
     assert out.startswith(b"HTTP/1.1 413")

@@ -43,7 +43,7 @@ from stratolab.functions.service.openapi import OPENAPI
 from stratolab.functions.service.state import DEFAULT_MAX_HELD_MB, ServiceState
 from stratolab.platform.accounts import ensure_system_user, system_username
 from stratolab.platform.gpu_ledger import GpuLedger
-from stratolab.platform.http_front import HTTPFront
+from stratolab.platform.http_front import FastRoute, HTTPFront
 from stratolab.platform.service_app import EnvConfigurable, HubService, NamedType, SettingError, until_stopped
 from stratolab.web import service_app
 
@@ -177,8 +177,10 @@ class FunctionsService(HubService):
         )
         app = make_app(state, prefix, runtime_secret)
         # the front answers invocations itself and hands every other request to the tornado app
-        front = HTTPFront(app, [("POST", f"{prefix.rstrip('/')}/fn/", handlers.invoke_route(state, prefix))],
-                          max_body_size=MAX_BODY_SIZE)
+        body_limit = handlers.invoke_body_limit(state)
+        invocations = FastRoute("POST", f"{prefix.rstrip('/')}/fn/", handlers.invoke_route(state, prefix),
+                                lambda path: body_limit)
+        front = HTTPFront(app, (invocations,), max_body_size=MAX_BODY_SIZE)
         await front.listen(self.port, address=self.ip)
         await state.restore()
         housekeeping = ioloop.PeriodicCallback(state.housekeeping, 1000)

@@ -13,6 +13,7 @@ from urllib.parse import unquote
 from stratolab.errors import InvalidInput, StratolabError
 from stratolab.functions.backend import VersionRef
 from stratolab.functions.knative.bundle_access import check_bundle_token
+from stratolab.functions.policy import MAX_PAYLOAD_MB
 from stratolab.functions.service import metrics
 from stratolab.functions.service.state import ServiceState
 from stratolab.platform.http_front import FrontRequest, FrontResponse
@@ -198,16 +199,33 @@ async def answer_invocation(state: ServiceState, owner: str, name: str, body: by
     return status, [*headers, ("Content-Type", str(header.get("content_type", JSON)))], out
 
 
+def _function_of(base: str, path: str) -> tuple[str, str] | None:
+    """(owner, name) of an invocation path under `base`, or None for any other path."""
+    parts = path[len(base):].rstrip("/").split("/")
+    if len(parts) != 2 or not all(parts):
+        return None
+    return unquote(parts[0]), unquote(parts[1])
+
+
+def invoke_body_limit(state: ServiceState) -> int:
+    """The largest body any invocation may have: the highest `max_payload_mb` the admin's caps allow
+    anyone (the policy's own bound where someone has no cap). Larger ones are refused (413) before
+    they are read. The same for every path: a function's own, lower limit is checked once the caller
+    may know it exists (`ServiceState.invoke`)."""
+    largest = state.limits.largest("max_payload_mb")
+    return int((MAX_PAYLOAD_MB if largest is None else min(largest, MAX_PAYLOAD_MB)) * 1024 * 1024)
+
+
 def invoke_route(state: ServiceState, prefix: str) -> Callable[[FrontRequest], Awaitable[FrontResponse | None]]:
     """The front's handler of `POST {prefix}fn/OWNER/NAME` (a trailing slash allowed); any other path
     under it goes on to tornado (its 404s and 405s)."""
     base = prefix.rstrip("/") + "/fn/"
 
     async def route(request: FrontRequest) -> FrontResponse | None:
-        parts = request.path[len(base):].rstrip("/").split("/")
-        if len(parts) != 2 or not all(parts):
+        function = _function_of(base, request.path)
+        if function is None:
             return None
-        owner, name = (unquote(p) for p in parts)
+        owner, name = function
         h = request.headers
         status, headers, body = await answer_invocation(
             state, owner, name, request.body, h.get("content-type", JSON), h.get("x-function-key"),
