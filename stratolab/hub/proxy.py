@@ -36,6 +36,9 @@ Choices, each with its reason:
   body included, within 60 s by default, which cuts a large upload on a slow link. Request bodies are
   not buffered or limited here (no buffering middleware): the services enforce their own limits.
 - Websockets (kernels, terminals) pass through Traefik's reverse proxy as they are.
+- A Traefik that ends while the hub runs is started again within `check_running_interval` (5 s), with
+  every route (they are in its dynamic configuration file), as JupyterHub does for
+  configurable-http-proxy; the package itself would leave the hub without a proxy.
 
 Activity: configurable-http-proxy reports each route's last activity to the hub; Traefik does not. The
 hub then relies on the servers' own reports (jupyterhub-singleuser posts its last API request or kernel
@@ -138,7 +141,8 @@ def _traefik_proxy_class() -> type:
             "jupyterhub-traefik-proxy is not installed: run `make setup` (pip install -e '.[hub]'), or choose "
             "STRATOLAB_PROXY=configurable-http-proxy."
         ) from None
-    from traitlets import List, Unicode, default
+    from tornado.ioloop import PeriodicCallback
+    from traitlets import Integer, List, Unicode, default
 
     class StratolabTraefikProxy(TraefikFileProviderProxy):
         """jupyterhub-traefik-proxy's file-provider proxy, whose Traefik ends with the hub.
@@ -168,6 +172,31 @@ def _traefik_proxy_class() -> type:
 
             await exponential_backoff(loaded, f"Traefik route for {routespec}: not ready", start_wait=ROUTE_POLL_S,
                                       max_wait=0.25, timeout=self.check_route_timeout)
+
+        check_running_interval = Integer(5, config=True, help="Seconds between checks that Traefik still runs "
+                                         "(it is started again, with every route, if it does not).")
+
+        async def start(self) -> None:
+            await super().start()
+            self._watchdog = PeriodicCallback(self.check_running, 1000 * self.check_running_interval)
+            self._watchdog.start()
+
+        async def stop(self) -> None:
+            watchdog = getattr(self, "_watchdog", None)
+            if watchdog is not None:
+                watchdog.stop()
+            await super().stop()
+
+        async def check_running(self) -> None:
+            """Start Traefik again if it ended (as JupyterHub does for configurable-http-proxy): its
+            routes are in the dynamic configuration file, which it reads when it starts."""
+            process = self.traefik_process
+            if process is None or process.poll() is None:
+                return
+            self.log.error("Traefik exited with status %s; starting it again (its log: %s)", process.returncode,
+                           self.static_config.get("log", {}).get("filePath", "stderr"))
+            self._start_traefik()
+            await self._wait_for_static_config()
 
         def _start_traefik(self) -> None:
             env = {**os.environ, **self.traefik_env}

@@ -14,6 +14,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 import tomllib
 import uuid
 from pathlib import Path
@@ -195,3 +196,25 @@ def test_traefik_gets_half_the_cpus_unless_told(monkeypatch):
     assert traefik_procs(2) == 6
     monkeypatch.setenv("GOMAXPROCS", "lots")
     assert traefik_procs(4) == 2
+
+
+def test_a_traefik_that_dies_is_started_again_with_its_routes(hub):
+    """Traefik killed while the hub runs: the hub's watchdog starts it again (within
+    check_running_interval, 5 s) and every route is back, read from the dynamic configuration file."""
+    old = traefik_of(hub)
+    old.kill()
+    old.wait(10)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{hub.url}/services/functions/", timeout=5).status_code == 200:
+                break
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.2)
+    else:
+        raise AssertionError(f"the proxy did not come back:\n{hub.log_tail()}")
+    assert traefik_of(hub).pid != old.pid
+    assert requests.get(f"{hub.url}/hub/api", timeout=10).status_code == 200
+    assert requests.get(f"{hub.url}/services/scheduler/", timeout=10).status_code == 200
+    assert "Traefik exited" in hub.log_tail(200)
