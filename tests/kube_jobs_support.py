@@ -88,6 +88,15 @@ def text_of(path: Path) -> str:
     return "".join("".join(o.get("text", "")) for c in cells(path) for o in c.get("outputs", []))
 
 
+def text_so_far(path: Path) -> str:
+    """`text_of` a notebook a run is still writing: "" while it does not exist or is half-written
+    (papermill rewrites the file in place after each cell)."""
+    try:
+        return text_of(path)
+    except (OSError, ValueError):
+        return ""
+
+
 async def until(predicate, timeout: float = 20.0, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
