@@ -19,7 +19,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from stratolab.db.models import JobRun, JobSchedule
-from stratolab.jobs import cron, metrics
+from stratolab.jobs import metrics
+from stratolab.platform import cron
 from stratolab.jobs.clock import Clock
 from stratolab.jobs.executor import FAILED, STOPPED, TIMED_OUT, Account, Execution, NotebookExecutor, RunSpec
 from stratolab.jobs.files import JobFiles

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stratolab.errors import InvalidInput
-from stratolab.jobs import cron
+from stratolab.platform import cron
 from stratolab.platform.outbound import OutboundPolicy, validate_url
 
 OUTPUT_FORMATS = ("ipynb", "html")

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pytest
 
 from stratolab.errors import InvalidInput
-from stratolab.jobs import cron
+from stratolab.platform import cron
 from stratolab.jobs.parameters import inspect_parameters, validate_parameters
 from stratolab.jobs.spec import notebook_path, validate_notify, validate_schedule
 

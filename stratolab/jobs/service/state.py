@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from stratolab.errors import Conflict, InvalidInput
-from stratolab.jobs import cron
+from stratolab.platform import cron
 from stratolab.jobs.clock import Clock
 from stratolab.jobs.engine import Scheduler
 from stratolab.jobs.executor import Account
