@@ -65,11 +65,39 @@ def cmd_invoke(args, emit) -> None:
             payload = json.loads(args.data) if args.data is not None else None
         except ValueError as e:
             raise InvalidInput(f"--data is not valid JSON: {e}", field="data") from None
+    if args.run_async or args.wait:
+        _invoke_async(args, payload, emit)
+        return
+    if args.destination or args.destination_when:
+        raise InvalidInput("--destination is for --async calls (a synchronous call returns its result to you)",
+                           field="destination", status=2)
     result = invoke(args.name, payload, owner=args.owner)
     if isinstance(result, bytes):
         sys.stdout.buffer.write(result)
         return
     emit(result, json.dumps(result))
+
+
+def _invoke_async(args, payload: Any, emit) -> None:
+    """`--async`: the event id at once; `--wait`: then the result, as a synchronous call prints it (a
+    failed call is exit status 1 with the function's error)."""
+    from stratolab.client import triggers_api
+    from stratolab.functions.client import FunctionsError
+
+    if args.destination_when and not args.destination:
+        raise InvalidInput("--destination-when needs --destination", field="destination", status=2)
+    accepted = triggers_api.invoke_async(args.name, payload, owner=args.owner, destination=args.destination,
+                                         when=args.destination_when)
+    if not args.wait:
+        emit(accepted, f"event {accepted['id']} accepted; its result: stratolab triggers event {accepted['id']}")
+        return
+    result = triggers_api.wait_for_result(accepted["id"], timeout=args.timeout)
+    if result.error is not None:
+        raise FunctionsError(f"event {accepted['id']} failed: {result.error}", status=422)
+    if isinstance(result.value, bytes):
+        sys.stdout.buffer.write(result.value)
+        return
+    emit(result.value, json.dumps(result.value))
 
 
 def cmd_logs(args, emit) -> None:
@@ -154,7 +182,14 @@ def add_functions_commands(sub, common: argparse.ArgumentParser) -> None:
             arg("--data", help="JSON input"),
             arg("--file", help="read the input from a file (JSON, or bytes with --binary)"),
             arg("--binary", action="store_true"),
-            arg("--owner", help="owner of the function (default: you)"))
+            arg("--owner", help="owner of the function (default: you)"),
+            arg("--async", dest="run_async", action="store_true",
+                help="do not wait: print the event id (the call is queued, retried and kept with its result)"),
+            arg("--wait", action="store_true", help="with --async: poll until the result is there, then print it"),
+            arg("--timeout", type=float, help="seconds --wait waits at most (default: no limit)"),
+            arg("--destination", metavar="function:NAME|webhook:URL|mqtt:TOPIC",
+                help="with --async: where the result goes too"),
+            arg("--destination-when", dest="destination_when", choices=["success", "failure", "always"]))
     fns.add("logs", cmd_logs, "recent output of a function's instances", NAME)
     fns.add("traffic", cmd_traffic, "split traffic: 1=90 2=10", NAME, arg("weights", nargs="+"))
     fns.add("rollback", cmd_rollback, "all traffic back to an earlier version", NAME,

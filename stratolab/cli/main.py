@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     from stratolab.cli.jobs_cmd import add_jobs_commands
 
     add_jobs_commands(sub, common)
+    from stratolab.cli.triggers_cmd import add_triggers_commands
+
+    add_triggers_commands(sub, common)
     return parser
 
 
@@ -112,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     func: Callable[..., None] = args.func
     try:
-        if any(getattr(args, f"{group}_command", None) for group in ("functions", "automl", "jobs")):
+        if any(getattr(args, f"{group}_command", None) for group in ("functions", "automl", "jobs", "triggers")):
             func(args, lambda data, text: _emit(args, data, text))
         else:
             func(args)

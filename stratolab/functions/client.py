@@ -3,6 +3,7 @@
     import stratolab.functions as fn
     fn.deploy(predict, name="mlp")            # capture from this kernel, upload, wait until ready
     fn.invoke("mlp", [[0.1, 0.2]])
+    fn.deploy(resize, triggers=[fn.upload(), fn.mqtt("sensors/#")])   # and run on events
 
 Inside a user server the server's own token is used; elsewhere what `stratolab login` stored, or
 STRATOLAB_URL / STRATOLAB_TOKEN.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,8 @@ class Deployment:
     """What a deploy returns; shows the URL and a curl example when displayed in a notebook."""
 
     data: dict[str, Any]
+    #: the triggers `deploy(triggers=...)` created or updated, as the triggers service answered
+    triggers: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -62,6 +65,11 @@ class Deployment:
         lines = [f"{self.name} version {self.version}: {self.url}", self.curl()]
         if self.key:
             lines.append(f"Invocation key (shown once): {self.key}")
+        for t in self.triggers:
+            where = t.get("ingress_url") or t.get("upload_url") or ""
+            lines.append(f"Trigger {t['id']} {t['name']} ({t['kind']}, {t.get('action', 'created')}) {where}".rstrip())
+            if t.get("key"):
+                lines.append(f"  trigger key (shown once): {t['key']}")
         return "\n".join(lines)
 
 
@@ -101,14 +109,29 @@ def deploy_bundle(directory: Path, name: str, *, scaling: dict | None = None, pu
 
 def deploy(handler: Callable[..., Any] | str, name: str | None = None, *, scaling: dict | None = None,
            public: bool | None = None, promote: bool = True, cell_source: str | None = None,
-           url: str | None = None, token: str | None = None) -> Deployment:
-    """Capture `handler` from this kernel (model included) and deploy it as a new version of `name`."""
+           triggers: list[Any] | None = None, url: str | None = None, token: str | None = None) -> Deployment:
+    """Capture `handler` from this kernel (model included) and deploy it as a new version of `name`.
+
+    `triggers=[fn.upload(), fn.mqtt("sensors/#"), fn.cron("*/5 * * * *")]` makes the function run on
+    events too. They are set up once the deploy succeeded, and a redeploy with the same list changes
+    nothing: a trigger is matched by name (its own, else FUNCTION-KIND), kept when its source is the
+    same, replaced when it is not; triggers made elsewhere are left alone."""
+    from stratolab.client import triggers_api
     from stratolab.functions.capture import capture_to_directory
 
     fname = name or (handler if isinstance(handler, str) else handler.__name__).replace("_", "-").lower()
+    wanted = triggers_api.named_triggers(fname, triggers or [])  # a wrong trigger fails before the upload
     with tempfile.TemporaryDirectory(prefix="stratolab-bundle-") as tmp:
         capture_to_directory(handler, Path(tmp) / "bundle", cell_source=cell_source)
-        return deploy_bundle(Path(tmp) / "bundle", fname, scaling=scaling, public=public, promote=promote, url=url, token=token)
+        deployment = deploy_bundle(Path(tmp) / "bundle", fname, scaling=scaling, public=public, promote=promote,
+                                   url=url, token=token)
+    if wanted:
+        try:
+            deployment.triggers = triggers_api.sync_triggers(fname, wanted, url=url, token=token)
+        except StratolabError as e:
+            raise FunctionsError(f"{fname} version {deployment.version} is deployed, but its triggers are not "
+                                 f"all set up: {e.message}", status=e.status) from e
+    return deployment
 
 
 def invoke(name: str, payload: Any, *, owner: str | None = None, url: str | None = None, token: str | None = None) -> Any:

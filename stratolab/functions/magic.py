@@ -7,7 +7,10 @@
         return model(inputs)
 
 Options: --handler NAME (default: the last def in the cell), --public, --min-instances,
---max-instances, --concurrency, --idle-timeout, --timeout, --memory-mb, --no-promote.
+--max-instances, --concurrency, --idle-timeout, --timeout, --memory-mb, --no-promote, and
+--trigger KIND:ARG (repeatable) to run it on events: --trigger mqtt:sensors/# --trigger upload
+--trigger cron:"*/5 * * * *" --trigger postgres:readings --trigger nats:SUBJECT --trigger rabbitmq:QUEUE
+--trigger redis:STREAM --trigger cloudevents (see `stratolab triggers` for their other settings).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--handler")
     p.add_argument("--public", action="store_true")
     p.add_argument("--no-promote", action="store_true")
+    p.add_argument("--trigger", action="append", default=[], metavar="KIND:ARG")
     for flag, key, typ in [
         ("--min-instances", "min_instances", int), ("--max-instances", "max_instances", int),
         ("--concurrency", "concurrency", int), ("--idle-timeout", "idle_timeout_s", float),
@@ -39,12 +43,14 @@ SCALING_KEYS = ["min_instances", "max_instances", "concurrency", "idle_timeout_s
 def function_magic(line: str, cell: str):
     from IPython import get_ipython
 
+    from stratolab.client.triggers import trigger_from_text
     from stratolab.functions.client import deploy
 
     try:
         args = _parser().parse_args(shlex.split(line))
     except SystemExit:
         raise ValueError(f"usage: %%function NAME [options]\n{__doc__}") from None
+    triggers = [trigger_from_text(text) for text in args.trigger]  # a wrong one is an error before the cell runs
     shell = get_ipython()
     result = shell.run_cell(cell)
     if not result.success:
@@ -52,7 +58,7 @@ def function_magic(line: str, cell: str):
     handler = args.handler or handler_in_cell(cell)
     scaling = {k: getattr(args, k) for k in SCALING_KEYS if getattr(args, k) is not None}
     return deploy(handler, name=args.name, scaling=scaling or None, public=True if args.public else None,
-                  promote=not args.no_promote, cell_source=cell)
+                  promote=not args.no_promote, cell_source=cell, triggers=triggers)
 
 
 def load_ipython_extension(ipython) -> None:
