@@ -37,7 +37,22 @@ class TriggersError(StratolabError):
 
 def call(method: str, path: str, body: Any = None, *, url: str | None = None, token: str | None = None) -> Any:
     """One JSON call to the triggers service: `call("GET", "api/triggers")`."""
-    return call_service(SERVICE, method, path, body, error=TriggersError, url=url, token=token, timeout=120)
+    try:
+        return call_service(SERVICE, method, path, body, error=TriggersError, url=url, token=token, timeout=120)
+    except requests.ConnectionError as e:
+        raise unreachable(url or hub_session(url, token, TriggersError).url) from e
+
+
+def unreachable(url: str) -> TriggersError:
+    """The error for a hub that does not answer (status 0: no HTTP status at all)."""
+    return TriggersError(f"cannot reach the hub at {url}: is it running? (see `stratolab whoami`)", status=0)
+
+
+def _send(method: str, session: HubSession, service: str, path: str, **kwargs: Any) -> requests.Response:
+    try:
+        return requests.request(method, service_url(session, service, path), **kwargs)
+    except requests.ConnectionError as e:
+        raise unreachable(session.url) from e
 
 
 def _query(**params: Any) -> str:
@@ -102,7 +117,10 @@ def redrive(events: Sequence[int] = (), *, function: str | None = None, everythi
 def _owner(session: HubSession) -> str:
     if session.username:
         return session.username
-    r = requests.get(f"{session.url}/hub/api/user", headers=session.headers, timeout=30)
+    try:
+        r = requests.get(f"{session.url}/hub/api/user", headers=session.headers, timeout=30)
+    except requests.ConnectionError as e:
+        raise unreachable(session.url) from e
     return decode(r, TriggersError)["name"]
 
 
@@ -125,7 +143,7 @@ def send_event(trigger_id: int, data: Any, *, type: str = TEST_TYPE, source: str
     if subject:
         headers["ce-subject"] = subject
     path = f"ingress/{quote(_owner(session))}/{int(trigger_id)}"
-    r = requests.post(service_url(session, SERVICE, path), data=body, headers=headers, timeout=120)
+    r = _send("POST", session, SERVICE, path, data=body, headers=headers, timeout=120)
     return decode(r, TriggersError)
 
 
@@ -134,8 +152,8 @@ def upload_file(trigger_id: int, filename: str, data: bytes, *, url: str | None 
     """PUT a file into an upload trigger's folder: `{"id": event id, "path": "inbox/NAME/FILE"}`."""
     session = hub_session(url, token, TriggersError)
     path = f"upload/{quote(_owner(session))}/{int(trigger_id)}/{quote(filename)}"
-    r = requests.put(service_url(session, SERVICE, path), data=data,
-                     headers={**session.headers, "Content-Type": "application/octet-stream"}, timeout=600)
+    r = _send("PUT", session, SERVICE, path, data=data,
+              headers={**session.headers, "Content-Type": "application/octet-stream"}, timeout=600)
     return decode(r, TriggersError)
 
 
@@ -150,8 +168,8 @@ def invoke_async(function: str, payload: Any, *, owner: str | None = None, desti
     headers = {**session.headers, "Content-Type": content_type}
     if destination is not None:
         headers["X-Destination"] = json.dumps(parse_destination(destination, when))
-    r = requests.post(service_url(session, "functions", f"fn/{quote(owner)}/{quote(function)}?async=1"),
-                      data=body, headers=headers, timeout=600)
+    r = _send("POST", session, "functions", f"fn/{quote(owner)}/{quote(function)}?async=1",
+              data=body, headers=headers, timeout=600)
     return decode(r, TriggersError)
 
 
@@ -169,8 +187,7 @@ class EventResult:
 
 def event_result(event_id: int, *, url: str | None = None, token: str | None = None) -> EventResult:
     session = hub_session(url, token, TriggersError)
-    r = requests.get(service_url(session, SERVICE, f"api/events/{int(event_id)}/result"), headers=session.headers,
-                     timeout=120)
+    r = _send("GET", session, SERVICE, f"api/events/{int(event_id)}/result", headers=session.headers, timeout=120)
     if r.status_code == 202:
         return EventResult(state=r.json().get("state", "pending"))
     if r.status_code == 422:
