@@ -32,8 +32,10 @@ class FunctionBackend(abc.ABC):
         """Make the version runnable and check that it loads; raise with the reason if it does not."""
 
     @abc.abstractmethod
-    async def invoke(self, ref: VersionRef, body: bytes, content_type: str, request_id: str) -> tuple[dict, bytes]:
-        """Run one invocation; return the worker's reply header and body."""
+    async def invoke(self, ref: VersionRef, body: bytes, content_type: str, request_id: str,
+                     event: dict[str, str] | None = None) -> tuple[dict, bytes]:
+        """Run one invocation; return the worker's reply header and body. `event`: the CloudEvent
+        attributes the invocation came with (runtime/events.py), for a handler that takes them."""
 
     @abc.abstractmethod
     async def update_policy(self, ref: VersionRef, policy: ScalingPolicy) -> None: ...

@@ -67,6 +67,7 @@ from stratolab.functions.knative.manifests import (
 )
 from stratolab.functions.knative.status import RevisionState, revision_state, tag_urls
 from stratolab.functions.policy import ScalingPolicy
+from stratolab.functions.runtime.events import event_headers
 from stratolab.functions.runtime.pool import InvocationError
 from stratolab.kube.api import Conflict, KubeClient, KubeError, NotFound
 
@@ -228,12 +229,15 @@ class KnativeBackend(FunctionBackend):
 
     # -- invocations -----------------------------------------------------------------------------
 
-    async def invoke(self, ref: VersionRef, body: bytes, content_type: str, request_id: str) -> tuple[dict, bytes]:
+    async def invoke(self, ref: VersionRef, body: bytes, content_type: str, request_id: str,
+                     event: dict[str, str] | None = None) -> tuple[dict, bytes]:
         url = await self._url_of(ref)
         deployed = self._versions.get(ref.key)
         policy = deployed.input.policy if deployed else ScalingPolicy()
         timeout = aiohttp.ClientTimeout(total=policy.timeout_s + self.config.invoke_grace_s)
         headers = {"Content-Type": content_type, "X-Request-Id": request_id}
+        if event is not None:  # binary mode, as the runtime (and any CloudEvents consumer) reads it
+            headers.update(event_headers(event))
         try:
             async with self._http().post(url, data=body, headers=headers, timeout=timeout) as response:
                 out = await response.read()

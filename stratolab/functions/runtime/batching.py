@@ -8,6 +8,10 @@ hands each caller its own result. While a batch runs, new inputs queue up for th
 load, batches fill up by themselves and the wait bound only matters when traffic is light.
 (The same idea as BentoML's adaptive batching and Triton's dynamic batcher.)
 
+A handler that takes the invocations' CloudEvents too (`with_events`, decided once by the worker: see
+runtime/events.py) is called as `handler(inputs, events)`, `events` a list aligned with `inputs`
+(None for an input that came without an event).
+
 Failures are per batch: if the handler raises, or returns something that is not one result per
 input, every caller of that batch gets the error. A caller that goes away (cancelled) is dropped
 from its batch if the batch has not started yet, and is simply not answered if it has.
@@ -52,6 +56,7 @@ class _Waiting:
     item: Any
     future: Receiver
     arrived: float  # loop.time() when submitted
+    event: Any = None  # the input's CloudEvent attributes, if it came with one
 
 
 def split_results(output: Any, expected: int) -> list[Any]:
@@ -79,7 +84,8 @@ def split_results(output: Any, expected: int) -> list[Any]:
 
 
 class DynamicBatcher:
-    """Batch concurrent `submit` calls into calls of `handler(list) -> list`.
+    """Batch concurrent `submit` calls into calls of `handler(list) -> list` (`handler(list, events)`
+    with `with_events`).
 
     `handler` runs in `executor`, at most `max_concurrent_batches` calls at once. `on_batch_failure`,
     if given, is called once per failed batch (on the event loop) with the exception and the batch
@@ -94,13 +100,14 @@ class DynamicBatcher:
 
     def __init__(
         self,
-        handler: Callable[[list], Any],
+        handler: Callable[..., Any],
         max_batch_size: int,
         max_wait_ms: float,
         executor: Executor,
         max_concurrent_batches: int = 1,
         on_batch_failure: Callable[[Exception, int], Exception] | None = None,
         inline_under_ms: float = 0,
+        with_events: bool = False,
     ):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, not {max_batch_size}")
@@ -115,6 +122,7 @@ class DynamicBatcher:
         self.max_concurrent_batches = int(max_concurrent_batches)
         self.on_batch_failure = on_batch_failure
         self.inline_under = inline_under_ms / 1000
+        self.with_events = with_events
         self.batches = 0
         self.items = 0
         self.failed_batches = 0
@@ -131,17 +139,18 @@ class DynamicBatcher:
     def mean_batch_size(self) -> float:
         return self.items / self.batches if self.batches else 0.0
 
-    async def submit(self, item: Any) -> Any:
+    async def submit(self, item: Any, event: Any = None) -> Any:
         """Queue one input; return its result once its batch has run (or raise the batch's error)."""
         future = asyncio.get_running_loop().create_future()
-        self.submit_nowait(item, future)
+        self.submit_nowait(item, future, event)
         return await future
 
-    def submit_nowait(self, item: Any, receiver: Receiver) -> None:
+    def submit_nowait(self, item: Any, receiver: Receiver, event: Any = None) -> None:
         """Queue one input (on the event loop); its result or error goes to `receiver`, unless
-        `receiver.done()` is true by then."""
+        `receiver.done()` is true by then. `event`: the input's CloudEvent attributes (what a handler
+        `with_events` gets beside it)."""
         loop = self._loop = asyncio.get_running_loop()
-        self._waiting.append(_Waiting(item, receiver, loop.time()))
+        self._waiting.append(_Waiting(item, receiver, loop.time(), event))
         if not self._dispatch_soon:
             # at the end of this loop iteration: inputs that arrive together form one batch
             self._dispatch_soon = True
@@ -196,36 +205,38 @@ class DynamicBatcher:
 
     def _start(self, loop: asyncio.AbstractEventLoop, batch: list[_Waiting]) -> None:
         items = [w.item for w in batch]
+        events = [w.event for w in batch] if self.with_events else None
         self.batches += 1
         self.items += len(items)
         self.batch_sizes[len(items)] += 1
         self._active += 1
         if self.max_concurrent_batches == 1 and self._last_run < self.inline_under:
-            loop.call_soon(self._run_inline, batch, items)
+            loop.call_soon(self._run_inline, batch, items, events)
             return
         try:
-            running = self.executor.submit(self._call, items)
+            running = self.executor.submit(self._call, items, events)
         except RuntimeError as exc:  # the executor was shut down
             self._active -= 1
             self._fail(batch, exc)
             return
         running.add_done_callback(lambda done: loop.call_soon_threadsafe(self._finish_in_thread, batch, done))
 
-    def _call(self, items: list[Any]) -> list[Any]:
+    def _call(self, items: list[Any], events: list[Any] | None) -> list[Any]:
         """The handler, once, and its output split into one result per input."""
         started = time.perf_counter()
         try:
-            return split_results(self.handler(items), len(items))
+            output = self.handler(items) if events is None else self.handler(items, events)
+            return split_results(output, len(items))
         finally:
             self._last_run = time.perf_counter() - started
 
-    def _run_inline(self, batch: list[_Waiting], items: list[Any]) -> None:
+    def _run_inline(self, batch: list[_Waiting], items: list[Any], events: list[Any] | None) -> None:
         running = asyncio._get_running_loop()
         asyncio._set_running_loop(None)  # hidden from the handler, as in a thread: it may asyncio.run
         results: list[Any] | None = None
         failure: Exception | None = None
         try:
-            results = self._call(items)
+            results = self._call(items, events)
         except Exception as exc:  # the handler's, or its output is not one result per input
             failure = exc
         finally:

@@ -14,10 +14,13 @@ and the reason as the last lines on stderr: Knative reports the revision failed 
 (terminationMessagePolicy FallbackToLogsOnError), and the functions service refuses the version.
 
 `POST /` is one invocation, answered by the same `Worker` the local backend's processes use: the body
-and content type go to the handler; the status, content type and error id come from the worker's
-reply. The reply always carries `X-Stratolab-Runtime: 1` (so that the backend can tell this answer from
-one of Knative's proxies), the caller's `X-Request-Id`, and what the invocation printed, base64-encoded
-in `X-Function-Output` (first 4 KiB; the whole text is in the pod's log).
+and content type go to the handler, and a binary-mode CloudEvent's `ce-*` headers (Knative Eventing
+delivers events to a revision's pods that way; the functions service forwards them that way) become
+the `event` a handler that takes one gets (runtime/events.py), as with the local backend; the status,
+content type and error id come from the worker's reply. The reply always carries
+`X-Stratolab-Runtime: 1` (so that the backend can tell this answer from one of Knative's proxies),
+the caller's `X-Request-Id`, and what the invocation printed, base64-encoded in `X-Function-Output`
+(first 4 KiB; the whole text is in the pod's log).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from tornado import httpserver, web
 
 from stratolab.errors import StratolabError
 from stratolab.functions.bundle import bundle_digest, extract_bundle, load_handler
+from stratolab.functions.runtime.events import InvalidEvent, event_from_headers
 from stratolab.functions.runtime.worker import JSON, InvocationStream, Worker
 from stratolab.platform.backoff import backoff_waits
 from stratolab.platform.service_app import until_stopped
@@ -142,7 +146,16 @@ class InvokeHandler(web.RequestHandler):
             self.finish({"error": f"the request body is larger than {self.settings['max_payload']} bytes"})
             return
         request_id = self.request.headers.get("X-Request-Id", "")
-        header = {"content_type": self.request.headers.get("Content-Type", JSON), "id": request_id}
+        header: dict = {"content_type": self.request.headers.get("Content-Type", JSON), "id": request_id}
+        try:
+            event = event_from_headers(self.request.headers)
+        except InvalidEvent as e:
+            self.set_status(400)
+            self.set_header("X-Stratolab-Runtime", "1")
+            self.finish({"error": str(e)})
+            return
+        if event is not None:
+            header["event"] = event
         if worker.batcher is not None:
             reply, out = await worker.call_batched(header, self.request.body)
         else:

@@ -161,8 +161,9 @@ class LocalBackend(FunctionBackend):
             raise InvocationError(f"version {ref.version} of {ref.name} is not deployed here", status=503)
         return pool
 
-    async def invoke(self, ref: VersionRef, body: bytes, content_type: str, request_id: str) -> tuple[dict, bytes]:
-        return await self._pool(ref).invoke(body, content_type, request_id)
+    async def invoke(self, ref: VersionRef, body: bytes, content_type: str, request_id: str,
+                     event: dict[str, str] | None = None) -> tuple[dict, bytes]:
+        return await self._pool(ref).invoke(body, content_type, request_id, event)
 
     async def update_policy(self, ref: VersionRef, policy: ScalingPolicy) -> None:
         pool = self.pools.get(ref.key)

@@ -214,14 +214,19 @@ class VersionPool:
                 self._remove(instance, "stopped after an invocation overran its timeout")
             self._cond.notify_all()
 
-    async def invoke(self, body: bytes, content_type: str, request_id: str) -> tuple[dict, bytes]:
+    async def invoke(self, body: bytes, content_type: str, request_id: str,
+                     event: dict[str, str] | None = None) -> tuple[dict, bytes]:
+        """`event`: the invocation's CloudEvent attributes, handed to the worker in its frame."""
         deadline = time.monotonic() + self.policy.timeout_s
         instance = await self._acquire(deadline)
         conn = None
         try:
             conn = instance.idle.pop() if instance.idle else await WorkerConnection.open(instance.socket)
             remaining = max(0.001, deadline - time.monotonic())
-            header, out = await conn.invoke(body, content_type, timeout=remaining, id=request_id)
+            if event is None:
+                header, out = await conn.invoke(body, content_type, timeout=remaining, id=request_id)
+            else:
+                header, out = await conn.invoke(body, content_type, timeout=remaining, id=request_id, event=event)
             instance.idle.append(conn)
             return header, out
         except TimeoutError:

@@ -1,6 +1,8 @@
 """A function worker: loads one bundle and answers invocations on a Unix socket.
 
-Requests are frames (see protocol.py) with `content_type`; JSON bodies are decoded for the handler
+Requests are frames (see protocol.py) with `content_type`, `id` and, when the invocation is a
+CloudEvent, `event` (its attributes: see events.py; `PROTOCOL` 2, and a worker of protocol 1 ignores
+the key, calling the handler with the data alone); JSON bodies are decoded for the handler
 and JSON-able results encoded back, `bytes` results are returned as they are (payloads.py says how,
 and what NaN in a result becomes). A handler that raises answers status 500 with an error id; the
 traceback goes to the worker's stderr (the owner's logs), never to the caller. What an invocation
@@ -21,6 +23,8 @@ parses frames from the chunks it receives (no stream reader, no task per connect
   thread and back costs about 0.2 ms on these VMs, more than many handlers take). The first
   invocation, and the one after a slow one, run in a thread, so a slow handler holds the loop at most
   once; concurrent invocations that arrive while one runs in a thread go to threads.
+- A handler that takes a second parameter (events.accepts_event, decided once at load) is called
+  `handler(data, event)`, `event` None for a plain HTTP call; a batch handler `handler(inputs, events)`.
 - `max_batch_size > 1`: the handler takes a list: concurrent invocations (over separate connections)
   are gathered by a `DynamicBatcher` (see batching.py) and each caller gets its own element of the
   returned list. Then `concurrency` is the number of batches that may run at once, and a failing
@@ -51,11 +55,17 @@ import uvloop
 
 from stratolab.functions.bundle import load_handler
 from stratolab.functions.runtime.batching import DynamicBatcher
+from stratolab.functions.runtime.events import accepts_event
 from stratolab.functions.runtime.payloads import JSON, OCTET_STREAM, InvalidInput, decode_input, decode_request, encode_output
 from stratolab.platform.protocol import Frame, FrameDecoder, FrameError, encoded_header, frame_parts
 from stratolab.platform.sockets import staging_path
 
-__all__ = ["JSON", "InvocationStream", "Worker", "WorkerProtocol", "decode_input", "encode_output", "run_worker"]
+__all__ = ["JSON", "PROTOCOL", "InvocationStream", "Worker", "WorkerProtocol", "decode_input", "encode_output",
+           "run_worker"]
+
+#: what a worker understands of a request frame (its `ping` reply says): 1, content_type and id;
+#: 2, an `event` too (a dict of CloudEvent attributes), which 1 ignored
+PROTOCOL = 2
 
 
 class InvocationFailed(Exception):
@@ -129,19 +139,21 @@ class Worker:
 
     def __init__(
         self,
-        handler: Callable[[Any], Any],
+        handler: Callable[..., Any],
         concurrency: int = 1,
         max_batch_size: int = 0,
         max_wait_ms: float = 0,
     ):
         self.handler = handler
+        #: the handler is called `handler(data, event)` (a batch handler `handler(inputs, events)`)
+        self.takes_event = accepts_event(handler)
         self.pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="invoke")
         self.batcher: DynamicBatcher | None = None
         if max_batch_size > 1:
             self.batcher = DynamicBatcher(
                 handler, max_batch_size, max_wait_ms, self.pool,
                 max_concurrent_batches=max(1, concurrency), on_batch_failure=self._batch_failed,
-                inline_under_ms=INLINE_BATCH_UNDER_MS,
+                inline_under_ms=INLINE_BATCH_UNDER_MS, with_events=self.takes_event,
             )
         #: `start` runs the handler on the event loop's thread, without a hop to the pool: the
         #: functions service sends an instance of concurrency 1 one invocation at a time (see
@@ -161,7 +173,8 @@ class Worker:
         except InvalidInput as e:
             return {"status": 400, "error": str(e)}, b""
         try:
-            content_type, out = encode_output(self.handler(payload))
+            result = self.handler(payload, header.get("event")) if self.takes_event else self.handler(payload)
+            content_type, out = encode_output(result)
         except Exception as exc:
             return failure_reply(log_failure(f"invocation {header.get('id', '?')} failed", exc))
         return {"status": 200, "content_type": content_type}, out
@@ -185,7 +198,7 @@ class Worker:
         except InvalidInput as e:
             return {"status": 400, "error": str(e)}, b""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.batcher.submit_nowait(payload, future)
+        self.batcher.submit_nowait(payload, future, header.get("event"))
         try:
             content_type, out = encode_output(await future)
         except Exception as exc:
@@ -196,7 +209,7 @@ class Worker:
         """Begin answering one frame; the reply goes to `connection.answer`, now or later (always on
         the event loop)."""
         if header.get("op") == "ping":
-            connection.answer({"status": 200, "pid": os.getpid()}, b"")
+            connection.answer({"status": 200, "pid": os.getpid(), "protocol": PROTOCOL}, b"")
         elif self.batcher is not None:
             # parsed here, as it arrives: while a batch's handler runs (torch without the GIL) or
             # the next inputs are still coming, not after the batch has formed
@@ -205,7 +218,7 @@ class Worker:
             except InvalidInput as e:  # its own 400, not its batch's failure
                 connection.answer({"status": 400, "error": str(e)}, b"")
                 return
-            self.batcher.submit_nowait(payload, _BatchedReply(connection, header))
+            self.batcher.submit_nowait(payload, _BatchedReply(connection, header), header.get("event"))
         elif self.inline:
             connection.answer(*self.call_inline(header, body))
         elif self.threaded == 0 and self.last_quick:

@@ -10,7 +10,8 @@ Routes (under the service prefix, /services/functions/):
     POST   api/functions/NAME/rollback        {"version": N} or {} for the previous ready version
     GET    api/functions/NAME/logs            recent output of its instances
     GET    api/functions/NAME/versions/N/bundle   the version's bundle (.tar.gz), for export
-    POST   fn/OWNER/NAME                      invoke (owner's token, X-Function-Key, or public)
+    POST   fn/OWNER/NAME                      invoke (owner's token, X-Function-Key, or public); ce-* headers
+                                              make it a CloudEvent; ?async=1 hands it to the triggers service
     GET    runtime/bundles/OWNER/NAME/N       a version's bundle for its Knative pods (bundle token)
     GET    metrics                            Prometheus metrics (token with read:metrics)
     GET    openapi.json                       this API, described
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from jupyterhub.services.auth import HubAuth
 from tornado import ioloop, web
-from traitlets import Integer, Unicode
+from traitlets import Float, Integer, Unicode, validate
 
 from stratolab.db import ensure_schema, make_engine, session_factory
 from stratolab.functions.bundle import BundleStore
@@ -37,7 +38,9 @@ from stratolab.functions.limits import LimitsConfig
 from stratolab.functions.registry import FunctionRegistry
 from stratolab.functions.runtime.local_backend import LocalBackend
 from stratolab.functions.service import handlers, metrics
+from stratolab.functions.service.async_invocation import DEFAULT_TRIGGERS_URL, TriggersClient
 from stratolab.functions.service.backends import BACKENDS, BackendChoice, KnativeFunctions, LocalFunctions
+from stratolab.functions.service.event_dedup import DEFAULT_WINDOW_S, EventDeduplicator
 from stratolab.functions.service.invocation_stats import FLUSH_INTERVAL_S
 from stratolab.functions.service.openapi import OPENAPI
 from stratolab.functions.service.state import DEFAULT_MAX_HELD_MB, ServiceState
@@ -113,8 +116,20 @@ class FunctionsService(HubService):
     max_held_mb = Integer(DEFAULT_MAX_HELD_MB, min=1, help="MiB of request bodies held for waiting and running "
                           "invocations, all functions together; beyond it new invocations get 429.").tag(
         config=True, env="STRATOLAB_FUNCTIONS_MAX_HELD_MB")
+    event_dedup_s = Float(DEFAULT_WINDOW_S, min=0, help="Seconds an invocation that is a CloudEvent (ce-source and "
+                          "ce-id headers) is remembered: a duplicate within them gets the first one's answer "
+                          "without running the function again (successful answers only; 0 turns it off).").tag(
+        config=True, env="STRATOLAB_FUNCTIONS_EVENT_DEDUP_S")
+    triggers_url = Unicode(DEFAULT_TRIGGERS_URL, help="The triggers service, which takes asynchronous invocations "
+                           "(POST fn/OWNER/NAME?async=1) and runs them later.").tag(
+        config=True, env="STRATOLAB_FUNCTIONS_TRIGGERS_URL")
     backend_class = NamedType(BACKENDS, "local", klass=BackendChoice, help="Where function versions run.").tag(
         config=True, env="STRATOLAB_FUNCTIONS_BACKEND")
+
+    @validate("triggers_url")
+    def _triggers_url_ends_with_slash(self, proposal: dict) -> str:
+        url = str(proposal["value"])
+        return url if url.endswith("/") else url + "/"
 
     def init_parts(self) -> None:
         self.backend_choice: BackendChoice = self.backend_class(parent=self)
@@ -174,6 +189,8 @@ class FunctionsService(HubService):
             prefix=prefix,
             limits=self.limits,
             max_held_bytes=self.max_held_mb * 1024 * 1024,
+            events=EventDeduplicator(self.event_dedup_s),
+            triggers=TriggersClient(self.triggers_url, self.hub_api_token),
         )
         app = make_app(state, prefix, runtime_secret)
         # the front answers invocations itself and hands every other request to the tornado app
@@ -192,6 +209,8 @@ class FunctionsService(HubService):
         housekeeping.stop()
         stats_flusher.stop()
         await front.close()
+        if state.triggers is not None:
+            await state.triggers.close()
         await backend.shutdown()
         state.stats.flush(everything=True)
 

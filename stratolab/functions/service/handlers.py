@@ -6,15 +6,19 @@ Exceptions become responses in one place, `stratolab.web.ServiceHandler.write_er
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 
 from stratolab.errors import InvalidInput, StratolabError
 from stratolab.functions.backend import VersionRef
 from stratolab.functions.knative.bundle_access import check_bundle_token
 from stratolab.functions.policy import MAX_PAYLOAD_MB
+from stratolab.functions.registry import FunctionView
+from stratolab.functions.runtime.events import InvalidEvent, event_from_headers
 from stratolab.functions.service import metrics
+from stratolab.functions.service.async_invocation import NOT_RUNNING, AsyncInvocation, TriggersUnavailable, ce_headers
+from stratolab.functions.service.event_dedup import Answer
 from stratolab.functions.service.state import ServiceState
 from stratolab.platform.http_front import FrontRequest, FrontResponse
 from stratolab.platform.scopes import FUNCTIONS_DEPLOY as DEPLOY
@@ -32,14 +36,14 @@ class BaseHandler(ServiceHandler):
         return tuple(str(g) for g in (self.caller or {}).get("groups") or ())
 
 
-def _flag(value: str | None) -> bool | None:
+def _flag(value: str | None, field: str = "public") -> bool | None:
     if value is None:
         return None
     if value.lower() in ("1", "true", "yes"):
         return True
     if value.lower() in ("0", "false", "no"):
         return False
-    raise InvalidInput(f"expected true or false, got {value!r}", field="public")
+    raise InvalidInput(f"expected true or false, got {value!r}", field=field)
 
 
 class FunctionListHandler(BaseHandler):
@@ -158,10 +162,8 @@ class InvokeHandler(BaseHandler):
     route itself (`invoke_route`), without tornado; both answer through `answer_invocation`."""
 
     async def post(self, owner: str, name: str) -> None:
-        headers = self.request.headers
         status, reply_headers, body = await answer_invocation(
-            self.state, owner, name, self.request.body, headers.get("Content-Type", JSON),
-            headers.get("X-Function-Key"), headers.get("Authorization", ""),
+            self.state, owner, name, self.request.body, self.request.headers, self.request.query,
         )
         self.set_status(status)
         for header, value in reply_headers:
@@ -172,22 +174,61 @@ class InvokeHandler(BaseHandler):
 JSON = "application/json"
 
 
-async def answer_invocation(state: ServiceState, owner: str, name: str, body: bytes, content_type: str,
-                            key: str | None, authorization: str) -> tuple[int, list[tuple[str, str]], bytes]:
+async def answer_invocation(state: ServiceState, owner: str, name: str, body: bytes, headers: Mapping[str, str],
+                            query: str = "") -> Answer:
     """Check who calls, invoke, and make the answer: (status, headers, body). A caller may use the
     function's key (`X-Function-Key`), a token with the invoke scope for the owner, or nothing for a
-    public function; others' private functions look the same as missing ones."""
+    public function; others' private functions look the same as missing ones.
+
+    `headers` are read by lower-case names (the front's dict, or tornado's HTTPHeaders, which
+    ignore case); `query` is the raw query string. A request with `ce-id` is a CloudEvent: its
+    attributes go to the handler, and a duplicate of one answered within the window is answered
+    again without a call (event_dedup.py). `?async=1` or `X-Invocation-Type: Event` hands the
+    request to the triggers service (async_invocation.py). A plain request costs a few dict lookups
+    more than before, no parsing."""
     view = state.view(owner, name)  # 404 for unknown names
+    if query or headers.get("x-invocation-type"):
+        asynchronous, destination = _asynchronous(query, headers)
+        if asynchronous:
+            return await answer_async(state, view, body, headers, destination)
     if not view.public:
-        if key:
-            if not view.check_key(key):
-                raise StratolabError("wrong function key", status=403)
-        else:
-            model = await caller_for_token(state.hub_auth, token_from_authorization(authorization))
-            assert model is not None
-            if not has_scope(model.get("scopes", []), INVOKE, owner):
-                raise StratolabError(f"no function {name!r}", status=404)
-    header, out = await state.invoke(owner, name, body, content_type or JSON)
+        await _check_caller(state, view, headers)
+    content_type = headers.get("content-type") or JSON
+    try:
+        event = event_from_headers(headers)
+    except InvalidEvent as e:
+        raise InvalidInput(str(e), field="ce-id") from None
+    if event is None or not state.events.enabled:
+        return await _invoke(state, owner, name, body, content_type, event)
+    (status, reply_headers, out), replayed = await state.events.answer(
+        (owner, name, event["source"], event["id"]),
+        lambda: _invoke(state, owner, name, body, content_type, event),
+    )
+    if replayed:
+        metrics.DUPLICATE_EVENTS.labels(owner, name).inc()
+        return status, [*reply_headers, ("X-Duplicate", "1")], out
+    return status, reply_headers, out
+
+
+async def _check_caller(state: ServiceState, view: FunctionView, headers: Mapping[str, str]) -> str:
+    """Who calls, for a call that needs credentials: "key" for the function's key, else the name of
+    the token's user or service; 403 for a wrong key, 401 without credentials, 404 for a token
+    without the invoke scope for the owner (their function looks missing)."""
+    key = headers.get("x-function-key")
+    if key:
+        if not view.check_key(key):
+            raise StratolabError("wrong function key", status=403)
+        return "key"
+    model = await caller_for_token(state.hub_auth, token_from_authorization(headers.get("authorization") or ""))
+    assert model is not None
+    if not has_scope(model.get("scopes", []), INVOKE, view.owner):
+        raise StratolabError(f"no function {view.name!r}", status=404)
+    return str(model.get("name", ""))
+
+
+async def _invoke(state: ServiceState, owner: str, name: str, body: bytes, content_type: str,
+                  event: dict[str, str] | None) -> Answer:
+    header, out = await state.invoke(owner, name, body, content_type, event)
     status = int(header.get("status", 500))
     headers = [("X-Function-Version", str(header.get("version", ""))),
                ("X-Request-Id", str(header.get("request_id", "")))]
@@ -197,6 +238,67 @@ async def answer_invocation(state: ServiceState, owner: str, name: str, body: by
             error["error_id"] = header["error_id"]
         return status, [*headers, ("Content-Type", JSON), ("Cache-Control", "no-store")], json.dumps(error).encode()
     return status, [*headers, ("Content-Type", str(header.get("content_type", JSON)))], out
+
+
+#: `X-Invocation-Type` values (AWS Lambda's): Event runs later, RequestResponse now
+INVOCATION_TYPES = {"event": True, "requestresponse": False}
+
+
+def _asynchronous(query: str, headers: Mapping[str, str]) -> tuple[bool, str | None]:
+    """Whether the caller asks for an asynchronous invocation (`?async=1`, a bare `?async`, or
+    `X-Invocation-Type: Event`), and the destination of its result (`X-Destination` or
+    `?destination=`, JSON) when it does."""
+    args = parse_qs(query, keep_blank_values=True) if query else {}
+    flag = args.get("async", [None])[-1]
+    asynchronous = bool(flag == "" or _flag(flag, field="async"))
+    kind = headers.get("x-invocation-type")
+    if kind:
+        try:
+            asynchronous = asynchronous or INVOCATION_TYPES[kind.strip().lower()]
+        except KeyError:
+            raise InvalidInput(f"X-Invocation-Type {kind[:40]!r} is not known: use Event (asynchronous) or "
+                               "RequestResponse", field="X-Invocation-Type") from None
+    if not asynchronous:
+        return False, None
+    return True, headers.get("x-destination") or args.get("destination", [None])[-1]
+
+
+def _destination_json(raw: str) -> str:
+    """The destination as compact JSON (one header line); 400 when it is not JSON."""
+    try:
+        return json.dumps(json.loads(raw), separators=(",", ":"))
+    except ValueError:
+        raise InvalidInput('the destination must be JSON, e.g. {"kind": "function", "target": "NAME"}',
+                           field="destination") from None
+
+
+async def answer_async(state: ServiceState, view: FunctionView, body: bytes, headers: Mapping[str, str],
+                       destination: str | None) -> Answer:
+    """Authenticate as for a synchronous call, check the body, and hand the invocation to the
+    triggers service; its answer (202 and where to find the result) is relayed as it is."""
+    if view.public:
+        caller = "public"  # credentials are not needed; when they are good, the caller is named
+        if headers.get("x-function-key") or headers.get("authorization"):
+            try:
+                caller = await _check_caller(state, view, headers)
+            except StratolabError:
+                pass
+    else:
+        caller = await _check_caller(state, view, headers)
+    state.check_payload(view, body)
+    try:
+        event_from_headers(headers)
+    except InvalidEvent as e:
+        raise InvalidInput(str(e), field="ce-id") from None
+    if state.triggers is None:
+        raise TriggersUnavailable(NOT_RUNNING)
+    invocation = AsyncInvocation(
+        view.owner, view.name, body, headers.get("content-type") or JSON, caller,
+        _destination_json(destination) if destination is not None else None, ce_headers(headers),
+    )
+    answer = await state.triggers.submit(invocation)
+    metrics.ASYNC_INVOCATIONS.labels(view.owner, view.name, str(answer[0])).inc()
+    return answer
 
 
 def _function_of(base: str, path: str) -> tuple[str, str] | None:
@@ -226,11 +328,8 @@ def invoke_route(state: ServiceState, prefix: str) -> Callable[[FrontRequest], A
         if function is None:
             return None
         owner, name = function
-        h = request.headers
-        status, headers, body = await answer_invocation(
-            state, owner, name, request.body, h.get("content-type", JSON), h.get("x-function-key"),
-            h.get("authorization", ""),
-        )
+        status, headers, body = await answer_invocation(state, owner, name, request.body, request.headers,
+                                                        request.query)
         return FrontResponse(status, body, headers)
 
     return route

@@ -69,6 +69,14 @@ OPENAPI: dict[str, Any] = {
                     **{k: {"type": "number", "nullable": True} for k in ("p50_ms", "p95_ms", "p99_ms", "mean_ms")},
                 },
             },
+            "AsyncAccepted": {
+                "type": "object", "required": ["id", "status_url", "result_url"],
+                "properties": {
+                    "id": {"type": "integer", "description": "the event's id in the triggers service"},
+                    "status_url": {"type": "string", "description": "GET: the event's state"},
+                    "result_url": {"type": "string", "description": "GET: the result once done (202 until then)"},
+                },
+            },
             "Function": {
                 "type": "object",
                 "properties": {
@@ -114,9 +122,44 @@ OPENAPI: dict[str, Any] = {
             "parameters": [{"name": "owner", "in": "path", "required": True, "schema": {"type": "string"}}, _name],
             "post": {
                 "summary": "Invoke",
+                "description": (
+                    "Runs the function and answers its result. With `ce-id`, `ce-source` and `ce-type` headers "
+                    "(a binary-mode CloudEvent) the handler also gets the event's attributes when it takes a "
+                    "second parameter (`handler(data, event)`; a batch handler `handler(inputs, events)`), and "
+                    "an event with the ce-source and ce-id of one answered successfully in the last "
+                    "STRATOLAB_FUNCTIONS_EVENT_DEDUP_S seconds gets that answer again, with `X-Duplicate: 1`, "
+                    "without running. With `?async=1` (or `X-Invocation-Type: Event`) the caller is "
+                    "authenticated as for a synchronous call and the invocation is handed to the triggers "
+                    "service, which runs it later with retries: the answer is its 202."
+                ),
                 "security": [{"hubToken": []}, {"functionKey": []}, {}],
+                "parameters": [
+                    {"name": "async", "in": "query", "schema": {"type": "boolean", "default": False},
+                     "description": "Run later: answer 202 at once (a bare `?async` counts as true)"},
+                    {"name": "destination", "in": "query", "schema": {"type": "string"},
+                     "description": "With async: where the result goes, as JSON like a trigger's destination "
+                                    '(`{"kind": "function"|"webhook"|"mqtt", "target": ..., "when": ...}`)'},
+                    {"name": "X-Invocation-Type", "in": "header",
+                     "schema": {"type": "string", "enum": ["Event", "RequestResponse"]},
+                     "description": "AWS Lambda's spelling: Event is `?async=1`"},
+                    {"name": "X-Destination", "in": "header", "schema": {"type": "string"},
+                     "description": "With async: the destination, as the query parameter"},
+                    {"name": "ce-id", "in": "header", "schema": {"type": "string"},
+                     "description": "A CloudEvent's id (binary mode); then ce-source and ce-type are required, "
+                                    "other ce-* headers are further attributes"},
+                    {"name": "ce-source", "in": "header", "schema": {"type": "string"}},
+                    {"name": "ce-type", "in": "header", "schema": {"type": "string"}},
+                ],
                 "requestBody": {"content": {"application/json": {}, "application/octet-stream": {}}},
-                "responses": {"200": {"description": "The handler's result"}, "413": _ok(_error), "429": _ok(_error), "502": _ok(_error), "503": _ok(_error), "504": _ok(_error), **_errors},
+                "responses": {
+                    "200": {"description": "The handler's result (`X-Duplicate: 1` when replayed for a duplicate event)",
+                            "headers": {"X-Duplicate": {"schema": {"type": "string", "enum": ["1"]}}}},
+                    "202": _ok({"$ref": "#/components/schemas/AsyncAccepted"},
+                               "Asynchronous: accepted by the triggers service, which will run it"),
+                    "413": _ok(_error), "429": _ok(_error), "502": _ok(_error),
+                    "503": _ok(_error, "No ready version; or, asynchronous, the triggers service is not running"),
+                    "504": _ok(_error), **_errors,
+                },
             },
         },
         "/metrics": {"get": {"summary": "Prometheus metrics (read:metrics)", "responses": {"200": {"description": "text/plain"}, **_errors}}},

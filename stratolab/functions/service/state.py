@@ -19,6 +19,8 @@ from stratolab.functions.bundle import BundleStore, Manifest, extract_bundle
 from stratolab.functions.limits import LimitsConfig
 from stratolab.functions.registry import FunctionRegistry, FunctionView, check_name
 from stratolab.functions.service import metrics
+from stratolab.functions.service.async_invocation import TriggersClient
+from stratolab.functions.service.event_dedup import EventDeduplicator
 from stratolab.functions.service.invocation_stats import InvocationStats, parse_window, summaries
 from stratolab.functions.traffic import choose_version
 
@@ -76,6 +78,10 @@ class ServiceState:
     held_bytes: int = 0
     #: the caps the admin set for each user's scaling settings
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    #: answers of recent CloudEvent invocations, replayed to their duplicates (see event_dedup.py)
+    events: EventDeduplicator = field(default_factory=EventDeduplicator)
+    #: where asynchronous invocations go (see async_invocation.py); None: they are refused (503)
+    triggers: TriggersClient | None = None
     #: invocation counts and latencies, kept in the platform database (see invocation_stats.py)
     stats: InvocationStats = field(init=False)
 
@@ -165,13 +171,19 @@ class ServiceState:
                 raise NotFound(f"{name} was deleted while its version {version} was being deployed")
             row.state, row.error = state, error
 
-    async def invoke(self, owner: str, name: str, body: bytes, content_type: str) -> tuple[dict, bytes]:
+    @staticmethod
+    def check_payload(view: FunctionView, body: bytes) -> None:
+        """413 for a body above the function's own payload limit."""
+        if len(body) > int(view.policy.max_payload_mb * 1024 * 1024):
+            raise StratolabError(f"the request body is larger than {view.policy.max_payload_mb:g} MB", status=413)
+
+    async def invoke(self, owner: str, name: str, body: bytes, content_type: str,
+                     event: dict[str, str] | None = None) -> tuple[dict, bytes]:
+        """`event`: the CloudEvent attributes the invocation came with, for the handler."""
         view = self.view(owner, name)
         if not view.traffic:
             raise StratolabError(f"{name} has no ready version to answer", status=503)
-        limit = int(view.policy.max_payload_mb * 1024 * 1024)
-        if len(body) > limit:
-            raise StratolabError(f"the request body is larger than {view.policy.max_payload_mb:g} MB", status=413)
+        self.check_payload(view, body)
         version = choose_version(view.traffic)
         ref = VersionRef(owner, name, version)
         t0 = time.perf_counter()
@@ -188,7 +200,7 @@ class ServiceState:
             )
         self.held_bytes += held
         try:
-            header, out = await self.backend.invoke(ref, body, content_type, request_id)
+            header, out = await self.backend.invoke(ref, body, content_type, request_id, event)
             status = int(header.get("status", 500))
             header["version"] = version
             header["request_id"] = request_id
