@@ -74,7 +74,9 @@ class FunctionsProxyHandler(APIHandler):
     """Forward GET/POST/PUT/PATCH/DELETE to `{hub}/services/functions/PATH` with the server's token.
 
     The same handler forwards `{base_url}stratolab/scheduler/api/...` to the scheduler service
-    (initialize(service_path="/services/scheduler/", prefixes=("api/",), label="scheduler")).
+    (initialize(service_path="/services/scheduler/", prefixes=("api/",), label="scheduler")) and
+    `{base_url}stratolab/triggers/api/...` to the triggers service (its triggers, events and dead
+    letters; not its ingress and upload routes, which producers call with the trigger's key).
     """
 
     auth_resource = AUTH_RESOURCE

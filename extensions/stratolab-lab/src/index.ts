@@ -58,7 +58,9 @@ const plugin: JupyterFrontEndPlugin<void> = {
     fileBrowser: IDefaultFileBrowser | null,
     launcher: ILauncher | null
   ) => {
-    const functions = new FunctionsSection();
+    const functions = new FunctionsSection({
+      openFolder: path => app.commands.execute('filebrowser:go-to-path', { path })
+    });
     const contents = app.serviceManager.contents;
     // An open notebook with unsaved changes is saved before the scheduler takes its snapshot.
     const saveIfOpen = async (path: string) => {

@@ -34,7 +34,7 @@ export class RawBody {
   ) {}
 }
 
-/** The client of one service; `functionsClient` and `schedulerClient` below are the lab's two. */
+/** The client of one service; `functionsClient`, `schedulerClient` and `triggersClient` below are the lab's. */
 export class ServiceClient {
   private _settings: ServerConnection.ISettings | null;
 
@@ -140,3 +140,6 @@ export const functionsClient = new ServiceClient('functions');
 
 /** The scheduler service (`stratolab/scheduler/`: schedules, runs and AutoML searches under `api/`). */
 export const schedulerClient = new ServiceClient('scheduler');
+
+/** The triggers service (`stratolab/triggers/`: triggers, their events and dead letters under `api/`). */
+export const triggersClient = new ServiceClient('triggers');

@@ -5,16 +5,18 @@
  * the dialog runs a few lines of Python there, calling `stratolab.functions.client.deploy` with the
  * cell's current source, and reads the service's answer back from the printed output.
  */
-import { Clipboard, Dialog } from '@jupyterlab/apputils';
+import { Dialog } from '@jupyterlab/apputils';
 import { NotebookPanel } from '@jupyterlab/notebook';
 import { KernelMessage } from '@jupyterlab/services';
 import { UUID } from '@lumino/coreutils';
 import { Widget } from '@lumino/widgets';
 
 import { functionsClient, ServiceError } from '../api/client';
+import { TriggersView } from '../triggers/view';
 import {
   alertNode,
   button,
+  copyable,
   details,
   el,
   enterInField,
@@ -22,7 +24,6 @@ import {
   IField,
   numberField,
   readNumber,
-  readOnlyField,
   selectInput,
   setProgress
 } from '../ui';
@@ -69,18 +70,6 @@ export async function deployInKernel(panel: NotebookPanel, request: IDeployReque
     return outcome;
   }
   return { ok: false, error: failure || 'The kernel did not report the outcome of the deploy.' };
-}
-
-function copyable(value: string, testId: string, multiline = false): HTMLElement {
-  const row = el('div', 'jp-Stratolab-copyRow');
-  const field = readOnlyField(value, testId, multiline);
-  const copy = button('Copy', () => {
-    Clipboard.copyToSystem(field.value);
-    copy.textContent = 'Copied';
-    window.setTimeout(() => (copy.textContent = 'Copy'), 1500);
-  });
-  row.append(field, copy);
-  return row;
 }
 
 /**
@@ -292,7 +281,15 @@ export class DeployForm extends Widget {
       el('div', 'jp-Stratolab-fieldLabel', 'Try it'),
       createTryBox(fn.owner, fn.name)
     );
+    this.triggers?.dispose();
+    this.triggers = new TriggersView({ fn: fn.name, testId: 'stratolab-deploy-triggers' });
+    nodes.push(this.triggers.node);
     this.outcome.replaceChildren(...nodes);
+  }
+
+  dispose(): void {
+    this.triggers?.dispose();
+    super.dispose();
   }
 
   private readonly source: string;
@@ -305,6 +302,8 @@ export class DeployForm extends Widget {
   private readonly submit: HTMLButtonElement;
   private readonly progress: HTMLElement;
   private readonly outcome: HTMLElement;
+  /** The deployed function's triggers (added from here, as from its panel). */
+  private triggers: TriggersView | null = null;
 }
 
 /**

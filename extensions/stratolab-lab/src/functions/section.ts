@@ -1,8 +1,9 @@
 /**
- * The Functions section of the panel: the user's functions, their numbers, and what can be done to
- * them (invoke, traffic, rollback, scale, logs, delete).
+ * The Functions section of the panel: the user's functions, their numbers, what can be done to them
+ * (invoke, traffic, rollback, scale, logs, delete), and their triggers.
  */
 import { ModelSection } from '../environment/panel';
+import { TriggersView, TriggersViews } from '../triggers/view';
 import { el, facts, guarded, mostRecent, readOnlyField, showList } from '../ui';
 import { functionActions } from './actions';
 import { IFunction } from './api';
@@ -13,7 +14,8 @@ import { FunctionsModel } from './model';
  * The user's functions, with their numbers and what can be done to them.
  */
 export class FunctionsSection extends ModelSection<null, FunctionsModel> {
-  constructor() {
+  /** `openFolder`: show a folder in the file browser (an upload trigger's inbox). */
+  constructor(options: { openFolder?: (path: string) => Promise<unknown> } = {}) {
     super(
       {
         title: 'Functions',
@@ -25,11 +27,15 @@ export class FunctionsSection extends ModelSection<null, FunctionsModel> {
     );
     this.body.append(this.errorNode, this.listNode);
     this.listNode.append(el('p', 'jp-Stratolab-loading', 'Loading…'));
+    this.triggers = new TriggersViews(
+      fn => new TriggersView({ fn, testId: `stratolab-function-${fn}-triggers`, openFolder: options.openFolder })
+    );
   }
 
   protected render(): void {
     // a summary: the functions deployed to last; the Functions tab holds them all
     const { shown, hidden } = mostRecent(this.model.functions, lastDeployed);
+    this.triggers.keepOnly(shown.map(fn => fn.name));
     showList(
       this.listNode,
       [...shown.map(fn => this.renderFunction(fn)), ...this.moreNote(hidden, 'functions', 'stratolab-functions-more')],
@@ -67,6 +73,11 @@ export class FunctionsSection extends ModelSection<null, FunctionsModel> {
     const actions = el('div', 'jp-Stratolab-actions');
     actions.append(...functionActions(fn, `stratolab-function-${fn.name}-action`, run => this.guard(run)));
     card.append(actions);
+
+    // the same view across redraws (what is open stays open); it reloads itself while open
+    const triggers = this.triggers.for(fn.name);
+    void triggers.refresh();
+    card.append(triggers.node);
     return card;
   }
 
@@ -76,6 +87,7 @@ export class FunctionsSection extends ModelSection<null, FunctionsModel> {
   }
 
   private readonly listNode = el('div', 'jp-Stratolab-functionList');
+  private readonly triggers: TriggersViews;
 }
 
 /** When a version of `fn` was last deployed (ms since the epoch; 0 for none). */

@@ -1,11 +1,12 @@
 /**
  * The Functions tab: every function with its version, state, instances, invocations, latency and
- * last deploy; the detail shows its numbers and endpoint, with the sidebar's actions.
+ * last deploy; the detail shows its numbers and endpoint, with the sidebar's actions, and its triggers.
  */
 import { functionActions } from '../functions/actions';
 import { IFunction, IFunctionVersion, listFunctions } from '../functions/api';
 import { formatMs, trafficText } from '../functions/format';
 import { formatTime } from '../jobs/format';
+import { TriggersView, TriggersViews } from '../triggers/view';
 import { IListTabOptions } from './listTab';
 
 /** The newest version (the last deployed). */
@@ -16,13 +17,24 @@ export function latestVersion(fn: IFunction): IFunctionVersion | null {
   );
 }
 
+/** The detail's Triggers, one per function, kept while the function exists (the detail is redrawn often). */
+const triggerViews = new TriggersViews(
+  fn => new TriggersView({ fn, testId: 'stratolab-tab-functions-detail-triggers', open: true })
+);
+
+async function loadFunctions(): Promise<IFunction[]> {
+  const functions = await listFunctions();
+  triggerViews.keepOnly(functions.map(fn => fn.name));
+  return functions;
+}
+
 export const functionsTab: IListTabOptions<IFunction> = {
   id: 'functions',
   label: 'Functions',
   actionTitle: 'Stratolab functions',
   emptyText: 'No functions yet. Right-click a code cell that defines a function and choose “Deploy as function”.',
   rowKey: fn => `${fn.owner}-${fn.name}`,
-  load: listFunctions,
+  load: loadFunctions,
   sort: { key: 'name', direction: 'asc' },
   columns: [
     { key: 'name', label: 'Name', value: fn => fn.name },
@@ -73,6 +85,7 @@ export const functionsTab: IListTabOptions<IFunction> = {
       ['Latency', `p50 ${formatMs(fn.stats.p50_ms)} · p99 ${formatMs(fn.stats.p99_ms)}`, 'latency'],
       ['Cold starts', String(fn.cold_starts), 'cold-starts']
     ],
-    actions: functionActions(fn, `${prefix}-action`, guard)
+    actions: functionActions(fn, `${prefix}-action`, guard),
+    extra: [triggerViews.for(fn.name).node]
   })
 };

@@ -1,9 +1,9 @@
 /**
  * Buttons and links in the panel's cards, and actions whose errors are shown in a dialog.
  */
-import { showErrorMessage } from '@jupyterlab/apputils';
+import { Clipboard, showErrorMessage } from '@jupyterlab/apputils';
 
-import { el } from './dom';
+import { el, readOnlyField } from './dom';
 
 export function button(label: string, onClick: () => void, testId?: string, title?: string): HTMLButtonElement {
   const b = el('button', 'jp-Button jp-Stratolab-smallButton', label, testId);
@@ -13,6 +13,24 @@ export function button(label: string, onClick: () => void, testId?: string, titl
   }
   b.addEventListener('click', onClick);
   return b;
+}
+
+/** A read-only field (an endpoint URL, a key, a command) with a Copy button beside it. */
+export function copyable(value: string, testId: string, multiline = false): HTMLElement {
+  const row = el('div', 'jp-Stratolab-copyRow');
+  const field = readOnlyField(value, testId, multiline);
+  const copy = button(
+    'Copy',
+    () => {
+      Clipboard.copyToSystem(field.value);
+      copy.textContent = 'Copied';
+      window.setTimeout(() => (copy.textContent = 'Copy'), 1500);
+    },
+    testId ? `${testId}-copy` : undefined,
+    'Copy to the clipboard'
+  );
+  row.append(field, copy);
+  return row;
 }
 
 /** A link, opened in a new tab; a plain GET from the browser carries this server's cookie. */
