@@ -89,9 +89,11 @@ def source_summary(t: dict[str, Any]) -> str:
 
 
 def state_of(t: dict[str, Any]) -> str:
+    """paused, active, error (its source cannot connect), or the service's own word (starting)."""
+    status = t.get("status") or {}
     if t.get("paused"):
         return "paused"
-    return "error" if (t.get("status") or {}).get("error") else "active"
+    return status.get("state") or ("error" if status.get("error") else "active")
 
 
 def trigger_table(triggers: list[dict[str, Any]]) -> str:

@@ -28,7 +28,14 @@ SERVICE = "triggers"
 TEST_TYPE = "io.stratolab.test"
 TEST_SOURCE = "stratolab-cli"
 #: the options a PATCH may change (the rest of a trigger is fixed at its creation)
-PATCHABLE = ("paused", "retries", "max_age_s", "backoff_s", "concurrency", "batch", "filters", "destination")
+PATCHABLE = ("paused", "retries", "max_age_s", "backoff_s", "concurrency", "batch", "filters", "destination",
+             "ordered", "name")
+
+
+#: the service's defaults of the options a PATCH may change (tests/triggers/test_trigger_builders.py
+#: compares them with spec.TriggerSpec's)
+DEFAULTS: dict[str, Any] = {"batch": 1, "concurrency": 8, "ordered": False, "retries": 3, "max_age_s": 24 * 3600,
+                            "backoff_s": 1.0, "filters": [], "destination": None}
 
 
 class TriggersError(StratolabError):
@@ -216,10 +223,9 @@ def wait_for_result(event_id: int, timeout: float | None = None, **auth: Any) ->
 
 
 def same_source(asked: dict[str, Any], existing: dict[str, Any]) -> bool:
-    """Whether an existing trigger has the source (and ordering) asked for: those cannot be patched."""
+    """Whether an existing trigger has the kind and source asked for: those cannot be patched."""
     return asked["kind"] == existing.get("kind") and all(
-        (existing.get("source") or {}).get(k) == v for k, v in asked["source"].items()) and (
-        asked.get("ordered", False) == existing.get("ordered", False))
+        (existing.get("source") or {}).get(k) == v for k, v in asked["source"].items())
 
 
 def _as_stored(destination: dict[str, str] | None) -> dict[str, str] | None:
@@ -231,13 +237,12 @@ def _as_stored(destination: dict[str, str] | None) -> dict[str, str] | None:
 
 
 def patch_for(asked: dict[str, Any], existing: dict[str, Any]) -> dict[str, Any]:
-    """What a PATCH must change so that an existing trigger delivers as asked."""
-    changes = {k: asked[k] for k in PATCHABLE if k in asked and k not in ("filters", "destination")
-               and asked[k] != existing.get(k)}
-    if asked.get("filters", []) != (existing.get("filters") or []):
-        changes["filters"] = asked.get("filters", [])
-    if _as_stored(asked.get("destination")) != existing.get("destination"):
-        changes["destination"] = asked.get("destination")
+    """What a PATCH must change so that an existing trigger delivers as asked: an option left out means
+    the service's default (a redeploy states the whole trigger), except `paused`, which stays as the
+    user left it in the panel or the CLI unless asked."""
+    wanted = {**DEFAULTS, **asked, "destination": _as_stored(asked.get("destination"))}
+    changes = {k: asked.get(k, DEFAULTS.get(k)) for k in PATCHABLE
+               if k in wanted and wanted[k] != existing.get(k, DEFAULTS.get(k))}
     return changes
 
 

@@ -8,10 +8,10 @@ import pytest
 
 import stratolab.functions as fn
 from stratolab.client import triggers as builders
-from stratolab.client.triggers_api import named_triggers, patch_for, same_source
+from stratolab.client.triggers_api import DEFAULTS, PATCHABLE, named_triggers, patch_for, same_source
 from stratolab.errors import InvalidInput
 from stratolab.functions.magic import _parser as magic_parser
-from stratolab.triggers.spec import KINDS, parse_trigger
+from stratolab.triggers.spec import KINDS, TriggerSpec, parse_trigger
 
 EVERY_KIND = [
     fn.upload(),
@@ -144,6 +144,14 @@ def test_a_deploys_triggers_get_distinct_names_in_order():
         named_triggers("resize", ["mqtt:a/#"])
 
 
+def test_the_clients_defaults_are_the_specs():
+    spec = TriggerSpec(owner="a", function="f", kind="cloudevents")
+    assert {k: getattr(spec, k) for k in DEFAULTS if k not in ("filters", "destination")} == {
+        k: v for k, v in DEFAULTS.items() if k not in ("filters", "destination")}
+    assert (spec.filters, spec.destination, DEFAULTS["filters"], DEFAULTS["destination"]) == ((), None, [], None)
+    assert set(DEFAULTS) | {"paused", "name"} == set(PATCHABLE)
+
+
 def test_a_redeploy_recognises_an_unchanged_trigger_from_what_the_service_stores():
     """The service's answer for a trigger (spec.to_dict's shape, destination as kind/target/when) is
     compared with the request: equal means no PATCH; a changed option is the only change sent."""
@@ -157,5 +165,9 @@ def test_a_redeploy_recognises_an_unchanged_trigger_from_what_the_service_stores
     assert patch_for(body, stored) == {"retries": 5}
     plain = fn.postgres("readings", operations="insert", name="resize-postgres").body("resize")
     assert patch_for(plain, stored) == {"filters": [], "destination": None}
+    stored.update(batch=8, paused=True)
+    assert patch_for(plain, stored) == {"filters": [], "destination": None, "batch": 1}  # left out: the default
+    assert patch_for({**plain, "paused": False}, stored)["paused"] is False  # paused changes only when asked
     assert not same_source(fn.postgres("other").body("resize"), stored)
-    assert not same_source(fn.postgres("readings", operations="insert", ordered=True).body("resize"), stored)
+    assert not same_source(fn.postgres("readings", operations="update").body("resize"), stored)
+    assert patch_for(fn.postgres("readings", operations="insert", ordered=True).body("resize"), stored)["ordered"] is True
