@@ -20,12 +20,12 @@ from typing import Any
 
 from stratolab.db.models import JobRun, JobSchedule
 from stratolab.jobs import metrics
-from stratolab.platform import cron
 from stratolab.jobs.clock import Clock
 from stratolab.jobs.executor import FAILED, STOPPED, TIMED_OUT, Account, Execution, NotebookExecutor, RunSpec
 from stratolab.jobs.files import JobFiles
 from stratolab.jobs.notify import Notifier
 from stratolab.jobs.store import JobStore, run_view, schedule_view
+from stratolab.platform import cron
 from stratolab.platform.gpus import GpuAllocation, Holder, NoFreeGpu
 from stratolab.platform.profiles import Profile
 
@@ -271,6 +271,10 @@ class Scheduler:
             if finished:
                 finished(execution)
         state, error = result.state, result.error
+        if result.kernel_restarts:
+            metrics.KERNEL_RESTARTS.labels("run").inc(result.kernel_restarts)
+            log.warning("run %s: its kernel died before the notebook's first cell and was started again (%d time(s);"
+                        " see its log)", run.id, result.kernel_restarts)
         if self._closing and state == STOPPED:
             state, error = FAILED, "the scheduler was shut down while this run was in progress; the partial output is kept"
         await self._ended(run, s, state, error, list(result.outputs))

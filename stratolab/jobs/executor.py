@@ -10,7 +10,7 @@ A run's files live in its `workdir`:
     output.ipynb   the executed notebook, saved as cells complete (a failed run keeps its partial one)
     output.html    when "html" is among the output formats
     run.log        papermill's log: cell outputs as they come, errors
-    result.json    {"state": "succeeded"|"failed", "error": ...} written by the runner
+    result.json    {"state": "succeeded"|"failed", "error": ..., "kernel_restarts": N} written by the runner
     files/         the notebook's working directory: files it writes are kept with the run
 """
 
@@ -94,6 +94,14 @@ class RunResult:
     state: str
     error: str | None = None
     outputs: tuple[str, ...] = ()
+    #: kernels started again because one died before the notebook's first cell (see run_kernel.py)
+    kernel_restarts: int = 0
+
+
+def kernel_restarts(result: dict[str, Any]) -> int:
+    """The count of kernel restarts a runner reported in result.json (0 when none, or unreadable)."""
+    value = result.get("kernel_restarts")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 class Execution(abc.ABC):

@@ -30,7 +30,17 @@ from typing import Any
 import psutil
 from jupyterhub.utils import exponential_backoff
 
-from stratolab.jobs.executor import FAILED, STOPPED, TIMED_OUT, Account, Execution, NotebookExecutor, RunResult, RunSpec
+from stratolab.jobs.executor import (
+    FAILED,
+    STOPPED,
+    TIMED_OUT,
+    Account,
+    Execution,
+    NotebookExecutor,
+    RunResult,
+    RunSpec,
+    kernel_restarts,
+)
 from stratolab.platform import forkserver
 from stratolab.platform.sockets import short_tmp_root
 
@@ -133,12 +143,14 @@ class LocalExecution(Execution):
 
     def _result(self) -> RunResult:
         result, outputs = self.spec.reported()
+        restarts = kernel_restarts(result)
         if self.reason == TIMED_OUT:
-            return RunResult(TIMED_OUT, f"the run took longer than its timeout of {self.spec.timeout:g} s", outputs)
+            return RunResult(TIMED_OUT, f"the run took longer than its timeout of {self.spec.timeout:g} s", outputs,
+                             restarts)
         if self.reason == STOPPED:
-            return RunResult(STOPPED, "stopped on request", outputs)
+            return RunResult(STOPPED, "stopped on request", outputs, restarts)
         if result.get("state"):
-            return RunResult(result["state"], result.get("error"), outputs)
+            return RunResult(result["state"], result.get("error"), outputs, restarts)
         code = self.runner.proc.returncode
         return RunResult(FAILED, f"the run's process ended with exit code {code} before reporting (see the log)", outputs)
 

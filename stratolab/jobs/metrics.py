@@ -30,3 +30,8 @@ NOTIFICATIONS = Counter(
     "stratolab_job_notifications_total", "Notifications sent, by channel and outcome", ["channel", "outcome"],
     registry=REGISTRY,
 )
+KERNEL_RESTARTS = Counter(
+    "stratolab_job_kernel_restarts_total",
+    "Kernels started again because one died before the notebook's first cell, by what ran (run or trial)", ["kind"],
+    registry=REGISTRY,
+)

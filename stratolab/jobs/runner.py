@@ -7,6 +7,9 @@ off the run's critical path, while every run still gets a fresh kernel that is u
 The spec: {"workdir", "parameters", "output_formats", "env"}; see executor.RunSpec for the files.
 On SIGTERM (stop, timeout, or the scheduler going away) the kernel is killed; papermill then ends
 the run and saves the partial executed notebook, which is kept.
+
+A kernel that dies before the notebook's first cell (the one started ahead included) is started
+again, a few times (run_kernel.py); result.json says how many times (`kernel_restarts`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,16 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from stratolab.jobs.run_kernel import (
+    KernelStartFailed,
+    RunKernel,
+    first_cell_started,
+    kernel_failed,
+    ready_client,
+    shutdown_kernel,
+    start_kernel,
+)
 
 DEFAULT_KERNEL = "python3"
 _interrupted = False
@@ -55,25 +68,6 @@ def kernel_name_for(nb: dict, available: set[str]) -> str:
     return DEFAULT_KERNEL
 
 
-def start_kernel(name: str, cwd: str):
-    """An asynchronous kernel manager, as nbclient wants (it checks the kernel is alive through it)."""
-    from jupyter_client.manager import AsyncKernelManager
-    from jupyter_core.utils import run_sync
-
-    km = AsyncKernelManager(kernel_name=name)
-    run_sync(km.start_kernel)(cwd=cwd)
-    return km
-
-
-def shutdown_kernel(km) -> None:
-    from jupyter_core.utils import run_sync
-
-    try:
-        run_sync(km.shutdown_kernel)(now=True)
-    except Exception:  # it may be dead already
-        pass
-
-
 def setup_code(files_dir: Path, env: dict[str, str]) -> str:
     """Code run silently in the kernel before the notebook: its working directory and environment.
 
@@ -87,24 +81,15 @@ def setup_code(files_dir: Path, env: dict[str, str]) -> str:
     )
 
 
-def ready_client(km, timeout: float = 60):
-    """A client of the started kernel, once the kernel answers (part of what a warm start saves)."""
-    from jupyter_client import BlockingKernelClient
-
-    # `parent=km`: whether the kernel is alive is asked of its process, not of its heartbeat, whose one
-    # second without an answer (a loaded machine, a kernel still importing) reads as a dead kernel
-    kc = BlockingKernelClient(parent=km)
-    kc.load_connection_info(km.get_connection_info())
-    kc.start_channels()
-    kc.wait_for_ready(timeout=timeout)
-    return kc
+class SetupFailed(Exception):
+    """The code that prepares the kernel raised (a kernel that answers: not the kernel's failure)."""
 
 
 def run_setup(kc, code: str, timeout: float = 60) -> None:
     try:
         reply = kc.execute_interactive(code, silent=True, store_history=False, timeout=timeout)
         if reply["content"].get("status") != "ok":
-            raise RuntimeError(f"could not prepare the kernel: {reply['content'].get('evalue')}")
+            raise SetupFailed(f"could not prepare the kernel: {reply['content'].get('evalue')}")
     finally:
         kc.stop_channels()
 
@@ -127,12 +112,19 @@ def write_html(output: Path, target: Path) -> None:
 
 
 def execute(spec: dict[str, Any], km, kc) -> dict[str, Any]:
+    """Run the notebook on the kernel; its outcome. KernelStartFailed when the kernel failed before the
+    notebook's first code cell started (runner's `_execute_with_restarts` then starts another)."""
     import papermill
 
     workdir = Path(spec["workdir"])
     files_dir = workdir / "files"
     files_dir.mkdir(exist_ok=True)
-    run_setup(kc, setup_code(files_dir, spec.get("env") or {}))
+    try:
+        run_setup(kc, setup_code(files_dir, spec.get("env") or {}))
+    except Exception as e:
+        if not _interrupted and not isinstance(e, SetupFailed) and kernel_failed(e, km):
+            raise KernelStartFailed(f"preparing the kernel: {error_text(e)}") from e
+        raise
     result: dict[str, Any] = {"state": "succeeded", "error": None}
     try:
         papermill.execute_notebook(
@@ -148,6 +140,9 @@ def execute(spec: dict[str, Any], km, kc) -> dict[str, Any]:
             cwd=None,
         )
     except BaseException as e:  # the run's outcome, whatever ended it
+        if (not _interrupted and isinstance(e, Exception) and kernel_failed(e, km)
+                and not first_cell_started(workdir / "output.ipynb")):
+            raise KernelStartFailed(error_text(e)) from e
         result = {"state": "failed", "error": "the run was stopped" if _interrupted else error_text(e)}
         logging.error("run failed: %s", result["error"])
     outputs = []
@@ -163,6 +158,27 @@ def execute(spec: dict[str, Any], km, kc) -> dict[str, Any]:
     return result
 
 
+def _execute_with_restarts(spec: dict[str, Any], kernel: RunKernel) -> dict[str, Any]:
+    """`execute` on the run's kernel, on a new one each time a kernel fails before the first cell
+    (see run_kernel.py), until the restarts allowed are used up."""
+    stopped = {"state": "failed", "error": "the run was stopped", "outputs": []}
+    while not _interrupted:
+        try:
+            km, kc = kernel.ready()
+            if _interrupted:  # stopped while it started: the notebook does not run
+                break
+            return execute(spec, km, kc)
+        except KernelStartFailed as e:
+            if _interrupted:  # the kernel was killed on purpose: stopped, not failed to start
+                break
+            try:
+                kernel.died(str(e))
+            except KernelStartFailed as final:
+                logging.error("run failed: %s", final)
+                return {"state": "failed", "error": str(final), "outputs": []}
+    return stopped
+
+
 def redirect_output(log_path: Path) -> None:
     fd = os.open(str(log_path), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(fd, 1)
@@ -170,36 +186,30 @@ def redirect_output(log_path: Path) -> None:
     os.close(fd)
 
 
-def _run(spec: dict[str, Any], available: set[str], km=None, kc=None, forked: bool = False) -> int:
-    """Run `spec` (on `km`/`kc` when a kernel was started ahead), write result.json; the exit status."""
+def _run(spec: dict[str, Any], available: set[str], km=None, kc=None, forked: bool = False,
+         ahead_failure: str | None = None) -> int:
+    """Run `spec` (on `km`/`kc` when a kernel was started ahead, `ahead_failure` when that start
+    failed), write result.json; the exit status."""
     workdir = Path(spec["workdir"])
+    kernel: RunKernel | None = None
     try:
         nb = json.loads((workdir / "input.ipynb").read_text(encoding="utf-8"))
-        name = kernel_name_for(nb, available)
-        if km is None or km.kernel_name != name:
-            if km:
-                shutdown_kernel(km)
-            km = start_forked_kernel(name, workdir) if forked else start_kernel(name, str(workdir))
-            kc = ready_client(km)
-        result = execute(spec, km, kc)
+        kernel = RunKernel(kernel_name_for(nb, available), workdir, forked=forked)
+        # the kernel started ahead is the default one: its failure counts for a run of that kernel only
+        kernel.adopt(km, kc, ahead_failure if kernel.name == DEFAULT_KERNEL else None)
+        km = kc = None  # the run's kernel's now
+        result = _execute_with_restarts(spec, kernel)
     except BaseException as e:
         result = {"state": "failed", "error": error_text(e), "outputs": []}
     finally:
+        if kernel is not None:
+            kernel.discard()
         if km is not None:
             shutdown_kernel(km)
+    result["kernel_restarts"] = kernel.restarts if kernel is not None else 0
     (workdir / "result.json").write_text(json.dumps(result))
     logging.info("run %s: %s", spec.get("key", ""), result["state"])
     return 0 if result["state"] == "succeeded" else 1
-
-
-def start_forked_kernel(name: str, workdir: Path):
-    from jupyter_core.utils import run_sync
-
-    from stratolab.jobs.forked_kernel import forked_kernel_manager
-
-    km = forked_kernel_manager(name)
-    run_sync(km.start_kernel)(cwd=str(workdir))
-    return km
 
 
 def _log_to(workdir: Path) -> None:
@@ -226,9 +236,16 @@ def main() -> None:
 
     available = set(KernelSpecManager().find_kernel_specs())
     km = kc = None
+    ahead_failure = None
     if DEFAULT_KERNEL in available:
-        km = start_kernel(DEFAULT_KERNEL, os.getcwd())
-        kc = ready_client(km)
+        try:  # a kernel that fails here is started again for the run (run_kernel.py)
+            km = start_kernel(DEFAULT_KERNEL, os.getcwd())
+            kc = ready_client(km)
+        except Exception as e:
+            ahead_failure = error_text(e)
+            if km is not None:
+                shutdown_kernel(km)
+            km = kc = None
     line = sys.stdin.readline()
     if not line:
         if km:
@@ -237,7 +254,7 @@ def main() -> None:
     spec = json.loads(line)
     _log_to(Path(spec["workdir"]))
     logging.info("run %s: starting (runner ready after %.2f s)", spec.get("key", ""), time.monotonic() - started)
-    sys.exit(_run(spec, available, km, kc))
+    sys.exit(_run(spec, available, km, kc, ahead_failure=ahead_failure))
 
 
 if __name__ == "__main__":

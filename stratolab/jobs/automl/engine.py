@@ -28,6 +28,7 @@ import optuna
 from sqlalchemy import or_, select, update
 
 from stratolab.db.models import AutoMLJob
+from stratolab.jobs import metrics as job_metrics
 from stratolab.jobs.automl import channel
 from stratolab.jobs.automl.space import grid, sample
 from stratolab.jobs.clock import Clock
@@ -388,6 +389,9 @@ class AutoMLController:
             finished = getattr(self.executor, "finished", None)
             if finished:
                 finished(execution)
+        if result.kernel_restarts:  # the trial still counts: a kernel that died before its first cell is ours
+            trial.set_user_attr("kernel_restarts", result.kernel_restarts)
+            job_metrics.KERNEL_RESTARTS.labels("trial").inc(result.kernel_restarts)
         metrics = channel.read_metrics(workdir)
         trial.set_user_attr("duration", round(time.monotonic() - started, 3))
         if metrics.get("__model__"):
@@ -417,6 +421,7 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
             "duration": t.user_attrs.get("duration"), "error": t.user_attrs.get("error"),
             "intermediate": {str(k): v for k, v in sorted(t.intermediate_values.items())},
             "model": bool(t.user_attrs.get("model")),
+            "kernel_restarts": t.user_attrs.get("kernel_restarts", 0),
             "started_at": t.datetime_start.isoformat() if t.datetime_start else None,
             "finished_at": t.datetime_complete.isoformat() if t.datetime_complete else None,
         })

@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from stratolab.jobs.executor import FAILED, STOPPED, TIMED_OUT, Execution, NotebookExecutor, RunResult, RunSpec
+from stratolab.jobs.executor import FAILED, STOPPED, TIMED_OUT, Execution, NotebookExecutor, RunResult, RunSpec, kernel_restarts
 from stratolab.jobs.kube.manifests import (
     JobSettings,
     RunPod,
@@ -218,13 +218,14 @@ class KubernetesJobExecution(Execution):
 
     def _result(self) -> RunResult:
         result, outputs = self.spec.reported()
+        restarts = kernel_restarts(result)
         if self.reason == TIMED_OUT:
             limit = f" of {self.spec.timeout:g} s" if self.spec.timeout else ""
-            return RunResult(TIMED_OUT, f"the run took longer than its timeout{limit}", outputs)
+            return RunResult(TIMED_OUT, f"the run took longer than its timeout{limit}", outputs, restarts)
         if self.reason == STOPPED:
-            return RunResult(STOPPED, "stopped on request", outputs)
+            return RunResult(STOPPED, "stopped on request", outputs, restarts)
         if result.get("state"):
-            return RunResult(result["state"], result.get("error"), outputs)
+            return RunResult(result["state"], result.get("error"), outputs, restarts)
         if self.failure:
             return RunResult(FAILED, self.failure, outputs)
         return RunResult(FAILED, "the run's pod ended without reporting a result (see the log)", outputs)

@@ -26,7 +26,7 @@ from tornado import web
 from tornado.http1connection import HTTP1Connection
 
 from stratolab.errors import InvalidInput, NotFound, StratolabError
-from stratolab.jobs.executor import FAILED, SUCCEEDED
+from stratolab.jobs.executor import FAILED, SUCCEEDED, kernel_restarts
 from stratolab.jobs.kube.archive import RESULT, SyncLimits, extract
 from stratolab.jobs.kube.registry import AgentRun, AgentRuns
 from stratolab.web import ServiceHandler, routes_from_openapi, token_from_headers
@@ -48,7 +48,7 @@ def normalized_result(raw: bytes, outputs_present: list[str]) -> dict[str, Any]:
         return {"state": FAILED, "error": "the run's agent sent an unreadable result", "outputs": outputs_present}
     error = data.get("error")
     error = str(error)[:10000] if error is not None else None
-    return {"state": data["state"], "error": error, "outputs": outputs_present}
+    return {"state": data["state"], "error": error, "outputs": outputs_present, "kernel_restarts": kernel_restarts(data)}
 
 
 class AgentHandler(ServiceHandler):
