@@ -64,6 +64,8 @@ class PlatformSettings:
     functions_port: int = 10101
     #: port of the scheduler service on 127.0.0.1 (reached through the proxy at /services/scheduler/)
     scheduler_port: int = 10102
+    #: port of the triggers service on 127.0.0.1 (reached through the proxy at /services/triggers/)
+    triggers_port: int = 10103
     #: where function bundles and instances live; None: derived from the data dir (see functions_root)
     functions_dir: Path | None = None
     data_dir: Path = PROJECT_ROOT / ".stratolab"
@@ -139,6 +141,7 @@ class PlatformSettings:
             proxy_api_port=_int(env, "STRATOLAB_PROXY_API_PORT", 8001),
             functions_port=_int(env, "STRATOLAB_FUNCTIONS_PORT", 10101),
             scheduler_port=_int(env, "STRATOLAB_SCHEDULER_PORT", 10102),
+            triggers_port=_int(env, "STRATOLAB_TRIGGERS_PORT", 10103),
             functions_dir=Path(env["STRATOLAB_FUNCTIONS_DIR"]) if env.get("STRATOLAB_FUNCTIONS_DIR") else None,
             data_dir=Path(env.get("STRATOLAB_DATA_DIR") or PROJECT_ROOT / ".stratolab").resolve(),
             db_url=env.get("STRATOLAB_DB_URL", ""),
@@ -166,6 +169,10 @@ class PlatformSettings:
     def jobs_root(self) -> Path:
         """Snapshots and runs of scheduled notebooks (runs write there as their owner)."""
         return self._service_root("jobs")
+
+    def triggers_root(self) -> Path:
+        """The triggers service's state (folder watchers, timers)."""
+        return self._service_root("triggers")
 
     def _service_root(self, name: str) -> Path:
         if self.isolated():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from sqlalchemy import DateTime, Dialect, Float, ForeignKey, Index, MetaData, String, Text, UniqueConstraint, text
+from sqlalchemy import DateTime, Dialect, Float, ForeignKey, Index, LargeBinary, MetaData, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -271,3 +271,69 @@ class FunctionInvocationStats(Base):
     #: latencies of the invocations not refused: their sum, and a histogram (stratolab.db.latency)
     latency_sum_s: Mapped[float]
     latency_histogram: Mapped[str] = mapped_column(Text)
+
+
+class Trigger(Base):
+    """An event trigger: a source of events tied to one of its owner's functions (stratolab.triggers).
+    `spec` is the validated TriggerSpec as JSON; the trigger's key (for its ingress and upload URLs) is
+    kept only as its sha256."""
+
+    __tablename__ = "triggers"
+    __table_args__ = (UniqueConstraint("owner", "name", name="uq_triggers_owner_name"),
+                      Index("ix_triggers_function", "owner", "function"))
+
+    id: Mapped[IdKey]
+    owner: Mapped[UserName]
+    name: Mapped[str] = mapped_column(String(100))
+    function: Mapped[str] = mapped_column(String(63))
+    kind: Mapped[str] = mapped_column(String(16))
+    spec: Mapped[str] = mapped_column(Text)
+    key_hash: Mapped[Sha256]
+    paused: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[CreatedAt]
+    updated_at: Mapped[CreatedAt]
+
+
+class TriggerEvent(Base):
+    """One event, stored before its source is acknowledged and kept until delivered (then for the
+    duplicate window), or dead-lettered after its last try.
+
+    `scope` is what duplicates are judged within ("trigger:ID", or "async:OWNER/FUNCTION" for an
+    asynchronous invocation); `dedup_key` is the sha256 of scope, CloudEvents source and id, unique.
+    States: pending (to deliver, at next_attempt_at), done, dead."""
+
+    __tablename__ = "trigger_events"
+    __table_args__ = (
+        UniqueConstraint("dedup_key", name="uq_trigger_events_dedup_key"),
+        Index("ix_trigger_events_scope_state", "scope", "state", "id"),
+        Index("ix_trigger_events_owner_function", "owner", "function", "state"),
+        Index("ix_trigger_events_received_at", "received_at"),
+    )
+
+    id: Mapped[IdKey]
+    trigger_id: Mapped[int | None] = mapped_column(ForeignKey("triggers.id", ondelete="CASCADE"))
+    scope: Mapped[str] = mapped_column(String(400))
+    dedup_key: Mapped[Sha256]
+    owner: Mapped[UserName]
+    function: Mapped[str] = mapped_column(String(63))
+    ce_id: Mapped[str] = mapped_column(Text)
+    ce_source: Mapped[str] = mapped_column(Text)
+    ce_type: Mapped[str] = mapped_column(Text)
+    subject: Mapped[str | None] = mapped_column(Text)
+    #: the ordering key, if any
+    key: Mapped[str | None] = mapped_column(Text)
+    #: every context attribute, JSON
+    attributes: Mapped[str] = mapped_column(Text)
+    datacontenttype: Mapped[str | None] = mapped_column(String(255))
+    data: Mapped[bytes | None] = mapped_column(LargeBinary)
+    #: an asynchronous invocation's destination, JSON (a trigger's is in its spec)
+    destination: Mapped[str | None] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(default=0)
+    received_at: Mapped[CreatedAt]
+    next_attempt_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    result_status: Mapped[int | None]
+    result_content_type: Mapped[str | None] = mapped_column(String(255))
+    result: Mapped[bytes | None] = mapped_column(LargeBinary)

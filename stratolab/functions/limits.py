@@ -16,15 +16,14 @@ a cap was lowered keep running with their settings until they are changed.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from stratolab.errors import InvalidInput
+from stratolab.platform.config_files import read_json_setting
 
 ENV = "STRATOLAB_FUNCTION_LIMITS"
 
@@ -120,22 +119,9 @@ class LimitsConfig:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> LimitsConfig:
-        raw = (os.environ if environ is None else environ).get(ENV, "").strip()
-        if not raw:
-            return cls()
-        if not raw.startswith("{"):
-            path = Path(raw)
-            if not path.is_file():
-                raise ValueError(f"{ENV} must be a JSON object or the path of a JSON/YAML file; {raw} is neither")
-            raw = path.read_text()
-            if path.suffix in (".yaml", ".yml"):
-                import yaml
-
-                return cls.parse(yaml.safe_load(raw) or {})
-        try:
-            return cls.parse(json.loads(raw))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{ENV} is not valid JSON: {e}") from None
+        raw = (os.environ if environ is None else environ).get(ENV, "")
+        parsed = read_json_setting(raw, ENV)
+        return cls() if parsed is None else cls.parse(parsed)
 
     def largest(self, setting: str) -> float | None:
         """The highest cap on `setting` any user may have (None: some user has none)."""

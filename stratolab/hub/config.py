@@ -21,7 +21,14 @@ from stratolab.hub.proxy import configure_proxy
 from stratolab.hub.spawner import ISOLATION_SHARED, ISOLATION_SYSTEM_USERS, StratolabSpawner
 from stratolab.platform.accounts import unreachable_path
 from stratolab.platform.profiles import load_profile_list, parse_profile_list
-from stratolab.platform.scopes import CUSTOM_SCOPES, FUNCTIONS_SERVICE, SCHEDULER_SERVICE, user_scopes
+from stratolab.platform.scopes import (
+    CUSTOM_SCOPES,
+    FUNCTIONS_SERVICE,
+    SCHEDULER_SERVICE,
+    TRIGGERS_SERVICE,
+    triggers_service_scopes,
+    user_scopes,
+)
 from stratolab.settings import PlatformSettings
 
 log = logging.getLogger("stratolab")
@@ -119,9 +126,10 @@ def configure_hub(c, settings: PlatformSettings | None = None) -> PlatformSettin
     interval = activity_interval(settings.cull_timeout, settings.cull_gpu_timeout)
     c.Spawner.environment = {"JUPYTERHUB_ACTIVITY_INTERVAL": str(interval)}
     c.JupyterHub.last_activity_interval = interval
-    c.JupyterHub.services = [service, functions_service(settings, isolation), scheduler_service(settings, isolation)]
+    c.JupyterHub.services = [service, functions_service(settings, isolation), scheduler_service(settings, isolation),
+                             triggers_service(settings, isolation)]
     c.JupyterHub.custom_scopes = CUSTOM_SCOPES
-    c.JupyterHub.load_roles = [role, {"name": "user", "scopes": ["self", *user_scopes()]}]
+    c.JupyterHub.load_roles = [role, {"name": "user", "scopes": ["self", *user_scopes()]}, triggers_role()]
     # a server's own token may deploy and invoke its user's functions (stratolab.functions.deploy)
     c.Spawner.server_token_scopes = ["users:activity!user", "access:servers!server", *user_scopes()]
     c.StratolabSpawner.stratolab_url = settings.public_url
@@ -137,6 +145,8 @@ FUNCTIONS_PASSED_PREFIXES = ("STRATOLAB_FUNCTIONS_", "STRATOLAB_FUNCTION_")
 FUNCTIONS_PASSED_NAMES = ("STRATOLAB_RUNTIME_SECRET", "KUBECONFIG", "STRATOLAB_OUTBOUND_ALLOW")
 SCHEDULER_PASSED_PREFIXES = ("STRATOLAB_SMTP_", "STRATOLAB_JOBS_", "STRATOLAB_JOB_GPUS", "STRATOLAB_AUTOML_")
 SCHEDULER_PASSED_NAMES = ("STRATOLAB_EXECUTOR_SECRET", "KUBECONFIG", "STRATOLAB_OUTBOUND_ALLOW")
+TRIGGERS_PASSED_PREFIXES = ("STRATOLAB_TRIGGERS_",)
+TRIGGERS_PASSED_NAMES = ("STRATOLAB_OUTBOUND_ALLOW",)
 
 
 def passed_through(prefixes: tuple[str, ...], names: tuple[str, ...],
@@ -183,6 +193,7 @@ def functions_service(settings: PlatformSettings, isolation: str) -> dict:
         # first, so that what this hub decides below wins over the same names in its environment
         **passed_through(FUNCTIONS_PASSED_PREFIXES, FUNCTIONS_PASSED_NAMES),
         "STRATOLAB_FUNCTIONS_DIR": str(root),
+        "STRATOLAB_FUNCTIONS_TRIGGERS_URL": f"http://127.0.0.1:{settings.triggers_port}/services/{TRIGGERS_SERVICE}/",
         **common_service_environment(settings, isolation),
     })
 
@@ -197,3 +208,20 @@ def scheduler_service(settings: PlatformSettings, isolation: str) -> dict:
         **common_service_environment(settings, isolation),
         **passed_through(SCHEDULER_PASSED_PREFIXES, SCHEDULER_PASSED_NAMES),
     })
+
+
+def triggers_service(settings: PlatformSettings, isolation: str) -> dict:
+    """The triggers service entry (event sources that call functions)."""
+    root = settings.triggers_root()
+    return service_entry(TRIGGERS_SERVICE, settings.triggers_port, "stratolab.triggers.service.app", root, isolation, {
+        **passed_through(TRIGGERS_PASSED_PREFIXES, TRIGGERS_PASSED_NAMES),
+        "STRATOLAB_TRIGGERS_DIR": str(root),
+        "STRATOLAB_SHARED_HOMES": str(settings.data_dir / "homes"),
+        "STRATOLAB_TRIGGERS_FUNCTIONS_URL": f"http://127.0.0.1:{settings.functions_port}/services/{FUNCTIONS_SERVICE}/",
+        **common_service_environment(settings, isolation),
+    })
+
+
+def triggers_role() -> dict:
+    """The triggers service's role: it invokes users' functions (each trigger its owner's)."""
+    return {"name": "stratolab-triggers", "scopes": triggers_service_scopes(), "services": [TRIGGERS_SERVICE]}

@@ -75,7 +75,7 @@ class CloudEvent:
 
 def new_event(source: str, type: str, data: bytes = b"", *, datacontenttype: str | None = JSON,
               subject: str | None = None, id: str | None = None, key: str | None = None,
-              time: datetime | None = None, **extensions: str) -> CloudEvent:
+              time: datetime | None = None, **extensions: str | None) -> CloudEvent:
     """An event a source makes: a random id unless the source has a stable one (a stream's sequence
     number, an outbox row's id: then a redelivery is recognised as the same event)."""
     ext = {k: str(v) for k, v in extensions.items() if v is not None}

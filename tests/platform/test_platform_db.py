@@ -101,8 +101,8 @@ def check_upgrade_to_invocation_stats(url: str) -> None:
             "insert into functions (owner, name, public, key_hash, policy, traffic, created_at, updated_at) "
             "values ('ann', 'fn', false, 'x', '{}', '{}', '2026-12-01', '2026-12-01')"))
         function_id = c.execute(sa.text("select id from functions")).scalar_one()
-    upgrade(url)
-    assert current_revision(url) == "0006" == head_revision()
+    upgrade(url, "0006")
+    assert current_revision(url) == "0006"
     counts = InvocationCounts()
     for status, seconds in ((200, 0.01), (500, 0.2), (429, 0.0)):
         counts.record(status, seconds)
@@ -119,7 +119,7 @@ def check_upgrade_to_invocation_stats(url: str) -> None:
     with engine.connect() as c:
         assert c.execute(sa.text("select name from functions")).scalars().all() == ["fn"]
     engine.dispose()
-    assert ensure_schema(url) == "0006"
+    assert ensure_schema(url) == head_revision()
 
 
 UUID_A, UUID_B = "GPU-" + "a" * 36, "GPU-" + "b" * 36
