@@ -57,7 +57,8 @@ export interface ITrigger {
   destination: IDestination | null;
   paused: boolean;
   created: string;
-  status: { connected: boolean; error: string | null; received: number };
+  /** What its source reports; `state` is active, starting, paused or error. */
+  status: { state?: string; connected: boolean; error: string | null; received: number };
   counts: Record<EventState, number>;
   ingress_url: string | null;
   upload_url: string | null;
@@ -83,6 +84,9 @@ export interface ITriggerEvent {
   next_attempt_at: string | null;
   error: string | null;
   result_content_type: string | null;
+  result_status?: number | null;
+  /** The event's data in bytes. */
+  size?: number | null;
   result?: unknown;
 }
 

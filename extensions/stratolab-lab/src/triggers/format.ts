@@ -11,14 +11,17 @@ export type TriggerState = 'active' | 'paused' | 'error';
 /**
  * A trigger's state: paused (by its owner; its source is stopped, so an error from before is old
  * news), else in error while its source reports one (a broker unreachable, a table gone), else
- * active.
+ * active (the service says "starting" until the source runs, and whether it is connected).
  */
 export function triggerState(trigger: ITrigger): { state: TriggerState; text: string } {
   if (trigger.paused) {
     return { state: 'paused', text: 'paused' };
   }
-  if (trigger.status?.error) {
+  if (trigger.status?.error || trigger.status?.state === 'error') {
     return { state: 'error', text: 'error' };
+  }
+  if (trigger.status?.state === 'starting') {
+    return { state: 'active', text: 'active (starting)' };
   }
   return { state: 'active', text: trigger.status && !trigger.status.connected ? 'active (connecting)' : 'active' };
 }

@@ -49,7 +49,7 @@ const UPLOAD: IKindSpec = {
       label: 'Results',
       initial: () => 'next',
       placeholder: 'next',
-      hint: '“next”: beside each file; a folder such as outbox/NAME; or “none”.'
+      hint: '“next”: beside each file (cat.png gives cat.result.png, or cat.result.json); a folder such as outbox/NAME; or “none”.'
     },
     { key: 'pattern', label: 'Files', initial: () => '*', placeholder: '*.png' }
   ]

@@ -49,6 +49,9 @@ describe('a trigger’s state', () => {
       triggerState(trigger({ status: { connected: false, error: 'connection refused', received: 0 } })).state
     ).toBe('error');
     expect(triggerState(trigger()).text).toBe('active');
+    expect(
+      triggerState(trigger({ status: { state: 'starting', connected: false, error: null, received: 0 } })).text
+    ).toBe('active (starting)');
     expect(triggerState(trigger({ status: { connected: false, error: null, received: 0 } })).text).toBe(
       'active (connecting)'
     );
