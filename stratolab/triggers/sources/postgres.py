@@ -153,7 +153,7 @@ class PostgresSource(Source):
                 await self._wait_for_rows(conn)
             except asyncio.CancelledError:
                 raise
-            except (psycopg.OperationalError, psycopg.InterfaceError) as e:
+            except (psycopg.OperationalError, psycopg.InterfaceError, SourceError) as e:
                 self.error = f"lost the connection to PostgreSQL ({_first_line(e)}); reconnecting"
                 log.warning("postgres trigger %s: %s", self.trigger_id, self.error)
                 if self._conn is not None:

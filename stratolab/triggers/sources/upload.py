@@ -167,7 +167,8 @@ class UploadSource(Source):
         """(what the folder holds now, the ready files with their bytes, whether more are ready).
         Runs in a thread: it lists and reads files."""
         self._problem = None
-        fd = open_folder(self.home, self.folder, self.account, create=False)
+        # create=True: a user who deleted the folder gets it back while the trigger exists
+        fd = open_folder(self.home, self.folder, self.account, create=True)
         try:
             listed = self._list(fd)
             found: list[tuple[Listed, bytes]] = []
@@ -207,6 +208,8 @@ class UploadSource(Source):
     def _warn_once(self, item: Listed, message: str) -> None:
         self._problem = message
         if item not in self._warned:
+            if len(self._warned) >= 4096:  # bounded: at worst a warning is logged again
+                self._warned.clear()
             self._warned.add(item)
             log.warning("upload trigger %s: %s", self.trigger_id, message)
 
