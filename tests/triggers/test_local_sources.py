@@ -21,14 +21,7 @@ from stratolab.triggers.events import CloudEvent
 from stratolab.triggers.sources.base import SourceError, SourceSettings
 from stratolab.triggers.sources.postgres import SCHEMA, PostgresSource, key_of
 from stratolab.triggers.sources.timer import TimerSource
-from stratolab.triggers.sources.upload import (
-    ResultNotWritten,
-    UploadSource,
-    is_candidate,
-    result_name,
-    write_result,
-    write_result_file,
-)
+from stratolab.triggers.sources.upload import ResultNotWritten, UploadSource, is_candidate, result_name, write_result
 from stratolab.triggers.spec import TriggerSpec, parse_trigger
 
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -424,13 +417,13 @@ def test_write_result_beside_the_file_and_into_an_output_folder(home, tmp_path):
     to_folder = upload_spec(output="outbox/resized")
     (home / "inbox" / "resize").mkdir(parents=True)
 
-    assert write_result_file(beside, settings, "inbox/resize/cat.png", "image/png", b"png") == "inbox/resize/cat.result.png"
-    assert write_result_file(beside, settings, "inbox/resize/cat.png", "application/json", b"{}") == \
+    assert write_result(beside, settings, "inbox/resize/cat.png", "image/png", b"png") == "inbox/resize/cat.result.png"
+    assert write_result(beside, settings, "inbox/resize/cat.png", "application/json", b"{}") == \
         "inbox/resize/cat.result.json"
-    assert run(write_result(to_folder, settings, "inbox/resize/cat.png", "image/png", b"small")) == "outbox/resized/cat.png"
-    assert write_result_file(to_folder, settings, "inbox/resize/cat.png", "application/json", b"[1]") == \
+    assert write_result(to_folder, settings, "inbox/resize/cat.png", "image/png", b"small") == "outbox/resized/cat.png"
+    assert write_result(to_folder, settings, "inbox/resize/cat.png", "application/json", b"[1]") == \
         "outbox/resized/cat.json"
-    assert write_result_file(upload_spec(output="none"), settings, "inbox/resize/cat.png", "image/png", b"x") is None
+    assert write_result(upload_spec(output="none"), settings, "inbox/resize/cat.png", "image/png", b"x") is None
 
     assert (home / "inbox/resize/cat.result.png").read_bytes() == b"png"
     assert (home / "inbox/resize/cat.result.json").read_bytes() == b"{}"
@@ -448,7 +441,7 @@ def test_write_result_refuses_to_leave_the_home_through_links(home, tmp_path):
     outside.mkdir()
     (home / "outbox").symlink_to(outside)
     with pytest.raises(ResultNotWritten, match="symbolic link"):
-        write_result_file(upload_spec(output="outbox"), settings, "inbox/resize/cat.png", "image/png", b"x")
+        write_result(upload_spec(output="outbox"), settings, "inbox/resize/cat.png", "image/png", b"x")
     assert list(outside.iterdir()) == []
 
     # a link where the result goes is replaced, not written through
@@ -456,7 +449,7 @@ def test_write_result_refuses_to_leave_the_home_through_links(home, tmp_path):
     victim.write_bytes(b"untouched")
     (home / "inbox" / "resize").mkdir(parents=True)
     (home / "inbox/resize/cat.result.png").symlink_to(victim)
-    write_result_file(upload_spec(), settings, "inbox/resize/cat.png", "image/png", b"result")
+    write_result(upload_spec(), settings, "inbox/resize/cat.png", "image/png", b"result")
     assert victim.read_bytes() == b"untouched"
     assert not (home / "inbox/resize/cat.result.png").is_symlink()
     assert (home / "inbox/resize/cat.result.png").read_bytes() == b"result"

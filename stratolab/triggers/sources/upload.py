@@ -229,12 +229,13 @@ class ResultNotWritten(StratolabError):
     status = 409
 
 
-def write_result_file(spec: TriggerSpec, settings: SourceSettings, event_subject: str, content_type: str | None,
+def write_result(spec: TriggerSpec, settings: SourceSettings, event_subject: str, content_type: str | None,
                       body: bytes) -> str | None:
     """Write a function's result for the upload `event_subject` (a path relative to the home) where
     the trigger's `source.output` says: "next" beside the file, a folder of the home, or nowhere (None).
     Atomic, as the owner, never through a link, never outside the home. The path written, relative
-    to the home; `ResultNotWritten` when a folder on the way is a link or the name is a folder."""
+    to the home; `ResultNotWritten` when a folder on the way is a link or the name is a folder.
+    Blocking file I/O: the service calls it in a thread (asyncio.to_thread)."""
     output = spec.source.get("output", "next")
     if not output:
         return None
@@ -255,9 +256,3 @@ def write_result_file(spec: TriggerSpec, settings: SourceSettings, event_subject
     finally:
         os.close(fd)
     return f"{folder}/{name}" if folder else name
-
-
-async def write_result(spec: TriggerSpec, settings: SourceSettings, event_subject: str, content_type: str | None,
-                       body: bytes) -> str | None:
-    """`write_result_file` in a thread, for the service's event loop."""
-    return await asyncio.to_thread(write_result_file, spec, settings, event_subject, content_type, body)
