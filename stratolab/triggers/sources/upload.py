@@ -105,7 +105,8 @@ class UploadSource(Source):
         self.pattern = str(self.spec.source.get("pattern") or "*")
         self.max_bytes = int(self.settings.extra.get("max_upload_bytes", DEFAULT_MAX_UPLOAD_BYTES))
         self.home = self.settings.home_of(self.spec.owner)
-        self.account = self.settings.account_of(self.spec.owner)
+        #: the owner's (uid, gid), looked up in start() (it may create the system account: not on the loop)
+        self.account: tuple[int, int] | None = None
         self._state_file = state_path(self.settings.extra, f"upload-{self.trigger_id}.json")
         #: name -> [size, mtime_ns] of the files whose events were stored
         self._sent: dict[str, list[int]] = {}
@@ -118,6 +119,7 @@ class UploadSource(Source):
 
     async def start(self) -> None:
         """Create the folder (as the owner) if it is missing and start polling it."""
+        self.account = await asyncio.to_thread(self.settings.account_of, self.spec.owner)
         try:
             fd = await asyncio.to_thread(open_folder, self.home, self.folder, self.account, create=True)
         except FileNotFoundError:
