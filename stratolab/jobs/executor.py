@@ -10,7 +10,8 @@ A run's files live in its `workdir`:
     output.ipynb   the executed notebook, saved as cells complete (a failed run keeps its partial one)
     output.html    when "html" is among the output formats
     run.log        papermill's log: cell outputs as they come, errors
-    result.json    {"state": "succeeded"|"failed", "error": ..., "kernel_restarts": N} written by the runner
+    result.json    {"state": "succeeded"|"failed", "error": ...} written by the runner (and "kernel_restarts": N
+                   when kernels were started again, see run_kernel.py)
     files/         the notebook's working directory: files it writes are kept with the run
 """
 

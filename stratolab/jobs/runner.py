@@ -206,7 +206,8 @@ def _run(spec: dict[str, Any], available: set[str], km=None, kc=None, forked: bo
             kernel.discard()
         if km is not None:
             shutdown_kernel(km)
-    result["kernel_restarts"] = kernel.restarts if kernel is not None else 0
+    if kernel is not None and kernel.restarts:  # written only when it happened: result.json stays as it was
+        result["kernel_restarts"] = kernel.restarts
     (workdir / "result.json").write_text(json.dumps(result))
     logging.info("run %s: %s", spec.get("key", ""), result["state"])
     return 0 if result["state"] == "succeeded" else 1

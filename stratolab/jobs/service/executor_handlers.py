@@ -48,7 +48,10 @@ def normalized_result(raw: bytes, outputs_present: list[str]) -> dict[str, Any]:
         return {"state": FAILED, "error": "the run's agent sent an unreadable result", "outputs": outputs_present}
     error = data.get("error")
     error = str(error)[:10000] if error is not None else None
-    return {"state": data["state"], "error": error, "outputs": outputs_present, "kernel_restarts": kernel_restarts(data)}
+    result = {"state": data["state"], "error": error, "outputs": outputs_present}
+    if kernel_restarts(data):  # the runner's count of kernels started again (stratolab.jobs.run_kernel)
+        result["kernel_restarts"] = kernel_restarts(data)
+    return result
 
 
 class AgentHandler(ServiceHandler):
