@@ -62,10 +62,13 @@ class Answer:
 
     def error_text(self) -> str:
         try:
-            message = json.loads(self.body).get("error")
+            answer = json.loads(self.body)
+            message, error_id = answer.get("error"), answer.get("error_id")
         except (ValueError, AttributeError, UnicodeDecodeError):
-            message = None
-        return f"{self.status}: {message or self.body[:300].decode(errors='replace') or 'no answer'}"
+            message, error_id = None, None
+        text = f"{self.status}: {message or self.body[:300].decode(errors='replace') or 'no answer'}"
+        # the function's own traceback is in its logs under this id (`stratolab functions logs`)
+        return f"{text} (error id {error_id}: see the function's logs)" if error_id else text
 
 
 class Invoker(Protocol):

@@ -181,8 +181,8 @@ def from_http(headers: Mapping[str, str], body: bytes) -> list[CloudEvent]:
     if media in (STRUCTURED, BATCH):
         try:
             parsed = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            raise InvalidInput(f"the body is not valid JSON ({media})") from None
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deeply
+            raise InvalidInput(f"the body is not valid JSON ({media}), or is nested too deeply") from None
         if media == BATCH:
             if not isinstance(parsed, list):
                 raise InvalidInput("a CloudEvents batch must be a JSON array of events")

@@ -50,6 +50,7 @@ ROUTE_HANDLERS = {
     "/api/triggers": handlers.TriggerListHandler,
     "/api/triggers/{trigger_id}": handlers.TriggerHandler,
     "/api/triggers/{trigger_id}/events": handlers.TriggerEventsHandler,
+    "/api/events": handlers.EventListHandler,
     "/api/events/{event_id}": handlers.EventHandler,
     "/api/events/{event_id}/result": handlers.EventResultHandler,
     "/api/dlq": handlers.DeadLettersHandler,
@@ -203,10 +204,6 @@ class TriggersService(HubService):
         self.sessions = session_factory(make_engine(db_url))
 
     def build_state(self, functions: FunctionsClient) -> TriggersState:
-        from stratolab.triggers.publish import publish_mqtt
-
-        from stratolab.triggers.sources.upload import write_result
-
         return TriggersState(
             store=EventStore(self.sessions), hub_auth=HubAuth(api_token=self.hub_api_token,
                                                               cache_max_age=TOKEN_CACHE_S),
@@ -215,7 +212,8 @@ class TriggersService(HubService):
             limits=Limits(max_event_bytes=int(self.max_event_mb * 1024 * 1024),
                           keep_done=timedelta(hours=self.keep_done_h), keep_dead=timedelta(days=self.keep_dead_days),
                           max_triggers=self.max_triggers),
-            function_exists=functions.function_exists, write_upload_result=write_result, publish_mqtt=publish_mqtt,
+            function_exists=functions.function_exists, write_upload_result=_write_upload_result,
+            publish_mqtt=_publish_mqtt,
         )
 
     async def serve(self) -> None:
@@ -234,6 +232,18 @@ class TriggersService(HubService):
         server.stop()
         await state.close()
         await functions.close()
+
+
+def _write_upload_result(*args: Any) -> Any:
+    from stratolab.triggers.sources.upload import write_result  # imported when first used
+
+    return write_result(*args)
+
+
+async def _publish_mqtt(url: str, topic: str, payload: bytes) -> None:
+    from stratolab.triggers.publish import publish_mqtt  # aiomqtt, imported when first used
+
+    await publish_mqtt(url, topic, payload)
 
 
 def main() -> None:

@@ -79,6 +79,20 @@ class TriggerEventsHandler(BaseHandler):
         self.send({"events": events})
 
 
+class EventListHandler(BaseHandler):
+    """`GET api/events?function=NAME&state=S`: the caller's events, newest first (a function's, triggers'
+    and asynchronous invocations' alike)."""
+
+    async def get(self) -> None:
+        owner = await self.owner()
+        function = self.get_query_argument("function", None) or None
+        if function is not None:
+            function = function_name(function)
+        events = await self.state.events(owner, function=function, state=_state_arg(self),
+                                         limit=self.int_arg("limit", 50, 1, 1000))
+        self.send({"events": events})
+
+
 class EventHandler(BaseHandler):
     async def get(self, event_id: str) -> None:
         owner = await self.owner()

@@ -117,6 +117,11 @@ OPENAPI: dict[str, Any] = {
                 params=({"name": "state", "in": "query", "schema": {"enum": list(STATES)}},
                         {"name": "limit", "in": "query", "schema": {"type": "integer", "maximum": 1000}})),
         },
+        "/api/events": {"get": _op("Your events, newest first", {"200": _json({"type": "object", "properties": {
+            "events": {"type": "array", "items": _ref("Event")}}})}, params=(
+            {"name": "function", "in": "query", "schema": {"type": "string"}},
+            {"name": "state", "in": "query", "schema": {"enum": list(STATES)}},
+            {"name": "limit", "in": "query", "schema": {"type": "integer", "maximum": 1000}}))},
         "/api/events/{event_id}": {"parameters": [_eid], "get": _op("One event", {"200": _json(_ref("Event"))})},
         "/api/events/{event_id}/result": {
             "parameters": [_eid],
@@ -146,6 +151,11 @@ OPENAPI: dict[str, Any] = {
                     "requestBody": {"required": True, "content": {"*/*": {"schema": {"type": "string",
                                                                                      "format": "binary"}}}}},
         },
+        "/metrics": {"get": _op("Prometheus metrics (read:metrics)", {"200": {"description": "text"}})},
+        "/openapi.json": {"get": _op("This document", {"200": _json({"type": "object"})})},
+        "/": {"get": {"summary": "The service's name and where its API is (answered without a token: JupyterHub's "
+                                 "service check asks it)", "security": [{}],
+                      "responses": {"200": _json({"type": "object"})}}},
         "/api/async/{owner}/{function}": {
             "parameters": [_owner, _function],
             "post": {**_op("An asynchronous invocation (the functions service's own route for `?async=1`)",

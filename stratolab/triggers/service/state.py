@@ -397,31 +397,23 @@ class TriggersState:
 
     def put_upload(self, spec: TriggerSpec, name: str, body: bytes) -> str:
         """Write an uploaded file into the trigger's folder (as its owner, atomically: the watcher never
-        sees half of it); returns its path relative to the owner's home."""
+        sees half of it; never through a symbolic link); returns its path relative to the owner's home."""
         import os
         from pathlib import Path
 
+        from stratolab.triggers.sources.homefiles import open_folder, write_file
+
         home = Path(self.source_settings.home_of(spec.owner))
-        folder = home / str(spec.source["folder"])
         account = self.source_settings.account_of(spec.owner)
         if not home.exists():
             home.mkdir(parents=True, mode=0o755)
             if account is not None:
                 os.chown(home, *account)
-        _make_folder(home, folder, account)
-        if not folder.resolve().is_relative_to(home.resolve()):
-            raise InvalidInput("the trigger's folder leads out of your home (a symbolic link?)", field="folder")
-        temp = folder / f".{name}.{secrets.token_hex(4)}.part"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        fd = open_folder(home, str(spec.source["folder"]), account, create=True)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(body)
-            if account is not None:
-                os.chown(temp, *account)
-            os.replace(temp, folder / name)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
+            write_file(fd, name, body, account)
+        finally:
+            os.close(fd)
         return f"{spec.source['folder']}/{name}"
 
     async def prune(self) -> None:
@@ -485,19 +477,3 @@ def describe_event(row: TriggerEvent, with_result: bool = False) -> dict[str, An
             pass
     return out
 
-
-def _make_folder(home: Any, folder: Any, account: tuple[int, int] | None) -> None:
-    """Create `folder` (under `home`) and the folders above it, owned by the account, never through a
-    symbolic link."""
-    import os
-
-    path = home
-    for part in folder.relative_to(home).parts:
-        path = path / part
-        if path.is_symlink():
-            raise InvalidInput(f"{path.relative_to(home)} is a symbolic link; uploads go to a real folder",
-                               field="folder")
-        if not path.exists():
-            path.mkdir(mode=0o755)
-            if account is not None:
-                os.chown(path, *account)
