@@ -45,7 +45,7 @@ CI_IDS = [p.stem for p in CI_VALUES]
 METADATA = "169.254.169.254/32"
 RANDOM_KEYS = [
     "proxy-token", "cookie-secret", "crypt-key", "functions-api-token", "scheduler-api-token",
-    "culler-api-token", "executor-secret", "runtime-secret",
+    "culler-api-token", "executor-secret", "runtime-secret", "triggers-api-token", "triggers-dlq-secret",
 ]
 
 
@@ -163,6 +163,7 @@ def test_hub_configmap_is_what_the_hub_parses(values_file):
     assert service_port(values.internal_proxy_url) == (f"{RELEASE}-proxy-public", 80)
     assert service_port(values.functions_url) == (f"{RELEASE}-functions", 10101)
     assert service_port(values.scheduler_url) == (f"{RELEASE}-scheduler", 10102)
+    assert values.triggers_url and service_port(values.triggers_url) == (f"{RELEASE}-triggers", 10103)
     assert values.release == RELEASE
 
 
@@ -207,7 +208,7 @@ def test_hub_runs_in_kubernetes_mode_with_every_secret_from_the_secret():
     assert env["STRATOLAB_BACKEND"]["value"] == "kubernetes"
     for var in ("CONFIGPROXY_AUTH_TOKEN", "JPY_COOKIE_SECRET", "JUPYTERHUB_CRYPT_KEY", "STRATOLAB_DB_URL",
                 "STRATOLAB_ADMIN_PASSWORD", "STRATOLAB_FUNCTIONS_API_TOKEN", "STRATOLAB_SCHEDULER_API_TOKEN",
-                "STRATOLAB_CULLER_API_TOKEN"):
+                "STRATOLAB_CULLER_API_TOKEN", "STRATOLAB_TRIGGERS_API_TOKEN"):
         assert "secretKeyRef" in env[var]["valueFrom"], var
     assert hub["spec"]["strategy"]["type"] == "Recreate"
 
@@ -274,7 +275,8 @@ def test_every_secret_reference_resolves(values_file):
     keys = set(secret_data(objects))
     external = {load_values(values_file).get("postgresql", {}).get("existingSecret"),
                 load_values(values_file).get("hub", {}).get("auth", {}).get("oidc", {}).get("existingSecret"),
-                load_values(values_file).get("scheduler", {}).get("smtp", {}).get("existingSecret")}
+                load_values(values_file).get("scheduler", {}).get("smtp", {}).get("existingSecret"),
+                load_values(values_file).get("triggers", {}).get("brokers", {}).get("existingSecret")}
     for workload, _spec, container in containers(objects):
         for entry in container.get("env", []):
             ref = (entry.get("valueFrom") or {}).get("secretKeyRef")
@@ -338,7 +340,8 @@ def test_secrets_live_only_in_the_secret(values_file):
     given = load_values(values_file)
     for value in (given.get("postgresql", {}).get("url"),
                   given.get("hub", {}).get("auth", {}).get("oidc", {}).get("clientSecret"),
-                  given.get("scheduler", {}).get("smtp", {}).get("password")):
+                  given.get("scheduler", {}).get("smtp", {}).get("password"),
+                  *(url for key, url in given.get("triggers", {}).get("brokers", {}).items() if key.endswith("Url"))):
         if value:
             secrets.add(value)
             secrets.add(value.split("://", 1)[-1].split("@")[0].split(":")[-1])  # the password inside a URL
@@ -449,6 +452,15 @@ EXPECTED_RULES = {
         ("", "pods"): {"list", "watch"},
         ("", "pods/log"): {"get"},
     },
+    # the objects stratolab/triggers/knative.py builds: the namespace's Broker, and per trigger a
+    # Trigger, a PingSource or ContainerSource, and the adapter's connection Secret
+    "triggers": {
+        ("eventing.knative.dev", "brokers"): {"get", "create", "update"},
+        ("eventing.knative.dev", "triggers"): {"get", "list", "create", "update", "delete"},
+        ("sources.knative.dev", "pingsources"): {"get", "list", "create", "update", "delete"},
+        ("sources.knative.dev", "containersources"): {"get", "list", "create", "update", "delete"},
+        ("", "secrets"): {"create", "update", "delete"},
+    },
 }
 
 
@@ -495,7 +507,8 @@ def test_rbac_grants_each_component_exactly_what_it_needs(values_file):
 def test_namespaces_of_rbac_follow_the_values():
     objects = render("embedded-postgres-values.yaml")
     namespaces = {component(r): r["metadata"]["namespace"] for r in of_kind(objects, "Role")}
-    assert namespaces == {"hub": "stratolab-users", "functions": "stratolab-functions", "scheduler": "stratolab-jobs"}
+    assert namespaces == {"hub": "stratolab-users", "functions": "stratolab-functions", "scheduler": "stratolab-jobs",
+                          "triggers": "stratolab-functions"}  # Knative Triggers deliver within their namespace
 
 
 # --- NetworkPolicies -----------------------------------------------------------------------------
@@ -523,7 +536,8 @@ def _peers_from(rule: dict[str, Any], key: str) -> list[tuple[str | None, str | 
 def test_network_policies_cover_every_component(values_file):
     objects = render(values_file)
     policies = _policies(objects)
-    expected = {"hub", "proxy", "singleuser-server", "functions", "function", "scheduler", "notebook-run"}
+    expected = {"hub", "proxy", "singleuser-server", "functions", "function", "scheduler", "notebook-run",
+                "triggers", "trigger-adapter"}
     if of_kind(objects, "StatefulSet"):
         expected.add("postgresql")
     assert set(policies) == expected
@@ -575,13 +589,15 @@ def test_function_and_job_pods_are_fenced():
     assert (NAMESPACE, "scheduler") in [p for rule in runs["spec"]["egress"] for p in _peers_from(rule, "to")]
     _assert_open_egress_blocks_metadata(runs)
 
-    # the services take their callers: the hub, the proxy, and their own workload pods
-    for name, workload_ns, workload, port in (("functions", "stratolab-functions", "function", 10101),
-                                               ("scheduler", "stratolab-jobs", "notebook-run", 10102)):
+    # the services take their callers: the hub, the proxy, and their own workload pods (and the functions
+    # service the triggers service, which delivers events to functions)
+    for name, workload_ns, workload, port, others in (
+            ("functions", "stratolab-functions", "function", 10101, [(NAMESPACE, "triggers")]),
+            ("scheduler", "stratolab-jobs", "notebook-run", 10102, [])):
         (rule,) = policies[name]["spec"]["ingress"]
         assert rule["ports"] == [{"protocol": "TCP", "port": port}]
         assert sorted(_peers_from(rule, "from"), key=str) == sorted(
-            [(NAMESPACE, "hub"), (NAMESPACE, "proxy"), (workload_ns, workload)], key=str)
+            [(NAMESPACE, "hub"), (NAMESPACE, "proxy"), (workload_ns, workload), *others], key=str)
 
 
 def test_proxy_api_answers_only_the_hub():
@@ -591,7 +607,8 @@ def test_proxy_api_answers_only_the_hub():
     assert _peers_from(by_port[8001], "from") == [(NAMESPACE, "hub")]
     hub = _policies(render("default-values.yaml"))["hub"]
     (rule,) = hub["spec"]["ingress"]
-    assert {c for _ns, c in _peers_from(rule, "from")} == {"proxy", "singleuser-server", "functions", "scheduler"}
+    assert {c for _ns, c in _peers_from(rule, "from")} == {"proxy", "singleuser-server", "functions", "scheduler",
+                                                           "triggers"}
 
 
 def test_network_policies_can_be_turned_off():
@@ -644,3 +661,136 @@ def test_smtp_settings_reach_the_scheduler_with_the_password_from_a_secret(value
     assert SmtpSettings.from_env(plain).host == "smtp.example.com"
     assert "STRATOLAB_SMTP_HOST" not in env_of(named(render("default-values.yaml"), "Deployment",
                                                      f"{RELEASE}-scheduler")["spec"]["template"]["spec"]["containers"][0])
+
+
+# --- triggers -------------------------------------------------------------------------------------
+
+
+def _triggers_env(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return env_of(named(objects, "Deployment", f"{RELEASE}-triggers")["spec"]["template"]["spec"]["containers"][0])
+
+
+def test_triggers_service_gets_its_settings_and_the_brokers_from_the_secret():
+    from stratolab.triggers.knative_config import TriggersKnativeConfig
+
+    objects = render("embedded-postgres-values.yaml")
+    secrets = secret_data(objects)
+    env = _resolved_env(objects, f"{RELEASE}-triggers")
+    assert env["JUPYTERHUB_SERVICE_NAME"] == "triggers" and env["JUPYTERHUB_SERVICE_PREFIX"] == "/services/triggers/"
+    assert env["JUPYTERHUB_API_TOKEN"] == secrets["triggers-api-token"]
+    assert env["STRATOLAB_TRIGGERS_FUNCTIONS_URL"] == f"http://{RELEASE}-functions.{NAMESPACE}.svc:10101/services/functions/"
+    # the broker URLs (one with a password) come from the chart's Secret; unset ones are not set at all
+    given = load_values(CHART / "ci" / "embedded-postgres-values.yaml")["triggers"]["brokers"]
+    assert env["STRATOLAB_TRIGGERS_MQTT_URL"] == given["mqttUrl"] == secrets["triggers-mqtt-url"]
+    assert env["STRATOLAB_TRIGGERS_NATS_URL"] == given["natsUrl"]
+    assert "STRATOLAB_TRIGGERS_REDIS_URL" not in env and "STRATOLAB_TRIGGERS_POSTGRES_URL" not in env
+    # the Knative side, read by the builders' own settings parser
+    config = TriggersKnativeConfig.from_env(env)
+    assert config.namespace == "stratolab-functions"  # the functions' namespace: Triggers deliver only within it
+    assert config.service_base == f"http://{RELEASE}-triggers.{NAMESPACE}.svc:10103/services/triggers/"
+    assert config.dead_letter_secret == secrets["triggers-dlq-secret"]
+    assert config.adapter_image == "stratolab/hub:0.1.0" and config.image_pull_secrets == ("registry-credentials",)
+    assert config.homes_volume is None
+    # the functions service hands asynchronous invocations to it
+    functions = _resolved_env(objects, f"{RELEASE}-functions")
+    assert functions["STRATOLAB_FUNCTIONS_TRIGGERS_URL"] == f"http://{RELEASE}-triggers.{NAMESPACE}.svc:10103/services/triggers/"
+    deployment = named(objects, "Deployment", f"{RELEASE}-triggers")
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert named(objects, "PersistentVolumeClaim", f"{RELEASE}-triggers-data")
+
+
+@pytest.mark.parametrize("values_file", CI_VALUES, ids=CI_IDS)
+def test_every_variable_the_triggers_service_gets_is_read(values_file):
+    source = "\n".join(p.read_text() for p in (CHART.parent.parent / "stratolab").rglob("*.py"))
+    for name in _triggers_env(render(values_file)):
+        if name.startswith("STRATOLAB_"):
+            assert f'"{name}"' in source, f"the chart sets {name}, which nothing in stratolab/ reads"
+
+
+def test_triggers_brokers_from_an_existing_secret_and_homes_on_a_shared_volume():
+    from stratolab.triggers.knative_config import TriggersKnativeConfig
+
+    objects = render("external-postgres-values.yaml")
+    env = _triggers_env(objects)
+    for kind in ("MQTT", "NATS", "RABBITMQ", "REDIS", "POSTGRES"):
+        assert env[f"STRATOLAB_TRIGGERS_{kind}_URL"]["valueFrom"]["secretKeyRef"] == {
+            "name": "broker-credentials", "key": f"{kind.lower()}-url", "optional": True}
+    assert not [k for k in secret_data(objects) if k.startswith("triggers-") and k.endswith("-url")]
+    spec = named(objects, "Deployment", f"{RELEASE}-triggers")["spec"]["template"]["spec"]
+    nfs = {"server": "nfs.example.internal", "path": "/exports/homes"}
+    assert {"name": "homes", "nfs": nfs} in spec["volumes"]
+    assert {"name": "homes", "mountPath": "/srv/homes"} in spec["containers"][0]["volumeMounts"]
+    assert env["STRATOLAB_SHARED_HOMES"]["value"] == "/srv/homes"
+    resolved = {k: v.get("value", "x") for k, v in env.items()}
+    assert TriggersKnativeConfig.from_env(resolved).homes_volume == {"nfs": nfs}
+
+
+def test_the_charts_rbac_and_policies_fit_the_objects_the_builders_make():
+    """What stratolab/triggers/knative.py builds, the triggers Role may make, and the adapter pods it
+    describes are the ones the chart's NetworkPolicy fences."""
+    from stratolab.triggers.knative import TriggerTarget, build_broker, build_objects
+    from stratolab.triggers.knative_config import TriggersKnativeConfig
+    from stratolab.triggers.spec import parse_trigger
+
+    objects = render("external-postgres-values.yaml")
+    config = TriggersKnativeConfig.from_env({k: v.get("value", "x") for k, v in _triggers_env(objects).items()})
+    (role,) = [r for r in of_kind(objects, "Role") if component(r) == "triggers"]
+    rules = _flatten(role["rules"])
+    adapters = _policies(objects)["trigger-adapter"]
+    assert adapters["metadata"]["namespace"] == config.namespace == role["metadata"]["namespace"]
+    built = [build_broker(config)]
+    for body in ({"kind": "mqtt", "source": {"filter": "a/#"}}, {"kind": "cron", "source": {"expr": "* * * * *"}},
+                 {"kind": "upload"}, {"kind": "redis", "source": {"stream": "s"}, "ordered": True}):
+        spec = parse_trigger({"function": "f", **body}, "alice")
+        made = build_objects(config, TriggerTarget(1, spec, "fn-alice-f"), connection_url="x://y")
+        built += made
+        for source in (o for o in made if o["kind"] == "ContainerSource"):
+            labels = source["spec"]["template"]["metadata"]["labels"]
+            assert _selects(adapters["spec"]["podSelector"]["matchLabels"], labels)
+    for obj in built:
+        group = obj["apiVersion"].rpartition("/")[0]
+        resource = obj["kind"].lower() + "s"
+        # every object is applied (create, then update); a trigger's own are deleted with it
+        needed = {"create", "update"} | (set() if obj["kind"] == "Broker" else {"delete"})
+        assert needed <= rules[(group, resource)], resource
+
+
+def test_trigger_adapters_and_the_triggers_service_are_fenced():
+    policies = _policies(render("embedded-postgres-values.yaml"))
+    service = policies["triggers"]
+    (rule,) = service["spec"]["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 10103}]
+    assert sorted(_peers_from(rule, "from"), key=str) == sorted(
+        [(NAMESPACE, "hub"), (NAMESPACE, "proxy"), (NAMESPACE, "functions"), ("knative-eventing", None),
+         ("stratolab-functions", "trigger-adapter")], key=str)
+    adapters = policies["trigger-adapter"]
+    assert adapters["metadata"]["namespace"] == "stratolab-functions"
+    assert adapters["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/component": "trigger-adapter"}
+    assert set(adapters["spec"]["policyTypes"]) == {"Ingress", "Egress"} and not adapters["spec"]["ingress"]
+    assert (NAMESPACE, "triggers") in [p for r in adapters["spec"]["egress"] for p in _peers_from(r, "to")]
+    _assert_open_egress_blocks_metadata(adapters)
+
+
+def test_triggers_can_be_turned_off_or_run_without_knative():
+    off = render_values({"triggers": {"enabled": False}})
+    assert not [o for o in off if component(o) in ("triggers", "trigger-adapter")]
+    assert "triggers" not in hub_values(off)["services"]
+    assert KubeHubValues.from_mapping(hub_values(off)).triggers_url is None
+    hub = env_of(named(off, "Deployment", f"{RELEASE}-hub")["spec"]["template"]["spec"]["containers"][0])
+    assert "STRATOLAB_TRIGGERS_API_TOKEN" not in hub
+    functions = env_of(named(off, "Deployment", f"{RELEASE}-functions")["spec"]["template"]["spec"]["containers"][0])
+    assert "STRATOLAB_FUNCTIONS_TRIGGERS_URL" not in functions
+    (rule,) = _policies(off)["functions"]["spec"]["ingress"]
+    assert (NAMESPACE, "triggers") not in _peers_from(rule, "from")
+
+    local = render_values({"triggers": {"knative": {"enabled": False}}})
+    version = kubernetes_validate.latest_version()
+    for obj in local:
+        kubernetes_validate.validate(obj, desired_version=version, strict=True)
+    assert not [r for r in of_kind(local, "Role") if component(r) == "triggers"]
+    assert "trigger-adapter" not in _policies(local)
+    spec = named(local, "Deployment", f"{RELEASE}-triggers")["spec"]["template"]["spec"]
+    assert spec["automountServiceAccountToken"] is False  # no Kubernetes objects to make: no token
+    assert "STRATOLAB_TRIGGERS_NAMESPACE" not in env_of(spec["containers"][0])
+    (rule,) = _policies(local)["triggers"]["spec"]["ingress"]
+    assert ("knative-eventing", None) not in _peers_from(rule, "from")

@@ -95,6 +95,10 @@ def test_services_are_registered_by_url_with_the_secret_tokens(chart_hub):
     assert roles[CULLER_SERVICE]["services"] == [CULLER_SERVICE]
     assert "access:services!service=functions" in roles["user"]["scopes"]
     assert "access:services!service=scheduler" in roles["user"]["scopes"]
+    # the triggers service (on by default in the chart): by URL, its own token, and its role
+    assert services["triggers"]["url"] == "http://stratolab-triggers.stratolab.svc:10103"
+    assert services["triggers"]["api_token"] == env["STRATOLAB_TRIGGERS_API_TOKEN"]
+    assert [r for r in c.JupyterHub.load_roles if r.get("services") == ["triggers"]]
     assert set(c.JupyterHub.custom_scopes) >= {s.split("!")[0] for s in roles["user"]["scopes"] if s.startswith("custom:")}
 
 

@@ -51,6 +51,7 @@ helm.sh/chart: {{ include "stratolab.chart" .root }}
 {{- define "stratolab.proxyApiName" -}}{{ include "stratolab.fullname" . }}-proxy-api{{- end -}}
 {{- define "stratolab.functionsName" -}}{{ include "stratolab.fullname" . }}-functions{{- end -}}
 {{- define "stratolab.schedulerName" -}}{{ include "stratolab.fullname" . }}-scheduler{{- end -}}
+{{- define "stratolab.triggersName" -}}{{ include "stratolab.fullname" . }}-triggers{{- end -}}
 {{- define "stratolab.postgresqlName" -}}{{ include "stratolab.fullname" . }}-postgresql{{- end -}}
 
 {{/* In-cluster URLs (reachable from any namespace). */}}
@@ -65,6 +66,9 @@ http://{{ include "stratolab.functionsName" . }}.{{ .Release.Namespace }}.svc:10
 {{- end -}}
 {{- define "stratolab.schedulerUrl" -}}
 http://{{ include "stratolab.schedulerName" . }}.{{ .Release.Namespace }}.svc:10102
+{{- end -}}
+{{- define "stratolab.triggersUrl" -}}
+http://{{ include "stratolab.triggersName" . }}.{{ .Release.Namespace }}.svc:10103
 {{- end -}}
 {{- define "stratolab.publicUrl" -}}
 {{- if .Values.publicUrl -}}
@@ -229,5 +233,5 @@ never change). Pods that read those values at start carry it as an annotation, s
 the pods; the digest reveals nothing of the values.
 */}}
 {{- define "stratolab.secretInputsChecksum" -}}
-{{- toJson (dict "postgresql" .Values.postgresql "oidc" .Values.hub.auth.oidc "smtp" .Values.scheduler.smtp) | sha256sum -}}
+{{- toJson (dict "postgresql" .Values.postgresql "oidc" .Values.hub.auth.oidc "smtp" .Values.scheduler.smtp "brokers" .Values.triggers.brokers) | sha256sum -}}
 {{- end }}
