@@ -100,10 +100,20 @@ def _attribute(name: str, value: Any, *, required: bool = False) -> str | None:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise InvalidInput(f"the CloudEvent's {name!r} must be a string", field=name)
     text = str(value)
-    if len(text) > MAX_ATTRIBUTE or "\x00" in text:
-        raise InvalidInput(f"the CloudEvent's {name!r} is longer than {MAX_ATTRIBUTE} characters or has a NUL",
-                           field=name)
+    if len(text) > MAX_ATTRIBUTE or "\x00" in text or not _is_utf8(text):
+        raise InvalidInput(f"the CloudEvent's {name!r} is longer than {MAX_ATTRIBUTE} characters, has a NUL "
+                           "or a lone surrogate", field=name)
     return text
+
+
+def _is_utf8(text: str) -> bool:
+    """False for strings with lone surrogates (JSON can spell them as \\ud800): they cannot be stored,
+    nor sent on as UTF-8."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def from_attributes(attrs: Mapping[str, Any], data: bytes) -> CloudEvent:
@@ -122,7 +132,7 @@ def from_attributes(attrs: Mapping[str, Any], data: bytes) -> CloudEvent:
     for name, value in attrs.items():
         if name in REQUIRED or name in OPTIONAL or name in ("specversion", "data", "data_base64"):
             continue
-        if not EXTENSION_RE.match(name):
+        if not EXTENSION_RE.fullmatch(name):  # not match: "$" would let a trailing newline through
             raise InvalidInput(f"{name[:40]!r} is not a CloudEvents attribute name (lower-case letters and digits, "
                                "at most 20)", field=name[:40])
         text = _attribute(name, value)
@@ -165,6 +175,9 @@ def _from_json_object(obj: Any) -> CloudEvent:
         value = attrs["data"]
         content_type = attrs.get("datacontenttype")
         if isinstance(value, str) and content_type and not is_json(str(content_type)):
+            if not _is_utf8(value):
+                raise InvalidInput("the CloudEvent's data has a lone surrogate: send it as UTF-8 text or as "
+                                   "data_base64", field="data")
             data = value.encode()
         else:
             data = json.dumps(value, separators=(",", ":")).encode()
