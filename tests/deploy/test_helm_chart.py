@@ -794,3 +794,11 @@ def test_triggers_can_be_turned_off_or_run_without_knative():
     assert "STRATOLAB_TRIGGERS_NAMESPACE" not in env_of(spec["containers"][0])
     (rule,) = _policies(local)["triggers"]["spec"]["ingress"]
     assert ("knative-eventing", None) not in _peers_from(rule, "from")
+
+
+def test_only_the_hub_and_the_services_reach_the_embedded_database():
+    (rule,) = _policies(render("default-values.yaml"))["postgresql"]["spec"]["ingress"]
+    assert sorted(_peers_from(rule, "from")) == sorted(
+        (NAMESPACE, c) for c in ("hub", "functions", "scheduler", "triggers"))
+    (rule,) = _policies(render_values({"triggers": {"enabled": False}}))["postgresql"]["spec"]["ingress"]
+    assert (NAMESPACE, "triggers") not in _peers_from(rule, "from")
