@@ -128,10 +128,20 @@ def _bool(body: Mapping[str, Any], name: str, default: bool) -> bool:
 
 
 def _text(value: Any, name: str, pattern: re.Pattern[str], example: str) -> str:
-    if not isinstance(value, str) or not pattern.match(value):
+    # fullmatch, not match: "$" also matches before a trailing newline ("readings\n")
+    if not isinstance(value, str) or not pattern.fullmatch(value):
         shown = repr(value)[:80]
         raise InvalidInput(f"{name} {shown} is not valid: e.g. {example}", field=name)
     return value
+
+
+def _utf8_length(value: str) -> int:
+    """The UTF-8 length of `value`; unbounded for a string with lone surrogates (JSON can spell them as
+    \\ud800), which no file system or broker takes, so that the bound checks refuse it."""
+    try:
+        return len(value.encode())
+    except UnicodeEncodeError:
+        return 1 << 62
 
 
 def function_name(value: Any, field_name: str = "function") -> str:
@@ -140,7 +150,7 @@ def function_name(value: Any, field_name: str = "function") -> str:
 
 def mqtt_filter(value: Any, field_name: str = "source.filter") -> str:
     """An MQTT topic filter: levels split by '/', '+' a whole level, '#' only as the last level."""
-    if not isinstance(value, str) or not value or len(value.encode()) > 1024 or "\x00" in value:
+    if not isinstance(value, str) or not value or _utf8_length(value) > 1024 or "\x00" in value:
         raise InvalidInput("an MQTT topic filter is needed, e.g. sensors/+/temperature", field=field_name)
     levels = value.split("/")
     for i, level in enumerate(levels):
@@ -171,7 +181,7 @@ def home_folder(value: Any, field_name: str) -> str:
     parts = [p for p in path.split("/") if p not in ("", ".")]
     if not parts or any(p == ".." for p in parts):
         raise InvalidInput(f"{value[:100]!r} leaves your home directory ('..' is not allowed)", field=field_name)
-    if len(path) > 1024 or any(len(p.encode()) > 255 for p in parts) or any(p.startswith(".") for p in parts):
+    if len(path) > 1024 or any(_utf8_length(p) > 255 for p in parts) or any(p.startswith(".") for p in parts):
         raise InvalidInput(f"{value[:100]!r}: too long, or a hidden folder", field=field_name)
     return posixpath.join(*parts)
 
@@ -196,7 +206,7 @@ def _source(kind: str, raw: Any, function: str) -> dict[str, Any]:
         return out
     if kind == "mqtt":
         qos = raw.get("qos", 1)
-        if qos not in (0, 1):
+        if isinstance(qos, bool) or not isinstance(qos, int) or qos not in (0, 1):
             raise InvalidInput("qos is 1 (at least once; the default) or 0", field="source.qos")
         return {"filter": mqtt_filter(raw.get("filter", raw.get("topic"))), "qos": qos}
     if kind == "postgres":
@@ -218,6 +228,8 @@ def _source(kind: str, raw: Any, function: str) -> dict[str, Any]:
     if kind == "cron":
         expr = cron.validate_cron(raw.get("expr", raw.get("cron")), field="source.expr")
         tz = raw.get("timezone", "UTC")
+        if not isinstance(tz, str):
+            raise InvalidInput("timezone is an IANA name such as Europe/Berlin", field="source.timezone")
         cron.parse_timezone(tz, field="source.timezone")
         return {"expr": expr, "timezone": tz}
     if raw:
@@ -240,7 +252,7 @@ def _filters(raw: Any) -> tuple[Filter, ...]:
         if not isinstance(item, dict):
             raise InvalidInput("each filter is an object {attribute, exact|prefix|suffix}", field="filters")
         attribute = item.get("attribute")
-        if not isinstance(attribute, str) or not re.match(r"^[a-z0-9]{1,20}$", attribute):
+        if not isinstance(attribute, str) or not re.fullmatch(r"[a-z0-9]{1,20}", attribute):
             raise InvalidInput("a filter's attribute is a CloudEvents attribute name such as type or subject",
                                field="filters")
         ops = [op for op in FILTER_OPS if op in item]
@@ -295,7 +307,7 @@ def parse_trigger(body: Any, owner: str, *, check_url: Any = None) -> TriggerSpe
     if kind not in KINDS:
         raise InvalidInput(f"kind must be one of {', '.join(KINDS)}", field="kind")
     name = body.get("name") or f"{function}-{kind}"
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise InvalidInput("name: letters, digits, spaces, . _ - (at most 100)", field="name")
     backoff = body.get("backoff_s", 1.0)
     if isinstance(backoff, bool) or not isinstance(backoff, (int, float)) or not 0.01 <= backoff <= MAX_BACKOFF_S:
