@@ -133,6 +133,10 @@ def user_triggers(hub, user) -> list[dict]:
     return r.json()["triggers"]
 
 
+STRATOLAB_TAB = ".jp-SideBar [data-id=stratolab-panel], .jp-SideBar li[title*=Stratolab]"
+FILES_TAB = ".jp-SideBar [data-id=filebrowser], .jp-SideBar li[title*='File Browser']"
+
+
 def upload_with_file_browser(page, path: Path) -> None:
     """The file browser's Upload button (a file chooser) with `path`, into the folder it shows."""
     with page.expect_file_chooser() as chooser:
@@ -152,7 +156,7 @@ def test_add_an_upload_trigger_upload_a_png_and_see_the_result_and_the_count(hub
     not_png.write_text("no pixels here\n")
 
     with lab_page(hub, user, tmp_path) as page:
-        page.locator(".jp-SideBar [data-id=stratolab-panel], .jp-SideBar li[title*=Stratolab]").first.click()
+        page.locator(STRATOLAB_TAB).first.click()
         card = page.locator("[data-testid=stratolab-functions] [data-testid=stratolab-function-digest]")
         card.wait_for(state="visible", timeout=30_000)
         prefix = "stratolab-function-digest-triggers"
@@ -212,12 +216,16 @@ def test_add_an_upload_trigger_upload_a_png_and_see_the_result_and_the_count(hub
         assert answer["size"] == len(png()) and answer["sha256"] == hashlib.sha256(png()).hexdigest(), answer
         assert answer["subject"] == "inbox/digest/dot.png"
 
-        # ... and the event is counted in the Triggers block (it polls while open)
+        # ... and the event is counted in the Triggers block (it polls while open and shown)
+        page.locator(STRATOLAB_TAB).first.click()
         page.wait_for_selector(f"[data-testid={t}-counts]:has-text('1 done')", timeout=60_000)
         shot(page, "triggers-done")
 
         # a file the function refuses: dead-lettered (no retries), shown with its error, redriven
+        page.locator(FILES_TAB).first.click()
         upload_with_file_browser(page, not_png)
+        listing.locator(".jp-DirListing-item", has_text="notes.txt").first.wait_for(timeout=30_000)
+        page.locator(STRATOLAB_TAB).first.click()
         page.wait_for_selector(f"[data-testid={t}-counts]:has-text('1 dead')", timeout=120_000)
         dlq = f"{prefix}-dlq"
         page.click(f"[data-testid={dlq}-summary]")
