@@ -8,8 +8,9 @@
 Each entry lists allowed prefixes per kind (`{user}` is the user's name, `*` allows everything). A
 user may use what the defaults, any of their groups, or their own entry allow (the union). A name is
 allowed when it starts with an allowed prefix; an MQTT filter or a NATS subject with wildcards is
-judged by its part before the first wildcard, so `#` alone needs `*`. Refusals are 403s that name
-the policy and what it allows.
+judged by its part before the first wildcard, so `#` alone needs `*`. A PostgreSQL entry is a table
+(`public.readings` grants that table, not `public.readings_private`) or a schema with its dot (`lab.`
+grants all of its tables). Refusals are 403s that name the policy and what it allows.
 
 Without a policy, users get their own namespace on each broker (`users/NAME/` and `public/` on MQTT,
 `users.NAME.` and `public.` on NATS, `NAME.` queues, `NAME:` streams) and no PostgreSQL table: a
@@ -98,13 +99,22 @@ class SubscriptionPolicy:
             return
         allowed = self.allowed(kind, user, groups)
         literal = _literal_part(kind, name)
-        if "*" in allowed or any(literal.startswith(p) and p for p in allowed):
+        if "*" in allowed or any(_covers(kind, p, literal) for p in allowed):
             return
         shown = ", ".join(repr(p) for p in allowed) or "nothing"
         source = "the admin's trigger policy (STRATOLAB_TRIGGERS_POLICY)" if self.configured else \
             "the default trigger policy (an admin widens it with STRATOLAB_TRIGGERS_POLICY)"
         raise PolicyRefused(f"{what or kind} {name!r} is not allowed for {user} by {source}: it allows {kind} "
                             f"names starting with {shown}")
+
+
+def _covers(kind: str, allowed: str, literal: str) -> bool:
+    """Whether the entry `allowed` grants `literal`; an empty entry grants nothing."""
+    if not allowed:
+        return False
+    if kind == "postgres" and not allowed.endswith("."):
+        return literal == allowed
+    return literal.startswith(allowed)
 
 
 def _literal_part(kind: str, name: str) -> str:
