@@ -34,6 +34,8 @@ EXTENSION_RE = re.compile(r"^[a-z0-9]{1,20}$")
 #: bounds on attributes: a source or id longer than this is refused, not stored
 MAX_ATTRIBUTE = 1024
 MAX_EXTENSIONS = 32
+#: a media type is shorter: the event store keeps it in a column of this size
+MAX_CONTENT_TYPE = 255
 #: the types the platform itself sends
 RESULT_TYPE = "io.stratolab.function.result"
 ERROR_TYPE = "io.stratolab.function.error"
@@ -123,6 +125,9 @@ def from_attributes(attrs: Mapping[str, Any], data: bytes) -> CloudEvent:
         raise InvalidInput(f"specversion {version!r} is not supported: send CloudEvents 1.0", field="specversion")
     known = {name: _attribute(name, attrs.get(name), required=True) for name in REQUIRED}
     optional = {name: _attribute(name, attrs.get(name)) for name in OPTIONAL}
+    if optional["datacontenttype"] and len(optional["datacontenttype"]) > MAX_CONTENT_TYPE:
+        raise InvalidInput(f"the CloudEvent's datacontenttype is longer than {MAX_CONTENT_TYPE} characters",
+                           field="datacontenttype")
     if optional["time"]:
         try:
             datetime.fromisoformat(optional["time"].replace("Z", "+00:00"))

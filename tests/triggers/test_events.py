@@ -12,6 +12,7 @@ from stratolab.errors import InvalidInput
 from stratolab.triggers.events import (
     BATCH,
     MAX_ATTRIBUTE,
+    MAX_CONTENT_TYPE,
     MAX_EXTENSIONS,
     STRUCTURED,
     CloudEvent,
@@ -179,6 +180,15 @@ def test_attributes_longer_than_the_bound_or_with_nul_are_refused(name):
         with pytest.raises(InvalidInput) as info:
             structured({**BASE, name: value})
         assert info.value.field == name
+
+
+def test_a_content_type_longer_than_the_store_keeps_is_refused_in_both_modes():
+    [event] = structured({**BASE, "datacontenttype": "text/" + "x" * (MAX_CONTENT_TYPE - 5)})
+    assert len(event.datacontenttype or "") == MAX_CONTENT_TYPE
+    with pytest.raises(InvalidInput) as info:
+        structured({**BASE, "datacontenttype": "text/" + "x" * MAX_CONTENT_TYPE})
+    assert info.value.field == "datacontenttype"
+    assert refused({**BINARY, "Content-Type": "text/" + "x" * MAX_CONTENT_TYPE}, b"").field == "datacontenttype"
 
 
 def test_more_than_the_allowed_extensions_are_refused():
