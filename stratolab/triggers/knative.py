@@ -10,10 +10,11 @@ The same `TriggerSpec` that runs on one machine renders to Knative Eventing. Sha
   filters on the `stratolabtrigger` extension, which the trigger's own source sets (`ceOverrides`), so
   one user's events never reach another's function through the shared Broker. The spec's filters go
   to `spec.filter.attributes` when they are all exact matches (every Knative version has it), and to
-  `spec.filters` (exact/prefix/suffix/cesql expressions, which override `filter` where the Broker knows
-  them) as soon as one is a prefix or suffix; the exact ones stay in `filter.attributes` too, so a
-  Broker without the new filters still keeps triggers apart. An empty prefix or suffix ("the attribute
-  is there") and an empty exact value, which Knative's expressions refuse, become CESQL.
+  `spec.filters` (exact/prefix/suffix/cesql expressions, which override `filter`; older releases kept
+  them behind a feature flag) as soon as one is a prefix or suffix; the exact ones stay in
+  `filter.attributes` too, so a Broker that ignores `filters` still keeps triggers apart. An empty
+  prefix or suffix ("the attribute is there") and an empty exact value, which Knative's expressions
+  refuse, become CESQL.
 - **Delivery** (`delivery`): `retry` = the spec's retries, `backoffPolicy` exponential from
   `backoffDelay` = backoff_s as an ISO 8601 duration, `deadLetterSink` = the triggers service's
   dead-letter route for this trigger (`DEAD_LETTER_ROUTE`, signed, since Knative posts dead letters
