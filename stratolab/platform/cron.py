@@ -89,7 +89,9 @@ def next_times(expr: str, tz: ZoneInfo, after: datetime, count: int = 1) -> list
         raise ValueError("after must be timezone-aware")
     both = _fires_hourly(expr)
     # start a little early in wall time, so candidates shifted across a clock change are not missed
-    wall_start = after.astimezone(tz).replace(tzinfo=None) - timedelta(hours=3)
+    # (only near a change: the look-back costs 10,800 steps for an expression that fires every second)
+    margin = timedelta(hours=3) if _changes_near(tz, after) else timedelta(0)
+    wall_start = after.astimezone(tz).replace(tzinfo=None) - margin
     it = _iterator(expr, wall_start)
     found: set[datetime] = set()
     horizon: datetime | None = None
@@ -101,10 +103,18 @@ def next_times(expr: str, tz: ZoneInfo, after: datetime, count: int = 1) -> list
         if len(found) >= count:
             # candidates come in wall order, which may differ from instant order by an hour or two
             if horizon is None:
-                horizon = wall + timedelta(hours=3)
+                last = sorted(found)[count - 1]
+                horizon = wall + (timedelta(hours=3) if _changes_near(tz, last) else timedelta(0))
             elif wall > horizon:
                 break
     return sorted(found)[:count]
+
+
+def _changes_near(tz: ZoneInfo, instant: datetime) -> bool:
+    """Whether `tz`'s UTC offset changes within three hours of `instant` (a clock change, where wall
+    order and instant order may differ). Two changes are never that close together."""
+    return (instant - timedelta(hours=3)).astimezone(tz).utcoffset() != \
+        (instant + timedelta(hours=3)).astimezone(tz).utcoffset()
 
 
 def next_time(expr: str, tz: ZoneInfo, after: datetime) -> datetime:
