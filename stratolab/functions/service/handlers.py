@@ -192,43 +192,61 @@ async def answer_invocation(state: ServiceState, owner: str, name: str, body: by
         if asynchronous:
             return await answer_async(state, view, body, headers, destination)
     if not view.public:
-        await _check_caller(state, view, headers)
+        key = headers.get("x-function-key")
+        if key:
+            _check_key(view, key)
+        else:
+            _check_scope(view, await caller_for_token(state.hub_auth,
+                                                      token_from_authorization(headers.get("authorization") or "")))
     content_type = headers.get("content-type") or JSON
+    if not headers.get("ce-id"):  # the hot path: a plain call
+        header, out = await state.invoke(owner, name, body, content_type)
+        return _answer_of(header, out)
     try:
         event = event_from_headers(headers)
     except InvalidEvent as e:
         raise InvalidInput(str(e), field="ce-id") from None
-    if event is None or not state.events.enabled:
-        return await _invoke(state, owner, name, body, content_type, event)
-    (status, reply_headers, out), replayed = await state.events.answer(
-        (owner, name, event["source"], event["id"]),
-        lambda: _invoke(state, owner, name, body, content_type, event),
-    )
+    assert event is not None
+    if not state.events.enabled:
+        return _answer_of(*await state.invoke(owner, name, body, content_type, event))
+
+    async def run() -> Answer:
+        return _answer_of(*await state.invoke(owner, name, body, content_type, event))
+
+    (status, reply_headers, out), replayed = await state.events.answer((owner, name, event["source"], event["id"]), run)
     if replayed:
         metrics.DUPLICATE_EVENTS.labels(owner, name).inc()
         return status, [*reply_headers, ("X-Duplicate", "1")], out
     return status, reply_headers, out
 
 
-async def _check_caller(state: ServiceState, view: FunctionView, headers: Mapping[str, str]) -> str:
-    """Who calls, for a call that needs credentials: "key" for the function's key, else the name of
-    the token's user or service; 403 for a wrong key, 401 without credentials, 404 for a token
-    without the invoke scope for the owner (their function looks missing)."""
-    key = headers.get("x-function-key")
-    if key:
-        if not view.check_key(key):
-            raise StratolabError("wrong function key", status=403)
-        return "key"
-    model = await caller_for_token(state.hub_auth, token_from_authorization(headers.get("authorization") or ""))
+def _check_key(view: FunctionView, key: str) -> None:
+    if not view.check_key(key):
+        raise StratolabError("wrong function key", status=403)
+
+
+def _check_scope(view: FunctionView, model: dict[str, Any] | None) -> str:
+    """The name of a token's user or service, if it may invoke the owner's functions; else a 404
+    (their function looks missing). `caller_for_token` answered 401 already without a valid token."""
     assert model is not None
     if not has_scope(model.get("scopes", []), INVOKE, view.owner):
         raise StratolabError(f"no function {view.name!r}", status=404)
     return str(model.get("name", ""))
 
 
-async def _invoke(state: ServiceState, owner: str, name: str, body: bytes, content_type: str,
-                  event: dict[str, str] | None) -> Answer:
-    header, out = await state.invoke(owner, name, body, content_type, event)
+async def _check_caller(state: ServiceState, view: FunctionView, headers: Mapping[str, str]) -> str:
+    """Who calls, for a call that needs credentials (as `answer_invocation` checks them): "key" for
+    the function's key, else the name of the token's user or service."""
+    key = headers.get("x-function-key")
+    if key:
+        _check_key(view, key)
+        return "key"
+    token = token_from_authorization(headers.get("authorization") or "")
+    return _check_scope(view, await caller_for_token(state.hub_auth, token))
+
+
+def _answer_of(header: dict[str, Any], out: bytes) -> Answer:
+    """A worker's reply as the HTTP answer; a failure's details stay in the owner's logs."""
     status = int(header.get("status", 500))
     headers = [("X-Function-Version", str(header.get("version", ""))),
                ("X-Request-Id", str(header.get("request_id", "")))]
