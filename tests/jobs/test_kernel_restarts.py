@@ -18,7 +18,7 @@ import pytest
 
 from jobs_support import in_process_automl, notebook, scheduler_env
 from stratolab.jobs import metrics
-from stratolab.jobs.executor import FAILED, SUCCEEDED, RunResult, RunSpec
+from stratolab.jobs.executor import FAILED, STOPPED, SUCCEEDED, RunResult, RunSpec
 from stratolab.jobs.local_executor import LocalProcessExecutor
 from stratolab.jobs.run_kernel import MAX_RESTARTS
 from support import user_env_for_tests
@@ -183,3 +183,41 @@ def test_an_automl_trial_whose_kernel_dies_at_start_completes(tmp_path, monkeypa
     assert view["state"] == "succeeded" and view["counts"] == {"complete": 2}, (view, trials)
     assert kernels.died == 1 and sorted(t["kernel_restarts"] for t in trials) == [0, 1]
     assert restarts_counted("trial") == before + 1
+
+
+def test_a_run_stopped_between_kernel_starts_starts_no_more(tmp_path):
+    """Stop while a dead kernel is being replaced: the run ends stopped, and no kernel runs the notebook."""
+    kernels = DyingKernels(tmp_path, deaths=100)
+    executor = LocalProcessExecutor(str(user_env_for_tests() / "bin" / "python"), tmp_path, preload=(), warm=False)
+    spec = run_spec(tmp_path, NB, kernels.env)
+
+    async def main() -> tuple[RunResult, float]:
+        try:
+            execution = await executor.start(spec)
+            deadline = time.monotonic() + 60
+            while RESTARTED not in (spec.log_path.read_text() if spec.log_path.exists() else ""):
+                assert time.monotonic() < deadline, "no kernel died"
+                await asyncio.sleep(0.02)
+            asked = time.monotonic()
+            await execution.stop()
+            return await execution.wait(), time.monotonic() - asked
+        finally:
+            await executor.close()
+
+    result, took = asyncio.run(main())
+    assert result.state == STOPPED and took < 10, (result, took)
+    assert json.loads(spec.result_path.read_text())["error"] == "the run was stopped"
+    assert kernels.died <= MAX_RESTARTS + 1 and "ran 1" not in spec.log_path.read_text()
+
+
+@pytest.mark.parametrize("reported, count", [
+    ({}, 0), ({"kernel_restarts": 2}, 2), ({"kernel_restarts": -1}, 0), ({"kernel_restarts": "2"}, 0),
+    ({"kernel_restarts": True}, 0),
+])
+def test_the_restart_count_is_read_only_when_it_is_a_count(reported, count):
+    from stratolab.jobs.executor import kernel_restarts
+    from stratolab.jobs.service.executor_handlers import normalized_result
+
+    assert kernel_restarts(reported) == count
+    kept = normalized_result(json.dumps({"state": "succeeded", "error": None, **reported}).encode(), ["ipynb"])
+    assert kept.get("kernel_restarts", 0) == count
