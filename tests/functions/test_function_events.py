@@ -199,6 +199,25 @@ def test_answers_expire_after_the_window_and_memory_stays_within_its_bounds():
     asyncio.run(scenario())
 
 
+def test_the_window_and_the_triggers_url_are_settings_read_from_the_environment(tmp_path):
+    from stratolab.functions.service.app import FunctionsService
+    from stratolab.platform.service_app import SettingError
+
+    env = {"JUPYTERHUB_API_TOKEN": "t", "STRATOLAB_FUNCTIONS_DIR": str(tmp_path),
+           "STRATOLAB_PLATFORM_DB_URL": f"sqlite:///{tmp_path / 'db.sqlite'}"}
+    app = FunctionsService(environ=env)
+    app.initialize([])
+    assert (app.event_dedup_s, app.triggers_url) == (600, "http://127.0.0.1:10103/services/triggers/")
+    app = FunctionsService(environ={**env, "STRATOLAB_FUNCTIONS_EVENT_DEDUP_S": "0",
+                                    "STRATOLAB_FUNCTIONS_TRIGGERS_URL": "http://triggers:10103/services/triggers"})
+    app.initialize([])
+    assert (app.event_dedup_s, app.triggers_url) == (0, "http://triggers:10103/services/triggers/")
+    assert not EventDeduplicator(app.event_dedup_s).enabled
+    app = FunctionsService(environ={**env, "STRATOLAB_FUNCTIONS_EVENT_DEDUP_S": "-1"})
+    with pytest.raises(SettingError, match="STRATOLAB_FUNCTIONS_EVENT_DEDUP_S"):
+        app.initialize([])
+
+
 # --- the worker: real frames over a Unix socket ---------------------------------------------------
 
 
