@@ -269,7 +269,7 @@ def add_triggers_commands(sub, common: argparse.ArgumentParser) -> None:
     kinds.add_argument("--cloudevents", action="store_true", help="CloudEvents POSTed to the trigger's ingress URL")
     group.add("list", cmd_list, "your triggers", arg("--function", help="only this function's"))
     group.add("show", cmd_show, "one trigger", TRIGGER)
-    group.add("pause", cmd_pause, "stop delivering (events keep arriving and wait)", TRIGGER)
+    group.add("pause", cmd_pause, "stop taking and delivering its events", TRIGGER)
     group.add("resume", cmd_resume, "deliver again", TRIGGER)
     group.add("delete", cmd_delete, "delete a trigger and its events", TRIGGER)
     group.add("events", cmd_events, "a trigger's events, newest first", TRIGGER,

@@ -7,12 +7,21 @@ and the human tables. The end-to-end tests against a real hub with the triggers 
 from __future__ import annotations
 
 import json
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
+import nbformat
 import pytest
+from nbformat.v4 import new_code_cell, new_notebook
 
 from stratolab.cli.main import build_parser, main
 from stratolab.cli.triggers_cmd import create_body, event_table, source_summary, state_of, trigger_table
+from stratolab.client import triggers_api
 from stratolab.triggers.spec import parse_trigger
+from support import CLI, cli_env, cli_json, user_kernel
 
 
 def body_of(*argv: str) -> dict:
@@ -146,3 +155,129 @@ def test_the_event_table_shows_the_first_line_of_an_error():
     assert lines[1].split()[:6] == ["12", "7", "resize", "dead", "4", "io.stratolab.test"]
     assert lines[1].endswith("ValueError: bad image") and "2025-01-01 10:00:00" in lines[1]
     assert event_table([]) == "No events."
+
+
+# --- end to end: a real hub with the functions and triggers services --------------------------------------------
+
+SHOUT = '''def shout(data):
+    if isinstance(data, dict) and data.get("fail"):
+        raise ValueError("poison event")
+    return {"shouted": str(data).upper()}
+'''
+
+
+def deploy_shout(env: dict[str, str], folder: Path) -> None:
+    nb = new_notebook()
+    nb.cells = [new_code_cell(SHOUT)]
+    nbformat.write(nb, str(folder / "shout.ipynb"))
+    assert cli_json(env, "functions", "deploy", str(folder / "shout.ipynb"), "--cell", "0")["name"] == "shout"
+
+
+def eventually(check: Callable[[], Any], timeout: float = 90) -> Any:
+    """`check()`'s first true answer within `timeout` seconds (the events are delivered in the background)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = check()
+        if answer or time.monotonic() > deadline:
+            assert answer, f"not within {timeout} s"
+            return answer
+        time.sleep(0.3)
+
+
+def cli_text(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(CLI + list(args), capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_a_cloudevents_trigger_from_the_command_line(hub, tmp_path):
+    user = hub.create_user()
+    env = cli_env(hub, user, tmp_path)
+    deploy_shout(env, tmp_path)
+    t = cli_json(env, "triggers", "create", "shout", "--cloudevents", "--name", "shout-ce", "--retries", "0",
+                 "--filter", "type^=io.stratolab")
+    assert t["kind"] == "cloudevents" and t["key"] and t["function"] == "shout" and not t["paused"]
+    assert t["ingress_url"].endswith(f"/services/triggers/ingress/{user.name}/{t['id']}")
+    assert "key" not in cli_json(env, "triggers", "show", "shout-ce")  # shown once
+
+    sent = cli_json(env, "triggers", "send", "shout-ce", "--data", '{"msg": "hi"}', "--id", "e-1")
+    assert len(sent["ids"]) == 1 and sent["duplicates"] == 0
+    assert cli_json(env, "triggers", "send", str(t["id"]), "--data", '{"msg": "hi"}', "--id", "e-1")["duplicates"] == 1
+    done = eventually(lambda: cli_json(env, "triggers", "events", "shout-ce", "--state", "done"))
+    assert [e["id"] for e in done] == sent["ids"] and done[0]["ce_id"] == "e-1" and done[0]["attempts"] >= 1
+    assert cli_json(env, "triggers", "event", str(sent["ids"][0]))["state"] == "done"
+
+    table = cli_text(env, "triggers", "list")
+    assert table.returncode == 0 and "shout-ce" in table.stdout and "active" in table.stdout, table.stderr
+    assert "No events." not in cli_text(env, "triggers", "events", "shout-ce").stdout
+
+    # paused: its ingress refuses events (409, the service's message); resumed: they are taken and delivered
+    assert cli_json(env, "triggers", "pause", "shout-ce")["paused"] is True
+    assert state_of(cli_json(env, "triggers", "show", "shout-ce")) == "paused"
+    r = cli_text(env, "triggers", "send", "shout-ce", "--data", '"later"')
+    assert r.returncode == 1 and "paused" in r.stderr
+    assert cli_json(env, "triggers", "resume", "shout-ce")["paused"] is False
+    later = cli_json(env, "triggers", "send", "shout-ce", "--data", '"later"')["ids"][0]
+    eventually(lambda: cli_json(env, "triggers", "event", str(later))["state"] == "done")
+
+    # a poison event is dead-lettered after its tries; redrive puts it back (and it fails again)
+    poison = cli_json(env, "triggers", "send", "shout-ce", "--data", '{"fail": true}')["ids"][0]
+    dead = eventually(lambda: cli_json(env, "triggers", "dlq", "shout"))
+    assert [e["id"] for e in dead] == [poison] and "the function raised an error" in dead[0]["error"]
+    assert cli_json(env, "triggers", "redrive", str(poison)) == {"redriven": 1}
+    eventually(lambda: cli_json(env, "triggers", "dlq") != [])  # pending again (not dead) until it fails again
+    assert cli_json(env, "triggers", "redrive", "--function", "shout") == {"redriven": 1}
+    eventually(lambda: cli_json(env, "triggers", "dlq", "shout") != [])
+    assert "the function raised an error" in cli_text(env, "triggers", "dlq").stdout
+
+    # the service's refusals: status 1, its message, the field it names
+    r = cli_json(env, "triggers", "create", "shout", "--mqtt", "a/#/b", check=False)
+    assert r.returncode == 1 and json.loads(r.stderr)["field"] == "source.filter"
+    r = cli_json(env, "triggers", "show", "999999", check=False)
+    assert r.returncode == 1 and json.loads(r.stderr)["status"] == 404
+    r = cli_text(env, "triggers", "create", "no-such-function", "--cloudevents")
+    assert r.returncode == 1 and r.stderr.startswith("stratolab: ")
+
+    assert cli_json(env, "triggers", "delete", "shout-ce") == {"deleted": t["id"]}
+    assert cli_json(env, "triggers", "list") == []
+
+
+def test_asynchronous_invocation_from_the_command_line(hub, tmp_path):
+    user = hub.create_user()
+    env = cli_env(hub, user, tmp_path)
+    deploy_shout(env, tmp_path)
+    accepted = cli_json(env, "functions", "invoke", "shout", "--async", "--data", '"quiet"')
+    assert isinstance(accepted["id"], int) and accepted["result_url"].endswith(f"/api/events/{accepted['id']}/result")
+    assert cli_json(env, "functions", "invoke", "shout", "--async", "--wait", "--data", '"quiet"', "--timeout", "120") == {
+        "shouted": "QUIET"}
+    eventually(lambda: cli_json(env, "triggers", "event", str(accepted["id"]))["state"] == "done")
+    r = cli_text(env, "functions", "invoke", "shout", "--wait", "--data", '{"fail": true}', "--timeout", "120")
+    assert r.returncode == 1 and "the function raised an error" in r.stderr
+    human = cli_text(env, "functions", "invoke", "shout", "--async", "--data", "1")
+    assert human.returncode == 0 and human.stdout.startswith("event ") and "stratolab triggers event" in human.stdout
+
+
+def test_triggers_deployed_from_a_notebook(hub, tmp_path):
+    """`fn.deploy(..., triggers=[...])` and `%%function --trigger` in a real kernel: created once, unchanged on
+    a redeploy with the same list, updated when an option changes; a file PUT into the inbox is handled."""
+    user = hub.create_user()
+    auth = {"url": hub.url, "token": user.token}
+    with user_kernel(hub, user) as run:
+        run("import json\nimport stratolab.functions as fn\n" + SHOUT)
+        first = json.loads(run("d = fn.deploy(shout, triggers=[fn.upload(), fn.cloudevents()])\n"
+                                        "assert 'trigger key (shown once)' in repr(d)\nprint(json.dumps(d.triggers))"))
+        assert [(t["name"], t["action"]) for t in first] == [("shout-upload", "created"), ("shout-cloudevents", "created")]
+        again = json.loads(run("d = fn.deploy(shout, triggers=[fn.upload(), fn.cloudevents(retries=5)])\n"
+                                        "print(json.dumps(d.triggers))"))
+        assert [t["action"] for t in again] == ["unchanged", "updated"] and again[1]["retries"] == 5
+        assert [t["id"] for t in again] == [t["id"] for t in first]
+        with pytest.raises(AssertionError, match="is not a trigger"):
+            run("fn.deploy(shout, triggers=['upload'])")
+        run("%load_ext stratolab.functions.magic")
+        run('%%function shout --trigger upload --trigger cloudevents --trigger cron:"0 3 * * *"\n' + SHOUT)
+        magic = json.loads(run("print(json.dumps(_.triggers))"))
+        assert [(t["name"], t["action"]) for t in magic] == [
+            ("shout-upload", "unchanged"), ("shout-cloudevents", "updated"), ("shout-cron", "created")]
+
+    upload = first[0]
+    put = triggers_api.upload_file(upload["id"], "note.json", b'"from a file"', **auth)
+    assert put["path"] == "inbox/shout/note.json"
+    eventually(lambda: any(e["state"] == "done" for e in triggers_api.trigger_events(upload["id"], **auth)))
