@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 from stratolab.db.models import utcnow
 from stratolab.triggers import metrics
-from stratolab.triggers.events import ERROR_TYPE, RESULT_TYPE, CloudEvent, new_event, to_structured
+from stratolab.triggers.events import ERROR_TYPE, MAX_CONTENT_TYPE, RESULT_TYPE, CloudEvent, new_event, to_structured
 from stratolab.triggers.spec import Destination
 from stratolab.triggers.store import DEAD, DONE, PENDING, Delivery, NewEvent, Outcome, StoreThread
 
@@ -58,7 +58,10 @@ class Answer:
 
     @property
     def content_type(self) -> str:
-        return self.headers.get("Content-Type") or self.headers.get("content-type") or "application/json"
+        """The answer's media type; one longer than the store keeps (a function sets its own) is just
+        bytes, so that it can never fail a batch of outcomes or events."""
+        value = self.headers.get("Content-Type") or self.headers.get("content-type") or "application/json"
+        return value if len(value) <= MAX_CONTENT_TYPE else "application/octet-stream"
 
     def error_text(self) -> str:
         try:
@@ -110,6 +113,8 @@ class Lane:
     max_seen: int = 0
     paging: bool = False
     removed: bool = False
+    #: how many times a redrive moved `loaded_up_to` back (a page read before that must not move it on)
+    rewinds: int = 0
 
 
 class OutcomeWriter:
@@ -120,6 +125,7 @@ class OutcomeWriter:
         self.run, self.interval = run, interval
         self._buffer: list[Outcome] = []
         self._task: asyncio.Task[None] | None = None
+        self._writing = asyncio.Lock()
 
     def add(self, outcome: Outcome) -> None:
         self._buffer.append(outcome)
@@ -131,6 +137,12 @@ class OutcomeWriter:
         await self.flush()
 
     async def flush(self) -> None:
+        """Write every outcome added so far; one being written already is waited for (the lock), so
+        that what a caller reads after `flush` includes it."""
+        async with self._writing:
+            await self._write()
+
+    async def _write(self) -> None:
         while self._buffer:
             batch, self._buffer = self._buffer, []
             try:
@@ -201,6 +213,7 @@ class Dispatcher:
             if lane is not None:
                 lane.backlog = True
                 lane.loaded_up_to = min(lane.loaded_up_to, d.id - 1)
+                lane.rewinds += 1
                 self._page(lane)
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
@@ -217,14 +230,23 @@ class Dispatcher:
     async def _page_in(self, lane: Lane) -> None:
         try:
             while lane.backlog and not lane.removed and len(lane.queue) < LANE_MEMORY - PAGE:
+                rewinds, told = lane.rewinds, lane.max_seen
                 rows = await self.run(self.run.store.pending, lane.scope, lane.loaded_up_to, PAGE)
                 for d in rows:
                     if d.id not in lane.known:
                         lane.known.add(d.id)
                         lane.queue.append(d)
-                    lane.loaded_up_to = max(lane.loaded_up_to, d.id)
-                if len(rows) < PAGE and lane.max_seen <= lane.loaded_up_to:
-                    lane.backlog = False
+                # after a redrive moved loaded_up_to back meanwhile, read again from there
+                if lane.rewinds == rewinds:
+                    if rows:
+                        lane.loaded_up_to = max(lane.loaded_up_to, rows[-1].id)
+                    if len(rows) < PAGE:
+                        # a short page holds every pending event stored before it was read, and the lane
+                        # had been told of none later than `told` then (without this, a redrive of
+                        # events older than the newest done one read the database in a busy loop)
+                        lane.loaded_up_to = max(lane.loaded_up_to, told)
+                        if lane.max_seen <= lane.loaded_up_to:
+                            lane.backlog = False
                 self._pump(lane)
         except Exception:
             log.exception("could not read pending events of %s; trying again shortly", lane.scope)
