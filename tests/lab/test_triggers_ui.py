@@ -252,6 +252,15 @@ def test_add_an_upload_trigger_upload_a_png_and_see_the_result_and_the_count(hub
         fn = requests.get(f"{hub.url}/services/functions/api/functions/digest", headers=user.headers, timeout=30).json()
         assert fn["stats"]["errors"] == 2, fn["stats"]  # the function was called again
 
+        # the Functions tab's detail shows the same triggers (open there), with the dead letter counted
+        page.click("[data-testid=stratolab-functions-open-tab]")
+        page.click(f"[data-testid=stratolab-tab-functions-row-{user.name}-digest]")
+        detail = "stratolab-tab-functions-detail-triggers"
+        page.wait_for_selector(f"[data-testid={detail}-{trigger['id']}-counts]:has-text('1 done')", timeout=30_000)
+        assert "1 dead" in page.locator(f"[data-testid={detail}-{trigger['id']}-counts]").inner_text()
+        assert page.locator(f"[data-testid={detail}-dlq-summary]").inner_text() == "Dead letters (1)"
+        shot(page, "triggers-tab")
+
         # pause, then delete (confirmed): the block says there are none
         page.click(f"[data-testid={t}-action-pause]")
         page.wait_for_selector(f"[data-testid={t}-state]:text-is('paused')", timeout=30_000)
