@@ -251,6 +251,11 @@ def test_asynchronous_invocation_from_the_command_line(hub, tmp_path):
     eventually(lambda: cli_json(env, "triggers", "event", str(accepted["id"]))["state"] == "done")
     r = cli_text(env, "functions", "invoke", "shout", "--wait", "--data", '{"fail": true}', "--timeout", "120")
     assert r.returncode == 1 and "the function raised an error" in r.stderr
+    chained = cli_json(env, "functions", "invoke", "shout", "--async", "--data", "2", "--destination", "function:shout",
+                       "--destination-when", "always")
+    assert eventually(lambda: cli_json(env, "triggers", "event", str(chained["id"]))["state"] == "done")
+    r = cli_json(env, "functions", "invoke", "shout", "--async", "--data", "2", "--destination", "mqtt:a/#", check=False)
+    assert r.returncode == 1 and "wildcards" in json.loads(r.stderr)["error"]  # the triggers service judged it
     human = cli_text(env, "functions", "invoke", "shout", "--async", "--data", "1")
     assert human.returncode == 0 and human.stdout.startswith("event ") and "stratolab triggers event" in human.stdout
 
