@@ -193,8 +193,9 @@ class PlatformSettings:
 
 #: who reads a variable (the services' own settings name theirs through their applications)
 HUB, LAUNCHER, SERVER, CULLER, CLI = "hub", "launcher", "single-user server", "idle culler", "CLI and Python API"
-FUNCTIONS, SCHEDULER = "functions service", "scheduler"
+FUNCTIONS, SCHEDULER, TRIGGERS = "functions service", "scheduler", "triggers service"
 RUNTIME, RUN, AGENT = "function runtime (Knative pod)", "scheduled run (its kernel)", "run agent (Kubernetes Job)"
+ADAPTER = "trigger adapter (Knative ContainerSource)"
 
 
 class Variable(NamedTuple):
@@ -231,6 +232,7 @@ VARIABLES: tuple[Variable, ...] = (
              "or configurable-http-proxy's)."),
     Variable("STRATOLAB_FUNCTIONS_PORT", (HUB,), "10101", "Internal port of the functions service on 127.0.0.1."),
     Variable("STRATOLAB_SCHEDULER_PORT", (HUB,), "10102", "Internal port of the scheduler service on 127.0.0.1."),
+    Variable("STRATOLAB_TRIGGERS_PORT", (HUB,), "10103", "Internal port of the triggers service on 127.0.0.1."),
     Variable("STRATOLAB_FUNCTIONS_DIR", (HUB, FUNCTIONS), "<data dir>/functions; as root "
              "/var/lib/stratolab/<id>/functions", "Function bundles and instance directories (as root they must be "
              "reachable by the users' system accounts, so they are not in the private data dir)."),
@@ -281,6 +283,7 @@ VARIABLES: tuple[Variable, ...] = (
              "them.", set_by="Helm chart"),
     Variable("STRATOLAB_FUNCTIONS_API_TOKEN", (HUB,), "", "The functions service's API token.", set_by="Helm chart"),
     Variable("STRATOLAB_SCHEDULER_API_TOKEN", (HUB,), "", "The scheduler's API token.", set_by="Helm chart"),
+    Variable("STRATOLAB_TRIGGERS_API_TOKEN", (HUB,), "", "The triggers service's API token.", set_by="Helm chart"),
     Variable("STRATOLAB_CULLER_API_TOKEN", (HUB,), "", "The idle culler's API token.", set_by="Helm chart"),
     # the command line and the Python API
     Variable("STRATOLAB_URL", (CLI, SERVER), "http://127.0.0.1:8000", "The hub's URL (the spawner gives it to "
@@ -323,8 +326,18 @@ VARIABLES: tuple[Variable, ...] = (
         STRATOLAB_RUN_TOKEN             The run's token (from its Secret).
         STRATOLAB_WORKDIR [the working directory]   The pod's work volume.
     """),
+    # the source adapter of a trigger on Knative Eventing (set by its ContainerSource)
+    *_given(TRIGGERS, (ADAPTER,), """
+        STRATOLAB_TRIGGER_ID            The trigger's id.
+        STRATOLAB_TRIGGER_OWNER         The trigger's owner.
+        STRATOLAB_TRIGGER_SPEC          The trigger, as JSON (source settings, filters, ordering, retries).
+        STRATOLAB_TRIGGER_DELIVERY      broker (events go to the Broker) or direct (to the function, ordered).
+        STRATOLAB_TRIGGERS_DLQ_URL      The signed dead-letter route of the trigger on the triggers service.
+        STRATOLAB_TRIGGER_HOME          Where an upload adapter's home folder is mounted.
+        STRATOLAB_TRIGGER_STATE_DIR     Where the adapter keeps its source's state (seen uploads, a timer's last fire).
+    """),
 )
 
 #: prefixes the hub passes on to its services as a whole (stratolab.hub.config), and that name families
 PREFIXES = ("STRATOLAB_FUNCTIONS_", "STRATOLAB_FUNCTION_", "STRATOLAB_JOBS_", "STRATOLAB_AUTOML_",
-            "STRATOLAB_SMTP_", "STRATOLAB_OIDC_")
+            "STRATOLAB_SMTP_", "STRATOLAB_OIDC_", "STRATOLAB_TRIGGERS_")

@@ -10,7 +10,9 @@ redrive): then the lane pages them in, oldest first, and new events wait their t
 An attempt ends in one of:
 - done (2xx): recorded, the result sent to the destination, or written beside an upload;
 - no capacity (429, 503, the functions service unreachable): waited out, not counted as a try;
-- failed (5xx, 404, a timeout): tried again after an exponential, fully jittered backoff, until the
+- failed (5xx, 404, a timeout): tried again after an exponential backoff (each wait drawn between half
+  and all of `backoff_s * 2**(tries-1)`, at most an hour: "equal jitter", never much earlier than the
+  backoff says, so retries of many events spread out without hammering a failing function), until the
   trigger's retries are used or the event is older than its max age: then dead (the dead-letter queue);
 - refused for good (400, 413, 422: the event itself is wrong): dead at once.
 Outcomes are written in batches; a crash before one is written delivers the event again, and the

@@ -13,11 +13,13 @@ import base64
 import binascii
 import json
 import re
+import string
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote, unquote
 
 from stratolab.errors import InvalidInput
 
@@ -150,13 +152,20 @@ def from_attributes(attrs: Mapping[str, Any], data: bytes) -> CloudEvent:
                       time=optional["time"], dataschema=optional["dataschema"], extensions=extensions)
 
 
+def header_value(value: str) -> str:
+    """An attribute as a header value, percent-encoded where the CloudEvents HTTP binding says (space,
+    double quote, percent, and anything outside printable ASCII, as UTF-8)."""
+    return quote(value, safe="!#$&'()*+,-./:;<=>?@[\\]^_`{|}~" + string.ascii_letters + string.digits)
+
+
 def from_binary(headers: Mapping[str, str], body: bytes) -> CloudEvent:
-    """Binary mode: `ce-*` headers (any case) and the body as data, its Content-Type as datacontenttype."""
+    """Binary mode: `ce-*` headers (any case, values percent-decoded) and the body as data, its
+    Content-Type as datacontenttype."""
     attrs: dict[str, Any] = {}
     for name, value in headers.items():
         lower = name.lower()
         if lower.startswith("ce-"):
-            attrs[lower[3:]] = value
+            attrs[lower[3:]] = unquote(value) if "%" in value else value
     content_type = next((v for k, v in headers.items() if k.lower() == "content-type"), None)
     if content_type:
         attrs["datacontenttype"] = content_type
@@ -216,7 +225,8 @@ def is_json(content_type: str | None) -> bool:
 
 def to_binary(event: CloudEvent) -> tuple[dict[str, str], bytes]:
     """Binary mode: the headers and the body of an HTTP request carrying `event`."""
-    headers = {f"ce-{name}": value for name, value in event.attributes().items() if name != "datacontenttype"}
+    headers = {f"ce-{name}": header_value(value) for name, value in event.attributes().items()
+               if name != "datacontenttype"}
     headers["Content-Type"] = event.datacontenttype or "application/octet-stream"
     return headers, event.data
 

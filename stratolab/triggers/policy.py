@@ -104,8 +104,9 @@ class SubscriptionPolicy:
         shown = ", ".join(repr(p) for p in allowed) or "nothing"
         source = "the admin's trigger policy (STRATOLAB_TRIGGERS_POLICY)" if self.configured else \
             "the default trigger policy (an admin widens it with STRATOLAB_TRIGGERS_POLICY)"
-        raise PolicyRefused(f"{what or kind} {name!r} is not allowed for {user} by {source}: it allows {kind} "
-                            f"names starting with {shown}")
+        allows = (f"the tables (or every table of the schemas ending in '.') {shown}" if kind == "postgres"
+                  else f"{kind} names starting with {shown}")
+        raise PolicyRefused(f"{what or kind} {name!r} is not allowed for {user} by {source}: it allows {allows}")
 
 
 def _covers(kind: str, allowed: str, literal: str) -> bool:

@@ -91,7 +91,8 @@ class TriggerSpec:
     ordered: bool = False
     retries: int = 3
     max_age_s: int = 24 * 3600
-    #: the first retry waits about this long; each next one twice as long (full jitter), at most an hour
+    #: the first retry waits about this long, each next one twice as long (each wait drawn between half and
+    #: all of it), at most an hour
     backoff_s: float = 1.0
     destination: Destination | None = None
     paused: bool = False

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from stratolab.db.models import Trigger, TriggerEvent, utcnow
@@ -209,6 +209,32 @@ class EventStore:
                 existing.update({k: i for i, k in stored})
         return [(existing[k], k not in seen or seen[k] != n) for n, k in enumerate(keys)]
 
+    def add_dead(self, items: Sequence[tuple[NewEvent, str]]) -> list[int]:
+        """Store events that someone else already gave up on (Knative's dead letters), dead at once with
+        their error: ids in order. One already stored (redriven to the Broker, dead again) becomes dead
+        again with its data and the new error, rather than a second row."""
+        now = utcnow()
+        ids: list[int] = []
+        with self.sessions.begin() as s:
+            for item, error in items:
+                ev = item.event
+                key = dedup_key(item.scope, ev.source, ev.id)
+                existing = s.scalar(select(TriggerEvent.id).where(TriggerEvent.dedup_key == key))
+                values = {"state": DEAD, "error": error[:4000], "data": ev.data, "finished_at": now,
+                          "next_attempt_at": None, "attributes": json.dumps(ev.attributes())}
+                if existing is not None:
+                    s.execute(update(TriggerEvent).where(TriggerEvent.id == existing).values(**values))
+                    ids.append(existing)
+                    continue
+                row = TriggerEvent(
+                    trigger_id=item.trigger_id, scope=item.scope, dedup_key=key, owner=item.owner,
+                    function=item.function, ce_id=ev.id, ce_source=ev.source, ce_type=ev.type, subject=ev.subject,
+                    key=ev.key, datacontenttype=ev.datacontenttype, attempts=0, received_at=now, **values)
+                s.add(row)
+                s.flush()
+                ids.append(row.id)
+        return ids
+
     def pending(self, scope: str, after_id: int, limit: int) -> list[Delivery]:
         """Pending events of a scope after `after_id`, oldest first."""
         with self.sessions() as s:
@@ -270,7 +296,10 @@ class EventStore:
         """Dead events of `owner` (these ids, or this function's, or all) back to pending with a fresh
         count of tries; returns them for the dispatcher."""
         with self.sessions.begin() as s:
-            q = select(TriggerEvent.id).where(TriggerEvent.owner == owner, TriggerEvent.state == DEAD)
+            # an event stored without its data (too large: result_status 413) has nothing to deliver again
+            q = select(TriggerEvent.id).where(TriggerEvent.owner == owner, TriggerEvent.state == DEAD,
+                                              or_(TriggerEvent.result_status.is_(None),
+                                                  TriggerEvent.result_status != 413))
             if ids is not None:
                 q = q.where(TriggerEvent.id.in_(list(ids)))
             if function is not None:

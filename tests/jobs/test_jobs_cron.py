@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 import pytest
 
 from stratolab.errors import InvalidInput
-from stratolab.platform import cron
 from stratolab.jobs.parameters import inspect_parameters, validate_parameters
 from stratolab.jobs.spec import notebook_path, validate_notify, validate_schedule
+from stratolab.platform import cron
 
 BERLIN = cron.parse_timezone("Europe/Berlin")
 NEW_YORK = cron.parse_timezone("America/New_York")

@@ -96,14 +96,14 @@ def test_each_service_declares_every_variable_the_hub_starts_it_with(tmp_path):
     """The hub starts the services with environment variables (stratolab.hub.config): each is a setting
     the service declares, so none is set and then ignored."""
     from stratolab.hub.config import functions_service, scheduler_service, triggers_service
-    from stratolab.settings import FUNCTIONS, SCHEDULER, PlatformSettings
+    from stratolab.settings import FUNCTIONS, SCHEDULER, TRIGGERS, PlatformSettings
 
     settings = PlatformSettings.from_env({"STRATOLAB_DATA_DIR": str(tmp_path), "STRATOLAB_ISOLATION": "shared",
                                           "STRATOLAB_GPUS": "0", "STRATOLAB_PROFILES_FILE": str(tmp_path / "p.yaml")})
     declared = load_tool().catalog()
     for entry, component in ((functions_service(settings, "shared"), FUNCTIONS),
                              (scheduler_service(settings, "shared"), SCHEDULER),
-                             (triggers_service(settings, "shared"), load_tool().TRIGGERS)):
+                             (triggers_service(settings, "shared"), TRIGGERS)):
         given = [var for var in entry["environment"] if var.startswith("STRATOLAB_")]
         assert len(given) >= 6
         for var in given:

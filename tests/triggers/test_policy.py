@@ -193,4 +193,4 @@ def test_the_403_names_the_admins_policy_and_says_nothing_is_allowed_when_nothin
     text = str(info.value)
     assert text.startswith("table 'public.t'")
     assert "admin's trigger policy (STRATOLAB_TRIGGERS_POLICY)" in text
-    assert "starting with nothing" in text
+    assert "it allows the tables (or every table of the schemas ending in '.') nothing" in text

@@ -207,3 +207,40 @@ def test_isolation_policy_and_hostile_input(thub, tmp_path):
         "X-Trigger-Key": key, "ce-specversion": "1.0", "ce-id": str(uuid.uuid4()), "ce-source": "s", "ce-type": "t",
         "Content-Type": "application/json"})
     assert r.status_code == 202
+
+
+def test_async_invocation_through_the_function_url(thub, tmp_path):
+    carol = thub.create_user()
+    echo = deployed(thub, carol, tmp_path, "echo", "echo")
+    deployed(thub, carol, tmp_path, "boom", "boom")
+
+    def result_of(accepted, headers):
+        r = requests.get(accepted["result_url"], headers=headers, timeout=10)
+        return r if r.status_code != 202 else None
+
+    r = requests.post(f"{echo['url']}?async=1", json={"a": 1}, headers=carol.headers)
+    assert r.status_code == 202, r.text
+    accepted = r.json()
+    assert accepted["status_url"].endswith(f"/services/triggers/api/events/{accepted['id']}")
+    done = wait_for(lambda: result_of(accepted, carol.headers))
+    assert done is not None and done.status_code == 200, done and done.text
+    assert done.json() == {"data": {"a": 1}, "type": "io.stratolab.function.invocation"}
+    shown = tapi(thub, carol, "GET", f"api/events/{accepted['id']}").json()
+    assert shown["state"] == "done" and shown["result"] == done.json()
+
+    # AWS's spelling, with the function's key
+    r = requests.post(echo["url"], json={"a": 2},
+                      headers={"X-Function-Key": echo["key"], "X-Invocation-Type": "Event"})
+    assert r.status_code == 202, r.text
+    # no credentials: refused as a synchronous call is
+    assert requests.post(f"{echo['url']}?async=1", json={}).status_code == 401
+    # a stranger cannot read the result
+    dave = thub.create_user()
+    assert requests.get(accepted["result_url"], headers=dave.headers).status_code == 404
+
+    # a failing function: retried, then dead; the result URL says so
+    r = requests.post(f"{echo['url'].rsplit('/', 1)[0]}/boom?async=1", json={"b": 1}, headers=carol.headers)
+    assert r.status_code == 202, r.text
+    failed = wait_for(lambda: result_of(r.json(), carol.headers), timeout=90)
+    assert failed is not None and failed.status_code == 422, failed and failed.text
+    assert failed.json()["state"] == "dead" and failed.json()["attempts"] == 3

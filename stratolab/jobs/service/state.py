@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from stratolab.errors import Conflict, InvalidInput
-from stratolab.platform import cron
 from stratolab.jobs.clock import Clock
 from stratolab.jobs.engine import Scheduler
 from stratolab.jobs.executor import Account
@@ -19,6 +18,7 @@ from stratolab.jobs.files import JobFiles, read_home_notebook
 from stratolab.jobs.parameters import inspect_parameters, validate_parameters
 from stratolab.jobs.spec import notebook_content, validate_run_request, validate_schedule
 from stratolab.jobs.store import JobStore, run_view
+from stratolab.platform import cron
 from stratolab.platform.gpus import GpuAllocation
 from stratolab.platform.profiles import Profile, ProfileError, choose_profile
 

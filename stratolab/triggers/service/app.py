@@ -26,10 +26,12 @@ from stratolab.db import ensure_schema, make_engine, session_factory
 from stratolab.platform.accounts import ensure_system_user, system_username
 from stratolab.platform.outbound import ENV as OUTBOUND_ENV
 from stratolab.platform.outbound import OutboundPolicy
-from stratolab.platform.service_app import HubService, SettingError, until_stopped
+from stratolab.platform.service_app import EnvConfigurable, HubService, NamedType, SettingError, until_stopped
 from stratolab.triggers import metrics
+from stratolab.triggers.backends import BACKENDS, BackendChoice, KnativeTriggers, LocalTriggers, TriggerBackend
 from stratolab.triggers.delivery import Answer
 from stratolab.triggers.events import CloudEvent, to_binary
+from stratolab.triggers.knative_config import TriggersKnativeSettings
 from stratolab.triggers.policy import ENV as POLICY_ENV
 from stratolab.triggers.policy import SubscriptionPolicy
 from stratolab.triggers.service import handlers
@@ -56,6 +58,7 @@ ROUTE_HANDLERS = {
     "/api/dlq": handlers.DeadLettersHandler,
     "/api/dlq/redrive": handlers.RedriveHandler,
     "/ingress/{owner}/{trigger_id}": handlers.IngressHandler,
+    "/ingress/dlq/{owner}/{trigger_id}": handlers.DeadLetterHandler,
     "/upload/{owner}/{trigger_id}/{filename}": handlers.UploadHandler,
     "/api/async/{owner}/{function}": handlers.AsyncInvokeHandler,
 }
@@ -124,6 +127,8 @@ class TriggersService(HubService):
     Helm chart start it."""
 
     service_name, default_port = "triggers", 10103
+    classes = [LocalTriggers, KnativeTriggers, TriggersKnativeSettings]
+    aliases = {**HubService.aliases, "backend": "TriggersService.backend_class"}
     uvloop = True
 
     functions_url = Unicode("http://127.0.0.1:10101/services/functions/", help="The functions service's API "
@@ -162,6 +167,11 @@ class TriggersService(HubService):
                              "public addresses (stratolab/platform/outbound.py).").tag(
         config=True, env=OUTBOUND_ENV, default_text="none")
 
+    backend_class = NamedType(BACKENDS, "local", klass=BackendChoice, help="Where triggers' sources run: local "
+                              "(inside this service) or knative (each trigger as Knative Eventing objects in the "
+                              "functions' namespace; see docs/kubernetes.md).").tag(
+        config=True, env="STRATOLAB_TRIGGERS_BACKEND")
+
     @default("shared_homes")
     def _shared_homes_default(self) -> str:
         return str(Path(self.required("data_dir")).parent / "homes")
@@ -177,6 +187,17 @@ class TriggersService(HubService):
         except ValueError as e:
             raise SettingError(f"{e} (--TriggersService.outbound_allow)") from None
         self.required("hub_api_token")
+
+    def init_parts(self) -> None:
+        self.backend_choice: BackendChoice = self.backend_class(parent=self)
+
+    def configurables(self) -> list[EnvConfigurable]:
+        return [self, *self.backend_choice.configurables()]
+
+    def connection_urls(self) -> dict[str, str]:
+        """Each broker kind's URL (what a trigger's adapter on Knative connects to)."""
+        return {"mqtt": self.mqtt_url, "nats": self.nats_url, "rabbitmq": self.rabbitmq_url, "redis": self.redis_url,
+                "postgres": self.postgres_url}
 
     def home_of(self, owner: str) -> Path:
         if self.isolated:
@@ -202,8 +223,9 @@ class TriggersService(HubService):
         db_url = self.required("db_url")
         ensure_schema(db_url)
         self.sessions = session_factory(make_engine(db_url))
+        self.backend_choice.prepare()
 
-    def build_state(self, functions: FunctionsClient) -> TriggersState:
+    def build_state(self, functions: FunctionsClient, backend: TriggerBackend | None = None) -> TriggersState:
         return TriggersState(
             store=EventStore(self.sessions), hub_auth=HubAuth(api_token=self.hub_api_token,
                                                               cache_max_age=TOKEN_CACHE_S),
@@ -213,12 +235,12 @@ class TriggersService(HubService):
                           keep_done=timedelta(hours=self.keep_done_h), keep_dead=timedelta(days=self.keep_dead_days),
                           max_triggers=self.max_triggers),
             function_exists=functions.function_exists, write_upload_result=_write_upload_result,
-            publish_mqtt=_publish_mqtt,
+            publish_mqtt=_publish_mqtt, backend=backend, dead_letter_secret=self.backend_choice.dead_letter_secret(),
         )
 
     async def serve(self) -> None:
         functions = FunctionsClient(self.functions_url, self.hub_api_token)
-        state = self.build_state(functions)
+        state = self.build_state(functions, await self.backend_choice.open(self.connection_urls()))
         app = service_app("stratolab-triggers", self.prefix, OPENAPI, ROUTE_HANDLERS, state,
                           metrics_registry=metrics.REGISTRY, refresh_metrics=handlers.refresh_metrics,
                           max_body_size=MAX_BODY_SIZE)

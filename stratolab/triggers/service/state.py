@@ -18,6 +18,7 @@ from stratolab.db.models import Trigger, TriggerEvent
 from stratolab.errors import InvalidInput, NotFound, StratolabError
 from stratolab.platform.outbound import OutboundPolicy, guarded_client, validate_url
 from stratolab.triggers import metrics
+from stratolab.triggers.backends import KNATIVE_ERROR_EXTENSIONS, TriggerBackend
 from stratolab.triggers.delivery import Answer, Dispatcher, LaneConfig
 from stratolab.triggers.events import CloudEvent, to_structured
 from stratolab.triggers.policy import SubscriptionPolicy
@@ -42,6 +43,8 @@ log = logging.getLogger("stratolab.triggers")
 #: an asynchronous invocation is tried this many more times after a failure (as Lambda's default), for
 #: at most this long
 ASYNC_RETRIES, ASYNC_MAX_AGE_S = 2, 6 * 3600
+#: the status kept with an event whose data was too large to store (it is never redriven)
+TOO_LARGE = 413
 #: the fields a PATCH may change
 CHANGEABLE = ("paused", "retries", "max_age_s", "backoff_s", "concurrency", "batch", "filters", "destination",
               "ordered", "name")
@@ -80,6 +83,10 @@ class TriggersState:
     #: results of upload triggers are written by this (the upload source module's write_result)
     write_upload_result: Callable[..., Any] | None = None
     publish_mqtt: Callable[..., Any] | None = None
+    #: where sources run when not here (the knative backend: Knative Eventing objects); None: in this process
+    backend: TriggerBackend | None = None
+    #: signs the dead-letter URLs the backend gives Knative ('': the dead-letter route answers 404)
+    dead_letter_secret: str = ""
 
     def __post_init__(self) -> None:
         self.run = StoreThread(self.store)
@@ -96,14 +103,34 @@ class TriggersState:
     async def restore(self) -> None:
         """Every trigger's lane and source, and a lane for each function with asynchronous invocations
         still pending (a restart delivers what was stored before it)."""
-        for row in await self.run(self.store.triggers):
+        rows = await self.run(self.store.triggers)
+        for row in rows:
             self._activate(row.id, trigger_from_dict(json.loads(row.spec)))
+        if self.backend is not None:  # the cluster's objects made equal to the stored triggers, meanwhile
+            self._reconciling = asyncio.ensure_future(self._reconcile([row.id for row in rows]))
         for scope in await self.run(self.store.scopes_with_pending):
             if scope.startswith("async:"):
                 owner, function = scope[len("async:"):].split("/", 1)
                 self._async_lane(owner, function)
 
+    async def _reconcile(self, trigger_ids: Sequence[int]) -> None:
+        assert self.backend is not None
+        for trigger_id in trigger_ids:
+            spec = self.specs.get(trigger_id)
+            try:
+                if spec is not None:
+                    await self._place(trigger_id, spec)
+            except Exception as e:
+                log.warning("trigger %s: its objects in the cluster could not be applied: %s", trigger_id, e)
+
+    async def _place(self, trigger_id: int, spec: TriggerSpec) -> None:
+        """Where a backend runs the sources: the trigger's source running there, or stopped when paused."""
+        if self.backend is not None:
+            await (self.backend.deactivate if spec.paused else self.backend.activate)(trigger_id, spec)
+
     async def close(self) -> None:
+        if self.backend is not None:
+            await self.backend.close()
         for trigger_id in list(self.sources):
             await self._stop_source(trigger_id)
         await self.dispatcher.close()
@@ -112,6 +139,8 @@ class TriggersState:
     def _activate(self, trigger_id: int, spec: TriggerSpec) -> None:
         self.specs[trigger_id] = spec
         self.dispatcher.set_lane(trigger_scope(trigger_id), self._lane_config(trigger_id, spec))
+        if self.backend is not None:
+            return  # the source runs where the backend put it (`_place`)
         if spec.paused:
             self._spawn_stop(trigger_id)
         elif trigger_id not in self.source_tasks and spec.kind in SOURCES:
@@ -222,8 +251,9 @@ class TriggersState:
                 continue
             metrics.RECEIVED.labels(owner, label).inc()
             if n in too_big:
-                dead.append(Outcome(event_id, DEAD, 0, error=f"the event's data is larger than the "
-                                    f"{self.limits.max_event_bytes} bytes an event may carry; not delivered"))
+                dead.append(Outcome(event_id, DEAD, 0, result_status=TOO_LARGE, error=f"the event's data is larger "
+                                    f"than the {self.limits.max_event_bytes} bytes an event may carry; not delivered "
+                                    "(and not redriven: its data was not kept)"))
                 continue
             fresh.append(Delivery(event_id, item.scope, item.owner, item.function, item.event, item.trigger_id,
                                   destination=item.destination))
@@ -277,8 +307,15 @@ class TriggersState:
         if any(t.name == spec.name for t in existing):
             raise StratolabError(f"you already have a trigger named {spec.name!r}", status=409)
         await self._check_functions(owner, spec, token)
+        if self.backend is not None:
+            self.backend.check(spec)
         key = secrets.token_urlsafe(24)
         row = await self.run(self.store.create_trigger, spec, key_hash(key))
+        try:
+            await self._place(row.id, spec)
+        except Exception:
+            await self.run(self.store.delete_trigger, row.id)  # a trigger that cannot run is not kept
+            raise
         self._activate(row.id, spec)
         return {**self.describe(row, {s: 0 for s in STATES}), "key": key}
 
@@ -316,23 +353,29 @@ class TriggersState:
         self.check_policy(spec, groups)
         if "destination" in body:
             await self._check_functions(owner, replace(spec, function=spec.function), token)
+        if self.backend is not None:
+            self.backend.check(spec)
         updated = await self.run(self.store.update_trigger, trigger_id, spec)
         if updated is None:
             raise NotFound(f"no trigger {trigger_id}")
         row = updated
+        await self._place(trigger_id, spec)
         self._activate(trigger_id, spec)
         counts = (await self.run(self.store.counts, [trigger_id]))[trigger_id]
         return self.describe(row, counts)
 
     async def delete(self, owner: str, trigger_id: int) -> None:
         await self.run(self.own, owner, trigger_id)
-        spec = self.specs.pop(trigger_id, None)
+        spec = self.specs.get(trigger_id)
+        if self.backend is not None and spec is not None:
+            await self.backend.remove(trigger_id, spec)
+        self.specs.pop(trigger_id, None)
         source = self.sources.get(trigger_id)
         await self._stop_source(trigger_id)
-        remove = getattr(source, "remove", None)
-        if remove is None and spec is not None and spec.kind in SOURCES:
-            remove = getattr(SOURCES[spec.kind](trigger_id, spec, self.source_settings, self._sink(trigger_id)),
-                             "remove", None)
+        # what the source left outside (a table trigger, a broker session, a consumer group) goes too
+        if source is None and spec is not None and spec.kind in SOURCES:
+            source = SOURCES[spec.kind](trigger_id, spec, self.source_settings, self._sink(trigger_id))
+        remove = getattr(source, "remove", None) or getattr(source, "discard", None)
         if remove is not None:
             try:
                 await remove()
@@ -357,6 +400,10 @@ class TriggersState:
         if row.paused:
             status: dict[str, Any] = {"state": "paused", "connected": False, "error": None,
                                       "received": source.received if source else 0}
+        elif source is None and self.backend is not None:
+            seen = self.backend.status(row.id)
+            status = ({"connected": False, "error": None, "received": 0, "state": "starting"} if seen is None else
+                      {**seen, "state": "error" if seen.get("error") else "active" if seen["connected"] else "starting"})
         elif source is None:
             status = {"state": "active" if spec["kind"] == "cloudevents" else "starting", "connected":
                       spec["kind"] == "cloudevents", "error": None, "received": 0}
@@ -389,11 +436,27 @@ class TriggersState:
 
     async def redrive(self, owner: str, ids: Sequence[int] | None, function: str | None) -> int:
         deliveries = await self.run(lambda: self.store.redrive(owner, ids=ids, function=function))
+        count = len(deliveries)
+        if self.backend is not None:  # on Knative: back to the Broker, where the backend can
+            deliveries, outcomes = await self.backend.redrive(deliveries, self.specs)
+            for outcome in outcomes:
+                self.dispatcher.outcomes.add(outcome)
+            await self.dispatcher.outcomes.flush()
         for d in deliveries:
             if d.scope.startswith("async:"):
                 self._async_lane(d.owner, d.function)
         self.dispatcher.requeue(deliveries)
-        return len(deliveries)
+        return count
+
+    async def dead_letter(self, trigger_id: int, spec: TriggerSpec, events: Sequence[CloudEvent]) -> list[int]:
+        """Events Knative (or an ordered trigger's adapter) gave up on: stored dead, with the error its
+        extensions carry, so that they show in the dead letters and can be redriven."""
+        items = [(NewEvent(trigger_scope(trigger_id), spec.owner, spec.function, event_without_error(e), trigger_id),
+                  dead_letter_error(e)) for e in events]
+        ids = await self.run(self.store.add_dead, items)
+        for _ in ids:
+            metrics.DELIVERED.labels(spec.owner, str(trigger_id), "dead").inc()
+        return ids
 
     def put_upload(self, spec: TriggerSpec, name: str, body: bytes) -> str:
         """Write an uploaded file into the trigger's folder (as its owner, atomically: the watcher never
@@ -457,6 +520,29 @@ def parse_destination_header(raw: str | None, check_url: Callable[[Any, str], st
     except ValueError:
         raise InvalidInput('destination must be JSON, e.g. {"function": "store"}', field="destination") from None
     return parse_destination(value, check_url)
+
+
+def dead_letter_error(event: CloudEvent) -> str:
+    """The error of a dead letter, from Knative's extensions (when it sent them)."""
+    import base64
+    import binascii
+
+    ext = event.extensions
+    code, data, dest = (ext.get(name) for name in KNATIVE_ERROR_EXTENSIONS)
+    answer = ""
+    if data:
+        try:
+            answer = base64.b64decode(data[:len(data) - len(data) % 4], validate=False).decode(errors="replace")
+        except (binascii.Error, ValueError):
+            answer = data
+    where = f" to {dest}" if dest else ""
+    if not code and not answer:
+        return f"Knative gave up delivering it{where} (it gave no reason)"
+    return f"Knative gave up delivering it{where}: {code or 'no status'}: {answer.strip() or 'no answer'}"
+
+
+def event_without_error(event: CloudEvent) -> CloudEvent:
+    return replace(event, extensions={k: v for k, v in event.extensions.items() if k not in KNATIVE_ERROR_EXTENSIONS})
 
 
 def describe_event(row: TriggerEvent, with_result: bool = False) -> dict[str, Any]:

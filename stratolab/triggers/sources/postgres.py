@@ -69,7 +69,11 @@ create table if not exists {SCHEMA}.trigger_outbox (
     at timestamptz not null default now()
 );
 create index if not exists trigger_outbox_trigger on {SCHEMA}.trigger_outbox (trigger_id, id);
-create or replace function {SCHEMA}.trigger_outbox_capture() returns trigger language plpgsql as $$
+create or replace function {SCHEMA}.trigger_outbox_capture() returns trigger language plpgsql
+-- runs with the rights of the role that installed it: other roles writing the watched table need no
+-- grant on the outbox (their writes would fail otherwise), and a fixed search_path keeps it from
+-- resolving names through a schema they control
+security definer set search_path = pg_catalog, pg_temp as $$
 declare
     tid int := TG_ARGV[0]::int;
 begin
