@@ -163,7 +163,9 @@ export class TriggersView {
     );
     const opener = this.options.openFolder;
     if (inbox && opener) {
-      actions.append(act('Open folder', `Show ~/${inbox} in the file browser`, () => opener(inbox.replace(/\/+$/, ''))));
+      actions.append(
+        act('Open folder', `Show ~/${inbox} in the file browser`, () => opener(inbox.replace(/\/+$/, '')))
+      );
     }
     actions.append(act('Delete', 'Delete the trigger; events not yet handled are dropped', () => this.remove(trigger)));
     card.append(actions);
