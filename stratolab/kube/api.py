@@ -47,6 +47,10 @@ KINDS: dict[tuple[str, str], str] = {
     ("serving.knative.dev/v1", "Revision"): "revisions",
     ("serving.knative.dev/v1", "Route"): "routes",
     ("serving.knative.dev/v1", "Configuration"): "configurations",
+    ("eventing.knative.dev/v1", "Broker"): "brokers",
+    ("eventing.knative.dev/v1", "Trigger"): "triggers",
+    ("sources.knative.dev/v1", "PingSource"): "pingsources",
+    ("sources.knative.dev/v1", "ContainerSource"): "containersources",
 }
 
 RETRY_STATUSES = frozenset({0, 429, 500, 502, 503, 504})

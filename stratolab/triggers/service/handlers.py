@@ -9,6 +9,7 @@ from typing import Any
 from stratolab.errors import InvalidInput, NotFound, StratolabError
 from stratolab.platform.scopes import FUNCTIONS_SERVICE, TRIGGERS_MANAGE
 from stratolab.triggers.events import JSON, from_binary, from_http, new_event
+from stratolab.triggers.knative import check_dead_letter_signature
 from stratolab.triggers.service.state import TriggersState, describe_event, parse_destination_header
 from stratolab.triggers.spec import function_name
 from stratolab.triggers.store import DEAD, DONE, STATES
@@ -17,6 +18,8 @@ from stratolab.web import ServiceHandler, has_scope, path_id, token_from_headers
 #: the largest file a PUT to an upload trigger takes, and the largest batch of CloudEvents one request carries
 MAX_UPLOAD_BYTES = 512 * 1024 * 1024
 MAX_BATCH_EVENTS = 1000
+#: characters of Knative's `knativeerrordata` kept (base64 of the subscriber's answer; an attribute holds 1 KiB)
+MAX_ERROR_HEADER = 1000
 
 
 class BaseHandler(ServiceHandler):
@@ -180,6 +183,31 @@ class IngressHandler(BaseHandler):
         stored = await self.state.ingest(row.id, spec, events)
         self.send({"ids": [i for i, _ in stored], "duplicates": sum(1 for _, dup in stored if dup),
                    "filtered": len(events) - len(stored)}, status=202)
+
+
+class DeadLetterHandler(BaseHandler):
+    """`POST ingress/dlq/OWNER/ID?sig=HEX`: an event Knative (or an ordered trigger's adapter) gave up on,
+    stored as a dead event of the trigger (shown in the dead letters, redriven from there). Knative
+    sends no credentials, so the URL's signature (stratolab.triggers.knative.dead_letter_url) is the
+    credential; without a valid one the route does not exist (404)."""
+
+    async def post(self, owner: str, trigger_id: str) -> None:
+        tid = path_id(trigger_id, "trigger")
+        if not check_dead_letter_signature(self.state.dead_letter_secret, owner, tid,
+                                           self.get_query_argument("sig", None)):
+            raise NotFound("no such route")
+        spec = self.state.specs.get(tid)
+        if spec is None or spec.owner != owner:
+            raise NotFound(f"no trigger {tid} of {owner}")
+        if len(self.request.body) > self.state.limits.max_event_bytes:
+            raise StratolabError(f"an event carries at most {self.state.limits.max_event_bytes} bytes", status=413)
+        # Knative's copy of the subscriber's answer may exceed what an attribute holds: the start is enough
+        headers = {k: v[:MAX_ERROR_HEADER] if k.lower() == "ce-knativeerrordata" else v
+                   for k, v in self.request.headers.items()}
+        events = from_http(headers, self.request.body)
+        if len(events) > MAX_BATCH_EVENTS:
+            raise InvalidInput(f"a batch carries at most {MAX_BATCH_EVENTS} events")
+        self.send({"ids": await self.state.dead_letter(tid, spec, events)}, status=202)
 
 
 class UploadHandler(BaseHandler):

@@ -144,6 +144,18 @@ OPENAPI: dict[str, Any] = {
                            extra={"413": _json(_ref("Error"), "Too large")}),
                      "requestBody": _cloudevents_body},
         },
+        "/ingress/dlq/{owner}/{trigger_id}": {
+            "parameters": [_owner, _tid],
+            "post": {**_op("A dead letter from Knative (or an ordered trigger's adapter): stored as a dead event of "
+                           "the trigger. Knative posts without credentials: the URL's signature is the credential; "
+                           "a missing or wrong one, or a service without STRATOLAB_TRIGGERS_DLQ_SECRET, is a 404",
+                           {"202": _json({"type": "object", "properties": {
+                               "ids": {"type": "array", "items": {"type": "integer"}}}}, "Stored")},
+                           params=({"name": "sig", "in": "query", "required": True, "schema": {"type": "string"},
+                                    "description": "the signature the service put in the dead-letter URL"},),
+                           security=[{}], extra={"413": _json(_ref("Error"), "Too large")}),
+                     "requestBody": _cloudevents_body},
+        },
         "/upload/{owner}/{trigger_id}/{filename}": {
             "parameters": [_owner, _tid, _filename],
             "put": {**_op("Put a file into an upload trigger's folder", {"202": _json({"type": "object"})},
