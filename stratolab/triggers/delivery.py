@@ -209,14 +209,25 @@ class Dispatcher:
                 self._page(lane)
 
     def requeue(self, deliveries: list[Delivery]) -> None:
-        """Redriven events (back to pending in the database): the lanes page them in."""
+        """Redriven events (back to pending in the database): straight to their lanes while they have
+        room; beyond that the lanes page them in again from the oldest (a re-read may repeat an event
+        whose success is not yet written: at least once)."""
+        touched: dict[str, Lane] = {}
         for d in deliveries:
             lane = self.lanes.get(d.scope)
-            if lane is not None:
+            if lane is None or lane.removed or d.id in lane.known:
+                continue
+            touched[lane.scope] = lane
+            if len(lane.queue) < LANE_MEMORY:
+                lane.known.add(d.id)
+                lane.queue.append(d)
+            else:
                 lane.backlog = True
                 lane.loaded_up_to = min(lane.loaded_up_to, d.id - 1)
                 lane.rewinds += 1
-                self._page(lane)
+        for lane in touched.values():
+            self._pump(lane)
+            self._page(lane)
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import threading
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -758,3 +759,75 @@ def test_flush_returns_only_when_outcomes_being_written_are_written(store):
             run.close()
 
     drive(main)
+
+
+class PausingPages(EventStore):
+    """The same database; a page read, once armed, waits after its query until released, so that a
+    test can act while the dispatcher holds a page read before something changed."""
+
+    def __init__(self, store: EventStore) -> None:
+        super().__init__(store.sessions)
+        self.armed = threading.Event()
+        self.reached = threading.Event()
+        self.release = threading.Event()
+
+    def pending(self, scope: str, after_id: int, limit: int) -> list[Delivery]:
+        rows = super().pending(scope, after_id, limit)
+        if self.armed.is_set():
+            self.armed.clear()
+            self.reached.set()
+            self.release.wait(10)
+        return rows
+
+
+def test_a_redrive_while_a_page_is_being_read_delivers_each_event_once(store):
+    """The page read began before the redrive: it must neither move the lane past the redriven events
+    nor make it read again what it has delivered."""
+    fn = Function(lambda e, tried: error(400) if e.id.startswith("first") else OK)
+    pages = PausingPages(store)
+
+    async def main() -> None:
+        scope, config = lane(retries=0)
+        async with dispatching(store, fn) as h:
+            h.dispatcher.set_lane(scope, config)
+            dead = await h.add(scope, events(2, prefix="first"))
+            await h.settled()
+        fn.behaviour = ok
+        [(later, _)] = store.add([NewEvent(scope, "alice", "resize", new_event("/test", "test", id="later"))])
+        async with dispatching(pages, fn) as h:
+            pages.armed.set()
+            h.dispatcher.set_lane(scope, config)  # its first page read finds only "later"
+            await until(pages.reached.is_set)
+            h.dispatcher.requeue(store.redrive("alice", ids=dead))
+            pages.release.set()
+            await h.settled()
+            rows = await h.states([*dead, later])
+            assert {r.state for r in rows.values()} == {DONE}
+
+    drive(main)
+    assert sorted(fn.succeeded) == ["first0", "first1", "later"]
+
+
+def test_a_redrive_into_a_full_lane_is_paged_in_again_from_the_oldest(store, monkeypatch):
+    """More redriven events than a lane has room for (a lane of 4 here): the rest are read again from
+    the database, none is left behind."""
+    monkeypatch.setattr(delivery, "LANE_MEMORY", 4)
+    monkeypatch.setattr(delivery, "PAGE", 1)
+    fn = Function(lambda e, tried: error(400) if e.id.startswith("first") else OK, delay=0.005)
+
+    async def main() -> None:
+        scope, config = lane(retries=0, concurrency=1)
+        async with dispatching(store, fn) as h:
+            h.dispatcher.set_lane(scope, config)
+            dead = await h.add(scope, events(3, prefix="first"))
+            await h.settled()
+            fn.behaviour = ok
+            later = await h.add(scope, events(20, prefix="later"))
+            h.dispatcher.requeue(store.redrive("alice", ids=dead))
+            assert h.dispatcher.lanes[scope].rewinds >= 1  # some did not fit
+            await h.settled()
+            rows = await h.states([*dead, *later])
+            assert {r.state for r in rows.values()} == {DONE}
+
+    drive(main)
+    assert set(fn.succeeded) == {f"first{n}" for n in range(3)} | {f"later{n}" for n in range(20)}
