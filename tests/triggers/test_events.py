@@ -283,3 +283,15 @@ def test_with_extensions_adds_to_a_copy():
 ])
 def test_is_json(content_type, expected):
     assert is_json(content_type) is expected
+
+
+def test_binary_header_values_are_percent_encoded_and_decoded():
+    event = new_event("/s", "t", b"", subject='größe 100% "x"', key="ключ")
+    headers, body = to_binary(event)
+    assert all(v.isascii() and " " not in v and '"' not in v for v in headers.values())
+    [back] = from_http(headers, body)
+    assert (back.subject, back.key) == ('größe 100% "x"', "ключ")
+
+
+def test_a_percent_encoded_nul_in_a_header_is_refused():
+    assert refused({**BINARY, "ce-subject": "a%00b"}, b"").field == "subject"
