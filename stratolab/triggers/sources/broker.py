@@ -168,6 +168,10 @@ class BrokerSource(Source):
         `self.deliver()` and acknowledge each after it returned, until the connection ends; then raise.
         Raise `SourceError` for a problem the user must fix (its message is shown as it is)."""
 
+    async def discard(self) -> None:
+        """The trigger is deleted: remove what the broker keeps for it alone (a persistent session, a
+        consumer group, a durable consumer). What is the user's (a stream, a queue) stays."""
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._subscribed = loop.create_future()
@@ -230,6 +234,9 @@ class BrokerSource(Source):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise asyncio.CancelledError from exc  # a client library swallowed the stop
                 message = self.describe(exc)
                 if not self._subscribed.done():
                     self._subscribed.set_exception(SourceError(message))

@@ -32,6 +32,7 @@ import paho.mqtt.client as paho
 from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from stratolab.triggers.events import CloudEvent, new_event
@@ -88,7 +89,10 @@ class MqttSource(BrokerSource):
 
     def refused_login(self, exc: BaseException) -> bool:
         # MQTT 5 reason codes 134 (bad user name or password) and 135 (not authorized); 3.1.1's 4 and 5
-        return isinstance(exc, MqttConnectError) and int(getattr(exc.rc, "value", exc.rc) or 0) in (4, 5, 134, 135)
+        if not isinstance(exc, MqttConnectError):
+            return False
+        code = exc.rc.value if isinstance(exc.rc, ReasonCode) else exc.rc
+        return code in (4, 5, 134, 135)
 
     def _client(self, *, expiry_s: int, clean_start: bool) -> aiomqtt.Client:
         return aiomqtt.Client(

@@ -17,6 +17,7 @@ Design choices, and why:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -32,8 +33,8 @@ from stratolab.triggers.sources.base import SourceError
 from stratolab.triggers.sources.broker import JSON, MAX_BATCH, BrokerSource, content_type_of, host_port
 
 ENTRY_TYPE = "io.stratolab.redis.entry"
-#: how long one XREADGROUP waits for new entries (the connection is checked at least this often)
-BLOCK_MS = 5000
+#: how long one XREADGROUP waits for new entries (also the longest a stop may wait: see `_read`)
+BLOCK_MS = 1000
 
 Entry = tuple[bytes, Mapping[bytes, bytes] | None]
 
@@ -127,6 +128,11 @@ class RedisStreamSource(BrokerSource):
     async def _read(self, client: aioredis.Redis, after: bytes | str, block: int | None = None) -> list[Entry]:
         response: Any = await client.xreadgroup(self.group, self.consumer, {self.stream: after},
                                                 count=MAX_BATCH, block=block)
+        # redis-py (8.2) can swallow a cancellation that lands while it takes a connection, and go on
+        # to block in the read: the task still counts the request, so the stop is honoured here
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise asyncio.CancelledError
         if not response:
             return []
         if isinstance(response, dict):  # RESP3 answers with a map
