@@ -139,9 +139,7 @@ def _overrides(raw: str | None) -> dict[str, str]:
         data = json.loads(raw)
     except ValueError as e:
         raise AdapterError(f"K_CE_OVERRIDES is not JSON: {e}") from None
-    extensions = data.get("extensions") if isinstance(data, dict) else None
-    if extensions is None:
-        extensions = {}
+    extensions = data.get("extensions", {}) if isinstance(data, dict) else None
     if not isinstance(extensions, dict) or not all(isinstance(k, str) and isinstance(v, (str, int, bool))
                                                   for k, v in extensions.items()):
         raise AdapterError('K_CE_OVERRIDES must look like {"extensions": {"name": "value"}}')
