@@ -327,3 +327,27 @@ def test_the_knative_backend_refuses_to_start_without_a_dead_letter_secret(tmp_p
                           text=True, timeout=60)
     assert done.returncode == 2, done.stderr
     assert "STRATOLAB_TRIGGERS_DLQ_SECRET" in done.stderr.strip().splitlines()[-1]
+
+
+def test_a_restarted_service_applies_again_what_the_cluster_lost(tmp_path, fake_kube: FakeKube):
+    async def scenario():
+        async with world(tmp_path, fake_kube) as w:
+            kept = (await w.create(BODIES["redis"]))["id"]
+            paused = (await w.create({**BODIES["nats"], "paused": True}))["id"]
+            assert w.objects_of(paused) == []
+            lost = w.objects_of(kept)
+        # behind the service's back: the Trigger deleted, the Secret changed
+        trigger = next(o for o in lost if o["kind"] == "Trigger")
+        fake_kube.delete_object(EVENTING, "Trigger", trigger["metadata"]["name"], NS)
+        secret = next(o for o in lost if o["kind"] == "Secret")
+        fake_kube.put_object({**secret, "stringData": {"url": "redis://elsewhere"}, "data": {}})
+        async with world(tmp_path, fake_kube) as w:
+            for _ in range(100):
+                got = sorted((comparable(o) for o in w.objects_of(kept)), key=lambda o: o["kind"])
+                if got == sorted(w.expected(kept), key=lambda o: o["kind"]):
+                    break
+                await asyncio.sleep(0.05)
+            assert got == sorted(w.expected(kept), key=lambda o: o["kind"])
+            assert w.objects_of(paused) == []
+
+    asyncio.run(scenario())

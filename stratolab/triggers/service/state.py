@@ -97,6 +97,7 @@ class TriggersState:
         self.source_tasks: dict[int, asyncio.Task[None]] = {}
         self.specs: dict[int, TriggerSpec] = {}
         self._webhooks = guarded_client(self.outbound)
+        self._reconciling: asyncio.Future[None] | None = None
 
     # --- start and stop ----------------------------------------------------------------------------
 
@@ -130,6 +131,9 @@ class TriggersState:
 
     async def close(self) -> None:
         if self.backend is not None:
+            if self._reconciling is not None:
+                self._reconciling.cancel()
+                await asyncio.gather(self._reconciling, return_exceptions=True)
             await self.backend.close()
         for trigger_id in list(self.sources):
             await self._stop_source(trigger_id)
