@@ -15,7 +15,7 @@ import aiomqtt
 
 from stratolab.errors import StratolabError
 from stratolab.triggers.sources.broker import reason_of
-from stratolab.triggers.sources.mqtt import broker_options
+from stratolab.triggers.sources.mqtt import NO_DELAY, broker_options
 
 #: seconds to connect, and for the broker to acknowledge a message
 TIMEOUT_S = 10.0
@@ -52,7 +52,7 @@ class MqttPublisher:
     async def _connected(self) -> aiomqtt.Client:
         async with self._lock:
             if self._client is None:
-                client = aiomqtt.Client(**broker_options(self.url), timeout=TIMEOUT_S)
+                client = aiomqtt.Client(**broker_options(self.url), timeout=TIMEOUT_S, socket_options=NO_DELAY)
                 # many results may be published at once: that is not worth a warning each
                 client.pending_calls_threshold = 10_000
                 try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import time
 import uuid
@@ -313,6 +314,61 @@ def test_an_unreachable_broker_makes_start_fail_at_once_saying_where_and_why(bro
         broker.sources.remove(source)
 
     run_with(broker_class, test)
+
+
+def test_a_refused_login_says_so_rather_than_unreachable():
+    async def test(broker: RabbitMq) -> None:
+        settings = SourceSettings(rabbitmq_url="amqp://guest:not-the-password@127.0.0.1:5672/")
+        source = broker.source(Recorder(), settings)
+        with pytest.raises(SourceError, match="the RabbitMQ server at 127.0.0.1:5672 refused the login: check the "
+                                              "user name and password in the triggers service's rabbitmq URL"):
+            await source.start()
+        broker.sources.remove(source)
+
+    run_with(RabbitMq, test)
+
+
+def test_mqtt_a_dropped_connection_is_reported_and_made_again(caplog):
+    caplog.set_level(logging.WARNING, logger="stratolab.triggers")
+
+    async def test(broker: Mqtt) -> None:
+        sink = Recorder()
+        source = broker.source(sink)
+        await source.start()
+        # a client with the same id takes the session over: the broker closes the source's connection
+        async with aiomqtt.Client("127.0.0.1", 1883, identifier=source.client_id):  # type: ignore[attr-defined]
+            await eventually(lambda: "lost the connection to the MQTT broker at 127.0.0.1:1883" in caplog.text,
+                             what="the error")
+        await eventually(lambda: source.status()["error"] is None, what="the reconnection")
+        await broker.publish([b'{"after": true}'])
+        await eventually(lambda: sink.payloads == [b'{"after": true}'])
+
+    run_with(Mqtt, test)
+
+
+def test_redis_a_killed_connection_is_reported_and_made_again(caplog):
+    caplog.set_level(logging.WARNING, logger="stratolab.triggers")
+
+    async def test(broker: Redis) -> None:
+        sink = Recorder()
+        source = broker.source(sink)
+        await source.start()
+        await broker.publish([b"1"])
+        await eventually(lambda: len(sink.events) == 1)
+        client = aioredis.Redis.from_url(REDIS_URL)
+        try:
+            name = f"{broker.settings.client_prefix}-{broker.trigger_id}"
+            (connection,) = [c for c in await client.client_list() if c["name"] == name]
+            await client.client_kill_filter(_id=connection["id"])
+            await eventually(lambda: "lost the connection to the Redis server at 127.0.0.1:6379" in caplog.text,
+                             what="the error")
+            await eventually(lambda: source.status()["error"] is None, what="the reconnection")
+        finally:
+            await client.aclose()
+        await broker.publish([b"2"])
+        await eventually(lambda: sink.payloads == [b"1", b"2"])
+
+    run_with(Redis, test)
 
 
 # -- what is particular to each ---------------------------------------------------------------------------

@@ -23,6 +23,7 @@ Design choices, and why:
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from typing import Any, ClassVar
 from urllib.parse import unquote, urlsplit
@@ -65,6 +66,11 @@ def broker_options(url: str) -> dict[str, Any]:
     return options
 
 
+#: send small packets (PUBACKs, results) at once: paho leaves Nagle's algorithm on, and with the
+#: broker's delayed ACKs that holds a packet back up to 40 ms (every event waited that long)
+NO_DELAY = ((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),)
+
+
 def connect_properties(expiry_s: int) -> Properties:
     properties = Properties(PacketTypes.CONNECT)
     properties.SessionExpiryInterval = expiry_s
@@ -98,7 +104,7 @@ class MqttSource(BrokerSource):
         return aiomqtt.Client(
             **broker_options(self.settings.mqtt_url), identifier=self.client_id,
             protocol=aiomqtt.ProtocolVersion.V5, clean_start=clean_start, properties=connect_properties(expiry_s),
-            keepalive=KEEPALIVE_S, timeout=self.start_timeout_s,
+            keepalive=KEEPALIVE_S, timeout=self.start_timeout_s, socket_options=NO_DELAY,
         )
 
     async def session(self) -> None:

@@ -88,6 +88,7 @@ class RedisStreamSource(BrokerSource):
         return aioredis.Redis.from_url(
             self.settings.redis_url, socket_connect_timeout=self.start_timeout_s,
             socket_timeout=BLOCK_MS / 1000 + 10, socket_keepalive=True, retry=Retry(NoBackoff(), 0),
+            client_name=self.consumer,  # CLIENT LIST shows which trigger a connection serves
         )
 
     async def session(self) -> None:
