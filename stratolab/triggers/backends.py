@@ -11,7 +11,8 @@
 conditions:
 
 - `activate` applies the namespace's Broker (once per process: re-applying it is harmless) and the
-  trigger's objects in order, then deletes those of its objects the spec no longer makes (an unordered
+  trigger's objects in order (its Secret written without reading it: the chart's Role grants no
+  `get` on Secrets), then deletes those of its objects the spec no longer makes (an unordered
   trigger made ordered loses its Trigger; a 6-field cron has a ContainerSource, not a PingSource).
 - `deactivate` (paused) and `remove` (deleted) delete every object of the trigger by name, each
   kind's name being fixed by (owner, id): a 404 on the way is what was wanted. Paused adapters
@@ -153,7 +154,8 @@ class KnativeEventing(TriggerBackend):
         wanted = self.objects(trigger_id, spec)
         await self._ensure_broker()
         for obj in wanted:
-            await self._kube("apply", obj["kind"], obj["metadata"]["name"], self.kube.apply(obj))
+            write = self._write_secret(obj) if obj["kind"] == "Secret" else self.kube.apply(obj)
+            await self._kube("apply", obj["kind"], obj["metadata"]["name"], write)
         self._states.pop(trigger_id, None)
         await self._delete(trigger_id, spec.owner, keep={(o["apiVersion"], o["kind"], o["metadata"]["name"])
                                                          for o in wanted})
@@ -161,6 +163,17 @@ class KnativeEventing(TriggerBackend):
     async def deactivate(self, trigger_id: int, spec: TriggerSpec) -> None:
         await self._delete(trigger_id, spec.owner, keep=set())
         self._states.pop(trigger_id, None)
+
+    async def _write_secret(self, obj: dict[str, Any]) -> Any:
+        """Create the Secret, or overwrite it unconditionally (Secrets allow an update without a
+        resourceVersion): the service's Role may write its adapters' Secrets but read none (the
+        namespace's other Secrets hold functions' bundle tokens)."""
+        from stratolab.kube.api import Conflict
+
+        try:
+            return await self.kube.create(obj)
+        except Conflict:
+            return await self.kube.replace(obj)
 
     async def _ensure_broker(self) -> None:
         async with self._broker_lock:

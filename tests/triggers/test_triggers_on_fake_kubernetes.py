@@ -349,5 +349,8 @@ def test_a_restarted_service_applies_again_what_the_cluster_lost(tmp_path, fake_
                 await asyncio.sleep(0.05)
             assert got == sorted(w.expected(kept), key=lambda o: o["kind"])
             assert w.objects_of(paused) == []
+        # the Secret was overwritten without being read: the chart's Role grants no get on Secrets
+        assert fake_kube.count("GET", f"/namespaces/{NS}/secrets") == 0
+        assert fake_kube.count("PUT", f"/namespaces/{NS}/secrets/") >= 1
 
     asyncio.run(scenario())
