@@ -20,6 +20,8 @@ from stratolab.client.triggers import BUILDERS, DESTINATION_WHEN, KINDS
 from stratolab.errors import InvalidInput, StratolabError
 
 EVENT_STATES = ("pending", "running", "done", "dead")
+#: what `events --state` filters on (running events are pending ones with the function now)
+STORED_STATES = ("pending", "done", "dead")
 #: options that belong to one kind only: option -> (its kind, the builder's keyword)
 KIND_OPTIONS = {"output": ("upload", "output"), "pattern": ("upload", "pattern"), "qos": ("mqtt", "qos"),
                 "operations": ("postgres", "operations"), "timezone": ("cron", "timezone")}
@@ -273,7 +275,7 @@ def add_triggers_commands(sub, common: argparse.ArgumentParser) -> None:
     group.add("resume", cmd_resume, "deliver again", TRIGGER)
     group.add("delete", cmd_delete, "delete a trigger and its events", TRIGGER)
     group.add("events", cmd_events, "a trigger's events, newest first", TRIGGER,
-              arg("--state", choices=EVENT_STATES), arg("--limit", type=int))
+              arg("--state", choices=STORED_STATES), arg("--limit", type=int))
     group.add("event", cmd_event, "one event, with its result when small", arg("event", type=int))
     group.add("dlq", cmd_dlq, "dead-lettered events", arg("function", nargs="?", help="only this function's"))
     group.add("redrive", cmd_redrive, "dead-lettered events back into the queue",

@@ -47,6 +47,10 @@ REFUSED_FOR_GOOD = (400, 413, 415, 422)
 NO_CAPACITY = (429, 503)
 #: the largest result kept for `GET api/events/ID/result`
 MAX_KEPT_RESULT = 1024 * 1024
+#: batched requests a lane has out at once (fewer when its concurrency allows fewer full batches)
+MAX_BATCH_REQUESTS = 4
+#: the most event data one batched request carries (a larger event goes alone)
+MAX_BATCH_BYTES = 1024 * 1024
 #: events a lane holds in memory; more wait in the database
 LANE_MEMORY = 5000
 PAGE = 1000
@@ -81,12 +85,19 @@ class Invoker(Protocol):
         """The function's answer, or None when the functions service cannot be reached."""
 
 
+class BatchInvoker(Protocol):
+    async def __call__(self, owner: str, function: str, events: list[CloudEvent]) -> list[Answer] | None:
+        """Each event's answer, in order; None when the functions service cannot be reached."""
+
+
 @dataclass
 class LaneConfig:
     owner: str
     function: str
     trigger_id: int | None = None
     concurrency: int = 8
+    #: events handed over in one request (a batch handler gets them as one list); 1: one per request
+    batch: int = 1
     ordered: bool = False
     retries: int = 3
     max_age_s: float = 24 * 3600
@@ -115,6 +126,8 @@ class Lane:
     max_seen: int = 0
     paging: bool = False
     removed: bool = False
+    #: batched requests out now
+    requests: int = 0
     #: how many times a redrive moved `loaded_up_to` back (a page read before that must not move it on)
     rewinds: int = 0
 
@@ -157,10 +170,12 @@ class OutcomeWriter:
 
 class Dispatcher:
     def __init__(self, run: StoreThread, invoke: Invoker, *,
+                 invoke_batch: BatchInvoker | None = None,
                  send_destination: Callable[[Destination, CloudEvent, str], Awaitable[None]] | None = None,
                  store_events: Callable[[list[NewEvent]], Awaitable[list[tuple[int, bool]]]] | None = None) -> None:
         self.run = run
         self.invoke = invoke
+        self.invoke_batch = invoke_batch
         self.send_destination = send_destination
         self.store_events = store_events
         self.outcomes = OutcomeWriter(run)
@@ -284,16 +299,103 @@ class Dispatcher:
     def _pump(self, lane: Lane) -> None:
         if lane.config.paused or lane.removed or self._closing:
             return
+        batching = lane.config.batch > 1 and self.invoke_batch is not None
         while lane.in_flight < lane.config.concurrency and lane.queue:
+            if batching:
+                # a few requests at once: while they are out, arriving events gather into the next batch
+                # (one request per event as they trickle in would cost a request each, batched or not)
+                if lane.requests >= max(1, min(MAX_BATCH_REQUESTS, lane.config.concurrency // lane.config.batch)):
+                    break
+                group = self._take_batch(lane, min(lane.config.batch, lane.config.concurrency - lane.in_flight))
+                if not group:
+                    break
+                lane.requests += 1
+                self._spawn(self._deliver_batch(lane, group))
+                continue
             d = self._next(lane)
             if d is None:
                 break
-            lane.in_flight += 1
-            if lane.config.ordered and d.event.key is not None:
-                lane.busy_keys.add(d.event.key)
+            self._take(lane, d)
             self._spawn(self._deliver(lane, d))
         if lane.backlog and len(lane.queue) < PAGE:
             self._page(lane)
+
+    def _take(self, lane: Lane, d: Delivery) -> None:
+        lane.in_flight += 1
+        if lane.config.ordered and d.event.key is not None:
+            lane.busy_keys.add(d.event.key)
+
+    def _take_batch(self, lane: Lane, limit: int) -> list[Delivery]:
+        """Up to `limit` events for one request (at most MAX_BATCH_BYTES of data, but at least one;
+        for an ordered lane, at most one per key)."""
+        group: list[Delivery] = []
+        size = 0
+        while len(group) < limit and lane.queue:
+            d = self._next(lane)
+            if d is None:
+                break
+            if group and size + len(d.event.data) > MAX_BATCH_BYTES:
+                lane.queue.appendleft(d)
+                break
+            self._take(lane, d)
+            group.append(d)
+            size += len(d.event.data)
+        return group
+
+    # --- a batch of events, in one request --------------------------------------------------------
+
+    async def _deliver_batch(self, lane: Lane, group: list[Delivery]) -> None:
+        """A trigger's batch to the function in one request (a batch handler gets it as one list);
+        each event's own answer then decides its fate, as for a single event."""
+        pending = {d.id: d for d in group}
+        request_open = True
+
+        def close_request() -> None:
+            # the request's slot is free before its events are released (each release pumps the lane)
+            nonlocal request_open
+            if request_open:
+                request_open = False
+                lane.requests -= 1
+
+        try:
+            live = []
+            for d in group:
+                if (utcnow() - d.received_at).total_seconds() > lane.config.max_age_s:
+                    state = await self._dead(lane, d, f"older than its max age ({lane.config.max_age_s:g} s) "
+                                                      f"after {d.attempts} tries")
+                    close_request()
+                    self._release(lane, pending.pop(d.id), state, None)
+                else:
+                    live.append(d)
+            if not live:
+                return
+            if lane.config.paused or lane.removed or self._closing:
+                close_request()
+                for d in live:
+                    self._release(lane, pending.pop(d.id), PENDING, 0.0 if lane.config.paused else None)
+                return
+            started = time.monotonic()
+            assert self.invoke_batch is not None
+            try:
+                answers = await self.invoke_batch(live[0].owner, live[0].function, [d.event for d in live])
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("invoking %s/%s with a batch failed: %s", live[0].owner, live[0].function, e)
+                answers = [Answer(502, {}, json.dumps({"error": f"the invocation failed: {e}"}).encode())] * len(live)
+            close_request()
+            each: list[Answer | None] = list(answers) if answers is not None else [None] * len(live)
+            for d, answer in zip(live, each, strict=True):
+                state, wait = await self._judge(lane, d, answer, started)
+                self._release(lane, pending.pop(d.id), state, wait)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("delivery of a batch of %s failed unexpectedly; its events are tried again", lane.scope)
+        finally:
+            close_request()
+            for d in list(pending.values()):
+                self._release(lane, d, PENDING, 5.0)
 
     # --- one event ---------------------------------------------------------------------------------
 
@@ -359,6 +461,15 @@ class Dispatcher:
                 await asyncio.sleep(random.uniform(0, min(2.0, 0.05 * 2 ** min(capacity_waits, 6))))
                 continue
             break
+        return await self._judge(lane, d, answer, started)
+
+    async def _judge(self, lane: Lane, d: Delivery, answer: Answer | None, started: float) -> tuple[str, float | None]:
+        """What an answer makes of the event: (final state, None), or (PENDING, seconds until the next
+        try). No capacity (429, 503, no answer) is not a try: the event waits a little and goes again."""
+        config = lane.config
+        if answer is None or answer.status in NO_CAPACITY:
+            metrics.CAPACITY_WAITS.labels(config.owner, config.label).inc()
+            return PENDING, random.uniform(0.05, 0.5)
         d.attempts += 1
         metrics.DELIVERY_SECONDS.labels(config.owner, config.label).observe(time.monotonic() - started)
         if 200 <= answer.status < 300:

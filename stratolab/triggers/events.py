@@ -243,3 +243,28 @@ def to_structured(event: CloudEvent) -> dict[str, Any]:
                 pass
         out["data_base64"] = base64.b64encode(event.data).decode()
     return out
+
+
+def _clean(value: str, limit: int = MAX_ATTRIBUTE) -> str:
+    """`value` as storable text: valid UTF-8 (a lone surrogate, as a non-UTF-8 file name decodes to,
+    becomes U+FFFD), no NUL, at most `limit` characters."""
+    if value.isascii() and "\x00" not in value and len(value) <= limit:
+        return value
+    text = value.encode("utf-8", "surrogatepass").decode("utf-8", "replace").replace("\x00", "")
+    return text[:limit]
+
+
+def storable(event: CloudEvent) -> CloudEvent:
+    """An event a source made, within the bounds the HTTP codec enforces on events it parses (a broker's
+    message or a file name can carry anything): attributes clamped and made valid text, an over-long
+    content type replaced by application/octet-stream. Events from `from_http` pass unchanged."""
+    content_type = event.datacontenttype
+    if content_type is not None and (len(content_type) > MAX_CONTENT_TYPE or not content_type.isprintable()):
+        content_type = "application/octet-stream"
+    return replace(
+        event, id=_clean(event.id), source=_clean(event.source), type=_clean(event.type),
+        subject=None if event.subject is None else _clean(event.subject),
+        time=None if event.time is None else _clean(event.time, 64), datacontenttype=content_type,
+        extensions={k: _clean(v) for k, v in list(event.extensions.items())[:MAX_EXTENSIONS]
+                    if EXTENSION_RE.fullmatch(k)},
+    )

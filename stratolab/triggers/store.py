@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, func, insert, or_, select, update
+import orjson
+from sqlalchemy import Boolean, case, delete, func, insert, null, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from stratolab.db.models import Trigger, TriggerEvent, utcnow
@@ -197,7 +198,7 @@ class EventStore:
                 rows.append({
                     "trigger_id": item.trigger_id, "scope": item.scope, "dedup_key": key, "owner": item.owner,
                     "function": item.function, "ce_id": ev.id, "ce_source": ev.source, "ce_type": ev.type,
-                    "subject": ev.subject, "key": ev.key, "attributes": json.dumps(ev.attributes()),
+                    "subject": ev.subject, "key": ev.key, "attributes": orjson.dumps(ev.attributes()).decode(),
                     "datacontenttype": ev.datacontenttype, "data": ev.data,
                     "destination": _destination_json(item.destination), "state": PENDING, "attempts": 0,
                     "received_at": now,
@@ -255,7 +256,9 @@ class EventStore:
         for o in outcomes:
             finished = now if o.state != PENDING else None
             params.append({
-                "b_id": o.id, "state": o.state, "attempts": o.attempts, "error": o.error,
+                # a done event's data goes (only dead events are redriven), unless its result is kept
+                "b_id": o.id, "drop_data": o.state == DONE and o.result is None,
+                "state": o.state, "attempts": o.attempts, "error": o.error,
                 "next_attempt_at": o.next_attempt_at, "finished_at": finished, "result_status": o.result_status,
                 "result_content_type": o.result_content_type, "result": o.result,
             })
@@ -270,11 +273,9 @@ class EventStore:
                     state=bindparam("state"), attempts=bindparam("attempts"), error=bindparam("error"),
                     next_attempt_at=bindparam("next_attempt_at"), finished_at=bindparam("finished_at"),
                     result_status=bindparam("result_status"), result_content_type=bindparam("result_content_type"),
-                    result=bindparam("result")),
+                    result=bindparam("result"),
+                    data=case((bindparam("drop_data", type_=Boolean), null()), else_=table.c.data)),
                 params)
-            done = [p["b_id"] for p in params if p["state"] == DONE and p["result"] is None]
-            if done:
-                s.execute(update(TriggerEvent).where(TriggerEvent.id.in_(done)).values(data=None))
 
     def events(self, owner: str, *, trigger_id: int | None = None, function: str | None = None,
                state: str | None = None, limit: int = 50) -> list[TriggerEvent]:

@@ -107,5 +107,5 @@ def test_sigkill_mid_stream_loses_nothing_and_repeats_nothing(chub, tmp_path):
     twice = {n: c for n, c in counts.items() if c > 1}
     assert not twice, f"{len(twice)} events handled more than once (killed after {handled_at_kill})"
     r = requests.get(f"{api}api/triggers/{trigger['id']}", headers=user.headers)
-    assert r.json()["counts"] == {"pending": 0, "done": EVENTS, "dead": 0}
+    assert r.json()["counts"] == {"pending": 0, "running": 0, "done": EVENTS, "dead": 0}
     shutil.rmtree(out, ignore_errors=True)

@@ -18,6 +18,7 @@ from stratolab.functions.registry import FunctionView
 from stratolab.functions.runtime.events import InvalidEvent, event_from_headers
 from stratolab.functions.service import metrics
 from stratolab.functions.service.async_invocation import NOT_RUNNING, AsyncInvocation, TriggersUnavailable, ce_headers
+from stratolab.functions.service.event_batch import answer_batch, parse_batch
 from stratolab.functions.service.event_dedup import Answer
 from stratolab.functions.service.state import ServiceState
 from stratolab.platform.http_front import FrontRequest, FrontResponse
@@ -199,6 +200,8 @@ async def answer_invocation(state: ServiceState, owner: str, name: str, body: by
             _check_scope(view, await caller_for_token(state.hub_auth,
                                                       token_from_authorization(headers.get("authorization") or "")))
     content_type = headers.get("content-type") or JSON
+    if content_type.startswith("application/cloudevents-batch"):  # a trigger's batch of events
+        return await _answer_event_batch(state, owner, name, body)
     if not headers.get("ce-id"):  # the hot path: a plain call
         header, out = await state.invoke(owner, name, body, content_type)
         return _answer_of(header, out)
@@ -218,6 +221,24 @@ async def answer_invocation(state: ServiceState, owner: str, name: str, body: by
         metrics.DUPLICATE_EVENTS.labels(owner, name).inc()
         return status, [*reply_headers, ("X-Duplicate", "1")], out
     return status, reply_headers, out
+
+
+async def _answer_event_batch(state: ServiceState, owner: str, name: str, body: bytes) -> Answer:
+    """A batch of CloudEvents (event_batch.py): each invoked as if it came alone, duplicates included."""
+    events = parse_batch(body)
+
+    async def invoke(data: bytes, content_type: str, attrs: dict[str, str]) -> tuple[Answer, bool]:
+        async def run() -> Answer:
+            return _answer_of(*await state.invoke(owner, name, data, content_type, attrs))
+
+        if not state.events.enabled:
+            return await run(), False
+        answer, replayed = await state.events.answer((owner, name, attrs["source"], attrs["id"]), run)
+        if replayed:
+            metrics.DUPLICATE_EVENTS.labels(owner, name).inc()
+        return answer, replayed
+
+    return 200, [("Content-Type", JSON), ("Cache-Control", "no-store")], await answer_batch(events, invoke)
 
 
 def _check_key(view: FunctionView, key: str) -> None:
@@ -286,7 +307,7 @@ def _destination_json(raw: str) -> str:
     try:
         return json.dumps(json.loads(raw), separators=(",", ":"))
     except ValueError:
-        raise InvalidInput('the destination must be JSON, e.g. {"kind": "function", "target": "NAME"}',
+        raise InvalidInput('the destination must be JSON, e.g. {"function": "NAME"}',
                            field="destination") from None
 
 

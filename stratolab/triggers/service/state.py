@@ -20,7 +20,7 @@ from stratolab.platform.outbound import OutboundPolicy, guarded_client, validate
 from stratolab.triggers import metrics
 from stratolab.triggers.backends import KNATIVE_ERROR_EXTENSIONS, TriggerBackend
 from stratolab.triggers.delivery import Answer, Dispatcher, LaneConfig
-from stratolab.triggers.events import CloudEvent, to_structured
+from stratolab.triggers.events import CloudEvent, storable, to_structured
 from stratolab.triggers.policy import SubscriptionPolicy
 from stratolab.triggers.sources import SOURCES
 from stratolab.triggers.sources.base import Source, SourceError, SourceSettings
@@ -83,6 +83,8 @@ class TriggersState:
     #: results of upload triggers are written by this (the upload source module's write_result)
     write_upload_result: Callable[..., Any] | None = None
     publish_mqtt: Callable[..., Any] | None = None
+    #: a trigger's batch in one request (the functions service's CloudEvents batch mode); None: one by one
+    invoke_batch: Callable[..., Any] | None = None
     #: where sources run when not here (the knative backend: Knative Eventing objects); None: in this process
     backend: TriggerBackend | None = None
     #: signs the dead-letter URLs the backend gives Knative ('': the dead-letter route answers 404)
@@ -91,7 +93,8 @@ class TriggersState:
     def __post_init__(self) -> None:
         self.run = StoreThread(self.store)
         self.group = GroupCommit(self.run)
-        self.dispatcher = Dispatcher(self.run, self.invoke, send_destination=self._send_destination,
+        self.dispatcher = Dispatcher(self.run, self.invoke, invoke_batch=self.invoke_batch,
+                                     send_destination=self._send_destination,
                                      store_events=self._store_new)
         self.sources: dict[int, Source] = {}
         self.source_tasks: dict[int, asyncio.Task[None]] = {}
@@ -155,7 +158,7 @@ class TriggersState:
         if spec.kind == "upload" and spec.source.get("output") and self.write_upload_result is not None:
             after = self._upload_result_writer(spec)
         return LaneConfig(owner=spec.owner, function=spec.function, trigger_id=trigger_id,
-                          concurrency=spec.in_flight, ordered=spec.ordered, retries=spec.retries,
+                          concurrency=spec.in_flight, batch=spec.batch, ordered=spec.ordered, retries=spec.retries,
                           max_age_s=spec.max_age_s, backoff_s=spec.backoff_s, destination=spec.destination,
                           paused=spec.paused, kind=spec.kind, label=str(trigger_id), after_success=after)
 
@@ -235,7 +238,7 @@ class TriggersState:
         """Store the events that pass the trigger's filters (returns once committed) and hand them to
         delivery: (event id, duplicate) for each stored one. Events above the size bound are stored
         without their data, dead at once, so they are seen in the dead letters and not retried."""
-        chosen = [e for e in events if spec.matches(e.attributes())]
+        chosen = [storable(e) for e in events if spec.matches(e.attributes())]
         if not chosen:
             return []
         scope = trigger_scope(trigger_id)
@@ -249,11 +252,11 @@ class TriggersState:
     def _after_store(self, owner: str, label: str, items: Sequence[NewEvent], stored: list[tuple[int, bool]],
                      too_big: set[int], spec: TriggerSpec | None = None) -> None:
         fresh, dead = [], []
+        duplicates = 0
         for n, (item, (event_id, duplicate)) in enumerate(zip(items, stored, strict=True)):
             if duplicate:
-                metrics.DUPLICATES.labels(owner, label).inc()
+                duplicates += 1
                 continue
-            metrics.RECEIVED.labels(owner, label).inc()
             if n in too_big:
                 dead.append(Outcome(event_id, DEAD, 0, result_status=TOO_LARGE, error=f"the event's data is larger "
                                     f"than the {self.limits.max_event_bytes} bytes an event may carry; not delivered "
@@ -261,6 +264,10 @@ class TriggersState:
                 continue
             fresh.append(Delivery(event_id, item.scope, item.owner, item.function, item.event, item.trigger_id,
                                   destination=item.destination))
+        if duplicates:
+            metrics.DUPLICATES.labels(owner, label).inc(duplicates)
+        if len(items) > duplicates:
+            metrics.RECEIVED.labels(owner, label).inc(len(items) - duplicates)
         for outcome in dead:
             self.dispatcher.outcomes.add(outcome)
         self.dispatcher.enqueue(fresh)
@@ -400,6 +407,10 @@ class TriggersState:
 
     def describe(self, row: Trigger, counts: dict[str, int]) -> dict[str, Any]:
         spec = json.loads(row.spec)
+        # of the pending events, those with the function now (the database knows only pending)
+        lane = self.dispatcher.lanes.get(trigger_scope(row.id))
+        running = min(lane.in_flight, counts.get("pending", 0)) if lane else 0
+        counts = {**counts, "pending": counts.get("pending", 0) - running, "running": running}
         source = self.sources.get(row.id)
         if row.paused:
             status: dict[str, Any] = {"state": "paused", "connected": False, "error": None,

@@ -143,6 +143,54 @@ class Inbox(Generic[T]):
         return [self._items.popleft() for _ in range(count)]
 
 
+class AckPipeline:
+    """Batches stored while the next ones are read: up to `depth` sink calls at once (the store commits
+    them together), each batch acknowledged only after it and every batch before it were stored, so
+    acknowledgements keep the broker's order and never run ahead of the store. A failed sink call
+    stops the acknowledgements and is handed to `on_failure` (which ends the session)."""
+
+    def __init__(self, source: BrokerSource, on_failure: Callable[[BaseException], None], depth: int = 4) -> None:
+        self.source, self.on_failure = source, on_failure
+        self._slots = asyncio.Semaphore(depth)
+        self._tail: asyncio.Future[None] | None = None
+        self._tasks: set[asyncio.Future[None]] = set()
+        self.failed: BaseException | None = None
+
+    async def submit(self, events: Sequence[CloudEvent], ack: Callable[[], None]) -> None:
+        if self.failed is not None:
+            raise self.failed
+        await self._slots.acquire()
+        task = asyncio.ensure_future(self._store(events, ack, self._tail))
+        self._tail = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _store(self, events: Sequence[CloudEvent], ack: Callable[[], None],
+                     before: asyncio.Future[None] | None) -> None:
+        try:
+            error: BaseException | None = None
+            try:
+                await self.source.deliver(events)
+            except Exception as exc:
+                error = exc
+            if before is not None:
+                await asyncio.gather(before, return_exceptions=True)  # acknowledge in order
+            if error is not None:
+                raise error
+            if self.failed is None:
+                ack()
+        except Exception as exc:
+            if self.failed is None:
+                self.failed = exc
+                self.on_failure(exc)
+        finally:
+            self._slots.release()
+
+    def cancel(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+
+
 class BrokerSource(Source):
     """A source fed by a message broker: subclasses write `session()`; this class starts it, restarts it
     with backoff, and keeps `error` saying what is wrong while it is down."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+from collections.abc import Callable
 from typing import Any, ClassVar
 from urllib.parse import unquote, urlsplit
 
@@ -38,7 +39,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from stratolab.triggers.events import CloudEvent, new_event
 from stratolab.triggers.sources.base import SourceError
-from stratolab.triggers.sources.broker import MAX_BATCH, BrokerSource, Inbox, content_type_of, host_port
+from stratolab.triggers.sources.broker import MAX_BATCH, AckPipeline, BrokerSource, Inbox, content_type_of, host_port
 from stratolab.triggers.spec import MAX_AGE_S
 
 MESSAGE_TYPE = "io.stratolab.mqtt.message"
@@ -121,15 +122,22 @@ class MqttSource(BrokerSource):
         async with client:
             await self._subscribe(client)
             watcher = asyncio.ensure_future(_until_disconnected(client, inbox))
+            pipeline = AckPipeline(self, inbox.fail)
+
+            def acknowledger(batch: list[paho.MQTTMessage]) -> Callable[[], None]:
+                def ack() -> None:
+                    for message in batch:
+                        if message.qos:
+                            mqtt.ack(message.mid, message.qos)
+                return ack
+
             try:
                 self.subscribed()
                 while True:
                     batch = await inbox.take(pump=read_buffered)
-                    await self.deliver([self._event(message) for message in batch])
-                    for message in batch:
-                        if message.qos:
-                            mqtt.ack(message.mid, message.qos)
+                    await pipeline.submit([self._event(message) for message in batch], acknowledger(batch))
             finally:
+                pipeline.cancel()
                 watcher.cancel()
 
     async def _subscribe(self, client: aiomqtt.Client) -> None:

@@ -161,7 +161,9 @@ class UploadSource(Source):
         for name in gone:
             del self._sent[name]
         if found or gone:
-            await asyncio.to_thread(save_state, self._state_file, {"sent": self._sent})
+            # at once, not in a thread: a stop arriving now must not leave sent files unrecorded
+            # (they would be sent again; the store would recognise them, but the state file should)
+            save_state(self._state_file, {"sent": self._sent})
         self.error = self._problem
         return more
 
