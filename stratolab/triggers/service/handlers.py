@@ -222,7 +222,8 @@ class UploadHandler(BaseHandler):
         name = _file_name(filename)
         if len(self.request.body) > MAX_UPLOAD_BYTES:
             raise StratolabError(f"an upload is at most {MAX_UPLOAD_BYTES // 1024 // 1024} MiB", status=413)
-        relative = await self.state.run(self.state.put_upload, spec, name, self.request.body)
+        relative, size, mtime_ns = await self.state.run(self.state.put_upload, spec, name, self.request.body)
+        self.state.upload_written(row.id, name, size, mtime_ns)
         self.send({"path": relative, "trigger_id": row.id}, status=202)
 
 

@@ -473,9 +473,10 @@ class TriggersState:
             metrics.DELIVERED.labels(spec.owner, str(trigger_id), "dead").inc()
         return ids
 
-    def put_upload(self, spec: TriggerSpec, name: str, body: bytes) -> str:
+    def put_upload(self, spec: TriggerSpec, name: str, body: bytes) -> tuple[str, int, int]:
         """Write an uploaded file into the trigger's folder (as its owner, atomically: the watcher never
-        sees half of it; never through a symbolic link); returns its path relative to the owner's home."""
+        sees half of it; never through a symbolic link): its path relative to the owner's home, its size
+        and modification time."""
         import os
         from pathlib import Path
 
@@ -490,9 +491,18 @@ class TriggersState:
         fd = open_folder(home, str(spec.source["folder"]), account, create=True)
         try:
             write_file(fd, name, body, account)
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
         finally:
             os.close(fd)
-        return f"{spec.source['folder']}/{name}"
+        return f"{spec.source['folder']}/{name}", st.st_size, st.st_mtime_ns
+
+    def upload_written(self, trigger_id: int, name: str, size: int, mtime_ns: int) -> None:
+        """Tell the trigger's folder watcher a file arrived whole (it sends it without waiting to see it
+        unchanged)."""
+        source = self.sources.get(trigger_id)
+        complete = getattr(source, "complete", None)
+        if complete is not None:
+            complete(name, size, mtime_ns)
 
     async def prune(self) -> None:
         try:

@@ -116,6 +116,8 @@ class UploadSource(Source):
         self._warned: set[Listed] = set()
         #: what the last poll found wrong with a file (shown as the trigger's error)
         self._problem: str | None = None
+        #: set to poll at once (a file arrived through the upload route)
+        self._wake = asyncio.Event()
 
     async def start(self) -> None:
         """Create the folder (as the owner) if it is missing and start polling it."""
@@ -145,7 +147,17 @@ class UploadSource(Source):
                 self.error = f"files not sent ({str(e).strip()[:300] or type(e).__name__}); trying again"
                 log.warning("upload trigger %s: %s", self.trigger_id, self.error)
             if not more:
-                await asyncio.sleep(self.settings.upload_poll_s)
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.settings.upload_poll_s)
+                except TimeoutError:
+                    pass
+                self._wake.clear()
+
+    def complete(self, name: str, size: int, mtime_ns: int) -> None:
+        """The upload route wrote `name` whole (renamed into place): it need not be seen unchanged by a
+        second poll, and it is sent at once."""
+        self._previous[name] = Listed(name, size, mtime_ns)
+        self._wake.set()
 
     async def poll(self) -> bool:
         """One look at the folder: send the files that are complete. True when more are ready than one
