@@ -48,7 +48,7 @@ NO_CAPACITY = (429, 503)
 #: the largest result kept for `GET api/events/ID/result`
 MAX_KEPT_RESULT = 1024 * 1024
 #: batched requests a lane has out at once (fewer when its concurrency allows fewer full batches)
-MAX_BATCH_REQUESTS = 4
+MAX_BATCH_REQUESTS = 8
 #: the most event data one batched request carries (a larger event goes alone)
 MAX_BATCH_BYTES = 1024 * 1024
 #: events a lane holds in memory; more wait in the database
