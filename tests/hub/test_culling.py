@@ -50,6 +50,8 @@ def test_a_gpu_server_in_use_is_not_culled(hub_factory):
     busy, idle = hub.create_user(), hub.create_user()
     for user in (busy, idle):
         assert hub.spawn(user, {"profile": "gpu-1"}).status_code in (201, 202)
+    for user in (busy, idle):  # a 202 is a spawn still starting: the hub answers 424 for it until it is up
+        hub.wait_ready(user)
 
     def running(user) -> bool:
         model = requests.get(f"{hub.api}/users/{user.name}", headers=hub.admin_headers()).json()
