@@ -80,6 +80,11 @@ class Answer:
         return f"{text} (error id {error_id}: see the function's logs)" if error_id else text
 
 
+def _failed(error: Exception) -> Answer:
+    """The answer of an invocation that raised (a failed try, as a 502 would be)."""
+    return Answer(502, {}, json.dumps({"error": f"the invocation failed: {error}"}).encode())
+
+
 class Invoker(Protocol):
     async def __call__(self, owner: str, function: str, event: CloudEvent) -> Answer | None:
         """The function's answer, or None when the functions service cannot be reached."""
@@ -360,9 +365,9 @@ class Dispatcher:
         try:
             live = []
             for d in group:
-                if (utcnow() - d.received_at).total_seconds() > lane.config.max_age_s:
-                    state = await self._dead(lane, d, f"older than its max age ({lane.config.max_age_s:g} s) "
-                                                      f"after {d.attempts} tries")
+                expired = self._expired(lane, d)
+                if expired:
+                    state = await self._dead(lane, d, expired)
                     close_request()
                     self._release(lane, pending.pop(d.id), state, None)
                 else:
@@ -382,7 +387,7 @@ class Dispatcher:
                 raise
             except Exception as e:
                 log.warning("invoking %s/%s with a batch failed: %s", live[0].owner, live[0].function, e)
-                answers = [Answer(502, {}, json.dumps({"error": f"the invocation failed: {e}"}).encode())] * len(live)
+                answers = [_failed(e)] * len(live)
             close_request()
             each: list[Answer | None] = list(answers) if answers is not None else [None] * len(live)
             for d, answer in zip(live, each, strict=True):
@@ -434,34 +439,30 @@ class Dispatcher:
         self._pump(lane)
 
     async def _attempt(self, lane: Lane, d: Delivery) -> tuple[str, float | None]:
-        """One try (waiting out a lack of capacity first): (final state, None) or (PENDING, seconds to
-        wait before the next try)."""
-        capacity_waits = 0
-        while True:
-            if lane.removed or self._closing:
-                return PENDING, None
-            config = lane.config
-            age = (utcnow() - d.received_at).total_seconds()
-            if age > config.max_age_s:
-                return await self._dead(lane, d, f"older than its max age ({config.max_age_s:g} s) after "
-                                                 f"{d.attempts} tries"), None
-            if config.paused:
-                return PENDING, 0.0
-            started = time.monotonic()
-            try:
-                answer = await self.invoke(d.owner, d.function, d.event)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                log.warning("invoking %s/%s failed: %s", d.owner, d.function, e)
-                answer = Answer(502, {}, json.dumps({"error": f"the invocation failed: {e}"}).encode())
-            if answer is None or answer.status in NO_CAPACITY:
-                capacity_waits += 1
-                metrics.CAPACITY_WAITS.labels(config.owner, config.label).inc()
-                await asyncio.sleep(random.uniform(0, min(2.0, 0.05 * 2 ** min(capacity_waits, 6))))
-                continue
-            break
+        """One try: (final state, None) or (PENDING, seconds to wait before the next one)."""
+        if lane.removed or self._closing:
+            return PENDING, None
+        expired = self._expired(lane, d)
+        if expired:
+            return await self._dead(lane, d, expired), None
+        if lane.config.paused:
+            return PENDING, 0.0
+        started = time.monotonic()
+        try:
+            answer = await self.invoke(d.owner, d.function, d.event)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.warning("invoking %s/%s failed: %s", d.owner, d.function, e)
+            answer = _failed(e)
         return await self._judge(lane, d, answer, started)
+
+    @staticmethod
+    def _expired(lane: Lane, d: Delivery) -> str | None:
+        """Why the event is too old for another try, or None."""
+        if (utcnow() - d.received_at).total_seconds() > lane.config.max_age_s:
+            return f"older than its max age ({lane.config.max_age_s:g} s) after {d.attempts} tries"
+        return None
 
     async def _judge(self, lane: Lane, d: Delivery, answer: Answer | None, started: float) -> tuple[str, float | None]:
         """What an answer makes of the event: (final state, None), or (PENDING, seconds until the next
