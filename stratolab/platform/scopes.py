@@ -12,11 +12,14 @@ from __future__ import annotations
 FUNCTIONS_SERVICE = "functions"
 SCHEDULER_SERVICE = "scheduler"
 TRIGGERS_SERVICE = "triggers"
+USAGE_SERVICE = "usage"
 
 FUNCTIONS_DEPLOY = "custom:functions:deploy"
 FUNCTIONS_INVOKE = "custom:functions:invoke"
 JOBS_RUN = "custom:jobs:run"
 TRIGGERS_MANAGE = "custom:triggers:manage"
+USAGE_READ = "custom:usage:read"
+USAGE_CHECK = "custom:usage:check"
 
 #: for `c.JupyterHub.custom_scopes`
 CUSTOM_SCOPES: dict[str, dict[str, str]] = {
@@ -25,6 +28,10 @@ CUSTOM_SCOPES: dict[str, dict[str, str]] = {
     JOBS_RUN: {"description": "Create, run, stop and delete your scheduled notebook jobs, and read their outputs."},
     TRIGGERS_MANAGE: {"description": "Create, pause and delete event triggers of your functions, send them events, "
                       "and read and redrive their events."},
+    USAGE_READ: {"description": "Read usage, bills, budgets and usage notifications (your own; unfiltered: "
+                 "everyone's)."},
+    USAGE_CHECK: {"description": "Ask the usage service whether a user's budgets allow a new server, run, trial or "
+                  "deploy (held by the services that start them)."},
 }
 
 
@@ -34,6 +41,7 @@ def user_scopes() -> list[str]:
         f"{FUNCTIONS_DEPLOY}!user", f"{FUNCTIONS_INVOKE}!user", f"access:services!service={FUNCTIONS_SERVICE}",
         f"{JOBS_RUN}!user", f"access:services!service={SCHEDULER_SERVICE}",
         f"{TRIGGERS_MANAGE}!user", f"access:services!service={TRIGGERS_SERVICE}",
+        f"{USAGE_READ}!user", f"access:services!service={USAGE_SERVICE}",
     ]
 
 
@@ -42,3 +50,31 @@ def triggers_service_scopes() -> list[str]:
     its owner's: the service builds the URL from the trigger's owner), and reads users' groups for the
     subscription policy."""
     return [FUNCTIONS_INVOKE, f"access:services!service={FUNCTIONS_SERVICE}", "read:users:groups"]
+
+
+def usage_service_scopes() -> list[str]:
+    """The usage service's own role. It reads users' admin flags and groups (who may see what, group
+    budgets: `read:users`, `read:groups`), stops the servers of users over a budget (`servers`), and
+    stops their runs and scales their functions to zero through the scheduler's and the functions
+    service's APIs, which only take a user's own tokens: so it makes a short-lived token for the user
+    (`tokens`) with just those scopes, which it must hold itself (JupyterHub issues no token with more
+    than its requester holds)."""
+    return ["read:users", "read:users:groups", "read:groups", "read:servers", "servers", "tokens",
+            JOBS_RUN, FUNCTIONS_DEPLOY, f"access:services!service={SCHEDULER_SERVICE}",
+            f"access:services!service={FUNCTIONS_SERVICE}"]
+
+
+def usage_check_scopes() -> list[str]:
+    """What a service that starts things (the scheduler, the functions service) holds to ask the usage
+    service about any user's budgets before it does."""
+    return [USAGE_CHECK, f"access:services!service={USAGE_SERVICE}"]
+
+
+def scheduler_service_scopes() -> list[str]:
+    """The scheduler's role: it asks the usage service before a run or a trial starts."""
+    return usage_check_scopes()
+
+
+def functions_service_scopes() -> list[str]:
+    """The functions service's role: it asks the usage service before a deploy keeps instances warm."""
+    return usage_check_scopes()
