@@ -1,5 +1,5 @@
 """Stratolab's Jupyter server extension: the routes the Stratolab lab panel calls in a user's server
-(its status, and the functions, scheduler and triggers services reached through the server).
+(its status, and the functions, scheduler, triggers and usage services reached through the server).
 
 Enabled by jupyter-config/server-config/stratolab.json (installed into etc/jupyter with the wheel).
 """
@@ -26,8 +26,10 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
              {"service_path": "/services/scheduler/", "prefixes": ("api/",), "label": "scheduler"}),
             (url_path_join(base_url, "stratolab", "triggers", "(.*)"), FunctionsProxyHandler,
              {"service_path": "/services/triggers/", "prefixes": ("api/",), "label": "triggers"}),
+            (url_path_join(base_url, "stratolab", "usage", "(.*)"), FunctionsProxyHandler,
+             {"service_path": "/services/usage/", "prefixes": ("api/",), "label": "usage"}),
         ],
     )
     serverapp.log.info(
         "Stratolab server extension loaded: %sstratolab/status, %sstratolab/functions/, %sstratolab/scheduler/, "
-        "%sstratolab/triggers/", base_url, base_url, base_url, base_url)
+        "%sstratolab/triggers/, %sstratolab/usage/", base_url, base_url, base_url, base_url, base_url)

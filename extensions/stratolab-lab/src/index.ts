@@ -23,6 +23,8 @@ import { openScheduleDialog } from './jobs/scheduleDialog';
 import { JobsSection } from './jobs/section';
 import { addTabButtons, StratolabTabs } from './tabs/commands';
 import { deployIcon, scheduleIcon, stratolabIcon, tuneIcon } from './ui/icons';
+import { UsageNotifier } from './usage/notifications';
+import { UsageSection } from './usage/section';
 
 export { IAutoMLJob, ITrial } from './automl/api';
 export { AutoMLSection } from './automl/section';
@@ -33,6 +35,7 @@ export { IFunction } from './functions/api';
 export { FunctionsSection } from './functions/section';
 export { IRun, ISchedule } from './jobs/api';
 export { JobsSection } from './jobs/section';
+export { UsageSection } from './usage/section';
 
 const PLUGIN_ID = 'stratolab-lab:plugin';
 
@@ -108,7 +111,14 @@ const plugin: JupyterFrontEndPlugin<void> = {
     panel.addSection(functions);
     panel.addSection(jobs);
     panel.addSection(automl);
+    const usage = new UsageSection();
+    panel.addSection(usage);
     app.shell.add(panel, 'left', { rank: 500 });
+    // budget warnings (and servers stopped for a budget) as lab notifications, each once
+    new UsageNotifier(() => {
+      app.shell.activateById(panel.id);
+      usage.node.scrollIntoView();
+    }).start(60);
 
     // The lists as main-area tables: commands (palette, launcher) and a button per sidebar section.
     const tabs = new StratolabTabs(app, {

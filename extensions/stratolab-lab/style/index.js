@@ -1,3 +1,4 @@
 import './base.css';
 import './tabs.css';
 import './triggers.css';
+import './usage.css';

@@ -34,7 +34,7 @@ export class RawBody {
   ) {}
 }
 
-/** The client of one service; `functionsClient`, `schedulerClient` and `triggersClient` below are the lab's. */
+/** The client of one service; `functionsClient`, `schedulerClient`, `triggersClient` and `usageClient` below are the lab's. */
 export class ServiceClient {
   private _settings: ServerConnection.ISettings | null;
 
@@ -143,3 +143,6 @@ export const schedulerClient = new ServiceClient('scheduler');
 
 /** The triggers service (`stratolab/triggers/`: triggers, their events and dead letters under `api/`). */
 export const triggersClient = new ServiceClient('triggers');
+
+/** The usage service (`stratolab/usage/service/`: usage, bills, budgets and notifications under `api/`). */
+export const usageClient = new ServiceClient('usage');
