@@ -5,7 +5,20 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from sqlalchemy import DateTime, Dialect, Float, ForeignKey, Index, LargeBinary, MetaData, String, Text, UniqueConstraint, text
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
@@ -337,3 +350,146 @@ class TriggerEvent(Base):
     result_status: Mapped[int | None]
     result_content_type: Mapped[str | None] = mapped_column(String(255))
     result: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+
+# --- usage (issue 15): the usage ledger, written through stratolab.db.usage_ledger -----------------
+
+#: what an interval is of: a notebook server, a scheduled run, an AutoML trial, a pipeline step, a
+#: function instance kept warm, or a batch of function calls
+UsageKind = Annotated[str, mapped_column(String(24))]
+
+
+class UsageRecord(Base):
+    """The usage ledger: one row per CLOSED interval of use, never updated or deleted.
+
+    Prices and budgets are computed from it, so a row is written once, in the same transaction that
+    ends the interval (its `usage_open` row is deleted there). `source_key`, unique, makes a retried
+    append count once. For `function_calls` rows `seconds` is the sum of the calls' durations and
+    the `billed_ms_*` columns the sum over the calls of the duration rounded up to that unit."""
+
+    __tablename__ = "usage_records"
+    __table_args__ = (
+        UniqueConstraint("source_key", name="uq_usage_records_source_key"),
+        Index("ix_usage_records_username_started_at", "username", "started_at"),
+        Index("ix_usage_records_started_at", "started_at"),
+        Index("ix_usage_records_ended_at", "ended_at"),
+        # the budget path: one user's rows of some kinds that ended after a window's start
+        Index("ix_usage_records_username_kind_ended_at", "username", "kind", "ended_at"),
+    )
+
+    id: Mapped[IdKey]
+    username: Mapped[UserName]
+    kind: Mapped[UsageKind]
+    thing: Mapped[str] = mapped_column(Text)
+    thing_id: Mapped[str] = mapped_column(String(255))
+    profile: Mapped[str] = mapped_column(String(63))
+    started_at: Mapped[datetime]
+    ended_at: Mapped[datetime]
+    seconds: Mapped[float]
+    cpu_cores: Mapped[float]
+    memory_gb: Mapped[float]
+    gpus: Mapped[int]
+    gpu_model: Mapped[str | None] = mapped_column(String(255))
+    #: the devices held, "0,1" (from the GPU ledger), or ""
+    devices: Mapped[str] = mapped_column(Text)
+    cpu_seconds_used: Mapped[float | None]
+    peak_memory_gb: Mapped[float | None]
+    requests: Mapped[int]
+    errors: Mapped[int]
+    billed_ms_1: Mapped[int] = mapped_column(BigInteger)
+    billed_ms_100: Mapped[int] = mapped_column(BigInteger)
+    billed_ms_1000: Mapped[int] = mapped_column(BigInteger)
+    billed_ms_60000: Mapped[int] = mapped_column(BigInteger)
+    #: on-demand or spot: what the node was
+    capacity: Mapped[str] = mapped_column(String(16))
+    producer: Mapped[str] = mapped_column(String(32))
+    #: why it closed: stopped, recovered, budget, lost, flushed
+    reason: Mapped[str] = mapped_column(String(64))
+    source_key: Mapped[str | None] = mapped_column(String(255))
+
+
+class UsageOpen(Base):
+    """Intervals still running, one per (producer, key): not the ledger, only what will become it.
+
+    `last_seen_at` moves with each heartbeat of the producer; an interval whose producer died is
+    closed at it (by the producer when it starts again, or by the usage service's sweep)."""
+
+    __tablename__ = "usage_open"
+    __table_args__ = (
+        UniqueConstraint("producer", "key", name="uq_usage_open_producer"),
+        Index("ix_usage_open_username", "username"),
+    )
+
+    id: Mapped[IdKey]
+    producer: Mapped[str] = mapped_column(String(32))
+    key: Mapped[str] = mapped_column(String(255))
+    username: Mapped[UserName]
+    kind: Mapped[UsageKind]
+    thing: Mapped[str] = mapped_column(Text)
+    thing_id: Mapped[str] = mapped_column(String(255))
+    profile: Mapped[str] = mapped_column(String(63))
+    cpu_cores: Mapped[float]
+    memory_gb: Mapped[float]
+    gpus: Mapped[int]
+    gpu_model: Mapped[str | None] = mapped_column(String(255))
+    devices: Mapped[str] = mapped_column(Text)
+    capacity: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+    cpu_seconds_used: Mapped[float | None]
+    peak_memory_gb: Mapped[float | None]
+    #: the processes measured, a JSON list of pids
+    pids: Mapped[str] = mapped_column(Text)
+
+
+class UsageCallsHourly(Base):
+    """Function calls summed per user, hour and instance memory: what budgets read instead of the
+    thousands of `function_calls` rows a busy function leaves each day. Written in the transaction
+    that appends the rows (a fold never lets a row straddle an hour), so it always agrees with them."""
+
+    __tablename__ = "usage_calls_hourly"
+    __table_args__ = (UniqueConstraint("username", "hour", "memory_gb", name="uq_usage_calls_hourly_username"),)
+
+    id: Mapped[IdKey]
+    username: Mapped[UserName]
+    hour: Mapped[datetime]
+    memory_gb: Mapped[float]
+    requests: Mapped[int] = mapped_column(BigInteger)
+    errors: Mapped[int] = mapped_column(BigInteger)
+    seconds: Mapped[float]
+    billed_ms_1: Mapped[int] = mapped_column(BigInteger)
+    billed_ms_100: Mapped[int] = mapped_column(BigInteger)
+    billed_ms_1000: Mapped[int] = mapped_column(BigInteger)
+    billed_ms_60000: Mapped[int] = mapped_column(BigInteger)
+
+
+class UsageJournalOffset(Base):
+    """How far a function-call journal (stratolab.platform.metering.CallJournal) has been folded
+    into the ledger: moved in the transaction that appends, so a call is counted exactly once.
+    `file_id` names the journal file the offset is in (each file starts with its own id)."""
+
+    __tablename__ = "usage_journal_offsets"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    offset: Mapped[int] = mapped_column(BigInteger)
+    file_id: Mapped[str] = mapped_column(String(64))
+
+
+class UsageNotification(Base):
+    """A budget warning or stop, shown in the user's lab; `dedup_key` makes one per budget window."""
+
+    __tablename__ = "usage_notifications"
+    __table_args__ = (
+        UniqueConstraint("dedup_key", name="uq_usage_notifications_dedup_key"),
+        Index("ix_usage_notifications_username", "username", "created_at"),
+    )
+
+    id: Mapped[IdKey]
+    username: Mapped[UserName]
+    budget: Mapped[str] = mapped_column(String(100))
+    #: warning, exceeded, stopped
+    level: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str] = mapped_column(Text)
+    dedup_key: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[CreatedAt]
+    read_at: Mapped[datetime | None]

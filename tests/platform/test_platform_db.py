@@ -33,7 +33,8 @@ from stratolab.db.models import GpuLease, PlatformInfo
 from stratolab.platform.gpu_ledger import GpuLedger
 from stratolab.platform.gpus import Holder
 
-OUR_TABLES = {"platform_info", "gpu_leases", "function_invocation_stats"}
+OUR_TABLES = {"platform_info", "gpu_leases", "function_invocation_stats", "usage_records", "usage_open", "usage_calls_hourly",
+              "usage_journal_offsets", "usage_notifications"}
 JUPYTERHUB_REVISION = "4621fec11365"
 
 
