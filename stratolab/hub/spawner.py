@@ -5,7 +5,9 @@
 - GPU profiles get whole devices exclusively through CUDA_VISIBLE_DEVICES, released when the server stops;
 - as root, each hub user runs as their own system account with a private home (system-users isolation);
   otherwise every server runs as the hub's user in `<data dir>/homes/<name>` (shared: not isolated);
-- example notebooks are copied into a new home on first spawn.
+- example notebooks are copied into a new home on first spawn;
+- a spawn is refused with a 403 naming the budget when the user's budgets are used up (the usage
+  service decides), and each server's run is metered into the usage ledger (`usage_meter`).
 """
 
 from __future__ import annotations
@@ -21,13 +23,16 @@ from jupyterhub.spawner import LocalProcessSpawner, set_user_setuid
 from jupyterhub.utils import exponential_backoff
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient
-from traitlets import Bool, Integer, List, Unicode, default
+from traitlets import Bool, Float, Integer, List, Unicode, default
 
+from stratolab.client.usage import UsageClient, usage_url
 from stratolab.db.engine import make_engine, session_factory
+from stratolab.db.models import utcnow
 from stratolab.errors import StratolabError
+from stratolab.hub.usage_meter import DEFAULT_HEARTBEAT_S, HubMeter, hub_meter, server_key, server_resources
 from stratolab.platform import accounts as system_users
 from stratolab.platform.gpu_ledger import GpuLedger
-from stratolab.platform.gpus import GpuAllocation, GpuAllocator, Holder, discover_gpus
+from stratolab.platform.gpus import GpuAllocation, GpuAllocator, Holder, discover_gpus, parse_nvidia_smi_list, run_nvidia_smi
 from stratolab.platform.profiles import Profile, choose_profile, default_profile_list, parse_profile_list
 from stratolab.settings import PROJECT_ROOT
 
@@ -58,6 +63,12 @@ def machine_gpus(configured: tuple[str, ...] | None) -> tuple[str, ...]:
 def platform_sessions(url: str):
     """One engine per platform database URL for the hub process."""
     return session_factory(make_engine(url))
+
+
+@functools.cache
+def gpu_models() -> dict[str, str]:
+    """Each discovered GPU's model by index ("0" -> "NVIDIA H100 80GB HBM3"), asked once per hub process."""
+    return {d.index: d.name for d in parse_nvidia_smi_list(run_nvidia_smi(["-L"], timeout=10) or "")}
 
 
 @functools.cache
@@ -141,10 +152,27 @@ class StratolabSpawner(LocalProcessSpawner):
         0, help="Shown to users of GPU profiles: seconds of inactivity before their server is culled."
     ).tag(config=True)
 
+    usage_url = Unicode(
+        help="""The usage service's API, asked before each spawn whether the user's budgets allow it
+        ('' skips the check). Default: STRATOLAB_USAGE_URL, else the service on this machine."""
+    ).tag(config=True)
+
+    @default("usage_url")
+    def _default_usage_url(self):
+        return usage_url()
+
+    usage_heartbeat = Float(
+        DEFAULT_HEARTBEAT_S,
+        help="""Seconds between the usage meter's heartbeats (measurements of the servers, and the
+        moment an interval ends at when the hub and its server die together).""",
+    ).tag(config=True)
+
     # --- what this server got, kept in the spawner state across hub restarts -------------------
 
     profile_slug = Unicode("")
     gpu_devices = List(Unicode())
+    #: the server's interval in the usage ledger ('' while none is open)
+    usage_key = Unicode("")
 
     @default("cmd")
     def _default_cmd(self):
@@ -308,26 +336,33 @@ class StratolabSpawner(LocalProcessSpawner):
         except StratolabError as e:
             raise web.HTTPError(e.status, "%s", e.message) from None  # the message may hold a %
         self.profile_slug = profile.slug  # names the profile in the ledger
+        self.cpu_limit = profile.cpu_limit
+        self.mem_limit = parse_memory(profile.mem_limit)
+        return profile
+
+    def _acquire_gpus(self, profile: Profile) -> None:
         try:
             devices = self.allocator.acquire(self.gpu_holder, profile.gpus)
         except StratolabError as e:
             self.profile_slug = ""
             raise web.HTTPError(e.status, "%s", e.message) from None
         self.gpu_devices = list(devices)
-        self.cpu_limit = profile.cpu_limit
-        self.mem_limit = parse_memory(profile.mem_limit)
-        return profile
 
     async def start(self):
         profile = self._current_profile() or self._apply_profile()
+        await self._check_budget(profile)  # before any GPU is taken
+        self._acquire_gpus(profile)
         try:
             self._prepare_home()
+            launched_at = utcnow()
             ip, port = await super().start()
             if self.gpu_devices and isinstance(self.allocator, GpuLedger) and self.proc is not None:
                 # the server's own process holds its devices from now on (through hub restarts)
                 self.allocator.attach(self.gpu_holder, self.proc.pid)
+            self._open_usage(profile, launched_at)
             await self._wait_for_server(ip, port)
         except Exception:
+            self._close_usage()
             self._release_gpus()
             raise
         self.log.info(
@@ -381,15 +416,87 @@ class StratolabSpawner(LocalProcessSpawner):
 
     async def poll(self):
         status = await super().poll()
-        if status is not None and self.gpu_devices:
-            self._release_gpus()
+        if status is None:
+            if self.usage_key and self.meter is not None:
+                self.meter.seen_alive(self.usage_key)
+        else:
+            self._close_usage(dead=True)
+            if self.gpu_devices:
+                self._release_gpus()
         return status
 
     async def stop(self, now=False):
         try:
+            self._close_usage()  # measured one last time, while the server still runs
             await super().stop(now=now)
         finally:
             self._release_gpus()
+
+    # --- budgets and metering ------------------------------------------------------------------
+
+    @property
+    def meter(self) -> HubMeter | None:
+        """The hub's usage meter (None without a platform database: a spawner tested alone)."""
+        if not self.platform_db_url:
+            return None
+        return hub_meter(platform_sessions(self.platform_db_url), self.usage_heartbeat)
+
+    def _requested(self, profile: Profile) -> dict[str, float | int]:
+        return {"cpu_cores": float(profile.cpu_limit or 0.0),
+                "memory_gb": (parse_memory(profile.mem_limit) or 0) / 1024**3, "gpus": profile.gpus}
+
+    async def _check_budget(self, profile: Profile) -> None:
+        """Ask the usage service, with this server's own token (its owner is the user asked about),
+        whether the user's budgets allow `profile`; refuse with a 403 that names the budget.
+
+        The 403 is the answer of the spawn request (the REST API's JSON message, the spawn form's error)
+        and the spawn-pending page's message (JupyterHub shows an exception's `jupyterhub_message`).
+        A refusal is the user's limit, not a broken spawner: it is taken off the hub's count of
+        consecutive failed spawns (which, when an admin sets `Spawner.consecutive_failure_limit`,
+        stops the hub)."""
+        if not self.usage_url:
+            return
+        answer = await UsageClient(self.usage_url, self.api_token).check(self.user.name, "server",
+                                                                         self._requested(profile))
+        if answer.get("allowed", True):
+            return
+        message = str(answer.get("message") or "a usage budget is used up")
+        self.log.info("Spawn of %s refused by budget %s: %s", self._log_name, answer.get("budget"), message)
+        settings = getattr(self.user, "settings", None)
+        if isinstance(settings, dict) and isinstance(settings.get("failure_count", 0), int):
+            settings["failure_count"] = settings.get("failure_count", 0) - 1  # the handler adds 1 back
+        error = web.HTTPError(403, "%s", message)
+        error.jupyterhub_message = message  # type: ignore[attr-defined]
+        raise error
+
+    def _gpu_model(self) -> str | None:
+        if not self.gpu_devices or self.gpu_inventory is not None:
+            return None  # a configured inventory names devices, not models
+        models = gpu_models()
+        return models.get(self.gpu_devices[0])
+
+    def _open_usage(self, profile: Profile, launched_at) -> None:
+        meter = self.meter
+        if meter is None or self.proc is None:
+            return
+        key = server_key(self.user.name, self.name, launched_at)
+        resources = server_resources(profile.cpu_limit, parse_memory(profile.mem_limit), profile.gpus,
+                                     tuple(self.gpu_devices), self._gpu_model())
+        try:
+            meter.open(key, pid=self.proc.pid, username=self.user.name, server_name=self.name,
+                       profile=profile.slug, resources=resources, launched_at=launched_at)
+        except Exception:  # metering never stops a spawn; the missing interval is in the log
+            self.log.exception("Could not open the usage interval of %s", self._log_name)
+            return
+        self.usage_key = key
+
+    def _close_usage(self, dead: bool = False) -> None:
+        if not self.usage_key:
+            return
+        meter = self.meter
+        if meter is not None:
+            meter.close(self.usage_key, dead=dead)
+        self.usage_key = ""
 
     def get_state(self):
         state = super().get_state()
@@ -397,12 +504,19 @@ class StratolabSpawner(LocalProcessSpawner):
             state["profile"] = self.profile_slug
         if self.gpu_devices:
             state["gpus"] = list(self.gpu_devices)
+        if self.usage_key:
+            state["usage_key"] = self.usage_key
         return state
 
     def load_state(self, state):
         super().load_state(state)
         self.profile_slug = state.get("profile", "")
         self.gpu_devices = list(state.get("gpus", []))
+        self.usage_key = state.get("usage_key", "")
+        if self.usage_key and state.get("pid") and self.meter is not None:
+            # a server that outlived a hub restart goes on in the interval it had (a dead one was
+            # closed at its last heartbeat when the meter started)
+            self.meter.watch(self.usage_key, int(state["pid"]))
         if self.gpu_devices and state.get("pid"):
             # a server still running after a hub restart keeps its devices (if no one took them)
             allocator = self.allocator
@@ -413,5 +527,7 @@ class StratolabSpawner(LocalProcessSpawner):
 
     def clear_state(self):
         super().clear_state()
-        # GPUs are released by stop()/poll(), which know the devices are no longer in use.
+        # GPUs are released by stop()/poll(), which know the devices are no longer in use;
+        # the usage interval is closed there too.
         self.profile_slug = ""
+        self.usage_key = ""
