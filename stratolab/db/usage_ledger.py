@@ -218,7 +218,7 @@ def _record_columns(u: Usage, source_key: str | None) -> dict[str, Any]:
     }
 
 
-def _insert(session: Session, model: type) -> Any:
+def dialect_insert(session: Session, model: type) -> Any:
     """INSERT with ON CONFLICT, which SQLite and PostgreSQL spell alike but SQLAlchemy keeps per dialect."""
     if session.get_bind().dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -242,7 +242,7 @@ def append_many(session: Session, items: Iterable[tuple[Usage, str | None]]) -> 
     rows = [_record_columns(u, key) for u, key in items]
     if not rows:
         return 0
-    stmt = _insert(session, UsageRecord).on_conflict_do_nothing(index_elements=["source_key"])
+    stmt = dialect_insert(session, UsageRecord).on_conflict_do_nothing(index_elements=["source_key"])
     appended = session.execute(stmt.returning(UsageRecord.id, UsageRecord.source_key), rows).all()
     if len(appended) < len(rows):  # some were there already: only the new ones add to the sums
         new_keys = {key for _, key in appended}
@@ -265,7 +265,7 @@ def _add_to_hourly(session: Session, rows: list[dict[str, Any]]) -> None:
                 s[name] += r[name]
     if not sums:
         return
-    stmt = _insert(session, UsageCallsHourly)
+    stmt = dialect_insert(session, UsageCallsHourly)
     added = ("requests", "errors", "seconds", *billed)
     stmt = stmt.on_conflict_do_update(
         index_elements=["username", "hour", "memory_gb"],
@@ -324,7 +324,7 @@ class Ledger:
             "cpu_seconds_used": None, "peak_memory_gb": None, "pids": json.dumps([int(p) for p in pids]),
         }
         with session_scope(self.sessions) as s:
-            stmt = _insert(s, UsageOpen).values(**values).on_conflict_do_nothing(index_elements=["producer", "key"])
+            stmt = dialect_insert(s, UsageOpen).values(**values).on_conflict_do_nothing(index_elements=["producer", "key"])
             return s.execute(stmt.returning(UsageOpen.id)).first() is not None
 
     def heartbeat(self, measured: Mapping[str, Measured] | None = None) -> int:
