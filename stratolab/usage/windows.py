@@ -56,17 +56,18 @@ class Window:
         return now - self.span, now
 
     def describe(self) -> str:
-        """ "per 30 days", "per 24 hours", "per calendar month" for messages."""
+        """ "per 30 days", "per 24 hours", "per day", "per calendar month" for messages, in the unit the
+        policy was written in."""
         if self.span is None:
             return "per calendar month"
-        seconds = self.span.total_seconds()
-        for unit, size in (("week", 604800), ("day", 86400), ("hour", 3600), ("minute", 60)):
-            if seconds >= size and seconds % size == 0:
-                n = int(seconds // size)
-                if unit == "week":  # "30 days" reads better than "4.28 weeks"; "2 weeks" stays
-                    return f"per {n} week{'s' if n != 1 else ''}"
-                return f"per {n} {unit}{'s' if n != 1 else ''}"
-        return f"per {seconds:g} seconds"
+        m = _SPAN.match(self.text)
+        if m and m.group(2) in _UNIT_NAMES:
+            n, unit = m.group(1), _UNIT_NAMES[m.group(2)]
+            return f"per {unit}" if float(n) == 1 else f"per {n} {unit}s"
+        return f"per {self.span.total_seconds() / 86400:g} days"
+
+
+_UNIT_NAMES = {"m": "minute", "min": "minute", "h": "hour", "d": "day", "w": "week"}
 
 
 def parse_window(value: object, field: str = "window") -> Window:

@@ -1,0 +1,612 @@
+"""Budgets: how much of a resource a user (or a group's pool) may use in a window, and the decision
+at a start (a spawn, a run, a trial, a deploy with warm instances) that names the budget, the usage
+and when it frees up.
+
+Design choices, and why:
+- Policies in the shape of 2i2c's jupyterhub-usage-quotas (`resource`, `limit: {value, unit}`,
+  `window` as a number of days) so their policies read here; plus what they lack: a name, a scope of
+  users or groups, a group pool (`per: group`: the group's members share one limit), the action at
+  100% (`stop` or `flag`: allow and tell), `warn_at` and a webhook. Their `memory` and `cpu`
+  resources are read as `memory_gb_hours` and `cpu_hours`.
+- Every budget that applies must allow a start; a start is judged only on the budgets it would
+  consume (a CPU-only server is not refused by a GPU budget; function requests only limit deploys).
+  A `flag` budget never refuses: crossing it is reported (`Decision.flagged`) for a notification.
+- Cheap: the allowed path is one `user_totals` per (pool, window) over the ledger's indexes and
+  hourly sums; only a refusal reads the pool's rows, to find when the usage frees up.
+- "When it frees up" for a rolling window is the earliest time the usage inside the window falls to
+  the limit if nothing more is used (the oldest usage leaves the window first; the usage now running
+  counts up to now). For a calendar month it is the first of next month.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from stratolab.errors import InvalidInput
+from stratolab.usage.pricing import DEFAULT_SHEET, PriceSheet, read_document
+from stratolab.usage.windows import Window, as_utc, next_month_start, parse_window
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from stratolab.db.usage_ledger import Totals, Usage
+
+RESOURCES = ("cpu_hours", "memory_gb_hours", "gpu_hours", "requests", "function_gb_seconds", "cost")
+#: 2i2c jupyterhub-usage-quotas' resource names
+ALIASES = {"cpu": "cpu_hours", "memory": "memory_gb_hours", "gpu": "gpu_hours", "cpu_core_hours": "cpu_hours"}
+#: how a quantity is written in messages, and the units a policy may name for it (lower case)
+UNITS = {"cpu_hours": ("core-hours", {"core-hours", "cpu-hours", "cores-hours"}),
+         "memory_gb_hours": ("GB-hours", {"gb-hours", "gib-hours"}),
+         "gpu_hours": ("GPU-hours", {"gpu-hours"}),
+         "requests": ("requests", {"requests"}),
+         "function_gb_seconds": ("GB-seconds", {"gb-seconds", "gib-seconds"}),
+         "cost": ("", set())}
+ACTIONS = ("stop", "flag")
+PER = ("user", "group")
+KEYS = ("name", "resource", "limit", "window", "scope", "per", "action", "warn_at", "notify")
+MAX_LIMIT = 1e12
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Who a budget applies to: everyone, or the users and groups named."""
+
+    users: frozenset[str] = frozenset()
+    groups: frozenset[str] = frozenset()
+
+    @property
+    def everyone(self) -> bool:
+        return not self.users and not self.groups
+
+    def to_json(self) -> Any:
+        if self.everyone:
+            return "all"
+        return {k: sorted(v) for k, v in (("users", self.users), ("groups", self.groups)) if v}
+
+
+@dataclass(frozen=True)
+class Budget:
+    name: str
+    resource: str
+    limit: float
+    window: Window
+    scope: Scope = Scope()
+    per: str = "user"
+    action: str = "stop"
+    warn_at: float = 0.8
+    notify: Mapping[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "resource": self.resource, "limit": self.limit, "window": self.window.text,
+                "scope": self.scope.to_json(), "per": self.per, "action": self.action, "warn_at": self.warn_at,
+                "notify": dict(self.notify)}
+
+
+@dataclass(frozen=True)
+class Pool:
+    """Whose usage a budget counts for a user: the user's own, or a group's (all its members)."""
+
+    per: str
+    name: str
+
+    def describe(self) -> str:
+        return f"group {self.name}" if self.per == "group" else f"user {self.name}"
+
+
+# parsing ---------------------------------------------------------------------------------------------
+
+def parse_budgets(data: Any) -> list[Budget]:
+    """Budgets from `{"budgets": [...]}` or a bare list; InvalidInput naming the key of the entry."""
+    if data is None:
+        return []
+    if isinstance(data, Mapping):
+        extra = set(data) - {"budgets"}
+        if extra:
+            raise InvalidInput(f"{sorted(extra)[0]} is not a key of the budgets file: expected budgets (a list)",
+                               field=sorted(extra)[0])
+        data = data.get("budgets") or []
+    if not isinstance(data, list):
+        raise InvalidInput("budgets must be a list of budget policies", field="budgets")
+    budgets = [_budget(entry, f"budgets[{i}]") for i, entry in enumerate(data)]
+    seen: set[str] = set()
+    for i, b in enumerate(budgets):
+        if b.name in seen:
+            raise InvalidInput(f"budgets[{i}].name {b.name!r} is used twice: budget names must be unique",
+                               field=f"budgets[{i}].name")
+        seen.add(b.name)
+    return budgets
+
+
+def load_budgets(path: str | Path) -> list[Budget]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise InvalidInput(f"cannot read the budgets file {path}: {e.strerror}", field="budgets") from None
+    return parse_budgets(read_document(text, path))
+
+
+def _budget(entry: Any, where: str) -> Budget:
+    if not isinstance(entry, Mapping):
+        raise InvalidInput(f"{where} must be a mapping with resource, limit and window", field=where)
+    for key in entry:
+        if key not in KEYS:
+            raise InvalidInput(f"{where}.{key} is not a budget key: expected one of {', '.join(KEYS)}",
+                               field=f"{where}.{key}")
+    for key in ("resource", "limit", "window"):
+        if key not in entry:
+            raise InvalidInput(f"{where}.{key} is missing (a budget needs resource, limit and window)",
+                               field=f"{where}.{key}")
+    resource = ALIASES.get(str(entry["resource"]), entry["resource"])
+    if resource not in RESOURCES:
+        raise InvalidInput(f"{where}.resource must be one of {', '.join(RESOURCES)}, not {entry['resource']!r}",
+                           field=f"{where}.resource")
+    limit = _limit(entry["limit"], resource, f"{where}.limit")
+    window = parse_window(entry["window"], f"{where}.window")
+    name = entry.get("name", f"{resource}-{window.text}")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise InvalidInput(f"{where}.name must be 1-100 letters, digits, '-', '_', '.' or ':', not {name!r}",
+                           field=f"{where}.name")
+    scope = _scope(entry.get("scope", "all"), f"{where}.scope")
+    per = entry.get("per", "user")
+    if per not in PER:
+        raise InvalidInput(f"{where}.per must be user (each user their own limit) or group (a group's members "
+                           f"share one), not {per!r}", field=f"{where}.per")
+    if per == "group" and scope.users and not scope.groups:
+        raise InvalidInput(f"{where}.per is group but its scope names only users: name the groups that share it",
+                           field=f"{where}.per")
+    action = entry.get("action", "stop")
+    if action not in ACTIONS:
+        raise InvalidInput(f"{where}.action must be stop (refuse starts and stop what runs) or flag (allow, and "
+                           f"notify), not {action!r}", field=f"{where}.action")
+    warn_at = entry.get("warn_at", 0.8)
+    if isinstance(warn_at, bool) or not isinstance(warn_at, int | float) or not 0 < warn_at <= 1:
+        raise InvalidInput(f"{where}.warn_at must be a fraction in (0, 1] such as 0.8, not {warn_at!r}",
+                           field=f"{where}.warn_at")
+    return Budget(name, resource, limit, window, scope, per, action, float(warn_at),
+                  _notify(entry.get("notify"), f"{where}.notify"))
+
+
+def _limit(value: Any, resource: str, key: str) -> float:
+    unit = None
+    if isinstance(value, Mapping):
+        extra = set(value) - {"value", "unit"}
+        if extra or "value" not in value:
+            raise InvalidInput(f"{key} must be a number or {{value, unit}}", field=key)
+        unit, value = value.get("unit"), value["value"]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+            or not 0 <= value <= MAX_LIMIT:
+        raise InvalidInput(f"{key} must be a number from 0 to {MAX_LIMIT:g}, not {value!r}", field=key)
+    if unit is not None:
+        allowed = UNITS[resource][1]
+        if resource == "cost":
+            if not isinstance(unit, str):
+                raise InvalidInput(f"{key}.unit must be the price sheet's currency", field=f"{key}.unit")
+        elif not isinstance(unit, str) or unit.lower() not in allowed:
+            raise InvalidInput(f"{key}.unit for {resource} must be one of {', '.join(sorted(allowed))}, "
+                               f"not {unit!r}", field=f"{key}.unit")
+    return float(value)
+
+
+def _names(value: Any, key: str) -> frozenset[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise InvalidInput(f"{key} must be a list of names", field=key)
+    return frozenset(value)
+
+
+def _scope(value: Any, key: str) -> Scope:
+    if value in (None, "all", "*"):
+        return Scope()
+    if not isinstance(value, Mapping):
+        raise InvalidInput(f"{key} must be all, or a mapping with users and/or groups", field=key)
+    for k in value:
+        if k not in ("users", "groups"):
+            raise InvalidInput(f"{key}.{k} is not a scope key: expected users or groups", field=f"{key}.{k}")
+    scope = Scope(_names(value.get("users", []), f"{key}.users"), _names(value.get("groups", []), f"{key}.groups"))
+    if scope.everyone:
+        raise InvalidInput(f"{key} names no users and no groups: write scope: all for everyone", field=key)
+    return scope
+
+
+def _notify(value: Any, key: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidInput(f"{key} must be a mapping such as {{webhook: https://...}}", field=key)
+    out = {}
+    for k, v in value.items():
+        if k != "webhook":
+            raise InvalidInput(f"{key}.{k} is not a notify key: expected webhook", field=f"{key}.{k}")
+        if not isinstance(v, str) or not re.match(r"^https?://[^\s/]+", v):
+            raise InvalidInput(f"{key}.webhook must be an http(s) URL, not {v!r}", field=f"{key}.webhook")
+        out[k] = v
+    return out
+
+
+# who and what a budget counts --------------------------------------------------------------------
+
+def pools(budget: Budget, username: str, groups: Collection[str]) -> list[Pool]:
+    """The pools of `budget` that `username` (a member of `groups`) draws from (none: it does not apply)."""
+    scope = budget.scope
+    if budget.per == "group":
+        return [Pool("group", g) for g in sorted(groups) if scope.everyone or g in scope.groups]
+    if scope.everyone or username in scope.users or any(g in scope.groups for g in groups):
+        return [Pool("user", username)]
+    return []
+
+
+def consumes(budget: Budget, kind: str | None, resources: Mapping[str, float] | None) -> bool:
+    """Whether a start of `kind` with `resources` would use what `budget` limits (None: judge all)."""
+    if kind is None and resources is None:
+        return True
+    res = resources or {}
+    if budget.resource == "cost":
+        return True
+    if budget.resource in ("requests", "function_gb_seconds"):
+        return kind in (None, "deploy")
+    key = {"cpu_hours": "cpu_cores", "memory_gb_hours": "memory_gb", "gpu_hours": "gpus"}[budget.resource]
+    return resources is None or float(res.get(key) or 0) > 0
+
+
+def amount(resource: str, totals: Totals, sheet: PriceSheet) -> float:
+    """A budget's quantity in `totals`; cost at the sheet's on-demand prices (not rounded to billing units)."""
+    unit = sheet.function_unit_ms()
+    if resource == "cpu_hours":
+        return totals.cpu_core_hours
+    if resource == "memory_gb_hours":
+        return totals.memory_gb_hours
+    if resource == "gpu_hours":
+        return totals.gpu_hours
+    if resource == "requests":
+        return float(totals.requests)
+    if resource == "function_gb_seconds":
+        return totals.function_gb_seconds.get(unit, 0.0)
+    by_model = getattr(totals, "gpu_hours_by_model", None) or {"": totals.gpu_hours}
+    return (totals.cpu_core_hours * sheet.cpu_core_hour + totals.memory_gb_hours * sheet.memory_gb_hour
+            + sum(hours * sheet.gpu_hour.price(model or None) for model, hours in by_model.items())
+            + totals.function_gb_seconds.get(unit, 0.0) * sheet.gb_second()
+            + totals.requests * sheet.per_million_requests / 1e6)
+
+
+class LedgerView(Protocol):
+    """Where budgets read usage: the platform database (`DatabaseView`) or rows in memory (`RowsView`)."""
+
+    def totals(self, usernames: Collection[str], start: datetime, now: datetime) -> Totals: ...
+
+    def rows(self, usernames: Collection[str], start: datetime, now: datetime) -> list[Usage]: ...
+
+
+def _sum_totals(parts: Iterable[Totals]) -> Totals:
+    from stratolab.db.usage_ledger import Totals
+
+    out = Totals()
+    for t in parts:
+        out.cpu_core_hours += t.cpu_core_hours
+        out.memory_gb_hours += t.memory_gb_hours
+        out.gpu_hours += t.gpu_hours
+        for model, hours in t.gpu_hours_by_model.items():
+            out.gpu_hours_by_model[model] = out.gpu_hours_by_model.get(model, 0.0) + hours
+        out.requests += t.requests
+        out.errors += t.errors
+        out.function_seconds += t.function_seconds
+        for unit, gb_s in t.function_gb_seconds.items():
+            out.function_gb_seconds[unit] = out.function_gb_seconds.get(unit, 0.0) + gb_s
+        out.cpu_hours_used += t.cpu_hours_used
+        out.peak_memory_gb = max(out.peak_memory_gb, t.peak_memory_gb)
+    return out
+
+
+class DatabaseView:
+    """The ledger in the platform database, through the ledger's fast totals."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def totals(self, usernames: Collection[str], start: datetime, now: datetime) -> Totals:
+        from stratolab.db.usage_ledger import user_totals
+
+        return _sum_totals(user_totals(self.session, usernames, start, now, now).values())
+
+    def rows(self, usernames: Collection[str], start: datetime, now: datetime) -> list[Usage]:
+        from stratolab.db.usage_ledger import usage_between
+
+        return usage_between(self.session, start, now, usernames=usernames, now=now)
+
+
+class RowsView:
+    """Usage rows already read (tests, a service that has them in hand)."""
+
+    def __init__(self, usages: Iterable[Usage]) -> None:
+        self.usages = list(usages)
+
+    def rows(self, usernames: Collection[str], start: datetime, now: datetime) -> list[Usage]:
+        names = set(usernames)
+        return [u for u in self.usages if u.username in names]
+
+    def totals(self, usernames: Collection[str], start: datetime, now: datetime) -> Totals:
+        from stratolab.db.usage_ledger import Totals
+
+        start, now = as_utc(start), as_utc(now)
+        t = Totals()
+        for u in self.rows(usernames, start, now):
+            if u.kind == "function_calls":
+                if u.ended_at is not None and start <= as_utc(u.ended_at) < now:
+                    t.add_calls(u.requests, u.errors, u.seconds, u.resources.memory_gb, u.billed_ms)
+                continue
+            began = as_utc(u.started_at)
+            stop = min(as_utc(u.ended_at), now) if u.ended_at is not None else now
+            overlap = max(0.0, (min(stop, now) - max(began, start)).total_seconds())
+            whole = (stop - began).total_seconds()
+            used = None if u.cpu_seconds_used is None or whole <= 0 else u.cpu_seconds_used * overlap / whole
+            if overlap > 0:
+                t.add_interval(overlap, u.resources, used, u.peak_memory_gb)
+        return t
+
+
+# decisions -------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Gauge:
+    """One budget as one user sees it now."""
+
+    budget: Budget
+    pool: Pool
+    used: float
+    start: datetime
+    frees_at: datetime | None = None
+
+    @property
+    def fraction(self) -> float:
+        if self.budget.limit <= 0:
+            return math.inf if self.used > 0 else 1.0
+        return self.used / self.budget.limit
+
+    @property
+    def exceeded(self) -> bool:
+        return self.used >= self.budget.limit
+
+    @property
+    def state(self) -> str:
+        if self.exceeded:
+            return "exceeded"
+        return "warning" if self.fraction >= self.budget.warn_at else "ok"
+
+    def to_json(self) -> dict[str, Any]:
+        b = self.budget
+        return {"name": b.name, "resource": b.resource, "unit": UNITS[b.resource][0], "limit": b.limit,
+                "used": self.used, "fraction": self.fraction if math.isfinite(self.fraction) else None,
+                "window": b.window.text, "window_start": self.start.isoformat(),
+                "frees_at": self.frees_at.isoformat() if self.frees_at else None, "state": self.state,
+                "action": b.action, "warn_at": b.warn_at, "per": b.per, "pool": self.pool.describe()}
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    budget: str | None = None
+    used: float | None = None
+    limit: float | None = None
+    fraction: float | None = None
+    frees_at: datetime | None = None
+    message: str = ""
+    #: budgets at or past warn_at (messages), and `flag` budgets crossed (names): for notifications
+    warnings: tuple[str, ...] = ()
+    flagged: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"allowed": self.allowed, "message": self.message, "budget": self.budget, "used": self.used,
+                "limit": self.limit, "fraction": self.fraction,
+                "frees_at": self.frees_at.isoformat() if self.frees_at else None,
+                "warnings": list(self.warnings), "flagged": list(self.flagged)}
+
+
+class _Reader:
+    """Totals per (pool members, window start), read once per decision."""
+
+    def __init__(self, view: LedgerView, members: Mapping[str, Collection[str]], username: str) -> None:
+        self.view, self.members, self.username = view, members, username
+        self.cache: dict[tuple[tuple[str, ...], datetime], Totals] = {}
+
+    def users(self, pool: Pool) -> tuple[str, ...]:
+        if pool.per == "user":
+            return (pool.name,)
+        return tuple(sorted(set(self.members.get(pool.name) or ()) | {self.username}))
+
+    def totals(self, pool: Pool, start: datetime, now: datetime) -> Totals:
+        key = (self.users(pool), start)
+        if key not in self.cache:
+            self.cache[key] = self.view.totals(key[0], start, now)
+        return self.cache[key]
+
+
+def gauges(budgets: Sequence[Budget], username: str, groups: Collection[str], view: LedgerView, now: datetime, *,
+           sheet: PriceSheet = DEFAULT_SHEET, members: Mapping[str, Collection[str]] | None = None,
+           select: Callable[[Budget], bool] | None = None) -> list[Gauge]:
+    """Every budget that applies to `username`, with its usage now (and when it frees up, if used up)."""
+    now = as_utc(now)
+    reader = _Reader(view, members or {}, username)
+    out = []
+    for budget in budgets:
+        if select is not None and not select(budget):
+            continue
+        start, _ = budget.window.bounds(now)
+        for pool in pools(budget, username, groups):
+            used = amount(budget.resource, reader.totals(pool, start, now), sheet)
+            gauge = Gauge(budget, pool, used, start)
+            if gauge.exceeded:
+                gauge = Gauge(budget, pool, used, start,
+                              frees_at(budget, view.rows(reader.users(pool), start, now), now, sheet))
+            out.append(gauge)
+    return out
+
+
+def decide(budgets: Sequence[Budget], username: str, groups: Collection[str], view: LedgerView, now: datetime, *,
+           kind: str | None = None, resources: Mapping[str, float] | None = None, sheet: PriceSheet = DEFAULT_SHEET,
+           members: Mapping[str, Collection[str]] | None = None) -> Decision:
+    """May `username` start a `kind` with `resources` now? Refused when a `stop` budget it would draw
+    on is used up; the message names the budget, the usage and when it frees up (the latest of them
+    when several are used up: the time the start becomes possible)."""
+    found = gauges(budgets, username, groups, view, now, sheet=sheet, members=members,
+                   select=lambda b: consumes(b, kind, resources))
+    refusing = [g for g in found if g.exceeded and g.budget.action == "stop"]
+    warnings = tuple(warning_message(g, sheet) for g in found if g.state == "warning")
+    flagged = tuple(g.budget.name for g in found if g.exceeded and g.budget.action == "flag")
+    if refusing:
+        far = datetime.max.replace(tzinfo=as_utc(now).tzinfo)
+        g = max(refusing, key=lambda g: g.frees_at or far)
+        return Decision(False, g.budget.name, g.used, g.budget.limit, _finite(g.fraction), g.frees_at,
+                        refusal_message(g, sheet), warnings, flagged)
+    if not found:
+        return Decision(True)
+    g = max(found, key=lambda g: g.fraction)
+    return Decision(True, g.budget.name, g.used, g.budget.limit, _finite(g.fraction), None, "", warnings, flagged)
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+# when it frees up -------------------------------------------------------------------------------
+
+def frees_at(budget: Budget, rows: Iterable[Usage], now: datetime, sheet: PriceSheet = DEFAULT_SHEET) -> datetime | None:
+    """The earliest time the usage in `budget`'s window falls to its limit if nothing more is used
+    (None: never, the limit is 0). Rolling windows: the window's start sweeps forward over the rows,
+    intervals leaving at their rate, batches of calls all at once when they ended."""
+    now = as_utc(now)
+    if budget.window.span is None:
+        return next_month_start(now) if budget.limit > 0 else None
+    if budget.limit <= 0:
+        return None
+    span = budget.window.span
+    c0 = now - span
+    # (time, rate change per second, lump leaving at that time)
+    events: list[tuple[float, float, float]] = []
+    used = 0.0
+    base = c0.timestamp()
+    for u in rows:
+        if u.kind == "function_calls":
+            if u.ended_at is None:
+                continue
+            ended = as_utc(u.ended_at)
+            if c0 <= ended <= now:
+                q = _lump(budget.resource, u, sheet)
+                if q:
+                    events.append((ended.timestamp() - base, 0.0, q))
+                    used += q
+            continue
+        rate = _rate(budget.resource, u, sheet)
+        if not rate:
+            continue
+        a = max(as_utc(u.started_at), c0)
+        b = min(as_utc(u.ended_at), now) if u.ended_at is not None else now
+        if b <= a:
+            continue
+        ta, tb = a.timestamp() - base, b.timestamp() - base
+        events.append((ta, rate, 0.0))
+        events.append((tb, -rate, 0.0))
+        used += rate * (tb - ta)
+    need = used - budget.limit
+    if need < 0:
+        return now
+    need = max(need, 1e-9 * budget.limit)  # exactly at the limit: used up until something leaves
+    events.sort(key=lambda e: e[0])
+    removed, rate, last = 0.0, 0.0, 0.0
+    for t, d_rate, lump in events:
+        if t > last:
+            if rate > 0 and removed + rate * (t - last) >= need:
+                return _ceil_second(c0 + timedelta(seconds=last + (need - removed) / rate) + span)
+            removed += rate * (t - last)
+            last = t
+        rate += d_rate
+        if lump:
+            removed += lump
+            if removed >= need - 1e-12:
+                return _ceil_second(c0 + timedelta(seconds=t) + span)
+    return _ceil_second(c0 + timedelta(seconds=last) + span)
+
+
+def _ceil_second(t: datetime) -> datetime:
+    """Up to the whole second (within a millisecond of one: float noise, not a later second)."""
+    return t.replace(microsecond=0) + timedelta(seconds=1 if t.microsecond >= 1000 else 0)
+
+
+def _rate(resource: str, u: Usage, sheet: PriceSheet) -> float:
+    """An interval's budget quantity per second of it."""
+    r = u.resources
+    if resource == "cpu_hours":
+        return r.cpu_cores / 3600
+    if resource == "memory_gb_hours":
+        return r.memory_gb / 3600
+    if resource == "gpu_hours":
+        return r.gpus / 3600
+    if resource == "cost":
+        return (r.cpu_cores * sheet.cpu_core_hour + r.memory_gb * sheet.memory_gb_hour
+                + r.gpus * sheet.gpu_hour.price(r.gpu_model)) / 3600
+    return 0.0
+
+
+def _lump(resource: str, u: Usage, sheet: PriceSheet) -> float:
+    """A batch of calls' budget quantity."""
+    gb_s = u.billed_ms.get(sheet.function_unit_ms(), 0) * u.resources.memory_gb / 1000
+    if resource == "requests":
+        return float(u.requests)
+    if resource == "function_gb_seconds":
+        return gb_s
+    if resource == "cost":
+        return gb_s * sheet.gb_second() + u.requests * sheet.per_million_requests / 1e6
+    return 0.0
+
+
+# messages --------------------------------------------------------------------------------------------
+
+def quantity(value: float, resource: str, sheet: PriceSheet) -> str:
+    """ "10.2 GPU-hours", "1,200 requests", "12.50 USD"."""
+    if resource == "cost":
+        return f"{value:,.2f} {sheet.currency}"
+    if resource == "requests":
+        return f"{value:,.0f} requests"
+    unit = UNITS[resource][0]
+    text = f"{value:,.0f}" if value >= 100 else f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return f"{text} {unit}"
+
+
+def describe(budget: Budget, pool: Pool, sheet: PriceSheet) -> str:
+    """ "10 GPU-hours per 30 days for group ml"."""
+    who = f"for group {pool.name}" if pool.per == "group" else f"for {pool.name}"
+    return f"{quantity(budget.limit, budget.resource, sheet)} {budget.window.describe()} {who}"
+
+
+def when(t: datetime | None) -> str:
+    """A time as messages write it, rounded UP to the minute (free at the time written, not before)."""
+    if t is None:
+        return "never"
+    t = as_utc(t)
+    if t.second or t.microsecond:
+        t = t.replace(second=0, microsecond=0) + timedelta(minutes=1)
+    return t.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def refusal_message(g: Gauge, sheet: PriceSheet) -> str:
+    b = g.budget
+    frees = (f"it frees up at {when(g.frees_at)}" if g.frees_at is not None
+             else "it does not free up (its limit is 0): ask an admin")
+    return (f"Budget '{b.name}' ({describe(b, g.pool, sheet)}) is used up: "
+            f"{quantity(g.used, b.resource, sheet)} used; {frees}")
+
+
+def warning_message(g: Gauge, sheet: PriceSheet) -> str:
+    b = g.budget
+    then = "what runs is stopped" if b.action == "stop" else "it is reported to the admins"
+    return (f"Budget '{b.name}' ({describe(b, g.pool, sheet)}) is {g.fraction:.0%} used: "
+            f"{quantity(g.used, b.resource, sheet)} used; at 100% {then}")
