@@ -49,9 +49,12 @@ export type GaugeState = 'ok' | 'warning' | 'exceeded';
 export interface IBudget {
   name: string;
   resource: string;
+  /** How `limit` and `used` are counted (`GPU-hours`; empty for money: the currency). */
+  unit?: string;
   limit: number;
   used: number;
-  fraction: number;
+  /** null when the limit is 0 and something was used. */
+  fraction: number | null;
   window: string;
   frees_at: string | null;
   state: GaugeState;

@@ -90,11 +90,16 @@ export function budgetState(budget: IBudget): GaugeState {
   if (budget.state === 'ok' || budget.state === 'warning' || budget.state === 'exceeded') {
     return budget.state;
   }
-  return gaugeState(budget.fraction, budget.warn_at);
+  return budget.fraction === null ? 'exceeded' : gaugeState(budget.fraction, budget.warn_at);
+}
+
+/** How full a budget's gauge is: its fraction, full when it has none (a limit of 0, used). */
+export function budgetFraction(budget: IBudget): number {
+  return budget.fraction === null ? 1 : finite(budget.fraction);
 }
 
 /** The width of a gauge's bar in percent: 0 to 100, whatever the use. */
-export function gaugeWidth(fraction: number): number {
+export function gaugeWidth(fraction: number | null): number {
   return Math.round(Math.min(1, Math.max(0, finite(fraction))) * 1000) / 10;
 }
 
@@ -107,14 +112,14 @@ export function formatUtc(iso: string): string {
   return `${new Date(t).toISOString().slice(0, 16).replace('T', ' ')} UTC`;
 }
 
-/** A budget's line under its gauge: `3.20 / 10.00 GPU-hours (32%) per 30d`. */
+/** A budget's line under its gauge: `3.20 / 10.00 GPU-hours (32%) per 30d` (the unit the service names, else the resource's). */
 export function budgetText(budget: IBudget, currency: string): string {
-  const unit = resourceUnit(budget.resource, currency);
-  const pct = Math.round(finite(budget.fraction) * 100);
+  const unit = budget.unit || resourceUnit(budget.resource, currency);
+  const pct = budget.fraction === null ? 'over' : `${Math.round(finite(budget.fraction) * 100)}%`;
   const used = budget.resource === 'requests' ? String(Math.round(finite(budget.used))) : formatAmount(budget.used);
   const limit = budget.resource === 'requests' ? String(Math.round(finite(budget.limit))) : formatAmount(budget.limit);
   const window = budget.window === 'month' ? 'per month' : `per ${budget.window}`;
-  return `${used} / ${limit} ${unit} (${pct}%) ${window}`;
+  return `${used} / ${limit} ${unit} (${pct}) ${window}`;
 }
 
 /** When a budget frees up, as a line; empty when it is not used at all. */

@@ -8,6 +8,7 @@ import { el, facts } from '../ui';
 import { IBreakdownLine, IBudget } from './api';
 import { chartNode } from './chart';
 import {
+  budgetFraction,
   budgetState,
   budgetText,
   formatAmount,
@@ -101,7 +102,7 @@ export class UsageSection extends ModelSection<null, UsageModel> {
       track.setAttribute('aria-valuenow', String(budget.used));
       track.setAttribute('aria-label', `Budget ${budget.name}`);
       const bar = el('div', 'jp-Stratolab-gaugeBar');
-      bar.style.width = `${gaugeWidth(budget.fraction)}%`;
+      bar.style.width = `${gaugeWidth(budgetFraction(budget))}%`;
       track.append(bar);
       gauge.append(title, track, el('div', 'jp-Stratolab-budgetLine', budgetText(budget, currency), `${id}-used`));
       const frees = freesText(budget);

@@ -97,10 +97,11 @@
   function columns(kind, currency) {
     var first = kind === 'users'
       ? [['User', 'user', String], ['Groups', 'groups', function (g) { return (g || []).join(', '); }]]
-      : [['Group', 'group', String], ['Users', 'users', function (u) { return Array.isArray(u) ? String(u.length) : String(finite(u)); }]];
+      : [['Group', 'group', String], ['Members', 'members', function (n) { return String(finite(n)); }]];
     return first.concat([
       ['Cost', 'cost', function (v) { return formatCost(v, currency); }],
       ['CPU core-h', 'cpu_core_hours', formatAmount],
+      ['CPU-h used', 'cpu_hours_used', function (v) { return v === null || v === undefined ? '–' : formatAmount(v); }],
       ['Memory GB-h', 'memory_gb_hours', formatAmount],
       ['GPU-h held', 'gpu_hours', formatAmount],
       ['GPU-h used', 'gpu_hours_used', function (v) { return v === null || v === undefined ? '–' : formatAmount(v); }],
@@ -193,6 +194,11 @@
     $('top-section').hidden = !(data.top || []).length;
   }
 
+  /** The service's API prefix (`/services/usage/api/`), as the page was rendered with it. */
+  function api(path) {
+    return (document.body.dataset.api || 'api/') + path;
+  }
+
   function period() {
     var form = $('period');
     return { from: form.elements.from.value, to: form.elements.to.value };
@@ -215,11 +221,11 @@
 
   async function load() {
     var p = period();
-    $('csv').setAttribute('href', 'api/admin/summary.csv?' + apiQuery(p));
+    $('csv').setAttribute('href', api('admin/summary.csv?' + apiQuery(p)));
     $('loading').hidden = false;
     showError('');
     try {
-      var response = await fetch('api/admin/summary?' + apiQuery(p), {
+      var response = await fetch(api('admin/summary?' + apiQuery(p)), {
         credentials: 'same-origin',
         headers: { Accept: 'application/json', 'X-XSRFToken': xsrfToken() }
       });

@@ -1,5 +1,6 @@
 import type { IBudget } from '../api';
 import {
+  budgetFraction,
   budgetState,
   budgetText,
   formatAmount,
@@ -103,6 +104,20 @@ describe('budget gauges', () => {
     expect(budgetState(budget({ state: 'exceeded', fraction: 0.2 }))).toBe('exceeded');
     expect(budgetState(budget({ state: 'odd' as IBudget['state'], fraction: 0.9 }))).toBe('warning');
     expect(budgetState(budget({ state: undefined as unknown as IBudget['state'], fraction: 1.2 }))).toBe('exceeded');
+  });
+
+  it('counts a used limit of 0 (no fraction) as exceeded and full', () => {
+    const zero = budget({ limit: 0, used: 1, fraction: null, state: undefined as unknown as IBudget['state'] });
+    expect(budgetState(zero)).toBe('exceeded');
+    expect(budgetFraction(zero)).toBe(1);
+    expect(budgetText(zero, 'USD')).toBe('1.00 / 0.00 GPU-hours (over) per 30d');
+  });
+
+  it("writes the unit the service names, else the resource's", () => {
+    expect(budgetText(budget({ unit: 'core-hours', resource: 'cpu_hours' }), 'USD')).toBe(
+      '3.20 / 10.00 core-hours (32%) per 30d'
+    );
+    expect(budgetText(budget({ unit: '', resource: 'cost' }), 'EUR')).toBe('3.20 / 10.00 EUR (32%) per 30d');
   });
 
   it('fills the bar from 0 to 100%, whatever the use', () => {
