@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     from stratolab.cli.triggers_cmd import add_triggers_commands
 
     add_triggers_commands(sub, common)
+    from stratolab.cli.usage_cmd import add_usage_commands
+
+    add_usage_commands(sub, common)
     return parser
 
 
