@@ -25,6 +25,7 @@ from stratolab.jobs.executor import FAILED, STOPPED, TIMED_OUT, Account, Executi
 from stratolab.jobs.files import JobFiles
 from stratolab.jobs.notify import Notifier
 from stratolab.jobs.store import JobStore, run_view, schedule_view
+from stratolab.jobs.usage_meter import RUN, RunMeter, Start, executing_elsewhere, resources_of, run_key
 from stratolab.platform import cron
 from stratolab.platform.gpus import GpuAllocation, Holder, NoFreeGpu
 from stratolab.platform.profiles import Profile
@@ -60,8 +61,11 @@ class Scheduler:
     def __init__(self, store: JobStore, files: JobFiles, executor: NotebookExecutor, clock: Clock,
                  config: SchedulerConfig, *, profiles: dict[str, Profile], account_for: Callable[[str], Account | None],
                  gpus: GpuAllocation, notifier: Notifier,
-                 executor_for: Callable[[JobSchedule], NotebookExecutor] | None = None):
+                 executor_for: Callable[[JobSchedule], NotebookExecutor] | None = None,
+                 meter: RunMeter | None = None):
         self.store = store
+        #: the usage ledger's intervals of runs, and the budget check of scheduled ones (usage_meter.py)
+        self.meter = meter or RunMeter.off()
         self.files = files
         self.executor = executor
         self.executor_for = executor_for or (lambda _schedule: executor)
@@ -84,6 +88,9 @@ class Scheduler:
 
     async def start(self) -> None:
         await self.recover(startup=True)
+        # the usage intervals this scheduler left open in a previous life (its trials' too) end at
+        # their last sign of life; other schedulers' runs go on
+        self.meter.recover(executing_elsewhere(self.store.sessions, self.config.worker_id))
         self._loops = [asyncio.ensure_future(self._main_loop()), asyncio.ensure_future(self._heartbeat_loop())]
 
     async def close(self) -> None:
@@ -240,6 +247,15 @@ class Scheduler:
     async def _execute(self, executor: NotebookExecutor, run: JobRun, s: JobSchedule, devices: tuple[str, ...]) -> None:
         holder = Holder.run(run.owner, run.id, s.name)
         execution: Execution
+        # a run that is an AutoML search holds nothing itself: each of its trials is metered
+        metered = getattr(executor, "metered", True)
+        resources = resources_of(self.profiles.get(s.profile), devices)
+        if metered and run.trigger != "manual":  # a run asked for by hand was checked when it was asked (403)
+            refused = await self.meter.check(run.owner, RUN, resources)
+            if refused is not None:
+                self.gpus.release(holder)
+                await self._ended(run, s, FAILED, refused, [], retry=False)
+                return
         try:
             if run.trigger == "schedule" and run.scheduled_for and run.started_at:
                 metrics.LATENESS.observe(max(0.0, (run.started_at - run.scheduled_for).total_seconds()))
@@ -262,9 +278,14 @@ class Scheduler:
             await self._ended(run, s, FAILED, f"the run could not start: {e}", [])
             return
         self.executions[run.id] = execution
+        if metered:
+            self.meter.opened(Start(run_key(run.id), run.owner, RUN, s.name, str(run.id), s.profile, resources,
+                                    started_at=run.started_at), pid=getattr(execution, "pid", None))
         try:
             result = await execution.wait()
         finally:
+            if metered:
+                self.meter.closed(run_key(run.id))
             self.executions.pop(run.id, None)
             self.gpus.release(holder)
             finished = getattr(executor, "finished", None)
@@ -280,7 +301,9 @@ class Scheduler:
         await self._ended(run, s, state, error, list(result.outputs))
 
     async def _ended(self, run: JobRun, s: JobSchedule | None, state: str, error: str | None,
-                     outputs: list[str], from_states: tuple[str, ...] = ("queued", "running")) -> None:
+                     outputs: list[str], from_states: tuple[str, ...] = ("queued", "running"),
+                     retry: bool = True) -> None:
+        """`retry`: False for a run its owner's budget refused: a retry would be refused again."""
         now = self.clock.now()
         if not self.store.finish(run.id, state, error, outputs, now, from_states=from_states):
             return  # closed elsewhere already
@@ -291,7 +314,7 @@ class Scheduler:
                  f": {error}" if error else "")
         if s is None:
             return
-        if state in (FAILED, TIMED_OUT) and run.attempt <= s.retries:
+        if retry and state in (FAILED, TIMED_OUT) and run.attempt <= s.retries:
             delay = retry_delay(s.retry_backoff, run.attempt)
             self._add_run(s, trigger="retry", scheduled_for=run.scheduled_for, attempt=run.attempt + 1,
                           parameters=run.parameters, digest=run.snapshot_digest,
@@ -329,6 +352,10 @@ class Scheduler:
             execution = self.executions.get(run_id)
             if execution is not None:
                 self._spawn(execution.stop(STOPPED))
+        try:
+            self.meter.beat()
+        except Exception:
+            log.exception("could not record the usage heartbeat")
         await self.recover(startup=False)
 
     async def recover(self, startup: bool) -> None:
@@ -349,6 +376,8 @@ class Scheduler:
             except Exception:
                 s = None
             metrics.RECOVERED.inc()
+            # its usage ends at its last sign of life (its own heartbeat, not another scheduler's)
+            self.meter.closed(run_key(run.id), ended_at=run.heartbeat_at or run.started_at, reason="recovered")
             await self._ended(run, s, FAILED, reason, outputs, from_states=("running",))
 
     def describe(self, s: JobSchedule, last: JobRun | None) -> dict[str, Any]:

@@ -135,6 +135,9 @@ class NotebookExecutor(abc.ABC):
     #: does a run hold its profile's GPUs from start to end? Not when its work takes devices piece by
     #: piece (an AutoML search: each trial its own)
     holds_gpus: bool = True
+    #: is a run's time its own use of the profile (one interval of the usage ledger per run)? Not when
+    #: the run only drives other work that is metered itself (an AutoML search: its trials)
+    metered: bool = True
 
     @abc.abstractmethod
     async def start(self, spec: RunSpec) -> Execution:

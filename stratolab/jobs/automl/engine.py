@@ -34,6 +34,8 @@ from stratolab.jobs.automl.space import grid, sample
 from stratolab.jobs.clock import Clock
 from stratolab.jobs.executor import STOPPED, SUCCEEDED, Account, NotebookExecutor, RunSpec
 from stratolab.jobs.files import JobFiles
+from stratolab.jobs.usage_meter import TRIAL, RunMeter, Start, resources_of
+from stratolab.jobs.usage_meter import trial_key as usage_key
 from stratolab.platform.gpus import GpuAllocation, Holder, NoFreeGpu
 from stratolab.platform.profiles import Profile, choose_profile
 
@@ -126,8 +128,10 @@ class AutoMLController:
                  worker_id: str, account_for: Callable[[str], Account | None],
                  profile_env: Callable[[tuple[str, ...]], dict[str, str]], profiles: dict[str, Profile],
                  gpus: GpuAllocation, heartbeat_every: float = 5.0, stale_after: float = 30.0, max_parallel: int = 8,
-                 gpu_wait: float = 0.5):
+                 gpu_wait: float = 0.5, meter: RunMeter | None = None):
         self.sessions = sessions
+        #: each trial's interval in the usage ledger, and the budget check before each trial (usage_meter.py)
+        self.meter = meter or RunMeter.off()
         ensure_optuna_schema(db_url)
         self.storage = optuna.storages.RDBStorage(optuna_url(db_url), engine_kwargs=storage_engine_kwargs(db_url))
         self.files = files
@@ -235,8 +239,12 @@ class AutoMLController:
                                   f"the scheduler has {len(self.gpus.inventory)}")
         return profile
 
-    def _recover_lost(self, study: optuna.Study) -> None:
-        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+    def _recover_lost(self, job_id: int, study: optuna.Study) -> None:
+        lost = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        if lost:  # their usage ends at their last sign of life, once (the scheduler's start may have closed it)
+            keys = {usage_key(job_id, t.number) for t in lost}
+            self.meter.recover(lambda interval: interval.key not in keys)
+        for t in lost:
             self.storage.set_trial_user_attr(t._trial_id, LOST, True)
             self.storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
             if t.params:  # it had started: run the same parameters again (else a fresh trial takes its place)
@@ -257,9 +265,10 @@ class AutoMLController:
     async def _drive_job(self, job_id: int) -> None:
         job = self._job(job_id)
         config = json.loads(job.config)
-        gpus_per_trial = self.profile_of(config).gpus
+        profile = self.profile_of(config)
+        gpus_per_trial = profile.gpus
         study = self.study(job, config)
-        self._recover_lost(study)
+        self._recover_lost(job_id, study)
         started_at = job.started_at
         if started_at is None:
             started_at = self.clock.now()
@@ -293,6 +302,11 @@ class AutoMLController:
             exhausted = config["algorithm"] == "grid" and self._grid_done(study, config, len(counted) + len(running))
             wanted = len(counted) + len(running) < config["trials"] and not time_up and not exhausted
             if wanted and len(running) < parallel and len(self.gpus.free()) >= gpus_per_trial:
+                refused = await self.meter.check(job.owner, TRIAL, resources_of(profile))
+                if refused is not None:  # the search stops: every further trial would be refused too
+                    await self._stop_all(job_id, running)
+                    self._set(job_id, state="failed", error=refused, finished_at=self.clock.now())
+                    return
                 # devices first, then the trial: the ledger is shared with the hub and the functions
                 # service, so free() was a look, not a promise. This loop is the only one asking this
                 # study for trials, so the next trial's number is the number of trials so far.
@@ -305,7 +319,7 @@ class AutoMLController:
                     trial = study.ask()
                     params = sample(trial, config["space"])  # at once: a lost trial is then one with parameters
                     running[trial.number] = asyncio.ensure_future(
-                        self._run_trial(job, config, study, trial, params, parallel, devices, holder))
+                        self._run_trial(job, config, study, trial, params, parallel, devices, holder, profile))
                     continue
             if not running and wanted:  # every device this search could use is held by others: wait
                 await asyncio.sleep(self.gpu_wait)
@@ -339,10 +353,10 @@ class AutoMLController:
 
     async def _run_trial(self, job: AutoMLJob, config: dict[str, Any], study: optuna.Study, trial: optuna.Trial,
                          params: dict[str, Any], parallel: int = 1, devices: tuple[str, ...] = (),
-                         holder: Holder | None = None) -> None:
+                         holder: Holder | None = None, profile: Profile | None = None) -> None:
         """One trial to its end; its devices go back however it ends (done, failed, pruned, stopped)."""
         try:
-            await self._trial(job, config, study, trial, params, parallel, devices)
+            await self._trial(job, config, study, trial, params, parallel, devices, profile)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # a trial that breaks is a failed trial, never a stuck one
@@ -354,7 +368,8 @@ class AutoMLController:
                 self.gpus.release(holder)
 
     async def _trial(self, job: AutoMLJob, config: dict[str, Any], study: optuna.Study, trial: optuna.Trial,
-                     params: dict[str, Any], parallel: int, devices: tuple[str, ...]) -> None:
+                     params: dict[str, Any], parallel: int, devices: tuple[str, ...],
+                     profile: Profile | None = None) -> None:
         loop = asyncio.get_running_loop()
         account = await loop.run_in_executor(None, self.account_for, job.owner)
         workdir = self.files.trial_dir(job.owner, job.id, trial.number)
@@ -370,6 +385,10 @@ class AutoMLController:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             return
         self.executions[key] = execution
+        metered = usage_key(job.id, trial.number)
+        self.meter.opened(Start(metered, job.owner, TRIAL, job.name, f"{job.id}:{trial.number}",
+                                profile.slug if profile else "", resources_of(profile, devices)),
+                          pid=getattr(execution, "pid", None))
         pruned = False
         seen = 0
         waiter = asyncio.ensure_future(execution.wait())
@@ -385,6 +404,7 @@ class AutoMLController:
                 seen = len(reports)
             result = waiter.result()
         finally:
+            self.meter.closed(metered)
             self.executions.pop(key, None)
             finished = getattr(self.executor, "finished", None)
             if finished:

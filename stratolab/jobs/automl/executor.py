@@ -54,6 +54,7 @@ class AutoMLExecutor(NotebookExecutor):
     """Starts the AutoML search of a scheduled run (RunSpec.run_id) of an AutoML schedule."""
 
     holds_gpus = False
+    metered = False  # the search's trials are metered, each on its own
 
     def __init__(self, searches: AutoMLService, store: JobStore, poll_every: float = 1.0):
         self.searches, self.store, self.poll_every = searches, store, poll_every

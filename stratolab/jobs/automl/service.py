@@ -26,6 +26,7 @@ from stratolab.jobs.files import JobFiles
 from stratolab.jobs.parameters import inspect_parameters, validate_parameters
 from stratolab.jobs.spec import NAME_RE, notebook_path
 from stratolab.jobs.store import all_detached, committed, detached, owned
+from stratolab.jobs.usage_meter import TRIAL, resources_of
 from stratolab.platform.profiles import Profile
 
 
@@ -101,7 +102,10 @@ class AutoMLService:
         declared = inspect_parameters(nb)
         config = validate_automl(body, declared)
         config["parameters"] = validate_parameters(config["parameters"], declared)
-        config["profile"] = self.profile_for(config["profile"]).slug  # stored: the trials' profile
+        profile = self.profile_for(config["profile"])
+        config["profile"] = profile.slug  # stored: the trials' profile
+        # a search asked for by hand over its owner's budget is refused now (403), not trial by trial
+        await self.controller.meter.require(owner, TRIAL, resources_of(profile))
         for name, item in config["space"].items():  # the searched values must fit the notebook's types too
             kinds = {p["name"]: p["type"] for p in declared}
             if item["type"] == "float" and kinds.get(name) == "int":

@@ -24,7 +24,9 @@ from jupyterhub.services.auth import HubAuth
 from tornado import web
 from traitlets import Bool, Float, Integer, Unicode, default
 
+from stratolab.client.usage import UsageClient, usage_url
 from stratolab.db import ensure_schema, make_engine, session_factory
+from stratolab.db.usage_ledger import Ledger
 from stratolab.errors import NotFound
 from stratolab.jobs import metrics
 from stratolab.jobs.automl.engine import AutoMLController
@@ -41,6 +43,7 @@ from stratolab.jobs.service.executors import EXECUTORS, ExecutorChoice, Kubernet
 from stratolab.jobs.service.openapi import OPENAPI
 from stratolab.jobs.service.state import JobService, check_profile, read_request_notebook
 from stratolab.jobs.store import JobStore
+from stratolab.jobs.usage_meter import PRODUCER, RunMeter
 from stratolab.platform.accounts import ensure_system_user, system_username
 from stratolab.platform.gpus import GpuAllocation
 from stratolab.platform.outbound import ENV as OUTBOUND_ENV
@@ -121,6 +124,13 @@ def run_profile_of(store: JobStore, profiles: dict) -> Callable[[RunSpec], Profi
     return profile_of
 
 
+def run_meter(sessions, url: str, token: str) -> RunMeter:
+    """The ledger of runs' and trials' usage (producer "scheduler"), and the usage service's budget check
+    (STRATOLAB_USAGE_URL / STRATOLAB_USAGE_PORT, read by stratolab.client.usage; it fails open when the
+    service cannot be reached, unless STRATOLAB_USAGE_FAIL_CLOSED)."""
+    return RunMeter(Ledger(sessions, producer=PRODUCER), UsageClient(url, token))
+
+
 def build(settings: SchedulerService | Mapping[str, str] = os.environ,
           clock: Clock | None = None) -> tuple[JobService, Scheduler, AutoMLService]:
     """The service and its scheduler from the settings, or from an environment (tests pass their own,
@@ -154,12 +164,13 @@ def build(settings: SchedulerService | Mapping[str, str] = os.environ,
         public_url=s.public_url.rstrip("/"),
     )
     profiles = load_profiles(len(gpus.inventory), s.profiles_file)
+    meter = run_meter(store.sessions, usage_url(s.environ), s.hub_api_token)
     executor = s.executor_choice.make(s, run_profile_of(store, profiles))
     clock = clock or Clock()
     controller = AutoMLController(
         store.sessions, db_url, files, executor, clock, worker_id=config.worker_id,
         account_for=account_for, profile_env=Scheduler.profile_env, profiles=profiles, gpus=gpus,
-        max_parallel=s.automl_max_parallel,
+        max_parallel=s.automl_max_parallel, meter=meter,
     )
     # a search's profile is checked as a schedule's is, against the same profiles and GPUs
     automl = AutoMLService(store.sessions, files, controller, account_for, partial(read_request_notebook, home_of),
@@ -168,7 +179,7 @@ def build(settings: SchedulerService | Mapping[str, str] = os.environ,
     executor_for = executor_for_schedules(executor, AutoMLExecutor(automl, store))
     scheduler = Scheduler(store, files, executor, clock, config, profiles=profiles, account_for=account_for,
                           gpus=gpus, notifier=Notifier(smtp, OutboundPolicy.from_env({OUTBOUND_ENV: s.outbound_allow})),
-                          executor_for=executor_for)
+                          executor_for=executor_for, meter=meter)
     service = JobService(
         store=store, files=files, scheduler=scheduler,
         hub_auth=HubAuth(api_token=s.hub_api_token, cache_max_age=60),

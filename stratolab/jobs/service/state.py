@@ -18,6 +18,7 @@ from stratolab.jobs.files import JobFiles, read_home_notebook
 from stratolab.jobs.parameters import inspect_parameters, validate_parameters
 from stratolab.jobs.spec import notebook_content, validate_run_request, validate_schedule
 from stratolab.jobs.store import JobStore, run_view
+from stratolab.jobs.usage_meter import RUN, resources_of
 from stratolab.platform import cron
 from stratolab.platform.gpus import GpuAllocation
 from stratolab.platform.profiles import Profile, ProfileError, choose_profile
@@ -201,6 +202,8 @@ class JobService:
         params = json.loads(s.parameters)
         if overrides:
             params.update(validate_parameters(overrides, json.loads(s.declared)))
+        # a run asked for by hand over its owner's budget is refused now, with the budget's message (403)
+        await self.scheduler.meter.require(owner, RUN, resources_of(self.profiles.get(s.profile)))
         run = self.scheduler._add_run(s, trigger="manual", scheduled_for=None, key=key, parameters=json.dumps(params))
         if run is None:  # the same key, a moment earlier, from a concurrent request
             earlier = self.store.run_by_key(owner, key) if key else None
