@@ -165,7 +165,7 @@ CHILD = textwrap.dedent("""
         def append_then_die(session, items):
             append(session, items)
             session.flush()
-            os.write(1, b"-1\n")
+            os.write(1, b"-1\\n")
             os.kill(os.getpid(), signal.SIGKILL)  # the rows are written, the offset moved, nothing committed
         metering.append_many = append_then_die
         journal.fold()
@@ -176,20 +176,31 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def run_child(url: str, path: Path, mode: str, seconds: float) -> int:
-    """Starts the child, SIGKILLs it after `seconds`; returns the last call it said it recorded."""
+def run_child(url: str, path: Path, mode: str, after_calls: int) -> int:
+    """Starts the child and SIGKILLs it once it reported `after_calls` calls (or its -1); returns the
+    last call it said it recorded. Waiting for its word, not for a time, keeps this right on a busy machine."""
     child = subprocess.Popen([sys.executable, "-c", CHILD, url, str(path), mode], stdout=subprocess.PIPE)
-    time.sleep(seconds)
+    assert child.stdout is not None
+    last = 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = child.stdout.readline()
+        if not line:
+            break
+        last = int(line)
+        if last == -1 or last >= after_calls:
+            break
     child.send_signal(signal.SIGKILL)
-    out, _ = child.communicate(timeout=60)
+    out = child.stdout.read()  # what it said before it died (communicate() would skip the reader's buffer)
+    child.wait(timeout=60)
     lines = out.split()
-    return int(lines[-1]) if lines else 0
+    return int(lines[-1]) if lines else last
 
 
 def test_a_process_killed_while_recording_and_folding_loses_nothing_and_repeats_nothing(db, tmp_path):
     url, sessions = db
     path = tmp_path / "calls.jsonl"
-    reported = run_child(url, path, "record", 2.0)
+    reported = run_child(url, path, "record", 20_000)
     assert reported > 100
     before = folded(sessions)[0]
     assert 0 < before <= reported + 1  # its own folds ran, and were cut short somewhere
@@ -212,7 +223,7 @@ def test_a_fold_killed_between_the_append_and_the_commit_is_redone_once(db, tmp_
         journal.record("ann", "fn", 1, 0.5, i / 1e6, ok=True)
     journal.close()
     # the child's first fold dies before committing (it says -1 just before)
-    assert run_child(url, path, "kill-in-fold", 3.0) == -1
+    assert run_child(url, path, "kill-in-fold", 10**9) == -1
     assert folded(sessions) == (0, 0)
     again = CallJournal(path, Ledger(sessions, "functions"))
     assert again.fold() == 1000 and folded(sessions) == (1000, 1000 * 1001 // 2)
