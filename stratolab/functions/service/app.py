@@ -28,8 +28,9 @@ from pathlib import Path
 
 from jupyterhub.services.auth import HubAuth
 from tornado import ioloop, web
-from traitlets import Float, Integer, Unicode, validate
+from traitlets import Bool, Float, Integer, Unicode, validate
 
+from stratolab.client.usage import UsageClient, usage_url
 from stratolab.db import ensure_schema, make_engine, session_factory
 from stratolab.functions.bundle import BundleStore
 from stratolab.functions.knative.config import KnativeSettings
@@ -44,6 +45,7 @@ from stratolab.functions.service.event_dedup import DEFAULT_WINDOW_S, EventDedup
 from stratolab.functions.service.invocation_stats import FLUSH_INTERVAL_S
 from stratolab.functions.service.openapi import OPENAPI
 from stratolab.functions.service.state import DEFAULT_MAX_HELD_MB, ServiceState
+from stratolab.functions.service.usage_meter import FunctionMeter
 from stratolab.platform.accounts import ensure_system_user, system_username
 from stratolab.platform.gpu_ledger import GpuLedger
 from stratolab.platform.http_front import FastRoute, HTTPFront
@@ -123,6 +125,9 @@ class FunctionsService(HubService):
     triggers_url = Unicode(DEFAULT_TRIGGERS_URL, help="The triggers service, which takes asynchronous invocations "
                            "(POST fn/OWNER/NAME?async=1) and runs them later.").tag(
         config=True, env="STRATOLAB_FUNCTIONS_TRIGGERS_URL")
+    metering = Bool(True, help="Record every invocation and every warm instance (min_instances) in the usage "
+                    "ledger, and check budgets before a deploy keeps instances warm (false: none of it; "
+                    "benchmarks compare the two).").tag(config=True, env="STRATOLAB_FUNCTIONS_METERING")
     backend_class = NamedType(BACKENDS, "local", klass=BackendChoice, help="Where function versions run.").tag(
         config=True, env="STRATOLAB_FUNCTIONS_BACKEND")
 
@@ -168,6 +173,14 @@ class FunctionsService(HubService):
             python=self.python(),
         ).start()
 
+    def usage_meter(self) -> FunctionMeter:
+        """The ledger's producer "functions" (journal under the data dir), with the usage service's
+        budget check (STRATOLAB_USAGE_URL / STRATOLAB_USAGE_PORT; see stratolab.client.usage)."""
+        if not self.metering:
+            return FunctionMeter.off()
+        return FunctionMeter.for_service(self.sessions, Path(self.data_dir),
+                                         UsageClient(usage_url(self.environ), self.hub_api_token))
+
     def prepare(self) -> None:
         db_url = self.required("db_url")
         self.required("data_dir")
@@ -191,6 +204,7 @@ class FunctionsService(HubService):
             max_held_bytes=self.max_held_mb * 1024 * 1024,
             events=EventDeduplicator(self.event_dedup_s),
             triggers=TriggersClient(self.triggers_url, self.hub_api_token),
+            meter=self.usage_meter(),
         )
         app = make_app(state, prefix, runtime_secret)
         # the front answers invocations itself and hands every other request to the tornado app
@@ -199,6 +213,9 @@ class FunctionsService(HubService):
                                 lambda path: body_limit)
         front = HTTPFront(app, (invocations,), max_body_size=MAX_BODY_SIZE)
         await front.listen(self.port, address=self.ip)
+        # warm instances a previous life left open end at its last heartbeat (local ones died with it)
+        state.meter.recover(instances_outlive_service=not isinstance(backend, LocalBackend))
+        state.meter.start()  # calls it answered before it was killed, then a fold every 5 s
         await state.restore()
         housekeeping = ioloop.PeriodicCallback(state.housekeeping, 1000)
         housekeeping.start()
@@ -212,7 +229,10 @@ class FunctionsService(HubService):
         if state.triggers is not None:
             await state.triggers.close()
         await backend.shutdown()
+        if isinstance(backend, LocalBackend):
+            state.meter.close_all()
         state.stats.flush(everything=True)
+        state.meter.stop()
 
 
 def main() -> None:

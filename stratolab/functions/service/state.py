@@ -17,11 +17,13 @@ from stratolab.errors import InvalidInput, NotFound, StratolabError
 from stratolab.functions.backend import FunctionBackend, VersionRef
 from stratolab.functions.bundle import BundleStore, Manifest, extract_bundle
 from stratolab.functions.limits import LimitsConfig
+from stratolab.functions.policy import ScalingPolicy
 from stratolab.functions.registry import FunctionRegistry, FunctionView, check_name
 from stratolab.functions.service import metrics
 from stratolab.functions.service.async_invocation import TriggersClient
 from stratolab.functions.service.event_dedup import EventDeduplicator
 from stratolab.functions.service.invocation_stats import InvocationStats, parse_window, summaries
+from stratolab.functions.service.usage_meter import FunctionMeter
 from stratolab.functions.traffic import choose_version
 
 log = logging.getLogger("stratolab.functions")
@@ -82,6 +84,8 @@ class ServiceState:
     events: EventDeduplicator = field(default_factory=EventDeduplicator)
     #: where asynchronous invocations go (see async_invocation.py); None: they are refused (503)
     triggers: TriggersClient | None = None
+    #: every call into the usage ledger, warm instances too (see usage_meter.py); off unless given
+    meter: FunctionMeter = field(default_factory=FunctionMeter.off)
     #: invocation counts and latencies, kept in the platform database (see invocation_stats.py)
     stats: InvocationStats = field(init=False)
 
@@ -126,6 +130,7 @@ class ServiceState:
                      promote: bool = True, groups: tuple[str, ...] = ()) -> dict[str, Any]:
         """`groups`: the owner's hub groups, which may raise their limits."""
         check_name(name)
+        await self._check_warm(owner, name, scaling)
         with tempfile.TemporaryDirectory(prefix="stratolab-upload-") as tmp:
             unpack_bundle(body, Path(tmp) / "bundle")
             digest = self.store.put(Path(tmp) / "bundle")
@@ -154,6 +159,24 @@ class ServiceState:
         if key:
             result["key"] = key
         return result
+
+    async def _check_warm(self, owner: str, name: str, scaling: dict | None) -> None:
+        """403 when the function would keep instances warm (`min_instances` > 0, asked for now or already
+        set) and the owner's budget is used up. Bad values are left to the policy's own check."""
+        current: ScalingPolicy | None = None
+        try:
+            current = self.view(owner, name).policy
+        except NotFound:
+            pass
+        wanted = (scaling or {}).get("min_instances", current.min_instances if current else 0)
+        if not isinstance(wanted, int) or isinstance(wanted, bool) or wanted <= 0:
+            return
+        memory = (scaling or {}).get("memory_mb", current.memory_mb if current else None)
+        gpus = (scaling or {}).get("gpus", current.gpus if current else 0)
+        policy = ScalingPolicy(min_instances=wanted, max_instances=max(wanted, 1),
+                               memory_mb=memory if isinstance(memory, int) else None,
+                               gpus=gpus if isinstance(gpus, int) else 0)
+        await self.meter.check_warm(owner, wanted, policy)
 
     def _set_state(self, owner: str, name: str, version: int, state: str, error: str | None) -> None:
         from sqlalchemy import select
@@ -215,6 +238,7 @@ class ServiceState:
             metrics.INVOCATIONS.labels(owner, name, str(status)).inc()
             metrics.LATENCY.labels(owner, name).observe(elapsed)
             self.stats.record(view.id, version, status, elapsed)
+            self.meter.call(view, version, status, elapsed)
             self.invocations.setdefault(f"{owner}/{name}", deque(maxlen=200)).append({
                 "request_id": request_id, "version": version, "status": status,
                 "at": time.time(), "duration_ms": round(elapsed * 1000, 2),
@@ -237,6 +261,8 @@ class ServiceState:
                      groups: tuple[str, ...] = ()) -> dict[str, Any]:
         if scaling is not None and not isinstance(scaling, dict):
             raise InvalidInput("scaling must be a JSON object", field="scaling")
+        if scaling and "min_instances" in scaling:
+            await self._check_warm(owner, name, scaling)
         view = self.registry.set_policy(owner, name, scaling or {}, public, self.limits.for_user(owner, groups))
         self._changed(owner, name)
         for v in view.ready_versions():
@@ -281,3 +307,8 @@ class ServiceState:
             await self.backend.housekeeping()
         except Exception:
             log.exception("housekeeping failed")
+        if self.meter.ledger is not None:
+            try:  # after the backend's round: the warm instances it kept, started or stopped
+                self.meter.reconcile(self.registry.list(), self.backend)
+            except Exception:
+                log.exception("could not meter the warm instances")
