@@ -22,10 +22,13 @@ Design choices, and why:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from stratolab.errors import InvalidInput
 from stratolab.usage.pricing import FUNCTION_UNITS_MS, KIND_CLASS, RATE_CLASSES, PriceSheet, format_ms
@@ -224,57 +227,89 @@ def make_bill(usages: Iterable[Usage], sheet: PriceSheet, start: datetime, end: 
         covered, reservation = _reservation(rows, sheet, start, end, now)
     rates = _Rates(sheet, rate_class, units, dict(sheet.minimum_charge_s), units["functions"],
                    basis or sheet.basis, covered, sheet.reserved_discount)
-    lines: dict[tuple[str, ...], Line] = {}
-    totals = Line({})
-    days: dict[date, Line] = {}
+    key_of = _key_getter(keys)
+    # one pass pricing each row; the sums (by line, by day) are taken at the end, column-wise
+    figures: list[list[float]] = []
+    line_of: list[int] = []
+    peaks: list[float] = []
+    index: dict[tuple[str, ...], int] = {}
+    pieces: tuple[list[int], list[date], list[float]] = ([], [], [])
     for u in rows:
         priced = _price(u, rates, start, end, now)
         if priced is None:
             continue
         q, c, peak, lo, hi = priced
-        key = tuple(_field(u, k) for k in keys)
-        line = lines.get(key)
-        if line is None:
-            line = lines[key] = Line(dict(zip(keys, key, strict=True)))
-        _add(line, q, c, peak, 1.0)
-        _add(totals, q, c, peak, 1.0)
+        key = key_of(u)
+        i = index.get(key)
+        if i is None:
+            i = index[key] = len(index)
         if series:
-            _spread(days, q, c, lo, hi)
+            _spread(pieces, len(figures), lo, hi)
+        figures.append(q + c)
+        line_of.append(i)
+        peaks.append(peak)
+    matrix = np.array(figures, dtype=float).reshape(len(figures), _NQ + _NR)
+    sums = np.zeros((len(index), _NQ + _NR))
+    np.add.at(sums, np.array(line_of, dtype=np.intp), matrix)
+    line_peaks = np.zeros(len(index))
+    np.maximum.at(line_peaks, np.array(line_of, dtype=np.intp), np.array(peaks, dtype=float))
+    lines = [_line(dict(zip(keys, key, strict=True)), sums[i], float(line_peaks[i])) for key, i in index.items()]
+    totals = _line({}, matrix.sum(axis=0), max(peaks, default=0.0))
+    days: dict[date, Line] = {}
     if series:
+        days = _days(matrix, pieces)
         _fill_days(days, start, min(end, now))
-    ordered = sorted(lines.values(), key=lambda line: (-line.cost, display_key(line.key)))
+    ordered = sorted(lines, key=lambda line: (-line.cost, display_key(line.key)))
     return Bill(start, end, now, sheet.currency, rate_class, units, rates.basis, ordered, totals, days, reservation)
 
 
-def _field(u: Usage, name: str) -> str:
-    return u.username if name == "user" else str(getattr(u, name))
+def _line(key: dict[str, str], figures: np.ndarray, peak: float) -> Line:
+    values = [float(x) for x in figures]
+    return Line(key, values[:_NQ], values[_NQ:], peak)
 
 
-def _add(line: Line, q: list[float], c: list[float], peak: float, weight: float) -> None:
-    lq, lc = line.quantities, line.costs
-    for i in range(_NQ):
-        lq[i] += q[i] * weight
-    for i in range(_NR):
-        lc[i] += c[i] * weight
-    if peak > line.peak_memory_gb:
-        line.peak_memory_gb = peak
+def _days(matrix: np.ndarray, pieces: tuple[list[int], list[date], list[float]]) -> dict[date, Line]:
+    """Each day's sums: every row's figures weighted by its share of time in the day."""
+    rows, days, weights = pieces
+    if not rows:
+        return {}
+    order = sorted(set(days))
+    position = {d: i for i, d in enumerate(order)}
+    sums = np.zeros((len(order), _NQ + _NR))
+    weighted = matrix[np.array(rows, dtype=np.intp)] * np.array(weights, dtype=float)[:, None]
+    np.add.at(sums, np.array([position[d] for d in days], dtype=np.intp), weighted)
+    return {d: _line({"day": d.isoformat()}, sums[i], 0.0) for d, i in position.items()}
 
 
-def _spread(days: dict[date, Line], q: list[float], c: list[float], lo: datetime, hi: datetime) -> None:
-    """Adds a row's figures to the days its part in the period touches, by the time in each."""
+def _key_getter(keys: tuple[str, ...]) -> Callable[[Usage], tuple[str, ...]]:
+    """A row's line key (built once per bill: this runs for every row)."""
+    names = tuple("username" if k == "user" else k for k in keys)
+    if not names:
+        return lambda u: ()
+    if len(names) == 1:
+        one: Callable[[Usage], str] = attrgetter(names[0])
+        return lambda u: (one(u),)
+    many: Callable[[Usage], tuple[str, ...]] = attrgetter(*names)
+    return many
+
+
+def _spread(pieces: tuple[list[int], list[date], list[float]], row: int, lo: datetime, hi: datetime) -> None:
+    """The days a row's part in the period touches, with its share of time in each."""
+    rows, days, weights = pieces
     first = lo.date()
     if hi <= lo or (hi - timedelta(microseconds=1)).date() == first:
-        line = days.get(first) or days.setdefault(first, Line({"day": first.isoformat()}))
-        _add(line, q, c, 0.0, 1.0)
+        rows.append(row)
+        days.append(first)
+        weights.append(1.0)
         return
     total = (hi - lo).total_seconds()
     cursor = lo
     while cursor < hi:
         day = cursor.date()
         next_day = datetime(day.year, day.month, day.day, tzinfo=lo.tzinfo) + timedelta(days=1)
-        part = (min(hi, next_day) - cursor).total_seconds() / total
-        line = days.get(day) or days.setdefault(day, Line({"day": day.isoformat()}))
-        _add(line, q, c, 0.0, part)
+        rows.append(row)
+        days.append(day)
+        weights.append((min(hi, next_day) - cursor).total_seconds() / total)
         cursor = next_day
 
 
@@ -285,6 +320,11 @@ def _fill_days(days: dict[date, Line], start: datetime, end: datetime) -> None:
     while day <= last:
         days.setdefault(day, Line({"day": day.isoformat()}))
         day += timedelta(days=1)
+
+
+def _utc(t: datetime) -> datetime:
+    """as_utc, with the ledger's own (already UTC) times passed through untouched: this runs per row."""
+    return t if t.tzinfo is UTC else as_utc(t)
 
 
 def billed_seconds(seconds: float, unit_ms: int, minimum_s: float) -> float:
@@ -302,7 +342,7 @@ def _price(u: Usage, r: _Rates, start: datetime, end: datetime, now: datetime
     q = [0.0] * _NQ
     c = [0.0] * _NR
     if u.kind == "function_calls":
-        ended = as_utc(u.ended_at) if u.ended_at is not None else None
+        ended = _utc(u.ended_at) if u.ended_at is not None else None
         if ended is None or not (start <= ended < end) or ended > now:
             return None
         memory = u.resources.memory_gb
@@ -314,8 +354,8 @@ def _price(u: Usage, r: _Rates, start: datetime, end: datetime, now: datetime
         c[_FN] = gb_s * sheet.gb_second() * discount
         c[_REQ] = u.requests * sheet.per_million_requests / 1_000_000.0
         return q, c, u.peak_memory_gb or 0.0, ended, ended
-    started = as_utc(u.started_at)
-    full_end = min(as_utc(u.ended_at), now) if u.ended_at is not None else now
+    started = _utc(u.started_at)
+    full_end = min(_utc(u.ended_at), now) if u.ended_at is not None else now
     if started >= now and u.ended_at is None:
         return None
     full_s = max((full_end - started).total_seconds(), 0.0)
