@@ -110,8 +110,17 @@ ext-check: $(STAMPS)/extension
 	@cd $(EXT_DIR) && for step in test lint; do \
 	  out=$$(PATH=$(BIN):$$PATH jlpm $$step 2>&1) || { echo "$$out"; exit 1; }; done
 
-test: check setup chromium ext-check
-	@$(BIN)/python -m pytest $(PYTEST_ARGS)
+# `make test`: the set-up steps and the checks run side by side where they do not depend on each other (the
+# lint and type checks beside the extension's build, Chromium's apt install beside pip; -O keeps each step's
+# output together), then pytest in two worker processes, a test module to a worker (tests/conftest.py says why
+# modules may run side by side). PYTEST_ARGS adds arguments (a path, -x, -k); `make test PYTEST_XDIST=`
+# runs pytest in one process, as `pytest --pdb` or `-s` need.
+PYTEST_XDIST ?= -n 2 --dist loadfile
+SETUP_JOBS ?= 4
+
+test:
+	@$(MAKE) --no-print-directory -j$(SETUP_JOBS) --output-sync=target check setup chromium ext-check
+	@$(BIN)/python -m pytest $(PYTEST_XDIST) $(PYTEST_ARGS)
 
 bench: setup
 	@torch=$$($(BIN)/python $(TORCH_PIP)) && $(BIN)/python -m pip install -q -e '.[hub,test,bench]' $$torch $(QUIET_PIP)

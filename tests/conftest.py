@@ -58,28 +58,78 @@ def test_homes():
     shutil.rmtree(root, ignore_errors=True)
 
 
+#: every hub hub_factory started in this process, in order; and the shared one, which lives for the session
+_STARTED: list[HubProcess] = []
+_SHARED: list[HubProcess] = []
+
+
 @pytest.fixture(scope="session")
 def hub_factory(tmp_path_factory, test_homes):
-    """Start extra hubs with their own settings; all are stopped at the end of the session."""
-    started: list[HubProcess] = []
+    """Start extra hubs with their own settings. Each is stopped when the module that started it ends
+    (`_stop_the_modules_hubs`), the shared `hub` at the end of the session."""
     base = tmp_path_factory.mktemp("hubs")
 
     def factory(**env: str) -> HubProcess:
         env.setdefault("STRATOLAB_HOME_ROOT", str(test_homes))
         hub = make_hub(base, **env)
-        started.append(hub)
+        _STARTED.append(hub)
         return hub.start()
 
     yield factory
-    for hub in started:
+    for hub in _STARTED:
         hub.stop()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _stop_the_modules_hubs():
+    """Stop the hubs a module started once its tests are done, rather than at the end of the session: an
+    idle hub keeps its services and the functions service's fork server (torch and scikit-learn imported,
+    about 0.4 GB) running for the rest of the run, and the suite starts more than a dozen hubs."""
+    first = len(_STARTED)
+    yield
+    for started in _STARTED[first:]:
+        if not any(started is shared for shared in _SHARED):
+            started.stop()
 
 
 @pytest.fixture(scope="session")
 def hub(hub_factory) -> HubProcess:
     """The shared hub: default settings plus a fake inventory of two GPUs, function limits for a named
     user and a group (see test_functions_service's limit tests), and loopback allowed for webhooks."""
-    return hub_factory(STRATOLAB_GPUS="0,1", STRATOLAB_FUNCTION_LIMITS=json.dumps(FUNCTION_LIMITS),
-                       # the tests' webhook receivers listen on this machine (other internal addresses
-                       # stay refused: see test_jobs_service's webhook tests)
-                       STRATOLAB_OUTBOUND_ALLOW="127.0.0.1/32")
+    shared = hub_factory(STRATOLAB_GPUS="0,1", STRATOLAB_FUNCTION_LIMITS=json.dumps(FUNCTION_LIMITS),
+                         # the tests' webhook receivers listen on this machine (other internal addresses
+                         # stay refused: see test_jobs_service's webhook tests)
+                         STRATOLAB_OUTBOUND_ALLOW="127.0.0.1/32")
+    _SHARED.append(shared)
+    return shared
+
+
+# --- running in parallel (pytest-xdist) -------------------------------------------------------------------
+#
+# `make test` runs the suite in two worker processes (`-n 2 --dist loadfile`, PYTEST_XDIST in the Makefile):
+# a module's tests stay in one worker, so its module-scoped hub starts once. Modules may run beside each other
+# because nothing they start is on a fixed port (support.free_port gives every hub and service its own),
+# every database, system account, topic and queue they make has a unique name, and every file is under their
+# own tmp_path. Run one module alone with `pytest tests/x.py` (no -n) as before.
+
+
+def _starts_a_hub(item: pytest.Item) -> bool:
+    """Whether the test needs a running hub (the shared one, one of hub_factory's, or one of its own with its
+    system accounts under test_homes): those are the slow modules, tens of seconds each."""
+    return bool({"hub", "hub_factory", "test_homes"} & set(getattr(item, "fixturenames", ())))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under xdist, hand out the modules that start hubs first and the quick ones after: the workers share
+    the slow ones out, and the many short modules left at the end even out when each worker finishes (a
+    hub module handed out last would keep one worker busy for a minute while the other idled). Every
+    worker sorts the same collection the same way, as xdist requires. A run without -n keeps file order."""
+    if not (hasattr(config, "workerinput") or config.getoption("numprocesses", default=None)):
+        return
+    slow_modules = {_module_of(item) for item in items if _starts_a_hub(item)}
+    items.sort(key=lambda item: _module_of(item) not in slow_modules)  # stable: file order within each part
+
+
+def _module_of(item: pytest.Item) -> str:
+    module = getattr(item, "module", None)
+    return module.__name__ if module is not None else item.nodeid.split("::", 1)[0]
