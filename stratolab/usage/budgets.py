@@ -317,9 +317,30 @@ class DatabaseView:
         return _sum_totals(user_totals(self.session, usernames, start, now, now).values())
 
     def rows(self, usernames: Collection[str], start: datetime, now: datetime) -> list[Usage]:
-        from stratolab.db.usage_ledger import usage_between
+        """Only the columns `frees_at` reads, without loading ORM objects: a refusal reads a pool's
+        whole window, and it answers a spawn."""
+        from sqlalchemy import and_, or_, select
 
-        return usage_between(self.session, start, now, usernames=usernames, now=now)
+        from stratolab.db.models import UsageOpen, UsageRecord
+        from stratolab.db.usage_ledger import BILLING_UNITS_MS, CALLS, Resources, Usage
+
+        names = list(usernames)
+        r, o = UsageRecord, UsageOpen
+        billed = [getattr(r, f"billed_ms_{unit}") for unit in BILLING_UNITS_MS]
+        records = select(r.username, r.kind, r.started_at, r.ended_at, r.cpu_cores, r.memory_gb, r.gpus,
+                         r.gpu_model, r.requests, *billed).where(
+            r.username.in_(names), r.started_at < now,
+            or_(and_(r.kind != CALLS, r.ended_at > start), and_(r.kind == CALLS, r.ended_at >= start)))
+        found = [Usage(username=name, kind=kind, thing="", started_at=began, ended_at=ended,
+                       resources=Resources(cpu, mem, gpus, model), requests=requests,
+                       billed_ms=dict(zip(BILLING_UNITS_MS, ms, strict=True)))
+                 for name, kind, began, ended, cpu, mem, gpus, model, requests, *ms in self.session.execute(records)]
+        opened = select(o.username, o.kind, o.started_at, o.cpu_cores, o.memory_gb, o.gpus, o.gpu_model).where(
+            o.username.in_(names), o.started_at < now)
+        found += [Usage(username=name, kind=kind, thing="", started_at=began, ended_at=None,
+                        resources=Resources(cpu, mem, gpus, model))
+                  for name, kind, began, cpu, mem, gpus, model in self.session.execute(opened)]
+        return found
 
 
 class RowsView:

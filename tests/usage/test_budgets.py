@@ -186,3 +186,15 @@ def test_the_database_view_agrees_with_the_rows(tmp_path):
         d = decide([b], "ann", [], DatabaseView(s), NOW, kind="server", resources=GPU, sheet=SHEET)
     assert not d.allowed and d.used == pytest.approx(6)
     assert d.frees_at == NOW - timedelta(days=1) + timedelta(hours=1) + timedelta(days=30)
+    # a GPU server still running counts up to now, and frees up as if it stopped now
+    from stratolab.db.engine import session_factory
+    from stratolab.db.usage_ledger import Ledger
+
+    Ledger(session_factory(engine), "hub", clock=lambda: NOW).open(
+        "ann/", username="ann", kind="server", thing="", resources=Resources(1, 2, 1),
+        started_at=NOW - timedelta(hours=2))
+    with Session(engine) as s:
+        d = decide([b], "ann", [], DatabaseView(s), NOW, kind="server", resources=GPU, sheet=SHEET)
+        assert [u.ended_at for u in DatabaseView(s).rows(["ann"], NOW - timedelta(days=30), NOW)][-1] is None
+    assert d.used == pytest.approx(8)
+    assert d.frees_at == NOW - timedelta(days=1) + timedelta(hours=3) + timedelta(days=30)
