@@ -11,7 +11,8 @@ from goals import table
 
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = ["login_to_lab.py", "function_cold_start.py", "function_batching.py", "function_serving.py",
-              "function_burst.py", "jobs_scheduler.py", "proxy_hop.py", "trigger_events.py"]
+              "function_burst.py", "jobs_scheduler.py", "proxy_hop.py", "trigger_events.py",
+              "usage_bill.py"]
 
 
 def main() -> int:

@@ -1,0 +1,225 @@
+"""Usage: a bill for 1,000 users over 30 days, and the budget decision at a spawn with a year of ledger
+for 1,000 users, on the platform database (SQLite, as the embedded deployment runs it).
+
+- **Ledger**: a year of usage for `--users` users generated with numpy and written in bulk (rows as the
+  ledger's producers leave them: servers ~1 session a day of ~2 h, a tenth of the users with a GPU;
+  scheduled runs ~every other day; a fifth of the users with a function called through the working
+  hours, one `function_calls` row per user and hour with exact billed-ms sums, and the hourly rollup
+  the ledger keeps beside them). The SQLite file lives in a temporary directory.
+- **Bill** (goal <= 1 s): `usage_between` for the last 30 days of every user, then `make_bill` by user
+  with its daily series: the figures of `GET /api/bill` for the whole platform. The five-model
+  `compare` on the same rows is reported beside it.
+- **Budget decision** (goal p99 <= 50 ms): `decide` for a GPU spawn of a random user, with three
+  budgets (GPU-hours per 30 days per user, money per calendar month per user, core-hours per 7 days
+  for the user's group of 20 as one pool), each on a fresh session as the service answers
+  `POST /api/check`; p50/p99 over `--decisions` calls.
+- Metering overhead on a function's warm path is measured by the functions benchmarks (issue 15, H3b).
+
+Prints JSON with the figures and the goals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import insert
+from sqlalchemy.orm import Session
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from goals import at_most  # noqa: E402
+from stratolab.db.engine import make_engine  # noqa: E402
+from stratolab.db.migrate import upgrade  # noqa: E402
+from stratolab.db.models import UsageCallsHourly, UsageRecord  # noqa: E402
+from stratolab.db.usage_ledger import usage_between  # noqa: E402
+from stratolab.usage.bill import compare, make_bill  # noqa: E402
+from stratolab.usage.budgets import DatabaseView, decide, parse_budgets  # noqa: E402
+from stratolab.usage.pricing import DEFAULT_SHEET  # noqa: E402
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+UNITS = (1, 100, 1000, 60000)
+BUDGETS = parse_budgets({"budgets": [
+    {"name": "gpu-30d", "resource": "gpu_hours", "limit": 40, "window": "30d"},
+    {"name": "money", "resource": "cost", "limit": 200, "window": "month"},
+    {"name": "team-cpu", "resource": "cpu_hours", "limit": 5000, "window": "7d", "per": "group"},
+]})
+GROUP_SIZE = 20
+
+
+def user(i: int) -> str:
+    return f"user{i:04d}"
+
+
+def group_of(i: int) -> str:
+    return f"team{i // GROUP_SIZE:03d}"
+
+
+def _base(name: str, kind: str, thing: str, started: datetime, ended: datetime, seconds: float) -> dict:
+    return {"username": name, "kind": kind, "thing": thing, "thing_id": "", "profile": "", "started_at": started,
+            "ended_at": ended, "seconds": seconds, "devices": "", "requests": 0, "errors": 0,
+            "billed_ms_1": 0, "billed_ms_100": 0, "billed_ms_1000": 0, "billed_ms_60000": 0,
+            "capacity": "on-demand", "producer": "bench", "reason": "stopped", "source_key": None,
+            "cpu_seconds_used": None, "peak_memory_gb": None, "gpu_model": None, "gpus": 0}
+
+
+def generate(users: int, days: int, rng: np.random.Generator) -> tuple[list[dict], list[dict]]:
+    """The ledger's rows and the hourly sums of the calls, for `days` before NOW."""
+    start = NOW - timedelta(days=days)
+    records: list[dict] = []
+    hourly: list[dict] = []
+    for i in range(users):
+        name = user(i)
+        gpu = i % 10 == 0
+        # servers: ~1 session a day, ~2 h each (lognormal), started at a random time of the day
+        n = rng.poisson(days)
+        offsets = np.sort(rng.uniform(0, days * 86400, n))
+        lengths = np.minimum(rng.lognormal(np.log(5400), 0.8, n), 12 * 3600)
+        for k in range(n):
+            began = start + timedelta(seconds=float(offsets[k]))
+            seconds = float(lengths[k])
+            ended = min(began + timedelta(seconds=seconds), NOW)
+            row = _base(name, "server", "" if k % 3 else "gpu" if gpu else "lab", began, ended,
+                        (ended - began).total_seconds())
+            row.update(cpu_cores=4.0 if gpu else 2.0, memory_gb=16.0 if gpu else 4.0,
+                       cpu_seconds_used=seconds * float(rng.uniform(0.1, 1.5)), peak_memory_gb=float(rng.uniform(1, 8)))
+            if gpu:
+                row.update(gpus=1, gpu_model="NVIDIA H100 80GB HBM3", devices=str(i % 8))
+            records.append(row)
+        # scheduled runs: every other day, 5-30 min
+        for d in range(0, days, 2):
+            began = start + timedelta(days=d, hours=3, minutes=i % 60)
+            seconds = float(rng.uniform(300, 1800))
+            row = _base(name, "run", "nightly-report", began, began + timedelta(seconds=seconds), seconds)
+            row.update(cpu_cores=1.0, memory_gb=2.0, thing_id=f"run:{i}-{d}")
+            records.append(row)
+        if i % 5:
+            continue
+        # functions: one row per working hour (8-18 UTC, weekdays) with exact billed-ms sums
+        for d in range(days):
+            day = start + timedelta(days=d)
+            if day.weekday() >= 5:
+                continue
+            for h in range(8, 18):
+                hour = day.replace(hour=h, minute=0, second=0, microsecond=0)
+                if hour >= NOW:
+                    continue
+                calls = int(rng.poisson(120))
+                if not calls:
+                    continue
+                durations = rng.lognormal(np.log(40), 1.0, calls)  # ms
+                billed = {u: int(np.sum(np.maximum(1, np.ceil(durations / u)) * u)) for u in UNITS}
+                ended = hour + timedelta(minutes=59, seconds=59)
+                row = _base(name, "function_calls", "predict", hour, ended, float(durations.sum() / 1000))
+                row.update(cpu_cores=0.0, memory_gb=0.5, requests=calls, thing_id="fn:3",
+                           **{f"billed_ms_{u}": billed[u] for u in UNITS})
+                records.append(row)
+                hourly.append({"username": name, "hour": hour, "memory_gb": 0.5, "requests": calls, "errors": 0,
+                               "seconds": row["seconds"], **{f"billed_ms_{u}": billed[u] for u in UNITS}})
+    return records, hourly
+
+
+def write(url: str, records: list[dict], hourly: list[dict]) -> float:
+    engine = make_engine(url)
+    began = time.perf_counter()
+    with Session(engine) as s:
+        for lo in range(0, len(records), 50_000):
+            s.execute(insert(UsageRecord), records[lo:lo + 50_000])
+        for lo in range(0, len(hourly), 50_000):
+            s.execute(insert(UsageCallsHourly), hourly[lo:lo + 50_000])
+        s.commit()
+    engine.dispose()
+    return time.perf_counter() - began
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def bill_30_days(url: str, rounds: int) -> dict:
+    engine = make_engine(url)
+    reads, bills, compares, rows, cost, lines = [], [], [], 0, 0.0, 0
+    start = NOW - timedelta(days=30)
+    for _ in range(rounds):
+        with Session(engine) as s:
+            t0 = time.perf_counter()
+            usages = usage_between(s, start, NOW, now=NOW)
+            t1 = time.perf_counter()
+            bill = make_bill(usages, DEFAULT_SHEET, start, NOW, NOW, group_by=("user",))
+            t2 = time.perf_counter()
+            compare(usages, DEFAULT_SHEET, start, NOW, NOW)
+            t3 = time.perf_counter()
+        reads.append(t1 - t0)
+        bills.append(t2 - t1)
+        compares.append(t3 - t2)
+        rows, cost, lines = len(usages), bill.cost, len(bill.lines)
+    engine.dispose()
+    total = [r + b for r, b in zip(reads, bills, strict=True)]
+    return {"rows": rows, "users_billed": lines, "cost": round(cost, 2), "rounds": rounds,
+            "read_s_median": round(statistics.median(reads), 3), "price_s_median": round(statistics.median(bills), 3),
+            "bill_s_median": round(statistics.median(total), 3), "bill_s_max": round(max(total), 3),
+            "compare_five_models_s_median": round(statistics.median(compares), 3)}
+
+
+def decisions(url: str, users: int, count: int, rng: random.Random) -> dict:
+    engine = make_engine(url)
+    members = {group_of(i): [user(j) for j in range(i - i % GROUP_SIZE, min(users, i - i % GROUP_SIZE + GROUP_SIZE))]
+               for i in range(0, users, GROUP_SIZE)}
+    times, refused = [], 0
+    for _ in range(count):
+        i = rng.randrange(users)
+        t0 = time.perf_counter()
+        with Session(engine) as s:
+            d = decide(BUDGETS, user(i), [group_of(i)], DatabaseView(s), NOW, kind="server",
+                       resources={"cpu_cores": 4, "memory_gb": 16, "gpus": 1}, members=members, sheet=DEFAULT_SHEET)
+        times.append((time.perf_counter() - t0) * 1000)
+        refused += not d.allowed
+    engine.dispose()
+    return {"decisions": count, "refused": refused, "p50_ms": round(pct(times, 0.5), 2),
+            "p99_ms": round(pct(times, 0.99), 2), "max_ms": round(max(times), 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=1000)
+    parser.add_argument("--days", type=int, default=365)
+    parser.add_argument("--decisions", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    rng = np.random.default_rng(15)
+    with tempfile.TemporaryDirectory(prefix="stratolab-usage-bench-") as tmp:
+        url = f"sqlite:///{Path(tmp) / 'platform.sqlite'}"
+        upgrade(url)
+        t0 = time.perf_counter()
+        records, hourly = generate(args.users, args.days, rng)
+        generated_s = time.perf_counter() - t0
+        written_s = write(url, records, hourly)
+        size_mb = (Path(tmp) / "platform.sqlite").stat().st_size / 1e6
+        bill = bill_30_days(url, args.rounds)
+        decision = decisions(url, args.users, args.decisions, random.Random(15))
+    print(json.dumps({
+        "benchmark": "usage_bill_and_budget_decision",
+        "database": "sqlite",
+        "ledger": {"users": args.users, "days": args.days, "records": len(records), "hourly_call_sums": len(hourly),
+                   "generate_s": round(generated_s, 1), "write_s": round(written_s, 1), "size_mb": round(size_mb, 1)},
+        "bill_30_days_all_users": bill,
+        "budget_decision_at_spawn": decision,
+        "goals": [
+            at_most(f"bill for {args.users} users over 30 days, read + priced (s)", bill["bill_s_median"], 1.0),
+            at_most(f"budget decision at spawn p99, {args.days} days of ledger (ms)", decision["p99_ms"], 50),
+        ],
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
