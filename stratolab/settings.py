@@ -66,6 +66,8 @@ class PlatformSettings:
     scheduler_port: int = 10102
     #: port of the triggers service on 127.0.0.1 (reached through the proxy at /services/triggers/)
     triggers_port: int = 10103
+    #: port of the usage service on 127.0.0.1 (reached through the proxy at /services/usage/)
+    usage_port: int = 10104
     #: where function bundles and instances live; None: derived from the data dir (see functions_root)
     functions_dir: Path | None = None
     data_dir: Path = PROJECT_ROOT / ".stratolab"
@@ -142,6 +144,7 @@ class PlatformSettings:
             functions_port=_int(env, "STRATOLAB_FUNCTIONS_PORT", 10101),
             scheduler_port=_int(env, "STRATOLAB_SCHEDULER_PORT", 10102),
             triggers_port=_int(env, "STRATOLAB_TRIGGERS_PORT", 10103),
+            usage_port=_int(env, "STRATOLAB_USAGE_PORT", 10104),
             functions_dir=Path(env["STRATOLAB_FUNCTIONS_DIR"]) if env.get("STRATOLAB_FUNCTIONS_DIR") else None,
             data_dir=Path(env.get("STRATOLAB_DATA_DIR") or PROJECT_ROOT / ".stratolab").resolve(),
             db_url=env.get("STRATOLAB_DB_URL", ""),
@@ -174,6 +177,11 @@ class PlatformSettings:
         """The triggers service's state (folder watchers, timers)."""
         return self._service_root("triggers")
 
+    def usage_root(self) -> Path:
+        """The usage service's folder: where it looks for prices.yaml and budgets.yaml when no file is
+        named (the ledger itself is in the platform database)."""
+        return self._service_root("usage")
+
     def _service_root(self, name: str) -> Path:
         if self.isolated():
             import hashlib
@@ -194,6 +202,7 @@ class PlatformSettings:
 #: who reads a variable (the services' own settings name theirs through their applications)
 HUB, LAUNCHER, SERVER, CULLER, CLI = "hub", "launcher", "single-user server", "idle culler", "CLI and Python API"
 FUNCTIONS, SCHEDULER, TRIGGERS = "functions service", "scheduler", "triggers service"
+USAGE = "usage service"
 RUNTIME, RUN, AGENT = "function runtime (Knative pod)", "scheduled run (its kernel)", "run agent (Kubernetes Job)"
 ADAPTER = "trigger adapter (Knative ContainerSource)"
 
@@ -233,6 +242,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("STRATOLAB_FUNCTIONS_PORT", (HUB,), "10101", "Internal port of the functions service on 127.0.0.1."),
     Variable("STRATOLAB_SCHEDULER_PORT", (HUB,), "10102", "Internal port of the scheduler service on 127.0.0.1."),
     Variable("STRATOLAB_TRIGGERS_PORT", (HUB,), "10103", "Internal port of the triggers service on 127.0.0.1."),
+    Variable("STRATOLAB_USAGE_PORT", (HUB,), "10104", "Internal port of the usage service on 127.0.0.1."),
     Variable("STRATOLAB_FUNCTIONS_DIR", (HUB, FUNCTIONS), "<data dir>/functions; as root "
              "/var/lib/stratolab/<id>/functions", "Function bundles and instance directories (as root they must be "
              "reachable by the users' system accounts, so they are not in the private data dir)."),
@@ -240,7 +250,7 @@ VARIABLES: tuple[Variable, ...] = (
              "secret, admin password, shared-mode homes (mode 0700)."),
     Variable("STRATOLAB_DB_URL", (HUB,), "SQLite in the data dir", "Hub database, e.g. "
              "postgresql://user@host:5432/db; the platform database uses it too."),
-    Variable("STRATOLAB_PLATFORM_DB_URL", (HUB, FUNCTIONS, SCHEDULER), "as STRATOLAB_DB_URL",
+    Variable("STRATOLAB_PLATFORM_DB_URL", (HUB, FUNCTIONS, SCHEDULER, USAGE), "as STRATOLAB_DB_URL",
              "A separate database for Stratolab's own services."),
     Variable("STRATOLAB_ADMIN_USER", (HUB,), "admin", "Name of the admin account that exists from the first start."),
     Variable("STRATOLAB_ADMIN_PASSWORD", (HUB, LAUNCHER), "generated", "The admin's password (reset to it at each "
@@ -260,7 +270,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("STRATOLAB_CULL_GPU_TIMEOUT", (HUB, CULLER), "900", "The same for servers that hold GPUs (shorter: "
              "GPUs are scarce)."),
     Variable("STRATOLAB_CULL_EVERY", (HUB,), "60", "How often the culler looks (seconds)."),
-    Variable("STRATOLAB_PUBLIC_URL", (FUNCTIONS, SCHEDULER), "the hub's", "The hub's public URL, for the links "
+    Variable("STRATOLAB_PUBLIC_URL", (FUNCTIONS, SCHEDULER, USAGE), "the hub's", "The hub's public URL, for the links "
              "the services answer and send with.", set_by=HUB),
     Variable("STRATOLAB_BACKEND", (HUB,), "local", "Where servers and services run: local (this machine) or "
              "kubernetes (the Helm chart sets it)."),
@@ -285,6 +295,29 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("STRATOLAB_SCHEDULER_API_TOKEN", (HUB,), "", "The scheduler's API token.", set_by="Helm chart"),
     Variable("STRATOLAB_TRIGGERS_API_TOKEN", (HUB,), "", "The triggers service's API token.", set_by="Helm chart"),
     Variable("STRATOLAB_CULLER_API_TOKEN", (HUB,), "", "The idle culler's API token.", set_by="Helm chart"),
+    Variable("STRATOLAB_USAGE_API_TOKEN", (HUB,), "", "The usage service's API token.", set_by="Helm chart"),
+    # the usage service (stratolab/usage/service/app.py, `--UsageService.*`) and its clients
+    Variable("STRATOLAB_USAGE_DIR", (USAGE,), "<data dir>/usage", "The usage service's folder (prices.yaml and "
+             "budgets.yaml there are read when no file is named).", set_by=HUB),
+    Variable("STRATOLAB_USAGE_PRICES_FILE", (USAGE,), "built-in example sheet", "The price sheet (YAML or JSON, "
+             "OpenCost's custom pricing keys accepted; docs/usage.md)."),
+    Variable("STRATOLAB_USAGE_BUDGETS_FILE", (USAGE,), "no budgets", "The budgets (YAML or JSON, in the shape of "
+             "jupyterhub-usage-quotas policies; docs/usage.md)."),
+    Variable("STRATOLAB_USAGE_GROUPS_VISIBLE", (USAGE,), "true", "Whether a user may read the usage of the groups "
+             "they are a member of."),
+    Variable("STRATOLAB_USAGE_ENFORCE_EVERY", (USAGE,), "15", "Seconds between two rounds of budget enforcement "
+             "(warnings, stopping what runs over budget)."),
+    Variable("STRATOLAB_USAGE_LOST_AFTER", (USAGE,), "300", "Seconds after which an open interval no producer has "
+             "seen is closed as lost (at the time it was last seen)."),
+    Variable("STRATOLAB_USAGE_SCHEDULER_URL", (USAGE,), "http://127.0.0.1:10102/services/scheduler/",
+             "The scheduler's API (runs over budget are stopped through it).", set_by=HUB),
+    Variable("STRATOLAB_USAGE_FUNCTIONS_URL", (USAGE,), "http://127.0.0.1:10101/services/functions/",
+             "The functions service's API (functions over budget are scaled to zero through it).", set_by=HUB),
+    Variable("STRATOLAB_USAGE_URL", (HUB, FUNCTIONS, SCHEDULER), "http://127.0.0.1:<STRATOLAB_USAGE_PORT>/services/"
+             "usage/", "The usage service's API, asked before a server, run, trial or warm deploy starts.",
+             set_by=HUB),
+    Variable("STRATOLAB_USAGE_FAIL_CLOSED", (HUB, FUNCTIONS, SCHEDULER), "false", "Refuse to start things while the "
+             "usage service cannot be reached (default: allow them, and log it)."),
     # the command line and the Python API
     Variable("STRATOLAB_URL", (CLI, SERVER), "http://127.0.0.1:8000", "The hub's URL (the spawner gives it to "
              "servers)."),
@@ -340,4 +373,4 @@ VARIABLES: tuple[Variable, ...] = (
 
 #: prefixes the hub passes on to its services as a whole (stratolab.hub.config), and that name families
 PREFIXES = ("STRATOLAB_FUNCTIONS_", "STRATOLAB_FUNCTION_", "STRATOLAB_JOBS_", "STRATOLAB_AUTOML_",
-            "STRATOLAB_SMTP_", "STRATOLAB_OIDC_", "STRATOLAB_TRIGGERS_")
+            "STRATOLAB_SMTP_", "STRATOLAB_OIDC_", "STRATOLAB_TRIGGERS_", "STRATOLAB_USAGE_")

@@ -26,7 +26,11 @@ from stratolab.platform.scopes import (
     FUNCTIONS_SERVICE,
     SCHEDULER_SERVICE,
     TRIGGERS_SERVICE,
+    USAGE_SERVICE,
+    functions_service_scopes,
+    scheduler_service_scopes,
     triggers_service_scopes,
+    usage_service_scopes,
     user_scopes,
 )
 from stratolab.settings import PlatformSettings
@@ -127,9 +131,10 @@ def configure_hub(c, settings: PlatformSettings | None = None) -> PlatformSettin
     c.Spawner.environment = {"JUPYTERHUB_ACTIVITY_INTERVAL": str(interval)}
     c.JupyterHub.last_activity_interval = interval
     c.JupyterHub.services = [service, functions_service(settings, isolation), scheduler_service(settings, isolation),
-                             triggers_service(settings, isolation)]
+                             triggers_service(settings, isolation), usage_service(settings, isolation)]
     c.JupyterHub.custom_scopes = CUSTOM_SCOPES
-    c.JupyterHub.load_roles = [role, {"name": "user", "scopes": ["self", *user_scopes()]}, triggers_role()]
+    c.JupyterHub.load_roles = [role, {"name": "user", "scopes": ["self", *user_scopes()]}, triggers_role(),
+                               usage_role(), scheduler_role(), functions_role()]
     # a server's own token may deploy and invoke its user's functions (stratolab.functions.deploy)
     c.Spawner.server_token_scopes = ["users:activity!user", "access:servers!server", *user_scopes()]
     c.StratolabSpawner.stratolab_url = settings.public_url
@@ -147,6 +152,10 @@ SCHEDULER_PASSED_PREFIXES = ("STRATOLAB_SMTP_", "STRATOLAB_JOBS_", "STRATOLAB_JO
 SCHEDULER_PASSED_NAMES = ("STRATOLAB_EXECUTOR_SECRET", "KUBECONFIG", "STRATOLAB_OUTBOUND_ALLOW")
 TRIGGERS_PASSED_PREFIXES = ("STRATOLAB_TRIGGERS_",)
 TRIGGERS_PASSED_NAMES = ("STRATOLAB_OUTBOUND_ALLOW", "KUBECONFIG")
+USAGE_PASSED_PREFIXES = ("STRATOLAB_USAGE_",)
+USAGE_PASSED_NAMES = ("STRATOLAB_OUTBOUND_ALLOW",)
+#: what the services that start things (and ask the usage service first) are told about it
+USAGE_CLIENT_NAMES = ("STRATOLAB_USAGE_FAIL_CLOSED",)
 
 
 def passed_through(prefixes: tuple[str, ...], names: tuple[str, ...],
@@ -195,6 +204,7 @@ def functions_service(settings: PlatformSettings, isolation: str) -> dict:
         "STRATOLAB_FUNCTIONS_DIR": str(root),
         "STRATOLAB_FUNCTIONS_TRIGGERS_URL": f"http://127.0.0.1:{settings.triggers_port}/services/{TRIGGERS_SERVICE}/",
         **common_service_environment(settings, isolation),
+        **usage_client_environment(settings),
     })
 
 
@@ -207,6 +217,7 @@ def scheduler_service(settings: PlatformSettings, isolation: str) -> dict:
         **({"STRATOLAB_PROFILES_FILE": str(settings.profiles_file)} if settings.profiles_file else {}),
         **common_service_environment(settings, isolation),
         **passed_through(SCHEDULER_PASSED_PREFIXES, SCHEDULER_PASSED_NAMES),
+        **usage_client_environment(settings),
     })
 
 
@@ -226,3 +237,41 @@ def triggers_service(settings: PlatformSettings, isolation: str) -> dict:
 def triggers_role() -> dict:
     """The triggers service's role: it invokes users' functions (each trigger its owner's)."""
     return {"name": "stratolab-triggers", "scopes": triggers_service_scopes(), "services": [TRIGGERS_SERVICE]}
+
+
+def usage_client_environment(settings: PlatformSettings) -> dict[str, str]:
+    """Where a service that starts things asks the usage service first (stratolab.client.usage)."""
+    return {"STRATOLAB_USAGE_URL": usage_url(settings), **passed_through((), USAGE_CLIENT_NAMES)}
+
+
+def usage_url(settings: PlatformSettings) -> str:
+    return f"http://127.0.0.1:{settings.usage_port}/services/{USAGE_SERVICE}/"
+
+
+def usage_service(settings: PlatformSettings, isolation: str) -> dict:
+    """The usage service entry (the ledger's reader: usage, bills, budgets and their enforcement)."""
+    root = settings.usage_root()
+    return service_entry(USAGE_SERVICE, settings.usage_port, "stratolab.usage.service.app", root, isolation, {
+        **passed_through(USAGE_PASSED_PREFIXES, USAGE_PASSED_NAMES),
+        "STRATOLAB_USAGE_DIR": str(root),
+        "STRATOLAB_USAGE_SCHEDULER_URL": f"http://127.0.0.1:{settings.scheduler_port}/services/{SCHEDULER_SERVICE}/",
+        "STRATOLAB_USAGE_FUNCTIONS_URL": f"http://127.0.0.1:{settings.functions_port}/services/{FUNCTIONS_SERVICE}/",
+        # the usage service runs nothing of users': only where the database is, and the links it answers with
+        "STRATOLAB_PLATFORM_DB_URL": settings.platform_url,
+        "STRATOLAB_PUBLIC_URL": settings.public_url,
+    })
+
+
+def usage_role() -> dict:
+    """The usage service's role: it reads users and groups, and stops what runs over a budget."""
+    return {"name": "stratolab-usage", "scopes": usage_service_scopes(), "services": [USAGE_SERVICE]}
+
+
+def scheduler_role() -> dict:
+    """The scheduler's role: it asks the usage service before a run or a trial starts."""
+    return {"name": "stratolab-scheduler", "scopes": scheduler_service_scopes(), "services": [SCHEDULER_SERVICE]}
+
+
+def functions_role() -> dict:
+    """The functions service's role: it asks the usage service before a deploy keeps instances warm."""
+    return {"name": "stratolab-functions", "scopes": functions_service_scopes(), "services": [FUNCTIONS_SERVICE]}

@@ -54,14 +54,13 @@ def triggers_service_scopes() -> list[str]:
 
 def usage_service_scopes() -> list[str]:
     """The usage service's own role. It reads users' admin flags and groups (who may see what, group
-    budgets: `read:users`, `read:groups`), stops the servers of users over a budget (`servers`), and
+    budgets: `list:users`, `read:users`, `read:groups`), stops the servers of users over a budget (`servers`), and
     stops their runs and scales their functions to zero through the scheduler's and the functions
-    service's APIs, which only take a user's own tokens: so it makes a short-lived token for the user
-    (`tokens`) with just those scopes, which it must hold itself (JupyterHub issues no token with more
-    than its requester holds)."""
-    return ["read:users", "read:users:groups", "read:groups", "read:servers", "servers", "tokens",
-            JOBS_RUN, FUNCTIONS_DEPLOY, f"access:services!service={SCHEDULER_SERVICE}",
-            f"access:services!service={FUNCTIONS_SERVICE}"]
+    service's APIs, which take only a user's own tokens: so it makes a short-lived token of that user
+    (`tokens`) with just the scopes those calls need (JupyterHub issues a token with no more than its
+    owner holds), and deletes it after."""
+    return ["list:users", "read:users", "read:users:groups", "list:groups", "read:groups", "read:servers", "servers",
+            "tokens"]
 
 
 def usage_check_scopes() -> list[str]:

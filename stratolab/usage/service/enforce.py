@@ -1,0 +1,241 @@
+"""Budgets enforced while things run, not only at their start: every `every_s` seconds (15 by default,
+so a server over budget is stopped well within a minute of crossing it):
+
+1. intervals no producer has seen for `lost_after` are closed where they were last seen (`sweep_lost`:
+   a producer that died and never came back stops counting there);
+2. each user with intervals open is judged on every budget that applies to them;
+3. at `warn_at` (80% by default): a "warning" notification (shown in the lab) and the budget's webhook;
+   at 100% with action "flag": an "exceeded" notification, nothing stopped; with action "stop": what
+   draws on that budget is stopped (a GPU budget stops what holds GPUs, a CPU one what holds cores),
+   and a "stopped" notification says what. A notification is made once per budget, pool and window
+   (its `dedup_key`, unique in the table), so a webhook fires once too.
+
+How things are stopped, each through its owner's API (capabilities are never reached into):
+servers through the hub's REST API (this service's token: `servers`); runs and trials through the
+scheduler's `POST api/runs/{id}/stop` and warm function instances by `PATCH api/functions/{name}`
+with `min_instances: 0` on the functions service: those take only a user's own token, so a token of
+the user with just those scopes is made for the moment (`tokens`) and deleted after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import quote
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+
+from stratolab.db.models import UsageNotification, UsageOpen
+from stratolab.db.usage_ledger import sweep_lost
+from stratolab.platform.outbound import OutboundPolicy, guarded_client
+from stratolab.platform.scopes import FUNCTIONS_DEPLOY, FUNCTIONS_SERVICE, JOBS_RUN, SCHEDULER_SERVICE
+from stratolab.usage import budgets as rules
+from stratolab.usage.service import metrics
+from stratolab.usage.service.state import UsageState
+
+log = logging.getLogger("stratolab.usage")
+
+#: what kind of start an open interval was, as budgets.consumes judges starts
+START_KIND = {"server": "server", "run": "run", "trial": "trial", "pipeline_step": "run", "function_instance": "deploy"}
+
+
+@dataclass(frozen=True)
+class Running:
+    """One open interval of a user: what it is and what it holds."""
+
+    kind: str
+    thing: str
+    thing_id: str
+    resources: dict[str, float]
+
+
+def dedup_key(user: str, gauge: rules.Gauge, level: str, now: datetime) -> str:
+    """One notification per budget, pool, user, level and window: a calendar window by its start, a
+    rolling one by which stretch of its length since the epoch `now` is in."""
+    window = gauge.budget.window
+    if window.rolling:
+        start, end = window.bounds(now)
+        length = max((end - start).total_seconds(), 1.0)
+        period = str(math.floor(now.timestamp() / length))
+    else:
+        period = gauge.start.isoformat()
+    return f"{gauge.budget.name}|{gauge.pool.describe()}|{user}|{level}|{period}"[:255]
+
+
+def to_stop(budget: rules.Budget, running: list[Running]) -> list[Running]:
+    """What of `running` draws on `budget` (pure)."""
+    return [r for r in running if rules.consumes(budget, START_KIND.get(r.kind, r.kind), r.resources)]
+
+
+@dataclass
+class Enforcer:
+    state: UsageState
+    scheduler_url: str
+    functions_url: str
+    outbound: OutboundPolicy = field(default_factory=OutboundPolicy)
+    lost_after: timedelta = timedelta(minutes=5)
+
+    def __post_init__(self) -> None:
+        self._webhooks = guarded_client(self.outbound)
+        self._lock = asyncio.Lock()
+
+    async def round(self) -> None:
+        """One pass; never raises (the next pass comes anyway), and never two at once."""
+        if self._lock.locked():
+            return
+        async with self._lock:
+            try:
+                await self._round()
+            except Exception:
+                log.exception("budget enforcement failed this round")
+
+    async def _round(self) -> None:
+        now = self.state.clock()
+        lost = await asyncio.to_thread(sweep_lost, self.state.sessions, self.lost_after, now)
+        for u in lost:
+            log.warning("closed the %s interval of %s (%s) as lost: its producer %s last saw it at %s", u.kind,
+                        u.username, u.thing or "default server", u.producer, u.ended_at)
+        running = await self.state.db(open_by_user)
+        if not self.state.budgets:
+            return
+        for user, things in running.items():
+            await self.judge(user, things)
+
+    async def judge(self, user: str, running: list[Running]) -> None:
+        sheet = self.state.sheet
+        for gauge in await self.state.gauges(user):
+            metrics.BUDGET_RATIO.labels(user=user, budget=gauge.budget.name).set(
+                gauge.fraction if math.isfinite(gauge.fraction) else 1.0)
+            if gauge.state == "warning":
+                await self.notify(user, gauge, "warning", rules.warning_message(gauge, sheet))
+            elif gauge.exceeded and gauge.budget.action == "flag":
+                await self.notify(user, gauge, "exceeded", rules.refusal_message(gauge, sheet))
+            elif gauge.exceeded:
+                targets = to_stop(gauge.budget, running)
+                if not targets:
+                    continue
+                stopped = await self.stop(user, targets)
+                if stopped:
+                    message = (f"{rules.refusal_message(gauge, sheet)}. Stopped: {', '.join(stopped)}")
+                    await self.notify(user, gauge, "stopped", message, repeat=True)
+
+    # --- notifications -------------------------------------------------------------------------
+
+    async def notify(self, user: str, gauge: rules.Gauge, level: str, message: str, repeat: bool = False) -> bool:
+        """Store the notification (once per window; `repeat`: one per stop, as each stop is news) and send
+        the budget's webhook when it is new."""
+        now = self.state.clock()
+        key = dedup_key(user, gauge, level, now)
+        if repeat:
+            key = f"{key}|{now.timestamp():.3f}"[:255]
+
+        def insert(session: Session) -> bool:
+            exists = session.scalar(select(UsageNotification.id).where(UsageNotification.dedup_key == key))
+            if exists is not None:
+                return False
+            session.add(UsageNotification(username=user, budget=gauge.budget.name, level=level, message=message,
+                                          dedup_key=key, created_at=now, read_at=None))
+            session.flush()
+            return True
+
+        try:
+            new = await self.state.db(insert)
+        except IntegrityError:  # another round (or replica) made it first
+            return False
+        if new:
+            log.info("budget %s for %s: %s", gauge.budget.name, user, message)
+            metrics.NOTIFICATIONS.labels(level=level).inc()
+            webhook = gauge.budget.notify.get("webhook")
+            if webhook:
+                await self.send_webhook(webhook, {"user": user, "level": level, "message": message,
+                                                  **gauge.to_json()})
+        return new
+
+    async def send_webhook(self, url: str, body: dict[str, Any]) -> None:
+        request = HTTPRequest(url, method="POST", body=json.dumps(body, default=str),
+                              headers={"Content-Type": "application/json"}, request_timeout=10,
+                              follow_redirects=False)
+        try:
+            await self._webhooks.fetch(request)
+        except Exception as e:  # a receiver that is down does not stop enforcement
+            log.warning("budget webhook %s failed: %s", url, e)
+
+    # --- stopping ---------------------------------------------------------------------------------
+
+    async def stop(self, user: str, targets: list[Running]) -> list[str]:
+        """Stop each target; what was stopped, as a person reads it."""
+        done: list[str] = []
+        servers = [t for t in targets if t.kind == "server"]
+        for t in servers:
+            try:
+                await self.state.hub.stop_server(user, t.thing)
+                done.append(f"server {t.thing!r}" if t.thing else "the default server")
+                metrics.STOPS.labels(kind="server").inc()
+            except Exception as e:
+                log.warning("cannot stop the server %r of %s over budget: %s", t.thing, user, e)
+        others = [t for t in targets if t.kind != "server"]
+        if others:
+            done += await self._with_user_token(user, others)
+        return done
+
+    async def _with_user_token(self, user: str, targets: list[Running]) -> list[str]:
+        scopes = [f"{JOBS_RUN}!user={user}", f"access:services!service={SCHEDULER_SERVICE}",
+                  f"{FUNCTIONS_DEPLOY}!user={user}", f"access:services!service={FUNCTIONS_SERVICE}"]
+        try:
+            token_id, token = await self.state.hub.user_token(user, scopes, "usage service: budget enforcement",
+                                                              expires_in=120)
+        except Exception as e:
+            log.warning("cannot act for %s (a token from the hub): %s", user, e)
+            return []
+        done: list[str] = []
+        try:
+            for t in targets:
+                if t.kind in ("run", "trial", "pipeline_step") and t.thing_id:
+                    run_id = t.thing_id.removeprefix("run:")
+                    if await self._call(token, "POST", f"{self.scheduler_url}api/runs/{quote(run_id, safe='')}/stop"):
+                        done.append(f"{t.kind} {t.thing or run_id}")
+                        metrics.STOPS.labels(kind="run").inc()
+                elif t.kind == "function_instance" and t.thing:
+                    url = f"{self.functions_url}api/functions/{quote(t.thing, safe='')}"
+                    if await self._call(token, "PATCH", url, {"scaling": {"min_instances": 0}}):
+                        done.append(f"function {t.thing} (scaled to zero)")
+                        metrics.STOPS.labels(kind="function").inc()
+        finally:
+            try:
+                await self.state.hub.revoke(user, token_id)
+            except Exception as e:
+                log.warning("cannot delete the enforcement token of %s (it expires by itself): %s", user, e)
+        return list(dict.fromkeys(done))
+
+    async def _call(self, token: str, method: str, url: str, body: Any = None) -> bool:
+        request = HTTPRequest(url, method=method, body=json.dumps(body if body is not None else {}),
+                              headers={"Authorization": f"token {token}", "Content-Type": "application/json"},
+                              request_timeout=20)
+        try:
+            await AsyncHTTPClient().fetch(request)
+            return True
+        except HTTPClientError as e:
+            if e.code in (404, 409):  # gone already, or already stopped
+                return False
+            log.warning("%s %s for budget enforcement: %s", method, url, e)
+        except OSError as e:
+            log.warning("%s %s for budget enforcement: %s", method, url, e)
+        return False
+
+
+def open_by_user(session: Session) -> dict[str, list[Running]]:
+    """Every open interval, by user."""
+    out: dict[str, list[Running]] = {}
+    for row in session.scalars(select(UsageOpen).order_by(UsageOpen.username, UsageOpen.id)):
+        out.setdefault(row.username, []).append(Running(
+            row.kind, row.thing, row.thing_id,
+            {"cpu_cores": row.cpu_cores, "memory_gb": row.memory_gb, "gpus": float(row.gpus)}))
+    return out
