@@ -271,19 +271,19 @@ def _add_to_hourly(session: Session, rows: list[dict[str, Any]]) -> None:
         index_elements=["username", "hour", "memory_gb"],
         set_={name: getattr(UsageCallsHourly, name) + getattr(stmt.excluded, name) for name in added},
     )
-    # one statement per row: an upsert of several rows may not touch one row twice (PostgreSQL)
-    for values in sums.values():
-        session.execute(stmt.values(**values))
+    # one row per key (summed above): an upsert may not touch one row twice (PostgreSQL)
+    session.execute(stmt, list(sums.values()))
 
 
-def _close_rows(session: Session, rows: Sequence[UsageOpen], reason: str,
-                ended_at: Callable[[UsageOpen], datetime], measured: Measured | None = None) -> list[Usage]:
-    """Moves open rows into the ledger. The delete decides who closes: a row another closer already
-    removed is skipped, and the record's source_key stops a second record of the same interval."""
+def _close_where(session: Session, where: Any, reason: str, ended_at: Callable[[UsageOpen], datetime],
+                 measured: Measured | None = None) -> list[Usage]:
+    """Moves the open rows `where` selects into the ledger. The delete decides who closes: a row
+    another closer removed first is not returned here, and each record's source_key stops a second
+    record of the same interval whatever happens."""
+    deleted = session.scalars(delete(UsageOpen).where(where).returning(UsageOpen)
+                              .execution_options(synchronize_session=False)).all()
     closed = []
-    for row in rows:
-        if session.execute(delete(UsageOpen).where(UsageOpen.id == row.id).returning(UsageOpen.id)).first() is None:
-            continue
+    for row in sorted(deleted, key=lambda r: r.id):
         end = max(as_utc(ended_at(row)), row.started_at)
         cpu, peak = row.cpu_seconds_used, row.peak_memory_gb
         if measured is not None:
@@ -324,8 +324,8 @@ class Ledger:
             "cpu_seconds_used": None, "peak_memory_gb": None, "pids": json.dumps([int(p) for p in pids]),
         }
         with session_scope(self.sessions) as s:
-            stmt = dialect_insert(s, UsageOpen).values(**values).on_conflict_do_nothing(index_elements=["producer", "key"])
-            return s.execute(stmt.returning(UsageOpen.id)).first() is not None
+            stmt = dialect_insert(s, UsageOpen).on_conflict_do_nothing(index_elements=["producer", "key"])
+            return s.execute(stmt.returning(UsageOpen.id), values).first() is not None
 
     def heartbeat(self, measured: Mapping[str, Measured] | None = None) -> int:
         """Marks this producer's open intervals seen now (what a crash ends them at) and stores the
@@ -350,8 +350,8 @@ class Ledger:
         """Ends the interval: its record, or None when it was not open (closed already: nothing twice)."""
         end = as_utc(ended_at) if ended_at is not None else as_utc(self.clock())
         with session_scope(self.sessions) as s:
-            rows = s.scalars(select(UsageOpen).where(UsageOpen.producer == self.producer, UsageOpen.key == key)).all()
-            closed = _close_rows(s, rows, reason, lambda _row: end, measured)
+            mine = and_(UsageOpen.producer == self.producer, UsageOpen.key == key)
+            closed = _close_where(s, mine, reason, lambda _row: end, measured)
         return closed[0] if closed else None
 
     def recover(self, alive: Callable[[OpenInterval], bool], reason: str = "recovered") -> list[Usage]:
@@ -362,9 +362,8 @@ class Ledger:
         if not dead:
             return []
         with session_scope(self.sessions) as s:
-            rows = s.scalars(select(UsageOpen).where(UsageOpen.producer == self.producer,
-                                                     UsageOpen.key.in_(dead))).all()
-            return _close_rows(s, rows, reason, lambda row: row.last_seen_at)
+            mine = and_(UsageOpen.producer == self.producer, UsageOpen.key.in_(dead))
+            return _close_where(s, mine, reason, lambda row: row.last_seen_at)
 
     def open_intervals(self) -> list[OpenInterval]:
         with session_scope(self.sessions) as s:
@@ -386,8 +385,7 @@ def sweep_lost(sessions: sessionmaker[Session], stale_after: timedelta, now: dat
     a producer that died and never came back to recover them stops counting there."""
     cutoff = as_utc(now if now is not None else utcnow()) - stale_after
     with session_scope(sessions) as s:
-        rows = s.scalars(select(UsageOpen).where(UsageOpen.last_seen_at < cutoff).order_by(UsageOpen.id)).all()
-        return _close_rows(s, rows, "lost", lambda row: row.last_seen_at)
+        return _close_where(s, UsageOpen.last_seen_at < cutoff, "lost", lambda row: row.last_seen_at)
 
 
 # --- reading ----------------------------------------------------------------------------------------
