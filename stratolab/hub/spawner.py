@@ -439,7 +439,7 @@ class StratolabSpawner(LocalProcessSpawner):
         """The hub's usage meter (None without a platform database: a spawner tested alone)."""
         if not self.platform_db_url:
             return None
-        return hub_meter(platform_sessions(self.platform_db_url), self.usage_heartbeat)
+        return hub_meter(platform_sessions(self.platform_db_url), self.usage_heartbeat, self.log)
 
     def _requested(self, profile: Profile) -> dict[str, float | int]:
         return {"cpu_cores": float(profile.cpu_limit or 0.0),
@@ -458,6 +458,8 @@ class StratolabSpawner(LocalProcessSpawner):
             return
         answer = await UsageClient(self.usage_url, self.api_token).check(self.user.name, "server",
                                                                          self._requested(profile))
+        if answer.get("unchecked"):
+            self.log.warning("Spawn of %s not checked against budgets: %s", self._log_name, answer.get("message"))
         if answer.get("allowed", True):
             return
         message = str(answer.get("message") or "a usage budget is used up")

@@ -36,7 +36,8 @@ from stratolab.db.models import as_utc, utcnow
 from stratolab.db.usage_ledger import Ledger, Measured, OpenInterval, Resources
 from stratolab.platform.metering import ProcessMeter
 
-log = logging.getLogger("stratolab.usage")
+#: where the meter logs when no logger is given (the hub gives its own: its log is the one read)
+default_log = logging.getLogger("stratolab.usage")
 
 PRODUCER = "hub"
 KIND = "server"
@@ -89,7 +90,8 @@ class HubMeter:
     """The hub's producer of server intervals (see the module's docstring)."""
 
     def __init__(self, sessions: sessionmaker[Session], heartbeat_s: float = DEFAULT_HEARTBEAT_S,
-                 clock: Callable[[], datetime] = utcnow) -> None:
+                 clock: Callable[[], datetime] = utcnow, log: logging.Logger | None = None) -> None:
+        self.log = log or default_log
         self.ledger = Ledger(sessions, producer=PRODUCER, clock=clock)
         self.clock = clock
         self.heartbeat_s = heartbeat_s
@@ -108,6 +110,8 @@ class HubMeter:
         """A server has started: its interval from `launched_at`, metered from now on."""
         self.ledger.open(key, username=username, kind=KIND, thing=server_name, thing_id=key, profile=profile,
                          resources=resources, started_at=launched_at, pids=[pid])
+        self.log.info("usage: %s opened (profile %s, %g CPU, %.3g GB, GPU %s)", key, profile or "-",
+                      resources.cpu_cores, resources.memory_gb, ",".join(resources.devices) or "none")
         self.watch(key, pid)
 
     def watch(self, key: str, pid: int) -> None:
@@ -135,17 +139,17 @@ class HubMeter:
         try:
             closed = self.ledger.close(key, ended_at=ended_at, reason=reason, measured=measured)
         except Exception:  # a database problem never stops a stop: the usage service's sweep closes it
-            log.exception("could not close the usage interval %s", key)
+            self.log.exception("could not close the usage interval %s", key)
             return
         if closed is not None:
-            log.info("usage: %s ended after %.1f s (%s)", key, closed.seconds, reason)
+            self.log.info("usage: %s ended after %.1f s (%s)", key, closed.seconds, reason)
 
     def sample(self, pid: int) -> Measured | None:
         with self._meter_lock:
             try:
                 return self._meter.sample(pid)
             except Exception:  # measuring is best effort: the interval counts either way
-                log.debug("could not measure process %s", pid, exc_info=True)
+                self.log.debug("could not measure process %s", pid, exc_info=True)
                 return None
 
     # --- the heartbeat -----------------------------------------------------------------------
@@ -179,7 +183,7 @@ class HubMeter:
                 if metered is not None:
                     metered.last_alive = now
         except Exception:
-            log.exception("usage heartbeat failed")
+            self.log.exception("usage heartbeat failed")
         finally:
             self._beating = False
 
@@ -199,10 +203,10 @@ class HubMeter:
         try:
             closed = self.ledger.recover(lambda i: i.key in known or interval_alive(i))
         except Exception:
-            log.exception("could not recover the hub's usage intervals")
+            self.log.exception("could not recover the hub's usage intervals")
             return
         for usage in closed:
-            log.info("usage: server %r of %s ended while unwatched, closed at %s (%.1f s)", usage.thing,
+            self.log.info("usage: server %r of %s ended while unwatched, closed at %s (%.1f s)", usage.thing,
                      usage.username, usage.ended_at, usage.seconds)
 
     def _last_seen(self, key: str) -> datetime | None:
@@ -213,6 +217,6 @@ class HubMeter:
 
 
 @functools.cache
-def hub_meter(sessions: sessionmaker[Session], heartbeat_s: float) -> HubMeter:
+def hub_meter(sessions: sessionmaker[Session], heartbeat_s: float, log: logging.Logger | None = None) -> HubMeter:
     """The hub process's meter for one platform database (created at the first spawner that needs it)."""
-    return HubMeter(sessions, heartbeat_s)
+    return HubMeter(sessions, heartbeat_s, log=log)
