@@ -27,7 +27,7 @@ ENFORCED = "enforced-user"
 class Receiver(BaseHTTPRequestHandler):
     got: list[dict] = []
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         Receiver.got.append(json.loads(body))
         self.send_response(204)
