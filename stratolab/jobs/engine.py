@@ -247,7 +247,7 @@ class Scheduler:
     async def _execute(self, executor: NotebookExecutor, run: JobRun, s: JobSchedule, devices: tuple[str, ...]) -> None:
         holder = Holder.run(run.owner, run.id, s.name)
         execution: Execution
-        # a run that is an AutoML search holds nothing itself: each of its trials is metered
+        # a run that only drives work metered on its own holds nothing itself (NotebookExecutor.metered)
         metered = getattr(executor, "metered", True)
         resources = resources_of(self.profiles.get(s.profile), devices)
         if metered and run.trigger != "manual":  # a run asked for by hand was checked when it was asked (403)

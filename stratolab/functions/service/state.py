@@ -86,6 +86,7 @@ class ServiceState:
     triggers: TriggersClient | None = None
     #: every call into the usage ledger, warm instances too (see usage_meter.py); off unless given
     meter: FunctionMeter = field(default_factory=FunctionMeter.off)
+    _warm_views: list[FunctionView] | None = None
     #: invocation counts and latencies, kept in the platform database (see invocation_stats.py)
     stats: InvocationStats = field(init=False)
 
@@ -100,6 +101,14 @@ class ServiceState:
 
     def _changed(self, owner: str, name: str) -> None:
         self._views.pop((owner, name), None)
+        self._warm_views = None
+
+    def warm_views(self) -> list[FunctionView]:
+        """The functions that keep instances warm (min_instances > 0), read again after a change only:
+        the meter looks at them every second, and this service is the registry's only writer."""
+        if self._warm_views is None:
+            self._warm_views = [v for v in self.registry.list() if v.policy.min_instances > 0]
+        return self._warm_views
 
     def url_of(self, owner: str, name: str) -> str:
         return f"{self.public_url}{self.prefix.rstrip('/')}/fn/{owner}/{name}"
@@ -309,6 +318,6 @@ class ServiceState:
             log.exception("housekeeping failed")
         if self.meter.ledger is not None:
             try:  # after the backend's round: the warm instances it kept, started or stopped
-                self.meter.reconcile(self.registry.list(), self.backend)
+                self.meter.reconcile(self.warm_views(), self.backend)
             except Exception:
                 log.exception("could not meter the warm instances")

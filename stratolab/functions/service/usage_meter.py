@@ -180,7 +180,8 @@ class FunctionMeter:
     def reconcile(self, views: Iterable[FunctionView], backend: FunctionBackend) -> None:
         """Open an interval for each warm instance there is, close those of instances that are gone,
         and mark the open ones seen (the ledger's heartbeat)."""
-        if self.ledger is None:
+        views = list(views)
+        if self.ledger is None or not (views or self.open_instances):
             return
 
         def instances(ref: VersionRef) -> int:
