@@ -28,11 +28,14 @@ type Column = [heading: string, key: keyof IBreakdownLine, text: (line: IBreakdo
 
 const COLUMNS: Column[] = [
   ['Thing', 'key', line => thingLabel(line)],
-  ['Kind', 'kind', line => line.kind ?? ''],
   ['CPU h', 'cpu_core_hours', line => formatAmount(line.cpu_core_hours)],
   ['GPU h', 'gpu_hours', line => formatAmount(line.gpu_hours)],
-  ['Cost', 'cost', (line, currency) => formatCost(line.cost, currency)]
+  // the currency is in the heading: the sidebar is narrow
+  ['Cost', 'cost', line => formatCost(line.cost, '')]
 ];
+
+/** The most things the sidebar's table lists (in its order). */
+const MAX_ROWS = 12;
 
 export class UsageSection extends ModelSection<null, UsageModel> {
   constructor(model: UsageModel = new UsageModel()) {
@@ -124,9 +127,11 @@ export class UsageSection extends ModelSection<null, UsageModel> {
     }
     const table = el('table', 'jp-Stratolab-usageTable', undefined, 'stratolab-usage-breakdown');
     const head = el('tr', '');
-    for (const [heading, key] of COLUMNS) {
+    for (const [name, key] of COLUMNS) {
+      const heading = key === 'cost' && currency ? `${name} ${currency}` : name;
       const th = el('th', 'jp-Stratolab-sortable', heading, `stratolab-usage-sort-${String(key)}`);
       th.setAttribute('role', 'columnheader');
+      th.title = `Sort by ${heading}`;
       if (key === this.sortKey) {
         th.setAttribute('aria-sort', this.sortOrder === 'asc' ? 'ascending' : 'descending');
         th.textContent = `${heading} ${this.sortOrder === 'asc' ? '▲' : '▼'}`;
@@ -140,7 +145,8 @@ export class UsageSection extends ModelSection<null, UsageModel> {
     }
     table.createTHead().append(head);
     const body = table.createTBody();
-    sortRows(lines, this.sortKey, this.sortOrder).forEach((line, i) => {
+    const sorted = sortRows(lines, this.sortKey, this.sortOrder);
+    sorted.slice(0, MAX_ROWS).forEach((line, i) => {
       const row = el('tr', '', undefined, `stratolab-usage-row-${i}`);
       row.dataset.key = line.key;
       const title = [
@@ -150,11 +156,30 @@ export class UsageSection extends ModelSection<null, UsageModel> {
       ].join(' · ');
       row.title = title;
       for (const [, key, text] of COLUMNS) {
-        row.append(el('td', `jp-Stratolab-usageCell-${String(key)}`, text(line, currency)));
+        const cell = el('td', `jp-Stratolab-usageCell-${String(key)}`);
+        if (key === 'key') {
+          // the thing's name, and under it what kind of thing it is (the sidebar is narrow)
+          cell.append(
+            el('span', 'jp-Stratolab-usageThing', text(line, currency)),
+            el('span', 'jp-Stratolab-usageKind', (line.kind ?? '').replace('_', ' '))
+          );
+        } else {
+          cell.textContent = text(line, currency);
+        }
+        row.append(cell);
       }
       body.append(row);
     });
-    return table;
+    if (sorted.length <= MAX_ROWS) {
+      return table;
+    }
+    const node = el('div', '');
+    const more = sorted.length - MAX_ROWS;
+    node.append(
+      table,
+      el('p', 'jp-Stratolab-note', `${more} more (the CLI lists them all: stratolab usage)`, 'stratolab-usage-more')
+    );
+    return node;
   }
 
   private sortKey: keyof IBreakdownLine = 'cost';
