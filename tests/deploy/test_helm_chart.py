@@ -537,7 +537,7 @@ def test_network_policies_cover_every_component(values_file):
     objects = render(values_file)
     policies = _policies(objects)
     expected = {"hub", "proxy", "singleuser-server", "functions", "function", "scheduler", "notebook-run",
-                "triggers", "trigger-adapter"}
+                "triggers", "trigger-adapter", "usage"}
     if of_kind(objects, "StatefulSet"):
         expected.add("postgresql")
     assert set(policies) == expected
@@ -590,10 +590,11 @@ def test_function_and_job_pods_are_fenced():
     _assert_open_egress_blocks_metadata(runs)
 
     # the services take their callers: the hub, the proxy, and their own workload pods (and the functions
-    # service the triggers service, which delivers events to functions)
+    # service the triggers service, which delivers events to functions; both the usage service, which stops
+    # runs and scales functions to zero over budget)
     for name, workload_ns, workload, port, others in (
-            ("functions", "stratolab-functions", "function", 10101, [(NAMESPACE, "triggers")]),
-            ("scheduler", "stratolab-jobs", "notebook-run", 10102, [])):
+            ("functions", "stratolab-functions", "function", 10101, [(NAMESPACE, "triggers"), (NAMESPACE, "usage")]),
+            ("scheduler", "stratolab-jobs", "notebook-run", 10102, [(NAMESPACE, "usage")])):
         (rule,) = policies[name]["spec"]["ingress"]
         assert rule["ports"] == [{"protocol": "TCP", "port": port}]
         assert sorted(_peers_from(rule, "from"), key=str) == sorted(
@@ -608,7 +609,7 @@ def test_proxy_api_answers_only_the_hub():
     hub = _policies(render("default-values.yaml"))["hub"]
     (rule,) = hub["spec"]["ingress"]
     assert {c for _ns, c in _peers_from(rule, "from")} == {"proxy", "singleuser-server", "functions", "scheduler",
-                                                           "triggers"}
+                                                           "triggers", "usage"}
 
 
 def test_network_policies_can_be_turned_off():

@@ -52,6 +52,7 @@ helm.sh/chart: {{ include "stratolab.chart" .root }}
 {{- define "stratolab.functionsName" -}}{{ include "stratolab.fullname" . }}-functions{{- end -}}
 {{- define "stratolab.schedulerName" -}}{{ include "stratolab.fullname" . }}-scheduler{{- end -}}
 {{- define "stratolab.triggersName" -}}{{ include "stratolab.fullname" . }}-triggers{{- end -}}
+{{- define "stratolab.usageName" -}}{{ include "stratolab.fullname" . }}-usage{{- end -}}
 {{- define "stratolab.postgresqlName" -}}{{ include "stratolab.fullname" . }}-postgresql{{- end -}}
 
 {{/* In-cluster URLs (reachable from any namespace). */}}
@@ -69,6 +70,9 @@ http://{{ include "stratolab.schedulerName" . }}.{{ .Release.Namespace }}.svc:10
 {{- end -}}
 {{- define "stratolab.triggersUrl" -}}
 http://{{ include "stratolab.triggersName" . }}.{{ .Release.Namespace }}.svc:10103
+{{- end -}}
+{{- define "stratolab.usageUrl" -}}
+http://{{ include "stratolab.usageName" . }}.{{ .Release.Namespace }}.svc:10104
 {{- end -}}
 {{- define "stratolab.publicUrl" -}}
 {{- if .Values.publicUrl -}}
