@@ -1,18 +1,23 @@
-"""Notebook servers in the usage ledger, through one real hub: a server is billed the time it ran, with what
-it used measured; a hub killed mid-interval loses nothing and counts nothing twice when it comes back; a
+"""Notebook servers in the usage ledger: the hub's meter alone (real processes, a real database), then
+through one real hub: a server is billed the time it ran, with what it used measured; a hub killed mid-interval loses nothing and counts nothing twice when it comes back; a
 spawn over budget is refused with a 403 naming the budget (the API's answer, the spawn form, the
 spawn-pending page), not a spawn failure."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import html
 import json
+import logging
 import os
 import signal
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import psutil
 import pytest
@@ -20,15 +25,126 @@ import requests
 from sqlalchemy import select
 
 from stratolab.db.engine import make_engine, session_factory, session_scope
+from stratolab.db.migrate import ensure_schema
 from stratolab.db.models import UsageOpen, UsageRecord, as_utc
 from stratolab.db.usage_ledger import Ledger, Resources, Usage
-from support import HubProcess, free_port, unique_name
+from stratolab.hub.spawner import StratolabSpawner
+from stratolab.hub.usage_meter import HubMeter, process_alive, server_key, server_resources
+from support import HubProcess, free_port, stop_process, unique_name
 
 #: heartbeats this often here (15 s in production), so the interval of a server that died with the hub
 #: can be pinned to within a second or two of the kill
 HEARTBEAT_S = 1.0
 #: the budget the refused user is over (seeded below: two core-hours used, one allowed per 30 days)
 BUDGET = "cpu-monthly"
+
+
+# --- the meter alone: real processes, a real database, no hub ----------------------------------------
+
+
+@pytest.fixture
+def sessions(tmp_path):
+    url = f"sqlite:///{tmp_path / 'platform.sqlite'}"
+    ensure_schema(url)
+    return session_factory(make_engine(url))
+
+
+@pytest.fixture
+def server_process():
+    """A stand-in for a server: a process that uses a little CPU and holds 50 MB."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; x = bytearray(50 * 2**20); sum(range(10**6)); "
+                             "time.sleep(60)"], start_new_session=True)
+    time.sleep(0.5)
+    yield proc
+    stop_process(proc, grace=1)
+
+
+def open_server(meter: HubMeter, pid: int, user: str = "alice") -> str:
+    launched = datetime.now(UTC)
+    key = server_key(user, "", launched)
+    meter.open(key, pid=pid, username=user, server_name="", profile="cpu", launched_at=launched,
+               resources=server_resources(2, 8 * 2**30, 0, ()))
+    return key
+
+
+def test_the_meter_measures_heartbeats_and_closes_a_stopped_server(sessions, server_process):
+    meter = HubMeter(sessions, heartbeat_s=60)
+    key = open_server(meter, server_process.pid)
+    [interval] = meter.ledger.open_intervals()
+    assert (interval.key, interval.pids, interval.resources.cpu_cores, interval.resources.memory_gb) == (
+        key, (server_process.pid,), 2.0, 8.0)
+    assert meter.beat({key: server_process.pid}) == {key}
+    [beaten] = meter.ledger.open_intervals()
+    assert beaten.last_seen_at >= interval.last_seen_at
+    assert beaten.cpu_seconds_used is not None and beaten.cpu_seconds_used > 0
+    assert beaten.peak_memory_gb is not None and beaten.peak_memory_gb > 0.04  # the 50 MB it holds
+    meter.close(key)
+    [record] = records_in(sessions, "alice")
+    assert record.reason == "stopped" and not meter.ledger.open_intervals()
+    assert record.seconds == pytest.approx((as_utc(record.ended_at) - as_utc(record.started_at)).total_seconds())
+    meter.close(key)  # a second stop counts nothing
+    assert len(records_in(sessions, "alice")) == 1
+
+
+def test_a_restarted_meter_closes_the_dead_at_their_last_heartbeat_and_continues_the_living(sessions,
+                                                                                           server_process):
+    first = HubMeter(sessions, heartbeat_s=60)
+    living = open_server(first, server_process.pid, "alice")
+    doomed_proc = subprocess.Popen(["sleep", "60"])
+    doomed = open_server(first, doomed_proc.pid, "bob")
+    first.beat({living: server_process.pid, doomed: doomed_proc.pid})
+    seen = {i.key: i.last_seen_at for i in first.ledger.open_intervals()}
+    doomed_proc.kill()
+    doomed_proc.wait()
+    time.sleep(0.2)
+
+    second = HubMeter(sessions, heartbeat_s=60)  # the hub started again: recovers at once
+    [closed] = records_in(sessions, "bob")
+    assert closed.reason == "recovered" and as_utc(closed.ended_at) == as_utc(seen[doomed])
+    [still] = second.ledger.open_intervals()
+    assert still.key == living
+    second.watch(living, server_process.pid)
+    second.close(living)
+    [record] = records_in(sessions, "alice")
+    assert as_utc(record.started_at) == as_utc(still.started_at) and record.reason == "stopped"
+
+
+def test_a_server_found_dead_ends_when_it_was_last_seen_alive(sessions, server_process):
+    meter = HubMeter(sessions, heartbeat_s=60)
+    key = open_server(meter, server_process.pid)
+    meter.seen_alive(key)
+    last_alive = meter.servers[key].last_alive
+    stop_process(server_process, grace=1)
+    time.sleep(0.3)
+    meter.close(key, dead=True)
+    [record] = records_in(sessions, "alice")
+    assert as_utc(record.ended_at) == last_alive
+
+
+def test_a_reused_pid_is_not_the_server():
+    me = psutil.Process()
+    created = datetime.fromtimestamp(me.create_time(), UTC)
+    assert process_alive(me.pid, created + timedelta(seconds=1))
+    # an interval last seen before this process existed belonged to an older process with the same pid
+    assert not process_alive(me.pid, created - timedelta(seconds=5))
+    assert not process_alive(2**22 + 12345, datetime.now(UTC))
+
+
+def test_a_spawn_is_allowed_and_logged_when_the_usage_service_cannot_be_reached(caplog):
+    spawner = StratolabSpawner(user=SimpleNamespace(name="alice", settings={}, url="/user/alice/"),
+                               usage_url=f"http://127.0.0.1:{free_port()}/services/usage/", gpu_inventory=[])
+    profile = spawner._apply_profile()
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(spawner._check_budget(profile))  # no exception: allowed
+    assert "not checked against budgets" in caplog.text
+
+
+def records_in(sessions, username: str) -> list[UsageRecord]:
+    with session_scope(sessions) as s:
+        return list(s.scalars(select(UsageRecord).where(UsageRecord.username == username).order_by(UsageRecord.id)))
+
+
+# --- through a real hub ---------------------------------------------------------------------------------
 
 
 class MeteredHub(HubProcess):
@@ -39,8 +155,7 @@ class MeteredHub(HubProcess):
 
 
 def records(hub: HubProcess, username: str) -> list[UsageRecord]:
-    with session_scope(hub.sessions) as s:
-        return list(s.scalars(select(UsageRecord).where(UsageRecord.username == username).order_by(UsageRecord.id)))
+    return records_in(hub.sessions, username)
 
 
 def open_rows(hub: HubProcess, username: str) -> list[UsageOpen]:
