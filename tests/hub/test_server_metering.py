@@ -1,7 +1,8 @@
 """Notebook servers in the usage ledger: the hub's meter alone (real processes, a real database), then
-through one real hub: a server is billed the time it ran, with what it used measured; a hub killed mid-interval loses nothing and counts nothing twice when it comes back; a
-spawn over budget is refused with a 403 naming the budget (the API's answer, the spawn form, the
-spawn-pending page), not a spawn failure."""
+through one real hub: a server is billed the time it ran, with what it used measured; a hub killed
+mid-interval loses nothing and counts nothing twice when it comes back; a spawn over budget is refused
+with a 403 naming the budget (the API's answer, the spawn form, the spawn-pending page), not a spawn
+failure."""
 
 from __future__ import annotations
 
