@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from stratolab.db import ensure_schema, make_engine, session_factory, session_scope
-from stratolab.db.models import UsageOpen, UsageRecord
+from stratolab.db.models import UsageJournalOffset, UsageOpen, UsageRecord
 from stratolab.db.usage_ledger import CALLS, Ledger, Measured, Resources, Usage, clip, sweep_lost, usage_between, user_totals
 
 T0 = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
@@ -230,3 +230,26 @@ def test_windows_clip_intervals_and_count_calls_where_they_ended(sessions):
             day = user_totals(s, ["ann"], lo, lo + timedelta(days=1), now)["ann"]
             assert (day.requests, day.function_gb_seconds[1]) == (8 if lo == T0 else 8, 8.0)
         assert user_totals(s, ["ann"], T0 + timedelta(minutes=31), T0 + timedelta(hours=3), now)["ann"].requests == 4
+
+
+def test_journalled_calls_are_folded_once_on_either_database(sessions, tmp_path):
+    from stratolab.platform.metering import CallJournal
+
+    journal = CallJournal(tmp_path / "calls.jsonl", Ledger(sessions, "functions"))
+    for i in range(300):  # across three hours, two memories
+        journal.record("ann", "fn", 1, 0.5 if i % 2 else 2.0, 0.0015, ok=i % 3 != 0,
+                       ended_at=(T0 + timedelta(minutes=i)).timestamp())
+    assert journal.fold() == 300
+    with session_scope(sessions) as s:  # as if the offset had gone back: the same ranges, nothing new
+        s.execute(sa.update(UsageJournalOffset).values(offset=0))
+    assert journal.fold() == 300 and journal.fold() == 0
+    journal.close()
+    rows = records(sessions)
+    assert sum(r.requests for r in rows) == 300 and len(rows) == 2 * 5  # per memory and hour
+    with session_scope(sessions) as s:
+        t = user_totals(s, ["ann"], T0 + timedelta(minutes=30), T0 + timedelta(hours=4, minutes=30))["ann"]
+    # a row counts where it ended, at its last call: 10:00-10:59 ends at 10:59, inside; 14:00-14:59 outside
+    assert t.requests == 240 and t.errors == 80
+    # each call of 1.5 ms is billed 2 ms, or one unit of 100 ms; 120 calls at 0.5 GB, 120 at 2 GB
+    assert t.function_gb_seconds[1] == pytest.approx(120 * 2 * (0.5 + 2.0) / 1000)
+    assert t.function_gb_seconds[100] == pytest.approx(120 * 100 * (0.5 + 2.0) / 1000)
