@@ -126,6 +126,7 @@ class HubMeter:
         metered = self.servers.get(key)
         if metered is not None:
             metered.last_alive = as_utc(self.clock())
+        self._ensure_timer()  # a server adopted before the hub's loop ran is heartbeaten from its first poll
 
     def close(self, key: str, *, reason: str = "stopped", dead: bool = False) -> None:
         """The server stopped (`dead`: it had ended already, found so by a poll or a stop)."""
