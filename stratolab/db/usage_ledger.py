@@ -444,8 +444,12 @@ def user_totals(session: Session, usernames: Collection[str], start: datetime, e
     r = UsageRecord
     intervals = select(r.username, r.started_at, r.ended_at, r.cpu_cores, r.memory_gb, r.gpus, r.gpu_model,
                        r.cpu_seconds_used, r.peak_memory_gb).where(
-        r.username.in_(names), r.kind.in_(INTERVAL_KINDS), r.ended_at > start, r.started_at < end)
+        # no `started_at < end` here: given one, SQLite walks (username, started_at) through the whole
+        # history (60 ms for 50 users' year instead of 7); the few rows that start later are skipped below
+        r.username.in_(names), r.kind.in_(INTERVAL_KINDS), r.ended_at > start)
     for name, started, ended, cpu, mem, gpus, model, used, peak in session.execute(intervals):
+        if started >= end:
+            continue
         _add_clipped(totals[name], started, ended, Resources(cpu, mem, gpus, model), used, peak, start, end)
     o = UsageOpen
     opened = select(o.username, o.started_at, o.cpu_cores, o.memory_gb, o.gpus, o.gpu_model,
