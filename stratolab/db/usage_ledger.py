@@ -176,7 +176,8 @@ def _requested_columns(r: Resources) -> dict[str, Any]:
             "gpu_model": r.gpu_model, "devices": ",".join(r.devices)}
 
 
-def _usage_of_record(row: UsageRecord) -> Usage:
+def usage_of_record(row: UsageRecord) -> Usage:
+    """A ledger row as readers see it."""
     return Usage(
         username=row.username, kind=row.kind, thing=row.thing, thing_id=row.thing_id, profile=row.profile,
         started_at=row.started_at, ended_at=row.ended_at, seconds=row.seconds, resources=_resources(row),
@@ -184,6 +185,10 @@ def _usage_of_record(row: UsageRecord) -> Usage:
         errors=row.errors, billed_ms={unit: getattr(row, f"billed_ms_{unit}") for unit in BILLING_UNITS_MS},
         capacity=row.capacity, producer=row.producer, reason=row.reason,
     )
+
+
+#: the former private name, while callers move to the public one
+_usage_of_record = usage_of_record
 
 
 def _open_interval(row: UsageOpen) -> OpenInterval:
@@ -407,7 +412,7 @@ def usage_between(session: Session, start: datetime, end: datetime, *, usernames
         names = list(usernames)
         records = records.where(UsageRecord.username.in_(names))
         opened = opened.where(UsageOpen.username.in_(names))
-    found = [_usage_of_record(r) for r in session.scalars(records)]
+    found = [usage_of_record(r) for r in session.scalars(records)]
     found += [_open_interval(r).as_usage(now) for r in session.scalars(opened)]
     return found
 
