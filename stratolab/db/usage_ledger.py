@@ -187,9 +187,6 @@ def usage_of_record(row: UsageRecord) -> Usage:
     )
 
 
-#: the former private name, while callers move to the public one
-_usage_of_record = usage_of_record
-
 
 def _open_interval(row: UsageOpen) -> OpenInterval:
     return OpenInterval(

@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from stratolab.db.models import UsageRecord
-from stratolab.db.usage_ledger import _usage_of_record
+from stratolab.db.usage_ledger import usage_of_record
 from stratolab.usage.bill import make_bill
 from stratolab.usage.pricing import PriceSheet
 
@@ -62,7 +62,7 @@ class LedgerCounters(Collector):
                                     .order_by(UsageRecord.id).limit(BATCH)))
         if not rows:
             return 0
-        usages = [_usage_of_record(r) for r in rows]
+        usages = [usage_of_record(r) for r in rows]
         for u in usages:
             key = (u.username, u.kind)
             hours = u.seconds / 3600
