@@ -14,7 +14,8 @@ Design choices, and why:
   GPUs from `nvidia.com/gpu` (limits, as device plugins take them); the GPU model from the node's
   `nvidia.com/gpu.product` label (GPU feature discovery).
 - Times from the pod's status: `startTime` to the last container's `finishedAt` once it Succeeded or Failed;
-  a running pod is an open interval. A pod deleted while running ends at its `deletionTimestamp`.
+  a running pod is an open interval. A pod deleted while running ends when its containers stopped, else
+  at its `deletionTimestamp` (the end of its grace period).
 - Spot capacity from the node's labels: GKE (`cloud.google.com/gke-spot`, `gke-preemptible`), EKS
   (`eks.amazonaws.com/capacityType: SPOT`), AKS (`kubernetes.azure.com/scalesetpriority: spot`) and
   Karpenter (`karpenter.sh/capacity-type: spot`), or the price sheet's own `spot_label`.
@@ -132,12 +133,14 @@ def pod_interval(pod: Mapping[str, Any], nodes: Mapping[str, Mapping[str, str]] 
         return None
     user, kind, thing, thing_id, profile = found
     ended: datetime | None = None
+    finished = [_time(((s.get("state") or {}).get("terminated") or {}).get("finishedAt"))
+                for s in status.get("containerStatuses") or ()]
     if status.get("phase") in ("Succeeded", "Failed"):
-        finished = [_time((s.get("state") or {}).get("terminated", {}).get("finishedAt"))
-                    for s in status.get("containerStatuses") or ()]
         ended = max([t for t in finished if t is not None], default=started)
     elif meta.get("deletionTimestamp"):
-        ended = _time(meta["deletionTimestamp"])
+        # every container stopped: the last one's end; else the deadline the deletion set (its grace period)
+        stopped = bool(finished) and all(t is not None for t in finished)
+        ended = max(t for t in finished if t is not None) if stopped else _time(meta["deletionTimestamp"])
     node_labels = (nodes or {}).get(spec.get("nodeName", "")) or {}
     resources = requested(spec)
     if resources.gpus and node_labels.get(GPU_PRODUCT_LABEL):

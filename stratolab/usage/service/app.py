@@ -20,18 +20,19 @@ from pathlib import Path
 
 from jupyterhub.services.auth import HubOAuth
 from tornado import ioloop
-from traitlets import Bool, Float, Unicode
+from traitlets import Bool, CaselessStrEnum, Float, Unicode
 
 from stratolab.db import ensure_schema, make_engine, session_factory
 from stratolab.errors import StratolabError
 from stratolab.platform.outbound import ENV as OUTBOUND_ENV
 from stratolab.platform.outbound import OutboundPolicy
-from stratolab.platform.service_app import HubService, SettingError, until_stopped
+from stratolab.platform.service_app import EnvConfigurable, HubService, SettingError, until_stopped
 from stratolab.usage.budgets import Budget, load_budgets
 from stratolab.usage.pricing import DEFAULT_SHEET, load_price_sheet
 from stratolab.usage.service import handlers, metrics
 from stratolab.usage.service.enforce import Enforcer
 from stratolab.usage.service.hubapi import HubAPI
+from stratolab.usage.service.kube_collector import KubeCollectorSettings, RunningCollector, start_collector
 from stratolab.usage.service.openapi import OPENAPI
 from stratolab.usage.service.state import UsageState
 from stratolab.web import service_app
@@ -62,6 +63,7 @@ class UsageService(HubService):
     Started as `python -m stratolab.usage.service.app`, as the hub and the Helm chart start it."""
 
     service_name, default_port = "usage", 10104
+    classes = [KubeCollectorSettings]
     log_name = "usage"
 
     data_dir = Unicode("", help="The service's folder: prices.yaml and budgets.yaml there are read when no file "
@@ -83,6 +85,16 @@ class UsageService(HubService):
         config=True, env="STRATOLAB_USAGE_FUNCTIONS_URL")
     outbound_allow = Unicode("", help="Networks (comma-separated CIDRs) budget webhooks may reach besides public "
                              "addresses.").tag(config=True, env=OUTBOUND_ENV, default_text="none")
+    backend = CaselessStrEnum(["local", "kubernetes"], "local", help="Where the ledger's intervals come from: "
+                              "local (the hub, the scheduler and the functions service write them) or kubernetes "
+                              "(the platform's pods too, read by this service: kube_collector.py).").tag(
+        config=True, env="STRATOLAB_USAGE_BACKEND")
+
+    def init_parts(self) -> None:
+        self.kube_settings = KubeCollectorSettings(parent=self) if self.backend == "kubernetes" else None
+
+    def configurables(self) -> list[EnvConfigurable]:
+        return [self, *([self.kube_settings] if self.kube_settings is not None else [])]
 
     def initialize(self, argv: list[str] | None = None) -> None:
         super().initialize(argv)
@@ -139,6 +151,9 @@ class UsageService(HubService):
                           template_path=str(HERE / "templates"), static_path=str(HERE / "static"),
                           static_url_prefix=f"{self.prefix}static/")
         server = app.listen(self.port, address=self.ip, xheaders=False)
+        collector: RunningCollector | None = None
+        if self.kube_settings is not None:
+            collector = await start_collector(self.kube_settings, self.sessions, spot_label=self.sheet.spot_label)
 
         async def each_round() -> None:
             await enforcer.round()
@@ -151,6 +166,8 @@ class UsageService(HubService):
                  self.prefix, len(self.budget_list), self.sheet.currency)
         await until_stopped()
         loop.stop()
+        if collector is not None:
+            await collector.stop()
         server.stop()
 
 
