@@ -35,6 +35,7 @@ from stratolab.functions.client import pack
 from stratolab.functions.knative.backend import KnativeBackend
 from stratolab.functions.knative.config import KnativeConfig
 from stratolab.functions.registry import FunctionRegistry
+from stratolab.functions.runtime import batch_frames
 from stratolab.functions.runtime.client import WorkerConnection
 from stratolab.functions.runtime.events import InvalidEvent, accepts_event, event_from_headers, event_headers
 from stratolab.functions.runtime.local_backend import LocalBackend
@@ -287,6 +288,55 @@ def test_a_batch_handler_gets_events_aligned_with_its_inputs():
     assert max(batches) > 1  # they did share batches
 
 
+def test_a_batch_frame_reaches_a_batch_handler_as_one_list_and_is_answered_once():
+    """A trigger's batch (batch_frames.py): one frame, one reply; each item keeps its own answer (a
+    body that is not JSON is its own 400, a failing batch fails its items, not the frame)."""
+    batches: list[list] = []
+
+    def batch(inputs, events):
+        batches.append(list(inputs))
+        if any(i == "boom" for i in inputs):
+            raise ValueError("boom")
+        return [{"input": i, "event_id": e["id"] if e else None} for i, e in zip(inputs, events, strict=True)]
+
+    def plain(data, event):
+        return {"input": data, "event_id": event["id"] if event else None}
+
+    items = [(json.dumps(i).encode(), "application/json", {"id": f"e{i}", "source": "/s", "type": "t"} if i % 2 else None)
+             for i in range(5)]
+    items.insert(2, (b"{not json", "application/json", {"id": "bad", "source": "/s", "type": "t"}))
+
+    async def frame(path: Path, sent: list) -> list:
+        conn = await WorkerConnection.open(path)
+        heads, body = batch_frames.pack_request(sent)
+        header, out = await conn.invoke(body, op=batch_frames.OP, items=heads, id="r1")
+        await conn.close()
+        replies = batch_frames.unpack_reply(header, out, len(sent))
+        assert replies is not None
+        return replies
+
+    async def scenario():
+        async with serving(batch, max_batch_size=32, max_wait_ms=200) as path:
+            ok = await frame(path, items)
+            failed = await frame(path, [(b'"boom"', "application/json", None), (b"1", "application/json", None)])
+        async with serving(plain) as path:
+            one_by_one = await frame(path, items)
+        return ok, failed, one_by_one
+
+    ok, failed, one_by_one = asyncio.run(asyncio.wait_for(scenario(), 20))
+    expected = [{"input": i, "event_id": f"e{i}" if i % 2 else None} for i in range(5)]
+    for replies in (ok, one_by_one):
+        assert [h["status"] for h, _ in replies] == [200, 200, 400, 200, 200, 200]
+        assert "not valid JSON" in replies[2][0]["error"]
+        assert [json.loads(b) for h, b in replies if h["status"] == 200] == expected
+    assert batches[0] == [0, 1, 2, 3, 4]  # one call of the handler, well within its 200 ms wait
+    assert [h["status"] for h, _ in failed] == [500, 500] and failed[0][0]["error_id"] == failed[1][0]["error_id"]
+    # a broken frame is the frame's 400, not a crash
+    assert batch_frames.unpack_reply({"status": 400, "error": "x"}, b"", 2) is None
+    with pytest.raises(batch_frames.BatchFrameError):
+        batch_frames.unpack_request({"items": [{"size": 5}]}, batch_frames.MARK + b"abc")
+
+
 # --- a Knative revision's runtime (a real process) ------------------------------------------------
 
 SEEN_CELLS = ["def handler(data, event):\n    return {'data': data, 'event': event}\n"]
@@ -486,6 +536,40 @@ def test_a_duplicate_event_is_answered_without_running_again_and_a_failed_one_is
     line = next(x for x in metrics.splitlines()
                 if x.startswith("stratolab_function_duplicate_events_total") and alice.name in x)
     assert line.endswith(" 3.0")
+
+
+BATCHED = [
+    "def together(inputs, events):\n"
+    "    return [{'x': x, 'id': e['id'], 'batch': len(inputs)} for x, e in zip(inputs, events)]\n",
+]
+
+
+def test_a_cloudevents_batch_reaches_a_batch_handler_in_one_call_with_duplicates_answered_once(hub, tmp_path):
+    alice = hub.create_user()
+    r = deploy(hub, alice, "together", bundle(tmp_path, handler="together", cells=BATCHED),
+               scaling=json.dumps({"max_instances": 1, "max_batch_size": 32, "max_wait_ms": 300}))
+    assert r.status_code == 201, r.text
+    url = r.json()["url"]
+    events = [{"specversion": "1.0", "id": f"b-{n}", "source": "/s", "type": "t", "data": n} for n in range(6)]
+    events.append({**events[0], "data": 99})  # the same event again, in the same batch
+    batch_headers = {**alice.headers, "Content-Type": "application/cloudevents-batch+json"}
+    r = requests.post(url, data=json.dumps(events), headers=batch_headers)
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [x["status"] for x in results] == [200] * 7
+    # one call of the handler for the six events (300 ms of wait would not be needed to gather them)
+    assert [x["data"] for x in results[:6]] == [{"x": n, "id": f"b-{n}", "batch": 6} for n in range(6)]
+    assert results[6]["duplicate"] is True and results[6]["data"] == results[0]["data"]
+    # and again later: every one a duplicate, none run
+    again = requests.post(url, data=json.dumps(events[:2]), headers=batch_headers).json()["results"]
+    assert [x.get("duplicate") for x in again] == [True, True]
+    # counted as calls, one per event that ran, in one request to the instance
+    logs = requests.get(f"{hub.url}/services/functions/api/functions/together/logs", headers=alice.headers).json()
+    assert [x["batch"] for x in logs["invocations"]] == [6]
+    metrics = requests.get(f"{hub.url}/services/functions/metrics", headers=hub.admin_headers()).text
+    line = next(x for x in metrics.splitlines() if x.startswith("stratolab_function_invocations_total")
+                and alice.name in x and 'function="together"' in x and 'status="200"' in x)
+    assert line.endswith(" 6.0")
 
 
 def test_async_invocation_is_authenticated_then_relayed_to_the_triggers_service(hub, tmp_path):

@@ -17,6 +17,7 @@ from typing import Any
 from stratolab.functions.backend import FunctionBackend, VersionRef
 from stratolab.functions.bundle import Manifest
 from stratolab.functions.policy import ScalingPolicy
+from stratolab.functions.runtime import batch_frames
 from stratolab.functions.runtime.forkserver import ForkServer
 from stratolab.functions.runtime.pool import InvocationError, VersionPool
 from stratolab.platform.gpus import GpuAllocation, GpuAllocator, Holder
@@ -164,6 +165,11 @@ class LocalBackend(FunctionBackend):
     async def invoke(self, ref: VersionRef, body: bytes, content_type: str, request_id: str,
                      event: dict[str, str] | None = None) -> tuple[dict, bytes]:
         return await self._pool(ref).invoke(body, content_type, request_id, event)
+
+    async def invoke_batch(self, ref: VersionRef, items: list[batch_frames.Item],
+                           request_id: str) -> list[batch_frames.Reply]:
+        """Many invocations in one frame to one instance (batch_frames.py): each item's (header, body)."""
+        return await self._pool(ref).invoke_batch(items, request_id)
 
     async def update_policy(self, ref: VersionRef, policy: ScalingPolicy) -> None:
         pool = self.pools.get(ref.key)

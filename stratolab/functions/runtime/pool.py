@@ -26,6 +26,7 @@ import psutil
 
 from stratolab.errors import StratolabError
 from stratolab.functions.policy import ScalingPolicy
+from stratolab.functions.runtime import batch_frames
 from stratolab.functions.runtime.client import WorkerConnection, wait_for_socket
 from stratolab.platform.sockets import check_socket_path, private_subdir, runtime_dir
 
@@ -159,7 +160,9 @@ class VersionPool:
 
     # --- invocations --------------------------------------------------------------------------
 
-    async def _acquire(self, deadline: float) -> Instance:
+    async def _acquire(self, deadline: float, slots: int = 1) -> Instance:
+        """An instance with `slots` free (a batch frame's items take one each; a batch larger than an
+        instance's capacity takes an idle instance whole)."""
         async with self._cond:
             queued = False
             try:
@@ -167,10 +170,11 @@ class VersionPool:
                     if not self.instances and not self.starting and self._start_failed_recently():
                         raise InvocationError(self._last_start_error or "", status=503)
                     for inst in self.instances:
-                        if inst.alive and not inst.draining and inst.inflight < self.policy.instance_capacity:
-                            inst.inflight += 1
+                        if inst.alive and not inst.draining and (
+                                inst.inflight + slots <= self.policy.instance_capacity or inst.inflight == 0):
+                            inst.inflight += slots
                             return inst
-                    demand = self.waiting + (0 if queued else 1)
+                    demand = self.waiting + (0 if queued else slots)
                     if (
                         len(self.instances) + self.starting < self.policy.max_instances
                         and self.starting * self.policy.instance_capacity < demand
@@ -186,7 +190,7 @@ class VersionPool:
                                 f"queue_limit={self.policy.queue_limit})",
                                 status=429,
                             )
-                        self.waiting += 1
+                        self.waiting += slots
                         queued = True
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
@@ -197,7 +201,7 @@ class VersionPool:
                         raise InvocationError("the function did not answer in time", status=504) from None
             finally:
                 if queued:
-                    self.waiting -= 1
+                    self.waiting -= slots
 
     def _start_failed_recently(self) -> bool:
         """After a failed start, requests fail fast for a few seconds instead of retrying in a loop."""
@@ -206,9 +210,9 @@ class VersionPool:
             and time.monotonic() - self._last_start_error_at < START_RETRY_BACKOFF_S
         )
 
-    async def _release(self, instance: Instance) -> None:
+    async def _release(self, instance: Instance, slots: int = 1) -> None:
         async with self._cond:
-            instance.inflight -= 1
+            instance.inflight -= slots
             instance.last_used = time.monotonic()
             if instance.draining and instance.inflight == 0:
                 self._remove(instance, "stopped after an invocation overran its timeout")
@@ -242,6 +246,42 @@ class VersionPool:
             raise InvocationError(f"{reason}; the request was not completed", status=502) from None
         finally:
             await self._release(instance)
+
+    async def invoke_batch(self, items: list[batch_frames.Item], request_id: str) -> list[batch_frames.Reply]:
+        """Many invocations in one frame to one instance (batch_frames.py), taking a slot each; each
+        item's (header, body), in order. A worker that does not know batch frames (an instance of an
+        older runtime) gets them one by one."""
+        if not items:
+            return []
+        deadline = time.monotonic() + self.policy.timeout_s
+        instance = await self._acquire(deadline, len(items))
+        conn = None
+        heads, body = batch_frames.pack_request(items)
+        try:
+            conn = instance.idle.pop() if instance.idle else await WorkerConnection.open(instance.socket)
+            remaining = max(0.001, deadline - time.monotonic())
+            header, out = await conn.invoke(body, "application/json", timeout=remaining, id=request_id,
+                                            op=batch_frames.OP, items=heads)
+            instance.idle.append(conn)
+            replies = batch_frames.unpack_reply(header, out, len(items))
+        except TimeoutError:
+            if conn:
+                conn.discard()
+            instance.draining = True
+            raise InvocationError(
+                f"the function did not answer within {self.policy.timeout_s:g} s", status=504
+            ) from None
+        except (asyncio.IncompleteReadError, ConnectionError, OSError):
+            reason = instance.dead_reason or "the instance stopped while answering"
+            self._remove(instance, reason)
+            raise InvocationError(f"{reason}; the request was not completed", status=502) from None
+        except batch_frames.BatchFrameError as e:
+            raise InvocationError(f"the function's instance answered a batch wrongly: {e}", status=502) from None
+        finally:
+            await self._release(instance, len(items))
+        if replies is None:
+            return list(await asyncio.gather(*(self.invoke(b, ct, request_id, ev) for b, ct, ev in items)))
+        return replies
 
     # --- housekeeping -------------------------------------------------------------------------
 

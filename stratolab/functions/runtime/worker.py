@@ -54,6 +54,7 @@ from typing import Any
 import uvloop
 
 from stratolab.functions.bundle import load_handler
+from stratolab.functions.runtime import batch_frames
 from stratolab.functions.runtime.batching import DynamicBatcher
 from stratolab.functions.runtime.events import accepts_event
 from stratolab.functions.runtime.payloads import JSON, OCTET_STREAM, InvalidInput, decode_input, decode_request, encode_output
@@ -64,8 +65,9 @@ __all__ = ["JSON", "PROTOCOL", "InvocationStream", "Worker", "WorkerProtocol", "
            "run_worker"]
 
 #: what a worker understands of a request frame (its `ping` reply says): 1, content_type and id;
-#: 2, an `event` too (a dict of CloudEvent attributes), which 1 ignored
-PROTOCOL = 2
+#: 2, an `event` too (a dict of CloudEvent attributes), which 1 ignored; 3, `op: "batch"` frames
+#: (batch_frames.py: many invocations in one frame, one reply), which 2 answers 400 without a call
+PROTOCOL = 3
 
 
 class InvocationFailed(Exception):
@@ -208,8 +210,11 @@ class Worker:
     def start(self, header: dict, body: bytes, connection: WorkerProtocol) -> None:
         """Begin answering one frame; the reply goes to `connection.answer`, now or later (always on
         the event loop)."""
-        if header.get("op") == "ping":
+        op = header.get("op")
+        if op == "ping":
             connection.answer({"status": 200, "pid": os.getpid(), "protocol": PROTOCOL}, b"")
+        elif op == batch_frames.OP:
+            self.start_batch(header, body, connection)
         elif self.batcher is not None:
             # parsed here, as it arrives: while a batch's handler runs (torch without the GIL) or
             # the next inputs are still coming, not after the batch has formed
@@ -231,6 +236,31 @@ class Worker:
             self.threaded += 1
             self.pool.submit(self._timed_call, header, body).add_done_callback(
                 lambda done: loop.call_soon_threadsafe(self._answer_from_thread, done, connection, header))
+
+    def start_batch(self, header: dict, body: bytes, connection: WorkerProtocol) -> None:
+        """Many invocations in one frame (batch_frames.py), one reply once all are answered. With a
+        batcher, each item joins it as a lone invocation would (so a batch handler gets them in one
+        list, and items of several frames may share a batch); without one, they run one after the
+        other in a thread."""
+        try:
+            items = batch_frames.unpack_request(header, body)
+        except batch_frames.BatchFrameError as e:
+            connection.answer({"status": 400, "error": str(e)}, b"")
+            return
+        collector = _BatchCollector(connection, len(items))
+        if self.batcher is None:
+            loop = asyncio.get_running_loop()
+            heads = [{"content_type": ct, "id": header.get("id", "?"), "event": event} for _, ct, event in items]
+            self.pool.submit(lambda: [self.call(h, data) for h, (data, _, _) in zip(heads, items, strict=True)]) \
+                .add_done_callback(lambda done: loop.call_soon_threadsafe(collector.put_all, done, header))
+            return
+        for n, (data, content_type, event) in enumerate(items):
+            try:
+                payload = decode_request(content_type, data)
+            except InvalidInput as e:  # its own 400, not its batch's failure
+                collector.put(n, {"status": 400, "error": str(e)}, b"")
+                continue
+            self.batcher.submit_nowait(payload, _ItemReply(collector, n, header), event)
 
     def _timed_call(self, header: dict, body: bytes) -> tuple[tuple[dict, bytes], float]:
         started = time.perf_counter()
@@ -280,6 +310,57 @@ class _BatchedReply:
 
     def set_exception(self, exc: BaseException) -> None:
         self.connection.answer(*_batched_failure(exc, self.header))
+
+
+class _BatchCollector:
+    """The replies of one batch frame's items; the frame is answered once the last one is in."""
+
+    __slots__ = ("connection", "replies", "remaining")
+
+    def __init__(self, connection: WorkerProtocol, size: int):
+        self.connection = connection
+        self.replies: list[tuple[dict, bytes]] = [({}, b"")] * size
+        self.remaining = size
+        if not size:
+            connection.answer(*batch_frames.pack_reply([]))
+
+    def put(self, n: int, header: dict, body: bytes) -> None:
+        self.replies[n] = (header, body)
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.connection.answer(*batch_frames.pack_reply(self.replies))
+
+    def put_all(self, done: Future, header: dict) -> None:
+        """The replies of items run one after the other in a thread."""
+        try:
+            replies = done.result()
+        except Exception as exc:  # a failure of ours, not the handler's (`call` catches those)
+            replies = [failure_reply(log_failure(f"batch {header.get('id', '?')} failed", exc))] * len(self.replies)
+        for n, (head, out) in enumerate(replies):
+            self.put(n, head, out)
+
+
+class _ItemReply:
+    """One item of a batch frame, as the batcher's receiver (see `_BatchedReply`)."""
+
+    __slots__ = ("collector", "n", "header")
+
+    def __init__(self, collector: _BatchCollector, n: int, header: dict):
+        self.collector, self.n, self.header = collector, n, header
+
+    def done(self) -> bool:
+        return self.collector.connection.closed
+
+    def set_result(self, result: Any) -> None:
+        try:
+            content_type, out = encode_output(result)
+        except Exception as exc:
+            self.set_exception(exc)
+            return
+        self.collector.put(self.n, {"status": 200, "content_type": content_type}, out)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.collector.put(self.n, *_batched_failure(exc, self.header))
 
 
 #: the headers of most replies, encoded once

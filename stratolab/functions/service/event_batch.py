@@ -2,9 +2,10 @@
 CloudEvents HTTP binding's batch mode): how the triggers service hands a trigger's batch to a function
 without one HTTP request per event.
 
-Each event is invoked as if it had come alone (its own duplicate check, its own place in the dynamic
-batcher, so a batch handler gets them as one list), all at once; the answer is one JSON object with a
-result per event, in order:
+Each event keeps its own duplicate check, its own answer and its own failure, as if it had come alone;
+the events that are not duplicates go to the function together (`Coalescer`: one batch frame to one
+instance for a batching function, whose batch handler gets them as one list: no frame, pool slot and
+socket write per event). The answer is one JSON object with a result per event, in order:
 
     {"results": [{"status": 200, "content_type": "application/json", "data": <the JSON result>},
                  {"status": 200, "content_type": "image/png", "data_base64": "..."},
@@ -90,6 +91,51 @@ def _result(status: int, headers: list[tuple[str, str]], body: bytes, replayed: 
     else:
         result["data_base64"] = base64.b64encode(body).decode()
     return result
+
+
+Invocation = tuple[bytes, str, dict[str, str] | None]
+#: many invocations at once: each one's (header, body) reply, or its error
+InvokeMany = Callable[[list[Invocation]], Awaitable[list[Any]]]
+
+
+class Coalescer:
+    """Invocations submitted in the same turn of the event loop go to `invoke_many` as one call.
+
+    A batch's events are all started at once (`answer_batch`'s gather), so they reach `submit` in one
+    turn and leave as one batch; a duplicate that waited for its first copy to fail and then runs
+    itself comes later and goes in a batch of its own."""
+
+    def __init__(self, invoke_many: InvokeMany) -> None:
+        self.invoke_many = invoke_many
+        self._waiting: list[tuple[Invocation, asyncio.Future[Any]]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def submit(self, data: bytes, content_type: str, attrs: dict[str, str] | None) -> Any:
+        """One invocation's (header, body); its StratolabError raised."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        if not self._waiting:
+            loop.call_soon(self._flush)
+        self._waiting.append(((data, content_type, attrs), future))
+        result = await future
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def _flush(self) -> None:
+        batch, self._waiting = self._waiting, []
+        task = asyncio.ensure_future(self._run(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, batch: list[tuple[Invocation, asyncio.Future[Any]]]) -> None:
+        try:
+            results = await self.invoke_many([item for item, _ in batch])
+        except Exception as exc:  # every invocation of the call gets it
+            results = [exc] * len(batch)
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)
 
 
 async def answer_batch(events: list[tuple[bytes, str, dict[str, str]]], invoke: InvokeOne) -> bytes:

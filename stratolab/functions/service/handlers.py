@@ -18,7 +18,7 @@ from stratolab.functions.registry import FunctionView
 from stratolab.functions.runtime.events import InvalidEvent, event_from_headers
 from stratolab.functions.service import metrics
 from stratolab.functions.service.async_invocation import NOT_RUNNING, AsyncInvocation, TriggersUnavailable, ce_headers
-from stratolab.functions.service.event_batch import answer_batch, parse_batch
+from stratolab.functions.service.event_batch import Coalescer, answer_batch, parse_batch
 from stratolab.functions.service.event_dedup import Answer
 from stratolab.functions.service.state import ServiceState
 from stratolab.platform.http_front import FrontRequest, FrontResponse
@@ -224,12 +224,14 @@ async def answer_invocation(state: ServiceState, owner: str, name: str, body: by
 
 
 async def _answer_event_batch(state: ServiceState, owner: str, name: str, body: bytes) -> Answer:
-    """A batch of CloudEvents (event_batch.py): each invoked as if it came alone, duplicates included."""
+    """A batch of CloudEvents (event_batch.py): each event's own duplicate check and answer, those that
+    are not duplicates invoked together (one batch frame to a batching function: state.invoke_batch)."""
     events = parse_batch(body)
+    together = Coalescer(lambda items: state.invoke_batch(owner, name, items))
 
     async def invoke(data: bytes, content_type: str, attrs: dict[str, str]) -> tuple[Answer, bool]:
         async def run() -> Answer:
-            return _answer_of(*await state.invoke(owner, name, data, content_type, attrs))
+            return _answer_of(*await together.submit(data, content_type, attrs))
 
         if not state.events.enabled:
             return await run(), False
