@@ -1,0 +1,397 @@
+"""The usage service's pod collector (stratolab/usage/service/kube_collector.py) against the fake Kubernetes
+API server (tests/fake_kube.py, real sockets) and the ledger in a real PostgreSQL database, as the chart runs it.
+
+The collector is made by `start_collector`, the function the usage service calls, from its real settings.
+The fake serves pods; nodes (cluster-scoped, which the fake's table lacks) are served by `FakeCluster`
+below. Time in the ledger is a controllable clock; the pods' times are written on that clock too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from aiohttp import web
+from kubernetes_asyncio.client import Configuration
+
+from fake_kube import FakeKube, _status
+from stratolab.db import ensure_schema, make_engine, session_factory, session_scope
+from stratolab.db.models import UsageOpen, UsageRecord, as_utc
+from stratolab.usage.service.kube_collector import KubeCollectorSettings, RunningCollector, start_collector
+
+pytestmark = pytest.mark.postgres
+
+NS = "users"
+T0 = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
+PG_HOST = "127.0.0.1:5432"
+GIB = 2**30
+
+
+class Clock:
+    def __init__(self, t: datetime = T0):
+        self.t = t
+
+    def __call__(self) -> datetime:
+        return self.t
+
+    def at(self, seconds: float) -> datetime:
+        self.t = T0 + timedelta(seconds=seconds)
+        return self.t
+
+
+class FakeCluster(FakeKube):
+    """The fake API server, plus nodes (`/api/v1/nodes`, cluster-scoped) and a delete whose event is lost."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.nodes: dict[str, dict[str, str]] = {}
+
+    def add_node(self, name: str, **labels: str) -> None:
+        self.nodes[name] = labels
+
+    def lose(self, pod_name: str) -> None:
+        """The pod is gone and its DELETED event with it (what a watch that was away, or an etcd
+        compaction, does to a watcher): no event is emitted, and a watch from before it is told 410 Gone."""
+        with self._lock:
+            self._store[("v1", "pods", NS)].pop(pod_name)
+            self._version += 1
+            # compacted: the history before now is gone (a marker no watch matches keeps the fake's 410 test)
+            self._events[:] = [(self._version, ("", "", ""), "COMPACTED", {})]
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        parts = [p for p in request.path.split("/") if p]
+        if parts[:3] != ["api", "v1", "nodes"]:
+            return await super()._dispatch(request)
+        def node(name: str) -> dict[str, Any]:
+            return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": self.nodes[name]}}
+        if len(parts) == 3:
+            return web.json_response({"apiVersion": "v1", "kind": "NodeList", "metadata": {"resourceVersion": "1"},
+                                      "items": [node(n) for n in list(self.nodes)]})
+        if parts[3] not in self.nodes:
+            return _status(404, "NotFound", f'nodes "{parts[3]}" not found')
+        return web.json_response(node(parts[3]))
+
+
+def iso(t: datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def make_pod(name: str, component: str, *, owner: str = "alice", node: str = "node-a", start: datetime = T0,
+             cpu: str = "500m", memory: str = "2Gi", gpus: int = 0) -> dict[str, Any]:
+    if component == "singleuser-server":
+        labels = {"component": component, "app.kubernetes.io/component": component}
+        notes = {"hub.jupyter.org/username": owner, "hub.jupyter.org/servername": ""}
+    elif component == "notebook-run":
+        labels = {"app.kubernetes.io/component": component, "stratolab.io/run": "run-7"}
+        notes = {"stratolab.io/run-key": "run-7", "stratolab.io/owner": owner, "stratolab.io/profile": "cpu"}
+    else:
+        labels = {"app.kubernetes.io/component": component, "stratolab.io/version": "3"}
+        notes = {"stratolab.io/owner": owner, "stratolab.io/function": "resize"}
+    limits = {"nvidia.com/gpu": str(gpus)} if gpus else {}
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "labels": labels, "annotations": notes},
+        "spec": {"nodeName": node, "containers": [
+            {"name": "main", "resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": limits}}]},
+        "status": {"phase": "Running", "startTime": iso(start)},
+    }
+
+
+def finished(pod: dict[str, Any], phase: str, at: datetime) -> dict[str, Any]:
+    return {**pod["status"], "phase": phase, "containerStatuses": [
+        {"name": "main", "state": {"terminated": {"exitCode": 0 if phase == "Succeeded" else 1,
+                                                  "finishedAt": iso(at)}}}]}
+
+
+# --- fixtures ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pg_url():
+    """A database of this module's own in the PostgreSQL server (dropped at the end)."""
+    for user in ("postgres", "root"):
+        admin = sa.create_engine(f"postgresql://{user}@{PG_HOST}/test", isolation_level="AUTOCOMMIT")
+        try:
+            with admin.connect() as c:
+                c.execute(sa.text("select 1"))
+        except Exception:
+            admin.dispose()
+            continue
+        name = f"stratolab_kube_usage_{secrets.token_hex(4)}"
+        with admin.connect() as c:
+            c.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        url = f"postgresql://{user}@{PG_HOST}/{name}"
+        ensure_schema(url)
+        yield url
+        with admin.connect() as c:
+            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+        return
+    pytest.skip(f"PostgreSQL on {PG_HOST} is not reachable")
+
+
+@pytest.fixture
+def sessions(pg_url):
+    engine = make_engine(pg_url)
+    factory = session_factory(engine)
+    with session_scope(factory) as s:
+        s.execute(sa.delete(UsageOpen))
+        s.execute(sa.delete(UsageRecord))
+    yield factory
+    engine.dispose()
+
+
+@pytest.fixture
+def cluster():
+    fake = FakeCluster().start()
+    fake.add_node("node-a", **{"nvidia.com/gpu.product": "NVIDIA-L4"})
+    try:
+        yield fake
+    finally:
+        fake.stop()
+
+
+def settings(**env: str) -> KubeCollectorSettings:
+    return KubeCollectorSettings(environ={
+        "STRATOLAB_USAGE_KUBE_COMPONENTS": "singleuser-server,notebook-run,function",
+        "STRATOLAB_USAGE_KUBE_HEARTBEAT": "0.1", "STRATOLAB_USAGE_KUBE_RESYNC": "0.3", **env})
+
+
+async def collector(cluster: FakeCluster, sessions, clock: Clock, **env: str) -> RunningCollector:
+    return await start_collector(settings(**env), sessions, configuration=Configuration(host=cluster.url),
+                                 namespace=NS, clock=clock)
+
+
+def records(sessions) -> list[UsageRecord]:
+    with session_scope(sessions) as s:
+        rows = list(s.scalars(sa.select(UsageRecord).order_by(UsageRecord.id)))
+        s.expunge_all()
+        return rows
+
+
+def open_rows(sessions) -> list[UsageOpen]:
+    with session_scope(sessions) as s:
+        rows = list(s.scalars(sa.select(UsageOpen).order_by(UsageOpen.id)))
+        s.expunge_all()
+        return rows
+
+
+async def until(check, timeout: float = 15.0):
+    """`check()`'s first true answer (it reads the database: in a thread, so the collector runs on)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        found = await asyncio.to_thread(check)
+        if found:
+            return found
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"not true within {timeout} s: {check.__name__}")
+        await asyncio.sleep(0.05)
+
+
+def seconds_of(row: UsageRecord) -> float:
+    return (as_utc(row.ended_at) - as_utc(row.started_at)).total_seconds()
+
+
+# --- tests ---------------------------------------------------------------------------------------------
+
+
+def test_a_server_pod_running_then_deleted_is_one_record_with_its_requests_and_duration(cluster, sessions):
+    clock = Clock()
+    cluster.put_object(make_pod("jupyter-alice", "singleuser-server", cpu="1500m", memory="4Gi", gpus=1))
+
+    async def scenario():
+        running = await collector(cluster, sessions, clock)
+        try:
+            (row,) = await until(lambda: open_rows(sessions))
+            assert (row.producer, row.username, row.kind, row.capacity) == ("kubernetes", "alice", "server", "on-demand")
+            assert as_utc(row.started_at) == T0
+            seen = clock.at(30)  # heartbeats mark it seen on the ledger's clock
+            await until(lambda: [r for r in open_rows(sessions) if as_utc(r.last_seen_at) == seen])
+            clock.at(90)
+            cluster.delete_object("v1", "Pod", "jupyter-alice", NS)
+            (record,) = await until(lambda: records(sessions))
+            await asyncio.sleep(0.5)  # later lists and heartbeats add nothing
+        finally:
+            await running.stop()
+        return record
+
+    record = asyncio.run(scenario())
+    assert (record.username, record.kind, record.producer, record.reason) == ("alice", "server", "kubernetes", "deleted")
+    assert seconds_of(record) == 90
+    assert record.cpu_cores == pytest.approx(1.5) and record.memory_gb == pytest.approx(4 * GIB / 1e9)
+    assert record.gpus == 1 and record.gpu_model == "NVIDIA-L4"
+    assert len(records(sessions)) == 1 and not open_rows(sessions)
+
+
+def test_a_run_pod_that_succeeded_ends_at_its_last_container_and_its_later_deletion_adds_nothing(cluster, sessions):
+    clock = Clock()
+    pod = make_pod("stratolab-run-7", "notebook-run", owner="bob", cpu="2", memory="1Gi")
+    cluster.put_object(pod)
+
+    async def scenario():
+        running = await collector(cluster, sessions, clock)
+        try:
+            await until(lambda: open_rows(sessions))
+            clock.at(400)  # seen late: the record still ends when the container did
+            cluster.update_status("v1", "Pod", "stratolab-run-7", finished(pod, "Succeeded", T0 + timedelta(seconds=125)),
+                                  NS)
+            await until(lambda: records(sessions))
+            cluster.delete_object("v1", "Pod", "stratolab-run-7", NS)  # the Job's TTL, later
+            await asyncio.sleep(0.8)
+        finally:
+            await running.stop()
+
+    asyncio.run(scenario())
+    (record,) = records(sessions)
+    assert (record.username, record.kind, record.thing_id, record.profile, record.reason) == \
+        ("bob", "run", "run:run-7", "cpu", "stopped")
+    assert seconds_of(record) == 125 and record.cpu_cores == 2
+    assert not open_rows(sessions)
+
+
+def test_a_function_pod_on_a_spot_node_is_spot_and_a_node_first_seen_is_read_once(cluster, sessions):
+    clock = Clock()
+
+    async def scenario():
+        running = await collector(cluster, sessions, clock)
+        try:
+            await until(lambda: running.collector.resyncs >= 1)
+            # a node made after the collector started (an autoscaler's spot node), and two pods landing on it
+            cluster.add_node("spot-1", **{"cloud.google.com/gke-spot": "true"})
+            cluster.put_object(make_pod("resize-00003-a", "function", node="spot-1", memory="512Mi"))
+            cluster.put_object(make_pod("resize-00003-b", "function", node="spot-1", memory="512Mi"))
+            cluster.put_object(make_pod("jupyter-carol", "singleuser-server", owner="carol"))  # on node-a
+            rows = await until(lambda: (r := open_rows(sessions)) and len(r) == 3 and r)
+            await asyncio.sleep(0.5)
+        finally:
+            await running.stop()
+        return rows
+
+    rows = asyncio.run(scenario())
+    capacity = {(r.kind, r.username): r.capacity for r in rows}
+    assert capacity == {("function_instance", "alice"): "spot", ("server", "carol"): "on-demand"}
+    fn = [r for r in rows if r.kind == "function_instance"]
+    assert {(r.thing, r.thing_id) for r in fn} == {("resize", "fn:3")} and len(fn) == 2
+    assert fn[0].memory_gb == pytest.approx(512 * 2**20 / 1e9)
+    assert cluster.count("GET", "/api/v1/nodes/spot-1") == 1  # read when the first pod landed, then cached
+    assert cluster.count("GET", "/api/v1/nodes/node-a") == 0  # known from the list at start
+
+
+def test_a_restart_of_the_collector_in_the_middle_counts_nothing_twice(cluster, sessions):
+    clock = Clock()
+    run = make_pod("stratolab-run-7", "notebook-run", owner="bob")
+    for pod in (make_pod("jupyter-alice", "singleuser-server"), run, make_pod("jupyter-carol", "singleuser-server",
+                                                                                owner="carol")):
+        cluster.put_object(pod)
+
+    async def scenario():
+        first = await collector(cluster, sessions, clock)
+        try:
+            await until(lambda: len(open_rows(sessions)) == 3)
+            seen = clock.at(60)
+            await until(lambda: all(as_utc(r.last_seen_at) == seen for r in open_rows(sessions)))
+        finally:
+            await first.stop()  # as a crash: nothing closed
+        ids = {r.key: r.id for r in open_rows(sessions)}
+        assert len(ids) == 3 and not records(sessions)
+
+        # while no collector runs: carol's server goes, bob's run ends, alice's server runs on
+        clock.at(100)
+        cluster.delete_object("v1", "Pod", "jupyter-carol", NS)
+        cluster.update_status("v1", "Pod", "stratolab-run-7", finished(run, "Succeeded", T0 + timedelta(seconds=90)), NS)
+        clock.at(120)
+        second = await collector(cluster, sessions, clock)
+        try:
+            await until(lambda: len(records(sessions)) == 2)
+            (alice,) = open_rows(sessions)
+            assert alice.id == ids[alice.key]  # the same interval goes on
+            clock.at(150)
+            cluster.delete_object("v1", "Pod", "jupyter-alice", NS)
+            await until(lambda: len(records(sessions)) == 3)
+        finally:
+            await second.stop()
+        third = await collector(cluster, sessions, clock)  # and once more with nothing open: nothing new
+        try:
+            await until(lambda: third.collector.resyncs >= 2)
+        finally:
+            await third.stop()
+
+    asyncio.run(scenario())
+    got = {(r.username, r.kind): (seconds_of(r), r.reason) for r in records(sessions)}
+    assert got == {("carol", "server"): (60, "recovered"),  # gone unseen: ends at its last heartbeat
+                   ("bob", "run"): (90, "stopped"),  # ended unseen, still listed: ends when it did
+                   ("alice", "server"): (150, "deleted")}
+    assert not open_rows(sessions)
+
+
+def test_a_watch_that_ends_or_is_gone_relists_without_losing_or_doubling(cluster, sessions):
+    clock = Clock()
+    for name, owner in (("jupyter-alice", "alice"), ("jupyter-bob", "bob")):
+        cluster.put_object(make_pod(name, "singleuser-server", owner=owner))
+
+    async def scenario():
+        # streams of one second: they end and are opened again all the time; and two watches are told 410
+        running = await collector(cluster, sessions, clock, STRATOLAB_USAGE_KUBE_WATCH_TIMEOUT="1")
+        try:
+            await until(lambda: len(open_rows(sessions)) == 2)
+            cluster.fail_next("GET", "watch=true", 410, times=2)
+            before = cluster.count("GET", "watch=true")
+            await until(lambda: cluster.count("GET", "watch=true") >= before + 8)
+            assert len(open_rows(sessions)) == 2 and not records(sessions)
+
+            # bob's pod goes while no watch could see it: a list finds it missing, and it ends when last seen
+            clock.at(40)
+            resyncs = running.collector.resyncs
+            await until(lambda: running.collector.resyncs >= resyncs + 2)
+            clock.at(70)
+            cluster.lose("jupyter-bob")
+            (bob,) = await until(lambda: records(sessions))
+            clock.at(95)
+            cluster.delete_object("v1", "Pod", "jupyter-alice", NS)
+            await until(lambda: len(records(sessions)) == 2)
+            await asyncio.sleep(1.2)  # further relists add nothing
+        finally:
+            await running.stop()
+        return bob
+
+    bob = asyncio.run(scenario())
+    assert (bob.username, bob.reason, seconds_of(bob)) == ("bob", "gone", 40)
+    got = {r.username: seconds_of(r) for r in records(sessions)}
+    assert got == {"bob": 40, "alice": 95} and not open_rows(sessions)
+
+
+def test_heartbeats_stop_while_the_api_does_not_answer(cluster, sessions):
+    """A collector that cannot see the cluster stops vouching for its pods: what it never sees again ends
+    at its last heartbeat (the usage service's sweep), not at whenever it came back."""
+    clock = Clock()
+    cluster.put_object(make_pod("jupyter-alice", "singleuser-server"))
+
+    async def scenario():
+        running = await collector(cluster, sessions, clock, STRATOLAB_USAGE_KUBE_WATCH_TIMEOUT="1")
+        try:
+            seen = clock.at(10)
+            await until(lambda: [r for r in open_rows(sessions) if as_utc(r.last_seen_at) == seen])
+            cluster.fail_next("GET", "/pods", 503, times=10_000)  # lists and watches: all refused
+            await asyncio.sleep(1.5)  # past 3 resyncs and a heartbeat (1 s here) without an answer
+            clock.at(20)
+            await asyncio.sleep(0.8)  # heartbeats would have marked it seen at 20 by now
+            (row,) = open_rows(sessions)
+            assert as_utc(row.last_seen_at) < T0 + timedelta(seconds=20)
+        finally:
+            await running.stop()
+
+    asyncio.run(scenario())
+
+
+def test_the_settings_name_each_components_namespace_and_refuse_unknown_components():
+    s = KubeCollectorSettings(environ={"STRATOLAB_USAGE_KUBE_COMPONENTS": "function, singleuser-server",
+                                       "STRATOLAB_USAGE_KUBE_FUNCTIONS_NAMESPACE": "fns"})
+    assert [(x.namespace, x.selector) for x in s.sources("hub")] == [
+        ("fns", "app.kubernetes.io/component=function"), ("hub", "component=singleuser-server")]
+    assert [x.selector for x in KubeCollectorSettings(environ={}).sources("hub")] == ["component=singleuser-server"]
+    with pytest.raises(Exception, match="notebook-runs"):
+        KubeCollectorSettings(environ={"STRATOLAB_USAGE_KUBE_COMPONENTS": "notebook-runs"}).check_settings()
