@@ -56,6 +56,8 @@ def test_ci_values_cover_the_documented_cases():
 
 # --- validity: schema, render, Kubernetes schemas, lint -------------------------------------------
 
+CLUSTER_SCOPED = ("ClusterRole", "ClusterRoleBinding")
+
 
 @pytest.mark.parametrize("values_file", CI_VALUES, ids=CI_IDS)
 def test_values_file_passes_the_schema_and_renders_valid_objects(values_file):
@@ -66,7 +68,10 @@ def test_values_file_passes_the_schema_and_renders_valid_objects(values_file):
     version = kubernetes_validate.latest_version()
     for obj in objects:
         kubernetes_validate.validate(obj, desired_version=version, strict=True)
-        assert obj["metadata"].get("namespace"), f"{obj['kind']} {obj['metadata']['name']} names no namespace"
+        if obj["kind"] in CLUSTER_SCOPED:
+            assert "namespace" not in obj["metadata"], f"{obj['kind']} {obj['metadata']['name']} is cluster-scoped"
+        else:
+            assert obj["metadata"].get("namespace"), f"{obj['kind']} {obj['metadata']['name']} names no namespace"
 
 
 @pytest.mark.parametrize("values_file", CI_VALUES, ids=CI_IDS)
@@ -461,7 +466,13 @@ EXPECTED_RULES = {
         ("sources.knative.dev", "containersources"): {"get", "list", "create", "update", "delete"},
         ("", "secrets"): {"create", "update", "delete"},
     },
+    # the user servers' pods, read into the usage ledger (stratolab/usage/service/kube_collector.py)
+    "usage": {
+        ("", "pods"): {"list", "watch"},
+    },
 }
+#: the one cluster-wide grant: the usage service reads nodes' labels (spot capacity, GPU model)
+EXPECTED_CLUSTER_RULES = {"usage": {("", "nodes"): {"get", "list"}}}
 
 
 def _flatten(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
@@ -477,7 +488,13 @@ def _flatten(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
 @pytest.mark.parametrize("values_file", CI_VALUES, ids=CI_IDS)
 def test_rbac_grants_each_component_exactly_what_it_needs(values_file):
     objects = render(values_file)
-    assert not of_kind(objects, "ClusterRole") and not of_kind(objects, "ClusterRoleBinding")
+    cluster_roles = {component(r): r for r in of_kind(objects, "ClusterRole")}
+    assert {c: _flatten(r["rules"]) for c, r in cluster_roles.items()} == EXPECTED_CLUSTER_RULES
+    for binding in of_kind(objects, "ClusterRoleBinding"):
+        (subject,) = binding["subjects"]
+        assert subject == {"kind": "ServiceAccount", "name": f"{RELEASE}-{component(binding)}", "namespace": NAMESPACE}
+        assert binding["roleRef"]["name"] == cluster_roles[component(binding)]["metadata"]["name"]
+    assert len(of_kind(objects, "ClusterRoleBinding")) == len(cluster_roles)
     roles = {component(r): r for r in of_kind(objects, "Role")}
     assert set(roles) == set(EXPECTED_RULES)
     for name, role in roles.items():
@@ -508,7 +525,8 @@ def test_namespaces_of_rbac_follow_the_values():
     objects = render("embedded-postgres-values.yaml")
     namespaces = {component(r): r["metadata"]["namespace"] for r in of_kind(objects, "Role")}
     assert namespaces == {"hub": "stratolab-users", "functions": "stratolab-functions", "scheduler": "stratolab-jobs",
-                          "triggers": "stratolab-functions"}  # Knative Triggers deliver within their namespace
+                          "triggers": "stratolab-functions",  # Knative Triggers deliver within their namespace
+                          "usage": "stratolab-users"}  # the servers' pods, read into the usage ledger
 
 
 # --- NetworkPolicies -----------------------------------------------------------------------------
