@@ -27,16 +27,15 @@ Why it is built this way:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import BinaryIO
 
 import psutil
 from sqlalchemy import select, update
@@ -44,14 +43,14 @@ from sqlalchemy.orm import Session
 
 from stratolab.db.engine import session_scope
 from stratolab.db.models import UsageJournalOffset
-from stratolab.db.usage_ledger import BILLING_UNITS_MS, CALLS, Ledger, Measured, Resources, Usage, append_many, dialect_insert
+from stratolab.db.usage_ledger import Ledger, Measured, append_many, dialect_insert
+from stratolab.platform.call_records import CALL, CALL_TAG, SLOT, CallKey, decode, encode_call, encode_key, summarize
 
 log = logging.getLogger("stratolab.metering")
 
 GB = 1024**3
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-HOUR_US = 3_600_000_000
-HEADER = b"#stratolab-calls "
+#: a journal file's first line, then its id; records follow (see call_records.py)
+HEADER = b"#stratolab-calls/2 "
 #: how much of a journal one transaction folds
 CHUNK_BYTES = 16 << 20
 
@@ -112,79 +111,8 @@ class ProcessMeter:
         for ident in [i for i in self._trees if i[0] == pid]:
             del self._trees[ident]
 
+
 # --- function calls ---------------------------------------------------------------------------------
-
-
-def billed_ms(duration_us: int, unit_ms: int) -> int:
-    """Lambda's rule: the duration rounded UP to the billing unit, at least one unit per call."""
-    unit_us = unit_ms * 1000
-    return max(1, -(-duration_us // unit_us)) * unit_ms
-
-
-def encode_call(username: str, function: str, version: int, memory_gb: float, duration_s: float, ok: bool,
-                ended_at: float) -> bytes:
-    """One journal line: [end µs, user, function, version, memory GB, duration µs, ok]."""
-    return (json.dumps([int(ended_at * 1e6), username, function, int(version), float(memory_gb),
-                        max(0, round(duration_s * 1e6)), 1 if ok else 0], separators=(",", ":")) + "\n").encode()
-
-
-@dataclass
-class _Group:
-    requests: int = 0
-    errors: int = 0
-    duration_us: int = 0
-    first_start_us: int | None = None
-    last_end_us: int = 0
-    billed: dict[int, int] = field(default_factory=lambda: dict.fromkeys(BILLING_UNITS_MS, 0))
-
-
-def _parse(chunk: bytes) -> list[list[Any]]:
-    """The calls in `chunk` (whole lines); a damaged line (a torn write on a full disk) is skipped."""
-    try:
-        return list(json.loads(b"[" + chunk.rstrip(b"\n").replace(b"\n", b",") + b"]"))
-    except ValueError:
-        calls = []
-        for line in chunk.splitlines():
-            try:
-                call = json.loads(line)
-                if isinstance(call, list) and len(call) == 7:
-                    calls.append(call)
-            except ValueError:
-                log.warning("skipped a damaged line in a call journal: %r", line[:200])
-        return calls
-
-
-def summarize_calls(calls: list[list[Any]], producer: str) -> list[Usage]:
-    """One function_calls Usage per (user, function, version, memory, hour of the call's end)."""
-    groups: dict[tuple[str, str, int, float, int], _Group] = {}
-    units = BILLING_UNITS_MS
-    for end_us, user, function, version, memory, duration_us, ok in calls:
-        key = (user, function, version, memory, end_us // HOUR_US)
-        g = groups.get(key)
-        if g is None:
-            g = groups[key] = _Group()
-        g.requests += 1
-        g.errors += 0 if ok else 1
-        g.duration_us += duration_us
-        start = end_us - duration_us
-        if g.first_start_us is None or start < g.first_start_us:
-            g.first_start_us = start
-        if end_us > g.last_end_us:
-            g.last_end_us = end_us
-        billed = g.billed
-        for unit in units:
-            unit_us = unit * 1000
-            billed[unit] += max(1, -(-duration_us // unit_us)) * unit
-    usages = []
-    for (user, function, version, memory, _hour), g in sorted(groups.items()):
-        usages.append(Usage(
-            username=user, kind=CALLS, thing=function, thing_id=f"fn:{version}",
-            started_at=EPOCH + timedelta(microseconds=g.first_start_us or 0),
-            ended_at=EPOCH + timedelta(microseconds=g.last_end_us), seconds=g.duration_us / 1e6,
-            resources=Resources(memory_gb=memory), requests=g.requests, errors=g.errors, billed_ms=g.billed,
-            producer=producer, reason="flushed",
-        ))
-    return usages
 
 
 class CallJournal:
@@ -199,10 +127,17 @@ class CallJournal:
         #: the offset's row: one per journal path
         self.name = (name or str(self.path.resolve()))[-255:]
         self.rotate_bytes = rotate_bytes
-        self._write_lock = threading.Lock()  # the fd is swapped at rotation
+        self._write_lock = threading.Lock()  # the fd, the keys and the size change together
         self._fold_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: the active file as this writer knows it: its id, its size in whole records, its key ids
+        self._file_id = ""
+        self._size = 0
+        self._keys: dict[CallKey, int] = {}
+        self._next_key = 0
+        #: what the fold learnt of each file's keys: file id -> (bytes scanned, key id -> key)
+        self._fold_keys: dict[str, tuple[int, dict[int, CallKey]]] = {}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = self._open_active()
         self._failures = 0
@@ -211,23 +146,74 @@ class CallJournal:
 
     def record(self, username: str, function: str, version: int, memory_gb: float, duration_s: float,
                ok: bool, ended_at: float | None = None) -> None:
-        """Journals one call; never raises (a call that was served is not failed for its metering)."""
+        """Journals one call (one os.write of 24 bytes, or of its key's record too the first time);
+        never raises: a call that was served is not failed for its metering."""
         try:
-            data = encode_call(username, function, version, memory_gb, duration_s, ok,
-                               time.time() if ended_at is None else ended_at)
+            ended_us = int((time.time() if ended_at is None else ended_at) * 1_000_000)
+            duration_us = max(0, round(duration_s * 1_000_000))
+            key = (username, function, int(version), float(memory_gb))
             with self._write_lock:
-                written = os.write(self._fd, data)
-            if written != len(data):
-                raise OSError(f"wrote {written} of {len(data)} bytes")
+                key_id = self._keys.get(key)
+                if key_id is not None:
+                    self._write(CALL.pack(CALL_TAG, 1 if ok else 0, key_id, ended_us, duration_us))
+                else:
+                    key_id = self._next_key
+                    self._write(encode_key(key_id, key) + encode_call(key_id, ok, ended_us, duration_us))
+                    self._keys[key] = key_id
+                    self._next_key += 1
         except Exception as e:
-            self._failures += 1
-            if self._failures in (1, 10, 100) or self._failures % 10000 == 0:
-                log.warning("call journal %s: a call was not recorded (%s failures so far): %s",
-                            self.path, self._failures, e)
+            self._failed(e)
+
+    def record_many(self, calls: Iterable[tuple[str, str, int, float, int, bool, int]]) -> int:
+        """Journals calls given as (user, function, version, memory GB, duration µs, ok, end µs), in
+        writes of whole records (a replay, a test's trace); returns how many were written."""
+        written = 0
+        with self._write_lock:
+            parts: list[bytes] = []
+            new: dict[CallKey, int] = {}
+            for user, function, version, memory, duration_us, ok, ended_us in calls:
+                key = (user, function, int(version), float(memory))
+                key_id = self._keys.get(key, new.get(key))
+                if key_id is None:
+                    key_id = new[key] = self._next_key + len(new)
+                    parts.append(encode_key(key_id, key))
+                parts.append(CALL.pack(CALL_TAG, 1 if ok else 0, key_id, int(ended_us), max(0, int(duration_us))))
+                if len(parts) >= 8192:
+                    written += self._write_batch(parts, new)
+            written += self._write_batch(parts, new)
+        return written
+
+    def _write_batch(self, parts: list[bytes], new: dict[CallKey, int]) -> int:
+        data = b"".join(parts)
+        calls = sum(1 for p in parts if p[0] == CALL_TAG)
+        parts.clear()
+        if data:
+            self._write(data)
+            self._keys.update(new)
+            self._next_key += len(new)
+            new.clear()
+        return calls
+
+    def _write(self, data: bytes) -> None:
+        """One os.write (under the write lock). A short write (a full disk) is cut off again at once,
+        so the next record starts at a slot boundary; the fold never reads past `_size`."""
+        written = os.write(self._fd, data)
+        if written != len(data):
+            os.ftruncate(self._fd, self._size)
+            raise OSError(f"wrote {written} of {len(data)} bytes")
+        self._size += written
+
+    def _failed(self, e: Exception) -> None:
+        self._failures += 1
+        if self._failures in (1, 10, 100) or self._failures % 10000 == 0:
+            log.warning("call journal %s: a call was not recorded (%s failures so far): %s",
+                        self.path, self._failures, e)
 
     def _open_active(self) -> int:
-        """The active file, made with its header in one step (a link of a finished file) if new."""
-        if not self.path.exists():
+        """The active file, made with its header in one step (a link of a finished file) if new. An
+        existing one (a previous life's) is read for its keys, and a torn last record is cut off."""
+        header = self._journal_header(self.path)
+        if header is None:
             tmp = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex}")
             tmp.write_bytes(HEADER + uuid.uuid4().hex.encode() + b"\n")
             try:
@@ -236,7 +222,40 @@ class CallJournal:
                 pass
             finally:
                 tmp.unlink()
-        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            header = self._journal_header(self.path)
+            if header is None:
+                raise OSError(f"could not create the call journal {self.path}")
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        file_id, header_len = header
+        with open(self.path, "rb") as f:
+            end, keys = _scan_keys(f, header_len, None)
+            size = f.seek(0, os.SEEK_END)
+        if size > end:
+            log.warning("call journal %s: a torn last record (%d bytes) is cut off", self.path, size - end)
+            os.ftruncate(fd, end)
+        self._file_id, self._size = file_id, end
+        self._keys = {key: key_id for key_id, key in keys.items()}
+        self._next_key = max(keys, default=-1) + 1
+        return fd
+
+    def _journal_header(self, path: Path) -> tuple[str, int] | None:
+        """(file id, header length) of a journal file, None when there is none. A file in another
+        format (an older text journal, anything else) is moved aside with a warning, not read."""
+        try:
+            with open(path, "rb") as f:
+                line = f.readline(200)
+        except FileNotFoundError:
+            return None
+        if line.startswith(HEADER) and line.endswith(b"\n"):
+            return line[len(HEADER):].strip().decode(), len(line)
+        aside = path.with_name(f"{path.name}.unreadable-{uuid.uuid4().hex[:8]}")
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            return None
+        log.warning("call journal %s is not in this version's format (an older journal?); its calls are not "
+                    "folded: moved aside to %s (%d bytes)", path, aside, aside.stat().st_size)
+        return None
 
     # folding
 
@@ -244,11 +263,11 @@ class CallJournal:
         """Folds what was journalled since the last fold into the ledger; returns the calls folded."""
         with self._fold_lock:
             folded = self._finish_rotation()
-            active = _header(self.path)
+            active = self._journal_header(self.path)
             if active is None:
                 return folded
             folded += self._fold_file(self.path, *active)
-            if self.path.stat().st_size >= self.rotate_bytes:
+            if self._size >= self.rotate_bytes:
                 with self._write_lock:
                     os.rename(self.path, self.rotated)
                     old, self._fd = self._fd, self._open_active()
@@ -258,10 +277,10 @@ class CallJournal:
 
     def _finish_rotation(self) -> int:
         """Folds the rest of a rotated file, points the offset at the active file, deletes it."""
-        rotated = _header(self.rotated)
+        rotated = self._journal_header(self.rotated)
         if rotated is None:
             return 0
-        active = _header(self.path)
+        active = self._journal_header(self.path)
         state = self._state()
         folded = 0
         if state is None or state[0] != (active[0] if active else None):
@@ -270,6 +289,7 @@ class CallJournal:
                 with session_scope(self.ledger.sessions) as s:
                     self._advance(s, self._state(), (active[0], active[1]))
         self.rotated.unlink()
+        self._fold_keys.pop(rotated[0], None)
         return folded
 
     def _state(self) -> tuple[str, int] | None:
@@ -295,22 +315,44 @@ class CallJournal:
             while True:
                 state = self._state()
                 start = max(state[1], header_len) if state is not None and state[0] == file_id else header_len
-                f.seek(start)
-                chunk = f.read(CHUNK_BYTES)
-                end = chunk.rfind(b"\n") + 1
-                if end == 0:
+                if (start - header_len) % SLOT:  # not where any record starts: never written by a fold
+                    log.error("call journal %s: the stored offset %d is not at a record; read from the next",
+                              path, start)
+                    start += SLOT - (start - header_len) % SLOT
+                keys = self._keys_before(f, file_id, header_len, start)
+                # this writer's own file: only what its writes finished (a torn write is being cut off)
+                want = CHUNK_BYTES if file_id != self._file_id else min(CHUNK_BYTES, self._size - start)
+                if want <= 0:
                     return folded
-                calls = _parse(chunk[:end])
-                usages = summarize_calls(calls, self.ledger.producer)
-                keys = [f"calls:{file_id}:{start}:{start + end}:{i}" for i in range(len(usages))]
+                f.seek(start)
+                data = f.read(want)
+                decoded = decode(data)
+                if decoded.consumed == 0:
+                    return folded
+                keys.update(decoded.keys)
+                end = start + decoded.consumed
+                self._fold_keys[file_id] = (max(end, self._fold_keys[file_id][0]), keys)
+                usages, calls = summarize(decoded.calls, keys, self.ledger.producer)
+                source_keys = [f"calls:{file_id}:{start}:{end}:{i}" for i in range(len(usages))]
                 with session_scope(self.ledger.sessions) as s:
-                    if not self._advance(s, state, (file_id, start + end)):
+                    if not self._advance(s, state, (file_id, end)):
                         log.info("call journal %s: folded by another process meanwhile", path)
                         return folded
-                    append_many(s, zip(usages, keys, strict=True))
-                folded += len(calls)
-                if len(chunk) < CHUNK_BYTES:
+                    append_many(s, zip(usages, source_keys, strict=True))
+                folded += calls
+                if len(data) < CHUNK_BYTES:
                     return folded
+
+    def _keys_before(self, f: BinaryIO, file_id: str, header_len: int, start: int) -> dict[int, CallKey]:
+        """The keys defined in the file before `start` (read once per file and process, then kept)."""
+        scanned, keys = self._fold_keys.get(file_id, (header_len, {}))
+        if scanned < start:
+            scanned, more = _scan_keys(f, scanned, start)
+            keys.update(more)
+        for other in [i for i in self._fold_keys if i not in (file_id, self._file_id)]:
+            del self._fold_keys[other]
+        self._fold_keys[file_id] = (scanned, keys)
+        return keys
 
     # running
 
@@ -339,13 +381,16 @@ class CallJournal:
                 self._fd = -1
 
 
-def _header(path: Path) -> tuple[str, int] | None:
-    """(file id, header length) of a journal file, None when there is none (yet)."""
-    try:
-        with open(path, "rb") as f:
-            line = f.readline(200)
-    except FileNotFoundError:
-        return None
-    if not line.startswith(HEADER) or not line.endswith(b"\n"):
-        return None
-    return line[len(HEADER):].strip().decode(), len(line)
+def _scan_keys(f: BinaryIO, start: int, stop: int | None) -> tuple[int, dict[int, CallKey]]:
+    """The keys defined in whole records from `start` up to `stop` (None: the end of the file), and
+    where the whole records end."""
+    keys: dict[int, CallKey] = {}
+    while stop is None or start < stop:
+        f.seek(start)
+        data = f.read(CHUNK_BYTES if stop is None else min(CHUNK_BYTES, stop - start))
+        decoded = decode(data)
+        keys.update(decoded.keys)
+        start += decoded.consumed
+        if decoded.consumed == 0 or len(data) < CHUNK_BYTES:
+            break
+    return start, keys

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from stratolab.db import ensure_schema, make_engine, session_factory, session_scope
 from stratolab.db.models import UsageJournalOffset, UsageRecord
 from stratolab.db.usage_ledger import BILLING_UNITS_MS, CALLS, Ledger, Resources, user_totals
+from stratolab.platform.call_records import encode_call, encode_key
 from stratolab.platform.metering import HEADER, CallJournal, ProcessMeter
 
 T0 = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
@@ -131,7 +132,7 @@ def test_a_rotation_cut_short_by_a_crash_is_finished_by_the_next_fold(db, tmp_pa
     assert folded(sessions) == (16, 16 * 17 // 2) and not again.rotated.exists()
     # killed after the offset moved to the new file but before the rotated one was deleted
     stale = path.with_name("stale")
-    stale.write_bytes(HEADER + b"0123\n" + b'[0,"ann","fn",1,1.0,99,1]\n')
+    stale.write_bytes(HEADER + b"0123\n" + encode_key(0, ("ann", "fn", 1, 1.0)) + encode_call(0, True, 0, 99))
     os.rename(stale, again.rotated)
     assert again.fold() == 0 and folded(sessions) == (16, 136) and not again.rotated.exists()
     journal.close()
