@@ -13,6 +13,7 @@ passes the options on and prints the answer as tables (one JSON document with --
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlencode
@@ -28,15 +29,33 @@ BY = ("thing", "resource", "day")
 Emit = Callable[[Any, str], None]
 
 
+#: seconds the CLI waits for an answer (a bill of a year for a group takes a few seconds at most)
+TIMEOUT_S = 60
+#: what the hub's proxy answers when the service behind it is stopped, starting or stuck
+GATEWAY_ERRORS = (502, 503, 504)
+
+
 def get(path: str, query: dict[str, str]) -> Any:
     """A GET of the usage service with the stored (or STRATOLAB_URL/TOKEN) credentials; the service's
-    own errors as it says them, an unreachable hub as one line."""
+    own errors as it says them; an unreachable hub, a usage service that is not running (the proxy's
+    502/503/504) or one that does not answer in time, each as one line (exit status 1), never a
+    traceback."""
     try:
-        return call_service(SERVICE, "GET", f"{path}?{urlencode(query)}" if query else path, timeout=60)
+        return call_service(SERVICE, "GET", f"{path}?{urlencode(query)}" if query else path, timeout=TIMEOUT_S)
     except requests.ConnectionError as e:
         url = hub_session().url
         raise StratolabError(f"cannot reach the hub at {url}: is it running? (see `stratolab whoami`)",
                              status=0) from e
+    except requests.Timeout as e:
+        raise StratolabError(f"the usage service at {hub_session().url}/services/{SERVICE}/ did not answer within "
+                             f"{TIMEOUT_S} s: it may be overloaded or stuck; try again, or ask an admin",
+                             status=0) from e
+    except StratolabError as e:
+        if e.status in GATEWAY_ERRORS and not e.field:
+            raise StratolabError(f"the usage service at {hub_session().url}/services/{SERVICE}/ is not running or "
+                                 f"not answering (HTTP {e.status}: {e.message}); try again in a minute, or ask "
+                                 f"an admin (the hub's log says why)", status=e.status) from e
+        raise
 
 
 def usage_query(args: argparse.Namespace) -> dict[str, str]:
@@ -152,6 +171,9 @@ def add_usage_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--price-as", dest="price_as", choices=list(PRICE_AS),
                         help="price the usage per-second, per-minute, on-demand, spot or reserved "
                              "(default: the price sheet's own)")
+    # `--from -7d` as the docs write it: a value that starts with '-' and a digit is a value, not an
+    # unknown option (what argparse itself does from Python 3.12 on, where this is its own pattern)
+    parser._negative_number_matcher = re.compile(r"^-\.?\d")
     parser.set_defaults(func=cmd_usage)
     commands = parser.add_subparsers(dest="usage_command", required=False, metavar="{budgets}")
     budgets = commands.add_parser("budgets", parents=[common], help="your budgets: used, limit, when they free up")

@@ -192,19 +192,25 @@ def _number(value: Any, key: str, *, low: float = 0.0, high: float = MAX_PRICE, 
             open_high: bool = False) -> float:
     """A finite number in [low, high] (or [low, high)); numeric strings allowed (OpenCost writes "0.031611")."""
     if isinstance(value, bool):
-        raise InvalidInput(f"{key} must be {what} (a number), not {value!r}", field=key)
+        raise InvalidInput(f"{key} must be {what} (a number), not {_shown(value)}", field=key)
     if isinstance(value, str):
         try:
             value = float(value.strip())
         except ValueError:
-            raise InvalidInput(f"{key} must be {what} (a number), not {value!r}", field=key) from None
+            raise InvalidInput(f"{key} must be {what} (a number), not {_shown(value)}", field=key) from None
     if not isinstance(value, int | float) or not math.isfinite(value):
-        raise InvalidInput(f"{key} must be {what} (a number), not {value!r}", field=key)
+        raise InvalidInput(f"{key} must be {what} (a number), not {_shown(value)}", field=key)
     upper_ok = value < high if open_high else value <= high
     if value < low or not upper_ok:
         bound = f"below {high:g}" if open_high else f"at most {high:g}"
-        raise InvalidInput(f"{key} must be {what} of at least {low:g} and {bound}, not {value!r}", field=key)
+        raise InvalidInput(f"{key} must be {what} of at least {low:g} and {bound}, not {_shown(value)}", field=key)
     return float(value)
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    """`value` as an error message quotes it, cut short (a value can be a whole pasted document)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _mapping(value: Any, key: str, allowed: tuple[str, ...] | frozenset[str]) -> Mapping[str, Any]:
@@ -224,7 +230,8 @@ def _gpu_prices(value: Any, key: str) -> GpuPrices:
             if not isinstance(model, str) or not model.strip():
                 raise InvalidInput(f"{key} must map GPU model names to hourly prices", field=key)
             by_model[model] = _number(price, f"{key}.{model}", what="an hourly price")
-        default = by_model.pop("default", 0.0)
+        # a sheet that prices some models keeps the built-in price for the others (a GPU left out is not free)
+        default = by_model.pop("default", DEFAULT_SHEET.gpu_hour.default)
         return GpuPrices(default, by_model)
     return GpuPrices(_number(value, key, what="an hourly price"))
 
@@ -233,12 +240,12 @@ def _granularity(value: Any, key: str, kind: str) -> int:
     seconds = parse_span(value, key)
     ms = round(seconds * 1000)
     if abs(ms - seconds * 1000) > 1e-6 or ms < 1:
-        raise InvalidInput(f"{key} must be a whole number of milliseconds, not {value!r}", field=key)
+        raise InvalidInput(f"{key} must be a whole number of milliseconds, not {_shown(value)}", field=key)
     if kind == "functions" and ms not in FUNCTION_UNITS_MS:
         raise InvalidInput(f"{key} must be one of 1ms, 100ms, 1s, 60s (the units function calls are summed in), "
-                           f"not {value!r}", field=key)
+                           f"not {_shown(value)}", field=key)
     if ms > MAX_GRANULARITY_MS:
-        raise InvalidInput(f"{key} must be at most 1h, not {value!r}", field=key)
+        raise InvalidInput(f"{key} must be at most 1h, not {_shown(value)}", field=key)
     return ms
 
 
@@ -273,7 +280,7 @@ def parse_price_sheet(data: Mapping[str, Any] | None) -> PriceSheet:
     if "currency" in values:
         currency = values["currency"]
         if not isinstance(currency, str) or not _CURRENCY.match(currency):
-            raise InvalidInput(f"currency must be a short name such as USD, EUR or credits, not {currency!r}",
+            raise InvalidInput(f"currency must be a short name such as USD, EUR or credits, not {_shown(currency)}",
                                field="currency")
         kw["currency"] = currency.strip()
     for key in ("cpu_core_hour", "memory_gb_hour", "spot_cpu_core_hour", "spot_memory_gb_hour"):
@@ -298,7 +305,7 @@ def parse_price_sheet(data: Mapping[str, Any] | None) -> PriceSheet:
         for k, v in given.items():
             seconds = 0.0 if v in (0, "0", "0s") else parse_span(v, f"minimum_charge.{k}")
             if seconds > MAX_MINIMUM_S:
-                raise InvalidInput(f"minimum_charge.{k} must be at most 24h, not {v!r}", field=f"minimum_charge.{k}")
+                raise InvalidInput(f"minimum_charge.{k} must be at most 24h, not {_shown(v)}", field=f"minimum_charge.{k}")
             minimum[k] = seconds
         kw["minimum_charge_s"] = minimum
     if "rate_classes" in values:
@@ -306,7 +313,7 @@ def parse_price_sheet(data: Mapping[str, Any] | None) -> PriceSheet:
     if "basis" in values:
         if values["basis"] not in BASES:
             raise InvalidInput(f"basis must be one of {', '.join(BASES)} (max: OpenCost's max(request, usage)), "
-                               f"not {values['basis']!r}", field="basis")
+                               f"not {_shown(values['basis'])}", field="basis")
         kw["basis"] = values["basis"]
     if ("spotLabel" in values) != ("spotLabelValue" in values):
         raise InvalidInput("spotLabel and spotLabelValue go together (the node label that marks spot nodes)",
@@ -336,7 +343,7 @@ def _rate_classes(value: Any) -> dict[str, Any]:
             key = "rate_classes.reserved.baseline"
             gpus = _number(b.get("gpus", 0), f"{key}.gpus", high=100_000, what="a number of GPUs")
             if gpus != int(gpus):
-                raise InvalidInput(f"{key}.gpus must be a whole number of GPUs, not {b['gpus']!r}", field=f"{key}.gpus")
+                raise InvalidInput(f"{key}.gpus must be a whole number of GPUs, not {_shown(b['gpus'])}", field=f"{key}.gpus")
             model = b.get("gpu_model")
             if model is not None and not isinstance(model, str):
                 raise InvalidInput(f"{key}.gpu_model must be a GPU model name", field=f"{key}.gpu_model")
@@ -362,9 +369,11 @@ def load_price_sheet(path: str | Path) -> PriceSheet:
     """The sheet in a YAML or JSON file (by its suffix; YAML reads JSON too); errors name the file."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise InvalidInput(f"cannot read the price sheet {path}: {e.strerror}", field="prices") from None
+    except UnicodeDecodeError as e:
+        raise InvalidInput(f"the price sheet {path} is not UTF-8 text (byte {e.start})", field="prices") from None
     return parse_price_sheet(read_document(text, path))
 
 
@@ -380,7 +389,19 @@ def read_document(text: str, path: Path) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise InvalidInput(f"{path} is not valid YAML: {e}", field=str(path)) from None
+        raise InvalidInput(f"{path} is not valid YAML: {_one_line(e)}", field=str(path)) from None
+
+
+def _one_line(e: Exception) -> str:
+    """A YAML syntax error as one line ("while parsing a flow sequence, expected ',' or ']' at line 2,
+    column 1"): PyYAML's own text spans several lines with a copy of the source, and a service that
+    refuses to start says why in one line."""
+    problem = getattr(e, "problem", None)
+    if not problem:
+        return " ".join(str(e).split())[:300]
+    context, mark = getattr(e, "context", None), getattr(e, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{context + ', ' if context else ''}{problem}{where}"
 
 
 #: The built-in sheet: an EXAMPLE in the shape of a cloud's list prices (OpenCost's own defaults for

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
 from tornado import web
 
 from stratolab.errors import InvalidInput, StratolabError
+from stratolab.usage import windows
 from stratolab.usage.service.openapi import BY, PRICE_AS, SORT
 from stratolab.usage.service.state import SUMMARY_COLUMNS, Caller, UsageState
 from stratolab.web import AUTH_REQUIRED, ServiceHandler, path_id
@@ -26,15 +27,16 @@ from stratolab.web import AUTH_REQUIRED, ServiceHandler, path_id
 TEMPLATES = Path(__file__).parent / "templates"
 
 
-def parse_time(raw: str, name: str) -> datetime:
-    """An ISO 8601 date or time (UTC when it names no zone), or a 400 naming the parameter."""
-    text = raw.strip()
+def parse_time(raw: str, name: str, now: datetime) -> datetime:
+    """A bill's `from` or `to` as the CLI and docs write it: an ISO 8601 date or time (UTC when it names
+    no zone), "now", "today", "month" or a span back from now ("-7d", "-24h"); a 400 naming the
+    parameter for anything else, including a time out of the calendar's range (year 1..9999)."""
     try:
-        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidInput(f"{name} must be an ISO 8601 date or time (e.g. 2026-05-01 or 2026-05-01T12:00:00Z), "
-                           f"got {raw[:40]!r}", field=name) from None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return windows.parse_time(raw, now, name)
+    except (OverflowError, ValueError) as e:  # e.g. 9999-12-31T23:59-14:00 in UTC, or -99999999d
+        if isinstance(e, InvalidInput):
+            raise
+        raise InvalidInput(f"{name} is out of range (years 1 to 9999): {raw[:40]!r}", field=name) from None
 
 
 class BaseHandler(HubOAuthenticated, ServiceHandler):
@@ -65,7 +67,12 @@ class BaseHandler(HubOAuthenticated, ServiceHandler):
         return Caller.of(model, by_cookie=not getattr(self, "_token_authenticated", False))
 
     def arg(self, name: str, choices: tuple[str, ...] | None = None) -> str | None:
-        raw = self.get_query_argument(name, None)
+        """A query parameter given at most once (`user=a&user=b` is a 400, not whichever one a proxy or
+        this service happens to read), None when absent or empty."""
+        given = self.get_query_arguments(name)
+        if len(given) > 1:
+            raise InvalidInput(f"{name} is given {len(given)} times: give it once", field=name)
+        raw = given[0] if given else None
         if raw is None or raw == "":
             return None
         if choices is not None and raw not in choices:
@@ -75,9 +82,8 @@ class BaseHandler(HubOAuthenticated, ServiceHandler):
     def period(self) -> tuple[datetime, datetime]:
         now = self.state.clock()
         raw_from, raw_to = self.arg("from"), self.arg("to")
-        start = parse_time(raw_from, "from") if raw_from else now.replace(day=1, hour=0, minute=0, second=0,
-                                                                           microsecond=0)
-        end = parse_time(raw_to, "to") if raw_to else now
+        start = parse_time(raw_from, "from", now) if raw_from else windows.month_start(now)
+        end = parse_time(raw_to, "to", now) if raw_to else now
         if end <= start:
             raise InvalidInput("to must be after from", field="to")
         if (end - start).days > 3660:
@@ -166,11 +172,19 @@ class SummaryCSVHandler(SummaryHandler):
         self.finish(out.getvalue())
 
 
+#: what a spreadsheet reads as the start of a formula (OWASP's list: = + - @, and tab and carriage
+#: return, which some programs skip before looking for one; a newline too, for good measure)
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\n")
+
+
 def _csv_cell(value: Any) -> Any:
-    if isinstance(value, list):
-        return " ".join(map(str, value))
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@"):
-        return "'" + value  # a name a spreadsheet would run as a formula
+    """A cell as the CSV export writes it: a list (a user's groups) joined by spaces, and any text that
+    a spreadsheet would run as a formula prefixed with a quote, so it shows as text (a username or a
+    group name is chosen by users: `=HYPERLINK(...)` must not become a link in the admin's sheet)."""
+    if isinstance(value, list | tuple):
+        value = " ".join(map(str, value))
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
     return value
 
 

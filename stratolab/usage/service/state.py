@@ -111,7 +111,13 @@ class UsageState:
     # --- who may see what ----------------------------------------------------------------------
 
     async def is_admin(self, caller: Caller) -> bool:
-        return caller.kind == "user" and await self.hub.is_admin(caller.name)
+        """A hub admin acting with the usage service's scope: the login cookie, or a token that may read
+        usage (the admin's own `custom:usage:read!user=NAME` is enough). A token an admin made for
+        something else (`access:services` alone, `read:users`...) is no key to every user's usage:
+        a token is worth its scopes, not its owner's."""
+        if caller.kind != "user" or not caller.reads_own():
+            return False
+        return await self.hub.is_admin(caller.name)
 
     async def require_admin(self, caller: Caller) -> None:
         if not await self.is_admin(caller):
@@ -150,9 +156,10 @@ class UsageState:
     async def may_check(self, caller: Caller, user: str) -> None:
         """A budget check is asked by the user (their own token, as the hub's spawner sends its server's)
         or by a token holding custom:usage:check (the scheduler's, the functions service's)."""
-        if caller.kind == "user" and caller.name == user:
-            return
         if USAGE_CHECK in caller.scopes:
+            return
+        if caller.kind == "user" and caller.name == user:
+            caller.own_user()  # a 403 unless the token may read usage (a server's token may: user_scopes)
             return
         raise StratolabError(f"checking another user's budgets needs the scope {USAGE_CHECK}", status=403)
 
