@@ -309,6 +309,25 @@ VARIABLES: tuple[Variable, ...] = (
              "(warnings, stopping what runs over budget)."),
     Variable("STRATOLAB_USAGE_LOST_AFTER", (USAGE,), "300", "Seconds after which an open interval no producer has "
              "seen is closed as lost (at the time it was last seen)."),
+    # the usage service on Kubernetes: the pod collector (stratolab/usage/service/kube_collector.py)
+    Variable("STRATOLAB_USAGE_BACKEND", (USAGE,), "local", "Where the ledger's intervals come from: local (the "
+             "services write them) or kubernetes (the platform's pods too, read by the usage service).",
+             set_by="Helm chart"),
+    Variable("STRATOLAB_USAGE_KUBE_COMPONENTS", (USAGE,), "singleuser-server", "The pods read into the ledger on "
+             "Kubernetes (comma-separated: singleuser-server, notebook-run, function; runs and functions are "
+             "metered by their services already)."),
+    Variable("STRATOLAB_USAGE_KUBE_SERVERS_NAMESPACE", (USAGE,), "the service's namespace", "Namespace of the user "
+             "servers' pods.", set_by="Helm chart"),
+    Variable("STRATOLAB_USAGE_KUBE_RUNS_NAMESPACE", (USAGE,), "the service's namespace", "Namespace of the notebook "
+             "runs' pods (when read)."),
+    Variable("STRATOLAB_USAGE_KUBE_FUNCTIONS_NAMESPACE", (USAGE,), "the service's namespace", "Namespace of the "
+             "functions' pods (when read)."),
+    Variable("STRATOLAB_USAGE_KUBE_HEARTBEAT", (USAGE,), "15", "Seconds between heartbeats of the open pods' "
+             "intervals (while the Kubernetes API answers)."),
+    Variable("STRATOLAB_USAGE_KUBE_RESYNC", (USAGE,), "60", "Seconds between full lists of the pods, which close "
+             "the pods whose end no watch saw (at the last moment they were seen running)."),
+    Variable("STRATOLAB_USAGE_KUBE_WATCH_TIMEOUT", (USAGE,), "300", "Seconds a watch of the pods lasts before it is "
+             "opened again from where it was."),
     Variable("STRATOLAB_USAGE_SCHEDULER_URL", (USAGE,), "http://127.0.0.1:10102/services/scheduler/",
              "The scheduler's API (runs over budget are stopped through it).", set_by=HUB),
     Variable("STRATOLAB_USAGE_FUNCTIONS_URL", (USAGE,), "http://127.0.0.1:10101/services/functions/",
