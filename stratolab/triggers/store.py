@@ -205,8 +205,12 @@ class EventStore:
                 })
                 positions.append(key)
             if rows:
-                stored = s.execute(insert(TriggerEvent).returning(TriggerEvent.id, TriggerEvent.dedup_key,
-                                                                  sort_by_parameter_order=True), rows).all()
+                # Core's insert, not the ORM's bulk path: the same one INSERT ... RETURNING per page of
+                # rows, without the ORM's per-row bookkeeping (a tenth of the writer thread's time)
+                table = TriggerEvent.__table__
+                stored = s.connection().execute(
+                    insert(table).returning(table.c.id, table.c.dedup_key, sort_by_parameter_order=True),  # type: ignore[arg-type]
+                    rows).all()
                 existing.update({k: i for i, k in stored})
         return [(existing[k], k not in seen or seen[k] != n) for n, k in enumerate(keys)]
 

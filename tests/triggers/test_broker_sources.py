@@ -239,6 +239,31 @@ def test_messages_become_events_and_a_burst_comes_in_batches(broker_class):
 
 
 @pytest.mark.parametrize("broker_class", BROKERS, ids=lambda b: b.kind)
+def test_a_stored_burst_is_acknowledged_and_not_delivered_again_after_a_restart(broker_class):
+    """The acknowledgements of a burst (MQTT: a batch's PUBACKs in one write) reach the broker: a new
+    session gets only what was published since."""
+    async def test(broker: Broker) -> None:
+        sink = Recorder()
+        source = broker.source(sink)
+        await source.start()
+        await broker.publish([json.dumps({"n": n}).encode() for n in range(300)])
+        await eventually(lambda: len(sink.events) >= 300, what="300 events")
+        await asyncio.sleep(0.3)  # the last acknowledgements on their way
+        await source.stop()
+
+        after = Recorder()
+        again = broker.source(after)
+        await again.start()
+        await broker.publish([b'{"n": "new"}'])
+        await eventually(lambda: len(after.events) >= 1, what="the new message")
+        await asyncio.sleep(0.3)
+        assert after.payloads == [b'{"n": "new"}'], "an acknowledged message came again"
+        assert len(sink.events) == 300
+
+    run_with(broker_class, test)
+
+
+@pytest.mark.parametrize("broker_class", BROKERS, ids=lambda b: b.kind)
 def test_a_batch_the_sink_refused_is_delivered_again_after_a_restart(broker_class):
     async def test(broker: Broker) -> None:
         refusing = Recorder(failing=True)

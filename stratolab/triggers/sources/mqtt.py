@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import struct
 from collections.abc import Callable
 from typing import Any, ClassVar
 from urllib.parse import unquote, urlsplit
@@ -126,8 +127,9 @@ class MqttSource(BrokerSource):
 
             def acknowledger(batch: list[paho.MQTTMessage]) -> Callable[[], None]:
                 def ack() -> None:
+                    ack_all(mqtt, [message.mid for message in batch if message.qos == 1])
                     for message in batch:
-                        if message.qos:
+                        if message.qos > 1:
                             mqtt.ack(message.mid, message.qos)
                 return ack
 
@@ -159,6 +161,22 @@ class MqttSource(BrokerSource):
         """The trigger is deleted: end its session on the broker (its subscription and kept messages)."""
         async with self._client(expiry_s=0, clean_start=True):
             pass
+
+
+_PUBACK = struct.Struct("!BBH")  # fixed header (PUBACK), remaining length 2, packet id: reason 0 implied
+
+
+def ack_all(mqtt: paho.Client, mids: list[int]) -> None:
+    """PUBACK each of `mids` (QoS 1), all in one write: paho queues a packet and, with aiomqtt, a
+    socket write per acknowledgement (a batch of 256 messages was 256 `send` calls). The packets are
+    the ones paho's own `ack` makes, joined and queued through its private `_packet_queue` (as
+    `_client` is used above); without it, one `ack` each."""
+    queue = getattr(mqtt, "_packet_queue", None)
+    if queue is None or len(mids) < 2:
+        for mid in mids:
+            mqtt.ack(mid, 1)
+        return
+    queue(paho.PUBACK, b"".join(_PUBACK.pack(paho.PUBACK, 2, mid) for mid in mids), 0, 1)
 
 
 async def _until_disconnected(client: aiomqtt.Client, inbox: Inbox[Any]) -> None:
