@@ -9,7 +9,12 @@ below. Time in the ledger is a controllable clock; the pods' times are written o
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import secrets
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,6 +27,7 @@ from fake_kube import FakeKube, _status
 from stratolab.db import ensure_schema, make_engine, session_factory, session_scope
 from stratolab.db.models import UsageOpen, UsageRecord, as_utc
 from stratolab.usage.service.kube_collector import KubeCollectorSettings, RunningCollector, start_collector
+from support import free_port
 
 pytestmark = pytest.mark.postgres
 
@@ -395,3 +401,36 @@ def test_the_settings_name_each_components_namespace_and_refuse_unknown_componen
     assert [x.selector for x in KubeCollectorSettings(environ={}).sources("hub")] == ["component=singleuser-server"]
     with pytest.raises(Exception, match="notebook-runs"):
         KubeCollectorSettings(environ={"STRATOLAB_USAGE_KUBE_COMPONENTS": "notebook-runs"}).check_settings()
+
+
+def test_the_usage_service_with_the_kubernetes_backend_reads_the_servers_pods(cluster, sessions, pg_url, tmp_path):
+    """The service process as the chart starts it (STRATOLAB_USAGE_BACKEND=kubernetes), its cluster named by
+    a kubeconfig as outside a pod: a server pod becomes an open interval; a run pod is left to the scheduler."""
+    cluster.put_object(make_pod("jupyter-dora", "singleuser-server", owner="dora"))
+    cluster.put_object(make_pod("stratolab-run-7", "notebook-run", owner="bob"))
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+        "clusters": [{"name": "fake", "cluster": {"server": cluster.url}}],
+        "users": [{"name": "u", "user": {"token": "t"}}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "u", "namespace": "elsewhere"}}]}))
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "STRATOLAB_USAGE_BACKEND": "kubernetes",
+           "STRATOLAB_USAGE_KUBE_SERVERS_NAMESPACE": NS, "STRATOLAB_PLATFORM_DB_URL": pg_url,
+           "JUPYTERHUB_API_TOKEN": "not-used", "JUPYTERHUB_SERVICE_URL": f"http://127.0.0.1:{free_port()}",
+           "STRATOLAB_USAGE_DIR": str(tmp_path / "usage")}
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    proc = subprocess.Popen([sys.executable, "-m", "stratolab.usage.service.app"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not open_rows(sessions):
+            assert proc.poll() is None, proc.communicate()[0]
+            assert time.monotonic() < deadline, "the service opened no interval"
+            time.sleep(0.2)
+        time.sleep(0.5)
+        (row,) = open_rows(sessions)
+        assert (row.producer, row.username, row.kind) == ("kubernetes", "dora", "server")
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=30)[0]
+    assert "reading pods into the usage ledger: component=singleuser-server in users" in out
