@@ -26,6 +26,7 @@ from kubernetes_asyncio.client import Configuration
 from fake_kube import FakeKube, _status
 from stratolab.db import ensure_schema, make_engine, session_factory, session_scope
 from stratolab.db.models import UsageOpen, UsageRecord, as_utc
+from stratolab.db.usage_ledger import sweep_lost
 from stratolab.usage.service.kube_collector import KubeCollectorSettings, RunningCollector, start_collector
 from support import free_port
 
@@ -332,6 +333,37 @@ def test_a_restart_of_the_collector_in_the_middle_counts_nothing_twice(cluster, 
                    ("bob", "run"): (90, "stopped"),  # ended unseen, still listed: ends when it did
                    ("alice", "server"): (150, "deleted")}
     assert not open_rows(sessions)
+
+
+def test_a_pod_swept_as_lost_while_unseen_goes_on_from_where_its_record_ends(cluster, sessions):
+    """The usage service's sweep closed the pod's interval at its last heartbeat (the collector could not
+    see the cluster); the same pod (same uid) still runs: counted from there, no gap and nothing twice."""
+    clock = Clock()
+    cluster.put_object(make_pod("jupyter-alice", "singleuser-server"))
+
+    async def scenario():
+        first = await collector(cluster, sessions, clock)
+        try:
+            seen = clock.at(60)
+            await until(lambda: [r for r in open_rows(sessions) if as_utc(r.last_seen_at) == seen])
+        finally:
+            await first.stop()
+        (lost,) = sweep_lost(sessions, timedelta(seconds=300), now=T0 + timedelta(seconds=400))
+        assert lost.reason == "lost" and not open_rows(sessions)
+        clock.at(500)
+        second = await collector(cluster, sessions, clock)
+        try:
+            (row,) = await until(lambda: open_rows(sessions))
+            assert as_utc(row.started_at) == T0 + timedelta(seconds=60)
+            clock.at(600)
+            cluster.delete_object("v1", "Pod", "jupyter-alice", NS)
+            await until(lambda: len(records(sessions)) == 2)
+        finally:
+            await second.stop()
+
+    asyncio.run(scenario())
+    spans = [(seconds_of(r), r.reason) for r in records(sessions)]
+    assert spans == [(60, "lost"), (540, "deleted")]  # 600 s: the pod's whole life, once
 
 
 def test_a_watch_that_ends_or_is_gone_relists_without_losing_or_doubling(cluster, sessions):

@@ -148,13 +148,16 @@ class NodeLabels:
         return self.known[name]
 
 
-def counted_until(sessions: sessionmaker[Session], key: str) -> datetime | None:
-    """Where the records of the interval `key` end (None: it has none). The ledger names each closed
+def counted_until(sessions: sessionmaker[Session], interval: PodInterval) -> datetime | None:
+    """Where the records of the pod's interval end (None: it has none). The ledger names each closed
     interval's record `open:PRODUCER:KEY:STARTED_AT` (usage_ledger._close_where), which is how the records
-    of one pod are found without a column of their own."""
-    prefix = f"open:{PRODUCER}:{key}:"[:255]
+    of one pod are found without a column of their own; the user, kind and end narrow the search to the
+    ledger's (username, kind, ended_at) index first."""
+    u = interval.usage
+    prefix = f"open:{PRODUCER}:{interval.key}:"[:255]
     with session_scope(sessions) as s:
         end = s.scalar(select(func.max(UsageRecord.ended_at)).where(
+            UsageRecord.username == u.username, UsageRecord.kind == u.kind, UsageRecord.ended_at > u.started_at,
             UsageRecord.producer == PRODUCER, UsageRecord.source_key.like(prefix + "%")))
     return as_utc(end) if end is not None else None
 
@@ -294,7 +297,7 @@ class KubeCollector:
         """Opens the pod's interval from its start, or from where its records end (never twice)."""
         u = interval.usage
         start = u.started_at
-        counted = counted_until(self.ledger.sessions, interval.key)
+        counted = counted_until(self.ledger.sessions, interval)
         if counted is not None and counted > start:
             start = counted
         if ended is not None and start >= ended:
