@@ -170,23 +170,55 @@ async def publish_all(prefix: str, total: int) -> float:
     return first
 
 
-def ours_throughput(hub: HubProcess, user, prefix: str, trigger_id: int, total: int) -> float:
+def tree_cpu_s(pids: list[int]) -> float:
+    """CPU seconds (user + system) used so far by these processes and all their descendants: what a
+    round costs, whatever else the shared machine runs meanwhile (the rate is what the scheduler gave)."""
+    import psutil
+
+    total, seen = 0.0, set()
+    for pid in pids:
+        try:
+            root = psutil.Process(pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            continue
+        for proc in procs:
+            if proc.pid in seen:
+                continue
+            seen.add(proc.pid)
+            try:
+                times = proc.cpu_times()
+                total += times.user + times.system
+            except psutil.Error:
+                pass
+    return total
+
+
+def ours_throughput(hub: HubProcess, user, prefix: str, trigger_id: int, total: int,
+                    broker: subprocess.Popen) -> tuple[float, float]:
+    """(events/s, CPU ms per event of the hub's processes and the broker)."""
     before = done_count(hub, user, trigger_id)
+    pids = [hub.proc.pid, broker.pid] if hub.proc else [broker.pid]
+    cpu = tree_cpu_s(pids)
     first = asyncio.run(publish_all(prefix, total))
     while done_count(hub, user, trigger_id) < before + total:
         time.sleep(0.05)
-    return total / (time.time() - first)
+    rate = total / (time.time() - first)
+    return rate, (tree_cpu_s(pids) - cpu) * 1000 / total
 
 
-def baseline_throughput(prefix: str, total: int) -> float:
+def baseline_throughput(prefix: str, total: int, broker: subprocess.Popen) -> tuple[float, float]:
+    """(events/s, CPU ms per event of the consumer and the broker)."""
     proc = subprocess.Popen([sys.executable, "-c", BASELINE, prefix, str(total), "\n".join(CELLS), str(BROKER[1])],
                             stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"
+        cpu = tree_cpu_s([proc.pid, broker.pid])
         first = asyncio.run(publish_all(prefix, total))
         done_at = json.loads(proc.stdout.readline())["done_at"]
-        return total / (done_at - first)
+        used = tree_cpu_s([proc.pid, broker.pid]) - cpu
+        return total / (done_at - first), used * 1000 / total
     finally:
         proc.kill()
 
@@ -263,10 +295,14 @@ def main() -> None:
             home = homes / system_username(user.name) if IS_ROOT else Path(hub.data_dir).resolve() / "homes" / user.name
 
             latencies = asyncio.run(latency(f"bench/{run}/lat", args.samples))
-            ours_tp, base_tp = [], []
+            ours_tp, base_tp, ours_cpu, base_cpu = [], [], [], []
             for r in range(args.rounds):
-                ours_tp.append(ours_throughput(hub, user, f"bench/{run}/tp/r{r}", tp["id"], args.events))
-                base_tp.append(baseline_throughput(f"bench/{run}/base/r{r}", args.events))
+                rate, cpu = ours_throughput(hub, user, f"bench/{run}/tp/r{r}", tp["id"], args.events, broker)
+                ours_tp.append(rate)
+                ours_cpu.append(cpu)
+                rate, cpu = baseline_throughput(f"bench/{run}/base/r{r}", args.events, broker)
+                base_tp.append(rate)
+                base_cpu.append(cpu)
             uploads = upload_round_trips(hub, user, up, digest["url"], home, args.uploads)
         finally:
             hub.stop()
@@ -283,7 +319,12 @@ def main() -> None:
             "events": args.events, "rounds": args.rounds,
             "stratolab_durable_batched": [round(x) for x in ours_tp], "median": round(ours_med),
             "aiomqtt_consumer_in_process_no_durability": [round(x) for x in base_tp], "baseline_median": round(base_med),
-            "ratio": round(ratio, 2)},
+            "ratio": round(ratio, 2),
+            # CPU per event (the publisher's not counted, the same for both): ours is every process of
+            # the hub (triggers and functions services, workers, and the hub's other services) and the
+            # broker; the baseline's its consumer and the broker
+            "cpu_ms_per_event": {"stratolab": round(statistics.median(ours_cpu), 3),
+                                 "aiomqtt_consumer": round(statistics.median(base_cpu), 3)}},
         "upload_1mib": uploads,
         "goals": [
             at_most("MQTT publish -> handler start p50 (ms)", round(p50, 2), 5),

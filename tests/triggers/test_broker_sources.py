@@ -573,3 +573,39 @@ def test_publish_mqtt_to_an_unreachable_broker_says_where():
         await close_publishers()
 
     asyncio.run(main())
+
+
+def test_the_cheaper_mqtt5_publish_decoding_gives_what_paho_gives():
+    """mqtt_decode.py: every combination of QoS, retain, properties and payload decodes as paho's own."""
+    import struct
+
+    from paho.mqtt import _packet
+    from paho.mqtt.enums import MQTTProtocolVersion
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    from stratolab.triggers.sources import mqtt_decode
+
+    assert mqtt_decode.install() and _packet.decode_publish is mqtt_decode.decode_publish
+    paho_decode = mqtt_decode._ORIGINAL
+    assert paho_decode is not None and paho_decode is not mqtt_decode.decode_publish
+    with_props = Properties(PacketTypes.PUBLISH)
+    with_props.UserProperty = ("a", "b")
+    with_props.ContentType = "text/plain"
+    for qos in (0, 1, 2):
+        for flags in (0, 1, 8, 9):  # retain, dup
+            for props in (b"\x00", with_props.pack()):
+                for payload in (b"", b'{"c": 1}', bytes(range(256))):
+                    header = 0x30 | (qos << 1) | flags
+                    packet = struct.pack("!H", 14) + b"sensors/a/temp" + (struct.pack("!H", 77) if qos else b"")
+                    packet += props + payload
+                    theirs = paho_decode(header, bytearray(packet), MQTTProtocolVersion.MQTTv5)
+                    ours = mqtt_decode.decode_publish(header, bytearray(packet), MQTTProtocolVersion.MQTTv5)
+                    assert ours._replace(properties=None) == theirs._replace(properties=None)
+                    assert str(ours.properties) == str(theirs.properties)
+                    assert ours.properties.isEmpty() == theirs.properties.isEmpty()
+                    assert type(ours.payload) is bytes
+    # a copy's properties are its own: setting one leaves the next message's empty
+    first = mqtt_decode.empty_publish_properties()
+    first.ContentType = "x"
+    assert mqtt_decode.empty_publish_properties().isEmpty()
