@@ -215,7 +215,10 @@ def _eval(node: ast.AST, values: Mapping[str, Mapping[str, Any]]) -> Any:
             raise ConditionError(f"{step}.{name} is a {type(value).__name__}; conditions compare numbers, "
                                  "strings and true/false", column=col)
         if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**63:
-            return float(value)  # no arithmetic on integers of thousands of digits
+            # no arithmetic on integers of thousands of digits
+            if value.bit_length() > 1023:
+                return math.inf if value > 0 else -math.inf
+            return float(value)
         return value
     if isinstance(node, ast.BoolOp):
         is_and = isinstance(node.op, ast.And)
