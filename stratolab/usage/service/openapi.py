@@ -31,8 +31,10 @@ def _q(name: str, description: str, schema: Any = None) -> dict[str, Any]:
 
 
 _period = [
-    _q("from", "start (ISO 8601 date or time, UTC when no zone; default: the start of this month)"),
-    _q("to", "end, exclusive (default: now)"),
+    _q("from", "start: an ISO 8601 date or time (UTC when no zone), now, today, month (the first of this month) "
+               "or a span back from now (-7d, -24h); default: the start of this month. The period is at most ten "
+               "years. Every parameter is given at most once."),
+    _q("to", "end, exclusive, in the same forms (default: now); after from"),
 ]
 _scope = [
     _q("user", "whose usage (default: yours); another user's needs admin or unfiltered custom:usage:read"),
