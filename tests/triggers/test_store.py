@@ -185,6 +185,26 @@ def test_a_done_event_loses_its_data_unless_a_result_is_kept(store):
     assert store.event(dead).data == b'{"n": 1}'  # dead events keep theirs, to be redriven
 
 
+def test_outcomes_of_one_event_in_one_batch_are_written_in_their_order(store):
+    """Plain successes are written together (one UPDATE per tries and status), after the rest: an event's
+    retry and then its success in one batch ends done, its tries and status as the success says."""
+    t = make_trigger(store)
+    ids = [i for i, _ in store.add([item(t, f"o{n}") for n in range(1003)])]
+    later = utcnow() + timedelta(seconds=30)
+    store.record([Outcome(ids[0], PENDING, 1, error="500: boom", next_attempt_at=later),
+                  *[Outcome(i, DONE, 1, result_status=200) for i in ids[2:]],
+                  Outcome(ids[0], DONE, 2, result_status=201),
+                  Outcome(ids[1], DONE, 1, result_status=200),
+                  Outcome(ids[1], PENDING, 2, error="a repeated delivery failed", next_attempt_at=later)])
+    first, second = store.event(ids[0]), store.event(ids[1])
+    assert (first.state, first.attempts, first.result_status, first.error, first.next_attempt_at) == (
+        DONE, 2, 201, None, None)
+    assert first.data is None and first.finished_at is not None
+    assert (second.state, second.attempts) == (PENDING, 2)  # the last word, as written in order
+    assert {store.event(i).state for i in ids[2:]} == {DONE}  # beyond one IN list of 500
+    assert store.event(ids[-1]).data is None
+
+
 # --- redrive ----------------------------------------------------------------------------------------
 
 
