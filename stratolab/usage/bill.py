@@ -24,12 +24,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
-from operator import attrgetter
+from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from stratolab.db.usage_ledger import BILLING_UNITS_MS, UsageColumns, micros
 from stratolab.errors import InvalidInput
 from stratolab.usage.pricing import FUNCTION_UNITS_MS, KIND_CLASS, RATE_CLASSES, PriceSheet, format_ms
 from stratolab.usage.windows import as_utc
@@ -57,6 +57,8 @@ _CPU, _MEM, _GPU, _FN, _PROV, _REQ, _USED, _SECS = range(_NQ)
 HOURLY_KINDS = frozenset({"server", "run", "trial", "pipeline_step"})
 #: the most days a series is filled with zero days for (a longer period lists only days with usage)
 MAX_FILLED_DAYS = 400
+DAY_US = 86_400_000_000
+EPOCH_DAY = date(1970, 1, 1)
 
 
 def price_as(name: str | None) -> tuple[str, int | None]:
@@ -184,7 +186,7 @@ def display_key(key: dict[str, str]) -> str:
 
 @dataclass(frozen=True)
 class _Rates:
-    """Everything the per-row loop needs, looked up once."""
+    """The prices and units a bill applies, looked up once."""
 
     sheet: PriceSheet
     rate_class: str
@@ -197,15 +199,16 @@ class _Rates:
     reserved_discount: float
 
 
-def make_bill(usages: Iterable[Usage], sheet: PriceSheet, start: datetime, end: datetime, now: datetime, *,
-              rate_class: str = "on-demand", granularity: int | None = None,
-              group_by: Sequence[str] = ("thing",), basis: str | None = None,
-              series: bool = True) -> Bill:
+def make_bill(usages: Iterable[Usage] | UsageColumns, sheet: PriceSheet, start: datetime, end: datetime,
+              now: datetime, *, rate_class: str = "on-demand", granularity: int | None = None,
+              group_by: Sequence[str] = ("thing",), basis: str | None = None, series: bool = True) -> Bill:
     """The bill for `usages` inside [start, end) as of `now`: open intervals count up to `now`.
 
-    `granularity` (ms) replaces the sheet's billing unit for every kind (functions: 1, 100, 1000 or
-    60000); `group_by` chooses the lines (fields among user, thing, kind, profile; a thing is always
-    told apart by its kind); `basis` replaces the sheet's (request, usage, max)."""
+    `usages` are the ledger's rows, or the same as columns (`usage_columns`: a platform's month is
+    priced without an object per row). `granularity` (ms) replaces the sheet's billing unit for every
+    kind (functions: 1, 100, 1000 or 60000); `group_by` chooses the lines (fields among user, thing,
+    kind, profile; a thing is always told apart by its kind); `basis` replaces the sheet's (request,
+    usage, max)."""
     start, end, now = as_utc(start), as_utc(end), as_utc(now)
     if end <= start:
         raise InvalidInput("the period must end after it starts", field="to")
@@ -221,46 +224,41 @@ def make_bill(usages: Iterable[Usage], sheet: PriceSheet, start: datetime, end: 
         if granularity not in FUNCTION_UNITS_MS:
             raise InvalidInput("granularity must be 1, 100, 1000 or 60000 ms", field="granularity")
         units = {k: granularity for k in units}
-    rows = list(usages)
+    cols = usages if isinstance(usages, UsageColumns) else UsageColumns.from_usages(usages)
+    period = _Period(micros(start), micros(end), micros(now))
     covered, reservation = (0.0, 0.0, 0.0), None
     if rate_class == "reserved":
-        covered, reservation = _reservation(rows, sheet, start, end, now)
+        covered, reservation = _reservation(cols, sheet, period)
     rates = _Rates(sheet, rate_class, units, dict(sheet.minimum_charge_s), units["functions"],
                    basis or sheet.basis, covered, sheet.reserved_discount)
-    key_of = _key_getter(keys)
-    # one pass pricing each row; the sums (by line, by day) are taken at the end, column-wise
-    figures: list[list[float]] = []
-    line_of: list[int] = []
-    peaks: list[float] = []
-    index: dict[tuple[str, ...], int] = {}
-    pieces: tuple[list[int], list[date], list[float]] = ([], [], [])
-    for u in rows:
-        priced = _price(u, rates, start, end, now)
-        if priced is None:
-            continue
-        q, c, peak, lo, hi = priced
-        key = key_of(u)
-        i = index.get(key)
-        if i is None:
-            i = index[key] = len(index)
-        if series:
-            _spread(pieces, len(figures), lo, hi)
-        figures.append(q + c)
-        line_of.append(i)
-        peaks.append(peak)
-    matrix = np.array(figures, dtype=float).reshape(len(figures), _NQ + _NR)
-    sums = np.zeros((len(index), _NQ + _NR))
-    np.add.at(sums, np.array(line_of, dtype=np.intp), matrix)
-    line_peaks = np.zeros(len(index))
-    np.maximum.at(line_peaks, np.array(line_of, dtype=np.intp), np.array(peaks, dtype=float))
-    lines = [_line(dict(zip(keys, key, strict=True)), sums[i], float(line_peaks[i])) for key, i in index.items()]
-    totals = _line({}, matrix.sum(axis=0), max(peaks, default=0.0))
+    figures, priced, peaks, lo, hi = _price(cols, rates, period)
+    rows = np.flatnonzero(priced)
+    matrix = figures[rows]
+    peaks, lo, hi = peaks[rows], lo[rows], hi[rows]
+    line_of, first_rows = _lines_of(cols, keys, rows)
+    sums = np.zeros((len(first_rows), _NQ + _NR))
+    np.add.at(sums, line_of, matrix)
+    line_peaks = np.zeros(len(first_rows))
+    np.maximum.at(line_peaks, line_of, peaks)
+    names = tuple("username" if k == "user" else k for k in keys)
+    lines = [_line({k: cols.labels[name][cols.codes[name][row]] for k, name in zip(keys, names, strict=True)},
+                   sums[i], float(line_peaks[i])) for i, row in enumerate(first_rows.tolist())]
+    totals = _line({}, matrix.sum(axis=0), float(peaks.max()) if len(peaks) else 0.0)
     days: dict[date, Line] = {}
     if series:
-        days = _days(matrix, pieces)
+        days = _days(matrix, lo, hi)
         _fill_days(days, start, min(end, now))
     ordered = sorted(lines, key=lambda line: (-line.cost, display_key(line.key)))
     return Bill(start, end, now, sheet.currency, rate_class, units, rates.basis, ordered, totals, days, reservation)
+
+
+@dataclass(frozen=True)
+class _Period:
+    """The bill's start, end and now in microseconds since the epoch, as the columns keep times."""
+
+    start: int
+    end: int
+    now: int
 
 
 def _line(key: dict[str, str], figures: np.ndarray, peak: float) -> Line:
@@ -268,49 +266,62 @@ def _line(key: dict[str, str], figures: np.ndarray, peak: float) -> Line:
     return Line(key, values[:_NQ], values[_NQ:], peak)
 
 
-def _days(matrix: np.ndarray, pieces: tuple[list[int], list[date], list[float]]) -> dict[date, Line]:
+def _lines_of(cols: UsageColumns, keys: tuple[str, ...], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each priced row's line, numbered in the order the lines first appear, and the first row of each."""
+    if not len(rows):
+        return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp)
+    key = np.zeros(len(rows), dtype=np.int64)
+    for name in ("username" if k == "user" else k for k in keys):
+        # codes combined one field at a time, renumbered each time so the key stays small
+        key = key * len(cols.labels[name]) + cols.codes[name][rows]
+        key = np.unique(key, return_inverse=True)[1].reshape(-1).astype(np.int64)
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    rank = np.empty(len(first), dtype=np.intp)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+    return rank[inverse.reshape(-1)], rows[np.sort(first)]
+
+
+def _days(matrix: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> dict[date, Line]:
     """Each day's sums: every row's figures weighted by its share of time in the day."""
-    rows, days, weights = pieces
-    if not rows:
+    rows, days, weights = _spread(lo, hi)
+    if not len(rows):
         return {}
-    order = sorted(set(days))
-    position = {d: i for i, d in enumerate(order)}
+    order = np.unique(days)
     sums = np.zeros((len(order), _NQ + _NR))
-    weighted = matrix[np.array(rows, dtype=np.intp)] * np.array(weights, dtype=float)[:, None]
-    np.add.at(sums, np.array([position[d] for d in days], dtype=np.intp), weighted)
-    return {d: _line({"day": d.isoformat()}, sums[i], 0.0) for d, i in position.items()}
+    np.add.at(sums, np.searchsorted(order, days), matrix[rows] * weights[:, None])
+    out = {}
+    for i, day in enumerate(order.tolist()):
+        d = EPOCH_DAY + timedelta(days=day)
+        out[d] = _line({"day": d.isoformat()}, sums[i], 0.0)
+    return out
 
 
-def _key_getter(keys: tuple[str, ...]) -> Callable[[Usage], tuple[str, ...]]:
-    """A row's line key (built once per bill: this runs for every row)."""
-    names = tuple("username" if k == "user" else k for k in keys)
-    if not names:
-        return lambda u: ()
-    if len(names) == 1:
-        one: Callable[[Usage], str] = attrgetter(names[0])
-        return lambda u: (one(u),)
-    many: Callable[[Usage], tuple[str, ...]] = attrgetter(*names)
-    return many
-
-
-def _spread(pieces: tuple[list[int], list[date], list[float]], row: int, lo: datetime, hi: datetime) -> None:
-    """The days a row's part in the period touches, with its share of time in each."""
-    rows, days, weights = pieces
-    first = lo.date()
-    if hi <= lo or (hi - timedelta(microseconds=1)).date() == first:
-        rows.append(row)
-        days.append(first)
-        weights.append(1.0)
-        return
-    total = (hi - lo).total_seconds()
-    cursor = lo
-    while cursor < hi:
-        day = cursor.date()
-        next_day = datetime(day.year, day.month, day.day, tzinfo=lo.tzinfo) + timedelta(days=1)
-        rows.append(row)
-        days.append(day)
-        weights.append((min(hi, next_day) - cursor).total_seconds() / total)
-        cursor = next_day
+def _spread(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The days (since the epoch) each row's part of the period touches, with its share of time in
+    each, row by row: a part within one day (nearly all) is one piece of weight 1."""
+    first = lo // DAY_US
+    single = (hi <= lo) | ((hi - 1) // DAY_US == first)
+    rows = [np.flatnonzero(single)]
+    days = [first[single]]
+    weights = [np.ones(len(rows[0]))]
+    spread_rows, spread_days, spread_weights = [], [], []
+    for row in np.flatnonzero(~single).tolist():
+        a, b = int(lo[row]), int(hi[row])
+        total = (b - a) / 1e6
+        cursor = a
+        while cursor < b:
+            day = cursor // DAY_US
+            next_day = (day + 1) * DAY_US
+            spread_rows.append(row)
+            spread_days.append(day)
+            spread_weights.append((min(b, next_day) - cursor) / 1e6 / total)
+            cursor = next_day
+    rows.append(np.array(spread_rows, dtype=np.intp))
+    days.append(np.array(spread_days, dtype=np.int64))
+    weights.append(np.array(spread_weights, dtype=float))
+    all_rows = np.concatenate(rows)
+    order = np.argsort(all_rows, kind="stable")
+    return all_rows[order], np.concatenate(days)[order], np.concatenate(weights)[order]
 
 
 def _fill_days(days: dict[date, Line], start: datetime, end: datetime) -> None:
@@ -322,124 +333,123 @@ def _fill_days(days: dict[date, Line], start: datetime, end: datetime) -> None:
         day += timedelta(days=1)
 
 
-def _utc(t: datetime) -> datetime:
-    """as_utc, with the ledger's own (already UTC) times passed through untouched: this runs per row."""
-    return t if t.tzinfo is UTC else as_utc(t)
-
-
 def billed_seconds(seconds: float, unit_ms: int, minimum_s: float) -> float:
     """`seconds` rounded up to the billing unit, and at least the minimum charge."""
     units = math.ceil(seconds * 1000.0 / unit_ms - 1e-9)
     return max(units * unit_ms / 1000.0, minimum_s)
 
 
-def _price(u: Usage, r: _Rates, start: datetime, end: datetime, now: datetime
-           ) -> tuple[list[float], list[float], float, datetime, datetime] | None:
-    """One row's quantities and costs inside the period (None when none of it is), its peak memory,
-    and the part of the period it covers."""
+def _per_label(cols: UsageColumns, field_name: str, value: Callable[[Any], Any], dtype: Any = float) -> np.ndarray:
+    """`value` of each row's label in a text field, worked out once per distinct label."""
+    table = np.array([value(label) for label in cols.labels[field_name]], dtype=dtype)
+    return table[cols.codes[field_name]] if len(table) else np.zeros(len(cols), dtype=dtype)
+
+
+def _price(cols: UsageColumns, r: _Rates, p: _Period
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every row's quantities and costs inside the period (figures: QUANTITIES then RESOURCES), whether
+    any of it is in the period (`priced`), its peak memory, and the part of the period it covers
+    (microseconds). Column-wise, in the same operations and order as a row at a time, so the
+    figures are the same to the last bit."""
     sheet = r.sheet
-    spot = r.rate_class == "spot" or u.capacity == "spot"
-    q = [0.0] * _NQ
-    c = [0.0] * _NR
-    if u.kind == "function_calls":
-        ended = _utc(u.ended_at) if u.ended_at is not None else None
-        if ended is None or not (start <= ended < end) or ended > now:
-            return None
-        memory = u.resources.memory_gb
-        gb_s = u.billed_ms.get(r.function_unit, 0) * memory / 1000.0
-        q[_FN] = gb_s
-        q[_REQ] = float(u.requests)
-        q[_SECS] = u.seconds
-        discount = (1 - sheet.spot_discount) if spot else 1.0
-        c[_FN] = gb_s * sheet.gb_second() * discount
-        c[_REQ] = u.requests * sheet.per_million_requests / 1_000_000.0
-        return q, c, u.peak_memory_gb or 0.0, ended, ended
-    started = _utc(u.started_at)
-    full_end = min(_utc(u.ended_at), now) if u.ended_at is not None else now
-    if started >= now and u.ended_at is None:
-        return None
-    full_s = max((full_end - started).total_seconds(), 0.0)
-    lo, hi = max(start, started), min(end, full_end)
-    if hi < lo or (hi == lo and not (full_s == 0 and start <= started < end)):
-        return None
-    fraction = (hi - lo).total_seconds() / full_s if full_s > 0 else 1.0
-    kind = KIND_CLASS.get(u.kind, "runs")
-    billed_full = billed_seconds(full_s, r.units_ms[kind], r.minimum_s[kind])
-    billed = billed_full * fraction
-    stretch = billed_full / full_s if full_s > 0 else 0.0  # billed time per second of use
-    res = u.resources
-    q[_SECS] = billed
-    if u.cpu_seconds_used is not None:
-        q[_USED] = u.cpu_seconds_used * fraction / 3600.0
-    peak = u.peak_memory_gb or 0.0
-    if u.kind == "function_instance":
-        gb_s = res.memory_gb * billed
-        q[_PROV] = gb_s
-        c[_PROV] = gb_s * sheet.instance_gb_second() * ((1 - sheet.spot_discount) if spot else 1.0)
-        return q, c, peak, lo, hi
+    n = len(cols)
+    figures = np.zeros((n, _NQ + _NR))
+    q, c = figures[:, :_NQ], figures[:, _NQ:]
+    calls = _per_label(cols, "kind", lambda k: k == "function_calls", bool)
+    instance = _per_label(cols, "kind", lambda k: k == "function_instance", bool)
+    spot = _per_label(cols, "capacity", lambda cap: r.rate_class == "spot" or cap == "spot", bool)
+    discount = np.where(spot, 1 - sheet.spot_discount, 1.0)
+    started, ended, is_open = cols.started_us, cols.ended_us, cols.is_open
+    peak = np.nan_to_num(cols.peak_memory_gb, nan=0.0)
+    # function calls: Lambda's GB-seconds and the request fee, where the row ended
+    called = calls & ~is_open & (p.start <= ended) & (ended < p.end) & (ended <= p.now)
+    unit = BILLING_UNITS_MS.index(r.function_unit) if r.function_unit in BILLING_UNITS_MS else None
+    gb_s = cols.billed_ms[:, unit] * cols.memory_gb / 1000.0 if unit is not None else np.zeros(n)
+    q[:, _FN] = np.where(called, gb_s, 0.0)
+    q[:, _REQ] = np.where(called, cols.requests, 0.0)
+    q[:, _SECS] = np.where(called, cols.seconds, 0.0)
+    c[:, _FN] = np.where(called, gb_s * sheet.gb_second() * discount, 0.0)
+    c[:, _REQ] = np.where(called, cols.requests * sheet.per_million_requests / 1_000_000.0, 0.0)
+    # intervals: rounded up as a whole (to now while open), the part in the period prorated
+    full_end = np.where(is_open, p.now, np.minimum(ended, p.now))
+    full_s = np.maximum((full_end - started) / 1e6, 0.0)
+    lo, hi = np.maximum(p.start, started), np.minimum(p.end, full_end)
+    inside = ~calls & ~(is_open & (started >= p.now)) & (hi >= lo) & (
+        (hi != lo) | ((full_s == 0) & (p.start <= started) & (started < p.end)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fraction = np.where(full_s > 0, (hi - lo) / 1e6 / full_s, 1.0)
+        unit_ms = _per_label(cols, "kind", lambda k: r.units_ms[KIND_CLASS.get(k, "runs")])
+        minimum = _per_label(cols, "kind", lambda k: r.minimum_s[KIND_CLASS.get(k, "runs")])
+        billed_full = np.maximum(np.ceil(full_s * 1000.0 / unit_ms - 1e-9) * unit_ms / 1000.0, minimum)
+        billed = billed_full * fraction
+        stretch = np.where(full_s > 0, billed_full / full_s, 0.0)
+    measured = ~np.isnan(cols.cpu_seconds_used)
+    used = np.where(measured, cols.cpu_seconds_used * fraction / 3600.0, 0.0)
+    hourly = inside & ~instance
+    provisioned = inside & instance
+    q[:, _SECS] = np.where(inside, billed, q[:, _SECS])
+    q[:, _USED] = np.where(inside, used, 0.0)
+    gb_s = cols.memory_gb * billed
+    q[:, _PROV] = np.where(provisioned, gb_s, 0.0)
+    c[:, _PROV] = np.where(provisioned, gb_s * sheet.instance_gb_second() * discount, 0.0)
     hours = billed / 3600.0
-    cpu = res.cpu_cores * hours
-    memory = res.memory_gb * hours
+    cpu = cols.cpu_cores * hours
+    memory = cols.memory_gb * hours
     if r.basis != "request":
-        used_cpu = q[_USED] * stretch if u.cpu_seconds_used is not None else None
-        used_mem = u.peak_memory_gb * hours if u.peak_memory_gb is not None else None
+        peaked = ~np.isnan(cols.peak_memory_gb)
+        used_cpu = used * stretch
+        used_mem = cols.peak_memory_gb * hours
         if r.basis == "usage":
-            cpu = used_cpu if used_cpu is not None else cpu
-            memory = used_mem if used_mem is not None else memory
+            cpu = np.where(measured, used_cpu, cpu)
+            memory = np.where(peaked, used_mem, memory)
         else:
-            cpu = max(cpu, used_cpu or 0.0)
-            memory = max(memory, used_mem or 0.0)
-    gpu = res.gpus * hours
-    q[_CPU], q[_MEM], q[_GPU] = cpu, memory, gpu
-    c[_CPU] = cpu * sheet.cpu_price(spot)
-    c[_MEM] = memory * sheet.memory_price(spot)
-    c[_GPU] = gpu * sheet.gpu_price(res.gpu_model, spot) if gpu else 0.0
-    if r.rate_class == "reserved" and not spot and u.kind in HOURLY_KINDS:
+            cpu = np.maximum(cpu, np.where(measured, used_cpu, 0.0))
+            memory = np.maximum(memory, np.where(peaked, used_mem, 0.0))
+    gpu = cols.gpus * hours
+    gpu_price = np.where(spot, _per_label(cols, "gpu_model", lambda m: sheet.gpu_price(m, True)),
+                         _per_label(cols, "gpu_model", lambda m: sheet.gpu_price(m, False)))
+    costs = [cpu * np.where(spot, sheet.cpu_price(True), sheet.cpu_price(False)),
+             memory * np.where(spot, sheet.memory_price(True), sheet.memory_price(False)),
+             np.where(gpu != 0, gpu * gpu_price, 0.0)]
+    if r.rate_class == "reserved":
+        reserved = ~spot & _per_label(cols, "kind", lambda k: k in HOURLY_KINDS, bool)
         keep = 1 - r.reserved_discount
-        for i, part in ((_CPU, r.covered[0]), (_MEM, r.covered[1]), (_GPU, r.covered[2])):
-            c[i] = c[i] * (1 - part) + c[i] * part * keep
-    return q, c, peak, lo, hi
+        for i, part in enumerate(r.covered):
+            costs[i] = np.where(reserved, costs[i] * (1 - part) + costs[i] * part * keep, costs[i])
+    for i, (quantity, cost) in enumerate(zip((cpu, memory, gpu), costs, strict=True)):
+        q[:, i] = np.where(hourly, quantity, 0.0)
+        c[:, i] = np.where(hourly, cost, 0.0)
+    priced = called | inside
+    return (figures, priced, np.where(priced, peak, 0.0), np.where(called, ended, lo), np.where(called, ended, hi))
 
 
-def _reservation(rows: list[Usage], sheet: PriceSheet, start: datetime, end: datetime, now: datetime
+def _reservation(cols: UsageColumns, sheet: PriceSheet, p: _Period
                  ) -> tuple[tuple[float, float, float], dict[str, Any]]:
     """How much of the hourly usage (cores, GB, GPUs) the baseline covered, as fractions, and the
     commitment's figures; one sweep over the on-demand intervals' starts and ends."""
     base = sheet.reserved_baseline
     limits = (base.cpu_cores, base.memory_gb, float(base.gpus))
-    hi_period = min(end, now)
-    period_h = max((hi_period - start).total_seconds(), 0.0) / 3600.0
-    events: list[tuple[float, float, float, float]] = []
-    used = [0.0, 0.0, 0.0]
-    t0 = start.timestamp()
-    for u in rows:
-        if u.kind not in HOURLY_KINDS or u.capacity == "spot":
-            continue
-        started = as_utc(u.started_at)
-        stop = min(as_utc(u.ended_at), now) if u.ended_at is not None else now
-        lo, hi = max(start, started), min(hi_period, stop)
-        if hi <= lo:
-            continue
-        res = u.resources
-        a, b = lo.timestamp() - t0, hi.timestamp() - t0
-        amount = (res.cpu_cores, res.memory_gb, float(res.gpus))
-        events.append((a, *amount))
-        events.append((b, -amount[0], -amount[1], -amount[2]))
-        for i in range(3):
-            used[i] += amount[i] * (b - a) / 3600.0
-    events.sort(key=lambda e: e[0])
-    level = [0.0, 0.0, 0.0]
-    covered = [0.0, 0.0, 0.0]
-    last = 0.0
-    for t, dc, dm, dg in events:
-        if t > last:
-            span = (t - last) / 3600.0
-            for i in range(3):
-                covered[i] += min(max(level[i], 0.0), limits[i]) * span
-            last = t
-        level[0] += dc
-        level[1] += dm
-        level[2] += dg
+    hi_period = min(p.end, p.now)
+    period_h = max((hi_period - p.start) / 1e6, 0.0) / 3600.0
+    stop = np.where(cols.is_open, p.now, np.minimum(cols.ended_us, p.now))
+    lo, hi = np.maximum(p.start, cols.started_us), np.minimum(hi_period, stop)
+    chosen = (_per_label(cols, "kind", lambda k: k in HOURLY_KINDS, bool)
+              & _per_label(cols, "capacity", lambda cap: cap != "spot", bool) & (hi > lo))
+    t0 = p.start / 1e6
+    a, b = lo[chosen] / 1e6 - t0, hi[chosen] / 1e6 - t0
+    amounts = np.stack([cols.cpu_cores[chosen], cols.memory_gb[chosen], cols.gpus[chosen]], axis=1)
+    used = [_running_sum(amounts[:, i] * (b - a) / 3600.0) for i in range(3)]
+    # the events, a start then an end per interval, in time order (ties: the order they were listed)
+    times = np.stack([a, b], axis=1).reshape(-1)
+    deltas = np.stack([amounts, -amounts], axis=1).reshape(-1, 3)
+    order = np.argsort(times, kind="stable")
+    times, deltas = times[order], deltas[order]
+    before = np.concatenate([[0.0], times[:-1]]) if len(times) else times
+    level = np.vstack([np.zeros((1, 3)), np.cumsum(deltas, axis=0)[:-1]]) if len(times) else deltas
+    moved = times > before
+    spans = (times - before) / 3600.0
+    covered = [_running_sum(np.minimum(np.maximum(level[moved, i], 0.0), limits[i]) * spans[moved])
+               for i in range(3)]
     fractions = tuple(covered[i] / used[i] if used[i] > 0 else 0.0 for i in range(3))
     keep = 1 - sheet.reserved_discount
     prices = (sheet.cpu_core_hour, sheet.memory_gb_hour, sheet.gpu_hour.price(base.gpu_model))
@@ -457,12 +467,17 @@ def _reservation(rows: list[Usage], sheet: PriceSheet, start: datetime, end: dat
     return (fractions[0], fractions[1], fractions[2]), info
 
 
+def _running_sum(values: np.ndarray) -> float:
+    """The sum added up in order, one value after the other (as a loop would: `np.sum` pairs them)."""
+    return float(np.cumsum(values)[-1]) if len(values) else 0.0
+
+
 # comparison and reports ---------------------------------------------------------------------------
 
-def compare(usages: Iterable[Usage], sheet: PriceSheet, start: datetime, end: datetime, now: datetime, *,
-            basis: str | None = None) -> dict[str, float]:
+def compare(usages: Iterable[Usage] | UsageColumns, sheet: PriceSheet, start: datetime, end: datetime,
+            now: datetime, *, basis: str | None = None) -> dict[str, float]:
     """The same usage's total under each `price_as` model, side by side."""
-    rows = list(usages)
+    rows = usages if isinstance(usages, UsageColumns) else UsageColumns.from_usages(usages)
     out = {}
     for name, (rate_class, unit) in PRICE_AS.items():
         bill = make_bill(rows, sheet, start, end, now, rate_class=rate_class, granularity=unit, group_by=(),
