@@ -39,6 +39,8 @@ Alternative = Literal["two-sided", "greater", "less"]
 ALTERNATIVES = ("two-sided", "greater", "less")
 #: at most this many in one sample (and no ties) and Mann-Whitney's p-value is exact (scipy's rule)
 EXACT_MAX = 8
+#: the exact distribution is computed up to this many values of U (n1 n2): a forced "exact" beyond is a 400
+EXACT_LIMIT = 200_000
 #: scipy's relative tolerance when Fisher's two-sided test sums the tables "as or less likely"
 FISHER_RTOL = 1 + 1e-7
 _NORMAL = NormalDist()
@@ -134,6 +136,9 @@ def mann_whitney_u(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndar
         method = "exact" if min(n1, n2) <= EXACT_MAX and not has_ties else "asymptotic"
     z: float | None = None
     if method == "exact":
+        if n1 * n2 > EXACT_LIMIT or math.lgamma(n1 + n2 + 1) - math.lgamma(n1 + 1) - math.lgamma(n2 + 1) > 650:
+            raise InvalidInput(f"the exact test is for small samples (n1 n2 at most {EXACT_LIMIT}); use asymptotic",
+                               field="method")
         p = float(exact_u_sf(int(round(u)), n1, n2))
     else:
         n = n1 + n2
