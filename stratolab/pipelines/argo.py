@@ -413,7 +413,7 @@ def cron_workflow(valid: ValidPipeline, run: ArgoRun, settings: ArgoSettings, sc
         "kind": "CronWorkflow",
         "metadata": {"name": dns_label(f"{settings.name_prefix}-pipeline-cron-{run.key}"),
                      "namespace": settings.namespace, "labels": labels(run, valid.pipeline)},
-        "spec": {"schedule": schedule, "timezone": timezone, "concurrencyPolicy": concurrency,
+        "spec": {"schedules": [schedule], "timezone": timezone, "concurrencyPolicy": concurrency,
                  "startingDeadlineSeconds": 300, "successfulJobsHistoryLimit": 3, "failedJobsHistoryLimit": 3,
                  "workflowMetadata": {"labels": labels(run, valid.pipeline)},
                  "workflowSpec": workflow_spec(valid, run, settings)},
