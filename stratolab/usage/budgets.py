@@ -11,8 +11,9 @@ Design choices, and why:
 - Every budget that applies must allow a start; a start is judged only on the budgets it would
   consume (a CPU-only server is not refused by a GPU budget; function requests only limit deploys).
   A `flag` budget never refuses: crossing it is reported (`Decision.flagged`) for a notification.
-- Cheap: the allowed path is one `user_totals` per (pool, window) over the ledger's indexes and
-  hourly sums; only a refusal reads the pool's rows, to find when the usage frees up.
+- Cheap: a decision reads every (pool, window) it needs with one `window_totals` (one query each
+  for intervals, open intervals, edge calls and hourly sums, over the ledger's indexes); only a
+  refusal by a rolling window reads the pool's rows, to find when the usage frees up.
 - "When it frees up" for a rolling window is the earliest time the usage inside the window falls to
   the limit if nothing more is used (the oldest usage leaves the window first; the usage now running
   counts up to now). For a calendar month it is the first of next month.
@@ -282,6 +283,10 @@ class LedgerView(Protocol):
 
     def totals(self, usernames: Collection[str], start: datetime, now: datetime) -> Totals: ...
 
+    def totals_many(self, wanted: Sequence[tuple[Collection[str], datetime]], now: datetime) -> list[Totals]:
+        """`totals` of each (users, window start), all up to `now`: one read for a whole decision."""
+        ...
+
     def rows(self, usernames: Collection[str], start: datetime, now: datetime) -> list[Usage]: ...
 
 
@@ -312,29 +317,41 @@ class DatabaseView:
         self.session = session
 
     def totals(self, usernames: Collection[str], start: datetime, now: datetime) -> Totals:
-        from stratolab.db.usage_ledger import user_totals
+        return self.totals_many([(usernames, start)], now)[0]
 
-        return _sum_totals(user_totals(self.session, usernames, start, now, now).values())
+    def totals_many(self, wanted: Sequence[tuple[Collection[str], datetime]], now: datetime) -> list[Totals]:
+        """Every pool's totals from one `window_totals` over all their members and windows."""
+        from stratolab.db.usage_ledger import window_totals
+
+        windows: dict[str, set[datetime]] = {}
+        for users, start in wanted:
+            for name in users:
+                windows.setdefault(name, set()).add(as_utc(start))
+        found = window_totals(self.session, windows, now, now)
+        return [_sum_totals(found[name, as_utc(start)] for name in dict.fromkeys(users)) for users, start in wanted]
 
     def rows(self, usernames: Collection[str], start: datetime, now: datetime) -> list[Usage]:
         """Only the columns `frees_at` reads, without loading ORM objects: a refusal reads a pool's
-        whole window, and it answers a spawn."""
-        from sqlalchemy import and_, or_, select
+        whole window, and it answers a spawn. Records come from the (username, kind, ended_at)
+        index (a `started_at < now` in SQL would make SQLite walk the users' whole history by
+        (username, started_at)); what starts later is left out here."""
+        from sqlalchemy import select
 
         from stratolab.db.models import UsageOpen, UsageRecord
-        from stratolab.db.usage_ledger import BILLING_UNITS_MS, CALLS, Resources, Usage
+        from stratolab.db.usage_ledger import BILLING_UNITS_MS, CALLS, KINDS, Resources, Usage
 
+        start, now = as_utc(start), as_utc(now)
         names = list(usernames)
         r, o = UsageRecord, UsageOpen
         billed = [getattr(r, f"billed_ms_{unit}") for unit in BILLING_UNITS_MS]
         records = select(r.username, r.kind, r.started_at, r.ended_at, r.cpu_cores, r.memory_gb, r.gpus,
                          r.gpu_model, r.requests, *billed).where(
-            r.username.in_(names), r.started_at < now,
-            or_(and_(r.kind != CALLS, r.ended_at > start), and_(r.kind == CALLS, r.ended_at >= start)))
+            r.username.in_(names), r.kind.in_(KINDS), r.ended_at >= start)
         found = [Usage(username=name, kind=kind, thing="", started_at=began, ended_at=ended,
                        resources=Resources(cpu, mem, gpus, model), requests=requests,
                        billed_ms=dict(zip(BILLING_UNITS_MS, ms, strict=True)))
-                 for name, kind, began, ended, cpu, mem, gpus, model, requests, *ms in self.session.execute(records)]
+                 for name, kind, began, ended, cpu, mem, gpus, model, requests, *ms in self.session.execute(records)
+                 if began < now and (kind == CALLS or ended > start)]
         opened = select(o.username, o.kind, o.started_at, o.cpu_cores, o.memory_gb, o.gpus, o.gpu_model).where(
             o.username.in_(names), o.started_at < now)
         found += [Usage(username=name, kind=kind, thing="", started_at=began, ended_at=None,
@@ -352,6 +369,9 @@ class RowsView:
     def rows(self, usernames: Collection[str], start: datetime, now: datetime) -> list[Usage]:
         names = set(usernames)
         return [u for u in self.usages if u.username in names]
+
+    def totals_many(self, wanted: Sequence[tuple[Collection[str], datetime]], now: datetime) -> list[Totals]:
+        return [self.totals(users, start, now) for users, start in wanted]
 
     def totals(self, usernames: Collection[str], start: datetime, now: datetime) -> Totals:
         from stratolab.db.usage_ledger import Totals
@@ -431,22 +451,35 @@ class Decision:
 
 
 class _Reader:
-    """Totals per (pool members, window start), read once per decision."""
+    """Totals per (pool members, window start), all read at once for a decision; and the rows of a
+    pool's window, read only where a used-up budget needs when it frees up."""
 
     def __init__(self, view: LedgerView, members: Mapping[str, Collection[str]], username: str) -> None:
         self.view, self.members, self.username = view, members, username
         self.cache: dict[tuple[tuple[str, ...], datetime], Totals] = {}
+        self.rows_cache: dict[tuple[tuple[str, ...], datetime], list[Usage]] = {}
 
     def users(self, pool: Pool) -> tuple[str, ...]:
         if pool.per == "user":
             return (pool.name,)
         return tuple(sorted(set(self.members.get(pool.name) or ()) | {self.username}))
 
+    def prefetch(self, wanted: Iterable[tuple[Pool, datetime]], now: datetime) -> None:
+        keys = [k for k in dict.fromkeys((self.users(pool), start) for pool, start in wanted) if k not in self.cache]
+        if keys:
+            self.cache.update(zip(keys, self.view.totals_many(keys, now), strict=True))
+
     def totals(self, pool: Pool, start: datetime, now: datetime) -> Totals:
         key = (self.users(pool), start)
         if key not in self.cache:
             self.cache[key] = self.view.totals(key[0], start, now)
         return self.cache[key]
+
+    def rows(self, pool: Pool, start: datetime, now: datetime) -> list[Usage]:
+        key = (self.users(pool), start)
+        if key not in self.rows_cache:
+            self.rows_cache[key] = self.view.rows(key[0], start, now)
+        return self.rows_cache[key]
 
 
 def gauges(budgets: Sequence[Budget], username: str, groups: Collection[str], view: LedgerView, now: datetime, *,
@@ -455,18 +488,18 @@ def gauges(budgets: Sequence[Budget], username: str, groups: Collection[str], vi
     """Every budget that applies to `username`, with its usage now (and when it frees up, if used up)."""
     now = as_utc(now)
     reader = _Reader(view, members or {}, username)
+    chosen = [(budget, budget.window.bounds(now)[0], pool) for budget in budgets
+              if select is None or select(budget) for pool in pools(budget, username, groups)]
+    reader.prefetch([(pool, start) for _, start, pool in chosen], now)
     out = []
-    for budget in budgets:
-        if select is not None and not select(budget):
-            continue
-        start, _ = budget.window.bounds(now)
-        for pool in pools(budget, username, groups):
-            used = amount(budget.resource, reader.totals(pool, start, now), sheet)
-            gauge = Gauge(budget, pool, used, start)
-            if gauge.exceeded:
-                gauge = Gauge(budget, pool, used, start,
-                              frees_at(budget, view.rows(reader.users(pool), start, now), now, sheet))
-            out.append(gauge)
+    for budget, start, pool in chosen:
+        used = amount(budget.resource, reader.totals(pool, start, now), sheet)
+        gauge = Gauge(budget, pool, used, start)
+        if gauge.exceeded:
+            # only a rolling window with a limit needs the rows (a month frees up on the 1st)
+            rows = reader.rows(pool, start, now) if budget.window.span is not None and budget.limit > 0 else []
+            gauge = Gauge(budget, pool, used, start, frees_at(budget, rows, now, sheet))
+        out.append(gauge)
     return out
 
 
