@@ -10,8 +10,8 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
-from pipelines_support import dag, read
 
+from pipelines_support import dag, read
 from stratolab.errors import InvalidInput
 from stratolab.pipelines import argo, flow, validate
 from stratolab.pipelines.flow import FUNCTION_OP

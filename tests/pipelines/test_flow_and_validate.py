@@ -6,8 +6,8 @@ import copy
 import json
 
 import pytest
-from pipelines_support import dag, read
 
+from pipelines_support import dag, read
 from stratolab.errors import InvalidInput
 from stratolab.pipelines import flow, validate
 from stratolab.pipelines.flow import CONDITION_OP, DEPLOY_OP, ELSE_PORT, NOTEBOOK_OP

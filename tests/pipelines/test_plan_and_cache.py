@@ -6,8 +6,8 @@ import hashlib
 import json
 
 import pytest
-from pipelines_support import dag
 
+from pipelines_support import dag
 from stratolab.errors import InvalidInput
 from stratolab.pipelines import cache, flow, plan
 from stratolab.pipelines.plan import CACHED, FAILED, PENDING, RUNNING, SKIPPED, SUCCEEDED
