@@ -112,15 +112,25 @@ ext-check: $(STAMPS)/extension
 
 # `make test`: the set-up steps and the checks run side by side where they do not depend on each other (the
 # lint and type checks beside the extension's build, Chromium's apt install beside pip; -O keeps each step's
-# output together), then pytest in two worker processes, a test module to a worker (tests/conftest.py says why
-# modules may run side by side). PYTEST_ARGS adds arguments (a path, -x, -k); `make test PYTEST_XDIST=`
-# runs pytest in one process, as `pytest --pdb` or `-s` need.
+# output together). Then pytest in two worker processes, a test module to a worker (tests/conftest.py says why
+# modules may run side by side), except the few in tests/serial_modules.txt, whose timings want the machine to
+# themselves: they run after, in one process. PYTEST_ARGS adds arguments to both (a path, -x, -k); a part with
+# nothing selected (pytest's status 5) is no failure unless both are. `make test PYTEST_XDIST=` runs the whole
+# selection in one process, as `pytest --pdb` or `-s` need.
 PYTEST_XDIST ?= -n 2 --dist loadfile
 SETUP_JOBS ?= 4
 
 test:
 	@$(MAKE) --no-print-directory -j$(SETUP_JOBS) --output-sync=target check setup chromium ext-check
-	@$(BIN)/python -m pytest $(PYTEST_XDIST) $(PYTEST_ARGS)
+ifeq ($(strip $(PYTEST_XDIST)),)
+	@$(BIN)/python -m pytest $(PYTEST_ARGS)
+else
+	@$(BIN)/python -m pytest $(PYTEST_XDIST) --serial-modules=skip $(PYTEST_ARGS); parallel=$$?; \
+	echo "==> the modules in tests/serial_modules.txt, on their own"; \
+	$(BIN)/python -m pytest --serial-modules=only $(PYTEST_ARGS); serial=$$?; \
+	if [ $$parallel = 5 ] && [ $$serial = 5 ]; then exit 5; fi; \
+	for status in $$parallel $$serial; do [ $$status = 0 ] || [ $$status = 5 ] || exit $$status; done
+endif
 
 bench: setup
 	@torch=$$($(BIN)/python $(TORCH_PIP)) && $(BIN)/python -m pip install -q -e '.[hub,test,bench]' $$torch $(QUIET_PIP)

@@ -119,17 +119,77 @@ def _starts_a_hub(item: pytest.Item) -> bool:
     return bool({"hub", "hub_factory", "test_homes"} & set(getattr(item, "fixturenames", ())))
 
 
+#: modules whose assertions hold a few milliseconds to account (a call under 2 ms runs inline, a batch waits
+#: 100 ms): `make test` runs them on their own after the parallel part, with no other test beside them
+SERIAL_MODULES = Path(__file__).with_name("serial_modules.txt")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--serial-modules", choices=("include", "skip", "only"), default="include",
+                     help="the modules listed in tests/serial_modules.txt: collect them with the rest (include), "
+                          "leave them out (skip: the parallel part of make test) or collect only them (only)")
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Leave the listed modules out, or all others, before they are imported (an import of every module costs
+    twenty seconds: the second part of `make test` imports only its own)."""
+    mode = config.getoption("serial_modules")
+    if mode == "include" or not (collection_path.name.startswith("test_") and collection_path.suffix == ".py"):
+        return None
+    try:
+        module = collection_path.resolve().relative_to(ROOT).as_posix()
+    except ValueError:
+        return None
+    listed = module in modules_listed(SERIAL_MODULES)
+    return True if listed == (mode == "skip") else None
+
+
+def _deselect_by_serial_list(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """--serial-modules for the modules named on the command line, which pytest collects whatever
+    pytest_ignore_collect says."""
+    mode = config.getoption("serial_modules")
+    if mode == "include":
+        return
+    listed = set(modules_listed(SERIAL_MODULES))
+    keep = [item for item in items if (_module_of(item) in listed) == (mode == "only")]
+    if len(keep) < len(items):
+        kept = set(map(id, keep))
+        config.hook.pytest_deselected(items=[item for item in items if id(item) not in kept])
+        items[:] = keep
+
+
+#: the slowest modules (measured), slowest first: handed out before all others under xdist
+SLOW_MODULES = Path(__file__).with_name("slow_modules.txt")
+
+
+def modules_listed(path: Path) -> list[str]:
+    """The module paths in `path`, one a line; '#' starts a comment (the measured seconds)."""
+    if not path.exists():
+        return []
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+    return [line for line in lines if line]
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under xdist, hand out the modules that start hubs first and the quick ones after: the workers share
-    the slow ones out, and the many short modules left at the end even out when each worker finishes (a
-    hub module handed out last would keep one worker busy for a minute while the other idled). Every
-    worker sorts the same collection the same way, as xdist requires. A run without -n keeps file order."""
+    """Under xdist, hand out the slow modules first and the quick ones after: the listed slow ones in their
+    order, then the others that start hubs, then the rest in file order. The workers share the slow ones out, and
+    the many short modules left at the end even out when each worker finishes (a slow module handed out last
+    keeps one worker busy for minutes while the other idles). Every worker sorts the same collection the same
+    way, as xdist requires. A run without -n keeps file order."""
+    _deselect_by_serial_list(config, items)
     if not (hasattr(config, "workerinput") or config.getoption("numprocesses", default=None)):
         return
-    slow_modules = {_module_of(item) for item in items if _starts_a_hub(item)}
-    items.sort(key=lambda item: _module_of(item) not in slow_modules)  # stable: file order within each part
+    listed = {module: rank for rank, module in enumerate(modules_listed(SLOW_MODULES))}
+    with_hubs = {_module_of(item) for item in items if _starts_a_hub(item)}
+
+    def rank(item: pytest.Item) -> int:
+        module = _module_of(item)
+        return listed.get(module, len(listed) + (0 if module in with_hubs else 1))
+
+    items.sort(key=rank)  # stable: file order within each rank
 
 
 def _module_of(item: pytest.Item) -> str:
-    module = getattr(item, "module", None)
-    return module.__name__ if module is not None else item.nodeid.split("::", 1)[0]
+    """The module's path from the root, as the nodeid starts ('tests/hub/test_hub.py')."""
+    return item.nodeid.split("::", 1)[0]
