@@ -31,6 +31,7 @@ from stratolab.cli.main import main
 from stratolab.db import make_engine, session_factory
 from stratolab.db.usage_ledger import Ledger, Resources, Usage
 from stratolab.platform.service_app import SettingError
+from stratolab.usage.pricing import DEFAULT_SHEET, parse_price_sheet
 from stratolab.usage.service.app import UsageService
 from stratolab.usage.service.openapi import OPENAPI
 from support import free_port, unique_name
@@ -399,6 +400,15 @@ def test_a_bad_price_sheet_or_budgets_file_is_one_line_naming_the_key(tmp_path, 
     message = str(e.value)
     assert "\n" not in message and key in message and f"--UsageService.{setting}_file" in message, message
     assert len(message) < 600, message
+
+
+def test_a_gpu_model_left_out_of_a_sheet_is_not_free():
+    """`gpu_hour: {H100: 4}` prices H100s; other models keep the built-in price (keys not given keep the
+    built-in sheet's value), rather than silently costing nothing."""
+    sheet = parse_price_sheet({"gpu_hour": {"H100": 4.0}})
+    assert sheet.gpu_hour.price("NVIDIA H100 80GB HBM3") == 4.0
+    assert sheet.gpu_hour.price("Tesla T4") == sheet.gpu_hour.price(None) == DEFAULT_SHEET.gpu_hour.default > 0
+    assert parse_price_sheet({"gpu_hour": {"H100": 4.0, "default": 0}}).gpu_hour.price("Tesla T4") == 0
 
 
 def test_a_bad_setting_stops_the_real_process_with_status_2_and_one_line(tmp_path):
