@@ -8,6 +8,7 @@ is stopped or stuck. Found by QA of issue 15; each test names what it guards."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -28,12 +29,13 @@ import requests
 
 from stratolab.cli import usage_cmd
 from stratolab.cli.main import main
-from stratolab.db import make_engine, session_factory
+from stratolab.db import ensure_schema, make_engine, session_factory
 from stratolab.db.usage_ledger import Ledger, Resources, Usage
 from stratolab.platform.service_app import SettingError
 from stratolab.usage.pricing import DEFAULT_SHEET, parse_price_sheet
 from stratolab.usage.service.app import UsageService
 from stratolab.usage.service.openapi import OPENAPI
+from stratolab.usage.service.state import Scope, UsageState
 from support import free_port, unique_name
 
 #: users whose budgets notify webhooks at addresses the outbound policy refuses (no STRATOLAB_OUTBOUND_ALLOW)
@@ -422,6 +424,26 @@ def test_a_bad_setting_stops_the_real_process_with_status_2_and_one_line(tmp_pat
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert lines[-1].startswith("usage: bad setting:") and "cpu_core_hour" in lines[-1], done.stderr
+
+
+@pytest.mark.xfail(strict=True, reason="bug (stratolab/usage/bill.py, another helper's): a USER's usage priced "
+                   "as reserved carries the whole platform's unused reservation (the baseline is the platform's "
+                   "commitment), so every user's comparison in the lab shows e.g. 671 USD for 0.04 USD of use")
+def test_one_users_usage_priced_as_reserved_is_not_charged_the_platforms_commitment(tmp_path):
+    url = f"sqlite:///{tmp_path / 'p.sqlite'}"
+    ensure_schema(url)
+    sessions = session_factory(make_engine(url))
+    end = datetime.now(UTC) - timedelta(hours=1)
+    Ledger(sessions, producer="qa").append(Usage(
+        username="ann", kind="server", thing="nb", started_at=end - timedelta(hours=1), ended_at=end, seconds=3600,
+        resources=Resources(cpu_cores=1, memory_gb=1), producer="qa", reason="stopped"))
+    sheet = parse_price_sheet({"rate_classes": {"reserved": {"discount": 0.4, "baseline": {"cpu_cores": 32,
+                                                                                          "memory_gb": 128}}}})
+    state = UsageState(sessions=sessions, hub_auth=None, hub=None, sheet=sheet)  # type: ignore[arg-type]
+    ann = Scope("user", "ann", ("ann",))
+    report = asyncio.run(state.usage(ann, end - timedelta(days=30), end, by="thing", price_as=None))
+    # ann's hour costs cents on demand; reserved may save or cost a little, not the platform's 32 cores for a month
+    assert report["comparison"]["reserved"] <= 2 * report["comparison"]["on-demand"], report["comparison"]
 
 
 @pytest.mark.xfail(strict=True, reason="bug (stratolab/usage/service/app.py, not QA's file): a query of over "
