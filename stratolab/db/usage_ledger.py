@@ -27,6 +27,7 @@ Design choices, and why:
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -544,23 +545,25 @@ def _columns(cols: Sequence[Sequence[Any]], n: int) -> UsageColumns:
 
 def _micros(values: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
     """Microseconds since the epoch of datetimes (naive: UTC) or of the ISO text SQLite keeps them
-    as (parsed by numpy in one call), and which were None."""
+    as (parsed by numpy in one call: text with an offset, which numpy would only warn about, and
+    any other form go one at a time), and which were None."""
     import numpy as np
 
+    sample = next((v for v in values if v is not None), None)
+    if isinstance(sample, str):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                parsed = np.array(values, dtype="datetime64[us]")
+            missing = np.isnat(parsed)
+            micros = parsed.astype(np.int64)
+            micros[missing] = 0
+            return micros, missing
+        except (ValueError, TypeError, UserWarning):
+            pass
     n = len(values)
     missing = np.fromiter((v is None for v in values), dtype=bool, count=n)
-    text = np.fromiter((isinstance(v, str) for v in values), dtype=bool, count=n)
-    micros = np.zeros(n, dtype=np.int64)
-    rest = ~text & ~missing
-    if text.any():
-        strings = [v for v in values if isinstance(v, str)]
-        try:
-            micros[text] = np.array(strings, dtype="datetime64[us]").astype(np.int64)
-        except ValueError:  # a form numpy does not read: one at a time
-            rest |= text
-    for i in np.flatnonzero(rest).tolist():
-        micros[i] = _micro(values[i])
-    return micros, missing
+    return np.fromiter((_micro(v) for v in values), dtype=np.int64, count=n), missing
 
 
 def _micro(value: datetime | str | None) -> int:
@@ -589,9 +592,9 @@ def usage_columns(session: Session, start: datetime, end: datetime, *, usernames
                      _R.cpu_cores, _R.memory_gb, _R.gpus, _R.cpu_seconds_used, _R.peak_memory_gb, _R.requests,
                      _R.errors, _R.billed_ms_1, _R.billed_ms_100, _R.billed_ms_1000, _R.billed_ms_60000, _R.id
                      ).where(_overlapping(start, end))
-    opened = select(_O.username, _O.kind, _O.thing, _O.profile, _O.gpu_model, _O.capacity, _O.started_at,
-                    _O.cpu_cores, _O.memory_gb, _O.gpus, _O.cpu_seconds_used, _O.peak_memory_gb, _O.id
-                    ).where(_O.started_at < end)
+    opened = select(_O.username, _O.kind, _O.thing, _O.profile, _O.gpu_model, _O.capacity,
+                    type_coerce(_O.started_at, String), _O.cpu_cores, _O.memory_gb, _O.gpus, _O.cpu_seconds_used,
+                    _O.peak_memory_gb, _O.id).where(_O.started_at < end)
     if usernames is not None:
         names = list(usernames)
         records = records.where(_R.username.in_(names))
@@ -601,12 +604,15 @@ def usage_columns(session: Session, start: datetime, end: datetime, *, usernames
     closed = len(rows)
     for name, kind, thing, profile, model, capacity, began, cores, memory, gpus, used, peak, row_id in conn.execute(
             opened):
-        rows.append((name, kind, thing, profile, model, capacity, began, None,
-                     max(0.0, (now - began).total_seconds()), cores, memory, gpus, used, peak, 0, 0, 0, 0, 0, 0, row_id))
+        rows.append((name, kind, thing, profile, model, capacity, began, None, 0.0, cores, memory, gpus, used, peak,
+                     0, 0, 0, 0, 0, 0, row_id))
     width = len(TEXT_FIELDS) + 11 + len(BILLING_UNITS_MS)  # the fields, and the id last
     cols = list(zip(*rows, strict=True)) if rows else [()] * width
     columns = _columns(cols, len(rows))
-    ids, started = np.array(cols[-1], dtype=np.int64), columns.started_us
+    # an open row's seconds: up to now, as `OpenInterval.as_usage` counts them
+    started = columns.started_us
+    columns.seconds[closed:] = np.maximum(0.0, (micros(now) - started[closed:]) / 1e6)
+    ids = np.array(cols[-1], dtype=np.int64)
     order = np.concatenate([np.lexsort((ids[:closed], started[:closed])),
                             closed + np.lexsort((ids[closed:], started[closed:]))])
     return columns.take(order)
@@ -667,31 +673,71 @@ def window_totals(session: Session, windows: Mapping[str, Collection[datetime]],
     since = {f"since{k}": s for k, (s, _) in enumerate(groups)}
     names = {f"names{k}": group for k, (_, group) in enumerate(groups)}
     # no `started_at < end` in SQL: given one, SQLite walks (username, started_at) through the whole
-    # history (60 ms for 50 users' year instead of 7); the few rows that start later are skipped here
-    for name, began, ended, cpu, mem, gpus, model, used, peak in conn.execute(
-            _intervals_statement(len(groups)), {**since, **names}):
-        if began >= end:
-            continue
-        r = Resources(cpu, mem, gpus, model)
-        for s in live[name]:
-            if ended <= s:
-                break  # the later windows start later still
-            _add_clipped(totals[name, s], began, ended, r, used, peak, s, end)
-    everyone = list(live)
-    for name, began, cpu, mem, gpus, model, used, peak in conn.execute(_open_statement(),
-                                                                        {"names": everyone, "end": end}):
-        r = Resources(cpu, mem, gpus, model)
-        for s in live[name]:
-            _add_clipped(totals[name, s], began, max(now, began), r, used, peak, s, end)
+    # history (60 ms for 50 users' year instead of 7); the few rows that start later are skipped below
+    intervals = conn.execute(_intervals_statement(len(groups)), {**since, **names}).all()
+    _add_intervals(totals, live, intervals, end)
+    opened = conn.execute(_open_statement(), {"names": list(live), "end": end}).all()
+    _add_intervals(totals, live, opened, end, now=now)
     _add_calls(conn, totals, live, groups, end)
     return totals
 
 
-def _add_clipped(t: Totals, started: datetime, ended: datetime, r: Resources, used: float | None,
-                 peak: float | None, start: datetime, end: datetime) -> None:
-    overlap = max(0.0, (min(ended, end) - max(started, start)).total_seconds())
-    whole = (ended - started).total_seconds()
-    t.add_interval(overlap, r, None if used is None or whole <= 0 else used * overlap / whole, peak)
+def _add_intervals(totals: dict[tuple[str, datetime], Totals], live: Mapping[str, list[datetime]],
+                   rows: Sequence[Any], end: datetime, now: datetime | None = None) -> None:
+    """Intervals clipped to each window [start, end) and summed per user, column-wise (a group's pool
+    brings hundreds of rows to a decision), in the operations and order `Totals.add_interval` adds
+    them one at a time. Rows are (user, started, ended, cores, GB, GPUs, model, CPU s used, peak);
+    open rows (`now` given) have no `ended`: they end at now, and count in every window."""
+    import numpy as np
+
+    if not rows:
+        return
+    cols = list(zip(*rows, strict=True))
+    users = list(dict.fromkeys(cols[0]))
+    index = {u: i for i, u in enumerate(users)}
+    code = np.fromiter(map(index.__getitem__, cols[0]), dtype=np.intp, count=len(rows))
+    began, _ = _micros(cols[1])
+    if now is None:
+        ended, _ = _micros(cols[2])
+        rest = cols[3:]
+    else:
+        ended = np.maximum(micros(now), began)
+        rest = cols[2:]
+    cores, memory, gpus, used, peak = (np.array(rest[k], dtype=np.float64) for k in (0, 1, 2, 4, 5))
+    models = rest[3]
+    whole = (ended - began) / 1e6
+    end_us = micros(end)
+    for start in sorted({s for u in users for s in live[u]}):
+        chosen = np.array([start in live[u] for u in users], dtype=bool)[code]
+        if now is None:
+            chosen &= (ended > micros(start)) & (began < end_us)
+        at = np.flatnonzero(chosen)
+        if not len(at):
+            continue
+        who = code[at]
+        overlap = np.maximum(0.0, (np.minimum(ended[at], end_us) - np.maximum(began[at], micros(start))) / 1e6)
+        hours = overlap / 3600
+        with np.errstate(divide="ignore", invalid="ignore"):
+            part = np.where(~np.isnan(used[at]) & (whole[at] > 0), used[at] * overlap / whole[at], 0.0)
+        held = gpus[at] != 0
+        sums = [np.bincount(who, weights=w, minlength=len(users)) for w in (
+            cores[at] * hours, memory[at] * hours, np.where(held, gpus[at] * hours, 0.0), part / 3600)]
+        peaks = np.full(len(users), -np.inf)
+        measured = ~np.isnan(peak[at])
+        np.maximum.at(peaks, who[measured], peak[at][measured])
+        for i in np.unique(who).tolist():
+            t = totals[users[i], start]
+            t.cpu_core_hours += float(sums[0][i])
+            t.memory_gb_hours += float(sums[1][i])
+            t.gpu_hours += float(sums[2][i])
+            t.cpu_hours_used += float(sums[3][i])
+            if peaks[i] > t.peak_memory_gb:
+                t.peak_memory_gb = float(peaks[i])
+        for k in np.flatnonzero(held).tolist():  # by model: the few rows with GPUs, one at a time
+            j = int(at[k])
+            t = totals[users[code[j]], start]
+            model = models[j] or ""
+            t.gpu_hours_by_model[model] = t.gpu_hours_by_model.get(model, 0.0) + float(gpus[j] * hours[k])
 
 
 def _ceil_hour(t: datetime) -> datetime:
@@ -743,8 +789,8 @@ def _add_calls(conn: Any, totals: dict[tuple[str, datetime], Totals], live: Mapp
 @lru_cache(maxsize=32)
 def _intervals_statement(groups: int) -> Any:
     r = UsageRecord
-    return select(r.username, r.started_at, r.ended_at, r.cpu_cores, r.memory_gb, r.gpus, r.gpu_model,
-                  r.cpu_seconds_used, r.peak_memory_gb).where(or_(*[
+    return select(r.username, type_coerce(r.started_at, String), type_coerce(r.ended_at, String), r.cpu_cores,
+                  r.memory_gb, r.gpus, r.gpu_model, r.cpu_seconds_used, r.peak_memory_gb).where(or_(*[
                       and_(r.username.in_(bindparam(f"names{k}", expanding=True)), r.kind.in_(INTERVAL_KINDS),
                            r.ended_at > bindparam(f"since{k}")) for k in range(groups)]))
 
@@ -752,8 +798,8 @@ def _intervals_statement(groups: int) -> Any:
 @lru_cache(maxsize=1)
 def _open_statement() -> Any:
     o = UsageOpen
-    return select(o.username, o.started_at, o.cpu_cores, o.memory_gb, o.gpus, o.gpu_model, o.cpu_seconds_used,
-                  o.peak_memory_gb).where(o.username.in_(bindparam("names", expanding=True)),
+    return select(o.username, type_coerce(o.started_at, String), o.cpu_cores, o.memory_gb, o.gpus, o.gpu_model,
+                  o.cpu_seconds_used, o.peak_memory_gb).where(o.username.in_(bindparam("names", expanding=True)),
                                           o.started_at < bindparam("end"))
 
 

@@ -253,3 +253,82 @@ def test_journalled_calls_are_folded_once_on_either_database(sessions, tmp_path)
     # each call of 1.5 ms is billed 2 ms, or one unit of 100 ms; 120 calls at 0.5 GB, 120 at 2 GB
     assert t.function_gb_seconds[1] == pytest.approx(120 * 2 * (0.5 + 2.0) / 1000)
     assert t.function_gb_seconds[100] == pytest.approx(120 * 100 * (0.5 + 2.0) / 1000)
+
+
+def _mixed_ledger(sessions) -> tuple[Clock, datetime]:
+    """Servers with and without GPUs (two models), runs, batches of calls in several hours, one
+    interval still open and one measured: what bills and budgets read, for two users."""
+    clock = Clock()
+    hub, jobs = Ledger(sessions, "hub", clock), Ledger(sessions, "scheduler", clock)
+    functions = Ledger(sessions, "functions", clock)
+    gpu = {"ann": Resources(cpu_cores=4, memory_gb=16, gpus=1, gpu_model="A100", devices=("0",)),
+           "bob": Resources(cpu_cores=8, memory_gb=32, gpus=2, gpu_model="H100", devices=("1", "2"))}
+    for day in range(3):
+        for name in ("ann", "bob"):
+            hub.open(f"server:{name}/{day}", username=name, kind="server", thing="", resources=gpu[name])
+            jobs.open(f"run:{name}{day}", username=name, kind="run", thing="nightly", thing_id=f"run:{day}",
+                      resources=Resources(cpu_cores=1, memory_gb=2))
+        clock.advance(minutes=97, seconds=13.25)
+        hub.heartbeat({f"server:ann/{day}": Measured(cpu_seconds=900.0, peak_memory_gb=3.5)})
+        for name in ("ann", "bob"):
+            jobs.close(f"run:{name}{day}")
+            functions.append(Usage(username=name, kind=CALLS, thing="fn", thing_id="fn:1", started_at=clock(),
+                                   ended_at=clock() + timedelta(minutes=3), seconds=1.25, requests=5, errors=1,
+                                   resources=Resources(memory_gb=0.5),
+                                   billed_ms={1: 1250, 100: 1500, 1000: 5000, 60000: 300000}))
+        clock.advance(hours=5)
+        for name in ("ann", "bob"):
+            if not (day == 2 and name == "bob"):  # bob's last server is still open
+                hub.close(f"server:{name}/{day}")
+        clock.advance(hours=17, minutes=7)
+    return clock, clock.advance(minutes=1)
+
+
+def test_columns_read_the_same_rows_as_usage_between(sessions):
+    from stratolab.db.usage_ledger import UsageColumns, usage_columns
+
+    _, now = _mixed_ledger(sessions)
+    for start, end, names in ((T0, now, None), (T0 + timedelta(hours=30), now, ["bob"]),
+                              (T0 + timedelta(hours=1), T0 + timedelta(hours=2), ["ann", "nobody"])):
+        with session_scope(sessions) as s:
+            rows = usage_between(s, start, end, usernames=names, now=now)
+            columns = usage_columns(s, start, end, usernames=names, now=now)
+        expected = UsageColumns.from_usages(rows)
+        assert len(columns) == len(rows) > 0
+        assert columns.is_open.any() == any(u.ended_at is None for u in rows)
+        for name in ("started_us", "ended_us", "is_open", "seconds", "cpu_cores", "memory_gb", "gpus",
+                     "requests", "errors", "billed_ms"):
+            assert (getattr(columns, name) == getattr(expected, name)).all(), name
+        for name in ("cpu_seconds_used", "peak_memory_gb"):
+            a, b = getattr(columns, name), getattr(expected, name)
+            assert ((a == b) | ((a != a) & (b != b))).all(), name  # NaN where not measured
+        for field in ("username", "kind", "thing", "profile", "gpu_model", "capacity"):
+            assert columns.values(field) == expected.values(field), field
+
+
+def test_several_windows_at_once_add_up_as_one_window_at_a_time(sessions):
+    from stratolab.db.usage_ledger import window_totals
+
+    _, now = _mixed_ledger(sessions)
+    starts = [T0 - timedelta(days=1), T0 + timedelta(hours=1, minutes=30), T0 + timedelta(days=1, minutes=5),
+              now - timedelta(hours=2)]
+    with session_scope(sessions) as s:
+        together = window_totals(s, {"ann": starts, "bob": starts[1:3], "nobody": starts[:1]}, now, now)
+        for start in starts:
+            alone = user_totals(s, ["ann", "bob", "nobody"], start, now, now)
+            for name in ("ann", "bob", "nobody"):
+                if (name, start) not in together:
+                    continue
+                a, b = together[name, start], alone[name]
+                assert a.cpu_core_hours == pytest.approx(b.cpu_core_hours, rel=1e-12)
+                assert a.gpu_hours_by_model == pytest.approx(b.gpu_hours_by_model, rel=1e-12)
+                assert a.cpu_hours_used == pytest.approx(b.cpu_hours_used, rel=1e-12)
+                assert (a.requests, a.errors, a.peak_memory_gb) == (b.requests, b.errors, b.peak_memory_gb)
+                assert a.function_gb_seconds == pytest.approx(b.function_gb_seconds, rel=1e-12)
+        # bob's open server counts up to now in every window, ann's GPU hours by model
+        bob = together["bob", starts[1]]
+        assert bob.gpu_hours_by_model["H100"] == pytest.approx(bob.gpu_hours) and bob.gpu_hours > 0
+        whole = together["ann", starts[0]]
+        assert whole.gpu_hours == pytest.approx(3 * (97 * 60 + 13.25 + 5 * 3600) / 3600)
+        assert whole.requests == 15 and whole.peak_memory_gb == 3.5
+        assert together["nobody", starts[0]].cpu_core_hours == 0

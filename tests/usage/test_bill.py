@@ -198,3 +198,25 @@ def test_money_keeps_small_amounts_readable():
     assert money(1234.5, "USD") == "1,234.50 USD"
     assert money(0.00042, "EUR") == "0.0004 EUR"
     assert money(0, "USD") == "0.00 USD"
+
+
+def test_rows_as_columns_are_billed_exactly_as_the_rows():
+    from stratolab.db.usage_ledger import UsageColumns
+
+    rows = [interval(thing="gpu", gpus=1, model="H100", start=T0 + timedelta(hours=23), seconds=7200.5, used=900.0,
+                     peak=5.0),
+            interval(kind="run", thing="nightly", start=T0 + timedelta(days=2), seconds=59.9999, capacity="spot"),
+            interval(kind="function_instance", thing="predict", seconds=100, cores=1, mem=2),
+            interval(user="bob", thing="gpu", open_=True, start=T0 + timedelta(days=4)),
+            interval(user="bob", seconds=0, start=T0 + timedelta(days=1)),
+            calls([100] * 10, user="bob", ended=T0 + timedelta(days=3))]
+    now = T0 + timedelta(days=4, hours=1)
+    columns = UsageColumns.from_usages(rows)
+    for rate_class in ("on-demand", "reserved", "spot"):
+        for basis in ("request", "usage", "max"):
+            for group_by in ((), ("user",), ("thing",), ("user", "kind", "profile")):
+                one = make_bill(rows, SHEET, T0, END, now, rate_class=rate_class, basis=basis, group_by=group_by)
+                other = make_bill(columns, SHEET, T0, END, now, rate_class=rate_class, basis=basis, group_by=group_by)
+                assert one.to_json() == other.to_json()
+    assert compare(columns, SHEET, T0, END, now) == compare(rows, SHEET, T0, END, now)
+    assert make_bill(columns, SHEET, T0, END, now).cost > 0
