@@ -238,7 +238,7 @@ class TriggersState:
         """Store the events that pass the trigger's filters (returns once committed) and hand them to
         delivery: (event id, duplicate) for each stored one. Events above the size bound are stored
         without their data, dead at once, so they are seen in the dead letters and not retried."""
-        chosen = [storable(e) for e in events if spec.matches(e.attributes())]
+        chosen = [storable(e) for e in events if not spec.filters or spec.matches(e.attributes())]
         if not chosen:
             return []
         scope = trigger_scope(trigger_id)
