@@ -9,6 +9,10 @@ the baseline a user would otherwise write, in one run.
   events/s from the first publish until the last event is recorded done. The baseline: a hand-written
   aiomqtt consumer (its own process, as ours are) that calls the same handler in-process for each
   message, with no durability; events/s from the first publish until it has handled them all.
+  Each round also counts the CPU time the two sides used per event (ours: every process of the hub, and
+  the broker; the baseline: its consumer and the broker; the publisher is the same for both and not
+  counted), a figure the other work on a shared machine changes less than events/s. `--publishers N`
+  publishes from N processes at once (one Python publisher tops out at a few thousand messages a second).
 - **Upload**: a 1 MiB file PUT into an upload trigger's folder until the function's result file is
   written beside it, p50; beside it, the same function called over HTTP with the same 1 MiB.
 
@@ -30,6 +34,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -156,18 +161,48 @@ async def latency(prefix: str, samples: int) -> list[float]:
     return out
 
 
-async def publish_all(prefix: str, total: int) -> float:
-    """`total` QoS 1 readings over TOPICS topics, 500 in flight at a time; the time of the first."""
+async def publish_range(prefix: str, begin: int, end: int) -> float:
+    """Readings `begin` to `end` (QoS 1) over TOPICS topics, 500 in flight at a time; the time of the first."""
     import aiomqtt
 
     async with aiomqtt.Client(*BROKER, identifier=f"bench-pub-{uuid.uuid4().hex[:6]}",
                               max_inflight_messages=500, socket_options=NO_DELAY) as client:
         client.pending_calls_threshold = 10**6  # 500 publishes in flight is the point, not a warning
         first = time.time()
-        for start in range(0, total, 500):
+        for start in range(begin, end, 500):
             await asyncio.gather(*(client.publish(f"{prefix}/t{n % TOPICS}", json.dumps({"c": n, "sent": 0.0}), qos=1)
-                                   for n in range(start, min(total, start + 500))))
+                                   for n in range(start, min(end, start + 500))))
     return first
+
+
+#: publisher processes (`--publishers`): one Python publisher tops out at a few thousand QoS 1 messages
+#: a second, which would bound both sides
+PUBLISHERS = 1
+
+
+def _publish_share(prefix: str, begin: int, end: int, port: int, out: Any) -> None:
+    global BROKER
+    BROKER = ("127.0.0.1", port)
+    out.put(asyncio.run(publish_range(prefix, begin, end)))
+
+
+def publish_all(prefix: str, total: int) -> float:
+    """`total` readings from PUBLISHERS processes at once (their shares in order); the first's time."""
+    if PUBLISHERS <= 1:
+        return asyncio.run(publish_range(prefix, 0, total))
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    bounds = [total * n // PUBLISHERS for n in range(PUBLISHERS + 1)]
+    procs = [ctx.Process(target=_publish_share, args=(prefix, bounds[n], bounds[n + 1], BROKER[1], out))
+             for n in range(PUBLISHERS)]
+    for proc in procs:
+        proc.start()
+    firsts = [out.get(timeout=600) for _ in procs]
+    for proc in procs:
+        proc.join()
+    return min(firsts)
 
 
 def tree_cpu_s(pids: list[int]) -> float:
@@ -200,7 +235,7 @@ def ours_throughput(hub: HubProcess, user, prefix: str, trigger_id: int, total: 
     before = done_count(hub, user, trigger_id)
     pids = [hub.proc.pid, broker.pid] if hub.proc else [broker.pid]
     cpu = tree_cpu_s(pids)
-    first = asyncio.run(publish_all(prefix, total))
+    first = publish_all(prefix, total)
     while done_count(hub, user, trigger_id) < before + total:
         time.sleep(0.05)
     rate = total / (time.time() - first)
@@ -215,7 +250,7 @@ def baseline_throughput(prefix: str, total: int, broker: subprocess.Popen) -> tu
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"
         cpu = tree_cpu_s([proc.pid, broker.pid])
-        first = asyncio.run(publish_all(prefix, total))
+        first = publish_all(prefix, total)
         done_at = json.loads(proc.stdout.readline())["done_at"]
         used = tree_cpu_s([proc.pid, broker.pid]) - cpu
         return total / (done_at - first), used * 1000 / total
@@ -266,7 +301,10 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=20000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--uploads", type=int, default=10)
+    parser.add_argument("--publishers", type=int, default=1, help="publisher processes in the throughput rounds")
     args = parser.parse_args()
+    global PUBLISHERS
+    PUBLISHERS = max(1, args.publishers)
     run = uuid.uuid4().hex[:8]
     policy = {"default": {"mqtt": ["bench/"]}}
     with tempfile.TemporaryDirectory(prefix="stratolab-trigger-bench-") as tmp_name:
@@ -316,7 +354,7 @@ def main() -> None:
         "benchmark": "trigger_events_mqtt_and_upload",
         "latency_publish_to_handler_ms": {"samples": len(latencies), "p50": round(p50, 2), "p99": round(p99, 2)},
         "throughput_events_per_s": {
-            "events": args.events, "rounds": args.rounds,
+            "events": args.events, "rounds": args.rounds, "publishers": PUBLISHERS,
             "stratolab_durable_batched": [round(x) for x in ours_tp], "median": round(ours_med),
             "aiomqtt_consumer_in_process_no_durability": [round(x) for x in base_tp], "baseline_median": round(base_med),
             "ratio": round(ratio, 2),
