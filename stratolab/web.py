@@ -21,6 +21,12 @@ from stratolab.errors import InvalidInput, NotFound, StratolabError
 
 #: the largest id a database row can have (PostgreSQL's integer): anything above names nothing
 MAX_ID = 2**31 - 1
+#: the longest URL a service reads; a longer one is a 414 (no route takes more: ids, names, a few filters)
+MAX_URL_BYTES = 16 * 1024
+#: tornado's bound on a request's line and headers, passed to `listen`: above its default of 64 KiB, so a
+#: long URL gets our 414 instead of a dropped connection (which a proxy in front answers 502); the proxy's
+#: own bound (Traefik's 1 MiB) stops anything longer first
+MAX_HEADER_BYTES = 1024 * 1024 + 64 * 1024
 
 
 def path_id(raw: str, what: str, low: int = 1) -> int:
@@ -284,6 +290,23 @@ class NotFoundHandler(ServiceHandler):
         raise StratolabError(f"no such route: {self.request.path[:200]}", status=404)
 
 
+class UriTooLongHandler(ServiceHandler):
+    """Any request whose URL is over MAX_URL_BYTES: a 414 in the services' JSON error shape."""
+
+    async def prepare(self) -> None:
+        raise StratolabError(f"the URL is longer than {MAX_URL_BYTES} bytes: send fewer or shorter parameters",
+                             status=414)
+
+
+class ServiceApplication(web.Application):
+    """A service's application: tornado's, with the URL length checked before any route is looked up."""
+
+    def find_handler(self, request: Any, **kwargs: Any) -> Any:
+        if len(request.uri or "") > MAX_URL_BYTES:
+            return self.get_handler_delegate(request, UriTooLongHandler)
+        return super().find_handler(request, **kwargs)
+
+
 #: the paths every service serves with the kit's handlers
 KIT_HANDLERS = {"/": RootHandler, "/metrics": MetricsHandler, "/openapi.json": OpenAPIHandler}
 
@@ -295,7 +318,7 @@ def service_app(name: str, prefix: str, openapi: dict[str, Any], handlers: dict[
     openapi.json handlers added to `handlers`), a catch-all 404, and the settings handlers read."""
     routes = [*routes_from_openapi(prefix, openapi, {**KIT_HANDLERS, **handlers}),
               (rf"{prefix.rstrip('/')}/.*", NotFoundHandler)]
-    return web.Application(
+    return ServiceApplication(
         routes, state=state, openapi=openapi, service_name=name, service_prefix=prefix,
         metrics_registry=metrics_registry, refresh_metrics=refresh_metrics, max_body_size=max_body_size,
         log_function=log_request, **settings,

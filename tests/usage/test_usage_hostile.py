@@ -446,12 +446,10 @@ def test_one_users_usage_priced_as_reserved_is_not_charged_the_platforms_commitm
     assert report["comparison"]["reserved"] <= 2 * report["comparison"]["on-demand"], report["comparison"]
 
 
-@pytest.mark.xfail(strict=True, reason="bug (stratolab/usage/service/app.py, not QA's file): a query of over "
-                   "64 KB makes the service's tornado drop the connection without an answer, so the proxy answers "
-                   "502; the functions service answers 414 (stratolab.platform.http_front)")
 def test_a_very_long_query_string_is_a_4xx(qhub, alice):
     r = uapi(qhub, alice.headers, "GET", "api/usage", params={"user": "x" * 100_000})
-    assert 400 <= r.status_code < 500, r.status_code
+    assert r.status_code == 414, r.status_code
+    assert "URL is longer" in r.json()["error"]
 
 
 # --- the CLI (last: it stops the module hub's usage service) ----------------------------------------------

@@ -50,7 +50,7 @@ from stratolab.platform.outbound import ENV as OUTBOUND_ENV
 from stratolab.platform.outbound import OutboundPolicy
 from stratolab.platform.profiles import Profile, choose_profile, default_profile_list, load_profile_list, parse_profile_list
 from stratolab.platform.service_app import EnvConfigurable, HubService, NamedType, until_stopped
-from stratolab.web import service_app
+from stratolab.web import MAX_HEADER_BYTES, service_app
 
 log = logging.getLogger("stratolab.jobs")
 
@@ -257,7 +257,7 @@ class SchedulerService(HubService):
     async def serve(self) -> None:
         service, scheduler, automl = self.built
         app = make_app(service, service.prefix, automl)
-        server = app.listen(self.port, address=self.ip)
+        server = app.listen(self.port, address=self.ip, max_header_size=MAX_HEADER_BYTES)
         await scheduler.start()
         await automl.controller.start()
         log.info("scheduler %s ready at http://%s:%s%s", scheduler.config.worker_id, self.ip, self.port,

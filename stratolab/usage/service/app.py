@@ -35,7 +35,7 @@ from stratolab.usage.service.hubapi import HubAPI
 from stratolab.usage.service.kube_collector import KubeCollectorSettings, RunningCollector, start_collector
 from stratolab.usage.service.openapi import OPENAPI
 from stratolab.usage.service.state import UsageState
-from stratolab.web import service_app
+from stratolab.web import MAX_HEADER_BYTES, service_app
 
 log = logging.getLogger("stratolab.usage")
 
@@ -150,7 +150,7 @@ class UsageService(HubService):
                           metrics_registry=metrics.REGISTRY, cookie_secret=self.cookie_secret(),
                           template_path=str(HERE / "templates"), static_path=str(HERE / "static"),
                           static_url_prefix=f"{self.prefix}static/")
-        server = app.listen(self.port, address=self.ip, xheaders=False)
+        server = app.listen(self.port, address=self.ip, xheaders=False, max_header_size=MAX_HEADER_BYTES)
         collector: RunningCollector | None = None
         if self.kube_settings is not None:
             collector = await start_collector(self.kube_settings, self.sessions, spot_label=self.sheet.spot_label)
