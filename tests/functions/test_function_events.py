@@ -331,6 +331,24 @@ def test_a_batch_frame_reaches_a_batch_handler_as_one_list_and_is_answered_once(
         assert [json.loads(b) for h, b in replies if h["status"] == 200] == expected
     assert batches[0] == [0, 1, 2, 3, 4]  # one call of the handler, well within its 200 ms wait
     assert [h["status"] for h, _ in failed] == [500, 500] and failed[0][0]["error_id"] == failed[1][0]["error_id"]
+    # a worker of protocol 2 reads a batch frame as one invocation (it does not know the op): its body
+    # is not JSON, so it answers 400 without calling the handler, and the pool sends the items one by one
+    calls: list = []
+
+    async def as_protocol_2(handler, **settings) -> tuple[dict, bytes]:
+        async with serving(handler, **settings) as path:
+            conn = await WorkerConnection.open(path)
+            heads, body = batch_frames.pack_request(items[:2])
+            reply = await conn.invoke(body, items=heads, id="r2")  # no op: what protocol 2 sees
+            await conn.close()
+            return reply
+
+    for handler, settings in ((lambda x, e: calls.append(x), {}), (lambda xs, es: calls.extend(xs) or xs,
+                                                                   {"max_batch_size": 8, "max_wait_ms": 1})):
+        header, _ = asyncio.run(asyncio.wait_for(as_protocol_2(handler, **settings), 20))
+        assert header["status"] == 400 and "items" not in header
+        assert batch_frames.unpack_reply(header, b"", 2) is None
+    assert calls == []
     # a broken frame is the frame's 400, not a crash
     assert batch_frames.unpack_reply({"status": 400, "error": "x"}, b"", 2) is None
     with pytest.raises(batch_frames.BatchFrameError):
