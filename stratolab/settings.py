@@ -205,6 +205,8 @@ FUNCTIONS, SCHEDULER, TRIGGERS = "functions service", "scheduler", "triggers ser
 USAGE = "usage service"
 RUNTIME, RUN, AGENT = "function runtime (Knative pod)", "scheduled run (its kernel)", "run agent (Kubernetes Job)"
 ADAPTER = "trigger adapter (Knative ContainerSource)"
+PIPELINE_STEP = "pipeline step (Argo Workflow pod)"
+PIPELINE_BUILDER = "pipelines' Argo builder"
 
 
 class Variable(NamedTuple):
@@ -387,6 +389,11 @@ VARIABLES: tuple[Variable, ...] = (
         STRATOLAB_TRIGGERS_DLQ_URL      The signed dead-letter route of the trigger on the triggers service.
         STRATOLAB_TRIGGER_HOME          Where an upload adapter's home folder is mounted.
         STRATOLAB_TRIGGER_STATE_DIR     Where the adapter keeps its source's state (seen uploads, a timer's last fire).
+    """),
+    # a notebook step of a pipeline on Argo Workflows (set on its pod by stratolab/pipelines/argo.py)
+    *_given(PIPELINE_BUILDER, (PIPELINE_STEP,), """
+        STRATOLAB_PIPELINE_RUN          The pipeline run the step belongs to.
+        STRATOLAB_PIPELINE_STEP         The step's name in the pipeline.
     """),
 )
 
