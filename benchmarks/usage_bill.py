@@ -6,13 +6,17 @@ for 1,000 users, on the platform database (SQLite, as the embedded deployment ru
   scheduled runs ~every other day; a fifth of the users with a function called through the working
   hours, one `function_calls` row per user and hour with exact billed-ms sums, and the hourly rollup
   the ledger keeps beside them). The SQLite file lives in a temporary directory.
-- **Bill** (goal <= 1 s): `usage_between` for the last 30 days of every user, then `make_bill` by user
-  with its daily series: the figures of `GET /api/bill` for the whole platform. The five-model
-  `compare` on the same rows is reported beside it.
+- **Bill** (goal <= 1 s): `usage_columns` for the last 30 days of every user (the window's rows as
+  numpy columns), then `make_bill` by user with its daily series: the figures of `GET /api/bill` for
+  the whole platform. The five-model `compare` on the same columns is reported beside it, and the
+  same bill through row objects (`usage_between`), checked equal. CPU seconds beside wall seconds:
+  on a shared machine the wall time also counts what the neighbours ran.
 - **Budget decision** (goal p99 <= 50 ms): `decide` for a GPU spawn of a random user, with three
   budgets (GPU-hours per 30 days per user, money per calendar month per user, core-hours per 7 days
   for the user's group of 20 as one pool), each on a fresh session as the service answers
-  `POST /api/check`; p50/p99 over `--decisions` calls.
+  `POST /api/check`; p50/p99 over `--decisions` calls. Beside it: the user's own two budgets alone,
+  and the three with a group pool of 50.
+- `--database FILE` keeps the generated ledger and reuses it on the next run.
 - Metering overhead on a function's warm path is measured by the functions benchmarks (issue 15, H3b).
 
 Prints JSON with the figures and the goals.
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import sys
@@ -31,7 +36,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import insert
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +46,7 @@ from goals import at_most  # noqa: E402
 from stratolab.db.engine import make_engine  # noqa: E402
 from stratolab.db.migrate import upgrade  # noqa: E402
 from stratolab.db.models import UsageCallsHourly, UsageRecord  # noqa: E402
-from stratolab.db.usage_ledger import usage_between  # noqa: E402
+from stratolab.db.usage_ledger import usage_between, usage_columns  # noqa: E402
 from stratolab.usage.bill import compare, make_bill  # noqa: E402
 from stratolab.usage.budgets import DatabaseView, decide, parse_budgets  # noqa: E402
 from stratolab.usage.pricing import DEFAULT_SHEET  # noqa: E402
@@ -58,10 +63,6 @@ GROUP_SIZE = 20
 
 def user(i: int) -> str:
     return f"user{i:04d}"
-
-
-def group_of(i: int) -> str:
-    return f"team{i // GROUP_SIZE:03d}"
 
 
 def _base(name: str, kind: str, thing: str, started: datetime, ended: datetime, seconds: float) -> dict:
@@ -141,52 +142,78 @@ def write(url: str, records: list[dict], hourly: list[dict]) -> float:
     return time.perf_counter() - began
 
 
+def count_rows(url: str) -> dict:
+    engine = make_engine(url)
+    with Session(engine) as s:
+        out = {"records": s.scalar(select(func.count()).select_from(UsageRecord)),
+               "hourly_call_sums": s.scalar(select(func.count()).select_from(UsageCallsHourly))}
+    engine.dispose()
+    return out
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def bill_30_days(url: str, rounds: int) -> dict:
+    """The bill as the platform's month is read and priced (`usage_columns`, then `make_bill` by user
+    with the daily series), and beside it the same through row objects (`usage_between`, as the
+    service's handlers read a user's rows). Wall and CPU seconds: on a shared machine the CPU time
+    is what the code costs, the wall time also what the neighbours took."""
     engine = make_engine(url)
-    reads, bills, compares, rows, cost, lines = [], [], [], 0, 0.0, 0
+    reads, bills, cpus, compares, object_paths, rows, cost, lines = [], [], [], [], [], 0, 0.0, 0
     start = NOW - timedelta(days=30)
     for _ in range(rounds):
         with Session(engine) as s:
-            t0 = time.perf_counter()
-            usages = usage_between(s, start, NOW, now=NOW)
+            c0, t0 = time.process_time(), time.perf_counter()
+            columns = usage_columns(s, start, NOW, now=NOW)
             t1 = time.perf_counter()
-            bill = make_bill(usages, DEFAULT_SHEET, start, NOW, NOW, group_by=("user",))
-            t2 = time.perf_counter()
-            compare(usages, DEFAULT_SHEET, start, NOW, NOW)
+            bill = make_bill(columns, DEFAULT_SHEET, start, NOW, NOW, group_by=("user",))
+            t2, c2 = time.perf_counter(), time.process_time()
+            compare(columns, DEFAULT_SHEET, start, NOW, NOW)
             t3 = time.perf_counter()
+            usages = usage_between(s, start, NOW, now=NOW)
+            by_objects = make_bill(usages, DEFAULT_SHEET, start, NOW, NOW, group_by=("user",))
+            t4 = time.perf_counter()
+        assert by_objects.to_json() == bill.to_json(), "columns and row objects must give the same bill"
         reads.append(t1 - t0)
         bills.append(t2 - t1)
+        cpus.append(c2 - c0)
         compares.append(t3 - t2)
-        rows, cost, lines = len(usages), bill.cost, len(bill.lines)
+        object_paths.append(t4 - t3)
+        rows, cost, lines = len(columns), bill.cost, len(bill.lines)
     engine.dispose()
     total = [r + b for r, b in zip(reads, bills, strict=True)]
     return {"rows": rows, "users_billed": lines, "cost": round(cost, 2), "rounds": rounds,
             "read_s_median": round(statistics.median(reads), 3), "price_s_median": round(statistics.median(bills), 3),
             "bill_s_median": round(statistics.median(total), 3), "bill_s_max": round(max(total), 3),
-            "compare_five_models_s_median": round(statistics.median(compares), 3)}
+            "bill_cpu_s_median": round(statistics.median(cpus), 3),
+            "compare_five_models_s_median": round(statistics.median(compares), 3),
+            "bill_through_row_objects_s_median": round(statistics.median(object_paths), 3)}
 
 
-def decisions(url: str, users: int, count: int, rng: random.Random) -> dict:
+def decisions(url: str, users: int, count: int, rng: random.Random, budgets: list = BUDGETS,
+              group_size: int = GROUP_SIZE) -> dict:
+    """`decide` for a GPU spawn of a random user, each on a fresh session as the service answers
+    `POST /api/check`; the group budget pools the user's group of `group_size`."""
     engine = make_engine(url)
-    members = {group_of(i): [user(j) for j in range(i - i % GROUP_SIZE, min(users, i - i % GROUP_SIZE + GROUP_SIZE))]
-               for i in range(0, users, GROUP_SIZE)}
-    times, refused = [], 0
+    teams = {i // group_size: [user(j) for j in range(i, min(users, i + group_size))] for i in range(0, users, group_size)}
+    members = {f"team{k:03d}": names for k, names in teams.items()}
+    times, cpus, refused = [], [], 0
     for _ in range(count):
         i = rng.randrange(users)
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         with Session(engine) as s:
-            d = decide(BUDGETS, user(i), [group_of(i)], DatabaseView(s), NOW, kind="server",
+            d = decide(budgets, user(i), [f"team{i // group_size:03d}"], DatabaseView(s), NOW, kind="server",
                        resources={"cpu_cores": 4, "memory_gb": 16, "gpus": 1}, members=members, sheet=DEFAULT_SHEET)
         times.append((time.perf_counter() - t0) * 1000)
+        cpus.append((time.process_time() - c0) * 1000)
         refused += not d.allowed
     engine.dispose()
-    return {"decisions": count, "refused": refused, "p50_ms": round(pct(times, 0.5), 2),
-            "p99_ms": round(pct(times, 0.99), 2), "max_ms": round(max(times), 2)}
+    return {"decisions": count, "group_size": group_size, "budgets": [b.name for b in budgets], "refused": refused,
+            "p50_ms": round(pct(times, 0.5), 2), "p99_ms": round(pct(times, 0.99), 2), "max_ms": round(max(times), 2),
+            "cpu_p50_ms": round(pct(cpus, 0.5), 2), "cpu_p99_ms": round(pct(cpus, 0.99), 2)}
 
 
 def main() -> None:
@@ -195,25 +222,40 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--decisions", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--database", type=Path, default=None,
+                        help="an SQLite file to keep the generated ledger in and reuse when it exists "
+                             "(repeated runs skip generating it)")
     args = parser.parse_args()
     rng = np.random.default_rng(15)
     with tempfile.TemporaryDirectory(prefix="stratolab-usage-bench-") as tmp:
-        url = f"sqlite:///{Path(tmp) / 'platform.sqlite'}"
-        upgrade(url)
-        t0 = time.perf_counter()
-        records, hourly = generate(args.users, args.days, rng)
-        generated_s = time.perf_counter() - t0
-        written_s = write(url, records, hourly)
-        size_mb = (Path(tmp) / "platform.sqlite").stat().st_size / 1e6
+        path = args.database or Path(tmp) / "platform.sqlite"
+        url = f"sqlite:///{path}"
+        reused = path.exists()
+        records: list[dict] = []
+        hourly: list[dict] = []
+        generated_s = written_s = 0.0
+        if not reused:
+            upgrade(url)
+            t0 = time.perf_counter()
+            records, hourly = generate(args.users, args.days, rng)
+            generated_s = time.perf_counter() - t0
+            written_s = write(url, records, hourly)
+        counts = count_rows(url)
+        size_mb = path.stat().st_size / 1e6
         bill = bill_30_days(url, args.rounds)
         decision = decisions(url, args.users, args.decisions, random.Random(15))
+        own = decisions(url, args.users, args.decisions, random.Random(16), budgets=BUDGETS[:2])
+        pooled = decisions(url, args.users, args.decisions, random.Random(17), group_size=50)
     print(json.dumps({
         "benchmark": "usage_bill_and_budget_decision",
         "database": "sqlite",
-        "ledger": {"users": args.users, "days": args.days, "records": len(records), "hourly_call_sums": len(hourly),
+        "ledger": {"users": args.users, "days": args.days, **counts, "reused": reused,
                    "generate_s": round(generated_s, 1), "write_s": round(written_s, 1), "size_mb": round(size_mb, 1)},
         "bill_30_days_all_users": bill,
         "budget_decision_at_spawn": decision,
+        "budget_decision_own_budgets_only": own,
+        "budget_decision_group_pool_of_50": pooled,
+        "load_average": os.getloadavg(),
         "goals": [
             at_most(f"bill for {args.users} users over 30 days, read + priced (s)", bill["bill_s_median"], 1.0),
             at_most(f"budget decision at spawn p99, {args.days} days of ledger (ms)", decision["p99_ms"], 50),

@@ -16,6 +16,10 @@ Design choices, and why:
   used or not; at each instant the usage up to the baseline is covered by it, the rest pays on-demand
   (found by one sweep over the intervals' starts and ends). Spot: usage on spot capacity always pays
   the spot price; `rate_class="spot"` prices everything as spot.
+- Column-wise: the rows come as `UsageColumns` (numpy arrays; a platform's month is 87,000 rows) and
+  are priced with array operations written in the same order as the row-at-a-time rules above, so
+  a bill is the same to the last bit whichever form the rows came in; lines and days are summed
+  with `np.add.at` in row order. Only the rows spread over several days are walked one by one.
 - Floats throughout; currency rounding happens only where a person reads the figure (`money`).
 """
 
