@@ -6,6 +6,7 @@ mode. Every system account a test creates lives under one temporary home root an
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pwd
@@ -163,6 +164,7 @@ def _deselect_by_serial_list(config: pytest.Config, items: list[pytest.Item]) ->
 SLOW_MODULES = Path(__file__).with_name("slow_modules.txt")
 
 
+@functools.cache
 def modules_listed(path: Path) -> list[str]:
     """The module paths in `path`, one a line; '#' starts a comment (the measured seconds)."""
     if not path.exists():
