@@ -28,8 +28,13 @@ NAME = "a-function-name-that-is-long-enough-to-matter-" + "x" * 16
 def deep_dir(base: Path, length: int) -> Path:
     """A directory path of exactly `length` characters under `base`."""
     path = str(base)
+    assert length - len(path) >= 2, "room for at least '/d'"
     while len(path) < length:
-        path += "/" + "d" * min(40, max(1, length - len(path) - 1))
+        left = length - len(path)
+        chunk = min(40, left - 1)
+        if left - 1 - chunk == 1:  # never leave one character: '/' alone is no directory
+            chunk -= 1
+        path += "/" + "d" * chunk
     assert len(path) == length, path
     return Path(path)
 
