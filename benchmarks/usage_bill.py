@@ -225,12 +225,19 @@ def main() -> None:
     parser.add_argument("--database", type=Path, default=None,
                         help="an SQLite file to keep the generated ledger in and reuse when it exists "
                              "(repeated runs skip generating it)")
+    parser.add_argument("--url", default=None,
+                        help="a database URL instead (PostgreSQL: an empty database the ledger is generated "
+                             "into, or one that holds it already)")
     args = parser.parse_args()
     rng = np.random.default_rng(15)
     with tempfile.TemporaryDirectory(prefix="stratolab-usage-bench-") as tmp:
         path = args.database or Path(tmp) / "platform.sqlite"
-        url = f"sqlite:///{path}"
-        reused = path.exists()
+        url = args.url or f"sqlite:///{path}"
+        if args.url:
+            upgrade(url)
+            reused = count_rows(url)["records"] > 0
+        else:
+            reused = path.exists()
         records: list[dict] = []
         hourly: list[dict] = []
         generated_s = written_s = 0.0
@@ -241,16 +248,17 @@ def main() -> None:
             generated_s = time.perf_counter() - t0
             written_s = write(url, records, hourly)
         counts = count_rows(url)
-        size_mb = path.stat().st_size / 1e6
+        size_mb = path.stat().st_size / 1e6 if not args.url else None
         bill = bill_30_days(url, args.rounds)
         decision = decisions(url, args.users, args.decisions, random.Random(15))
         own = decisions(url, args.users, args.decisions, random.Random(16), budgets=BUDGETS[:2])
         pooled = decisions(url, args.users, args.decisions, random.Random(17), group_size=50)
     print(json.dumps({
         "benchmark": "usage_bill_and_budget_decision",
-        "database": "sqlite",
+        "database": make_engine(url).dialect.name,
         "ledger": {"users": args.users, "days": args.days, **counts, "reused": reused,
-                   "generate_s": round(generated_s, 1), "write_s": round(written_s, 1), "size_mb": round(size_mb, 1)},
+                   "generate_s": round(generated_s, 1), "write_s": round(written_s, 1),
+                   "size_mb": round(size_mb, 1) if size_mb is not None else None},
         "bill_30_days_all_users": bill,
         "budget_decision_at_spawn": decision,
         "budget_decision_own_budgets_only": own,

@@ -39,7 +39,7 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import String, and_, bindparam, delete, func, or_, select, type_coerce, update
+from sqlalchemy import BigInteger, String, and_, bindparam, cast, delete, extract, func, or_, select, type_coerce, update
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql import case
 
@@ -549,12 +549,15 @@ def _columns(cols: Sequence[Sequence[Any]], n: int) -> UsageColumns:
 
 
 def _micros(values: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
-    """Microseconds since the epoch of datetimes (naive: UTC) or of the ISO text SQLite keeps them
-    as (parsed by numpy in one call: text with an offset, which numpy would only warn about, and
-    any other form go one at a time), and which were None."""
+    """Microseconds since the epoch of datetimes (naive: UTC), of the ISO text SQLite keeps them as
+    (parsed by numpy in one call: text with an offset, which numpy would only warn about, and any
+    other form go one at a time) or of microseconds already; and which were None."""
     import numpy as np
 
     sample = next((v for v in values if v is not None), None)
+    if isinstance(sample, int):  # microseconds already (PostgreSQL)
+        missing = np.fromiter((v is None for v in values), dtype=bool, count=len(values))
+        return np.array([0 if v is None else v for v in values], dtype=np.int64), missing
     if isinstance(sample, str):
         try:
             with warnings.catch_warnings():
@@ -592,13 +595,14 @@ def usage_columns(session: Session, start: datetime, end: datetime, *, usernames
 
     start, end = as_utc(start), as_utc(end)
     now = as_utc(now) if now is not None else utcnow()
+    stored = _stored_time_reader(session)
     text = [_R.username, _R.kind, _R.thing, _R.profile, _R.gpu_model, _R.capacity]
-    records = select(*text, type_coerce(_R.started_at, String), type_coerce(_R.ended_at, String), _R.seconds,
+    records = select(*text, stored(_R.started_at), stored(_R.ended_at), _R.seconds,
                      _R.cpu_cores, _R.memory_gb, _R.gpus, _R.cpu_seconds_used, _R.peak_memory_gb, _R.requests,
                      _R.errors, _R.billed_ms_1, _R.billed_ms_100, _R.billed_ms_1000, _R.billed_ms_60000, _R.id
                      ).where(_overlapping(start, end))
     opened = select(_O.username, _O.kind, _O.thing, _O.profile, _O.gpu_model, _O.capacity,
-                    type_coerce(_O.started_at, String), _O.cpu_cores, _O.memory_gb, _O.gpus, _O.cpu_seconds_used,
+                    stored(_O.started_at), _O.cpu_cores, _O.memory_gb, _O.gpus, _O.cpu_seconds_used,
                     _O.peak_memory_gb, _O.id).where(_O.started_at < end)
     if usernames is not None:
         names = list(usernames)
@@ -622,6 +626,18 @@ def usage_columns(session: Session, start: datetime, end: datetime, *, usernames
     order = np.concatenate([np.lexsort((ids[:closed], started[:closed])),
                             closed + np.lexsort((ids[closed:], started[closed:]))])
     return columns.take(order)
+
+
+def _stored_time_reader(session: Session) -> Callable[[Any], Any]:
+    """How `usage_columns` reads a time column without a datetime per value: SQLite's ISO text as it
+    is (numpy parses it), PostgreSQL's as whole microseconds since the epoch, computed by the server
+    exactly (whole seconds plus the microseconds field: integers on every version)."""
+    if session.get_bind().dialect.name == "postgresql":
+        def micros_of(column: Any) -> Any:
+            whole = cast(extract("epoch", func.date_trunc("second", column)), BigInteger)
+            return whole * 1_000_000 + cast(extract("microseconds", column), BigInteger) % 1_000_000
+        return micros_of
+    return lambda column: type_coerce(column, String)
 
 
 @contextmanager
