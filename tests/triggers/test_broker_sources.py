@@ -609,3 +609,22 @@ def test_the_cheaper_mqtt5_publish_decoding_gives_what_paho_gives():
     first = mqtt_decode.empty_publish_properties()
     first.ContentType = "x"
     assert mqtt_decode.empty_publish_properties().isEmpty()
+
+
+def test_a_received_messages_info_makes_its_condition_only_when_used():
+    """mqtt_decode.LazyMessageInfo: no threading.Condition per received message; a publisher waiting in
+    one thread is still woken by the network thread's `_set_as_published`."""
+    import threading
+
+    import paho.mqtt.client as paho_client
+
+    from stratolab.triggers.sources import mqtt_decode
+
+    assert mqtt_decode.install() and paho_client.MQTTMessageInfo is mqtt_decode.LazyMessageInfo
+    message = paho_client.MQTTMessage(5, b"sensors/a")
+    assert message.info.mid == 5 and message.info._lazy_condition is None and not message.info.is_published()
+    for _ in range(20):
+        info = paho_client.MQTTMessageInfo(7)
+        threading.Timer(0.01, info._set_as_published).start()
+        info.wait_for_publish(5)
+        assert info.is_published() and info.rc == 0

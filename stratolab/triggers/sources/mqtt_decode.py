@@ -1,4 +1,5 @@
-"""A cheaper decoding of MQTT 5 PUBLISH packets for paho-mqtt (2.x), installed by `install()`.
+"""Cheaper per-message work in paho-mqtt (2.x) for MQTT 5 PUBLISH packets received, installed by
+`install()`: their decoding, and their `MQTTMessageInfo`.
 
 Why: paho builds a `Properties` object for every MQTT 5 PUBLISH it receives, and its constructor
 fills two tables of some 40 entries each, then `unpack` walks them again to clear attributes that a
@@ -11,15 +12,23 @@ attributes of one built once (the same tables, shared: paho only reads them; pro
 the copy are its own). Packets with properties are decoded by paho's own code. paho calls
 `_packet.decode_publish` through the module at each packet, so replacing that attribute is enough;
 a paho without it (another major version) is left alone.
+
+Second: every message paho receives gets an `MQTTMessageInfo`, whose constructor makes a
+`threading.Condition` (an RLock and more: about a tenth of the service's time holding the GIL once the
+decoding was cheap) that only `wait_for_publish` and `_set_as_published` use, on messages published by
+this client. `LazyMessageInfo` makes it on first use instead (under one lock, so that the network
+thread and a waiting thread get the same one).
 """
 
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Callable
 from typing import Any
 
 from paho.mqtt import _packet
+from paho.mqtt import client as paho_client
 from paho.mqtt.enums import MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -60,6 +69,30 @@ def decode_publish(header: int, packet: bytes | bytearray, protocol: MQTTProtoco
 
 #: paho's own decoding (what `install` replaced)
 _ORIGINAL: Callable[..., Any] = getattr(_packet, "decode_publish", lambda *_: None)
+_CONDITION_LOCK = threading.Lock()
+
+
+class LazyMessageInfo(paho_client.MQTTMessageInfo):
+    """paho's `MQTTMessageInfo`, its Condition made when first used (see the module's docstring)."""
+
+    __slots__ = ("_lazy_condition",)
+
+    def __init__(self, mid: int):  # what paho's sets, but the Condition
+        self.mid = mid
+        self._published = False
+        self.rc = paho_client.MQTTErrorCode.MQTT_ERR_SUCCESS
+        self._iterpos = 0
+        self._lazy_condition: threading.Condition | None = None
+
+    @property
+    def _condition(self) -> threading.Condition:  # type: ignore[override]
+        condition = self._lazy_condition
+        if condition is None:
+            with _CONDITION_LOCK:
+                if self._lazy_condition is None:
+                    self._lazy_condition = threading.Condition()
+                condition = self._lazy_condition
+        return condition
 
 
 def install() -> bool:
@@ -72,4 +105,6 @@ def install() -> bool:
         return False
     _ORIGINAL = current
     _packet.decode_publish = decode_publish
+    if set(getattr(paho_client.MQTTMessageInfo, "__slots__", ())) == {"_condition", "_iterpos", "_published", "mid", "rc"}:
+        paho_client.MQTTMessageInfo = LazyMessageInfo  # type: ignore[misc]
     return True
