@@ -623,6 +623,13 @@ def test_a_received_messages_info_makes_its_condition_only_when_used():
     assert mqtt_decode.install() and paho_client.MQTTMessageInfo is mqtt_decode.LazyMessageInfo
     message = paho_client.MQTTMessage(5, b"sensors/a")
     assert message.info.mid == 5 and message.info._lazy_condition is None and not message.info.is_published()
+    # and paho's topic-filter trie answers "no callbacks" at once, and still finds those added
+    client = paho_client.Client(paho_client.CallbackAPIVersion.VERSION2, protocol=paho_client.MQTTv5)
+    assert isinstance(client._on_message_filtered, mqtt_decode.QuickMatcher)
+    assert list(client._on_message_filtered.iter_match("sensors/a")) == []
+    client.message_callback_add("sensors/+", print)
+    assert list(client._on_message_filtered.iter_match("sensors/a")) == [print]
+    assert list(client._on_message_filtered.iter_match("other/a")) == []
     for _ in range(20):
         info = paho_client.MQTTMessageInfo(7)
         threading.Timer(0.01, info._set_as_published).start()
