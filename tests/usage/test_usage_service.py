@@ -5,6 +5,7 @@ crossed while a server runs warns at 80% and stops the server within 60 s."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import threading
@@ -15,9 +16,12 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 import requests
 
-from stratolab.db import make_engine, session_factory
+from stratolab.db import ensure_schema, make_engine, session_factory
 from stratolab.db.usage_ledger import Ledger, Resources, Usage
+from stratolab.usage.bill import billed_seconds, make_bill
+from stratolab.usage.pricing import parse_price_sheet
 from stratolab.usage.service.openapi import OPENAPI
+from stratolab.usage.service.state import Scope, UsageState, summarize
 from support import free_port
 
 #: a budget of one core-hour a day for the users named, stopping what runs past it, and a webhook
@@ -215,3 +219,44 @@ def test_a_budget_crossed_while_a_server_runs_warns_then_stops_it(uhub, ledger, 
     text = wait_for(scraped, timeout=20)
     assert text, uapi(uhub, uhub.admin_headers(), "GET", "metrics").text[-2000:]
     assert "stratolab_usage_cpu_core_hours_total" in text
+
+
+def test_a_period_that_cuts_an_interval_bills_its_share_of_the_whole_rounded_once(tmp_path):
+    """The service bills the ledger's rows whole, as bill.py's rule says: an interval crossing the
+    period's edge is rounded up (and given the minimum charge) once, as a whole, then prorated. It
+    read clipped pieces before: the 30.5 s inside the period were billed as a 60 s minimum of their own."""
+    url = f"sqlite:///{tmp_path / 'p.sqlite'}"
+    ensure_schema(url)
+    sessions = session_factory(make_engine(url))
+    edge = datetime(2026, 3, 1, tzinfo=UTC)
+    now = edge + timedelta(days=2)
+    crossing = Usage(username="ann", kind="server", thing="nb", started_at=edge - timedelta(seconds=60),
+                     ended_at=edge + timedelta(seconds=30.5), seconds=90.5, producer="t", reason="stopped",
+                     resources=Resources(cpu_cores=4, memory_gb=8, gpus=1, gpu_model="H100"))
+    Ledger(sessions, producer="t").append(crossing)
+    running = Ledger(sessions, producer="t", clock=lambda: edge - timedelta(hours=1))
+    running.open("run:ann:x", username="ann", kind="run", thing="x", resources=Resources(cpu_cores=2, memory_gb=1))
+    sheet = parse_price_sheet({"minimum_charge": {"servers": "60s", "runs": "60s"}})
+    state = UsageState(sessions=sessions, hub_auth=None, hub=None, sheet=sheet,  # type: ignore[arg-type]
+                       clock=lambda: now)
+    ann = Scope("user", "ann", ("ann",))
+
+    bill = asyncio.run(state.bill(ann, edge, now, price_as=None))
+    (server,) = [line for line in bill["by_thing"] if line["thing"] == "nb"]
+    share = billed_seconds(90.5, 1000, 60) * 30.5 / 90.5  # 91 s billed for the whole, 30.5 of 90.5 s inside
+    assert server["billed_seconds"] == pytest.approx(share)  # clipped first: 60 (the piece's own minimum)
+    assert server["gpu_hours"] == pytest.approx(share / 3600)
+    # the same as bill.py prices the whole rows (the open run up to now), and the next period adds up
+    whole = [crossing, running.open_intervals()[0].as_usage(now)]
+    expected = make_bill(whole, sheet, edge, now, now).to_json()
+    assert bill["totals"] == pytest.approx(expected["totals"])
+    before = asyncio.run(state.bill(ann, edge - timedelta(days=1), edge, price_as=None))
+    assert before["totals"]["cost"] + bill["totals"]["cost"] == pytest.approx(
+        make_bill(whole, sheet, edge - timedelta(days=1), now, now).cost)
+    report = asyncio.run(state.usage(ann, edge, now, by="thing", price_as="per-minute"))
+    assert report["totals"]["cost"] == pytest.approx(
+        make_bill(whole, sheet, edge, now, now, granularity=60000).cost)
+    # the admin summary and its idle GPU cost price the rows whole too
+    rows = asyncio.run(state.db(state._rows, None, edge, now, now))
+    summary = summarize(rows, sheet, edge, now, now, {"ann": []}, "cost", "desc")
+    assert summary["users"][0]["cost"] == pytest.approx(expected["totals"]["cost"])

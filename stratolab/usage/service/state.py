@@ -14,17 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from stratolab.db.engine import session_scope
 from stratolab.db.models import UsageNotification
-from stratolab.db.usage_ledger import Resources, Usage, clip, usage_between
+from stratolab.db.usage_ledger import Resources, Usage, UsageColumns, usage_columns
 from stratolab.errors import InvalidInput, NotFound, StratolabError
 from stratolab.platform.scopes import USAGE_CHECK, USAGE_READ
 from stratolab.usage.bill import compare, make_bill, price_as, usage_report
@@ -166,8 +167,11 @@ class UsageState:
     # --- usage and bills ----------------------------------------------------------------------------
 
     def _rows(self, session: Session, names: tuple[str, ...] | None, start: datetime, end: datetime,
-              now: datetime) -> list[Usage]:
-        return [clip(u, start, end, now) for u in usage_between(session, start, end, usernames=names, now=now)]
+              now: datetime) -> UsageColumns:
+        """The period's rows as the ledger keeps them, WHOLE (not clipped to the period): the bill rounds
+        an interval crossing the period's edge once, as a whole, then prorates it (bill.py); a row
+        clipped first would be rounded up, and given the minimum charge, once more per piece."""
+        return usage_columns(session, start, end, usernames=names, now=now)
 
     async def usage(self, scope: Scope, start: datetime, end: datetime, *, by: str, price_as: str | None
                     ) -> dict[str, Any]:
@@ -292,12 +296,14 @@ def describe_notification(n: UsageNotification) -> dict[str, Any]:
             "created_at": n.created_at.isoformat(), "read_at": n.read_at.isoformat() if n.read_at else None}
 
 
-def summarize(rows: list[Usage], sheet: PriceSheet, start: datetime, end: datetime, now: datetime,
-              groups_of: Mapping[str, list[str]], sort: str, order: str) -> dict[str, Any]:
+def summarize(rows: UsageColumns | Iterable[Usage], sheet: PriceSheet, start: datetime, end: datetime,
+              now: datetime, groups_of: Mapping[str, list[str]], sort: str, order: str) -> dict[str, Any]:
     """Every user's and group's quantities and cost in the period, the top consumers, and GPUs held vs
-    the cost of GPUs held by servers that were idle. Pure."""
-    bill = make_bill(rows, sheet, start, end, now, group_by=("user",), series=False)
-    idle = idle_gpu_cost(rows, sheet, start, end, now)
+    the cost of GPUs held by servers that were idle. Pure. `rows` are the ledger's rows whole (as
+    `usage_columns` reads them, or Usage rows), never clipped to the period: the bill prorates."""
+    cols = rows if isinstance(rows, UsageColumns) else UsageColumns.from_usages(rows)
+    bill = make_bill(cols, sheet, start, end, now, group_by=("user",), series=False)
+    idle = idle_gpu_cost(cols, sheet, start, end, now)
     by_user: dict[str, dict[str, Any]] = {}
     for line in bill.to_json()["by_thing"]:
         name = line["user"]
@@ -337,16 +343,23 @@ def _sort_key(row: Mapping[str, Any], column: str) -> Any:
     return (1, value) if not isinstance(value, str) else (1, value.lower())
 
 
-def idle_gpu_cost(rows: list[Usage], sheet: PriceSheet, start: datetime, end: datetime, now: datetime
-                  ) -> dict[str, float]:
+def idle_gpu_cost(rows: UsageColumns | Iterable[Usage], sheet: PriceSheet, start: datetime, end: datetime,
+                  now: datetime) -> dict[str, float]:
     """Per user, the GPU cost of servers that held GPUs while their processes did (almost) nothing: a
     measured CPU use under IDLE_CPU_SHARE of one core over the time held. Servers not measured count
-    as busy (no guess)."""
-    idle = [u for u in rows if u.kind == "server" and u.resources.gpus and u.seconds > 0
-            and u.cpu_seconds_used is not None and u.cpu_seconds_used < IDLE_CPU_SHARE * u.seconds]
-    if not idle:
+    as busy (no guess). Judged on each interval whole (its CPU seconds over its seconds), and priced
+    by the bill's rule, the part in the period prorated."""
+    cols = rows if isinstance(rows, UsageColumns) else UsageColumns.from_usages(rows)
+    if not len(cols):
+        return {}
+    server = np.array([k == "server" for k in cols.labels["kind"]], dtype=bool)[cols.codes["kind"]]
+    with np.errstate(invalid="ignore"):
+        quiet = cols.cpu_seconds_used < IDLE_CPU_SHARE * cols.seconds  # NaN (not measured): False
+    idle = server & (cols.gpus > 0) & (cols.seconds > 0) & quiet
+    if not idle.any():
         return {}
     out: dict[str, float] = {}
-    for line in make_bill(idle, sheet, start, end, now, group_by=("user",), series=False).to_json()["by_thing"]:
+    bill = make_bill(cols.take(np.flatnonzero(idle)), sheet, start, end, now, group_by=("user",), series=False)
+    for line in bill.to_json()["by_thing"]:
         out[line["user"]] = line["costs"]["gpu"]
     return out
