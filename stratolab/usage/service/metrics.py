@@ -10,9 +10,10 @@ must never go back. `stratolab_budget_used_ratio` is a gauge, set by each enforc
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
@@ -20,9 +21,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from stratolab.db.models import UsageRecord
-from stratolab.db.usage_ledger import usage_of_record
+from stratolab.db.usage_ledger import UsageColumns, usage_of_record
 from stratolab.usage.bill import make_bill
 from stratolab.usage.pricing import PriceSheet
+from stratolab.usage.windows import as_utc
 
 REGISTRY = CollectorRegistry()
 
@@ -62,21 +64,12 @@ class LedgerCounters(Collector):
                                     .order_by(UsageRecord.id).limit(BATCH)))
         if not rows:
             return 0
-        usages = [usage_of_record(r) for r in rows]
-        for u in usages:
-            key = (u.username, u.kind)
-            hours = u.seconds / 3600
-            self.quantities["seconds"][key] += u.seconds
-            self.quantities["requests"][key] += u.requests
-            if u.kind != "function_calls":
-                self.quantities["cpu_core_hours"][key] += u.resources.cpu_cores * hours
-                self.quantities["memory_gb_hours"][key] += u.resources.memory_gb * hours
-                self.quantities["gpu_hours"][key] += u.resources.gpus * hours
-            if u.cpu_seconds_used:
-                self.quantities["cpu_hours_used"][key] += u.cpu_seconds_used / 3600
-        start = min(u.started_at for u in usages)
-        end = max(u.ended_at or u.started_at for u in usages) + timedelta(seconds=1)
-        bill = make_bill(usages, sheet, start, end, max(end, datetime.now(end.tzinfo)), group_by=("user",),
+        cols = UsageColumns.from_usages(usage_of_record(r) for r in rows)
+        self._add_quantities(cols)
+        start = min(r.started_at for r in rows)
+        end = max(r.ended_at or r.started_at for r in rows) + timedelta(seconds=1)
+        # whole records (never clipped), so each is priced once as bill.py rounds it
+        bill = make_bill(cols, sheet, start, end, max(as_utc(end), datetime.now(UTC)), group_by=("user",),
                          series=False)
         for line in bill.to_json()["by_thing"]:
             for resource, amount in line["costs"].items():
@@ -84,6 +77,29 @@ class LedgerCounters(Collector):
         self.currency = bill.currency
         self.last_id = rows[-1].id
         return len(rows)
+
+    def _add_quantities(self, cols: UsageColumns) -> None:
+        """Each (user, kind)'s sums of the records' quantities, column-wise (a first scrape of a big
+        ledger reads BATCH records at a time)."""
+        if not len(cols):
+            return
+        pair = cols.codes["username"].astype(np.int64) * len(cols.labels["kind"]) + cols.codes["kind"]
+        keys, inverse = np.unique(pair, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        hours = cols.seconds / 3600
+        hourly = np.array([k != "function_calls" for k in cols.labels["kind"]], dtype=bool)[cols.codes["kind"]]
+        used = np.nan_to_num(cols.cpu_seconds_used, nan=0.0) / 3600
+        figures = {"seconds": cols.seconds, "requests": cols.requests.astype(float),
+                   "cpu_core_hours": np.where(hourly, cols.cpu_cores * hours, 0.0),
+                   "memory_gb_hours": np.where(hourly, cols.memory_gb * hours, 0.0),
+                   "gpu_hours": np.where(hourly, cols.gpus * hours, 0.0), "cpu_hours_used": used}
+        names = [(cols.labels["username"][int(k) // len(cols.labels["kind"])],
+                  cols.labels["kind"][int(k) % len(cols.labels["kind"])]) for k in keys]
+        for quantity, values in figures.items():
+            sums = np.bincount(inverse, weights=values, minlength=len(keys))
+            counter = self.quantities[quantity]
+            for key, value in zip(names, sums.tolist(), strict=True):
+                counter[key] += value
 
     def collect(self) -> Any:
         for name, help_text in QUANTITIES.items():
