@@ -12,10 +12,15 @@ Design choices, and why:
 - Function calls are rows of many calls summed by the ledger: their GB-seconds are the ledger's exact
   `billed_ms[unit]` (each call rounded up to the unit, as Lambda bills) times the instance memory,
   counted in the period where the row ended. Requests pay the per-million fee.
-- Reserved: a committed baseline (cores, GB, GPUs) is billed for the whole period at the discount,
-  used or not; at each instant the usage up to the baseline is covered by it, the rest pays on-demand
-  (found by one sweep over the intervals' starts and ends). Spot: usage on spot capacity always pays
-  the spot price; `rate_class="spot"` prices everything as spot.
+- Reserved: a committed baseline (cores, GB, GPUs) is the PLATFORM's: the whole platform's bill
+  carries it for the whole period at the discount, used or not; at each instant the usage up to the
+  baseline is covered by it, the rest pays on-demand (found by one sweep over the intervals' starts
+  and ends). A user's or a group's bill is their share of that (`coverage`, from the platform's
+  rows): at each instant each interval is covered in the proportion the platform's usage then was,
+  so its share pays the reserved rate and the rest on-demand, and no unused commitment is charged:
+  the users' bills add up to the platform's covered and uncovered usage, the unused part of the
+  commitment stays on the platform's bill alone. Spot: usage on spot capacity always pays the spot
+  price; `rate_class="spot"` prices everything as spot.
 - Column-wise: the rows come as `UsageColumns` (numpy arrays; a platform's month is 87,000 rows) and
   are priced with array operations written in the same order as the row-at-a-time rules above, so
   a bill is the same to the last bit whichever form the rows came in; lines and days are summed
@@ -123,7 +128,7 @@ class Bill:
             quantity_name, unit = RESOURCE_UNITS[resource]
             rows.append({"resource": resource, "quantity": self.totals.quantities[QUANTITIES.index(quantity_name)],
                          "unit": unit, "cost": self.totals.costs[i]})
-        if self.reservation is not None:
+        if self.reservation is not None and "unused_cost" in self.reservation:
             rows.append({"resource": "unused_reservation", "quantity": self.reservation["unused_hours"],
                          "unit": "baseline-hours", "cost": self.reservation["unused_cost"]})
         return rows
@@ -141,7 +146,7 @@ class Bill:
 
     def _unused_by_day(self) -> dict[date, float]:
         """The unused reservation spread over the days by their share of the period."""
-        if not self.reservation or not self.reservation["unused_cost"]:
+        if not self.reservation or not self.reservation.get("unused_cost"):
             return {}
         hi = min(self.end, self.now)
         total = (hi - self.start).total_seconds()
@@ -198,21 +203,26 @@ class _Rates:
     minimum_s: dict[str, float]
     function_unit: int
     basis: str
-    #: per resource (cpu, memory, gpu): the fraction of hourly usage the reserved baseline covered
-    covered: tuple[float, float, float]
+    #: per resource (cpu, memory, gpu): the fraction of hourly usage the reserved baseline covered,
+    #: one for all rows (the platform's bill), or None: each row's share (`coverage`)
+    covered: tuple[float, float, float] | None
     reserved_discount: float
 
 
 def make_bill(usages: Iterable[Usage] | UsageColumns, sheet: PriceSheet, start: datetime, end: datetime,
               now: datetime, *, rate_class: str = "on-demand", granularity: int | None = None,
-              group_by: Sequence[str] = ("thing",), basis: str | None = None, series: bool = True) -> Bill:
+              group_by: Sequence[str] = ("thing",), basis: str | None = None, series: bool = True,
+              coverage: Coverage | None = None) -> Bill:
     """The bill for `usages` inside [start, end) as of `now`: open intervals count up to `now`.
 
     `usages` are the ledger's rows, or the same as columns (`usage_columns`: a platform's month is
     priced without an object per row). `granularity` (ms) replaces the sheet's billing unit for every
     kind (functions: 1, 100, 1000 or 60000); `group_by` chooses the lines (fields among user, thing,
     kind, profile; a thing is always told apart by its kind); `basis` replaces the sheet's (request,
-    usage, max)."""
+    usage, max). Priced as reserved, `usages` are the whole platform's (the bill carries the
+    commitment and its unused part) unless `coverage` is given: then they are a user's or a group's,
+    priced at their share of the platform's baseline (`reserved_coverage` of the platform's rows for
+    the same period and `now`), with no unused commitment."""
     start, end, now = as_utc(start), as_utc(end), as_utc(now)
     if end <= start:
         raise InvalidInput("the period must end after it starts", field="to")
@@ -230,12 +240,19 @@ def make_bill(usages: Iterable[Usage] | UsageColumns, sheet: PriceSheet, start: 
         units = {k: granularity for k in units}
     cols = usages if isinstance(usages, UsageColumns) else UsageColumns.from_usages(usages)
     period = _Period(micros(start), micros(end), micros(now))
-    covered, reservation = (0.0, 0.0, 0.0), None
-    if rate_class == "reserved":
+    covered: tuple[float, float, float] | None = (0.0, 0.0, 0.0)
+    reservation = None
+    if rate_class == "reserved" and coverage is None:
         covered, reservation = _reservation(cols, sheet, period)
+    elif rate_class == "reserved" and coverage is not None:
+        if coverage.period != period:
+            raise ValueError("the coverage was worked out for another period or now")
+        covered = None
     rates = _Rates(sheet, rate_class, units, dict(sheet.minimum_charge_s), units["functions"],
                    basis or sheet.basis, covered, sheet.reserved_discount)
-    figures, priced, peaks, lo, hi = _price(cols, rates, period)
+    figures, priced, peaks, lo, hi, parts = _price(cols, rates, period, coverage)
+    if covered is None and coverage is not None:
+        reservation = _share_info(sheet, figures, parts)
     rows = np.flatnonzero(priced)
     matrix = figures[rows]
     peaks, lo, hi = peaks[rows], lo[rows], hi[rows]
@@ -349,12 +366,13 @@ def _per_label(cols: UsageColumns, field_name: str, value: Callable[[Any], Any],
     return table[cols.codes[field_name]] if len(table) else np.zeros(len(cols), dtype=dtype)
 
 
-def _price(cols: UsageColumns, r: _Rates, p: _Period
-           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _price(cols: UsageColumns, r: _Rates, p: _Period, coverage: Coverage | None = None
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Every row's quantities and costs inside the period (figures: QUANTITIES then RESOURCES), whether
-    any of it is in the period (`priced`), its peak memory, and the part of the period it covers
-    (microseconds). Column-wise, in the same operations and order as a row at a time, so the
-    figures are the same to the last bit."""
+    any of it is in the period (`priced`), its peak memory, the part of the period it covers
+    (microseconds), and (rows, 3) the share of its cores, GB and GPUs a reserved baseline covered.
+    Column-wise, in the same operations and order as a row at a time, so the figures are the same
+    to the last bit."""
     sheet = r.sheet
     n = len(cols)
     figures = np.zeros((n, _NQ + _NR))
@@ -415,16 +433,24 @@ def _price(cols: UsageColumns, r: _Rates, p: _Period
     costs = [cpu * np.where(spot, sheet.cpu_price(True), sheet.cpu_price(False)),
              memory * np.where(spot, sheet.memory_price(True), sheet.memory_price(False)),
              np.where(gpu != 0, gpu * gpu_price, 0.0)]
+    parts = np.zeros((n, 3))
     if r.rate_class == "reserved":
         reserved = ~spot & _per_label(cols, "kind", lambda k: k in HOURLY_KINDS, bool)
         keep = 1 - r.reserved_discount
-        for i, part in enumerate(r.covered):
+        if r.covered is not None:
+            parts[:] = r.covered
+        elif coverage is not None:
+            parts = np.where(reserved[:, None], coverage.share(lo, hi), 0.0)
+        for i in range(3):
+            part = parts[:, i]
             costs[i] = np.where(reserved, costs[i] * (1 - part) + costs[i] * part * keep, costs[i])
+        parts = np.where((reserved & hourly)[:, None], parts, 0.0)
     for i, (quantity, cost) in enumerate(zip((cpu, memory, gpu), costs, strict=True)):
         q[:, i] = np.where(hourly, quantity, 0.0)
         c[:, i] = np.where(hourly, cost, 0.0)
     priced = called | inside
-    return (figures, priced, np.where(priced, peak, 0.0), np.where(called, ended, lo), np.where(called, ended, hi))
+    return (figures, priced, np.where(priced, peak, 0.0), np.where(called, ended, lo), np.where(called, ended, hi),
+            parts)
 
 
 def _reservation(cols: UsageColumns, sheet: PriceSheet, p: _Period
@@ -471,6 +497,81 @@ def _reservation(cols: UsageColumns, sheet: PriceSheet, p: _Period
     return (fractions[0], fractions[1], fractions[2]), info
 
 
+@dataclass(frozen=True, eq=False)
+class Coverage:
+    """The platform's reserved baseline over a period, as a user's or a group's bill takes its share:
+    at each instant the fraction of the platform's hourly on-demand usage (cores, GB, GPUs) the
+    baseline covered, min(level, baseline) / level, a step function between the intervals' starts
+    and ends. An interval's share is that fraction averaged over its time in the period, so the
+    shares of all the platform's intervals add up to what the baseline covered."""
+
+    period: _Period
+    #: the steps' starts (microseconds, sorted); step k runs from times[k] to times[k + 1]
+    times: np.ndarray
+    #: (steps, 3): the fraction covered during each step; the last step's is 0 (nothing runs after)
+    fractions: np.ndarray
+    #: (steps, 3): the fraction's integral (in seconds) from the first step up to each step's start
+    integral: np.ndarray
+
+    def _integral_at(self, t: np.ndarray) -> np.ndarray:
+        k = np.searchsorted(self.times, t, side="right") - 1
+        before = k < 0
+        k = np.maximum(k, 0)
+        value = self.integral[k] + self.fractions[k] * ((t - self.times[k]) / 1e6)[:, None]
+        return np.where(before[:, None], 0.0, value)
+
+    def share(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """(rows, 3): the covered fraction of each interval [lo, hi) (microseconds), averaged over its
+        time; an interval of no length takes the fraction at its instant."""
+        if not len(self.times) or not len(lo):
+            return np.zeros((len(lo), 3))
+        span = (hi - lo) / 1e6
+        with np.errstate(divide="ignore", invalid="ignore"):
+            average = (self._integral_at(hi) - self._integral_at(lo)) / span[:, None]
+        k = np.searchsorted(self.times, lo, side="right") - 1
+        at = np.where((k >= 0)[:, None], self.fractions[np.maximum(k, 0)], 0.0)
+        return np.clip(np.where((span > 0)[:, None], average, at), 0.0, 1.0)
+
+
+def reserved_coverage(platform: Iterable[Usage] | UsageColumns, sheet: PriceSheet, start: datetime, end: datetime,
+                      now: datetime) -> Coverage:
+    """The platform's coverage by its reserved baseline in [start, end) as of `now`, from the WHOLE
+    platform's rows (every user's), for pricing a user's or a group's usage as reserved (`make_bill`'s
+    `coverage`). The same sweep as the platform's own reserved bill (`_reservation`)."""
+    cols = platform if isinstance(platform, UsageColumns) else UsageColumns.from_usages(platform)
+    start, end, now = as_utc(start), as_utc(end), as_utc(now)
+    p = _Period(micros(start), micros(end), micros(now))
+    base = sheet.reserved_baseline
+    limits = np.array([base.cpu_cores, base.memory_gb, float(base.gpus)])
+    stop = np.where(cols.is_open, p.now, np.minimum(cols.ended_us, p.now))
+    lo, hi = np.maximum(p.start, cols.started_us), np.minimum(min(p.end, p.now), stop)
+    chosen = (_per_label(cols, "kind", lambda k: k in HOURLY_KINDS, bool)
+              & _per_label(cols, "capacity", lambda cap: cap != "spot", bool) & (hi > lo))
+    if not chosen.any() or not limits.any():
+        empty = np.zeros((0, 3))
+        return Coverage(p, np.zeros(0, dtype=np.int64), empty, empty)
+    amounts = np.stack([cols.cpu_cores[chosen], cols.memory_gb[chosen], cols.gpus[chosen]], axis=1)
+    times = np.concatenate([lo[chosen], hi[chosen]])
+    order = np.argsort(times, kind="stable")
+    times = times[order]
+    level = np.cumsum(np.concatenate([amounts, -amounts])[order], axis=0)  # the level from each event on
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fractions = np.where(level > 1e-9, np.minimum(level, limits) / level, 0.0)
+    widths = np.diff(times) / 1e6
+    integral = np.vstack([np.zeros((1, 3)), np.cumsum(fractions[:-1] * widths[:, None], axis=0)])
+    return Coverage(p, times, fractions, integral)
+
+
+def _share_info(sheet: PriceSheet, figures: np.ndarray, parts: np.ndarray) -> dict[str, Any]:
+    """A user's or a group's reserved figures: the platform's baseline, and how much of their usage it
+    covered; no commitment and no unused part (those are the platform's)."""
+    base = sheet.reserved_baseline
+    covered = [float((figures[:, i] * parts[:, i]).sum()) for i in range(3)]
+    return {"discount": sheet.reserved_discount, "share_of_platform": True,
+            "baseline": {"cpu_cores": base.cpu_cores, "memory_gb": base.memory_gb, "gpus": base.gpus},
+            "covered": {"cpu_core_hours": covered[0], "memory_gb_hours": covered[1], "gpu_hours": covered[2]}}
+
+
 def _running_sum(values: np.ndarray) -> float:
     """The sum added up in order, one value after the other (as a loop would: `np.sum` pairs them)."""
     return float(np.cumsum(values)[-1]) if len(values) else 0.0
@@ -479,13 +580,14 @@ def _running_sum(values: np.ndarray) -> float:
 # comparison and reports ---------------------------------------------------------------------------
 
 def compare(usages: Iterable[Usage] | UsageColumns, sheet: PriceSheet, start: datetime, end: datetime,
-            now: datetime, *, basis: str | None = None) -> dict[str, float]:
-    """The same usage's total under each `price_as` model, side by side."""
+            now: datetime, *, basis: str | None = None, coverage: Coverage | None = None) -> dict[str, float]:
+    """The same usage's total under each `price_as` model, side by side; `coverage`: the usage is a
+    user's or a group's, priced as reserved at its share of the platform's baseline (`make_bill`)."""
     rows = usages if isinstance(usages, UsageColumns) else UsageColumns.from_usages(usages)
     out = {}
     for name, (rate_class, unit) in PRICE_AS.items():
         bill = make_bill(rows, sheet, start, end, now, rate_class=rate_class, granularity=unit, group_by=(),
-                         basis=basis, series=False)
+                         basis=basis, series=False, coverage=coverage if rate_class == "reserved" else None)
         out[name] = bill.cost
     return {name: out[name] for name in ("per-second", "per-minute", "on-demand", "reserved", "spot")}
 

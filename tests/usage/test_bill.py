@@ -11,7 +11,7 @@ import pytest
 
 from stratolab.db.usage_ledger import Resources, Usage
 from stratolab.errors import InvalidInput
-from stratolab.usage.bill import billed_seconds, compare, make_bill, money, price_as, usage_report
+from stratolab.usage.bill import billed_seconds, compare, make_bill, money, price_as, reserved_coverage, usage_report
 from stratolab.usage.pricing import parse_price_sheet
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -132,6 +132,42 @@ def test_reserved_coverage_follows_concurrency_not_totals():
     commitment = 4 * 24 * 0.04 * 0.5
     assert make_bill(serial, SHEET, T0, day, day, rate_class="reserved").cost == pytest.approx(commitment)
     assert make_bill(together, SHEET, T0, day, day, rate_class="reserved").cost == pytest.approx(commitment + 2 * 0.04)
+
+
+def test_a_users_usage_as_reserved_is_its_share_of_the_platforms_baseline_without_the_commitment():
+    """The baseline is the platform's commitment: a user's (or a group's) bill priced as reserved pays
+    the reserved rate for its share of what the baseline covered and on-demand above it, and never
+    the unused part of the commitment, which only the platform's bill carries."""
+    day = T0 + timedelta(days=1)
+    # ann's 3 cores run alone for an hour, then beside bob's 3 for an hour (6 cores > the 4-core baseline)
+    ann = interval(cores=3, mem=0, seconds=7200)
+    bob = interval(user="bob", cores=3, mem=0, start=T0 + timedelta(hours=1))
+    platform = [ann, bob]
+    coverage = reserved_coverage(platform, SHEET, T0, day, day)
+    alone = make_bill([ann], SHEET, T0, day, day, rate_class="reserved", coverage=coverage)
+    hour = 3 * 0.04  # 3 cores for an hour, on demand
+    # hour 1 fully covered (half price); hour 2 covered 4 of 6 cores
+    assert alone.cost == pytest.approx(hour * 0.5 + hour * (1 / 3 + 2 / 3 * 0.5))
+    assert alone.reservation["covered"]["cpu_core_hours"] == pytest.approx(3 + 2)
+    assert "unused_cost" not in alone.reservation
+    assert [r["resource"] for r in alone.by_resource()] == ["cpu", "memory", "gpu", "function_gb_seconds",
+                                                           "provisioned", "requests"]
+    on_demand = make_bill([ann], SHEET, T0, day, day).cost
+    assert alone.cost <= on_demand  # the commitment (1.92 USD a day) is not the user's
+    # the users' shares add up to the platform's covered and uncovered usage; the unused part is the platform's
+    whole = make_bill(platform, SHEET, T0, day, day, rate_class="reserved")
+    theirs = make_bill([bob], SHEET, T0, day, day, rate_class="reserved", coverage=coverage)
+    assert alone.cost + theirs.cost + whole.reservation["unused_cost"] == pytest.approx(whole.cost)
+    by_user = make_bill(platform, SHEET, T0, day, day, rate_class="reserved", coverage=coverage, group_by=("user",))
+    assert by_user.totals.cost == pytest.approx(whole.totals.cost)
+    assert compare([ann], SHEET, T0, day, day, coverage=coverage)["reserved"] == pytest.approx(alone.cost)
+    # with no baseline nothing is covered: reserved is on-demand for a user, whatever the discount
+    bare = parse_price_sheet({"cpu_core_hour": 0.04, "rate_classes": {"reserved": {"discount": 0.5}}})
+    none = reserved_coverage([], bare, T0, day, day)
+    assert make_bill([ann], bare, T0, day, day, rate_class="reserved", coverage=none).cost == pytest.approx(
+        make_bill([ann], bare, T0, day, day).cost)
+    with pytest.raises(ValueError):  # a coverage is for its own period and now
+        make_bill([ann], SHEET, T0, day, END, rate_class="reserved", coverage=coverage)
 
 
 def test_basis_usage_and_max_price_what_was_measured():

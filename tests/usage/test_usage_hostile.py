@@ -426,9 +426,6 @@ def test_a_bad_setting_stops_the_real_process_with_status_2_and_one_line(tmp_pat
     assert lines[-1].startswith("usage: bad setting:") and "cpu_core_hour" in lines[-1], done.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="bug (stratolab/usage/bill.py, another helper's): a USER's usage priced "
-                   "as reserved carries the whole platform's unused reservation (the baseline is the platform's "
-                   "commitment), so every user's comparison in the lab shows e.g. 671 USD for 0.04 USD of use")
 def test_one_users_usage_priced_as_reserved_is_not_charged_the_platforms_commitment(tmp_path):
     url = f"sqlite:///{tmp_path / 'p.sqlite'}"
     ensure_schema(url)

@@ -28,7 +28,7 @@ from stratolab.db.models import UsageNotification
 from stratolab.db.usage_ledger import Resources, Usage, UsageColumns, usage_columns
 from stratolab.errors import InvalidInput, NotFound, StratolabError
 from stratolab.platform.scopes import USAGE_CHECK, USAGE_READ
-from stratolab.usage.bill import compare, make_bill, price_as, usage_report
+from stratolab.usage.bill import Coverage, compare, make_bill, price_as, reserved_coverage, usage_report
 from stratolab.usage.budgets import Budget, DatabaseView, Gauge, decide, gauges
 from stratolab.usage.pricing import PriceSheet
 from stratolab.usage.service.hubapi import HubAPI
@@ -173,25 +173,42 @@ class UsageState:
         clipped first would be rounded up, and given the minimum charge, once more per piece."""
         return usage_columns(session, start, end, usernames=names, now=now)
 
+    def _scope_rows(self, session: Session, names: tuple[str, ...], start: datetime, end: datetime, now: datetime,
+                    reserved: bool) -> tuple[UsageColumns, Coverage | None]:
+        """A user's or a group's rows, and (`reserved`) the platform's coverage by its reserved baseline,
+        read in one transaction: a scope priced as reserved pays its share of the platform's baseline,
+        never the platform's unused commitment (bill.py). With no baseline nothing is covered, and the
+        platform's rows are not read."""
+        rows = self._rows(session, names, start, end, now)
+        if not reserved:
+            return rows, None
+        base = self.sheet.reserved_baseline
+        platform = (self._rows(session, None, start, end, now) if base.cpu_cores or base.memory_gb or base.gpus
+                    else UsageColumns.from_usages(()))
+        return rows, reserved_coverage(platform, self.sheet, start, end, now)
+
     async def usage(self, scope: Scope, start: datetime, end: datetime, *, by: str, price_as: str | None
                     ) -> dict[str, Any]:
         now = self.clock()
         rate_class, unit = _price_as(price_as)
-        rows = await self.db(self._rows, scope.usernames, start, end, now)
+        rows, coverage = await self.db(self._scope_rows, scope.usernames, start, end, now, True)
 
         def price() -> dict[str, Any]:
-            bill = make_bill(rows, self.sheet, start, end, now, rate_class=rate_class, granularity=unit)
-            return usage_report(bill, compare(rows, self.sheet, start, end, now), by, scope.to_json())
+            bill = make_bill(rows, self.sheet, start, end, now, rate_class=rate_class, granularity=unit,
+                             coverage=coverage)
+            return usage_report(bill, compare(rows, self.sheet, start, end, now, coverage=coverage), by,
+                                scope.to_json())
 
         return await asyncio.to_thread(price)
 
     async def bill(self, scope: Scope, start: datetime, end: datetime, *, price_as: str | None) -> dict[str, Any]:
         now = self.clock()
         rate_class, unit = _price_as(price_as)
-        rows = await self.db(self._rows, scope.usernames, start, end, now)
+        rows, coverage = await self.db(self._scope_rows, scope.usernames, start, end, now, rate_class == "reserved")
 
         def price() -> dict[str, Any]:
-            out = make_bill(rows, self.sheet, start, end, now, rate_class=rate_class, granularity=unit).to_json()
+            out = make_bill(rows, self.sheet, start, end, now, rate_class=rate_class, granularity=unit,
+                            coverage=coverage).to_json()
             return {**out, "scope": scope.to_json()}
 
         return await asyncio.to_thread(price)
