@@ -21,15 +21,20 @@ Design choices, and why:
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
+import socket
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
 
 from stratolab.errors import InvalidInput
+from stratolab.platform.outbound import ENV as OUTBOUND_ENV
+from stratolab.platform.outbound import OutboundPolicy
 from stratolab.usage.pricing import DEFAULT_SHEET, PriceSheet, read_document
 from stratolab.usage.windows import Window, as_utc, next_month_start, parse_window
 
@@ -125,13 +130,62 @@ def parse_budgets(data: Any) -> list[Budget]:
     return budgets
 
 
-def load_budgets(path: str | Path) -> list[Budget]:
+def load_budgets(path: str | Path, outbound: OutboundPolicy | None = None) -> list[Budget]:
+    """The budgets in the file; with `outbound`, their webhooks are checked against the platform's
+    outbound policy too (`check_webhooks`), so a bad one stops the service at start."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as e:
         raise InvalidInput(f"cannot read the budgets file {path}: {e.strerror}", field="budgets") from None
-    return parse_budgets(read_document(text, path))
+    budgets = parse_budgets(read_document(text, path))
+    if outbound is not None:
+        check_webhooks(budgets, outbound)
+    return budgets
+
+
+def check_webhooks(budgets: Sequence[Budget], outbound: OutboundPolicy) -> None:
+    """Refuse a budget whose webhook the outbound policy would refuse at send time, as far as can be
+    known without DNS: an address written in the URL (169.254.169.254, 10.0.0.5, [::1], and the
+    shorthand forms clients read as addresses, 127.1 or 2130706433) or a name of this machine
+    (localhost, *.localhost). A typo'd internal URL found at start beats a refusal logged at the first
+    warning. Other names are resolved, and checked, when the webhook is sent (outbound.GuardedResolver)."""
+    for i, budget in enumerate(budgets):
+        url = budget.notify.get("webhook")
+        if not url:
+            continue
+        try:
+            host = urlsplit(url).hostname or ""
+        except ValueError as e:
+            raise InvalidInput(f"budgets[{i}].notify.webhook of budget {budget.name!r}: {url!r} is not a valid "
+                               f"URL: {e}",
+                               field=f"budgets[{i}].notify.webhook") from None
+        address = _written_address(host)
+        reason = outbound.refusal(address) if address is not None else None
+        if reason:
+            raise InvalidInput(
+                f"budgets[{i}].notify.webhook of budget {budget.name!r}: {url!r} is refused by the outbound "
+                f"policy: {reason}; budget webhooks go only to public addresses (allow a network with "
+                f"{OUTBOUND_ENV})",
+                field=f"budgets[{i}].notify.webhook")
+
+
+def _written_address(host: str) -> str | None:
+    """The IP address a URL's host names without DNS (a literal, a shorthand IPv4 form, or a name of
+    this machine), else None."""
+    host = host.rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return "127.0.0.1"
+    try:
+        return str(ipaddress.ip_address(host.split("%", 1)[0]))
+    except ValueError:
+        pass
+    if re.fullmatch(r"(0x[0-9a-f]*|[0-9]+)(\.(0x[0-9a-f]*|[0-9]+)){0,3}", host):
+        try:
+            return socket.inet_ntoa(socket.inet_aton(host))  # 127.1, 0x7f.1, 2130706433: as clients read them
+        except OSError:
+            return None
+    return None
 
 
 def _budget(entry: Any, where: str) -> Budget:

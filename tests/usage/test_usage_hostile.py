@@ -15,6 +15,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -31,6 +32,7 @@ from stratolab.cli import usage_cmd
 from stratolab.cli.main import main
 from stratolab.db import ensure_schema, make_engine, session_factory
 from stratolab.db.usage_ledger import Ledger, Resources, Usage
+from stratolab.platform.outbound import OutboundPolicy
 from stratolab.platform.service_app import SettingError
 from stratolab.usage.pricing import DEFAULT_SHEET, parse_price_sheet
 from stratolab.usage.service.app import UsageService
@@ -40,6 +42,20 @@ from support import free_port, unique_name
 
 #: users whose budgets notify webhooks at addresses the outbound policy refuses (no STRATOLAB_OUTBOUND_ALLOW)
 META, LOOP = unique_name("meta"), unique_name("loop")
+
+
+def internal_name() -> str | None:
+    """A name of this machine that only DNS (here /etc/hosts) tells is internal: it passes the check at
+    start (no address written in the URL) and must be refused when the webhook is sent."""
+    host = socket.gethostname()
+    try:
+        found = {info[4][0] for info in socket.getaddrinfo(host, 80, type=socket.SOCK_STREAM)}
+    except OSError:
+        return None
+    return host if found and all(OutboundPolicy().refusal(a) for a in found) else None
+
+
+INTERNAL = internal_name()
 PASSWORD = "pw-Correct-Horse-9"
 
 
@@ -67,13 +83,18 @@ def receiver():
 @pytest.fixture(scope="module")
 def qhub(hub_factory, tmp_path_factory, receiver):
     budgets = tmp_path_factory.mktemp("usage-qa") / "budgets.yaml"
+    # webhooks at this machine's name, which resolves to an internal address: accepted at start (an address
+    # written in the URL is refused then: test_a_budget_webhook_at_an_internal_address_stops_the_start),
+    # refused when sent; the receiver listens on 127.0.0.1
+    host = INTERNAL or "internal-name-unresolved.invalid"
+    port = receiver.rsplit(":", 1)[1].split("/")[0]
     budgets.write_text(json.dumps({"budgets": [
         {"name": "meta-hook", "resource": "cpu_hours", "limit": 1, "window": "24h", "action": "flag",
-         "scope": {"users": [META]}, "notify": {"webhook": "http://169.254.169.254/latest/meta-data/"}},
+         "scope": {"users": [META]}, "notify": {"webhook": f"http://{host}/latest/meta-data/"}},
         {"name": "loop-hook", "resource": "cpu_hours", "limit": 1, "window": "24h", "action": "flag",
-         "scope": {"users": [LOOP]}, "notify": {"webhook": receiver}},
+         "scope": {"users": [LOOP]}, "notify": {"webhook": f"http://{host}:{port}/hook"}},
     ]}))
-    # no STRATOLAB_OUTBOUND_ALLOW: loopback and link-local are refused, as in production
+    # no STRATOLAB_OUTBOUND_ALLOW: loopback, private and link-local addresses are refused, as in production
     return hub_factory(STRATOLAB_USAGE_BUDGETS_FILE=str(budgets), STRATOLAB_USAGE_ENFORCE_EVERY="1")
 
 
@@ -359,16 +380,62 @@ def test_a_burst_of_200_concurrent_requests_is_answered_each_with_its_own_usage(
 # --- webhooks ------------------------------------------------------------------------------------------
 
 
-def test_budget_webhooks_to_loopback_and_link_local_addresses_are_refused(qhub, over_budget, receiver):
+@pytest.mark.skipif(INTERNAL is None, reason="this machine's name does not resolve to an internal address")
+def test_budget_webhooks_to_a_name_resolving_to_an_internal_address_are_refused_when_sent(qhub, over_budget,
+                                                                                          receiver):
+    """The check at start cannot know where a name leads: the resolver the webhook client uses refuses
+    the address it resolves to (as it would a name rebound to 127.0.0.1 after the start)."""
     def log() -> str:
         return qhub.log_path.read_text(errors="replace")
 
-    assert wait_for(lambda: "budget webhook http://127.0.0.1" in log() and "budget webhook http://169.254" in log(),
-                    timeout=30), log()[-3000:]
+    hooks = (f"budget webhook http://{INTERNAL}/latest", f"budget webhook http://{INTERNAL}:")
+    assert wait_for(lambda: all(h in log() for h in hooks), timeout=30), log()[-3000:]
     text = log()
-    assert re.search(r"budget webhook http://169\.254\.169\.254\S* failed: .*link-local", text), text[-3000:]
-    assert re.search(r"budget webhook http://127\.0\.0\.1\S* failed: .*loopback", text), text[-3000:]
+    for path in ("/latest/meta-data/", "/hook"):
+        refused = rf"budget webhook http://{re.escape(INTERNAL)}\S*{path} failed: .*(loopback|private|link-local)"
+        assert re.search(refused, text), text[-3000:]
     assert Receiver.got == []  # the policy refused it: nothing reached the receiver on this machine
+
+
+@pytest.mark.parametrize("url", [
+    "http://169.254.169.254/latest/meta-data/", "http://localhost:8081/hub/api", "http://127.0.0.1:9/hook",
+    "http://10.0.0.5/hooks/ml", "http://192.168.1.20/", "http://[::1]:8080/", "http://[::ffff:169.254.169.254]/",
+    "http://127.1/", "http://2130706433/", "https://chat.localhost/hook", "http://0.0.0.0/",
+])
+def test_a_budget_webhook_at_an_internal_address_stops_the_start(tmp_path, monkeypatch, url):
+    """Refused when the budgets file is loaded (it was only refused at send time, at the first warning),
+    by the platform's outbound policy: one line naming the budget and the URL."""
+    path = tmp_path / "budgets.yaml"
+    path.write_text(json.dumps({"budgets": [
+        {"name": "fine", "resource": "gpu", "limit": 1, "window": "1d", "notify": {"webhook": "https://chat.example.org/h"}},
+        {"name": "team-ml", "resource": "gpu", "limit": 1, "window": "1d", "notify": {"webhook": url}}]}))
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "qa")
+    monkeypatch.setenv("STRATOLAB_USAGE_BUDGETS_FILE", str(path))
+    monkeypatch.delenv("STRATOLAB_OUTBOUND_ALLOW", raising=False)
+    with pytest.raises(SettingError) as e:
+        UsageService().initialize([])
+    message = str(e.value)
+    assert "\n" not in message and "'team-ml'" in message and repr(url) in message, message
+    assert "budgets[1].notify.webhook" in message and "--UsageService.budgets_file" in message, message
+    assert "STRATOLAB_OUTBOUND_ALLOW" in message and len(message) < 600, message
+
+
+def test_a_budget_webhook_at_a_network_the_admin_allows_is_accepted(tmp_path, monkeypatch):
+    path = tmp_path / "budgets.yaml"
+    path.write_text(json.dumps({"budgets": [
+        {"name": "internal-chat", "resource": "gpu", "limit": 1, "window": "1d",
+         "notify": {"webhook": "http://10.20.0.7:8065/hooks/x"}},
+        {"name": "public", "resource": "cpu", "limit": 1, "window": "1d",
+         "notify": {"webhook": "https://chat.example.org/hooks/ml"}}]}))
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "qa")
+    monkeypatch.setenv("STRATOLAB_USAGE_BUDGETS_FILE", str(path))
+    monkeypatch.setenv("STRATOLAB_OUTBOUND_ALLOW", "10.20.0.0/16")
+    service = UsageService()
+    service.initialize([])
+    assert [b.name for b in service.budget_list] == ["internal-chat", "public"]
+    monkeypatch.setenv("STRATOLAB_OUTBOUND_ALLOW", "10.30.0.0/16")  # another network: refused
+    with pytest.raises(SettingError, match="internal-chat"):
+        UsageService().initialize([])
 
 
 # --- bad settings ---------------------------------------------------------------------------------------

@@ -104,7 +104,9 @@ class UsageService(HubService):
         except ValueError as e:
             raise SettingError(f"{e} (--UsageService.outbound_allow)") from None
         self.sheet = self._load("prices_file", "prices.yaml", load_price_sheet, DEFAULT_SHEET)
-        self.budget_list: list[Budget] = self._load("budgets_file", "budgets.yaml", load_budgets, [])
+        # webhooks checked against the outbound policy as the file is read: an internal URL stops the start
+        self.budget_list: list[Budget] = self._load(
+            "budgets_file", "budgets.yaml", lambda path: load_budgets(path, self.outbound_policy), [])
 
     def _load(self, name: str, default_name: str, loader, fallback):
         """A file setting, else the file of that name in the data dir, else `fallback`; a bad file stops
