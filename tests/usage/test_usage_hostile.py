@@ -355,6 +355,16 @@ def test_the_csv_export_escapes_formulas_in_every_cell(qhub, ledger):
     assert ["'" + group] == [row[1] for row in rows if row[0] == member.name]
 
 
+def test_the_summary_lists_every_user_past_the_hubs_page_of_200(qhub):
+    """The hub answers a page of at most 200 users: a summary asks page after page, afresh each time."""
+    tag = unique_name("many")
+    names = [f"{tag}-{i}" for i in range(205)]
+    r = requests.post(f"{qhub.api}/users", headers=qhub.admin_headers(), json={"usernames": names})
+    assert r.status_code == 201, r.text[:300]
+    listed = {u["user"] for u in uapi(qhub, qhub.admin_headers(), "GET", "api/admin/summary").json()["users"]}
+    assert set(names) <= listed, sorted(set(names) - listed)[:5]
+
+
 # --- load ---------------------------------------------------------------------------------------------
 
 
