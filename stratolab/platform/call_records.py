@@ -88,6 +88,8 @@ class Decoded:
     consumed: int
     keys: dict[int, CallKey]
     calls: Any
+    #: the highest key id any record names (a damaged key's too: a writer never gives its id again)
+    max_key: int = -1
 
 
 def decode(data: bytes) -> Decoded:
@@ -116,7 +118,9 @@ def decode(data: bytes) -> Decoded:
             continue
         keys[key_id] = key
     slots = slots[:n]
-    return Decoded(consumed=n * SLOT, keys=keys, calls=slots[slots["tag"] == CALL_TAG])
+    named = slots["key"][(tags == CALL_TAG) | (tags == KEY_TAG)]
+    return Decoded(consumed=n * SLOT, keys=keys, calls=slots[tags == CALL_TAG],
+                   max_key=int(named.max()) if len(named) else -1)
 
 
 def billed_ms(duration_us: Any, unit_ms: int) -> Any:

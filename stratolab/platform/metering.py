@@ -161,18 +161,21 @@ class CallJournal:
         """Journals one call: 24 bytes stored into the file's shared mapping (no system call; the key's
         record too the first time); never raises: a call that was served is not failed for its metering."""
         try:
-            ended_us = int((time.time() if ended_at is None else ended_at) * 1_000_000)
-            duration_us = max(0, round(duration_s * 1_000_000))
-            key = (username, function, version, memory_gb)
-            with self._write_lock:
-                key_id = self._keys.get(key)
+            ended_us = time.time_ns() // 1000 if ended_at is None else int(ended_at * 1_000_000)
+            duration_us = int(duration_s * 1_000_000 + 0.5) if duration_s > 0 else 0
+            lock = self._write_lock
+            lock.acquire()
+            try:  # the key's id under the lock too: a rotation starts a new file with new ids
+                key_id = self._keys.get((username, function, version, memory_gb))
                 pos = self._size
                 if key_id is None or pos + SLOT > self._capacity:
-                    self._store_slow(key, ok, ended_us, duration_us)
+                    self._store_slow((username, function, version, memory_gb), ok, ended_us, duration_us)
                     return
-                CALL.pack_into(self._map, pos, 0, 1 if ok else 0, key_id, ended_us, duration_us)
+                CALL.pack_into(self._map, pos, 0, ok, key_id, ended_us, duration_us)
                 self._map[pos] = CALL_TAG  # the tag last: a reader sees the whole record or none of it
                 self._size = pos + SLOT
+            finally:
+                lock.release()
         except Exception as e:
             self._failed(e)
 
@@ -264,10 +267,11 @@ class CallJournal:
         fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
         file_id, header_len = header
         with open(self.path, "rb") as f:
-            end, keys = _scan_keys(f, header_len, None)
-            tail = f.seek(0, os.SEEK_END) - end
-            if tail and f.seek(end) == end and f.read(tail).strip(b"\0"):
-                log.warning("call journal %s: a record cut short at its end (%d bytes) is dropped", self.path, tail)
+            end, keys, max_key = _scan_keys(f, header_len, None)
+            f.seek(end)
+            cut = len(f.read().rstrip(b"\0"))  # after the data: zeros allocated ahead, or a record cut short
+            if cut:
+                log.warning("call journal %s: a record cut short at its end (%d bytes) is dropped", self.path, cut)
         os.ftruncate(fd, end)  # zeros after the data
         if self._capacity:
             self._map.close()
@@ -277,7 +281,7 @@ class CallJournal:
         self._fd, self._file_id, self._size = fd, file_id, end
         self._reserve(end + 1)
         self._keys = {key: key_id for key_id, key in keys.items()}
-        self._next_key = max(keys, default=-1) + 1
+        self._next_key = max_key + 1
 
     def _journal_header(self, path: Path) -> tuple[str, int] | None:
         """(file id, header length) of a journal file, None when there is none. A file in another
@@ -388,7 +392,7 @@ class CallJournal:
         """The keys defined in the file before `start` (read once per file and process, then kept)."""
         scanned, keys = self._fold_keys.get(file_id, (header_len, {}))
         if scanned < start:
-            scanned, more = _scan_keys(f, scanned, start)
+            scanned, more, _ = _scan_keys(f, scanned, start)
             keys.update(more)
         for other in [i for i in self._fold_keys if i not in (file_id, self._file_id)]:
             del self._fold_keys[other]
@@ -426,16 +430,18 @@ class CallJournal:
                 self._fd = -1
 
 
-def _scan_keys(f: BinaryIO, start: int, stop: int | None) -> tuple[int, dict[int, CallKey]]:
-    """The keys defined in whole records from `start` up to `stop` (None: the end of the file), and
-    where the whole records end."""
+def _scan_keys(f: BinaryIO, start: int, stop: int | None) -> tuple[int, dict[int, CallKey], int]:
+    """The keys defined in whole records from `start` up to `stop` (None: the end of the data), where
+    the whole records end, and the highest key id they name."""
     keys: dict[int, CallKey] = {}
+    max_key = -1
     while stop is None or start < stop:
         f.seek(start)
         data = f.read(CHUNK_BYTES if stop is None else min(CHUNK_BYTES, stop - start))
         decoded = decode(data)
         keys.update(decoded.keys)
+        max_key = max(max_key, decoded.max_key)
         start += decoded.consumed
         if decoded.consumed == 0 or len(data) < CHUNK_BYTES:
             break
-    return start, keys
+    return start, keys, max_key

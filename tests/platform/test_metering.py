@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from stratolab.db import ensure_schema, make_engine, session_factory, session_scope
 from stratolab.db.models import UsageJournalOffset, UsageRecord
 from stratolab.db.usage_ledger import BILLING_UNITS_MS, CALLS, Ledger, Resources, user_totals
-from stratolab.platform.call_records import encode_call, encode_key
+from stratolab.platform.call_records import SLOT, encode_call, encode_key
 from stratolab.platform.metering import HEADER, CallJournal, ProcessMeter
 
 T0 = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
@@ -136,6 +136,57 @@ def test_a_rotation_cut_short_by_a_crash_is_finished_by_the_next_fold(db, tmp_pa
     os.rename(stale, again.rotated)
     assert again.fold() == 0 and folded(sessions) == (16, 136) and not again.rotated.exists()
     journal.close()
+    again.close()
+
+
+def test_a_journal_in_the_old_text_format_is_set_aside_and_calls_go_on(db, tmp_path, caplog):
+    _, sessions = db
+    path = tmp_path / "calls.jsonl"
+    path.write_bytes(b"#stratolab-calls 0123\n" + b'[0,"ann","fn",1,1.0,99,1]\n' * 3)  # a crashed old run's
+    journal = CallJournal(path, Ledger(sessions, "functions"))
+    journal.record("ann", "fn", 1, 1.0, 0.000_007, ok=True)
+    assert journal.fold() == 1 and folded(sessions) == (1, 7)
+    [aside] = tmp_path.glob("calls.jsonl.unreadable-*")
+    assert aside.read_bytes().count(b"\n") == 4
+    assert "not in this version's format" in caplog.text
+    journal.close()
+
+
+def test_a_record_cut_short_by_a_crash_is_dropped_and_writing_goes_on_after_the_last_whole_one(db, tmp_path):
+    _, sessions = db
+    path = tmp_path / "calls.jsonl"
+    journal = CallJournal(path, Ledger(sessions, "functions"))
+    for i in range(1, 4):
+        journal.record("ann", "fn", 1, 1.0, i / 1e6, ok=True)
+    # killed while storing a new key's record and its call: everything but the first tag was stored
+    cut = encode_key(7, ("bob", "fn", 1, 1.0)) + encode_call(7, True, 0, 10**6)
+    with open(path, "r+b") as f:
+        f.seek(journal._size)
+        f.write(b"\0" + cut[1:])
+    again = CallJournal(path, Ledger(sessions, "functions"))
+    again.record("ann", "fn", 1, 1.0, 4 / 1e6, ok=True)
+    again.record("cy", "fn", 2, 0.5, 5 / 1e6, ok=False)
+    assert again.fold() == 5
+    assert folded(sessions) == (5, 15) and {r.username for r in call_rows(sessions)} == {"ann", "cy"}
+    again.close()
+    keys = len(encode_key(0, ("ann", "fn", 1, 1.0))) + len(encode_key(1, ("cy", "fn", 2, 0.5)))
+    assert path.stat().st_size == len(HEADER) + 33 + keys + 5 * 24  # the cut record overwritten
+
+
+def test_calls_of_a_damaged_key_are_left_out_and_the_rest_is_billed(db, tmp_path, caplog):
+    _, sessions = db
+    path = tmp_path / "calls.jsonl"
+    journal = CallJournal(path, Ledger(sessions, "functions"))
+    journal.record("ann", "fn", 1, 1.0, 0.000_001, ok=True)
+    journal.close()
+    damaged = bytearray(encode_key(1, ("bob", "fn", 1, 1.0)))
+    damaged[SLOT] = 9  # its first payload slot's tag
+    with open(path, "ab") as f:
+        f.write(bytes(damaged) + encode_call(1, True, 0, 50) + encode_call(0, True, 0, 2))
+    again = CallJournal(path, Ledger(sessions, "functions"))
+    again.record("bob", "fn", 1, 1.0, 0.000_004, ok=True)  # defined again, under a new id
+    assert again.fold() == 2 and folded(sessions) == (3, 7)  # the first was folded at its close
+    assert "damaged key record" in caplog.text and "could not be billed" in caplog.text
     again.close()
 
 

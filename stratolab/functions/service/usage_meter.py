@@ -1,12 +1,12 @@
 """Metering of functions: every call into the usage ledger, and warm instances kept by `min_instances`.
 
-Calls are many and short, so they are not intervals: each is one line appended to the service's call
-journal (stratolab.platform.metering.CallJournal, one `os.write` per call: a SIGKILL loses nothing
-already answered), and the journal is folded into the ledger every few seconds and at shutdown, one
-"function_calls" row per (owner, function, version, memory) with the exact billed milliseconds of each
-billing unit (Lambda's formula: each call's duration rounded up to the unit, at least one unit). The
-fold moves the journal's offset in the same transaction as the rows, so a crash between the two folds
-nothing twice.
+Calls are many and short, so they are not intervals: each is one 24-byte record stored in the service's
+call journal (stratolab.platform.metering.CallJournal: a shared mapping of the journal file, so a
+SIGKILL loses nothing already answered, at ~1 µs and no system call per call), and the journal is folded
+into the ledger every few seconds and at shutdown, one "function_calls" row per (owner, function,
+version, memory, hour) with the exact billed milliseconds of each billing unit (Lambda's formula: each
+call's duration rounded up to the unit, at least one unit). The fold moves the journal's offset in the
+same transaction as the rows, so a crash between the two folds nothing twice.
 
 What a call costs is the memory of the instance that ran it (the function's `memory_mb`, or
 `DEFAULT_MEMORY_GB` when the function sets none) times its billed duration. A call is billed when it
@@ -115,9 +115,13 @@ class FunctionMeter:
     # --- calls ---------------------------------------------------------------------------------
 
     def call(self, view: FunctionView, version: int, status: int, seconds: float) -> None:
-        """One invocation, as the service answered it (never raises: the journal does not)."""
-        if self.journal is not None and status not in NOT_RUN:
-            self.journal.record(view.owner, view.name, version, memory_gb(view.policy), seconds, status < 400)
+        """One invocation, as the service answered it (never raises: the journal does not). On every
+        call's path: kept to a few operations (memory_gb inlined)."""
+        journal = self.journal
+        if journal is not None and status not in NOT_RUN:
+            policy = view.policy
+            journal.record(view.owner, view.name, version, policy.memory_mb / 1024 if policy.memory_mb
+                           else DEFAULT_MEMORY_GB, seconds, status < 400)
 
     def fold(self) -> int:
         """The journal's new calls into the ledger (a thread may run it: the journal is thread-safe)."""
