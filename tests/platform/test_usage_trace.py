@@ -97,18 +97,15 @@ def test_thirty_days_of_use_replayed_through_the_ledger_add_up(tmp_path):
     ended_us = np.sort(int(T0.timestamp() * 1e6) + day * 86_400_000_000 + offset_us)
     duration_us = np.minimum(rng.lognormal(11, 2, CALLS_TOTAL).astype(np.int64), 900_000_000)
     ok = rng.random(CALLS_TOTAL) > 0.02
-    memory_text = [repr(float(m)) for m in MEMORIES]
     journal = CallJournal(tmp_path / "calls.jsonl", Ledger(sessions, "functions", clock), rotate_bytes=40 << 20)
     day_ends = np.searchsorted(ended_us, [T0.timestamp() * 1e6 + d * 86400e6 for d in range(1, DAYS + 1)])
     lo = 0
     folded = 0
     for hi in day_ends:
-        with open(journal.path, "ab") as f:  # opened again each day: the journal rotates the file
-            f.write("".join(
-                f'[{e},"user{u}","fn{fn}",1,{memory_text[m]},{d},{int(k)}]\n'
-                for e, u, fn, m, d, k in zip(ended_us[lo:hi].tolist(), user[lo:hi].tolist(), function[lo:hi].tolist(),
-                                             memory_ix[lo:hi].tolist(), duration_us[lo:hi].tolist(), ok[lo:hi].tolist(),
-                                             strict=True)).encode())
+        journal.record_many(zip(
+            [f"user{u}" for u in user[lo:hi].tolist()], [f"fn{fn}" for fn in function[lo:hi].tolist()],
+            [1] * (hi - lo), [float(MEMORIES[m]) for m in memory_ix[lo:hi].tolist()], duration_us[lo:hi].tolist(),
+            ok[lo:hi].tolist(), ended_us[lo:hi].tolist(), strict=True))
         folded += journal.fold()
         lo = hi
     folded += journal.close()
