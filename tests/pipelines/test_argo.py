@@ -11,6 +11,7 @@ import jsonschema
 import pytest
 import yaml
 
+from crd_support import pruned
 from pipelines_support import dag, read
 from stratolab.errors import InvalidInput
 from stratolab.pipelines import argo, flow, validate
@@ -40,24 +41,6 @@ def crd_schema(kind: str) -> dict[str, Any]:
     crd = yaml.load((SCHEMAS / f"argoproj.io_{plural}.yaml").read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     version = next(v for v in crd["spec"]["versions"] if v.get("storage", True))
     return version["schema"]["openAPIV3Schema"]
-
-
-def pruned(value: Any, schema: dict[str, Any], path: str = "") -> list[str]:
-    """Fields the structural schema does not declare (the API server would drop them)."""
-    out: list[str] = []
-    if isinstance(value, dict):
-        properties, extra = schema.get("properties"), schema.get("additionalProperties")
-        for key, child in value.items():
-            if properties and key in properties:
-                out += pruned(child, properties[key], f"{path}.{key}")
-            elif isinstance(extra, dict):
-                out += pruned(child, extra, f"{path}.{key}")
-            elif not schema.get("x-kubernetes-preserve-unknown-fields"):
-                out.append(f"{path}.{key}")
-    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
-        for i, child in enumerate(value):
-            out += pruned(child, schema["items"], f"{path}[{i}]")
-    return out
 
 
 def validate_object(obj: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from crd_support import pruned
 from stratolab.errors import InvalidInput
 from stratolab.pipelines.rollout.flagger import CanaryInput, build_canary, build_rollout_objects, template_name
 from stratolab.pipelines.rollout.judge import Check, default_checks, flagger_style_checks
@@ -34,24 +35,6 @@ def crd_schemas() -> dict[str, tuple[str, dict[str, Any]]]:
             version = next(v for v in crd["spec"]["versions"] if v.get("storage"))
             out[crd["spec"]["names"]["kind"]] = (f"{crd['spec']['group']}/{version['name']}",
                                                  version["schema"]["openAPIV3Schema"])
-    return out
-
-
-def pruned(value: Any, schema: dict[str, Any], path: str = "") -> list[str]:
-    """Paths of the fields a structural schema does not declare (the API server would drop them)."""
-    out: list[str] = []
-    if isinstance(value, dict):
-        properties, extra = schema.get("properties"), schema.get("additionalProperties")
-        for key, child in value.items():
-            if properties and key in properties:
-                out += pruned(child, properties[key], f"{path}.{key}")
-            elif isinstance(extra, dict):
-                out += pruned(child, extra, f"{path}.{key}")
-            elif not schema.get("x-kubernetes-preserve-unknown-fields"):
-                out.append(f"{path}.{key}")
-    elif isinstance(value, list) and "items" in schema:
-        for i, child in enumerate(value):
-            out += pruned(child, schema["items"], f"{path}[{i}]")
     return out
 
 

@@ -21,6 +21,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from crd_support import pruned
 from stratolab.errors import InvalidInput
 from stratolab.triggers.knative import (
     CONNECTION_ENV,
@@ -65,25 +66,6 @@ def crd_schema(kind: str) -> tuple[str, dict[str, Any]]:
     assert crd["spec"]["names"]["kind"] == kind
     version = next(v for v in crd["spec"]["versions"] if v.get("storage"))
     return f"{crd['spec']['group']}/{version['name']}", version["schema"]["openAPIV3Schema"]
-
-
-def pruned(value: Any, schema: dict[str, Any], path: str = "") -> list[str]:
-    """Paths of the fields a structural schema does not declare (the API server would drop them)."""
-    out: list[str] = []
-    if isinstance(value, dict):
-        properties = schema.get("properties")
-        extra = schema.get("additionalProperties")
-        for key, child in value.items():
-            if properties and key in properties:
-                out += pruned(child, properties[key], f"{path}.{key}")
-            elif isinstance(extra, dict):
-                out += pruned(child, extra, f"{path}.{key}")
-            elif not schema.get("x-kubernetes-preserve-unknown-fields"):
-                out.append(f"{path}.{key}")
-    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
-        for i, child in enumerate(value):
-            out += pruned(child, schema["items"], f"{path}[{i}]")
-    return out
 
 
 def validate_metadata(obj: dict[str, Any]) -> None:
