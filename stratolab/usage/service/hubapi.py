@@ -69,21 +69,21 @@ class HubAPI:
         return None if model is None else [str(u) for u in model.get("users") or ()]
 
     async def users(self) -> list[dict[str, Any]]:
-        """Every user's model (the admin summary's list of users and their groups), page by page."""
-        hit = self._cache.get("users")
-        if hit and time.monotonic() - hit[0] < self.cache_s:
-            return list(hit[1])
+        """Every user's model (name, groups), page by page, asked afresh each time: not from the cache,
+        which is for the lookups every request makes (is the caller an admin, in a group), where a few
+        seconds' delay is harmless. The admin summary reads this: from the cache it left out a user
+        created, or put in a group, in the seconds since the last summary. One call per 200 users."""
         found: list[dict[str, Any]] = []
-        offset = 0
+        offset, limit = 0, 200
         while True:
-            page = await self.call("GET", f"users?offset={offset}&limit=200")
-            items = page.get("items", []) if isinstance(page, dict) else page
+            page = await self.call("GET", f"users?offset={offset}&limit={limit}")
+            # a list (the hub's answer without the pagination media type: full pages go on) or a page
+            items = page.get("items", []) if isinstance(page, dict) else page or []
             found.extend(items)
-            if not isinstance(page, dict) or not page.get("_pagination", {}).get("next"):
-                break
+            more = page.get("_pagination", {}).get("next") if isinstance(page, dict) else len(items) >= limit
+            if not items or not more:
+                return found
             offset += len(items)
-        self._cache["users"] = (time.monotonic(), found)
-        return list(found)
 
     async def servers(self, name: str) -> list[str]:
         """The names of the user's servers that run or start ("" is the default server), asked afresh."""

@@ -278,28 +278,9 @@ class UsageState:
     async def summary(self, start: datetime, end: datetime, *, sort: str, order: str) -> dict[str, Any]:
         now = self.clock()
         rows = await self.db(self._rows, None, start, end, now)
-        users = await every_user(self.hub)
+        users = await self.hub.users()
         groups_of = {str(u["name"]): [str(g) for g in u.get("groups") or ()] for u in users}
         return await asyncio.to_thread(summarize, rows, self.sheet, start, end, now, groups_of, sort, order)
-
-
-async def every_user(hub: HubAPI) -> list[dict[str, Any]]:
-    """Every user's model (name, groups), page by page, asked afresh for each admin summary. Not from
-    the hub answers' cache (HubAPI.cached): that cache is for the lookups every request makes (is the
-    caller an admin, in a group), where a few seconds' delay is harmless; a summary read from it
-    left out a user created, or put in a group, in the seconds since the last summary (its CSV row
-    was missing). A summary is an admin's click: one call per 200 users is cheap."""
-    found: list[dict[str, Any]] = []
-    offset, limit = 0, 200
-    while True:
-        page = await hub.call("GET", f"users?offset={offset}&limit={limit}")
-        # a list (the hub's answer without the pagination media type: full pages go on) or a page
-        items = page.get("items", []) if isinstance(page, dict) else page or []
-        found.extend(items)
-        more = page.get("_pagination", {}).get("next") if isinstance(page, dict) else len(items) >= limit
-        if not items or not more:
-            return found
-        offset += len(items)
 
 
 def _price_as(value: str | None) -> tuple[str, int | None]:
