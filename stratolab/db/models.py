@@ -394,6 +394,8 @@ class UsageRecord(Base):
     devices: Mapped[str] = mapped_column(Text)
     cpu_seconds_used: Mapped[float | None]
     peak_memory_gb: Mapped[float | None]
+    #: GPU utilisation x seconds, summed over the devices held (nvidia-smi samples); None: not measured
+    gpu_seconds_used: Mapped[float | None]
     requests: Mapped[int]
     errors: Mapped[int]
     billed_ms_1: Mapped[int] = mapped_column(BigInteger)
@@ -438,6 +440,7 @@ class UsageOpen(Base):
     last_seen_at: Mapped[datetime]
     cpu_seconds_used: Mapped[float | None]
     peak_memory_gb: Mapped[float | None]
+    gpu_seconds_used: Mapped[float | None]
     #: the processes measured, a JSON list of pids
     pids: Mapped[str] = mapped_column(Text)
 

@@ -71,10 +71,13 @@ class Resources:
 
 @dataclass(frozen=True)
 class Measured:
-    """What a process tree actually used so far: cumulative CPU seconds and its peak memory."""
+    """What an interval actually used so far: its process tree's cumulative CPU seconds and peak
+    memory, and the GPU seconds of the devices it holds (utilisation x time, summed over the devices,
+    `GpuMeter`). None: not measured (no process to sample, no nvidia-smi), never a guessed 0."""
 
     cpu_seconds: float | None = None
     peak_memory_gb: float | None = None
+    gpu_seconds: float | None = None
 
 
 def no_billed_ms() -> dict[int, int]:
@@ -96,6 +99,8 @@ class Usage:
     resources: Resources = Resources()
     cpu_seconds_used: float | None = None
     peak_memory_gb: float | None = None
+    #: GPU utilisation x seconds summed over the devices held, where measured (None: not known)
+    gpu_seconds_used: float | None = None
     requests: int = 0
     errors: int = 0
     #: function_calls only: per billing unit (ms), the sum over the calls of the rounded-up duration
@@ -123,13 +128,14 @@ class OpenInterval:
     cpu_seconds_used: float | None
     peak_memory_gb: float | None
     pids: tuple[int, ...]
+    gpu_seconds_used: float | None = None
 
     def as_usage(self, now: datetime) -> Usage:
         return Usage(
             username=self.username, kind=self.kind, thing=self.thing, thing_id=self.thing_id, profile=self.profile,
             started_at=self.started_at, ended_at=None, seconds=max(0.0, (now - self.started_at).total_seconds()),
             resources=self.resources, cpu_seconds_used=self.cpu_seconds_used, peak_memory_gb=self.peak_memory_gb,
-            capacity=self.capacity, producer=self.producer,
+            gpu_seconds_used=self.gpu_seconds_used, capacity=self.capacity, producer=self.producer,
         )
 
 
@@ -191,7 +197,8 @@ def usage_of_record(row: UsageRecord) -> Usage:
     return Usage(
         username=row.username, kind=row.kind, thing=row.thing, thing_id=row.thing_id, profile=row.profile,
         started_at=row.started_at, ended_at=row.ended_at, seconds=row.seconds, resources=_resources(row),
-        cpu_seconds_used=row.cpu_seconds_used, peak_memory_gb=row.peak_memory_gb, requests=row.requests,
+        cpu_seconds_used=row.cpu_seconds_used, peak_memory_gb=row.peak_memory_gb,
+        gpu_seconds_used=row.gpu_seconds_used, requests=row.requests,
         errors=row.errors, billed_ms={unit: getattr(row, f"billed_ms_{unit}") for unit in BILLING_UNITS_MS},
         capacity=row.capacity, producer=row.producer, reason=row.reason,
     )
@@ -204,6 +211,7 @@ def _open_interval(row: UsageOpen) -> OpenInterval:
         thing_id=row.thing_id, profile=row.profile, resources=_resources(row), capacity=row.capacity,
         started_at=row.started_at, last_seen_at=row.last_seen_at, cpu_seconds_used=row.cpu_seconds_used,
         peak_memory_gb=row.peak_memory_gb, pids=tuple(json.loads(row.pids or "[]")),
+        gpu_seconds_used=row.gpu_seconds_used,
     )
 
 
@@ -218,13 +226,15 @@ def _record_columns(u: Usage, source_key: str | None) -> dict[str, Any]:
     started, ended = as_utc(u.started_at), as_utc(u.ended_at)
     if ended < started:
         raise ValueError(f"usage ended_at ({ended.isoformat()}) is before started_at ({started.isoformat()})")
+    if u.gpu_seconds_used is not None and not u.gpu_seconds_used >= 0:
+        raise ValueError("usage gpu_seconds_used cannot be negative")
     if u.seconds < 0 or u.requests < 0 or u.errors < 0 or any(v < 0 for v in u.billed_ms.values()):
         raise ValueError("usage seconds, requests, errors and billed_ms cannot be negative")
     return {
         "username": u.username, "kind": u.kind, "thing": u.thing, "thing_id": u.thing_id, "profile": u.profile,
         "started_at": started, "ended_at": ended, "seconds": float(u.seconds), **_requested_columns(u.resources),
         "cpu_seconds_used": u.cpu_seconds_used, "peak_memory_gb": u.peak_memory_gb,
-        "requests": int(u.requests), "errors": int(u.errors),
+        "gpu_seconds_used": u.gpu_seconds_used, "requests": int(u.requests), "errors": int(u.errors),
         **{f"billed_ms_{unit}": int(u.billed_ms.get(unit, 0)) for unit in BILLING_UNITS_MS},
         "capacity": u.capacity, "producer": u.producer, "reason": u.reason, "source_key": source_key,
     }
@@ -297,13 +307,15 @@ def _close_where(session: Session, where: Any, reason: str, ended_at: Callable[[
     closed = []
     for row in sorted(deleted, key=lambda r: r.id):
         end = max(as_utc(ended_at(row)), row.started_at)
-        cpu, peak = row.cpu_seconds_used, row.peak_memory_gb
+        cpu, peak, gpu = row.cpu_seconds_used, row.peak_memory_gb, row.gpu_seconds_used
         if measured is not None:
             cpu = measured.cpu_seconds if measured.cpu_seconds is not None else cpu
             if measured.peak_memory_gb is not None:
                 peak = max(peak or 0.0, measured.peak_memory_gb)
+            if measured.gpu_seconds is not None:  # cumulative, as the heartbeat's: never lowered
+                gpu = max(gpu or 0.0, measured.gpu_seconds)
         usage = replace(_open_interval(row).as_usage(end), ended_at=end, cpu_seconds_used=cpu,
-                        peak_memory_gb=peak, reason=reason)
+                        peak_memory_gb=peak, gpu_seconds_used=gpu, reason=reason)
         key = f"open:{row.producer}:{row.key}:{row.started_at.isoformat()}"[:255]
         if append_many(session, [(usage, key)]):
             closed.append(usage)
@@ -333,7 +345,7 @@ class Ledger:
             "producer": self.producer, "key": key, "username": username, "kind": kind, "thing": thing,
             "thing_id": thing_id, "profile": profile, **_requested_columns(resources), "capacity": capacity,
             "started_at": as_utc(started_at) if started_at is not None else now, "last_seen_at": now,
-            "cpu_seconds_used": None, "peak_memory_gb": None, "pids": json.dumps([int(p) for p in pids]),
+            "cpu_seconds_used": None, "peak_memory_gb": None, "gpu_seconds_used": None, "pids": json.dumps([int(p) for p in pids]),
         }
         with session_scope(self.sessions) as s:
             stmt = dialect_insert(s, UsageOpen).on_conflict_do_nothing(index_elements=["producer", "key"])
@@ -350,7 +362,8 @@ class Ledger:
             for key, m in (measured or {}).items():
                 values: dict[str, Any] = {}
                 for column, value in ((UsageOpen.cpu_seconds_used, m.cpu_seconds),
-                                      (UsageOpen.peak_memory_gb, m.peak_memory_gb)):
+                                      (UsageOpen.peak_memory_gb, m.peak_memory_gb),
+                                      (UsageOpen.gpu_seconds_used, m.gpu_seconds)):
                     if value is not None:
                         values[column.key] = case((or_(column.is_(None), column < value), value), else_=column)
                 if values:
@@ -417,9 +430,10 @@ _R, _O = UsageRecord, UsageOpen
 _RECORD_READ = (_R.username, _R.kind, _R.thing, _R.thing_id, _R.profile, _R.ended_at, _R.seconds, _R.cpu_cores,
                 _R.memory_gb, _R.gpus, _R.gpu_model, _R.devices, _R.cpu_seconds_used, _R.peak_memory_gb, _R.requests,
                 _R.errors, _R.billed_ms_1, _R.billed_ms_100, _R.billed_ms_1000, _R.billed_ms_60000, _R.capacity,
-                _R.producer, _R.reason)
+                _R.producer, _R.reason, _R.gpu_seconds_used)
 _OPEN_READ = (_O.username, _O.kind, _O.thing, _O.thing_id, _O.profile, _O.cpu_cores, _O.memory_gb, _O.gpus,
-              _O.gpu_model, _O.devices, _O.cpu_seconds_used, _O.peak_memory_gb, _O.capacity, _O.producer)
+              _O.gpu_model, _O.devices, _O.cpu_seconds_used, _O.peak_memory_gb, _O.capacity, _O.producer,
+              _O.gpu_seconds_used)
 
 
 def _overlapping(start: datetime, end: datetime) -> Any:
@@ -453,21 +467,21 @@ def usage_between(session: Session, start: datetime, end: datetime, *, usernames
     conn = session.connection()
     found = []
     for (_, began, name, kind, thing, thing_id, profile, ended, seconds, cores, memory, gpus, model, devices, used,
-         peak, requests, errors, ms1, ms100, ms1000, ms60000, capacity, producer, reason) in _in_order(
+         peak, requests, errors, ms1, ms100, ms1000, ms60000, capacity, producer, reason, gpu_used) in _in_order(
             conn.execute(records)):
         found.append(Usage(
             username=name, kind=kind, thing=thing, thing_id=thing_id, profile=profile, started_at=began,
             ended_at=ended, seconds=seconds, resources=Resources(cores, memory, gpus, model, _devices(devices)),
             cpu_seconds_used=used, peak_memory_gb=peak, requests=requests, errors=errors,
             billed_ms={1: ms1, 100: ms100, 1000: ms1000, 60000: ms60000}, capacity=capacity, producer=producer,
-            reason=reason))
+            reason=reason, gpu_seconds_used=gpu_used))
     for (_, began, name, kind, thing, thing_id, profile, cores, memory, gpus, model, devices, used, peak, capacity,
-         producer) in _in_order(conn.execute(opened)):
+         producer, gpu_used) in _in_order(conn.execute(opened)):
         found.append(Usage(
             username=name, kind=kind, thing=thing, thing_id=thing_id, profile=profile, started_at=began,
             ended_at=None, seconds=max(0.0, (now - began).total_seconds()),
             resources=Resources(cores, memory, gpus, model, _devices(devices)), cpu_seconds_used=used,
-            peak_memory_gb=peak, capacity=capacity, producer=producer))
+            peak_memory_gb=peak, gpu_seconds_used=gpu_used, capacity=capacity, producer=producer))
     return found
 
 
@@ -495,6 +509,8 @@ class UsageColumns:
     errors: np.ndarray
     #: (rows, len(BILLING_UNITS_MS)): function_calls' billed milliseconds per unit, in BILLING_UNITS_MS order
     billed_ms: np.ndarray
+    #: GPU utilisation x seconds over the devices held (NaN: not measured)
+    gpu_seconds_used: np.ndarray
 
     def __len__(self) -> int:
         return len(self.started_us)
@@ -519,17 +535,18 @@ class UsageColumns:
             [u.ended_at for u in rows], [u.seconds for u in rows], [r.cpu_cores for r in resources],
             [r.memory_gb for r in resources], [r.gpus for r in resources], [u.cpu_seconds_used for u in rows],
             [u.peak_memory_gb for u in rows], [u.requests for u in rows], [u.errors for u in rows],
-            *[[u.billed_ms.get(unit, 0) for u in rows] for unit in BILLING_UNITS_MS]], len(rows))
+            *[[u.billed_ms.get(unit, 0) for u in rows] for unit in BILLING_UNITS_MS],
+            [u.gpu_seconds_used for u in rows]], len(rows))
 
 
 _ARRAYS = ("started_us", "ended_us", "is_open", "seconds", "cpu_cores", "memory_gb", "gpus", "cpu_seconds_used",
-           "peak_memory_gb", "requests", "errors", "billed_ms")
+           "peak_memory_gb", "requests", "errors", "billed_ms", "gpu_seconds_used")
 
 
 def _columns(cols: Sequence[Sequence[Any]], n: int) -> UsageColumns:
     """Columns from `n` rows' values, column by column: (*TEXT_FIELDS, started_at, ended_at or None,
     seconds, cpu_cores, memory_gb, gpus, cpu_seconds_used, peak_memory_gb, requests, errors,
-    *billed_ms); times are datetimes or the ISO text SQLite keeps them as."""
+    *billed_ms, gpu_seconds_used); times are datetimes or the ISO text SQLite keeps them as."""
     import numpy as np
 
     labels, codes = {}, {}
@@ -544,8 +561,9 @@ def _columns(cols: Sequence[Sequence[Any]], n: int) -> UsageColumns:
     requests, errors = (np.array(c, dtype=np.int64) for c in cols[t + 8:t + 10])
     units = len(BILLING_UNITS_MS)
     billed = np.ascontiguousarray(np.array(cols[t + 10:t + 10 + units], dtype=np.int64).reshape(units, n).T)
+    gpu_used = np.array(cols[t + 10 + units], dtype=np.float64)
     return UsageColumns(labels, codes, started, ended, is_open, seconds, cores, memory, gpus, used, peak, requests,
-                        errors, billed)
+                        errors, billed, gpu_used)
 
 
 def _micros(values: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -599,11 +617,11 @@ def usage_columns(session: Session, start: datetime, end: datetime, *, usernames
     text = [_R.username, _R.kind, _R.thing, _R.profile, _R.gpu_model, _R.capacity]
     records = select(*text, stored(_R.started_at), stored(_R.ended_at), _R.seconds,
                      _R.cpu_cores, _R.memory_gb, _R.gpus, _R.cpu_seconds_used, _R.peak_memory_gb, _R.requests,
-                     _R.errors, _R.billed_ms_1, _R.billed_ms_100, _R.billed_ms_1000, _R.billed_ms_60000, _R.id
-                     ).where(_overlapping(start, end))
+                     _R.errors, _R.billed_ms_1, _R.billed_ms_100, _R.billed_ms_1000, _R.billed_ms_60000,
+                     _R.gpu_seconds_used, _R.id).where(_overlapping(start, end))
     opened = select(_O.username, _O.kind, _O.thing, _O.profile, _O.gpu_model, _O.capacity,
                     stored(_O.started_at), _O.cpu_cores, _O.memory_gb, _O.gpus, _O.cpu_seconds_used,
-                    _O.peak_memory_gb, _O.id).where(_O.started_at < end)
+                    _O.peak_memory_gb, _O.gpu_seconds_used, _O.id).where(_O.started_at < end)
     if usernames is not None:
         names = list(usernames)
         records = records.where(_R.username.in_(names))
@@ -612,11 +630,11 @@ def usage_columns(session: Session, start: datetime, end: datetime, *, usernames
     with _collector_paused():
         rows: list[Any] = list(conn.execute(records).all())
         closed = len(rows)
-        for name, kind, thing, profile, model, capacity, began, cores, memory, gpus, used, peak, row_id in (
+        for name, kind, thing, profile, model, capacity, began, cores, memory, gpus, used, peak, gpu_used, row_id in (
                 conn.execute(opened)):
             rows.append((name, kind, thing, profile, model, capacity, began, None, 0.0, cores, memory, gpus, used,
-                         peak, 0, 0, 0, 0, 0, 0, row_id))
-        width = len(TEXT_FIELDS) + 11 + len(BILLING_UNITS_MS)  # the fields, and the id last
+                         peak, 0, 0, 0, 0, 0, 0, gpu_used, row_id))
+        width = len(TEXT_FIELDS) + 12 + len(BILLING_UNITS_MS)  # the fields, and the id last
         cols = list(zip(*rows, strict=True)) if rows else [()] * width
         columns = _columns(cols, len(rows))
     # an open row's seconds: up to now, as `OpenInterval.as_usage` counts them
@@ -669,9 +687,10 @@ def clip(u: Usage, start: datetime, end: datetime, now: datetime) -> Usage:
     whole = (stop - u.started_at).total_seconds()
     fraction = overlap / whole if whole > 0 else 0.0
     cpu = None if u.cpu_seconds_used is None else u.cpu_seconds_used * fraction
+    gpu = None if u.gpu_seconds_used is None else u.gpu_seconds_used * fraction
     ended = None if u.ended_at is None and hi == stop else max(lo, hi)
     return replace(u, started_at=min(lo, hi) if overlap == 0 else lo, ended_at=ended, seconds=overlap,
-                   cpu_seconds_used=cpu)
+                   cpu_seconds_used=cpu, gpu_seconds_used=gpu)
 
 
 # --- budgets' totals ----------------------------------------------------------------------------------

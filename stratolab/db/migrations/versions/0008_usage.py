@@ -36,7 +36,9 @@ def _requested() -> list[sa.Column]:
 
 def _measured() -> list[sa.Column]:
     return [sa.Column("cpu_seconds_used", sa.Float(), nullable=True),
-            sa.Column("peak_memory_gb", sa.Float(), nullable=True)]
+            sa.Column("peak_memory_gb", sa.Float(), nullable=True),
+            # seconds of GPU work measured (utilisation x time, summed over the devices held); NULL: unknown
+            sa.Column("gpu_seconds_used", sa.Float(), nullable=True)]
 
 
 def _billed() -> list[sa.Column]:
