@@ -6,8 +6,8 @@ Design choices, and why:
 - Policies in the shape of 2i2c's jupyterhub-usage-quotas (`resource`, `limit: {value, unit}`,
   `window` as a number of days) so their policies read here; plus what they lack: a name, a scope of
   users or groups, a group pool (`per: group`: the group's members share one limit), the action at
-  100% (`stop` or `flag`: allow and tell), `warn_at` and a webhook. Their `memory` and `cpu`
-  resources are read as `memory_gb_hours` and `cpu_hours`.
+  100% (`stop` or `flag`: allow and tell), `warn_at`, a webhook and e-mail addresses. Their
+  `memory` and `cpu` resources are read as `memory_gb_hours` and `cpu_hours`.
 - Every budget that applies must allow a start; a start is judged only on the budgets it would
   consume (a CPU-only server is not refused by a GPU budget; function requests only limit deploys).
   A `flag` budget never refuses: crossing it is reported (`Decision.flagged`) for a notification.
@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from stratolab.errors import InvalidInput
+from stratolab.platform.mail import is_address
 from stratolab.platform.outbound import ENV as OUTBOUND_ENV
 from stratolab.platform.outbound import OutboundPolicy
 from stratolab.usage.pricing import DEFAULT_SHEET, PriceSheet, read_document
@@ -56,7 +57,9 @@ UNITS = {"cpu_hours": ("core-hours", {"core-hours", "cpu-hours", "cores-hours"})
 ACTIONS = ("stop", "flag")
 PER = ("user", "group")
 KEYS = ("name", "resource", "limit", "window", "scope", "per", "action", "warn_at", "notify")
+NOTIFY_KEYS = ("webhook", "email", "email_user")
 MAX_LIMIT = 1e12
+MAX_EMAILS = 20
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
 
 
@@ -87,12 +90,13 @@ class Budget:
     per: str = "user"
     action: str = "stop"
     warn_at: float = 0.8
-    notify: Mapping[str, str] = field(default_factory=dict)
+    #: webhook (a URL), email (a tuple of addresses), email_user (True): `_notify`
+    notify: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "resource": self.resource, "limit": self.limit, "window": self.window.text,
                 "scope": self.scope.to_json(), "per": self.per, "action": self.action, "warn_at": self.warn_at,
-                "notify": dict(self.notify)}
+                "notify": {k: list(v) if isinstance(v, tuple) else v for k, v in self.notify.items()}}
 
 
 @dataclass(frozen=True)
@@ -272,18 +276,57 @@ def _scope(value: Any, key: str) -> Scope:
     return scope
 
 
-def _notify(value: Any, key: str) -> dict[str, str]:
+def _notify(value: Any, key: str) -> dict[str, Any]:
+    """`webhook` (a URL), `email` (one address or a list) and `email_user` (also mail the user judged,
+    when their hub name is an e-mail address: `recipients`)."""
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise InvalidInput(f"{key} must be a mapping such as {{webhook: https://...}}", field=key)
-    out = {}
+        raise InvalidInput(f"{key} must be a mapping such as {{webhook: https://..., email: ops@example.org}}",
+                           field=key)
+    out: dict[str, Any] = {}
     for k, v in value.items():
-        if k != "webhook":
-            raise InvalidInput(f"{key}.{k} is not a notify key: expected webhook", field=f"{key}.{k}")
-        if not isinstance(v, str) or not re.match(r"^https?://[^\s/]+", v):
-            raise InvalidInput(f"{key}.webhook must be an http(s) URL, not {v!r}", field=f"{key}.webhook")
-        out[k] = v
+        if k not in NOTIFY_KEYS:
+            raise InvalidInput(f"{key}.{k} is not a notify key: expected one of {', '.join(NOTIFY_KEYS)}",
+                               field=f"{key}.{k}")
+        if k == "webhook":
+            if not isinstance(v, str) or not re.match(r"^https?://[^\s/]+", v):
+                raise InvalidInput(f"{key}.webhook must be an http(s) URL, not {v!r}", field=f"{key}.webhook")
+            out[k] = v
+        elif k == "email":
+            out[k] = _addresses(v, f"{key}.email")
+        elif not isinstance(v, bool):
+            raise InvalidInput(f"{key}.email_user must be true or false, not {v!r}", field=f"{key}.email_user")
+        elif v:
+            out[k] = True
+    return out
+
+
+def _addresses(value: Any, key: str) -> tuple[str, ...]:
+    """One address or a list of them, each a plain user@domain, without repeats (in any case; order kept)."""
+    listed = [value] if isinstance(value, str) else value
+    if not isinstance(listed, list) or not listed or len(listed) > MAX_EMAILS:
+        raise InvalidInput(f"{key} must be an e-mail address or a list of 1 to {MAX_EMAILS} of them", field=key)
+    for i, address in enumerate(listed):
+        if not isinstance(address, str) or not is_address(address):
+            where = key if isinstance(value, str) else f"{key}[{i}]"
+            raise InvalidInput(f"{where} must be an e-mail address such as ops@example.org, not {address!r}",
+                               field=where)
+    return tuple({a.lower(): a for a in reversed(listed)}[k] for k in dict.fromkeys(a.lower() for a in listed))
+
+
+def mails(budget: Budget) -> bool:
+    """Whether `budget` sends e-mail (so the service needs an SMTP server)."""
+    return bool(budget.notify.get("email") or budget.notify.get("email_user"))
+
+
+def recipients(budget: Budget, username: str) -> list[str]:
+    """Who is mailed about `budget` for `username`: its `email` addresses, and with `email_user` the
+    user too when their hub name is an e-mail address (hubs logging in by e-mail, e.g. OIDC with
+    `STRATOLAB_OIDC_USERNAME_CLAIM=email`); other names have no address the service knows."""
+    out = list(budget.notify.get("email") or ())
+    if budget.notify.get("email_user") and is_address(username) and username.lower() not in map(str.lower, out):
+        out.append(username)
     return out
 
 

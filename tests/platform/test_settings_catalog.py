@@ -87,23 +87,27 @@ def test_a_service_setting_documents_its_option_and_default():
     assert "| `STRATOLAB_FUNCTIONS_MAX_HELD_MB` | `1024` | functions service |" in readme
     assert "(`--FunctionsService.max_held_mb`)" in readme
     assert "| `STRATOLAB_JOBS_EXECUTOR` | `local` | scheduler |" in readme
-    assert "| `STRATOLAB_SMTP_PORT` | `25` | scheduler |" in readme
+    assert "| `STRATOLAB_SMTP_PORT` | `25` | scheduler, usage service |" in readme  # budget notices mail too
     assert "| `STRATOLAB_TRIGGERS_MAX_EVENT_MB` | `10.0` | triggers service |" in readme
     assert "(`--TriggersService.policy`)" in readme
 
 
-def test_each_service_declares_every_variable_the_hub_starts_it_with(tmp_path):
+def test_each_service_declares_every_variable_the_hub_starts_it_with(tmp_path, monkeypatch):
     """The hub starts the services with environment variables (stratolab.hub.config): each is a setting
-    the service declares, so none is set and then ignored."""
-    from stratolab.hub.config import functions_service, scheduler_service, triggers_service
-    from stratolab.settings import FUNCTIONS, SCHEDULER, TRIGGERS, PlatformSettings
+    the service declares, so none is set and then ignored (those it passes on from its own environment
+    too: the SMTP server's, given to the scheduler and the usage service)."""
+    monkeypatch.setenv("STRATOLAB_SMTP_HOST", "mail.example.org")
+    monkeypatch.setenv("STRATOLAB_SMTP_PORT", "587")
+    from stratolab.hub.config import functions_service, scheduler_service, triggers_service, usage_service
+    from stratolab.settings import FUNCTIONS, SCHEDULER, TRIGGERS, USAGE, PlatformSettings
 
     settings = PlatformSettings.from_env({"STRATOLAB_DATA_DIR": str(tmp_path), "STRATOLAB_ISOLATION": "shared",
                                           "STRATOLAB_GPUS": "0", "STRATOLAB_PROFILES_FILE": str(tmp_path / "p.yaml")})
     declared = load_tool().catalog()
     for entry, component in ((functions_service(settings, "shared"), FUNCTIONS),
                              (scheduler_service(settings, "shared"), SCHEDULER),
-                             (triggers_service(settings, "shared"), TRIGGERS)):
+                             (triggers_service(settings, "shared"), TRIGGERS),
+                             (usage_service(settings, "shared"), USAGE)):
         given = [var for var in entry["environment"] if var.startswith("STRATOLAB_")]
         assert len(given) >= 6
         for var in given:

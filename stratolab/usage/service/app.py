@@ -12,6 +12,8 @@ the environment variable it defaults to: the hub starts the service with those v
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -24,10 +26,11 @@ from traitlets import Bool, CaselessStrEnum, Float, Unicode
 
 from stratolab.db import ensure_schema, make_engine, session_factory
 from stratolab.errors import StratolabError
+from stratolab.platform.mail import SmtpConfig
 from stratolab.platform.outbound import ENV as OUTBOUND_ENV
 from stratolab.platform.outbound import OutboundPolicy
 from stratolab.platform.service_app import EnvConfigurable, HubService, SettingError, until_stopped
-from stratolab.usage.budgets import Budget, load_budgets
+from stratolab.usage.budgets import Budget, load_budgets, mails
 from stratolab.usage.pricing import DEFAULT_SHEET, load_price_sheet
 from stratolab.usage.service import handlers, metrics
 from stratolab.usage.service.enforce import Enforcer
@@ -63,7 +66,7 @@ class UsageService(HubService):
     Started as `python -m stratolab.usage.service.app`, as the hub and the Helm chart start it."""
 
     service_name, default_port = "usage", 10104
-    classes = [KubeCollectorSettings]
+    classes = [KubeCollectorSettings, SmtpConfig]
     log_name = "usage"
 
     data_dir = Unicode("", help="The service's folder: prices.yaml and budgets.yaml there are read when no file "
@@ -92,9 +95,11 @@ class UsageService(HubService):
 
     def init_parts(self) -> None:
         self.kube_settings = KubeCollectorSettings(parent=self) if self.backend == "kubernetes" else None
+        # the scheduler's SMTP settings (STRATOLAB_SMTP_*): budget notices are mailed through the same server
+        self.smtp_config = SmtpConfig(parent=self)
 
     def configurables(self) -> list[EnvConfigurable]:
-        return [self, *([self.kube_settings] if self.kube_settings is not None else [])]
+        return [self, self.smtp_config, *([self.kube_settings] if self.kube_settings is not None else [])]
 
     def initialize(self, argv: list[str] | None = None) -> None:
         super().initialize(argv)
@@ -107,6 +112,13 @@ class UsageService(HubService):
         # webhooks checked against the outbound policy as the file is read: an internal URL stops the start
         self.budget_list: list[Budget] = self._load(
             "budgets_file", "budgets.yaml", lambda path: load_budgets(path, self.outbound_policy), [])
+        self.smtp = self.smtp_config.smtp_settings()
+        mailing = [b.name for b in self.budget_list if mails(b)]
+        if mailing and self.smtp is None:
+            # as the scheduler refuses a schedule's notify.email without a server: told at start, not lost later
+            raise SettingError(f"budget {mailing[0]!r} sends e-mail (notify.email or notify.email_user) but no SMTP "
+                               f"server is set: set STRATOLAB_SMTP_HOST (--SmtpConfig.host) or remove its e-mail "
+                               f"(--UsageService.budgets_file)")
 
     def _load(self, name: str, default_name: str, loader, fallback):
         """A file setting, else the file of that name in the data dir, else `fallback`; a bad file stops
@@ -147,7 +159,8 @@ class UsageService(HubService):
     async def serve(self) -> None:
         state = self.build_state()
         enforcer = Enforcer(state, self.scheduler_url.rstrip("/") + "/", self.functions_url.rstrip("/") + "/",
-                            outbound=self.outbound_policy, lost_after=timedelta(seconds=self.lost_after))
+                            outbound=self.outbound_policy, lost_after=timedelta(seconds=self.lost_after),
+                            smtp=self.smtp, public_url=self.public_url)
         app = service_app("stratolab-usage", self.prefix, OPENAPI, ROUTE_HANDLERS, state,
                           metrics_registry=metrics.REGISTRY, cookie_secret=self.cookie_secret(),
                           template_path=str(HERE / "templates"), static_path=str(HERE / "static"),
@@ -164,10 +177,13 @@ class UsageService(HubService):
         loop = ioloop.PeriodicCallback(each_round, self.enforce_every * 1000)
         loop.start()
         ioloop.IOLoop.current().add_callback(each_round)
-        log.info("usage service ready at http://%s:%s%s (%d budgets, prices in %s)", self.ip, self.port,
-                 self.prefix, len(self.budget_list), self.sheet.currency)
+        log.info("usage service ready at http://%s:%s%s (%d budgets, prices in %s, %s)", self.ip, self.port,
+                 self.prefix, len(self.budget_list), self.sheet.currency,
+                 f"mail through {self.smtp.host}:{self.smtp.port}" if self.smtp else "no e-mail")
         await until_stopped()
         loop.stop()
+        with contextlib.suppress(TimeoutError):  # mails under way get a moment, not the whole timeout
+            await asyncio.wait_for(enforcer.settle(), 5)
         if collector is not None:
             await collector.stop()
         server.stop()

@@ -8,7 +8,13 @@ so a server over budget is stopped well within a minute of crossing it):
    at 100% with action "flag": an "exceeded" notification, nothing stopped; with action "stop": what
    draws on that budget is stopped (a GPU budget stops what holds GPUs, a CPU one what holds cores),
    and a "stopped" notification says what. A notification is made once per budget, pool and window
-   (its `dedup_key`, unique in the table), so a webhook fires once too.
+   (its `dedup_key`, unique in the table), so a webhook fires once too, and so does its e-mail.
+
+E-mail (`budget_mail`): when the admin configured an SMTP server (the scheduler's `STRATOLAB_SMTP_*`
+settings), each new notification is also mailed to the budget's `notify.email` addresses and, with
+`notify.email_user`, to the user when their hub name is an e-mail address (budgets.recipients). Mails
+go out in the background (at most `MAIL_CONCURRENCY` at once, each bounded by platform.mail's timeout),
+so a slow mail server never delays a stop.
 
 How things are stopped, each through its owner's API (capabilities are never reached into):
 servers through the hub's REST API (this service's token: `servers`); runs and trials through the
@@ -35,14 +41,21 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from stratolab.db.models import UsageNotification, UsageOpen
 from stratolab.db.usage_ledger import sweep_lost
+from stratolab.platform.mail import SmtpSettings, send_mail
 from stratolab.platform.outbound import OutboundPolicy, guarded_client
 from stratolab.platform.scopes import FUNCTIONS_DEPLOY, FUNCTIONS_SERVICE, JOBS_RUN, SCHEDULER_SERVICE
 from stratolab.usage import budgets as rules
+from stratolab.usage.pricing import PriceSheet
 from stratolab.usage.service import metrics
 from stratolab.usage.service.state import UsageState
+from stratolab.usage.windows import next_month_start
 
 log = logging.getLogger("stratolab.usage")
 
+#: SMTP exchanges at once (the rest wait their turn)
+MAIL_CONCURRENCY = 4
+#: a notice's level, as a subject reads it
+SUBJECTS = {"warning": "nearly used up", "exceeded": "used up", "stopped": "used up: stopped what ran"}
 #: what kind of start an open interval was, as budgets.consumes judges starts
 START_KIND = {"server": "server", "run": "run", "trial": "trial", "pipeline_step": "run", "function_instance": "deploy"}
 
@@ -70,6 +83,33 @@ def dedup_key(user: str, gauge: rules.Gauge, level: str, now: datetime) -> str:
     return f"{gauge.budget.name}|{gauge.pool.describe()}|{user}|{level}|{period}"[:255]
 
 
+def budget_mail(user: str, gauge: rules.Gauge, level: str, message: str, sheet: PriceSheet,
+                public_url: str = "") -> tuple[str, str]:
+    """A notice's e-mail (pure): its subject and text, with the budget's name, the usage and when it
+    frees up (a used-up budget's time; for one nearly used up, how its window moves on)."""
+    b = gauge.budget
+    subject = f"[stratolab] Budget '{b.name}' {SUBJECTS.get(level, level)} ({user})"
+    used = f"{rules.quantity(gauge.used, b.resource, sheet)} of {rules.quantity(b.limit, b.resource, sheet)}"
+    if math.isfinite(gauge.fraction):
+        used += f" ({gauge.fraction:.0%})"
+    if gauge.exceeded:
+        frees = rules.when(gauge.frees_at) if gauge.frees_at is not None else "never (its limit is 0): ask an admin"
+    elif b.window.span is None:
+        frees = f"the window starts afresh at {rules.when(next_month_start(gauge.start))}"
+    else:
+        frees = f"usage leaves the window {b.window.describe().removeprefix('per ')} after it was used"
+    then = "what runs is stopped" if b.action == "stop" else "it is reported to the admins"
+    lines = [message, "",
+             f"Budget: {b.name} ({rules.describe(b, gauge.pool, sheet)})",
+             f"User: {user}",
+             f"Used: {used}, since {rules.when(gauge.start)}",
+             f"Frees up: {frees}",
+             f"At 100%: {then}"]
+    if public_url:
+        lines += ["", f"Your usage: the Stratolab panel's Usage section in the lab, {public_url.rstrip('/')}/hub/"]
+    return subject, "\n".join(lines) + "\n"
+
+
 def to_stop(budget: rules.Budget, running: list[Running]) -> list[Running]:
     """What of `running` draws on `budget` (pure)."""
     return [r for r in running if rules.consumes(budget, START_KIND.get(r.kind, r.kind), r.resources)]
@@ -82,10 +122,16 @@ class Enforcer:
     functions_url: str
     outbound: OutboundPolicy = field(default_factory=OutboundPolicy)
     lost_after: timedelta = timedelta(minutes=5)
+    #: the SMTP server budget notices are mailed through (None: no e-mail)
+    smtp: SmtpSettings | None = None
+    #: the hub's public URL, for the link in a mail
+    public_url: str = ""
 
     def __post_init__(self) -> None:
         self._webhooks = guarded_client(self.outbound)
         self._lock = asyncio.Lock()
+        self._mail_slots = asyncio.Semaphore(MAIL_CONCURRENCY)
+        self._mails: set[asyncio.Task[bool]] = set()
 
     async def round(self) -> None:
         """One pass; never raises (the next pass comes anyway), and never two at once."""
@@ -157,7 +203,32 @@ class Enforcer:
             if webhook:
                 await self.send_webhook(webhook, {"user": user, "level": level, "message": message,
                                                   **gauge.to_json()})
+            self.mail(user, gauge, level, message)
         return new
+
+    def mail(self, user: str, gauge: rules.Gauge, level: str, message: str) -> asyncio.Task[bool] | None:
+        """Mail a new notice to its budget's recipients, in the background (None: nobody to mail, or no
+        SMTP server)."""
+        to = rules.recipients(gauge.budget, user)
+        if not to or self.smtp is None:
+            return None
+        subject, text = budget_mail(user, gauge, level, message, self.state.sheet, self.public_url)
+        task = asyncio.create_task(self._send(self.smtp, to, subject, text, gauge.budget.name))
+        self._mails.add(task)
+        task.add_done_callback(self._mails.discard)
+        return task
+
+    async def _send(self, smtp: SmtpSettings, to: list[str], subject: str, text: str, budget: str) -> bool:
+        async with self._mail_slots:
+            sent = await send_mail(smtp, to, subject, text)
+        if sent:
+            log.info("budget %s: mailed %s", budget, ", ".join(to))
+        return sent
+
+    async def settle(self) -> None:
+        """Wait for the mails under way (at shutdown; tests)."""
+        while self._mails:
+            await asyncio.gather(*list(self._mails), return_exceptions=True)
 
     async def send_webhook(self, url: str, body: dict[str, Any]) -> None:
         request = HTTPRequest(url, method="POST", body=json.dumps(body, default=str),
