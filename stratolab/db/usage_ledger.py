@@ -345,7 +345,8 @@ class Ledger:
             "producer": self.producer, "key": key, "username": username, "kind": kind, "thing": thing,
             "thing_id": thing_id, "profile": profile, **_requested_columns(resources), "capacity": capacity,
             "started_at": as_utc(started_at) if started_at is not None else now, "last_seen_at": now,
-            "cpu_seconds_used": None, "peak_memory_gb": None, "gpu_seconds_used": None, "pids": json.dumps([int(p) for p in pids]),
+            "cpu_seconds_used": None, "peak_memory_gb": None, "gpu_seconds_used": None,
+            "pids": json.dumps([int(p) for p in pids]),
         }
         with session_scope(self.sessions) as s:
             stmt = dialect_insert(s, UsageOpen).on_conflict_do_nothing(index_elements=["producer", "key"])

@@ -14,6 +14,10 @@ Design choices, and why:
   interval whose spawner state was lost cannot be heartbeaten for ever.
 - A server found dead (by `poll` or at `stop`) ends at the last moment it was seen alive, by a heartbeat
   or a poll; a server stopped while running ends now, with a last measurement taken before the stop.
+- GPUs: each heartbeat asks nvidia-smi once for every device (`GpuMeter`), and each server's interval
+  accumulates the utilisation of the devices it holds; a hub that restarts goes on from what the
+  ledger holds (`watch`). A server stopped gets the last reading up to the stop (no nvidia-smi call
+  on the hub's loop); one found dead only what was sampled while it lived.
 - Process identity: a pid is the server's only while the process with that pid was created before the
   interval was last seen (a pid reused by a later process is not the server).
 """
@@ -25,7 +29,7 @@ import functools
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import psutil
@@ -34,7 +38,7 @@ from tornado.ioloop import PeriodicCallback
 
 from stratolab.db.models import as_utc, utcnow
 from stratolab.db.usage_ledger import Ledger, Measured, OpenInterval, Resources
-from stratolab.platform.metering import ProcessMeter
+from stratolab.platform.metering import GpuMeter, ProcessMeter
 
 #: where the meter logs when no logger is given (the hub gives its own: its log is the one read)
 default_log = logging.getLogger("stratolab.usage")
@@ -84,19 +88,23 @@ class Metered:
     key: str
     pid: int
     last_alive: datetime
+    #: the GPU devices its interval holds (from the GPU ledger), whose utilisation is measured
+    devices: tuple[str, ...] = ()
 
 
 class HubMeter:
     """The hub's producer of server intervals (see the module's docstring)."""
 
     def __init__(self, sessions: sessionmaker[Session], heartbeat_s: float = DEFAULT_HEARTBEAT_S,
-                 clock: Callable[[], datetime] = utcnow, log: logging.Logger | None = None) -> None:
+                 clock: Callable[[], datetime] = utcnow, log: logging.Logger | None = None,
+                 gpu_meter: GpuMeter | None = None) -> None:
         self.log = log or default_log
         self.ledger = Ledger(sessions, producer=PRODUCER, clock=clock)
         self.clock = clock
         self.heartbeat_s = heartbeat_s
         self.servers: dict[str, Metered] = {}
         self._meter = ProcessMeter()
+        self.gpu_meter = gpu_meter or GpuMeter()
         self._meter_lock = threading.Lock()  # the heartbeat's thread and the loop both sample
         self._timer: PeriodicCallback | None = None
         self._beating = False
@@ -112,13 +120,20 @@ class HubMeter:
                          resources=resources, started_at=launched_at, pids=[pid])
         self.log.info("usage: %s opened (profile %s, %g CPU, %.3g GB, GPU %s)", key, profile or "-",
                       resources.cpu_cores, resources.memory_gb, ",".join(resources.devices) or "none")
-        self.watch(key, pid)
+        self.servers[key] = Metered(key, pid, as_utc(self.clock()), tuple(resources.devices))
+        self._ensure_timer()
 
     def watch(self, key: str, pid: int) -> None:
-        """Meter a server whose interval is open already (a hub restarted beside it)."""
+        """Meter a server whose interval is open already (a hub restarted beside it): its devices and
+        the GPU seconds measured so far come from its open interval."""
         now = as_utc(self.clock())
-        last_alive = now if process_alive(pid, now) else (self._last_seen(key) or now)
-        self.servers[key] = Metered(key, pid, last_alive)
+        interval = self._open_interval(key)
+        alive = process_alive(pid, now)
+        last_alive = now if alive or interval is None else interval.last_seen_at
+        devices = interval.resources.devices if interval is not None else ()
+        if interval is not None:
+            self.gpu_meter.resume(key, interval.gpu_seconds_used)
+        self.servers[key] = Metered(key, pid, last_alive, tuple(devices))
         self._ensure_timer()
 
     def seen_alive(self, key: str) -> None:
@@ -134,6 +149,9 @@ class HubMeter:
         measured = self.sample(metered.pid) if metered is not None and not dead else None
         if metered is not None and not dead and measured is None:
             dead = True  # gone before the stop reached it
+        gpu_seconds = self.gpu_meter.finish(key, extend=not dead)
+        if gpu_seconds is not None:
+            measured = replace(measured or Measured(), gpu_seconds=gpu_seconds)
         ended_at: datetime | None = None
         if dead:
             ended_at = metered.last_alive if metered is not None else self._last_seen(key)
@@ -177,7 +195,8 @@ class HubMeter:
         self._beating = True
         try:
             snapshot = {key: m.pid for key, m in self.servers.items()}
-            alive = await asyncio.to_thread(self.beat, snapshot)
+            held = {key: m.devices for key, m in self.servers.items()}
+            alive = await asyncio.to_thread(self.beat, snapshot, held)
             now = as_utc(self.clock())
             for key in alive:
                 metered = self.servers.get(key)
@@ -188,14 +207,23 @@ class HubMeter:
         finally:
             self._beating = False
 
-    def beat(self, servers: Mapping[str, int]) -> set[str]:
-        """Measure `servers` (key -> pid), mark the hub's intervals seen, close the ones no spawner
-        knows whose process is gone. Returns the keys whose process was alive."""
+    def beat(self, servers: Mapping[str, int], held: Mapping[str, tuple[str, ...]] | None = None) -> set[str]:
+        """Measure `servers` (key -> pid) and the GPUs they hold (`held`, key -> devices: by default
+        what the meter knows), mark the hub's intervals seen, close the ones no spawner knows whose
+        process is gone. Returns the keys whose process was alive."""
+        if held is None:
+            held = {key: known.devices for key in servers if (known := self.servers.get(key)) is not None}
+        try:
+            gpu = self.gpu_meter.measure({key: held.get(key, ()) for key in servers})
+        except Exception:  # measuring is best effort: the interval counts either way
+            self.log.debug("could not measure the GPUs", exc_info=True)
+            gpu = {}
         measured: dict[str, Measured] = {}
         for key, pid in servers.items():
             m = self.sample(pid)
             if m is not None:
-                measured[key] = m
+                gpu_seconds = gpu.get(key)
+                measured[key] = m if gpu_seconds is None else replace(m, gpu_seconds=gpu_seconds)
         self._recover(set(servers))
         self.ledger.heartbeat(measured)
         return set(measured)
@@ -211,9 +239,13 @@ class HubMeter:
                      usage.username, usage.ended_at, usage.seconds)
 
     def _last_seen(self, key: str) -> datetime | None:
+        interval = self._open_interval(key)
+        return interval.last_seen_at if interval is not None else None
+
+    def _open_interval(self, key: str) -> OpenInterval | None:
         for interval in self.ledger.open_intervals():
             if interval.key == key:
-                return interval.last_seen_at
+                return interval
         return None
 
 

@@ -9,8 +9,9 @@ when it ends; an executor only runs a process. `RunMeter` is what both call:
 - `opened` / `closed` open and close the ledger interval keyed `run:ID` or `trial:JOB-NUMBER`
   (idempotent: a second open or close of one key changes nothing, so a restart never counts twice).
 - `beat`, on the scheduler's heartbeat loop, samples the CPU seconds and peak memory of every local
-  run's process tree (psutil) and stores them with the ledger's heartbeat; the ledger's `last_seen_at`
-  is what a crash closes an interval at.
+  run's process tree (psutil), and the utilisation of the GPU devices each run holds (one nvidia-smi
+  call for all of them, `GpuMeter`), and stores them with the ledger's heartbeat; the ledger's
+  `last_seen_at` is what a crash closes an interval at.
 - `recover`, at the scheduler's start, closes the intervals of runs that are no longer running.
 
 A meter without a ledger (`RunMeter.off()`) does nothing: tests of the engine that do not care about
@@ -22,13 +23,13 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol
 
 from stratolab.db.usage_ledger import Ledger, Measured, OpenInterval, Resources
 from stratolab.errors import StratolabError
-from stratolab.platform.metering import ProcessMeter
+from stratolab.platform.metering import GpuMeter, ProcessMeter
 from stratolab.platform.profiles import Profile
 
 log = logging.getLogger("stratolab.jobs")
@@ -106,12 +107,15 @@ class Start:
 
 class RunMeter:
     def __init__(self, ledger: Ledger | None, usage: BudgetChecker | None = None,
-                 process_meter: ProcessMeter | None = None):
+                 process_meter: ProcessMeter | None = None, gpu_meter: GpuMeter | None = None):
         self.ledger = ledger
         self.usage = usage
         self.process_meter = process_meter or (ProcessMeter() if ledger is not None else None)
+        self.gpu_meter = gpu_meter or (GpuMeter() if ledger is not None else None)
         #: key -> root pid of the run's process (local executions only), sampled at each beat
         self.pids: dict[str, int] = {}
+        #: key -> the GPU devices the run holds on this machine (from the GPU ledger), measured at each beat
+        self.devices: dict[str, tuple[str, ...]] = {}
 
     @classmethod
     def off(cls) -> RunMeter:
@@ -143,6 +147,8 @@ class RunMeter:
             return
         if pid is not None:
             self.pids[start.key] = pid
+        if start.resources.devices:
+            self.devices[start.key] = tuple(start.resources.devices)
         try:
             self.ledger.open(start.key, username=start.owner, kind=start.kind, thing=start.thing,
                              thing_id=start.thing_id, profile=start.profile, resources=start.resources,
@@ -155,6 +161,10 @@ class RunMeter:
             return
         pid = self.pids.pop(key, None)
         measured = self._sample(pid) if pid is not None else None
+        self.devices.pop(key, None)
+        gpu_seconds = self.gpu_meter.finish(key, extend=ended_at is None) if self.gpu_meter is not None else None
+        if gpu_seconds is not None:
+            measured = replace(measured or Measured(), gpu_seconds=gpu_seconds)
         try:
             self.ledger.close(key, ended_at=ended_at, reason=reason, measured=measured)
         except Exception:
@@ -176,7 +186,20 @@ class RunMeter:
             sample = self._sample(pid)
             if sample is not None:
                 measured[key] = sample
+        for key, gpu_seconds in self._gpu_seconds().items():
+            if gpu_seconds is not None:
+                measured[key] = replace(measured.get(key) or Measured(), gpu_seconds=gpu_seconds)
         self.ledger.heartbeat(measured)
+
+    def _gpu_seconds(self) -> dict[str, float | None]:
+        """Each run's GPU seconds so far, from one nvidia-smi call (none when no run holds a device)."""
+        if self.gpu_meter is None:
+            return {}
+        try:
+            return self.gpu_meter.measure(dict(self.devices))
+        except Exception:  # measuring is best effort: the interval counts either way
+            log.debug("could not measure the GPUs", exc_info=True)
+            return {}
 
     def recover(self, alive: Callable[[OpenInterval], bool]) -> None:
         """At start, after the runs left by a previous life were closed: intervals whose run or trial no

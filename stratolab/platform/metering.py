@@ -9,6 +9,13 @@ Why it is built this way:
   them), so a short-lived child is counted although no sample ever saw it. Peak memory is the
   largest of the summed RSS seen at a sample and any member's own high-water mark (VmHWM), which
   catches a spike between samples that one process made.
+- GPUs are measured by their devices, not by process: a device is held whole by one interval (the GPU
+  ledger), so its utilisation is that interval's. `GpuMeter` asks `nvidia-smi` ONCE per heartbeat
+  for every device (not once per server), and each interval holding devices accumulates, per device,
+  the utilisation reported x the seconds since its previous sample (nvidia-smi's figure is the share
+  of the last fraction of a second kernels ran: a sample of the time before it). Without nvidia-smi,
+  or for a device it does not report (a MIG slice, "[N/A]"), the interval's GPU use is None (not
+  known), never 0; time between samples that failed is not counted (not guessed).
 - A function call is too cheap for a database write, and even for a system call: `record` stores one
   24-byte record (call_records.py) into a shared memory mapping of an O_RDWR journal file. The
   mapping IS the kernel's page cache of the file, so a SIGKILL a moment later loses nothing stored
@@ -36,10 +43,11 @@ from __future__ import annotations
 import logging
 import mmap
 import os
+import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -52,6 +60,7 @@ from stratolab.db.engine import session_scope
 from stratolab.db.models import UsageJournalOffset
 from stratolab.db.usage_ledger import Ledger, Measured, append_many, dialect_insert
 from stratolab.platform.call_records import CALL, CALL_TAG, SLOT, CallKey, decode, encode_call, encode_key, summarize
+from stratolab.platform.gpus import run_nvidia_smi
 
 log = logging.getLogger("stratolab.metering")
 
@@ -119,6 +128,128 @@ class ProcessMeter:
     def _forget(self, pid: int) -> None:
         for ident in [i for i in self._trees if i[0] == pid]:
             del self._trees[ident]
+
+
+# --- GPUs -------------------------------------------------------------------------------------------
+
+#: what the GPU sampler asks `nvidia-smi --query-gpu` for (a device is matched by index or UUID)
+GPU_QUERY = ("index", "uuid", "utilization.gpu", "memory.used")
+#: the most one nvidia-smi call may take (it runs on the heartbeat's thread)
+NVIDIA_SMI_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class GpuReading:
+    """One device at one sample: the share of time its kernels ran (0..1), and its memory in use
+    (MiB); None where nvidia-smi reported no number ("[N/A]", "[Not Supported]")."""
+
+    utilisation: float | None
+    memory_used_mib: float | None
+
+
+def _number(cell: str) -> float | None:
+    try:
+        value = float(cell)
+    except ValueError:
+        return None
+    return value if value == value and value >= 0 else None
+
+
+def parse_gpu_readings(output: str) -> dict[str, GpuReading]:
+    """`nvidia-smi --query-gpu=index,uuid,utilization.gpu,memory.used --format=csv,noheader,nounits`,
+    each device keyed by its index and by its UUID (the two names a holder's devices are given as)."""
+    readings: dict[str, GpuReading] = {}
+    for line in output.splitlines():
+        cells = [c.strip() for c in line.split(",")]
+        if len(cells) != len(GPU_QUERY) or not cells[0]:
+            continue
+        index, uuid_, util, memory = cells
+        percent = _number(util)
+        reading = GpuReading(None if percent is None else min(percent, 100.0) / 100.0, _number(memory))
+        readings[index] = reading
+        if uuid_:
+            readings[uuid_] = reading
+    return readings
+
+
+def sample_gpus(timeout: float = NVIDIA_SMI_TIMEOUT_S,
+                run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> dict[str, GpuReading] | None:
+    """Every device's reading from one nvidia-smi call; None when there is no nvidia-smi or it failed."""
+    out = run_nvidia_smi([f"--query-gpu={','.join(GPU_QUERY)}", "--format=csv,noheader,nounits"], timeout, run=run)
+    return None if out is None else parse_gpu_readings(out)
+
+
+@dataclass
+class _GpuTrack:
+    #: GPU seconds accumulated so far (utilisation x seconds, summed over the devices)
+    seconds: float
+    #: when the last sample was taken (the clock's seconds), and the devices' summed utilisation then;
+    #: None: no valid sample to count on from (a first sample, or the last one failed)
+    sampled_at: float | None = None
+    utilisation: float = 0.0
+
+
+class GpuMeter:
+    """Measured GPU use of the intervals holding devices: `measure` once per heartbeat (one nvidia-smi
+    call for all of them), `finish` when one ends. Cumulative per interval key, as CPU seconds are
+    (the ledger keeps the maximum), and `resume`d from the ledger by a producer that restarted."""
+
+    def __init__(self, sample: Callable[[], dict[str, GpuReading] | None] = sample_gpus,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._sample = sample
+        self._clock = clock
+        self._lock = threading.Lock()  # measure runs on a heartbeat thread, finish on a loop
+        self._tracks: dict[str, _GpuTrack] = {}
+
+    def resume(self, key: str, gpu_seconds: float | None) -> None:
+        """Goes on from what the ledger holds for an interval a previous life of the producer measured."""
+        if gpu_seconds is None:
+            return
+        with self._lock:
+            track = self._tracks.setdefault(key, _GpuTrack(0.0))
+            track.seconds = max(track.seconds, gpu_seconds)
+
+    def measure(self, held: Mapping[str, Sequence[str]]) -> dict[str, float | None]:
+        """Samples every device once and returns, per interval key holding devices, its GPU seconds so
+        far (None: not known). Keys no longer held are forgotten; no device held, no nvidia-smi call."""
+        wanted = {key: tuple(devices) for key, devices in held.items() if devices}
+        readings = self._sample() if wanted else None
+        now = self._clock()
+        out: dict[str, float | None] = {}
+        with self._lock:
+            for key in [k for k in self._tracks if k not in held]:
+                del self._tracks[key]
+            for key, devices in wanted.items():
+                found = [readings.get(d) for d in devices] if readings is not None else []
+                known = len(found) == len(devices) and all(r is not None and r.utilisation is not None
+                                                           for r in found)
+                track = self._tracks.get(key)
+                if not known:
+                    if track is not None:
+                        track.sampled_at = None  # the time until the next good sample is not counted
+                    out[key] = track.seconds if track is not None else None
+                    continue
+                utilisation = sum(r.utilisation or 0.0 for r in found if r is not None)
+                if track is None:
+                    track = self._tracks[key] = _GpuTrack(0.0)
+                elif track.sampled_at is not None:
+                    track.seconds += utilisation * max(0.0, now - track.sampled_at)
+                track.sampled_at, track.utilisation = now, utilisation
+                out[key] = track.seconds
+        return out
+
+    def finish(self, key: str, extend: bool = True) -> float | None:
+        """An interval ends: its GPU seconds, with the last sample's utilisation held up to now when
+        `extend` (a stop: no nvidia-smi call delays it; not for a holder found dead, whose end is its
+        last sign of life); None when it was never measured."""
+        now = self._clock()
+        with self._lock:
+            track = self._tracks.pop(key, None)
+        if track is None:
+            return None
+        if track.sampled_at is None or not extend:
+            return track.seconds
+        return track.seconds + track.utilisation * max(0.0, now - track.sampled_at)
 
 
 # --- function calls ---------------------------------------------------------------------------------

@@ -54,14 +54,14 @@ PRICE_AS: dict[str, tuple[str, int | None]] = {
 GROUP_FIELDS = ("user", "thing", "kind", "profile")
 #: the quantities a line, a day and the totals carry, in this order
 QUANTITIES = ("cpu_core_hours", "memory_gb_hours", "gpu_hours", "function_gb_seconds", "provisioned_gb_seconds",
-              "requests", "cpu_hours_used", "billed_seconds")
+              "requests", "cpu_hours_used", "gpu_hours_used", "gpu_hours_measured", "billed_seconds")
 #: the resources a bill is itemised by (the cost of each), in this order
 RESOURCES = ("cpu", "memory", "gpu", "function_gb_seconds", "provisioned", "requests")
 RESOURCE_UNITS = {"cpu": ("cpu_core_hours", "core-hours"), "memory": ("memory_gb_hours", "GB-hours"),
                   "gpu": ("gpu_hours", "GPU-hours"), "function_gb_seconds": ("function_gb_seconds", "GB-seconds"),
                   "provisioned": ("provisioned_gb_seconds", "GB-seconds"), "requests": ("requests", "requests")}
 _NQ, _NR = len(QUANTITIES), len(RESOURCES)
-_CPU, _MEM, _GPU, _FN, _PROV, _REQ, _USED, _SECS = range(_NQ)
+_CPU, _MEM, _GPU, _FN, _PROV, _REQ, _USED, _GPU_USED, _GPU_MEASURED, _SECS = range(_NQ)
 #: kinds priced by the hour per core, GB and GPU, which a reserved baseline covers
 HOURLY_KINDS = frozenset({"server", "run", "trial", "pipeline_step"})
 #: the most days a series is filled with zero days for (a longer period lists only days with usage)
@@ -95,8 +95,7 @@ class Line:
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.key)
         out["key"] = display_key(self.key)
-        out.update(zip(QUANTITIES, self.quantities, strict=True))
-        out["requests"] = int(round(self.quantities[_REQ]))
+        out.update(_quantities_json(self.quantities))
         out["peak_memory_gb"] = self.peak_memory_gb
         out["costs"] = dict(zip(RESOURCES, self.costs, strict=True))
         out["cost"] = self.cost
@@ -139,8 +138,7 @@ class Bill:
         for day in sorted(self.days):
             line = self.days[day]
             row: dict[str, Any] = {"day": day.isoformat(), "cost": line.cost + unused_per_day.get(day, 0.0)}
-            row.update(zip(QUANTITIES, line.quantities, strict=True))
-            row["requests"] = int(round(line.quantities[_REQ]))
+            row.update(_quantities_json(line.quantities))
             out.append(row)
         return out
 
@@ -160,8 +158,7 @@ class Bill:
         return out
 
     def totals_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = dict(zip(QUANTITIES, self.totals.quantities, strict=True))
-        out["requests"] = int(round(self.totals.quantities[_REQ]))
+        out: dict[str, Any] = _quantities_json(self.totals.quantities)
         out["peak_memory_gb"] = self.totals.peak_memory_gb
         out["cost"] = self.cost
         return out
@@ -177,6 +174,16 @@ class Bill:
             "series": self.series(),
             "reservation": self.reservation,
         }
+
+
+def _quantities_json(quantities: Sequence[float]) -> dict[str, Any]:
+    """A line's quantities by name: requests whole, and the GPU-hours used None (not known) where no
+    GPU it held was measured (`gpu_hours_measured`: the GPU-hours held whose use was measured)."""
+    out: dict[str, Any] = dict(zip(QUANTITIES, quantities, strict=True))
+    out["requests"] = int(round(quantities[_REQ]))
+    if not quantities[_GPU_MEASURED]:
+        out["gpu_hours_used"] = None
+    return out
 
 
 def display_key(key: dict[str, str]) -> str:
@@ -411,6 +418,10 @@ def _price(cols: UsageColumns, r: _Rates, p: _Period, coverage: Coverage | None 
     provisioned = inside & instance
     q[:, _SECS] = np.where(inside, billed, q[:, _SECS])
     q[:, _USED] = np.where(inside, used, 0.0)
+    # GPUs' measured use (utilisation x time) beside the GPU-hours held in the period whose use was measured
+    gpu_known = inside & ~np.isnan(cols.gpu_seconds_used) & (cols.gpus > 0)
+    q[:, _GPU_USED] = np.where(gpu_known, np.nan_to_num(cols.gpu_seconds_used) * fraction / 3600.0, 0.0)
+    q[:, _GPU_MEASURED] = np.where(gpu_known, cols.gpus * (hi - lo) / 3.6e9, 0.0)
     gb_s = cols.memory_gb * billed
     q[:, _PROV] = np.where(provisioned, gb_s, 0.0)
     c[:, _PROV] = np.where(provisioned, gb_s * sheet.instance_gb_second() * discount, 0.0)

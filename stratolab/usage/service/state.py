@@ -40,7 +40,9 @@ CHECK_KINDS = ("server", "run", "trial", "deploy")
 #: the admin summary's per-user columns, as the CSV export writes them
 SUMMARY_COLUMNS = ("user", "groups", "cost", "cpu_core_hours", "memory_gb_hours", "gpu_hours", "gpu_hours_used",
                    "idle_gpu_cost", "requests", "function_gb_seconds", "cpu_hours_used")
-#: a server holding GPUs whose processes used less than this share of one core on average was idle
+#: a server holding GPUs whose measured GPU utilisation averaged under this share was idle
+IDLE_GPU_SHARE = 0.05
+#: ... and, where its GPUs were not measured, one whose processes used less than this share of one core
 IDLE_CPU_SHARE = 0.02
 
 
@@ -326,7 +328,7 @@ def summarize(rows: UsageColumns | Iterable[Usage], sheet: PriceSheet, start: da
         name = line["user"]
         by_user[name] = {"user": name, "groups": groups_of.get(name, []), "cost": line["cost"],
                          "cpu_core_hours": line["cpu_core_hours"], "memory_gb_hours": line["memory_gb_hours"],
-                         "gpu_hours": line["gpu_hours"], "gpu_hours_used": None,
+                         "gpu_hours": line["gpu_hours"], "gpu_hours_used": line["gpu_hours_used"],
                          "idle_gpu_cost": idle.get(name, 0.0), "requests": line["requests"],
                          "function_gb_seconds": line["function_gb_seconds"], "cpu_hours_used": line["cpu_hours_used"]}
     for name, member_of in groups_of.items():  # users with no usage are listed too: "every user"
@@ -339,17 +341,20 @@ def summarize(rows: UsageColumns | Iterable[Usage], sheet: PriceSheet, start: da
     pools: dict[str, dict[str, Any]] = {}
     for row in by_user.values():
         for group in row["groups"]:
-            g = pools.setdefault(group, {"group": group, "members": 0, **{k: 0.0 for k in numeric}})
+            g = pools.setdefault(group, {"group": group, "members": 0, **{k: 0.0 for k in numeric},
+                                         "gpu_hours_used": None})
             g["members"] += 1
             for k in numeric:
                 g[k] += row[k]
+            if row["gpu_hours_used"] is not None:  # known where any member's was measured
+                g["gpu_hours_used"] = (g["gpu_hours_used"] or 0.0) + row["gpu_hours_used"]
     users = sorted(by_user.values(), key=lambda r: _sort_key(r, sort), reverse=order == "desc")
     group_rows = sorted(pools.values(), key=lambda r: _sort_key(r, "group" if sort == "user" else sort),
                         reverse=order == "desc")
     top = [{"user": r["user"], "cost": r["cost"], "share": r["cost"] / bill.cost if bill.cost else 0.0}
            for r in sorted(by_user.values(), key=lambda r: r["cost"], reverse=True)[:10] if r["cost"] > 0]
     return {"from": start.isoformat(), "to": end.isoformat(), "currency": bill.currency,
-            "totals": {**bill.totals_json(), "idle_gpu_cost": sum(idle.values()), "gpu_hours_used": None},
+            "totals": {**bill.totals_json(), "idle_gpu_cost": sum(idle.values())},
             "users": users, "groups": group_rows, "top": top}
 
 
@@ -362,16 +367,20 @@ def _sort_key(row: Mapping[str, Any], column: str) -> Any:
 
 def idle_gpu_cost(rows: UsageColumns | Iterable[Usage], sheet: PriceSheet, start: datetime, end: datetime,
                   now: datetime) -> dict[str, float]:
-    """Per user, the GPU cost of servers that held GPUs while their processes did (almost) nothing: a
-    measured CPU use under IDLE_CPU_SHARE of one core over the time held. Servers not measured count
-    as busy (no guess). Judged on each interval whole (its CPU seconds over its seconds), and priced
+    """Per user, the GPU cost of servers that held GPUs while idle: their GPUs' measured utilisation
+    averaged under IDLE_GPU_SHARE over the time held (GPU seconds over GPUs x seconds); where the GPUs
+    were not measured (no nvidia-smi), a measured CPU use under IDLE_CPU_SHARE of one core instead.
+    Servers measured neither way count as busy (no guess). Judged on each interval whole, and priced
     by the bill's rule, the part in the period prorated."""
     cols = rows if isinstance(rows, UsageColumns) else UsageColumns.from_usages(rows)
     if not len(cols):
         return {}
     server = np.array([k == "server" for k in cols.labels["kind"]], dtype=bool)[cols.codes["kind"]]
-    with np.errstate(invalid="ignore"):
-        quiet = cols.cpu_seconds_used < IDLE_CPU_SHARE * cols.seconds  # NaN (not measured): False
+    gpu_measured = ~np.isnan(cols.gpu_seconds_used)
+    with np.errstate(invalid="ignore"):  # NaN (not measured): False
+        gpu_quiet = cols.gpu_seconds_used < IDLE_GPU_SHARE * cols.gpus * cols.seconds
+        cpu_quiet = cols.cpu_seconds_used < IDLE_CPU_SHARE * cols.seconds
+    quiet = np.where(gpu_measured, gpu_quiet, cpu_quiet)
     idle = server & (cols.gpus > 0) & (cols.seconds > 0) & quiet
     if not idle.any():
         return {}
