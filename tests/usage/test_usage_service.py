@@ -1,7 +1,8 @@
 """The usage service through a real hub: every route refuses strangers, a user sees only their own usage
 (and their group's), an admin sees everyone's, budget checks answer with the budget's message, bad
 parameters are 400s naming them, the admin summary exports CSV, metrics are served, and a budget
-crossed while a server runs warns at 80% and stops the server within 60 s."""
+crossed while a server runs warns at 80% and stops the server within 60 s (by webhook and by e-mail, through
+a real SMTP server the hub's STRATOLAB_SMTP_* settings name)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,13 @@ import re
 import threading
 import time
 from datetime import UTC, datetime, timedelta
+from email import message_from_bytes
+from email.policy import default as default_policy
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 import requests
+from aiosmtpd.controller import Controller
 
 from stratolab.db import ensure_schema, make_engine, session_factory
 from stratolab.db.usage_ledger import Ledger, Resources, Usage
@@ -49,18 +53,49 @@ def receiver():
     server.shutdown()
 
 
+class Mailbox:
+    def __init__(self) -> None:
+        self.mails: list = []
+
+    async def handle_DATA(self, server, session, envelope):
+        self.mails.append(envelope)
+        return "250 OK"
+
+    def having(self, words: str) -> list[tuple[object, str]]:
+        """(envelope, subject and text decoded) of the mails that say `words`."""
+        found = []
+        for m in self.mails:
+            mail = message_from_bytes(m.content, policy=default_policy)
+            text = " ".join(str(mail["Subject"]).split()) + "\n" + mail.get_content()
+            if words in text:
+                found.append((m, text))
+        return found
+
+
 @pytest.fixture(scope="module")
-def uhub(hub_factory, tmp_path_factory, receiver):
+def mailbox():
+    box = Mailbox()
+    controller = Controller(box, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    box.port = controller.port
+    yield box
+    controller.stop()
+
+
+@pytest.fixture(scope="module")
+def uhub(hub_factory, tmp_path_factory, receiver, mailbox):
     folder = tmp_path_factory.mktemp("usage")
     budgets = folder / "budgets.json"
     budgets.write_text(json.dumps({"budgets": [
         {"name": "cpu-daily", "resource": "cpu_hours", "limit": 1, "window": "24h", "action": "stop",
-         "warn_at": 0.8, "scope": {"users": [ENFORCED]}, "notify": {"webhook": receiver}},
+         "warn_at": 0.8, "scope": {"users": [ENFORCED]},
+         "notify": {"webhook": receiver, "email": "ops@example.org"}},
         {"name": "gpu-monthly", "resource": "gpu_hours", "limit": 10, "window": "30d", "per": "group",
          "scope": {"groups": ["ml"]}},
     ]}))
     return hub_factory(STRATOLAB_USAGE_BUDGETS_FILE=str(budgets), STRATOLAB_USAGE_ENFORCE_EVERY="2",
-                       STRATOLAB_OUTBOUND_ALLOW="127.0.0.1/32")
+                       STRATOLAB_OUTBOUND_ALLOW="127.0.0.1/32", STRATOLAB_SMTP_HOST="127.0.0.1",
+                       STRATOLAB_SMTP_PORT=str(mailbox.port), STRATOLAB_SMTP_FROM="usage@example.org")
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +210,7 @@ def test_bad_parameters_are_400s_naming_them(uhub):
     assert r.status_code == 403
 
 
-def test_a_budget_crossed_while_a_server_runs_warns_then_stops_it(uhub, ledger, receiver):
+def test_a_budget_crossed_while_a_server_runs_warns_then_stops_it(uhub, ledger, receiver, mailbox):
     user = uhub.create_user(ENFORCED)
     assert uhub.spawn(user).status_code in (201, 202)
     # what the hub's meter would have open for the server (kept apart from the hub's own producer)
@@ -190,6 +225,9 @@ def test_a_budget_crossed_while_a_server_runs_warns_then_stops_it(uhub, ledger, 
     assert warned and warned[0]["level"] == "warning" and "cpu-daily" in warned[0]["message"], warned
     assert re.search(r"is 8\d% used", warned[0]["message"]), warned  # 85%, and the server's own seconds
     assert wait_for(lambda: [h for h in Receiver.got if h.get("level") == "warning"], timeout=10)
+    mailed = wait_for(lambda: mailbox.having("nearly used up"), timeout=10)
+    assert mailed and mailed[0][0].rcpt_tos == ["ops@example.org"] and mailed[0][0].mail_from == "usage@example.org"
+    assert "Budget: cpu-daily" in mailed[0][1] and "core-hours of 1 core-hours" in mailed[0][1], mailed[0][1]
     r = uapi(uhub, user.headers, "POST", f"api/notifications/{warned[0]['id']}/read")
     assert r.status_code == 200 and r.json()["read_at"]
 
@@ -202,6 +240,9 @@ def test_a_budget_crossed_while_a_server_runs_warns_then_stops_it(uhub, ledger, 
     notes = wait_for(lambda: [n for n in uapi(uhub, user.headers, "GET", "api/notifications").json()[
         "notifications"] if n["level"] == "stopped"], timeout=10)
     assert notes and notes[0]["level"] == "stopped" and "default server" in notes[0]["message"], notes
+    stop_mail = wait_for(lambda: mailbox.having("stopped what ran"), timeout=10)
+    assert stop_mail and "frees up at" in stop_mail[0][1] and "default server" in stop_mail[0][1], stop_mail
+    assert len(mailbox.having("nearly used up")) == 1  # once per window
 
     answer = uapi(uhub, user.headers, "POST", "api/check", json=check).json()
     assert answer["allowed"] is False and answer["budget"] == "cpu-daily"
