@@ -660,10 +660,11 @@ def test_notes_say_how_to_reach_the_hub_and_get_the_password():
     ("oidc-values.yaml", f"{RELEASE}-secret", "smtp-password"),  # the chart's Secret
     ("external-postgres-values.yaml", "mail-credentials", "password"),  # an existing one
 ])
-def test_smtp_settings_reach_the_scheduler_with_the_password_from_a_secret(values_file, secret, key):
+@pytest.mark.parametrize("service", ["scheduler", "usage"])  # runs' notifications, budget warnings
+def test_smtp_settings_reach_the_scheduler_with_the_password_from_a_secret(values_file, secret, key, service):
     objects = render(values_file)
-    scheduler = named(objects, "Deployment", f"{RELEASE}-scheduler")
-    env = env_of(scheduler["spec"]["template"]["spec"]["containers"][0])
+    deployment = named(objects, "Deployment", f"{RELEASE}-{service}")
+    env = env_of(deployment["spec"]["template"]["spec"]["containers"][0])
     assert env["STRATOLAB_SMTP_HOST"]["value"] == "smtp.example.com"
     assert env["STRATOLAB_SMTP_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": secret, "key": key}
     assert "value" not in env["STRATOLAB_SMTP_PASSWORD"]
@@ -679,7 +680,7 @@ def test_smtp_settings_reach_the_scheduler_with_the_password_from_a_secret(value
     plain = {k: v.get("value", "pw") for k, v in env.items() if k.startswith("STRATOLAB_SMTP_")}
     assert SmtpSettings.from_env(plain).host == "smtp.example.com"
     assert "STRATOLAB_SMTP_HOST" not in env_of(named(render("default-values.yaml"), "Deployment",
-                                                     f"{RELEASE}-scheduler")["spec"]["template"]["spec"]["containers"][0])
+                                                     f"{RELEASE}-{service}")["spec"]["template"]["spec"]["containers"][0])
 
 
 # --- triggers -------------------------------------------------------------------------------------

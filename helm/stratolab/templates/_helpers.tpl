@@ -239,3 +239,36 @@ the pods; the digest reveals nothing of the values.
 {{- define "stratolab.secretInputsChecksum" -}}
 {{- toJson (dict "postgresql" .Values.postgresql "oidc" .Values.hub.auth.oidc "smtp" .Values.scheduler.smtp "brokers" .Values.triggers.brokers) | sha256sum -}}
 {{- end }}
+
+{{/*
+The SMTP server's settings (values: scheduler.smtp), for every service that sends e-mail: the scheduler
+(runs' notifications) and the usage service (budget warnings). Call with the root context.
+*/}}
+{{- define "stratolab.smtpEnv" -}}
+{{- $root := . -}}
+{{- with .Values.scheduler.smtp }}
+{{- if .host }}
+- name: STRATOLAB_SMTP_HOST
+  value: {{ .host | quote }}
+- name: STRATOLAB_SMTP_PORT
+  value: {{ .port | default 587 | quote }}
+- name: STRATOLAB_SMTP_STARTTLS
+  value: {{ .starttls | ternary "true" "false" | quote }}
+{{- with .user }}
+- name: STRATOLAB_SMTP_USER
+  value: {{ . | quote }}
+{{- end }}
+{{- with .from }}
+- name: STRATOLAB_SMTP_FROM
+  value: {{ . | quote }}
+{{- end }}
+{{- if or .password .existingSecret }}
+- name: STRATOLAB_SMTP_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .existingSecret | default (include "stratolab.secretName" $root) }}
+      key: {{ if .existingSecret }}{{ .existingSecretKey | default "smtp-password" }}{{ else }}smtp-password{{ end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
