@@ -85,8 +85,10 @@ def test_sigkill_mid_stream_loses_nothing_and_repeats_nothing(chub, tmp_path):
                                                        "retries": 5, "backoff_s": 0.2}, headers=user.headers)
         assert r.status_code == 201, r.text
         triggers.append(r.json())
-    for trigger, path in zip(triggers, (seen, seen_batched), strict=True):
-        for start in range(0, EVENTS, 500):
+    # both triggers' events sent side by side, so that both are mid-stream when the service is killed
+    # (sent one trigger after the other, the first could be all delivered before the second had 1,500)
+    for start in range(0, EVENTS, 500):
+        for trigger, path in zip(triggers, (seen, seen_batched), strict=True):
             batch = [{"specversion": "1.0", "id": f"c-{n}", "source": "/crash-test", "type": "t",
                       "data": {"n": n, "path": str(path)}} for n in range(start, start + 500)]
             r = requests.post(trigger["ingress_url"], data=json.dumps(batch), timeout=60, headers={
