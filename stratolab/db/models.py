@@ -496,3 +496,8 @@ class UsageNotification(Base):
     dedup_key: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[CreatedAt]
     read_at: Mapped[datetime | None]
+
+
+# Tables kept in their own modules, registered on the same metadata (migrations 0009 and 0010).
+from stratolab.db import pipeline_models as pipeline_models  # noqa: E402
+from stratolab.db import rollout_models as rollout_models  # noqa: E402

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from stratolab.errors import InvalidInput
-from stratolab.pipelines.rollout import stats
+from stratolab.platform.rollout import stats
 
 ALTERNATIVES = ["two-sided", "greater", "less"]
 

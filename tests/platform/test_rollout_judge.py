@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from stratolab.errors import InvalidInput
-from stratolab.pipelines.rollout.judge import (
+from stratolab.platform.rollout.judge import (
     Check,
     Verdict,
     VersionData,

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from stratolab.errors import Conflict, InvalidInput
-from stratolab.pipelines.rollout import plan
-from stratolab.pipelines.rollout.judge import Check, Judgement, MetricResult, Verdict, VersionData, default_checks, judge
-from stratolab.pipelines.rollout.plan import Action, Phase
+from stratolab.platform.rollout import plan
+from stratolab.platform.rollout.judge import Check, Judgement, MetricResult, Verdict, VersionData, default_checks, judge
+from stratolab.platform.rollout.plan import Action, Phase
 
 
 def verdict(value: Verdict, name: str = "latency") -> Judgement:

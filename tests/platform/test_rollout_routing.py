@@ -11,8 +11,8 @@ import pytest
 from tornado.httputil import HTTPHeaders
 
 from stratolab.errors import InvalidInput
-from stratolab.pipelines.rollout import routing
-from stratolab.pipelines.rollout.routing import HeaderRule, KeyedSplit, Router, ShadowRule, TrafficPolicy
+from stratolab.platform.rollout import routing
+from stratolab.platform.rollout.routing import HeaderRule, KeyedSplit, Router, ShadowRule, TrafficPolicy
 
 N = 100_000
 KEYS = [f"user-{i}" for i in range(N)]

@@ -29,7 +29,7 @@ from enum import StrEnum
 from typing import Any
 
 from stratolab.errors import Conflict, InvalidInput
-from stratolab.pipelines.rollout.judge import Judgement, Verdict
+from stratolab.platform.rollout.judge import Judgement, Verdict
 
 
 class Phase(StrEnum):

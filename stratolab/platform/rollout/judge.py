@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from stratolab.errors import InvalidInput
-from stratolab.pipelines.rollout import stats
+from stratolab.platform.rollout import stats
 
 
 class Verdict(StrEnum):

@@ -15,8 +15,8 @@ import yaml
 
 from crd_support import pruned
 from stratolab.errors import InvalidInput
-from stratolab.pipelines.rollout.flagger import CanaryInput, build_canary, build_rollout_objects, template_name
-from stratolab.pipelines.rollout.judge import Check, default_checks, flagger_style_checks
+from stratolab.platform.rollout.flagger import CanaryInput, build_canary, build_rollout_objects, template_name
+from stratolab.platform.rollout.judge import Check, default_checks, flagger_style_checks
 
 SCHEMAS = Path("/work/shared/schemas/flagger")
 if not SCHEMAS.exists():  # a checkout next to ../shared
