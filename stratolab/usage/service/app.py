@@ -34,7 +34,7 @@ from stratolab.usage.budgets import Budget, load_budgets, mails
 from stratolab.usage.pricing import DEFAULT_SHEET, load_price_sheet
 from stratolab.usage.service import handlers, metrics
 from stratolab.usage.service.enforce import Enforcer
-from stratolab.usage.service.hubapi import HubAPI
+from stratolab.client.hubapi import HubAPI
 from stratolab.usage.service.kube_collector import KubeCollectorSettings, RunningCollector, start_collector
 from stratolab.usage.service.openapi import OPENAPI
 from stratolab.usage.service.state import UsageState

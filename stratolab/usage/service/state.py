@@ -31,7 +31,7 @@ from stratolab.platform.scopes import USAGE_CHECK, USAGE_READ
 from stratolab.usage.bill import Coverage, compare, make_bill, price_as, reserved_coverage, usage_report
 from stratolab.usage.budgets import Budget, DatabaseView, Gauge, decide, gauges
 from stratolab.usage.pricing import PriceSheet
-from stratolab.usage.service.hubapi import HubAPI
+from stratolab.client.hubapi import HubAPI
 from stratolab.web import has_scope
 
 log = logging.getLogger("stratolab.usage")

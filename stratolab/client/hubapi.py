@@ -1,6 +1,7 @@
-"""What the usage service asks of JupyterHub's REST API with its own token: who is an admin, who is in
-which group, which servers a user has, and stopping them; and short-lived tokens for a user, to act on
-the scheduler's and the functions service's APIs (which take only a user's own tokens).
+"""What a service (the usage service, the pipelines service) asks of JupyterHub's REST API with its own
+token: who is an admin, who is in which group, which servers a user has, and stopping them; and
+short-lived tokens for a user, to act on the scheduler's and the functions service's APIs (which take
+only a user's own tokens).
 
 Answers about users and groups are cached for `cache_s` (as HubAuth caches its answers for tokens): the
 usage routes ask them on every request, and a group's membership changing a few seconds late is harmless.
