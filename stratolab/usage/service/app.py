@@ -24,6 +24,7 @@ from jupyterhub.services.auth import HubOAuth
 from tornado import ioloop
 from traitlets import Bool, CaselessStrEnum, Float, Unicode
 
+from stratolab.client.hubapi import HubAPI
 from stratolab.db import ensure_schema, make_engine, session_factory
 from stratolab.errors import StratolabError
 from stratolab.platform.mail import SmtpConfig
@@ -34,7 +35,6 @@ from stratolab.usage.budgets import Budget, load_budgets, mails
 from stratolab.usage.pricing import DEFAULT_SHEET, load_price_sheet
 from stratolab.usage.service import handlers, metrics
 from stratolab.usage.service.enforce import Enforcer
-from stratolab.client.hubapi import HubAPI
 from stratolab.usage.service.kube_collector import KubeCollectorSettings, RunningCollector, start_collector
 from stratolab.usage.service.openapi import OPENAPI
 from stratolab.usage.service.state import UsageState

@@ -23,6 +23,7 @@ import numpy as np
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from stratolab.client.hubapi import HubAPI
 from stratolab.db.engine import session_scope
 from stratolab.db.models import UsageNotification
 from stratolab.db.usage_ledger import Resources, Usage, UsageColumns, usage_columns
@@ -31,7 +32,6 @@ from stratolab.platform.scopes import USAGE_CHECK, USAGE_READ
 from stratolab.usage.bill import Coverage, compare, make_bill, price_as, reserved_coverage, usage_report
 from stratolab.usage.budgets import Budget, DatabaseView, Gauge, decide, gauges
 from stratolab.usage.pricing import PriceSheet
-from stratolab.client.hubapi import HubAPI
 from stratolab.web import has_scope
 
 log = logging.getLogger("stratolab.usage")
