@@ -51,6 +51,10 @@ KINDS: dict[tuple[str, str], str] = {
     ("eventing.knative.dev/v1", "Trigger"): "triggers",
     ("sources.knative.dev/v1", "PingSource"): "pingsources",
     ("sources.knative.dev/v1", "ContainerSource"): "containersources",
+    ("argoproj.io/v1alpha1", "Workflow"): "workflows",
+    ("argoproj.io/v1alpha1", "CronWorkflow"): "cronworkflows",
+    ("flagger.app/v1beta1", "Canary"): "canaries",
+    ("flagger.app/v1beta1", "MetricTemplate"): "metrictemplates",
 }
 
 RETRY_STATUSES = frozenset({0, 429, 500, 502, 503, 504})
