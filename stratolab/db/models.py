@@ -197,8 +197,9 @@ class JobSchedule(Base):
 
 
 class JobRun(Base):
-    """One execution of a schedule's snapshot. (schedule, scheduled time, attempt) is unique, so two
-    scheduler processes cannot both create the run of one scheduled time."""
+    """One execution of a schedule's snapshot, or of an ad-hoc run's (`POST api/runs`, no schedule: its
+    settings are its own). (schedule, scheduled time, attempt) is unique, so two scheduler processes
+    cannot both create the run of one scheduled time."""
 
     __tablename__ = "job_runs"
     __table_args__ = (
@@ -209,9 +210,10 @@ class JobRun(Base):
     )
 
     id: Mapped[IdKey]
-    schedule_id: Mapped[int] = mapped_column(ForeignKey("job_schedules.id", ondelete="CASCADE"))
+    #: null for an ad-hoc run
+    schedule_id: Mapped[int | None] = mapped_column(ForeignKey("job_schedules.id", ondelete="CASCADE"))
     owner: Mapped[UserName]
-    #: "schedule", "manual", "retry" or "catch_up"
+    #: "schedule", "manual", "retry", "catch_up" or "pipeline" (an ad-hoc run of a pipeline's step)
     trigger: Mapped[str] = mapped_column(String(16))
     #: "queued", "running", "succeeded", "failed", "timed_out" or "stopped"
     state: Mapped[str] = mapped_column(String(16), default="queued")
@@ -233,6 +235,14 @@ class JobRun(Base):
     outputs: Mapped[str] = mapped_column(Text, default="[]")
     #: the AutoML job a run of an AutoML schedule started
     automl_job_id: Mapped[int | None]
+    #: an ad-hoc run's name, and its settings as JSON (notebook, profile, timeout, retries,
+    #: retry_backoff, output_formats, inputs: what a schedule holds for its runs); null for a schedule's run
+    name: Mapped[str | None] = mapped_column(String(100))
+    settings: Mapped[str | None] = mapped_column(Text)
+    #: {key: value} (str -> str) JSON, sorted keys and compact separators: `GET api/runs?label=k=v` matches it
+    labels: Mapped[str | None] = mapped_column(Text)
+    #: what the notebook recorded with stratolab.record ({name: value} JSON), set when the run ends
+    records: Mapped[str | None] = mapped_column(Text)
 
 
 class AutoMLJob(Base):
