@@ -1,12 +1,93 @@
-"""Pipelines: pipeline definitions and runs, their steps, the step cache and pipeline schedules.
-
-(Tables filled in with the pipelines service.)"""
+"""Pipelines: pipeline runs and their steps, the step cache and pipeline schedules
+(stratolab/db/pipeline_models.py)."""
 
 import sqlalchemy as sa
 from alembic import op
 
+from stratolab.db.migrations.columns import id_column, owned_by
+from stratolab.db.models import UtcDateTime
+
 revision = "0009"
 down_revision = "0008"
+
+
+def _pipelines_upgrade() -> None:
+    op.create_table(
+        "pipeline_runs",
+        id_column(),
+        sa.Column("owner", sa.String(255), nullable=False),
+        sa.Column("pipeline", sa.String(255), nullable=False),
+        sa.Column("path", sa.String(1024), nullable=True),
+        sa.Column("root", sa.String(1024), nullable=False),
+        sa.Column("document", sa.Text(), nullable=False),
+        sa.Column("parameters", sa.Text(), nullable=False),
+        sa.Column("state", sa.String(16), nullable=False),
+        sa.Column("trigger", sa.String(16), nullable=False),
+        sa.Column("from_cache", sa.Boolean(), nullable=False),
+        sa.Column("resumed_from", sa.Integer(), nullable=True),
+        sa.Column("schedule_id", sa.Integer(), nullable=True),
+        sa.Column("idempotency_key", sa.String(255), nullable=True),
+        sa.Column("stop_requested", sa.Boolean(), nullable=False),
+        sa.Column("error", sa.Text(), nullable=True),
+        sa.Column("created_at", UtcDateTime(), nullable=False),
+        sa.Column("started_at", UtcDateTime(), nullable=True),
+        sa.Column("finished_at", UtcDateTime(), nullable=True),
+        sa.UniqueConstraint("owner", "idempotency_key", name="uq_pipeline_runs_owner"),
+    )
+    op.create_index("ix_pipeline_runs_owner", "pipeline_runs", ["owner", "id"])
+    op.create_index("ix_pipeline_runs_state", "pipeline_runs", ["state"])
+    op.create_table(
+        "pipeline_steps",
+        id_column(),
+        owned_by("pipeline_steps", "pipeline_run_id", "pipeline_runs"),
+        sa.Column("node_id", sa.String(255), nullable=False),
+        sa.Column("name", sa.String(255), nullable=False),
+        sa.Column("op", sa.String(64), nullable=False),
+        sa.Column("state", sa.String(16), nullable=False),
+        sa.Column("job_run_id", sa.Integer(), nullable=True),
+        sa.Column("automl_job_id", sa.Integer(), nullable=True),
+        sa.Column("cache_key", sa.String(64), nullable=True),
+        sa.Column("records", sa.Text(), nullable=False),
+        sa.Column("outputs", sa.Text(), nullable=False),
+        sa.Column("branch", sa.Boolean(), nullable=True),
+        sa.Column("function_version", sa.Integer(), nullable=True),
+        sa.Column("rollout_id", sa.Integer(), nullable=True),
+        sa.Column("error", sa.Text(), nullable=True),
+        sa.Column("started_at", UtcDateTime(), nullable=True),
+        sa.Column("finished_at", UtcDateTime(), nullable=True),
+        sa.UniqueConstraint("pipeline_run_id", "node_id", name="uq_pipeline_steps_pipeline_run_id"),
+    )
+    op.create_table(
+        "pipeline_cache",
+        id_column(),
+        sa.Column("owner", sa.String(255), nullable=False),
+        sa.Column("key", sa.String(64), nullable=False),
+        sa.Column("job_run_id", sa.Integer(), nullable=False),
+        sa.Column("records", sa.Text(), nullable=False),
+        sa.Column("outputs", sa.Text(), nullable=False),
+        sa.Column("created_at", UtcDateTime(), nullable=False),
+        sa.UniqueConstraint("owner", "key", name="uq_pipeline_cache_owner"),
+    )
+    op.create_table(
+        "pipeline_schedules",
+        id_column(),
+        sa.Column("owner", sa.String(255), nullable=False),
+        sa.Column("path", sa.String(1024), nullable=False),
+        sa.Column("cron", sa.String(255), nullable=True),
+        sa.Column("timezone", sa.String(64), nullable=False),
+        sa.Column("parameters", sa.Text(), nullable=False),
+        sa.Column("next_at", UtcDateTime(), nullable=True),
+        sa.Column("last_run_id", sa.Integer(), nullable=True),
+        sa.Column("created_at", UtcDateTime(), nullable=False),
+    )
+    op.create_index("ix_pipeline_schedules_owner", "pipeline_schedules", ["owner"])
+
+
+def _pipelines_downgrade() -> None:
+    op.drop_table("pipeline_schedules")
+    op.drop_table("pipeline_cache")
+    op.drop_table("pipeline_steps")
+    op.drop_table("pipeline_runs")
 
 
 # --- the scheduler's columns (ad-hoc runs of pipeline steps; owned with stratolab/jobs) -------------
@@ -33,8 +114,10 @@ def _scheduler_columns_downgrade() -> None:
 
 
 def upgrade() -> None:
+    _pipelines_upgrade()
     _scheduler_columns_upgrade()
 
 
 def downgrade() -> None:
     _scheduler_columns_downgrade()
+    _pipelines_downgrade()
