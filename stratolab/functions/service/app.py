@@ -9,6 +9,10 @@ Routes (under the service prefix, /services/functions/):
     PUT    api/functions/NAME/traffic         {"traffic": {"VERSION": WEIGHT, ...}}
     POST   api/functions/NAME/rollback        {"version": N} or {} for the previous ready version
     GET    api/functions/NAME/logs            recent output of its instances
+    POST   api/functions/NAME/rollouts        start a rollout (canary, shadow or ab) to a new version
+    GET    api/functions/NAME/rollouts[/ID|/current]   rollouts, newest first; one
+    POST   api/functions/NAME/rollouts/ID/ACTION   pause, resume, promote or abort
+    POST   api/functions/NAME/feedback        ground-truth labels of invocations, by X-Request-Id
     GET    api/functions/NAME/versions/N/bundle   the version's bundle (.tar.gz), for export
     POST   fn/OWNER/NAME                      invoke (owner's token, X-Function-Key, or public); ce-* headers
                                               make it a CloudEvent; ?async=1 hands it to the triggers service
@@ -44,6 +48,7 @@ from stratolab.functions.service.backends import BACKENDS, BackendChoice, Knativ
 from stratolab.functions.service.event_dedup import DEFAULT_WINDOW_S, EventDeduplicator
 from stratolab.functions.service.invocation_stats import FLUSH_INTERVAL_S
 from stratolab.functions.service.openapi import OPENAPI
+from stratolab.functions.service.rollouts import TICK_S
 from stratolab.functions.service.state import DEFAULT_MAX_HELD_MB, ServiceState
 from stratolab.functions.service.usage_meter import FunctionMeter
 from stratolab.platform.accounts import ensure_system_user, system_username
@@ -78,6 +83,10 @@ ROUTE_HANDLERS = {
     "/api/functions/{name}/traffic": handlers.TrafficHandler,
     "/api/functions/{name}/rollback": handlers.RollbackHandler,
     "/api/functions/{name}/logs": handlers.LogsHandler,
+    "/api/functions/{name}/rollouts": handlers.RolloutListHandler,
+    "/api/functions/{name}/rollouts/{rollout}": handlers.RolloutHandler,
+    "/api/functions/{name}/rollouts/{rollout}/{action}": handlers.RolloutActionHandler,
+    "/api/functions/{name}/feedback": handlers.FeedbackHandler,
     "/api/functions/{name}/versions/{version}/bundle": handlers.BundleHandler,
     "/fn/{owner}/{name}": handlers.InvokeHandler,
     "/runtime/bundles/{owner}/{name}/{version}": handlers.RuntimeBundleHandler,
@@ -128,6 +137,9 @@ class FunctionsService(HubService):
     metering = Bool(True, help="Record every invocation and every warm instance (min_instances) in the usage "
                     "ledger, and check budgets before a deploy keeps instances warm (false: none of it; "
                     "benchmarks compare the two).").tag(config=True, env="STRATOLAB_FUNCTIONS_METERING")
+    mqtt_url = Unicode("mqtt://127.0.0.1:1883", help="The MQTT broker rollouts publish their decisions to "
+                       "(when a rollout names a topic), e.g. mqtt://user:password@broker:1883.").tag(
+        config=True, env="STRATOLAB_FUNCTIONS_MQTT_URL")
     backend_class = NamedType(BACKENDS, "local", klass=BackendChoice, help="Where function versions run.").tag(
         config=True, env="STRATOLAB_FUNCTIONS_BACKEND")
 
@@ -205,6 +217,7 @@ class FunctionsService(HubService):
             events=EventDeduplicator(self.event_dedup_s),
             triggers=TriggersClient(self.triggers_url, self.hub_api_token),
             meter=self.usage_meter(),
+            mqtt_url=self.mqtt_url,
         )
         app = make_app(state, prefix, runtime_secret)
         # the front answers invocations itself and hands every other request to the tornado app
@@ -217,14 +230,19 @@ class FunctionsService(HubService):
         state.meter.recover(instances_outlive_service=not isinstance(backend, LocalBackend))
         state.meter.start()  # calls it answered before it was killed, then a fold every 5 s
         await state.restore()
+        await state.rollouts.restore()
         housekeeping = ioloop.PeriodicCallback(state.housekeeping, 1000)
         housekeeping.start()
+        controller = ioloop.PeriodicCallback(state.rollouts.tick, TICK_S * 1000)
+        controller.start()
         stats_flusher = ioloop.PeriodicCallback(state.stats.flush_ended, FLUSH_INTERVAL_S * 1000)
         stats_flusher.start()
         log.info("functions service ready at http://%s:%s%s", self.ip, self.port, prefix)
         await until_stopped()
         housekeeping.stop()
+        controller.stop()
         stats_flusher.stop()
+        await state.rollouts.close()
         await front.close()
         if state.triggers is not None:
             await state.triggers.close()

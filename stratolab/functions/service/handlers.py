@@ -20,6 +20,7 @@ from stratolab.functions.service import metrics
 from stratolab.functions.service.async_invocation import NOT_RUNNING, AsyncInvocation, TriggersUnavailable, ce_headers
 from stratolab.functions.service.event_batch import Coalescer, answer_batch, parse_batch
 from stratolab.functions.service.event_dedup import Answer
+from stratolab.functions.service.rollouts import feedback_items, record_feedback, sane_request_id
 from stratolab.functions.service.state import ServiceState
 from stratolab.platform.http_front import FrontRequest, FrontResponse
 from stratolab.platform.scopes import FUNCTIONS_DEPLOY as DEPLOY
@@ -108,6 +109,45 @@ class RollbackHandler(BaseHandler):
         if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
             raise InvalidInput("version must be a whole number", field="version")
         self.send(await self.state.rollback(owner, name, version))
+
+
+class RolloutListHandler(BaseHandler):
+    """`GET api/functions/NAME/rollouts` (newest first), `POST` to start one."""
+
+    async def get(self, name: str) -> None:
+        owner = await self.owner_with(DEPLOY)
+        self.send({"rollouts": self.state.rollouts.list_for(owner, name)})
+
+    async def post(self, name: str) -> None:
+        owner = await self.owner_with(DEPLOY)
+        self.send(await self.state.rollouts.create(owner, name, self.json_body()), 201)
+
+
+class RolloutHandler(BaseHandler):
+    """`GET api/functions/NAME/rollouts/ID` or `.../rollouts/current`."""
+
+    async def get(self, name: str, rollout: str) -> None:
+        owner = await self.owner_with(DEPLOY)
+        self.send(self.state.rollouts.get(owner, name, rollout))
+
+
+class RolloutActionHandler(BaseHandler):
+    """`POST api/functions/NAME/rollouts/ID/{pause,resume,promote,abort}`."""
+
+    async def post(self, name: str, rollout: str, action: str) -> None:
+        owner = await self.owner_with(DEPLOY)
+        if action not in ("pause", "resume", "promote", "abort"):
+            raise StratolabError("no such route", status=404)
+        self.send(await self.state.rollouts.act(owner, name, rollout, action))
+
+
+class FeedbackHandler(BaseHandler):
+    """`POST api/functions/NAME/feedback`: ground-truth labels of earlier invocations, by X-Request-Id."""
+
+    async def post(self, name: str) -> None:
+        owner = await self.owner_with(INVOKE)
+        items = feedback_items(self.json_body())
+        self.send(record_feedback(self.state.rollouts, owner, name, items))
 
 
 class LogsHandler(BaseHandler):
@@ -202,8 +242,9 @@ async def answer_invocation(state: ServiceState, owner: str, name: str, body: by
     content_type = headers.get("content-type") or JSON
     if content_type.startswith("application/cloudevents-batch"):  # a trigger's batch of events
         return await _answer_event_batch(state, owner, name, body)
+    request_id = sane_request_id(headers.get("x-request-id"))
     if not headers.get("ce-id"):  # the hot path: a plain call
-        header, out = await state.invoke(owner, name, body, content_type)
+        header, out = await state.invoke(owner, name, body, content_type, None, headers, request_id)
         return _answer_of(header, out)
     try:
         event = event_from_headers(headers)
@@ -211,10 +252,10 @@ async def answer_invocation(state: ServiceState, owner: str, name: str, body: by
         raise InvalidInput(str(e), field="ce-id") from None
     assert event is not None
     if not state.events.enabled:
-        return _answer_of(*await state.invoke(owner, name, body, content_type, event))
+        return _answer_of(*await state.invoke(owner, name, body, content_type, event, headers, request_id))
 
     async def run() -> Answer:
-        return _answer_of(*await state.invoke(owner, name, body, content_type, event))
+        return _answer_of(*await state.invoke(owner, name, body, content_type, event, headers, request_id))
 
     (status, reply_headers, out), replayed = await state.events.answer((owner, name, event["source"], event["id"]), run)
     if replayed:

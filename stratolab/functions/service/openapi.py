@@ -25,6 +25,17 @@ _window = {
 }
 _name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$"}}
 
+_rollout = {"$ref": "#/components/schemas/Rollout"}
+_rollout_id = {"name": "rollout", "in": "path", "required": True,
+               "schema": {"type": "string", "description": "the rollout's id, or `current`"}}
+_label = {"type": "object", "required": ["request_id", "label"], "additionalProperties": False,
+          "properties": {"request_id": {"type": "string", "description": "the invocation's X-Request-Id"},
+                         "label": {"description": "the true answer (any JSON)"}}}
+_version_metrics = {"type": "object", "properties": {
+    **{k: {"type": "integer"} for k in ("requests", "errors", "window_requests", "window_errors", "feedback")},
+    **{k: {"type": "number", "nullable": True} for k in ("error_rate", "latency_p50_ms", "latency_p99_ms", "accuracy")},
+    "labels": {"type": "object", "additionalProperties": {"type": "integer"}}}}
+
 OPENAPI: dict[str, Any] = {
     "openapi": "3.0.3",
     "info": {"title": "Stratolab functions", "version": "1"},
@@ -77,6 +88,44 @@ OPENAPI: dict[str, Any] = {
                     "result_url": {"type": "string", "description": "GET: the result once done (202 until then)"},
                 },
             },
+            "RolloutRequest": {
+                "type": "object", "required": ["to"], "additionalProperties": False,
+                "properties": {
+                    "to": {"type": "integer", "description": "the candidate: a ready version"},
+                    "from": {"type": "integer", "description": "the baseline (default: the version holding most traffic)"},
+                    "steps": {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 100},
+                              "default": [10, 25, 50, 100], "description": "the candidate's share at each step, "
+                              "ascending; 100 is the promotion"},
+                    "interval": {"type": "number", "minimum": 1, "maximum": 86400, "default": 60},
+                    "mode": {"type": "string", "enum": ["canary", "shadow", "ab"], "default": "canary"},
+                    "checks": {"type": "array", "items": {"type": "object"}, "description": "judge checks "
+                               "(docs/pipelines.md); default: error rate and p99 latency against the baseline"},
+                    "failure_threshold": {"type": "integer", "minimum": 1, "maximum": 100, "default": 2},
+                    "max_wait": {"type": "number", "minimum": 0, "default": 600,
+                                 "description": "seconds without enough data at one step before rolling back"},
+                    "ab": {"type": "object", "properties": {"header": {"type": "string", "default": "x-user-id"}}},
+                    "notify": {"type": "object", "properties": {"webhook": {"type": "string"}, "mqtt": {"type": "string"}}},
+                },
+            },
+            "Rollout": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "integer"}, "function": {"type": "string"}, "owner": {"type": "string"},
+                    "baseline": {"type": "integer"}, "candidate": {"type": "integer"},
+                    "mode": {"type": "string", "enum": ["canary", "shadow", "ab"]},
+                    "steps": {"type": "array", "items": {"type": "integer"}}, "interval": {"type": "number"},
+                    "phase": {"type": "string", "enum": ["progressing", "paused", "promoted", "rolled_back", "aborted"]},
+                    "weight": {"type": "integer", "description": "the candidate's share now (shadow: of copies)"},
+                    "traffic": {"type": "object", "additionalProperties": {"type": "integer"}},
+                    "failures": {"type": "integer"}, "checks": {"type": "array", "items": {"type": "object"}},
+                    "metrics": {"type": "object", "properties": {"baseline": _version_metrics, "candidate": _version_metrics}},
+                    "shadow": {"type": "object", "nullable": True, "properties": {"sent": {"type": "integer"}, "dropped": {"type": "integer"}}},
+                    "last_judgement": {"type": "object", "nullable": True},
+                    "decisions": {"type": "array", "items": {"type": "object"}},
+                    **{k: {"type": "string", "format": "date-time", "nullable": True}
+                       for k in ("started_at", "updated_at", "ended_at", "next_check_at")},
+                },
+            },
             "Function": {
                 "type": "object",
                 "properties": {
@@ -112,6 +161,44 @@ OPENAPI: dict[str, Any] = {
         },
         "/api/functions/{name}/traffic": {"parameters": [_name], "put": {"summary": "Split traffic between ready versions", "requestBody": {"content": {"application/json": {"schema": {"type": "object", "properties": {"traffic": {"type": "object", "additionalProperties": {"type": "integer"}}}}}}}, "responses": {"200": _ok(_function), **_errors}}},
         "/api/functions/{name}/rollback": {"parameters": [_name], "post": {"summary": "All traffic to a version (default: the previous ready one)", "requestBody": {"content": {"application/json": {"schema": {"type": "object", "properties": {"version": {"type": "integer"}}}}}}, "responses": {"200": _ok(_function), "409": _ok(_error), **_errors}}},
+        "/api/functions/{name}/rollouts": {
+            "parameters": [_name],
+            "get": {"summary": "The function's rollouts, newest first (at most 100)",
+                    "responses": {"200": _ok({"type": "object", "properties": {"rollouts": {"type": "array", "items": _rollout}}}), **_errors}},
+            "post": {
+                "summary": "Start a rollout to a new version: canary, shadow or A/B, judged at every interval",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RolloutRequest"}}}},
+                "responses": {"201": _ok(_rollout), "409": _ok(_error, "The function already has an active rollout"), **_errors},
+            },
+        },
+        "/api/functions/{name}/rollouts/{rollout}": {
+            "parameters": [_name, _rollout_id],
+            "get": {"summary": "One rollout (`current`: the newest)", "responses": {"200": _ok(_rollout), **_errors}},
+        },
+        "/api/functions/{name}/rollouts/{rollout}/{action}": {
+            "parameters": [_name, _rollout_id, {"name": "action", "in": "path", "required": True, "schema": {
+                "type": "string", "enum": ["pause", "resume", "promote", "abort"]}}],
+            "post": {"summary": "Pause (traffic stays, no checks), resume, promote (the candidate takes 100 %) or "
+                                "abort (back to the baseline) an active rollout",
+                     "responses": {"200": _ok(_rollout), "409": _ok(_error, "The rollout has ended, or is not paused (resume)"), **_errors}},
+        },
+        "/api/functions/{name}/feedback": {
+            "parameters": [_name],
+            "post": {
+                "summary": "Ground-truth labels of earlier invocations, matched by their X-Request-Id (invoke scope)",
+                "description": "A label is right when it equals the answer, or the answer's `label`, `class` or "
+                               "`prediction` field; an active rollout counts accuracy per version (a shadow copy's "
+                               "answer too). Answers are kept an hour (at most 100,000, 64 MiB).",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {"oneOf": [
+                    _label, {"type": "object", "required": ["feedback"], "properties": {
+                        "feedback": {"type": "array", "maxItems": 1000, "items": _label}}}]}}}},
+                "responses": {"200": _ok({"type": "object", "properties": {
+                    "accepted": {"type": "integer"},
+                    "unknown": {"type": "array", "items": {"type": "string"},
+                                "description": "request ids with no answer kept (unknown, expired or another function's)"}}}),
+                    **_errors},
+            },
+        },
         "/api/functions/{name}/logs": {"parameters": [_name], "get": {"summary": "Recent output of the function's instances", "responses": {"200": _ok({"type": "object"}), **_errors}}},
         "/api/functions/{name}/versions/{version}/bundle": {
             "parameters": [_name, {"name": "version", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}],

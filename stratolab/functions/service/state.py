@@ -9,6 +9,7 @@ import random
 import tempfile
 import time
 from collections import Counter, deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from stratolab.functions.service import metrics
 from stratolab.functions.service.async_invocation import TriggersClient
 from stratolab.functions.service.event_dedup import EventDeduplicator
 from stratolab.functions.service.invocation_stats import InvocationStats, parse_window, summaries
+from stratolab.functions.service.rollouts import RolloutManager
 from stratolab.functions.service.usage_meter import FunctionMeter
 from stratolab.functions.traffic import choose_version
 
@@ -88,11 +90,16 @@ class ServiceState:
     #: every call into the usage ledger, warm instances too (see usage_meter.py); off unless given
     meter: FunctionMeter = field(default_factory=FunctionMeter.off)
     _warm_views: list[FunctionView] | None = None
+    #: where rollouts' decisions are published when they name an MQTT topic
+    mqtt_url: str = "mqtt://127.0.0.1:1883"
     #: invocation counts and latencies, kept in the platform database (see invocation_stats.py)
     stats: InvocationStats = field(init=False)
+    #: rollouts: the active ones route invocations (see rollouts.py)
+    rollouts: RolloutManager = field(init=False)
 
     def __post_init__(self) -> None:
         self.stats = InvocationStats(self.registry.sessions)
+        self.rollouts = RolloutManager(self, self.mqtt_url)
 
     def view(self, owner: str, name: str) -> FunctionView:
         key = (owner, name)
@@ -140,6 +147,8 @@ class ServiceState:
                      promote: bool = True, groups: tuple[str, ...] = ()) -> dict[str, Any]:
         """`groups`: the owner's hub groups, which may raise their limits."""
         check_name(name)
+        if promote:
+            self.rollouts.guard_traffic(owner, name)
         await self._check_warm(owner, name, scaling)
         with tempfile.TemporaryDirectory(prefix="stratolab-upload-") as tmp:
             unpack_bundle(body, Path(tmp) / "bundle")
@@ -211,18 +220,26 @@ class ServiceState:
             raise StratolabError(f"the request body is larger than {view.policy.max_payload_mb:g} MB", status=413)
 
     async def invoke(self, owner: str, name: str, body: bytes, content_type: str,
-                     event: dict[str, str] | None = None) -> tuple[dict, bytes]:
-        """`event`: the CloudEvent attributes the invocation came with, for the handler."""
+                     event: dict[str, str] | None = None, headers: Mapping[str, str] | None = None,
+                     request_id: str | None = None) -> tuple[dict, bytes]:
+        """`event`: the CloudEvent attributes the invocation came with, for the handler. `headers`: the
+        request's (an A/B rollout reads its key there); `request_id`: the client's sane X-Request-Id."""
         view = self.view(owner, name)
         if not view.traffic:
             raise StratolabError(f"{name} has no ready version to answer", status=503)
         if len(body) > int(view.policy.max_payload_mb * 1024 * 1024):  # check_payload, inline: the hot path
             self.check_payload(view, body)
-        version = choose_version(view.traffic)
+        rollout = self.rollouts.active.get((owner, name)) if self.rollouts.active else None
+        shadow = None
+        if rollout is None:
+            version = choose_version(view.traffic)
+        else:
+            route = rollout.router.route(headers)
+            version, shadow = route.version, route.shadow
         ref = VersionRef(owner, name, version)
         t0 = time.perf_counter()
         status = 500
-        request_id = new_request_id()
+        request_id = request_id or new_request_id()
         header: dict[str, Any] = {}
         held = len(body) + REQUEST_OVERHEAD_BYTES
         if self.held_bytes + held > self.max_held_bytes:
@@ -238,6 +255,8 @@ class ServiceState:
             status = int(header.get("status", 500))
             header["version"] = version
             header["request_id"] = request_id
+            if status == 200:
+                self.rollouts.predictions.remember(request_id, owner, name, version, out)
             return header, out
         except StratolabError as e:
             status = e.status
@@ -245,6 +264,10 @@ class ServiceState:
         finally:
             self.held_bytes -= held
             elapsed = time.perf_counter() - t0
+            if rollout is not None:
+                rollout.observe(version, status, elapsed)
+                if shadow is not None:
+                    self.rollouts.shadow(rollout, shadow, body, content_type, request_id, event)
             metrics.INVOCATIONS.labels(owner, name, str(status)).inc()
             metrics.LATENCY.labels(owner, name).observe(elapsed)
             self.stats.record(view.id, version, status, elapsed)
@@ -313,12 +336,14 @@ class ServiceState:
         return out
 
     async def set_traffic(self, owner: str, name: str, weights: dict) -> dict[str, Any]:
+        self.rollouts.guard_traffic(owner, name)
         view = self.registry.set_traffic(owner, name, weights)
         self._changed(owner, name)
         await self.backend.set_traffic(owner, name, view.traffic)
         return self.describe(view)
 
     async def rollback(self, owner: str, name: str, version: int | None) -> dict[str, Any]:
+        self.rollouts.guard_traffic(owner, name)
         view = self.registry.rollback(owner, name, version)
         self._changed(owner, name)
         await self.backend.set_traffic(owner, name, view.traffic)
@@ -338,6 +363,7 @@ class ServiceState:
 
     async def delete(self, owner: str, name: str) -> dict[str, Any]:
         view = self.registry.delete(owner, name)
+        self.rollouts.forget(owner, name)
         self._changed(owner, name)
         await self.backend.set_traffic(owner, name, {})
         for v in view.versions:
