@@ -36,9 +36,9 @@ from typing import Any
 
 from stratolab.errors import InvalidInput
 from stratolab.kube.objects import COMPONENT_LABEL, MANAGED_BY_LABEL, OWNER_LABEL
+from stratolab.platform.names import dns_label, label_value
 from stratolab.platform.rollout.judge import Check
 from stratolab.platform.rollout.plan import normalize_steps
-from stratolab.platform.names import dns_label, label_value
 
 FLAGGER = "flagger.app/v1beta1"
 SERVING = "serving.knative.dev/v1"
