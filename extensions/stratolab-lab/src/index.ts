@@ -21,6 +21,7 @@ import { FunctionsSection } from './functions/section';
 import { ISchedule } from './jobs/api';
 import { openScheduleDialog } from './jobs/scheduleDialog';
 import { JobsSection } from './jobs/section';
+import { registerPipelines } from './pipelines';
 import { addTabButtons, StratolabTabs } from './tabs/commands';
 import { deployIcon, scheduleIcon, stratolabIcon, tuneIcon } from './ui/icons';
 import { UsageNotifier } from './usage/notifications';
@@ -35,6 +36,7 @@ export { IFunction } from './functions/api';
 export { FunctionsSection } from './functions/section';
 export { IRun, ISchedule } from './jobs/api';
 export { JobsSection } from './jobs/section';
+export { PipelinesSection, PipelineView } from './pipelines';
 export { UsageSection } from './usage/section';
 
 const PLUGIN_ID = 'stratolab-lab:plugin';
@@ -111,6 +113,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
     panel.addSection(functions);
     panel.addSection(jobs);
     panel.addSection(automl);
+    // `.pipeline` files open as a graph; the Pipelines section lists their runs
+    panel.addSection(registerPipelines(app, restorer).section);
     const usage = new UsageSection();
     panel.addSection(usage);
     app.shell.add(panel, 'left', { rank: 500 });

@@ -146,3 +146,6 @@ export const triggersClient = new ServiceClient('triggers');
 
 /** The usage service (`stratolab/usage/service/`: usage, bills, budgets and notifications under `api/`). */
 export const usageClient = new ServiceClient('usage');
+
+/** The pipelines service (`stratolab/pipelines/`: pipeline runs, validation and schedules under `api/`). */
+export const pipelinesClient = new ServiceClient('pipelines');

@@ -5,7 +5,7 @@
  */
 
 /** The services this server has a proxy route to. */
-export type ServiceName = 'functions' | 'scheduler' | 'triggers' | 'usage';
+export type ServiceName = 'functions' | 'scheduler' | 'triggers' | 'usage' | 'pipelines';
 
 /** A refused or failed call: the service's message, the HTTP status (0: not reached), the field. */
 export class ServiceError extends Error {
