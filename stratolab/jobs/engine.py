@@ -24,7 +24,8 @@ from stratolab.jobs.clock import Clock
 from stratolab.jobs.executor import FAILED, STOPPED, TIMED_OUT, Account, Execution, NotebookExecutor, RunSpec
 from stratolab.jobs.files import JobFiles
 from stratolab.jobs.notify import Notifier
-from stratolab.jobs.store import JobStore, run_view, schedule_view
+from stratolab.jobs.records import read_records
+from stratolab.jobs.store import JobStore, adhoc_schedule, run_settings, run_view, schedule_view
 from stratolab.jobs.usage_meter import RUN, RunMeter, Start, executing_elsewhere, resources_of, run_key
 from stratolab.platform import cron
 from stratolab.platform.gpus import GpuAllocation, Holder, NoFreeGpu
@@ -176,13 +177,22 @@ class Scheduler:
 
     def _add_run(self, s: JobSchedule, *, trigger: str, scheduled_for: datetime | None, attempt: int = 1,
                  parameters: str | None = None, digest: str | None = None, key: str | None = None,
-                 not_before: datetime | None = None) -> JobRun | None:
+                 not_before: datetime | None = None, of: JobRun | None = None) -> JobRun | None:
+        """`of`: the run this one retries; an ad-hoc run's retry keeps its name, settings and labels."""
+        adhoc = {"name": of.name, "settings": of.settings, "labels": of.labels} if of is not None else {}
         return self.store.add_run(
             schedule_id=s.id, owner=s.owner, trigger=trigger, state="queued", attempt=attempt,
             scheduled_for=scheduled_for, idempotency_key=key, snapshot_digest=digest or s.snapshot_digest,
             parameters=parameters if parameters is not None else s.parameters, not_before=not_before,
-            created_at=self.clock.now(), stop_requested=False, outputs="[]",
+            created_at=self.clock.now(), stop_requested=False, outputs="[]", **adhoc,
         )
+
+    def schedule_of(self, run: JobRun) -> JobSchedule:
+        """The schedule `run` executes under: its schedule, or an ad-hoc run's own settings in its shape
+        (NotFound when its schedule was deleted)."""
+        if run.schedule_id is None:
+            return adhoc_schedule(run)
+        return self.store.schedule(run.owner, run.schedule_id)
 
     async def _prepare_upcoming(self, now: datetime) -> None:
         """Start a kernel ahead of each scheduled time that is close (CPU profiles)."""
@@ -219,7 +229,7 @@ class Scheduler:
             if per_user.get(run.owner, 0) >= self.config.max_per_user:
                 continue
             try:
-                s = self.store.schedule(run.owner, run.schedule_id)
+                s = self.schedule_of(run)
             except Exception:  # deleted meanwhile
                 continue
             profile = self.profiles.get(s.profile)
@@ -250,7 +260,7 @@ class Scheduler:
         # a run that only drives work metered on its own holds nothing itself (NotebookExecutor.metered)
         metered = getattr(executor, "metered", True)
         resources = resources_of(self.profiles.get(s.profile), devices)
-        if metered and run.trigger != "manual":  # a run asked for by hand was checked when it was asked (403)
+        if metered and run.trigger not in ("manual", "pipeline"):  # those were checked when asked for (403)
             refused = await self.meter.check(run.owner, RUN, resources)
             if refused is not None:
                 self.gpus.release(holder)
@@ -263,6 +273,9 @@ class Scheduler:
             account = await loop.run_in_executor(None, self.account_for, run.owner)
             workdir = await loop.run_in_executor(
                 None, self.files.prepare_run, run.owner, run.id, run.snapshot_digest, account)
+            staged = run_settings(run).get("staged")
+            if staged is not None:  # an ad-hoc run's inputs, in its working directory before it starts
+                await loop.run_in_executor(None, self.files.place_inputs, run.owner, staged, workdir, account)
             spec = RunSpec(
                 key=f"run-{run.id}", workdir=workdir, parameters=json.loads(run.parameters),
                 timeout=s.timeout, output_formats=tuple(json.loads(s.output_formats)), account=account,
@@ -304,8 +317,9 @@ class Scheduler:
                      outputs: list[str], from_states: tuple[str, ...] = ("queued", "running"),
                      retry: bool = True) -> None:
         """`retry`: False for a run its owner's budget refused: a retry would be refused again."""
+        records = await self._records(run) if run.started_at else None
         now = self.clock.now()
-        if not self.store.finish(run.id, state, error, outputs, now, from_states=from_states):
+        if not self.store.finish(run.id, state, error, outputs, now, from_states=from_states, records=records):
             return  # closed elsewhere already
         metrics.RUNS_FINISHED.labels(state, run.trigger).inc()
         if run.started_at:
@@ -318,7 +332,7 @@ class Scheduler:
             delay = retry_delay(s.retry_backoff, run.attempt)
             self._add_run(s, trigger="retry", scheduled_for=run.scheduled_for, attempt=run.attempt + 1,
                           parameters=run.parameters, digest=run.snapshot_digest,
-                          not_before=now + timedelta(seconds=delay))
+                          not_before=now + timedelta(seconds=delay), of=run)
             log.info("run %s will be retried in %.0f s (attempt %d of %d)", run.id, delay, run.attempt + 1, s.retries + 1)
             self.wake()
             return
@@ -330,6 +344,24 @@ class Scheduler:
             view = run_view(final, s.name)
             url = f"{self.config.public_url}/services/scheduler/api/runs/{run.id}"
             self._spawn(self.notifier.send(notify, schedule_view(s, final, cron.describe(s.cron, s.timezone)), view, url))
+
+    async def _records(self, run: JobRun) -> dict[str, Any]:
+        """What the run's notebook recorded (stratolab.record), read from its executed notebook; what is
+        dropped (too many, too large) is said in its log."""
+        run_dir = self.files.run_dir(run.owner, run.id)
+
+        def read() -> dict[str, Any]:
+            records, notes = read_records(run_dir / "output.ipynb")
+            if notes:
+                with contextlib.suppress(OSError), (run_dir / "run.log").open("a", encoding="utf-8") as log_file:
+                    log_file.write("".join(f"\n{note}" for note in notes) + "\n")
+            return records
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, read)
+        except Exception:  # the run ends all the same
+            log.exception("could not read the records of run %s", run.id)
+            return {}
 
     # --- stop, heartbeats, recovery --------------------------------------------------------------
 
@@ -372,7 +404,7 @@ class Scheduler:
                 " the partial output is kept"
             )
             try:
-                s = self.store.schedule(run.owner, run.schedule_id)
+                s = self.schedule_of(run)
             except Exception:
                 s = None
             metrics.RECOVERED.inc()

@@ -2,6 +2,8 @@
 
     ROOT/OWNER/snapshots/DIGEST.ipynb    content-addressed, read-only
     ROOT/OWNER/runs/RUN_ID/              a run's workdir (see executor.py), owned by the user
+    ROOT/OWNER/inputs/TOKEN/             an ad-hoc run's inputs, copied when it was asked for (its
+                                         retries use them too), placed in files/ when it starts
 
 With per-user system accounts, an owner's directory belongs to that account (mode 0700): runs write
 there as the user, and no other user can read another's outputs.
@@ -12,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -85,6 +88,48 @@ class JobFiles:
     def remove_run(self, owner: str, run_id: int) -> None:
         shutil.rmtree(self.run_dir(owner, run_id), ignore_errors=True)
 
+    # --- ad-hoc runs' inputs ---------------------------------------------------------------------
+
+    def inputs_dir(self, owner: str, staged: str) -> Path:
+        return self.root / owner / "inputs" / str(staged)
+
+    def stage_inputs(self, owner: str, staged: str, sources: list[tuple[Path, str]], account: Account | None) -> None:
+        """Copy each (source, relative destination) into the inputs staged as `staged` (sources already
+        checked by `input_source`): what they hold now is what the run gets (a snapshot)."""
+        target = self.inputs_dir(owner, staged)
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True, mode=0o700)
+        for source, relative in sources:
+            dest = target / relative
+            dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if source.is_dir():
+                shutil.rmtree(dest, ignore_errors=True)
+                shutil.copytree(source, dest, symlinks=True, ignore=_links, dirs_exist_ok=True)
+            else:
+                shutil.copyfile(source, dest)
+        _chown_tree(target, account)
+
+    def place_inputs(self, owner: str, staged: str, workdir: Path, account: Account | None) -> None:
+        """The staged inputs into a prepared workdir's files/ (same relative paths)."""
+        source = self.inputs_dir(owner, staged)
+        if source.is_dir():
+            shutil.copytree(source, workdir / "files", symlinks=True, ignore=_links, dirs_exist_ok=True)
+            _chown_tree(workdir / "files", account)
+
+    def forget_inputs(self, owner: str, keep: set[str]) -> None:
+        folder = self.root / owner / "inputs"
+        for path in folder.iterdir() if folder.is_dir() else ():
+            if path.name not in keep:
+                shutil.rmtree(path, ignore_errors=True)
+
+    # --- saved function bundles (stratolab.save_model) ------------------------------------------
+
+    def run_bundle_dir(self, owner: str, run_id: int, name: str) -> Path:
+        """Where stratolab.save_model(..., name=NAME) saved in a run: stratolab-model/NAME in its working
+        directory (a trial's is under its own model dir, see automl/engine.py)."""
+        return self.run_dir(owner, run_id) / "files" / "stratolab-model" / name
+
+
     def run_file(self, owner: str, run_id: int, relative: str) -> Path:
         """A file in a run's workdir, refusing anything that resolves outside it."""
         base = self.run_dir(owner, run_id).resolve()
@@ -109,6 +154,59 @@ class JobFiles:
                 if path.is_file() and not path.is_symlink():
                     out.append({"path": path.relative_to(base).as_posix(), "size": path.stat().st_size})
         return out
+
+
+MAX_INPUT_BYTES = 2 * 1024**3
+MAX_INPUT_FILES = 20000
+BUNDLE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,99}$")
+
+
+def _links(folder: str, names: list[str]) -> set[str]:
+    """copytree's ignore: links are not copied (an input is regular files and folders)."""
+    return {n for n in names if os.path.islink(os.path.join(folder, n))}
+
+
+def _chown_tree(root: Path, account: Account | None) -> None:
+    if account is None or os.geteuid() != 0:
+        return
+    for path in (root, *root.rglob("*")):
+        os.chown(path, account.uid, account.gid, follow_symlinks=False)
+
+
+def input_source(base: Path, relative: str, field: str, what: str) -> Path:
+    """`relative` (already normalised by spec.relative_path) in `base` as a file or folder to copy, or a
+    400 naming `field`: outside `base` (a link out of it included), missing, a link, or too big."""
+    root = base.resolve()
+    candidate = base / relative
+    try:
+        target = candidate.resolve()
+        inside = target == root or root in target.parents
+        exists = candidate.exists()
+    except (OSError, ValueError):
+        raise InvalidInput(f"{relative[:100]!r} cannot be read in {what}", field=field) from None
+    if not inside or candidate.is_symlink():
+        raise InvalidInput(f"{relative[:100]!r} is outside {what} (or a link)", field=field)
+    if not exists:
+        raise InvalidInput(f"{what} has no file or folder {relative[:100]!r}", field=field)
+    size, count = 0, 0
+    for path in (target.rglob("*") if target.is_dir() else (target,)):
+        if path.is_file() and not path.is_symlink():
+            size += path.stat().st_size
+            count += 1
+            if size > MAX_INPUT_BYTES or count > MAX_INPUT_FILES:
+                raise InvalidInput(f"{relative[:100]!r} is too big for an input (at most {MAX_INPUT_BYTES // 1024**3} GiB "
+                                   f"and {MAX_INPUT_FILES} files)", field=field)
+    return target
+
+
+def pack_bundle(model_dir: Path) -> bytes | None:
+    """The function bundle saved in `model_dir` as a .tar.gz, None when none was saved there (no
+    manifest.json: nothing saved, or a model saved without a handler)."""
+    if not (model_dir / "manifest.json").is_file():
+        return None
+    from stratolab.platform.archive import pack
+
+    return pack(model_dir)
 
 
 def read_home_notebook(home: Path, relative: str) -> dict:

@@ -196,3 +196,111 @@ def validate_run_request(body: dict[str, Any], header_key: str | None) -> tuple[
     if params is not None and not isinstance(params, dict):
         raise InvalidInput("parameters must be an object of name: value", field="parameters")
     return key, params
+
+
+# --- ad-hoc runs (POST api/runs: a run without a schedule, e.g. a pipeline's step) ------------------
+
+RUN_FIELDS = (
+    "notebook", "content", "name", "parameters", "profile", "timeout", "retries", "retry_backoff",
+    "output_formats", "inputs", "labels", "idempotency_key",
+)
+LABEL_KEY_RE = re.compile(r"^[a-z0-9_.-]{1,63}$")
+MAX_LABELS = 16
+MAX_LABEL_VALUE = 255
+MAX_INPUTS = 64
+
+
+def relative_path(raw: Any, field: str) -> str:
+    """A file or folder's path relative to a base (a home, a run's files), normalised; a 400 naming
+    `field` for anything that could leave the base."""
+    if not isinstance(raw, str) or not raw.strip():
+        raise InvalidInput("a relative path is needed, e.g. data/train.csv", field=field)
+    path = raw.strip().replace("\\", "/")
+    if path.startswith("/") or path.startswith("~") or "\x00" in path:
+        raise InvalidInput(f"{raw[:100]!r}: give a relative path", field=field)
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if len(path) > 1024 or any(len(p.encode()) > 255 for p in parts):
+        raise InvalidInput(f"{raw[:100]!r}...: the path or one of its names is too long", field=field)
+    if any(p == ".." for p in parts):
+        raise InvalidInput(f"{raw[:100]!r} leaves its folder ('..' is not allowed)", field=field)
+    if not parts:
+        raise InvalidInput(f"{raw[:100]!r}: name a file or a folder", field=field)
+    return posixpath.join(*parts)
+
+
+def validate_labels(raw: Any) -> dict[str, str]:
+    """A run's labels: at most 16 keys of [a-z0-9_.-]{1,63}, each a string of at most 255 characters."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise InvalidInput("labels must be an object of key: string", field="labels")
+    if len(raw) > MAX_LABELS:
+        raise InvalidInput(f"at most {MAX_LABELS} labels, got {len(raw)}", field="labels")
+    out = {}
+    for key, value in raw.items():
+        if not LABEL_KEY_RE.match(key):
+            raise InvalidInput(f"the label key {key[:100]!r} must be 1-63 of a-z, 0-9, '_', '.', '-'",
+                               field=f"labels.{key[:63]}")
+        if not isinstance(value, str) or len(value) > MAX_LABEL_VALUE or "\x00" in value:
+            raise InvalidInput(f"the label {key} must be a string of at most {MAX_LABEL_VALUE} characters",
+                               field=f"labels.{key}")
+        out[key] = value
+    return out
+
+
+def labels_json(labels: dict[str, str]) -> str:
+    """How labels are stored: sorted keys, compact, ASCII; `"key":"value"` then occurs in it exactly when
+    the run has that label (quotes inside values are escaped), which the label filter relies on."""
+    return json.dumps(labels, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def label_filter(raw: str) -> tuple[str, str]:
+    """`key=value` of `GET api/runs?label=...`."""
+    key, sep, value = raw.partition("=")
+    if not sep or not LABEL_KEY_RE.match(key) or len(value) > MAX_LABEL_VALUE:
+        raise InvalidInput(f"label must be key=value (a key of a-z, 0-9, '_', '.', '-'), got {raw[:100]!r}",
+                           field="label")
+    return key, value
+
+
+def validate_inputs(raw: Any) -> list[dict[str, Any]]:
+    """[{"run": ID, "path": P} | {"path": P}]: files placed in the run's working directory."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise InvalidInput('inputs must be a list of {"run": ID, "path": "rel/path"} or {"path": "rel/path"}',
+                           field="inputs")
+    if len(raw) > MAX_INPUTS:
+        raise InvalidInput(f"at most {MAX_INPUTS} inputs, got {len(raw)}", field="inputs")
+    out = []
+    for i, item in enumerate(raw):
+        field = f"inputs[{i}]"
+        if not isinstance(item, dict) or set(item) - {"run", "path"} or "path" not in item:
+            raise InvalidInput(f'{field} must be {{"run": ID, "path": "rel/path"}} or {{"path": "rel/path"}}',
+                               field=field)
+        entry: dict[str, Any] = {"path": relative_path(item["path"], f"{field}.path")}
+        if item.get("run") is not None:
+            entry["run"] = _int(item["run"], f"{field}.run", 1, 2**31 - 1)
+        out.append(entry)
+    return out
+
+
+def validate_adhoc_run(body: dict[str, Any], header_key: str | None, limits: Limits = Limits()) -> dict[str, Any]:
+    """The fields of `POST api/runs`, checked (the notebook's parameters are checked against it later)."""
+    unknown = set(body) - set(RUN_FIELDS)
+    if unknown:
+        raise InvalidInput(f"unknown field(s) {sorted(unknown)}; known: {', '.join(RUN_FIELDS)}", field=sorted(unknown)[0])
+    if body.get("content") is None and body.get("notebook") is None:
+        raise InvalidInput("give the notebook: its path in your home (notebook) or its content", field="notebook")
+    checked = validate_schedule({k: body[k] for k in body if k in FIELDS}, partial=True, smtp_configured=False,
+                                limits=limits)
+    out: dict[str, Any] = {k: v for k, v in checked.items() if k != "timezone"}
+    if "notebook" not in out:  # content alone: named like an untitled notebook
+        out["notebook"] = "notebook.ipynb"
+    key = body.get("idempotency_key") or header_key
+    if key is not None and (not isinstance(key, str) or not 1 <= len(key) <= 255):
+        raise InvalidInput("idempotency_key must be a string of 1-255 characters", field="idempotency_key")
+    out["idempotency_key"] = key
+    out["labels"] = validate_labels(body.get("labels"))
+    out["inputs"] = validate_inputs(body.get("inputs"))
+    return out

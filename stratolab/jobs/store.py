@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from stratolab.db.models import AutoMLJob, JobRun, JobSchedule
 from stratolab.errors import Conflict, NotFound
+from stratolab.jobs.spec import labels_json
 
 ACTIVE_STATES = ("queued", "running")
 FINAL_STATES = ("succeeded", "failed", "timed_out", "stopped")
@@ -64,6 +65,25 @@ def _iso(t: datetime | None) -> str | None:
     return t.isoformat() if t else None
 
 
+def run_settings(run: JobRun) -> dict[str, Any]:
+    """An ad-hoc run's own settings ({} for a schedule's run: its schedule holds them)."""
+    return json.loads(run.settings) if run.settings else {}
+
+
+def adhoc_schedule(run: JobRun) -> JobSchedule:
+    """What an ad-hoc run executes under, in a schedule's shape (never stored): its own name, notebook,
+    profile, timeout, retries and output formats; no cron, no notifications."""
+    settings = run_settings(run)
+    return JobSchedule(
+        id=None, owner=run.owner, name=run.name or f"run {run.id}", notebook=settings.get("notebook", ""),
+        snapshot_digest=run.snapshot_digest, snapshot_at=run.created_at, cron=None, timezone="UTC", declared="[]",
+        parameters=run.parameters, profile=settings.get("profile", ""), timeout=settings.get("timeout"),
+        retries=settings.get("retries", 0), retry_backoff=settings.get("retry_backoff", 60),
+        output_formats=json.dumps(settings.get("output_formats", ["ipynb", "html"])), notify="{}", missed="skip",
+        active=False, automl=None, next_run_at=None, created_at=run.created_at, updated_at=run.created_at,
+    )
+
+
 def run_view(run: JobRun, schedule_name: str | None = None) -> dict[str, Any]:
     duration = lateness = None
     if run.started_at and run.finished_at:
@@ -71,13 +91,20 @@ def run_view(run: JobRun, schedule_name: str | None = None) -> dict[str, Any]:
     if run.started_at and run.scheduled_for and run.trigger in ("schedule", "catch_up"):
         lateness = round((run.started_at - run.scheduled_for).total_seconds(), 3)
     return {
-        "id": run.id, "schedule_id": run.schedule_id, "schedule_name": schedule_name, "owner": run.owner,
+        "id": run.id, "schedule_id": run.schedule_id, "owner": run.owner,
+        # an ad-hoc run's name where a schedule's run has its schedule's (what the lab's runs list shows)
+        "schedule_name": schedule_name if run.schedule_id is not None else run.name,
         "trigger": run.trigger, "state": run.state, "attempt": run.attempt,
         "scheduled_for": _iso(run.scheduled_for), "created_at": _iso(run.created_at),
         "started_at": _iso(run.started_at), "finished_at": _iso(run.finished_at),
         "duration": duration, "lateness": lateness, "error": run.error,
         "parameters": json.loads(run.parameters), "outputs": json.loads(run.outputs),
         "not_before": _iso(run.not_before), "automl_job_id": run.automl_job_id,
+        "name": run.name if run.schedule_id is None else schedule_name,
+        "labels": json.loads(run.labels) if run.labels else {},
+        "records": json.loads(run.records) if run.records else {},
+        **({k: settings[k] for k in ("notebook", "profile", "timeout", "retries", "inputs") if k in settings}
+           if (settings := run_settings(run)) else {}),
     }
 
 
@@ -95,6 +122,10 @@ def schedule_view(s: JobSchedule, last_run: JobRun | None, description: str) -> 
         "last_run": run_view(last_run, s.name) if last_run else None,
         "created_at": _iso(s.created_at), "updated_at": _iso(s.updated_at),
     }
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 class JobStore:
@@ -201,25 +232,41 @@ class JobStore:
             return run
 
     def runs(self, owner: str, schedule_id: int | None = None, state: str | None = None,
-             limit: int = 50) -> list[tuple[JobRun, str]]:
+             limit: int = 50, labels: dict[str, str] | None = None) -> list[tuple[JobRun, str | None]]:
+        """The owner's runs, newest first, with their schedule's name (None for an ad-hoc run); `labels`:
+        only runs with all of these labels."""
         with self.sessions() as db:
-            q = (select(JobRun, JobSchedule.name).join(JobSchedule, JobSchedule.id == JobRun.schedule_id)
+            q = (select(JobRun, JobSchedule.name).outerjoin(JobSchedule, JobSchedule.id == JobRun.schedule_id)
                  .where(JobRun.owner == owner).order_by(JobRun.id.desc()).limit(limit))
             if schedule_id is not None:
                 q = q.where(JobRun.schedule_id == schedule_id)
             if state is not None:
                 q = q.where(JobRun.state == state)
-            out = []
+            for key, value in (labels or {}).items():
+                # labels are stored as spec.labels_json writes them: the pair occurs in it exactly when the run has it
+                pair = labels_json({key: value})[1:-1]
+                q = q.where(JobRun.labels.like(f"%{_like_escape(pair)}%", escape="\\"))
+            out: list[tuple[JobRun, str | None]] = []
             for run, name in db.execute(q):
+                if labels and not labels.items() <= json.loads(run.labels or "{}").items():
+                    continue  # LIKE ignores case on SQLite
                 db.expunge(run)
                 out.append((run, name))
             return out
+
+    def staged_inputs_in_use(self, owner: str) -> set[str]:
+        """The staged inputs an ad-hoc run of `owner` (or its retry) still refers to."""
+        with self.sessions() as db:
+            rows = db.scalars(select(JobRun.settings).where(JobRun.owner == owner, JobRun.schedule_id.is_(None),
+                                                            JobRun.settings.is_not(None)))
+            return {staged for raw in rows if raw and isinstance(staged := json.loads(raw).get("staged"), str)}
 
     def last_runs(self, schedule_ids: list[int]) -> dict[int, JobRun]:
         if not schedule_ids:
             return {}
         latest = select(func.max(JobRun.id)).where(JobRun.schedule_id.in_(schedule_ids)).group_by(JobRun.schedule_id)
-        return {run.schedule_id: run for run in all_detached(self.sessions, select(JobRun).where(JobRun.id.in_(latest)))}
+        runs = all_detached(self.sessions, select(JobRun).where(JobRun.id.in_(latest)))
+        return {run.schedule_id: run for run in runs if run.schedule_id is not None}
 
     def queued(self, now: datetime, limit: int = 100) -> list[JobRun]:
         return all_detached(self.sessions, select(JobRun).where(JobRun.state == "queued")
@@ -246,11 +293,14 @@ class JobStore:
             return cast(CursorResult, result).rowcount == 1  # an UPDATE's result is a CursorResult
 
     def finish(self, run_id: int, state: str, error: str | None, outputs: list[str], now: datetime,
-               from_states: tuple[str, ...] = ACTIVE_STATES) -> bool:
+               from_states: tuple[str, ...] = ACTIVE_STATES, records: dict[str, Any] | None = None) -> bool:
+        """End a run (with what it recorded, in the same update: whoever sees it ended sees its records)."""
+        values: dict[str, Any] = {"state": state, "error": error, "outputs": json.dumps(outputs), "finished_at": now}
+        if records is not None:
+            values["records"] = json.dumps(records)
         with self.sessions() as db:
             result = db.execute(
-                update(JobRun).where(JobRun.id == run_id, JobRun.state.in_(from_states))
-                .values(state=state, error=error, outputs=json.dumps(outputs), finished_at=now)
+                update(JobRun).where(JobRun.id == run_id, JobRun.state.in_(from_states)).values(**values)
             )
             db.commit()
             return cast(CursorResult, result).rowcount == 1  # an UPDATE's result is a CursorResult

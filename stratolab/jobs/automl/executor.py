@@ -63,6 +63,8 @@ class AutoMLExecutor(NotebookExecutor):
         if spec.run_id is None:
             raise ValueError(f"{spec.key} is not a scheduled run: only those start AutoML searches")
         run = self.store.run(spec.run_id)
+        if run.schedule_id is None:
+            raise ValueError(f"run {run.id} is an ad-hoc run: only a schedule's runs start AutoML searches")
         s = self.store.schedule(run.owner, run.schedule_id)
         if not s.automl:
             raise ValueError(f"schedule {s.id} is not an AutoML schedule")

@@ -22,7 +22,7 @@ from stratolab.jobs.automl.engine import AutoMLController, insights, trial_rows
 from stratolab.jobs.automl.space import propose_space
 from stratolab.jobs.clock import Clock
 from stratolab.jobs.executor import Account
-from stratolab.jobs.files import JobFiles
+from stratolab.jobs.files import JobFiles, pack_bundle
 from stratolab.jobs.parameters import inspect_parameters, validate_parameters
 from stratolab.jobs.spec import NAME_RE, notebook_path
 from stratolab.jobs.store import all_detached, committed, detached, owned
@@ -199,11 +199,9 @@ class AutoMLService:
         best = view.get("best")
         if best is None:
             raise Conflict(f"AutoML job {job_id} has no completed trial yet")
-        model_dir = self.files.trial_dir(owner, job_id, best["number"]) / "model" / "model"
-        if not (model_dir / "manifest.json").is_file():
+        data = pack_bundle(self.files.trial_dir(owner, job_id, best["number"]) / "model" / "model")
+        if data is None:
             raise Conflict(
                 f"the best trial ({best['number']}) saved no model with a handler: end the notebook with "
                 "stratolab.save_model(model, handler=predict)")
-        from stratolab.platform.archive import pack
-
-        return pack(model_dir), best
+        return data, best

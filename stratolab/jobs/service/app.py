@@ -42,7 +42,7 @@ from stratolab.jobs.service import automl_handlers, executor_handlers, handlers
 from stratolab.jobs.service.executors import EXECUTORS, ExecutorChoice, KubernetesExecutor, LocalExecutor
 from stratolab.jobs.service.openapi import OPENAPI
 from stratolab.jobs.service.state import JobService, check_profile, read_request_notebook
-from stratolab.jobs.store import JobStore
+from stratolab.jobs.store import JobStore, adhoc_schedule
 from stratolab.jobs.usage_meter import PRODUCER, RunMeter
 from stratolab.platform.accounts import ensure_system_user, system_username
 from stratolab.platform.gpus import GpuAllocation
@@ -69,6 +69,7 @@ ROUTE_HANDLERS = {
     "/api/runs/{run_id}/log": handlers.LogHandler,
     "/api/runs/{run_id}/files": handlers.FilesHandler,
     "/api/runs/{run_id}/files/{path}": handlers.FilesHandler,
+    "/api/runs/{run_id}/bundle": handlers.BundleHandler,
     "/api/preview": handlers.PreviewHandler,
     "/api/inspect": handlers.InspectHandler,
     "/api/profiles": handlers.ProfilesHandler,
@@ -117,7 +118,8 @@ def run_profile_of(store: JobStore, profiles: dict) -> Callable[[RunSpec], Profi
             return default
         try:
             run = store.run(int(run_id))
-            return profiles.get(store.schedule(run.owner, run.schedule_id).profile, default)
+            s = adhoc_schedule(run) if run.schedule_id is None else store.schedule(run.owner, run.schedule_id)
+            return profiles.get(s.profile, default)
         except (NotFound, ValueError):
             return default
 

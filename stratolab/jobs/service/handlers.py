@@ -12,6 +12,7 @@ from typing import Any
 from stratolab.errors import InvalidInput
 from stratolab.jobs import metrics
 from stratolab.jobs.service.state import MAX_RUNS_LISTED, JobService
+from stratolab.jobs.spec import MAX_LABELS, label_filter
 from stratolab.platform.scopes import JOBS_RUN as RUN
 from stratolab.web import ServiceHandler, path_id
 
@@ -96,9 +97,19 @@ class RunListHandler(BaseHandler):
         state = self.get_query_argument("state", None) or None
         if state is not None and state not in RUN_STATES:
             raise InvalidInput(f"state must be one of {', '.join(RUN_STATES)}", field="state")
+        raw_labels = self.get_query_arguments("label")
+        if len(raw_labels) > MAX_LABELS:
+            raise InvalidInput(f"at most {MAX_LABELS} label filters", field="label")
+        labels = dict(label_filter(raw) for raw in raw_labels)
         runs = self.jobs.list_runs(owner, self.int_arg("schedule", low=1), state,
-                                   self.int_arg("limit", 50, low=1, high=MAX_RUNS_LISTED))
+                                   self.int_arg("limit", 50, low=1, high=MAX_RUNS_LISTED), labels)
         self.send({"runs": runs})
+
+    async def post(self) -> None:
+        """An ad-hoc run: a notebook run once, without a schedule (a pipeline's step)."""
+        owner = await self.owner()
+        run, created = await self.jobs.create_run(owner, self.json_body(), self.request.headers.get("Idempotency-Key"))
+        self.send(run, status=201 if created else 200)
 
 
 class RunHandler(BaseHandler):
@@ -146,6 +157,19 @@ class FilesHandler(BaseHandler):
             return
         path = self.jobs.run_file(owner, path_id(run_id, "run"), relative)
         await self.send_file(path, None, download=Path(relative).name)
+
+
+class BundleHandler(BaseHandler):
+    """`GET api/runs/ID/bundle?name=model`: the function bundle the run saved with stratolab.save_model."""
+
+    async def get(self, run_id: str) -> None:
+        owner = await self.owner()
+        name = self.get_query_argument("name", "model")
+        data = await self.jobs.run_bundle(owner, path_id(run_id, "run"), name)
+        self.set_header("Content-Type", "application/gzip")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("Content-Disposition", f'attachment; filename="run-{run_id}-{name}.tar.gz"')
+        self.finish(data)
 
 
 class PreviewHandler(BaseHandler):

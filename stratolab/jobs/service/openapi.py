@@ -55,8 +55,10 @@ _schedule_input: dict[str, Any] = {
 _run = {
     "type": "object",
     "properties": {
-        "id": {"type": "integer"}, "schedule_id": {"type": "integer"}, "schedule_name": {"type": "string"},
-        "owner": {"type": "string"}, "trigger": {"enum": ["schedule", "manual", "retry", "catch_up"]},
+        "id": {"type": "integer"}, "schedule_id": {"type": "integer", "nullable": True, "description": "null: an ad-hoc run"},
+        "schedule_name": {"type": "string", "nullable": True, "description": "the schedule's name (an ad-hoc run's own name)"},
+        "name": {"type": "string", "nullable": True},
+        "owner": {"type": "string"}, "trigger": {"enum": ["schedule", "manual", "retry", "catch_up", "pipeline"]},
         "state": {"enum": ["queued", "running", "succeeded", "failed", "timed_out", "stopped"]},
         "attempt": {"type": "integer"}, "scheduled_for": {"type": "string", "format": "date-time", "nullable": True},
         "created_at": {"type": "string", "format": "date-time"},
@@ -65,6 +67,39 @@ _run = {
         "duration": {"type": "number", "nullable": True}, "lateness": {"type": "number", "nullable": True},
         "error": {"type": "string", "nullable": True}, "parameters": {"type": "object"},
         "outputs": {"type": "array", "items": {"enum": ["ipynb", "html"]}},
+        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+        "records": {"type": "object", "description": "what the notebook recorded with stratolab.record, set when the run ends"},
+        "not_before": {"type": "string", "format": "date-time", "nullable": True},
+        "automl_job_id": {"type": "integer", "nullable": True},
+        "waiting_for": {"type": "string", "nullable": True},
+        "notebook": {"type": "string", "description": "ad-hoc runs: the notebook's path"},
+        "profile": {"type": "string", "description": "ad-hoc runs"},
+        "timeout": {"type": "integer", "nullable": True, "description": "ad-hoc runs"},
+        "retries": {"type": "integer", "description": "ad-hoc runs"},
+        "inputs": {"type": "array", "items": _ref("RunInput"), "description": "ad-hoc runs"},
+    },
+}
+_run_input = {
+    "type": "object", "required": ["path"], "additionalProperties": False,
+    "description": "a file or folder placed in the run's working directory at the same relative path: from your earlier "
+                   "run's files (run given) or from your home (copied when the run is asked for)",
+    "properties": {"run": {"type": "integer", "minimum": 1}, "path": {"type": "string", "maxLength": 1024}},
+}
+_adhoc_run_input = {
+    "type": "object", "additionalProperties": False,
+    "description": "notebook or content is required; parameters are checked against the notebook's parameters cell",
+    "properties": {
+        "notebook": {"type": "string", "description": "path relative to the user's home; read from there unless content is given"},
+        "content": {"type": "object", "description": "the notebook (nbformat 4 JSON), snapshotted"},
+        "name": {"type": "string", "maxLength": 100},
+        "parameters": {"type": "object"}, "profile": {"type": "string"},
+        "timeout": {"type": "integer", "minimum": 1, "nullable": True},
+        "retries": {"type": "integer", "minimum": 0, "maximum": 10}, "retry_backoff": {"type": "integer", "minimum": 0},
+        "output_formats": {"type": "array", "items": {"enum": ["ipynb", "html"]}},
+        "inputs": {"type": "array", "maxItems": 64, "items": _ref("RunInput")},
+        "labels": {"type": "object", "maxProperties": 16, "additionalProperties": {"type": "string", "maxLength": 255},
+                   "description": "keys [a-z0-9_.-]{1,63}; labels.pipeline_run makes the trigger 'pipeline'"},
+        "idempotency_key": {"type": "string", "maxLength": 255},
     },
 }
 _schedule = {
@@ -89,7 +124,8 @@ OPENAPI: dict[str, Any] = {
         "schemas": {
             "Error": {"type": "object", "required": ["error"], "properties": {
                 "error": {"type": "string"}, "field": {"type": "string"}, "error_id": {"type": "string"}}},
-            "ScheduleInput": _schedule_input, "Schedule": _schedule, "Run": _run,
+            "ScheduleInput": _schedule_input, "Schedule": _schedule, "Run": _run, "RunInput": _run_input,
+            "AdHocRunInput": _adhoc_run_input,
             "Parameter": {"type": "object", "properties": {"name": {"type": "string"}, "type": {"type": "string"},
                                                             "default": {}, "help": {"type": "string"}}},
             "AutoMLInput": {"type": "object", "required": ["metric"], "description": "see docs/scheduler-api.md",
@@ -137,10 +173,19 @@ OPENAPI: dict[str, Any] = {
             "Run now", {"201": _json(_ref("Run"), "Queued"), "200": _json(_ref("Run"), "The run created earlier with this idempotency key")},
             body={"type": "object", "properties": {"idempotency_key": {"type": "string", "maxLength": 255}, "parameters": {"type": "object"}}},
             params=[_sid, {"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"}}])},
-        "/api/runs": {"get": _op("Your runs, newest first", {"200": _json({"type": "object", "properties": {"runs": {"type": "array", "items": _ref("Run")}}})},
-                                 params=[{"name": "schedule", "in": "query", "schema": {"type": "integer"}},
-                                         {"name": "state", "in": "query", "schema": {"type": "string"}},
-                                         {"name": "limit", "in": "query", "schema": {"type": "integer", "default": 50, "maximum": 500}}])},
+        "/api/runs": {
+            "get": _op("Your runs, newest first", {"200": _json({"type": "object", "properties": {"runs": {"type": "array", "items": _ref("Run")}}})},
+                       params=[{"name": "schedule", "in": "query", "schema": {"type": "integer"}},
+                               {"name": "state", "in": "query", "schema": {"type": "string"}},
+                               {"name": "label", "in": "query", "description": "key=value; repeated: all of them",
+                                "schema": {"type": "array", "items": {"type": "string"}}, "style": "form", "explode": True},
+                               {"name": "limit", "in": "query", "schema": {"type": "integer", "default": 50, "maximum": 500}}]),
+            "post": _op("An ad-hoc run: a notebook run once, without a schedule (a pipeline's step)",
+                        {"201": _json(_ref("Run"), "Queued"), "200": _json(_ref("Run"), "The run created earlier with this idempotency key")},
+                        body=_ref("AdHocRunInput"),
+                        params=[{"name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string"}}],
+                        extra={"409": _json(_ref("Error"), "The idempotency key was used for a schedule's run")}),
+        },
         "/api/runs/{run_id}": {
             "get": _op("One run", {"200": _json(_ref("Run"))}, params=[_rid]),
             "delete": _op("Delete a finished run and its files", {"204": {"description": "Deleted"}}, params=[_rid],
@@ -157,6 +202,12 @@ OPENAPI: dict[str, Any] = {
         "/api/runs/{run_id}/files": {"get": _op("Files the notebook wrote", {"200": _json({"type": "object", "properties": {"files": {"type": "array", "items": {"type": "object", "properties": {"path": {"type": "string"}, "size": {"type": "integer"}}}}}})}, params=[_rid])},
         "/api/runs/{run_id}/files/{path}": {"get": _op("One file the notebook wrote", {"200": {"description": "The file"}},
                                                        params=[_rid, {"name": "path", "in": "path", "required": True, "schema": {"type": "string", "format": "path"}}])},
+        "/api/runs/{run_id}/bundle": {"get": _op(
+            "The function bundle (.tar.gz) the run saved with stratolab.save_model(model, handler=..., name=NAME), to "
+            "deploy with the functions service",
+            {"200": {"description": "The bundle", "content": {"application/gzip": {}}}},
+            params=[_rid, {"name": "name", "in": "query", "schema": {"type": "string", "default": "model",
+                                                                     "pattern": "^[A-Za-z0-9_][A-Za-z0-9._-]{0,99}$"}}])},
         "/api/preview": {"post": _op("Describe a cron expression and list its next times",
                                      {"200": _json({"type": "object", "properties": {"description": {"type": "string"}, "next": {"type": "array", "items": {"type": "string"}}, "timezone": {"type": "string"}}})},
                                      body={"type": "object", "required": ["cron"], "properties": {"cron": {"type": "string"}, "timezone": {"type": "string"}, "count": {"type": "integer", "minimum": 1, "maximum": 50}}})},

@@ -5,18 +5,19 @@ from __future__ import annotations
 import asyncio
 import json
 import posixpath
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stratolab.errors import Conflict, InvalidInput
+from stratolab.errors import Conflict, InvalidInput, NotFound
 from stratolab.jobs.clock import Clock
 from stratolab.jobs.engine import Scheduler
 from stratolab.jobs.executor import Account
-from stratolab.jobs.files import JobFiles, read_home_notebook
+from stratolab.jobs.files import BUNDLE_NAME_RE, JobFiles, input_source, pack_bundle, read_home_notebook
 from stratolab.jobs.parameters import inspect_parameters, validate_parameters
-from stratolab.jobs.spec import notebook_content, validate_run_request, validate_schedule
+from stratolab.jobs.spec import labels_json, notebook_content, validate_adhoc_run, validate_run_request, validate_schedule
 from stratolab.jobs.store import JobStore, run_view
 from stratolab.jobs.usage_meter import RUN, resources_of
 from stratolab.platform import cron
@@ -218,13 +219,92 @@ class JobService:
         view["waiting_for"] = self.scheduler.waiting_for.get(run.id) if run.state == "queued" else None
         return view
 
-    def list_runs(self, owner: str, schedule_id: int | None, state: str | None, limit: int) -> list[dict[str, Any]]:
+    def list_runs(self, owner: str, schedule_id: int | None, state: str | None, limit: int,
+                  labels: dict[str, str] | None = None) -> list[dict[str, Any]]:
         limit = max(1, min(limit, MAX_RUNS_LISTED))
-        return [self._run_view(run, name) for run, name in self.store.runs(owner, schedule_id, state, limit)]
+        return [self._run_view(run, name) for run, name in self.store.runs(owner, schedule_id, state, limit, labels)]
 
     def get_run(self, owner: str, run_id: int) -> dict[str, Any]:
         run = self.store.run(run_id, owner)
-        return self._run_view(run, self.store.schedule(owner, run.schedule_id).name)
+        name = None if run.schedule_id is None else self.store.schedule(owner, run.schedule_id).name
+        return self._run_view(run, name)
+
+    # --- ad-hoc runs (no schedule: a pipeline's step, or a notebook run once) ---------------------
+
+    async def create_run(self, owner: str, body: dict[str, Any], header_key: str | None) -> tuple[dict[str, Any], bool]:
+        """`POST api/runs`: (run, created); a repeated idempotency key returns the run it created first."""
+        fields = validate_adhoc_run(body, header_key)
+        key = fields["idempotency_key"]
+        if key:
+            existing = self.store.run_by_key(owner, key)
+            if existing is not None:
+                if existing.schedule_id is not None:
+                    raise Conflict(f"the idempotency key {key!r} was used for a schedule's run")
+                return self._run_view(existing, None), False
+        nb = await self._notebook(owner, fields)
+        params = validate_parameters(fields.get("parameters"), inspect_parameters(nb))
+        profile = self._profile(fields.get("profile"))
+        sources = [await self._blocking(self._input_source, owner, i, entry) for i, entry in enumerate(fields["inputs"])]
+        # over its owner's budget, the run is refused now with the budget's message (403), as Run now is
+        await self.scheduler.meter.require(owner, RUN, resources_of(profile))
+        account = await self._blocking(self.account_for, owner)
+        digest = await self._blocking(self.files.save_snapshot, owner, nb, account)
+        staged = secrets.token_hex(8) if sources else None
+        if staged is not None:
+            await self._blocking(self.files.stage_inputs, owner, staged, sources, account)
+        labels = fields["labels"]
+        settings = {
+            "notebook": fields["notebook"], "profile": profile.slug, "timeout": fields.get("timeout"),
+            "retries": fields.get("retries", 0), "retry_backoff": fields.get("retry_backoff", 60),
+            "output_formats": fields.get("output_formats", ["ipynb", "html"]), "inputs": fields["inputs"],
+            "staged": staged,
+        }
+        stem = posixpath.basename(fields["notebook"])[: -len(".ipynb")] or "notebook"
+        run = self.store.add_run(
+            schedule_id=None, owner=owner, trigger="pipeline" if "pipeline_run" in labels else "manual",
+            state="queued", attempt=1, scheduled_for=None, idempotency_key=key, snapshot_digest=digest,
+            parameters=json.dumps(params), not_before=None, created_at=self.clock.now(), stop_requested=False,
+            outputs="[]", name=(fields.get("name") or stem)[:100], settings=json.dumps(settings),
+            labels=labels_json(labels),
+        )
+        if run is None:  # the same key, a moment earlier, from a concurrent request
+            self._forget_snapshots(owner)
+            earlier = self.store.run_by_key(owner, key) if key else None
+            if earlier is None:
+                raise Conflict("the run could not be added; try again")
+            return self._run_view(earlier, None), False
+        self.scheduler.wake()
+        return self._run_view(run, None), True
+
+    def _input_source(self, owner: str, i: int, entry: dict[str, Any]) -> tuple[Path, str]:
+        """(what to copy, where in the run's files) of `inputs[i]`: a file or folder of the owner's earlier
+        run (another user's run: 404, as any run that is not yours) or of the owner's home."""
+        field = f"inputs[{i}].path"
+        if "run" in entry:
+            source_run = self.store.run(entry["run"], owner)
+            if source_run.state in ("queued", "running"):
+                raise InvalidInput(f"run {source_run.id} is {source_run.state}: its files are not final yet",
+                                   field=f"inputs[{i}].run")
+            base, what = self.files.run_dir(owner, source_run.id) / "files", f"the files of run {source_run.id}"
+        else:
+            base, what = self.home_of(owner), "your home directory"
+        return input_source(base, entry["path"], field, what), entry["path"]
+
+    async def run_bundle(self, owner: str, run_id: int, name: str) -> bytes:
+        """The function bundle (.tar.gz) run `run_id` saved with stratolab.save_model(..., name=name)."""
+        self.store.run(run_id, owner)
+        if not BUNDLE_NAME_RE.match(name or ""):
+            raise InvalidInput(f"{name[:100]!r} is not a bundle name (letters, digits, '.', '_', '-')", field="name")
+        folder = self.files.run_bundle_dir(owner, run_id, name)
+        base = (self.files.run_dir(owner, run_id) / "files").resolve()
+        if base not in folder.resolve().parents:  # a link the notebook made to elsewhere
+            data = None
+        else:
+            data = await self._blocking(pack_bundle, folder)
+        if data is None:
+            raise NotFound(f"run {run_id} saved no function bundle named {name!r}: the notebook saves one with "
+                           f"stratolab.save_model(model, handler=predict{'' if name == 'model' else f', name={name!r}'})")
+        return data
 
     def gpu_view(self, username: str, admin: bool) -> dict[str, Any]:
         """The machine's GPUs and what holds each (servers, runs, trials, function instances): the
@@ -248,6 +328,7 @@ class JobService:
         self.store.delete_run(owner, run_id)
         await self._blocking(self.files.remove_run, owner, run_id)
         self._forget_snapshots(owner)
+        await self._blocking(self.files.forget_inputs, owner, self.store.staged_inputs_in_use(owner))
 
     def output_file(self, owner: str, run_id: int, fmt: str) -> Path:
         self.store.run(run_id, owner)
