@@ -42,7 +42,7 @@ from typing import Any
 
 import aiohttp
 
-from stratolab.errors import StratolabError
+from stratolab.errors import InvalidInput, StratolabError
 from stratolab.functions.backend import FunctionBackend, VersionRef
 from stratolab.functions.bundle import bundle_digest
 from stratolab.functions.knative.bundle_access import bundle_token
@@ -65,6 +65,7 @@ from stratolab.functions.knative.manifests import (
     traffic_with_weights,
     traffic_without_version,
 )
+from stratolab.functions.knative.rollout import KnativeRollouts, canary_input, versions_route
 from stratolab.functions.knative.status import RevisionState, revision_state, tag_urls
 from stratolab.functions.policy import ScalingPolicy
 from stratolab.functions.runtime.events import event_headers
@@ -98,6 +99,7 @@ class KnativeBackend(FunctionBackend):
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._session: aiohttp.ClientSession | None = None
         self._refreshed = 0.0
+        self.rollouts = KnativeRollouts(kube, config)
 
     # -- deploy ----------------------------------------------------------------------------------
 
@@ -182,6 +184,10 @@ class KnativeBackend(FunctionBackend):
     async def set_traffic(self, owner: str, name: str, weights: dict[int, int]) -> None:
         if not weights:
             return  # the function is being deleted: `remove` of each version takes it down
+        if await self.rollouts.active(owner, name):
+            log.info("%s/%s: Flagger moves the traffic while its Canary exists; weights %s not written",
+                     owner, name, weights)
+            return
         revisions = {v: d.revision for v, d in self._known(owner, name).items()}
         try:
             async with self._lock(owner, name):
@@ -226,6 +232,53 @@ class KnativeBackend(FunctionBackend):
             raise StratolabError(f"Kubernetes did not remove version {ref.version}: {e}", status=503) from None
         self._states.pop(ref.key, None)
         self._logs.pop(ref.key, None)
+
+    # -- rollouts on Flagger (stratolab/functions/knative/rollout.py) -------------------------------
+
+    async def start_rollout(self, owner: str, name: str, rollout_id: str, baseline: int, candidate: int,
+                            **spec: Any) -> dict[str, Any] | None:
+        """Hand a canary rollout from `baseline` to `candidate` to Flagger; `spec` takes `canary_input`'s
+        keywords (steps, interval_s, failure_threshold, checks, queries, prometheus_address, mode).
+        Returns the Canary, or None for shadow and A/B rollouts (the gateway runs those itself)."""
+        canary = canary_input(self.config, owner, name, rollout_id, **spec)
+        if canary.mode != "canary":
+            return None
+        known = self._known(owner, name)
+        for field_name, version in (("from", baseline), ("to", candidate)):
+            if version not in known:
+                raise InvalidInput(f"version {version} of {name} is not deployed on Knative", field=field_name)
+        try:
+            async with self._lock(owner, name):  # 1: the baseline is the latest revision Flagger sees
+                base = known[baseline]
+                await self._write_service(owner, name, list, build_template(self.config, base.input, base.revision),
+                                          create=False)
+            route = versions_route(self.config, owner, name, {v: d.revision for v, d in known.items()}, baseline)
+            applied = await self.rollouts.apply(owner, name, canary, route)  # 2, 3
+            async with self._lock(owner, name):  # 4: the candidate as the new latest revision: the analysis
+                cand = known[candidate]
+                await self._write_service(owner, name, list, build_template(self.config, cand.input, cand.revision),
+                                          create=False)
+                self._urls.pop((owner, name), None)
+        except KubeError as e:
+            await self.rollouts.remove(owner, name)
+            raise StratolabError(f"Kubernetes did not take the rollout: {e}", status=503) from None
+        return applied
+
+    async def end_rollout(self, owner: str, name: str, weights: dict[int, int]) -> bool:
+        """Remove the function's Canary (and its MetricTemplates and Route), then write `weights` (the
+        decision's traffic) with every live version tagged again. False when there was no Canary."""
+        try:
+            found = await self.rollouts.remove(owner, name)
+            revisions = {v: d.revision for v, d in self._known(owner, name).items()}
+            full = {v: int(weights.get(v, 0)) for v in revisions}
+            if revisions and sum(full.values()) == 100:
+                async with self._lock(owner, name):
+                    await self._write_service(owner, name, lambda _live: traffic_with_weights([], full, revisions),
+                                              create=False)
+            self._urls.pop((owner, name), None)
+        except KubeError as e:
+            raise StratolabError(f"Kubernetes did not take the end of the rollout: {e}", status=503) from None
+        return found
 
     # -- invocations -----------------------------------------------------------------------------
 
@@ -279,7 +332,9 @@ class KnativeBackend(FunctionBackend):
         urls = self._urls.get((ref.owner, ref.name), {})
         if ref.version not in urls:
             try:
-                live = await self.kube.get(SERVING, "Service", service, self.namespace)
+                await self.rollouts.active(ref.owner, ref.name)
+                kind, obj_name = self.rollouts.version_urls_source(ref.owner, ref.name) or ("Service", service)
+                live = await self.kube.get(SERVING, kind, obj_name, self.namespace)
             except KubeError as e:
                 raise InvocationError(f"the function's route could not be read: {e}", status=503) from None
             urls = tag_urls(live or {})
@@ -365,6 +420,8 @@ class KnativeBackend(FunctionBackend):
         and redoing it on a 409. No traffic entry left means no Service: it is deleted (or not
         created), and None returned; None also when there is none and `create` is False."""
         service = service_name(owner, name)
+        if await self.rollouts.active(owner, name):
+            change = list  # Flagger owns spec.traffic while the function's Canary exists
         for attempt in range(1, WRITE_TRIES + 1):
             live = await self.kube.get(SERVING, "Service", service, self.namespace)
             if live is None:
