@@ -375,7 +375,7 @@ class RolloutManager:
             "interval": spec.interval_s, "failure_threshold": spec.failure_threshold, "max_wait": spec.max_wait_s,
             "ab": {"header": spec.key_header} if spec.key_header else None, "notify": notify,
             "phase": row.phase, "weight": state.weight,
-            "traffic": {str(v): w for v, w in sorted(traffic.items())},
+            "traffic": {str(v): w for v, w in sorted(traffic.items()) if w},
             "shadow_percent": plan.shadow_percent(spec, state.weight), "failures": state.failures,
             "checks": [c.to_json() for c in checks],
             "metrics": {k: metrics.get(k) for k in ("baseline", "candidate")},
@@ -707,7 +707,7 @@ def feedback_items(body: dict[str, Any]) -> list[tuple[str, Any]]:
             raise InvalidInput(f"at most {FEEDBACK_MAX} labels in one request", field="feedback")
         where = "feedback[{}]"
     else:
-        items, where = [body], "{}"
+        items, where = [body], ""
     out = []
     for i, item in enumerate(items):
         prefix = where.format(i)
