@@ -68,6 +68,7 @@ class PlatformSettings:
     triggers_port: int = 10103
     #: port of the usage service on 127.0.0.1 (reached through the proxy at /services/usage/)
     usage_port: int = 10104
+    pipelines_port: int = 10105
     #: where function bundles and instances live; None: derived from the data dir (see functions_root)
     functions_dir: Path | None = None
     data_dir: Path = PROJECT_ROOT / ".stratolab"
@@ -145,6 +146,7 @@ class PlatformSettings:
             scheduler_port=_int(env, "STRATOLAB_SCHEDULER_PORT", 10102),
             triggers_port=_int(env, "STRATOLAB_TRIGGERS_PORT", 10103),
             usage_port=_int(env, "STRATOLAB_USAGE_PORT", 10104),
+            pipelines_port=_int(env, "STRATOLAB_PIPELINES_PORT", 10105),
             functions_dir=Path(env["STRATOLAB_FUNCTIONS_DIR"]) if env.get("STRATOLAB_FUNCTIONS_DIR") else None,
             data_dir=Path(env.get("STRATOLAB_DATA_DIR") or PROJECT_ROOT / ".stratolab").resolve(),
             db_url=env.get("STRATOLAB_DB_URL", ""),
@@ -181,6 +183,10 @@ class PlatformSettings:
         """The usage service's folder: where it looks for prices.yaml and budgets.yaml when no file is
         named (the ledger itself is in the platform database)."""
         return self._service_root("usage")
+
+    def pipelines_root(self) -> Path:
+        """The pipelines service's folder (its runs and cache are in the platform database)."""
+        return self._service_root("pipelines")
 
     def _service_root(self, name: str) -> Path:
         if self.isolated():
@@ -245,6 +251,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("STRATOLAB_SCHEDULER_PORT", (HUB,), "10102", "Internal port of the scheduler service on 127.0.0.1."),
     Variable("STRATOLAB_TRIGGERS_PORT", (HUB,), "10103", "Internal port of the triggers service on 127.0.0.1."),
     Variable("STRATOLAB_USAGE_PORT", (HUB,), "10104", "Internal port of the usage service on 127.0.0.1."),
+    Variable("STRATOLAB_PIPELINES_PORT", (HUB,), "10105", "Internal port of the pipelines service on 127.0.0.1."),
     Variable("STRATOLAB_FUNCTIONS_DIR", (HUB, FUNCTIONS), "<data dir>/functions; as root "
              "/var/lib/stratolab/<id>/functions", "Function bundles and instance directories (as root they must be "
              "reachable by the users' system accounts, so they are not in the private data dir)."),

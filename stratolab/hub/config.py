@@ -24,10 +24,12 @@ from stratolab.platform.profiles import load_profile_list, parse_profile_list
 from stratolab.platform.scopes import (
     CUSTOM_SCOPES,
     FUNCTIONS_SERVICE,
+    PIPELINES_SERVICE,
     SCHEDULER_SERVICE,
     TRIGGERS_SERVICE,
     USAGE_SERVICE,
     functions_service_scopes,
+    pipelines_service_scopes,
     scheduler_service_scopes,
     triggers_service_scopes,
     usage_service_scopes,
@@ -131,10 +133,11 @@ def configure_hub(c, settings: PlatformSettings | None = None) -> PlatformSettin
     c.Spawner.environment = {"JUPYTERHUB_ACTIVITY_INTERVAL": str(interval)}
     c.JupyterHub.last_activity_interval = interval
     c.JupyterHub.services = [service, functions_service(settings, isolation), scheduler_service(settings, isolation),
-                             triggers_service(settings, isolation), usage_service(settings, isolation)]
+                             triggers_service(settings, isolation), usage_service(settings, isolation),
+                             pipelines_service(settings, isolation)]
     c.JupyterHub.custom_scopes = CUSTOM_SCOPES
     c.JupyterHub.load_roles = [role, {"name": "user", "scopes": ["self", *user_scopes()]}, triggers_role(),
-                               usage_role(), scheduler_role(), functions_role()]
+                               usage_role(), scheduler_role(), functions_role(), pipelines_role()]
     # a server's own token may deploy and invoke its user's functions (stratolab.functions.deploy)
     c.Spawner.server_token_scopes = ["users:activity!user", "access:servers!server", *user_scopes()]
     c.StratolabSpawner.stratolab_url = settings.public_url
@@ -275,3 +278,20 @@ def scheduler_role() -> dict:
 def functions_role() -> dict:
     """The functions service's role: it asks the usage service before a deploy keeps instances warm."""
     return {"name": "stratolab-functions", "scopes": functions_service_scopes(), "services": [FUNCTIONS_SERVICE]}
+
+
+def pipelines_service(settings: PlatformSettings, isolation: str) -> dict:
+    """The pipelines service entry (runs .pipeline files: its steps are scheduler runs and function calls)."""
+    root = settings.pipelines_root()
+    return service_entry(PIPELINES_SERVICE, settings.pipelines_port, "stratolab.pipelines.service.app", root, isolation, {
+        "STRATOLAB_SHARED_HOMES": str(settings.data_dir / "homes"),
+        "STRATOLAB_PIPELINES_SCHEDULER_URL": f"http://127.0.0.1:{settings.scheduler_port}/services/{SCHEDULER_SERVICE}/",
+        "STRATOLAB_PIPELINES_FUNCTIONS_URL": f"http://127.0.0.1:{settings.functions_port}/services/{FUNCTIONS_SERVICE}/",
+        **passed_through(("STRATOLAB_PIPELINES_", "STRATOLAB_SMTP_"), ("STRATOLAB_OUTBOUND_ALLOW",)),
+        **{k: v for k, v in common_service_environment(settings, isolation).items() if k != "STRATOLAB_GPUS"},
+    })
+
+
+def pipelines_role() -> dict:
+    """The pipelines service's role: it makes short-lived tokens of a pipeline's owner for its steps."""
+    return {"name": "stratolab-pipelines", "scopes": pipelines_service_scopes(), "services": [PIPELINES_SERVICE]}

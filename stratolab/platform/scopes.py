@@ -13,6 +13,7 @@ FUNCTIONS_SERVICE = "functions"
 SCHEDULER_SERVICE = "scheduler"
 TRIGGERS_SERVICE = "triggers"
 USAGE_SERVICE = "usage"
+PIPELINES_SERVICE = "pipelines"
 
 FUNCTIONS_DEPLOY = "custom:functions:deploy"
 FUNCTIONS_INVOKE = "custom:functions:invoke"
@@ -20,6 +21,7 @@ JOBS_RUN = "custom:jobs:run"
 TRIGGERS_MANAGE = "custom:triggers:manage"
 USAGE_READ = "custom:usage:read"
 USAGE_CHECK = "custom:usage:check"
+PIPELINES_RUN = "custom:pipelines:run"
 
 #: for `c.JupyterHub.custom_scopes`
 CUSTOM_SCOPES: dict[str, dict[str, str]] = {
@@ -32,6 +34,7 @@ CUSTOM_SCOPES: dict[str, dict[str, str]] = {
                  "everyone's)."},
     USAGE_CHECK: {"description": "Ask the usage service whether a user's budgets allow a new server, run, trial or "
                   "deploy (held by the services that start them)."},
+    PIPELINES_RUN: {"description": "Run, stop, resume and schedule your pipelines, and read their runs."},
 }
 
 
@@ -42,6 +45,7 @@ def user_scopes() -> list[str]:
         f"{JOBS_RUN}!user", f"access:services!service={SCHEDULER_SERVICE}",
         f"{TRIGGERS_MANAGE}!user", f"access:services!service={TRIGGERS_SERVICE}",
         f"{USAGE_READ}!user", f"access:services!service={USAGE_SERVICE}",
+        f"{PIPELINES_RUN}!user", f"access:services!service={PIPELINES_SERVICE}",
     ]
 
 
@@ -77,3 +81,11 @@ def scheduler_service_scopes() -> list[str]:
 def functions_service_scopes() -> list[str]:
     """The functions service's role: it asks the usage service before a deploy keeps instances warm."""
     return usage_check_scopes()
+
+
+def pipelines_service_scopes() -> list[str]:
+    """The pipelines service's role. Its steps run as the pipeline's owner: scheduler runs, deploys and
+    calls of the owner's functions, through APIs that take only a user's own tokens; so it makes a
+    short-lived token of the owner (`tokens`) with just those scopes (stratolab/pipelines/engine.py
+    token_scopes), as the usage service does. `read:users` to know a user exists."""
+    return ["tokens", "read:users"]

@@ -28,6 +28,8 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
              {"service_path": "/services/triggers/", "prefixes": ("api/",), "label": "triggers"}),
             (url_path_join(base_url, "stratolab", "usage", "(.*)"), FunctionsProxyHandler,
              {"service_path": "/services/usage/", "prefixes": ("api/",), "label": "usage"}),
+            (url_path_join(base_url, "stratolab", "pipelines", "(.*)"), FunctionsProxyHandler,
+             {"service_path": "/services/pipelines/", "prefixes": ("api/",), "label": "pipelines"}),
         ],
     )
     serverapp.log.info(
