@@ -446,6 +446,10 @@ EXPECTED_RULES = {
     "functions": {
         ("serving.knative.dev", "services"): {"get", "create", "update", "delete"},
         ("serving.knative.dev", "revisions"): {"get", "list", "watch"},
+        # a canary rollout handed to Flagger (stratolab/functions/knative/rollout.py)
+        ("serving.knative.dev", "routes"): {"get", "create", "update", "delete"},
+        ("flagger.app", "canaries"): {"get", "list", "watch", "create", "update", "delete"},
+        ("flagger.app", "metrictemplates"): {"get", "list", "create", "update", "delete"},
         # one Secret per function: a version's token key is added and removed by merge patch
         ("", "secrets"): {"create", "patch", "delete"},
         ("", "pods"): {"list"},
