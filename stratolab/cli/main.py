@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     from stratolab.cli.usage_cmd import add_usage_commands
 
     add_usage_commands(sub, common)
+    from stratolab.cli.pipelines_cmd import add_pipelines_commands
+
+    add_pipelines_commands(sub, common)
     return parser
 
 
