@@ -252,8 +252,8 @@ class ArgoPipelineBackend:
         except InvalidNode:
             raise
         except StratolabError as e:  # argo.py names the step in its message; carry the node too
-            step = next((s for s in valid.pipeline.steps.values() if f"{s.name!r}" in str(e)), None)
-            raise InvalidNode(step, str(e).split(": ", 1)[-1] if step else str(e),
+            named = next((s for s in valid.pipeline.steps.values() if f"{s.name!r}" in str(e)), None)
+            raise InvalidNode(named, str(e).split(": ", 1)[-1] if named else str(e),
                               field=getattr(e, "field", None)) from None
         wf["metadata"].setdefault("annotations", {})[STEPS_ANNOTATION] = json.dumps(step_map(valid), sort_keys=True)
         return wf
