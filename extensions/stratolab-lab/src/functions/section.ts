@@ -9,6 +9,7 @@ import { functionActions } from './actions';
 import { IFunction } from './api';
 import { formatMs, trafficText } from './format';
 import { FunctionsModel } from './model';
+import { RolloutView, RolloutViews } from './rollout';
 
 /**
  * The user's functions, with their numbers and what can be done to them.
@@ -36,6 +37,7 @@ export class FunctionsSection extends ModelSection<null, FunctionsModel> {
     // a summary: the functions deployed to last; the Functions tab holds them all
     const { shown, hidden } = mostRecent(this.model.functions, lastDeployed);
     this.triggers.keepOnly(shown.map(fn => fn.name));
+    this.rollouts.keepOnly(shown.map(fn => fn.name));
     showList(
       this.listNode,
       [...shown.map(fn => this.renderFunction(fn)), ...this.moreNote(hidden, 'functions', 'stratolab-functions-more')],
@@ -74,6 +76,12 @@ export class FunctionsSection extends ModelSection<null, FunctionsModel> {
     actions.append(...functionActions(fn, `stratolab-function-${fn.name}-action`, run => this.guard(run)));
     card.append(actions);
 
+    // the latest rollout (the same view across redraws, as the triggers')
+    const rollout = this.rollouts.for(fn.name);
+    rollout.function = fn;
+    void rollout.refresh();
+    card.append(rollout.node);
+
     // the same view across redraws (what is open stays open); it reloads itself while open
     const triggers = this.triggers.for(fn.name);
     void triggers.refresh();
@@ -88,6 +96,9 @@ export class FunctionsSection extends ModelSection<null, FunctionsModel> {
 
   private readonly listNode = el('div', 'jp-Stratolab-functionList');
   private readonly triggers: TriggersViews;
+  private readonly rollouts = new RolloutViews(
+    fn => new RolloutView(fn, `stratolab-function-${fn}-rollout`, () => void this.refresh(true))
+  );
 }
 
 /** When a version of `fn` was last deployed (ms since the epoch; 0 for none). */
