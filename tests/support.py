@@ -188,6 +188,7 @@ class HubProcess:
                 "STRATOLAB_SCHEDULER_PORT": str(free_port()),
                 "STRATOLAB_TRIGGERS_PORT": str(free_port()),
                 "STRATOLAB_USAGE_PORT": str(free_port()),
+                "STRATOLAB_PIPELINES_PORT": str(free_port()),
                 "STRATOLAB_DATA_DIR": str(self.data_dir),
                 "STRATOLAB_ADMIN_PASSWORD": ADMIN_PASSWORD,
                 "STRATOLAB_USER_ENV": str(user_env_for_tests()),
