@@ -1,5 +1,6 @@
 """`stratolab functions ...`: deploy a notebook cell, list, invoke, logs, traffic, rollback, scale,
-delete and export functions. Every command prints JSON with --json."""
+delete and export functions; roll a new version out (canary, shadow, A/B) and watch, pause, resume,
+promote or abort the rollout. Every command prints JSON with --json."""
 
 from __future__ import annotations
 
@@ -164,6 +165,72 @@ def cmd_export(args, emit) -> None:
          f"Exported {args.name} v{version} to {target} (docker build -t {args.name} {target})")
 
 
+def _rollout_summary(r: dict[str, Any]) -> str:
+    """A rollout in a few lines: where it is, both versions side by side, the last decision."""
+    traffic = ", ".join(f"v{v}: {w}%" for v, w in r.get("traffic", {}).items())
+    shadow = f", {r['shadow_percent']}% copied to v{r['candidate']}" if r.get("shadow_percent") else ""
+    lines = [f"rollout {r['id']} of {r['function']}: v{r['baseline']} -> v{r['candidate']} ({r['mode']})  "
+             f"{r['phase']} at {r['weight']}%  [{traffic}{shadow}]  failures={r['failures']}"
+             + (f"  next check {r['next_check_at']}" if r.get("next_check_at") else "")]
+    for role in ("baseline", "candidate"):
+        m = (r.get("metrics") or {}).get(role) or {}
+        lines.append(f"  {role:9} v{r[role]}: requests={m.get('requests', 0)} errors={m.get('errors', 0)} "
+                     f"p50={m.get('latency_p50_ms')}ms p99={m.get('latency_p99_ms')}ms accuracy={m.get('accuracy')}")
+    if r.get("decisions"):
+        last = r["decisions"][-1]
+        lines.append(f"  last decision: {last['action']}: {last['reason']}")
+    return "\n".join(lines)
+
+
+def cmd_rollout(args, emit) -> None:
+    from stratolab.functions.client import call
+
+    body: dict[str, Any] = {"to": args.to, "mode": args.mode}
+    if args.from_version is not None:
+        body["from"] = args.from_version
+    if args.steps:
+        try:
+            body["steps"] = [int(x) for x in args.steps.split(",")]
+        except ValueError:
+            raise InvalidInput(f"{args.steps!r}: write percentages such as 10,25,50,100", field="steps") from None
+    if args.interval is not None:
+        body["interval"] = args.interval
+    if args.failure_threshold is not None:
+        body["failure_threshold"] = args.failure_threshold
+    if args.max_wait is not None:
+        body["max_wait"] = args.max_wait
+    if args.ab_header:
+        body["ab"] = {"header": args.ab_header}
+    if args.checks:
+        try:
+            body["checks"] = json.loads(Path(args.checks).read_text())
+        except (OSError, ValueError) as e:
+            raise InvalidInput(f"{args.checks}: not a readable JSON list of checks ({e})", field="checks") from None
+    notify = {k: v for k, v in (("webhook", args.webhook), ("mqtt", args.mqtt)) if v}
+    if notify:
+        body["notify"] = notify
+    r = call("POST", f"api/functions/{args.name}/rollouts", json_body=body)
+    emit(r, _rollout_summary(r))
+
+
+def cmd_rollout_status(args, emit) -> None:
+    from stratolab.functions.client import call
+
+    r = call("GET", f"api/functions/{args.name}/rollouts/{args.id or 'current'}")
+    emit(r, _rollout_summary(r))
+
+
+def _rollout_action(action: str):
+    def command(args, emit) -> None:
+        from stratolab.functions.client import call
+
+        which = args.id or call("GET", f"api/functions/{args.name}/rollouts/current")["id"]
+        r = call("POST", f"api/functions/{args.name}/rollouts/{which}/{action}")
+        emit(r, _rollout_summary(r))
+
+    return command
+
+
 NAME = arg("name")
 
 
@@ -197,6 +264,24 @@ def add_functions_commands(sub, common: argparse.ArgumentParser) -> None:
     fns.add("scale", cmd_scale, "change scaling and limits", NAME, arg("--public", choices=["yes", "no"]),
             *SCALING_ARGS)
     fns.add("delete", cmd_delete, "delete a function", NAME)
+    fns.add("rollout", cmd_rollout, "roll a version out in steps, judged against the current one", NAME,
+            arg("--to", type=int, required=True, help="the new version"),
+            arg("--from", dest="from_version", type=int, help="the current version (default: the one with most traffic)"),
+            arg("--steps", help="the new version's share at each step (default 10,25,50,100)"),
+            arg("--interval", type=float, help="seconds between checks (default 60)"),
+            arg("--mode", choices=["canary", "shadow", "ab"], default="canary"),
+            arg("--ab-header", help="with --mode ab: the header carrying the user's key (default x-user-id)"),
+            arg("--checks", help="a JSON file with the judge's checks (default: error rate and p99 latency)"),
+            arg("--failure-threshold", type=int, help="failing checks that roll back (default 2)"),
+            arg("--max-wait", type=float, help="seconds without enough data before rolling back (default 600)"),
+            arg("--webhook", help="URL each decision is posted to (a CloudEvent)"),
+            arg("--mqtt", help="MQTT topic each decision is published to"))
+    rollout_id = arg("--id", help="the rollout (default: the newest)")
+    fns.add("rollout-status", cmd_rollout_status, "a function's rollout: phase, both versions' metrics", NAME, rollout_id)
+    for action, text in (("pause", "stop judging and moving traffic"), ("resume", "go on after a pause"),
+                         ("promote", "the new version takes all traffic now"),
+                         ("abort", "all traffic back to the current version")):
+        fns.add(f"rollout-{action}", _rollout_action(action), text, NAME, rollout_id)
     fns.add("export", cmd_export, "write a bundle + Dockerfile that serves it", NAME,
             arg("--version", type=int),
             arg("--output", "-o", required=True))

@@ -5,6 +5,7 @@ restart survival, other users and hostile input."""
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
 import uuid
@@ -16,6 +17,7 @@ import paho.mqtt.client as mqtt
 import requests
 
 from functions_support import api, bundle, deploy
+from support import CLI, cli_env, cli_json
 
 #: checks that a test can satisfy with a few dozen requests: error rate and latency against the baseline
 #: (latency with a wide tolerance: a worker's first calls may be slower, and that is not what is tested)
@@ -284,6 +286,28 @@ def test_feedback_gives_accuracy_per_version_and_an_accuracy_check_fails_the_rol
     r = api(hub, erin, "POST", "api/functions/labels/feedback",
             json={"request_id": r.headers["X-Request-Id"], "label": "cat"})
     assert r.json() == {"accepted": 1, "unknown": []}
+
+
+def test_rollouts_from_the_command_line(hub, tmp_path):
+    judy = hub.create_user()
+    two_versions(hub, judy, tmp_path, "cli-fn")
+    env = cli_env(hub, judy, tmp_path)
+    checks = tmp_path / "checks.json"
+    checks.write_text(json.dumps([{"metric": "error_rate", "min_samples": 5}]))
+    out = cli_json(env, "functions", "rollout", "cli-fn", "--to", "2", "--steps", "20,100", "--interval", "3600",
+                   "--mode", "ab", "--ab-header", "x-team", "--checks", str(checks))
+    assert (out["phase"], out["weight"], out["mode"], out["ab"]) == ("progressing", 20, "ab", {"header": "x-team"})
+    assert [c["metric"] for c in out["checks"]] == ["error_rate"]
+    assert cli_json(env, "functions", "rollout-status", "cli-fn")["id"] == out["id"]
+    assert cli_json(env, "functions", "rollout-pause", "cli-fn")["phase"] == "paused"
+    assert cli_json(env, "functions", "rollout-resume", "cli-fn", "--id", str(out["id"]))["phase"] == "progressing"
+    text = subprocess.run([*CLI, "functions", "rollout-status", "cli-fn"], capture_output=True, text=True, env=env)
+    assert text.returncode == 0 and "v1 -> v2 (ab)" in text.stdout and "candidate" in text.stdout
+    assert cli_json(env, "functions", "rollout-promote", "cli-fn")["phase"] == "promoted"
+    failed = cli_json(env, "functions", "rollout-abort", "cli-fn", check=False)
+    assert failed.returncode != 0 and "promoted" in failed.stderr + failed.stdout
+    bad = cli_json(env, "functions", "rollout", "cli-fn", "--to", "1", "--steps", "ten", check=False)
+    assert bad.returncode != 0 and "steps" in bad.stderr + bad.stdout
 
 
 def test_other_users_and_hostile_input(hub, tmp_path):
