@@ -648,7 +648,8 @@ class RolloutManager:
             if version in view.traffic:
                 continue
             ref = VersionRef(owner, name, version)
-            if getattr(self.service.backend, "pools", None) is not None and ref.key in self.service.backend.pools:
+            pools = getattr(self.service.backend, "pools", None)  # the local backend's running versions
+            if pools is not None and ref.key in pools:
                 continue
             info = describe(ref)
             if info.get("instances") or info.get("deployed"):
