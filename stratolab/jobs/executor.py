@@ -138,6 +138,8 @@ class NotebookExecutor(abc.ABC):
     #: is a run's time its own use of the profile (one interval of the usage ledger per run)? Not when
     #: the run only drives other work that is metered itself (an AutoML search: its trials)
     metered: bool = True
+    #: does a run see the files placed in its workdir's files/ before it starts (an ad-hoc run's inputs)?
+    places_inputs: bool = True
 
     @abc.abstractmethod
     async def start(self, spec: RunSpec) -> Execution:

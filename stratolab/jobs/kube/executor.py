@@ -253,6 +253,9 @@ class KubernetesJobExecutor(NotebookExecutor):
     first level under it names a run's owner. `client` defaults to the pod's service account (or
     ~/.kube/config), made on first use."""
 
+    #: a run's pod receives its notebook only (agent.py), not files placed beside it
+    places_inputs = False
+
     def __init__(self, settings: JobSettings, *, client: KubeClient | None = None,
                  profile_of: Callable[[RunSpec], Profile] | None = None, jobs_root: Path | None = None,
                  secret: bytes | None = None):

@@ -244,6 +244,10 @@ class JobService:
         nb = await self._notebook(owner, fields)
         params = validate_parameters(fields.get("parameters"), inspect_parameters(nb))
         profile = self._profile(fields.get("profile"))
+        if fields["inputs"] and not self.scheduler.executor.places_inputs:
+            raise InvalidInput("this scheduler runs notebooks as Kubernetes Jobs, whose pods receive the notebook only: "
+                               "inputs are not supported here (a pipeline's steps pass files as Argo artifacts)",
+                               field="inputs")
         sources = [await self._blocking(self._input_source, owner, i, entry) for i, entry in enumerate(fields["inputs"])]
         # over its owner's budget, the run is refused now with the budget's message (403), as Run now is
         await self.scheduler.meter.require(owner, RUN, resources_of(profile))
