@@ -4,7 +4,8 @@
  *
  * Step names follow stratolab/pipelines/flow.py (`pipeline_of`): the node's label, else its notebook's
  * stem, made an identifier, `_2`, `_3`... for repeats in file order; a run's steps are keyed by node id.
- * Positions are Elyra's (`app_data.ui_data.x_pos/y_pos`) when every node has them, otherwise a layout by
+ * Positions are Elyra's (`app_data.ui_data.x_pos/y_pos`) when every node has them and no two boxes
+ * overlap (files written by code put every node at 0,0), otherwise a layout by
  * topological level (a node one column right of its furthest-upstream parent), so a file written by
  * hand or by `stratolab pipelines` reads left to right.
  */
@@ -160,7 +161,7 @@ export function readPipeline(source: string | unknown): IPipelineGraph {
   // links to nodes not in the file are not drawn (validation names them)
   const known = new Set(nodes.map(n => n.id));
   const drawn = edges.filter(e => known.has(e.from) && known.has(e.to));
-  if (nodes.length && !positioned.every(Boolean)) {
+  if (nodes.length && (!positioned.every(Boolean) || overlapping(nodes))) {
     layoutByLevel(nodes, drawn);
   }
   return {
@@ -220,6 +221,18 @@ export function levels(nodes: ReadonlyArray<{ id: string }>, edges: ReadonlyArra
     }
   }
   return level;
+}
+
+/** Whether two nodes' boxes overlap at their positions. */
+export function overlapping(nodes: ReadonlyArray<{ x: number; y: number }>): boolean {
+  for (let i = 0; i < nodes.length; i++) {
+    for (let j = i + 1; j < nodes.length; j++) {
+      if (Math.abs(nodes[i].x - nodes[j].x) < NODE_WIDTH && Math.abs(nodes[i].y - nodes[j].y) < NODE_HEIGHT) {
+        return true;
+      }
+    }
+  }
+  return false;
 }
 
 /** Place nodes in columns by level, in file order down each column. */

@@ -43,7 +43,7 @@ export class GraphView {
     }
   ) {
     this.node = svg('svg', { class: 'jp-Stratolab-pipelineGraph', role: 'img' });
-    this.node.dataset.testid = options.testId;
+    this.node.dataset.testid = `${options.testId}-graph`;
     this.markerId = `jp-Stratolab-arrow-${++markers}`;
   }
 

@@ -86,6 +86,12 @@ describe('readPipeline', () => {
     expect(at.join[0]).toBe(LAYOUT.left + 2 * LAYOUT.column);
   });
 
+  it('lays out a file written by code, whose nodes all sit at 0,0', () => {
+    const at = { x_pos: 0, y_pos: 0 };
+    const graph = readPipeline(doc([node('a', 'a', [], at), node('b', 'b', ['a'], at)]));
+    expect(graph.nodes.map(n => n.x)).toEqual([LAYOUT.left, LAYOUT.left + LAYOUT.column]);
+  });
+
   it('keeps the levels finite on a cycle (validation refuses it; drawing must not hang)', () => {
     const level = levels(
       [{ id: 'a' }, { id: 'b' }],
