@@ -5,7 +5,7 @@ resume after a failure, hostile .pipeline files (400s naming the node), and anot
 from __future__ import annotations
 
 import json
-import pwd
+import os
 from datetime import datetime
 from pathlib import Path
 
@@ -15,6 +15,7 @@ import requests
 from jobs_support import notebook, wait_for
 from pipelines_support import dag
 from stratolab.pipelines import flow
+from stratolab.platform.accounts import ensure_system_user, system_username
 
 FINAL = ("succeeded", "failed", "stopped")
 
@@ -26,10 +27,12 @@ def api(hub, user, method, path, **kw):
 
 
 def home_of(hub, user) -> Path:
-    try:
-        return Path(pwd.getpwnam(f"jupyter-{user.name}").pw_dir)
-    except KeyError:
-        return hub.data_dir / "homes" / user.name
+    """The user's home as the services read it: their system account's (made now, as the scheduler makes it
+    at its first run) when the hub runs as root with per-user accounts, else the shared homes folder."""
+    if os.geteuid() == 0 and hub.env.get("STRATOLAB_ISOLATION", "auto") != "shared":
+        entry = ensure_system_user(system_username(user.name), Path(hub.env["STRATOLAB_HOME_ROOT"]))
+        return Path(entry.pw_dir)
+    return hub.data_dir / "homes" / user.name
 
 
 def write(home: Path, rel: str, content: dict | str) -> None:
@@ -38,7 +41,6 @@ def write(home: Path, rel: str, content: dict | str) -> None:
     path.write_text(content if isinstance(content, str) else json.dumps(content))
     try:
         owner = home.stat()
-        import os
         os.chown(path, owner.st_uid, owner.st_gid)
         os.chown(path.parent, owner.st_uid, owner.st_gid)
     except PermissionError:
