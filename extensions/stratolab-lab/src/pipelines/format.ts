@@ -124,18 +124,18 @@ export function recordLines(records: Record<string, unknown> | null | undefined,
   return lines;
 }
 
-/** The line under a node: state, duration, branch taken. */
+/** The line under a node's label: state, the branch a condition took, duration. */
 export function stepSummary(step: Partial<IPipelineStep> | undefined, now: number = Date.now()): string {
   if (!step || !step.state) {
     return '';
   }
   const parts = [step.state];
+  if (step.branch === true || step.branch === false) {
+    parts.push(step.branch ? 'true' : 'false');
+  }
   const duration = shortDuration(stepDuration(step, now));
   if (duration && step.state !== 'pending' && step.state !== 'skipped') {
     parts.push(duration);
-  }
-  if (step.branch === true || step.branch === false) {
-    parts.push(step.branch ? 'true' : 'false');
   }
   return parts.join(' · ');
 }

@@ -148,7 +148,7 @@ export class GraphView {
       g.append(svg('text', { x: 12, y: 24, class: 'jp-Stratolab-pipelineGlyph' }, info.glyph));
       g.append(svg('text', { x: 36, y: 24, class: 'jp-Stratolab-pipelineLabel' }, clip(n.label, 18)));
       const summary = step ? stepSummary(step, now) : info.kind;
-      const sub = svg('text', { x: 36, y: 44, class: 'jp-Stratolab-pipelineSub' }, clip(summary, 24));
+      const sub = svg('text', { x: 12, y: 44, class: 'jp-Stratolab-pipelineSub' }, clip(summary, 28));
       sub.dataset.testid = `${this.options.testId}-node-${n.name}-summary`;
       g.append(sub);
       if (errors.length) {

@@ -86,7 +86,7 @@ describe('durations and values', () => {
     expect(stepSummary(step({ state: 'succeeded', duration: 12 }))).toBe('succeeded · 12 s');
     expect(
       stepSummary(step({ state: 'succeeded', duration: 0.1, branch: false, op: 'stratolab-condition-node' }))
-    ).toBe('succeeded · 0.1 s · false');
+    ).toBe('succeeded · false · 0.1 s');
     expect(stepSummary(step({ state: 'skipped', duration: 0 }))).toBe('skipped');
     expect(stepSummary(undefined)).toBe('');
   });
