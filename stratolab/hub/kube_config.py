@@ -7,7 +7,7 @@ On one machine the hub starts the proxy and the services as its own children. Un
   each user's home on a PVC `claim-{username}` that KubeSpawner creates on the first spawn;
 - talk to an external configurable-http-proxy (`should_start = False`, its API at the proxy-api Service)
   and tell servers where the hub is (`hub_connect_url`, the hub Service);
-- register the functions, scheduler and (when the chart runs them) triggers and usage services by `url` (their
+- register the functions, scheduler and (when the chart runs them) triggers, usage and pipelines services by `url` (their
   Services) with the tokens the chart generated; the idle culler stays a hub-managed service inside
   the hub pod, as in z2jh, since it only talks to the hub's API.
 
@@ -30,13 +30,14 @@ from typing import Any
 import yaml
 
 from stratolab.hub.auth import configure_authentication
-from stratolab.hub.config import functions_role, scheduler_role, triggers_role, usage_role
+from stratolab.hub.config import functions_role, pipelines_role, scheduler_role, triggers_role, usage_role
 from stratolab.hub.culling import CULLER_SERVICE, culler_service
 from stratolab.platform.kube_profiles import KubernetesSettings, configure_kubespawner
 from stratolab.platform.profiles import GPU_RESOURCE, ProfileError, parse_profile_list
 from stratolab.platform.scopes import (
     CUSTOM_SCOPES,
     FUNCTIONS_SERVICE,
+    PIPELINES_SERVICE,
     SCHEDULER_SERVICE,
     TRIGGERS_SERVICE,
     USAGE_SERVICE,
@@ -51,6 +52,7 @@ SERVICE_TOKEN_ENV = {
     SCHEDULER_SERVICE: "STRATOLAB_SCHEDULER_API_TOKEN",
     TRIGGERS_SERVICE: "STRATOLAB_TRIGGERS_API_TOKEN",
     USAGE_SERVICE: "STRATOLAB_USAGE_API_TOKEN",
+    PIPELINES_SERVICE: "STRATOLAB_PIPELINES_API_TOKEN",
     CULLER_SERVICE: "STRATOLAB_CULLER_API_TOKEN",
 }
 #: KubeSpawner labels user pods with `component: <this>`; the chart's NetworkPolicies select on it.
@@ -129,6 +131,8 @@ class KubeHubValues:
     triggers_url: str | None = None
     #: None: the chart runs no usage service (usage.enabled=false)
     usage_url: str | None = None
+    #: None: the chart runs no pipelines service (pipelines.enabled=false)
+    pipelines_url: str | None = None
     kubernetes: KubernetesSettings = field(default_factory=KubernetesSettings)
     storage: UserStorage = field(default_factory=UserStorage)
     #: KubeSpawner-style profile list (see stratolab.platform.profiles), already validated.
@@ -149,11 +153,12 @@ class KubeHubValues:
         hub = _take(data.get("hub"), "hub", {"connect_url"})
         proxy = _take(data.get("proxy"), "proxy", {"api_url", "internal_url"})
         services = _take(data.get("services"), "services",
-                         {FUNCTIONS_SERVICE, SCHEDULER_SERVICE, TRIGGERS_SERVICE, USAGE_SERVICE})
+                         {FUNCTIONS_SERVICE, SCHEDULER_SERVICE, TRIGGERS_SERVICE, USAGE_SERVICE, PIPELINES_SERVICE})
         functions = _take(services.get(FUNCTIONS_SERVICE), "services.functions", {"url"})
         scheduler = _take(services.get(SCHEDULER_SERVICE), "services.scheduler", {"url"})
         triggers = _take(services.get(TRIGGERS_SERVICE), "services.triggers", {"url"})
         usage = _take(services.get(USAGE_SERVICE), "services.usage", {"url"})
+        pipelines = _take(services.get(PIPELINES_SERVICE), "services.pipelines", {"url"})
         single = _take(
             data.get("singleuser"), "singleuser",
             {"namespace", "image", "gpu_image", "image_pull_policy", "start_timeout", "storage",
@@ -181,6 +186,8 @@ class KubeHubValues:
             scheduler_url=_required(scheduler, "url", "services.scheduler"),
             triggers_url=_required(triggers, "url", "services.triggers") if TRIGGERS_SERVICE in services else None,
             usage_url=_required(usage, "url", "services.usage") if USAGE_SERVICE in services else None,
+            pipelines_url=(_required(pipelines, "url", "services.pipelines") if PIPELINES_SERVICE in services
+                           else None),
             kubernetes=kube,
             storage=UserStorage.from_mapping(single.get("storage")),
             profile_list=profile_list,
@@ -218,7 +225,7 @@ def service_token(environ: Mapping[str, str], service: str) -> str:
 
 
 def hub_services(values: KubeHubValues, settings: PlatformSettings, environ: Mapping[str, str]) -> list[dict]:
-    """The services the hub registers: functions, scheduler, triggers and usage by URL, the culler run inside
+    """The services the hub registers: functions, scheduler, triggers, usage and pipelines by URL, the culler run inside
     this pod."""
     services: list[dict[str, Any]] = [
         {"name": FUNCTIONS_SERVICE, "url": values.functions_url,
@@ -232,6 +239,9 @@ def hub_services(values: KubeHubValues, settings: PlatformSettings, environ: Map
     if values.usage_url:
         services.append({"name": USAGE_SERVICE, "url": values.usage_url,
                          "api_token": service_token(environ, USAGE_SERVICE), "display": False})
+    if values.pipelines_url:
+        services.append({"name": PIPELINES_SERVICE, "url": values.pipelines_url,
+                         "api_token": service_token(environ, PIPELINES_SERVICE), "display": False})
     if values.culler_enabled:
         culler, _role = culler_service(settings.cull_timeout, settings.cull_gpu_timeout, settings.cull_every)
         culler["api_token"] = service_token(environ, CULLER_SERVICE)
@@ -324,6 +334,8 @@ def configure_kubernetes(c: Any, settings: PlatformSettings, environ: Mapping[st
         roles.append(triggers_role())
     if values.usage_url:
         roles += [usage_role(), scheduler_role(), functions_role()]
+    if values.pipelines_url:
+        roles.append(pipelines_role())
     if values.culler_enabled:
         _service, culler_role = culler_service(settings.cull_timeout, settings.cull_gpu_timeout, settings.cull_every)
         roles.insert(0, culler_role)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import helm_python
@@ -46,6 +47,7 @@ METADATA = "169.254.169.254/32"
 RANDOM_KEYS = [
     "proxy-token", "cookie-secret", "crypt-key", "functions-api-token", "scheduler-api-token",
     "culler-api-token", "executor-secret", "runtime-secret", "triggers-api-token", "triggers-dlq-secret",
+    "usage-api-token", "pipelines-api-token",
 ]
 
 
@@ -169,6 +171,8 @@ def test_hub_configmap_is_what_the_hub_parses(values_file):
     assert service_port(values.functions_url) == (f"{RELEASE}-functions", 10101)
     assert service_port(values.scheduler_url) == (f"{RELEASE}-scheduler", 10102)
     assert values.triggers_url and service_port(values.triggers_url) == (f"{RELEASE}-triggers", 10103)
+    assert values.usage_url and service_port(values.usage_url) == (f"{RELEASE}-usage", 10104)
+    assert values.pipelines_url and service_port(values.pipelines_url) == (f"{RELEASE}-pipelines", 10105)
     assert values.release == RELEASE
 
 
@@ -213,7 +217,8 @@ def test_hub_runs_in_kubernetes_mode_with_every_secret_from_the_secret():
     assert env["STRATOLAB_BACKEND"]["value"] == "kubernetes"
     for var in ("CONFIGPROXY_AUTH_TOKEN", "JPY_COOKIE_SECRET", "JUPYTERHUB_CRYPT_KEY", "STRATOLAB_DB_URL",
                 "STRATOLAB_ADMIN_PASSWORD", "STRATOLAB_FUNCTIONS_API_TOKEN", "STRATOLAB_SCHEDULER_API_TOKEN",
-                "STRATOLAB_CULLER_API_TOKEN", "STRATOLAB_TRIGGERS_API_TOKEN"):
+                "STRATOLAB_CULLER_API_TOKEN", "STRATOLAB_TRIGGERS_API_TOKEN", "STRATOLAB_USAGE_API_TOKEN",
+                "STRATOLAB_PIPELINES_API_TOKEN"):
         assert "secretKeyRef" in env[var]["valueFrom"], var
     assert hub["spec"]["strategy"]["type"] == "Recreate"
 
@@ -475,6 +480,25 @@ EXPECTED_RULES = {
         ("", "pods"): {"list", "watch"},
     },
 }
+#: with pipelines.backend argo (stratolab/pipelines/kube_backend.py): the service keeps a Workflow per run and
+#: a CronWorkflow per schedule (applied: create, or get and replace); the Workflows' pods report their
+#: outputs as Argo's executor does (WorkflowTaskResults), and nothing else
+ARGO_RULES = {
+    "pipelines": {
+        ("argoproj.io", "workflows"): {"get", "list", "watch", "create", "patch", "delete"},
+        ("argoproj.io", "cronworkflows"): {"get", "list", "watch", "create", "update", "patch", "delete"},
+    },
+    "pipeline-step": {
+        ("argoproj.io", "workflowtaskresults"): {"create", "patch"},
+    },
+}
+
+
+def expected_rules(values_file) -> dict[str, dict[tuple[str, str], set[str]]]:
+    argo = load_values(CHART / "ci" / Path(values_file).name).get("pipelines", {}).get("backend") == "argo"
+    return {**EXPECTED_RULES, **(ARGO_RULES if argo else {})}
+
+
 #: the one cluster-wide grant: the usage service reads nodes' labels (spot capacity, GPU model)
 EXPECTED_CLUSTER_RULES = {"usage": {("", "nodes"): {"get", "list"}}}
 
@@ -500,10 +524,11 @@ def test_rbac_grants_each_component_exactly_what_it_needs(values_file):
         assert binding["roleRef"]["name"] == cluster_roles[component(binding)]["metadata"]["name"]
     assert len(of_kind(objects, "ClusterRoleBinding")) == len(cluster_roles)
     roles = {component(r): r for r in of_kind(objects, "Role")}
-    assert set(roles) == set(EXPECTED_RULES)
+    expected = expected_rules(values_file)
+    assert set(roles) == set(expected)
     for name, role in roles.items():
         rules = _flatten(role["rules"])
-        assert rules == EXPECTED_RULES[name], name
+        assert rules == expected[name], name
         assert not any("*" in (g, r) or "*" in v for (g, r), v in rules.items())
     values = hub_values(objects)
     assert roles["hub"]["metadata"]["namespace"] == values["singleuser"]["namespace"]
@@ -512,14 +537,17 @@ def test_rbac_grants_each_component_exactly_what_it_needs(values_file):
     for binding in of_kind(objects, "RoleBinding"):
         (subject,) = binding["subjects"]
         assert subject["kind"] == "ServiceAccount" and subject["name"] in accounts
-        assert subject["namespace"] == NAMESPACE
+        if component(binding) == "pipeline-step":  # the Workflows' pods: an account in their own namespace
+            assert subject["namespace"] == binding["metadata"]["namespace"]
+        else:
+            assert subject["namespace"] == NAMESPACE
         role = roles[component(binding)]
         assert binding["roleRef"]["name"] == role["metadata"]["name"]
         assert binding["metadata"]["namespace"] == role["metadata"]["namespace"]
     # each workload that talks to the API runs as its own account; the others get no token at all
     for workload, template in pod_specs(objects):
         spec = template["spec"]
-        if component(workload) in EXPECTED_RULES:
+        if component(workload) in expected:
             assert spec["serviceAccountName"] == f"{RELEASE}-{component(workload)}"
         else:
             assert spec.get("automountServiceAccountToken") is False, workload["metadata"]["name"]
@@ -530,7 +558,9 @@ def test_namespaces_of_rbac_follow_the_values():
     namespaces = {component(r): r["metadata"]["namespace"] for r in of_kind(objects, "Role")}
     assert namespaces == {"hub": "stratolab-users", "functions": "stratolab-functions", "scheduler": "stratolab-jobs",
                           "triggers": "stratolab-functions",  # Knative Triggers deliver within their namespace
-                          "usage": "stratolab-users"}  # the servers' pods, read into the usage ledger
+                          "usage": "stratolab-users",  # the servers' pods, read into the usage ledger
+                          # Argo Workflows in pipelines.argo.namespace, their pods' account next to them
+                          "pipelines": "stratolab-pipelines", "pipeline-step": "stratolab-pipelines"}
 
 
 # --- NetworkPolicies -----------------------------------------------------------------------------
@@ -559,9 +589,11 @@ def test_network_policies_cover_every_component(values_file):
     objects = render(values_file)
     policies = _policies(objects)
     expected = {"hub", "proxy", "singleuser-server", "functions", "function", "scheduler", "notebook-run",
-                "triggers", "trigger-adapter", "usage"}
+                "triggers", "trigger-adapter", "usage", "pipelines"}
     if of_kind(objects, "StatefulSet"):
         expected.add("postgresql")
+    if "pipeline-step" in expected_rules(values_file):
+        expected.add("pipeline-step")
     assert set(policies) == expected
     # every chart pod is selected by its policy
     for workload, template in pod_specs(objects):
@@ -615,8 +647,9 @@ def test_function_and_job_pods_are_fenced():
     # service the triggers service, which delivers events to functions; both the usage service, which stops
     # runs and scales functions to zero over budget)
     for name, workload_ns, workload, port, others in (
-            ("functions", "stratolab-functions", "function", 10101, [(NAMESPACE, "triggers"), (NAMESPACE, "usage")]),
-            ("scheduler", "stratolab-jobs", "notebook-run", 10102, [(NAMESPACE, "usage")])):
+            ("functions", "stratolab-functions", "function", 10101,
+             [(NAMESPACE, "triggers"), (NAMESPACE, "usage"), (NAMESPACE, "pipelines")]),
+            ("scheduler", "stratolab-jobs", "notebook-run", 10102, [(NAMESPACE, "usage"), (NAMESPACE, "pipelines")])):
         (rule,) = policies[name]["spec"]["ingress"]
         assert rule["ports"] == [{"protocol": "TCP", "port": port}]
         assert sorted(_peers_from(rule, "from"), key=str) == sorted(
@@ -631,7 +664,7 @@ def test_proxy_api_answers_only_the_hub():
     hub = _policies(render("default-values.yaml"))["hub"]
     (rule,) = hub["spec"]["ingress"]
     assert {c for _ns, c in _peers_from(rule, "from")} == {"proxy", "singleuser-server", "functions", "scheduler",
-                                                           "triggers", "usage"}
+                                                           "triggers", "usage", "pipelines"}
 
 
 def test_network_policies_can_be_turned_off():
@@ -823,6 +856,7 @@ def test_triggers_can_be_turned_off_or_run_without_knative():
 def test_only_the_hub_and_the_services_reach_the_embedded_database():
     (rule,) = _policies(render("default-values.yaml"))["postgresql"]["spec"]["ingress"]
     assert sorted(_peers_from(rule, "from")) == sorted(
-        (NAMESPACE, c) for c in ("hub", "functions", "scheduler", "triggers"))
-    (rule,) = _policies(render_values({"triggers": {"enabled": False}}))["postgresql"]["spec"]["ingress"]
-    assert (NAMESPACE, "triggers") not in _peers_from(rule, "from")
+        (NAMESPACE, c) for c in ("hub", "functions", "scheduler", "triggers", "usage", "pipelines"))
+    off = {name: {"enabled": False} for name in ("triggers", "usage", "pipelines")}
+    (rule,) = _policies(render_values(off))["postgresql"]["spec"]["ingress"]
+    assert sorted(_peers_from(rule, "from")) == sorted((NAMESPACE, c) for c in ("hub", "functions", "scheduler"))

@@ -43,6 +43,10 @@ helm.sh/chart: {{ include "stratolab.chart" .root }}
 {{- define "stratolab.jobsNamespace" -}}
 {{- .Values.scheduler.namespace | default .Release.Namespace -}}
 {{- end -}}
+{{/* Argo Workflows of pipelines: next to the notebook runs unless pipelines.argo.namespace says otherwise. */}}
+{{- define "stratolab.pipelinesNamespace" -}}
+{{- .Values.pipelines.argo.namespace | default (include "stratolab.jobsNamespace" .) -}}
+{{- end -}}
 
 {{/* Object names. */}}
 {{- define "stratolab.secretName" -}}{{ include "stratolab.fullname" . }}-secret{{- end -}}
@@ -53,6 +57,8 @@ helm.sh/chart: {{ include "stratolab.chart" .root }}
 {{- define "stratolab.schedulerName" -}}{{ include "stratolab.fullname" . }}-scheduler{{- end -}}
 {{- define "stratolab.triggersName" -}}{{ include "stratolab.fullname" . }}-triggers{{- end -}}
 {{- define "stratolab.usageName" -}}{{ include "stratolab.fullname" . }}-usage{{- end -}}
+{{- define "stratolab.pipelinesName" -}}{{ include "stratolab.fullname" . }}-pipelines{{- end -}}
+{{- define "stratolab.pipelineStepName" -}}{{ include "stratolab.fullname" . }}-pipeline-step{{- end -}}
 {{- define "stratolab.postgresqlName" -}}{{ include "stratolab.fullname" . }}-postgresql{{- end -}}
 
 {{/* In-cluster URLs (reachable from any namespace). */}}
@@ -73,6 +79,9 @@ http://{{ include "stratolab.triggersName" . }}.{{ .Release.Namespace }}.svc:101
 {{- end -}}
 {{- define "stratolab.usageUrl" -}}
 http://{{ include "stratolab.usageName" . }}.{{ .Release.Namespace }}.svc:10104
+{{- end -}}
+{{- define "stratolab.pipelinesUrl" -}}
+http://{{ include "stratolab.pipelinesName" . }}.{{ .Release.Namespace }}.svc:10105
 {{- end -}}
 {{- define "stratolab.publicUrl" -}}
 {{- if .Values.publicUrl -}}
