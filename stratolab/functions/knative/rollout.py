@@ -41,6 +41,7 @@ from stratolab.functions.knative.manifests import SERVING, function_labels, serv
 from stratolab.kube.api import KubeClient, KubeError
 from stratolab.platform.rollout.flagger import FLAGGER, CanaryInput, build_rollout_objects
 from stratolab.platform.rollout.judge import Check, default_checks
+from stratolab.platform.tokens import sign, verify
 
 log = logging.getLogger("stratolab.functions.knative")
 
@@ -63,6 +64,17 @@ def events_url(config: KnativeConfig) -> str:
     return f"{config.service_url.rstrip('/')}{config.service_prefix}api/rollouts/events"
 
 
+def webhook_token(secret: str, owner: str, name: str, rollout_id: str | int) -> str:
+    """The token Flagger's webhooks of one rollout carry in their metadata (`token`): Flagger calls from
+    inside the cluster without a hub token, so the functions service checks this HMAC of the rollout
+    (signed with the runtime secret) instead; a leaked one opens the gates of that rollout only."""
+    return sign(secret, f"rollout:{owner}/{name}/{rollout_id}")
+
+
+def check_webhook_token(secret: str | None, owner: str, name: str, rollout_id: str | int, token: str | None) -> bool:
+    return bool(secret) and verify(secret or "", f"rollout:{owner}/{name}/{rollout_id}", token)
+
+
 def canary_input(config: KnativeConfig, owner: str, name: str, rollout_id: str, *,
                  steps: Sequence[int] = (10, 25, 50, 100), interval_s: int = 60, failure_threshold: int = 2,
                  checks: Sequence[Check] | None = None, queries: Mapping[str, str] | None = None,
@@ -75,7 +87,8 @@ def canary_input(config: KnativeConfig, owner: str, name: str, rollout_id: str, 
         failure_threshold=failure_threshold, checks=tuple(default_checks() if checks is None else checks),
         judge_url=judge_url(config), events_url=events_url(config), queries=dict(queries or {}),
         prometheus_address=prometheus_address, owner=owner, mode=mode,
-        metadata={"owner": owner, "function": name, "rollout": str(rollout_id)},
+        metadata={"owner": owner, "function": name, "rollout": str(rollout_id),
+                  "token": webhook_token(config.runtime_secret, owner, name, rollout_id)},
         progress_deadline_s=progress_deadline_s, webhook_timeout_s=webhook_timeout)
 
 

@@ -87,6 +87,8 @@ ROUTE_HANDLERS = {
     "/api/functions/{name}/rollouts/{rollout}": handlers.RolloutHandler,
     "/api/functions/{name}/rollouts/{rollout}/{action}": handlers.RolloutActionHandler,
     "/api/functions/{name}/feedback": handlers.FeedbackHandler,
+    "/api/rollouts/judge": handlers.RolloutJudgeHandler,
+    "/api/rollouts/events": handlers.RolloutEventsHandler,
     "/api/functions/{name}/versions/{version}/bundle": handlers.BundleHandler,
     "/fn/{owner}/{name}": handlers.InvokeHandler,
     "/runtime/bundles/{owner}/{name}/{version}": handlers.RuntimeBundleHandler,

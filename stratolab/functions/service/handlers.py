@@ -150,6 +150,42 @@ class FeedbackHandler(BaseHandler):
         self.send(record_feedback(self.state.rollouts, owner, name, items))
 
 
+#: the largest body a Flagger webhook sends (a few metadata strings)
+WEBHOOK_MAX_BYTES = 64 * 1024
+
+
+class FlaggerWebhookHandler(BaseHandler):
+    """Flagger's webhooks of a rollout on Knative: not a hub token but the rollout's HMAC token in the
+    webhook's metadata (knative/rollout.py `webhook_token`), signed with the runtime secret; a missing or
+    wrong one is a 403. Without a runtime secret (the local backend: no Flagger) the route does not exist."""
+
+    def webhook_body(self) -> tuple[Any, str]:
+        secret = self.settings.get("runtime_secret")
+        if not secret:
+            raise StratolabError("no such route", status=404)
+        if len(self.request.body) > WEBHOOK_MAX_BYTES:
+            raise StratolabError("a webhook's body is at most 64 KiB", status=413)
+        return self.json_body(), secret
+
+
+class RolloutJudgeHandler(FlaggerWebhookHandler):
+    """`POST api/rollouts/judge`: 200 when the gate is open, 412 when it is closed (Flagger reads any
+    status above 202 as "no"); the body says why, with the judgement."""
+
+    async def post(self) -> None:
+        body, secret = self.webhook_body()
+        is_open, answer = self.state.rollouts.gate(body, secret)
+        self.send(answer, 200 if is_open else 412)
+
+
+class RolloutEventsHandler(FlaggerWebhookHandler):
+    """`POST api/rollouts/events`: Flagger's events, recorded as the rollout's decisions."""
+
+    async def post(self) -> None:
+        body, secret = self.webhook_body()
+        self.send(await self.state.rollouts.flagger_event(body, secret))
+
+
 class LogsHandler(BaseHandler):
     async def get(self, name: str) -> None:
         owner = await self.owner_with(DEPLOY)

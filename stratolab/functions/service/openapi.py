@@ -272,3 +272,38 @@ OPENAPI["paths"]["/runtime/bundles/{owner}/{name}/{version}"] = {
                       "403": _ok(_error, "Missing or wrong bundle token"), "404": _ok(_error, "No such version")},
     },
 }
+
+# Internal: Flagger's webhooks of a rollout on Knative (flagger.py renders them; docs/kubernetes.md).
+_flagger_payload = {
+    "type": "object", "required": ["metadata"],
+    "description": "Flagger's webhook payload; its metadata are the webhook's (owner, function, rollout, gate, "
+                   "token) plus, for events, eventMessage, eventType and timestamp",
+    "properties": {"name": {"type": "string"}, "namespace": {"type": "string"}, "phase": {"type": "string"},
+                   "metadata": {"type": "object", "additionalProperties": {"type": "string"}}},
+}
+_webhook_errors = {"403": _ok(_error, "No or wrong rollout token in the metadata"),
+                   "404": _ok(_error, "No such rollout, or no runtime secret (the local backend)"),
+                   "413": _ok(_error, "A body over 64 KiB")}
+_webhook_auth = ("Authenticated by metadata.token of the payload (no hub token): the HMAC of the rollout by "
+                 "STRATOLAB_RUNTIME_SECRET, written into the Canary's webhooks when the rollout starts. ")
+OPENAPI["paths"]["/api/rollouts/judge"] = {
+    "post": {
+        "summary": "A gate of a rollout for Flagger: 200 when open, 412 when closed",
+        "description": _webhook_auth + "metadata.gate check: open unless the judge fails; traffic-increase and promotion: open only "
+                       "when the judge passes (or the rollout was promoted); rollback: open when the rollout was "
+                       "rolled back or aborted, or no data held it beyond max_wait.",
+        "tags": ["internal"], "security": [],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _flagger_payload}}},
+        "responses": {"200": _ok({"type": "object"}, "The gate is open"),
+                      "412": _ok({"type": "object"}, "The gate is closed (the body says why)"), **_webhook_errors},
+    },
+}
+OPENAPI["paths"]["/api/rollouts/events"] = {
+    "post": {
+        "summary": "Flagger's events of a rollout, recorded as its decisions (phase Failed rolls it back)",
+        "description": _webhook_auth,
+        "tags": ["internal"], "security": [],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _flagger_payload}}},
+        "responses": {"200": _ok({"type": "object"}), **_webhook_errors},
+    },
+}

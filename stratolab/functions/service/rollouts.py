@@ -90,14 +90,17 @@ def _iso_dt(value: datetime | None) -> str | None:
 class Observations:
     """One version in one rollout: what the judge compares."""
 
-    __slots__ = ("latencies", "requests", "errors", "feedback", "correct", "labels", "total_requests", "total_errors")
+    __slots__ = ("latencies", "requests", "errors", "feedback", "correct", "labels", "total_requests", "total_errors",
+                 "custom")
 
-    def __init__(self) -> None:
+    def __init__(self, custom: tuple[str, ...] = ()) -> None:
         self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self.requests = self.errors = 0
         self.total_requests = self.total_errors = 0
         self.feedback = self.correct = 0
         self.labels: Counter[str] = Counter()
+        #: custom metric name -> its samples, one per answer that had the check's field as a number
+        self.custom: dict[str, deque[float]] = {metric: deque(maxlen=LATENCY_WINDOW) for metric in custom}
 
     def call(self, status: int, ms: float) -> None:
         if status == 429:  # refused at once: says nothing about the version
@@ -120,11 +123,14 @@ class Observations:
         """The weight changed: latencies and error counts start again (feedback stays: labels lag)."""
         self.latencies.clear()
         self.requests = self.errors = 0
+        for samples in self.custom.values():
+            samples.clear()
 
     def data(self) -> judging.VersionData:
         return judging.VersionData(latencies_ms=np.fromiter(self.latencies, float, len(self.latencies)),
                                    requests=self.requests, errors=self.errors, feedback=self.feedback,
-                                   correct=self.correct)
+                                   correct=self.correct,
+                                   custom={k: np.fromiter(v, float, len(v)) for k, v in self.custom.items()})
 
     def summary(self) -> dict[str, Any]:
         p50 = p99 = None
@@ -134,7 +140,56 @@ class Observations:
                 "error_rate": round(self.total_errors / self.total_requests, 5) if self.total_requests else None,
                 "window_requests": self.requests, "window_errors": self.errors,
                 "latency_p50_ms": p50, "latency_p99_ms": p99, "labels": dict(self.labels), "feedback": self.feedback,
-                "accuracy": round(self.correct / self.feedback, 5) if self.feedback else None}
+                "accuracy": round(self.correct / self.feedback, 5) if self.feedback else None,
+                "custom": {k: _custom_summary(v) for k, v in self.custom.items()}}
+
+
+def _custom_summary(samples: deque[float]) -> dict[str, Any]:
+    if not samples:
+        return {"samples": 0, "mean": None, "p50": None, "p99": None}
+    values = np.fromiter(samples, float, len(samples))
+    p50, p99 = (round(float(x), 6) for x in np.percentile(values, [50, 99]))
+    return {"samples": len(samples), "mean": round(float(values.mean()), 6), "p50": p50, "p99": p99}
+
+
+def custom_fields(checks: list[judging.Check]) -> dict[str, tuple[str, ...]]:
+    """custom metric name -> the path of the answer's field it is read from (checks_for_service made sure
+    each custom check has one, and one metric one path)."""
+    return {c.metric.split(":", 1)[1]: tuple(c.field.split(".")) for c in checks if c.family == "custom" and c.field}
+
+
+def read_custom(answer: bytes, fields: Mapping[str, tuple[str, ...]]) -> dict[str, float]:
+    """The custom metrics' values in one JSON answer: each field that holds a finite number (not a bool)."""
+    try:
+        data = json.loads(answer)
+    except (ValueError, RecursionError):
+        return {}
+    out = {}
+    for metric, path in fields.items():
+        value: Any = data
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            out[metric] = float(value)
+    return out
+
+
+def checks_for_service(checks: list[judging.Check]) -> list[judging.Check]:
+    """The checks the functions service can measure: a custom metric must name the field of the answer it is
+    read from (a PromQL query applies on Kubernetes only, through Flagger); 400s name the check."""
+    paths: dict[str, str] = {}
+    for i, check in enumerate(checks):
+        if check.family != "custom":
+            continue
+        if not check.field:
+            raise InvalidInput(f"checks[{i}].field is required: the functions service reads {check.metric} from a "
+                               "numeric field of the function's JSON answer (e.g. \"field\": \"confidence\")",
+                               field=f"checks[{i}].field")
+        metric = check.metric.split(":", 1)[1]
+        if paths.setdefault(metric, check.field) != check.field:
+            raise InvalidInput(f"checks[{i}]: {check.metric} is read from {paths[metric]!r} by another check",
+                               field=f"checks[{i}].field")
+    return checks
 
 
 class PredictionLog:
@@ -207,13 +262,17 @@ class Rollout:
     started_at: datetime
     router: Router = field(init=False)
     observations: dict[int, Observations] = field(init=False)
+    #: custom metric -> the answer's field it is read from (empty: answers are not parsed)
+    fields: dict[str, tuple[str, ...]] = field(init=False)
     last_judgement: dict[str, Any] | None = None
     shadow_sent: int = 0
     shadow_dropped: int = 0
     phase_name: str = ""
 
     def __post_init__(self) -> None:
-        self.observations = {self.spec.baseline: Observations(), self.spec.candidate: Observations()}
+        self.fields = custom_fields(self.checks)
+        custom = tuple(self.fields)
+        self.observations = {self.spec.baseline: Observations(custom), self.spec.candidate: Observations(custom)}
         self.compile()
 
     def compile(self) -> None:
@@ -221,10 +280,14 @@ class Rollout:
                                             mode=self.spec.mode, key_header=self.spec.key_header,
                                             salt=str(self.function_id)))
 
-    def observe(self, version: int, status: int, seconds: float) -> None:
+    def observe(self, version: int, status: int, seconds: float, answer: bytes | None = None) -> None:
+        """One request's outcome; `answer` (a 200's body) feeds the custom metrics read from it."""
         obs = self.observations.get(version)
         if obs is not None:
             obs.call(status, seconds * 1000.0)
+            if self.fields and answer and status == 200:
+                for metric, value in read_custom(answer, self.fields).items():
+                    obs.custom[metric].append(value)
 
 
 def _spec_json(spec: plan.RolloutSpec, checks: list[judging.Check], notify: dict[str, str]) -> str:
@@ -310,6 +373,8 @@ class RolloutManager:
         self._ticking = False
         self._http: Any = None
         self.notify_errors = 0
+        #: (owner, name) -> final weights of ended rollouts whose backend end failed (retried by tick)
+        self._pending_ends: dict[tuple[str, str], dict[int, int]] = {}
 
     # --- the invocation path -------------------------------------------------------------------------
 
@@ -336,6 +401,7 @@ class RolloutManager:
             rollout, version, body, content_type, request_id, event = await self._shadow.get()
             t0 = time.perf_counter()
             status = 500
+            out = b""
             try:
                 header, out = await backend.invoke(VersionRef(rollout.owner, rollout.name, version), body,
                                                    content_type, request_id, event)
@@ -348,7 +414,7 @@ class RolloutManager:
                 log.exception("a shadow copy to %s/%s v%s failed", rollout.owner, rollout.name, version)
             finally:
                 rollout.shadow_sent += 1
-                rollout.observe(version, status, time.perf_counter() - t0)
+                rollout.observe(version, status, time.perf_counter() - t0, out)
 
     # --- the API ---------------------------------------------------------------------------------------
 
@@ -459,10 +525,8 @@ class RolloutManager:
         spec = plan.make_spec(baseline, candidate, steps=steps, interval_s=_number_field(body, "interval", 60.0),
                               failure_threshold=_int_field(body, "failure_threshold", 2),
                               max_wait_s=_number_field(body, "max_wait", 600.0), mode=mode, key_header=key_header)
-        checks = judging.default_checks() if body.get("checks") is None else judging.checks_from_json(body["checks"])
-        if any(c.metric.startswith("custom:") for c in checks):
-            raise InvalidInput("the functions service measures error_rate, success_rate, latency and accuracy; "
-                               "custom metrics are not collected here", field="checks")
+        checks = judging.default_checks() if body.get("checks") is None else checks_for_service(
+            judging.checks_from_json(body["checks"]))
         notify = parse_notify(body.get("notify"), self.outbound)
         if (owner, name) in self.active:
             raise Conflict(f"{name} already has an active rollout ({self.active[(owner, name)].id}); "
@@ -483,13 +547,43 @@ class RolloutManager:
         rollout = Rollout(rollout_id, view.id, owner, name, spec, checks, notify, state, [], started_at)
         self.active[(owner, name)] = rollout
         await self._apply(rollout, state, decision, force_traffic=True)
-        hook = getattr(self.service.backend, "start_rollout", None)
-        if hook is not None:  # the Knative backend: a Flagger Canary beside our own control
-            try:
-                await hook(owner, name, self.get(owner, name, str(rollout_id)))
-            except Exception:
-                log.exception("the backend's start_rollout failed for %s/%s", owner, name)
+        await self._start_on_backend(rollout)
         return self.get(owner, name, str(rollout_id))
+
+    async def _start_on_backend(self, rollout: Rollout) -> None:
+        """The Knative backend hands a canary rollout to Flagger as well (knative/rollout.py); when it cannot
+        (no Flagger, Kubernetes refuses), the rollout is aborted at once and the caller gets the error."""
+        hook = getattr(self.service.backend, "start_rollout", None)
+        if hook is None:
+            return
+        spec = rollout.spec
+        try:
+            await hook(rollout.owner, rollout.name, str(rollout.id), spec.baseline, spec.candidate,
+                       steps=[*spec.steps, 100], interval_s=max(1, round(spec.interval_s)),
+                       failure_threshold=spec.failure_threshold, checks=list(rollout.checks), mode=spec.mode)
+        except Exception as e:
+            if not isinstance(e, StratolabError):
+                log.exception("the backend's start_rollout failed for %s/%s", rollout.owner, rollout.name)
+            reason = f"the backend did not take the rollout: {e}"
+            state, decision = plan.abort(spec, rollout.state, time.time(), reason[:500])
+            await self._apply(rollout, state, decision, aborted=True)
+            if isinstance(e, StratolabError):
+                raise
+            raise StratolabError(reason, status=503) from None
+
+    async def _end_on_backend(self, owner: str, name: str, traffic: dict[int, int]) -> None:
+        """The backend's end of a rollout (Knative: the Canary removed, the final weights written); a failure
+        is retried by the controller until it goes through (while a Canary exists, Knative weights stay
+        Flagger's)."""
+        hook = getattr(self.service.backend, "end_rollout", None)
+        if hook is None:
+            return
+        try:
+            await hook(owner, name, dict(traffic))
+            self._pending_ends.pop((owner, name), None)
+        except Exception as e:
+            self._pending_ends[(owner, name)] = dict(traffic)
+            log.warning("the end of the rollout of %s/%s is not applied yet (retried): %s", owner, name, e)
 
     async def act(self, owner: str, name: str, which: str, action: str) -> dict[str, Any]:
         rollout_id = _rollout_id(which)
@@ -505,14 +599,131 @@ class RolloutManager:
         await self._apply(rollout, state, decision, aborted=action == "abort")
         return self.get(owner, name, str(rollout_id))
 
+    # --- Flagger's webhooks (Knative) -----------------------------------------------------------------
+
+    def _webhook_target(self, body: Any, secret: str | None) -> tuple[str, str, int, dict[str, Any]]:
+        """(owner, function, rollout id, metadata) of a webhook call whose metadata carries its rollout's
+        token (knative/rollout.py `webhook_token`); anything else is a 403 that tells nothing more."""
+        from stratolab.functions.knative.rollout import check_webhook_token
+
+        meta = body.get("metadata") if isinstance(body, dict) else None
+        refused = StratolabError("a rollout webhook needs its rollout's token in its metadata", status=403)
+        if not isinstance(meta, dict):
+            raise refused
+        owner, name, which, token = (meta.get(k) for k in ("owner", "function", "rollout", "token"))
+        if not all(isinstance(v, str) and v for v in (owner, name, which, token)):
+            raise refused
+        if not check_webhook_token(secret, owner, name, which, token) or not which.isdigit() or len(which) > 12:
+            raise refused
+        return owner, name, int(which), meta
+
+    def gate(self, body: Any, secret: str | None) -> tuple[bool, dict[str, Any]]:
+        """Flagger asks a gate of a rollout (its webhook metadata says which, flagger.py GATES): whether it
+        is open, judged on the same observations and checks as the controller's own checks.
+
+        - check (`rollout` hook, every iteration): open unless the judge fails (not enough data is open);
+        - traffic-increase, promotion: open only when the judge passes and the rollout progresses, or
+          once it was promoted;
+        - rollback: open when the rollout was rolled back or aborted, or not enough data has held it at
+          one weight beyond max_wait."""
+        owner, name, rollout_id, meta = self._webhook_target(body, secret)
+        gate = meta.get("gate")
+        if gate not in ("check", "traffic-increase", "promotion", "rollback"):
+            raise InvalidInput("metadata.gate must be check, traffic-increase, promotion or rollback",
+                               field="metadata.gate")
+        now = time.time()
+        live = self.active.get((owner, name))
+        answer: dict[str, Any] = {"gate": gate, "rollout": rollout_id}
+        if live is not None and live.id == rollout_id:
+            candidate = live.observations[live.spec.candidate].data()
+            baseline = live.observations[live.spec.baseline].data()
+            judgement = judging.judge(live.checks, candidate, baseline)
+            verdict = judgement.verdict
+            phase = live.state.phase
+            since = live.state.holding_since
+            held = since is not None and now - since >= live.spec.max_wait_s
+            if gate == "check":
+                is_open = verdict is not judging.Verdict.FAIL
+            elif gate == "rollback":
+                is_open = held
+            else:
+                is_open = verdict is judging.Verdict.PASS and phase is plan.Phase.PROGRESSING
+            reason = (f"the judge says {verdict.value} at {live.state.weight} %"
+                      + (" (paused)" if phase is plan.Phase.PAUSED else "")
+                      + (f"; no data for {now - since:.0f} s, beyond max_wait" if held and since is not None else ""))
+            answer.update(phase=phase.value, weight=live.state.weight, verdict=verdict.value, reason=reason,
+                          judgement=judgement.to_json())
+        else:
+            with session_scope(self.sessions) as s:
+                row = s.get(FunctionRollout, rollout_id)
+                if row is None or row.owner != owner or row.function != name:
+                    raise NotFound(f"{name} has no rollout {rollout_id}")
+                ended = row.phase
+            promoted = ended == plan.Phase.PROMOTED.value
+            is_open = not promoted if gate == "rollback" else promoted
+            answer.update(phase=ended, reason=f"the rollout has ended ({ended.replace('_', ' ')})")
+        answer["open"] = is_open
+        return is_open, answer
+
+    async def flagger_event(self, body: Any, secret: str | None) -> dict[str, Any]:
+        """An event of Flagger's about a rollout's Canary: recorded as a decision of the rollout (and sent
+        where its decisions go); Flagger's phase Failed (it rolled the Canary back) rolls the rollout back."""
+        owner, name, rollout_id, meta = self._webhook_target(body, secret)
+        message = str(meta.get("eventMessage", ""))[:500]
+        event_type = str(meta.get("eventType", ""))[:20]
+        flagger_phase = str(body.get("phase") or "")[:40]
+        now = time.time()
+        live = self.active.get((owner, name))
+        live = live if live is not None and live.id == rollout_id else None
+        with session_scope(self.sessions) as s:
+            row = s.get(FunctionRollout, rollout_id)
+            if row is None or row.owner != owner or row.function != name:
+                raise NotFound(f"{name} has no rollout {rollout_id}")
+            spec, _, _ = _spec_from_json(row.spec)
+            state = live.state if live is not None else plan.RolloutState.from_json(json.loads(row.state))
+            phase = live.phase_name if live is not None else row.phase
+        record = {"action": "flagger", "at": now, "from_weight": state.weight, "to_weight": state.weight,
+                  "traffic": {str(v): w for v, w in plan.traffic(spec, state.weight).items()},
+                  "shadow_percent": plan.shadow_percent(spec, state.weight), "step": state.step,
+                  "failures": state.failures, "phase": phase or state.phase.value,
+                  "reason": f"Flagger: {message}" if message else f"Flagger: {flagger_phase or 'event'}",
+                  "judgement": None, "source": "flagger", "event_type": event_type, "flagger_phase": flagger_phase}
+        self._store_decision(rollout_id, record, live)
+        if live is not None and live.notify:
+            self._send_event(live, record, record["phase"])
+        if live is not None and flagger_phase == "Failed" and not live.state.phase.finished:
+            new, decision = plan.abort(live.spec, live.state, now,
+                                       f"Flagger rolled the Canary back{': ' + message if message else ''}"[:500])
+            await self._apply(live, new, decision)
+        return {"recorded": True, "rollout": rollout_id}
+
+    def _store_decision(self, rollout_id: int, record: dict[str, Any], live: Rollout | None) -> None:
+        if live is not None:
+            live.decisions.append(record)
+        with session_scope(self.sessions) as s:
+            row = s.get(FunctionRollout, rollout_id)
+            if row is None:
+                return
+            kept = json.loads(row.decisions or "[]")
+            kept.append(record)
+            if len(kept) > DECISIONS_KEPT:
+                kept = kept[:1] + kept[-(DECISIONS_KEPT - 1):]
+            row.decisions = json.dumps(kept)
+            row.updated_at = utcnow()
+
     # --- the controller -------------------------------------------------------------------------------
 
     async def tick(self) -> None:
         """Judge every rollout whose check is due (a PeriodicCallback calls this every TICK_S)."""
-        if self._ticking or not self.active:
+        if self._ticking or not (self.active or self._pending_ends):
             return
         self._ticking = True
         try:
+            for (owner, name), traffic in list(self._pending_ends.items()):
+                if (owner, name) not in self.active:  # a new rollout of the function starts its own Canary
+                    await self._end_on_backend(owner, name, traffic)
+                else:
+                    self._pending_ends.pop((owner, name), None)
             now = time.time()
             for rollout in list(self.active.values()):
                 if not plan.check_due(rollout.spec, rollout.state, now):
@@ -539,6 +750,8 @@ class RolloutManager:
         owner, name = rollout.owner, rollout.name
         moved = force_traffic or decision.from_weight != decision.to_weight
         rollout.state = state
+        if state.phase.finished:
+            await self._end_on_backend(owner, name, decision.traffic)
         if moved:
             view = self.service.registry.set_traffic(owner, name, {str(v): w for v, w in decision.traffic.items()})
             self.service._changed(owner, name)

@@ -241,6 +241,7 @@ class ServiceState:
         status = 500
         request_id = request_id or new_request_id()
         header: dict[str, Any] = {}
+        out = b""
         held = len(body) + REQUEST_OVERHEAD_BYTES
         if self.held_bytes + held > self.max_held_bytes:
             metrics.INVOCATIONS.labels(owner, name, "429").inc()
@@ -265,7 +266,7 @@ class ServiceState:
             self.held_bytes -= held
             elapsed = time.perf_counter() - t0
             if rollout is not None:
-                rollout.observe(version, status, elapsed)
+                rollout.observe(version, status, elapsed, out)
                 if shadow is not None:
                     self.rollouts.shadow(rollout, shadow, body, content_type, request_id, event)
             metrics.INVOCATIONS.labels(owner, name, str(status)).inc()

@@ -28,6 +28,7 @@ Checks come from JSON (`checks_from_json`, the API and the CLI) with every bad f
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
@@ -91,6 +92,9 @@ class Check:
     higher_is_better: bool = False
     critical: bool = True
     weight: float = 1.0
+    #: custom metrics measured by the functions service: the numeric field of the function's JSON answer
+    #: each request's sample is read from (a dotted path: "scores.confidence")
+    field: str | None = None
 
     @property
     def family(self) -> str:
@@ -311,7 +315,8 @@ def _number(raw: Mapping[str, Any], key: str, where: str, *, low: float | None =
 
 
 KNOWN_FIELDS = {"name", "metric", "test", "alpha", "tolerance", "statistic", "min", "max", "min_samples",
-                "higher_is_better", "critical", "weight"}
+                "higher_is_better", "critical", "weight", "field"}
+FIELD_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}(\.[A-Za-z_][A-Za-z0-9_-]{0,63}){0,7}$")
 
 
 def check_from_json(raw: Any, where: str = "checks[0]") -> Check:
@@ -329,7 +334,8 @@ def check_from_json(raw: Any, where: str = "checks[0]") -> Check:
     test = raw.get("test", "statistical")
     if test not in TESTS:
         raise InvalidInput(f"{where}.test must be statistical or threshold", field=f"{where}.test")
-    statistic = raw.get("statistic", "p99")
+    # latency's tail is what users feel; a custom value (a score, a confidence) is compared by its mean
+    statistic = raw.get("statistic", "mean" if metric.startswith("custom:") else "p99")
     if statistic not in STATISTICS:
         raise InvalidInput(f"{where}.statistic must be one of {', '.join(STATISTICS)}", field=f"{where}.statistic")
     name = raw.get("name", metric.replace("_", "-"))
@@ -354,12 +360,19 @@ def check_from_json(raw: Any, where: str = "checks[0]") -> Check:
             raise InvalidInput(f"{where}.{key} must be true or false", field=f"{where}.{key}")
         if key in raw:
             flags[key] = raw[key]
+    answer_field = raw.get("field")
+    if answer_field is not None:
+        if not metric.startswith("custom:"):
+            raise InvalidInput(f"{where}.field is for custom metrics only", field=f"{where}.field")
+        if not isinstance(answer_field, str) or not FIELD_PATH.match(answer_field):
+            raise InvalidInput(f"{where}.field must name a field of the JSON answer, such as confidence or "
+                               "scores.confidence", field=f"{where}.field")
     alpha = _number(raw, "alpha", where, low=0.0, high=0.5, exclusive=True)
     tolerance = _number(raw, "tolerance", where, low=0.0)
     weight = _number(raw, "weight", where, low=0.0, exclusive=True)
     return Check(name=name, metric=metric, test=test, alpha=DEFAULT_ALPHA if alpha is None else alpha,
                  tolerance=tolerance, statistic=statistic, min=low, max=high, min_samples=min_samples,
-                 weight=1.0 if weight is None else weight, **flags)
+                 weight=1.0 if weight is None else weight, field=answer_field, **flags)
 
 
 def checks_from_json(raw: Any) -> list[Check]:
