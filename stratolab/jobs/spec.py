@@ -264,7 +264,8 @@ def label_filter(raw: str) -> tuple[str, str]:
 
 
 def validate_inputs(raw: Any) -> list[dict[str, Any]]:
-    """[{"run": ID, "path": P} | {"path": P}]: files placed in the run's working directory."""
+    """[{"run": ID, "path": P, "as": D} | {"path": P, "as": D}]: files placed in the run's working directory,
+    at `as` (a path relative to it) when given, else at the same relative path `path` has."""
     if raw is None:
         return []
     if not isinstance(raw, list):
@@ -275,13 +276,21 @@ def validate_inputs(raw: Any) -> list[dict[str, Any]]:
     out = []
     for i, item in enumerate(raw):
         field = f"inputs[{i}]"
-        if not isinstance(item, dict) or set(item) - {"run", "path"} or "path" not in item:
-            raise InvalidInput(f'{field} must be {{"run": ID, "path": "rel/path"}} or {{"path": "rel/path"}}',
-                               field=field)
+        if not isinstance(item, dict) or set(item) - {"run", "path", "as"} or "path" not in item:
+            raise InvalidInput(f'{field} must be {{"run": ID, "path": "rel/path"}} or {{"path": "rel/path"}}, '
+                               f'with "as": "where/in/the/run" if it goes elsewhere', field=field)
         entry: dict[str, Any] = {"path": relative_path(item["path"], f"{field}.path")}
         if item.get("run") is not None:
             entry["run"] = _int(item["run"], f"{field}.run", 1, 2**31 - 1)
+        if item.get("as") is not None:
+            entry["as"] = relative_path(item["as"], f"{field}.as")
         out.append(entry)
+    places: dict[str, int] = {}
+    for i, entry in enumerate(out):
+        dest = entry.get("as", entry["path"])
+        if dest in places:
+            raise InvalidInput(f"inputs[{i}] and inputs[{places[dest]}] both go to {dest!r}", field=f"inputs[{i}].as")
+        places[dest] = i
     return out
 
 

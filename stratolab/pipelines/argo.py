@@ -222,16 +222,19 @@ def _notebook_template(valid: ValidPipeline, step: Step, run: ArgoRun, settings:
     resources = _resources(override, step)
     if resources:
         container["resources"] = resources
+    # the notebook runs in its own folder (papermill's cwd): outputs are written, and upstream outputs
+    # found, relative to it, as in Elyra
+    here = PurePosixPath(step.filename or "").parent
     template: dict[str, Any] = {
         "name": task_name(step),
         "metadata": {"labels": {"stratolab.io/step": label_value(step.name)}},
         "inputs": {"artifacts": [
             {"name": "files", "path": WORK_DIR, "s3": {"key": run.files_key}},
-            *[{"name": name, "path": f"{WORK_DIR}/{path}", "optional": True} for name, path in inputs],
+            *[{"name": name, "path": f"{WORK_DIR}/{here / path}", "optional": True} for name, path in inputs],
         ]},
         "outputs": {
             "artifacts": [{"name": "notebook", "path": f"{OUT_DIR}/output.ipynb", "optional": True},
-                          *[{"name": _artifact_name(out), "path": f"{WORK_DIR}/{PurePosixPath(out)}"}
+                          *[{"name": _artifact_name(out), "path": f"{WORK_DIR}/{here / PurePosixPath(out)}"}
                             for out in step.outputs]],
         },
         "container": container,

@@ -15,8 +15,9 @@ service goes on where it was; the scheduler runs it started kept running meanwhi
 4. when nothing runs and nothing can start, the run ends "succeeded" or "failed".
 
 **Step inputs** (a notebook step's scheduler run gets them in its working directory before it starts):
-its `dependencies` (files next to the pipeline, copied from the owner's home) and the declared
-`outputs` of every step upstream of it, from the scheduler run that wrote them (same relative path).
+its `dependencies` (relative to its notebook's folder, as in Elyra, copied from the owner's home to the
+same relative path in the working directory, where the notebook runs: the scheduler's `inputs[].as`) and
+the declared `outputs` of every step upstream of it, from the scheduler run that wrote them (same path).
 
 **Parameters** papermill injects: the step's own `parameters`, then, for each name the notebook's
 parameters cell declares, the run's parameter of that name (the pipeline's defaults overridden by the
@@ -70,6 +71,13 @@ def token_scopes(owner: str) -> list[str]:
     return [f"{JOBS_RUN}!user={owner}", f"access:services!service={SCHEDULER_SERVICE}",
             f"{FUNCTIONS_DEPLOY}!user={owner}", f"{FUNCTIONS_INVOKE}!user={owner}",
             f"access:services!service={FUNCTIONS_SERVICE}"]
+
+
+def notebook_folder(root: str, step: Step) -> str:
+    """The folder, relative to the owner's home, of `step`'s notebook (the pipeline's folder `root`, then the
+    folder part of its filename): where its dependencies are read from."""
+    folder = posixpath.normpath(posixpath.join(root or "", posixpath.dirname(step.filename or "")))
+    return "" if folder == "." else folder
 
 
 def plan_state(state: str) -> str:
@@ -338,13 +346,15 @@ class Engine:
     def _inputs(self, run: dict[str, Any], pipeline: Pipeline, step: Step,
                 steps: Mapping[str, dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, str]]:
         """(the scheduler run's inputs, {name: digest} for the cache key)."""
-        root = run["root"]
         home = self.home_of(run["owner"])
+        folder = notebook_folder(run["root"], step)
         inputs: list[dict[str, Any]] = []
         digests: dict[str, str] = {}
         for dep in step.dependencies:
-            rel = posixpath.normpath(posixpath.join(root, dep)) if root else dep
-            inputs.append({"path": rel})
+            # Elyra's rule: a dependency is relative to its notebook's folder, and lands at that same path
+            # next to the notebook in the run's working directory (where the notebook runs)
+            rel = posixpath.normpath(posixpath.join(folder, dep)) if folder else posixpath.normpath(dep)
+            inputs.append({"path": rel, "as": posixpath.normpath(dep)})
             path = home / rel
             digests[f"dep:{dep}"] = cache.file_digest(path) if path.is_file() else f"folder:{rel}"
         order = {sid: i for i, sid in enumerate(plan.topological_order(pipeline))}

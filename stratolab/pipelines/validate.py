@@ -178,12 +178,12 @@ def _raise_schema_error(document: PipelineDocument, path: list[Any], message: st
 
 # --- our checks ----------------------------------------------------------------------------------
 
-def _relative_path(step: Step, value: str, what: str, root: Path | None) -> None:
+def _relative_path(step: Step, value: str, what: str, root: Path | None, where: str = "next to the pipeline") -> None:
     path = PurePosixPath(value.replace("\\", "/"))
     if path.is_absolute() or value.startswith("~") or ".." in path.parts or ":" in path.parts[0]:
         raise InvalidNode(step, f"{what} {value!r} must be a path inside the pipeline's folder", field=what)
     if root is not None and "*" not in value and not (root / path).exists():
-        raise InvalidNode(step, f"{what} {value!r} does not exist next to the pipeline", field=what)
+        raise InvalidNode(step, f"{what} {value!r} does not exist {where}", field=what)
 
 
 def _check_step(step: Step, root: Path | None) -> None:
@@ -198,8 +198,10 @@ def _check_step(step: Step, root: Path | None) -> None:
         if not step.filename.endswith(".ipynb"):
             raise InvalidNode(step, f"filename {step.filename!r} is not a notebook (.ipynb)", field="filename")
         _relative_path(step, step.filename, "filename", root)
-        for dep in step.dependencies:
-            _relative_path(step, dep, "dependencies", root)
+        for dep in step.dependencies:  # relative to the notebook's folder, as Elyra reads them
+            _relative_path(step, dep, "dependencies",
+                           None if root is None else root / PurePosixPath(step.filename.replace("\\", "/")).parent,
+                           "in the notebook's folder")
         for out in step.outputs:
             _relative_path(step, out, "outputs", None)
             if "*" in out:

@@ -115,9 +115,10 @@ def test_outputs_flow_to_later_steps_as_artifacts_at_the_same_path():
         {"name": "in-0", "from": "{{tasks.load-data.outputs.artifacts.out-data-raw-csv}}", "optional": True},
         {"name": "in-1", "from": "{{tasks.clean-data.outputs.artifacts.out-data-clean-csv}}", "optional": True}]
     template = next(t for t in wf["spec"]["templates"] if t["name"] == "analyze")
+    # analysis/analyze.ipynb runs in analysis/ (papermill's cwd): upstream outputs land relative to it (Elyra)
     assert template["inputs"]["artifacts"][1:] == [
-        {"name": "in-0", "path": f"{argo.WORK_DIR}/data/raw.csv", "optional": True},
-        {"name": "in-1", "path": f"{argo.WORK_DIR}/data/clean.csv", "optional": True}]
+        {"name": "in-0", "path": f"{argo.WORK_DIR}/analysis/data/raw.csv", "optional": True},
+        {"name": "in-1", "path": f"{argo.WORK_DIR}/analysis/data/clean.csv", "optional": True}]
     load = next(t for t in wf["spec"]["templates"] if t["name"] == "load-data")
     env = {e["name"]: e.get("value") for e in load["container"]["env"]}
     assert env["DATASET_URL"] == "https://example.org/data/weather.tar.gz" and env["LOG_LEVEL"] == "INFO"

@@ -81,9 +81,11 @@ _run = {
 }
 _run_input = {
     "type": "object", "required": ["path"], "additionalProperties": False,
-    "description": "a file or folder placed in the run's working directory at the same relative path: from your earlier "
-                   "run's files (run given) or from your home (copied when the run is asked for)",
-    "properties": {"run": {"type": "integer", "minimum": 1}, "path": {"type": "string", "maxLength": 1024}},
+    "description": "a file or folder placed in the run's working directory at the same relative path (or at `as`): from "
+                   "your earlier run's files (run given) or from your home (copied when the run is asked for)",
+    "properties": {"run": {"type": "integer", "minimum": 1}, "path": {"type": "string", "maxLength": 1024},
+                   "as": {"type": "string", "maxLength": 1024,
+                          "description": "where in the run's working directory (default: path)"}},
 }
 _adhoc_run_input = {
     "type": "object", "additionalProperties": False,

@@ -281,8 +281,8 @@ class JobService:
         return self._run_view(run, None), True
 
     def _input_source(self, owner: str, i: int, entry: dict[str, Any]) -> tuple[Path, str]:
-        """(what to copy, where in the run's files) of `inputs[i]`: a file or folder of the owner's earlier
-        run (another user's run: 404, as any run that is not yours) or of the owner's home."""
+        """(what to copy, where in the run's files: `as`, else the same path) of `inputs[i]`: a file or folder
+        of the owner's earlier run (another user's run: 404, as any run that is not yours) or of the owner's home."""
         field = f"inputs[{i}].path"
         if "run" in entry:
             source_run = self.store.run(entry["run"], owner)
@@ -292,7 +292,7 @@ class JobService:
             base, what = self.files.run_dir(owner, source_run.id) / "files", f"the files of run {source_run.id}"
         else:
             base, what = self.home_of(owner), "your home directory"
-        return input_source(base, entry["path"], field, what), entry["path"]
+        return input_source(base, entry["path"], field, what), entry.get("as", entry["path"])
 
     async def run_bundle(self, owner: str, run_id: int, name: str) -> bytes:
         """The function bundle (.tar.gz) run `run_id` saved with stratolab.save_model(..., name=name)."""
