@@ -97,6 +97,29 @@ class SchedulerAPI(ServiceAPI):
             "GET", f"api/runs/{int(run_id)}/bundle?{urlencode({'name': name})}", timeout=120)
         return data
 
+    async def create_automl(self, body: dict[str, Any]) -> dict[str, Any]:
+        """`POST api/automl`: an AutoML search (its trials are the scheduler's)."""
+        return await self.call("POST", "api/automl", body)
+
+    async def automl(self, job_id: int) -> dict[str, Any]:
+        return await self.call("GET", f"api/automl/{int(job_id)}")
+
+    async def automl_jobs(self) -> list[dict[str, Any]]:
+        answer = await self.call("GET", "api/automl")
+        return list(answer.get("jobs") or [])
+
+    async def stop_automl(self, job_id: int) -> None:
+        try:
+            await self.call("POST", f"api/automl/{int(job_id)}/stop")
+        except StratolabError as e:
+            if e.status not in (404, 409):
+                raise
+
+    async def automl_bundle(self, job_id: int) -> bytes:
+        """The best trial's saved function bundle (.tar.gz)."""
+        _code, _headers, data = await self.request("GET", f"api/automl/{int(job_id)}/best/bundle", timeout=120)
+        return data
+
     async def output(self, run_id: int, fmt: str = "ipynb") -> tuple[str, bytes]:
         _code, headers, data = await self.request("GET", f"api/runs/{int(run_id)}/output?format={quote(fmt)}")
         return headers.get("Content-Type", "application/octet-stream"), data

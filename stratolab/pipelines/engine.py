@@ -36,6 +36,7 @@ import contextlib
 import json
 import logging
 import posixpath
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -274,8 +275,10 @@ class Engine:
             step = pipeline.steps[sid]
             if step.op == CONDITION_OP:
                 await self._condition(run_id, step, valid, values)
-            elif step.op in (NOTEBOOK_OP, AUTOML_OP):
+            elif step.op == NOTEBOOK_OP:
                 notebooks.append(step)
+            elif step.op == AUTOML_OP:
+                await self._start_automl(run, pipeline, step, steps)
             else:
                 await asyncio.to_thread(self.store.update_step, run_id, sid, state="running", started_at=now)
                 self._spawn(run, pipeline, step, steps)
@@ -294,6 +297,9 @@ class Engine:
             if s["run_id"] is not None:
                 with contextlib.suppress(StratolabError):
                     await (await self.scheduler(owner)).stop(s["run_id"])
+            if s["automl_job_id"] is not None:
+                with contextlib.suppress(StratolabError):
+                    await (await self.scheduler(owner)).stop_automl(s["automl_job_id"])
             await asyncio.to_thread(self.store.update_step, run_id, sid, state="stopped", finished_at=now,
                                     error="stopped by the user")
         await self._finish(run_id, "stopped", None)
@@ -309,6 +315,9 @@ class Engine:
                 task = self._tasks.get((run_id, sid))
                 if task is None:  # the service restarted while it ran: run it again (a deploy resumes its rollout)
                     self._spawn(run, pipeline, step, steps)
+                continue
+            if step.op == AUTOML_OP:
+                changed = await self._poll_automl(run, pipeline, step, s) or changed
                 continue
             if s["run_id"] is None:
                 continue
@@ -417,6 +426,90 @@ class Engine:
         await asyncio.to_thread(self.store.update_step, run_id, step.id, state="running", job_run_id=int(job["id"]),
                                 cache_key=key, started_at=now)
 
+    # --- AutoML steps: a search of the scheduler's ---------------------------------------------
+
+    @staticmethod
+    def automl_name(run_id: int, step: Step) -> str:
+        """The search's name: unique per run and step (a restart finds its search by it)."""
+        return re.sub(r"[^A-Za-z0-9._-]", "-", f"pipeline-run-{run_id}-{step.id}")[:100]
+
+    async def _start_automl(self, run: dict[str, Any], pipeline: Pipeline, step: Step,
+                            steps: Mapping[str, dict[str, Any]]) -> None:
+        """`POST api/automl` over the step's notebook: its search space, trials, metric, direction, profile,
+        timeout; the fixed parameters as a notebook step's (those searched left out). Never served from the
+        cache: a search is asked for to search."""
+        run_id, owner = run["id"], run["owner"]
+        now = utcnow()
+        notebook = posixpath.join(run["root"], step.filename or "") if run["root"] else (step.filename or "")
+        name = self.automl_name(run_id, step)
+        try:
+            if step.dependencies:
+                raise StratolabError("an AutoML step's trials receive no files: its dependencies cannot be "
+                                     "placed (read them from your home by path, or make a notebook step first)")
+            scheduler = await self.scheduler(owner)
+            declared = await scheduler.parameters(notebook)
+            space = step.params.get("search_space") or None
+            order = plan.topological_order(pipeline)
+            ups = ancestors(pipeline, step.id)
+            upstream_records = [steps[u]["records"] for u in order if u in ups and steps[u]["state"] in plan.DONE_OK]
+            params = step_parameters(step, declared, {**pipeline.parameters, **run["parameters"]}, upstream_records)
+            if isinstance(space, Mapping):
+                params = {k: v for k, v in params.items() if k not in space}
+            body: dict[str, Any] = {"notebook": notebook, "name": name, "metric": step.params.get("metric"),
+                                    "direction": step.params.get("direction") or "maximize", "parameters": params}
+            if space is not None:
+                body["space"] = space
+            for key in ("trials", "parallel", "algorithm", "pruner", "seed", "max_failed", "trial_timeout"):
+                if step.params.get(key) is not None:
+                    body[key] = step.params[key]
+            if step.profile:
+                body["profile"] = step.profile
+            if step.timeout:
+                body["timeout"] = int(step.timeout)
+            try:
+                job = await scheduler.create_automl(body)
+            except StratolabError as e:
+                found = None
+                if e.status == 409:  # asked before a restart: the search is the one of that name
+                    found = next((j for j in await scheduler.automl_jobs() if j.get("name") == name), None)
+                if found is None:
+                    raise
+                job = found
+        except (StratolabError, OSError) as e:
+            message = getattr(e, "message", None) or str(e)
+            field = getattr(e, "field", None)
+            await asyncio.to_thread(self.store.update_step, run_id, step.id, state="failed",
+                                    error=(f"{field}: {message}" if field else message)[:4000],
+                                    started_at=now, finished_at=utcnow())
+            return
+        await asyncio.to_thread(self.store.update_step, run_id, step.id, state="running",
+                                automl_job_id=int(job["id"]), started_at=now)
+
+    async def _poll_automl(self, run: dict[str, Any], pipeline: Pipeline, step: Step, row: dict[str, Any]) -> bool:
+        run_id = run["id"]
+        if row["automl_job_id"] is None:
+            return False
+        job = await (await self.scheduler(run["owner"])).automl(int(row["automl_job_id"]))
+        state = job.get("state")
+        if state in ("queued", "running"):
+            return False
+        best = job.get("best")
+        if state == "succeeded" and best:
+            metric = str(step.params.get("metric"))
+            best_params = dict(best.get("params") or {})
+            # the best trial's parameters by name (a later notebook declaring one gets it), then the value
+            records: dict[str, Any] = {**best_params, "value": best.get("value"), metric: best.get("value"),
+                                       "params": best_params, "trial": best.get("number"),
+                                       "trials": job.get("counts") or {}}
+            await asyncio.to_thread(self.store.update_step, run_id, step.id, state="succeeded", records=records,
+                                    finished_at=utcnow())
+        else:
+            why = job.get("error") or ("no trial completed" if state == "succeeded" else state)
+            await asyncio.to_thread(self.store.update_step, run_id, step.id, state="failed",
+                                    error=f"AutoML search {row['automl_job_id']} {state}: {why}"[:4000],
+                                    records={"trials": job.get("counts") or {}}, finished_at=utcnow())
+        return True
+
     # --- function and deploy steps: tasks of this process ----------------------------------------
 
     def _spawn(self, run: dict[str, Any], pipeline: Pipeline, step: Step, steps: Mapping[str, dict[str, Any]]) -> None:
@@ -474,10 +567,16 @@ class Engine:
         if rollout_id is None:
             source = pipeline.by_name(str(step.params["source"]))
             assert source is not None  # validate.py checked it
-            job_run_id = (steps.get(source.id) or {}).get("run_id")
-            if job_run_id is None:
-                raise StratolabError(f"step {source.name!r} has no scheduler run to take the model from")
-            bundle = await (await self.scheduler(owner)).bundle(job_run_id, str(step.params.get("model") or "model"))
+            source_row = steps.get(source.id) or {}
+            if source.op == AUTOML_OP:  # the search's best trial's model
+                if source_row.get("automl_job_id") is None:
+                    raise StratolabError(f"step {source.name!r} has no AutoML search to take the model from")
+                bundle = await (await self.scheduler(owner)).automl_bundle(int(source_row["automl_job_id"]))
+            else:
+                job_run_id = source_row.get("run_id")
+                if job_run_id is None:
+                    raise StratolabError(f"step {source.name!r} has no scheduler run to take the model from")
+                bundle = await (await self.scheduler(owner)).bundle(job_run_id, str(step.params.get("model") or "model"))
             existing = await functions.function(name)
             with_rollout = bool(settings) and existing is not None and bool(existing.get("traffic"))
             answer = await functions.deploy(name, bundle, promote=not with_rollout)
