@@ -99,7 +99,9 @@ OPENAPI: dict[str, Any] = {
                     "interval": {"type": "number", "minimum": 1, "maximum": 86400, "default": 60},
                     "mode": {"type": "string", "enum": ["canary", "shadow", "ab"], "default": "canary"},
                     "checks": {"type": "array", "items": {"type": "object"}, "description": "judge checks "
-                               "(docs/pipelines.md); default: error rate and p99 latency against the baseline"},
+                               "(docs/pipelines.md); default: error rate and p99 latency against the baseline. "
+                               "A custom:<name> metric names the numeric `field` of the function's JSON answer "
+                               "it is read from (a dotted path)"},
                     "failure_threshold": {"type": "integer", "minimum": 1, "maximum": 100, "default": 2},
                     "max_wait": {"type": "number", "minimum": 0, "default": 600,
                                  "description": "seconds without enough data at one step before rolling back"},

@@ -130,7 +130,7 @@ class Observations:
         return judging.VersionData(latencies_ms=np.fromiter(self.latencies, float, len(self.latencies)),
                                    requests=self.requests, errors=self.errors, feedback=self.feedback,
                                    correct=self.correct,
-                                   custom={k: np.fromiter(v, float, len(v)) for k, v in self.custom.items()})
+                                   custom={k: list(v) for k, v in self.custom.items()})
 
     def summary(self) -> dict[str, Any]:
         p50 = p99 = None
@@ -610,9 +610,10 @@ class RolloutManager:
         refused = StratolabError("a rollout webhook needs its rollout's token in its metadata", status=403)
         if not isinstance(meta, dict):
             raise refused
-        owner, name, which, token = (meta.get(k) for k in ("owner", "function", "rollout", "token"))
-        if not all(isinstance(v, str) and v for v in (owner, name, which, token)):
+        values = [meta.get(k) for k in ("owner", "function", "rollout", "token")]
+        if not all(isinstance(v, str) and v for v in values):
             raise refused
+        owner, name, which, token = (str(v) for v in values)
         if not check_webhook_token(secret, owner, name, which, token) or not which.isdigit() or len(which) > 12:
             raise refused
         return owner, name, int(which), meta
@@ -690,7 +691,7 @@ class RolloutManager:
                   "judgement": None, "source": "flagger", "event_type": event_type, "flagger_phase": flagger_phase}
         self._store_decision(rollout_id, record, live)
         if live is not None and live.notify:
-            self._send_event(live, record, record["phase"])
+            self._send_event(live, record, str(record["phase"]))
         if live is not None and flagger_phase == "Failed" and not live.state.phase.finished:
             new, decision = plan.abort(live.spec, live.state, now,
                                        f"Flagger rolled the Canary back{': ' + message if message else ''}"[:500])
