@@ -14,8 +14,12 @@ export interface INotify {
 
 export interface IRun {
   id: number;
-  schedule_id: number;
+  /** null for an ad-hoc run (run once, or a pipeline's step) */
+  schedule_id: number | null;
+  /** its schedule's name; an ad-hoc run's own name */
   schedule_name: string;
+  /** an ad-hoc run's labels: a pipeline's step has pipeline_run, pipeline and step */
+  labels?: Record<string, string>;
   owner: string;
   trigger: string;
   state: string;

@@ -71,3 +71,18 @@ export function runOutputs(run: IRun): string[] {
   }
   return FINISHED_STATES.includes(run.state) ? ['ipynb'] : [];
 }
+
+/**
+ * What a run is a run of: its schedule's name; for a pipeline's step "step · pipeline pipeline"; for
+ * another ad-hoc run, its name and "(run once)".
+ */
+export function runSource(run: IRun): string {
+  if (run.schedule_id !== null && run.schedule_id !== undefined) {
+    return run.schedule_name;
+  }
+  const labels = run.labels || {};
+  if (labels.pipeline_run) {
+    return `${labels.step || run.schedule_name} · pipeline ${labels.pipeline || labels.pipeline_run}`;
+  }
+  return `${run.schedule_name} (run once)`;
+}

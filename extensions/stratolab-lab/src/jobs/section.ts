@@ -7,7 +7,7 @@ import { ModelSection } from '../environment/panel';
 import { button, el, facts, guarded, NodeCache, showList } from '../ui';
 import { runActions, scheduleActions } from './actions';
 import { IRun, ISchedule } from './api';
-import { ACTIVE_STATES, formatDuration, formatTime } from './format';
+import { ACTIVE_STATES, formatDuration, formatTime, runSource } from './format';
 import { JobsModel } from './model';
 
 /**
@@ -112,11 +112,13 @@ export class JobsSection extends ModelSection<number | null, JobsModel> {
     row.dataset.runId = String(r.id);
     row.dataset.runState = r.state;
     row.dataset.runTrigger = r.trigger;
-    row.dataset.runScheduleId = String(r.schedule_id);
+    if (r.schedule_id !== null) {
+      row.dataset.runScheduleId = String(r.schedule_id);
+    }
 
     const title = el('div', 'jp-Stratolab-functionTitle');
     title.append(
-      el('span', 'jp-Stratolab-runName', `#${r.id} ${r.schedule_name}`),
+      el('span', 'jp-Stratolab-runName', `#${r.id} ${runSource(r)}`),
       el('span', `jp-Stratolab-badge jp-Stratolab-state jp-mod-${r.state}`, r.state, `stratolab-run-${r.id}-state`)
     );
     if (ACTIVE_STATES.includes(r.state)) {

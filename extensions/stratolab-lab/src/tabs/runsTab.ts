@@ -1,10 +1,11 @@
 /**
- * The Runs tab: the runs of every schedule (the newest 500), filtered by state and schedule; the
+ * The Runs tab: the runs of every schedule and the ad-hoc ones (a notebook run once, a pipeline's step,
+ * named by `runSource`) (the newest 500), filtered by state and schedule; the
  * detail shows a run's times, parameters and error, with the sidebar's actions (open its output).
  */
 import { IRun, listRuns } from '../jobs/api';
 import { runActions } from '../jobs/actions';
-import { ACTIVE_STATES, formatDuration, formatTime } from '../jobs/format';
+import { ACTIVE_STATES, formatDuration, formatTime, runSource } from '../jobs/format';
 import { alertNode } from '../ui';
 import { ITabContext } from './context';
 import { IListTabOptions } from './listTab';
@@ -24,7 +25,7 @@ export function runsTab(context: ITabContext): IListTabOptions<IRun> {
     sort: { key: 'id', direction: 'desc' },
     columns: [
       { key: 'id', label: 'Run', kind: 'number', firstDirection: 'desc', value: r => r.id },
-      { key: 'schedule', label: 'Schedule', choices: true, value: r => r.schedule_name },
+      { key: 'schedule', label: 'Schedule', choices: true, value: r => runSource(r) },
       { key: 'state', label: 'State', choices: true, value: r => r.state },
       {
         key: 'started',
@@ -45,7 +46,7 @@ export function runsTab(context: ITabContext): IListTabOptions<IRun> {
       { key: 'attempt', label: 'Attempt', kind: 'number', value: r => r.attempt }
     ],
     detail: (r, guard, prefix) => ({
-      title: `Run #${r.id} of ${r.schedule_name}`,
+      title: `Run #${r.id} of ${runSource(r)}`,
       fields: [
         ['State', r.state, 'state'],
         ['Trigger', r.trigger, 'trigger'],
