@@ -36,7 +36,8 @@ def automl_pipeline(function: str, **search) -> flow.PipelineDocument:
     node = next(n for n in doc.nodes if n["id"] == "search")
     node["op"] = flow.AUTOML_OP
     params = {"filename": "search.ipynb", "metric": "score", "direction": "maximize", "trials": 3, "parallel": 2,
-              "seed": 1, "parameters": {"unused": 2, "x": 0.9}, "search_space": {"x": {"type": "float", "low": 0.0, "high": 1.0}}, **search}
+              "seed": 1, "parameters": {"unused": 2, "x": 0.9},
+              "search_space": {"x": {"type": "float", "low": 0.0, "high": 1.0}}, **search}
     for key, value in params.items():
         flow.set_component_parameter(doc, "search", key, value)
     flow.add_step(doc, flow.DEPLOY_OP, "ship", {"function": function, "source": "search"}, node_id="ship")
