@@ -48,13 +48,13 @@ export function stepStyle(state: string | null | undefined): IStepStyle {
 
 /** What each op is, in a word, and the glyph drawn in its node. */
 export const OPS: Record<string, { kind: string; glyph: string }> = {
-  'execute-notebook-node': { kind: 'notebook', glyph: '📓' },
-  'execute-python-node': { kind: 'python', glyph: '🐍' },
+  'execute-notebook-node': { kind: 'notebook', glyph: '▤' },
+  'execute-python-node': { kind: 'python', glyph: 'Py' },
   'execute-r-node': { kind: 'R', glyph: 'R' },
   'stratolab-condition-node': { kind: 'condition', glyph: '◇' },
   'stratolab-function-node': { kind: 'function', glyph: 'λ' },
-  'stratolab-deploy-node': { kind: 'deploy', glyph: '🚀' },
-  'stratolab-automl-node': { kind: 'AutoML', glyph: '⚙' }
+  'stratolab-deploy-node': { kind: 'deploy', glyph: '⇪' },
+  'stratolab-automl-node': { kind: 'AutoML', glyph: '✱' }
 };
 
 export function opInfo(op: string): { kind: string; glyph: string } {

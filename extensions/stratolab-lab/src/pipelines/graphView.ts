@@ -92,13 +92,10 @@ export class GraphView {
       path.dataset.testid = `${this.options.testId}-edge-${from.name}-${to.name}`;
       edges.append(path);
       if (from.op === 'stratolab-condition-node') {
+        // beside the arrow's head, so a true and a false branch to the same row do not overlap
         const label = svg(
           'text',
-          {
-            x: from.x + NODE_WIDTH + 8,
-            y: from.y + NODE_HEIGHT / 2 + (to.y >= from.y ? 16 : -8),
-            class: 'jp-Stratolab-pipelineEdgeLabel'
-          },
+          { x: to.x - 34, y: to.y + NODE_HEIGHT / 2 - 6, class: 'jp-Stratolab-pipelineEdgeLabel' },
           e.port === 'elsePort' ? 'false' : 'true'
         );
         edges.append(label);
