@@ -20,10 +20,10 @@ from functions_support import deploy
 from jobs_support import notebook, wait_for
 from pipeline_runs_support import home_of, write
 from pipelines_support import dag
-from stratolab.pipelines import flow
 from stratolab.functions.analysis import plan_capture, read_cells
 from stratolab.functions.bundle import build_bundle
 from stratolab.functions.client import pack
+from stratolab.pipelines import flow
 
 SERVICES = {"functions": "/services/functions", "scheduler": "/services/scheduler",
             "pipelines": "/services/pipelines"}
