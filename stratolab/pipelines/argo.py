@@ -23,11 +23,15 @@ and validate them against Argo's CRD schemas (../shared/schemas/argo-workflows).
   built here, running papermill directly (`RUNNER`, a few lines of Python given to `python -c`), then
   writing each value the notebook recorded (`stratolab.record`, a scrapbook scrap in the output) to a
   file Argo reads as an output parameter.
-- **Data between steps are artifacts**: the pipeline's folder (notebooks and dependencies) is one
-  input artifact from the default artifact repository (a key-only artifact, `ArgoRun.files_key`, that
-  the engine uploads before it submits); each declared output file is an output artifact, given to
-  every later step at the same path (optional: it is absent when its producer was skipped); the
-  executed notebook is the output artifact `notebook`.
+- **Data between steps are artifacts**: the pipeline's files (each notebook step's notebook and its
+  dependencies, at their paths under the pipeline's folder) are one HTTP input artifact, a .tar.gz
+  the pipelines service itself serves at `ArgoRun.files_url` to a request carrying
+  `Authorization: Bearer <ArgoRun.files_token>` (an HMAC of the run, `stratolab.platform.tokens`); Argo's
+  executor unpacks a tarball artifact into its path, so the files land in the working directory. It
+  needs nothing but the service (no bucket for the pipeline's own files; the steps' output files go to
+  the default artifact repository as any Argo output). Each declared output file is an output artifact,
+  given to every later step at the same path (optional: it is absent when its producer was skipped);
+  the executed notebook is the output artifact `notebook`.
 - **Retries are `retryStrategy`** (`limit`, exponential backoff), a timeout is `activeDeadlineSeconds`.
 - **Function steps** run `stratolab functions invoke` in the CPU image, with the caller's URL and token
   from the Secret `ArgoSettings.api_secret` (nothing secret in the Workflow). **Deploy and AutoML steps
@@ -116,8 +120,10 @@ class ArgoRun:
 
     key: str
     owner: str
-    #: the pipeline's folder as a .tgz in the default artifact repository
-    files_key: str
+    #: where a step fetches the pipeline's files (a .tar.gz the pipelines service serves), and the
+    #: bearer token that URL wants (HMAC of this run or schedule: it opens these files, nothing else)
+    files_url: str
+    files_token: str
     #: profiles by slug; a step naming none runs in `default_profile`
     profiles: Mapping[str, Profile] = field(default_factory=dict)
     default_profile: Profile | None = None
@@ -197,6 +203,13 @@ def _retry(step: Step, settings: ArgoSettings) -> dict[str, Any] | None:
             "backoff": {"duration": f"{settings.retry_backoff_s}s", "factor": str(settings.retry_factor)}}
 
 
+def files_artifact(run: ArgoRun) -> dict[str, Any]:
+    """The pipeline's files as the HTTP input artifact every notebook step starts from (unpacked into
+    the working directory)."""
+    return {"name": "files", "path": WORK_DIR,
+            "http": {"url": run.files_url, "headers": [{"name": "Authorization", "value": f"Bearer {run.files_token}"}]}}
+
+
 def _notebook_template(valid: ValidPipeline, step: Step, run: ArgoRun, settings: ArgoSettings,
                        records: set[str], inputs: list[tuple[str, str]]) -> dict[str, Any]:
     profile = _profile_for(step, run)
@@ -229,7 +242,7 @@ def _notebook_template(valid: ValidPipeline, step: Step, run: ArgoRun, settings:
         "name": task_name(step),
         "metadata": {"labels": {"stratolab.io/step": label_value(step.name)}},
         "inputs": {"artifacts": [
-            {"name": "files", "path": WORK_DIR, "s3": {"key": run.files_key}},
+            files_artifact(run),
             *[{"name": name, "path": f"{WORK_DIR}/{here / path}", "optional": True} for name, path in inputs],
         ]},
         "outputs": {

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from traitlets import CaselessStrEnum, Integer, Unicode
 
 from stratolab.pipelines.argo import ArgoSettings
-from stratolab.platform.service_app import EnvConfigurable
+from stratolab.platform.service_app import EnvConfigurable, SettingError
 
 LOCAL_BACKEND = "local"
 ARGO_BACKEND = "argo"
@@ -46,6 +46,10 @@ class PipelinesBackendSettings(EnvConfigurable):
     api_secret = Unicode("", help="Secret (in the Workflows' namespace) with STRATOLAB_URL and STRATOLAB_TOKEN "
                          "for function steps; empty: function steps run on the local engine only.").tag(
         config=True, env="STRATOLAB_PIPELINES_API_SECRET")
+    internal_url = Unicode("", help="The pipelines service as the Workflows' pods reach it (in-cluster DNS, "
+                           "without its prefix), e.g. http://stratolab-pipelines.stratolab.svc:10105: each notebook "
+                           "step fetches the pipeline's files from it (runtime/runs/ID/files). Required with argo.").tag(
+        config=True, env="STRATOLAB_PIPELINES_INTERNAL_URL")
     ttl_after_finished = Integer(ArgoSettings.ttl_after_finished, min=0, help="Seconds a finished Workflow "
                                  "(and its pods' logs) stays.").tag(config=True, env="STRATOLAB_PIPELINES_WORKFLOW_TTL")
 
@@ -56,6 +60,11 @@ class PipelinesBackendSettings(EnvConfigurable):
     def check_settings(self) -> None:
         super().check_settings()
         self.argo_settings()
+        if self.uses_argo and not self.internal_url.strip():
+            raise SettingError("STRATOLAB_PIPELINES_INTERNAL_URL (--PipelinesBackendSettings.internal_url) must say "
+                               "where the Workflows' pods reach the pipelines service, with backend argo")
+        if self.internal_url.strip() and not self.internal_url.startswith(("http://", "https://")):
+            raise SettingError(f"STRATOLAB_PIPELINES_INTERNAL_URL {self.internal_url!r} must be an http(s) URL")
 
     def argo_settings(self) -> ArgoSettings:
         # CaselessStrEnum keeps what was given ("IfNotPresent" or "ifnotpresent"): Kubernetes wants its spelling

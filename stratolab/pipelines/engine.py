@@ -50,6 +50,7 @@ from stratolab.client.scheduler import FunctionsAPI, SchedulerAPI
 from stratolab.db.models import utcnow
 from stratolab.errors import StratolabError
 from stratolab.pipelines import cache, conditions, plan
+from stratolab.pipelines.argo_runner import ArgoRunner
 from stratolab.pipelines.flow import AUTOML_OP, CONDITION_OP, DEPLOY_OP, FUNCTION_OP, NOTEBOOK_OP, Pipeline, Step, loads
 from stratolab.pipelines.store import PipelineStore
 from stratolab.pipelines.validate import ValidPipeline, ancestors, validate
@@ -156,6 +157,8 @@ class Engine:
         self._stopping = False
         #: hooks run each round (the cron schedules)
         self.each_round: list[Callable[[], Any]] = []
+        #: with STRATOLAB_PIPELINES_BACKEND=argo, what runs each run as a Workflow
+        self.argo: ArgoRunner | None = None
 
     # --- the loop --------------------------------------------------------------------------------
 
@@ -241,6 +244,12 @@ class Engine:
         document = await asyncio.to_thread(self.store.document, run_id)
         assert document is not None
         valid = self.pipeline_of(run_id, document)
+        if self.argo is not None:  # the run is a Workflow: argo_runner.py moves it and reads its steps
+            await self.argo.reconcile(run, valid)
+            if (await asyncio.to_thread(self.store.run, run_id, None, graph=False) or {}).get("state") not in (
+                    "queued", "running"):
+                self._valid.pop(run_id, None)
+            return
         pipeline = valid.pipeline
         owner = run["owner"]
         steps = {s["id"]: s for s in run["steps"]}

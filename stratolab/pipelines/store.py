@@ -77,7 +77,7 @@ def run_json(row: PipelineRun, steps: Iterable[PipelineStep], *, graph: bool = T
         "from_cache": row.from_cache, "resumed_from": row.resumed_from, "schedule_id": row.schedule_id,
         "created_at": _iso(row.created_at), "started_at": _iso(row.started_at),
         "finished_at": _iso(row.finished_at), "duration": _duration(row.started_at, row.finished_at),
-        "error": row.error, "stop_requested": row.stop_requested,
+        "error": row.error, "stop_requested": row.stop_requested, "idempotency_key": row.idempotency_key,
         "steps": [step_json(s) for s in steps],
     }
     if graph:
@@ -139,6 +139,12 @@ class PipelineStore:
             if row is None or (owner is not None and row.owner != owner):
                 return None
             return self._load(s, row, graph)
+
+    def run_by_key(self, owner: str, idempotency_key: str) -> dict[str, Any] | None:
+        with session_scope(self.sessions) as s:
+            row = s.scalars(select(PipelineRun).where(PipelineRun.owner == owner,
+                                                      PipelineRun.idempotency_key == idempotency_key)).first()
+            return None if row is None else self._load(s, row, graph=False)
 
     def document(self, run_id: int) -> str | None:
         with session_scope(self.sessions) as s:

@@ -51,6 +51,7 @@ ARGO_NS = "stratolab-pipelines"
 SERVICE = f"{RELEASE}-pipelines"
 STEP = f"{RELEASE}-pipeline-step"
 WF = "argoproj.io/v1alpha1"
+SERVICE_URL = f"http://{SERVICE}.{NAMESPACE}.svc:10105/services/pipelines/"
 
 
 def resolved_env(objects: list[dict[str, Any]], deployment: str) -> dict[str, str]:
@@ -221,7 +222,8 @@ def diamond() -> validate.ValidPipeline:
 
 
 def argo_run(key: str = "r7") -> argo.ArgoRun:
-    return argo.ArgoRun(key=key, owner="alice@example.org", files_key=f"pipelines/{key}/files.tgz")
+    return argo.ArgoRun(key=key, owner="alice@example.org", files_url=f"{SERVICE_URL}runtime/runs/{key}/files",
+                        files_token="t")
 
 
 def test_argo_settings_come_from_the_values():

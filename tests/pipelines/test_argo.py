@@ -25,7 +25,8 @@ SETTINGS = argo.ArgoSettings(namespace="pipelines", service_account="argo-runner
 GPU = parse_profile({"display_name": "GPU", "slug": "gpu-1", "kubespawner_override": {
     "extra_resource_limits": {"nvidia.com/gpu": 1}, "cpu_limit": 4, "mem_limit": "16G",
     "node_selector": {"pool": "gpu"}}})
-RUN = argo.ArgoRun(key="r42", owner="alice@example.org", files_key="pipelines/r42/files.tgz",
+FILES_URL = "http://stratolab-pipelines.hub.svc:10105/services/pipelines/runtime/runs/42/files"
+RUN = argo.ArgoRun(key="r42", owner="alice@example.org", files_url=FILES_URL, files_token="t0ken",
                    profiles={"gpu-1": GPU, "cpu": parse_profile({"display_name": "CPU", "slug": "cpu"})})
 
 
@@ -96,8 +97,9 @@ def test_a_notebook_step_is_a_papermill_container_in_its_profile():
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in train["tolerations"]
     assert c["securityContext"]["runAsNonRoot"] and c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert train["retryStrategy"]["limit"] == "1" and train["activeDeadlineSeconds"] == 600
-    assert train["inputs"]["artifacts"][0] == {"name": "files", "path": argo.WORK_DIR,
-                                               "s3": {"key": "pipelines/r42/files.tgz"}}
+    # the pipeline's files: an HTTP artifact the pipelines service serves, its token in a header (no bucket)
+    assert train["inputs"]["artifacts"][0] == {"name": "files", "path": argo.WORK_DIR, "http": {
+        "url": FILES_URL, "headers": [{"name": "Authorization", "value": "Bearer t0ken"}]}}
     assert {"name": "out-model-pt", "path": f"{argo.WORK_DIR}/model.pt"} in train["outputs"]["artifacts"]
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["STRATOLAB_PIPELINE_STEP"] == "candidate" and env["STRATOLAB_PROFILE"] == "gpu-1"
@@ -162,7 +164,7 @@ def test_deploy_steps_and_unknown_profiles_are_refused_naming_the_step():
 def test_names_are_valid_for_kubernetes_whatever_the_owner_and_labels():
     doc = dag({"a": []})
     doc.node("a")["app_data"]["label"] = "Étape Un_2"
-    run = argo.ArgoRun(key="R" * 80, owner="名前@example.org", files_key="k")
+    run = argo.ArgoRun(key="R" * 80, owner="名前@example.org", files_url="http://x/f", files_token="t")
     wf = argo.workflow(validate.validate(doc), run, SETTINGS)
     validate_object(wf)
     assert len(wf["metadata"]["name"]) <= 63

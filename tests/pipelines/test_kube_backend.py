@@ -39,7 +39,7 @@ SETTINGS = argo.ArgoSettings(namespace=NS, service_account="argo-runner", api_se
 
 
 def run(key: str = "r42", owner: str = "alice@example.org") -> argo.ArgoRun:
-    return argo.ArgoRun(key=key, owner=owner, files_key=f"pipelines/{key}/files.tgz",
+    return argo.ArgoRun(key=key, owner=owner, files_url=f"http://pipelines.hub.svc:10105/services/pipelines/runtime/runs/{key}/files", files_token="t",
                         profiles={"gpu-1": parse_profile({"display_name": "GPU", "slug": "gpu-1"}),
                                   "cpu": parse_profile({"display_name": "CPU", "slug": "cpu"})})
 
@@ -281,7 +281,7 @@ def test_a_step_naming_an_unknown_profile_is_a_400_naming_the_step():
     valid = ml_pipeline()
     doc = flow.loads(read("train_evaluate_deploy.pipeline"))
     first = doc.nodes[0]
-    no_profiles = argo.ArgoRun(key="r1", owner="alice", files_key="k")
+    no_profiles = argo.ArgoRun(key="r1", owner="alice", files_url="http://x/f", files_token="t")
     step = next(s for s in valid.pipeline.steps.values() if s.id == first["id"])
     flow.set_component_parameter(doc, first["id"], "profile", "tpu-9")
     deploy = next(n for n in doc.nodes if n["op"] == "stratolab-deploy-node")

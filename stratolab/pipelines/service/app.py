@@ -21,7 +21,11 @@ from traitlets import Float, Unicode, default
 from stratolab.client.hubapi import HubAPI
 from stratolab.db import ensure_schema, make_engine, session_factory
 from stratolab.errors import StratolabError
+from stratolab.kube.api import KubeClient
+from stratolab.pipelines.argo_config import PipelinesBackendSettings
+from stratolab.pipelines.argo_runner import ArgoRunner, files_key
 from stratolab.pipelines.engine import Engine, Notifier
+from stratolab.pipelines.kube_backend import ArgoPipelineBackend
 from stratolab.pipelines.service import handlers
 from stratolab.pipelines.service.openapi import OPENAPI
 from stratolab.pipelines.store import PipelineStore
@@ -29,6 +33,7 @@ from stratolab.platform import cron
 from stratolab.platform.mail import SmtpConfig
 from stratolab.platform.outbound import ENV as OUTBOUND_ENV
 from stratolab.platform.outbound import OutboundPolicy
+from stratolab.platform.profiles import choose_profile, default_profile_list, load_profile_list, parse_profile_list
 from stratolab.platform.service_app import EnvConfigurable, HubService, SettingError, until_stopped
 from stratolab.web import MAX_HEADER_BYTES, service_app
 
@@ -46,6 +51,8 @@ ROUTE_HANDLERS = {
     "/api/schedules": handlers.SchedulesHandler,
     "/api/schedules/{schedule_id}": handlers.ScheduleHandler,
     "/api/events/{schedule_id}": handlers.EventsHandler,
+    "/runtime/runs/{run_id}/files": handlers.RunFilesHandler,
+    "/runtime/schedules/{schedule_id}/files": handlers.ScheduleFilesHandler,
 }
 
 
@@ -66,6 +73,8 @@ class PipelinesState:
                     schedule_id: int | None = None) -> dict[str, Any]:
         path, root, text, valid = await loader(owner, body)
         pipeline = valid.pipeline
+        if self.engine.argo is not None:  # a step Argo cannot run: a 400 naming it, before any row
+            self.engine.argo.check(valid, owner, {**pipeline.parameters, **parameters})
         run = await asyncio.to_thread(
             self.store.create_run, owner=owner, pipeline=name or pipeline.name or Path(path or "pipeline").stem,
             path=path, root=root, document=text, parameters=parameters,
@@ -103,6 +112,8 @@ class PipelinesState:
     async def fire_due(self) -> None:
         """Each round: the schedules whose time has come start a run; the next time is set first (a failing
         file does not fire again and again)."""
+        if self.engine.argo is not None:
+            return  # Argo's CronWorkflows start the runs (ArgoRunner.adopt makes their rows)
         now = datetime.now(UTC)
         for schedule in await asyncio.to_thread(self.store.due_schedules, now):
             tz = cron.parse_timezone(schedule["timezone"])
@@ -123,7 +134,7 @@ class PipelinesService(HubService):
     Started as `python -m stratolab.pipelines.service.app`, as the hub and the Helm chart start it."""
 
     service_name, default_port = "pipelines", 10105
-    classes = [SmtpConfig]
+    classes = [SmtpConfig, PipelinesBackendSettings]
 
     scheduler_url = Unicode("http://127.0.0.1:10102/services/scheduler/", help="The scheduler's API.").tag(
         config=True, env="STRATOLAB_PIPELINES_SCHEDULER_URL")
@@ -134,6 +145,9 @@ class PipelinesService(HubService):
         config=True, env="STRATOLAB_SHARED_HOMES", default_text="homes/ under the home root")
     tick = Float(1.0, min=0.05, max=60.0, help="Seconds between two rounds of the engine when nothing wakes it.").tag(
         config=True, env="STRATOLAB_PIPELINES_TICK")
+    profiles_file = Unicode("", help="YAML/JSON profile list (KubeSpawner's profile_list shape): the profiles "
+                            "notebook steps run in on Argo (the scheduler's list); empty: the built-in CPU profile.").tag(
+        config=True, env="STRATOLAB_PROFILES_FILE")
     outbound_allow = Unicode("", help="Networks (comma-separated CIDRs) notification webhooks may reach besides "
                              "public addresses.").tag(config=True, env=OUTBOUND_ENV, default_text="none")
 
@@ -143,9 +157,10 @@ class PipelinesService(HubService):
 
     def init_parts(self) -> None:
         self.smtp_config = SmtpConfig(parent=self)
+        self.backend_settings = PipelinesBackendSettings(parent=self)
 
     def configurables(self) -> list[EnvConfigurable]:
-        return [self, self.smtp_config]
+        return [self, self.smtp_config, self.backend_settings]
 
     def initialize(self, argv: list[str] | None = None) -> None:
         super().initialize(argv)
@@ -176,6 +191,10 @@ class PipelinesService(HubService):
                         tick_s=self.tick, public_url=self.public_url)
         state = PipelinesState(hub_auth=hub_auth, store=self.store, engine=engine, homes=self.home_of)
         engine.each_round.append(state.fire_due)
+        if self.backend_settings.uses_argo:
+            engine.argo = await self.argo_runner()
+            runner = engine.argo
+            engine.each_round.append(lambda: runner.adopt(state.loader))
         app = service_app("stratolab-pipelines", self.prefix, OPENAPI, ROUTE_HANDLERS, state,
                           metrics_registry=REGISTRY, max_body_size=8 * 1024 * 1024)
         server = app.listen(self.port, address=self.ip, xheaders=False, max_header_size=MAX_HEADER_BYTES)
@@ -185,6 +204,22 @@ class PipelinesService(HubService):
         await until_stopped()
         await engine.stop()
         server.stop()
+        if engine.argo is not None:
+            await engine.argo.backend.close()
+
+    async def argo_runner(self) -> ArgoRunner:
+        """The Argo backend (STRATOLAB_PIPELINES_BACKEND=argo): the in-cluster API client, the profiles."""
+        settings = self.backend_settings.argo_settings()
+        try:
+            raw = load_profile_list(Path(self.profiles_file)) if self.profiles_file.strip() else default_profile_list(0)
+            profiles = {p.slug: p for p in parse_profile_list(raw)}
+        except (OSError, ValueError, StratolabError) as e:
+            raise SettingError(f"STRATOLAB_PROFILES_FILE {self.profiles_file!r}: {e}") from None
+        kube = await KubeClient.from_environment(settings.namespace)
+        log.info("pipelines run as Argo Workflows in namespace %s", settings.namespace)
+        return ArgoRunner(ArgoPipelineBackend(kube, settings), self.store, internal_url=self.backend_settings.internal_url,
+                          prefix=self.prefix, key=files_key(self.hub_api_token), profiles=profiles,
+                          default_profile=choose_profile(list(profiles.values()), None) if profiles else None)
 
 
 def main() -> None:

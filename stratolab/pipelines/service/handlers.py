@@ -13,12 +13,13 @@ from typing import Any
 
 from stratolab.errors import InvalidInput, NotFound, StratolabError
 from stratolab.pipelines import plan
+from stratolab.pipelines.argo_runner import ADOPTED, pack, pipeline_files
 from stratolab.pipelines.flow import loads, pipeline_of
 from stratolab.pipelines.store import RUN_STATES
 from stratolab.pipelines.validate import InvalidNode, ValidPipeline, validate
 from stratolab.platform import cron
 from stratolab.platform.scopes import PIPELINES_RUN
-from stratolab.web import ServiceHandler, path_id
+from stratolab.web import ServiceHandler, path_id, token_from_headers
 
 MAX_DOCUMENT_BYTES = 4 * 1024 * 1024
 
@@ -145,6 +146,9 @@ class RunsHandler(BaseHandler):
         key = body.get("idempotency_key")
         if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 255):
             raise InvalidInput("idempotency_key must be a string of 1 to 255 characters", field="idempotency_key")
+        if key is not None and key.startswith(ADOPTED):
+            raise InvalidInput(f"idempotency_key must not start with {ADOPTED!r} (the service's own keys)",
+                               field="idempotency_key")
         name = body.get("name")
         if name is not None and (not isinstance(name, str) or not 0 < len(name) <= 255):
             raise InvalidInput("name must be a string of 1 to 255 characters", field="name")
@@ -171,6 +175,8 @@ class RunHandler(RunBase):
         _owner, run = await self.mine(run_id)
         if run["state"] in ("queued", "running"):
             raise StratolabError(f"run {run['id']} is {run['state']}: stop it first", status=409)
+        if self.state.engine.argo is not None:  # its Workflow and pods go with it
+            await self.state.engine.argo.forget(run)
         await asyncio.to_thread(self.state.store.delete_run, run["id"])
         self.set_status(204)
         self.finish()
@@ -193,6 +199,9 @@ class RunResumeHandler(RunBase):
         from_step = body.get("from_step")
         if run["state"] in ("queued", "running"):
             raise StratolabError(f"run {run['id']} is {run['state']}: stop it or let it end first", status=409)
+        if self.state.engine.argo is not None:
+            raise StratolabError("resume keeps the steps that succeeded, which a Workflow cannot be given: on Argo "
+                                 "Workflows start a new run (POST api/runs)", status=409)
         self.send(await self.state.resume(owner, run, from_step), 201)
 
 
@@ -203,6 +212,9 @@ class StepOutputHandler(RunBase):
         if found is None:
             raise NotFound(f"run {run['id']} has no step {step[:100]!r}")
         if found["run_id"] is None:
+            if self.state.engine.argo is not None and found["op"] == "execute-notebook-node":
+                raise NotFound(f"step {found['name']} ran on Argo Workflows: its executed notebook is the output "
+                               "artifact 'notebook' of its pod (argo logs / the Argo UI)")
             raise NotFound(f"step {found['name']} ran no notebook (state {found['state']})")
         fmt = self.get_query_argument("format", "ipynb")
         if fmt not in ("ipynb", "html"):
@@ -229,8 +241,20 @@ class SchedulesHandler(BaseHandler):
         if expr is not None:
             expr = cron.validate_cron(expr)
             next_at = cron.next_time(expr, tz, datetime.now(UTC))
+        parameters = _parameters(body.get("parameters"))
+        runner = self.state.engine.argo
+        if runner is not None:  # refused before a row is made, as a run would be
+            runner.check(_valid, owner, {**_valid.pipeline.parameters, **parameters})
+            if expr is not None and len(expr.split()) != 5:
+                raise InvalidInput(f"cron {expr!r}: Argo's CronWorkflows take five fields (no seconds)", field="cron")
         schedule = await asyncio.to_thread(self.state.store.create_schedule, owner, path, expr, tz_name,
-                                           _parameters(body.get("parameters")), next_at)
+                                           parameters, next_at)
+        if runner is not None and expr is not None:
+            try:
+                await runner.schedule(schedule, _valid)
+            except Exception:
+                await asyncio.to_thread(self.state.store.delete_schedule, schedule["id"])
+                raise
         self.send(schedule, 201)
 
 
@@ -249,6 +273,8 @@ class ScheduleHandler(ScheduleBase):
 
     async def delete(self, schedule_id: str) -> None:
         found = await self.mine(schedule_id)
+        if self.state.engine.argo is not None and found["cron"]:
+            await self.state.engine.argo.unschedule(found)
         await asyncio.to_thread(self.state.store.delete_schedule, found["id"])
         self.set_status(204)
         self.finish()
@@ -279,6 +305,58 @@ class EventsHandler(ScheduleBase):
                 raise InvalidInput(f"the event has no {required} (CloudEvents: ce-{required} header, or "
                                    f"{required} in a structured event)", field=required)
         return event
+
+
+class FilesBase(BaseHandler):
+    """`GET runtime/.../files`: the pipeline's files for the pods of its Workflow (argo_runner.py).
+
+    Not a hub token but the run's (or schedule's) files token (`Authorization: Bearer`): the pods hold
+    no user's credentials. A missing or wrong token is a 403 whether or not the run exists; without the
+    argo backend the route does not exist (404)."""
+
+    kind = "run"
+
+    def runner(self, ident: str) -> tuple[Any, int]:
+        runner = self.state.engine.argo
+        if runner is None:
+            raise NotFound("no such route (the pipelines service runs pipelines itself: backend local)")
+        number = path_id(ident, self.kind)
+        if not runner.check_token(self.kind, number, token_from_headers(self.request.headers)):
+            raise StratolabError("a valid files token is required (Authorization: Bearer ...)", status=403)
+        return runner, number
+
+    async def answer(self, owner: str, root: str, document: str) -> None:
+        home = self.state.home_of(owner)
+        valid = await asyncio.to_thread(validate, loads(document))
+        data = await asyncio.to_thread(lambda: pack(pipeline_files(home, root, valid)))
+        self.set_header("Content-Type", "application/gzip")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(data)
+
+
+class RunFilesHandler(FilesBase):
+    async def get(self, run_id: str) -> None:
+        _runner, number = self.runner(run_id)
+        run = await asyncio.to_thread(self.state.store.run, number, None, graph=False)
+        if run is None:
+            raise NotFound(f"no pipeline run {number}")
+        if run["state"] not in ("queued", "running"):
+            raise StratolabError(f"pipeline run {number} has ended ({run['state']})", status=410)
+        document = await asyncio.to_thread(self.state.store.document, number)
+        await self.answer(run["owner"], run["root"], document or "{}")
+
+
+class ScheduleFilesHandler(FilesBase):
+    kind = "schedule"
+
+    async def get(self, schedule_id: str) -> None:
+        _runner, number = self.runner(schedule_id)
+        schedule = await asyncio.to_thread(self.state.store.schedule, number)
+        if schedule is None:
+            raise NotFound(f"no pipeline schedule {number}")
+        home = self.state.home_of(schedule["owner"])
+        _path, root, text, _valid = await load_pipeline(home, {"path": schedule["path"]})
+        await self.answer(schedule["owner"], root, text)
 
 
 def resume_plan(document: str, previous: dict[str, Any], from_step: Any) -> tuple[set[str], dict[str, dict[str, Any]]]:

@@ -137,3 +137,23 @@ OPENAPI: dict[str, Any] = {
                       "responses": {"200": _json({"type": "object"})}}},
     },
 }
+
+
+# Internal: what the pods of a run's Workflow fetch (backend argo; stratolab/pipelines/argo_runner.py).
+OPENAPI["components"]["securitySchemes"]["filesToken"] = {
+    "type": "http", "scheme": "bearer",
+    "description": "HMAC of the run (or schedule), written into its Workflow's HTTP artifact",
+}
+_files_responses = {
+    "200": {"description": "The pipeline's notebooks and dependencies (.tar.gz)", "content": {"application/gzip": {}}},
+    "403": _json(_ref("Error"), "Missing or wrong files token"),
+    "404": _json(_ref("Error"), "No such run or schedule, or the local backend (no such route)"),
+    "410": _json(_ref("Error"), "The run has ended"),
+    "413": _json(_ref("Error"), "The files are over 512 MiB"),
+}
+OPENAPI["paths"]["/runtime/runs/{run_id}/files"] = {"get": {
+    "summary": "A run's files, for the pods of its Workflow (backend argo)", "tags": ["internal"],
+    "security": [{"filesToken": []}], "parameters": [_rid], "responses": _files_responses}}
+OPENAPI["paths"]["/runtime/schedules/{schedule_id}/files"] = {"get": {
+    "summary": "A schedule's files, for the Workflows its CronWorkflow starts (backend argo)", "tags": ["internal"],
+    "security": [{"filesToken": []}], "parameters": [_sid], "responses": _files_responses}}
