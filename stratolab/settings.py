@@ -209,6 +209,7 @@ class PlatformSettings:
 HUB, LAUNCHER, SERVER, CULLER, CLI = "hub", "launcher", "single-user server", "idle culler", "CLI and Python API"
 FUNCTIONS, SCHEDULER, TRIGGERS = "functions service", "scheduler", "triggers service"
 USAGE = "usage service"
+PIPELINES = "pipelines service"
 RUNTIME, RUN, AGENT = "function runtime (Knative pod)", "scheduled run (its kernel)", "run agent (Kubernetes Job)"
 ADAPTER = "trigger adapter (Knative ContainerSource)"
 PIPELINE_STEP = "pipeline step (Argo Workflow pod)"
@@ -305,6 +306,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("STRATOLAB_TRIGGERS_API_TOKEN", (HUB,), "", "The triggers service's API token.", set_by="Helm chart"),
     Variable("STRATOLAB_CULLER_API_TOKEN", (HUB,), "", "The idle culler's API token.", set_by="Helm chart"),
     Variable("STRATOLAB_USAGE_API_TOKEN", (HUB,), "", "The usage service's API token.", set_by="Helm chart"),
+    Variable("STRATOLAB_PIPELINES_API_TOKEN", (HUB,), "", "The pipelines service's API token.", set_by="Helm chart"),
     # the usage service (stratolab/usage/service/app.py, `--UsageService.*`) and its clients
     Variable("STRATOLAB_USAGE_DIR", (USAGE,), "<data dir>/usage", "The usage service's folder (prices.yaml and "
              "budgets.yaml there are read when no file is named).", set_by=HUB),
@@ -406,4 +408,5 @@ VARIABLES: tuple[Variable, ...] = (
 
 #: prefixes the hub passes on to its services as a whole (stratolab.hub.config), and that name families
 PREFIXES = ("STRATOLAB_FUNCTIONS_", "STRATOLAB_FUNCTION_", "STRATOLAB_JOBS_", "STRATOLAB_AUTOML_",
-            "STRATOLAB_SMTP_", "STRATOLAB_OIDC_", "STRATOLAB_TRIGGERS_", "STRATOLAB_USAGE_")
+            "STRATOLAB_SMTP_", "STRATOLAB_OIDC_", "STRATOLAB_TRIGGERS_", "STRATOLAB_USAGE_",
+            "STRATOLAB_PIPELINES_")

@@ -36,12 +36,13 @@ def service_apps() -> dict[str, Any]:
     """The service applications, by the component name readers use."""
     from stratolab.functions.service.app import FunctionsService
     from stratolab.jobs.service.app import SchedulerService
-    from stratolab.settings import FUNCTIONS, SCHEDULER, TRIGGERS, USAGE
+    from stratolab.pipelines.service.app import PipelinesService
+    from stratolab.settings import FUNCTIONS, PIPELINES, SCHEDULER, TRIGGERS, USAGE
     from stratolab.triggers.service.app import TriggersService
     from stratolab.usage.service.app import UsageService
 
     return {FUNCTIONS: FunctionsService, SCHEDULER: SchedulerService, TRIGGERS: TriggersService,
-            USAGE: UsageService}
+            USAGE: UsageService, PIPELINES: PipelinesService}
 
 
 def catalog() -> dict[str, Row]:

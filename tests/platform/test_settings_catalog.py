@@ -87,7 +87,7 @@ def test_a_service_setting_documents_its_option_and_default():
     assert "| `STRATOLAB_FUNCTIONS_MAX_HELD_MB` | `1024` | functions service |" in readme
     assert "(`--FunctionsService.max_held_mb`)" in readme
     assert "| `STRATOLAB_JOBS_EXECUTOR` | `local` | scheduler |" in readme
-    assert "| `STRATOLAB_SMTP_PORT` | `25` | scheduler, usage service |" in readme  # budget notices mail too
+    assert "| `STRATOLAB_SMTP_PORT` | `25` | scheduler, usage service, pipelines service |" in readme  # budget notices mail too
     assert "| `STRATOLAB_TRIGGERS_MAX_EVENT_MB` | `10.0` | triggers service |" in readme
     assert "(`--TriggersService.policy`)" in readme
 
