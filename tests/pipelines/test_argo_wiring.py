@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
+from test_kube_backend import NS, SETTINGS, WF, ArgoSim, assert_valid
 
 from fake_kube import FakeKube, fake_kube  # noqa: F401
 from jobs_support import notebook
@@ -42,7 +43,6 @@ from stratolab.platform.profiles import parse_profile
 from stratolab.platform.scopes import PIPELINES_RUN
 from stratolab.web import service_app
 from support import free_port
-from test_kube_backend import NS, SETTINGS, WF, ArgoSim, assert_valid
 
 PREFIX = "/services/pipelines/"
 TOKENS = {"alice-token": "alice", "bob-token": "bob"}

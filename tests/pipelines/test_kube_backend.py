@@ -39,7 +39,8 @@ SETTINGS = argo.ArgoSettings(namespace=NS, service_account="argo-runner", api_se
 
 
 def run(key: str = "r42", owner: str = "alice@example.org") -> argo.ArgoRun:
-    return argo.ArgoRun(key=key, owner=owner, files_url=f"http://pipelines.hub.svc:10105/services/pipelines/runtime/runs/{key}/files", files_token="t",
+    return argo.ArgoRun(key=key, owner=owner, files_token="t",
+                        files_url=f"http://pipelines.hub.svc:10105/services/pipelines/runtime/runs/{key}/files",
                         profiles={"gpu-1": parse_profile({"display_name": "GPU", "slug": "gpu-1"}),
                                   "cpu": parse_profile({"display_name": "CPU", "slug": "cpu"})})
 
