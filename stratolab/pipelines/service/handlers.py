@@ -296,7 +296,7 @@ class EventsHandler(ScheduleBase):
             event = {k[3:].lower(): v for k, v in self.request.headers.items() if k.lower().startswith("ce-")}
             try:
                 event["data"] = json.loads(body) if body else None
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
                 event["data"] = body.decode(errors="replace")
             if content_type:
                 event["datacontenttype"] = content_type
