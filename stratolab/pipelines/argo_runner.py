@@ -20,8 +20,12 @@ the live Workflows of the runs its rows say are active.
   `GET runtime/runs/{id}/files` (or `runtime/schedules/{id}/files` for a CronWorkflow's runs) with
   `Authorization: Bearer <token>`, the token an HMAC (`platform.tokens`) of "pipeline-files:run:<id>" by a
   key derived from the service's API token. It answers a .tar.gz of every notebook step's notebook and
-  dependencies, at their paths under the pipeline's folder, read from the owner's home when a step
-  starts (as the local engine reads them), only while the run is active.
+  dependencies, at their paths under the pipeline's folder, only while the run is active. A run's files
+  are a snapshot taken when the run is submitted (`files_dir`/run-ID.tar.gz, bounded by MAX_FILES_BYTES,
+  deleted when the run ends or is deleted): editing a notebook while the run goes on changes nothing in
+  it, as a scheduled run's notebook is snapshotted. Were the snapshot lost (the service's folder is not
+  kept across a move of its pod), it is taken again from the home, with a warning in the log. A
+  CronWorkflow's runs read the schedule's files when their steps start.
 """
 
 from __future__ import annotations
@@ -31,8 +35,10 @@ import contextlib
 import hashlib
 import io
 import logging
+import os
 import posixpath
 import tarfile
+import tempfile
 import time
 from collections.abc import Mapping
 from datetime import datetime
@@ -132,8 +138,12 @@ class ArgoRunner:
     """Pipeline runs as Workflows (see the module docstring)."""
 
     def __init__(self, backend: ArgoPipelineBackend, store: PipelineStore, *, internal_url: str, prefix: str,
-                 key: bytes, profiles: Mapping[str, Profile], default_profile: Profile | None) -> None:
+                 key: bytes, profiles: Mapping[str, Profile], default_profile: Profile | None,
+                 files_dir: Path | None = None, home_of: Any = None) -> None:
         self.backend = backend
+        self.files_dir = Path(files_dir) if files_dir is not None else Path(tempfile.gettempdir()) / "stratolab-pipeline-files"
+        #: owner -> their home (where a run's files are read from at submit)
+        self.home_of = home_of
         self.store = store
         self.base_url = internal_url.rstrip("/") + "/" + prefix.strip("/") + "/"
         self.key = key
@@ -167,6 +177,30 @@ class ArgoRunner:
             return key[len(ADOPTED):]
         return argo.workflow_name(str(run["id"]))
 
+    # --- a run's files: a snapshot taken at submit ----------------------------------------------------
+
+    def snapshot_path(self, run_id: int) -> Path:
+        return self.files_dir / f"run-{int(run_id)}.tar.gz"
+
+    def snapshot(self, run: Mapping[str, Any], valid: ValidPipeline, home: Path, *, again: bool = False) -> bytes:
+        """The run's files as its Workflow gets them: taken from the owner's home once (kept; a restarted
+        service submitting again keeps the first), then read back. Missing files are a 400 naming the step."""
+        path = self.snapshot_path(run["id"])
+        if path.is_file():
+            return path.read_bytes()
+        if again:
+            log.warning("pipeline run %s: its files' snapshot is gone (%s); taken again from the home", run["id"], path)
+        data = pack(pipeline_files(home, run["root"], valid))
+        self.files_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        partial = path.with_suffix(f".{os.getpid()}.partial")
+        partial.write_bytes(data)
+        os.replace(partial, path)
+        return data
+
+    def drop_snapshot(self, run_id: int) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.snapshot_path(run_id).unlink()
+
     # --- one run each round -----------------------------------------------------------------------
 
     async def reconcile(self, run: dict[str, Any], valid: ValidPipeline) -> None:
@@ -180,6 +214,12 @@ class ArgoRunner:
                 return
         elif run["state"] == "queued":
             if not adopted:
+                if self.home_of is not None:
+                    try:
+                        await asyncio.to_thread(self.snapshot, run, valid, self.home_of(run["owner"]))
+                    except (StratolabError, OSError) as e:
+                        await self._end(run, "failed", f"the pipeline's files: {getattr(e, 'message', None) or e}")
+                        return
                 try:
                     await self.backend.submit(valid, self.argo_run(str(run_id), run["owner"], "run", run_id,
                                                                    {**valid.pipeline.parameters, **run["parameters"]}))
@@ -228,12 +268,14 @@ class ArgoRunner:
                                             else None)
         await asyncio.to_thread(self.store.update_run, run["id"], state=state, error=error, finished_at=now,
                                 **({} if run.get("started_at") else {"started_at": now}))
+        await asyncio.to_thread(self.drop_snapshot, run["id"])
         log.info("pipeline run %s (Argo) %s%s", run["id"], state, f": {error}" if error else "")
 
     async def forget(self, run: Mapping[str, Any]) -> None:
         """A deleted run's Workflow (and its pods) go with it."""
         with contextlib.suppress(StratolabError):
             await self.backend.delete(self.workflow_of(run))
+        await asyncio.to_thread(self.drop_snapshot, run["id"])
 
     # --- schedules: CronWorkflows, and the runs Argo starts from them -------------------------------
 

@@ -33,15 +33,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
+import os
 import posixpath
 import re
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from tornado.httpclient import HTTPRequest
 
@@ -54,6 +58,7 @@ from stratolab.pipelines.argo_runner import ArgoRunner
 from stratolab.pipelines.flow import AUTOML_OP, CONDITION_OP, DEPLOY_OP, FUNCTION_OP, NOTEBOOK_OP, Pipeline, Step, loads
 from stratolab.pipelines.store import PipelineStore
 from stratolab.pipelines.validate import ValidPipeline, ancestors, validate
+from stratolab.platform.archive import extract_bundle
 from stratolab.platform.mail import SmtpSettings, send_mail
 from stratolab.platform.outbound import OutboundPolicy, OutboundRefused, guarded_client
 from stratolab.platform.scopes import FUNCTIONS_DEPLOY, FUNCTIONS_INVOKE, FUNCTIONS_SERVICE, JOBS_RUN, SCHEDULER_SERVICE
@@ -66,6 +71,13 @@ ROLLOUT_ENDED = ("promoted", "rolled_back", "aborted")
 TOKEN_LIFETIME_S = 900
 #: a token is renewed when it has less than this left
 TOKEN_MARGIN_S = 180
+#: while a run has a notebook or AutoML step running, the engine looks this often (seconds) ...
+FAST_POLL_S = 0.15
+#: ... with at most this many look-ups of the scheduler a second across every run (one list call per run
+#: and round: its steps' scheduler runs by the label pipeline_run); with more runs it looks less often
+MAX_POLLS_PER_S = 20.0
+#: how long a restarted deploy step waits for a version it had asked for to leave "pending"
+DEPLOY_WAIT_S = 600.0
 
 
 def token_scopes(owner: str) -> list[str]:
@@ -73,6 +85,41 @@ def token_scopes(owner: str) -> list[str]:
     return [f"{JOBS_RUN}!user={owner}", f"access:services!service={SCHEDULER_SERVICE}",
             f"{FUNCTIONS_DEPLOY}!user={owner}", f"{FUNCTIONS_INVOKE}!user={owner}",
             f"access:services!service={FUNCTIONS_SERVICE}"]
+
+
+def crash_point(hook: str, point: str) -> None:
+    """Test hook (`STRATOLAB_PIPELINES_CRASH_AT=POINT@FILE[,POINT@FILE...]`, off by default): the process exits at once, as
+    kill -9 would leave it, the first time it reaches `point`; FILE is made first, so the service the hub
+    starts again goes on. Points: `deploy.deployed` (the functions service made the version, its number
+    not stored yet), `deploy.rollout_started` (the rollout started, its id not stored yet)."""
+    for item in hook.split(","):
+        wanted, _, marker = item.strip().partition("@")
+        if wanted != point or not marker or Path(marker).exists():
+            continue
+        Path(marker).write_text(point)
+        log.warning("test hook: exiting at %s", point)
+        os._exit(137)
+
+
+def bundle_digest(bundle: bytes) -> str:
+    """The digest the functions service gives a version of this .tar.gz bundle: sha256 over every file's
+    relative path and content's sha256 (stratolab/functions/bundle.py's `bundle_digest`, which a test
+    keeps equal), computed on the bundle as the service unpacks it."""
+    with tempfile.TemporaryDirectory(prefix="stratolab-pipeline-bundle-") as tmp:
+        extract_bundle(bundle, Path(tmp))
+        outer = hashlib.sha256()
+        for path in sorted(p for p in Path(tmp).rglob("*") if p.is_file()):
+            inner = hashlib.sha256(path.read_bytes()).hexdigest()
+            outer.update(f"{path.relative_to(tmp).as_posix()}\0{inner}\n".encode())
+        return outer.hexdigest()
+
+
+def _version_of(answer: Mapping[str, Any]) -> int | None:
+    """The version number a deploy's answer names (its `version`, else the highest of its versions)."""
+    if isinstance(answer.get("version"), int):
+        return int(answer["version"])
+    versions = [int(v.get("version", 0)) for v in answer.get("versions") or [] if isinstance(v, dict)]
+    return max(versions) if versions else None
 
 
 def notebook_folder(root: str, step: Step) -> str:
@@ -139,7 +186,7 @@ class Notifier:
 class Engine:
     def __init__(self, store: PipelineStore, *, hub: HubAPI | None, scheduler_url: str, functions_url: str,
                  home_of: Callable[[str], Path], notifier: Notifier | None = None, tick_s: float = 1.0,
-                 public_url: str = "", token_for: Callable[[str], Any] | None = None) -> None:
+                 public_url: str = "", token_for: Callable[[str], Any] | None = None, crash_at: str = "") -> None:
         self.store = store
         self.hub = hub
         self.scheduler_url = scheduler_url
@@ -159,6 +206,10 @@ class Engine:
         self.each_round: list[Callable[[], Any]] = []
         #: with STRATOLAB_PIPELINES_BACKEND=argo, what runs each run as a Workflow
         self.argo: ArgoRunner | None = None
+        #: the test hook (`crash_point`); empty: off
+        self.crash_at = crash_at
+        #: runs whose last round left a notebook or AutoML step running (the next round comes sooner)
+        self._watching: set[int] = set()
 
     # --- the loop --------------------------------------------------------------------------------
 
@@ -177,6 +228,14 @@ class Engine:
     def wake(self) -> None:
         self._wake.set()
 
+    def pause_s(self) -> float:
+        """Seconds until the next round when nothing wakes the engine: `tick_s`, or, while scheduler runs
+        or searches of steps are under way, FAST_POLL_S, stretched so that the rounds' look-ups (one per
+        such pipeline run) stay under MAX_POLLS_PER_S (and never beyond `tick_s`)."""
+        if not self._watching:
+            return self.tick_s
+        return min(self.tick_s, max(FAST_POLL_S, len(self._watching) / MAX_POLLS_PER_S))
+
     async def _run(self) -> None:
         while not self._stopping:
             self._wake.clear()
@@ -185,7 +244,7 @@ class Engine:
             except Exception:
                 log.exception("pipelines round failed")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.tick_s)
+                await asyncio.wait_for(self._wake.wait(), self.pause_s())
 
     async def round(self) -> None:
         for hook in self.each_round:
@@ -194,6 +253,7 @@ class Engine:
             except Exception:
                 log.exception("pipelines: a round's hook failed")
         ids = await asyncio.to_thread(self.store.active_ids)
+        self._watching &= set(ids)
         await asyncio.gather(*(self._reconcile_safely(i) for i in ids))
 
     async def _reconcile_safely(self, run_id: int) -> None:
@@ -238,7 +298,7 @@ class Engine:
         log.info("pipeline run %s %s%s", run_id, state, f": {error}" if error else "")
 
     async def reconcile(self, run_id: int) -> None:
-        run = await asyncio.to_thread(self.store.run, run_id, None, graph=False)
+        run = await asyncio.to_thread(self.store.run, run_id, None, graph=False, intents=True)
         if run is None or run["state"] not in ("queued", "running"):
             return
         document = await asyncio.to_thread(self.store.document, run_id)
@@ -260,7 +320,7 @@ class Engine:
             return
         changed = await self._poll(run, pipeline, steps)
         if changed:
-            run = await asyncio.to_thread(self.store.run, run_id, None, graph=False)
+            run = await asyncio.to_thread(self.store.run, run_id, None, graph=False, intents=True)
             assert run is not None
             steps = {s["id"]: s for s in run["steps"]}
         states = {sid: plan_state(s["state"]) for sid, s in steps.items()}
@@ -313,9 +373,31 @@ class Engine:
                                     error="stopped by the user")
         await self._finish(run_id, "stopped", None)
 
+    async def _scheduler_runs(self, run: dict[str, Any], steps: Mapping[str, dict[str, Any]],
+                              pipeline: Pipeline) -> dict[int, dict[str, Any]]:
+        """The scheduler runs of this run's running notebook steps, by id: one list call (the label
+        pipeline_run), then one look-up for any the list left out; watched while any is under way."""
+        wanted = {int(s["run_id"]) for sid, s in steps.items()
+                  if s["state"] == "running" and s["run_id"] is not None and pipeline.steps[sid].op == NOTEBOOK_OP}
+        running_searches = any(s["state"] == "running" and pipeline.steps[sid].op == AUTOML_OP
+                               for sid, s in steps.items())
+        if wanted or running_searches:
+            self._watching.add(run["id"])
+        else:
+            self._watching.discard(run["id"])
+        if not wanted:
+            return {}
+        scheduler = await self.scheduler(run["owner"])
+        listed = await scheduler.runs(label=f"pipeline_run={run['id']}", limit=str(500))
+        found = {int(j["id"]): j for j in listed if isinstance(j, dict) and int(j.get("id", 0)) in wanted}
+        for missing in sorted(wanted - set(found)):
+            found[missing] = await scheduler.run(missing)
+        return found
+
     async def _poll(self, run: dict[str, Any], pipeline: Pipeline, steps: Mapping[str, dict[str, Any]]) -> bool:
         run_id, owner = run["id"], run["owner"]
         changed = False
+        jobs = await self._scheduler_runs(run, steps, pipeline)
         for sid, s in steps.items():
             if s["state"] != "running":
                 continue
@@ -330,7 +412,7 @@ class Engine:
                 continue
             if s["run_id"] is None:
                 continue
-            job = await (await self.scheduler(owner)).run(s["run_id"])
+            job = jobs.get(int(s["run_id"])) or {}
             outcome = JOB_DONE.get(job.get("state", ""))
             if outcome is None:
                 continue
@@ -568,35 +650,54 @@ class Engine:
 
     async def _deploy(self, run: dict[str, Any], pipeline: Pipeline, step: Step,
                       steps: Mapping[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Deploy the source step's bundle as a new version, then (a `rollout` and a function that serves
+        already) start a rollout to it and wait for its end.
+
+        Each side effect survives a crash of this process between asking and storing the answer: the
+        intent is stored first (the bundle's digest, the highest version before, whether a rollout
+        follows: the step's hidden `_intent` record), and a restarted step recognises what was done: a
+        version above that number with that digest is its version (waited for while the functions
+        service still readies it), and a rollout whose candidate is its version is its rollout (found
+        before starting one, and on a 409)."""
         owner, name = run["owner"], str(step.params["function"])
         functions = await self.functions(owner)
         current = steps.get(step.id) or {}
         rollout_id, version = current.get("rollout_id"), current.get("function_version")
+        intent = dict(current.get("intent") or {})
         settings = step.params.get("rollout")
         if rollout_id is None:
-            source = pipeline.by_name(str(step.params["source"]))
-            assert source is not None  # validate.py checked it
-            source_row = steps.get(source.id) or {}
-            if source.op == AUTOML_OP:  # the search's best trial's model
-                if source_row.get("automl_job_id") is None:
-                    raise StratolabError(f"step {source.name!r} has no AutoML search to take the model from")
-                bundle = await (await self.scheduler(owner)).automl_bundle(int(source_row["automl_job_id"]))
-            else:
-                job_run_id = source_row.get("run_id")
-                if job_run_id is None:
-                    raise StratolabError(f"step {source.name!r} has no scheduler run to take the model from")
-                bundle = await (await self.scheduler(owner)).bundle(job_run_id, str(step.params.get("model") or "model"))
-            existing = await functions.function(name)
-            with_rollout = bool(settings) and existing is not None and bool(existing.get("traffic"))
-            answer = await functions.deploy(name, bundle, promote=not with_rollout)
-            versions = [int(v.get("version", 0)) for v in answer.get("versions") or [] if isinstance(v, dict)]
-            version = max(versions) if versions else None
-            await asyncio.to_thread(self.store.update_step, run["id"], step.id, function_version=version)
+            if version is None:
+                bundle = await self._source_bundle(owner, pipeline, step, steps)
+                digest = await asyncio.to_thread(bundle_digest, bundle)
+                if intent.get("digest") == digest:  # asked before a restart: the version may be there
+                    version = await self._deployed_version(functions, name, intent)
+                if version is None:
+                    existing = await functions.function(name)
+                    numbers = [int(v.get("version", 0)) for v in (existing or {}).get("versions") or []
+                               if isinstance(v, dict)]
+                    intent = {"digest": digest, "after": max(numbers, default=0),
+                              "with_rollout": bool(settings) and existing is not None and bool(existing.get("traffic"))}
+                    await asyncio.to_thread(self.store.update_step, run["id"], step.id, records={"_intent": intent})
+                    answer = await functions.deploy(name, bundle, promote=not intent["with_rollout"])
+                    version = _version_of(answer)
+                    crash_point(self.crash_at, "deploy.deployed")
+                await asyncio.to_thread(self.store.update_step, run["id"], step.id, function_version=version)
+            with_rollout = bool(intent.get("with_rollout", bool(settings)))
             if not with_rollout:
                 return {"function_version": version, "phase": "promoted", "weight": 100}, {"function_version": version}
-            body = {"to": version, **{k: v for k, v in dict(settings or {}).items() if k != "to"}}
-            rollout = await functions.start_rollout(name, body)
-            rollout_id = int(rollout["id"])
+            rollout_id = await self._rollout_of(functions, name, version)
+            if rollout_id is None:
+                body = {"to": version, **{k: v for k, v in dict(settings or {}).items() if k != "to"}}
+                try:
+                    rollout = await functions.start_rollout(name, body)
+                except StratolabError as e:
+                    # the rollout asked for before a restart may have started after the look above
+                    rollout_id = await self._rollout_of(functions, name, version) if e.status == 409 else None
+                    if rollout_id is None:
+                        raise
+                else:
+                    rollout_id = int(rollout["id"])
+                    crash_point(self.crash_at, "deploy.rollout_started")
             await asyncio.to_thread(self.store.update_step, run["id"], step.id, rollout_id=rollout_id)
         while True:
             rollout = await functions.rollout(name, int(rollout_id))
@@ -610,6 +711,51 @@ class Engine:
             reason = (rollout.get("last_judgement") or {}).get("verdict") or rollout["phase"]
             raise StratolabError(f"the rollout of version {version} of {name} ended {rollout['phase']} ({reason})")
         return records, {"function_version": version, "rollout_id": rollout_id}
+
+    async def _source_bundle(self, owner: str, pipeline: Pipeline, step: Step,
+                             steps: Mapping[str, dict[str, Any]]) -> bytes:
+        source = pipeline.by_name(str(step.params["source"]))
+        assert source is not None  # validate.py checked it
+        source_row = steps.get(source.id) or {}
+        if source.op == AUTOML_OP:  # the search's best trial's model
+            if source_row.get("automl_job_id") is None:
+                raise StratolabError(f"step {source.name!r} has no AutoML search to take the model from")
+            return await (await self.scheduler(owner)).automl_bundle(int(source_row["automl_job_id"]))
+        job_run_id = source_row.get("run_id")
+        if job_run_id is None:
+            raise StratolabError(f"step {source.name!r} has no scheduler run to take the model from")
+        return await (await self.scheduler(owner)).bundle(job_run_id, str(step.params.get("model") or "model"))
+
+    async def _deployed_version(self, functions: FunctionsAPI, name: str, intent: Mapping[str, Any]) -> int | None:
+        """The version a deploy asked for before a restart made (above `intent["after"]`, with its digest),
+        once the functions service has readied it; None when there is none (the request never arrived)."""
+        deadline = time.monotonic() + DEPLOY_WAIT_S
+        while True:
+            fn = await functions.function(name)
+            ours = sorted((v for v in (fn or {}).get("versions") or [] if isinstance(v, dict)
+                           and int(v.get("version", 0)) > int(intent.get("after", 0))
+                           and v.get("digest") == intent.get("digest")), key=lambda v: int(v["version"]))
+            if not ours:
+                return None
+            found = ours[0]
+            if found.get("state") == "failed":
+                raise StratolabError(f"version {found['version']} of {name} failed its readiness check: "
+                                     f"{found.get('error') or 'no reason given'}")
+            if found.get("state") != "pending":
+                return int(found["version"])
+            if time.monotonic() > deadline:
+                raise StratolabError(f"version {found['version']} of {name} was still pending after "
+                                     f"{DEPLOY_WAIT_S:.0f}s")
+            await asyncio.sleep(1.0)
+
+    @staticmethod
+    async def _rollout_of(functions: FunctionsAPI, name: str, version: int | None) -> int | None:
+        """The newest rollout of `name` whose candidate is `version` (started before a restart), if any."""
+        answer = await functions.call("GET", f"api/functions/{quote(name, safe='')}/rollouts")
+        for rollout in answer.get("rollouts") or []:  # newest first
+            if isinstance(rollout, dict) and rollout.get("candidate") == version:
+                return int(rollout["id"])
+        return None
 
     async def _notify_skipped(self, run: dict[str, Any], step: Step) -> None:
         notify = step.params.get("notify")

@@ -38,16 +38,27 @@ def _duration(start: datetime | None, end: datetime | None) -> float | None:
     return round(((end or utcnow()) - start).total_seconds(), 3)
 
 
-def step_json(row: PipelineStep) -> dict[str, Any]:
-    return {
+#: a step's hidden record: what the engine asked for before it knows the answer (engine.py, deploy steps);
+#: never shown by the API
+INTENT = "_intent"
+
+
+def step_json(row: PipelineStep, *, intents: bool = False) -> dict[str, Any]:
+    """A step as the API shows it; `intents`: with its hidden intent as "intent" (the engine's view)."""
+    records = json.loads(row.records or "{}")
+    intent = records.pop(INTENT, None) if isinstance(records, dict) else None
+    out = {
         "id": row.node_id, "name": row.name, "op": row.op, "state": row.state,
         "started_at": _iso(row.started_at), "finished_at": _iso(row.finished_at),
         "duration": _duration(row.started_at, row.finished_at),
         "run_id": row.job_run_id, "automl_job_id": row.automl_job_id,
-        "records": json.loads(row.records or "{}"), "outputs": json.loads(row.outputs or "[]"),
+        "records": records, "outputs": json.loads(row.outputs or "[]"),
         "error": row.error, "branch": row.branch, "function_version": row.function_version,
         "rollout_id": row.rollout_id, "cache_key": row.cache_key,
     }
+    if intents:
+        out["intent"] = intent
+    return out
 
 
 def graph_of(document: str) -> dict[str, Any]:
@@ -70,7 +81,8 @@ def graph_of(document: str) -> dict[str, Any]:
     return {"nodes": nodes, "edges": edges}
 
 
-def run_json(row: PipelineRun, steps: Iterable[PipelineStep], *, graph: bool = True) -> dict[str, Any]:
+def run_json(row: PipelineRun, steps: Iterable[PipelineStep], *, graph: bool = True,
+             intents: bool = False) -> dict[str, Any]:
     out = {
         "id": row.id, "owner": row.owner, "pipeline": row.pipeline, "path": row.path, "root": row.root,
         "state": row.state, "trigger": row.trigger, "parameters": json.loads(row.parameters or "{}"),
@@ -78,7 +90,7 @@ def run_json(row: PipelineRun, steps: Iterable[PipelineStep], *, graph: bool = T
         "created_at": _iso(row.created_at), "started_at": _iso(row.started_at),
         "finished_at": _iso(row.finished_at), "duration": _duration(row.started_at, row.finished_at),
         "error": row.error, "stop_requested": row.stop_requested, "idempotency_key": row.idempotency_key,
-        "steps": [step_json(s) for s in steps],
+        "steps": [step_json(s, intents=intents) for s in steps],
     }
     if graph:
         out["graph"] = graph_of(row.document)
@@ -127,18 +139,20 @@ class PipelineStore:
                                                             PipelineRun.idempotency_key == idempotency_key)).one()
                 return self._load(s, found)
 
-    def _load(self, s: Session, row: PipelineRun, graph: bool = True) -> dict[str, Any]:
+    def _load(self, s: Session, row: PipelineRun, graph: bool = True, intents: bool = False) -> dict[str, Any]:
         steps = s.scalars(select(PipelineStep).where(PipelineStep.pipeline_run_id == row.id)
                           .order_by(PipelineStep.id)).all()
-        out = run_json(row, steps, graph=graph)
+        out = run_json(row, steps, graph=graph, intents=intents)
         return out
 
-    def run(self, run_id: int, owner: str | None = None, *, graph: bool = True) -> dict[str, Any] | None:
+    def run(self, run_id: int, owner: str | None = None, *, graph: bool = True,
+            intents: bool = False) -> dict[str, Any] | None:
+        """A run as the API shows it; `intents`: its steps' hidden intents too (the engine's view)."""
         with session_scope(self.sessions) as s:
             row = s.get(PipelineRun, run_id)
             if row is None or (owner is not None and row.owner != owner):
                 return None
-            return self._load(s, row, graph)
+            return self._load(s, row, graph, intents)
 
     def run_by_key(self, owner: str, idempotency_key: str) -> dict[str, Any] | None:
         with session_scope(self.sessions) as s:

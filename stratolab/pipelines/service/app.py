@@ -148,6 +148,13 @@ class PipelinesService(HubService):
     profiles_file = Unicode("", help="YAML/JSON profile list (KubeSpawner's profile_list shape): the profiles "
                             "notebook steps run in on Argo (the scheduler's list); empty: the built-in CPU profile.").tag(
         config=True, env="STRATOLAB_PROFILES_FILE")
+    crash_at = Unicode("", help="Test hook, off when empty: POINT@FILE (comma-separated, several) makes the "
+                       "service exit at once (as kill -9 would) the first time it reaches POINT (deploy.deployed, "
+                       "deploy.rollout_started) unless FILE exists, which it makes first (engine.py, crash_point).").tag(
+        config=True, env="STRATOLAB_PIPELINES_CRASH_AT")
+    files_dir = Unicode("", help="Where the snapshots of the pipeline's files of the active runs on Argo are kept "
+                        "(one .tar.gz each, taken when the run is submitted, deleted when it ends).").tag(
+        config=True, env="STRATOLAB_PIPELINES_FILES_DIR", default_text="stratolab-pipeline-files in the temp folder")
     outbound_allow = Unicode("", help="Networks (comma-separated CIDRs) notification webhooks may reach besides "
                              "public addresses.").tag(config=True, env=OUTBOUND_ENV, default_text="none")
 
@@ -188,7 +195,7 @@ class PipelinesService(HubService):
         engine = Engine(self.store, hub=hub, scheduler_url=self.scheduler_url.rstrip("/") + "/",
                         functions_url=self.functions_url.rstrip("/") + "/", home_of=self.home_of,
                         notifier=Notifier(self.smtp_config.smtp_settings(), self.outbound_policy),
-                        tick_s=self.tick, public_url=self.public_url)
+                        tick_s=self.tick, public_url=self.public_url, crash_at=self.crash_at)
         state = PipelinesState(hub_auth=hub_auth, store=self.store, engine=engine, homes=self.home_of)
         engine.each_round.append(state.fire_due)
         if self.backend_settings.uses_argo:
@@ -219,7 +226,8 @@ class PipelinesService(HubService):
         log.info("pipelines run as Argo Workflows in namespace %s", settings.namespace)
         return ArgoRunner(ArgoPipelineBackend(kube, settings), self.store, internal_url=self.backend_settings.internal_url,
                           prefix=self.prefix, key=files_key(self.hub_api_token), profiles=profiles,
-                          default_profile=choose_profile(list(profiles.values()), None) if profiles else None)
+                          default_profile=choose_profile(list(profiles.values()), None) if profiles else None,
+                          files_dir=Path(self.files_dir) if self.files_dir.strip() else None, home_of=self.home_of)
 
 
 def main() -> None:

@@ -336,14 +336,20 @@ class FilesBase(BaseHandler):
 
 class RunFilesHandler(FilesBase):
     async def get(self, run_id: str) -> None:
-        _runner, number = self.runner(run_id)
+        runner, number = self.runner(run_id)
         run = await asyncio.to_thread(self.state.store.run, number, None, graph=False)
         if run is None:
             raise NotFound(f"no pipeline run {number}")
         if run["state"] not in ("queued", "running"):
             raise StratolabError(f"pipeline run {number} has ended ({run['state']})", status=410)
         document = await asyncio.to_thread(self.state.store.document, number)
-        await self.answer(run["owner"], run["root"], document or "{}")
+        valid = await asyncio.to_thread(validate, loads(document or "{}"))
+        # the snapshot taken when the run was submitted (argo_runner.py): the files as they were then
+        home = self.state.home_of(run["owner"])
+        data = await asyncio.to_thread(lambda: runner.snapshot(run, valid, home, again=True))
+        self.set_header("Content-Type", "application/gzip")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(data)
 
 
 class ScheduleFilesHandler(FilesBase):
