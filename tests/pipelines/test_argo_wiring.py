@@ -77,7 +77,8 @@ class Service:
                              home_of=self.home_of, tick_s=0.05)
         backend = ArgoPipelineBackend(KubeClient.for_host(self.fake.url, NS), SETTINGS)
         self.runner = ArgoRunner(backend, self.store, internal_url=f"http://127.0.0.1:{self.port}", prefix=PREFIX,
-                                 key=files_key("the-service-api-token"), profiles=PROFILES, default_profile=None)
+                                 key=files_key("the-service-api-token"), profiles=PROFILES, default_profile=None,
+                                 files_dir=self.homes.parent / "snapshots", home_of=self.home_of)
         self.engine.argo = self.runner
         if not hasattr(self, "state"):
             self.state = PipelinesState(hub_auth=HubStandIn(), store=self.store, engine=self.engine, homes=self.home_of)
@@ -179,6 +180,11 @@ def test_a_run_is_one_workflow_whose_steps_the_api_follows_across_a_restart(tmp_
             assert status == 200
             with tarfile.open(fileobj=io.BytesIO(body), mode="r:gz") as tar:
                 assert sorted(tar.getnames()) == ["score_champion.ipynb", "train.ipynb"]
+            # a snapshot taken at submit: editing the notebook now changes nothing in the run
+            snapshot = service.runner.snapshot_path(run_id)
+            assert snapshot.is_file() and snapshot.read_bytes() == body
+            (service.home_of("alice") / "ml" / "train.ipynb").write_text('{"edited": true}')
+            assert await service.call("GET", f"runtime/runs/{run_id}/files", token=None, headers=header) == (200, body)
             assert (await service.call("GET", f"runtime/runs/{run_id}/files", token=None))[0] == 403
             assert (await service.call("GET", f"runtime/runs/{run_id}/files"))[0] == 403  # a hub token is not it
             other = {"Authorization": f"Bearer {service.runner.token('run', run_id + 1)}"}
@@ -199,6 +205,7 @@ def test_a_run_is_one_workflow_whose_steps_the_api_follows_across_a_restart(tmp_
             assert len(sim.seen) == 1  # never submitted twice
             # the run has ended: its files are no longer served
             assert (await service.call("GET", f"runtime/runs/{run_id}/files", token=None, headers=header))[0] == 410
+            assert not snapshot.exists()  # deleted with the run's end
             # another user sees none of it
             assert (await service.call("GET", f"api/runs/{run_id}", token="bob-token"))[0] == 404
             assert (await service.call("GET", "api/runs", token="bob-token"))[1] == {"runs": []}
