@@ -29,6 +29,21 @@ MAX_URL_BYTES = 16 * 1024
 MAX_HEADER_BYTES = 1024 * 1024 + 64 * 1024
 
 
+#: a \\uD800-\\uDFFF escape in a JSON body: a lone one parses to a string no database or file name holds
+_SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89a-fA-F]")
+
+
+def _is_text(data: Any) -> bool:
+    """Whether every string in parsed JSON is encodable text (no lone surrogate)."""
+    try:
+        json.dumps(data, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return False
+    except (ValueError, RecursionError):  # nested deeper than the encoder goes
+        return True
+    return True
+
+
 def path_id(raw: str, what: str, low: int = 1) -> int:
     """A numeric id from the URL path (from `low`: trial numbers start at 0); one out of the
     database's range is a 404 like any missing one."""
@@ -194,6 +209,8 @@ class ServiceHandler(web.RequestHandler):
             raise InvalidInput(f"the body is not valid JSON: {str(e)[:200] or 'nested too deeply'}") from None
         if not isinstance(data, dict):
             raise InvalidInput("the body must be a JSON object")
+        if _SURROGATE_ESCAPE.search(self.request.body) and not _is_text(data):
+            raise InvalidInput("the body is not valid JSON text: it has a lone surrogate (\\ud800-\\udfff)")
         return data
 
     def send(self, data: Any, status: int = 200) -> None:

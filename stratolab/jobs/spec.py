@@ -4,6 +4,7 @@ names the field. The HTTP layer and the CLI's local checks share it."""
 from __future__ import annotations
 
 import json
+import math
 import posixpath
 import re
 import uuid
@@ -26,6 +27,15 @@ FIELDS = (
 )
 
 
+def _is_utf8(text: str) -> bool:
+    """False for a string that no file name can hold: JSON's "\\ud800" (a lone surrogate) parses to one."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def notebook_path(raw: Any, field: str = "notebook") -> str:
     """A path relative to the user's home, normalised; a 400 for anything that could leave it."""
     if not isinstance(raw, str) or not raw.strip():
@@ -33,6 +43,8 @@ def notebook_path(raw: Any, field: str = "notebook") -> str:
     path = raw.strip().replace("\\", "/")
     if path.startswith("/") or path.startswith("~") or "\x00" in path:
         raise InvalidInput(f"{raw[:100]!r}: give the path relative to your home directory", field=field)
+    if not _is_utf8(path):
+        raise InvalidInput(f"{raw[:100]!r} is not valid text (a lone surrogate)", field=field)
     parts = [p for p in path.split("/") if p not in ("", ".")]
     if len(path) > 1024 or any(len(p.encode()) > 255 for p in parts):
         raise InvalidInput(f"{raw[:100]!r}...: the path or one of its names is too long", field=field)
@@ -71,7 +83,8 @@ def notebook_content(raw: Any, field: str = "content") -> dict:
 def _int(raw: Any, field: str, low: int, high: int | None = None, optional: bool = False) -> int | None:
     if raw is None and optional:
         return None
-    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or int(raw) != raw:
+    finite = not isinstance(raw, float) or math.isfinite(raw)  # JSON's 1e999 parses to infinity
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not finite or int(raw) != raw:
         raise InvalidInput(f"{field} must be a whole number", field=field)
     value = int(raw)
     if value < low or (high is not None and value > high):
@@ -139,8 +152,7 @@ def validate_schedule(body: dict[str, Any], *, partial: bool, smtp_configured: b
                 field="name")
         out["name"] = name
     if "timezone" in body or not partial:
-        tz_name = (body.get("timezone") or "UTC").strip()
-        cron.parse_timezone(tz_name)
+        tz_name = cron.parse_timezone(body.get("timezone")).key
         out["timezone"] = tz_name
     if "cron" in body:
         out["cron"] = cron.validate_cron(body["cron"]) if body["cron"] not in (None, "") else None
@@ -218,6 +230,8 @@ def relative_path(raw: Any, field: str) -> str:
     path = raw.strip().replace("\\", "/")
     if path.startswith("/") or path.startswith("~") or "\x00" in path:
         raise InvalidInput(f"{raw[:100]!r}: give a relative path", field=field)
+    if not _is_utf8(path):
+        raise InvalidInput(f"{raw[:100]!r} is not valid text (a lone surrogate)", field=field)
     parts = [p for p in path.split("/") if p not in ("", ".")]
     if len(path) > 1024 or any(len(p.encode()) > 255 for p in parts):
         raise InvalidInput(f"{raw[:100]!r}...: the path or one of its names is too long", field=field)

@@ -23,12 +23,14 @@ from stratolab.errors import InvalidInput
 
 def parse_timezone(name: str | None, field: str = "timezone") -> ZoneInfo:
     """The ZoneInfo for an IANA name; a 400 naming `field` for anything else."""
+    if name is not None and not isinstance(name, str):
+        raise InvalidInput("timezone must be an IANA name such as Europe/Berlin", field=field)
     name = (name or "UTC").strip()
-    if not name or "\\" in name or name.startswith("/") or ".." in name:
+    if not name or "\\" in name or name.startswith("/") or ".." in name or "\x00" in name:
         raise InvalidInput(f"unknown time zone {name!r}: use an IANA name such as Europe/Berlin", field=field)
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # UnicodeEncodeError (a lone surrogate) is a ValueError
         raise InvalidInput(f"unknown time zone {name!r}: use an IANA name such as Europe/Berlin", field=field) from None
 
 

@@ -357,8 +357,8 @@ class JobService:
     # --- helpers for the dialog ------------------------------------------------------------------
 
     def preview(self, body: dict[str, Any]) -> dict[str, Any]:
-        tz_name = (body.get("timezone") or "UTC").strip()
-        tz = cron.parse_timezone(tz_name)
+        tz = cron.parse_timezone(body.get("timezone"))  # a 400 for anything but a time zone's name
+        tz_name = tz.key
         expr = cron.validate_cron(body.get("cron"))
         count = body.get("count", 3)
         if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= 50:
