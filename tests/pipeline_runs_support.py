@@ -100,10 +100,16 @@ def get_run(hub, user, run_id: int) -> dict:
 
 
 def wait_run(hub, user, run_id: int, timeout: float = 240, each: Callable[[dict], None] | None = None) -> dict:
-    """The run once it has ended; `each(run)` is called at every poll (to drive traffic, say)."""
+    """The run once it has ended; `each(run)` is called at every poll (to drive traffic, say). A 502/503
+    (the pipelines service restarting, the hub's proxy answering for it) is waited out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        run = get_run(hub, user, run_id)
+        r = api(hub, user, "GET", f"api/runs/{run_id}")
+        if r.status_code in (502, 503):
+            time.sleep(0.3)
+            continue
+        assert r.status_code == 200, r.text
+        run = r.json()
         if run["state"] in FINAL:
             return run
         if each is not None:

@@ -301,9 +301,11 @@ class Engine:
         run = await asyncio.to_thread(self.store.run, run_id, None, graph=False, intents=True)
         if run is None or run["state"] not in ("queued", "running"):
             return
-        document = await asyncio.to_thread(self.store.document, run_id)
-        assert document is not None
-        valid = self.pipeline_of(run_id, document)
+        valid = self._valid.get(run_id)
+        if valid is None:  # read once per run (rounds come every 0.15 s while steps run)
+            document = await asyncio.to_thread(self.store.document, run_id)
+            assert document is not None
+            valid = self.pipeline_of(run_id, document)
         if self.argo is not None:  # the run is a Workflow: argo_runner.py moves it and reads its steps
             await self.argo.reconcile(run, valid)
             if (await asyncio.to_thread(self.store.run, run_id, None, graph=False) or {}).get("state") not in (
