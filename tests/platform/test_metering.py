@@ -204,6 +204,25 @@ def test_an_offset_that_went_back_counts_nothing_twice(db, tmp_path):
     journal.close()
 
 
+def test_a_fold_goes_on_from_the_stored_offset_not_from_the_one_it_remembers(db, tmp_path):
+    """A fold starts where this process's last fold left the offset without reading it again, but the
+    compare-and-set checks it: one that another fold moved meanwhile is read, and folded from."""
+    _, sessions = db
+    journal = CallJournal(tmp_path / "calls.journal", Ledger(sessions, "functions"))
+    for i in range(10):
+        journal.record("ann", "fn", 1, 1.0, 0.01, ok=True, ended_at=T0.timestamp() + i)
+    assert journal.fold() == 10
+    for i in range(5):
+        journal.record("ann", "fn", 1, 1.0, 0.02, ok=True, ended_at=T0.timestamp() + 10 + i)
+    with session_scope(sessions) as s:  # another fold took two of the five (its rows are left out here)
+        s.execute(sa.update(UsageJournalOffset).values(offset=UsageJournalOffset.offset + 2 * SLOT))
+    assert journal.fold() == 3 and journal.fold() == 0
+    assert folded(sessions) == (13, 10 * 10_000 + 3 * 20_000)
+    for i in range(4):  # and from there on, the offset it stored
+        journal.record("ann", "fn", 1, 1.0, 0.03, ok=True, ended_at=T0.timestamp() + 20 + i)
+    assert journal.close() == 4 and folded(sessions) == (17, 10 * 10_000 + 3 * 20_000 + 4 * 30_000)
+
+
 CHILD = textwrap.dedent("""
     import os, signal, sys, time
     from stratolab.db import make_engine, session_factory
