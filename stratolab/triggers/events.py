@@ -12,9 +12,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 import re
 import string
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -79,15 +79,16 @@ class CloudEvent:
 
 def new_event(source: str, type: str, data: bytes = b"", *, datacontenttype: str | None = JSON,
               subject: str | None = None, id: str | None = None, key: str | None = None,
-              time: datetime | None = None, **extensions: str | None) -> CloudEvent:
+              time: datetime | str | None = None, **extensions: str | None) -> CloudEvent:
     """An event a source makes: a random id unless the source has a stable one (a stream's sequence
-    number, an outbox row's id: then a redelivery is recognised as the same event)."""
+    number, an outbox row's id: then a redelivery is recognised as the same event). `time` is now unless
+    given (a string: already RFC 3339, as a batch's events share it)."""
     ext = {k: str(v) for k, v in extensions.items() if v is not None}
     if key is not None:
         ext[PARTITION_KEY] = key
     return CloudEvent(
-        id=id or uuid.uuid4().hex, source=source, type=type, data=data, datacontenttype=datacontenttype,
-        subject=subject, time=rfc3339(time or datetime.now(UTC)), extensions=ext,
+        id=id or os.urandom(16).hex(), source=source, type=type, data=data, datacontenttype=datacontenttype,
+        subject=subject, time=time if isinstance(time, str) else rfc3339(time or datetime.now(UTC)), extensions=ext,
     )
 
 
@@ -261,6 +262,12 @@ def storable(event: CloudEvent) -> CloudEvent:
     content_type = event.datacontenttype
     if content_type is not None and (len(content_type) > MAX_CONTENT_TYPE or not content_type.isprintable()):
         content_type = "application/octet-stream"
+    ext = event.extensions
+    if (content_type is event.datacontenttype and len(ext) <= MAX_EXTENSIONS
+            and all(_clean(v) is v for v in (event.id, event.source, event.type, event.subject or "", *ext.values()))
+            and (event.time is None or _clean(event.time, 64) is event.time)
+            and all(EXTENSION_RE.fullmatch(k) for k in ext)):
+        return event  # already within bounds (a broker's usual message): no copy
     return replace(
         event, id=_clean(event.id), source=_clean(event.source), type=_clean(event.type),
         subject=None if event.subject is None else _clean(event.subject),

@@ -18,7 +18,7 @@ from stratolab.functions.registry import FunctionView
 from stratolab.functions.runtime.events import InvalidEvent, event_from_headers
 from stratolab.functions.service import metrics
 from stratolab.functions.service.async_invocation import NOT_RUNNING, AsyncInvocation, TriggersUnavailable, ce_headers
-from stratolab.functions.service.event_batch import Coalescer, answer_batch, parse_batch
+from stratolab.functions.service.event_batch import FRAMES, Coalescer, answer_batch, is_frames, parse_batch, parse_frames
 from stratolab.functions.service.event_dedup import Answer
 from stratolab.functions.service.rollouts import feedback_items, record_feedback, sane_request_id
 from stratolab.functions.service.state import ServiceState
@@ -277,7 +277,7 @@ async def answer_invocation(state: ServiceState, owner: str, name: str, body: by
                                                       token_from_authorization(headers.get("authorization") or "")))
     content_type = headers.get("content-type") or JSON
     if content_type.startswith("application/cloudevents-batch"):  # a trigger's batch of events
-        return await _answer_event_batch(state, owner, name, body)
+        return await _answer_event_batch(state, owner, name, body, is_frames(content_type))
     request_id = sane_request_id(headers.get("x-request-id"))
     if not headers.get("ce-id"):  # the hot path: a plain call
         header, out = await state.invoke(owner, name, body, content_type, None, headers, request_id)
@@ -300,10 +300,10 @@ async def answer_invocation(state: ServiceState, owner: str, name: str, body: by
     return status, reply_headers, out
 
 
-async def _answer_event_batch(state: ServiceState, owner: str, name: str, body: bytes) -> Answer:
+async def _answer_event_batch(state: ServiceState, owner: str, name: str, body: bytes, frames: bool = False) -> Answer:
     """A batch of CloudEvents (event_batch.py): each event's own duplicate check and answer, those that
     are not duplicates invoked together (one batch frame to a batching function: state.invoke_batch)."""
-    events = parse_batch(body)
+    events = parse_frames(body) if frames else parse_batch(body)
     together = Coalescer(lambda items: state.invoke_batch(owner, name, items))
 
     async def invoke(data: bytes, content_type: str, attrs: dict[str, str]) -> tuple[Answer, bool]:
@@ -317,7 +317,8 @@ async def _answer_event_batch(state: ServiceState, owner: str, name: str, body: 
             metrics.DUPLICATE_EVENTS.labels(owner, name).inc()
         return answer, replayed
 
-    return 200, [("Content-Type", JSON), ("Cache-Control", "no-store")], await answer_batch(events, invoke)
+    answer = await answer_batch(events, invoke, frames=frames)
+    return 200, [("Content-Type", FRAMES if frames else JSON), ("Cache-Control", "no-store")], answer
 
 
 def _check_key(view: FunctionView, key: str) -> None:

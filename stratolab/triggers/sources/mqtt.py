@@ -26,11 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import ssl
 import struct
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, ClassVar
-from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 import paho.mqtt.client as paho
@@ -40,10 +39,11 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from stratolab.triggers.events import CloudEvent, new_event
+from stratolab.platform.mqtt import client_options
+from stratolab.triggers.events import CloudEvent, new_event, rfc3339
 from stratolab.triggers.sources import mqtt_decode
 from stratolab.triggers.sources.base import SourceError
-from stratolab.triggers.sources.broker import MAX_BATCH, AckPipeline, BrokerSource, Inbox, content_type_of, host_port
+from stratolab.triggers.sources.broker import MAX_BATCH, AckPipeline, BrokerSource, Inbox, content_type_of
 from stratolab.triggers.spec import MAX_AGE_S
 
 mqtt_decode.install()  # empty MQTT 5 properties without paho's costly constructor (see there)
@@ -59,18 +59,10 @@ KEEPALIVE_S = 30
 def broker_options(url: str) -> dict[str, Any]:
     """aiomqtt.Client's connection arguments for an mqtt:// (or mqtts://, TLS) URL with optional
     user:password."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-        raise SourceError(f"the MQTT broker URL {url!r} must start with mqtt:// or mqtts://")
-    tls = parts.scheme in ("mqtts", "ssl")
-    host, port = host_port(url, 8883 if tls else 1883)
-    options: dict[str, Any] = {"hostname": host, "port": port}
-    if parts.username:
-        options["username"] = unquote(parts.username)
-        options["password"] = unquote(parts.password) if parts.password else None
-    if tls:
-        options["tls_context"] = ssl.create_default_context()
-    return options
+    try:
+        return client_options(url)
+    except ValueError as e:
+        raise SourceError(str(e)) from None
 
 
 #: send small packets (PUBACKs, results) at once: paho leaves Nagle's algorithm on, and with the
@@ -142,7 +134,8 @@ class MqttSource(BrokerSource):
                 self.subscribed()
                 while True:
                     batch = await inbox.take(pump=read_buffered)
-                    await pipeline.submit([self._event(message) for message in batch], acknowledger(batch))
+                    now = rfc3339(datetime.now(UTC))  # the time of the batch's read, once
+                    await pipeline.submit([self._event(message, now) for message in batch], acknowledger(batch))
             finally:
                 pipeline.cancel()
                 watcher.cancel()
@@ -156,11 +149,12 @@ class MqttSource(BrokerSource):
                 raise SourceError(f"the MQTT broker at {self.address} refused the subscription to "
                                   f"{topic_filter!r}: {code} (check the topic filter and the broker's access rules)")
 
-    def _event(self, message: paho.MQTTMessage) -> CloudEvent:
+    def _event(self, message: paho.MQTTMessage, now: str | None = None) -> CloudEvent:
         payload = bytes(message.payload)  # already bytes: no copy
         topic = message.topic
         return new_event(self.source_uri, MESSAGE_TYPE, payload, datacontenttype=content_type_of(payload),
-                         subject=topic, key=topic, qos=str(message.qos), retain="true" if message.retain else "false")
+                         subject=topic, key=topic, time=now, qos=str(message.qos),
+                         retain="true" if message.retain else "false")
 
     async def discard(self) -> None:
         """The trigger is deleted: end its session on the broker (its subscription and kept messages)."""
