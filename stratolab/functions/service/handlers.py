@@ -16,11 +16,12 @@ from stratolab.functions.knative.bundle_access import check_bundle_token
 from stratolab.functions.policy import MAX_PAYLOAD_MB
 from stratolab.functions.registry import FunctionView
 from stratolab.functions.runtime.events import InvalidEvent, event_from_headers
-from stratolab.functions.service import metrics
+from stratolab.functions.service import metrics, rollout_webhooks
 from stratolab.functions.service.async_invocation import NOT_RUNNING, AsyncInvocation, TriggersUnavailable, ce_headers
 from stratolab.functions.service.event_batch import FRAMES, Coalescer, answer_batch, is_frames, parse_batch, parse_frames
 from stratolab.functions.service.event_dedup import Answer
-from stratolab.functions.service.rollouts import feedback_items, record_feedback, sane_request_id
+from stratolab.functions.service.rollout_requests import feedback_items, sane_request_id
+from stratolab.functions.service.rollouts import record_feedback
 from stratolab.functions.service.state import ServiceState
 from stratolab.platform.http_front import FrontRequest, FrontResponse
 from stratolab.platform.scopes import FUNCTIONS_DEPLOY as DEPLOY
@@ -174,7 +175,7 @@ class RolloutJudgeHandler(FlaggerWebhookHandler):
 
     async def post(self) -> None:
         body, secret = self.webhook_body()
-        is_open, answer = self.state.rollouts.gate(body, secret)
+        is_open, answer = rollout_webhooks.gate(self.state.rollouts, body, secret)
         self.send(answer, 200 if is_open else 412)
 
 
@@ -183,7 +184,7 @@ class RolloutEventsHandler(FlaggerWebhookHandler):
 
     async def post(self) -> None:
         body, secret = self.webhook_body()
-        self.send(await self.state.rollouts.flagger_event(body, secret))
+        self.send(await rollout_webhooks.flagger_event(self.state.rollouts, body, secret))
 
 
 class LogsHandler(BaseHandler):

@@ -26,12 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import ssl
 import struct
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, ClassVar
-from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 import paho.mqtt.client as paho
@@ -41,10 +39,11 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from stratolab.platform.mqtt import client_options
 from stratolab.triggers.events import CloudEvent, new_event, rfc3339
 from stratolab.triggers.sources import mqtt_decode
 from stratolab.triggers.sources.base import SourceError
-from stratolab.triggers.sources.broker import MAX_BATCH, AckPipeline, BrokerSource, Inbox, content_type_of, host_port
+from stratolab.triggers.sources.broker import MAX_BATCH, AckPipeline, BrokerSource, Inbox, content_type_of
 from stratolab.triggers.spec import MAX_AGE_S
 
 mqtt_decode.install()  # empty MQTT 5 properties without paho's costly constructor (see there)
@@ -60,18 +59,10 @@ KEEPALIVE_S = 30
 def broker_options(url: str) -> dict[str, Any]:
     """aiomqtt.Client's connection arguments for an mqtt:// (or mqtts://, TLS) URL with optional
     user:password."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-        raise SourceError(f"the MQTT broker URL {url!r} must start with mqtt:// or mqtts://")
-    tls = parts.scheme in ("mqtts", "ssl")
-    host, port = host_port(url, 8883 if tls else 1883)
-    options: dict[str, Any] = {"hostname": host, "port": port}
-    if parts.username:
-        options["username"] = unquote(parts.username)
-        options["password"] = unquote(parts.password) if parts.password else None
-    if tls:
-        options["tls_context"] = ssl.create_default_context()
-    return options
+    try:
+        return client_options(url)
+    except ValueError as e:
+        raise SourceError(str(e)) from None
 
 
 #: send small packets (PUBACKs, results) at once: paho leaves Nagle's algorithm on, and with the
