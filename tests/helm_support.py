@@ -105,3 +105,19 @@ def hub_values(objects: list[dict[str, Any]]) -> dict[str, Any]:
 def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """A container's env entries by name."""
     return {e["name"]: e for e in container.get("env", [])}
+
+
+def resolved_env(objects: list[dict[str, Any]], deployment: str, external: str | None = None) -> dict[str, str]:
+    """A Deployment's (first) container's environment as the kubelet would give it: references to the chart's
+    Secret resolved. A key the chart's Secret lacks stands for an existing Secret the operator keeps: it reads
+    as `external`, or fails (KeyError) when `external` is None. Other references (fieldRef...) are left out."""
+    secrets = secret_data(objects)
+    container = named(objects, "Deployment", deployment)["spec"]["template"]["spec"]["containers"][0]
+    env = {}
+    for name, entry in env_of(container).items():
+        if "value" in entry:
+            env[name] = entry["value"]
+        elif "secretKeyRef" in entry["valueFrom"]:
+            key = entry["valueFrom"]["secretKeyRef"]["key"]
+            env[name] = secrets[key] if external is None else secrets.get(key, external)
+    return env

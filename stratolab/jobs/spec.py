@@ -36,20 +36,29 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
-def notebook_path(raw: Any, field: str = "notebook") -> str:
-    """A path relative to the user's home, normalised; a 400 for anything that could leave it."""
+def _path_parts(raw: Any, field: str, *, needed: str, give: str, leaves: str) -> list[str]:
+    """The names of a path relative to a base (a home, a run's files), without "" and "."; a 400 naming `field`
+    for anything that could leave the base. `needed` says what to give when there is nothing, `give` answers an
+    absolute path, `leaves` names the base that ".." would leave."""
     if not isinstance(raw, str) or not raw.strip():
-        raise InvalidInput("the notebook's path in your home is needed, e.g. reports/daily.ipynb", field=field)
+        raise InvalidInput(needed, field=field)
     path = raw.strip().replace("\\", "/")
     if path.startswith("/") or path.startswith("~") or "\x00" in path:
-        raise InvalidInput(f"{raw[:100]!r}: give the path relative to your home directory", field=field)
+        raise InvalidInput(f"{raw[:100]!r}: {give}", field=field)
     if not _is_utf8(path):
         raise InvalidInput(f"{raw[:100]!r} is not valid text (a lone surrogate)", field=field)
     parts = [p for p in path.split("/") if p not in ("", ".")]
     if len(path) > 1024 or any(len(p.encode()) > 255 for p in parts):
         raise InvalidInput(f"{raw[:100]!r}...: the path or one of its names is too long", field=field)
     if any(p == ".." for p in parts):
-        raise InvalidInput(f"{raw!r} leaves your home directory ('..' is not allowed)", field=field)
+        raise InvalidInput(f"{raw[:100]!r} leaves {leaves} ('..' is not allowed)", field=field)
+    return parts
+
+
+def notebook_path(raw: Any, field: str = "notebook") -> str:
+    """A path relative to the user's home, normalised; a 400 for anything that could leave it."""
+    parts = _path_parts(raw, field, needed="the notebook's path in your home is needed, e.g. reports/daily.ipynb",
+                        give="give the path relative to your home directory", leaves="your home directory")
     if not parts or not parts[-1].endswith(".ipynb"):
         raise InvalidInput(f"{raw!r} is not a notebook (.ipynb)", field=field)
     return posixpath.join(*parts)
@@ -225,18 +234,8 @@ MAX_INPUTS = 64
 def relative_path(raw: Any, field: str) -> str:
     """A file or folder's path relative to a base (a home, a run's files), normalised; a 400 naming
     `field` for anything that could leave the base."""
-    if not isinstance(raw, str) or not raw.strip():
-        raise InvalidInput("a relative path is needed, e.g. data/train.csv", field=field)
-    path = raw.strip().replace("\\", "/")
-    if path.startswith("/") or path.startswith("~") or "\x00" in path:
-        raise InvalidInput(f"{raw[:100]!r}: give a relative path", field=field)
-    if not _is_utf8(path):
-        raise InvalidInput(f"{raw[:100]!r} is not valid text (a lone surrogate)", field=field)
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    if len(path) > 1024 or any(len(p.encode()) > 255 for p in parts):
-        raise InvalidInput(f"{raw[:100]!r}...: the path or one of its names is too long", field=field)
-    if any(p == ".." for p in parts):
-        raise InvalidInput(f"{raw[:100]!r} leaves its folder ('..' is not allowed)", field=field)
+    parts = _path_parts(raw, field, needed="a relative path is needed, e.g. data/train.csv",
+                        give="give a relative path", leaves="its folder")
     if not parts:
         raise InvalidInput(f"{raw[:100]!r}: name a file or a folder", field=field)
     return posixpath.join(*parts)

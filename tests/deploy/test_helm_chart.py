@@ -36,6 +36,7 @@ from helm_support import (
     pod_specs,
     render,
     render_values,
+    resolved_env,
     secret_data,
 )
 from stratolab.hub.kube_config import KubeHubValues
@@ -243,19 +244,6 @@ def test_services_get_their_backend_settings():
     assert named(objects, "PersistentVolumeClaim", f"{RELEASE}-scheduler-jobs")
 
 
-def _resolved_env(objects: list[dict[str, Any]], deployment: str) -> dict[str, str]:
-    """A container's environment as the kubelet would give it (secret references resolved)."""
-    secrets = secret_data(objects)
-    container = named(objects, "Deployment", deployment)["spec"]["template"]["spec"]["containers"][0]
-    env = {}
-    for name, entry in env_of(container).items():
-        if "value" in entry:
-            env[name] = entry["value"]
-        elif "secretKeyRef" in entry["valueFrom"]:
-            env[name] = secrets[entry["valueFrom"]["secretKeyRef"]["key"]]
-    return env
-
-
 def test_services_parse_the_environment_the_chart_gives_them():
     """The functions and scheduler services read their Kubernetes settings with their own parsers."""
     from stratolab.functions.knative.config import KnativeConfig
@@ -265,13 +253,13 @@ def test_services_parse_the_environment_the_chart_gives_them():
     objects = render("embedded-postgres-values.yaml")
     secrets = secret_data(objects)
 
-    functions = KnativeConfig.from_env(_resolved_env(objects, f"{RELEASE}-functions"))
+    functions = KnativeConfig.from_env(resolved_env(objects, f"{RELEASE}-functions"))
     assert functions.namespace == "stratolab-functions"
     assert functions.service_url == f"http://{RELEASE}-functions.{NAMESPACE}.svc:10101"
     assert functions.runtime_secret == secrets["runtime-secret"]
     assert dict(functions.images) == {"cpu": "stratolab/notebook:0.1.0-cpu", "cuda": "stratolab/notebook:0.1.0-cuda"}
 
-    env = _resolved_env(objects, f"{RELEASE}-scheduler")
+    env = resolved_env(objects, f"{RELEASE}-scheduler")
     jobs = settings_from_env(env, env["JUPYTERHUB_SERVICE_PREFIX"])
     assert jobs.namespace == "stratolab-jobs"
     assert jobs.scheduler_url == f"http://{RELEASE}-scheduler.{NAMESPACE}.svc:10102/services/scheduler/"
@@ -732,7 +720,7 @@ def test_triggers_service_gets_its_settings_and_the_brokers_from_the_secret():
 
     objects = render("embedded-postgres-values.yaml")
     secrets = secret_data(objects)
-    env = _resolved_env(objects, f"{RELEASE}-triggers")
+    env = resolved_env(objects, f"{RELEASE}-triggers")
     assert env["JUPYTERHUB_SERVICE_NAME"] == "triggers" and env["JUPYTERHUB_SERVICE_PREFIX"] == "/services/triggers/"
     assert env["JUPYTERHUB_API_TOKEN"] == secrets["triggers-api-token"]
     assert env["STRATOLAB_TRIGGERS_FUNCTIONS_URL"] == f"http://{RELEASE}-functions.{NAMESPACE}.svc:10101/services/functions/"
@@ -749,7 +737,7 @@ def test_triggers_service_gets_its_settings_and_the_brokers_from_the_secret():
     assert config.adapter_image == "stratolab/hub:0.1.0" and config.image_pull_secrets == ("registry-credentials",)
     assert config.homes_volume is None
     # the functions service hands asynchronous invocations to it
-    functions = _resolved_env(objects, f"{RELEASE}-functions")
+    functions = resolved_env(objects, f"{RELEASE}-functions")
     assert functions["STRATOLAB_FUNCTIONS_TRIGGERS_URL"] == f"http://{RELEASE}-triggers.{NAMESPACE}.svc:10103/services/triggers/"
     deployment = named(objects, "Deployment", f"{RELEASE}-triggers")
     assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"

@@ -34,6 +34,7 @@ from helm_support import (
     of_kind,
     render,
     render_values,
+    resolved_env,
     secret_data,
 )
 from pipelines_support import dag
@@ -54,19 +55,9 @@ WF = "argoproj.io/v1alpha1"
 SERVICE_URL = f"http://{SERVICE}.{NAMESPACE}.svc:10105/services/pipelines/"
 
 
-def resolved_env(objects: list[dict[str, Any]], deployment: str) -> dict[str, str]:
-    """A container's environment as the kubelet would give it (references to the chart's Secret resolved;
-    those to existing Secrets stand for a value the operator keeps)."""
-    secrets = secret_data(objects)
-    container = named(objects, "Deployment", deployment)["spec"]["template"]["spec"]["containers"][0]
-    env = {}
-    for name, entry in env_of(container).items():
-        if "value" in entry:
-            env[name] = entry["value"]
-        else:
-            ref = entry["valueFrom"]["secretKeyRef"]
-            env[name] = secrets.get(ref["key"], "postgresql+psycopg://u:p@external:5432/x")
-    return env
+def pipelines_env(objects: list[dict[str, Any]], deployment: str) -> dict[str, str]:
+    """`resolved_env`, with a database URL standing for a key of an existing Secret the operator keeps."""
+    return resolved_env(objects, deployment, external="postgresql+psycopg://u:p@external:5432/x")
 
 
 def pod_spec(objects: list[dict[str, Any]]) -> dict[str, Any]:
@@ -88,7 +79,7 @@ def service_of(objects: list[dict[str, Any]], url: str) -> tuple[str, int]:
 def test_the_service_runs_locally_by_default_with_its_token_database_and_peers():
     objects = render("default-values.yaml")
     secrets = secret_data(objects)
-    env = resolved_env(objects, SERVICE)
+    env = pipelines_env(objects, SERVICE)
     deployment = named(objects, "Deployment", SERVICE)
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     assert container["args"] == ["python", "-m", "stratolab.pipelines.service.app"]
@@ -131,7 +122,7 @@ def test_the_hub_registers_the_service_by_url_with_its_token_and_role(tmp_path):
     objects = render("default-values.yaml")
     path = tmp_path / "values.yaml"
     path.write_text(yaml.safe_dump(hub_values(objects)))
-    env = resolved_env(objects, f"{RELEASE}-hub")
+    env = pipelines_env(objects, f"{RELEASE}-hub")
     env.update(STRATOLAB_KUBE_VALUES=str(path), STRATOLAB_DATA_DIR=str(tmp_path / "data"))
     c = Config()
     configure_kubernetes(c, PlatformSettings.from_env(env), env)
@@ -210,7 +201,7 @@ def test_schema_refuses_bad_pipelines_values_naming_the_key(values, key):
 
 def argo_settings() -> tuple[list[dict[str, Any]], argo.ArgoSettings]:
     objects = render(ARGO_VALUES)
-    settings = PipelinesBackendSettings.from_env(resolved_env(objects, SERVICE))
+    settings = PipelinesBackendSettings.from_env(pipelines_env(objects, SERVICE))
     settings.check_settings()
     assert settings.uses_argo
     return objects, settings.argo_settings()
