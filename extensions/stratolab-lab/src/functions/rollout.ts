@@ -12,7 +12,7 @@
 import { Dialog, showDialog } from '@jupyterlab/apputils';
 
 import { functionsClient, ServiceError } from '../api/client';
-import { actionButtons, alertNode, el, FormBody, guarded, Poller, selectInput, textField } from '../ui';
+import { actionButtons, alertNode, el, FormBody, guarded, Poller, selectInput, textField, ViewsByKey } from '../ui';
 import { IFunction } from './api';
 import {
   allowedActions,
@@ -327,27 +327,4 @@ export class RolloutView {
 }
 
 /** One view per function, kept across the card's redraws. */
-export class RolloutViews {
-  constructor(private readonly make: (fn: string) => RolloutView) {}
-
-  for(fn: string): RolloutView {
-    let view = this.views.get(fn);
-    if (!view) {
-      view = this.make(fn);
-      this.views.set(fn, view);
-    }
-    return view;
-  }
-
-  keepOnly(fns: Iterable<string>): void {
-    const kept = new Set(fns);
-    for (const [fn, view] of this.views) {
-      if (!kept.has(fn)) {
-        view.dispose();
-        this.views.delete(fn);
-      }
-    }
-  }
-
-  private readonly views = new Map<string, RolloutView>();
-}
+export class RolloutViews extends ViewsByKey<RolloutView> {}

@@ -9,7 +9,7 @@
  */
 import { Dialog, showDialog } from '@jupyterlab/apputils';
 
-import { actionButtons, alertNode, copyable, el, facts, guarded, NodeCache, Poller, showList } from '../ui';
+import { actionButtons, alertNode, copyable, el, facts, guarded, NodeCache, Poller, showList, ViewsByKey } from '../ui';
 import { deleteTrigger, ITrigger, listTriggers, setPaused } from './api';
 import { DeadLettersView } from './deadLetters';
 import { countsText, deadCount, deliveryText, hasWork, inboxPath, sourceSummary, triggerState } from './format';
@@ -241,28 +241,4 @@ export class TriggersView {
  * One `TriggersView` per function of a host that redraws its cards: the same view (and node) for a
  * function across redraws, and the views of functions gone disposed.
  */
-export class TriggersViews {
-  constructor(private readonly make: (fn: string) => TriggersView) {}
-
-  for(fn: string): TriggersView {
-    let view = this.views.get(fn);
-    if (!view) {
-      view = this.make(fn);
-      this.views.set(fn, view);
-    }
-    return view;
-  }
-
-  /** Dispose the views of the functions not in `fns`. */
-  keepOnly(fns: Iterable<string>): void {
-    const kept = new Set(fns);
-    for (const [fn, view] of this.views) {
-      if (!kept.has(fn)) {
-        view.dispose();
-        this.views.delete(fn);
-      }
-    }
-  }
-
-  private readonly views = new Map<string, TriggersView>();
-}
+export class TriggersViews extends ViewsByKey<TriggersView> {}

@@ -9,3 +9,4 @@ export * from './poll';
 export * from './model';
 export * from './parse';
 export * from './summary';
+export * from './views';
