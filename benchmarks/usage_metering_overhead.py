@@ -5,10 +5,12 @@ metering on (every call recorded in the call journal, folded into the ledger eve
 intervals reconciled every second) and one with STRATOLAB_FUNCTIONS_METERING=0. Invocations go straight
 to each service (no hub: the difference measured is the service's own), at a fixed concurrency, in
 short slices in which both take calls at once, so the noise of a shared machine weighs on both alike.
-Which service's clients start first alternates from slice to slice: with the metered one always first
-(as until this version), two UNMETERED services differed by +3 % of CPU per call and 5 % of calls/s,
-the harness's own bias, which had been read as metering overhead. `--control` measures that bias:
-the same run with metering off in both services (an A/A run: its "overhead" is the noise floor).
+Which service's clients start first alternates from slice to slice, and the run is two rounds of
+fresh services started in one order, then in the other: the service started FIRST cost 3-4 % more CPU
+per call than the one started second, metered or not (so until this version, with the metered one
+always started first and its clients always first, two UNMETERED services differed by +3 % of CPU
+per call, read as metering overhead). `--control` measures what bias is left: the same run with
+metering off in both services (an A/A run: its "overhead" is the noise floor).
 
 The figures of the overhead:
 - the service process's CPU seconds per call (its own, without the workers'; the journal's fold
@@ -159,25 +161,34 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="stratolab-bench-metering-"))
     bundle = build_nap(tmp / "nap")
-    services: dict[str, FunctionsProcess] = {}
-    db_urls: dict[str, str] = {}
-    try:
-        for mode, flag in (("on", "0" if args.control else "1"), ("off", "0")):
-            db_urls[mode] = f"sqlite:///{tmp / mode / 'platform.db'}"
-            (tmp / mode).mkdir()
-            ensure_schema(db_urls[mode])
-            register(db_urls[mode], tmp / mode / "functions", bundle, OWNER, "nap",
-                     {"max_instances": 1, "concurrency": 1})
-            services[mode] = FunctionsProcess(db_urls[mode], tmp / mode / "functions", tmp / mode / "service.log",
-                                              STRATOLAB_FUNCTIONS_METERING=flag)
-            services[mode].start(ready=("nap",))
-        warmup, *pairs = asyncio.run(side_by_side(services, args.pairs, args.seconds, args.concurrency))
-        made = 1 + warmup["on"][1] + sum(p["on"][1] for p in pairs)  # the readiness call, the warm-up, the pairs
-        time.sleep(FOLD_EVERY_S + 1.5)  # one fold more: the metered service's every call is in its ledger
-        in_ledger = calls(db_urls["on"], "nap")["requests"]
-    finally:
-        for proc in services.values():
-            proc.stop()
+    pairs: list[dict[str, tuple[float, int, float]]] = []
+    made = in_ledger = 0
+    first_round = 0  # how many of the pairs came from the round that started the metered service first
+    for round_ in range(2):  # fresh services each round, started in the other order (see the docstring)
+        services: dict[str, FunctionsProcess] = {}
+        db_urls: dict[str, str] = {}
+        order = (("on", "0" if args.control else "1"), ("off", "0"))
+        try:
+            for mode, flag in order if round_ == 0 else order[::-1]:
+                home = tmp / f"round{round_}" / mode
+                home.mkdir(parents=True)
+                db_urls[mode] = f"sqlite:///{home / 'platform.db'}"
+                ensure_schema(db_urls[mode])
+                register(db_urls[mode], home / "functions", bundle, OWNER, "nap",
+                         {"max_instances": 1, "concurrency": 1})
+                services[mode] = FunctionsProcess(db_urls[mode], home / "functions", home / "service.log",
+                                                  STRATOLAB_FUNCTIONS_METERING=flag)
+                services[mode].start(ready=("nap",))
+            share = args.pairs // 2 if round_ == 0 else args.pairs - args.pairs // 2
+            warmup, *some = asyncio.run(side_by_side(services, share, args.seconds, args.concurrency))
+            pairs += some
+            first_round = first_round or len(pairs)
+            made += 1 + warmup["on"][1] + sum(p["on"][1] for p in some)  # the readiness call, warm-up, pairs
+            time.sleep(FOLD_EVERY_S + 1.5)  # one fold more: the metered service's every call is in its ledger
+            in_ledger += calls(db_urls["on"], "nap")["requests"]
+        finally:
+            for proc in services.values():
+                proc.stop()
     ratios = [p["on"][0] / p["off"][0] for p in pairs]
     cpu_ratios = [p["on"][2] / p["off"][2] for p in pairs]
     cpu_on = statistics.median(p["on"][2] for p in pairs)
@@ -200,6 +211,9 @@ def main() -> None:
         "cpu_ratio_quartiles": quartiles(cpu_ratios),
         "cpu_overhead": round(cpu_overhead, 4),
         "cpu_overhead_pooled": round(pooled - 1, 4),
+        "cpu_overhead_by_start_order": {  # the medians of each round: the start order's own effect
+            "metered_started_first": round(statistics.median(cpu_ratios[:first_round]) - 1, 4),
+            "metered_started_second": round(statistics.median(cpu_ratios[first_round:]) - 1, 4)},
         "journal_record_cpu_us": round(record_us, 2),
         "fold_cpu_us_per_call": round(fold_us, 3),
         "component_overhead": round(component, 4),
