@@ -54,22 +54,23 @@ def cli_env(hub: HubProcess, user: TestUser, home: Path) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def lab_page(hub: HubProcess, user: TestUser, folder: Path) -> Iterator[Any]:
-    """A Chromium page in `user`'s lab (their CPU server started from the spawn form); a screenshot
-    `failure.png` in `folder` (and $STRATOLAB_SCREENSHOTS) when the block fails."""
+def lab_page(hub: HubProcess, user: TestUser, folder: Path, viewport: tuple[int, int] = (1500, 900),
+             failure: str = "failure") -> Iterator[Any]:
+    """A Chromium page of `viewport` (width, height) in `user`'s lab (their CPU server started from the spawn
+    form); a screenshot `{failure}.png` in `folder` (and $STRATOLAB_SCREENSHOTS) when the block fails."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
         page = None
         try:
-            page = browser.new_page(viewport={"width": 1500, "height": 900})
+            page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
             page.set_default_timeout(60_000)
             open_lab(page, hub, user)
             yield page
         except Exception:
             if page is not None:
-                screenshots(folder)(page, "failure")
+                screenshots(folder)(page, failure)
             raise
         finally:
             browser.close()

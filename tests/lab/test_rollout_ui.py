@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from functions_support import api, bundle, deploy
-from support import CHROMIUM, CHROMIUM_FLAGS, open_lab, screenshots
+from support import CHROMIUM, lab_page, screenshots
 
 NAME = "ranker"
 
@@ -26,7 +26,7 @@ def rollout(hub, user, which: str = "current") -> dict:
 @pytest.mark.browser
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
 def test_a_rollout_in_the_functions_card_paused_resumed_promoted_then_one_started_and_aborted(hub, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     user = hub.create_user()
     shot = screenshots(tmp_path)
@@ -42,77 +42,67 @@ def test_a_rollout_in_the_functions_card_paused_resumed_promoted_then_one_starte
     for _ in range(20):
         requests.post(url, json={"x": 1}, headers=user.headers, timeout=60)
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
-        page = None
-        try:
-            page = browser.new_context(viewport={"width": 1400, "height": 950}).new_page()
-            page.set_default_timeout(60_000)
-            open_lab(page, hub, user)
-            page.locator(".jp-SideBar [data-id=stratolab-panel], .jp-SideBar li[title*=Stratolab]").first.click()
-            card = page.locator(f"[data-testid=stratolab-functions] [data-testid=stratolab-function-{NAME}]")
-            card.wait_for(state="visible", timeout=60_000)
-            prefix = f"stratolab-function-{NAME}-rollout"
-            view = card.locator(f"[data-testid={prefix}]")
-            summary = view.locator(f"[data-testid={prefix}-summary]")
-            expect(summary).to_contain_text("v1 → v2 · progressing", timeout=30_000)
+    with lab_page(hub, user, tmp_path, viewport=(1400, 950), failure="rollout-failure") as page:
+        page.locator(".jp-SideBar [data-id=stratolab-panel], .jp-SideBar li[title*=Stratolab]").first.click()
+        card = page.locator(f"[data-testid=stratolab-functions] [data-testid=stratolab-function-{NAME}]")
+        card.wait_for(state="visible", timeout=60_000)
+        prefix = f"stratolab-function-{NAME}-rollout"
+        view = card.locator(f"[data-testid={prefix}]")
+        summary = view.locator(f"[data-testid={prefix}-summary]")
+        expect(summary).to_contain_text("v1 → v2 · progressing", timeout=30_000)
 
-            summary.click()
-            expect(view.locator(f"[data-testid={prefix}-phase]")).to_have_text("progressing: v2 at 10 %")
-            steps = view.locator(f"[data-testid={prefix}-steps] li")
-            expect(steps).to_have_count(4)
-            assert [steps.nth(i).get_attribute("data-state") for i in range(4)] == ["current", "todo", "todo", "todo"]
-            metrics = view.locator(f"[data-testid={prefix}-metrics]")
-            expect(metrics).to_contain_text("v1 (baseline)")
-            expect(metrics).to_contain_text("v2 (candidate)")
-            for key in ("requests", "error-rate", "p50", "p99", "accuracy"):
-                expect(view.locator(f"[data-testid={prefix}-metric-{key}]")).to_be_visible()
-            served = rollout(hub, user)["metrics"]
-            total = sum((served[v] or {}).get("requests", 0) for v in ("baseline", "candidate"))
-            assert total >= 20, served
-            expect(view.locator(f"[data-testid={prefix}-metric-requests]")).to_contain_text(
-                str(served["baseline"]["requests"]))
-            expect(view.locator(f"[data-testid={prefix}-decisions]")).to_contain_text("Decisions (1)")
-            shot(page, "rollout-progressing")
+        summary.click()
+        expect(view.locator(f"[data-testid={prefix}-phase]")).to_have_text("progressing: v2 at 10 %")
+        steps = view.locator(f"[data-testid={prefix}-steps] li")
+        expect(steps).to_have_count(4)
+        assert [steps.nth(i).get_attribute("data-state") for i in range(4)] == ["current", "todo", "todo", "todo"]
+        metrics = view.locator(f"[data-testid={prefix}-metrics]")
+        expect(metrics).to_contain_text("v1 (baseline)")
+        expect(metrics).to_contain_text("v2 (candidate)")
+        for key in ("requests", "error-rate", "p50", "p99", "accuracy"):
+            expect(view.locator(f"[data-testid={prefix}-metric-{key}]")).to_be_visible()
+        served = rollout(hub, user)["metrics"]
+        total = sum((served[v] or {}).get("requests", 0) for v in ("baseline", "candidate"))
+        assert total >= 20, served
+        expect(view.locator(f"[data-testid={prefix}-metric-requests]")).to_contain_text(
+            str(served["baseline"]["requests"]))
+        expect(view.locator(f"[data-testid={prefix}-decisions]")).to_contain_text("Decisions (1)")
+        shot(page, "rollout-progressing")
 
-            # Pause, Resume, Promote
-            view.locator(f"[data-testid={prefix}-pause]").click()
-            expect(view.locator(f"[data-testid={prefix}-phase]")).to_have_text("paused: v2 at 10 %")
-            assert rollout(hub, user)["phase"] == "paused"
-            view.locator(f"[data-testid={prefix}-resume]").click()
-            expect(view.locator(f"[data-testid={prefix}-phase]")).to_contain_text("progressing")
-            view.locator(f"[data-testid={prefix}-promote]").click()
-            expect(view.locator(f"[data-testid={prefix}-phase]")).to_have_text("promoted: v2 takes 100 %")
-            assert [steps.nth(i).get_attribute("data-state") for i in range(4)] == ["done"] * 4
-            assert view.locator(f"[data-testid={prefix}-pause]").count() == 0
-            ended = rollout(hub, user, str(first["id"]))
-            assert ended["phase"] == "promoted" and ended["traffic"] == {"2": 100}, ended
-            expect(card.locator(f"[data-testid=stratolab-function-{NAME}-traffic]")).to_contain_text("v2 100%")
-            shot(page, "rollout-promoted")
+        # Pause, Resume, Promote
+        view.locator(f"[data-testid={prefix}-pause]").click()
+        expect(view.locator(f"[data-testid={prefix}-phase]")).to_have_text("paused: v2 at 10 %")
+        assert rollout(hub, user)["phase"] == "paused"
+        view.locator(f"[data-testid={prefix}-resume]").click()
+        expect(view.locator(f"[data-testid={prefix}-phase]")).to_contain_text("progressing")
+        view.locator(f"[data-testid={prefix}-promote]").click()
+        expect(view.locator(f"[data-testid={prefix}-phase]")).to_have_text("promoted: v2 takes 100 %")
+        assert [steps.nth(i).get_attribute("data-state") for i in range(4)] == ["done"] * 4
+        assert view.locator(f"[data-testid={prefix}-pause]").count() == 0
+        ended = rollout(hub, user, str(first["id"]))
+        assert ended["phase"] == "promoted" and ended["traffic"] == {"2": 100}, ended
+        expect(card.locator(f"[data-testid=stratolab-function-{NAME}-traffic]")).to_contain_text("v2 100%")
+        shot(page, "rollout-promoted")
 
-            # a third version, rolled out from the card, then aborted
-            r = deploy(hub, user, NAME, bundle(tmp_path, greeting="three"), promote="false")
-            assert r.status_code == 201, r.text
-            page.locator("[data-testid=stratolab-refresh]").click()
-            view.locator(f"[data-testid={prefix}-start]").click()
-            form = page.locator(f"[data-testid={prefix}-form]")
-            form.wait_for(state="visible")
-            assert form.locator(f"[data-testid={prefix}-form-to]").input_value() == "3"
-            form.locator(f"[data-testid={prefix}-form-steps]").fill("20,60,100")
-            form.locator(f"[data-testid={prefix}-form-interval]").fill("3600")
-            page.locator(".jp-Dialog").get_by_role("button", name="Start", exact=True).click()
-            expect(view.locator(f"[data-testid={prefix}-phase]")).to_have_text("progressing: v3 at 20 %",
-                                                                               timeout=30_000)
-            started = rollout(hub, user)
-            assert started["candidate"] == 3 and started["baseline"] == 2 and started["steps"] == [20, 60, 100]
-            view.locator(f"[data-testid={prefix}-abort]").click()
-            expect(view.locator(f"[data-testid={prefix}-phase]")).to_have_text("aborted: v3 takes no traffic")
-            assert rollout(hub, user)["phase"] == "aborted"
-            assert [steps.nth(i).get_attribute("data-state") for i in range(3)] == ["failed", "todo", "todo"]
-            shot(page, "rollout-aborted")
-        except Exception:
-            if page is not None:
-                shot(page, "rollout-failure")
-            raise
-        finally:
-            browser.close()
+        # a third version, rolled out from the card, then aborted
+        r = deploy(hub, user, NAME, bundle(tmp_path, greeting="three"), promote="false")
+        assert r.status_code == 201, r.text
+        page.locator("[data-testid=stratolab-refresh]").click()
+        # the card knows v3 before the dialog offers it (the click on Refresh only starts the reload)
+        expect(card.locator(f"[data-testid=stratolab-function-{NAME}-versions]")).to_contain_text("v3 ready")
+        view.locator(f"[data-testid={prefix}-start]").click()
+        form = page.locator(f"[data-testid={prefix}-form]")
+        form.wait_for(state="visible")
+        assert form.locator(f"[data-testid={prefix}-form-to]").input_value() == "3"
+        form.locator(f"[data-testid={prefix}-form-steps]").fill("20,60,100")
+        form.locator(f"[data-testid={prefix}-form-interval]").fill("3600")
+        page.locator(".jp-Dialog").get_by_role("button", name="Start", exact=True).click()
+        expect(view.locator(f"[data-testid={prefix}-phase]")).to_have_text("progressing: v3 at 20 %",
+                                                                           timeout=30_000)
+        started = rollout(hub, user)
+        assert started["candidate"] == 3 and started["baseline"] == 2 and started["steps"] == [20, 60, 100]
+        view.locator(f"[data-testid={prefix}-abort]").click()
+        expect(view.locator(f"[data-testid={prefix}-phase]")).to_have_text("aborted: v3 takes no traffic")
+        assert rollout(hub, user)["phase"] == "aborted"
+        assert [steps.nth(i).get_attribute("data-state") for i in range(3)] == ["failed", "todo", "todo"]
+        shot(page, "rollout-aborted")
