@@ -55,8 +55,13 @@ def create_body(args: argparse.Namespace) -> dict[str, Any]:
     builder: Any = BUILDERS[kind]
     source = getattr(args, kind)
     positional = () if kind == "cloudevents" else ((source or None,) if kind == "upload" else (source,))
+    if (args.function is None) == (args.pipeline is None):
+        raise usage_error("give a FUNCTION, or --pipeline SCHEDULE_ID (one of them)", field="function")
+    if args.pipeline is not None and args.output is not None:
+        raise usage_error("--output is for functions' upload triggers: a pipeline writes its own files", field="output")
     try:
-        return builder(*positional, **extra, **options).body(args.function)
+        request = builder(*positional, **extra, **options)
+        return request.body(args.function) if args.pipeline is None else request.pipeline_body(args.pipeline)
     except InvalidInput as e:
         raise usage_error(e.message, e.field) from None
 
@@ -98,13 +103,20 @@ def state_of(t: dict[str, Any]) -> str:
     return status.get("state") or ("error" if status.get("error") else "active")
 
 
+def target_of(item: dict[str, Any]) -> str:
+    """A trigger's or an event's target: a function's name, or `pipeline:SCHEDULE_ID`."""
+    if item.get("pipeline") is not None:
+        return f"pipeline:{item['pipeline']}"
+    return str(item.get("function") or "-")
+
+
 def trigger_table(triggers: list[dict[str, Any]]) -> str:
     if not triggers:
         return "No triggers yet."
     rows: list[tuple[str, ...]] = [("ID", "NAME", "FUNCTION", "KIND", "SOURCE", "STATE", "PENDING", "RUNNING", "DONE", "DEAD")]
     for t in triggers:
         c = t.get("counts") or {}
-        rows.append((str(t["id"]), t["name"], t["function"], t["kind"], source_summary(t), state_of(t),
+        rows.append((str(t["id"]), t["name"], target_of(t), t["kind"], source_summary(t), state_of(t),
                      *(str(c.get(k, 0)) for k in EVENT_STATES)))
     return _table(rows)
 
@@ -114,7 +126,7 @@ def event_table(events: list[dict[str, Any]]) -> str:
         return "No events."
     rows: list[tuple[str, ...]] = [("ID", "TRIGGER", "FUNCTION", "STATE", "TRIES", "TYPE", "SUBJECT", "RECEIVED", "ERROR")]
     for e in events:
-        rows.append((str(e["id"]), str(e.get("trigger_id") or "-"), e["function"], e["state"], str(e["attempts"]),
+        rows.append((str(e["id"]), str(e.get("trigger_id") or "-"), target_of(e), e["state"], str(e["attempts"]),
                      e.get("type") or "", e.get("subject") or "", _when(e.get("received_at")),
                      (e.get("error") or "").splitlines()[0][:80] if e.get("error") else ""))
     return _table(rows)
@@ -237,8 +249,11 @@ TRIGGER = arg("trigger", help="id or name")
 def add_triggers_commands(sub, common: argparse.ArgumentParser) -> None:
     group = CommandGroup(sub, common, "triggers", "event triggers of your functions")
     create = group.add(
-        "create", cmd_create, "add a trigger to one of your functions",
-        arg("function"),
+        "create", cmd_create, "add a trigger to one of your functions (or pipeline schedules)",
+        arg("function", nargs="?", help="the function events go to (or --pipeline)"),
+        arg("--pipeline", type=int, metavar="SCHEDULE_ID",
+            help="instead of a function: each event starts a run of this pipeline schedule (`stratolab pipelines "
+                 "schedule FILE`), with the event as its parameter `event`"),
         arg("--filter", action="append", metavar="ATTR=VALUE",
             help="only events whose attribute is VALUE (ATTR^=PREFIX, ATTR$=SUFFIX); repeatable, all must match"),
         arg("--batch", type=int, help="events handed to the function together (a batch handler gets a list)"),

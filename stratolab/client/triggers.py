@@ -75,6 +75,18 @@ class TriggerRequest:
         body.update(self.options)
         return body
 
+    def pipeline_body(self, schedule_id: int) -> dict[str, Any]:
+        """The request `POST api/triggers` takes for this trigger on a pipeline schedule: each event starts
+        a run of its pipeline (an upload writes no result file: the pipeline's steps write theirs)."""
+        source = dict(self.source)
+        if self.kind == "upload":
+            source.pop("output", None)
+            if source.get("folder") is None:
+                source["folder"] = f"inbox/pipeline-{schedule_id}"
+        body: dict[str, Any] = {"pipeline": schedule_id, "kind": self.kind, "source": source}
+        body.update(self.options)
+        return body
+
     @property
     def name(self) -> str | None:
         return self.options.get("name")

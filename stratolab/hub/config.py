@@ -232,6 +232,7 @@ def triggers_service(settings: PlatformSettings, isolation: str) -> dict:
         "STRATOLAB_TRIGGERS_DIR": str(root),
         "STRATOLAB_SHARED_HOMES": str(settings.data_dir / "homes"),
         "STRATOLAB_TRIGGERS_FUNCTIONS_URL": f"http://127.0.0.1:{settings.functions_port}/services/{FUNCTIONS_SERVICE}/",
+        "STRATOLAB_TRIGGERS_PIPELINES_URL": f"http://127.0.0.1:{settings.pipelines_port}/services/{PIPELINES_SERVICE}/",
         # not STRATOLAB_GPUS: the triggers service runs no functions and assigns no GPUs
         **{k: v for k, v in common_service_environment(settings, isolation).items() if k != "STRATOLAB_GPUS"},
     })

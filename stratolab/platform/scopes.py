@@ -51,9 +51,11 @@ def user_scopes() -> list[str]:
 
 def triggers_service_scopes() -> list[str]:
     """The triggers service's own role: it invokes any user's functions with its token (each trigger only
-    its owner's: the service builds the URL from the trigger's owner), and reads users' groups for the
-    subscription policy."""
-    return [FUNCTIONS_INVOKE, f"access:services!service={FUNCTIONS_SERVICE}", "read:users:groups"]
+    its owner's: the service builds the URL from the trigger's owner), starts runs of any user's pipeline
+    schedules (each pipeline trigger its owner's: the pipelines service checks the schedule is the owner's
+    it names), and reads users' groups for the subscription policy."""
+    return [FUNCTIONS_INVOKE, f"access:services!service={FUNCTIONS_SERVICE}", PIPELINES_RUN,
+            f"access:services!service={PIPELINES_SERVICE}", "read:users:groups"]
 
 
 def usage_service_scopes() -> list[str]:

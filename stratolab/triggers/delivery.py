@@ -37,7 +37,7 @@ from typing import Any, Protocol
 from stratolab.db.models import utcnow
 from stratolab.triggers import metrics
 from stratolab.triggers.events import ERROR_TYPE, MAX_CONTENT_TYPE, RESULT_TYPE, CloudEvent, new_event, to_structured
-from stratolab.triggers.spec import Destination
+from stratolab.triggers.spec import Destination, schedule_of
 from stratolab.triggers.store import DEAD, DONE, PENDING, Delivery, NewEvent, Outcome, StoreThread
 
 log = logging.getLogger("stratolab.triggers")
@@ -88,6 +88,14 @@ class Answer:
         return f"{text} (error id {error_id}: see the function's logs)" if error_id else text
 
 
+def target_uri(owner: str, target: str) -> str:
+    """The CloudEvents source of what a target answers: its function, or its pipeline schedule."""
+    schedule = schedule_of(target)
+    if schedule is not None:
+        return f"/stratolab/pipelines/{owner}/schedules/{schedule}"
+    return f"/stratolab/functions/{owner}/{target}"
+
+
 def _failed(error: Exception) -> Answer:
     """The answer of an invocation that raised (a failed try, as a 502 would be)."""
     return Answer(502, {}, json.dumps({"error": f"the invocation failed: {error}"}).encode())
@@ -124,6 +132,10 @@ class LaneConfig:
     keep_results: bool = False
     #: called after a success (an upload trigger writes the result file)
     after_success: Callable[[Delivery, Answer], Awaitable[None]] | None = None
+    #: answers that dead-letter the event at once (a pipeline target adds 403 and 404: its schedule is gone)
+    refused_for_good: tuple[int, ...] = REFUSED_FOR_GOOD
+    #: who answers, in a dead event's error
+    target_service: str = "the function's service"
 
 
 @dataclass
@@ -485,8 +497,8 @@ class Dispatcher:
             await self._done(lane, d, answer)
             return DONE, None
         error = answer.error_text()
-        if answer.status in REFUSED_FOR_GOOD:
-            return await self._dead(lane, d, f"refused by the function's service, not retried: {error}", answer), None
+        if answer.status in config.refused_for_good:
+            return await self._dead(lane, d, f"refused by {config.target_service}, not retried: {error}", answer), None
         if d.attempts > config.retries:
             return await self._dead(lane, d, f"failed {d.attempts} times; last: {error}", answer), None
         metrics.RETRIES.labels(config.owner, config.label).inc()
@@ -512,7 +524,7 @@ class Dispatcher:
                 log.warning("after event %s of %s: %s", d.id, lane.scope, e)
         destination = d.destination or config.destination
         if destination and destination.wants(True):
-            result = new_event(f"/stratolab/functions/{d.owner}/{d.function}", RESULT_TYPE, answer.body,
+            result = new_event(target_uri(d.owner, d.function), RESULT_TYPE, answer.body,
                                datacontenttype=answer.content_type, subject=d.event.id, id=f"result-{d.id}",
                                causationid=str(d.id))
             await self._send(destination, result, d)
@@ -525,7 +537,7 @@ class Dispatcher:
         destination = d.destination or lane.config.destination
         if destination and destination.wants(False):
             body = json.dumps({"error": error, "event": to_structured(d.event)}).encode()
-            failure = new_event(f"/stratolab/functions/{d.owner}/{d.function}", ERROR_TYPE, body,
+            failure = new_event(target_uri(d.owner, d.function), ERROR_TYPE, body,
                                 subject=d.event.id, id=f"error-{d.id}", causationid=str(d.id))
             await self._send(destination, failure, d)
         return DEAD

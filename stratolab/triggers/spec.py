@@ -6,6 +6,10 @@ A trigger ties one source of events to one of its owner's functions:
     {"function": "resize", "kind": "mqtt", "source": {"filter": "sensors/+/temperature"},
      "filters": [{"attribute": "subject", "prefix": "sensors/lab"}], "batch": 16, "ordered": true,
      "retries": 5, "max_age_s": 3600, "destination": {"function": "store"}}
+
+or to one of its owner's pipeline schedules (`{"pipeline": 7, ...}` instead of "function"): each event
+starts one run of the schedule's pipeline, with the event as its parameter `event`. Such a trigger's
+`function` is `pipeline:7` where the store and delivery keep a target (no function name has a colon).
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ FILTER_OPS = ("exact", "prefix", "suffix")
 DESTINATION_KINDS = ("function", "webhook", "mqtt")
 DESTINATION_WHEN = ("success", "failure", "always")
 POSTGRES_OPERATIONS = ("INSERT", "UPDATE", "DELETE")
-FIELDS = ("name", "function", "kind", "source", "filters", "batch", "concurrency", "ordered", "retries",
+FIELDS = ("name", "function", "pipeline", "kind", "source", "filters", "batch", "concurrency", "ordered", "retries",
           "max_age_s", "backoff_s", "destination", "paused")
 
 #: bounds: what one trigger may ask for
@@ -41,6 +45,20 @@ TABLE_RE = re.compile(r"^([a-z_][a-z0-9_]{0,62}\.)?[a-z_][a-z0-9_]{0,62}$")
 #: names of queues, streams and subjects: printable, no spaces, bounded
 QUEUE_RE = re.compile(r"^[A-Za-z0-9_.:\-/]{1,200}$")
 NATS_SUBJECT_RE = re.compile(r"^[A-Za-z0-9_\-]+(\.([A-Za-z0-9_\-]+|\*))*(\.>)?$|^>$")
+#: a pipeline target's `function`: this prefix and the schedule's id
+PIPELINE_PREFIX = "pipeline:"
+MAX_SCHEDULE_ID = 2**63 - 1
+
+
+def pipeline_target(schedule_id: int) -> str:
+    return f"{PIPELINE_PREFIX}{schedule_id}"
+
+
+def schedule_of(target: str) -> int | None:
+    """The schedule id of a pipeline target (`pipeline:7`), or None for a function's name."""
+    if target.startswith(PIPELINE_PREFIX):
+        return int(target[len(PIPELINE_PREFIX):])
+    return None
 
 
 @dataclass(frozen=True)
@@ -96,6 +114,8 @@ class TriggerSpec:
     backoff_s: float = 1.0
     destination: Destination | None = None
     paused: bool = False
+    #: the pipeline schedule each event starts a run of (then `function` is `pipeline:ID`), or None
+    pipeline: int | None = None
 
     def matches(self, attributes: Mapping[str, str]) -> bool:
         return all(f.matches(attributes) for f in self.filters)
@@ -187,14 +207,18 @@ def home_folder(value: Any, field_name: str) -> str:
     return posixpath.join(*parts)
 
 
-def _source(kind: str, raw: Any, function: str) -> dict[str, Any]:
+def _source(kind: str, raw: Any, function: str, pipeline: bool = False) -> dict[str, Any]:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise InvalidInput("source must be an object with the settings of the trigger's kind", field="source")
     if kind == "upload":
-        out: dict[str, Any] = {"folder": home_folder(raw.get("folder", f"inbox/{function}"), "source.folder")}
-        output = raw.get("output", "next")
+        default_folder = f"inbox/{function.replace(':', '-')}"
+        out: dict[str, Any] = {"folder": home_folder(raw.get("folder", default_folder), "source.folder")}
+        output = raw.get("output", None if pipeline else "next")
+        if pipeline and output not in (None, "", "none"):
+            raise InvalidInput("a pipeline's upload trigger writes no result file (the pipeline's steps write what "
+                               "they make): leave source.output out", field="source.output")
         out["output"] = None if output in (None, "", "none") else (
             "next" if output == "next" else home_folder(output, "source.output"))
         if out["output"] == out["folder"]:
@@ -303,11 +327,25 @@ def parse_trigger(body: Any, owner: str, *, check_url: Any = None) -> TriggerSpe
     unknown = sorted(set(body) - set(FIELDS))
     if unknown:
         raise InvalidInput(f"unknown field {unknown[0]!r}; a trigger has {', '.join(FIELDS)}", field=unknown[0])
-    function = function_name(body.get("function"))
+    pipeline = body.get("pipeline")
+    if pipeline is not None:
+        if body.get("function") is not None:
+            raise InvalidInput("a trigger targets a function or a pipeline schedule, not both", field="pipeline")
+        if isinstance(pipeline, bool) or not isinstance(pipeline, int) or not 0 < pipeline <= MAX_SCHEDULE_ID:
+            raise InvalidInput("pipeline is the id of one of your pipeline schedules (stratolab pipelines schedule)",
+                               field="pipeline")
+        function = pipeline_target(pipeline)
+    elif body.get("function") is None:
+        raise InvalidInput("say what the events go to: function (a function's name) or pipeline (a pipeline "
+                           "schedule's id)", field="function")
+    else:
+        function = function_name(body.get("function"))
     kind = body.get("kind")
     if kind not in KINDS:
         raise InvalidInput(f"kind must be one of {', '.join(KINDS)}", field="kind")
-    name = body.get("name") or f"{function}-{kind}"
+    if pipeline is not None and body.get("batch", 1) not in (1, None):
+        raise InvalidInput("a pipeline trigger starts one run per event: batch must be 1", field="batch")
+    name = body.get("name") or (f"pipeline-{pipeline}-{kind}" if pipeline is not None else f"{function}-{kind}")
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise InvalidInput("name: letters, digits, spaces, . _ - (at most 100)", field="name")
     backoff = body.get("backoff_s", 1.0)
@@ -318,7 +356,8 @@ def parse_trigger(body: Any, owner: str, *, check_url: Any = None) -> TriggerSpe
         raise InvalidInput("a function cannot be its own destination (each result would call it again)",
                            field="destination.function")
     return TriggerSpec(
-        owner=owner, function=function, kind=kind, source=_source(kind, body.get("source"), function), name=name,
+        owner=owner, function=function, kind=kind, pipeline=pipeline, name=name,
+        source=_source(kind, body.get("source"), function, pipeline is not None),
         filters=_filters(body.get("filters")), batch=_int(body, "batch", 1, 1, MAX_BATCH),
         concurrency=_int(body, "concurrency", 8, 1, MAX_CONCURRENCY), ordered=_bool(body, "ordered", False),
         retries=_int(body, "retries", 3, 0, MAX_RETRIES), max_age_s=_int(body, "max_age_s", 24 * 3600, 1, MAX_AGE_S),
@@ -334,6 +373,6 @@ def trigger_from_dict(data: Mapping[str, Any]) -> TriggerSpec:
         owner=data["owner"], function=data["function"], kind=data["kind"], source=dict(data.get("source") or {}),
         name=data.get("name", ""), filters=filters, batch=data.get("batch", 1), concurrency=data.get("concurrency", 8),
         ordered=data.get("ordered", False), retries=data.get("retries", 3), max_age_s=data.get("max_age_s", 86400),
-        backoff_s=data.get("backoff_s", 1.0), paused=data.get("paused", False),
+        backoff_s=data.get("backoff_s", 1.0), paused=data.get("paused", False), pipeline=data.get("pipeline"),
         destination=Destination(dest["kind"], dest["target"], dest.get("when", "success")) if dest else None,
     )

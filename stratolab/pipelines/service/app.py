@@ -96,13 +96,15 @@ class PipelinesState:
         self.engine.wake()
         return run
 
-    async def fire(self, schedule: dict[str, Any], *, trigger: str, event: dict[str, Any] | None = None) -> dict[str, Any]:
-        """A run of a schedule's pipeline (a cron time, or an event as parameter `event`)."""
+    async def fire(self, schedule: dict[str, Any], *, trigger: str, event: dict[str, Any] | None = None,
+                   idempotency_key: str | None = None) -> dict[str, Any]:
+        """A run of a schedule's pipeline (a cron time, or an event as parameter `event`); a key used before
+        answers the run made then."""
         parameters = dict(schedule["parameters"])
         if event is not None:
             parameters["event"] = event
         run = await self.start(schedule["owner"], {"path": schedule["path"]}, parameters=parameters, name=None,
-                               from_cache=True, idempotency_key=None, loader=self.loader, trigger=trigger,
+                               from_cache=True, idempotency_key=idempotency_key, loader=self.loader, trigger=trigger,
                                schedule_id=schedule["id"])
         return run
 

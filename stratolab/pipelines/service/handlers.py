@@ -19,7 +19,7 @@ from stratolab.pipelines.store import RUN_STATES
 from stratolab.pipelines.validate import InvalidNode, ValidPipeline, validate
 from stratolab.platform import cron
 from stratolab.platform.scopes import PIPELINES_RUN
-from stratolab.web import ServiceHandler, path_id, token_from_headers
+from stratolab.web import ServiceHandler, has_scope, path_id, token_from_headers
 
 MAX_DOCUMENT_BYTES = 4 * 1024 * 1024
 
@@ -280,10 +280,34 @@ class ScheduleHandler(ScheduleBase):
         self.finish()
 
 
+#: the header in which a service starting a run for a user (the triggers service) names that user
+OWNER_HEADER = "X-Stratolab-Owner"
+
+
 class EventsHandler(ScheduleBase):
+    """An event starts one run: the owner's token, or a service's whose role holds `custom:pipelines:run`
+    unfiltered (the triggers service) naming the owner in X-Stratolab-Owner; a schedule not that
+    owner's is a 404. The event's source and id are the run's idempotency key: the same event again
+    answers (200) the run it started."""
+
     async def post(self, schedule_id: str) -> None:
-        found = await self.mine(schedule_id)
-        self.send(await self.state.fire(found, trigger="event", event=self.cloud_event()), 201)
+        model = await self.authenticate()
+        if model.get("kind") == "service":
+            owner = self.request.headers.get(OWNER_HEADER, "")
+            if not owner or not has_scope(model.get("scopes", []), PIPELINES_RUN, owner):
+                raise NotFound(f"no pipeline schedule {schedule_id} of {owner or 'yours'}")
+            found = await asyncio.to_thread(self.state.store.schedule, path_id(schedule_id, "schedule"), owner)
+            if found is None:
+                raise NotFound(f"no pipeline schedule {schedule_id} of {owner}")
+        else:
+            found = await self.mine(schedule_id)
+        event = self.cloud_event()
+        key = event_key(found["id"], event)
+        before = await asyncio.to_thread(self.state.store.run_by_key, found["owner"], key)
+        if before is not None:
+            self.send(before, 200)
+            return
+        self.send(await self.state.fire(found, trigger="event", event=event, idempotency_key=key), 201)
 
     def cloud_event(self) -> dict[str, Any]:
         """The event as CloudEvents' JSON: structured mode (application/cloudevents+json) as sent, binary
@@ -305,6 +329,15 @@ class EventsHandler(ScheduleBase):
                 raise InvalidInput(f"the event has no {required} (CloudEvents: ce-{required} header, or "
                                    f"{required} in a structured event)", field=required)
         return event
+
+
+def event_key(schedule_id: int, event: dict[str, Any]) -> str:
+    """The idempotency key of a run an event starts: the schedule, the event's source and id (CloudEvents:
+    the same source and id is the same event)."""
+    import hashlib
+
+    digest = hashlib.sha256(f"{event['source']}\x00{event['id']}".encode(errors="replace")).hexdigest()
+    return f"event:{schedule_id}:{digest}"
 
 
 class FilesBase(BaseHandler):

@@ -35,12 +35,14 @@ from stratolab.triggers.backends import BACKENDS, BackendChoice, KnativeTriggers
 from stratolab.triggers.delivery import Answer
 from stratolab.triggers.events import BATCH, CloudEvent, to_binary
 from stratolab.triggers.knative_config import TriggersKnativeSettings
+from stratolab.triggers.pipeline_target import PipelinesClient
 from stratolab.triggers.policy import ENV as POLICY_ENV
 from stratolab.triggers.policy import SubscriptionPolicy
 from stratolab.triggers.service import handlers
 from stratolab.triggers.service.openapi import OPENAPI
 from stratolab.triggers.service.state import Limits, TriggersState
 from stratolab.triggers.sources.base import SourceSettings
+from stratolab.triggers.spec import schedule_of
 from stratolab.triggers.store import EventStore
 from stratolab.web import service_app
 
@@ -207,6 +209,9 @@ class TriggersService(HubService):
     functions_url = Unicode("http://127.0.0.1:10101/services/functions/", help="The functions service's API "
                             "(events are delivered to functions through it).").tag(
         config=True, env="STRATOLAB_TRIGGERS_FUNCTIONS_URL")
+    pipelines_url = Unicode("http://127.0.0.1:10105/services/pipelines/", help="The pipelines service's API "
+                            "(events of pipeline triggers start runs of pipeline schedules through it).").tag(
+        config=True, env="STRATOLAB_TRIGGERS_PIPELINES_URL")
     data_dir = Unicode("", help="Where the service keeps its sources' state (folder watchers, timers); "
                        "required (the hub derives it from its data dir).").tag(config=True, env="STRATOLAB_TRIGGERS_DIR")
     shared_homes = Unicode(help="Users' homes in shared mode, where upload folders are (default: homes/ beside the "
@@ -298,17 +303,21 @@ class TriggersService(HubService):
         self.sessions = session_factory(make_engine(db_url))
         self.backend_choice.prepare()
 
-    def build_state(self, functions: FunctionsClient, backend: TriggerBackend | None = None) -> TriggersState:
+    def build_state(self, functions: FunctionsClient, backend: TriggerBackend | None = None,
+                    pipelines: PipelinesClient | None = None) -> TriggersState:
+        invoke = functions.invoke if pipelines is None else routed_invoke(functions, pipelines)
         return TriggersState(
             store=EventStore(self.sessions), hub_auth=HubAuth(api_token=self.hub_api_token,
                                                               cache_max_age=TOKEN_CACHE_S),
-            invoke=functions.invoke, invoke_batch=functions.invoke_batch, source_settings=self.source_settings(),
+            invoke=invoke, invoke_batch=functions.invoke_batch, source_settings=self.source_settings(),
             policy=self.subscription_policy,
             outbound=self.outbound_policy, public_url=self.public_url.rstrip("/"), prefix=self.prefix,
             limits=Limits(max_event_bytes=int(self.max_event_mb * 1024 * 1024),
                           keep_done=timedelta(hours=self.keep_done_h), keep_dead=timedelta(days=self.keep_dead_days),
                           max_triggers=self.max_triggers),
-            function_exists=functions.function_exists, write_upload_result=_write_upload_result,
+            function_exists=functions.function_exists,
+            schedule_exists=pipelines.schedule_exists if pipelines is not None else None,
+            write_upload_result=_write_upload_result,
             publish_mqtt=_publish_mqtt, backend=backend, dead_letter_secret=self.backend_choice.dead_letter_secret(),
         )
 
@@ -317,7 +326,8 @@ class TriggersService(HubService):
         # 5 ms a commit's Python half can hold the loop (and every source and delivery) that long
         sys.setswitchinterval(0.0005)
         functions = FunctionsClient(self.functions_url, self.hub_api_token)
-        state = self.build_state(functions, await self.backend_choice.open(self.connection_urls()))
+        pipelines = PipelinesClient(self.pipelines_url, self.hub_api_token)
+        state = self.build_state(functions, await self.backend_choice.open(self.connection_urls()), pipelines)
         app = service_app("stratolab-triggers", self.prefix, OPENAPI, ROUTE_HANDLERS, state,
                           metrics_registry=metrics.REGISTRY, refresh_metrics=handlers.refresh_metrics,
                           max_body_size=MAX_BODY_SIZE)
@@ -331,6 +341,18 @@ class TriggersService(HubService):
         server.stop()
         await state.close()
         await functions.close()
+        await pipelines.close()
+
+
+def routed_invoke(functions: FunctionsClient, pipelines: PipelinesClient) -> Any:
+    """Delivery's invoker: a pipeline target (`pipeline:ID`) to the pipelines service, a function to the
+    functions service."""
+    async def invoke(owner: str, function: str, event: CloudEvent) -> Answer | None:
+        schedule = schedule_of(function)
+        if schedule is not None:
+            return await pipelines.start(owner, schedule, event)
+        return await functions.invoke(owner, function, event)
+    return invoke
 
 
 def _write_upload_result(*args: Any) -> Any:

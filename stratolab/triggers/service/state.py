@@ -19,12 +19,12 @@ from stratolab.errors import InvalidInput, NotFound, StratolabError
 from stratolab.platform.outbound import OutboundPolicy, guarded_client, validate_url
 from stratolab.triggers import metrics
 from stratolab.triggers.backends import KNATIVE_ERROR_EXTENSIONS, TriggerBackend
-from stratolab.triggers.delivery import Answer, Dispatcher, LaneConfig
+from stratolab.triggers.delivery import REFUSED_FOR_GOOD, Answer, Dispatcher, LaneConfig
 from stratolab.triggers.events import CloudEvent, storable, to_structured
 from stratolab.triggers.policy import SubscriptionPolicy
 from stratolab.triggers.sources import SOURCES
 from stratolab.triggers.sources.base import Source, SourceError, SourceSettings
-from stratolab.triggers.spec import Destination, TriggerSpec, parse_destination, parse_trigger, trigger_from_dict
+from stratolab.triggers.spec import Destination, TriggerSpec, parse_destination, parse_trigger, schedule_of, trigger_from_dict
 from stratolab.triggers.store import (
     DEAD,
     STATES,
@@ -80,6 +80,8 @@ class TriggersState:
     limits: Limits = field(default_factory=Limits)
     #: the functions service's API, to check a function exists (with the caller's own token)
     function_exists: Callable[[str, str, str], Any] | None = None
+    #: the pipelines service's API, to check a pipeline schedule is the caller's (with the caller's own token)
+    schedule_exists: Callable[[str, int, str], Any] | None = None
     #: results of upload triggers are written by this (the upload source module's write_result)
     write_upload_result: Callable[..., Any] | None = None
     publish_mqtt: Callable[..., Any] | None = None
@@ -157,10 +159,14 @@ class TriggersState:
         after = None
         if spec.kind == "upload" and spec.source.get("output") and self.write_upload_result is not None:
             after = self._upload_result_writer(spec)
+        pipeline = {} if spec.pipeline is None else {
+            # the schedule deleted, or no longer its owner's: no later try can start a run
+            "refused_for_good": (*REFUSED_FOR_GOOD, 403, 404), "target_service": "the pipelines service"}
         return LaneConfig(owner=spec.owner, function=spec.function, trigger_id=trigger_id,
                           concurrency=spec.in_flight, batch=spec.batch, ordered=spec.ordered, retries=spec.retries,
                           max_age_s=spec.max_age_s, backoff_s=spec.backoff_s, destination=spec.destination,
-                          paused=spec.paused, kind=spec.kind, label=str(trigger_id), after_success=after)
+                          paused=spec.paused, kind=spec.kind, label=str(trigger_id), after_success=after,
+                          **pipeline)
 
     def _upload_result_writer(self, spec: TriggerSpec) -> Callable[[Delivery, Answer], Any]:
         async def write(d: Delivery, answer: Answer) -> None:
@@ -319,7 +325,7 @@ class TriggersState:
             raise StratolabError(f"you already have a trigger named {spec.name!r}", status=409)
         await self._check_functions(owner, spec, token)
         if self.backend is not None:
-            self.backend.check(spec)
+            self._check_backend(spec)
         key = secrets.token_urlsafe(24)
         row = await self.run(self.store.create_trigger, spec, key_hash(key))
         try:
@@ -330,10 +336,22 @@ class TriggersState:
         self._activate(row.id, spec)
         return {**self.describe(row, {s: 0 for s in STATES}), "key": key}
 
+    def _check_backend(self, spec: TriggerSpec) -> None:
+        assert self.backend is not None
+        if spec.pipeline is not None:
+            raise InvalidInput("pipeline triggers run with the local triggers backend (this one, knative, delivers "
+                               "through Knative Eventing to functions only): target a function that starts the "
+                               "pipeline, or send CloudEvents to the pipelines service's events route", field="pipeline")
+        self.backend.check(spec)
+
     async def _check_functions(self, owner: str, spec: TriggerSpec, token: str) -> None:
+        if spec.pipeline is not None and self.schedule_exists is not None:
+            if not await self.schedule_exists(owner, spec.pipeline, token):
+                raise InvalidInput(f"you have no pipeline schedule {spec.pipeline}: make one first "
+                                   "(stratolab pipelines schedule FILE)", field="pipeline", status=404)
         if self.function_exists is None:
             return
-        names = [spec.function]
+        names = [] if spec.pipeline is not None else [spec.function]
         if spec.destination and spec.destination.kind == "function":
             names.append(spec.destination.target)
         for name in names:
@@ -359,13 +377,15 @@ class TriggersState:
         merged["destination"] = (
             {current["destination"]["kind"]: current["destination"]["target"], "when": current["destination"]["when"]}
             if current.get("destination") else None)
+        if current.get("pipeline") is not None:
+            merged.pop("function", None)  # `pipeline:ID`, which the spec makes again
         merged.update(body)
         spec = parse_trigger(merged, owner, check_url=self.check_url)
         self.check_policy(spec, groups)
         if "destination" in body:
             await self._check_functions(owner, replace(spec, function=spec.function), token)
         if self.backend is not None:
-            self.backend.check(spec)
+            self._check_backend(spec)
         updated = await self.run(self.store.update_trigger, trigger_id, spec)
         if updated is None:
             raise NotFound(f"no trigger {trigger_id}")
@@ -426,7 +446,8 @@ class TriggersState:
             status = {**source.status(), "state": "error" if source.error else "active"}
         base = f"{self.public_url}{self.prefix}"
         return {
-            "id": row.id, "name": row.name, "owner": row.owner, "function": row.function, "kind": row.kind,
+            "id": row.id, "name": row.name, "owner": row.owner, "kind": row.kind,
+            "function": None if spec.get("pipeline") is not None else row.function, "pipeline": spec.get("pipeline"),
             **{k: spec.get(k) for k in ("source", "filters", "batch", "concurrency", "ordered", "retries",
                                         "max_age_s", "backoff_s", "destination")},
             "paused": row.paused, "created": row.created_at.isoformat(), "status": status, "counts": counts,
@@ -572,7 +593,9 @@ def event_without_error(event: CloudEvent) -> CloudEvent:
 
 def describe_event(row: TriggerEvent, with_result: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "id": row.id, "trigger_id": row.trigger_id, "owner": row.owner, "function": row.function,
+        "id": row.id, "trigger_id": row.trigger_id, "owner": row.owner,
+        "function": None if schedule_of(row.function) is not None else row.function,
+        "pipeline": schedule_of(row.function),
         "ce_id": row.ce_id, "source": row.ce_source, "type": row.ce_type, "subject": row.subject, "key": row.key,
         "time": json.loads(row.attributes).get("time"), "state": row.state, "attempts": row.attempts,
         "received_at": row.received_at.isoformat() if row.received_at else None,
