@@ -200,6 +200,90 @@ def test_answers_expire_after_the_window_and_memory_stays_within_its_bounds():
     asyncio.run(scenario())
 
 
+def test_a_batch_is_checked_at_once_and_its_new_events_produced_by_one_call():
+    async def scenario():
+        dedup = EventDeduplicator(window_s=60, clock=Clock())
+        calls: list[list[str]] = []
+        failing = {"3"}
+
+        async def answer_many(ids):
+            keys = [("a", "f", "s", i) for i in ids]
+
+            async def produce(indices):  # one call per batch: the ids it runs, each one's answer
+                calls.append([ids[i] for i in indices])
+                return [(500, [], b'{"error": "boom"}') if ids[i] in failing else ok(ids[i].encode())
+                        for i in indices]
+            return await dedup.answer_many(keys, produce)
+
+        await dedup.answer(("a", "f", "s", "1"), lambda: asyncio.sleep(0, ok(b"earlier")))
+        first = await answer_many(["0", "1", "2", "3", "4"])
+        failing.clear()
+        # again, with the failed one twice in the batch: it runs once, its copy waits and gets its answer
+        again = await answer_many(["3", "0", "3"])
+        return first, again, calls, len(dedup._running)
+
+    first, again, calls, running = asyncio.run(scenario())
+    assert calls == [["0", "2", "3", "4"], ["3"]]  # the remembered one not run; then only the failed one
+    assert first == [(ok(b"0"), False), (ok(b"earlier"), True), (ok(b"2"), False),
+                     ((500, [], b'{"error": "boom"}'), False), (ok(b"4"), False)]
+    assert again == [(ok(b"3"), False), (ok(b"0"), True), (ok(b"3"), True)]
+    assert running == 0
+
+
+def test_a_batchs_event_running_elsewhere_waits_for_it_and_a_failed_first_is_run_again_alone():
+    async def scenario():
+        dedup = EventDeduplicator(window_s=60, clock=Clock())
+        release = asyncio.Event()
+        batches: list[list[str]] = []
+        keys = [("a", "f", "s", n) for n in ("x", "y", "z")]
+
+        async def slow_failure():
+            await release.wait()
+            return 503, [], b'{"error": "busy"}'
+
+        async def produce(indices):
+            batches.append([keys[i][3] for i in indices])
+            return [ok(keys[i][3].encode()) if keys[i][3] != "z" else RuntimeError("z broke") for i in indices]
+
+        elsewhere = asyncio.ensure_future(dedup.answer(keys[0], slow_failure))  # x is running in another request
+        await asyncio.sleep(0)
+        batch = asyncio.ensure_future(dedup.answer_many(keys, produce))
+        await asyncio.sleep(0.01)
+        assert batches == [["y", "z"]] and not batch.done()  # x waits for its first copy
+        release.set()
+        return await elsewhere, await batch, batches
+
+    elsewhere, batch, batches = asyncio.run(scenario())
+    assert elsewhere == ((503, [], b'{"error": "busy"}'), False)
+    assert batches == [["y", "z"], ["x"]]  # the first copy failed: x ran itself, alone
+    assert batch[0] == (ok(b"x"), False) and batch[1] == (ok(b"y"), False)
+    assert isinstance(batch[2], RuntimeError)  # an event's own failure, not the batch's
+
+
+def test_a_batch_whose_production_raises_frees_its_events_for_a_retry():
+    async def scenario():
+        dedup = EventDeduplicator(window_s=60, clock=Clock())
+        keys = [("a", "f", "s", "1"), ("a", "f", "s", "2")]
+
+        async def broken(indices):
+            raise ConnectionError("the backend went away")
+
+        async def short(indices):
+            return [ok(b"only one")]
+
+        async def good(indices):
+            return [ok(b"%d" % i) for i in indices]
+
+        with pytest.raises(ConnectionError):
+            await dedup.answer_many(keys, broken)
+        with pytest.raises(RuntimeError, match="2 events were produced as 1 answers"):
+            await dedup.answer_many(keys, short)
+        return await dedup.answer_many(keys, good), len(dedup)
+
+    answers, remembered = asyncio.run(scenario())
+    assert answers == [(ok(b"0"), False), (ok(b"1"), False)] and remembered == 2
+
+
 def test_the_window_and_the_triggers_url_are_settings_read_from_the_environment(tmp_path):
     from stratolab.functions.service.app import FunctionsService
     from stratolab.platform.service_app import SettingError

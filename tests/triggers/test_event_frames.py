@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from stratolab.errors import InvalidInput
-from stratolab.functions.service.event_batch import FRAMES, answer_batch, parse_batch, parse_frames
+from stratolab.functions.service.event_batch import FRAMES, answer_events, parse_batch, parse_frames
 from stratolab.triggers.events import new_event
 from stratolab.triggers.service.app import _answers_of_frames
 
@@ -48,11 +48,14 @@ def test_a_frames_answer_carries_each_results_body_as_it_is_and_errors_as_json()
     async def invoke(data, content_type, attrs):
         out = outputs[[e.id for e in EVENTS].index(attrs["id"])]
         if out is None:
-            return (500, [("Content-Type", "application/json")], b'{"error": "boom", "error_id": "e1"}'), False
+            return 500, [("Content-Type", "application/json")], b'{"error": "boom", "error_id": "e1"}'
         kind = "application/json" if out.startswith(b"{") else "image/png"
-        return (200, [("Content-Type", kind)], out), False
+        return 200, [("Content-Type", kind)], out
 
-    reply = asyncio.run(answer_batch(parse_frames(frames_of(EVENTS)), invoke, frames=True))
+    async def invoke_many(items):
+        return [await invoke(*item) for item in items]
+
+    reply, _ = asyncio.run(answer_events(parse_frames(frames_of(EVENTS)), invoke_many, None, ("a", "f"), frames=True))
     answers = _answers_of_frames(reply, len(EVENTS))
     assert [a.status for a in answers] == [200, 200, 500]
     assert answers[0].body == outputs[0] and answers[1].body == outputs[1]

@@ -3,9 +3,12 @@ CloudEvents HTTP binding's batch mode): how the triggers service hands a trigger
 without one HTTP request per event.
 
 Each event keeps its own duplicate check, its own answer and its own failure, as if it had come alone;
-the events that are not duplicates go to the function together (`Coalescer`: one batch frame to one
-instance for a batching function, whose batch handler gets them as one list: no frame, pool slot and
-socket write per event). The answer is one JSON object with a result per event, in order:
+the events that are not duplicates go to the function together (one batch frame to one instance for a
+batching function, whose batch handler gets them as one list: no frame, pool slot and socket write per
+event). What a batch costs the service's event loop does not grow with its events: one duplicate check
+for the whole batch (`EventDeduplicator.answer_many`: one pass, one future), one call that invokes the
+events that are not duplicates, the answers mapped back by index; no task or future per event. The
+answer is one JSON object with a result per event, in order:
 
     {"results": [{"status": 200, "content_type": "application/json", "data": <the JSON result>},
                  {"status": 200, "content_type": "image/png", "data_base64": "..."},
@@ -27,15 +30,15 @@ JSON batches.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
 
 from stratolab.errors import InvalidInput, StratolabError
+from stratolab.functions.service.event_dedup import Answer, EventDeduplicator
 
 BATCH = "application/cloudevents-batch+json"
 FRAMES = "application/cloudevents-batch+frames"
@@ -43,8 +46,6 @@ JSON = "application/json"
 MAX_EVENTS = 1000
 REQUIRED = ("id", "source", "type")
 
-#: invoke one event: (data, content type, attributes) -> ((status, headers, body), replayed)
-InvokeOne = Callable[[bytes, str, dict[str, str]], Awaitable[tuple[tuple[int, list[tuple[str, str]], bytes], bool]]]
 
 
 def is_batch(content_type: str) -> bool:
@@ -145,69 +146,43 @@ def _result(status: int, headers: list[tuple[str, str]], body: bytes, replayed: 
 
 
 Invocation = tuple[bytes, str, dict[str, str] | None]
-#: many invocations at once: each one's (header, body) reply, or its error
-InvokeMany = Callable[[list[Invocation]], Awaitable[list[Any]]]
+#: many invocations at once: each one's answer, or its error (a StratolabError), in order
+InvokeMany = Callable[[list[Invocation]], Awaitable[Sequence[Answer | BaseException]]]
+#: one event's outcome: its answer and whether it was replayed (a duplicate), or its error
+Outcome = tuple[Answer, bool] | BaseException
 
 
-class Coalescer:
-    """Invocations submitted in the same turn of the event loop go to `invoke_many` as one call.
-
-    A batch's events are all started at once (`answer_batch`'s gather), so they reach `submit` in one
-    turn and leave as one batch; a duplicate that waited for its first copy to fail and then runs
-    itself comes later and goes in a batch of its own."""
-
-    def __init__(self, invoke_many: InvokeMany) -> None:
-        self.invoke_many = invoke_many
-        self._waiting: list[tuple[Invocation, asyncio.Future[Any]]] = []
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def submit(self, data: bytes, content_type: str, attrs: dict[str, str] | None) -> Any:
-        """One invocation's (header, body); its StratolabError raised."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
-        if not self._waiting:
-            loop.call_soon(self._flush)
-        self._waiting.append(((data, content_type, attrs), future))
-        result = await future
-        if isinstance(result, BaseException):
-            raise result
-        return result
-
-    def _flush(self) -> None:
-        batch, self._waiting = self._waiting, []
-        task = asyncio.ensure_future(self._run(batch))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _run(self, batch: list[tuple[Invocation, asyncio.Future[Any]]]) -> None:
-        try:
-            results = await self.invoke_many([item for item, _ in batch])
-        except Exception as exc:  # every invocation of the call gets it
-            results = [exc] * len(batch)
-        for (_, future), result in zip(batch, results, strict=True):
-            if not future.done():
-                future.set_result(result)
+async def answer_events(events: list[tuple[bytes, str, dict[str, str]]], invoke_many: InvokeMany,
+                        dedup: EventDeduplicator | None, function: tuple[str, str], *,
+                        frames: bool = False) -> tuple[bytes, int]:
+    """Answer a batch of events of `function` (owner, name): duplicates (by source and id) replayed
+    from `dedup` (None: no duplicate check), the others invoked by one `invoke_many` call. The answer
+    (`encode_results`) and how many events were duplicates."""
+    outcomes: Sequence[Outcome]
+    if dedup is None:
+        outcomes = [a if isinstance(a, BaseException) else (a, False)
+                    for a in await invoke_many(events)]  # type: ignore[arg-type]  # an event is an Invocation
+    else:
+        owner, name = function
+        keys = [(owner, name, attrs["source"], attrs["id"]) for _, _, attrs in events]
+        outcomes = await dedup.answer_many(keys, lambda indices: invoke_many([events[i] for i in indices]))
+    duplicates = sum(1 for o in outcomes if not isinstance(o, BaseException) and o[1])
+    return encode_results(outcomes, frames=frames), duplicates
 
 
-async def answer_batch(events: list[tuple[bytes, str, dict[str, str]]], invoke: InvokeOne, *,
-                       frames: bool = False) -> bytes:
-    """Invoke every event at once; the JSON answer with each one's result (frames: the results' JSON, a
-    newline and their bodies)."""
-
-    async def one(data: bytes, content_type: str, attrs: dict[str, str]) -> tuple[int, bytes, Any]:
-        try:
-            return 0, b"", await invoke(data, content_type, attrs)
-        except StratolabError as e:
-            return int(e.status), e.message.encode(), None
-
-    answers = await asyncio.gather(*(one(*event) for event in events))
+def encode_results(outcomes: Sequence[Outcome], *, frames: bool = False) -> bytes:
+    """The JSON answer with each event's result, in order (frames: the results' JSON, a newline and
+    their bodies). An event's StratolabError is its result (its status and message); any other
+    exception is raised (the whole request fails)."""
     bodies: list[bytes] | None = [] if frames else None
     results = []
-    for status, message, answer in answers:  # in order: a frames body follows the results' order
-        if answer is None:
-            results.append({"status": status, "error": message.decode()})
+    for outcome in outcomes:  # in order: a frames body follows the results' order
+        if isinstance(outcome, BaseException):
+            if not isinstance(outcome, StratolabError):
+                raise outcome
+            results.append({"status": int(outcome.status), "error": outcome.message})
             continue
-        (status, headers, body), replayed = answer
+        (status, headers, body), replayed = outcome
         results.append(_result(status, headers, body, replayed, bodies))
     if bodies is None:
         return orjson.dumps({"results": results})

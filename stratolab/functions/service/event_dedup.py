@@ -17,6 +17,10 @@ Design choices:
   the front of an ordered dict.
 - This is per service process: it suppresses redeliveries through this service, not across
   replicas (the triggers service keeps its own duplicate check on what it receives).
+- A trigger's batch is checked at once (`answer_many`): one pass over its keys, one future for the
+  events it runs (an event being answered waits on the future of its batch, at its index), one call
+  that produces their answers; only events whose first copy is running now (elsewhere, or earlier in
+  the same batch) take the one-at-a-time way of `answer`.
 """
 
 from __future__ import annotations
@@ -24,12 +28,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 #: an HTTP answer: (status, headers, body)
 Answer = tuple[int, list[tuple[str, str]], bytes]
 EventKey = tuple[str, str, str, str]  # (owner, function, ce-source, ce-id)
+#: the answers of a batch of events being produced, each None if it failed (what a duplicate waits for)
+_Claim = asyncio.Future[list[Answer | None]]
+#: many events' answers at once: the answer, or the exception, of each (in the order asked)
+ProduceMany = Callable[[list[int]], Awaitable[Sequence[Answer | BaseException]]]
 
 DEFAULT_WINDOW_S = 600.0
 DEFAULT_MAX_ENTRIES = 100_000
@@ -61,8 +69,9 @@ class EventDeduplicator:
         self.clock = clock
         self.bytes = 0
         self._answers: OrderedDict[EventKey, _Remembered] = OrderedDict()
-        #: events being answered now: a duplicate waits on its future (None: the first failed)
-        self._running: dict[EventKey, asyncio.Future[Answer | None]] = {}
+        #: events being answered now: a duplicate waits on their batch's future, for the answer at its
+        #: index (None: the first failed)
+        self._running: dict[EventKey, tuple[_Claim, int]] = {}
 
     @property
     def enabled(self) -> bool:
@@ -82,11 +91,12 @@ class EventDeduplicator:
             running = self._running.get(key)
             if running is None:
                 break
-            answer = await asyncio.shield(running)  # a waiter cancelled leaves the first one's future be
+            claim, index = running
+            answer = (await asyncio.shield(claim))[index]  # a waiter cancelled leaves the claim be
             if answer is not None and 200 <= answer[0] < 300:
                 return answer, True
-        future: asyncio.Future[Answer | None] = asyncio.get_running_loop().create_future()
-        self._running[key] = future
+        claim: _Claim = asyncio.get_running_loop().create_future()
+        self._running[key] = (claim, 0)
         produced: Answer | None = None
         try:
             produced = await produce()
@@ -94,8 +104,75 @@ class EventDeduplicator:
             del self._running[key]
             if produced is not None and 200 <= produced[0] < 300:
                 self._remember(key, produced)
-            future.set_result(produced)
+            claim.set_result([produced])
         return produced, False
+
+    async def answer_many(self, keys: Sequence[EventKey], produce: ProduceMany
+                          ) -> list[tuple[Answer, bool] | BaseException]:
+        """Each event's (answer, replayed), or the exception its production gave, in order: remembered
+        answers replayed, the others produced by one `produce(indices)` call (the answers or exceptions
+        of `keys[i]` for i in `indices`, in that order). An event whose key is being answered now
+        (by another request, or earlier in this batch) waits for that first, as `answer` does, and
+        if the first fails produces its own with `produce([i])`."""
+        self._expire()
+        out: list[tuple[Answer, bool] | BaseException | None] = [None] * len(keys)
+        answers, running = self._answers, self._running
+        claim: _Claim = asyncio.get_running_loop().create_future()
+        fresh: list[int] = []
+        waiting: list[int] = []
+        for i, key in enumerate(keys):
+            remembered = answers.get(key)
+            if remembered is not None:
+                out[i] = (remembered.answer, True)
+            elif key in running:
+                waiting.append(i)
+            else:
+                running[key] = (claim, len(fresh))
+                fresh.append(i)
+        if waiting:
+            await asyncio.gather(self._produce_claimed(keys, fresh, claim, produce, out),
+                                 *(self._answer_waiting(keys[i], i, produce, out) for i in waiting))
+        elif fresh:
+            await self._produce_claimed(keys, fresh, claim, produce, out)
+        return out  # type: ignore[return-value]  # every slot is set
+
+    async def _produce_claimed(self, keys: Sequence[EventKey], fresh: list[int], claim: _Claim,
+                               produce: ProduceMany, out: list[tuple[Answer, bool] | BaseException | None]
+                               ) -> None:
+        """Produce the events `fresh` (claimed by `claim`), remember the good answers, free the claim."""
+        produced: Sequence[Answer | BaseException] = ()
+        try:
+            if fresh:
+                answers = await produce(fresh)
+                if len(answers) != len(fresh):
+                    raise RuntimeError(f"{len(fresh)} events were produced as {len(answers)} answers")
+                produced = answers
+        finally:  # the claim freed even if `produce` raised (its waiters then produce their own)
+            settled: list[Answer | None] = [None] * len(fresh)
+            for i in fresh:
+                del self._running[keys[i]]
+            for n, (i, answer) in enumerate(zip(fresh, produced, strict=False)):  # () if it raised
+                if isinstance(answer, BaseException):
+                    out[i] = answer
+                    continue
+                out[i] = (answer, False)
+                settled[n] = answer
+                if 200 <= answer[0] < 300:
+                    self._remember(keys[i], answer)
+            claim.set_result(settled)
+
+    async def _answer_waiting(self, key: EventKey, i: int, produce: ProduceMany,
+                              out: list[tuple[Answer, bool] | BaseException | None]) -> None:
+        async def alone() -> Answer:
+            answer = (await produce([i]))[0]
+            if isinstance(answer, BaseException):
+                raise answer
+            return answer
+
+        try:
+            out[i] = await self.answer(key, alone)
+        except Exception as exc:  # this event's own failure, as `produce` gave it
+            out[i] = exc
 
     def _recall(self, key: EventKey) -> Answer | None:
         self._expire()

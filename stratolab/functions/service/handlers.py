@@ -18,7 +18,7 @@ from stratolab.functions.registry import FunctionView
 from stratolab.functions.runtime.events import InvalidEvent, event_from_headers
 from stratolab.functions.service import metrics, rollout_webhooks
 from stratolab.functions.service.async_invocation import NOT_RUNNING, AsyncInvocation, TriggersUnavailable, ce_headers
-from stratolab.functions.service.event_batch import FRAMES, Coalescer, answer_batch, is_frames, parse_batch, parse_frames
+from stratolab.functions.service.event_batch import FRAMES, Invocation, answer_events, is_frames, parse_batch, parse_frames
 from stratolab.functions.service.event_dedup import Answer
 from stratolab.functions.service.rollout_requests import feedback_items, sane_request_id
 from stratolab.functions.service.rollouts import record_feedback
@@ -302,23 +302,19 @@ async def answer_invocation(state: ServiceState, owner: str, name: str, body: by
 
 
 async def _answer_event_batch(state: ServiceState, owner: str, name: str, body: bytes, frames: bool = False) -> Answer:
-    """A batch of CloudEvents (event_batch.py): each event's own duplicate check and answer, those that
-    are not duplicates invoked together (one batch frame to a batching function: state.invoke_batch)."""
+    """A batch of CloudEvents (event_batch.py): one duplicate check for the whole batch, the events that
+    are not duplicates invoked together (one batch frame to a batching function: state.invoke_batch),
+    each event's own answer or failure."""
     events = parse_frames(body) if frames else parse_batch(body)
-    together = Coalescer(lambda items: state.invoke_batch(owner, name, items))
 
-    async def invoke(data: bytes, content_type: str, attrs: dict[str, str]) -> tuple[Answer, bool]:
-        async def run() -> Answer:
-            return _answer_of(*await together.submit(data, content_type, attrs))
+    async def invoke_many(items: list[Invocation]) -> list[Answer | StratolabError]:
+        return [r if isinstance(r, StratolabError) else _answer_of(*r)
+                for r in await state.invoke_batch(owner, name, items)]
 
-        if not state.events.enabled:
-            return await run(), False
-        answer, replayed = await state.events.answer((owner, name, attrs["source"], attrs["id"]), run)
-        if replayed:
-            metrics.DUPLICATE_EVENTS.labels(owner, name).inc()
-        return answer, replayed
-
-    answer = await answer_batch(events, invoke, frames=frames)
+    answer, duplicates = await answer_events(events, invoke_many, state.events if state.events.enabled else None,
+                                             (owner, name), frames=frames)
+    if duplicates:
+        metrics.DUPLICATE_EVENTS.labels(owner, name).inc(duplicates)
     return 200, [("Content-Type", FRAMES if frames else JSON), ("Cache-Control", "no-store")], answer
 
 
