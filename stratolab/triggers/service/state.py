@@ -159,14 +159,14 @@ class TriggersState:
         after = None
         if spec.kind == "upload" and spec.source.get("output") and self.write_upload_result is not None:
             after = self._upload_result_writer(spec)
-        pipeline = {} if spec.pipeline is None else {
-            # the schedule deleted, or no longer its owner's: no later try can start a run
-            "refused_for_good": (*REFUSED_FOR_GOOD, 403, 404), "target_service": "the pipelines service"}
+        # a pipeline's schedule deleted, or no longer its owner's: no later try can start a run
+        refused = REFUSED_FOR_GOOD if spec.pipeline is None else (*REFUSED_FOR_GOOD, 403, 404)
+        target = "the function's service" if spec.pipeline is None else "the pipelines service"
         return LaneConfig(owner=spec.owner, function=spec.function, trigger_id=trigger_id,
                           concurrency=spec.in_flight, batch=spec.batch, ordered=spec.ordered, retries=spec.retries,
                           max_age_s=spec.max_age_s, backoff_s=spec.backoff_s, destination=spec.destination,
                           paused=spec.paused, kind=spec.kind, label=str(trigger_id), after_success=after,
-                          **pipeline)
+                          refused_for_good=refused, target_service=target)
 
     def _upload_result_writer(self, spec: TriggerSpec) -> Callable[[Delivery, Answer], Any]:
         async def write(d: Delivery, answer: Answer) -> None:
