@@ -26,6 +26,9 @@ from stratolab.usage.bill import PRICE_AS, money
 
 SERVICE = "usage"
 BY = ("thing", "resource", "day")
+#: what kind of thing a line is, as the lab names it (a pipeline's steps are the pipeline's)
+KIND_NAMES = {"trial": "automl-trial", "pipeline_step": "pipeline", "function_calls": "function",
+              "function_instance": "function-warm"}
 Emit = Callable[[Any, str], None]
 
 
@@ -101,7 +104,8 @@ def usage_text(report: dict[str, Any], by: str) -> str:
         rows = [(first, *(("KIND",) if by == "thing" else ()), "CORE-H", "GB-H", "GPU-H", "REQUESTS", "FN GB-S",
                  "COST")]
         for r in breakdown:
-            rows.append((str(r.get("key", "")), *((r.get("kind", ""),) if by == "thing" else ()),
+            kind = str(r.get("kind", ""))
+            rows.append((str(r.get("key", "")), *((KIND_NAMES.get(kind, kind),) if by == "thing" else ()),
                          _n(r.get("cpu_core_hours")), _n(r.get("memory_gb_hours")), _n(r.get("gpu_hours")),
                          f"{int(r.get('requests') or 0):,}" if r.get("requests") else "-",
                          _n(r.get("function_gb_seconds")), money(r.get("cost", 0.0), currency)))

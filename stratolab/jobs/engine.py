@@ -26,7 +26,7 @@ from stratolab.jobs.files import JobFiles
 from stratolab.jobs.notify import Notifier
 from stratolab.jobs.records import read_records
 from stratolab.jobs.store import JobStore, adhoc_schedule, run_settings, run_view, schedule_view
-from stratolab.jobs.usage_meter import RUN, RunMeter, Start, executing_elsewhere, resources_of, run_key
+from stratolab.jobs.usage_meter import RUN, RunMeter, executing_elsewhere, resources_of, run_key, run_start
 from stratolab.platform import cron
 from stratolab.platform.gpus import GpuAllocation, Holder, NoFreeGpu
 from stratolab.platform.profiles import Profile
@@ -292,8 +292,7 @@ class Scheduler:
             return
         self.executions[run.id] = execution
         if metered:
-            self.meter.opened(Start(run_key(run.id), run.owner, RUN, s.name, str(run.id), s.profile, resources,
-                                    started_at=run.started_at), pid=getattr(execution, "pid", None))
+            self.meter.opened(run_start(run, s.name, s.profile, resources), pid=getattr(execution, "pid", None))
         try:
             result = await execution.wait()
         finally:

@@ -14,12 +14,18 @@ when it ends; an executor only runs a process. `RunMeter` is what both call:
   `last_seen_at` is what a crash closes an interval at.
 - `recover`, at the scheduler's start, closes the intervals of runs that are no longer running.
 
+A pipeline's notebook step is an ad-hoc run labelled {pipeline_run, step, pipeline} by the pipelines
+service (docs/scheduler-api.md, "Ad-hoc runs"): `run_start` meters such a run as the ledger's
+`pipeline_step` kind, its thing the pipeline's name (so a bill has one line per pipeline, as one per
+schedule) and its thing_id `RUN_ID/PIPELINE_RUN/STEP` (the run first: what budget enforcement stops).
+
 A meter without a ledger (`RunMeter.off()`) does nothing: tests of the engine that do not care about
 usage, and a scheduler started without a database for it, pass that.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Callable
@@ -34,7 +40,9 @@ from stratolab.platform.profiles import Profile
 
 log = logging.getLogger("stratolab.jobs")
 
-RUN, TRIAL = "run", "trial"
+RUN, TRIAL, PIPELINE_STEP = "run", "trial", "pipeline_step"
+#: the labels the pipelines service gives the scheduler runs of its notebook steps
+PIPELINE_LABELS = ("pipeline_run", "step", "pipeline")
 PRODUCER = "scheduler"
 _UNITS = {"K": 1 / 1024**2, "M": 1 / 1024, "G": 1.0, "T": 1024.0}
 
@@ -103,6 +111,31 @@ class Start:
     profile: str
     resources: Resources
     started_at: datetime | None = None
+
+
+def pipeline_labels(labels: str | dict[str, str] | None) -> dict[str, str] | None:
+    """A run's pipeline labels ({pipeline_run, step, pipeline}) when it is a pipeline's step, else None."""
+    if isinstance(labels, str):
+        try:
+            labels = json.loads(labels)
+        except ValueError:
+            return None
+    if not isinstance(labels, dict) or not all(isinstance(labels.get(k), str) and labels[k] for k in PIPELINE_LABELS):
+        return None
+    return {k: labels[k] for k in PIPELINE_LABELS}
+
+
+def run_start(run: Any, schedule_name: str, profile: str, resources: Resources) -> Start:
+    """The interval of a scheduler run (a JobRun) starting to execute: a schedule's or an ad-hoc run is a
+    `run` named after its schedule (or its own name); a pipeline's step is a `pipeline_step` named after
+    the pipeline, its thing_id `RUN_ID/PIPELINE_RUN/STEP`."""
+    step = pipeline_labels(getattr(run, "labels", None))
+    if step is not None:
+        thing_id = f"{run.id}/{step['pipeline_run']}/{step['step']}"[:255]
+        return Start(run_key(run.id), run.owner, PIPELINE_STEP, step["pipeline"], thing_id, profile, resources,
+                     started_at=run.started_at)
+    return Start(run_key(run.id), run.owner, RUN, schedule_name, str(run.id), profile, resources,
+                 started_at=run.started_at)
 
 
 class RunMeter:

@@ -146,3 +146,15 @@ def test_each_breakdown_prints_its_rows():
     assert "2026-03-01" in day_text and "2026-03-10" in day_text
     assert "(default server)" not in usage_text(report("thing"), "thing")
     assert budgets_text({"budgets": []}) == "No budgets apply to you."
+
+
+def test_a_pipelines_steps_are_one_line_of_kind_pipeline():
+    steps = [Usage(username="ann", kind="pipeline_step", thing="churn", thing_id=f"{i}/7/{step}",
+                   started_at=T0 + timedelta(hours=i), ended_at=T0 + timedelta(hours=i, minutes=10), seconds=600,
+                   resources=Resources(2, 4)) for i, step in enumerate(("prepare", "train"), start=1)]
+    rows = ROWS + steps
+    bill = make_bill(rows, DEFAULT_SHEET, T0, NOW, NOW)
+    text = usage_text(usage_report(bill, compare(rows, DEFAULT_SHEET, T0, NOW, NOW), "thing", {"user": "ann"}),
+                      "thing")
+    [line] = [line for line in text.splitlines() if line.startswith("churn")]
+    assert line.split()[:3] == ["churn", "pipeline", "0.67"], text  # 2 steps x 10 min x 2 cores

@@ -270,7 +270,8 @@ class Enforcer:
         try:
             for t in targets:
                 if t.kind in ("run", "trial", "pipeline_step") and t.thing_id:
-                    run_id = t.thing_id.removeprefix("run:")
+                    # a pipeline step's thing_id is RUN_ID/PIPELINE_RUN/STEP (jobs/usage_meter.run_start)
+                    run_id = t.thing_id.split("/", 1)[0] if t.kind == "pipeline_step" else t.thing_id.removeprefix("run:")
                     if await self._call(token, "POST", f"{self.scheduler_url}api/runs/{quote(run_id, safe='')}/stop"):
                         done.append(f"{t.kind} {t.thing or run_id}")
                         metrics.STOPS.labels(kind="run").inc()

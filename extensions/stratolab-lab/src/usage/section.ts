@@ -16,6 +16,7 @@ import {
   freesText,
   gaugeWidth,
   gbSeconds,
+  kindLabel,
   SortOrder,
   sortRows,
   thingLabel,
@@ -161,7 +162,7 @@ export class UsageSection extends ModelSection<null, UsageModel> {
           // the thing's name, and under it what kind of thing it is (the sidebar is narrow)
           cell.append(
             el('span', 'jp-Stratolab-usageThing', text(line, currency)),
-            el('span', 'jp-Stratolab-usageKind', (line.kind ?? '').replace('_', ' '))
+            el('span', 'jp-Stratolab-usageKind', kindLabel(line.kind))
           );
         } else {
           cell.textContent = text(line, currency);

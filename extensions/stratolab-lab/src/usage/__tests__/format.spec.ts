@@ -10,6 +10,7 @@ import {
   gaugeState,
   gaugeWidth,
   gbSeconds,
+  kindLabel,
   monthStart,
   sortRows,
   thingLabel,
@@ -141,6 +142,17 @@ describe('budget gauges', () => {
     expect(freesText(budget())).toBe('frees up at 2026-12-09 14:00 UTC');
     expect(freesText(budget({ frees_at: null }))).toBe('');
     expect(formatUtc('not a time')).toBe('not a time');
+  });
+});
+
+describe('kindLabel', () => {
+  it('names a pipeline step line a pipeline, and the function kinds a function', () => {
+    expect(kindLabel('pipeline_step')).toBe('pipeline');
+    expect(kindLabel('function_calls')).toBe('function');
+    expect(kindLabel('function_instance')).toBe('function (kept warm)');
+    expect(kindLabel('server')).toBe('server');
+    expect(kindLabel('some_new_kind')).toBe('some new kind');
+    expect(kindLabel(undefined)).toBe('');
   });
 });
 
