@@ -129,7 +129,10 @@ OPENAPI: dict[str, Any] = {
         },
         "/api/events/{schedule_id}": {"post": _op(
             "An event (CloudEvents, binary or structured) starts a run of the schedule's pipeline with the event "
-            "as its parameter `event`", {"201": _json(_ref("PipelineRun"), "Queued")}, params=[_sid])},
+            "as its parameter `event`; the same event (source and id) again answers the run it started. A service "
+            "holding custom:pipelines:run (the triggers service) names the owner in X-Stratolab-Owner",
+            {"201": _json(_ref("PipelineRun"), "Queued"),
+             "200": _json(_ref("PipelineRun"), "The run this event started before")}, params=[_sid])},
         "/metrics": {"get": _op("Prometheus metrics (read:metrics)", {"200": {"description": "text"}})},
         "/openapi.json": {"get": _op("This document", {"200": _json({"type": "object"})})},
         "/": {"get": {"summary": "The service's name and where its API is (answered without a token: JupyterHub's "

@@ -45,9 +45,12 @@ _filter = {"type": "object", "required": ["attribute"], "properties": {
 _destination = {"type": "object", "nullable": True, "properties": {
     **{k: {"type": "string"} for k in DESTINATION_KINDS}, "when": {"enum": list(DESTINATION_WHEN)}}}
 _trigger_input = {
-    "type": "object", "required": ["function", "kind"], "additionalProperties": False,
+    "type": "object", "required": ["kind"], "additionalProperties": False,
+    "description": "function or pipeline (exactly one)",
     "properties": {
         "function": {"type": "string", "description": "one of your functions"},
+        "pipeline": {"type": "integer", "minimum": 1, "description": "instead of function: one of your pipeline "
+                     "schedules; each event starts a run of its pipeline with the event as parameter `event`"},
         "kind": {"enum": list(KINDS)},
         "name": {"type": "string", "maxLength": 100},
         "source": {"type": "object", "description": (
@@ -65,7 +68,8 @@ _trigger_input = {
     },
 }
 _trigger = {"type": "object", "properties": {
-    "id": {"type": "integer"}, "name": {"type": "string"}, "owner": {"type": "string"}, "function": {"type": "string"},
+    "id": {"type": "integer"}, "name": {"type": "string"}, "owner": {"type": "string"},
+    "function": {"type": "string", "nullable": True}, "pipeline": {"type": "integer", "nullable": True},
     "kind": {"enum": list(KINDS)}, "source": {"type": "object"}, "filters": {"type": "array", "items": _filter},
     "paused": {"type": "boolean"}, "status": {"type": "object"}, "counts": {"type": "object"},
     "ingress_url": {"type": "string", "nullable": True}, "upload_url": {"type": "string", "nullable": True},
