@@ -199,3 +199,45 @@ def test_a_deleted_schedule_dead_letters_the_event_at_once(hub, alice):
                               if e["state"] == "dead" and e["finished_at"] != dead[0]["finished_at"]] or None,
                      60, what="the redriven event dead again")
     assert again[0]["attempts"] == 1
+
+
+# --- the CLI's request (pure) -------------------------------------------------------------------------
+
+
+def cli_body(*argv: str) -> dict:
+    from stratolab.cli.main import build_parser
+    from stratolab.cli.triggers_cmd import create_body
+
+    return create_body(build_parser().parse_args(["triggers", "create", *argv]))
+
+
+def test_the_cli_makes_a_pipeline_trigger_request():
+    from stratolab.cli.triggers_cmd import event_table, trigger_table
+    from stratolab.triggers.spec import parse_trigger
+
+    body = cli_body("--pipeline", "7", "--upload", "inbox/data", "--pattern", "*.csv")
+    assert body == {"pipeline": 7, "kind": "upload", "source": {"folder": "inbox/data", "pattern": "*.csv"}}
+    spec = parse_trigger(body, "alice")
+    assert (spec.pipeline, spec.function, spec.name) == (7, "pipeline:7", "pipeline-7-upload")
+    assert spec.source == {"folder": "inbox/data", "output": None, "pattern": "*.csv"}
+    assert cli_body("--pipeline", "7", "--upload")["source"]["folder"] == "inbox/pipeline-7"
+    assert cli_body("--pipeline", "7", "--mqtt", "users/alice/sensors/#", "--retries", "5") == {
+        "pipeline": 7, "kind": "mqtt", "source": {"filter": "users/alice/sensors/#", "qos": 1}, "retries": 5}
+    row = {"id": 1, "name": "pipeline-7-mqtt", "function": None, "pipeline": 7, "kind": "mqtt",
+           "source": {"filter": "users/alice/sensors/#"}, "status": {"state": "active"}, "counts": {}}
+    assert "pipeline:7" in trigger_table([row]).splitlines()[1]
+    event = {"id": 3, "trigger_id": 1, "function": None, "pipeline": 7, "state": "done", "attempts": 1}
+    assert "pipeline:7" in event_table([event]).splitlines()[1]
+
+
+@pytest.mark.parametrize("argv, field", [
+    (["--upload"], "function"),
+    (["resize", "--pipeline", "7", "--upload"], "function"),
+    (["--pipeline", "7", "--upload", "--output", "out"], "output"),
+])
+def test_the_cli_wants_one_target(argv, field):
+    from stratolab.errors import InvalidInput
+
+    with pytest.raises(InvalidInput) as e:
+        cli_body(*argv)
+    assert e.value.status == 2 and e.value.field == field
