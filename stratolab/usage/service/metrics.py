@@ -43,6 +43,8 @@ QUANTITIES = {
     "gpu_hours": "GPU-hours held",
     "requests": "Function calls",
     "cpu_hours_used": "Measured CPU hours used",
+    "gpu_hours_used": "Measured GPU-hours used (utilisation x time, from the devices held; beside gpu_hours held)",
+    "gpu_hours_measured": "GPU-hours held whose use was measured (gpu_hours_used / this = utilisation)",
 }
 #: records read per refresh (a first scrape of a big ledger is spread over several)
 BATCH = 50_000
@@ -89,10 +91,15 @@ class LedgerCounters(Collector):
         hours = cols.seconds / 3600
         hourly = np.array([k != "function_calls" for k in cols.labels["kind"]], dtype=bool)[cols.codes["kind"]]
         used = np.nan_to_num(cols.cpu_seconds_used, nan=0.0) / 3600
+        # GPU use is known only where measured (nvidia-smi saw the devices): unmeasured intervals add to
+        # neither gpu_hours_used nor gpu_hours_measured, so used / measured is the utilisation
+        gpu_known = hourly & ~np.isnan(cols.gpu_seconds_used) & (cols.gpus > 0)
         figures = {"seconds": cols.seconds, "requests": cols.requests.astype(float),
                    "cpu_core_hours": np.where(hourly, cols.cpu_cores * hours, 0.0),
                    "memory_gb_hours": np.where(hourly, cols.memory_gb * hours, 0.0),
-                   "gpu_hours": np.where(hourly, cols.gpus * hours, 0.0), "cpu_hours_used": used}
+                   "gpu_hours": np.where(hourly, cols.gpus * hours, 0.0), "cpu_hours_used": used,
+                   "gpu_hours_used": np.where(gpu_known, np.nan_to_num(cols.gpu_seconds_used) / 3600, 0.0),
+                   "gpu_hours_measured": np.where(gpu_known, cols.gpus * hours, 0.0)}
         names = [(cols.labels["username"][int(k) // len(cols.labels["kind"])],
                   cols.labels["kind"][int(k) % len(cols.labels["kind"])]) for k in keys]
         for quantity, values in figures.items():
