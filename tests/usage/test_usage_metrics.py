@@ -1,5 +1,6 @@
 """The usage service's Prometheus counters read from the ledger (measured GPU use beside GPU time held),
-and the chart's Grafana dashboard: every series it queries is one the service exports."""
+the chart's Grafana dashboard (every series it queries is one the service exports), and the idle GPU
+cost of runs, trials and pipeline steps as well as servers."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import pytest
 
 from stratolab.db import ensure_schema, make_engine, session_factory
 from stratolab.db.usage_ledger import Ledger, Resources, Usage
-from stratolab.usage.pricing import DEFAULT_SHEET
+from stratolab.usage.pricing import DEFAULT_SHEET, parse_price_sheet
 from stratolab.usage.service.metrics import REGISTRY, LedgerCounters
+from stratolab.usage.service.state import idle_gpu_cost, summarize
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "helm" / "stratolab" / "files" / "grafana-usage-dashboard.json"
@@ -93,3 +95,29 @@ def test_the_dashboard_queries_only_exported_series_and_shows_gpu_held_vs_used()
         assert not cells & mine, p["title"]
         cells |= mine
     assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
+
+
+IDLE_SHEET = parse_price_sheet({"gpu_hour": 2.0, "cpu_core_hour": 0.0, "memory_gb_hour": 0.0,
+                                "minimum_charge": {"servers": 0, "runs": 0}})
+
+
+def held(user: str, kind: str, gpus: int, cpu_s: float | None, gpu_s: float | None) -> Usage:
+    return Usage(username=user, kind=kind, thing=kind, started_at=T0, ended_at=T0 + timedelta(hours=1),
+                 seconds=3600, resources=Resources(cpu_cores=1, gpus=gpus, gpu_model="H100"),
+                 cpu_seconds_used=cpu_s, gpu_seconds_used=gpu_s)
+
+
+def test_idle_gpu_cost_counts_runs_trials_and_pipeline_steps_from_measured_gpu_use():
+    end = T0 + timedelta(days=1)
+    rows = [
+        held("ann", "run", 1, cpu_s=3000.0, gpu_s=36.0),         # 1% busy: idle, whatever its CPU did
+        held("ann", "trial", 2, cpu_s=3000.0, gpu_s=2 * 3600 * 0.6),  # 60% busy: not idle
+        held("bob", "pipeline_step", 1, cpu_s=5.0, gpu_s=0.0),   # measured 0: idle
+        held("bob", "run", 1, cpu_s=5.0, gpu_s=None),            # not measured: a run is not guessed from its CPU
+        held("cy", "trial", 0, cpu_s=5.0, gpu_s=None),           # no GPU: nothing to be idle
+        held("dee", "server", 1, cpu_s=5.0, gpu_s=None),         # a server unmeasured: still the CPU guess
+    ]
+    assert idle_gpu_cost(rows, IDLE_SHEET, T0, end, end) == {"ann": pytest.approx(2.0), "bob": pytest.approx(2.0),
+                                                              "dee": pytest.approx(2.0)}
+    summary = summarize(rows, IDLE_SHEET, T0, end, end, {}, "user", "asc")
+    assert summary["totals"]["idle_gpu_cost"] == pytest.approx(6.0)

@@ -44,6 +44,8 @@ SUMMARY_COLUMNS = ("user", "groups", "cost", "cpu_core_hours", "memory_gb_hours"
 IDLE_GPU_SHARE = 0.05
 #: ... and, where its GPUs were not measured, one whose processes used less than this share of one core
 IDLE_CPU_SHARE = 0.02
+#: the batch kinds whose GPUs held idle count too (judged by measured GPU use only)
+IDLE_BATCH_KINDS = frozenset({"run", "trial", "pipeline_step"})
 
 
 def utcnow() -> datetime:
@@ -367,21 +369,24 @@ def _sort_key(row: Mapping[str, Any], column: str) -> Any:
 
 def idle_gpu_cost(rows: UsageColumns | Iterable[Usage], sheet: PriceSheet, start: datetime, end: datetime,
                   now: datetime) -> dict[str, float]:
-    """Per user, the GPU cost of servers that held GPUs while idle: their GPUs' measured utilisation
-    averaged under IDLE_GPU_SHARE over the time held (GPU seconds over GPUs x seconds); where the GPUs
-    were not measured (no nvidia-smi), a measured CPU use under IDLE_CPU_SHARE of one core instead.
-    Servers measured neither way count as busy (no guess). Judged on each interval whole, and priced
-    by the bill's rule, the part in the period prorated."""
+    """Per user, the GPU cost of servers, runs, AutoML trials and pipeline steps that held GPUs while
+    idle: their GPUs' measured utilisation averaged under IDLE_GPU_SHARE over the time held (GPU seconds
+    over GPUs x seconds). Where a server's GPUs were not measured (no nvidia-smi), a measured CPU use
+    under IDLE_CPU_SHARE of one core instead; a run's or a trial's unmeasured GPUs are not judged (a batch
+    job quiet on the CPU may be busy on the GPU). Intervals measured neither way count as busy (no
+    guess). Judged on each interval whole, and priced by the bill's rule, the part in the period
+    prorated."""
     cols = rows if isinstance(rows, UsageColumns) else UsageColumns.from_usages(rows)
     if not len(cols):
         return {}
     server = np.array([k == "server" for k in cols.labels["kind"]], dtype=bool)[cols.codes["kind"]]
+    batch = np.array([k in IDLE_BATCH_KINDS for k in cols.labels["kind"]], dtype=bool)[cols.codes["kind"]]
     gpu_measured = ~np.isnan(cols.gpu_seconds_used)
     with np.errstate(invalid="ignore"):  # NaN (not measured): False
         gpu_quiet = cols.gpu_seconds_used < IDLE_GPU_SHARE * cols.gpus * cols.seconds
         cpu_quiet = cols.cpu_seconds_used < IDLE_CPU_SHARE * cols.seconds
-    quiet = np.where(gpu_measured, gpu_quiet, cpu_quiet)
-    idle = server & (cols.gpus > 0) & (cols.seconds > 0) & quiet
+    quiet = np.where(gpu_measured, gpu_quiet, server & cpu_quiet)
+    idle = (server | batch) & (cols.gpus > 0) & (cols.seconds > 0) & quiet
     if not idle.any():
         return {}
     out: dict[str, float] = {}
