@@ -26,9 +26,8 @@ from stratolab.usage.bill import PRICE_AS, money
 
 SERVICE = "usage"
 BY = ("thing", "resource", "day")
-#: what kind of thing a line is, as the lab names it (a pipeline's steps are the pipeline's)
-KIND_NAMES = {"trial": "automl-trial", "pipeline_step": "pipeline", "function_calls": "function",
-              "function_instance": "function-warm"}
+#: what kind of thing a line is, as the lab names it (a pipeline's steps are the pipeline's line)
+KIND_NAMES = {"pipeline_step": "pipeline"}
 Emit = Callable[[Any, str], None]
 
 

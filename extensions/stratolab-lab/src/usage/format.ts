@@ -135,16 +135,13 @@ export function thingLabel(line: IBreakdownLine): string {
   return line.kind === 'server' || !line.kind ? 'default server' : `(unnamed ${line.kind})`;
 }
 
-/** What kind of thing a breakdown line is, as a person reads it (a pipeline's steps are the pipeline's). */
-const KIND_NAMES: Record<string, string> = {
-  trial: 'AutoML trial',
-  pipeline_step: 'pipeline',
-  function_calls: 'function',
-  function_instance: 'function (kept warm)'
-};
-
+/** What kind of thing a breakdown line is, as a person reads it: a pipeline's steps are its pipeline's
+ * line ("pipeline"); the other kinds as the API names them, with spaces. */
 export function kindLabel(kind: string | undefined): string {
-  return kind ? (KIND_NAMES[kind] ?? kind.replace(/_/g, ' ')) : '';
+  if (kind === 'pipeline_step') {
+    return 'pipeline';
+  }
+  return (kind ?? '').replace(/_/g, ' ');
 }
 
 export type SortOrder = 'asc' | 'desc';

@@ -146,10 +146,11 @@ describe('budget gauges', () => {
 });
 
 describe('kindLabel', () => {
-  it('names a pipeline step line a pipeline, and the function kinds a function', () => {
+  it('names a pipeline step line a pipeline, the other kinds as the API does', () => {
     expect(kindLabel('pipeline_step')).toBe('pipeline');
-    expect(kindLabel('function_calls')).toBe('function');
-    expect(kindLabel('function_instance')).toBe('function (kept warm)');
+    expect(kindLabel('function_calls')).toBe('function calls');
+    expect(kindLabel('function_instance')).toBe('function instance');
+    expect(kindLabel('trial')).toBe('trial');
     expect(kindLabel('server')).toBe('server');
     expect(kindLabel('some_new_kind')).toBe('some new kind');
     expect(kindLabel(undefined)).toBe('');
