@@ -136,14 +136,18 @@ def test_the_hub_registers_the_service_by_url_with_its_token_and_role(tmp_path):
     assert "access:services!service=pipelines" in user["scopes"]
 
 
-def test_the_service_is_reached_only_through_the_hub_and_the_proxy_and_reaches_its_peers():
+def test_the_service_is_reached_only_through_the_hub_the_proxy_and_the_triggers_service_and_reaches_its_peers():
     objects = render("default-values.yaml")
     policies = {component(p): p for p in of_kind(objects, "NetworkPolicy")}
     (rule,) = policies["pipelines"]["spec"]["ingress"]
     assert rule["ports"] == [{"protocol": "TCP", "port": 10105}]
     peers = [(p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
               p["podSelector"]["matchLabels"]["app.kubernetes.io/component"]) for p in rule["from"]]
-    assert sorted(peers) == [(NAMESPACE, "hub"), (NAMESPACE, "proxy")]
+    # the triggers service delivers the events of triggers whose target is a pipeline schedule
+    assert sorted(peers) == [(NAMESPACE, "hub"), (NAMESPACE, "proxy"), (NAMESPACE, "triggers")]
+    triggers_env = pipelines_env(objects, f"{RELEASE}-triggers")
+    assert service_of(objects, triggers_env["STRATOLAB_TRIGGERS_PIPELINES_URL"]) == (SERVICE, 10105)
+    assert triggers_env["STRATOLAB_TRIGGERS_PIPELINES_URL"].endswith("/services/pipelines/")
     # it calls the scheduler, the functions service, the hub and the database: each lets it in
     for target in ("scheduler", "functions", "hub", "postgresql"):
         (rule,) = policies[target]["spec"]["ingress"]
@@ -177,6 +181,8 @@ def test_pipelines_can_be_turned_off():
     assert KubeHubValues.from_mapping(hub_values(off)).pipelines_url is None
     hub = env_of(named(off, "Deployment", f"{RELEASE}-hub")["spec"]["template"]["spec"]["containers"][0])
     assert "STRATOLAB_PIPELINES_API_TOKEN" not in hub
+    triggers = env_of(named(off, "Deployment", f"{RELEASE}-triggers")["spec"]["template"]["spec"]["containers"][0])
+    assert "STRATOLAB_TRIGGERS_PIPELINES_URL" not in triggers
     for policy in of_kind(off, "NetworkPolicy"):
         for rule in policy["spec"].get("ingress") or []:
             assert not [p for p in rule.get("from", [])
