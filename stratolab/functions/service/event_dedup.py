@@ -30,6 +30,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from itertools import chain
 
 #: an HTTP answer: (status, headers, body)
 Answer = tuple[int, list[tuple[str, str]], bytes]
@@ -54,8 +55,7 @@ class _Remembered:
 
 
 def _size(key: EventKey, answer: Answer) -> int:
-    return (ENTRY_OVERHEAD_BYTES + len(answer[2]) + sum(len(k) for k in key)
-            + sum(len(name) + len(value) for name, value in answer[1]))
+    return ENTRY_OVERHEAD_BYTES + len(answer[2]) + sum(map(len, key)) + sum(map(len, chain.from_iterable(answer[1])))
 
 
 class EventDeduplicator:
