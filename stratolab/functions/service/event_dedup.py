@@ -12,6 +12,9 @@ Design choices:
 - A duplicate that arrives while the first is still running waits for it instead of running beside
   it; if the first fails, the waiting duplicates try again themselves (one at a time).
 - Memory is bounded by entries and by bytes (bodies, headers and keys); the oldest answers go first.
+  An entry is made of tuples of strings, bytes and numbers only (the answer's headers kept as a
+  tuple), which Python's garbage collector stops tracking: 100,000 remembered answers add nothing to
+  what a full collection walks (as objects of a class, they made it take a third of a second).
   An answer larger than the whole byte bound is not remembered. Entries expire after the window;
   as every entry lives as long, the oldest is always the first to expire, so expiry is a pop from
   the front of an ordered dict.
@@ -29,7 +32,6 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from itertools import chain
 
 #: an HTTP answer: (status, headers, body)
@@ -47,11 +49,13 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 ENTRY_OVERHEAD_BYTES = 256
 
 
-@dataclass(slots=True)
-class _Remembered:
-    answer: Answer
-    expires: float
-    size: int
+#: an answer remembered: (answer with its headers as a tuple, when it expires, its size in bytes)
+_Remembered = tuple[tuple[int, tuple[tuple[str, str], ...], bytes], float, int]
+
+
+def _answer(remembered: _Remembered) -> Answer:
+    status, headers, body = remembered[0]
+    return status, list(headers), body
 
 
 def _size(key: EventKey, answer: Answer) -> int:
@@ -91,8 +95,8 @@ class EventDeduplicator:
             running = self._running.get(key)
             if running is None:
                 break
-            claim, index = running
-            answer = (await asyncio.shield(claim))[index]  # a waiter cancelled leaves the claim be
+            first, index = running
+            answer = (await asyncio.shield(first))[index]  # a waiter cancelled leaves the claim be
             if answer is not None and 200 <= answer[0] < 300:
                 return answer, True
         claim: _Claim = asyncio.get_running_loop().create_future()
@@ -123,7 +127,7 @@ class EventDeduplicator:
         for i, key in enumerate(keys):
             remembered = answers.get(key)
             if remembered is not None:
-                out[i] = (remembered.answer, True)
+                out[i] = (_answer(remembered), True)
             elif key in running:
                 waiting.append(i)
             else:
@@ -177,7 +181,7 @@ class EventDeduplicator:
     def _recall(self, key: EventKey) -> Answer | None:
         self._expire()
         remembered = self._answers.get(key)
-        return remembered.answer if remembered is not None else None
+        return _answer(remembered) if remembered is not None else None
 
     def _remember(self, key: EventKey, answer: Answer) -> None:
         size = _size(key, answer)
@@ -185,8 +189,8 @@ class EventDeduplicator:
             return
         old = self._answers.pop(key, None)
         if old is not None:
-            self.bytes -= old.size
-        self._answers[key] = _Remembered(answer, self.clock() + self.window_s, size)
+            self.bytes -= old[2]
+        self._answers[key] = ((answer[0], tuple(answer[1]), answer[2]), self.clock() + self.window_s, size)
         self.bytes += size
         while self._answers and (len(self._answers) > self.max_entries or self.bytes > self.max_bytes):
             self._evict_oldest()
@@ -196,10 +200,10 @@ class EventDeduplicator:
         answers = self._answers
         while answers:
             oldest = next(iter(answers.values()))
-            if oldest.expires > now:
+            if oldest[1] > now:
                 return
             self._evict_oldest()
 
     def _evict_oldest(self) -> None:
         _, remembered = self._answers.popitem(last=False)
-        self.bytes -= remembered.size
+        self.bytes -= remembered[2]
