@@ -101,7 +101,8 @@ def test_native_login_by_default_with_culler_and_profiles_file(tmp_path):
     )
     assert c.JupyterHub.authenticator_class.__name__ == "StratolabNativeAuthenticator"
     assert c.NativeAuthenticator.open_signup is False
-    assert [s["name"] for s in c.JupyterHub.services] == ["idle-culler", "functions", "scheduler", "triggers", "usage", "pipelines"]
+    assert [s["name"] for s in c.JupyterHub.services] == [
+        "idle-culler", "functions", "scheduler", "triggers", "usage", "pipelines"]
     scheduler = c.JupyterHub.services[2]
     assert scheduler["environment"]["STRATOLAB_PROFILES_FILE"] == str(profiles)  # runs use the same profiles
     assert "custom:jobs:run!user" in c.Spawner.server_token_scopes
