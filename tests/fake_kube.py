@@ -326,6 +326,10 @@ class FakeKube:
             if name in self._store.get(key, {}):
                 return _status(409, "AlreadyExists", f'{key[1]} "{name}" already exists')
             body.pop("status", None) if kind not in ("Pod", "Event") else None
+            if kind == "Pod" and not body.get("status"):
+                # the API server defaults a new pod's status (phase Pending) before anyone sees it;
+                # kubespawner reads pod["status"]["phase"] from its first watch event
+                body["status"] = {"phase": "Pending"}
             stored = self._stamp(body, key[2], None)
             self._store.setdefault(key, {})[name] = stored
             self._emit(key, "ADDED", stored)
