@@ -149,6 +149,8 @@ class RunMeter:
         self.pids: dict[str, int] = {}
         #: key -> the GPU devices the run holds on this machine (from the GPU ledger), measured at each beat
         self.devices: dict[str, tuple[str, ...]] = {}
+        #: key -> what the last heartbeat measured of the run (kept for a run whose process ends before it closes)
+        self.last_measured: dict[str, Measured] = {}
 
     @classmethod
     def off(cls) -> RunMeter:
@@ -193,7 +195,9 @@ class RunMeter:
         if self.ledger is None:
             return
         pid = self.pids.pop(key, None)
-        measured = self._sample(pid) if pid is not None else None
+        # a run whose process ended before this call keeps what its last heartbeat measured
+        last = self.last_measured.pop(key, None)
+        measured = (self._sample(pid) if pid is not None else None) or last
         self.devices.pop(key, None)
         gpu_seconds = self.gpu_meter.finish(key, extend=ended_at is None) if self.gpu_meter is not None else None
         if gpu_seconds is not None:
@@ -219,6 +223,7 @@ class RunMeter:
             sample = self._sample(pid)
             if sample is not None:
                 measured[key] = sample
+                self.last_measured[key] = sample
         for key, gpu_seconds in self._gpu_seconds().items():
             if gpu_seconds is not None:
                 measured[key] = replace(measured.get(key) or Measured(), gpu_seconds=gpu_seconds)

@@ -16,7 +16,7 @@ from pipelines_support import dag
 from stratolab.db import make_engine
 from stratolab.pipelines import flow
 
-SLEEP_S = 2.0
+SLEEP_S = 6.0  # longer than the scheduler's 5 s heartbeat: each step is measured while it runs
 
 
 @pytest.fixture(scope="module")
