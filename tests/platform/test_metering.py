@@ -12,6 +12,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -247,9 +248,11 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def run_child(url: str, path: Path, mode: str, after_calls: int) -> int:
-    """Starts the child and SIGKILLs it once it reported `after_calls` calls (or its -1); returns the
-    last call it said it recorded. Waiting for its word, not for a time, keeps this right on a busy machine."""
+def run_child(url: str, path: Path, mode: str, after_calls: int, until: Callable[[], bool] | None = None) -> int:
+    """Starts the child and SIGKILLs it once it reported `after_calls` calls (or its -1) and `until()`
+    holds (checked every 500 calls); returns the last call it said it recorded. Waiting for its word and
+    for what it did, not for a time, keeps this right on a busy machine (where its fold thread may not
+    have run at all by its 20,000th call)."""
     child = subprocess.Popen([sys.executable, "-c", CHILD, url, str(path), mode], stdout=subprocess.PIPE)
     assert child.stdout is not None
     last = 0
@@ -259,7 +262,9 @@ def run_child(url: str, path: Path, mode: str, after_calls: int) -> int:
         if not line:
             break
         last = int(line)
-        if last == -1 or last >= after_calls:
+        if last == -1:
+            break
+        if last >= after_calls and (until is None or (last % 500 == 0 and until())):
             break
     child.send_signal(signal.SIGKILL)
     out = child.stdout.read()  # what it said before it died (communicate() would skip the reader's buffer)
@@ -271,7 +276,7 @@ def run_child(url: str, path: Path, mode: str, after_calls: int) -> int:
 def test_a_process_killed_while_recording_and_folding_loses_nothing_and_repeats_nothing(db, tmp_path):
     url, sessions = db
     path = tmp_path / "calls.jsonl"
-    reported = run_child(url, path, "record", 20_000)
+    reported = run_child(url, path, "record", 20_000, until=lambda: folded(sessions)[0] > 0)
     assert reported > 100
     before = folded(sessions)[0]
     assert 0 < before <= reported + 1  # its own folds ran, and were cut short somewhere
