@@ -47,6 +47,13 @@ class FunctionBackend(abc.ABC):
     def describe(self, ref: VersionRef) -> dict[str, Any]:
         """Instances, in-flight invocations and cold starts of a version."""
 
+    def instance_pids(self, ref: VersionRef) -> list[int] | None:
+        """The process ids of the version's live instances on this machine, oldest first, which the
+        usage meter samples for the CPU seconds and peak memory they use; [] when it has none. None:
+        not known (a backend whose instances are not processes here, such as Knative's pods): the
+        warm-instance intervals then carry no measured use (NULL, "not measured"), never 0."""
+        return None
+
     @abc.abstractmethod
     def logs(self, ref: VersionRef, max_bytes: int = 65536) -> str: ...
 

@@ -365,6 +365,11 @@ class KnativeBackend(FunctionBackend):
             out["revision"] = deployed.revision
         return out
 
+    def instance_pids(self, ref: VersionRef) -> list[int] | None:
+        """Not known: the instances are pods on the cluster's nodes, not processes on this machine, so
+        the warm-instance intervals of this backend carry no measured CPU or memory (NULL, not 0)."""
+        return None
+
     def logs(self, ref: VersionRef, max_bytes: int = 65536) -> str:
         return self._logs.get(ref.key, "")[-max_bytes:]
 

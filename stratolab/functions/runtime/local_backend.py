@@ -189,6 +189,11 @@ class LocalBackend(FunctionBackend):
         pool = self.pools.get(ref.key)
         return pool.describe() if pool else {"instances": 0, "starting": 0, "waiting": 0, "inflight": 0, "cold_starts": 0}
 
+    def instance_pids(self, ref: VersionRef) -> list[int] | None:
+        """The worker processes of the version, oldest first ([] when it is not deployed here)."""
+        pool = self.pools.get(ref.key)
+        return pool.pids() if pool else []
+
     def logs(self, ref: VersionRef, max_bytes: int = 65536) -> str:
         pool = self.pools.get(ref.key)
         if pool is None or not pool.log_path.exists():

@@ -316,6 +316,10 @@ class VersionPool:
                 self._remove(inst, "the version was removed")
             self._cond.notify_all()
 
+    def pids(self) -> list[int]:
+        """The process ids of the live instances, oldest first (read only: for the usage meter)."""
+        return [i.pid for i in self.instances if i.alive]
+
     def describe(self) -> dict[str, Any]:
         return {
             "instances": len(self.instances),

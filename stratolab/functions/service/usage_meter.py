@@ -19,21 +19,46 @@ gone (`reconcile`, on the service's housekeeping tick, compares what each versio
 open). At the service's start, intervals left open by a previous life are closed at their last heartbeat
 (the local backend's instances died with it); a backend whose instances outlive the service (Knative)
 keeps them, and `reconcile` closes what is no longer warm.
+
+What a warm instance used, beside what it reserved: each interval follows one process of the version
+(`FunctionBackend.instance_pids`: the local backend's workers; None from a backend that cannot see its
+instances as processes here, Knative, whose intervals stay unmeasured: NULL, never 0). Its process tree
+is sampled with the platform's ProcessMeter when the interval opens (the CPU it had used before is not
+the interval's) and every MEASURE_EVERY_S on the housekeeping tick after (a sample reads /proc, ~2-3 ms,
+on the service's loop: not every second for every instance), and the ledger's heartbeat stores the CPU
+seconds used since the interval opened and the peak memory (RSS, or the process's own high-water mark)
+of the latest sample; a close takes a last sample of a process still alive, else keeps the latest one
+(what a process used between that sample and its end is not known, and not guessed). The calls an
+instance serves run in it, so its CPU seconds include theirs (they are billed by duration as calls:
+the measured figures say what was used, not what is billed).
+
+An instance replaced under the same slot (it died or went over its memory limit, and another started
+between two ticks, so the version's count did not change) is closed and reopened: the interval of the
+old process ends at the tick that found its pid gone (reason "replaced", with the old process's last
+sample) and the new process's interval starts at that same instant, so the slot's time is neither lost
+nor counted twice, and one record measures one process (CPU seconds are not summed across processes,
+nor a peak taken from two). A replacement seen between ticks as a drop in the count is the ordinary
+close ("stopped") and open.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from stratolab.db.usage_ledger import Ledger, Resources
+import psutil
+
+from stratolab.db.usage_ledger import Ledger, Measured, Resources
 from stratolab.errors import StratolabError
 from stratolab.functions.backend import FunctionBackend, VersionRef
 from stratolab.functions.policy import ScalingPolicy
 from stratolab.functions.registry import FunctionView
-from stratolab.platform.metering import CallJournal
+from stratolab.platform.metering import CallJournal, ProcessMeter
 
 log = logging.getLogger("stratolab.functions")
 
@@ -46,6 +71,8 @@ DEFAULT_MEMORY_GB = 0.5
 FOLD_EVERY_S = 5.0
 #: answers given without running the function: not billed
 NOT_RUN = frozenset({429, 503})
+#: seconds between samples of the warm instances' processes (the scheduler's heartbeat period)
+MEASURE_EVERY_S = 5.0
 
 
 class BudgetExceeded(StratolabError):
@@ -85,6 +112,57 @@ def warm_slots(views: Iterable[FunctionView],
     return wanted
 
 
+@dataclass
+class Tracked:
+    """The process a warm-instance interval follows, measured from the moment the interval took it."""
+
+    pid: int
+    #: when the process was created: a later process given the same pid is not this one
+    created: float
+    #: the tree's cumulative CPU seconds when the interval took it: what it used before is not the interval's
+    base_cpu: float
+    #: one meter per process (its state goes with it, whatever became of the process)
+    meter: ProcessMeter = field(default_factory=ProcessMeter)
+    #: the latest sample after the base (CPU seconds since the base, peak memory); None: none yet
+    last: Measured | None = None
+
+    @classmethod
+    def start(cls, pid: int) -> Tracked | None:
+        """The process followed from now; None when it is gone already (or cannot be read)."""
+        created = _created(pid)
+        meter = ProcessMeter()
+        first = _sample(meter, pid) if created is not None else None
+        if created is None or first is None or first.cpu_seconds is None:
+            return None
+        return cls(pid, created, first.cpu_seconds, meter)
+
+    def sample(self) -> Measured | None:
+        """What the process used since the interval took it, now (kept as `last`); None when it is gone."""
+        if _created(self.pid) != self.created:
+            return None
+        m = _sample(self.meter, self.pid)
+        if m is None:
+            return None
+        self.last = Measured(cpu_seconds=max(0.0, (m.cpu_seconds or 0.0) - self.base_cpu),
+                             peak_memory_gb=m.peak_memory_gb)
+        return self.last
+
+
+def _created(pid: int) -> float | None:
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return None
+
+
+def _sample(meter: ProcessMeter, pid: int) -> Measured | None:
+    try:
+        return meter.sample(pid)
+    except Exception:  # measuring is best effort: the interval counts either way
+        log.debug("could not measure process %s", pid, exc_info=True)
+        return None
+
+
 class FunctionMeter:
     """The functions service's producer of usage: `call` on every invocation (µs), `fold` and
     `reconcile` on timers, `check_warm` before a deploy or change that keeps instances warm."""
@@ -95,6 +173,10 @@ class FunctionMeter:
         self.usage = usage
         #: warm-instance intervals this service has open (key -> version)
         self.open_instances: set[str] = set()
+        #: key -> the process an open interval follows (only where the backend knows its instances' pids)
+        self.tracked: dict[str, Tracked] = {}
+        self.measure_every_s = MEASURE_EVERY_S
+        self._measured_at = float("-inf")
 
     @classmethod
     def off(cls) -> FunctionMeter:
@@ -182,11 +264,13 @@ class FunctionMeter:
             log.exception("could not recover the open warm-instance intervals")
 
     def reconcile(self, views: Iterable[FunctionView], backend: FunctionBackend) -> None:
-        """Open an interval for each warm instance there is, close those of instances that are gone,
-        and mark the open ones seen (the ledger's heartbeat)."""
+        """Open an interval for each warm instance there is, close those of instances that are gone or
+        were replaced (see the module's docstring), and mark the open ones seen (the ledger's heartbeat),
+        with what their processes used when a sample is due."""
         views = list(views)
         if self.ledger is None or not (views or self.open_instances):
             return
+        ledger = self.ledger
 
         def instances(ref: VersionRef) -> int:
             try:
@@ -196,16 +280,80 @@ class FunctionMeter:
 
         wanted = warm_slots(views, instances)
         for key in sorted(self.open_instances - set(wanted)):
-            self.ledger.close(key, reason="stopped")
-            self.open_instances.discard(key)
+            self._close(key, reason="stopped")
+        live = self._pids({ref for _view, ref in wanted.values()}, backend)
+        # the processes followed that are still there, and the intervals whose process is gone
+        taken: set[int] = set()
+        replaced: set[str] = set()
+        for key in [k for k in self.tracked if k not in self.open_instances or k not in wanted]:
+            del self.tracked[key]  # left by a failed open
+        for key, tracked in self.tracked.items():
+            pids = live.get(wanted[key][1])
+            if pids is None or tracked.pid in pids:
+                taken.add(tracked.pid)
+            else:
+                replaced.add(key)
+        free = {ref: None if pids is None else [p for p in pids if p not in taken] for ref, pids in live.items()}
         for key, (view, ref) in wanted.items():
-            if key in self.open_instances:
+            unfollowed = free[ref] or []
+            if key in self.open_instances and key not in replaced:
+                if key not in self.tracked and unfollowed:
+                    self._follow(key, unfollowed)  # opened while its process was not known: followed from now
                 continue
-            self.ledger.open(key, username=view.owner, kind=INSTANCE, thing=view.name, thing_id=f"fn:{ref.version}",
-                             resources=Resources(memory_gb=memory_gb(view.policy), gpus=view.policy.gpus))
+            started_at = None
+            if key in replaced:  # another process took the place of the one followed: one ends, one starts
+                started_at = ledger.clock()
+                self._close(key, reason="replaced", ended_at=started_at)
+            follows = self._follow(key, unfollowed)
+            ledger.open(key, username=view.owner, kind=INSTANCE, thing=view.name, thing_id=f"fn:{ref.version}",
+                        resources=Resources(memory_gb=memory_gb(view.policy), gpus=view.policy.gpus),
+                        started_at=started_at, pids=[follows.pid] if follows is not None else [])
             self.open_instances.add(key)
         if self.open_instances:
-            self.ledger.heartbeat()
+            ledger.heartbeat(self._measure())
+
+    @staticmethod
+    def _pids(refs: Iterable[VersionRef], backend: FunctionBackend) -> dict[VersionRef, list[int] | None]:
+        """Each version's live instance pids, oldest first (None: not known)."""
+        out: dict[VersionRef, list[int] | None] = {}
+        for ref in refs:
+            try:
+                out[ref] = backend.instance_pids(ref)
+            except Exception:
+                log.debug("could not read the processes of %s", ref.key, exc_info=True)
+                out[ref] = None
+        return out
+
+    def _follow(self, key: str, pids: list[int]) -> Tracked | None:
+        """The interval follows the first of `pids` that is alive (taken off the list)."""
+        while pids:
+            tracked = Tracked.start(pids.pop(0))
+            if tracked is not None:
+                self.tracked[key] = tracked
+                return tracked
+        return None
+
+    def _close(self, key: str, reason: str, ended_at: datetime | None = None) -> None:
+        """Ends the interval with what its process used: sampled now if it is alive, else its latest
+        sample (None: never measured)."""
+        assert self.ledger is not None
+        tracked = self.tracked.pop(key, None)
+        measured = None if tracked is None else (tracked.sample() or tracked.last)
+        self.ledger.close(key, ended_at=ended_at, reason=reason, measured=measured)
+        self.open_instances.discard(key)
+
+    def _measure(self) -> dict[str, Measured]:
+        """Every followed process sampled, once per `measure_every_s` (between, nothing new to store)."""
+        now = time.monotonic()
+        if now - self._measured_at < self.measure_every_s:
+            return {}
+        self._measured_at = now
+        measured = {}
+        for key, tracked in self.tracked.items():
+            m = tracked.sample()
+            if m is not None:
+                measured[key] = m
+        return measured
 
     def close_all(self) -> None:
         """At a clean shutdown: the warm instances stop with the (local) service."""
@@ -213,7 +361,8 @@ class FunctionMeter:
             return
         for key in sorted(self.open_instances):
             try:
-                self.ledger.close(key, reason="stopped")
+                self._close(key, reason="stopped")
             except Exception:
                 log.exception("could not close %s", key)
         self.open_instances.clear()
+        self.tracked.clear()
