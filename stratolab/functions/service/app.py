@@ -248,9 +248,9 @@ class FunctionsService(HubService):
         await front.close()
         if state.triggers is not None:
             await state.triggers.close()
-        await backend.shutdown()
-        if isinstance(backend, LocalBackend):
+        if isinstance(backend, LocalBackend):  # while its workers live, so each closes with a last sample
             state.meter.close_all()
+        await backend.shutdown()
         state.stats.flush(everything=True)
         state.meter.stop()
 
