@@ -33,6 +33,14 @@ and validate them against Argo's CRD schemas (../shared/schemas/argo-workflows).
   given to every later step at the same path (optional: it is absent when its producer was skipped);
   the executed notebook is the output artifact `notebook`.
 - **Retries are `retryStrategy`** (`limit`, exponential backoff), a timeout is `activeDeadlineSeconds`.
+- **Notebook step pods carry what the usage ledger needs** (the pod collector of the usage service,
+  stratolab/usage/kube.py, reads them as it reads servers' pods): the template's `metadata` labels the pod
+  `app.kubernetes.io/component: pipeline-step` (the collector's selector) and the step, and annotates it
+  with the step and its profile's slug; the Workflow's `podMetadata` gives every pod the owner, the run
+  and the pipeline, as labels (escaped by `label_value`: what selectors and the NetworkPolicy match) and as
+  annotations (exact: what the ledger is written from). The thing a bill names is the pipeline's name as
+  the run's row has it (`ArgoRun.pipeline`), so a pipeline is one line on both backends. Function steps
+  are not labelled a step: their pod only waits for a call the functions service meters itself.
 - **Function steps** run `stratolab functions invoke` in the CPU image, with the caller's URL and token
   from the Secret `ArgoSettings.api_secret` (nothing secret in the Workflow). **Deploy and AutoML steps
   are not compiled**: they need the platform's services to act for the user (a rollout, a search)
@@ -70,6 +78,17 @@ ENTRYPOINT = "pipeline"
 WORK_DIR = "/srv/stratolab/work"
 OUT_DIR = "/srv/stratolab/out"
 COMPONENT = "pipeline-run"
+#: the component label of a notebook step's pod (the usage collector's selector for pipeline steps)
+STEP_COMPONENT = "pipeline-step"
+RUN_LABEL = "stratolab.io/pipeline-run"
+PIPELINE_LABEL = "stratolab.io/pipeline"
+STEP_LABEL = "stratolab.io/step"
+#: annotations (exact values) the usage collector reads a step pod by
+OWNER_ANNOTATION = "stratolab.io/owner"
+PIPELINE_ANNOTATION = "stratolab.io/pipeline"
+RUN_ANNOTATION = "stratolab.io/pipeline-run"
+STEP_ANNOTATION = "stratolab.io/step"
+PROFILE_ANNOTATION = "stratolab.io/profile"
 #: what a notebook step's container runs: papermill, then the recorded values as files
 RUNNER = """\
 import json, os, pathlib, re, sys
@@ -129,6 +148,9 @@ class ArgoRun:
     default_profile: Profile | None = None
     #: pipeline parameters given for this run (over the file's defaults)
     parameters: Mapping[str, Any] = field(default_factory=dict)
+    #: the pipeline's name as the run's row has it (what a bill names the steps' usage by); empty: the
+    #: name in the file's properties
+    pipeline: str = ""
 
 
 def task_name(step: Step) -> str:
@@ -140,10 +162,32 @@ def workflow_name(key: str, prefix: str = "stratolab") -> str:
     return dns_label(f"{prefix}-pipeline-{key}")
 
 
+def pipeline_name(run: ArgoRun, pipeline: Pipeline) -> str:
+    """The pipeline's name for this run: the row's (`ArgoRun.pipeline`), else the file's."""
+    return run.pipeline or pipeline.name
+
+
 def labels(run: ArgoRun, pipeline: Pipeline) -> dict[str, str]:
     return {"app.kubernetes.io/name": "stratolab", COMPONENT_LABEL: COMPONENT, MANAGED_BY_LABEL: "stratolab-pipelines",
-            OWNER_LABEL: label_value(run.owner), "stratolab.io/pipeline-run": label_value(run.key),
-            "stratolab.io/pipeline": label_value(pipeline.name)}
+            OWNER_LABEL: label_value(run.owner), RUN_LABEL: label_value(run.key),
+            PIPELINE_LABEL: label_value(pipeline_name(run, pipeline))}
+
+
+def pod_metadata(run: ArgoRun, pipeline: Pipeline) -> dict[str, Any]:
+    """`podMetadata`: on every pod of the Workflow, whose it is and of which run and pipeline; labels
+    escaped to be label values, annotations exact."""
+    name = pipeline_name(run, pipeline)
+    return {"labels": {OWNER_LABEL: label_value(run.owner), RUN_LABEL: label_value(run.key),
+                       PIPELINE_LABEL: label_value(name)},
+            "annotations": {OWNER_ANNOTATION: run.owner, RUN_ANNOTATION: run.key, PIPELINE_ANNOTATION: name}}
+
+
+def step_metadata(step: Step, profile: Profile) -> dict[str, Any]:
+    """A notebook step template's `metadata`: its pod is a pipeline step (the usage collector's selector),
+    with the step's name and its profile's slug."""
+    return {"labels": {"app.kubernetes.io/name": "stratolab", COMPONENT_LABEL: STEP_COMPONENT,
+                       STEP_LABEL: label_value(step.name)},
+            "annotations": {STEP_ANNOTATION: step.name, PROFILE_ANNOTATION: profile.slug}}
 
 
 def _records_used(valid: ValidPipeline) -> dict[str, set[str]]:
@@ -240,7 +284,7 @@ def _notebook_template(valid: ValidPipeline, step: Step, run: ArgoRun, settings:
     here = PurePosixPath(step.filename or "").parent
     template: dict[str, Any] = {
         "name": task_name(step),
-        "metadata": {"labels": {"stratolab.io/step": label_value(step.name)}},
+        "metadata": step_metadata(step, profile),
         "inputs": {"artifacts": [
             files_artifact(run),
             *[{"name": name, "path": f"{WORK_DIR}/{here / path}", "optional": True} for name, path in inputs],
@@ -394,8 +438,7 @@ def workflow_spec(valid: ValidPipeline, run: ArgoRun, settings: ArgoSettings) ->
         "automountServiceAccountToken": False,
         "executor": {"serviceAccountName": settings.service_account} if settings.service_account else None,
         "ttlStrategy": {"secondsAfterCompletion": settings.ttl_after_finished},
-        "podMetadata": {"labels": {OWNER_LABEL: label_value(run.owner),
-                                   "stratolab.io/pipeline-run": label_value(run.key)}},
+        "podMetadata": pod_metadata(run, valid.pipeline),
     }
     if spec["executor"] is None:
         del spec["executor"]
@@ -411,7 +454,7 @@ def workflow(valid: ValidPipeline, run: ArgoRun, settings: ArgoSettings) -> dict
         "kind": "Workflow",
         "metadata": {"name": workflow_name(run.key, settings.name_prefix), "namespace": settings.namespace,
                      "labels": labels(run, valid.pipeline),
-                     "annotations": {"stratolab.io/owner": run.owner, "stratolab.io/pipeline": valid.pipeline.name}},
+                     "annotations": {OWNER_ANNOTATION: run.owner, PIPELINE_ANNOTATION: pipeline_name(run, valid.pipeline)}},
         "spec": workflow_spec(valid, run, settings),
     }
 

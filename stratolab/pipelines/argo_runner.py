@@ -159,11 +159,13 @@ class ArgoRunner:
     def check_token(self, kind: str, ident: int, token: str | None) -> bool:
         return tokens.verify(self.key, files_message(kind, ident), token)
 
-    def argo_run(self, key: str, owner: str, kind: str, ident: int, parameters: Mapping[str, Any]) -> argo.ArgoRun:
+    def argo_run(self, key: str, owner: str, kind: str, ident: int, parameters: Mapping[str, Any],
+                 pipeline: str = "") -> argo.ArgoRun:
+        """`pipeline`: the name the run's row has (what the steps' usage is billed under)."""
         plural = "runs" if kind == "run" else "schedules"
         return argo.ArgoRun(key=key, owner=owner, files_url=f"{self.base_url}runtime/{plural}/{int(ident)}/files",
                             files_token=self.token(kind, ident), profiles=self.profiles,
-                            default_profile=self.default_profile, parameters=dict(parameters))
+                            default_profile=self.default_profile, parameters=dict(parameters), pipeline=pipeline)
 
     def check(self, valid: ValidPipeline, owner: str, parameters: Mapping[str, Any] | None = None) -> None:
         """What POST api/runs and api/schedules ask before making a row: a step Argo cannot run is a 400
@@ -222,7 +224,8 @@ class ArgoRunner:
                         return
                 try:
                     await self.backend.submit(valid, self.argo_run(str(run_id), run["owner"], "run", run_id,
-                                                                   {**valid.pipeline.parameters, **run["parameters"]}))
+                                                                   {**valid.pipeline.parameters, **run["parameters"]},
+                                                                   pipeline=run["pipeline"]))
                 except StratolabError as e:
                     if e.status in (502, 503):
                         log.warning("pipeline run %s: Argo not reached, tried again next round: %s", run_id, e.message)
@@ -284,8 +287,10 @@ class ArgoRunner:
         if len(cron.split()) != 5:
             raise InvalidInput(f"cron {cron!r}: Argo's CronWorkflows take five fields (no seconds)", field="cron")
         key = schedule_key(schedule["id"])
+        # the name `adopt` gives the rows of the Workflows Argo starts from it
         run = self.argo_run(key, schedule["owner"], "schedule", schedule["id"],
-                            {**valid.pipeline.parameters, **schedule["parameters"]})
+                            {**valid.pipeline.parameters, **schedule["parameters"]},
+                            pipeline=valid.pipeline.name or Path(schedule["path"]).stem)
         return await self.backend.schedule(valid, run, cron, schedule["timezone"] or "UTC")
 
     def cron_name(self, schedule_id: int) -> str:

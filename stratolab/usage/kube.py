@@ -9,8 +9,19 @@ Design choices, and why:
   `stratolab.io/owner`, `stratolab.io/run-key`, `stratolab.io/profile` on run pods (component
   `notebook-run`) and `stratolab.io/owner`, `stratolab.io/function` on function pods (component
   `function`). Annotations first: label values are escaped to fit a label, annotations are exact.
+- Pipeline steps run by Argo Workflows (component `pipeline-step`, stratolab/pipelines/argo.py) are the
+  ledger's `pipeline_step` intervals, as the scheduler meters a pipeline's steps run locally
+  (jobs/usage_meter.run_start): their owner (`stratolab.io/owner`), the pipeline's name as the thing
+  (`stratolab.io/pipeline`), the profile (`stratolab.io/profile`), and a thing_id
+  `argo:WORKFLOW/PIPELINE_RUN/STEP` (the Workflow's name from Argo's `workflows.argoproj.io/workflow`
+  label, the run's key, the step), which names no scheduler run. Their size is the step's own container's
+  (`main`), not Argo's executor containers (`init`, `wait`): the profile's requests, which is what the
+  local path bills for the same step.
 - Size is the pod's requests (what the scheduler reserved: what a price sheet charges for), summed over its
   containers, with an init container's larger request counted as Kubernetes does (the max of the two);
+  memory in GB of 2^30 bytes, the unit of every other producer of the ledger (the hub's and the
+  scheduler's meters read a profile's "8G" as 8), so a pod of a profile is billed what the same profile
+  is billed on one machine;
   GPUs from `nvidia.com/gpu` (limits, as device plugins take them); the GPU model from the node's
   `nvidia.com/gpu.product` label (GPU feature discovery).
 - Times from the pod's status: `startTime` to the last container's `finishedAt` once it Succeeded or Failed;
@@ -36,6 +47,13 @@ PRODUCER = "kubernetes"
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 COMPONENT_LABEL = "app.kubernetes.io/component"
+#: what Argo labels a Workflow's pods with: the Workflow's name
+WORKFLOW_LABEL = "workflows.argoproj.io/workflow"
+#: the container of an Argo step pod that runs the step (Argo's own are `init` and `wait`)
+STEP_CONTAINER = "main"
+PIPELINE_STEP = "pipeline_step"
+#: bytes in the ledger's GB (as stratolab.platform.metering and the hub's and scheduler's meters count)
+GB = 2**30
 #: node labels (and values, lower case) that mark spot or preemptible capacity
 SPOT_LABELS: dict[str, str] = {
     "cloud.google.com/gke-spot": "true",
@@ -75,9 +93,10 @@ def _time(value: Any) -> datetime | None:
     return datetime.fromisoformat(str(value).replace("Z", "+00:00")).astimezone(UTC)
 
 
-def requested(spec: Mapping[str, Any]) -> Resources:
-    """The pod's requested CPU cores, memory (GB, 10^9 bytes) and GPUs, as the scheduler counts them:
-    the sum over containers, or an init container's request when larger."""
+def requested(spec: Mapping[str, Any], only: str | None = None) -> Resources:
+    """The pod's requested CPU cores, memory (GB of 2^30 bytes) and GPUs, as the scheduler counts them:
+    the sum over containers, or an init container's request when larger; `only`: the container of that
+    name alone (when the pod has one)."""
     def sums(containers: Iterable[Mapping[str, Any]]) -> tuple[float, float, float]:
         cpu = mem = gpus = 0.0
         for c in containers:
@@ -88,10 +107,15 @@ def requested(spec: Mapping[str, Any]) -> Resources:
             gpus += quantity(lim.get(GPU_RESOURCE, req.get(GPU_RESOURCE, 0)))
         return cpu, mem, gpus
 
-    main = sums(spec.get("containers") or ())
-    init = [sums([c]) for c in spec.get("initContainers") or ()]
-    cpu, mem, gpus = (max([main[i], *(x[i] for x in init)]) for i in range(3))
-    return Resources(cpu_cores=cpu, memory_gb=mem / 1e9, gpus=int(gpus))
+    containers = spec.get("containers") or ()
+    named = [c for c in containers if c.get("name") == only] if only else []
+    if named:
+        cpu, mem, gpus = sums(named)
+    else:
+        main = sums(containers)
+        init = [sums([c]) for c in spec.get("initContainers") or ()]
+        cpu, mem, gpus = (max([main[i], *(x[i] for x in init)]) for i in range(3))
+    return Resources(cpu_cores=cpu, memory_gb=mem / GB, gpus=int(gpus))
 
 
 def who_and_what(meta: Mapping[str, Any]) -> tuple[str, str, str, str, str] | None:
@@ -113,6 +137,12 @@ def who_and_what(meta: Mapping[str, Any]) -> tuple[str, str, str, str, str] | No
     if component == "function":
         name = notes.get("stratolab.io/function") or labels.get("stratolab.io/function", "")
         return owner, "function_instance", name, f"fn:{labels.get('stratolab.io/version', '')}", ""
+    if component == "pipeline-step":
+        pipeline = notes.get("stratolab.io/pipeline") or labels.get("stratolab.io/pipeline", "")
+        run = notes.get("stratolab.io/pipeline-run") or labels.get("stratolab.io/pipeline-run", "")
+        step = notes.get("stratolab.io/step") or labels.get("stratolab.io/step", "")
+        thing_id = f"argo:{labels.get(WORKFLOW_LABEL, '')}/{run}/{step}"[:255]
+        return owner, PIPELINE_STEP, pipeline, thing_id, notes.get("stratolab.io/profile", "")[:63]
     return None
 
 
@@ -142,7 +172,7 @@ def pod_interval(pod: Mapping[str, Any], nodes: Mapping[str, Mapping[str, str]] 
         stopped = bool(finished) and all(t is not None for t in finished)
         ended = max(t for t in finished if t is not None) if stopped else _time(meta["deletionTimestamp"])
     node_labels = (nodes or {}).get(spec.get("nodeName", "")) or {}
-    resources = requested(spec)
+    resources = requested(spec, STEP_CONTAINER if kind == PIPELINE_STEP else None)
     if resources.gpus and node_labels.get(GPU_PRODUCT_LABEL):
         resources = Resources(resources.cpu_cores, resources.memory_gb, resources.gpus, node_labels[GPU_PRODUCT_LABEL])
     seconds = max(0.0, ((ended or started) - started).total_seconds())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from pipelines_support import dag, read
 from stratolab.errors import InvalidInput
 from stratolab.pipelines import argo, flow, validate
 from stratolab.pipelines.flow import FUNCTION_OP
+from stratolab.platform.names import label_value
 from stratolab.platform.profiles import parse_profile
 
 SCHEMAS = Path("/work/shared/schemas/argo-workflows")
@@ -169,3 +171,41 @@ def test_names_are_valid_for_kubernetes_whatever_the_owner_and_labels():
     validate_object(wf)
     assert len(wf["metadata"]["name"]) <= 63
     assert all(len(v) <= 63 for v in wf["metadata"]["labels"].values())
+
+
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+def test_step_pods_carry_what_the_usage_ledger_reads_them_by():
+    """Each notebook step's pod: the collector's component label, the step, the profile; every pod: the owner,
+    the run and the pipeline's name as the run's row has it, escaped in labels and exact in annotations."""
+    run = argo.ArgoRun(key="42", owner="名前 Alice@example.org", files_url=FILES_URL, files_token="t0ken",
+                       profiles=RUN.profiles, pipeline="Nightly model (v2)")
+    wf = argo.workflow(ml_pipeline(), run, SETTINGS)
+    validate_object(wf)
+    spec = wf["spec"]
+    assert spec["podMetadata"]["annotations"] == {
+        "stratolab.io/owner": "名前 Alice@example.org", "stratolab.io/pipeline-run": "42",
+        "stratolab.io/pipeline": "Nightly model (v2)"}
+    pod_labels = spec["podMetadata"]["labels"]
+    assert pod_labels["stratolab.io/owner"] == label_value("名前 Alice@example.org") != "名前 Alice@example.org"
+    assert pod_labels["stratolab.io/pipeline-run"] == "42"  # the NetworkPolicy's selector matches every pod
+    templates = {t["name"]: t for t in spec["templates"]}
+    candidate = templates["candidate"]["metadata"]
+    assert candidate["labels"] == {"app.kubernetes.io/name": "stratolab",
+                                   "app.kubernetes.io/component": "pipeline-step", "stratolab.io/step": "candidate"}
+    assert candidate["annotations"] == {"stratolab.io/step": "candidate", "stratolab.io/profile": "gpu-1"}
+    assert templates["champion"]["metadata"]["annotations"]["stratolab.io/profile"] == "cpu"  # the default
+    # a function step's pod waits for a call the functions service meters: not a step to bill
+    assert "metadata" not in templates["deploy"]
+    assert wf["metadata"]["labels"]["stratolab.io/pipeline"] == label_value("Nightly model (v2)")
+    assert wf["metadata"]["annotations"]["stratolab.io/pipeline"] == "Nightly model (v2)"
+    values = [*pod_labels.values(), *wf["metadata"]["labels"].values(),
+              *(v for t in spec["templates"] for v in (t.get("metadata") or {}).get("labels", {}).values())]
+    assert all(len(v) <= 63 and LABEL_VALUE.match(v) for v in values), values
+    cron = argo.cron_workflow(ml_pipeline(), run, SETTINGS, "0 3 * * *")
+    validate_object(cron)
+    assert cron["spec"]["workflowSpec"]["podMetadata"] == spec["podMetadata"]
+    # without a name from the run's row, the file's own
+    assert argo.workflow(ml_pipeline(), RUN, SETTINGS)["spec"]["podMetadata"]["annotations"][
+        "stratolab.io/pipeline"] == ml_pipeline().pipeline.name

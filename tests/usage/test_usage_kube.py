@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import pytest
 
+from argo_step_pods import step_pod
+from pipelines_support import dag
+from stratolab.jobs.usage_meter import resources_of, run_start
+from stratolab.pipelines import flow
+from stratolab.pipelines.argo import ArgoRun, ArgoSettings
+from stratolab.pipelines.argo import workflow as argo_build
+from stratolab.pipelines.validate import validate
+from stratolab.platform.profiles import parse_profile
 from stratolab.usage.kube import pod_interval, pod_intervals, quantity, requested
 
 
@@ -33,7 +42,7 @@ def test_quantities_are_read_as_kubernetes_writes_them():
 def test_requests_sum_the_containers_and_count_a_larger_init_container():
     r = requested(server_pod()["spec"])
     assert r.cpu_cores == pytest.approx(1.0)  # the init container's 1 core beats 0.5 + 0.1
-    assert r.memory_gb == pytest.approx((2 * 2**30 + 128 * 2**20) / 1e9) and r.gpus == 1
+    assert r.memory_gb == pytest.approx(2.125) and r.gpus == 1  # GB of 2**30 bytes, as every meter counts
 
 
 def test_a_running_server_pod_is_an_open_interval_of_its_user_on_spot_capacity():
@@ -67,7 +76,7 @@ def test_a_finished_run_pod_is_closed_at_its_last_container():
                {"state": {"terminated": {"finishedAt": "2026-05-01T10:06:30Z"}}}]}}
     u = pod_interval(pod).usage
     assert (u.username, u.kind, u.thing_id, u.profile, u.seconds) == ("bob", "run", "run:r1", "cpu", 390.0)
-    assert u.resources.memory_gb == 4.0 and u.producer == "kubernetes"
+    assert u.resources.memory_gb == pytest.approx(4e9 / 2**30) and u.producer == "kubernetes"
 
 
 def test_function_pods_are_warm_instances_and_other_pods_are_not_counted():
@@ -85,3 +94,52 @@ def test_function_pods_are_warm_instances_and_other_pods_are_not_counted():
     pending = server_pod()
     pending["status"] = {"phase": "Pending"}
     assert pod_intervals([other, pending]) == []
+
+
+# --- pipeline steps run by Argo Workflows -------------------------------------------------------------
+
+GPU = parse_profile({"display_name": "GPU", "slug": "gpu-1", "kubespawner_override": {
+    "extra_resource_limits": {"nvidia.com/gpu": 1}, "cpu_limit": 4, "mem_limit": "16G"}})
+ARGO = ArgoSettings(namespace="pipelines")
+
+
+def argo_workflow(owner: str = "名前@example.org", pipeline: str = "Nightly model"):
+    """A two-step pipeline (prep in the default CPU profile, train on a GPU) as the builder writes it."""
+    doc = dag({"prep": [], "train": ["prep"]})
+    flow.set_component_parameter(doc, "train", "profile", "gpu-1")
+    run = ArgoRun(key="42", owner=owner, files_url="http://x/files", files_token="t", pipeline=pipeline,
+                  profiles={"gpu-1": GPU, "cpu": parse_profile({"display_name": "CPU", "slug": "cpu"})})
+    return argo_build(validate(doc), run, ARGO), doc
+
+
+def test_an_argo_step_pod_is_the_pipeline_step_the_local_path_bills_for_the_same_step():
+    wf, _doc = argo_workflow()
+    t0 = datetime(2026, 5, 1, 10, tzinfo=UTC)
+    pod = step_pod(wf, "train", uid="u-77", started=t0, ended=t0 + timedelta(seconds=754))
+    u = pod_interval(pod, {"node-a": {"nvidia.com/gpu.product": "NVIDIA-L4"}}).usage
+    # the local path: the scheduler's run of the same step, labelled by the pipelines service
+    local_run = SimpleNamespace(id=9, owner="名前@example.org", started_at=t0,
+                                labels={"pipeline_run": "42", "step": "train", "pipeline": "Nightly model"})
+    local = run_start(local_run, "", GPU.slug, resources_of(GPU))
+    assert (u.username, u.kind, u.thing, u.profile) == (local.owner, local.kind, local.thing, local.profile)
+    assert (u.username, u.kind, u.thing, u.profile) == ("名前@example.org", "pipeline_step", "Nightly model", "gpu-1")
+    # the step's own container: Argo's executor containers (init, wait) are not the step's
+    r = u.resources
+    assert (r.cpu_cores, r.memory_gb, r.gpus) == (local.resources.cpu_cores, local.resources.memory_gb,
+                                                  local.resources.gpus) == (4.0, 16.0, 1)
+    assert r.gpu_model == "NVIDIA-L4" and u.seconds == 754 and u.producer == "kubernetes"
+    # names no scheduler run (budget enforcement stops a local step by the run id before the first "/")
+    assert u.thing_id == f"argo:{wf['metadata']['name']}/42/train"
+
+
+def test_argo_pods_that_are_no_notebook_step_are_not_counted():
+    wf, _doc = argo_workflow()
+    t0 = datetime(2026, 5, 1, 10, tzinfo=UTC)
+    pod = step_pod(wf, "prep", uid="u-1", started=t0)
+    assert pod_interval(pod).usage.profile == "cpu"  # the default profile's slug
+    meta = pod["metadata"]
+    # a function step's pod (no step metadata: the functions service meters its call)
+    function_step = {**meta, "labels": {k: v for k, v in meta["labels"].items() if k != "app.kubernetes.io/component"}}
+    # a pod labelled a step by someone else, with no owner of ours
+    stranger = {**meta, "labels": {"app.kubernetes.io/component": "pipeline-step"}, "annotations": {}}
+    assert [pod_interval({**pod, "metadata": m}) for m in (function_step, stranger)] == [None, None]

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -23,10 +24,20 @@ import sqlalchemy as sa
 from aiohttp import web
 from kubernetes_asyncio.client import Configuration
 
+from argo_step_pods import step_pod
 from fake_kube import FakeKube, _status
+from pipelines_support import dag
 from stratolab.db import ensure_schema, make_engine, session_factory, session_scope
 from stratolab.db.models import UsageOpen, UsageRecord, as_utc
-from stratolab.db.usage_ledger import sweep_lost
+from stratolab.db.usage_ledger import Ledger, sweep_lost, usage_of_record
+from stratolab.jobs.usage_meter import RunMeter, resources_of, run_start
+from stratolab.pipelines import flow
+from stratolab.pipelines.argo import ArgoRun, ArgoSettings
+from stratolab.pipelines.argo import workflow as argo_workflow
+from stratolab.pipelines.validate import validate
+from stratolab.platform.profiles import parse_profile
+from stratolab.usage.bill import make_bill
+from stratolab.usage.pricing import parse_price_sheet
 from stratolab.usage.service.kube_collector import KubeCollectorSettings, RunningCollector, start_collector
 from support import free_port
 
@@ -35,7 +46,6 @@ pytestmark = pytest.mark.postgres
 NS = "users"
 T0 = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
 PG_HOST = "127.0.0.1:5432"
-GIB = 2**30
 
 
 class Clock:
@@ -229,7 +239,7 @@ def test_a_server_pod_running_then_deleted_is_one_record_with_its_requests_and_d
     record = asyncio.run(scenario())
     assert (record.username, record.kind, record.producer, record.reason) == ("alice", "server", "kubernetes", "deleted")
     assert seconds_of(record) == 90
-    assert record.cpu_cores == pytest.approx(1.5) and record.memory_gb == pytest.approx(4 * GIB / 1e9)
+    assert record.cpu_cores == pytest.approx(1.5) and record.memory_gb == pytest.approx(4.0)
     assert record.gpus == 1 and record.gpu_model == "NVIDIA-L4"
     assert len(records(sessions)) == 1 and not open_rows(sessions)
 
@@ -283,7 +293,7 @@ def test_a_function_pod_on_a_spot_node_is_spot_and_a_node_first_seen_is_read_onc
     assert capacity == {("function_instance", "alice"): "spot", ("server", "carol"): "on-demand"}
     fn = [r for r in rows if r.kind == "function_instance"]
     assert {(r.thing, r.thing_id) for r in fn} == {("resize", "fn:3")} and len(fn) == 2
-    assert fn[0].memory_gb == pytest.approx(512 * 2**20 / 1e9)
+    assert fn[0].memory_gb == pytest.approx(0.5)
     assert cluster.count("GET", "/api/v1/nodes/spot-1") == 1  # read when the first pod landed, then cached
     assert cluster.count("GET", "/api/v1/nodes/node-a") == 0  # known from the list at start
 
@@ -466,3 +476,81 @@ def test_the_usage_service_with_the_kubernetes_backend_reads_the_servers_pods(cl
         proc.terminate()
         out = proc.communicate(timeout=30)[0]
     assert "reading pods into the usage ledger: component=singleuser-server in users" in out
+
+
+# --- pipeline steps run by Argo Workflows -------------------------------------------------------------
+
+PIPELINES_NS = "pipelines"
+GPU_PROFILE = parse_profile({"display_name": "GPU", "slug": "gpu-1", "kubespawner_override": {
+    "extra_resource_limits": {"nvidia.com/gpu": 1}, "cpu_limit": 4, "mem_limit": "16G"}})
+SHEET = parse_price_sheet({"currency": "USD", "cpu_core_hour": 0.04, "memory_gb_hour": 0.005,
+                           "gpu_hour": {"default": 1.0}, "granularity": {"runs": "1s"}, "minimum_charge": {"runs": 0}})
+
+
+def test_argo_step_pods_are_pipeline_steps_billed_under_the_pipeline_as_local_steps_are(cluster, sessions):
+    """The Workflow our builder writes, its step pods as Argo makes them (tests/argo_step_pods.py): each notebook
+    step is a `pipeline_step` interval of the owner, named after the pipeline, sized by the step's profile;
+    on a bill it is one line with the same pipeline's steps run locally (metered by the scheduler)."""
+    clock = Clock()
+    doc = dag({"prep": [], "train": ["prep"]})
+    flow.set_component_parameter(doc, "train", "profile", "gpu-1")
+    run = ArgoRun(key="42", owner="dora", files_url="http://x/files", files_token="t", pipeline="Nightly model",
+                  profiles={"gpu-1": GPU_PROFILE, "cpu": parse_profile({"display_name": "CPU", "slug": "cpu"})})
+    wf = argo_workflow(validate(doc), run, ArgoSettings(namespace=PIPELINES_NS))
+    # prep ran and ended before the collector started; train runs, then succeeds
+    cluster.put_object(step_pod(wf, "prep", uid="uid-prep", started=T0 - timedelta(seconds=100),
+                                ended=T0 - timedelta(seconds=40)))
+    train = step_pod(wf, "train", uid="uid-train", started=T0)
+    cluster.put_object(train)
+    cluster.put_object(make_pod("jupyter-dora", "singleuser-server", owner="dora"))
+
+    async def scenario():
+        running = await collector(cluster, sessions, clock, STRATOLAB_USAGE_KUBE_COMPONENTS="singleuser-server,pipeline-step",
+                                  STRATOLAB_USAGE_KUBE_PIPELINES_NAMESPACE=PIPELINES_NS)
+        try:
+            rows = await until(lambda: (r := open_rows(sessions)) and len(r) == 2 and r)
+            assert {(r.kind, r.thing) for r in rows} == {("server", ""), ("pipeline_step", "Nightly model")}
+            clock.at(400)
+            done = step_pod(wf, "train", uid="uid-train", started=T0, ended=T0 + timedelta(seconds=300))
+            cluster.update_status("v1", "Pod", train["metadata"]["name"], done["status"], PIPELINES_NS)
+            await until(lambda: len([r for r in records(sessions) if r.kind == "pipeline_step"]) == 2)
+            await asyncio.sleep(0.5)  # later lists add nothing
+        finally:
+            await running.stop()
+
+    asyncio.run(scenario())
+    steps = {r.thing_id: r for r in records(sessions) if r.kind == "pipeline_step"}
+    name = wf["metadata"]["name"]
+    assert set(steps) == {f"argo:{name}/42/prep", f"argo:{name}/42/train"}
+    prep, trained = steps[f"argo:{name}/42/prep"], steps[f"argo:{name}/42/train"]
+    assert (trained.username, trained.thing, trained.profile, trained.producer, trained.reason) == \
+        ("dora", "Nightly model", "gpu-1", "kubernetes", "stopped")
+    assert seconds_of(trained) == 300 and seconds_of(prep) == 60 and prep.profile == "cpu"
+    assert (trained.cpu_cores, trained.memory_gb, trained.gpus, trained.gpu_model) == (4, 16, 1, "NVIDIA-L4")
+    assert (prep.cpu_cores, prep.memory_gb) == (0, 0)  # the default profile sets no size
+
+    # the same pipeline's train step run locally: the scheduler's meter, as jobs/engine.py drives it
+    meter = RunMeter(Ledger(sessions, "scheduler", Clock(T0 + timedelta(hours=1))))
+    local_run = SimpleNamespace(id=9, owner="dora", started_at=T0 + timedelta(hours=1),
+                                labels={"pipeline_run": "43", "step": "train", "pipeline": "Nightly model"})
+    start = run_start(local_run, "", "gpu-1", resources_of(GPU_PROFILE))
+    meter.opened(start)
+    meter.closed(start.key, ended_at=T0 + timedelta(hours=1, seconds=300))
+
+    usages = [usage_of_record(r) for r in records(sessions)]
+    bill = make_bill(usages, SHEET, T0 - timedelta(days=1), T0 + timedelta(days=1), T0 + timedelta(days=1))
+    lines = {(line.key["kind"], line.key["thing"]): line.to_json() for line in bill.lines}
+    assert set(lines) == {("pipeline_step", "Nightly model")}  # one line for both backends (the server runs on)
+    pipeline = lines[("pipeline_step", "Nightly model")]
+    assert pipeline["key"] == "Nightly model"
+    assert pipeline["cpu_core_hours"] == pytest.approx(4 * 600 / 3600)  # train on Argo + train locally
+    assert pipeline["memory_gb_hours"] == pytest.approx(16 * 600 / 3600)
+    assert pipeline["gpu_hours"] == pytest.approx(600 / 3600)
+    assert pipeline["cost"] == pytest.approx(600 / 3600 * (4 * 0.04 + 16 * 0.005 + 1.0))
+
+
+def test_the_pipeline_steps_namespace_is_a_setting_of_its_own():
+    s = KubeCollectorSettings(environ={"STRATOLAB_USAGE_KUBE_COMPONENTS": "singleuser-server,pipeline-step",
+                                       "STRATOLAB_USAGE_KUBE_PIPELINES_NAMESPACE": "argo-runs"})
+    assert [(x.namespace, x.selector) for x in s.sources("hub")] == [
+        ("hub", "component=singleuser-server"), ("argo-runs", "app.kubernetes.io/component=pipeline-step")]

@@ -33,6 +33,11 @@ Design choices, and why:
 - Which pods: servers by default. On Kubernetes the hub (KubeSpawner) meters no server, while the
   scheduler meters its runs and the functions service its calls and warm instances whatever their backend:
   collecting those pods as well would count them twice. `components` adds them where nothing else meters.
+  Pipeline steps run by Argo Workflows (`pipeline-step`) are metered by nothing else (the scheduler
+  meters only the steps it runs itself, with the pipelines service's local backend): add them wherever
+  the pipelines service runs on Argo, with `pipelines_namespace` its Workflows' namespace. They are not
+  read by default because reading a namespace takes a grant there (a list refused would hold up every
+  source's first list).
 - The ledger is synchronous SQLAlchemy: each write runs in a thread, one change at a time (a lock), so the
   usage service's loop keeps answering.
 """
@@ -70,6 +75,7 @@ SELECTORS: dict[str, str] = {
     "singleuser-server": "component=singleuser-server",
     "notebook-run": "app.kubernetes.io/component=notebook-run",
     "function": "app.kubernetes.io/component=function",
+    "pipeline-step": "app.kubernetes.io/component=pipeline-step",
 }
 TERMINAL = ("Succeeded", "Failed")
 #: closed pods remembered (a stale copy from a list must not open them again); older ones are forgotten
@@ -80,8 +86,10 @@ class KubeCollectorSettings(EnvConfigurable):
     """Settings of the pod collector (the usage service with STRATOLAB_USAGE_BACKEND=kubernetes)."""
 
     components = Unicode("singleuser-server", help="The pods read into the ledger (comma-separated): "
-                         "singleuser-server, notebook-run, function. Runs and functions are metered by the "
-                         "scheduler and the functions service already: add them only where those do not run.").tag(
+                         "singleuser-server, notebook-run, function, pipeline-step. Runs and functions are "
+                         "metered by the scheduler and the functions service already: add them only where those "
+                         "do not run. pipeline-step: the notebook steps of pipelines run on Argo Workflows "
+                         "(metered by nothing else).").tag(
         config=True, env="STRATOLAB_USAGE_KUBE_COMPONENTS")
     servers_namespace = Unicode("", help="Namespace of the user servers' pods; empty: the service's own.").tag(
         config=True, env="STRATOLAB_USAGE_KUBE_SERVERS_NAMESPACE")
@@ -89,6 +97,9 @@ class KubeCollectorSettings(EnvConfigurable):
         config=True, env="STRATOLAB_USAGE_KUBE_RUNS_NAMESPACE")
     functions_namespace = Unicode("", help="Namespace of the functions' pods; empty: the service's own.").tag(
         config=True, env="STRATOLAB_USAGE_KUBE_FUNCTIONS_NAMESPACE")
+    pipelines_namespace = Unicode("", help="Namespace of the pipelines' Argo Workflows (their steps' pods); "
+                                  "empty: the service's own.").tag(
+        config=True, env="STRATOLAB_USAGE_KUBE_PIPELINES_NAMESPACE")
     heartbeat_every = Float(15.0, min=0.05, max=300.0, help="Seconds between heartbeats of the open pods' "
                             "intervals (what a crash ends them at).").tag(
         config=True, env="STRATOLAB_USAGE_KUBE_HEARTBEAT")
@@ -109,7 +120,7 @@ class KubeCollectorSettings(EnvConfigurable):
     def sources(self, own_namespace: str) -> list[Source]:
         """One (namespace, selector) per component read."""
         namespaces = {"singleuser-server": self.servers_namespace, "notebook-run": self.runs_namespace,
-                      "function": self.functions_namespace}
+                      "function": self.functions_namespace, "pipeline-step": self.pipelines_namespace}
         return [Source(namespaces[c] or own_namespace, SELECTORS[c]) for c in self.components.split(",")]
 
 
