@@ -3,7 +3,8 @@ feedback labels can be matched to them (`PredictionLog`, `is_correct`); see roll
 
 - `Observations` are what each version did since its weight last changed (latencies in a bounded ring,
   requests, errors, custom metrics read from its JSON answers), plus the feedback labels matched to its
-  predictions over the whole rollout.
+  predictions over the whole rollout. `to_json`/`load` carry them over a restart of the service (the
+  counts, labels and the newest OBSERVATIONS_SAVED samples of each list).
 - `PredictionLog` keeps, for a bounded time and size, each request's answering version(s) and answer, so
   that `POST api/functions/NAME/feedback` can match a label to a request id.
 """
@@ -28,6 +29,8 @@ PREDICTIONS_MAX = 100_000
 PREDICTION_TTL_S = 3600.0
 PREDICTION_MAX_BYTES = 16 * 1024
 PREDICTIONS_MAX_TOTAL_BYTES = 64 * 1024 * 1024
+#: latencies and custom values per version stored with a rollout for a restart (the newest)
+OBSERVATIONS_SAVED = 5000
 
 
 class Observations:
@@ -69,6 +72,40 @@ class Observations:
         for samples in self.custom.values():
             samples.clear()
 
+    def to_json(self, limit: int = OBSERVATIONS_SAVED) -> dict[str, Any]:
+        """What a restarted service needs to go on with this step: counts, labels, the newest samples."""
+        def newest(values: deque[float]) -> list[float]:
+            return [round(v, 4) for v in list(values)[-limit:]]
+
+        return {"latencies": newest(self.latencies), "requests": self.requests, "errors": self.errors,
+                "total_requests": self.total_requests, "total_errors": self.total_errors,
+                "feedback": self.feedback, "correct": self.correct, "labels": dict(self.labels),
+                "custom": {k: newest(v) for k, v in self.custom.items()}}
+
+    def load(self, saved: Mapping[str, Any]) -> None:
+        """`to_json`'s counts and samples back (after a restart); what does not fit is left out."""
+        def count(key: str) -> int:
+            value = saved.get(key)
+            return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+        def numbers(values: Any) -> list[float]:
+            if not isinstance(values, list):
+                return []
+            return [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)
+                    and math.isfinite(v)]
+
+        self.latencies.extend(numbers(saved.get("latencies")))
+        self.requests, self.errors = count("requests"), count("errors")
+        self.total_requests, self.total_errors = count("total_requests"), count("total_errors")
+        self.feedback, self.correct = count("feedback"), count("correct")
+        labels = saved.get("labels")
+        if isinstance(labels, dict):
+            self.labels.update({str(k): v for k, v in list(labels.items())[:100] if isinstance(v, int)})
+        custom = saved.get("custom")
+        if isinstance(custom, dict):
+            for metric, samples in self.custom.items():
+                samples.extend(numbers(custom.get(metric)))
+
     def data(self) -> judging.VersionData:
         return judging.VersionData(latencies_ms=np.fromiter(self.latencies, float, len(self.latencies)),
                                    requests=self.requests, errors=self.errors, feedback=self.feedback,
@@ -97,8 +134,13 @@ def _custom_summary(samples: deque[float]) -> dict[str, Any]:
 
 def custom_fields(checks: list[judging.Check]) -> dict[str, tuple[str, ...]]:
     """custom metric name -> the path of the answer's field it is read from (checks_for_service made sure
-    each custom check has one, and one metric one path)."""
-    return {c.metric.split(":", 1)[1]: tuple(c.field.split(".")) for c in checks if c.family == "custom" and c.field}
+    each custom check has one, and one metric one path; rollout_judges.resolve_judges that a judge's
+    `fields` agree with them)."""
+    out = {c.metric.split(":", 1)[1]: tuple(c.field.split(".")) for c in checks if c.family == "custom" and c.field}
+    for check in checks:
+        for metric, path in check.judge_fields.items():
+            out.setdefault(metric, tuple(path.split(".")))
+    return out
 
 
 def read_custom(answer: bytes, fields: Mapping[str, tuple[str, ...]]) -> dict[str, float]:

@@ -9,6 +9,17 @@ its neighbours:
   lookup and `Router.route`), and stores every rollout in `function_rollouts` at each decision, so a
   restarted service goes on from the stored state and its next check time. Its controller (`tick`) judges
   the rollouts whose check is due.
+- Each due check runs as its own task (`_checking`), so a slow judge function of one user delays no other
+  rollout; a judgement whose rollout changed meanwhile (paused, promoted, aborted by hand) is dropped.
+- A check `{"judge": "my-judge"}` is answered by the owner's own function (rollout_judges.py), asked at
+  each check with both versions' observations; its answer is kept (`judge_answers`) for Flagger's gates.
+- **Restart and observations.** What each version did in the current step (`Observations`: counts,
+  the newest OBSERVATIONS_SAVED latencies and custom values, feedback over the rollout) is stored in the
+  rollout's row with its state at each decision, every OBSERVATIONS_SAVE_S while requests come, and when
+  the service stops; a restarted service loads it, so the step goes on with the samples it had. A crash
+  loses what came after the last save (at most OBSERVATIONS_SAVE_S of samples): the check then judges the
+  step on fewer samples (NODATA holds, it never fails on missing data). The judge functions' last answers
+  are not kept: each check asks again. Shadow copies queued but not sent are lost.
 - Shadow copies go through a bounded queue to a few sender tasks, off the user's path: a full queue drops
   the copy (counted) rather than slowing anyone; the copy's answer is discarded after it is observed.
 - rollout_observations.py: what each version did (`Observations`) and the answers kept for feedback
@@ -22,10 +33,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -36,12 +48,13 @@ from stratolab.db.models import utcnow
 from stratolab.db.rollout_models import FunctionRollout
 from stratolab.errors import Conflict, InvalidInput, NotFound, StratolabError
 from stratolab.functions.backend import VersionRef
+from stratolab.functions.service import rollout_judges
 from stratolab.functions.service.rollout_events import DecisionSender, iso
 from stratolab.functions.service.rollout_observations import Observations, PredictionLog, custom_fields, is_correct, read_custom
 from stratolab.functions.service.rollout_requests import CREATE_FIELDS, parse_create, parse_rollout_id
 from stratolab.platform.outbound import OutboundPolicy
+from stratolab.platform.rollout import function_judge, plan
 from stratolab.platform.rollout import judge as judging
-from stratolab.platform.rollout import plan
 from stratolab.platform.rollout.routing import Router, rollout_policy
 
 if TYPE_CHECKING:
@@ -56,6 +69,8 @@ SHADOW_SENDERS = 8
 DECISIONS_KEPT = 500
 #: how often the controller looks for checks that are due
 TICK_S = 0.25
+#: how often a rollout's observations are stored while requests come (see the module's docstring)
+OBSERVATIONS_SAVE_S = 5.0
 ACTIVE = (plan.Phase.PROGRESSING.value, plan.Phase.PAUSED.value)
 
 
@@ -82,6 +97,11 @@ class Rollout:
     #: custom metric -> the answer's field it is read from (empty: answers are not parsed)
     fields: dict[str, tuple[str, ...]] = field(init=False)
     last_judgement: dict[str, Any] | None = None
+    #: judge check name -> its function's last answer (Flagger's gates judge with it)
+    judge_answers: dict[str, judging.MetricResult] = field(default_factory=dict)
+    #: when the observations were last stored, and what they had seen then (requests + labels)
+    saved_at: float = 0.0
+    saved_seen: int = -1
     shadow_sent: int = 0
     shadow_dropped: int = 0
     phase_name: str = ""
@@ -106,15 +126,38 @@ class Rollout:
                 for metric, value in read_custom(answer, self.fields).items():
                     obs.custom[metric].append(value)
 
-    def judge(self) -> judging.Judgement:
-        """The judge's verdict on the candidate against the baseline, on what each did so far."""
-        candidate = self.observations[self.spec.candidate].data()
-        baseline = self.observations[self.spec.baseline].data()
-        return judging.judge(self.checks, candidate, baseline)
+    def judge(self, answers: dict[str, judging.MetricResult] | None = None,
+              data: tuple[judging.VersionData, judging.VersionData] | None = None) -> judging.Judgement:
+        """The judge's verdict on the candidate against the baseline, on what each did so far (`data`:
+        (baseline, candidate) as taken earlier); judge checks by `answers`, else by their last answers."""
+        baseline, candidate = data or self.data()
+        return judging.judge(self.checks, candidate, baseline,
+                             answers=self.judge_answers if answers is None else answers)
+
+    def data(self) -> tuple[judging.VersionData, judging.VersionData]:
+        return self.observations[self.spec.baseline].data(), self.observations[self.spec.candidate].data()
+
+    def seen(self) -> int:
+        return sum(o.total_requests + o.feedback for o in self.observations.values())
+
+    def observations_json(self) -> dict[str, Any]:
+        return {"weight": self.state.weight, "step": self.state.step,
+                "versions": {str(v): o.to_json() for v, o in self.observations.items()}}
+
+    def load_observations(self, saved: Any) -> bool:
+        """The observations stored for this step (a restart); False when there are none for it."""
+        if not isinstance(saved, dict) or saved.get("weight") != self.state.weight or saved.get("step") != self.state.step:
+            return False
+        versions = saved.get("versions") or {}
+        for version, obs in self.observations.items():
+            if str(version) in versions:
+                obs.load(versions[str(version)])
+        return True
 
 
 def spec_json(spec: plan.RolloutSpec, checks: list[judging.Check], notify: dict[str, str]) -> str:
-    return json.dumps({"spec": spec.to_json(), "checks": [c.to_json() for c in checks], "notify": notify})
+    # stored whole (asdict), read back by Check(**...): to_json is the API's form
+    return json.dumps({"spec": spec.to_json(), "checks": [asdict(c) for c in checks], "notify": notify})
 
 
 def spec_from_json(raw: str) -> tuple[plan.RolloutSpec, list[judging.Check], dict[str, str]]:
@@ -153,6 +196,8 @@ class RolloutManager:
         self._shadow: asyncio.Queue | None = None
         self._tasks: list[asyncio.Task] = []
         self._ticking = False
+        #: rollout id -> its check running now (a judge function may take a while to answer)
+        self._checking: dict[int, asyncio.Task] = {}
         #: (owner, name) -> final weights of ended rollouts whose backend end failed (retried by tick)
         self._pending_ends: dict[tuple[str, str], dict[int, int]] = {}
 
@@ -231,12 +276,17 @@ class RolloutManager:
             "ended_at": _iso_dt(row.ended_at), "next_check_at": iso(next_check),
         }
 
-    def _metrics(self, rollout: Rollout) -> dict[str, Any]:
-        return {"baseline": rollout.observations[rollout.spec.baseline].summary(),
-                "candidate": rollout.observations[rollout.spec.candidate].summary(),
-                "shadow": {"sent": rollout.shadow_sent, "dropped": rollout.shadow_dropped}
-                if rollout.spec.mode == "shadow" else None,
-                "last_judgement": rollout.last_judgement}
+    def _metrics(self, rollout: Rollout, stored: bool = False) -> dict[str, Any]:
+        """The rollout's metrics as shown; `stored`: with the observations a restart resumes the step from
+        (while the rollout is active)."""
+        out = {"baseline": rollout.observations[rollout.spec.baseline].summary(),
+               "candidate": rollout.observations[rollout.spec.candidate].summary(),
+               "shadow": {"sent": rollout.shadow_sent, "dropped": rollout.shadow_dropped}
+               if rollout.spec.mode == "shadow" else None,
+               "last_judgement": rollout.last_judgement}
+        if stored and not rollout.state.phase.finished:
+            out["observations"] = rollout.observations_json()
+        return out
 
     def list_for(self, owner: str, name: str) -> list[dict[str, Any]]:
         view = self.service.view(owner, name)
@@ -270,12 +320,15 @@ class RolloutManager:
             raise InvalidInput(f"unknown field {unknown[0]!r}", field=unknown[0])
         view = self.service.view(owner, name)
         spec, checks, notify = parse_create(body, view, self.outbound)
+        rollout_judges.resolve_judges(self.service, owner, name, checks)
         baseline, candidate = spec.baseline, spec.candidate
         if (owner, name) in self.active:
             raise Conflict(f"{name} already has an active rollout ({self.active[(owner, name)].id}); "
                            "promote or abort it first")
         # a version that takes no traffic may have no instances (after a restart): deploy it to be sure
         await self._ensure_deployed(owner, name, (baseline, candidate))
+        for judge, versions in rollout_judges.pinned_versions(checks).items():
+            await self._ensure_deployed(owner, judge, tuple(versions))
         now = time.time()
         state, decision = plan.start(spec, now)
         with session_scope(self.sessions) as s:
@@ -366,21 +419,72 @@ class RolloutManager:
                     self._pending_ends.pop((owner, name), None)
             now = time.time()
             for rollout in list(self.active.values()):
-                if not plan.check_due(rollout.spec, rollout.state, now):
+                if rollout.id in self._checking:
                     continue
-                try:
-                    await self.check(rollout, now)
-                except Exception:
-                    log.exception("the check of rollout %s (%s/%s) failed", rollout.id, rollout.owner, rollout.name)
+                if plan.check_due(rollout.spec, rollout.state, now):
+                    task = asyncio.create_task(self._check_logged(rollout, now))
+                    self._checking[rollout.id] = task
+                    task.add_done_callback(functools.partial(self._checked, rollout.id))
+                elif now - rollout.saved_at >= OBSERVATIONS_SAVE_S:
+                    self.save_observations(rollout, now)
             self.predictions.expire()
         finally:
             self._ticking = False
 
+    def _checked(self, rollout_id: int, _: asyncio.Task) -> None:
+        self._checking.pop(rollout_id, None)
+
+    async def _check_logged(self, rollout: Rollout, now: float) -> None:
+        try:
+            await self.check(rollout, now)
+        except Exception:
+            log.exception("the check of rollout %s (%s/%s) failed", rollout.id, rollout.owner, rollout.name)
+
     async def check(self, rollout: Rollout, now: float) -> None:
-        judgement = rollout.judge()
+        """Judge the rollout at `now` (its judge functions asked at once) and apply the decision, unless the
+        rollout changed while its judges answered (a button, its end): then the judgement is dropped."""
+        before = rollout.state
+        data = rollout.data()
+        answers = await self._ask_judges(rollout, data)
+        if self.active.get((rollout.owner, rollout.name)) is not rollout or rollout.state is not before:
+            log.info("rollout %s of %s/%s changed while its judges answered: judgement dropped", rollout.id,
+                     rollout.owner, rollout.name)
+            return
+        rollout.judge_answers.update(answers)
+        judgement = rollout.judge(answers, data)
         rollout.last_judgement = judgement.to_json()
         state, decision = plan.on_check(rollout.spec, rollout.state, judgement, now)
         await self.apply(rollout, state, decision)
+
+    async def _ask_judges(self, rollout: Rollout, data: tuple[judging.VersionData, judging.VersionData]
+                          ) -> dict[str, judging.MetricResult]:
+        checks = rollout_judges.judge_checks(rollout.checks)
+        if not checks:
+            return {}
+        spec, state = rollout.spec, rollout.state
+        where = {"id": rollout.id, "function": rollout.name, "mode": spec.mode, "step": state.step,
+                 "steps": [*spec.steps, 100], "weight": state.weight, "failures": state.failures,
+                 "failure_threshold": spec.failure_threshold}
+        documents = [function_judge.document(c, where, (spec.baseline, data[0]), (spec.candidate, data[1]))
+                     for c in checks]
+        results = await asyncio.gather(*(rollout_judges.ask(self.service, rollout.owner, c, doc)
+                                         for c, doc in zip(checks, documents, strict=True)))
+        return {c.name: r for c, r in zip(checks, results, strict=True)}
+
+    def save_observations(self, rollout: Rollout, now: float) -> None:
+        """Store what the versions did in this step, when something new came since the last save."""
+        rollout.saved_at = now
+        seen = rollout.seen()
+        if seen == rollout.saved_seen:
+            return
+        rollout.saved_seen = seen
+        try:
+            with session_scope(self.sessions) as s:
+                row = s.get(FunctionRollout, rollout.id)
+                if row is not None:
+                    row.metrics = json.dumps(self._metrics(rollout, stored=True))
+        except Exception:
+            log.exception("could not store the observations of rollout %s", rollout.id)
 
     async def apply(self, rollout: Rollout, state: plan.RolloutState, decision: plan.Decision,
                     force_traffic: bool = False, aborted: bool = False) -> None:
@@ -396,6 +500,7 @@ class RolloutManager:
             await self.service.backend.set_traffic(owner, name, view.traffic)
             for obs in rollout.observations.values():
                 obs.new_window()
+            rollout.judge_answers.clear()  # a new step: its judges are asked again
         phase = "aborted" if aborted else state.phase.value
         rollout.phase_name = phase
         if state.phase.finished:
@@ -412,7 +517,7 @@ class RolloutManager:
             keep_decision(row, record)
             row.state = json.dumps(state.to_json())
             row.phase = phase
-            row.metrics = json.dumps(self._metrics(rollout))
+            row.metrics = json.dumps(self._metrics(rollout, stored=True))
             if state.phase.finished:
                 row.ended_at = row.updated_at
         log.info("rollout %s of %s/%s: %s (%s)", rollout.id, owner, name, decision.action.value, decision.reason)
@@ -441,19 +546,27 @@ class RolloutManager:
         """After a restart: the active rollouts go on from their stored state and next check time."""
         with session_scope(self.sessions) as s:
             rows = s.scalars(select(FunctionRollout).where(FunctionRollout.phase.in_(ACTIVE))).all()
-            loaded = [(r.id, r.function_id, r.owner, r.function, r.spec, r.state, r.decisions, r.started_at)
-                      for r in rows]
-        for rollout_id, function_id, owner, name, spec_raw, state_raw, decisions, started_at in loaded:
+            loaded = [(r.id, r.function_id, r.owner, r.function, r.spec, r.state, r.decisions, r.started_at,
+                       r.metrics) for r in rows]
+        for rollout_id, function_id, owner, name, spec_raw, state_raw, decisions, started_at, metrics in loaded:
             try:
                 spec, checks, notify = spec_from_json(spec_raw)
                 state = plan.RolloutState.from_json(json.loads(state_raw))
                 rollout = Rollout(rollout_id, function_id, owner, name, spec, checks, notify, state,
                                   json.loads(decisions), started_at)
                 rollout.phase_name = state.phase.value
+                saved = json.loads(metrics or "{}")
+                rollout.last_judgement = saved.get("last_judgement")
+                resumed = rollout.load_observations(saved.get("observations"))
+                rollout.saved_seen = rollout.seen()
                 await self._ensure_deployed(owner, name, (spec.baseline, spec.candidate))
+                for judge, versions in rollout_judges.pinned_versions(checks).items():
+                    with contextlib.suppress(StratolabError):  # gone meanwhile: its check fails, saying so
+                        await self._ensure_deployed(owner, judge, tuple(versions))
                 self.active[(owner, name)] = rollout
-                log.info("rollout %s of %s/%s goes on at %s %% (%s)", rollout_id, owner, name, state.weight,
-                         state.phase.value)
+                log.info("rollout %s of %s/%s goes on at %s %% (%s), %s", rollout_id, owner, name, state.weight,
+                         state.phase.value, "with the step's stored observations" if resumed
+                         else "its step's observations starting again")
             except Exception:
                 log.exception("could not restore rollout %s of %s/%s", rollout_id, owner, name)
 
@@ -462,6 +575,13 @@ class RolloutManager:
         self.active.pop((owner, name), None)
 
     async def close(self) -> None:
+        for task in list(self._checking.values()):
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        now = time.time()
+        for rollout in list(self.active.values()):
+            self.save_observations(rollout, now)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -22,11 +22,17 @@ Why it is built this way:
   score; non-critical ones only lower the score, and a score below `min_score` fails too.
 - Rates are fractions (0-1) everywhere here; Flagger's percentages are made in flagger.py.
 
+- **A user's own judge** (`{"judge": "my-judge"}`): a check may name a deployed function of the rollout's
+  owner that the functions service calls at each check with both versions' observations
+  (function_judge.py); its answer becomes the check's result, passed to `judge` as `answers`, and
+  weighs like any other check. Without an answer yet, it says NODATA.
+
 Checks come from JSON (`checks_from_json`, the API and the CLI) with every bad field a 400 naming it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -50,10 +56,18 @@ BUILTIN_METRICS = ("error_rate", "success_rate", "latency", "accuracy")
 TESTS = ("statistical", "threshold")
 STATISTICS = ("p50", "p90", "p95", "p99", "mean", "max")
 #: observations per version below which a check says NODATA (when the check sets none)
-DEFAULT_MIN_SAMPLES = {"error_rate": 100, "success_rate": 100, "latency": 50, "accuracy": 100, "custom": 20}
+DEFAULT_MIN_SAMPLES = {"error_rate": 100, "success_rate": 100, "latency": 50, "accuracy": 100, "custom": 20,
+                       "judge": 1}
 #: how much worse is still acceptable when significant: relative for latency and custom values,
 #: absolute (fraction points) for rates
-DEFAULT_TOLERANCE = {"error_rate": 0.005, "success_rate": 0.005, "latency": 0.10, "accuracy": 0.01, "custom": 0.10}
+DEFAULT_TOLERANCE = {"error_rate": 0.005, "success_rate": 0.005, "latency": 0.10, "accuracy": 0.01, "custom": 0.10,
+                     "judge": 0.0}
+#: the metric of a check answered by a user's judge function
+JUDGE_METRIC = "judge"
+#: seconds the service waits for a judge function's answer, by default and at most
+DEFAULT_JUDGE_TIMEOUT_S = 30.0
+MAX_JUDGE_TIMEOUT_S = 600.0
+FUNCTION_NAME = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")  # the registry's NAME_RE
 DEFAULT_ALPHA = 0.05
 
 
@@ -95,10 +109,21 @@ class Check:
     #: custom metrics measured by the functions service: the numeric field of the function's JSON answer
     #: each request's sample is read from (a dotted path: "scores.confidence")
     field: str | None = None
+    #: a judge check (metric "judge"): the owner's function that answers it, its version (None: the one
+    #: taking traffic), how long to wait for its answer, and custom metrics to collect for it
+    #: (metric name -> the answer's field, as `field`)
+    judge: str | None = None
+    judge_version: int | None = None
+    timeout_s: float | None = None
+    judge_fields: Mapping[str, str] = dataclasses.field(default_factory=dict)  # `field` is a check's field here
 
     @property
     def family(self) -> str:
         return "custom" if self.metric.startswith("custom:") else self.metric
+
+    @property
+    def judge_timeout_s(self) -> float:
+        return self.timeout_s if self.timeout_s is not None else DEFAULT_JUDGE_TIMEOUT_S
 
     @property
     def floor(self) -> int:
@@ -109,7 +134,15 @@ class Check:
         return self.tolerance if self.tolerance is not None else DEFAULT_TOLERANCE[self.family]
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """The check as the API shows it and `check_from_json` reads it back (a judge check in its own form)."""
+        out = asdict(self)
+        judge_keys = ("judge", "judge_version", "timeout_s", "judge_fields")
+        if self.family != JUDGE_METRIC:
+            return {k: v for k, v in out.items() if k not in judge_keys}
+        spec = {"function": self.judge, "version": self.judge_version, "timeout": self.timeout_s,
+                "fields": dict(self.judge_fields)}
+        return {"name": self.name, "metric": self.metric, "critical": self.critical, "weight": self.weight,
+                "judge": {k: v for k, v in spec.items() if v not in (None, {})}}
 
 
 @dataclass(frozen=True)
@@ -265,18 +298,25 @@ def _judge_values(check: Check, candidate: VersionData, baseline: VersionData) -
 
 
 def evaluate(check: Check, candidate: VersionData, baseline: VersionData) -> MetricResult:
-    """One check of the candidate against the baseline (the version it would replace)."""
+    """One check of the candidate against the baseline (the version it would replace); a judge check,
+    whose answer comes from a function (`judge`'s `answers`), has none here: NODATA."""
+    if check.family == JUDGE_METRIC:
+        return _result(check, Verdict.NODATA, f"{check.name}: the judge {check.judge} has not answered yet",
+                       method="function")
     if check.metric in ("error_rate", "success_rate", "accuracy"):
         return _judge_rate(check, candidate, baseline)
     return _judge_values(check, candidate, baseline)
 
 
 def judge(checks: Sequence[Check], candidate: VersionData, baseline: VersionData, *,
-          min_score: float = 75.0) -> Judgement:
-    """Every check, the score, and the verdict: FAIL beats NODATA beats PASS."""
+          min_score: float = 75.0, answers: Mapping[str, MetricResult] | None = None) -> Judgement:
+    """Every check, the score, and the verdict: FAIL beats NODATA beats PASS. `answers`: check name ->
+    the result a judge function gave (function_judge.result_from_answer), for the judge checks."""
     if not checks:
         raise InvalidInput("a judgement needs at least one check", field="checks")
-    results = tuple(evaluate(check, candidate, baseline) for check in checks)
+    answers = answers or {}
+    results = tuple(answers[check.name] if check.family == JUDGE_METRIC and check.name in answers
+                    else evaluate(check, candidate, baseline) for check in checks)
     judged = [r for r in results if r.verdict is not Verdict.NODATA]
     total = sum(r.weight for r in judged)
     score = round(100.0 * sum(r.weight for r in judged if r.verdict is Verdict.PASS) / total, 2) if total else None
@@ -315,7 +355,56 @@ def _number(raw: Mapping[str, Any], key: str, where: str, *, low: float | None =
 
 
 KNOWN_FIELDS = {"name", "metric", "test", "alpha", "tolerance", "statistic", "min", "max", "min_samples",
-                "higher_is_better", "critical", "weight", "field"}
+                "higher_is_better", "critical", "weight", "field", "judge"}
+#: what a judge check may hold beside "judge": the rest (tests, bounds, samples) is the function's business
+JUDGE_CHECK_FIELDS = {"judge", "name", "metric", "critical", "weight"}
+JUDGE_FIELDS = {"function", "version", "timeout", "fields"}
+
+
+def _judge_check(raw: Mapping[str, Any], where: str) -> Check:
+    """`{"judge": "my-judge"}` or `{"judge": {"function": "my-judge", "version": 3, "timeout": 10,
+    "fields": {"confidence": "scores.confidence"}}}`, with the check's name, critical and weight."""
+    unknown = sorted(set(raw) - JUDGE_CHECK_FIELDS)
+    if unknown:
+        raise InvalidInput(f"{where}: {unknown[0]!r} does not apply to a judge check (the judge function decides)",
+                           field=f"{where}.{unknown[0]}")
+    if raw.get("metric", JUDGE_METRIC) != JUDGE_METRIC:
+        raise InvalidInput(f"{where}: a judge check has metric judge (or none)", field=f"{where}.metric")
+    spec = raw["judge"]
+    if isinstance(spec, str):
+        spec = {"function": spec}
+    if not isinstance(spec, Mapping):
+        raise InvalidInput(f'{where}.judge must name one of your functions: "my-judge" or {{"function": '
+                           '"my-judge", "version": 2}', field=f"{where}.judge")
+    unknown = sorted(set(spec) - JUDGE_FIELDS)
+    if unknown:
+        raise InvalidInput(f"{where}.judge: unknown field {unknown[0]!r}", field=f"{where}.judge.{unknown[0]}")
+    function = spec.get("function")
+    if not isinstance(function, str) or not FUNCTION_NAME.match(function):
+        raise InvalidInput(f"{where}.judge.function must be the name of one of your own functions "
+                           "(lowercase letters, digits and -; not another user's)", field=f"{where}.judge.function")
+    version = spec.get("version")
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 1):
+        raise InvalidInput(f"{where}.judge.version must be a version number", field=f"{where}.judge.version")
+    timeout = _number({"timeout": spec.get("timeout")}, "timeout", f"{where}.judge", low=0.0, exclusive=True,
+                      high=MAX_JUDGE_TIMEOUT_S)
+    fields = spec.get("fields") or {}
+    if not isinstance(fields, Mapping) or len(fields) > 20:
+        raise InvalidInput(f"{where}.judge.fields must map up to 20 metric names to fields of the JSON answer",
+                           field=f"{where}.judge.fields")
+    for metric, path in fields.items():
+        if not FIELD_PATH.match(str(metric)) or "." in metric or not isinstance(path, str) or not FIELD_PATH.match(path):
+            raise InvalidInput(f"{where}.judge.fields.{str(metric)[:64]} must map a metric name to a field of the "
+                               "JSON answer, such as scores.confidence", field=f"{where}.judge.fields")
+    name = raw.get("name", f"judge:{function}")
+    if not isinstance(name, str) or not name or len(name) > 100:
+        raise InvalidInput(f"{where}.name must be a name of 1 to 100 characters", field=f"{where}.name")
+    critical = raw.get("critical", True)
+    if not isinstance(critical, bool):
+        raise InvalidInput(f"{where}.critical must be true or false", field=f"{where}.critical")
+    weight = _number(raw, "weight", where, low=0.0, exclusive=True)
+    return Check(name=name, metric=JUDGE_METRIC, critical=critical, weight=1.0 if weight is None else weight,
+                 judge=function, judge_version=version, timeout_s=timeout, judge_fields=dict(fields))
 FIELD_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}(\.[A-Za-z_][A-Za-z0-9_-]{0,63}){0,7}$")
 
 
@@ -323,6 +412,8 @@ def check_from_json(raw: Any, where: str = "checks[0]") -> Check:
     """A check from its JSON form; a bad field is a 400 that names it (`checks[2].alpha`)."""
     if not isinstance(raw, Mapping):
         raise InvalidInput(f"{where} must be an object", field=where)
+    if raw.get("judge") is not None:
+        return _judge_check(raw, where)
     unknown = sorted(set(raw) - KNOWN_FIELDS)
     if unknown:
         raise InvalidInput(f"{where}: unknown field {unknown[0]!r}", field=f"{where}.{unknown[0]}")
