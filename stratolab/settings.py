@@ -325,14 +325,17 @@ VARIABLES: tuple[Variable, ...] = (
              "services write them) or kubernetes (the platform's pods too, read by the usage service).",
              set_by="Helm chart"),
     Variable("STRATOLAB_USAGE_KUBE_COMPONENTS", (USAGE,), "singleuser-server", "The pods read into the ledger on "
-             "Kubernetes (comma-separated: singleuser-server, notebook-run, function; runs and functions are "
-             "metered by their services already)."),
+             "Kubernetes (comma-separated: singleuser-server, notebook-run, function, pipeline-step; runs and "
+             "functions are metered by their services already; pipeline-step: pipelines on Argo Workflows, added "
+             "by the chart with pipelines.backend argo).", set_by="Helm chart"),
     Variable("STRATOLAB_USAGE_KUBE_SERVERS_NAMESPACE", (USAGE,), "the service's namespace", "Namespace of the user "
              "servers' pods.", set_by="Helm chart"),
     Variable("STRATOLAB_USAGE_KUBE_RUNS_NAMESPACE", (USAGE,), "the service's namespace", "Namespace of the notebook "
              "runs' pods (when read)."),
     Variable("STRATOLAB_USAGE_KUBE_FUNCTIONS_NAMESPACE", (USAGE,), "the service's namespace", "Namespace of the "
              "functions' pods (when read)."),
+    Variable("STRATOLAB_USAGE_KUBE_PIPELINES_NAMESPACE", (USAGE,), "the service's namespace", "Namespace of the "
+             "pipelines' Argo Workflows, whose step pods are read (with pipeline-step).", set_by="Helm chart"),
     Variable("STRATOLAB_USAGE_KUBE_HEARTBEAT", (USAGE,), "15", "Seconds between heartbeats of the open pods' "
              "intervals (while the Kubernetes API answers)."),
     Variable("STRATOLAB_USAGE_KUBE_RESYNC", (USAGE,), "60", "Seconds between full lists of the pods, which close "
@@ -343,6 +346,9 @@ VARIABLES: tuple[Variable, ...] = (
              "The scheduler's API (runs over budget are stopped through it).", set_by=HUB),
     Variable("STRATOLAB_USAGE_FUNCTIONS_URL", (USAGE,), "http://127.0.0.1:10101/services/functions/",
              "The functions service's API (functions over budget are scaled to zero through it).", set_by=HUB),
+    Variable("STRATOLAB_USAGE_PIPELINES_URL", (USAGE,), "", "The pipelines service's API (the pipeline runs of "
+             "steps run by Argo Workflows are stopped through it over a budget; empty: they are not).",
+             set_by="Helm chart"),
     Variable("STRATOLAB_USAGE_URL", (HUB, FUNCTIONS, SCHEDULER), "http://127.0.0.1:<STRATOLAB_USAGE_PORT>/services/"
              "usage/", "The usage service's API, asked before a server, run, trial or warm deploy starts.",
              set_by=HUB),

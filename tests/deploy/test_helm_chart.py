@@ -511,12 +511,17 @@ def test_rbac_grants_each_component_exactly_what_it_needs(values_file):
         assert subject == {"kind": "ServiceAccount", "name": f"{RELEASE}-{component(binding)}", "namespace": NAMESPACE}
         assert binding["roleRef"]["name"] == cluster_roles[component(binding)]["metadata"]["name"]
     assert len(of_kind(objects, "ClusterRoleBinding")) == len(cluster_roles)
-    roles = {component(r): r for r in of_kind(objects, "Role")}
+    # a component's Role may be in several namespaces (the usage service reads pods in the users' and, with
+    # pipelines on Argo, the Workflows' namespace), the same rules in each
+    all_roles = of_kind(objects, "Role")
+    roles = {component(r): r for r in all_roles}
+    by_place = {(component(r), r["metadata"]["namespace"]): r for r in all_roles}
+    assert len(by_place) == len(all_roles)
     expected = expected_rules(values_file)
     assert set(roles) == set(expected)
-    for name, role in roles.items():
+    for role in all_roles:
         rules = _flatten(role["rules"])
-        assert rules == expected[name], name
+        assert rules == expected[component(role)], component(role)
         assert not any("*" in (g, r) or "*" in v for (g, r), v in rules.items())
     values = hub_values(objects)
     assert roles["hub"]["metadata"]["namespace"] == values["singleuser"]["namespace"]
@@ -529,9 +534,9 @@ def test_rbac_grants_each_component_exactly_what_it_needs(values_file):
             assert subject["namespace"] == binding["metadata"]["namespace"]
         else:
             assert subject["namespace"] == NAMESPACE
-        role = roles[component(binding)]
+        role = by_place[(component(binding), binding["metadata"]["namespace"])]
         assert binding["roleRef"]["name"] == role["metadata"]["name"]
-        assert binding["metadata"]["namespace"] == role["metadata"]["namespace"]
+    assert len(of_kind(objects, "RoleBinding")) == len(all_roles)
     # each workload that talks to the API runs as its own account; the others get no token at all
     for workload, template in pod_specs(objects):
         spec = template["spec"]
@@ -543,12 +548,16 @@ def test_rbac_grants_each_component_exactly_what_it_needs(values_file):
 
 def test_namespaces_of_rbac_follow_the_values():
     objects = render("embedded-postgres-values.yaml")
-    namespaces = {component(r): r["metadata"]["namespace"] for r in of_kind(objects, "Role")}
-    assert namespaces == {"hub": "stratolab-users", "functions": "stratolab-functions", "scheduler": "stratolab-jobs",
-                          "triggers": "stratolab-functions",  # Knative Triggers deliver within their namespace
-                          "usage": "stratolab-users",  # the servers' pods, read into the usage ledger
+    namespaces: dict[str | None, set[str]] = {}
+    for r in of_kind(objects, "Role"):
+        namespaces.setdefault(component(r), set()).add(r["metadata"]["namespace"])
+    assert namespaces == {"hub": {"stratolab-users"}, "functions": {"stratolab-functions"},
+                          "scheduler": {"stratolab-jobs"},
+                          "triggers": {"stratolab-functions"},  # Knative Triggers deliver within their namespace
+                          # the servers' pods, and the Argo steps' pods (pipelines.backend argo), read into the ledger
+                          "usage": {"stratolab-users", "stratolab-pipelines"},
                           # Argo Workflows in pipelines.argo.namespace, their pods' account next to them
-                          "pipelines": "stratolab-pipelines", "pipeline-step": "stratolab-pipelines"}
+                          "pipelines": {"stratolab-pipelines"}, "pipeline-step": {"stratolab-pipelines"}}
 
 
 # --- NetworkPolicies -----------------------------------------------------------------------------

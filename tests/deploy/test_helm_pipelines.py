@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import re
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import helm_python
+import kubernetes_validate
 import pytest
 import yaml
 from traitlets.config import Config
 
+from argo_step_pods import step_pod
 from fake_kube import FakeKube, fake_kube  # noqa: F401
 from helm_support import (
     CHART,
@@ -333,3 +336,93 @@ def test_the_role_allows_every_call_the_argo_backend_makes(fake_kube: FakeKube):
     (binding,) = [b for b in of_kind(objects, "RoleBinding") if component(b) == "pipelines"]
     assert binding["metadata"]["namespace"] == settings.namespace
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": SERVICE, "namespace": NAMESPACE}]
+
+
+# --- the usage service and the Argo steps' pods -----------------------------------------------------
+
+USAGE = f"{RELEASE}-usage"
+
+
+def usage_env(objects: list[dict[str, Any]]) -> dict[str, str]:
+    return pipelines_env(objects, USAGE)
+
+
+def pods_grant(objects: list[dict[str, Any]], namespace: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The usage service's Role and RoleBinding in `namespace` (exactly one of each)."""
+    (role,) = [r for r in of_kind(objects, "Role") if component(r) == "usage" and r["metadata"]["namespace"] == namespace]
+    (binding,) = [b for b in of_kind(objects, "RoleBinding")
+                  if component(b) == "usage" and b["metadata"]["namespace"] == namespace]
+    return role, binding
+
+
+def test_with_argo_the_usage_service_meters_the_step_pods_and_may_stop_their_runs(monkeypatch):
+    """pipelines.backend argo: the usage collector reads the `pipeline-step` pods in the Workflows' namespace
+    (its own settings parse what the chart gives it; the pod the builder's Workflow makes is selected), the
+    Role there lets it list and watch them, and it reaches the pipelines service to stop a run over budget."""
+    from stratolab.usage.service.app import UsageService
+    from stratolab.usage.service.kube_collector import SELECTORS, KubeCollectorSettings, Source
+
+    objects, settings = argo_settings()
+    env = usage_env(objects)
+    collector = KubeCollectorSettings(environ=env)
+    assert collector.sources(NAMESPACE) == [Source("stratolab-users", SELECTORS["singleuser-server"]),
+                                            Source(ARGO_NS, "app.kubernetes.io/component=pipeline-step")]
+    # the pod of a notebook step of a Workflow the chart's settings build: in that namespace, selected
+    wf = argo.workflow(diamond(), argo_run("42"), settings)
+    pod = step_pod(wf, "left", uid="u-1", started=datetime(2026, 5, 1, 10, tzinfo=UTC))
+    assert pod["metadata"]["namespace"] == ARGO_NS
+    key, value = SELECTORS["pipeline-step"].split("=")
+    assert pod["metadata"]["labels"][key] == value
+    # the grant: list and watch pods there (what the collector's watch does), bound to the service's account
+    role, binding = pods_grant(objects, ARGO_NS)
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": USAGE, "namespace": NAMESPACE}]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": role["metadata"]["name"]}
+    assert pods_grant(objects, "stratolab-users")[0]["rules"] == role["rules"]  # the servers' pods, as before
+    # the pipelines service, as the usage service reads its setting, and its NetworkPolicy letting it in
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert service_of(objects, UsageService().pipelines_url) == (SERVICE, 10105)
+    assert UsageService().pipelines_url.endswith("/services/pipelines/")
+    policy = next(p for p in of_kind(objects, "NetworkPolicy") if component(p) == "pipelines"
+                  and p["metadata"]["namespace"] == NAMESPACE)
+    (rule,) = policy["spec"]["ingress"]
+    assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NAMESPACE}},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/instance": RELEASE,
+                                            "app.kubernetes.io/component": "usage"}}} in rule["from"]
+
+
+def test_with_the_local_backend_the_usage_service_reads_servers_only():
+    objects = render("default-values.yaml")
+    env = usage_env(objects)
+    assert not {"STRATOLAB_USAGE_KUBE_COMPONENTS", "STRATOLAB_USAGE_KUBE_PIPELINES_NAMESPACE",
+                "STRATOLAB_USAGE_PIPELINES_URL"} & set(env)
+    assert [r["metadata"]["namespace"] for r in of_kind(objects, "Role") if component(r) == "usage"] == [NAMESPACE]
+    # argo named with the pipelines service off: no pipeline to meter, nothing of the kind either
+    objects = render_values({"pipelines": {"enabled": False, "backend": "argo", "argo": {"namespace": "wf"}}})
+    assert "STRATOLAB_USAGE_KUBE_COMPONENTS" not in usage_env(objects)
+    assert [r["metadata"]["namespace"] for r in of_kind(objects, "Role") if component(r) == "usage"] == [NAMESPACE]
+    # the usage service off: no grant anywhere (and the pipelines service lets no usage peer in)
+    objects = render_values({"usage": {"enabled": False}, "pipelines": {"backend": "argo", "argo": {"namespace": "wf"}}})
+    assert not [o for o in objects if component(o) == "usage"]
+    (rule,) = next(p for p in of_kind(objects, "NetworkPolicy") if component(p) == "pipelines")["spec"]["ingress"]
+    assert "usage" not in [(p.get("podSelector") or {}).get("matchLabels", {}).get("app.kubernetes.io/component")
+                           for p in rule["from"]]
+
+
+def test_one_grant_when_the_workflows_share_the_users_namespace_and_the_admins_components_win():
+    values = {"pipelines": {"backend": "argo", "argo": {"namespace": "team"}}, "singleuser": {"namespace": "team"},
+              "usage": {"extraEnv": {"STRATOLAB_USAGE_KUBE_COMPONENTS": "singleuser-server,pipeline-step,function"}}}
+    objects = render_values(values)
+    version = kubernetes_validate.latest_version()
+    for obj in objects:
+        kubernetes_validate.validate(obj, desired_version=version, strict=True)
+    role, binding = pods_grant(objects, "team")  # one Role, one binding: no second object of the same name
+    assert [r["metadata"]["namespace"] for r in of_kind(objects, "Role") if component(r) == "usage"] == ["team"]
+    container = named(objects, "Deployment", USAGE)["spec"]["template"]["spec"]["containers"][0]
+    names = [e["name"] for e in container["env"]]
+    assert names.count("STRATOLAB_USAGE_KUBE_COMPONENTS") == 1  # usage.extraEnv's, not a second one
+    env = usage_env(objects)
+    assert env["STRATOLAB_USAGE_KUBE_COMPONENTS"] == "singleuser-server,pipeline-step,function"
+    assert env["STRATOLAB_USAGE_KUBE_PIPELINES_NAMESPACE"] == "team"

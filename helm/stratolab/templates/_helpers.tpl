@@ -47,6 +47,11 @@ helm.sh/chart: {{ include "stratolab.chart" .root }}
 {{- define "stratolab.pipelinesNamespace" -}}
 {{- .Values.pipelines.argo.namespace | default (include "stratolab.jobsNamespace" .) -}}
 {{- end -}}
+{{/* "true" when the usage service meters the pipeline steps' pods of Argo Workflows (and stops their runs
+over a budget through the pipelines service): pipelines on the argo backend; empty otherwise. */}}
+{{- define "stratolab.usageReadsPipelineSteps" -}}
+{{- if and .Values.usage.enabled .Values.pipelines.enabled (eq .Values.pipelines.backend "argo") }}true{{ end -}}
+{{- end -}}
 
 {{/* Object names. */}}
 {{- define "stratolab.secretName" -}}{{ include "stratolab.fullname" . }}-secret{{- end -}}

@@ -86,6 +86,9 @@ class UsageService(HubService):
         config=True, env="STRATOLAB_USAGE_SCHEDULER_URL")
     functions_url = Unicode("http://127.0.0.1:10101/services/functions/", help="The functions service's API.").tag(
         config=True, env="STRATOLAB_USAGE_FUNCTIONS_URL")
+    pipelines_url = Unicode("", help="The pipelines service's API, through which the pipeline runs of steps run by "
+                            "Argo Workflows are stopped over a budget; empty: those steps are not stopped (local "
+                            "steps are scheduler runs).").tag(config=True, env="STRATOLAB_USAGE_PIPELINES_URL")
     outbound_allow = Unicode("", help="Networks (comma-separated CIDRs) budget webhooks may reach besides public "
                              "addresses.").tag(config=True, env=OUTBOUND_ENV, default_text="none")
     backend = CaselessStrEnum(["local", "kubernetes"], "local", help="Where the ledger's intervals come from: "
@@ -160,7 +163,8 @@ class UsageService(HubService):
         state = self.build_state()
         enforcer = Enforcer(state, self.scheduler_url.rstrip("/") + "/", self.functions_url.rstrip("/") + "/",
                             outbound=self.outbound_policy, lost_after=timedelta(seconds=self.lost_after),
-                            smtp=self.smtp, public_url=self.public_url)
+                            smtp=self.smtp, public_url=self.public_url,
+                            pipelines_url=self.pipelines_url.rstrip("/") + "/" if self.pipelines_url else "")
         app = service_app("stratolab-usage", self.prefix, OPENAPI, ROUTE_HANDLERS, state,
                           metrics_registry=metrics.REGISTRY, cookie_secret=self.cookie_secret(),
                           template_path=str(HERE / "templates"), static_path=str(HERE / "static"),

@@ -21,6 +21,16 @@ servers through the hub's REST API (this service's token: `servers`); runs and t
 scheduler's `POST api/runs/{id}/stop` and warm function instances by `PATCH api/functions/{name}`
 with `min_instances: 0` on the functions service: those take only a user's own token, so a token of
 the user with just those scopes is made for the moment (`tokens`) and deleted after.
+
+Pipeline steps: one the scheduler runs (the pipelines service's local backend) is a scheduler run, its
+`thing_id` `RUN_ID/PIPELINE_RUN/STEP` (jobs/usage_meter.run_start), stopped as a run. One run by Argo
+Workflows is a pod the Kubernetes collector meters, its `thing_id` `argo:WORKFLOW/PIPELINE_RUN/STEP`
+(usage/kube.py), which names no scheduler run: its whole pipeline run is stopped by the pipelines
+service's `POST api/runs/{id}/stop` (the service shuts its Workflow down), with the same kind of token.
+PIPELINE_RUN is the run's id for a run started through the API; for a Workflow a CronWorkflow started
+it is the schedule's key (`sN`), and the run is the one the service made for that Workflow (`adopt`:
+its `idempotency_key` is `argo-workflow:WORKFLOW`), found in the user's queued and running runs.
+Several steps of one run are one stop.
 """
 
 from __future__ import annotations
@@ -43,7 +53,14 @@ from stratolab.db.models import UsageNotification, UsageOpen
 from stratolab.db.usage_ledger import sweep_lost
 from stratolab.platform.mail import SmtpSettings, send_mail
 from stratolab.platform.outbound import OutboundPolicy, guarded_client
-from stratolab.platform.scopes import FUNCTIONS_DEPLOY, FUNCTIONS_SERVICE, JOBS_RUN, SCHEDULER_SERVICE
+from stratolab.platform.scopes import (
+    FUNCTIONS_DEPLOY,
+    FUNCTIONS_SERVICE,
+    JOBS_RUN,
+    PIPELINES_RUN,
+    PIPELINES_SERVICE,
+    SCHEDULER_SERVICE,
+)
 from stratolab.usage import budgets as rules
 from stratolab.usage.pricing import PriceSheet
 from stratolab.usage.service import metrics
@@ -58,6 +75,15 @@ MAIL_CONCURRENCY = 4
 SUBJECTS = {"warning": "nearly used up", "exceeded": "used up", "stopped": "used up: stopped what ran"}
 #: what kind of start an open interval was, as budgets.consumes judges starts
 START_KIND = {"server": "server", "run": "run", "trial": "trial", "pipeline_step": "run", "function_instance": "deploy"}
+#: the thing_id of a pipeline step run by Argo Workflows: argo:WORKFLOW/PIPELINE_RUN/STEP (usage/kube.py)
+ARGO_STEP = "argo:"
+#: the idempotency key the pipelines service gives the run it makes for a Workflow a CronWorkflow started
+#: (stratolab/pipelines/argo_runner.py ADOPTED; capabilities do not import each other)
+ADOPTED_KEY = "argo-workflow:"
+#: a pipeline run's states in which it can be stopped
+PIPELINE_LIVE = ("queued", "running")
+#: how many of a user's runs are read to find the one of a scheduled Workflow (the most recent first)
+PIPELINE_RUNS_READ = 500
 
 
 @dataclass(frozen=True)
@@ -110,6 +136,16 @@ def budget_mail(user: str, gauge: rules.Gauge, level: str, message: str, sheet: 
     return subject, "\n".join(lines) + "\n"
 
 
+def argo_step(thing_id: str) -> tuple[str, str] | None:
+    """(Workflow, pipeline run key) of an Argo step's thing_id (`argo:WORKFLOW/PIPELINE_RUN/STEP`); None
+    for any other thing_id, or one that names no run (pure)."""
+    if not thing_id.startswith(ARGO_STEP):
+        return None
+    workflow, _, rest = thing_id.removeprefix(ARGO_STEP).partition("/")
+    key = rest.partition("/")[0]
+    return (workflow, key) if key else None
+
+
 def to_stop(budget: rules.Budget, running: list[Running]) -> list[Running]:
     """What of `running` draws on `budget` (pure)."""
     return [r for r in running if rules.consumes(budget, START_KIND.get(r.kind, r.kind), r.resources)]
@@ -126,6 +162,9 @@ class Enforcer:
     smtp: SmtpSettings | None = None
     #: the hub's public URL, for the link in a mail
     public_url: str = ""
+    #: the pipelines service's API, through which a pipeline step run by Argo Workflows is stopped (its run);
+    #: empty: such steps are not stopped (local steps are scheduler runs, stopped through the scheduler)
+    pipelines_url: str = ""
 
     def __post_init__(self) -> None:
         self._webhooks = guarded_client(self.outbound)
@@ -260,6 +299,8 @@ class Enforcer:
     async def _with_user_token(self, user: str, targets: list[Running]) -> list[str]:
         scopes = [f"{JOBS_RUN}!user={user}", f"access:services!service={SCHEDULER_SERVICE}",
                   f"{FUNCTIONS_DEPLOY}!user={user}", f"access:services!service={FUNCTIONS_SERVICE}"]
+        if self.pipelines_url and any(argo_step(t.thing_id) for t in targets if t.kind == "pipeline_step"):
+            scopes += [f"{PIPELINES_RUN}!user={user}", f"access:services!service={PIPELINES_SERVICE}"]
         try:
             token_id, token = await self.state.hub.user_token(user, scopes, "usage service: budget enforcement",
                                                               expires_in=120)
@@ -267,9 +308,17 @@ class Enforcer:
             log.warning("cannot act for %s (a token from the hub): %s", user, e)
             return []
         done: list[str] = []
+        pipeline_runs: dict[tuple[str, str], str | None] = {}  # (Workflow, key) -> the run stopped, if any
         try:
             for t in targets:
-                if t.kind in ("run", "trial", "pipeline_step") and t.thing_id:
+                step = argo_step(t.thing_id) if t.kind == "pipeline_step" else None
+                if step is not None:
+                    if step not in pipeline_runs:  # several steps of one run: one stop
+                        pipeline_runs[step] = await self._stop_pipeline_run(user, token, *step)
+                        if pipeline_runs[step] is not None:
+                            done.append(f"pipeline run {pipeline_runs[step]} ({t.thing})")
+                            metrics.STOPS.labels(kind="pipeline_run").inc()
+                elif t.kind in ("run", "trial", "pipeline_step") and t.thing_id:
                     # a pipeline step's thing_id is RUN_ID/PIPELINE_RUN/STEP (jobs/usage_meter.run_start)
                     run_id = t.thing_id.split("/", 1)[0] if t.kind == "pipeline_step" else t.thing_id.removeprefix("run:")
                     if await self._call(token, "POST", f"{self.scheduler_url}api/runs/{quote(run_id, safe='')}/stop"):
@@ -286,6 +335,38 @@ class Enforcer:
             except Exception as e:
                 log.warning("cannot delete the enforcement token of %s (it expires by itself): %s", user, e)
         return list(dict.fromkeys(done))
+
+    async def _stop_pipeline_run(self, user: str, token: str, workflow: str, key: str) -> str | None:
+        """Stop the pipeline run of an Argo step (its Workflow `workflow`, its run's key `key`) through the
+        pipelines service; the run's id when it was stopped, None when it was not (ended, not found, not
+        reached)."""
+        if not self.pipelines_url:
+            log.warning("cannot stop the pipeline run %s (Workflow %s) of %s over budget: no pipelines service "
+                        "(STRATOLAB_USAGE_PIPELINES_URL)", key, workflow, user)
+            return None
+        run_id: str | None = key if key.isdigit() else await self._scheduled_run(token, workflow)
+        if run_id is None:
+            return None
+        if await self._call(token, "POST", f"{self.pipelines_url}api/runs/{quote(run_id, safe='')}/stop"):
+            return run_id
+        return None
+
+    async def _scheduled_run(self, token: str, workflow: str) -> str | None:
+        """The id of the live run the pipelines service made for a Workflow a CronWorkflow started (None:
+        none yet, or it has ended)."""
+        wanted = f"{ADOPTED_KEY}{workflow}"[:255]
+        url = f"{self.pipelines_url}api/runs?limit={PIPELINE_RUNS_READ}"
+        request = HTTPRequest(url, method="GET", headers={"Authorization": f"token {token}"}, request_timeout=20)
+        try:
+            response = await AsyncHTTPClient().fetch(request)
+            runs = json.loads(response.body)["runs"]
+        except (HTTPClientError, OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("GET %s for budget enforcement: %s", url, e)
+            return None
+        for run in runs if isinstance(runs, list) else []:
+            if isinstance(run, dict) and run.get("idempotency_key") == wanted and run.get("state") in PIPELINE_LIVE:
+                return str(run["id"])
+        return None
 
     async def _call(self, token: str, method: str, url: str, body: Any = None) -> bool:
         request = HTTPRequest(url, method=method, body=json.dumps(body if body is not None else {}),
