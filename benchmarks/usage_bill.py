@@ -16,6 +16,14 @@ for 1,000 users, on the platform database (SQLite, as the embedded deployment ru
   for the user's group of 20 as one pool), each on a fresh session as the service answers
   `POST /api/check`; p50/p99 over `--decisions` calls. Beside it: the user's own two budgets alone,
   and the three with a group pool of 50.
+- **A user's bill priced as reserved** (`GET /api/bill?user=U&price_as=reserved&from=-30d`): the user
+  pays their share of the platform's baseline, which needs the whole platform's level over the period.
+  Uncached (as before): the platform's rows read and swept on every request. Cached
+  (`stratolab.usage.coverage_cache`): the first call fills the kept hours (100 days), each later call
+  reads only the records added since (a few appended between calls, some for hours long past) and the
+  intervals still open. Both in the same run, on the same ledger, checked to give the same bill to the
+  last bit; `ratio_uncached_over_repeated` is how many times faster a repeated request is. The rows
+  appended are removed at the end (a kept `--database` stays as generated).
 - `--database FILE` keeps the generated ledger and reuses it on the next run.
 - Metering overhead on a function's warm path is measured by the functions benchmarks (issue 15, H3b).
 
@@ -25,6 +33,8 @@ Prints JSON with the figures and the goals.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import dataclasses
 import json
 import os
 import random
@@ -36,20 +46,22 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import func, insert, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from goals import at_most  # noqa: E402
-from stratolab.db.engine import make_engine  # noqa: E402
+from stratolab.db.engine import make_engine, session_factory  # noqa: E402
 from stratolab.db.migrate import upgrade  # noqa: E402
 from stratolab.db.models import UsageCallsHourly, UsageRecord  # noqa: E402
-from stratolab.db.usage_ledger import usage_between, usage_columns  # noqa: E402
-from stratolab.usage.bill import compare, make_bill  # noqa: E402
+from stratolab.db.usage_ledger import Resources, Usage, append_many, usage_between, usage_columns  # noqa: E402
+from stratolab.usage.bill import compare, make_bill, reserved_coverage  # noqa: E402
 from stratolab.usage.budgets import DatabaseView, decide, parse_budgets  # noqa: E402
-from stratolab.usage.pricing import DEFAULT_SHEET  # noqa: E402
+from stratolab.usage.coverage_cache import PlatformCoverage  # noqa: E402
+from stratolab.usage.pricing import DEFAULT_SHEET, Baseline  # noqa: E402
+from stratolab.usage.service.state import Scope, UsageState  # noqa: E402
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 UNITS = (1, 100, 1000, 60000)
@@ -193,6 +205,75 @@ def bill_30_days(url: str, rounds: int) -> dict:
             "bill_through_row_objects_s_median": round(statistics.median(object_paths), 3)}
 
 
+#: the platform's commitment for the reserved bill: about its usual concurrency (1,000 users: ~180 cores)
+RESERVED_SHEET = dataclasses.replace(DEFAULT_SHEET, reserved_baseline=Baseline(cpu_cores=150, memory_gb=500, gpus=6))
+APPENDED = "bench-reserved:"
+
+
+def reserved_user_bill(url: str, users: int, rounds: int, rng: random.Random) -> dict:
+    """A GPU user's bill for the last 30 days priced as reserved, as `UsageState._scope_rows` then `make_bill`
+    answer it: uncached (the platform's rows swept, as before) and cached (`PlatformCoverage`), alternately
+    on the same ledger; between rounds a few records are appended, most ending now, some for hours days
+    ago (an interval closed late). The first cached call fills the cache; the later ones are the repeated
+    calls. Each pair is checked equal, and the service's own answer once (`UsageState.bill`)."""
+    engine = make_engine(url)
+    sessions = session_factory(engine)
+    name, sheet = user(0), RESERVED_SHEET
+    start = NOW - timedelta(days=30)
+    cache = PlatformCoverage()
+    uncached, cached, appended_rows = [], [], 0
+    now = NOW
+    for k in range(rounds + 1):
+        if k:
+            now = NOW + timedelta(minutes=k)
+            fresh = []
+            for j in range(6):  # one of each six started days ago: its hours long past change
+                began = now - timedelta(minutes=rng.randrange(5, 240)) - timedelta(days=3 if j == 0 else 0)
+                fresh.append((Usage(username=user(rng.randrange(users)), kind=rng.choice(["server", "run"]), thing="x",
+                                    started_at=began, ended_at=now, seconds=(now - began).total_seconds(),
+                                    resources=Resources(cpu_cores=2.0, memory_gb=4.0), producer="bench"),
+                              f"{APPENDED}{k}:{j}"))
+            with Session(engine) as s:
+                appended_rows += append_many(s, fresh)
+                s.commit()
+        end = now  # `from=-30d`: the period ends now, as the handler's default `to`
+        with Session(engine) as s:
+            t0 = time.perf_counter()
+            rows = usage_columns(s, start, end, usernames=[name], now=now)
+            coverage = reserved_coverage(usage_columns(s, start, end, now=now), sheet, start, end, now)
+            before = make_bill(rows, sheet, start, end, now, rate_class="reserved", coverage=coverage).to_json()
+            uncached.append(time.perf_counter() - t0)
+        with Session(engine) as s:
+            t0 = time.perf_counter()
+            rows = usage_columns(s, start, end, usernames=[name], now=now)
+            coverage = cache.coverage(s, sheet, start, end, now)
+            after = make_bill(rows, sheet, start, end, now, rate_class="reserved", coverage=coverage).to_json()
+            cached.append(time.perf_counter() - t0)
+        assert after == before, "the cached coverage must give the uncached bill"
+    state = UsageState(sessions=sessions, hub_auth=None, hub=None, sheet=sheet, clock=lambda: now)
+    state.platform_coverage = cache
+    served = asyncio.run(state.bill(Scope("user", name, (name,)), start, now, price_as="reserved"))
+    assert {k: v for k, v in served.items() if k != "scope"} == before, "the service answers the same bill"
+    stats = cache.stats()
+    with Session(engine) as s:  # the ledger as it was generated, for the next run on a kept database
+        s.execute(delete(UsageRecord).where(UsageRecord.source_key.like(f"{APPENDED}%")))
+        s.commit()
+    engine.dispose()
+    repeated = statistics.median(cached[1:])
+    plain = statistics.median(uncached)
+    return {"user": name, "period": "the last 30 days", "rounds": rounds, "rows_appended_between_calls": appended_rows,
+            "cost": round(before["totals"]["cost"], 2),
+            "covered_cpu_core_hours": round(before["reservation"]["covered"]["cpu_core_hours"], 3),
+            "uncached_s_median": round(plain, 4), "uncached_s_max": round(max(uncached), 4),
+            "cached_first_call_s": round(cached[0], 4), "cached_repeated_s_median": round(repeated, 4),
+            "cached_repeated_s_max": round(max(cached[1:]), 4),
+            "ratio_uncached_over_repeated": round(plain / repeated, 1),
+            "ratio_first_call_over_uncached": round(cached[0] / plain, 2),
+            "cache": {"hours": stats.hours, "events": stats.events, "mb": round(stats.bytes / 1e6, 1),
+                      "kept_from": stats.floor.isoformat() if stats.floor else None, "holes": stats.holes},
+            "same_bill_to_the_last_bit": True}
+
+
 def decisions(url: str, users: int, count: int, rng: random.Random, budgets: list = BUDGETS,
               group_size: int = GROUP_SIZE) -> dict:
     """`decide` for a GPU spawn of a random user, each on a fresh session as the service answers
@@ -222,6 +303,8 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--decisions", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--reserved-rounds", type=int, default=10,
+                        help="repeated calls of the user's reserved bill (each after a few records are appended)")
     parser.add_argument("--database", type=Path, default=None,
                         help="an SQLite file to keep the generated ledger in and reuse when it exists "
                              "(repeated runs skip generating it)")
@@ -253,6 +336,7 @@ def main() -> None:
         decision = decisions(url, args.users, args.decisions, random.Random(15))
         own = decisions(url, args.users, args.decisions, random.Random(16), budgets=BUDGETS[:2])
         pooled = decisions(url, args.users, args.decisions, random.Random(17), group_size=50)
+        reserved = reserved_user_bill(url, args.users, args.reserved_rounds, random.Random(18))
     print(json.dumps({
         "benchmark": "usage_bill_and_budget_decision",
         "database": make_engine(url).dialect.name,
@@ -263,6 +347,7 @@ def main() -> None:
         "budget_decision_at_spawn": decision,
         "budget_decision_own_budgets_only": own,
         "budget_decision_group_pool_of_50": pooled,
+        "user_bill_priced_as_reserved": reserved,
         "load_average": os.getloadavg(),
         "goals": [
             at_most(f"bill for {args.users} users over 30 days, read + priced (s)", bill["bill_s_median"], 1.0),

@@ -16,8 +16,9 @@ Design choices, and why:
   carries it for the whole period at the discount, used or not; at each instant the usage up to the
   baseline is covered by it, the rest pays on-demand (found by one sweep over the intervals' starts
   and ends). A user's or a group's bill is their share of that (`coverage`, from the platform's
-  rows): at each instant each interval is covered in the proportion the platform's usage then was,
-  so its share pays the reserved rate and the rest on-demand, and no unused commitment is charged:
+  rows, or their level kept between requests: stratolab.usage.coverage_cache): at each instant each
+  interval is covered in the proportion the platform's usage then was, so its share pays the
+  reserved rate and the rest on-demand, and no unused commitment is charged:
   the users' bills add up to the platform's covered and uncovered usage, the unused part of the
   commitment stays on the platform's bill alone. Spot: usage on spot capacity always pays the spot
   price; `rate_class="spot"` prices everything as spot.
@@ -552,8 +553,7 @@ def reserved_coverage(platform: Iterable[Usage] | UsageColumns, sheet: PriceShee
     cols = platform if isinstance(platform, UsageColumns) else UsageColumns.from_usages(platform)
     start, end, now = as_utc(start), as_utc(end), as_utc(now)
     p = _Period(micros(start), micros(end), micros(now))
-    base = sheet.reserved_baseline
-    limits = np.array([base.cpu_cores, base.memory_gb, float(base.gpus)])
+    limits = reserved_limits(sheet)
     stop = np.where(cols.is_open, p.now, np.minimum(cols.ended_us, p.now))
     lo, hi = np.maximum(p.start, cols.started_us), np.minimum(min(p.end, p.now), stop)
     chosen = (_per_label(cols, "kind", lambda k: k in HOURLY_KINDS, bool)
@@ -566,6 +566,33 @@ def reserved_coverage(platform: Iterable[Usage] | UsageColumns, sheet: PriceShee
     order = np.argsort(times, kind="stable")
     times = times[order]
     level = np.cumsum(np.concatenate([amounts, -amounts])[order], axis=0)  # the level from each event on
+    return _steps(p, limits, times, level)
+
+
+def reserved_limits(sheet: PriceSheet) -> np.ndarray:
+    """The platform's reserved baseline as the sweep compares levels with it: (cores, GB, GPUs)."""
+    base = sheet.reserved_baseline
+    return np.array([base.cpu_cores, base.memory_gb, float(base.gpus)])
+
+
+def coverage_of_levels(sheet: PriceSheet, start: datetime, end: datetime, now: datetime, times: np.ndarray,
+                       levels: np.ndarray) -> Coverage:
+    """The coverage `reserved_coverage` finds, from the platform's level (cores, GB, GPUs) given as
+    `levels[k]` from `times[k]` (microseconds, sorted) on, instead of from the rows: for a caller that
+    keeps the levels itself (stratolab.usage.coverage_cache). The levels are those in [start,
+    min(end, now)); the last one, from min(end, now) on, is 0."""
+    start, end, now = as_utc(start), as_utc(end), as_utc(now)
+    p = _Period(micros(start), micros(end), micros(now))
+    limits = reserved_limits(sheet)
+    if not len(times) or not limits.any():
+        empty = np.zeros((0, 3))
+        return Coverage(p, np.zeros(0, dtype=np.int64), empty, empty)
+    return _steps(p, limits, times, levels)
+
+
+def _steps(p: _Period, limits: np.ndarray, times: np.ndarray, level: np.ndarray) -> Coverage:
+    """The coverage of the level after each event (`times`, sorted): the fraction covered from each
+    event on, and its integral up to each event."""
     with np.errstate(divide="ignore", invalid="ignore"):
         fractions = np.where(level > 1e-9, np.minimum(level, limits) / level, 0.0)
     widths = np.diff(times) / 1e6

@@ -29,8 +29,9 @@ from stratolab.db.models import UsageNotification
 from stratolab.db.usage_ledger import Resources, Usage, UsageColumns, usage_columns
 from stratolab.errors import InvalidInput, NotFound, StratolabError
 from stratolab.platform.scopes import USAGE_CHECK, USAGE_READ
-from stratolab.usage.bill import Coverage, compare, make_bill, price_as, reserved_coverage, usage_report
+from stratolab.usage.bill import Coverage, compare, make_bill, price_as, usage_report
 from stratolab.usage.budgets import Budget, DatabaseView, Gauge, decide, gauges
+from stratolab.usage.coverage_cache import PlatformCoverage
 from stratolab.usage.pricing import PriceSheet
 from stratolab.web import has_scope
 
@@ -103,6 +104,8 @@ class UsageState:
     budgets: list[Budget] = field(default_factory=list)
     groups_visible: bool = True
     clock: Callable[[], datetime] = utcnow
+    #: the platform's level of hourly usage, kept for pricing a user or a group as reserved
+    platform_coverage: PlatformCoverage = field(default_factory=PlatformCoverage)
 
     async def db(self, fn: Callable[..., Any], *args: Any) -> Any:
         """`fn(session, *args)` in a thread, in one transaction."""
@@ -181,15 +184,13 @@ class UsageState:
                     reserved: bool) -> tuple[UsageColumns, Coverage | None]:
         """A user's or a group's rows, and (`reserved`) the platform's coverage by its reserved baseline,
         read in one transaction: a scope priced as reserved pays its share of the platform's baseline,
-        never the platform's unused commitment (bill.py). With no baseline nothing is covered, and the
-        platform's rows are not read."""
+        never the platform's unused commitment (bill.py). The platform's level is kept between requests
+        (`platform_coverage`: only the records added since the last request are read); with no baseline
+        nothing is covered, and nothing of the platform is read."""
         rows = self._rows(session, names, start, end, now)
         if not reserved:
             return rows, None
-        base = self.sheet.reserved_baseline
-        platform = (self._rows(session, None, start, end, now) if base.cpu_cores or base.memory_gb or base.gpus
-                    else UsageColumns.from_usages(()))
-        return rows, reserved_coverage(platform, self.sheet, start, end, now)
+        return rows, self.platform_coverage.coverage(session, self.sheet, start, end, now)
 
     async def usage(self, scope: Scope, start: datetime, end: datetime, *, by: str, price_as: str | None
                     ) -> dict[str, Any]:
