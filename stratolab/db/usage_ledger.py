@@ -556,8 +556,8 @@ def _columns(cols: Sequence[Sequence[Any]], n: int) -> UsageColumns:
         index = {v: i for i, v in enumerate(labels[name])}
         codes[name] = np.fromiter(map(index.__getitem__, cols[k]), dtype=np.int32, count=n)
     t = len(TEXT_FIELDS)
-    started, _ = _micros(cols[t])
-    ended, is_open = _micros(cols[t + 1])
+    started, _ = stored_micros(cols[t])
+    ended, is_open = stored_micros(cols[t + 1])
     seconds, cores, memory, gpus, used, peak = (np.array(c, dtype=np.float64) for c in cols[t + 2:t + 8])
     requests, errors = (np.array(c, dtype=np.int64) for c in cols[t + 8:t + 10])
     units = len(BILLING_UNITS_MS)
@@ -567,7 +567,7 @@ def _columns(cols: Sequence[Sequence[Any]], n: int) -> UsageColumns:
                         errors, billed, gpu_used)
 
 
-def _micros(values: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+def stored_micros(values: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
     """Microseconds since the epoch of datetimes (naive: UTC), of the ISO text SQLite keeps them as
     (parsed by numpy in one call: text with an offset, which numpy would only warn about, and any
     other form go one at a time) or of microseconds already; and which were None."""
@@ -614,7 +614,7 @@ def usage_columns(session: Session, start: datetime, end: datetime, *, usernames
 
     start, end = as_utc(start), as_utc(end)
     now = as_utc(now) if now is not None else utcnow()
-    stored = _stored_time_reader(session)
+    stored = stored_time_reader(session)
     text = [_R.username, _R.kind, _R.thing, _R.profile, _R.gpu_model, _R.capacity]
     records = select(*text, stored(_R.started_at), stored(_R.ended_at), _R.seconds,
                      _R.cpu_cores, _R.memory_gb, _R.gpus, _R.cpu_seconds_used, _R.peak_memory_gb, _R.requests,
@@ -647,7 +647,7 @@ def usage_columns(session: Session, start: datetime, end: datetime, *, usernames
     return columns.take(order)
 
 
-def _stored_time_reader(session: Session) -> Callable[[Any], Any]:
+def stored_time_reader(session: Session) -> Callable[[Any], Any]:
     """How `usage_columns` reads a time column without a datetime per value: SQLite's ISO text as it
     is (numpy parses it), PostgreSQL's as whole microseconds since the epoch, computed by the server
     exactly (whole seconds plus the microseconds field: integers on every version)."""
@@ -752,9 +752,9 @@ def _add_intervals(totals: dict[tuple[str, datetime], Totals], live: Mapping[str
     users = list(dict.fromkeys(cols[0]))
     index = {u: i for i, u in enumerate(users)}
     code = np.fromiter(map(index.__getitem__, cols[0]), dtype=np.intp, count=len(rows))
-    began, _ = _micros(cols[1])
+    began, _ = stored_micros(cols[1])
     if now is None:
-        ended, _ = _micros(cols[2])
+        ended, _ = stored_micros(cols[2])
         rest = cols[3:]
     else:
         ended = np.maximum(micros(now), began)

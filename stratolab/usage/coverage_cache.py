@@ -32,18 +32,17 @@ from __future__ import annotations
 
 import threading
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
-from sqlalchemy import BigInteger, String, and_, cast, extract, func, or_, select, type_coerce
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from stratolab.db.models import UsageOpen, UsageRecord
-from stratolab.db.usage_ledger import micros, usage_columns
+from stratolab.db.usage_ledger import micros, stored_micros, stored_time_reader, usage_columns
 from stratolab.usage.bill import HOURLY_KINDS, Coverage, coverage_of_levels, reserved_coverage, reserved_limits
 from stratolab.usage.pricing import PriceSheet
 from stratolab.usage.windows import as_utc
@@ -195,14 +194,14 @@ class PlatformCoverage:
     def _open(self, session: Session, cap: int) -> tuple[np.ndarray, np.ndarray]:
         """The intervals still open that started before `cap`: their starts and amounts."""
         o = UsageOpen
-        stored = _time_reader(session)
+        stored = stored_time_reader(session)
         rows = session.connection().execute(
             select(stored(o.started_at), o.cpu_cores, o.memory_gb, o.gpus)
             .where(o.kind.in_(_KINDS), o.capacity != "spot", o.started_at < _when(cap))).all()
         if not rows:
             return np.zeros(0, dtype=np.int64), np.zeros((0, 3))
         cols = list(zip(*rows, strict=True))
-        began = _times_us(cols[0])
+        began = stored_micros(cols[0])[0]
         amounts = np.array(cols[1:], dtype=np.float64).T
         keep = began < cap
         return began[keep], amounts[keep]
@@ -233,7 +232,7 @@ class PlatformCoverage:
 
     def _read(self, session: Session, where: Any) -> list[Any]:
         r = UsageRecord
-        stored = _time_reader(session)
+        stored = stored_time_reader(session)
         return list(session.connection().execute(
             select(r.id, r.kind, r.capacity, stored(r.started_at), stored(r.ended_at), r.cpu_cores, r.memory_gb,
                    r.gpus).where(where)).all())
@@ -259,7 +258,7 @@ class PlatformCoverage:
                 for i in sorted(self._holes)[:len(self._holes) - MAX_HOLES]:
                     del self._holes[i]
             self._mark = new_mark
-        began, ended = _times_us(began_raw), _times_us(ended_raw)
+        began, ended = stored_micros(began_raw)[0], stored_micros(ended_raw)[0]
         chosen = (np.isin(np.array(kinds), _KINDS) & (np.array(capacities) != "spot") & (ended > began)
                   & (ended > self._floor * HOUR_US))
         if not chosen.any():
@@ -314,29 +313,3 @@ def _when(us: int) -> datetime:
     return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)
 
 
-def _time_reader(session: Session) -> Callable[[Any], Any]:
-    """A time column as the ledger's bulk reads take it (`usage_columns`): PostgreSQL's as whole
-    microseconds since the epoch, computed by the server; SQLite's ISO text as it is, parsed by numpy."""
-    if session.get_bind().dialect.name == "postgresql":
-        def micros_of(column: Any) -> Any:
-            whole = cast(extract("epoch", func.date_trunc("second", column)), BigInteger)
-            return whole * 1_000_000 + cast(extract("microseconds", column), BigInteger) % 1_000_000
-        return micros_of
-    return lambda column: type_coerce(column, String)
-
-
-def _times_us(values: Sequence[Any]) -> np.ndarray:
-    """Microseconds since the epoch of what `_time_reader` read: integers, or ISO text (UTC) in one numpy
-    call where it can parse them all, else one at a time."""
-    if not values:
-        return np.zeros(0, dtype=np.int64)
-    if isinstance(values[0], str):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error")
-                return np.array(values, dtype="datetime64[us]").astype(np.int64)
-        except (ValueError, TypeError, UserWarning):
-            return np.array([micros(datetime.fromisoformat(v)) for v in values], dtype=np.int64)
-    if isinstance(values[0], datetime):
-        return np.array([micros(v) for v in values], dtype=np.int64)
-    return np.array(values, dtype=np.int64)
