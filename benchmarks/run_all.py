@@ -12,7 +12,7 @@ from goals import table
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = ["login_to_lab.py", "function_cold_start.py", "function_batching.py", "function_serving.py",
               "function_burst.py", "jobs_scheduler.py", "proxy_hop.py", "trigger_events.py",
-              "usage_bill.py", "pipeline_diamond.py", "pipeline_train_deploy.py"]
+              "usage_bill.py", "usage_metering_overhead.py", "pipeline_diamond.py", "pipeline_train_deploy.py"]
 
 
 def main() -> int:
