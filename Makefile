@@ -31,7 +31,7 @@ USER_ENV ?= $(abspath $(VENV))
 endif
 export STRATOLAB_USER_ENV := $(abspath $(USER_ENV))
 
-PY_SOURCES := $(shell find stratolab -name '*.py' -o -name '*.html' -o -name '*.ini' -o -name '*.mako' 2>/dev/null)
+PY_SOURCES := $(shell find stratolab -name '*.py' -o -name '*.html' -o -name '*.ini' -o -name '*.mako' -o -name '*.bashrc' 2>/dev/null)
 EXT_SOURCES := $(shell find $(EXT_DIR)/src $(EXT_DIR)/style $(EXT_DIR)/schema -type f 2>/dev/null) $(EXT_DIR)/package.json $(EXT_DIR)/tsconfig.json $(EXT_DIR)/yarn.lock
 
 .PHONY: help setup run check ext-check test bench clean chromium

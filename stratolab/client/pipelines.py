@@ -29,13 +29,28 @@ def source(file: str | os.PathLike[str]) -> dict[str, Any]:
         raise StratolabError(f"{file}: {e}", status=2) from None
 
 
+def _by_path(path: str, body: dict[str, Any]) -> Any:
+    """A call that names a .pipeline file by its path in the home. Outside a user's server (no
+    JUPYTERHUB_USER: a shell on the hub's machine, say) the home here may not be the home the service reads
+    (with `make run` as an ordinary user it is `.stratolab/homes/<user>/` in the clone): a path the service
+    does not find says so, and where to run the command instead."""
+    try:
+        return call_service(SERVICE, "POST", path, body)
+    except StratolabError as e:
+        if "path" not in body or getattr(e, "field", None) != "path" or os.environ.get("JUPYTERHUB_USER"):
+            raise
+        raise StratolabError(
+            f"{e.message}. The pipelines service reads a .pipeline file and its notebooks from your home on the "
+            f"hub (in JupyterLab, ~), not from {Path.home()} here: put the folder there and run the command in "
+            "a JupyterLab terminal (the examples are in ~/examples/pipelines/)", status=e.status) from None
+
+
 def validate(file: str) -> dict[str, Any]:
-    return call_service(SERVICE, "POST", "api/pipelines/validate", source(file))
+    return _by_path("api/pipelines/validate", source(file))
 
 
 def run(file: str, parameters: dict[str, Any] | None = None, *, from_cache: bool = True) -> dict[str, Any]:
-    return call_service(SERVICE, "POST", "api/runs", {**source(file), "parameters": parameters or {},
-                                                      "from_cache": from_cache})
+    return _by_path("api/runs", {**source(file), "parameters": parameters or {}, "from_cache": from_cache})
 
 
 def get(run_id: int) -> dict[str, Any]:
@@ -62,8 +77,8 @@ def schedule(file: str, cron: str | None, timezone: str = "UTC", parameters: dic
     body = source(file)
     if "path" not in body:
         raise StratolabError("a schedule runs a .pipeline file in your home: give its path there", status=2)
-    return call_service(SERVICE, "POST", "api/schedules", {"path": body["path"], "cron": cron, "timezone": timezone,
-                                                           "parameters": parameters or {}})
+    return _by_path("api/schedules", {"path": body["path"], "cron": cron, "timezone": timezone,
+                                      "parameters": parameters or {}})
 
 
 def wait(run_id: int, timeout: float | None = None, every: float = 1.0) -> dict[str, Any]:

@@ -13,8 +13,10 @@ and cut each other off.) The hub also gets SIGTERM when the launcher ends, howev
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -78,6 +80,49 @@ def _die_with_launcher() -> None:
     die_with_parent(signal.SIGTERM)
 
 
+#: the ports the hub, its proxy and its services listen on, with the variable that chooses each
+PORT_VARIABLES = (
+    ("port", "STRATOLAB_PORT"), ("proxy_api_port", "STRATOLAB_PROXY_API_PORT"), ("hub_port", "STRATOLAB_HUB_PORT"),
+    ("functions_port", "STRATOLAB_FUNCTIONS_PORT"), ("scheduler_port", "STRATOLAB_SCHEDULER_PORT"),
+    ("triggers_port", "STRATOLAB_TRIGGERS_PORT"), ("usage_port", "STRATOLAB_USAGE_PORT"),
+    ("pipelines_port", "STRATOLAB_PIPELINES_PORT"),
+)
+
+
+def port_in_use(ip: str, port: int) -> bool:
+    """True when another program listens on (ip, port): binding it fails with EADDRINUSE."""
+    with socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed hub's TIME_WAIT is no user
+        try:
+            sock.bind((ip, port))
+        except OSError as e:
+            return e.errno == errno.EADDRINUSE
+    return False
+
+
+def port_problems(settings: PlatformSettings, in_use=port_in_use) -> list[str]:
+    """What stops the hub from listening where it is told to, in words that say what to change: two
+    settings naming one port, or a port another program holds. (The hub otherwise failed after 30 s
+    with "Traefik static configuration not available".)"""
+    problems: list[str] = []
+    seen: dict[int, str] = {}
+    for attr, variable in PORT_VARIABLES:
+        port = getattr(settings, attr)
+        if port in seen:
+            problems.append(f"{variable} and {seen[port]} are both {port}: give each its own port")
+            continue
+        seen[port] = variable
+        ip = settings.ip if attr == "port" else "127.0.0.1"
+        if in_use(ip, port):
+            taken = set(seen) | {getattr(settings, a) for a, _ in PORT_VARIABLES}
+            free = next((p for p in range(port + 1, min(port + 200, 65536)) if p not in taken
+                         and not in_use(ip, p)), None)
+            hint = f"; e.g. {variable}={free} make run" if free else ""
+            problems.append(f"port {port} on {ip} ({variable}) is in use by another program (a hub started "
+                            f"before?): stop it, or choose another port{hint}")
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stratolab-hub", description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -90,6 +135,11 @@ def main(argv: list[str] | None = None) -> int:
         settings = PlatformSettings.from_env()
     except ValueError as e:
         print(f"stratolab-hub: {e}", file=sys.stderr)
+        return 2
+    problems = port_problems(settings) if settings.backend == "local" else []
+    for problem in problems:
+        print(f"stratolab-hub: {problem}", file=sys.stderr)
+    if problems:
         return 2
     data_dir = ensure_data_dir(settings.data_dir)
     creds = ensure_admin_credentials(settings) if settings.auth == "native" else None

@@ -12,6 +12,11 @@ from jupyter_server.utils import url_path_join
 
 from .functions_proxy import FunctionsProxyHandler
 from .handlers import StatusHandler
+from .terminal import configure_terminals
+
+
+def _link_jupyter_server_extension(serverapp: Any) -> None:
+    configure_terminals(serverapp)
 
 
 def _load_jupyter_server_extension(serverapp: Any) -> None:

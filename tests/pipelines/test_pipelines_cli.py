@@ -117,3 +117,22 @@ def test_usage_errors(env):
     assert r.returncode == 1
     r = cli(env, "pipelines", "run", at(env, "ci/none.pipeline"))
     assert r.returncode == 1 and "path" in r.stderr
+
+
+def test_a_home_that_is_not_the_hubs_says_where_to_run(env, tmp_path):
+    """`make run` as an ordinary user, then `stratolab pipelines run notebooks/pipelines/...` in the clone:
+    the file is in the shell's home, not in the home the service reads (.stratolab/homes/<user>/). The
+    answer says so and where to run the command, instead of only "no such file in your home"."""
+    shell_home = tmp_path / "shell-home"
+    write(shell_home, "clone/notebooks/pipelines/ci.pipeline", flow.dumps(dag({"step": []})))
+    shell = {k: v for k, v in env.items() if k != "JUPYTERHUB_USER"} | {"HOME": str(shell_home)}
+    r = subprocess.run(CLI + ["pipelines", "run", "clone/notebooks/pipelines/ci.pipeline", "--wait"],
+                       capture_output=True, text=True, env=shell, timeout=300, cwd=shell_home)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "no such file in your home" in r.stderr
+    assert f"not from {shell_home} here" in r.stderr and "JupyterLab terminal" in r.stderr
+    # inside the user's server (JUPYTERHUB_USER set) the service's answer alone
+    r = subprocess.run(CLI + ["pipelines", "validate", "clone/notebooks/pipelines/ci.pipeline"],
+                       capture_output=True, text=True, env={**shell, "JUPYTERHUB_USER": "erin"}, timeout=300,
+                       cwd=shell_home)
+    assert r.returncode == 1 and "JupyterLab terminal" not in r.stderr, r.stderr
