@@ -15,13 +15,24 @@ Two layers, each error an `InvalidNode` (an `InvalidInput`, so a 400) naming the
    given `root`, files that do not exist; links to nodes that are not in the pipeline, links from a
    port a node does not have; cycles (the nodes on one are named); condition expressions that do not
    parse or name steps that are not upstream of the condition; two steps declaring the same output;
-   function, deploy and AutoML steps missing what they need.
+   function, deploy and AutoML steps missing what they need; settings beyond their bounds (below); a
+   deploy step's `notify` webhook at an address the outbound policy refuses (as every other webhook's).
+
+**Bounds** (each a 400 naming the field beyond it, at submission rather than a failed step later):
+`timeout` is whole seconds from 1 to `MAX_TIMEOUT_S` (7 days, the scheduler's largest run timeout) for a
+notebook step, to `MAX_AUTOML_TIMEOUT_S` (30 days, the scheduler's for a search) for an AutoML step, and
+a number of seconds above 0 up to `MAX_FUNCTION_TIMEOUT_S` (an hour, a function's largest `timeout_s`)
+for a function call; `retries` at most `MAX_RETRIES`; `cpu` at most `MAX_CPU` cores, `gpu` a whole
+number at most `MAX_GPU`, `memory` at most `MAX_MEMORY_GB`; a path's every part at most `MAX_NAME_BYTES`
+bytes of UTF-8 (the file system's NAME_MAX: longer names cannot exist).
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -44,12 +55,23 @@ from stratolab.pipelines.flow import (
     Step,
     pipeline_of,
 )
+from stratolab.platform.outbound import OutboundPolicy, validate_url
 from stratolab.settings import PROJECT_ROOT
 
 SCHEMA_DIR = PROJECT_ROOT / "node_modules" / "@elyra" / "pipeline-schemas"
 FLOW_SCHEMA = "common-pipeline/pipeline-flow/pipeline-flow-v3-schema.json"
 MAX_RETRIES = 10
 MAX_STEPS = 500
+MAX_TIMEOUT_S = 7 * 24 * 3600
+MAX_AUTOML_TIMEOUT_S = 30 * 24 * 3600
+MAX_FUNCTION_TIMEOUT_S = 3600
+MAX_CPU = 256
+MAX_GPU = 16
+MAX_MEMORY_GB = 4096
+MAX_NAME_BYTES = 255
+#: addresses a deploy step's notice may be mailed to
+MAX_NOTIFY_EMAILS = 20
+EMAIL = re.compile(r"^[^@\s,;]{1,64}@[^@\s,;]{1,255}\.[^@\s,;]+$")
 
 
 class InvalidNode(InvalidInput):
@@ -182,8 +204,70 @@ def _relative_path(step: Step, value: str, what: str, root: Path | None, where: 
     path = PurePosixPath(value.replace("\\", "/"))
     if path.is_absolute() or value.startswith("~") or ".." in path.parts or ":" in path.parts[0]:
         raise InvalidNode(step, f"{what} {value!r} must be a path inside the pipeline's folder", field=what)
-    if root is not None and "*" not in value and not (root / path).exists():
+    if "\x00" in value or any(len(part.encode(errors="surrogatepass")) > MAX_NAME_BYTES for part in path.parts):
+        raise InvalidNode(step, f"{what} {value[:100]!r}: each name in a path is at most {MAX_NAME_BYTES} bytes, "
+                                "without NUL", field=what)
+    try:
+        exists = root is None or "*" in value or (root / path).exists()
+    except (OSError, ValueError):  # a path the file system refuses to look up
+        exists = False
+    if not exists:
         raise InvalidNode(step, f"{what} {value!r} does not exist {where}", field=what)
+
+
+def _check_bounds(step: Step) -> None:
+    """The numbers of a step within their documented bounds (the module docstring)."""
+    params = step.params
+    timeout = params.get("timeout")
+    if timeout not in (None, ""):
+        if step.op == FUNCTION_OP:
+            if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and 0 < timeout <= MAX_FUNCTION_TIMEOUT_S):
+                raise InvalidNode(step, f"timeout must be a number of seconds above 0 and at most "
+                                        f"{MAX_FUNCTION_TIMEOUT_S}, got {timeout!r}", field="timeout")
+        else:
+            high = MAX_AUTOML_TIMEOUT_S if step.op == AUTOML_OP else MAX_TIMEOUT_S
+            if not (isinstance(timeout, (int, float)) and math.isfinite(timeout) and float(timeout).is_integer()
+                    and 1 <= timeout <= high):
+                raise InvalidNode(step, f"timeout must be a whole number of seconds from 1 to {high}, got {timeout!r}",
+                                  field="timeout")
+    for key, high, whole in (("cpu", MAX_CPU, False), ("gpu", MAX_GPU, True), ("memory", MAX_MEMORY_GB, False)):
+        value = params.get(key)
+        if value in (None, ""):
+            continue
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= high) or (
+                whole and not float(value).is_integer()):
+            kind = "a whole number" if whole else "a number"
+            raise InvalidNode(step, f"{key} must be {kind} from 0 to {high}, got {value!r}", field=key)
+
+
+def _check_notify(step: Step) -> None:
+    """A deploy step's `notify` ({"webhook": URL, "email": ADDRESS or [ADDRESS]}): the webhook refused at an
+    address the outbound policy refuses (it is checked again, on the resolved address, when sent)."""
+    notify = step.params.get("notify")
+    if notify is None:
+        return
+    if not isinstance(notify, Mapping):
+        raise InvalidNode(step, 'notify must be an object: {"webhook": URL, "email": ADDRESS}', field="notify")
+    unknown = sorted(set(notify) - {"webhook", "email"})
+    if unknown:
+        raise InvalidNode(step, f"notify: unknown field {str(unknown[0])[:64]!r}; use webhook or email",
+                          field=f"notify.{str(unknown[0])[:64]}")
+    if notify.get("webhook") is not None:
+        try:
+            policy = OutboundPolicy.from_env()
+        except ValueError:  # a bad setting stops the service at its start; here, refuse all but public addresses
+            policy = OutboundPolicy()
+        try:
+            validate_url(notify["webhook"], policy, "notify.webhook")
+        except InvalidInput as e:
+            raise InvalidNode(step, f"notify.webhook: {e.message}", field="notify.webhook") from None
+    emails = notify.get("email")
+    if emails is not None:
+        emails = [emails] if isinstance(emails, str) else emails
+        if (not isinstance(emails, list) or len(emails) > MAX_NOTIFY_EMAILS
+                or not all(isinstance(e, str) and EMAIL.match(e) for e in emails)):
+            raise InvalidNode(step, f"notify.email must be an e-mail address or a list of at most "
+                                    f"{MAX_NOTIFY_EMAILS}", field="notify.email")
 
 
 def _check_step(step: Step, root: Path | None) -> None:
@@ -210,6 +294,9 @@ def _check_step(step: Step, root: Path | None) -> None:
         raise InvalidNode(step, f"retries is {step.retries}; at most {MAX_RETRIES}", field="retries")
     if step.timeout is not None and step.timeout <= 0:
         raise InvalidNode(step, "timeout must be a positive number of seconds", field="timeout")
+    _check_bounds(step)
+    if step.op == DEPLOY_OP:
+        _check_notify(step)
     if step.op == CONDITION_OP and not (step.expression or "").strip():
         raise InvalidNode(step, "a condition needs an expression, e.g. candidate.accuracy >= 0.9",
                           field="expression")

@@ -30,6 +30,7 @@ from stratolab.pipelines.service import handlers
 from stratolab.pipelines.service.openapi import OPENAPI
 from stratolab.pipelines.store import PipelineStore
 from stratolab.platform import cron
+from stratolab.platform.http_front import HTTPFront
 from stratolab.platform.mail import SmtpConfig
 from stratolab.platform.outbound import ENV as OUTBOUND_ENV
 from stratolab.platform.outbound import OutboundPolicy
@@ -40,6 +41,9 @@ from stratolab.web import MAX_HEADER_BYTES, service_app
 log = logging.getLogger("stratolab.pipelines")
 REGISTRY = CollectorRegistry()
 TOKEN_CACHE_S = 10
+#: the largest request body: a pipeline's document is at most 4 MiB (handlers.MAX_DOCUMENT_BYTES), with its
+#: parameters or an event; a larger body is a 413
+MAX_BODY_SIZE = 8 * 1024 * 1024
 
 ROUTE_HANDLERS = {
     "/api/pipelines/validate": handlers.ValidateHandler,
@@ -205,14 +209,17 @@ class PipelinesService(HubService):
             runner = engine.argo
             engine.each_round.append(lambda: runner.adopt(state.loader))
         app = service_app("stratolab-pipelines", self.prefix, OPENAPI, ROUTE_HANDLERS, state,
-                          metrics_registry=REGISTRY, max_body_size=8 * 1024 * 1024)
-        server = app.listen(self.port, address=self.ip, xheaders=False, max_header_size=MAX_HEADER_BYTES)
+                          metrics_registry=REGISTRY, max_body_size=MAX_BODY_SIZE)
+        # the front answers a body over the limit with a 413 before reading it (tornado's own server reads
+        # up to 100 MB, and beyond that drops the connection: the caller got the proxy's 502)
+        server = HTTPFront(app, max_body_size=MAX_BODY_SIZE, max_header_size=MAX_HEADER_BYTES)
+        await server.listen(self.port, address=self.ip)
         engine.start()
         log.info("pipelines service ready at http://%s:%s%s (scheduler %s)", self.ip, self.port, self.prefix,
                  self.scheduler_url)
         await until_stopped()
         await engine.stop()
-        server.stop()
+        await server.close()
         if engine.argo is not None:
             await engine.argo.backend.close()
 

@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 import json
 import posixpath
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,11 @@ from stratolab.platform.scopes import PIPELINES_RUN
 from stratolab.web import ServiceHandler, has_scope, path_id, token_from_headers
 
 MAX_DOCUMENT_BYTES = 4 * 1024 * 1024
+#: a file or folder name's length in bytes (the file system's NAME_MAX): a longer one cannot exist
+MAX_NAME_BYTES = 255
+#: a run's name and idempotency key: printable text (a control character, NUL above all, is refused: PostgreSQL
+#: cannot store NUL in text)
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def relative(raw: Any, field: str, *, allow_empty: bool = False) -> str:
@@ -36,6 +44,9 @@ def relative(raw: Any, field: str, *, allow_empty: bool = False) -> str:
     parts = [p for p in text.split("/") if p not in ("", ".")]
     if any(p == ".." for p in parts):
         raise InvalidInput(f"{field} {raw[:100]!r} leaves your home ('..')", field=field)
+    if any(len(p.encode(errors="surrogatepass")) > MAX_NAME_BYTES for p in parts):
+        raise InvalidInput(f"{field} {raw[:100]!r}: each name in a path is at most {MAX_NAME_BYTES} bytes",
+                           field=field)
     return posixpath.join(*parts) if parts else ""
 
 
@@ -71,11 +82,15 @@ async def load_pipeline(home: Path, body: dict[str, Any]) -> tuple[str | None, s
         if not rel.endswith(".pipeline"):
             raise InvalidInput(f"path {rel!r} is not a .pipeline file", field="path")
         file = inside(home, rel, "path")
-        if not file.is_file():
-            raise InvalidInput(f"path {rel!r}: no such file in your home", field="path")
-        if file.stat().st_size > MAX_DOCUMENT_BYTES:
-            raise InvalidInput(f"path {rel!r} is over {MAX_DOCUMENT_BYTES} bytes", field="path")
-        text = await asyncio.to_thread(file.read_text)
+        try:
+            if not file.is_file():
+                raise InvalidInput(f"path {rel!r}: no such file in your home", field="path")
+            if file.stat().st_size > MAX_DOCUMENT_BYTES:
+                raise InvalidInput(f"path {rel!r} is over {MAX_DOCUMENT_BYTES} bytes", field="path")
+            text = await asyncio.to_thread(file.read_text)
+        except (OSError, UnicodeDecodeError) as e:  # unreadable, not UTF-8, a name the file system refuses
+            raise InvalidInput(f"path {rel!r} cannot be read: {getattr(e, 'strerror', None) or e}",
+                               field="path") from None
         root = posixpath.dirname(rel)
     else:
         if isinstance(content, str):
@@ -149,11 +164,21 @@ class RunsHandler(BaseHandler):
         if key is not None and key.startswith(ADOPTED):
             raise InvalidInput(f"idempotency_key must not start with {ADOPTED!r} (the service's own keys)",
                                field="idempotency_key")
+        if key is not None and CONTROL.search(key):
+            raise InvalidInput("idempotency_key must not hold control characters", field="idempotency_key")
         name = body.get("name")
-        if name is not None and (not isinstance(name, str) or not 0 < len(name) <= 255):
-            raise InvalidInput("name must be a string of 1 to 255 characters", field="name")
-        run = await self.state.start(owner, body, parameters=_parameters(body.get("parameters")), name=name,
-                                     from_cache=from_cache, idempotency_key=key, loader=self.load)
+        if name is not None and (not isinstance(name, str) or not 0 < len(name) <= 255 or CONTROL.search(name)):
+            raise InvalidInput("name must be a string of 1 to 255 characters, without control characters",
+                               field="name")
+        parameters = _parameters(body.get("parameters"))
+        async with one_at_a_time(owner, key):
+            if key is not None:
+                before = await asyncio.to_thread(self.state.store.run_by_key, owner, key)
+                if before is not None:  # documented: the run made earlier with this key, 200
+                    self.send(before, 200)
+                    return
+            run = await self.state.start(owner, body, parameters=parameters, name=name,
+                                         from_cache=from_cache, idempotency_key=key, loader=self.load)
         self.send(run, 201)
 
 
@@ -232,6 +257,9 @@ class SchedulesHandler(BaseHandler):
     async def post(self) -> None:
         owner = await self.owner()
         body = self.json_body()
+        unknown = set(body) - {"path", "cron", "timezone", "parameters"}
+        if unknown:
+            raise InvalidInput(f"unknown field {sorted(unknown)[0][:64]!r}", field=sorted(unknown)[0][:64])
         path, _root, _text, _valid = await self.load(owner, {"path": body.get("path")})
         assert path is not None
         expr = body.get("cron") or None
@@ -283,6 +311,29 @@ class ScheduleHandler(ScheduleBase):
 #: the header in which a service starting a run for a user (the triggers service) names that user
 OWNER_HEADER = "X-Stratolab-Owner"
 
+#: (owner, idempotency key) -> [the lock of the requests starting a run with that key, how many hold or await it]
+_STARTING: dict[tuple[str, str], list[Any]] = {}
+
+
+@asynccontextmanager
+async def one_at_a_time(owner: str, key: str | None) -> AsyncIterator[None]:
+    """Requests with the same idempotency key (a client's retry, the same event delivered twice at once)
+    start their run one after the other, so the first makes the run (201) and the others find it (200).
+    One process serves the API, so a lock of this process is enough; the store's unique key stays the
+    guarantee that there is one run."""
+    if key is None:
+        yield
+        return
+    entry = _STARTING.setdefault((owner, key), [asyncio.Lock(), 0])
+    entry[1] += 1
+    try:
+        async with entry[0]:
+            yield
+    finally:
+        entry[1] -= 1
+        if entry[1] == 0:
+            _STARTING.pop((owner, key), None)
+
 
 class EventsHandler(ScheduleBase):
     """An event starts one run: the owner's token, or a service's whose role holds `custom:pipelines:run`
@@ -303,11 +354,13 @@ class EventsHandler(ScheduleBase):
             found = await self.mine(schedule_id)
         event = self.cloud_event()
         key = event_key(found["id"], event)
-        before = await asyncio.to_thread(self.state.store.run_by_key, found["owner"], key)
-        if before is not None:
-            self.send(before, 200)
-            return
-        self.send(await self.state.fire(found, trigger="event", event=event, idempotency_key=key), 201)
+        async with one_at_a_time(found["owner"], key):  # the same event twice at once: one run, one 201
+            before = await asyncio.to_thread(self.state.store.run_by_key, found["owner"], key)
+            if before is not None:
+                self.send(before, 200)
+                return
+            run = await self.state.fire(found, trigger="event", event=event, idempotency_key=key)
+        self.send(run, 201)
 
     def cloud_event(self) -> dict[str, Any]:
         """The event as CloudEvents' JSON: structured mode (application/cloudevents+json) as sent, binary

@@ -27,6 +27,7 @@ from traitlets import Bool, CaselessStrEnum, Float, Unicode
 from stratolab.client.hubapi import HubAPI
 from stratolab.db import ensure_schema, make_engine, session_factory
 from stratolab.errors import StratolabError
+from stratolab.platform.http_front import HTTPFront
 from stratolab.platform.mail import SmtpConfig
 from stratolab.platform.outbound import ENV as OUTBOUND_ENV
 from stratolab.platform.outbound import OutboundPolicy
@@ -44,6 +45,8 @@ log = logging.getLogger("stratolab.usage")
 
 #: seconds the hub's answers (tokens, users, groups) are reused
 TOKEN_CACHE_S = 10
+#: the largest request body (the API takes small JSON objects: a budget check); a larger one is a 413
+MAX_BODY_SIZE = 1024 * 1024
 HERE = Path(__file__).parent
 
 ROUTE_HANDLERS = {
@@ -169,7 +172,10 @@ class UsageService(HubService):
                           metrics_registry=metrics.REGISTRY, cookie_secret=self.cookie_secret(),
                           template_path=str(HERE / "templates"), static_path=str(HERE / "static"),
                           static_url_prefix=f"{self.prefix}static/")
-        server = app.listen(self.port, address=self.ip, xheaders=False, max_header_size=MAX_HEADER_BYTES)
+        # the API takes small JSON bodies: a larger one is a 413 before it is read (tornado's own server reads up
+        # to 100 MB into memory, and beyond that drops the connection without an answer)
+        server = HTTPFront(app, max_body_size=MAX_BODY_SIZE, max_header_size=MAX_HEADER_BYTES)
+        await server.listen(self.port, address=self.ip)
         collector: RunningCollector | None = None
         if self.kube_settings is not None:
             collector = await start_collector(self.kube_settings, self.sessions, spot_label=self.sheet.spot_label)
@@ -190,7 +196,7 @@ class UsageService(HubService):
             await asyncio.wait_for(enforcer.settle(), 5)
         if collector is not None:
             await collector.stop()
-        server.stop()
+        await server.close()
 
 
 def main() -> None:
