@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -103,7 +104,9 @@ def validate_url(url: Any, policy: OutboundPolicy, field_name: str) -> str:
     if parts.scheme not in ("http", "https") or not host:
         raise InvalidInput(f"{url[:100]!r} is not an http(s) URL", field=field_name)
     del port  # parsed for validation: urlsplit raises on a port out of range
-    literal = host if _is_ip(host) else ("127.0.0.1" if host == "localhost" or host.endswith(".localhost") else None)
+    literal = _ip_literal(host)
+    if literal is None and (host == "localhost" or host.endswith(".localhost")):
+        literal = "127.0.0.1"
     if literal is not None:
         reason = policy.refusal(literal)
         if reason:
@@ -114,12 +117,24 @@ def validate_url(url: Any, policy: OutboundPolicy, field_name: str) -> str:
     return url
 
 
-def _is_ip(host: str) -> bool:
+def _ip_literal(host: str) -> str | None:
+    """The address a host that is an IP literal names, or None for a name. Besides the standard forms,
+    the legacy IPv4 ones every resolver still takes (`127.1`, `0x7f000001`, `2130706433`, `0177.0.0.1`,
+    `0`: inet_aton's), so that they are refused when saved, not only at connect time."""
     try:
-        ipaddress.ip_address(host.split("%", 1)[0])
-        return True
+        return str(ipaddress.ip_address(host.split("%", 1)[0]))
     except ValueError:
-        return False
+        pass
+    if _LEGACY_IPV4.fullmatch(host):
+        try:
+            return str(ipaddress.IPv4Address(socket.inet_aton(host)))
+        except OSError:
+            return None
+    return None
+
+
+#: what inet_aton's legacy IPv4 forms are made of: 1 to 4 parts, each decimal, octal or 0x-hex
+_LEGACY_IPV4 = re.compile(r"(?:0[xX][0-9a-fA-F]*|[0-9]+)(?:\.(?:0[xX][0-9a-fA-F]*|[0-9]+)){0,3}\.?")
 
 
 class GuardedResolver(Resolver):

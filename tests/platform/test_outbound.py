@@ -22,6 +22,9 @@ REFUSED = [
     "http://[::1]/", "http://[::ffff:169.254.169.254]/", "http://[::ffff:10.1.2.3]/",
     "http://10.0.0.5/", "http://172.16.3.4/", "http://192.168.1.1/", "http://100.64.0.1/",  # private, CGNAT
     "http://0.0.0.0/", "http://224.0.0.1/", "http://240.0.0.1/",
+    # the legacy IPv4 forms resolvers still take (inet_aton's): the same addresses, spelt otherwise
+    "http://0x7f000001/", "http://2130706433/", "http://127.1/", "http://0177.0.0.1/", "http://0/",
+    "http://0xa9.0xfe.0xa9.0xfe/", "http://2852039166/",
 ]
 
 
@@ -43,6 +46,7 @@ def test_public_addresses_and_names_pass_and_the_admin_can_allow_networks():
     policy = OutboundPolicy()
     assert validate_url("https://hooks.example.org/T0/B1?x=1", policy, "f") == "https://hooks.example.org/T0/B1?x=1"
     assert validate_url("http://93.184.215.14:8080/", policy, "f")
+    assert validate_url("http://deadbeef.example/", policy, "f") and validate_url("http://1e100.net/", policy, "f")
     allowed = OutboundPolicy.from_env({"STRATOLAB_OUTBOUND_ALLOW": "10.20.0.0/16, 127.0.0.1/32"})
     assert validate_url("http://10.20.1.2/chat", allowed, "f") and validate_url("http://127.0.0.1:9/", allowed, "f")
     with pytest.raises(InvalidInput):
