@@ -106,6 +106,7 @@ def port_problems(settings: PlatformSettings, in_use=port_in_use) -> list[str]:
     with "Traefik static configuration not available".)"""
     problems: list[str] = []
     seen: dict[int, str] = {}
+    suggested: set[int] = set()
     for attr, variable in PORT_VARIABLES:
         port = getattr(settings, attr)
         if port in seen:
@@ -114,13 +115,24 @@ def port_problems(settings: PlatformSettings, in_use=port_in_use) -> list[str]:
         seen[port] = variable
         ip = settings.ip if attr == "port" else "127.0.0.1"
         if in_use(ip, port):
-            taken = set(seen) | {getattr(settings, a) for a, _ in PORT_VARIABLES}
+            taken = set(seen) | {getattr(settings, a) for a, _ in PORT_VARIABLES} | suggested
             free = next((p for p in range(port + 1, min(port + 200, 65536)) if p not in taken
                          and not in_use(ip, p)), None)
             hint = f"; e.g. {variable}={free} make run" if free else ""
+            suggested.add(free or 0)
             problems.append(f"port {port} on {ip} ({variable}) is in use by another program (a hub started "
                             f"before?): stop it, or choose another port{hint}")
     return problems
+
+
+def running_hub(settings: PlatformSettings) -> int | None:
+    """The pid of a hub already running from this data directory (JupyterHub's pid file names it)."""
+    try:
+        pid = int((settings.data_dir / "jupyterhub.pid").read_text().strip())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stratolab-hub: {e}", file=sys.stderr)
         return 2
     problems = port_problems(settings) if settings.backend == "local" else []
+    pid = running_hub(settings) if problems else None
+    if pid is not None:
+        problems = [f"a hub from {settings.data_dir} is already running (pid {pid}) at {settings.public_url}/: "
+                    f"use it, or stop it (Ctrl-C where it runs, or kill {pid}) and start again"]
     for problem in problems:
         print(f"stratolab-hub: {problem}", file=sys.stderr)
     if problems:

@@ -52,3 +52,36 @@ def test_the_launcher_stops_at_once_when_its_port_is_taken(tmp_path):
     assert "STRATOLAB_PORT=" in r.stderr.split("e.g.")[1]
     assert not (tmp_path / "data").exists()  # nothing started, nothing written
     assert not port_in_use("127.0.0.1", free_port())
+
+
+def test_each_taken_port_gets_its_own_suggestion():
+    settings = PlatformSettings.from_env({})
+    problems = port_problems(settings, in_use=lambda ip, port: port in (10104, 10105))
+    assert problems[0].endswith("STRATOLAB_USAGE_PORT=10106 make run")
+    assert problems[1].endswith("STRATOLAB_PIPELINES_PORT=10107 make run")
+
+
+def test_a_hub_already_running_from_the_same_data_dir_is_named(tmp_path):
+    """A second `make run` while the first runs: one line that says so, not a line per port."""
+    data = tmp_path / "data"
+    data.mkdir()
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        try:
+            (data / "jupyterhub.pid").write_text(str(sleeper.pid))
+            env = {k: v for k, v in os.environ.items() if not k.startswith("STRATOLAB_")}
+            env.update({"STRATOLAB_DATA_DIR": str(data), "STRATOLAB_PORT": str(port)})
+            r = subprocess.run(
+                [sys.executable, "-m", "stratolab.hub.launcher"], env=env, capture_output=True, text=True, timeout=60
+            )
+        finally:
+            sleeper.kill()
+            sleeper.wait()
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        f"stratolab-hub: a hub from {data} is already running (pid {sleeper.pid}) at http://127.0.0.1:{port}/: "
+        f"use it, or stop it (Ctrl-C where it runs, or kill {sleeper.pid}) and start again"
+    ]
