@@ -63,6 +63,24 @@ def test_a_cron_schedule_fires_until_it_is_deleted(hub, alice):
     assert api(hub, alice, "GET", f"api/schedules/{found['id']}").status_code == 404
 
 
+def test_a_cron_time_that_comes_while_the_last_run_goes_on_is_skipped(hub, alice):
+    """As Argo's CronWorkflows under `Forbid`: a schedule every second of a pipeline that takes longer
+    starts one run at a time, not one a second queued up behind each other."""
+    write(home_of(hub, alice), "sched/slow.ipynb", notebook("import time\ntime.sleep(4)\n"))
+    write(home_of(hub, alice), "sched/slow.pipeline", flow.dumps(dag({"slow": []})))
+    found = schedule(hub, alice, path="sched/slow.pipeline", cron="* * * * * *")
+    try:
+        first = wait_for(lambda: runs_of(hub, alice, found["id"]) or None, 60, every=0.25, what="a scheduled run")
+        time.sleep(3)  # three more cron times, while the first run sleeps
+        during = runs_of(hub, alice, found["id"])
+    finally:
+        assert api(hub, alice, "DELETE", f"api/schedules/{found['id']}").status_code == 204
+    active = [r for r in during if r["state"] in ("queued", "running")]
+    assert len(active) <= 1, during
+    assert len(during) <= 2, during  # the first, and at most one started as it ended
+    assert wait_run(hub, alice, first[-1]["id"])["state"] == "succeeded"
+
+
 @pytest.mark.parametrize("mode", ["binary", "structured"])
 def test_an_event_starts_a_run_with_the_event_as_parameter(hub, alice, mode):
     found = schedule(hub, alice, path="sched/s.pipeline", parameters={"greeting": "hello"})

@@ -28,7 +28,7 @@ from stratolab.pipelines.engine import Engine, Notifier
 from stratolab.pipelines.kube_backend import ArgoPipelineBackend
 from stratolab.pipelines.service import handlers
 from stratolab.pipelines.service.openapi import OPENAPI
-from stratolab.pipelines.store import PipelineStore
+from stratolab.pipelines.store import ACTIVE, PipelineStore
 from stratolab.platform import cron
 from stratolab.platform.http_front import HTTPFront
 from stratolab.platform.mail import SmtpConfig
@@ -117,7 +117,9 @@ class PipelinesState:
 
     async def fire_due(self) -> None:
         """Each round: the schedules whose time has come start a run; the next time is set first (a failing
-        file does not fire again and again)."""
+        file does not fire again and again). A cron time that comes while the schedule's last run still
+        goes on is skipped (logged), as Argo's CronWorkflows do under the `Forbid` policy the chart's
+        backend sets: a schedule faster than its pipeline queues nothing up. Events fire regardless."""
         if self.engine.argo is not None:
             return  # Argo's CronWorkflows start the runs (ArgoRunner.adopt makes their rows)
         now = datetime.now(UTC)
@@ -125,6 +127,12 @@ class PipelinesState:
             tz = cron.parse_timezone(schedule["timezone"])
             next_at = cron.next_time(schedule["cron"], tz, now) if schedule["cron"] else None
             await asyncio.to_thread(self.store.schedule_fired, schedule["id"], next_at, None)
+            last = schedule.get("last_run_id")
+            previous = await asyncio.to_thread(self.store.run, last, graph=False) if last else None
+            if previous is not None and previous.get("state") in ACTIVE:
+                log.info("pipeline schedule %s (%s): skipped a cron time, run %s still %s", schedule["id"],
+                         schedule["path"], last, previous["state"])
+                continue
             try:
                 run = await self.fire(schedule, trigger="schedule")
             except StratolabError as e:
