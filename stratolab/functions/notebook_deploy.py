@@ -7,10 +7,11 @@ trains the model exactly as a user would by running the cells, then the handler 
 from __future__ import annotations
 
 import ast
+import tempfile
 from pathlib import Path
 
 import nbformat
-from jupyter_client.manager import start_new_kernel
+from jupyter_client.manager import KernelManager
 
 from stratolab.errors import InvalidInput, StratolabError
 
@@ -35,8 +36,21 @@ def capture_notebook_cell(path: Path, cell: int, target: Path, handler: str | No
     if not 0 <= cell < len(nb.cells) or nb.cells[cell].cell_type != "code":
         raise InvalidInput(f"cell {cell} is not a code cell of {path} ({len(nb.cells)} cells)", field="cell")
     handler = handler or handler_in_cell(nb.cells[cell].source)
-    km, kc = start_new_kernel(kernel_name=kernel_name, cwd=str(Path(path).resolve().parent))
+    with tempfile.TemporaryDirectory(prefix="stratolab-deploy-") as private:  # 0700: only this user
+        return _capture(nb, cell, target, handler, kernel_name, timeout, Path(path), Path(private))
+
+
+def _capture(nb, cell: int, target: Path, handler: str, kernel_name: str, timeout: float, path: Path,
+             private: Path) -> str:
+    """The kernel talks over Unix sockets in a directory only this user can enter (IPC transport), not
+    TCP ports any local user could connect to (and ipykernel warns about in every deploy's output)."""
+    km = KernelManager(kernel_name=kernel_name, transport="ipc", ip=str(private / "kernel"),
+                       connection_file=str(private / "kernel.json"))
+    km.start_kernel(cwd=str(path.resolve().parent))
+    kc = km.client()
+    kc.start_channels()
     try:
+        kc.wait_for_ready(timeout=60)
         for index, c in enumerate(nb.cells[: cell + 1]):
             if c.cell_type != "code" or not c.source.strip():
                 continue
