@@ -76,8 +76,13 @@ def wait_until_started(ready: int) -> bool:
 
 
 def _die_with_launcher() -> None:
-    """In the hub's process before it runs: SIGTERM (a clean stop) when the launcher exits, even killed."""
+    """In the hub's process before it runs: SIGTERM (a clean stop) when the launcher exits, even killed;
+    and SIGINT handled as it is by default. Started in the background (`make run &`), the launcher
+    inherits SIGINT ignored, as every command of a non-interactive shell's `&` does, and an ignored
+    signal stays ignored across exec: the hub's services would then ignore the SIGINT the hub stops
+    them with, and each be stopped only by SIGTERM 10 s later."""
     die_with_parent(signal.SIGTERM)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 #: the ports the hub, its proxy and its services listen on, with the variable that chooses each

@@ -21,9 +21,15 @@ class LauncherHub(HubProcess):
     """A hub started by `stratolab-hub`, as `make run` starts it; `extra` goes on to JupyterHub."""
 
     extra: tuple[str, ...] = ()
+    #: started as a non-interactive shell starts `make run &`: with SIGINT ignored, which exec keeps
+    in_background = False
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "stratolab.hub.launcher", *self.extra]
+        launcher = [sys.executable, "-m", "stratolab.hub.launcher", *self.extra]
+        if not self.in_background:
+            return launcher
+        return [sys.executable, "-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                f"os.execv(sys.executable, {launcher!r})"]
 
     starting = False
 
@@ -90,15 +96,27 @@ def ctrl_c(hub: LauncherHub) -> None:
     assert "404 GET /hub/api/" not in started, started[-3000:]
 
 
+def ignores_sigint(pid: int) -> bool:
+    """Whether a process ignores SIGINT (bit 2 of /proc/PID/status's SigIgn mask)."""
+    with open(f"/proc/{pid}/status") as f:
+        mask = next(line.split()[1] for line in f if line.startswith("SigIgn:"))
+    return bool(int(mask, 16) & (1 << (signal.SIGINT - 1)))
+
+
 def test_a_killed_launcher_takes_the_hub_with_it(tmp_path, test_homes):
     """The hub is not in the launcher's process group (so that Ctrl-C reaches it once): it goes when the
-    launcher goes, however that ends, and stops cleanly (SIGTERM)."""
+    launcher goes, however that ends, and stops cleanly (SIGTERM). Started in the background (`make run
+    &`: SIGINT ignored, inherited across exec), none of its processes ignores the SIGINT the hub stops its
+    services and servers with (each waited 10 s for SIGTERM instead)."""
     import psutil
 
     hub = LauncherHub(tmp_path / "hub", {"STRATOLAB_HOME_ROOT": str(test_homes), "STRATOLAB_GPUS": ""})
+    hub.in_background = True
     hub.start(timeout=90)
     hub.wait_for("Stratolab is running")
     processes = psutil.Process(hub.proc.pid).children(recursive=True)
+    python = [p for p in processes if "python" in p.name()]
+    assert python and not [" ".join(p.cmdline()) for p in python if ignores_sigint(p.pid)]
     os.kill(hub.proc.pid, signal.SIGKILL)
     hub.proc.wait(10)
     gone, alive = psutil.wait_procs(processes, timeout=40)
