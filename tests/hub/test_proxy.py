@@ -26,7 +26,13 @@ import requests
 from traitlets.config import Config
 
 from stratolab.hub.config import configure_hub
-from stratolab.hub.proxy import TRAEFIK_API_PASSWORD, TRAEFIK_DYNAMIC_CONFIG, TRAEFIK_STATIC_CONFIG, traefik_procs
+from stratolab.hub.proxy import (
+    TRAEFIK_API_PASSWORD,
+    TRAEFIK_DYNAMIC_CONFIG,
+    TRAEFIK_STATIC_CONFIG,
+    traefik_procs,
+    write_default_certificate,
+)
 from stratolab.settings import PlatformSettings
 from support import HUB_CONFIG, HubProcess, user_env_for_tests
 
@@ -218,3 +224,42 @@ def test_a_traefik_that_dies_is_started_again_with_its_routes(hub):
     assert requests.get(f"{hub.url}/hub/api", timeout=10).status_code == 200
     assert requests.get(f"{hub.url}/services/scheduler/", timeout=10).status_code == 200
     assert "Traefik exited" in hub.log_tail(200)
+
+
+def test_the_default_certificate_is_written_with_a_private_key(tmp_path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    cert_path, key_path = write_default_certificate(tmp_path)
+    assert stat.S_IMODE(os.stat(key_path).st_mode) == 0o600
+    cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
+    key = serialization.load_pem_private_key(Path(key_path).read_bytes(), password=None)
+    assert cert.public_key().public_numbers() == key.public_key().public_numbers()
+    # a later start writes a new pair in place, still private
+    os.chmod(key_path, 0o644)
+    assert write_default_certificate(tmp_path) == (cert_path, key_path)
+    assert stat.S_IMODE(os.stat(key_path).st_mode) == 0o600
+    assert x509.load_pem_x509_certificate(Path(cert_path).read_bytes()).serial_number != cert.serial_number
+
+
+def test_a_new_route_costs_traefik_little(hub):
+    """Traefik's default TLS store has the hub's certificate: without one Traefik generates an RSA key at
+    every reload (50-80 ms of CPU per route added, and as long again before a server start is served).
+    Traefik's CPU while a server starts and is routed stays far under one such key; the hub logs how
+    long the route took."""
+    dynamic = tomllib.loads((hub.data_dir / TRAEFIK_DYNAMIC_CONFIG).read_text())
+    default = dynamic["tls"]["stores"]["default"]["defaultCertificate"]
+    assert Path(default["certFile"]).is_file() and Path(default["keyFile"]).is_file()
+    assert stat.S_IMODE(os.stat(default["keyFile"]).st_mode) == 0o600
+
+    traefik = traefik_of(hub)
+    user = hub.create_user()
+    before = sum(traefik.cpu_times()[:2])
+    assert hub.spawn(user, {"profile": "cpu"}).status_code in (201, 202)
+    try:
+        used = sum(traefik.cpu_times()[:2]) - before
+        assert used < 0.04, f"Traefik used {used * 1000:.0f} ms of CPU while one route was added"
+        assert f"Traefik serves /user/{user.name}/ after" in hub.log_tail(400)
+        assert user.server_get("api/status", timeout=30).status_code == 200
+    finally:
+        hub.stop_server(user)
