@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
+from pg_support import postgres_database
 from stratolab.db import ensure_schema, make_engine, session_factory
 from stratolab.db.engine import session_scope
 from stratolab.db.models import UsageOpen, UsageRecord
@@ -258,32 +259,12 @@ def test_the_service_prices_a_user_as_reserved_from_the_kept_level(sessions):
 
 # --- PostgreSQL: ids are not handed out in commit order -------------------------------------------------
 
-PG_HOST = "127.0.0.1:5432"
-
-
 @pytest.fixture
 def pg_sessions():
-    for user in ("postgres", "root"):
-        admin = sa.create_engine(f"postgresql://{user}@{PG_HOST}/postgres", isolation_level="AUTOCOMMIT")
-        try:
-            with admin.connect() as c:
-                c.execute(sa.text("select 1"))
-        except Exception:
-            admin.dispose()
-            continue
-        name = f"stratolab_cov_{random.randrange(10**9)}"
-        with admin.connect() as c:
-            c.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        url = f"postgresql://{user}@{PG_HOST}/{name}"
-        ensure_schema(url)
+    with postgres_database("stratolab_cov") as url:
         engine = make_engine(url)
         yield session_factory(engine)
         engine.dispose()
-        with admin.connect() as c:
-            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-        return
-    pytest.skip(f"PostgreSQL on {PG_HOST} is not reachable")
 
 
 @pytest.mark.postgres

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import secrets
 import subprocess
 import sys
 import time
@@ -26,8 +25,9 @@ from kubernetes_asyncio.client import Configuration
 
 from argo_step_pods import step_pod
 from fake_kube import FakeKube, _status
+from pg_support import postgres_database
 from pipelines_support import dag
-from stratolab.db import ensure_schema, make_engine, session_factory, session_scope
+from stratolab.db import make_engine, session_factory, session_scope
 from stratolab.db.models import UsageOpen, UsageRecord, as_utc
 from stratolab.db.usage_ledger import Ledger, sweep_lost, usage_of_record
 from stratolab.jobs.usage_meter import RunMeter, resources_of, run_start
@@ -45,7 +45,6 @@ pytestmark = pytest.mark.postgres
 
 NS = "users"
 T0 = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
-PG_HOST = "127.0.0.1:5432"
 
 
 class Clock:
@@ -130,25 +129,8 @@ def finished(pod: dict[str, Any], phase: str, at: datetime) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def pg_url():
     """A database of this module's own in the PostgreSQL server (dropped at the end)."""
-    for user in ("postgres", "root"):
-        admin = sa.create_engine(f"postgresql://{user}@{PG_HOST}/test", isolation_level="AUTOCOMMIT")
-        try:
-            with admin.connect() as c:
-                c.execute(sa.text("select 1"))
-        except Exception:
-            admin.dispose()
-            continue
-        name = f"stratolab_kube_usage_{secrets.token_hex(4)}"
-        with admin.connect() as c:
-            c.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        url = f"postgresql://{user}@{PG_HOST}/{name}"
-        ensure_schema(url)
+    with postgres_database("stratolab_kube_usage") as url:
         yield url
-        with admin.connect() as c:
-            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-        return
-    pytest.skip(f"PostgreSQL on {PG_HOST} is not reachable")
 
 
 @pytest.fixture
