@@ -285,6 +285,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("STRATOLAB_BACKEND", (HUB,), "local", "Where servers and services run: local (this machine) or "
              "kubernetes (the Helm chart sets it)."),
     Variable("STRATOLAB_HUB_READY_FD", (HUB,), "", "The pipe the hub reports its start on.", set_by=LAUNCHER),
+    Variable("STRATOLAB_ENV_BIN", ("terminal shell",), "", "The server's environment's bin/, put first on a "
+             "JupyterLab terminal's PATH by its start-up file (then unset).", set_by=SERVER),
     # sign-in with OIDC (STRATOLAB_AUTH=oidc)
     Variable("STRATOLAB_OIDC_CLIENT_ID", (HUB,), "", "OIDC client id."),
     Variable("STRATOLAB_OIDC_CLIENT_SECRET", (HUB,), "", "OIDC client secret."),
