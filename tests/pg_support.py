@@ -1,5 +1,6 @@
-"""A PostgreSQL database of a test's own on this machine's server (127.0.0.1:5432, trust auth), with the
-platform's schema, dropped afterwards; the test is skipped when the server is not reachable."""
+"""A PostgreSQL database of a test's own on this machine's server (127.0.0.1:5432, trust auth; created
+from its database `test`), with the platform's schema, dropped afterwards; the test is skipped when the
+server is not reachable."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ PG_HOST = "127.0.0.1:5432"
 def postgres_database(prefix: str) -> Iterator[str]:
     """The URL of a new database named `prefix` and a random suffix, with the schema; dropped on exit."""
     for user in ("postgres", "root"):
-        admin = sa.create_engine(f"postgresql://{user}@{PG_HOST}/postgres", isolation_level="AUTOCOMMIT")
+        admin = sa.create_engine(f"postgresql://{user}@{PG_HOST}/test", isolation_level="AUTOCOMMIT")
         try:
             with admin.connect() as c:
                 c.execute(sa.text("select 1"))

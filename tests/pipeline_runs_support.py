@@ -67,6 +67,21 @@ def write(home: Path, rel: str, content: dict | str | bytes) -> Path:
     return path
 
 
+def write_event_pipeline(home: Path, pipeline: str, records: dict[str, str]) -> None:
+    """A one-step pipeline at `pipeline` (a path in `home`) whose notebook, on_event.ipynb beside it, records
+    each name of `records` as that attribute of its parameter `event` (None without one), and `greeting`."""
+    from jobs_support import notebook
+    from pipelines_support import dag
+
+    lines = "".join(f"stratolab.record({name!r}, (event or {{}}).get({attribute!r}))\n"
+                    for name, attribute in records.items())
+    source = notebook(f"import stratolab\n{lines}stratolab.record('greeting', greeting)\n",
+                      parameters="event = None\ngreeting = 'none'\n")
+    folder = Path(pipeline).parent
+    write(home, str(folder / "on_event.ipynb"), source)
+    write(home, pipeline, flow.dumps(dag({"on_event": []})))
+
+
 def copy_example(home: Path, folder: str, rollout: dict | None = QUICK_ROLLOUT,
                  notify: dict | None = None, function: str = "digits") -> None:
     """notebooks/pipelines into `folder` of the home; the deploy step's rollout (and notify) as given."""

@@ -10,23 +10,15 @@ import time
 import pytest
 
 from jobs_support import notebook, wait_for
-from pipeline_runs_support import api, home_of, steps_of, wait_run, write
+from pipeline_runs_support import api, home_of, steps_of, wait_run, write, write_event_pipeline
 from pipelines_support import dag
 from stratolab.pipelines import flow
-
-EVENT_NB = notebook("import stratolab\n"
-                    "stratolab.record('kind', (event or {}).get('type'))\n"
-                    "stratolab.record('data', (event or {}).get('data'))\n"
-                    "stratolab.record('greeting', greeting)\n",
-                    parameters="event = None\ngreeting = 'none'\n")
 
 
 @pytest.fixture(scope="module")
 def alice(hub):
     user = hub.create_user()
-    home = home_of(hub, user)
-    write(home, "sched/on_event.ipynb", EVENT_NB)
-    write(home, "sched/s.pipeline", flow.dumps(dag({"on_event": []})))
+    write_event_pipeline(home_of(hub, user), "sched/s.pipeline", {"kind": "type", "data": "data"})
     return user
 
 

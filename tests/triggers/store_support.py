@@ -8,15 +8,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 
+from pg_support import postgres_database
 from stratolab.db import ensure_schema, make_engine, session_factory
 from stratolab.triggers.events import new_event
 from stratolab.triggers.spec import parse_trigger
 from stratolab.triggers.store import EventStore, NewEvent, trigger_scope
-
-PG_HOST = "127.0.0.1:5432"
 
 
 @contextmanager
@@ -30,38 +28,14 @@ def sqlite_store(folder: Path) -> Iterator[EventStore]:
         engine.dispose()
 
 
-def _pg_admin() -> tuple[sa.Engine, str]:
-    errors = []
-    for user in ("postgres", "root"):
-        engine = sa.create_engine(f"postgresql://{user}@{PG_HOST}/test", isolation_level="AUTOCOMMIT")
-        try:
-            with engine.connect() as c:
-                c.execute(sa.text("select 1"))
-            return engine, user
-        except Exception as e:
-            engine.dispose()
-            errors.append(f"{user}: {str(e).splitlines()[0]}")
-    pytest.skip(f"PostgreSQL on {PG_HOST} (database test) is not reachable: {'; '.join(errors)}")
-
-
 @contextmanager
 def postgres_store() -> Iterator[EventStore]:
-    admin, user = _pg_admin()
-    name = f"stratolab_t_{secrets.token_hex(6)}"
-    with admin.connect() as c:
-        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        url = f"postgresql://{user}@{PG_HOST}/{name}"
-        ensure_schema(url)
+    with postgres_database("stratolab_t") as url:
         engine = make_engine(url)
         try:
             yield EventStore(session_factory(engine))
         finally:
             engine.dispose()
-    finally:
-        with admin.connect() as c:
-            c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def empty(store: EventStore) -> EventStore:

@@ -15,25 +15,15 @@ import uuid
 import pytest
 import requests
 
-from jobs_support import notebook, wait_for
-from pipeline_runs_support import api, home_of, steps_of, wait_run, write
-from pipelines_support import dag
-from stratolab.pipelines import flow
-
-EVENT_NB = notebook("import stratolab\n"
-                    "stratolab.record('type', (event or {}).get('type'))\n"
-                    "stratolab.record('subject', (event or {}).get('subject'))\n"
-                    "stratolab.record('data', (event or {}).get('data'))\n"
-                    "stratolab.record('greeting', greeting)\n",
-                    parameters="event = None\ngreeting = 'none'\n")
+from jobs_support import wait_for
+from pipeline_runs_support import api, home_of, steps_of, wait_run, write_event_pipeline
 
 
 @pytest.fixture(scope="module")
 def alice(hub):
     user = hub.create_user()
-    home = home_of(hub, user)
-    write(home, "train/on_event.ipynb", EVENT_NB)
-    write(home, "train/train.pipeline", flow.dumps(dag({"on_event": []})))
+    write_event_pipeline(home_of(hub, user), "train/train.pipeline",
+                         {"type": "type", "subject": "subject", "data": "data"})
     return user
 
 
