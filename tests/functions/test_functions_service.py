@@ -34,6 +34,11 @@ def test_deploy_invoke_split_rollback_and_delete(hub, tmp_path):
     assert r.status_code == 200
     assert requests.post(fn["url"], json={"x": 1}, headers={"X-Function-Key": "wrong"}).status_code == 403
     assert requests.post(fn["url"], json={"x": 1}).status_code == 401
+    # a function that does not exist is refused as a private one is: no answer tells which names exist
+    missing = fn["url"].replace("/greeter", "/no-such-function")
+    assert requests.post(missing, json={"x": 1}).status_code == 401
+    assert requests.post(missing, json={"x": 1}, headers={"X-Function-Key": "wrong"}).status_code == 403
+    assert requests.post(missing, json={"x": 1}, headers=alice.headers).status_code == 404
 
     # a second version takes all traffic; then a 50/50 split; then rollback
     r = deploy(hub, alice, "greeter", bundle(tmp_path, greeting="bonjour"))

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
-from stratolab.errors import InvalidInput, StratolabError
+from stratolab.errors import InvalidInput, NotFound, StratolabError
 from stratolab.functions.backend import VersionRef
 from stratolab.functions.knative.bundle_access import check_bundle_token
 from stratolab.functions.policy import MAX_PAYLOAD_MB
@@ -264,7 +264,11 @@ async def answer_invocation(state: ServiceState, owner: str, name: str, body: by
     again without a call (event_dedup.py). `?async=1` or `X-Invocation-Type: Event` hands the
     request to the triggers service (async_invocation.py). A plain request costs a few dict lookups
     more than before, no parsing."""
-    view = state.view(owner, name)  # 404 for unknown names
+    try:
+        view = state.view(owner, name)
+    except NotFound:
+        await _refuse_as_private(state, headers)
+        raise
     if query or headers.get("x-invocation-type"):
         asynchronous, destination = _asynchronous(query, headers)
         if asynchronous:
@@ -316,6 +320,15 @@ async def _answer_event_batch(state: ServiceState, owner: str, name: str, body: 
     if duplicates:
         metrics.DUPLICATE_EVENTS.labels(owner, name).inc(duplicates)
     return 200, [("Content-Type", FRAMES if frames else JSON), ("Cache-Control", "no-store")], answer
+
+
+async def _refuse_as_private(state: ServiceState, headers: Mapping[str, str]) -> None:
+    """A call of a function that does not exist is refused as one of another user's private functions
+    would be, so that the answer tells a caller without credentials nothing about which functions exist:
+    a key is a wrong key (403), no valid token a 401; with a valid token the 404 follows."""
+    if headers.get("x-function-key"):
+        raise StratolabError("wrong function key", status=403)
+    await caller_for_token(state.hub_auth, token_from_authorization(headers.get("authorization") or ""))
 
 
 def _check_key(view: FunctionView, key: str) -> None:
