@@ -11,10 +11,12 @@ The load never stops: the meter is switched under it, slice after slice, in pair
 switch answers how many calls the service had answered at that moment (its own invocation counter,
 counted in the same step as the meter's record), so each slice's calls are exactly those of its mode.
 Many short slices (default 150 pairs of 0.2 s) rather than a few long ones: adjacent slices see more
-nearly the same machine. The journal is folded by its own thread every 5 s as in
-production, into whichever slice runs then: that thread's CPU is taken out of every slice, and its
-total over the run (with the last fold, after the slices) is spread over the metered calls and added
-to each ON slice's CPU per call.
+nearly the same machine. The journal is folded by its own thread as in production, into whichever
+slice runs then: that thread's CPU is taken out of every slice, and its total over the run (with the
+last fold, after the slices) is spread over the metered calls and added to each ON slice's CPU per
+call. The fold runs every 10 s here, twice the service's 5 s: the meter is on half the time, so each
+fold takes as many calls as the service's own fold takes with every call metered, and a fold's fixed
+cost (its transaction) is spread over as many calls as in production (at 5 s it counted double).
 
 Why one process: until this version two service processes were compared (one metered, one with
 STRATOLAB_FUNCTIONS_METERING=0, loaded side by side), and two UNMETERED processes differed by 3-4 % of
@@ -69,12 +71,13 @@ from test_call_metering import OWNER, FunctionsProcess, build_nap, calls, regist
 
 from goals import at_most, goal  # noqa: E402
 from stratolab.db import ensure_schema  # noqa: E402
+from stratolab.functions.service.usage_meter import FOLD_EVERY_S  # noqa: E402
 
 GOAL_OVERHEAD = 0.02
 PAYLOAD = json.dumps({"ms": 0}).encode()
-FOLD_EVERY_S = 5.0
 RUNNER = Path(__file__).resolve().parent / "_metered_service.py"
 CONTROL_ENV = "STRATOLAB_BENCH_METER_CONTROL"
+FOLD_EVERY_ENV = "STRATOLAB_BENCH_FOLD_EVERY_S"
 
 #: one slice's figures: (calls/s, calls, service CPU µs per call)
 Slice = tuple[float, int, float]
@@ -127,7 +130,9 @@ class SwitchedProcess(FunctionsProcess):
     """The functions service started by benchmarks/_metered_service.py (its meter on a control socket)."""
 
     def __init__(self, db_url: str, data_dir: Path, log: Path, control: Path):
-        super().__init__(db_url, data_dir, log, STRATOLAB_FUNCTIONS_METERING="1", **{CONTROL_ENV: str(control)})
+        # metered half the time: folds at twice the service's interval take as many calls as its own
+        super().__init__(db_url, data_dir, log, STRATOLAB_FUNCTIONS_METERING="1",
+                         **{CONTROL_ENV: str(control), FOLD_EVERY_ENV: str(2 * FOLD_EVERY_S)})
         self.control_path = control
 
     def start(self, ready: tuple[str, ...] = ()) -> SwitchedProcess:
@@ -186,13 +191,13 @@ async def abba(
     exactly those its mode metered (or not). `modes` maps each half of a pair ("on", "off") to the
     meter's state in it ("on"/"off"; --control: "off" in both).
 
-    A slice's CPU is the service's less its journal's fold thread: a fold every 5 s lands in whichever
+    A slice's CPU is the service's less its journal's fold thread: a fold every 10 s lands in whichever
     slice runs then (an OFF one as often as not). The fold thread's CPU over the whole run, with the
     last fold (after the slices), is spread over the calls of the "on" halves (warm-up included) and
-    added to each "on" slice's CPU per call: the folds of the calls the meter took, at the service's own
-    fold interval (over half the calls a fold would take with the meter always on: its fixed cost
-    counts double). Returns the pairs, every measured slice in the order run, how many calls the
-    service took while metered, and the folds' CPU µs per "on" call."""
+    added to each "on" slice's CPU per call: the folds of the calls the meter took, each of as many
+    calls as the service's own fold takes with every call metered (twice its interval, half metered).
+    Returns the pairs, every measured slice in the order run, how many calls the service took while
+    metered, and the folds' CPU µs per "on" call."""
     assert proc.proc is not None
     pid, url = proc.proc.pid, f"{proc.url}fn/{OWNER}/nap"
     control = await Control.open(proc.control_path)

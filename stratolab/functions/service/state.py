@@ -272,10 +272,11 @@ class ServiceState:
             metrics.INVOCATIONS.labels(owner, name, str(status)).inc()
             metrics.LATENCY.labels(owner, name).observe(elapsed)
             self.stats.record(view.id, version, status, elapsed)
-            self.meter.call(view, version, status, elapsed)
+            now = time.time()  # one clock read for the meter and the invocation log
+            self.meter.call(view, version, status, elapsed, now)
             self.invocations.setdefault(f"{owner}/{name}", deque(maxlen=200)).append({
                 "request_id": request_id, "version": version, "status": status,
-                "at": time.time(), "duration_ms": round(elapsed * 1000, 2),
+                "at": now, "duration_ms": round(elapsed * 1000, 2),
                 "output": header.get("output", ""), "error_id": header.get("error_id"),
             })
 
@@ -325,14 +326,15 @@ class ServiceState:
             self.held_bytes -= held
             elapsed = time.perf_counter() - t0
             latency = metrics.LATENCY.labels(owner, name)
+            now = time.time()
             for status in statuses:
                 latency.observe(elapsed)
                 self.stats.record(view.id, version, status, elapsed)
-                self.meter.call(view, version, status, elapsed / len(sent))
+                self.meter.call(view, version, status, elapsed / len(sent), now)
             for status, count in Counter(statuses).items():
                 metrics.INVOCATIONS.labels(owner, name, str(status)).inc(count)
             self.invocations.setdefault(f"{owner}/{name}", deque(maxlen=200)).append({
-                "request_id": request_id, "version": version, "status": max(statuses), "at": time.time(),
+                "request_id": request_id, "version": version, "status": max(statuses), "at": now,
                 "duration_ms": round(elapsed * 1000, 2), "output": "", "error_id": None, "batch": len(sent)})
         return out
 

@@ -196,14 +196,17 @@ class FunctionMeter:
 
     # --- calls ---------------------------------------------------------------------------------
 
-    def call(self, view: FunctionView, version: int, status: int, seconds: float) -> None:
+    def call(self, view: FunctionView, version: int, status: int, seconds: float,
+             ended_at: float | None = None) -> None:
         """One invocation, as the service answered it (never raises: the journal does not). On every
-        call's path: kept to a few operations (memory_gb inlined)."""
+        call's path: kept to a few operations (memory_gb inlined). `ended_at`: the epoch seconds the
+        call ended, where the caller reads the clock anyway (the service's invocation log does), so
+        that the meter does not read it a second time; None reads it."""
         journal = self.journal
         if journal is not None and status not in NOT_RUN:
             policy = view.policy
             journal.record(view.owner, view.name, version, policy.memory_mb / 1024 if policy.memory_mb
-                           else DEFAULT_MEMORY_GB, seconds, status < 400)
+                           else DEFAULT_MEMORY_GB, seconds, status < 400, ended_at)
 
     def fold(self) -> int:
         """The journal's new calls into the ledger (a thread may run it: the journal is thread-safe)."""
