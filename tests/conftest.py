@@ -30,6 +30,19 @@ def make_hub(tmp_root: Path, **env: str) -> HubProcess:
     return HubProcess(data_dir=tmp_root / secrets.token_hex(4), env=env)
 
 
+@pytest.fixture
+def sessions(tmp_path):
+    """A session factory on a platform database of the test's own (SQLite, migrated); a module that
+    needs another database (PostgreSQL, parametrized) defines its own `sessions`."""
+    from stratolab.db import ensure_schema, make_engine, session_factory
+
+    url = f"sqlite:///{tmp_path / 'platform.sqlite'}"
+    ensure_schema(url)
+    engine = make_engine(url)
+    yield session_factory(engine)
+    engine.dispose()
+
+
 @pytest.fixture(scope="module")
 def kernel():
     """A real IPython kernel in this process's environment, shared by a module's capture tests."""

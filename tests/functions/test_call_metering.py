@@ -140,13 +140,15 @@ def calls(db_url: str, name: str) -> dict:
 
 
 def instances(db_url: str, name: str) -> tuple[list[dict], list[dict]]:
-    """(closed, open) warm-instance intervals of the function."""
+    """(closed, open) warm-instance intervals of the function, with what they measured."""
     engine = make_engine(db_url)
     with engine.connect() as c:
-        closed = c.execute(sa.text("SELECT started_at, ended_at, seconds, reason, memory_gb FROM usage_records "
+        closed = c.execute(sa.text("SELECT started_at, ended_at, seconds, reason, memory_gb, cpu_seconds_used, "
+                                   "peak_memory_gb FROM usage_records "
                                    "WHERE kind = 'function_instance' AND thing = :t ORDER BY id"),
                            {"t": name}).mappings().all()
-        still_open = c.execute(sa.text("SELECT key, started_at, last_seen_at, memory_gb FROM usage_open "
+        still_open = c.execute(sa.text("SELECT key, started_at, last_seen_at, memory_gb, pids, cpu_seconds_used, "
+                                       "peak_memory_gb FROM usage_open "
                                        "WHERE kind = 'function_instance' AND thing = :t ORDER BY id"),
                                {"t": name}).mappings().all()
     engine.dispose()

@@ -14,8 +14,8 @@ import time
 from datetime import datetime
 
 import pytest
-import sqlalchemy as sa
 from test_call_metering import OWNER, FunctionsProcess, register, wait_for
+from test_call_metering import instances as records  # (closed, open) with what they measured
 
 from stratolab.db import ensure_schema, make_engine, session_factory
 from stratolab.db.models import as_utc
@@ -46,20 +46,6 @@ def build_burn(target):
 def when(value: str | datetime) -> datetime:
     """A time as SQLite's raw rows give it (text) or as a datetime, in UTC."""
     return as_utc(datetime.fromisoformat(value) if isinstance(value, str) else value)
-
-
-def records(db_url: str, name: str) -> tuple[list[dict], list[dict]]:
-    """(closed, open) warm-instance intervals of the function, with what they measured."""
-    engine = make_engine(db_url)
-    with engine.connect() as c:
-        closed = c.execute(sa.text("SELECT started_at, ended_at, reason, cpu_seconds_used, peak_memory_gb, memory_gb "
-                                   "FROM usage_records WHERE kind = 'function_instance' AND thing = :t ORDER BY id"),
-                           {"t": name}).mappings().all()
-        still_open = c.execute(sa.text("SELECT key, pids, cpu_seconds_used, peak_memory_gb FROM usage_open "
-                                       "WHERE kind = 'function_instance' AND thing = :t ORDER BY id"),
-                               {"t": name}).mappings().all()
-    engine.dispose()
-    return [dict(r) for r in closed], [dict(r) for r in still_open]
 
 
 def test_a_warm_instance_records_the_cpu_its_calls_burnt(tmp_path):

@@ -26,7 +26,6 @@ import requests
 from sqlalchemy import select
 
 from stratolab.db.engine import make_engine, session_factory, session_scope
-from stratolab.db.migrate import ensure_schema
 from stratolab.db.models import UsageOpen, UsageRecord, as_utc
 from stratolab.db.usage_ledger import Ledger, Resources, Usage
 from stratolab.hub.spawner import StratolabSpawner
@@ -41,13 +40,6 @@ BUDGET = "cpu-monthly"
 
 
 # --- the meter alone: real processes, a real database, no hub ----------------------------------------
-
-
-@pytest.fixture
-def sessions(tmp_path):
-    url = f"sqlite:///{tmp_path / 'platform.sqlite'}"
-    ensure_schema(url)
-    return session_factory(make_engine(url))
 
 
 @pytest.fixture

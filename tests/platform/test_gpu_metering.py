@@ -12,8 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from stratolab.db.engine import make_engine, session_factory, session_scope
-from stratolab.db.migrate import ensure_schema
+from stratolab.db.engine import session_scope
 from stratolab.db.models import UsageRecord
 from stratolab.db.usage_ledger import Ledger, Measured, Resources, Usage, UsageColumns, clip, usage_between, usage_columns
 from stratolab.hub.usage_meter import HubMeter, server_key, server_resources
@@ -68,13 +67,6 @@ def fake_smi(tmp_path, monkeypatch):
 
 def line(index: int, util: str, memory: str = "1024") -> str:
     return f"{index}, GPU-{index:04d}, {util}, {memory}"
-
-
-@pytest.fixture
-def sessions(tmp_path):
-    url = f"sqlite:///{tmp_path / 'platform.sqlite'}"
-    ensure_schema(url)
-    return session_factory(make_engine(url))
 
 
 def test_readings_are_parsed_by_index_and_uuid_and_unknown_figures_stay_unknown():

@@ -9,7 +9,7 @@ import random
 import pytest
 import sqlalchemy as sa
 
-from stratolab.db import ensure_schema, make_engine, session_factory, session_scope
+from stratolab.db import session_scope
 from stratolab.db.latency import BUCKETS, GROWTH, LatencyHistogram, bucket_of
 from stratolab.db.models import FunctionInvocationStats
 from stratolab.errors import InvalidInput
@@ -71,25 +71,16 @@ class Clock:
         return self.now
 
 
-@pytest.fixture
-def database(tmp_path):
-    url = f"sqlite:///{tmp_path / 'platform.db'}"
-    ensure_schema(url)
-    engine = make_engine(url)
-    yield session_factory(engine)
-    engine.dispose()
-
-
 def deploy_record(sessions, name: str) -> int:
     registry = FunctionRegistry(sessions)
     view, _ = registry.ensure("ann", name, None, None, None)
     return view.id
 
 
-def test_buckets_are_written_when_they_end_and_read_back_after_a_restart(database):
-    fid = deploy_record(database, "fn")
+def test_buckets_are_written_when_they_end_and_read_back_after_a_restart(sessions):
+    fid = deploy_record(sessions, "fn")
     clock = Clock(1_800_000_000.0)  # a minute boundary
-    stats = InvocationStats(database, clock)
+    stats = InvocationStats(sessions, clock)
     for status, seconds in [(200, 0.01), (200, 0.02), (500, 0.5), (429, 0.0), (400, 0.001)]:
         stats.record(fid, 1, status, seconds)
     stats.record(fid, 2, 200, 0.03)
@@ -106,10 +97,10 @@ def test_buckets_are_written_when_they_end_and_read_back_after_a_restart(databas
     assert stats.flush() == 2  # the two versions' rows of the ended minute
     assert len(stats.pending) == 1
     assert stats.flush(everything=True) == 1  # at shutdown: all of it
-    with session_scope(database) as s:
+    with session_scope(sessions) as s:
         assert s.scalar(sa.select(sa.func.count()).select_from(FunctionInvocationStats)) == 3
 
-    restarted = InvocationStats(database, clock)
+    restarted = InvocationStats(sessions, clock)
     overall, by_version = summaries(fid, restarted.totals([fid], 3600))
     assert overall["invocations"] == 7 and by_version[1]["invocations"] == 6
     assert overall["p50_ms"] is not None and overall["p99_ms"] >= overall["p95_ms"] >= overall["p50_ms"]
@@ -119,11 +110,11 @@ def test_buckets_are_written_when_they_end_and_read_back_after_a_restart(databas
     assert summaries(fid, restarted.totals([fid], 60))[0]["invocations"] == 1
 
 
-def test_old_rows_are_pruned_and_deleted_functions_take_their_rows(database):
-    registry = FunctionRegistry(database)
-    fid, other = deploy_record(database, "old"), deploy_record(database, "other")
+def test_old_rows_are_pruned_and_deleted_functions_take_their_rows(sessions):
+    registry = FunctionRegistry(sessions)
+    fid, other = deploy_record(sessions, "old"), deploy_record(sessions, "other")
     clock = Clock(1_800_000_000.0)
-    stats = InvocationStats(database, clock)
+    stats = InvocationStats(sessions, clock)
     stats.record(fid, 1, 200, 0.01)
     stats.record(other, 1, 200, 0.01)
     stats.flush(everything=True)
@@ -131,17 +122,17 @@ def test_old_rows_are_pruned_and_deleted_functions_take_their_rows(database):
     stats.record(other, 1, 200, 0.01)
     stats.flush(everything=True)  # prunes the rows past the longest window
     assert summaries(other, stats.totals([other], MAX_WINDOW_S))[0]["invocations"] == 1
-    with session_scope(database) as s:
+    with session_scope(sessions) as s:
         assert s.scalar(sa.select(sa.func.count()).select_from(FunctionInvocationStats)) == 1
 
     stats.record(other, 1, 200, 0.01)
     registry.delete("ann", "other")
     stats.forget(other)
     assert stats.pending == {}
-    with session_scope(database) as s:
+    with session_scope(sessions) as s:
         assert s.scalar(sa.select(sa.func.count()).select_from(FunctionInvocationStats)) == 0
     # a bucket of a function deleted by someone else before the flush is dropped, not an error
-    fid = deploy_record(database, "gone")
+    fid = deploy_record(sessions, "gone")
     stats.record(fid, 1, 200, 0.01)
     registry.delete("ann", "gone")
     assert stats.flush(everything=True) == 0 and stats.pending == {}

@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from pg_support import postgres_database
-from stratolab.db import ensure_schema, make_engine, session_factory
+from stratolab.db import make_engine, session_factory
 from stratolab.db.engine import session_scope
 from stratolab.db.models import UsageOpen, UsageRecord
 from stratolab.db.usage_ledger import Ledger, Resources, Usage, append_many, usage_columns
@@ -36,15 +36,6 @@ def sheet(cores: float = 6, memory: float = 16, gpus: int = 1, discount: float =
         "rate_classes": {"reserved": {"discount": discount,
                                       "baseline": {"cpu_cores": cores, "memory_gb": memory, "gpus": gpus}},
                          "spot": {"discount": 0.7}}})
-
-
-@pytest.fixture
-def sessions(tmp_path):
-    url = f"sqlite:///{tmp_path / 'ledger.sqlite'}"
-    ensure_schema(url)
-    engine = make_engine(url)
-    yield session_factory(engine)
-    engine.dispose()
 
 
 def random_rows(rng: random.Random, n: int, lo: datetime, hi: datetime, *, exact: bool = True) -> list[Usage]:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from stratolab.db import ensure_schema, make_engine, session_factory
 from stratolab.db.usage_ledger import Ledger, Resources, Usage
 from stratolab.usage.pricing import DEFAULT_SHEET, parse_price_sheet
 from stratolab.usage.service.metrics import REGISTRY, LedgerCounters
@@ -20,15 +19,6 @@ from stratolab.usage.service.state import idle_gpu_cost, summarize
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "helm" / "stratolab" / "files" / "grafana-usage-dashboard.json"
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
-
-
-@pytest.fixture
-def sessions(tmp_path):
-    url = f"sqlite:///{tmp_path / 'platform.sqlite'}"
-    ensure_schema(url)
-    engine = make_engine(url)
-    yield session_factory(engine)
-    engine.dispose()
 
 
 def interval(user, kind, hours, gpus, gpu_seconds_used=None, start_h=0.0):
