@@ -31,7 +31,7 @@ USER_ENV ?= $(abspath $(VENV))
 endif
 export STRATOLAB_USER_ENV := $(abspath $(USER_ENV))
 
-PY_SOURCES := $(shell find stratolab -name '*.py' -o -name '*.html' -o -name '*.ini' -o -name '*.mako' -o -name '*.bashrc' 2>/dev/null)
+PY_SOURCES := $(shell find stratolab -name '*.py' -o -name '*.c' -o -name '*.html' -o -name '*.ini' -o -name '*.mako' -o -name '*.bashrc' 2>/dev/null)
 EXT_SOURCES := $(shell find $(EXT_DIR)/src $(EXT_DIR)/style $(EXT_DIR)/schema -type f 2>/dev/null) $(EXT_DIR)/package.json $(EXT_DIR)/tsconfig.json $(EXT_DIR)/yarn.lock
 
 .PHONY: help setup run check ext-check test bench clean chromium
@@ -49,7 +49,7 @@ $(STAMPS):
 
 # 1. The project's virtual environment, with the package installed editable, the hub's proxy (Traefik) and
 #    what the tests need.
-$(STAMPS)/venv: pyproject.toml | $(STAMPS)
+$(STAMPS)/venv: pyproject.toml hatch_build.py stratolab/platform/_call_writer.c | $(STAMPS)
 	@echo "==> Python environment in $(VENV)"
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install -q --upgrade pip $(QUIET_PIP)
@@ -137,4 +137,4 @@ bench: setup
 	@$(BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf $(STAMPS) stratolab/labextension $(EXT_DIR)/lib $(EXT_DIR)/node_modules node_modules .mypy_cache .ruff_cache
+	rm -rf $(STAMPS) stratolab/labextension stratolab/platform/_call_writer.*.so $(EXT_DIR)/lib $(EXT_DIR)/node_modules node_modules .mypy_cache .ruff_cache

@@ -36,7 +36,9 @@ The figures of the overhead:
   pair (its "overhead" is the harness's own bias and spread); every run also reports `aa_adjacent`,
   the same ratios between adjacent slices of the SAME mode (the second of one pair and the first of
   the next: ABBA puts them side by side), for free;
-- the meter's own work, timed alone in this process: CPU µs of one `CallJournal.record` and of
+- the meter's own work, timed alone in this process: CPU µs of one call's record as the service
+  writes it (`fast_record`: the C writer where it is built, `journal_writer`), of the journal's Python
+  path (`journal_python_path_cpu_us`: every call's where the C writer is not built), and of
   folding one call (folds of as many calls as the metered service takes in one 5 s fold interval),
   and their sum over the unmetered CPU per call ("component overhead": the same quantity without the
   noise of a live service).
@@ -72,6 +74,7 @@ from test_call_metering import OWNER, FunctionsProcess, build_nap, calls, regist
 from goals import at_most, goal  # noqa: E402
 from stratolab.db import ensure_schema  # noqa: E402
 from stratolab.functions.service.usage_meter import FOLD_EVERY_S  # noqa: E402
+from stratolab.platform.call_writer import native_available  # noqa: E402
 
 GOAL_OVERHEAD = 0.02
 PAYLOAD = json.dumps({"ms": 0}).encode()
@@ -360,8 +363,10 @@ def two_process(args: argparse.Namespace, tmp: Path, bundle: Path) -> tuple[list
 # --- the meter alone, and the summary ----------------------------------------------------------------
 
 
-def meter_cost_us(tmp: Path, calls_per_fold: int, records: int = 100_000, folds: int = 7) -> tuple[float, float]:
-    """CPU µs of one CallJournal.record, and of folding one call when a fold takes `calls_per_fold`
+def meter_cost_us(tmp: Path, calls_per_fold: int, records: int = 100_000, folds: int = 7) -> tuple[float, float, float]:
+    """CPU µs of one call's record as the service writes it (`fast_record`, the C writer where it is
+    built, with the end time the service read anyway), of the journal's Python path (`record`: every
+    call's where the C writer is not built), and of folding one call when a fold takes `calls_per_fold`
     (the database's fixed cost of a fold spread over its calls), timed alone in this process."""
     from stratolab.db import make_engine, session_factory
     from stratolab.db.usage_ledger import Ledger
@@ -371,10 +376,19 @@ def meter_cost_us(tmp: Path, calls_per_fold: int, records: int = 100_000, folds:
     ensure_schema(url)
     journal = CallJournal(tmp / "calls.journal", Ledger(session_factory(make_engine(url)), producer="functions"))
     journal.record(OWNER, "nap", 1, 0.5, 0.0012, True)  # its key's record is written once
+    python = CallJournal(tmp / "python.journal", journal.ledger, native=False, name="python")
+    python.record(OWNER, "nap", 1, 0.5, 0.0012, True)
+    now = time.time()
     t0 = time.process_time()
     for _ in range(records):
-        journal.record(OWNER, "nap", 1, 0.5, 0.0012, True)
+        if not journal.fast_record(OWNER, "nap", 1, 0.5, 0.0012, True, now):
+            journal.record(OWNER, "nap", 1, 0.5, 0.0012, True, now)
     record_us = (time.process_time() - t0) / records * 1e6
+    t0 = time.process_time()
+    for _ in range(records):
+        python.record(OWNER, "nap", 1, 0.5, 0.0012, True, now)
+    python_us = (time.process_time() - t0) / records * 1e6
+    python.close()
     journal.fold()
     per_call = []
     for _ in range(folds):
@@ -384,7 +398,7 @@ def meter_cost_us(tmp: Path, calls_per_fold: int, records: int = 100_000, folds:
         folded = journal.fold()
         per_call.append((time.process_time() - t0) / folded * 1e6)
     journal.close()
-    return record_us, statistics.median(per_call)
+    return record_us, python_us, statistics.median(per_call)
 
 
 def quartiles(values: list[float]) -> list[float] | None:
@@ -439,7 +453,7 @@ def main() -> None:
         sum(p["off"][2] * p["off"][1] for p in pairs) / sum(p["off"][1] for p in pairs)
     )
     rate_on = statistics.median(p["on"][0] for p in pairs)
-    record_us, fold_us = meter_cost_us(tmp, calls_per_fold=max(1, round(rate_on * FOLD_EVERY_S)))
+    record_us, python_us, fold_us = meter_cost_us(tmp, calls_per_fold=max(1, round(rate_on * FOLD_EVERY_S)))
     cpu_overhead = statistics.median(cpu_ratios) - 1
     ci = median_ci95(cpu_ratios)
     component = (record_us + fold_us) / cpu_off
@@ -462,6 +476,8 @@ def main() -> None:
         "cpu_overhead_pooled": round(pooled - 1, 4),
         **extra,
         "journal_record_cpu_us": round(record_us, 2),
+        "journal_writer": "c" if native_available() else "python",
+        "journal_python_path_cpu_us": round(python_us, 2),
         "fold_cpu_us_per_call": round(fold_us, 3),
         "component_overhead": round(component, 4),
         "load_average_1m": round(os.getloadavg()[0], 2),

@@ -85,10 +85,11 @@ def test_billed_milliseconds_equal_lambdas_formula_call_by_call(db, tmp_path):
     journal.close()
 
 
-def test_records_from_many_threads_are_folded_once_while_the_journal_rotates(db, tmp_path):
+@pytest.mark.parametrize("native", [True, False], ids=["c-writer", "python-path"])
+def test_records_from_many_threads_are_folded_once_while_the_journal_rotates(db, tmp_path, native):
     _, sessions = db
     path = tmp_path / "calls.jsonl"
-    journal = CallJournal(path, Ledger(sessions, "functions"), rotate_bytes=20_000)
+    journal = CallJournal(path, Ledger(sessions, "functions"), rotate_bytes=20_000, native=native)
     per_thread, threads = 1500, 6
     done = threading.Event()
 
