@@ -46,10 +46,9 @@ static PyObject *Writer_record(Writer *self, PyObject *const *args, Py_ssize_t n
     if (!self->attached || self->busy || self->keys == NULL) {
         Py_RETURN_FALSE;
     }
-    Py_ssize_t pos = self->size;
-    if (pos < 0 || pos + SLOT > self->view.len) {
-        Py_RETURN_FALSE;
-    }
+    /* The conversions and the key lookup first: for arguments of other types they may run Python code
+       (__float__, __bool__, __hash__, __eq__), during which another thread may write, rotate or detach.
+       The writer's state is read only after them, in the step that writes, where no Python code runs. */
     double duration_s = PyFloat_AsDouble(args[4]);
     if (duration_s == -1.0 && PyErr_Occurred()) {
         PyErr_Clear();
@@ -73,37 +72,48 @@ static PyObject *Writer_record(Writer *self, PyObject *const *args, Py_ssize_t n
         PyErr_Clear();
         Py_RETURN_FALSE;
     }
+    PyObject *keys = self->keys; /* held: a rotation may replace it meanwhile */
+    if (keys == NULL) {
+        Py_RETURN_FALSE;
+    }
+    Py_INCREF(keys);
     PyObject *key = PyTuple_Pack(4, args[0], args[1], args[2], args[3]);
     if (key == NULL) {
+        Py_DECREF(keys);
         return NULL;
     }
-    PyObject *id = PyDict_GetItemWithError(self->keys, key); /* borrowed */
+    PyObject *id = PyDict_GetItemWithError(keys, key); /* borrowed */
+    Py_XINCREF(id);
     Py_DECREF(key);
     if (id == NULL) {
-        if (PyErr_Occurred()) {
-            PyErr_Clear();
-        }
+        PyErr_Clear();
+        Py_DECREF(keys);
         Py_RETURN_FALSE;
     }
     unsigned long long key_id = PyLong_AsUnsignedLongLong(id);
+    Py_DECREF(id);
     if (key_id == (unsigned long long)-1 && PyErr_Occurred()) {
         PyErr_Clear();
-        Py_RETURN_FALSE;
+        key_id = 0x100000000ull; /* refused below */
     }
-    if (key_id > 0xFFFFFFFFull) {
-        Py_RETURN_FALSE;
+    /* One step from here to the end: no Python code runs, so no other thread can interleave. */
+    Py_ssize_t pos = self->size;
+    int fits = self->attached && !self->busy && self->keys == keys && key_id <= 0xFFFFFFFFull && pos >= 0
+               && pos + SLOT <= self->view.len;
+    if (fits) {
+        unsigned char *p = (unsigned char *)self->view.buf + pos;
+        /* "<BBxxIqq": tag, ok, 2 pad bytes, key id, end, duration; everything but the tag first */
+        p[1] = (unsigned char)(ok ? 1 : 0);
+        p[2] = 0;
+        p[3] = 0;
+        store_le(p + 4, (uint64_t)key_id, 4);
+        store_le(p + 8, (uint64_t)(int64_t)end_scaled, 8);
+        store_le(p + 16, (uint64_t)(int64_t)dur_scaled, 8);
+        __atomic_store_n(p, (unsigned char)CALL_TAG, __ATOMIC_RELEASE); /* a reader sees all of it or none */
+        self->size = pos + SLOT;
     }
-    unsigned char *p = (unsigned char *)self->view.buf + pos;
-    /* "<BBxxIqq": tag, ok, 2 pad bytes, key id, end, duration; everything but the tag first */
-    p[1] = (unsigned char)(ok ? 1 : 0);
-    p[2] = 0;
-    p[3] = 0;
-    store_le(p + 4, (uint64_t)key_id, 4);
-    store_le(p + 8, (uint64_t)(int64_t)end_scaled, 8);
-    store_le(p + 16, (uint64_t)(int64_t)dur_scaled, 8);
-    __atomic_store_n(p, (unsigned char)CALL_TAG, __ATOMIC_RELEASE); /* a reader sees all of it or none */
-    self->size = pos + SLOT;
-    Py_RETURN_TRUE;
+    Py_DECREF(keys); /* last: freeing a replaced dict must not run before the write */
+    return PyBool_FromLong(fits);
 }
 
 static PyObject *Writer_attach(Writer *self, PyObject *mapping) {

@@ -94,3 +94,31 @@ def test_the_c_writer_takes_only_the_common_case_and_writes_nothing_else():
     writer.detach()
     area.close()
     assert not writer.record(*key, 0.001, True, 1_765_000_000.5)
+
+
+@needs_c
+def test_python_code_run_by_the_arguments_cannot_slip_a_write_between_two_states():
+    """A key whose hash runs Python code (another thread could run then) that rotates the keys or
+    marks the journal busy: the C writer reads its state after the lookup, so it writes nothing."""
+    area = mmap.mmap(-1, 4 * SLOT)
+    writer = new_writer()
+    writer.attach(area)
+
+    class Rotating(str):
+        def __hash__(self) -> int:
+            writer.keys = dict(writer.keys)  # a rotation: the next file's keys
+            return str.__hash__(self)
+
+    class Busy(str):
+        def __hash__(self) -> int:
+            writer.busy = True
+            return str.__hash__(self)
+
+    writer.keys = {("ann", "fn", 1, 0.5): 1}
+    assert not writer.record(Rotating("ann"), "fn", 1, 0.5, 0.001, True, 1_765_000_000.5)
+    assert not writer.record(Busy("ann"), "fn", 1, 0.5, 0.001, True, 1_765_000_000.5)
+    assert writer.size == 0 and area[:] == bytes(4 * SLOT)
+    writer.busy = False
+    assert writer.record("ann", "fn", 1, 0.5, 0.001, True, 1_765_000_000.5) and writer.size == SLOT
+    writer.detach()
+    area.close()
