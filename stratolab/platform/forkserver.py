@@ -12,8 +12,9 @@ either a reply (a refusal, sent as is) or the function the child runs (it must n
 exits with os._exit). A started child is answered `{"status": 200, "pid": PID}`.
 
 The control socket appears (renamed into place) only once the imports are done, so its existence
-means ready. The server dies with its parent (PR_SET_PDEATHSIG), and on SIGTERM it sends its children
-`stop_signal` and exits. Children start a session of their own and get the default signal handlers.
+means ready. The server dies with its parent (PR_SET_PDEATHSIG), and on SIGTERM or SIGINT it sends its
+children `stop_signal` (None: it leaves them running) and exits. Children start a session of their own
+and get the default signal handlers; a child that raises SystemExit exits with its code.
 """
 
 from __future__ import annotations
@@ -47,13 +48,14 @@ def _reap(_signum: int, _frame: Any) -> None:
         _children.discard(pid)
 
 
-def _stop_children_and_exit(stop_signal: int) -> Callable[[int, Any], None]:
+def _stop_children_and_exit(stop_signal: int | None) -> Callable[[int, Any], None]:
     def handler(_signum: int, _frame: Any) -> None:
-        for pid in list(_children):
-            try:
-                os.kill(pid, stop_signal)
-            except ProcessLookupError:
-                pass
+        if stop_signal is not None:
+            for pid in list(_children):
+                try:
+                    os.kill(pid, stop_signal)
+                except ProcessLookupError:
+                    pass
         os._exit(0)
 
     return handler
@@ -70,6 +72,8 @@ def _run_child(run: ChildRun, listener: socket.socket, conn: socket.socket) -> N
             signal.signal(sig, signal.SIG_DFL)
         run()
         code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except BaseException:
         import traceback
 
@@ -81,10 +85,11 @@ def _run_child(run: ChildRun, listener: socket.socket, conn: socket.socket) -> N
 
 
 def serve(control_path: str, decide: Callable[[dict], Decision], info: dict[str, Any],
-          stop_signal: int = signal.SIGTERM, prepare: Callable[[], None] = lambda: None) -> NoReturn:
+          stop_signal: int | None = signal.SIGTERM, prepare: Callable[[], None] = lambda: None) -> NoReturn:
     """Run the server: `prepare()` (the imports), then answer requests on `control_path` for ever."""
     die_with_parent(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, _stop_children_and_exit(stop_signal))
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stop_children_and_exit(stop_signal))
     prepare()
     signal.signal(signal.SIGCHLD, _reap)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

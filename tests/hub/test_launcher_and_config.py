@@ -102,12 +102,31 @@ def test_native_login_by_default_with_culler_and_profiles_file(tmp_path):
     assert c.JupyterHub.authenticator_class.__name__ == "StratolabNativeAuthenticator"
     assert c.NativeAuthenticator.open_signup is False
     assert [s["name"] for s in c.JupyterHub.services] == [
-        "idle-culler", "functions", "scheduler", "triggers", "usage", "pipelines"]
+        "idle-culler", "functions", "scheduler", "triggers", "usage", "pipelines", "server-forkserver"]
     scheduler = c.JupyterHub.services[2]
     assert scheduler["environment"]["STRATOLAB_PROFILES_FILE"] == str(profiles)  # runs use the same profiles
     assert "custom:jobs:run!user" in c.Spawner.server_token_scopes
     assert [p["slug"] for p in c.StratolabSpawner.profile_list] == ["small", "large"]
     assert c.JupyterHub.db_url.startswith("sqlite:///")
+
+
+def test_servers_are_forked_from_a_managed_fork_server_unless_turned_off(tmp_path):
+    c = Config()
+    settings = configure_hub(c, _settings(tmp_path, STRATOLAB_ISOLATION="shared"))
+    forks = c.JupyterHub.services[-1]
+    control = c.StratolabSpawner.fork_server
+    # the servers' interpreter, without the working directory in sys.path; no URL, so no route
+    assert forks["command"] == [str(settings.user_env / "bin" / "python"), "-P", "-m", "stratolab.hub.server_forks",
+                                "--control", control]
+    assert "url" not in forks and "environment" not in forks
+    assert len(control) < 80 and Path(control).parent.stat().st_mode & 0o777 == 0o700  # AF_UNIX's 107 bytes
+
+    off = Config()
+    configure_hub(off, _settings(tmp_path, STRATOLAB_ISOLATION="shared", STRATOLAB_SERVER_FORKS="false"))
+    assert "server-forkserver" not in [s["name"] for s in off.JupyterHub.services]
+    assert "fork_server" not in off.StratolabSpawner
+    with pytest.raises(ValueError, match="STRATOLAB_SERVER_FORKS must be 'true' or 'false', got 'maybe'"):
+        _settings(tmp_path, STRATOLAB_SERVER_FORKS="maybe")
 
 
 def test_a_broken_profiles_file_stops_the_start(tmp_path):

@@ -1,0 +1,257 @@
+"""The servers' fork-server: single-user servers forked from a process that imported JupyterLab once.
+
+A single-user server spends most of its start importing: jupyter_server, JupyterLab, the server
+extensions and what they pull in take about 3.5 s on a two-core machine, before the server reads a
+byte of its configuration. This process, run by the hub as a managed service in the user environment,
+imports them once; each spawn is then a fork that becomes the user's server (its account, its home, its
+environment, its arguments) and runs `jupyterhub-singleuser`'s main, without starting Python again.
+
+    python -P -m stratolab.hub.server_forks --control SOCKET
+
+Requests on the control socket (frames of stratolab.platform.protocol; mode 0600, so only the hub's
+account may ask):
+    {"op": "spawn", "argv": [...], "env": {...}, "account": NAME | null, "cwd": DIR, "prefix": ENV}
+        -> {"status": 200, "pid": PID}, or a refusal (409: this request needs a new process)
+    {"op": "ping"} -> {"status": 200, "pid": ..., "prefix": ..., "preloaded": [...]}
+
+What a forked server shares with the others, and how it is kept apart:
+- Nothing of the hub: the service re-executes itself with an environment of the locale and PATH only,
+  so the service token JupyterHub gives every managed service is not in any server's memory.
+- Its identity: as root, the child takes the account's uid, gid and groups before it runs anything
+  (JupyterHub's own `set_user_setuid`), so it is as unprivileged as a server started by `exec`. Linux
+  marks such a process not dumpable, so not even its user can read its memory through /proc.
+- Its environment, argv, working directory and `sys.path[0]` are the server's own, as after `exec`,
+  and the user's site-packages (~/.local) are those of the account, not the fork-server's.
+- Interpreter settings fixed at start (PYTHON* variables, the locale) cannot change in a fork: a spawn
+  that asks for other values is refused and the hub starts that server as a new process.
+- Shared with the other forks: the memory layout and the string hash seed (as for any fork-server,
+  e.g. Android's zygote). `random` is reseeded in every child by CPython; tokens come from os.urandom.
+
+The service dies with the hub (PR_SET_PDEATHSIG) but leaves the servers running: the hub stops them,
+and with `cleanup_servers = False` they outlive a hub restart, as servers started by `exec` do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import importlib
+import os
+import signal
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from stratolab.platform import forkserver
+from stratolab.platform.forkserver import ChildRun, Decision
+
+#: imported once here; a module that is not installed is simply not preloaded. `jupyterhub.singleuser`
+#: itself reads two variables when imported (see ENTRY_VARIABLES): it is imported too, and imported
+#: again in a child whose values differ.
+PRELOAD = (
+    "jupyter_server.serverapp", "jupyterlab.labapp", "jupyterlab_server", "jupyter_server_terminals",
+    "notebook_shim", "jupyter_lsp", "jupyterhub.singleuser", "jupyterhub.singleuser.extension",
+    "jupyter_client.manager", "jupyter_client.multikernelmanager", "nbformat", "stratolab.server",
+    "jupyterhub.spawner",
+)
+#: what `jupyterhub.singleuser` reads at import to choose between its extension and its app
+ENTRY_VARIABLES = ("JUPYTERHUB_SINGLEUSER_EXTENSION", "JUPYTERHUB_SINGLEUSER_APP")
+#: variables the interpreter reads once at start; the fork-server keeps these of its own environment
+LOCALE_VARIABLES = ("LANG", "LC_ALL", "LC_CTYPE")
+#: what the fork-server's own environment holds after it re-executes itself
+KEPT_VARIABLES = ("PATH", *LOCALE_VARIABLES)
+#: the program a spawn must name (the user environment's entry point of the single-user server)
+ENTRY_POINT = "jupyterhub-singleuser"
+#: process name (/proc/PID/comm, 15 bytes) of a forked server, as `ps` and `top` show it
+PROCESS_NAME = b"jupyterhub-sing"
+
+
+def clean_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The fork-server's environment: only what the interpreter needs at start (PATH, the locale)."""
+    return {k: environ[k] for k in KEPT_VARIABLES if k in environ}
+
+
+def pid_file(control_path: str | os.PathLike) -> Path:
+    """Written at start, before the imports: a spawn that finds this pid alive and no socket yet waits."""
+    return Path(f"{control_path}.pid")
+
+
+class ForkUnavailable(Exception):
+    """This spawn gets no fork (the reason is the message): the server is started as a new process."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def starting(control_path: str | os.PathLike) -> bool:
+    """True while the fork-server named by the pid file runs and has no control socket yet (importing)."""
+    try:
+        pid = int(pid_file(control_path).read_text().strip())
+    except (OSError, ValueError):
+        return False
+    return _alive(pid)
+
+
+def request_fork(control_path: str, header: dict, wait_s: float) -> int:
+    """Ask the fork-server for a server; its pid. Waits up to `wait_s` for a fork-server that is still
+    importing (faster than a new process, which imports the same modules); ForkUnavailable when there is
+    none, it refuses (the message says why) or it does not answer."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            reply = forkserver.request(control_path, header, timeout=10)
+        except RuntimeError as e:  # a refusal
+            raise ForkUnavailable(str(e)) from None
+        except (FileNotFoundError, ConnectionRefusedError) as e:
+            if time.monotonic() < deadline and starting(control_path):
+                time.sleep(0.02)
+                continue
+            raise ForkUnavailable(f"no servers' fork-server answers at {control_path} ({e.strerror})") from None
+        except (OSError, ValueError) as e:
+            raise ForkUnavailable(f"the servers' fork-server did not answer: {e}") from None
+        return int(reply["pid"])
+
+
+def refusal(request: Mapping, own_env: Mapping[str, str], prefix: str, is_root: bool) -> str | None:
+    """Why a spawn request cannot be served by a fork of this process (None: it can). Pure."""
+    argv, env, account = request.get("argv"), request.get("env"), request.get("account")
+    if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)):
+        return "argv must be a non-empty list of strings"
+    if not (isinstance(env, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())):
+        return "env must map strings to strings"
+    if account is not None and not isinstance(account, str):
+        return "account must be a name or null"
+    if not isinstance(request.get("cwd"), str):
+        return "cwd must be a directory"
+    if os.path.basename(argv[0]) != ENTRY_POINT:
+        return f"the server's command is {argv[0]!r}, not {ENTRY_POINT}"
+    if request.get("prefix") != prefix:
+        return f"the server runs in {request.get('prefix')!r}; this fork-server in {prefix!r}"
+    if account is not None and not is_root:
+        return "a server of another account needs a fork-server running as root"
+    python = sorted(k for k in env if k.startswith("PYTHON"))
+    if python:
+        return f"the server's environment sets {', '.join(python)}, which the interpreter reads only at start"
+    for name in LOCALE_VARIABLES:
+        if env.get(name) != own_env.get(name):
+            return f"the server's {name} differs from the fork-server's ({env.get(name)!r}, {own_env.get(name)!r})"
+    return None
+
+
+def preload(modules: tuple[str, ...] = PRELOAD) -> list[str]:
+    loaded = []
+    for name in modules:
+        try:
+            importlib.import_module(name)
+            loaded.append(name)
+        except Exception:  # not installed (jupyter_lsp is optional): imported by the server if needed
+            pass
+    return loaded
+
+
+def _take_user_site() -> None:
+    """~/.local's site-packages of the account the child now is (the fork-server's own were taken out
+    of sys.path at start), as `site` adds them when an interpreter starts."""
+    import site
+
+    site.USER_BASE = None
+    site.USER_SITE = None
+    if site.ENABLE_USER_SITE:
+        user_site = site.getusersitepackages()
+        if os.path.isdir(user_site):
+            site.addsitedir(user_site)
+
+
+def _server(request: dict, entry_values: dict[str, str | None]) -> ChildRun:
+    """What the forked child runs: become the account, take the server's environment, run its main."""
+    argv: list[str] = request["argv"]
+    env: dict[str, str] = request["env"]
+    account: str | None = request["account"]
+
+    def run() -> None:
+        if account is not None:
+            from jupyterhub.spawner import set_user_setuid
+
+            set_user_setuid(account)()  # gid, groups, uid, then the home as working directory
+        try:
+            os.chdir(request["cwd"])
+        except OSError:
+            pass  # as the hub's own preexec_fn: the server then fails with its own message
+        os.environ.clear()
+        os.environ.update(env)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # the hub stops servers with SIGINT first
+        try:
+            with open("/proc/self/comm", "wb") as comm:
+                comm.write(PROCESS_NAME)
+        except OSError:
+            pass
+        sys.argv = list(argv)
+        sys.path.insert(0, os.path.dirname(os.path.abspath(argv[0])))  # as for a script run by exec
+        _take_user_site()
+        if any(env.get(k) != entry_values.get(k) for k in ENTRY_VARIABLES):
+            for name in [m for m in sys.modules if m == "jupyterhub.singleuser" or m.startswith("jupyterhub.singleuser.")]:
+                del sys.modules[name]
+        from jupyterhub.singleuser import main
+
+        try:
+            main()
+        finally:
+            atexit._run_exitfuncs()  # what an interpreter runs at exit (the child leaves with os._exit)
+
+    return run
+
+
+def serve(control_path: str) -> None:
+    own_env = dict(os.environ)
+    prefix = sys.prefix
+    is_root = os.geteuid() == 0
+    info: dict = {"prefix": prefix}
+    entry_values = {k: own_env.get(k) for k in ENTRY_VARIABLES}
+
+    def prepare() -> None:
+        info["preloaded"] = preload()
+
+    def decide(request: dict) -> Decision:
+        if request.get("op") != "spawn":
+            return {"status": 400, "error": "unknown op"}
+        reason = refusal(request, own_env, prefix, is_root)
+        if reason is not None:
+            return {"status": 409, "error": reason}
+        return _server(request, entry_values)
+
+    # the servers are the hub's to stop: this process leaves them running when it ends
+    forkserver.serve(control_path, decide, info, stop_signal=None, prepare=prepare)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Stratolab servers' fork-server")
+    parser.add_argument("--control", required=True, help="path of the control socket")
+    args = parser.parse_args(argv)
+    wanted = clean_environment(os.environ)
+    if os.environ != wanted or sys.flags.safe_path is False:
+        # JupyterHub gives a managed service its token in the environment: start again without it (and
+        # with -P: no working directory in sys.path), so no forked server holds it in its memory
+        os.execve(sys.executable, [sys.executable, "-P", "-m", "stratolab.hub.server_forks",
+                                   "--control", args.control], wanted)
+    sys.path[:] = [p for p in sys.path if not _is_user_site(p)]
+    pid_file(args.control).write_text(f"{os.getpid()}\n")
+    serve(args.control)
+
+
+def _is_user_site(path: str) -> bool:
+    import site
+
+    return bool(site.ENABLE_USER_SITE) and os.path.realpath(path) == os.path.realpath(site.getusersitepackages())
+
+
+if __name__ == "__main__":
+    main()
