@@ -52,7 +52,7 @@ PRELOAD = (
     "jupyter_server.serverapp", "jupyterlab.labapp", "jupyterlab_server", "jupyter_server_terminals",
     "notebook_shim", "jupyter_lsp", "jupyterhub.singleuser", "jupyterhub.singleuser.extension",
     "jupyter_client.manager", "jupyter_client.multikernelmanager", "nbformat", "stratolab.server",
-    "jupyterhub.spawner",
+    "jupyterhub.spawner", "setproctitle",
 )
 #: what `jupyterhub.singleuser` reads at import to choose between its extension and its app
 ENTRY_VARIABLES = ("JUPYTERHUB_SINGLEUSER_EXTENSION", "JUPYTERHUB_SINGLEUSER_APP")
@@ -141,10 +141,18 @@ def refusal(request: Mapping, own_env: Mapping[str, str], prefix: str, is_root: 
     python = sorted(k for k in env if k.startswith("PYTHON"))
     if python:
         return f"the server's environment sets {', '.join(python)}, which the interpreter reads only at start"
-    for name in LOCALE_VARIABLES:
-        if env.get(name) != own_env.get(name):
-            return f"the server's {name} differs from the fork-server's ({env.get(name)!r}, {own_env.get(name)!r})"
+    if character_locale(env) != character_locale(own_env):
+        return (f"the server's character locale is {character_locale(env)!r}, the fork-server's "
+                f"{character_locale(own_env)!r} (LC_ALL, LC_CTYPE, LANG)")
     return None
+
+
+def character_locale(env: Mapping[str, str]) -> str:
+    """The LC_CTYPE an interpreter started with `env` runs in, which fixes its encodings: the first of
+    LC_ALL, LC_CTYPE and LANG that is set, where "C" and "POSIX" become C.UTF-8 (PEP 538's coercion,
+    which also puts LC_CTYPE=C.UTF-8 in the environment of the interpreter that did it). Pure."""
+    value = env.get("LC_ALL") or env.get("LC_CTYPE") or env.get("LANG") or "C"
+    return "C.UTF-8" if value in ("C", "POSIX") else value
 
 
 def preload(modules: tuple[str, ...] = PRELOAD) -> list[str]:
@@ -171,6 +179,22 @@ def _take_user_site() -> None:
             site.addsitedir(user_site)
 
 
+def _show_as(argv: list[str]) -> None:
+    """The command line `ps` shows (/proc/PID/cmdline, as long as the fork-server's own allows) and the
+    process name `top` shows: the server's, not the fork-server's."""
+    try:
+        import setproctitle
+
+        setproctitle.setproctitle(" ".join(argv))
+    except ImportError:  # a dependency; without it ps shows the fork-server's command line
+        pass
+    try:
+        with open("/proc/self/comm", "wb") as comm:
+            comm.write(PROCESS_NAME)
+    except OSError:
+        pass
+
+
 def _server(request: dict, entry_values: dict[str, str | None]) -> ChildRun:
     """What the forked child runs: become the account, take the server's environment, run its main."""
     argv: list[str] = request["argv"]
@@ -178,6 +202,7 @@ def _server(request: dict, entry_values: dict[str, str | None]) -> ChildRun:
     account: str | None = request["account"]
 
     def run() -> None:
+        _show_as(argv)  # while root: /proc/self/comm is the process's own only until it changes uid
         if account is not None:
             from jupyterhub.spawner import set_user_setuid
 
@@ -189,11 +214,6 @@ def _server(request: dict, entry_values: dict[str, str | None]) -> ChildRun:
         os.environ.clear()
         os.environ.update(env)
         signal.signal(signal.SIGINT, signal.default_int_handler)  # the hub stops servers with SIGINT first
-        try:
-            with open("/proc/self/comm", "wb") as comm:
-                comm.write(PROCESS_NAME)
-        except OSError:
-            pass
         sys.argv = list(argv)
         sys.path.insert(0, os.path.dirname(os.path.abspath(argv[0])))  # as for a script run by exec
         _take_user_site()
@@ -219,6 +239,12 @@ def serve(control_path: str) -> None:
 
     def prepare() -> None:
         info["preloaded"] = preload()
+        try:  # setproctitle finds the command line's memory now, while the environment is the one exec gave
+            import setproctitle
+
+            setproctitle.getproctitle()
+        except ImportError:
+            pass
 
     def decide(request: dict) -> Decision:
         if request.get("op") != "spawn":

@@ -317,7 +317,7 @@ class StratolabSpawner(LocalProcessSpawner):
         return env
 
     def get_args(self):
-        args = super().get_args()
+        args = list(super().get_args())  # a copy: JupyterHub returns the `args` trait's own list
         args.append(f"--ServerApp.root_dir={self.home_dir}")
         if self.isolation == ISOLATION_SHARED and os.geteuid() == 0 and self.allow_root_servers:
             args.append("--allow-root")
