@@ -41,6 +41,7 @@ import signal
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from stratolab.platform import forkserver
 from stratolab.platform.forkserver import ChildRun, Decision
@@ -58,8 +59,19 @@ PRELOAD = (
 ENTRY_VARIABLES = ("JUPYTERHUB_SINGLEUSER_EXTENSION", "JUPYTERHUB_SINGLEUSER_APP")
 #: variables the interpreter reads once at start; the fork-server keeps these of its own environment
 LOCALE_VARIABLES = ("LANG", "LC_ALL", "LC_CTYPE")
-#: what the fork-server's own environment holds after it re-executes itself
+#: what the fork-server's own environment holds after it re-executes itself (and HOME, see PLACEHOLDER_HOME)
 KEPT_VARIABLES = ("PATH", *LOCALE_VARIABLES)
+#: the fork-server's HOME: a path that does not exist, so every value a module computes from the home
+#: while it is imported (JupyterLab's user settings and workspaces folders are trait defaults computed
+#: when the class is defined; send2trash's trash folder is a module constant) can be found after the
+#: imports, and is rewritten with the server's own home in each child
+PLACEHOLDER_HOME = "/nonexistent/stratolab-server-forks-home"
+#: variables that name folders modules may compute while imported (beside HOME, rebased in each child)
+IMPORT_TIME_PREFIXES = ("JUPYTER", "XDG_")
+#: modules that keep more than paths from their import (send2trash's fallback trash folder is named after
+#: the uid, the fork-server's 0): executed again in each child, in the same module object, so that the
+#: functions other modules imported from them read the new values (they define no classes)
+RELOADED_IN_CHILD = ("send2trash.plat_other",)
 #: the program a spawn must name (the user environment's entry point of the single-user server)
 ENTRY_POINT = "jupyterhub-singleuser"
 #: process name (/proc/PID/comm, 15 bytes) of a forked server, as `ps` and `top` show it
@@ -67,8 +79,108 @@ PROCESS_NAME = b"jupyterhub-sing"
 
 
 def clean_environment(environ: Mapping[str, str]) -> dict[str, str]:
-    """The fork-server's environment: only what the interpreter needs at start (PATH, the locale)."""
-    return {k: environ[k] for k in KEPT_VARIABLES if k in environ}
+    """The fork-server's environment: only what the interpreter needs at start (PATH, the locale), and
+    the placeholder home."""
+    return {**{k: environ[k] for k in KEPT_VARIABLES if k in environ}, "HOME": PLACEHOLDER_HOME}
+
+
+# --- values computed from the home while modules were imported -------------------------------------------
+
+#: modules whose values are not rewritten: this one, the interpreter's first environment (os.environ is
+#: the server's), the main module
+NOT_REBASED = frozenset({__name__, "posix", "__main__"})
+#: where such a value is: a module's global, a traitlets class's precomputed default, a trait's default
+HomeCapture = tuple[str, Any, str]
+
+
+def _holds_text(value: Any, text: str) -> bool:
+    if isinstance(value, str):
+        return text in value
+    return isinstance(value, bytes) and os.fsencode(text) in value
+
+
+def _holds(value: Any, text: str) -> bool:
+    if isinstance(value, (list, tuple)):
+        return any(_holds_text(v, text) for v in value)
+    if isinstance(value, dict):
+        return any(_holds_text(v, text) for v in value.values())
+    return _holds_text(value, text)
+
+
+def _replaced(value: Any, old: str, new: str) -> Any:
+    if isinstance(value, str):
+        return value.replace(old, new)
+    if isinstance(value, bytes):
+        return value.replace(os.fsencode(old), os.fsencode(new))
+    return value
+
+
+def _rebased(value: Any, old: str, new: str) -> Any:
+    """`value` with `old` replaced by `new` in it (a string or bytes, or those in a list, tuple or
+    dict's values; a dict is changed in place, since other modules may hold it)."""
+    if isinstance(value, (list, tuple)):
+        return type(value)(_replaced(v, old, new) for v in value)
+    if isinstance(value, dict):
+        for k, v in list(value.items()):
+            value[k] = _replaced(v, old, new)
+        return value
+    return _replaced(value, old, new)
+
+
+def _traitlets_classes() -> list[type]:
+    traitlets = sys.modules.get("traitlets")
+    if traitlets is None:
+        return []
+    seen: list[type] = []
+    todo = [traitlets.HasTraits]
+    while todo:
+        cls = todo.pop()
+        for sub in cls.__subclasses__():
+            if sub not in seen:
+                seen.append(sub)
+                todo.append(sub)
+    return seen
+
+
+def find_home_captures(home: str) -> list[HomeCapture]:
+    """Every value of the loaded modules that holds `home`: module globals, and the defaults of
+    traitlets classes (both the trait's and the class's precomputed `_static_immutable_initial_values`,
+    which instances take without asking the trait)."""
+    found: list[HomeCapture] = []
+    for name, module in list(sys.modules.items()):
+        namespace = getattr(module, "__dict__", None)
+        if not isinstance(namespace, dict) or name in NOT_REBASED:
+            continue
+        found += [("global", namespace, name) for name, value in list(namespace.items()) if _holds(value, home)]
+    for cls in _traitlets_classes():
+        static = vars(cls).get("_static_immutable_initial_values", {})
+        found += [("static", static, name) for name, value in static.items() if _holds(value, home)]
+        for value in vars(cls).values():
+            if _holds(getattr(value, "default_value", None), home) and hasattr(value, "class_init"):
+                found.append(("trait", value, "default_value"))
+    return found
+
+
+def rebase_home(captures: list[HomeCapture], old: str, new: str) -> None:
+    """Rewrite each captured value with the server's home `new` in place of `old`."""
+    for kind, where, name in captures:
+        if kind == "trait":
+            setattr(where, name, _rebased(getattr(where, name), old, new))
+        else:
+            where[name] = _rebased(where[name], old, new)
+
+
+def describe(captures: list[HomeCapture]) -> list[str]:
+    """Readable names of the captures (the ping's answer), e.g. 'send2trash.plat_other.HOMETRASH'."""
+    names = []
+    for kind, where, name in captures:
+        if kind == "global":
+            names.append(f"{where.get('__name__', '?')}.{name}")
+        elif kind == "static":
+            names.append(f"(class default) {name}")
+        else:
+            names.append(f"{type(where).__name__} trait {getattr(where, 'name', '?')}")
+    return sorted(names)
 
 
 def pid_file(control_path: str | os.PathLike) -> Path:
@@ -141,6 +253,10 @@ def refusal(request: Mapping, own_env: Mapping[str, str], prefix: str, is_root: 
     python = sorted(k for k in env if k.startswith("PYTHON"))
     if python:
         return f"the server's environment sets {', '.join(python)}, which the interpreter reads only at start"
+    folders = sorted(k for k in env if k.startswith(IMPORT_TIME_PREFIXES) and not k.startswith("JUPYTERHUB_"))
+    if folders:
+        return (f"the server's environment sets {', '.join(folders)}, which modules the fork-server imported "
+                "may have read already")
     if character_locale(env) != character_locale(own_env):
         return (f"the server's character locale is {character_locale(env)!r}, the fork-server's "
                 f"{character_locale(own_env)!r} (LC_ALL, LC_CTYPE, LANG)")
@@ -195,7 +311,7 @@ def _show_as(argv: list[str]) -> None:
         pass
 
 
-def _server(request: dict, entry_values: dict[str, str | None]) -> ChildRun:
+def _server(request: dict, entry_values: dict[str, str | None], captures: list[HomeCapture]) -> ChildRun:
     """What the forked child runs: become the account, take the server's environment, run its main."""
     argv: list[str] = request["argv"]
     env: dict[str, str] = request["env"]
@@ -217,6 +333,10 @@ def _server(request: dict, entry_values: dict[str, str | None]) -> ChildRun:
         sys.argv = list(argv)
         sys.path.insert(0, os.path.dirname(os.path.abspath(argv[0])))  # as for a script run by exec
         _take_user_site()
+        rebase_home(captures, PLACEHOLDER_HOME, os.path.expanduser("~"))
+        for name in RELOADED_IN_CHILD:
+            if name in sys.modules:
+                importlib.reload(sys.modules[name])
         if any(env.get(k) != entry_values.get(k) for k in ENTRY_VARIABLES):
             for name in [m for m in sys.modules if m == "jupyterhub.singleuser" or m.startswith("jupyterhub.singleuser.")]:
                 del sys.modules[name]
@@ -236,9 +356,12 @@ def serve(control_path: str) -> None:
     is_root = os.geteuid() == 0
     info: dict = {"prefix": prefix}
     entry_values = {k: own_env.get(k) for k in ENTRY_VARIABLES}
+    captures: list[HomeCapture] = []
 
     def prepare() -> None:
         info["preloaded"] = preload()
+        captures.extend(find_home_captures(PLACEHOLDER_HOME))
+        info["home_captures"] = describe(captures)
         try:  # setproctitle finds the command line's memory now, while the environment is the one exec gave
             import setproctitle
 
@@ -252,7 +375,7 @@ def serve(control_path: str) -> None:
         reason = refusal(request, own_env, prefix, is_root)
         if reason is not None:
             return {"status": 409, "error": reason}
-        return _server(request, entry_values)
+        return _server(request, entry_values, captures)
 
     # the servers are the hub's to stop: this process leaves them running when it ends
     forkserver.serve(control_path, decide, info, stop_signal=None, prepare=prepare)

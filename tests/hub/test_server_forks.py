@@ -13,6 +13,7 @@ import os
 import pwd
 import signal
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -62,6 +63,8 @@ def test_a_spawn_the_fork_server_can_serve():
         ({"env": {"PATH": "/usr/bin", "LANG": "de_DE.UTF-8"}}, True,
          "the server's character locale is 'de_DE.UTF-8', the fork-server's 'C.UTF-8'"),
         ({"env": {**OWN, "LC_ALL": "en_US.ISO-8859-1"}}, True, "character locale is 'en_US.ISO-8859-1'"),
+        ({"env": {**OWN, "JUPYTER_CONFIG_DIR": "/x", "XDG_DATA_HOME": "/y", "JUPYTERHUB_USER": "x"}}, True,
+         "sets JUPYTER_CONFIG_DIR, XDG_DATA_HOME, which modules the fork-server imported may have read already"),
     ],
 )
 def test_what_a_fork_cannot_serve_is_refused_with_the_reason(changes, is_root, reason):
@@ -82,7 +85,43 @@ def test_the_character_locale_an_interpreter_gets(env, ctype):
 def test_the_fork_server_keeps_only_the_path_and_the_locale():
     hub_env = {"PATH": "/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "JUPYTERHUB_API_TOKEN": "secret",
                "JUPYTERHUB_SERVICE_NAME": "server-forkserver", "HOME": "/root", "PYTHONPATH": "/x"}
-    assert clean_environment(hub_env) == {"PATH": "/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+    assert clean_environment(hub_env) == {"PATH": "/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+                                          "HOME": server_forks.PLACEHOLDER_HOME}
+
+
+def test_values_computed_from_the_home_at_import_take_the_servers_home(tmp_path):
+    """As JupyterLab's LabApp.workspaces_dir (a trait default computed when the class is defined, and
+    precomputed again by traitlets for every instance) and send2trash's HOMETRASH (a module constant)."""
+    import types
+
+    from traitlets import HasTraits, List, Unicode
+
+    old, new = "/nonexistent/home-of-the-fork-server", "/home/jupyter-alice"
+    module = types.ModuleType("stratolab_test_home_capture")
+    module.TRASH = f"{old}/.local/share/Trash"
+    module.PATHS = [f"{old}/a", "/etc/b"]
+    module.OTHER = "/etc/c"
+
+    class App(HasTraits):
+        workspaces_dir = Unicode(f"{old}/.jupyter/lab/workspaces")
+        paths = List(Unicode(), default_value=[f"{old}/x"])
+        unrelated = Unicode("/srv")
+
+    module.App = App
+    sys.modules[module.__name__] = module
+    try:
+        captures = server_forks.find_home_captures(old)
+        names = server_forks.describe(captures)
+        assert {"stratolab_test_home_capture.TRASH", "stratolab_test_home_capture.PATHS",
+                "(class default) workspaces_dir", "Unicode trait workspaces_dir"} <= set(names)
+        assert not any("OTHER" in n or "unrelated" in n for n in names)
+        server_forks.rebase_home(captures, old, new)
+        assert module.TRASH == f"{new}/.local/share/Trash" and module.PATHS == [f"{new}/a", "/etc/b"]
+        app = App()
+        assert app.workspaces_dir == f"{new}/.jupyter/lab/workspaces" and app.unrelated == "/srv"
+        assert not server_forks.find_home_captures(old)
+    finally:
+        del sys.modules[module.__name__]
 
 
 def test_no_fork_server_means_a_new_process_at_once(tmp_path):
@@ -250,8 +289,19 @@ def test_a_forked_server_is_the_users_own_process(hub):
         seen = json.loads(got)
         assert seen["ppid"] == pid and seen["cwd"] == home and seen["home"] == home
         assert seen["user"] == user.name and seen["uid"] == int(status["Uid"].split()[0])
-        # the server's own environment (read through its API: /proc shows the fork-server's first one)
-        r = requests.get(f"{hub.url}/user/{user.name}/stratolab/status", headers=user.headers)
+        # what JupyterLab keeps in the home is in the user's home: user settings and workspaces (LabApp's
+        # folders are computed when the class is defined): the fork-server's placeholder home was rebased
+        base = f"{hub.url}/user/{user.name}"
+        theme = "@jupyterlab/apputils-extension:themes"
+        r = requests.put(f"{base}/lab/api/settings/{theme}", headers=user.headers,
+                         json={"raw": '{"theme": "JupyterLab Dark"}'})
+        assert r.status_code == 204, r.text
+        assert (Path(home) / ".jupyter/lab/user-settings/@jupyterlab/apputils-extension/themes.jupyterlab-settings").exists()
+        r = requests.put(f"{base}/lab/api/workspaces/forked", headers=user.headers,
+                         json={"data": {}, "metadata": {"id": "forked"}})
+        assert r.status_code == 204, r.text
+        assert list((Path(home) / ".jupyter/lab/workspaces").glob("forked-*.jupyterlab-workspace"))
+        r = requests.get(f"{base}/stratolab/status", headers=user.headers)
         assert r.status_code == 200, r.text
     finally:
         hub.stop_server(user)
@@ -318,6 +368,7 @@ def test_the_fork_server_refuses_what_it_cannot_serve_and_the_server_starts_anew
     forker = _fork_server_pid(hub)
     ping = server_forks.forkserver.request(str(control), {"op": "ping"})
     assert "jupyter_server.serverapp" in ping["preloaded"] and ping["prefix"] == str(user_env_for_tests())
+    assert {"send2trash.plat_other.HOMETRASH", "Unicode trait workspaces_dir"} <= set(ping["home_captures"])
     assert b"PYTHONPATH" not in Path(f"/proc/{forker}/environ").read_bytes()  # not the fork-server's own
     user = hub.create_user()
     assert hub.spawn(user).status_code in (201, 202)
