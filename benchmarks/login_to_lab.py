@@ -6,7 +6,9 @@ hub until `/user/NAME/lab` answers 200 with JupyterLab's page, and fetches the S
 entry asset named in that page's config. The server is then stopped (not timed).
 
 Baseline: stock JupyterHub with `SimpleLocalProcessSpawner` and `DummyAuthenticator`, the same
-configurable-http-proxy and the same single-user environment. Prints JSON with medians and the ratio.
+configurable-http-proxy and the same single-user environment. Ours runs twice: as `make run` starts it
+(servers forked from the servers' fork-server) and with STRATOLAB_SERVER_FORKS=false (each server a
+new process, as the bare hub's), so the fork-server's share shows. Prints JSON with medians and ratios.
 """
 
 from __future__ import annotations
@@ -137,37 +139,46 @@ def main() -> None:
         homes = Path(tempfile.mkdtemp(prefix="stratolab-bench-homes-", dir="/tmp"))
         os.chmod(homes, 0o755)
         ours = HubProcess(tmp / "ours", {"STRATOLAB_HOME_ROOT": str(homes), "STRATOLAB_GPUS": ""})
+        unforked = HubProcess(tmp / "unforked", {"STRATOLAB_HOME_ROOT": str(homes), "STRATOLAB_GPUS": "",
+                                                 "STRATOLAB_SERVER_FORKS": "false"})
         bare = BareHub(tmp / "bare", {}, port=free_port())
         (tmp / "bare").mkdir()
         ours.start()
+        unforked.start()
         bare.start()
         try:
             # users exist before timing (sign-up and approval are not part of a login)
             our_users = [ours.create_user() for _ in range(args.spawns)]
+            unforked_users = [unforked.create_user() for _ in range(args.spawns)]
             bare_users = [unique_name("bare") for _ in range(args.spawns)]
             bare_token = bare_admin_token(bare)
-            samples: dict[str, list[float]] = {"stratolab": [], "bare_jupyterhub": []}
+            samples: dict[str, list[float]] = {"stratolab": [], "stratolab_new_processes": [], "bare_jupyterhub": []}
             for i in range(args.spawns):
                 u = our_users[i]
                 samples["stratolab"].append(lab_ready_seconds(ours.url, u.name, u.password, "cpu"))
                 stop_server(ours, ours.admin_token, u.name)
+                u = unforked_users[i]
+                samples["stratolab_new_processes"].append(lab_ready_seconds(unforked.url, u.name, u.password, "cpu"))
+                stop_server(unforked, unforked.admin_token, u.name)
                 b = bare_users[i]
                 samples["bare_jupyterhub"].append(lab_ready_seconds(bare.url, b, "bare-password", None))
                 stop_server(bare, bare_token, b)
         finally:
             ours.stop()
+            unforked.stop()
             bare.stop()
             if args.keep_logs:
                 args.keep_logs.mkdir(parents=True, exist_ok=True)
-                for name, hub in (("ours", ours), ("bare", bare)):
+                for name, hub in (("ours", ours), ("unforked", unforked), ("bare", bare)):
                     if hub.log_path and hub.log_path.exists():
                         shutil.copyfile(hub.log_path, args.keep_logs / f"{name}.log")
             subprocess.run(["rm", "-rf", str(homes)])
             if os.geteuid() == 0:
-                for u in locals().get("our_users", []):
+                for u in [*locals().get("our_users", []), *locals().get("unforked_users", [])]:
                     subprocess.run(["userdel", f"jupyter-{u.name}"], capture_output=True)
 
     med_ours = statistics.median(samples["stratolab"])
+    med_unforked = statistics.median(samples["stratolab_new_processes"])
     med_bare = statistics.median(samples["bare_jupyterhub"])
     print(
         json.dumps(
@@ -176,8 +187,11 @@ def main() -> None:
                 "spawns": args.spawns,
                 "isolation": "system-users" if os.geteuid() == 0 else "shared",
                 "stratolab_median_s": round(med_ours, 3),
+                "stratolab_new_processes_median_s": round(med_unforked, 3),
                 "bare_jupyterhub_median_s": round(med_bare, 3),
                 "ratio_ours_over_bare": round(med_ours / med_bare, 3),
+                "ratio_ours_new_processes_over_bare": round(med_unforked / med_bare, 3),
+                "ratio_forked_over_new_processes": round(med_ours / med_unforked, 3),
                 "goals": [
                     at_most("login to lab: ours / bare JupyterHub", round(med_ours / med_bare, 3), 0.6),
                     at_most("login to lab: ours, median (s)", round(med_ours, 3), 3.0),
