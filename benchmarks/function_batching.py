@@ -92,7 +92,8 @@ def make_bundle(ns: dict, handler: str, root: Path) -> Path:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process `pid` so far (its threads included)."""
+    """User + system CPU time of process `pid` so far, its threads included, ended ones too (/proc/PID/stat,
+    in clock ticks of 10 ms: a round of 2,000 requests is 15-60 ticks, so each figure is within a few %)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
