@@ -15,13 +15,15 @@ account may ask):
     {"op": "ping"} -> {"status": 200, "pid": ..., "prefix": ..., "preloaded": [...]}
 
 What a forked server shares with the others, and how it is kept apart:
-- Nothing of the hub: the service re-executes itself with an environment of the locale and PATH only,
-  so the service token JupyterHub gives every managed service is not in any server's memory.
+- Nothing of the hub: the service re-executes itself with an environment of the locale and PATH only
+  (and a HOME that does not exist, see PLACEHOLDER_HOME), so the service token JupyterHub gives every
+  managed service is not in any server's memory.
 - Its identity: as root, the child takes the account's uid, gid and groups before it runs anything
   (JupyterHub's own `set_user_setuid`), so it is as unprivileged as a server started by `exec`. Linux
   marks such a process not dumpable, so not even its user can read its memory through /proc.
 - Its environment, argv, working directory and `sys.path[0]` are the server's own, as after `exec`,
-  and the user's site-packages (~/.local) are those of the account, not the fork-server's.
+  and the user's site-packages (~/.local) are those of the account. What the imports computed from the
+  home (JupyterLab's settings and workspaces folders, the trash) is rewritten with the account's home.
 - Interpreter settings fixed at start (PYTHON* variables, the locale) cannot change in a fork: a spawn
   that asks for other values is refused and the hub starts that server as a new process.
 - Shared with the other forks: the memory layout and the string hash seed (as for any fork-server,
@@ -45,6 +47,7 @@ from typing import Any
 
 from stratolab.platform import forkserver
 from stratolab.platform.forkserver import ChildRun, Decision
+from stratolab.platform.process import pid_alive
 
 #: imported once here; a module that is not installed is simply not preloaded. `jupyterhub.singleuser`
 #: itself reads two variables when imported (see ENTRY_VARIABLES): it is imported too, and imported
@@ -192,23 +195,13 @@ class ForkUnavailable(Exception):
     """This spawn gets no fork (the reason is the message): the server is started as a new process."""
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def starting(control_path: str | os.PathLike) -> bool:
     """True while the fork-server named by the pid file runs and has no control socket yet (importing)."""
     try:
         pid = int(pid_file(control_path).read_text().strip())
     except (OSError, ValueError):
         return False
-    return _alive(pid)
+    return pid_alive(pid)
 
 
 def request_fork(control_path: str, header: dict, wait_s: float) -> int:
@@ -391,15 +384,8 @@ def main(argv: list[str] | None = None) -> None:
         # with -P: no working directory in sys.path), so no forked server holds it in its memory
         os.execve(sys.executable, [sys.executable, "-P", "-m", "stratolab.hub.server_forks",
                                    "--control", args.control], wanted)
-    sys.path[:] = [p for p in sys.path if not _is_user_site(p)]
     pid_file(args.control).write_text(f"{os.getpid()}\n")
     serve(args.control)
-
-
-def _is_user_site(path: str) -> bool:
-    import site
-
-    return bool(site.ENABLE_USER_SITE) and os.path.realpath(path) == os.path.realpath(site.getusersitepackages())
 
 
 if __name__ == "__main__":

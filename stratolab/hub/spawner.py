@@ -37,6 +37,7 @@ from stratolab.hub.usage_meter import DEFAULT_HEARTBEAT_S, HubMeter, hub_meter, 
 from stratolab.platform import accounts as system_users
 from stratolab.platform.gpu_ledger import GpuLedger
 from stratolab.platform.gpus import GpuAllocation, GpuAllocator, Holder, discover_gpus, parse_nvidia_smi_list, run_nvidia_smi
+from stratolab.platform.process import pid_alive
 from stratolab.platform.profiles import Profile, choose_profile, default_profile_list, parse_profile_list
 from stratolab.settings import PROJECT_ROOT
 
@@ -429,15 +430,7 @@ class StratolabSpawner(LocalProcessSpawner):
         """The server's process is gone (a forked one is reaped by the fork-server; no status here)."""
         if self.proc is not None:
             return self.proc.poll() is not None
-        if not self.pid:
-            return True
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
+        return not (self.pid and pid_alive(self.pid))
 
     async def _wait_for_server(self, ip: str, port: int) -> None:
         """Return as soon as the new server answers HTTP, polling about every 50 ms.

@@ -30,6 +30,17 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
         pass
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process `pid` exists (one of another user's counts; a zombie counts until reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def main(argv: list[str] | None = None) -> None:
     command = list(sys.argv[1:] if argv is None else argv)
     if command[:1] == ["--"]:
