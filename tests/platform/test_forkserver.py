@@ -40,10 +40,13 @@ SERVER = """
 import os, signal, sys, time
 from stratolab.platform import forkserver
 
+def mark(name):
+    open(os.path.join({folder!r}, f"{{name}}-{{os.getpid()}}"), "w").close()
+
 def decide(request):
     def run():
-        open(os.path.join({folder!r}, f"child-{{os.getpid()}}"), "w").close()
-        signal.signal(signal.SIGTERM, lambda *_: (open(os.path.join({folder!r}, f"term-{{os.getpid()}}"), "w").close(), os._exit(0)))
+        mark("child")
+        signal.signal(signal.SIGTERM, lambda *_: (mark("term"), os._exit(0)))
         while True:
             time.sleep(0.1)
     return run
