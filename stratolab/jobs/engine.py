@@ -21,7 +21,7 @@ from typing import Any
 from stratolab.db.models import JobRun, JobSchedule
 from stratolab.jobs import metrics
 from stratolab.jobs.clock import Clock
-from stratolab.jobs.executor import FAILED, STOPPED, TIMED_OUT, Account, Execution, NotebookExecutor, RunSpec
+from stratolab.jobs.executor import FAILED, STOPPED, TIMED_OUT, Account, Execution, NotebookExecutor, RunResult, RunSpec
 from stratolab.jobs.files import JobFiles
 from stratolab.jobs.notify import Notifier
 from stratolab.jobs.records import read_records
@@ -293,11 +293,12 @@ class Scheduler:
         self.executions[run.id] = execution
         if metered:
             self.meter.opened(run_start(run, s.name, s.profile, resources), pid=getattr(execution, "pid", None))
+        result: RunResult | None = None
         try:
             result = await execution.wait()
         finally:
             if metered:
-                self.meter.closed(run_key(run.id))
+                self.meter.closed(run_key(run.id), reported=result.usage if result is not None else None)
             self.executions.pop(run.id, None)
             self.gpus.release(holder)
             finished = getattr(executor, "finished", None)

@@ -10,8 +10,9 @@ A run's files live in its `workdir`:
     output.ipynb   the executed notebook, saved as cells complete (a failed run keeps its partial one)
     output.html    when "html" is among the output formats
     run.log        papermill's log: cell outputs as they come, errors
-    result.json    {"state": "succeeded"|"failed", "error": ...} written by the runner (and "kernel_restarts": N
-                   when kernels were started again, see run_kernel.py)
+    result.json    {"state": "succeeded"|"failed", "error": ..., "usage": {"cpu_seconds", "peak_memory_gb"}}
+                   written by the runner (and "kernel_restarts": N when kernels were started again, see
+                   run_kernel.py)
     files/         the notebook's working directory: files it writes are kept with the run
 """
 
@@ -20,9 +21,13 @@ from __future__ import annotations
 import abc
 import asyncio
 import json
+import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from stratolab.db.usage_ledger import Measured
 
 #: terminal states an execution can end in
 SUCCEEDED, FAILED, TIMED_OUT, STOPPED = "succeeded", "failed", "timed_out", "stopped"
@@ -97,6 +102,29 @@ class RunResult:
     outputs: tuple[str, ...] = ()
     #: kernels started again because one died before the notebook's first cell (see run_kernel.py)
     kernel_restarts: int = 0
+    #: what the runner and its kernel used, by the runner's own account (None where it did not say)
+    usage: Measured | None = None
+
+
+def reported_usage(result: dict[str, Any], elapsed_s: float) -> Measured | None:
+    """The CPU seconds and peak memory a runner reported in result.json, from the kernel's accounting of
+    it and of the processes it waited for (its kernel): exact where the scheduler's sampling may have
+    missed a run shorter than its heartbeat. The file is the user's: numbers that are not finite and
+    non-negative are ignored, and CPU time is capped at what this machine's cores could give in
+    `elapsed_s`."""
+    usage = result.get("usage")
+    if not isinstance(usage, dict):
+        return None
+
+    def number(key: str, cap: float) -> float | None:
+        value = usage.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            return None
+        return min(float(value), cap)
+
+    cpu = number("cpu_seconds", max(elapsed_s, 0.0) * (os.cpu_count() or 1) + 1.0)
+    peak = number("peak_memory_gb", 1e6)
+    return None if cpu is None and peak is None else Measured(cpu_seconds=cpu, peak_memory_gb=peak)
 
 
 def kernel_restarts(result: dict[str, Any]) -> int:

@@ -40,6 +40,7 @@ from stratolab.jobs.executor import (
     RunResult,
     RunSpec,
     kernel_restarts,
+    reported_usage,
 )
 from stratolab.platform import forkserver
 from stratolab.platform.sockets import short_tmp_root
@@ -144,13 +145,14 @@ class LocalExecution(Execution):
     def _result(self) -> RunResult:
         result, outputs = self.spec.reported()
         restarts = kernel_restarts(result)
+        usage = reported_usage(result, time.monotonic() - self.runner.started)
         if self.reason == TIMED_OUT:
             return RunResult(TIMED_OUT, f"the run took longer than its timeout of {self.spec.timeout:g} s", outputs,
-                             restarts)
+                             restarts, usage)
         if self.reason == STOPPED:
-            return RunResult(STOPPED, "stopped on request", outputs, restarts)
+            return RunResult(STOPPED, "stopped on request", outputs, restarts, usage)
         if result.get("state"):
-            return RunResult(result["state"], result.get("error"), outputs, restarts)
+            return RunResult(result["state"], result.get("error"), outputs, restarts, usage)
         code = self.runner.proc.returncode
         return RunResult(FAILED, f"the run's process ended with exit code {code} before reporting (see the log)", outputs)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 import signal
 import sys
 import time
@@ -208,9 +209,19 @@ def _run(spec: dict[str, Any], available: set[str], km=None, kc=None, forked: bo
             shutdown_kernel(km)
     if kernel is not None and kernel.restarts:  # written only when it happened: result.json stays as it was
         result["kernel_restarts"] = kernel.restarts
+    result["usage"] = own_usage()  # the kernel was waited for above: its use is counted
     (workdir / "result.json").write_text(json.dumps(result))
     logging.info("run %s: %s", spec.get("key", ""), result["state"])
     return 0 if result["state"] == "succeeded" else 1
+
+
+def own_usage() -> dict[str, float]:
+    """What this runner and the processes it waited for (its kernel, and what the kernel waited for)
+    used: CPU seconds and peak resident memory (GB), by the operating system's accounting."""
+    me, waited = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = me.ru_utime + me.ru_stime + waited.ru_utime + waited.ru_stime
+    peak_kib = max(me.ru_maxrss, waited.ru_maxrss)  # KiB on Linux
+    return {"cpu_seconds": round(cpu, 3), "peak_memory_gb": peak_kib / 2**20}
 
 
 def _log_to(workdir: Path) -> None:

@@ -138,6 +138,19 @@ def run_start(run: Any, schedule_name: str, profile: str, resources: Resources) 
                  started_at=run.started_at)
 
 
+def larger(a: Measured | None, b: Measured | None) -> Measured | None:
+    """Two measurements of one interval taken different ways, each number the larger of the two known."""
+    if a is None or b is None:
+        return a or b
+
+    def most(x: float | None, y: float | None) -> float | None:
+        return y if x is None else x if y is None else max(x, y)
+
+    return Measured(cpu_seconds=most(a.cpu_seconds, b.cpu_seconds),
+                    peak_memory_gb=most(a.peak_memory_gb, b.peak_memory_gb),
+                    gpu_seconds=most(a.gpu_seconds, b.gpu_seconds))
+
+
 class RunMeter:
     def __init__(self, ledger: Ledger | None, usage: BudgetChecker | None = None,
                  process_meter: ProcessMeter | None = None, gpu_meter: GpuMeter | None = None):
@@ -191,13 +204,17 @@ class RunMeter:
         except Exception:  # metering never fails a run; the interval is then missing, and logged
             log.exception("could not open the usage interval %s", start.key)
 
-    def closed(self, key: str, ended_at: datetime | None = None, reason: str = "stopped") -> None:
+    def closed(self, key: str, ended_at: datetime | None = None, reason: str = "stopped",
+               reported: Measured | None = None) -> None:
+        """Ends the run's interval with what it used: sampled now (its process may be gone), else at the
+        last heartbeat, and what the run reported of itself (`reported`: a runner's own accounting, which
+        a run shorter than a heartbeat has only); the larger of each."""
         if self.ledger is None:
             return
         pid = self.pids.pop(key, None)
         # a run whose process ended before this call keeps what its last heartbeat measured
         last = self.last_measured.pop(key, None)
-        measured = (self._sample(pid) if pid is not None else None) or last
+        measured = larger((self._sample(pid) if pid is not None else None) or last, reported)
         self.devices.pop(key, None)
         gpu_seconds = self.gpu_meter.finish(key, extend=ended_at is None) if self.gpu_meter is not None else None
         if gpu_seconds is not None:

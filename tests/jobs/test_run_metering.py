@@ -6,6 +6,8 @@ ends failed with the budget's message and is not retried."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import time
 from datetime import UTC, datetime
 
@@ -14,7 +16,10 @@ import sqlalchemy as sa
 
 from jobs_support import SchedulerProcess, in_process_service, notebook, scheduler_env, wait_for
 from stratolab.db import make_engine
+from stratolab.db.usage_ledger import Measured
 from stratolab.errors import StratolabError
+from stratolab.jobs.executor import reported_usage
+from stratolab.jobs.usage_meter import larger
 
 SLEEP_S = 3.0
 NAP = notebook(f"import time\nprint('started', flush=True)\ntime.sleep({SLEEP_S})\nprint('done')")
@@ -66,7 +71,28 @@ def test_a_run_is_billed_the_time_it_ran(scheduler):
     # (its kernel's start and papermill's saving are part of it) to within the billing unit of 1 s
     duration = (datetime.fromisoformat(done["finished_at"]) - datetime.fromisoformat(done["started_at"]))
     assert SLEEP_S <= record["seconds"] <= duration.total_seconds() + 1.0, (record, duration)
-    assert record["cpu_seconds_used"] is not None  # measured, beside the profile's request
+    # measured, beside the profile's request: a run shorter than the heartbeat has the runner's own account
+    assert record["cpu_seconds_used"] is not None and record["cpu_seconds_used"] > 0, record
+    reported = json.loads((service.files.run_dir("alice", run["id"]) / "result.json").read_text())["usage"]
+    assert 0 < reported["cpu_seconds"] <= record["cpu_seconds_used"] and reported["peak_memory_gb"] > 0, reported
+
+
+@pytest.mark.parametrize(("usage", "expected"), [
+    ({"cpu_seconds": 1.5, "peak_memory_gb": 0.25}, Measured(cpu_seconds=1.5, peak_memory_gb=0.25)),
+    ({"cpu_seconds": 1e300}, Measured(cpu_seconds=10.0 * (os.cpu_count() or 1) + 1.0)),  # capped by the cores
+    ({"cpu_seconds": -1, "peak_memory_gb": "1"}, None),
+    ({"cpu_seconds": float("nan"), "peak_memory_gb": True}, None),
+    ([1, 2], None),
+])
+def test_what_a_runner_reports_of_itself_is_checked(usage, expected):
+    assert reported_usage({"usage": usage}, 10.0) == expected
+
+
+def test_the_larger_of_two_measurements_is_kept():
+    sampled = Measured(cpu_seconds=2.0, peak_memory_gb=None, gpu_seconds=3.0)
+    reported = Measured(cpu_seconds=1.0, peak_memory_gb=0.5)
+    assert larger(sampled, reported) == Measured(cpu_seconds=2.0, peak_memory_gb=0.5, gpu_seconds=3.0)
+    assert larger(None, reported) is reported and larger(sampled, None) is sampled and larger(None, None) is None
 
 
 def test_a_killed_scheduler_closes_the_interval_of_its_run_once(scheduler):

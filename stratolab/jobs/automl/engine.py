@@ -404,7 +404,8 @@ class AutoMLController:
                 seen = len(reports)
             result = waiter.result()
         finally:
-            self.meter.closed(metered)
+            done = waiter.result() if waiter.done() and not waiter.cancelled() and not waiter.exception() else None
+            self.meter.closed(metered, reported=done.usage if done is not None else None)
             self.executions.pop(key, None)
             finished = getattr(self.executor, "finished", None)
             if finished:
