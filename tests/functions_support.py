@@ -88,6 +88,49 @@ def make_bundle(tmp: Path, greeting: str = "hello", cells: list[str] | None = No
     return target
 
 
+def bundle_of(handler: str, cells: list[str], root: Path) -> Path:
+    """`root/handler`: the bundle of `handler`, as a notebook of `cells` (run here, in order) deploys it."""
+    ns: dict = {"__name__": "__main__"}
+    for cell in cells:
+        exec(cell, ns)
+    plan = plan_capture(handler, read_cells(cells), live_names=set(ns))
+    build_bundle(plan, ns, root / handler)
+    return root / handler
+
+
+@pytest.fixture(scope="module")
+def forkserver(tmp_path_factory):
+    """A functions fork-server that imported nothing ahead, for a module's workers (import it by name)."""
+    from stratolab.functions.runtime.forkserver import ForkServer
+
+    server = ForkServer(tmp_path_factory.mktemp("fs") / "control.sock", []).start()
+    yield server
+    server.stop()
+
+
+async def call_concurrently(forkserver, bundle: Path, tmp: Path, bodies: list[tuple[bytes, str]],
+                            **settings) -> list[tuple[dict, bytes]]:
+    """A worker of `bundle` forked with `settings`, called with every (body, content type) at once,
+    one connection per caller: the replies, in order. The worker is stopped after."""
+    import asyncio
+    import signal
+
+    from stratolab.functions.runtime.client import WorkerConnection, wait_for_socket
+
+    sock = tmp / f"{bundle.name}.sock"
+    pid = forkserver.spawn(bundle, sock, tmp / f"{bundle.name}.log", **settings)
+    try:
+        await wait_for_socket(sock, timeout=60, pid=pid)
+        conns = [await WorkerConnection.open(sock) for _ in bodies]
+        replies = await asyncio.gather(*(c.invoke(body, content_type=ct, id=f"inv-{n}")
+                                         for n, (c, (body, ct)) in enumerate(zip(conns, bodies, strict=True))))
+        for conn in conns:
+            await conn.close()
+        return replies
+    finally:
+        os.kill(pid, signal.SIGTERM)
+
+
 class BundleServer:
     """The functions service's tornado app (registry, store, the runtime bundle route) in a thread."""
 

@@ -14,7 +14,8 @@ from stratolab.functions.bundle import Manifest
 
 RUNTIME_MODULES = ["errors.py", "functions/__init__.py", "functions/analysis.py", "functions/bundle.py",
                    "functions/requirements.py", "functions/serializers.py", "platform/__init__.py",
-                   "platform/archive.py"]
+                   "platform/archive.py", "functions/runtime/__init__.py", "functions/runtime/arrays.py",
+                   "functions/runtime/batching.py", "functions/runtime/payloads.py"]
 
 SERVE_PY = '''"""Serve the exported function: POST / (JSON or bytes) -> the handler's answer; GET /healthz."""
 import json
@@ -27,8 +28,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from stratolab.functions.bundle import load_handler  # noqa: E402
+from stratolab.functions.runtime.arrays import ArrayInput, array_kind  # noqa: E402
 
 HANDLER = load_handler(Path(__file__).parent / "bundle")
+KIND = array_kind(HANDLER)
+#: a handler annotated numpy.ndarray or torch.Tensor gets its input as one (as on the platform)
+ARRAYS = ArrayInput(KIND) if KIND else None
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -52,6 +57,11 @@ class Handler(BaseHTTPRequestHandler):
             payload = json.loads(body) if ctype.startswith("application/json") else body
         except ValueError as e:
             return self._send(400, json.dumps({"error": f"invalid JSON: {e}"}).encode())
+        if ARRAYS is not None:
+            try:
+                payload = ARRAYS.to_handler(ARRAYS.convert(ctype, payload))
+            except ValueError as e:
+                return self._send(400, json.dumps({"error": str(e)}).encode())
         try:
             result = HANDLER(payload)
         except Exception:
@@ -71,7 +81,7 @@ if __name__ == "__main__":
 DOCKERFILE = """FROM python:{python}-slim
 WORKDIR /app
 COPY bundle/requirements.txt /app/bundle/requirements.txt
-RUN pip install --no-cache-dir cloudpickle numpy -r /app/bundle/requirements.txt
+RUN pip install --no-cache-dir cloudpickle numpy orjson -r /app/bundle/requirements.txt
 COPY . /app
 ENV PORT=8080
 EXPOSE 8080
@@ -100,6 +110,6 @@ def export_bundle(bundle: Path, target: Path) -> Path:
     (target / "README.md").write_text(
         f"# {manifest.handler}\n\n`docker build -t fn . && docker run -p 8080:8080 fn`, then "
         "`curl -X POST -H 'Content-Type: application/json' -d '...' localhost:8080/`.\n"
-        "Without Docker: `pip install -r bundle/requirements.txt cloudpickle numpy && python serve.py`.\n"
+        "Without Docker: `pip install -r bundle/requirements.txt cloudpickle numpy orjson && python serve.py`.\n"
     )
     return target

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import re
-import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,11 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stratolab.functions.analysis import plan_capture, read_cells
-from stratolab.functions.bundle import build_bundle
+from functions_support import bundle_of, call_concurrently, forkserver  # noqa: F401  (forkserver: a fixture)
 from stratolab.functions.runtime.batching import BatchError, DynamicBatcher, split_results
-from stratolab.functions.runtime.client import WorkerConnection, wait_for_socket
-from stratolab.functions.runtime.forkserver import ForkServer
 
 
 class RecordingHandler:
@@ -311,35 +306,13 @@ CELLS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def forkserver(tmp_path_factory):
-    server = ForkServer(tmp_path_factory.mktemp("fs") / "control.sock", []).start()
-    yield server
-    server.stop()
-
-
 def bundle_for(handler: str, root: Path) -> Path:
-    ns: dict = {"__name__": "__main__"}
-    for cell in CELLS:
-        exec(cell, ns)
-    plan = plan_capture(handler, read_cells(CELLS), live_names=set(ns))
-    build_bundle(plan, ns, root / handler)
-    return root / handler
+    return bundle_of(handler, CELLS, root)
 
 
 async def invoke_concurrently(forkserver, bundle: Path, tmp: Path, inputs: list) -> list[tuple[dict, bytes]]:
-    sock = tmp / f"{bundle.name}.sock"
-    pid = forkserver.spawn(bundle, sock, tmp / f"{bundle.name}.log", max_batch_size=8, max_wait_ms=20)
-    try:
-        await wait_for_socket(sock, pid=pid)
-        conns = [await WorkerConnection.open(sock) for _ in inputs]  # one connection per caller
-        replies = await asyncio.gather(*(c.invoke(json.dumps(x).encode(), id=f"inv-{x}")
-                                         for c, x in zip(conns, inputs, strict=True)))
-        for conn in conns:
-            await conn.close()
-        return replies
-    finally:
-        os.kill(pid, signal.SIGTERM)
+    bodies = [(json.dumps(x).encode(), "application/json") for x in inputs]
+    return await call_concurrently(forkserver, bundle, tmp, bodies, max_batch_size=8, max_wait_ms=20)
 
 
 def test_a_batching_worker_answers_each_caller_with_fewer_handler_calls(forkserver, tmp_path):

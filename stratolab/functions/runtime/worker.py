@@ -55,6 +55,7 @@ import uvloop
 
 from stratolab.functions.bundle import load_handler
 from stratolab.functions.runtime import batch_frames
+from stratolab.functions.runtime.arrays import ArrayInput, array_kind
 from stratolab.functions.runtime.batching import DynamicBatcher
 from stratolab.functions.runtime.events import accepts_event
 from stratolab.functions.runtime.payloads import JSON, OCTET_STREAM, InvalidInput, decode_input, decode_request, encode_output
@@ -149,11 +150,15 @@ class Worker:
         self.handler = handler
         #: the handler is called `handler(data, event)` (a batch handler `handler(inputs, events)`)
         self.takes_event = accepts_event(handler)
+        #: the handler takes its input as a numpy array or a tensor (arrays.py), else as parsed JSON
+        kind = array_kind(handler)
+        self.arrays = ArrayInput(kind) if kind is not None else None
         self.pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="invoke")
         self.batcher: DynamicBatcher | None = None
         if max_batch_size > 1:
+            batch_handler = handler if self.arrays is None else self.arrays.batch_handler(handler, self.takes_event)
             self.batcher = DynamicBatcher(
-                handler, max_batch_size, max_wait_ms, self.pool,
+                batch_handler, max_batch_size, max_wait_ms, self.pool,
                 max_concurrent_batches=max(1, concurrency), on_batch_failure=self._batch_failed,
                 inline_under_ms=INLINE_BATCH_UNDER_MS, with_events=self.takes_event,
             )
@@ -166,14 +171,22 @@ class Worker:
         self.threaded = 0
         self.last_quick = False
 
+    def decode(self, content_type: str, body: bytes) -> Any:
+        """The handler's input from a request's body (InvalidInput: the request's 400); for an array
+        handler a numpy array, made as the request arrives (see arrays.py)."""
+        payload = decode_request(content_type, body)
+        return payload if self.arrays is None else self.arrays.convert(content_type, payload)
+
     def call(self, header: dict, body: bytes) -> tuple[dict, bytes]:
         return captured(lambda: self._call(header, body))
 
     def _call(self, header: dict, body: bytes) -> tuple[dict, bytes]:
         try:
-            payload = decode_request(header.get("content_type", JSON), body)
+            payload = self.decode(header.get("content_type", JSON), body)
         except InvalidInput as e:
             return {"status": 400, "error": str(e)}, b""
+        if self.arrays is not None:
+            payload = self.arrays.to_handler(payload)
         try:
             result = self.handler(payload, header.get("event")) if self.takes_event else self.handler(payload)
             content_type, out = encode_output(result)
@@ -196,7 +209,7 @@ class Worker:
         if self.batcher is None:
             raise RuntimeError("call_batched on a worker that does not batch")
         try:
-            payload = decode_request(header.get("content_type", JSON), body)
+            payload = self.decode(header.get("content_type", JSON), body)
         except InvalidInput as e:
             return {"status": 400, "error": str(e)}, b""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -219,7 +232,7 @@ class Worker:
             # parsed here, as it arrives: while a batch's handler runs (torch without the GIL) or
             # the next inputs are still coming, not after the batch has formed
             try:
-                payload = decode_request(header.get("content_type", JSON), body)
+                payload = self.decode(header.get("content_type", JSON), body)
             except InvalidInput as e:  # its own 400, not its batch's failure
                 connection.answer({"status": 400, "error": str(e)}, b"")
                 return
@@ -256,7 +269,7 @@ class Worker:
             return
         for n, (data, content_type, event) in enumerate(items):
             try:
-                payload = decode_request(content_type, data)
+                payload = self.decode(content_type, data)
             except InvalidInput as e:  # its own 400, not its batch's failure
                 collector.put(n, {"status": 400, "error": str(e)}, b"")
                 continue
