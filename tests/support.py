@@ -445,3 +445,39 @@ def stop_process(proc: subprocess.Popen | None, grace: float = 10) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+async def execute_over_websocket(hub: Any, user: Any, kernel_id: str, code: str, timeout: float = 120) -> str:
+    """Run `code` in a kernel of the user's server through the hub's proxy, over the kernel's websocket
+    as JupyterLab does; what it printed (an error in the kernel fails the test with its traceback)."""
+    import uuid
+
+    from tornado.httpclient import HTTPRequest
+    from tornado.websocket import websocket_connect
+
+    url = f"{hub.url}/user/{user.name}/api/kernels/{kernel_id}/channels".replace("http", "ws", 1)
+    conn = await websocket_connect(HTTPRequest(url, headers=user.headers, connect_timeout=30))
+    msg_id = uuid.uuid4().hex
+    conn.write_message(json.dumps({
+        "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": user.name,
+                   "session": uuid.uuid4().hex, "version": "5.3", "date": ""},
+        "parent_header": {}, "metadata": {}, "channel": "shell",
+        "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
+                    "allow_stdin": False, "stop_on_error": True},
+    }))
+    printed = []
+    try:
+        while True:
+            raw = await asyncio.wait_for(conn.read_message(), timeout)
+            assert raw is not None, "the kernel's websocket closed"
+            msg = json.loads(raw)
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            if msg["msg_type"] == "stream":
+                printed.append(msg["content"]["text"])
+            elif msg["msg_type"] == "error":
+                raise AssertionError("\n".join(msg["content"]["traceback"]))
+            elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                return "".join(printed)
+    finally:
+        conn.close()

@@ -200,7 +200,10 @@ def test_a_run_ends_succeeded_with_its_outputs_and_files(place):
     assert "double 42 1 nightly $(not-a-var) on" in text_of(spec.output_path)
     assert (spec.files_dir / "out.txt").read_text() == "n=21"
     assert spec.html_path.exists() and spec.log_path.read_text()
-    assert json.loads(spec.result_path.read_text()) == {"state": "succeeded", "error": None, "outputs": ["ipynb", "html"]}
+    written = json.loads(spec.result_path.read_text())
+    usage = written.pop("usage", None)  # the runner's own account of its CPU and memory, where it reports it
+    assert written == {"state": "succeeded", "error": None, "outputs": ["ipynb", "html"]}
+    assert usage is None or (usage["cpu_seconds"] > 0 and usage["peak_memory_gb"] > 0), usage
 
 
 def test_a_failing_notebook_ends_failed_with_its_error(place):

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import os
 import stat
 import subprocess
 import sys
 import time
 import tomllib
-import uuid
 from pathlib import Path
 
 import bcrypt
@@ -34,7 +32,7 @@ from stratolab.hub.proxy import (
     write_default_certificate,
 )
 from stratolab.settings import PlatformSettings
-from support import HUB_CONFIG, HubProcess, user_env_for_tests
+from support import HUB_CONFIG, HubProcess, execute_over_websocket, user_env_for_tests
 
 
 def traefik_of(hub: HubProcess) -> psutil.Process:
@@ -150,34 +148,6 @@ def test_traefik_keeps_its_upstream_connections_open(hub):
     for _ in range(20):
         assert session.get(f"{hub.url}/services/functions/", timeout=30).status_code == 200
     assert len(closed() - before) <= 1, closed() - before
-
-
-async def execute_over_websocket(hub: HubProcess, user, kernel_id: str, code: str) -> str:
-    """Run `code` in a kernel through the proxy's websocket route; what it printed."""
-    from tornado.httpclient import HTTPRequest
-    from tornado.websocket import websocket_connect
-
-    url = f"ws://127.0.0.1:{hub.port}/user/{user.name}/api/kernels/{kernel_id}/channels"
-    conn = await websocket_connect(HTTPRequest(url, headers=user.headers, connect_timeout=30))
-    msg_id = uuid.uuid4().hex
-    header = {"msg_id": msg_id, "msg_type": "execute_request", "username": user.name, "session": uuid.uuid4().hex,
-              "version": "5.3", "date": ""}
-    conn.write_message(json.dumps({"header": header, "parent_header": {}, "metadata": {}, "channel": "shell",
-                                   "content": {"code": code, "silent": False}}))
-    printed = []
-    try:
-        while True:
-            raw = await asyncio.wait_for(conn.read_message(), 60)
-            assert raw is not None, "the websocket closed"
-            msg = json.loads(raw)
-            if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                continue
-            if msg["msg_type"] == "stream":
-                printed.append(msg["content"]["text"])
-            if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-                return "".join(printed)
-    finally:
-        conn.close()
 
 
 def test_configurable_http_proxy_remains_selectable(hub_factory):

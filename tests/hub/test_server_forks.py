@@ -9,6 +9,7 @@ fork-server that the next spawn uses.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pwd
 import signal
@@ -25,7 +26,7 @@ import requests
 from stratolab.hub import server_forks
 from stratolab.hub.server_forks import ForkUnavailable, clean_environment, pid_file, refusal, request_fork
 from stratolab.platform.sockets import runtime_dir
-from support import IS_ROOT, user_env_for_tests
+from support import IS_ROOT, execute_over_websocket, user_env_for_tests
 
 PREFIX = "/opt/env"
 
@@ -209,46 +210,11 @@ def _fork_server_pid(hub) -> int:
 
 
 def _run_in_kernel(hub, user, code: str) -> str:
-    """Run `code` in a kernel of the user's server (REST, then the kernel's websocket, as JupyterLab does)."""
-    import asyncio
-    import json
-    import uuid
-
-    from tornado.httpclient import HTTPRequest
-    from tornado.websocket import websocket_connect
-
+    """Run `code` in a new kernel of the user's server (REST, then the kernel's websocket)."""
     base = f"{hub.url}/user/{user.name}"
     kernel = requests.post(f"{base}/api/kernels", headers=user.headers, json={"name": "python3"}).json()
-
-    async def execute() -> str:
-        url = base.replace("http", "ws", 1) + f"/api/kernels/{kernel['id']}/channels"
-        ws = await websocket_connect(HTTPRequest(url, headers=user.headers))
-        msg_id, out = uuid.uuid4().hex, []
-        ws.write_message(json.dumps({
-            "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": user.name,
-                       "session": uuid.uuid4().hex, "version": "5.3"},
-            "parent_header": {}, "metadata": {}, "channel": "shell",
-            "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {},
-                        "allow_stdin": False, "stop_on_error": True},
-        }))
-        try:
-            while True:
-                raw = await asyncio.wait_for(ws.read_message(), 120)
-                assert raw is not None, "the kernel's websocket closed"
-                msg = json.loads(raw)
-                if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                    continue
-                if msg["msg_type"] == "stream":
-                    out.append(msg["content"]["text"])
-                elif msg["msg_type"] == "error":
-                    raise AssertionError("\n".join(msg["content"]["traceback"]))
-                elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-                    return "".join(out)
-        finally:
-            ws.close()
-
     try:
-        return asyncio.run(execute())
+        return asyncio.run(execute_over_websocket(hub, user, kernel["id"], code))
     finally:
         requests.delete(f"{base}/api/kernels/{kernel['id']}", headers=user.headers)
 

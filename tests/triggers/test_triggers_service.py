@@ -30,11 +30,12 @@ def tapi(hub, user, method, path, **kw):
     return requests.request(method, f"{hub.url}/services/triggers/{path}", headers=headers, timeout=30, **kw)
 
 
-def wait_for(predicate, timeout=60.0, every=0.2):
+def wait_for(predicate, timeout=60.0, every=0.2, done=bool):
+    """The predicate's first value that is `done` (truthy), else its last at the timeout."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
-        if value or time.monotonic() > deadline:
+        if done(value) or time.monotonic() > deadline:
             return value
         time.sleep(every)
 
@@ -222,7 +223,10 @@ def test_async_invocation_through_the_function_url(thub, tmp_path):
     assert r.status_code == 202, r.text
     accepted = r.json()
     assert accepted["status_url"].endswith(f"/services/triggers/api/events/{accepted['id']}")
-    done = wait_for(lambda: result_of(accepted, carol.headers))
+    def answered(value) -> bool:  # a Response is falsy when it is a 4xx: the 422 below is an answer too
+        return value is not None
+
+    done = wait_for(lambda: result_of(accepted, carol.headers), done=answered)
     assert done is not None and done.status_code == 200, done and done.text
     assert done.json() == {"data": {"a": 1}, "type": "io.stratolab.function.invocation"}
     shown = tapi(thub, carol, "GET", f"api/events/{accepted['id']}").json()
@@ -241,6 +245,6 @@ def test_async_invocation_through_the_function_url(thub, tmp_path):
     # a failing function: retried, then dead; the result URL says so
     r = requests.post(f"{echo['url'].rsplit('/', 1)[0]}/boom?async=1", json={"b": 1}, headers=carol.headers)
     assert r.status_code == 202, r.text
-    failed = wait_for(lambda: result_of(r.json(), carol.headers), timeout=90)
+    failed = wait_for(lambda: result_of(r.json(), carol.headers), timeout=90, done=answered)
     assert failed is not None and failed.status_code == 422, failed and failed.text
     assert failed.json()["state"] == "dead" and failed.json()["attempts"] == 3
