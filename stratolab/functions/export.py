@@ -53,15 +53,16 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         ctype = self.headers.get("Content-Type", "application/json")
-        try:
-            payload = json.loads(body) if ctype.startswith("application/json") else body
-        except ValueError as e:
-            return self._send(400, json.dumps({"error": f"invalid JSON: {e}"}).encode())
-        if ARRAYS is not None:
+        if ARRAYS is not None:  # its array straight from the text where it can be (arrays.py)
             try:
-                payload = ARRAYS.to_handler(ARRAYS.convert(ctype, payload))
+                payload = ARRAYS.to_handler(ARRAYS.from_body(ctype, body))
             except ValueError as e:
                 return self._send(400, json.dumps({"error": str(e)}).encode())
+        else:
+            try:
+                payload = json.loads(body) if ctype.startswith("application/json") else body
+            except ValueError as e:
+                return self._send(400, json.dumps({"error": f"invalid JSON: {e}"}).encode())
         try:
             result = HANDLER(payload)
         except Exception:
@@ -81,7 +82,7 @@ if __name__ == "__main__":
 DOCKERFILE = """FROM python:{python}-slim
 WORKDIR /app
 COPY bundle/requirements.txt /app/bundle/requirements.txt
-RUN pip install --no-cache-dir cloudpickle numpy orjson -r /app/bundle/requirements.txt
+RUN pip install --no-cache-dir cloudpickle numpy orjson pysimdjson -r /app/bundle/requirements.txt
 COPY . /app
 ENV PORT=8080
 EXPOSE 8080
@@ -110,6 +111,6 @@ def export_bundle(bundle: Path, target: Path) -> Path:
     (target / "README.md").write_text(
         f"# {manifest.handler}\n\n`docker build -t fn . && docker run -p 8080:8080 fn`, then "
         "`curl -X POST -H 'Content-Type: application/json' -d '...' localhost:8080/`.\n"
-        "Without Docker: `pip install -r bundle/requirements.txt cloudpickle numpy orjson && python serve.py`.\n"
+        "Without Docker: `pip install -r bundle/requirements.txt cloudpickle numpy orjson pysimdjson && python serve.py`.\n"
     )
     return target

@@ -21,9 +21,9 @@ import torch
 
 from functions_support import bundle_of, call_concurrently, forkserver  # noqa: F401  (forkserver: a fixture)
 from stratolab.functions.export import export_bundle
-from stratolab.functions.runtime.arrays import NUMPY, TORCH, ArrayInput, annotation_kind, array_kind
+from stratolab.functions.runtime.arrays import NUMPY, TORCH, ArrayInput, annotation_kind, array_kind, flat_floats
 from stratolab.functions.runtime.batching import BatchError
-from stratolab.functions.runtime.payloads import InvalidInput
+from stratolab.functions.runtime.payloads import InvalidInput, decode_request
 
 # --- which handlers ask for arrays ---------------------------------------------------------------
 
@@ -121,6 +121,85 @@ def test_what_cannot_be_an_array_is_a_400_that_says_what_the_function_takes(payl
 def test_bytes_are_refused_with_the_content_type_to_use():
     with pytest.raises(InvalidInput, match="Content-Type: application/json, not application/octet-stream"):
         ArrayInput(NUMPY).convert("application/octet-stream", b"\x00\x01")
+
+
+# --- straight from the body's text (simdjson) ---------------------------------------------------
+
+#: bodies the text path takes: one flat list of numbers, some written with a fraction or an exponent
+FLAT_FLOATS = [
+    b"[0.5, 1, -2.25]",
+    b" \n[\t1e3 ,-0.0, 2E-5, 3e+2, 5]\r\n",
+    b"[4.9e-324, 2.2250738585072014e-308, 1.7976931348623157e308, -1.7976931348623157e308]",  # edges of float64
+    b"[0.1, 0.2, 0.30000000000000004, 0.123456789012345678901234567890]",  # rounding as Python's float does
+    b"[1.5, 9223372036854775807, -9223372036854775808, 18446744073709551615]",  # 64-bit integers beside floats
+    b"[1.5, 9007199254740993]",  # an integer a double cannot hold exactly: rounded as numpy rounds it
+    b"[1.0]",
+]
+#: bodies it leaves to the general path: their array (or their 400) is what `convert` makes of them
+GENERAL = [
+    b"[1, 2, 3]",  # integers alone: int64
+    b"[[0.5, 1.5], [2.5, 3.5]]", b"[0.5, [1.5]]", b"[[0.5], 1.5]", b"[[0.5], [1.5, 2.5]]",  # nested, ragged
+    b"[NaN, 0.5]", b"[Infinity, 0.5]", b"[1e400, 0.5]",  # json's readings: nan, inf
+    b"[true, 0.5]", b"[0.5, null]", b'[0.5, "1.5"]', b'{"x": [0.5]}', b"0.5", b"[]", b"[0.5,]", b"[0.5] [1.5]",
+    b"[0.5, 123456789012345678901234567890]",  # an integer beyond 64 bits: an object array, a 400
+    b"\xef\xbb\xbf[0.5, 1.5]",  # a byte-order mark: json reads it
+    b"[0.5, 1.5",
+]
+
+
+def general_path(arrays: ArrayInput, body: bytes):
+    return arrays.convert("application/json", decode_request("application/json", body))
+
+
+@pytest.mark.parametrize("body", FLAT_FLOATS)
+@pytest.mark.parametrize("kind", [NUMPY, TORCH])
+def test_a_flat_list_of_floats_is_read_from_its_text_into_the_same_array(body, kind):
+    arrays = ArrayInput(kind)
+    assert flat_floats(body, np) is not None
+    fast, general = arrays.from_body("application/json", body), general_path(arrays, body)
+    assert fast.dtype == general.dtype and fast.shape == general.shape
+    assert fast.tobytes() == general.tobytes()  # bit for bit: -0.0, subnormals and rounding included
+    assert fast.flags.writeable  # torch.from_numpy shares it without a warning
+
+
+@pytest.mark.parametrize("body", GENERAL)
+def test_other_bodies_take_the_general_path_with_the_same_array_or_400(body):
+    arrays = ArrayInput(NUMPY)
+    assert flat_floats(body, np) is None
+    try:
+        general = general_path(arrays, body)
+    except InvalidInput as e:
+        with pytest.raises(InvalidInput) as raised:
+            arrays.from_body("application/json", body)
+        assert str(raised.value) == str(e)
+        return
+    fast = arrays.from_body("application/json", body)
+    assert fast.dtype == general.dtype and np.array_equal(fast, general, equal_nan=True)
+
+
+def test_random_float_lists_read_from_text_match_the_json_module_bit_for_bit():
+    rng = np.random.default_rng(7)
+    for n in range(300):
+        values = rng.standard_normal(1 + n % 50) * 10.0 ** rng.integers(-300, 300, 1 + n % 50)
+        body = json.dumps(values.tolist()).encode()
+        assert flat_floats(body, np).tobytes() == np.asarray(json.loads(body)).tobytes()
+
+
+def test_the_text_path_is_safe_from_many_threads_at_once():
+    from concurrent.futures import ThreadPoolExecutor
+
+    bodies = [json.dumps([n + 0.5] * (1 + n)).encode() for n in range(64)]
+
+    def read(n: int) -> bool:
+        return all(flat_floats(bodies[n], np).tolist() == [n + 0.5] * (1 + n) for _ in range(200))
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(read, range(64)))
+
+
+def test_a_non_json_body_is_still_refused_with_the_content_type_to_use():
+    with pytest.raises(InvalidInput, match="Content-Type: application/json, not application/octet-stream"):
+        ArrayInput(TORCH).from_body("application/octet-stream", b"[0.5]")
 
 
 # --- a batch -------------------------------------------------------------------------------------

@@ -29,6 +29,14 @@ Rules:
   sent different lengths), the handler is called once per shape and each caller still gets its own
   result. One odd caller never fails the others' batch.
 
+Parsing: a body that is one flat list of numbers, some with a fraction (`[0.12, -3.5e-2, 7]`: what a
+feature vector is), goes straight from its JSON text into float64s with simdjson (pysimdjson's
+`as_buffer`), without a Python float per element: 5 µs for 256 floats, where parsing them with orjson
+and `numpy.asarray` takes 14 µs, and the wide-integer pre-check that orjson needs (payloads.py) is
+not needed (simdjson refuses an integer beyond 64 bits rather than rounding it). Every other body
+(integers only: numpy makes those int64; nested lists; NaN, booleans, anything simdjson refuses) is
+parsed as any JSON input is and then converted, so the array is the same either way.
+
 numpy and torch are imported only by a worker whose handler asks for them (they are imported there
 already: the handler's module uses them).
 """
@@ -37,11 +45,17 @@ from __future__ import annotations
 
 import re
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
 from stratolab.functions.runtime.batching import split_results
-from stratolab.functions.runtime.payloads import InvalidInput, is_json
+from stratolab.functions.runtime.payloads import InvalidInput, decode_request, is_json
+
+try:  # the platform installs it; an exported function's server may run without it (then orjson + numpy)
+    import simdjson
+except ImportError:  # pragma: no cover - the exported server's environment
+    simdjson = None  # type: ignore[assignment]
 
 NUMPY, TORCH = "numpy.ndarray", "torch.Tensor"
 #: (module, class name) of the annotations that ask for an array, by kind
@@ -53,6 +67,10 @@ _NAMES = [
 ]
 #: numpy dtype kinds an input may have: bool, signed and unsigned integers, floats
 _NUMERIC_KINDS = "biuf"
+#: a JSON body that opens with a list (JSON's own whitespace before it)
+_LIST_START = re.compile(rb"[ \t\n\r]*\[")
+#: simdjson parsers, one per thread (a parser holds one document at a time)
+_parsers = threading.local()
 
 
 def array_kind(handler: Callable[..., Any]) -> str | None:
@@ -108,6 +126,15 @@ class ArrayInput:
     def what(self) -> str:
         return "a tensor" if self.kind == TORCH else "a numpy array"
 
+    def from_body(self, content_type: str, body: bytes) -> Any:
+        """The request's input as a numpy array, from its body: `convert(decode_request(...))`, made
+        straight from the text when the body is a flat list of floats (see the module's docstring)."""
+        if is_json(content_type):
+            array = flat_floats(body, self.np)
+            if array is not None:
+                return self._typed(array)
+        return self.convert(content_type, decode_request(content_type, body))
+
     def convert(self, content_type: str, payload: Any) -> Any:
         """The request's input as a numpy array; InvalidInput (a 400) for what cannot be one."""
         np = self.np
@@ -122,6 +149,10 @@ class ArrayInput:
         if array.dtype.kind not in _NUMERIC_KINDS:
             raise InvalidInput(f"this function takes a number or a list of numbers of one shape ({self.what()}); "
                                f"got {_described(payload)}")
+        return self._typed(array)
+
+    def _typed(self, array: Any) -> Any:
+        """For torch, numbers with a fraction in its default dtype (as `torch.tensor` makes them)."""
         if self.kind == TORCH and array.dtype.kind == "f":
             array = array.astype(_numpy_twin(self.torch.get_default_dtype()), copy=False)
         return array
@@ -154,6 +185,30 @@ class ArrayInput:
             return results
 
         return stacked
+
+
+def flat_floats(body: bytes, np: Any) -> Any:
+    """A body that is one flat JSON list of numbers, at least one written with a fraction or an
+    exponent, as a float64 array (what `numpy.asarray` makes of the parsed list); None for any other
+    body, and for one simdjson refuses (invalid JSON, NaN, a boolean, an integer beyond 64 bits, a
+    number beyond the double range): those take the general path, which answers them as before."""
+    if simdjson is None or type(body) is not bytes:
+        return None
+    start = _LIST_START.match(body)
+    # one list, not nested (simdjson's buffer would flatten [[1.5], [2.5]]); integers alone are int64
+    if start is None or body.find(b"[", start.end()) >= 0:
+        return None
+    if b"." not in body and b"e" not in body and b"E" not in body:
+        return None
+    parser = getattr(_parsers, "parser", None)
+    if parser is None:
+        parser = _parsers.parser = simdjson.Parser()
+    try:
+        document: Any = parser.parse(body)  # a list, by the checks above: its elements as float64s
+        buffer = document.as_buffer(of_type="d")
+    except Exception:  # ValueError (not JSON, or a number out of range), TypeError (not a number)
+        return None
+    return np.frombuffer(buffer, dtype=np.float64)
 
 
 def _numpy_twin(torch_dtype: Any) -> str:

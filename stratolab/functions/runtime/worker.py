@@ -174,8 +174,9 @@ class Worker:
     def decode(self, content_type: str, body: bytes) -> Any:
         """The handler's input from a request's body (InvalidInput: the request's 400); for an array
         handler a numpy array, made as the request arrives (see arrays.py)."""
-        payload = decode_request(content_type, body)
-        return payload if self.arrays is None else self.arrays.convert(content_type, payload)
+        if self.arrays is None:
+            return decode_request(content_type, body)
+        return self.arrays.from_body(content_type, body)
 
     def call(self, header: dict, body: bytes) -> tuple[dict, bytes]:
         return captured(lambda: self._call(header, body))
