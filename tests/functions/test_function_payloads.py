@@ -11,6 +11,7 @@ import random
 import numpy as np
 import pytest
 
+from stratolab.functions.runtime import payloads
 from stratolab.functions.runtime.payloads import (
     JSON,
     OCTET_STREAM,
@@ -22,8 +23,49 @@ from stratolab.functions.runtime.payloads import (
 )
 
 
+@pytest.fixture(autouse=True, params=["simdjson", "orjson"])
+def parser(request, monkeypatch):
+    """Every test runs with simdjson parsing bodies (the platform's workers) and without it (orjson:
+    an exported function's server where simdjson is not installed)."""
+    if request.param == "orjson":
+        monkeypatch.setattr(payloads, "simdjson", None)
+    else:
+        assert payloads.simdjson is not None, "pysimdjson is a dependency of the platform"
+    return request.param
+
+
 def decoded(body: bytes):
     return decode_input(JSON, body)
+
+
+def random_json(rng: random.Random, depth: int = 0):
+    """A random JSON value: every type, numbers of every kind (64-bit edges and beyond, exponents,
+    -0.0, subnormals), strings with escapes and non-ASCII characters, nesting."""
+    kind = rng.randrange(9 if depth < 4 else 6)
+    if kind == 0:
+        return rng.choice([None, True, False])
+    if kind == 1:
+        return rng.choice([0, -1, 2**63 - 1, -(2**63), 2**63, 2**64 - 1, 2**64, -(2**63) - 1, 10**30,
+                           rng.randint(-(2**70), 2**70), rng.randint(-1000, 1000)])
+    if kind == 2:
+        return rng.choice([-0.0, 5e-324, 2.2250738585072014e-308, 1.7976931348623157e308, 0.1, 1e16,
+                           rng.random() * 10 ** rng.randint(-320, 300), rng.uniform(-1, 1)])
+    if kind in (3, 4):
+        return "".join(rng.choice('ab"\\/\b\f\n\r\t é€😀\u0001\u001f') for _ in range(rng.randrange(12)))
+    if kind == 5:
+        return rng.uniform(-1e6, 1e6)
+    if kind in (6, 7):
+        return [random_json(rng, depth + 1) for _ in range(rng.randrange(6))]
+    return {str(random_json(rng, 4)): random_json(rng, depth + 1) for _ in range(rng.randrange(6))}
+
+
+def test_random_documents_parse_to_exactly_what_json_gives():
+    rng = random.Random(11)
+    for n in range(3000):
+        value = random_json(rng)
+        body = json.dumps(value, ensure_ascii=n % 2 == 0, indent=None if n % 3 else 1).encode()
+        got, expected = decoded(body), json.loads(body)
+        assert repr(got) == repr(expected), body  # types (1 against 1.0), -0.0 and key order included
 
 
 def test_floats_parse_to_exactly_what_json_gives():

@@ -45,17 +45,11 @@ from __future__ import annotations
 
 import re
 import sys
-import threading
 from collections.abc import Callable
 from typing import Any
 
 from stratolab.functions.runtime.batching import split_results
-from stratolab.functions.runtime.payloads import InvalidInput, decode_request, is_json
-
-try:  # the platform installs it; an exported function's server may run without it (then orjson + numpy)
-    import simdjson
-except ImportError:  # pragma: no cover - the exported server's environment
-    simdjson = None  # type: ignore[assignment]
+from stratolab.functions.runtime.payloads import InvalidInput, decode_request, is_json, simdjson_parser
 
 NUMPY, TORCH = "numpy.ndarray", "torch.Tensor"
 #: (module, class name) of the annotations that ask for an array, by kind
@@ -69,8 +63,6 @@ _NAMES = [
 _NUMERIC_KINDS = "biuf"
 #: a JSON body that opens with a list (JSON's own whitespace before it)
 _LIST_START = re.compile(rb"[ \t\n\r]*\[")
-#: simdjson parsers, one per thread (a parser holds one document at a time)
-_parsers = threading.local()
 
 
 def array_kind(handler: Callable[..., Any]) -> str | None:
@@ -192,7 +184,7 @@ def flat_floats(body: bytes, np: Any) -> Any:
     exponent, as a float64 array (what `numpy.asarray` makes of the parsed list); None for any other
     body, and for one simdjson refuses (invalid JSON, NaN, a boolean, an integer beyond 64 bits, a
     number beyond the double range): those take the general path, which answers them as before."""
-    if simdjson is None or type(body) is not bytes:
+    if type(body) is not bytes:
         return None
     start = _LIST_START.match(body)
     # one list, not nested (simdjson's buffer would flatten [[1.5], [2.5]]); integers alone are int64
@@ -200,9 +192,9 @@ def flat_floats(body: bytes, np: Any) -> Any:
         return None
     if b"." not in body and b"e" not in body and b"E" not in body:
         return None
-    parser = getattr(_parsers, "parser", None)
-    if parser is None:
-        parser = _parsers.parser = simdjson.Parser()
+    parser = simdjson_parser(len(body))
+    if parser is None:  # an exported function's server without simdjson
+        return None
     try:
         document: Any = parser.parse(body)  # a list, by the checks above: its elements as float64s
         buffer = document.as_buffer(of_type="d")
