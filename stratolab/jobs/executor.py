@@ -106,24 +106,38 @@ class RunResult:
     usage: Measured | None = None
 
 
-def reported_usage(result: dict[str, Any], elapsed_s: float) -> Measured | None:
-    """The CPU seconds and peak memory a runner reported in result.json, from the kernel's accounting of
-    it and of the processes it waited for (its kernel): exact where the scheduler's sampling may have
-    missed a run shorter than its heartbeat. The file is the user's: numbers that are not finite and
-    non-negative are ignored, and CPU time is capped at what this machine's cores could give in
-    `elapsed_s`."""
+#: what a runner reports of its use in result.json ("usage")
+USAGE_KEYS = ("cpu_seconds", "peak_memory_gb")
+
+
+def usage_numbers(result: dict[str, Any]) -> dict[str, float]:
+    """The numbers of a runner's own account in result.json ("usage"), by key: only finite,
+    non-negative ones (the file is the user's; anything else is left out, never guessed)."""
     usage = result.get("usage")
     if not isinstance(usage, dict):
-        return None
-
-    def number(key: str, cap: float) -> float | None:
+        return {}
+    numbers = {}
+    for key in USAGE_KEYS:
         value = usage.get(key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            return None
-        return min(float(value), cap)
+        if not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value >= 0:
+            numbers[key] = float(value)
+    return numbers
 
-    cpu = number("cpu_seconds", max(elapsed_s, 0.0) * (os.cpu_count() or 1) + 1.0)
-    peak = number("peak_memory_gb", 1e6)
+
+def reported_usage(result: dict[str, Any], elapsed_s: float, cores: float | None = None) -> Measured | None:
+    """The CPU seconds and peak memory a runner reported in result.json, from the kernel's accounting of
+    it and of the processes it waited for (its kernel): exact where the scheduler's sampling may have
+    missed a run shorter than its heartbeat, and the only measure of a run in a pod. The file is the
+    user's: numbers that are not finite and non-negative are ignored (`usage_numbers`), and CPU time is
+    capped at what `cores` (the run's CPU limit; default: this machine's cores) could give in
+    `elapsed_s`."""
+    numbers = usage_numbers(result)
+    cpu = numbers.get("cpu_seconds")
+    if cpu is not None:
+        cpu = min(cpu, max(elapsed_s, 0.0) * (cores or os.cpu_count() or 1) + 1.0)
+    peak = numbers.get("peak_memory_gb")
+    if peak is not None:
+        peak = min(peak, 1e6)
     return None if cpu is None and peak is None else Measured(cpu_seconds=cpu, peak_memory_gb=peak)
 
 

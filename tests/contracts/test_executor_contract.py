@@ -201,9 +201,12 @@ def test_a_run_ends_succeeded_with_its_outputs_and_files(place):
     assert (spec.files_dir / "out.txt").read_text() == "n=21"
     assert spec.html_path.exists() and spec.log_path.read_text()
     written = json.loads(spec.result_path.read_text())
-    usage = written.pop("usage", None)  # the runner's own account of its CPU and memory, where it reports it
+    usage = written.pop("usage")  # the runner's own account of its CPU and memory: a pod's only measure
     assert written == {"state": "succeeded", "error": None, "outputs": ["ipynb", "html"]}
-    assert usage is None or (usage["cpu_seconds"] > 0 and usage["peak_memory_gb"] > 0), usage
+    assert usage["cpu_seconds"] > 0 and usage["peak_memory_gb"] > 0, usage
+    # what the scheduler meters the run with (capped by the cores it could have used)
+    assert result.usage is not None and 0 < result.usage.cpu_seconds <= usage["cpu_seconds"], result.usage
+    assert result.usage.peak_memory_gb == usage["peak_memory_gb"]
 
 
 def test_a_failing_notebook_ends_failed_with_its_error(place):

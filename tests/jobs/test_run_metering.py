@@ -19,6 +19,7 @@ from stratolab.db import make_engine
 from stratolab.db.usage_ledger import Measured
 from stratolab.errors import StratolabError
 from stratolab.jobs.executor import reported_usage
+from stratolab.jobs.service.executor_handlers import normalized_result
 from stratolab.jobs.usage_meter import larger
 
 SLEEP_S = 3.0
@@ -86,6 +87,14 @@ def test_a_run_is_billed_the_time_it_ran(scheduler):
 ])
 def test_what_a_runner_reports_of_itself_is_checked(usage, expected):
     assert reported_usage({"usage": usage}, 10.0) == expected
+    # a pod's report (Kubernetes): the finish route keeps the same numbers, the run's CPU limit caps them
+    kept = normalized_result(json.dumps({"state": "succeeded", "usage": usage}).encode(), ["ipynb"])
+    assert reported_usage(kept, 10.0) == expected and set(kept.get("usage", {})) <= {"cpu_seconds", "peak_memory_gb"}
+
+
+def test_a_pods_report_is_capped_by_its_cpu_limit():
+    assert reported_usage({"usage": {"cpu_seconds": 1e300}}, 10.0, cores=0.5) == Measured(cpu_seconds=6.0)
+    assert reported_usage({"usage": {"cpu_seconds": 4.0}}, 10.0, cores=0.5) == Measured(cpu_seconds=4.0)
 
 
 def test_the_larger_of_two_measurements_is_kept():

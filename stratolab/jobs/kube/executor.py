@@ -29,11 +29,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from stratolab.jobs.executor import FAILED, STOPPED, TIMED_OUT, Execution, NotebookExecutor, RunResult, RunSpec, kernel_restarts
+from stratolab.jobs.executor import (
+    FAILED,
+    STOPPED,
+    TIMED_OUT,
+    Execution,
+    NotebookExecutor,
+    RunResult,
+    RunSpec,
+    kernel_restarts,
+    reported_usage,
+)
 from stratolab.jobs.kube.manifests import (
     JobSettings,
     RunPod,
@@ -63,8 +74,12 @@ def default_profile() -> Profile:
 
 
 class KubernetesJobExecution(Execution):
-    def __init__(self, executor: KubernetesJobExecutor, client: KubeClient, spec: RunSpec, run: AgentRun, name: str):
+    def __init__(self, executor: KubernetesJobExecutor, client: KubeClient, spec: RunSpec, run: AgentRun, name: str,
+                 cpu_limit: float | None = None):
         self.executor, self.client, self.spec, self.run, self.name = executor, client, spec, run, name
+        #: the pod's CPU limit (its profile's), which caps the CPU time its runner may report
+        self.cpu_limit = cpu_limit
+        self.created = time.monotonic()
         #: STOPPED or TIMED_OUT when the scheduler (or the Job's deadline) ended the run
         self.reason: str | None = None
         #: why the pod failed, when it did so without a result
@@ -219,13 +234,15 @@ class KubernetesJobExecution(Execution):
     def _result(self) -> RunResult:
         result, outputs = self.spec.reported()
         restarts = kernel_restarts(result)
+        # the runner's own account, which the finish route kept: no process here to sample
+        usage = reported_usage(result, time.monotonic() - self.created, self.cpu_limit)
         if self.reason == TIMED_OUT:
             limit = f" of {self.spec.timeout:g} s" if self.spec.timeout else ""
-            return RunResult(TIMED_OUT, f"the run took longer than its timeout{limit}", outputs, restarts)
+            return RunResult(TIMED_OUT, f"the run took longer than its timeout{limit}", outputs, restarts, usage)
         if self.reason == STOPPED:
-            return RunResult(STOPPED, "stopped on request", outputs, restarts)
+            return RunResult(STOPPED, "stopped on request", outputs, restarts, usage)
         if result.get("state"):
-            return RunResult(result["state"], result.get("error"), outputs, restarts)
+            return RunResult(result["state"], result.get("error"), outputs, restarts, usage)
         if self.failure:
             return RunResult(FAILED, self.failure, outputs)
         return RunResult(FAILED, "the run's pod ended without reporting a result (see the log)", outputs)
@@ -294,7 +311,7 @@ class KubernetesJobExecutor(NotebookExecutor):
         except KubeError as e:
             log.warning("the token Secret of run %s could not be given to its Job (%s); it is deleted "
                         "when the run ends", spec.key, e)
-        execution = KubernetesJobExecution(self, client, spec, run, job["metadata"]["name"])
+        execution = KubernetesJobExecution(self, client, spec, run, job["metadata"]["name"], profile.cpu_limit)
         self.running.add(execution)
         log.info("run %s: Job %s created (profile %s)", spec.key, execution.name, profile.slug)
         return execution

@@ -26,7 +26,7 @@ from tornado import web
 from tornado.http1connection import HTTP1Connection
 
 from stratolab.errors import InvalidInput, NotFound, StratolabError
-from stratolab.jobs.executor import FAILED, SUCCEEDED, kernel_restarts
+from stratolab.jobs.executor import FAILED, SUCCEEDED, kernel_restarts, usage_numbers
 from stratolab.jobs.kube.archive import RESULT, SyncLimits, extract
 from stratolab.jobs.kube.registry import AgentRun, AgentRuns
 from stratolab.web import ServiceHandler, routes_from_openapi, token_from_headers
@@ -39,7 +39,8 @@ DECISION_WAIT_S = 2.0
 
 def normalized_result(raw: bytes, outputs_present: list[str]) -> dict[str, Any]:
     """result.json as the scheduler keeps it: the agent's word on state and error, checked; the
-    outputs are those that arrived (the agent cannot claim an output the scheduler does not have)."""
+    outputs are those that arrived (the agent cannot claim an output the scheduler does not have); the
+    kernel restarts and the usage the runner reported, where they are numbers."""
     try:
         data = json.loads(raw)
     except ValueError:
@@ -51,6 +52,9 @@ def normalized_result(raw: bytes, outputs_present: list[str]) -> dict[str, Any]:
     result = {"state": data["state"], "error": error, "outputs": outputs_present}
     if kernel_restarts(data):  # the runner's count of kernels started again (stratolab.jobs.run_kernel)
         result["kernel_restarts"] = kernel_restarts(data)
+    usage = usage_numbers(data)  # the runner's own account of its CPU and memory: a pod's only measure
+    if usage:
+        result["usage"] = usage
     return result
 
 
