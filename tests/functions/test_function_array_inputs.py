@@ -251,13 +251,9 @@ CELLS = [
 ]
 
 
-def bundle_for(handler: str, root: Path) -> Path:
-    return bundle_of(handler, CELLS, root)
-
-
 async def call_all(forkserver, handler: str, tmp: Path, bodies: list[tuple[bytes, str]],
                    **settings) -> list[tuple[dict, bytes]]:
-    return await call_concurrently(forkserver, bundle_for(handler, tmp), tmp, bodies, **settings)
+    return await call_concurrently(forkserver, bundle_of(handler, CELLS, tmp), tmp, bodies, **settings)
 
 
 def test_a_batching_tensor_handler_serves_callers_of_several_shapes_and_odd_ones_get_400(forkserver, tmp_path):
@@ -289,7 +285,7 @@ def test_an_unbatched_numpy_handler_written_with_a_string_annotation(forkserver,
 
 
 def test_an_exported_array_handler_gets_its_array_there_too(tmp_path):
-    export = export_bundle(bundle_for("described", tmp_path), tmp_path / "export")
+    export = export_bundle(bundle_of("described", CELLS, tmp_path), tmp_path / "export")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
