@@ -84,7 +84,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="stratolab-burst-") as tmp:
         tmp = Path(tmp)
         bundle = make_bundle(tmp)
-        with hub_beside_fastapi(tmp, bundle, env_threads, uvicorn_args=("--backlog", "2048")) as (hub, fastapi_url):
+        with hub_beside_fastapi(tmp, bundle, env_threads, uvicorn_args=("--backlog", "2048")) as (hub, fastapi_url, _uvicorn_pid):
             user = hub.create_user()
             # default scaling, except an idle timeout short enough to be at zero between rounds
             r = requests.post(

@@ -7,7 +7,10 @@
    measured without the proxy hop, to show where the time goes. The three paths take turns, in rounds,
    so that the machine's noise weighs on each alike: medians over rounds, p50/p99 and throughput.
 2. Deploy time: the deploy API call until the first successful response of the new version.
-Both services run one instance/process of the handler. Prints JSON with the ratios.
+Both services run one instance/process of the handler. Prints JSON with the ratios, and where the CPU
+goes: each process's CPU time per request (proxy, functions service, worker, uvicorn, and this load
+generator), medians over rounds. At c=32 the machine is saturated, so throughput is the cores over the
+sum of a path's CPU per request.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
+import psutil
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,9 +59,9 @@ async def invoke(request: Request):
 
 @contextlib.contextmanager
 def hub_beside_fastapi(tmp: Path, bundle: Path, env_threads: dict[str, str], hub_env: dict[str, str] | None = None,
-                       uvicorn_args: tuple[str, ...] = ()) -> Iterator[tuple[HubProcess, str]]:
+                       uvicorn_args: tuple[str, ...] = ()) -> Iterator[tuple[HubProcess, str, int]]:
     """A hub (our path) and the same handler in a FastAPI app under uvicorn (the baseline), both
-    running and answering; (the hub, the FastAPI URL). Both are stopped at the end."""
+    running and answering; (the hub, the FastAPI URL, uvicorn's pid). Both are stopped at the end."""
     homes = Path(tempfile.mkdtemp(prefix="stratolab-bench-homes-", dir="/tmp"))
     os.chmod(homes, 0o755)
     hub = HubProcess(tmp / "hub", {"STRATOLAB_HOME_ROOT": str(homes), "STRATOLAB_GPUS": "", **(hub_env or {})}).start()
@@ -75,7 +79,7 @@ def hub_beside_fastapi(tmp: Path, bundle: Path, env_threads: dict[str, str], hub
                     break
             except requests.ConnectionError:
                 time.sleep(0.2)
-        yield hub, f"http://127.0.0.1:{port}/"
+        yield hub, f"http://127.0.0.1:{port}/", uvicorn.pid
     finally:
         uvicorn.kill()
         hub.stop()
@@ -121,6 +125,71 @@ async def load(url: str, headers: dict, concurrency: int, total: int, payload: b
     }
 
 
+class CpuMeter:
+    """CPU time (user + system) of the processes a path crosses, by part: `proxy` (Traefik or
+    configurable-http-proxy), `service` (the functions service), `worker` (its fork-server and the
+    function's workers), `uvicorn`, and `client` (this process, the load generator)."""
+
+    def __init__(self, hub_pid: int, uvicorn_pid: int):
+        self.hub_pid, self.uvicorn_pid = hub_pid, uvicorn_pid
+
+    def parts(self) -> dict[str, list[psutil.Process]]:
+        found: dict[str, list[psutil.Process]] = {"client": [psutil.Process()]}
+        with contextlib.suppress(psutil.Error):
+            found["uvicorn"] = [psutil.Process(self.uvicorn_pid)]
+        try:
+            hub_tree = psutil.Process(self.hub_pid).children(recursive=True)
+        except psutil.Error:
+            return found
+        services = [p for p in hub_tree if "stratolab.functions.service" in " ".join(_cmdline(p))]
+        under_service = {c.pid for s in services for c in _children(s)}
+        for p in hub_tree:
+            line = " ".join(_cmdline(p))
+            part = ("service" if p in services else "worker" if p.pid in under_service else
+                    "proxy" if "traefik" in line or "configurable-http-proxy" in line else None)
+            if part is not None:
+                found.setdefault(part, []).append(p)
+        return found
+
+    @staticmethod
+    def seconds(parts: dict[str, list[psutil.Process]]) -> dict[str, float]:
+        out = {}
+        for part, procs in parts.items():
+            total = 0.0
+            for p in procs:
+                with contextlib.suppress(psutil.Error):
+                    times = p.cpu_times()
+                    total += times.user + times.system
+            out[part] = total
+        return out
+
+
+def _cmdline(p: psutil.Process) -> list[str]:
+    try:
+        return p.cmdline()
+    except psutil.Error:
+        return []
+
+
+def _children(p: psutil.Process) -> list[psutil.Process]:
+    try:
+        return p.children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def measured_load(meter: CpuMeter, url: str, headers: dict, concurrency: int, total: int) -> dict:
+    """`load`, with each part's CPU microseconds per request while it ran (warm-up included, which is
+    20 requests of `total`)."""
+    parts = meter.parts()
+    before = meter.seconds(parts)
+    result = asyncio.run(load(url, headers, concurrency, total))
+    after = meter.seconds(parts)
+    result["cpu_us_per_request"] = {part: round((after[part] - before[part]) / (total + 20) * 1e6, 1)
+                                    for part in parts if after[part] - before[part] > 0}
+    return result
+
+
 #: the issue's goals (issue 13): through the hub's URL, with authentication, against FastAPI direct
 GOAL_THROUGHPUT_RATIO = 1.0
 GOAL_P50_OVERHEAD_MS = 1.0
@@ -146,6 +215,12 @@ def summarize(rounds: list[dict]) -> dict:
         r["stratolab_via_hub"]["p50_ms"] - r[base]["p50_ms"] for r in rounds), 2)
     out["proxy_hop_p50_ms"] = round(statistics.median(
         r["stratolab_via_hub"]["p50_ms"] - r["stratolab_service_direct"]["p50_ms"] for r in rounds), 2)
+    out["cpu_us_per_request"] = {path: {part: round(statistics.median(r[path]["cpu_us_per_request"].get(part, 0.0)
+                                                                      for r in rounds), 1)
+                                        for part in sorted({k for r in rounds for k in r[path]["cpu_us_per_request"]})}
+                                 for path in PATHS}
+    for path in PATHS:
+        out[path].pop("cpu_us_per_request", None)
     return out
 
 
@@ -162,7 +237,7 @@ def main() -> None:
         bundle = make_bundle(tmp)
         functions_port = free_port()
         with hub_beside_fastapi(tmp, bundle, env_threads, {"STRATOLAB_FUNCTIONS_PORT": str(functions_port)}) as (
-            hub, fastapi_url,
+            hub, fastapi_url, uvicorn_pid,
         ):
             user = hub.create_user()
             data = pack(bundle)
@@ -185,12 +260,14 @@ def main() -> None:
                 "stratolab_service_direct": (url.replace(hub.url, f"http://127.0.0.1:{functions_port}"), user.headers),
                 "fastapi_uvicorn_direct": (fastapi_url, {}),
             }
+            assert hub.proc is not None
+            meter = CpuMeter(hub.proc.pid, uvicorn_pid)
             rounds: dict[int, list[dict]] = {1: [], 32: []}
             for i in range(args.rounds):
                 for c in (1, 32):
                     # the paths take turns going first
                     order = PATHS[i % 3:] + PATHS[:i % 3]
-                    rounds[c].append({path: asyncio.run(load(*urls[path], c, args.requests)) for path in order})
+                    rounds[c].append({path: measured_load(meter, *urls[path], c, args.requests) for path in order})
     results = {f"concurrency_{c}": summarize(r) for c, r in rounds.items()}
     c1, c32 = results["concurrency_1"], results["concurrency_32"]
     deploy = statistics.median(deploy_times)
