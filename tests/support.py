@@ -120,6 +120,17 @@ def _ephemeral_range() -> tuple[int, int]:
         return 32768, 60999
 
 
+def command_line(process) -> str:
+    """A psutil process's command line as one string; "" for one that ended or is a zombie meanwhile (a
+    scan of a hub's children meets short-lived ones)."""
+    import psutil
+
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:
+        return ""
+
+
 def free_port() -> int:
     """A free port outside the kernel's ephemeral range: the ports that kernels, clients and other
     processes get by binding to port 0 come from that range, so a port chosen here now is not taken

@@ -160,7 +160,7 @@ def test_services_go_with_a_hub_that_is_killed(tmp_path):
     ever): the proxy's ports are free again."""
     import psutil
 
-    from support import HubProcess
+    from support import HubProcess, command_line
 
     hub = HubProcess(tmp_path / "hub", {}).start()
     try:
@@ -169,19 +169,19 @@ def test_services_go_with_a_hub_that_is_killed(tmp_path):
         services: list[psutil.Process] = []
         while time.monotonic() < deadline and len(services) < 2:
             services = [p for p in psutil.Process(hub.proc.pid).children(recursive=True)
-                        if any(s in " ".join(p.cmdline()) for s in ours)]
+                        if any(s in command_line(p) for s in ours)]
             time.sleep(0.2)
         assert len(services) == 2, hub.log_tail()
         others = [p for p in psutil.Process(hub.proc.pid).children() if p not in services]
-        names = " ".join(" ".join(p.cmdline()) for p in others)
+        names = " ".join(command_line(p) for p in others)
         assert "bin/traefik" in names and "jupyterhub_idle_culler" in names, names
-        [traefik] = [p for p in others if p.cmdline()[0].endswith("/traefik")]
+        [traefik] = [p for p in others if command_line(p).split(" ")[0].endswith("/traefik")]
         ports = {c.laddr.port for c in traefik.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
         assert hub.port in ports and len(ports) == 2, ports  # the public port and the API's
         os.kill(hub.proc.pid, signal.SIGKILL)
         hub.proc.wait(10)
         gone, alive = psutil.wait_procs([*services, *others], timeout=20)
-        assert not alive, [" ".join(p.cmdline()) for p in alive]
+        assert not alive, [command_line(p) for p in alive]
         for port in ports:
             with socket.socket() as s:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

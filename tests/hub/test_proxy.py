@@ -32,11 +32,12 @@ from stratolab.hub.proxy import (
     write_default_certificate,
 )
 from stratolab.settings import PlatformSettings
-from support import HUB_CONFIG, HubProcess, execute_over_websocket, user_env_for_tests
+from support import HUB_CONFIG, HubProcess, command_line, execute_over_websocket, user_env_for_tests
 
 
 def traefik_of(hub: HubProcess) -> psutil.Process:
-    [traefik] = [p for p in psutil.Process(hub.proc.pid).children() if "traefik" in Path(p.cmdline()[0]).name]
+    [traefik] = [p for p in psutil.Process(hub.proc.pid).children()
+                 if "traefik" in Path(command_line(p).split(" ")[0]).name]
     return traefik
 
 
@@ -153,7 +154,7 @@ def test_traefik_keeps_its_upstream_connections_open(hub):
 def test_configurable_http_proxy_remains_selectable(hub_factory):
     hub = hub_factory(STRATOLAB_PROXY="configurable-http-proxy", STRATOLAB_GPUS="")
     try:
-        names = [" ".join(p.cmdline()) for p in psutil.Process(hub.proc.pid).children()]
+        names = [command_line(p) for p in psutil.Process(hub.proc.pid).children()]
         assert any("configurable-http-proxy" in n for n in names), names
         assert not any("traefik" in n for n in names), names
         assert not (hub.data_dir / TRAEFIK_STATIC_CONFIG).exists()

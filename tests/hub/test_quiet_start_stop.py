@@ -14,7 +14,7 @@ import time
 
 import requests
 
-from support import HubProcess, free_port
+from support import HubProcess, command_line, free_port
 
 
 class LauncherHub(HubProcess):
@@ -79,7 +79,7 @@ def ctrl_c(hub: LauncherHub) -> None:
     user = hub.create_user()
     assert hub.spawn(user).status_code in (201, 202)
     processes = psutil.Process(hub.proc.pid).children(recursive=True)
-    assert any("jupyterhub-singleuser" in " ".join(p.cmdline()) for p in processes)
+    assert any("jupyterhub-singleuser" in command_line(p) for p in processes)
 
     before = len(hub.output())
     os.killpg(hub.proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C

@@ -38,7 +38,7 @@ from stratolab.usage.pricing import DEFAULT_SHEET, parse_price_sheet
 from stratolab.usage.service.app import UsageService
 from stratolab.usage.service.openapi import OPENAPI
 from stratolab.usage.service.state import Scope, UsageState
-from support import free_port, unique_name
+from support import command_line, free_port, unique_name
 
 #: users whose budgets notify webhooks at addresses the outbound policy refuses (no STRATOLAB_OUTBOUND_ALLOW)
 META, LOOP = unique_name("meta"), unique_name("loop")
@@ -537,7 +537,7 @@ def test_the_cli_takes_the_documented_spans_and_says_plainly_when_the_service_is
     assert json.loads(capsys.readouterr().out)["scope"] == {"user": alice.name}
 
     (service,) = [p for p in psutil.Process(qhub.proc.pid).children()
-                  if "stratolab.usage.service.app" in " ".join(p.cmdline())]
+                  if "stratolab.usage.service.app" in command_line(p)]
     monkeypatch.setattr(usage_cmd, "TIMEOUT_S", 3)
     service.send_signal(signal.SIGSTOP)  # stuck: the proxy connects and nothing answers
     try:
